@@ -1,0 +1,29 @@
+# matchplane: every developer and operator entry point. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help fmt lint test build release demo ci
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
+
+fmt: ## Check formatting, exactly as CI does
+	cargo fmt --all --check
+
+lint: ## Clippy with warnings denied, exactly as CI does
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+test: ## Run every test against ephemeral Redis and PostgreSQL (started and stopped here)
+	scripts/test.sh
+
+build: ## Debug build of every binary
+	cargo build --workspace --bins --locked
+
+release: ## Release build of every binary
+	cargo build --workspace --bins --release --locked
+
+demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary
+	@echo "make demo is coming: it needs the backend, proxy and loadgen (issues 3-5)." >&2; exit 1
+
+ci: ## Run what CI runs
+	bash .ci/run

@@ -1,0 +1,203 @@
+//! Settings of the game server (DESIGN §9): every one a flag with an environment variable.
+//! [`Config::validate`] turns them into a [`ServerConfig`] or one clear line saying what is
+//! wrong, before anything binds.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use protocol::TicketSecret;
+use protocol::player::is_valid_player_id;
+
+use crate::game::{MatchSettings, StartPolicy};
+use crate::report::ReportTarget;
+
+/// The raw command line and environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "game-server",
+    version,
+    about = "matchplane's authoritative TCP game server, one process per session"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "GAME_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Port to listen on; 0 picks a free one (read it from the LISTENING line).
+    #[arg(long, env = "GAME_PORT", default_value_t = 7777)]
+    pub port: u16,
+    /// This server's session id; tickets must name it.
+    #[arg(long, env = "SESSION_ID")]
+    pub session_id: Option<String>,
+    /// The roster: comma-separated player ids allowed to join.
+    #[arg(long, env = "PLAYERS", value_delimiter = ',')]
+    pub players: Vec<String>,
+    /// Shared HMAC secret for tickets.
+    #[arg(long, env = "TICKET_SECRET", hide_env_values = true)]
+    pub ticket_secret: Option<String>,
+    /// When a match with a set length starts.
+    #[arg(long, env = "START_POLICY", value_enum, default_value = "roster")]
+    pub start_policy: StartPolicy,
+    /// With the roster policy, start this long after the length was set even if players are missing.
+    #[arg(long, env = "START_GRACE_SECONDS", default_value_t = 10.0)]
+    pub start_grace_seconds: f64,
+    /// End with `no_show` if still open after this long.
+    #[arg(long, env = "OPEN_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub open_timeout_seconds: f64,
+    /// End with `abandoned` when no player has been connected for this long while running.
+    #[arg(long, env = "EMPTY_GRACE_SECONDS", default_value_t = 5.0)]
+    pub empty_grace_seconds: f64,
+    /// The longest running length a client may request.
+    #[arg(long, env = "MAX_MATCH_SECONDS", default_value_t = 86_400)]
+    pub max_match_seconds: u64,
+    /// Where to POST the result report when the match stops (http only).
+    #[arg(long, env = "REPORT_URL")]
+    pub report_url: Option<String>,
+    /// Bearer token for the result report.
+    #[arg(long, env = "REPORT_TOKEN", hide_env_values = true)]
+    pub report_token: Option<String>,
+    /// Close connections that have not sent a valid JOIN within this long.
+    #[arg(long, env = "JOIN_TIMEOUT_SECONDS", default_value_t = 5.0)]
+    pub join_timeout_seconds: f64,
+    /// Most connections open at once; more are told `ERROR server_full` and closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
+}
+
+/// Validated settings, ready for [`crate::run`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub game: MatchSettings,
+    pub secret: TicketSecret,
+    pub report: Option<ReportTarget>,
+    /// How long the result report is retried before the server exits anyway.
+    pub report_budget: Duration,
+    pub join_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Defaults that are not operator settings.
+const OUTBOUND_QUEUE: usize = 64;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const REPORT_BUDGET: Duration = Duration::from_secs(10);
+
+fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, String> {
+    let ok = value.is_finite() && value >= 0.0 && (allow_zero || value > 0.0) && value < 1e9;
+    if ok {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!(
+            "{name} must be a number of seconds {}, got {value}",
+            if allow_zero { ">= 0" } else { "> 0" }
+        ))
+    }
+}
+
+impl Config {
+    /// Checks every setting; the error is one line naming the setting.
+    pub fn validate(&self) -> Result<ServerConfig, String> {
+        let session_id = self.session_id.clone().unwrap_or_default();
+        if !is_valid_player_id(&session_id) {
+            return Err("SESSION_ID (--session-id) is required: 1-128 characters of A-Z a-z 0-9 _ . : -".into());
+        }
+        let roster: Vec<String> = self
+            .players
+            .iter()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if roster.is_empty() {
+            return Err("PLAYERS (--players) is required: a comma-separated list of player ids".into());
+        }
+        if let Some(bad) = roster.iter().find(|p| !is_valid_player_id(p)) {
+            return Err(format!("PLAYERS contains an invalid player id {bad:?}"));
+        }
+        let mut seen = HashSet::new();
+        if let Some(dup) = roster.iter().find(|p| !seen.insert(p.as_str())) {
+            return Err(format!("PLAYERS lists {dup:?} twice"));
+        }
+        let secret = TicketSecret::new(self.ticket_secret.clone().unwrap_or_default())
+            .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
+        if self.max_match_seconds == 0 {
+            return Err("MAX_MATCH_SECONDS must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return Err("MAX_CONNECTIONS must be at least 1".into());
+        }
+        let report = match (&self.report_url, &self.report_token) {
+            (None, _) => None,
+            (Some(_), None) => return Err("REPORT_URL is set but REPORT_TOKEN is not".into()),
+            (Some(url), Some(token)) => Some(ReportTarget::new(url, token.clone()).map_err(|e| e.to_string())?),
+        };
+        Ok(ServerConfig {
+            game: MatchSettings {
+                session_id,
+                roster,
+                start_policy: self.start_policy,
+                start_grace: seconds("START_GRACE_SECONDS", self.start_grace_seconds, true)?,
+                open_timeout: seconds("OPEN_TIMEOUT_SECONDS", self.open_timeout_seconds, false)?,
+                empty_grace: seconds("EMPTY_GRACE_SECONDS", self.empty_grace_seconds, true)?,
+                max_match_seconds: self.max_match_seconds,
+                outbound_queue: OUTBOUND_QUEUE,
+            },
+            secret,
+            report,
+            report_budget: REPORT_BUDGET,
+            join_timeout: seconds("JOIN_TIMEOUT_SECONDS", self.join_timeout_seconds, false)?,
+            write_timeout: WRITE_TIMEOUT,
+            max_connections: self.max_connections,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("game-server").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let c = parse(&["--session-id", "s1", "--players", "a,b", "--ticket-secret", "k"])
+            .validate()
+            .unwrap();
+        assert_eq!(c.game.roster, vec!["a", "b"]);
+        assert_eq!(c.game.start_grace, Duration::from_secs(10));
+        assert_eq!(c.game.open_timeout, Duration::from_secs(60));
+        assert_eq!(c.game.empty_grace, Duration::from_secs(5));
+        assert_eq!(c.game.max_match_seconds, 86_400);
+        assert_eq!(c.game.start_policy, StartPolicy::Roster);
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let base = ["--session-id", "s1", "--players", "a,b", "--ticket-secret", "k"];
+        let cases: [(&[&str], &str); 7] = [
+            (&["--players", "a", "--ticket-secret", "k"], "SESSION_ID"),
+            (&["--session-id", "s1", "--ticket-secret", "k"], "PLAYERS"),
+            (&["--session-id", "s1", "--players", "a"], "TICKET_SECRET"),
+            (
+                &["--session-id", "s1", "--players", "a,a", "--ticket-secret", "k"],
+                "twice",
+            ),
+            (
+                &["--session-id", "s1", "--players", "a b", "--ticket-secret", "k"],
+                "invalid player id",
+            ),
+            (&[&base[..], &["--report-url", "http://x/y"]].concat(), "REPORT_TOKEN"),
+            (
+                &[&base[..], &["--open-timeout-seconds", "0"]].concat(),
+                "OPEN_TIMEOUT_SECONDS",
+            ),
+        ];
+        for (args, needle) in cases {
+            let err = parse(args).validate().unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The `game-server` binary: parse config, bind, print `LISTENING <ip:port>`, serve one match.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use game_server::Config;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("game-server: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match config.validate() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("game-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    protocol::telemetry::init("info");
+
+    // One session needs one thread: a single-threaded runtime keeps memory and start-up small.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("game-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind((config.bind, config.port)).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("game-server: cannot listen on {}:{}: {e}", config.bind, config.port);
+                return ExitCode::FAILURE;
+            }
+        };
+        match listener.local_addr() {
+            Ok(addr) => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "LISTENING {addr}").and_then(|()| stdout.flush());
+            }
+            Err(e) => {
+                eprintln!("game-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match game_server::run(listener, settings, shutdown).await {
+            Ok(report) => {
+                tracing::info!(reason = %report.end_reason, "exiting");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "match task failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Cancels `shutdown` on SIGTERM or ctrl-c: the match ends with `terminated` and drains.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,203 @@
+//! Test kit for game-server tests: tickets, a line client whose every receive is bounded, an
+//! in-process server on an ephemeral port, and a result-report receiver.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use game_server::{Config, ServerConfig};
+use protocol::api::ResultReport;
+use protocol::ticket::unix_now;
+use protocol::{Claims, LineCodec, ServerReply, TicketSecret};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "kit-secret-0123456789abcdef";
+pub const SESSION: &str = "session-kit";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn secret() -> TicketSecret {
+    TicketSecret::new(SECRET).unwrap()
+}
+
+pub fn ticket(player: &str, session: &str) -> String {
+    secret().mint(&Claims::game(player, session, unix_now(), 600))
+}
+
+pub fn roster(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("p{i}")).collect()
+}
+
+/// Parses a config the way the binary does, from flags.
+pub fn config(players: &[String], extra: &[&str]) -> ServerConfig {
+    let players = players.join(",");
+    let mut args = vec![
+        "game-server",
+        "--session-id",
+        SESSION,
+        "--players",
+        &players,
+        "--ticket-secret",
+        SECRET,
+    ];
+    args.extend_from_slice(extra);
+    Config::try_parse_from(args).unwrap().validate().unwrap()
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<anyhow::Result<ResultReport>>,
+    pub shutdown: CancellationToken,
+}
+
+impl Server {
+    pub async fn start(config: ServerConfig) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(game_server::run(listener, config, shutdown.clone()));
+        Server { addr, task, shutdown }
+    }
+
+    pub async fn finish(self) -> ResultReport {
+        timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// A protocol client; every receive fails the test after [`WAIT`].
+pub struct Client {
+    framed: Framed<TcpStream, LineCodec>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Client {
+            framed: Framed::new(stream, LineCodec::new()),
+        }
+    }
+
+    /// Connects and joins; returns the client after checking the WELCOME.
+    pub async fn joined(addr: SocketAddr, player: &str) -> Client {
+        let mut client = Client::connect(addr).await;
+        client.send(&format!("JOIN {}", ticket(player, SESSION))).await;
+        match client.recv().await {
+            Some(ServerReply::Welcome { player_id, .. }) => assert_eq!(player_id, player),
+            other => panic!("{player}: expected WELCOME, got {other:?}"),
+        }
+        client
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.framed
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.framed.get_mut().write_all(bytes).await
+    }
+
+    /// The next reply, or `None` once the server closed the connection.
+    pub async fn recv(&mut self) -> Option<ServerReply> {
+        let line = timeout(WAIT, self.framed.next())
+            .await
+            .expect("reply within the wait")?;
+        match line {
+            Ok(line) => Some(ServerReply::parse(std::str::from_utf8(&line).unwrap()).unwrap()),
+            Err(_) => None,
+        }
+    }
+
+    pub async fn expect(&mut self, want: ServerReply) {
+        assert_eq!(self.recv().await, Some(want));
+    }
+
+    pub async fn expect_closed(&mut self) {
+        assert_eq!(self.recv().await, None, "connection should be closed");
+    }
+
+    pub async fn ping(&mut self, nonce: &str) {
+        self.framed
+            .send(protocol::ClientCommand::Ping(Some(nonce.into())))
+            .await
+            .unwrap();
+        self.expect(ServerReply::Pong(Some(nonce.into()))).await;
+    }
+}
+
+/// A received result report: its `Authorization` header and body.
+#[derive(Debug)]
+pub struct Received {
+    pub authorization: String,
+    pub path: String,
+    pub report: ResultReport,
+}
+
+/// An HTTP endpoint that answers each report with the next status of `statuses` (then 200),
+/// and hands every report it parsed to the returned channel.
+pub async fn report_receiver(statuses: Vec<u16>) -> (String, mpsc::UnboundedReceiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/internal/sessions/{SESSION}/result",
+        listener.local_addr().unwrap()
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut statuses = statuses.into_iter();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            let (head, body) = loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "request ended early");
+                raw.extend_from_slice(&buf[..n]);
+                if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap();
+                    while raw.len() < end + 4 + length {
+                        let n = stream.read(&mut buf).await.unwrap();
+                        raw.extend_from_slice(&buf[..n]);
+                    }
+                    break (head, raw[end + 4..end + 4 + length].to_vec());
+                }
+            };
+            let status = statuses.next().unwrap_or(200);
+            let _ = stream
+                .write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                .await;
+            let authorization = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Authorization: ").map(str::to_owned))
+                .unwrap_or_default();
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+            let report = serde_json::from_slice(&body).unwrap();
+            let _ = tx.send(Received {
+                authorization,
+                path,
+                report,
+            });
+        }
+    });
+    (url, rx)
+}

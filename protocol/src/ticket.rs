@@ -1,0 +1,329 @@
+//! Tickets: compact HS256 JWTs signed with the shared `TICKET_SECRET` (DESIGN §3).
+//!
+//! A game ticket names a player (`sub`) and a session (`sid`) for the audience
+//! `matchplane-game`; a result report token names only a session, for `matchplane-report`.
+//! Verification checks the header's algorithm before anything else, so `alg: none` and
+//! algorithm-confusion tokens are refused, and compares signatures in constant time.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Clock skew tolerated between the minting and the verifying machine, in seconds.
+pub const LEEWAY_SECONDS: i64 = 10;
+
+/// Default lifetime of a game ticket: 10 minutes.
+pub const DEFAULT_TICKET_TTL_SECONDS: i64 = 600;
+
+/// The fixed header of every ticket: `{"alg":"HS256","typ":"JWT"}`.
+const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
+
+/// Who a token is for. A token minted for one audience never passes for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// A player's ticket to join a game server.
+    Game,
+    /// A game server's token to report its session's result to the backend.
+    Report,
+}
+
+impl Audience {
+    /// The `aud` claim value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::Game => "matchplane-game",
+            Audience::Report => "matchplane-report",
+        }
+    }
+}
+
+/// The claims of a ticket or report token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The player id; absent in report tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The session id.
+    pub sid: String,
+    /// The audience, see [`Audience`].
+    pub aud: String,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Expires at, Unix seconds.
+    pub exp: i64,
+}
+
+impl Claims {
+    /// A player's game ticket for `session`, valid for `ttl_seconds` from `now`.
+    pub fn game(player: &str, session: &str, now: i64, ttl_seconds: i64) -> Claims {
+        Claims {
+            sub: Some(player.to_owned()),
+            sid: session.to_owned(),
+            aud: Audience::Game.as_str().to_owned(),
+            iat: now,
+            exp: now + ttl_seconds,
+        }
+    }
+
+    /// A result report token for `session`, valid for `ttl_seconds` from `now`.
+    pub fn report(session: &str, now: i64, ttl_seconds: i64) -> Claims {
+        Claims {
+            sub: None,
+            sid: session.to_owned(),
+            aud: Audience::Report.as_str().to_owned(),
+            iat: now,
+            exp: now + ttl_seconds,
+        }
+    }
+}
+
+/// Why a token was refused. Each maps to one protocol error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// Not three base64url parts of JSON, wrong algorithm, or missing claims.
+    #[error("malformed ticket")]
+    Malformed,
+    /// The signature does not match: forged, or signed with another secret.
+    #[error("ticket signature does not verify")]
+    BadSignature,
+    /// Signed correctly but for another audience.
+    #[error("ticket is for another audience")]
+    WrongAudience,
+    /// Issued in the future, beyond the leeway.
+    #[error("ticket issued in the future")]
+    NotYetValid,
+    /// Past its `exp`, beyond the leeway.
+    #[error("ticket expired")]
+    Expired,
+    /// A game ticket is required but this one names no player.
+    #[error("ticket names no player")]
+    NoPlayer,
+}
+
+/// The shared HMAC key. Its `Debug` never shows the key.
+#[derive(Clone)]
+pub struct TicketSecret(Vec<u8>);
+
+/// The secret was empty.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("TICKET_SECRET must not be empty")]
+pub struct EmptySecret;
+
+impl TicketSecret {
+    /// Wraps a secret; an empty one is refused, since it would sign for anyone.
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, EmptySecret> {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            return Err(EmptySecret);
+        }
+        Ok(TicketSecret(bytes))
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length")
+    }
+
+    /// Signs `claims` into a compact token.
+    pub fn mint(&self, claims: &Claims) -> String {
+        let payload = serde_json::to_vec(claims).expect("claims always serialize");
+        let mut token = String::with_capacity(HEADER_B64.len() + payload.len() * 2 + 48);
+        token.push_str(HEADER_B64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+        let mut mac = self.mac();
+        mac.update(token.as_bytes());
+        let signature = mac.finalize().into_bytes();
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        token
+    }
+
+    /// Checks signature, audience and time window (with [`LEEWAY_SECONDS`]) at `now`
+    /// (Unix seconds) and returns the claims. A game ticket must name a player.
+    pub fn verify(&self, token: &str, audience: Audience, now: i64) -> Result<Claims, TicketError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TicketError::Malformed);
+        };
+        check_header(header)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TicketError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(&token.as_bytes()[..header.len() + 1 + payload.len()]);
+        mac.verify_slice(&signature).map_err(|_| TicketError::BadSignature)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TicketError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TicketError::Malformed)?;
+        if claims.aud != audience.as_str() {
+            return Err(TicketError::WrongAudience);
+        }
+        if claims.iat > now + LEEWAY_SECONDS {
+            return Err(TicketError::NotYetValid);
+        }
+        if claims.exp + LEEWAY_SECONDS < now {
+            return Err(TicketError::Expired);
+        }
+        if audience == Audience::Game && claims.sub.as_deref().is_none_or(str::is_empty) {
+            return Err(TicketError::NoPlayer);
+        }
+        Ok(claims)
+    }
+}
+
+fn check_header(header: &str) -> Result<(), TicketError> {
+    if header == HEADER_B64 {
+        return Ok(());
+    }
+    #[derive(Deserialize)]
+    struct Header {
+        alg: String,
+    }
+    let raw = URL_SAFE_NO_PAD.decode(header).map_err(|_| TicketError::Malformed)?;
+    let parsed: Header = serde_json::from_slice(&raw).map_err(|_| TicketError::Malformed)?;
+    if parsed.alg == "HS256" {
+        Ok(())
+    } else {
+        Err(TicketError::Malformed)
+    }
+}
+
+impl fmt::Debug for TicketSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TicketSecret(<{} bytes>)", self.0.len())
+    }
+}
+
+/// Seconds since the Unix epoch, from the system clock.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn secret() -> TicketSecret {
+        TicketSecret::new("test-secret-with-enough-bytes").unwrap()
+    }
+
+    #[test]
+    fn valid_ticket_verifies() {
+        let token = secret().mint(&Claims::game("alice", "s1", NOW, 600));
+        let claims = secret().verify(&token, Audience::Game, NOW + 5).unwrap();
+        assert_eq!(claims.sub.as_deref(), Some("alice"));
+        assert_eq!(claims.sid, "s1");
+    }
+
+    #[test]
+    fn forged_signature_is_refused() {
+        let token = secret().mint(&Claims::game("alice", "s1", NOW, 600));
+        let other = TicketSecret::new("another-secret")
+            .unwrap()
+            .mint(&Claims::game("alice", "s1", NOW, 600));
+        assert_eq!(
+            TicketSecret::new("another-secret")
+                .unwrap()
+                .verify(&token, Audience::Game, NOW),
+            Err(TicketError::BadSignature)
+        );
+        assert_eq!(
+            secret().verify(&other, Audience::Game, NOW),
+            Err(TicketError::BadSignature)
+        );
+        // Swap the payload for one naming another player, keep the signature.
+        let forged_payload =
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&Claims::game("mallory", "s1", NOW, 600)).unwrap());
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert_eq!(
+            secret().verify(&forged, Audience::Game, NOW),
+            Err(TicketError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn expired_ticket_is_refused_after_leeway() {
+        let token = secret().mint(&Claims::game("alice", "s1", NOW, 60));
+        assert!(
+            secret()
+                .verify(&token, Audience::Game, NOW + 60 + LEEWAY_SECONDS)
+                .is_ok()
+        );
+        assert_eq!(
+            secret().verify(&token, Audience::Game, NOW + 61 + LEEWAY_SECONDS),
+            Err(TicketError::Expired)
+        );
+    }
+
+    #[test]
+    fn future_ticket_is_refused() {
+        let token = secret().mint(&Claims::game("alice", "s1", NOW + 3600, 600));
+        assert_eq!(
+            secret().verify(&token, Audience::Game, NOW),
+            Err(TicketError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn wrong_audience_is_refused_both_ways() {
+        let report = secret().mint(&Claims::report("s1", NOW, 600));
+        let game = secret().mint(&Claims::game("alice", "s1", NOW, 600));
+        assert_eq!(
+            secret().verify(&report, Audience::Game, NOW),
+            Err(TicketError::WrongAudience)
+        );
+        assert_eq!(
+            secret().verify(&game, Audience::Report, NOW),
+            Err(TicketError::WrongAudience)
+        );
+        assert!(secret().verify(&report, Audience::Report, NOW).is_ok());
+    }
+
+    #[test]
+    fn alg_none_and_garbage_are_malformed() {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&Claims::game("alice", "s1", NOW, 600)).unwrap());
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        for token in [
+            format!("{none_header}.{payload}."),
+            "garbage".into(),
+            "a.b".into(),
+            "a.b.c.d".into(),
+            String::new(),
+            "..".into(),
+        ] {
+            assert_eq!(
+                secret().verify(&token, Audience::Game, NOW),
+                Err(TicketError::Malformed),
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn game_ticket_without_player_is_refused() {
+        let mut claims = Claims::game("", "s1", NOW, 600);
+        assert_eq!(
+            secret().verify(&secret().mint(&claims), Audience::Game, NOW),
+            Err(TicketError::NoPlayer)
+        );
+        claims.sub = None;
+        assert_eq!(
+            secret().verify(&secret().mint(&claims), Audience::Game, NOW),
+            Err(TicketError::NoPlayer)
+        );
+    }
+
+    #[test]
+    fn empty_secret_is_refused_and_debug_hides_the_key() {
+        assert!(TicketSecret::new("").is_err());
+        assert!(!format!("{:?}", secret()).contains("test-secret"));
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env python3
+"""Measures the game-server binary: time from exec to its LISTENING line (median of N starts)
+and the idle resident set size of one process. Usage: measure-game-server.py [BINARY] [N]"""
+import os, statistics, subprocess, sys, time
+
+binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/game-server"
+runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+env = dict(os.environ, SESSION_ID="measure", PLAYERS=",".join(f"p{i}" for i in range(12)),
+           TICKET_SECRET="measure-secret", RUST_LOG="warn")
+starts, rss = [], []
+for _ in range(runs):
+    t0 = time.perf_counter()
+    p = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", "0"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    line = p.stdout.readline()
+    starts.append((time.perf_counter() - t0) * 1000)
+    assert line.startswith(b"LISTENING "), line
+    time.sleep(0.2)
+    with open(f"/proc/{p.pid}/status") as f:
+        rss.append(next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")))
+    p.terminate()
+    p.wait(timeout=15)
+print(f"exec to LISTENING: median {statistics.median(starts):.2f} ms, "
+      f"min {min(starts):.2f} ms, max {max(starts):.2f} ms over {runs} starts")
+print(f"idle RSS: median {statistics.median(rss) / 1024:.2f} MiB, max {max(rss) / 1024:.2f} MiB")

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Ephemeral Redis and PostgreSQL for tests and the local demo, on free loopback ports under a
+# run directory. Source this file, then:
+#   mp_start_services DIR   # exports MP_REDIS_URL and MP_DATABASE_URL
+#   mp_stop_services        # also runs by itself when the calling shell exits or dies
+# Missing servers are installed through apt when running as root; otherwise one sentence says
+# what to install, and the caller stops.
+
+mp_die() { echo "$*" >&2; exit 1; }
+
+mp_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+mp_apt_install() {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    return 1
+  fi
+  echo "installing $* through apt ..." >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } >/dev/null 2>&1
+}
+
+mp_need_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  mp_apt_install redis-server && command -v redis-server >/dev/null 2>&1 && return 0
+  mp_die "matchplane needs redis-server: install it with 'sudo apt-get install -y redis-server' and run this again."
+}
+
+mp_pg_bindir() {
+  local dir
+  if command -v pg_ctl >/dev/null 2>&1 && command -v initdb >/dev/null 2>&1; then
+    dirname "$(readlink -f "$(command -v pg_ctl)")"
+    return 0
+  fi
+  for dir in /usr/lib/postgresql/*/bin; do
+    [ -x "$dir/pg_ctl" ] && [ -x "$dir/initdb" ] && { echo "$dir"; return 0; }
+  done
+  return 1
+}
+
+mp_need_postgres() {
+  MP_PG_BIN=$(mp_pg_bindir) && return 0
+  mp_apt_install postgresql && MP_PG_BIN=$(mp_pg_bindir) && return 0
+  mp_die "matchplane needs the PostgreSQL server binaries (initdb, pg_ctl): install them with 'sudo apt-get install -y postgresql' and run this again."
+}
+
+# Runs a PostgreSQL tool as an unprivileged user when we are root (initdb refuses root).
+mp_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u "$MP_PG_USER" -- "$@"
+  else
+    "$@"
+  fi
+}
+
+mp_start_services() {
+  local dir=$1 redis_port pg_port try
+  mp_need_redis
+  mp_need_postgres
+  mkdir -p "$dir"
+  MP_SERVICES_DIR=$(cd "$dir" && pwd)
+
+  for try in 1 2 3 4 5; do
+    redis_port=$(mp_free_port)
+    mkdir -p "$MP_SERVICES_DIR/redis"
+    redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+      --dir "$MP_SERVICES_DIR/redis" --logfile "$MP_SERVICES_DIR/redis/redis.log" \
+      --maxclients 10000 --daemonize no &
+    MP_REDIS_PID=$!
+    for _ in $(seq 1 50); do
+      if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then break 2; fi
+      kill -0 "$MP_REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$MP_REDIS_PID" 2>/dev/null; wait "$MP_REDIS_PID" 2>/dev/null; MP_REDIS_PID=
+  done
+  [ -n "${MP_REDIS_PID:-}" ] || mp_die "redis-server did not start; see $MP_SERVICES_DIR/redis/redis.log"
+
+  MP_PG_USER=$(id -un)
+  if [ "$(id -u)" = 0 ]; then
+    if id postgres >/dev/null 2>&1; then MP_PG_USER=postgres; else MP_PG_USER=nobody; fi
+  fi
+  mkdir -p "$MP_SERVICES_DIR/pg"
+  chown "$MP_PG_USER" "$MP_SERVICES_DIR/pg" 2>/dev/null || true
+  mp_pg "$MP_PG_BIN/initdb" -D "$MP_SERVICES_DIR/pg/data" -U mp --auth=trust --no-sync -E UTF8 \
+    >"$MP_SERVICES_DIR/pg/initdb.log" 2>&1 || mp_die "initdb failed; see $MP_SERVICES_DIR/pg/initdb.log"
+  for try in 1 2 3 4 5; do
+    pg_port=$(mp_free_port)
+    if mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_SERVICES_DIR/pg/data" -l "$MP_SERVICES_DIR/pg/postgres.log" -w -t 30 \
+      -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $MP_SERVICES_DIR/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+      start >/dev/null 2>&1; then
+      MP_PG_PORT=$pg_port
+      break
+    fi
+  done
+  [ -n "${MP_PG_PORT:-}" ] || mp_die "PostgreSQL did not start; see $MP_SERVICES_DIR/pg/postgres.log"
+
+  export MP_REDIS_URL="redis://127.0.0.1:$redis_port"
+  export MP_DATABASE_URL="postgres://mp@127.0.0.1:$MP_PG_PORT/postgres"
+  export MP_PG_BIN MP_PG_USER MP_SERVICES_DIR MP_PG_PORT
+
+  # Stop by ourselves: on exit of the calling shell, and from a watchdog if it is killed.
+  trap mp_stop_services EXIT
+  local parent=$$
+  ( trap '' INT TERM HUP
+    while kill -0 "$parent" 2>/dev/null; do sleep 1; done
+    mp_stop_services ) >/dev/null 2>&1 &
+  disown 2>/dev/null || true
+}
+
+mp_stop_services() {
+  if [ -n "${MP_SERVICES_DIR:-}" ] && [ -d "$MP_SERVICES_DIR/pg/data" ]; then
+    mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_SERVICES_DIR/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  if [ -n "${MP_REDIS_PID:-}" ]; then
+    kill "$MP_REDIS_PID" 2>/dev/null || true
+  fi
+  # Keep the logs only when asked to (MP_KEEP_RUN_DIR=1), for a post-mortem.
+  if [ -n "${MP_SERVICES_DIR:-}" ] && [ "${MP_KEEP_RUN_DIR:-0}" != 1 ]; then
+    rm -rf "$MP_SERVICES_DIR"
+  fi
+}
