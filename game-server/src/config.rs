@@ -63,6 +63,10 @@ pub struct Config {
     /// Most connections open at once; more are told `ERROR server_full` and closed.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 256)]
     pub max_connections: usize,
+    /// Drain as on SIGTERM when standard input closes: a parent process that dies (even by
+    /// SIGKILL) takes its servers with it.
+    #[arg(long, env = "EXIT_ON_STDIN_CLOSE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub exit_on_stdin_close: bool,
 }
 
 /// Validated settings, ready for [`crate::run`].

@@ -56,6 +56,9 @@ fn main() -> ExitCode {
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        if config.exit_on_stdin_close {
+            tokio::spawn(cancel_on_stdin_close(shutdown.clone()));
+        }
         match game_server::run(listener, settings, shutdown).await {
             Ok(report) => {
                 tracing::info!(reason = %report.end_reason, "exiting");
@@ -82,5 +85,19 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
     }
+    shutdown.cancel();
+}
+
+/// Cancels `shutdown` when standard input reaches end of file (the parent is gone).
+async fn cancel_on_stdin_close(shutdown: CancellationToken) {
+    let mut stdin = tokio::io::stdin();
+    let mut sink = [0u8; 256];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut stdin, &mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => continue,
+        }
+    }
+    tracing::info!("standard input closed: the parent is gone; draining");
     shutdown.cancel();
 }

@@ -175,3 +175,18 @@ async fn bad_config_exits_2_with_one_line_before_binding() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn closing_stdin_drains_when_asked_to() {
+    let (url, mut reports) = report_receiver(vec![]).await;
+    let mut child = command(&roster(1), &url)
+        .arg("--exit-on-stdin-close")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = listening(&mut child).await;
+    drop(child.stdin.take());
+    let status = timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    assert_eq!(reports.recv().await.unwrap().report.end_reason, EndReason::Terminated);
+}

@@ -1,0 +1,489 @@
+//! The HTTP API (DESIGN §4), compatible with the original system's clients.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use protocol::api::{EndReason, JoinRequest, MatchResponse, MatchStatus, ResultReport};
+use protocol::player::is_valid_player_id;
+use protocol::{Audience, Claims};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::error::{ApiError, ApiResult};
+use crate::events::Waiters;
+use crate::history::History;
+use crate::metrics::Metrics;
+use crate::store::{CancelOutcome, EndOutcome, JoinOutcome, PlayerView, SessionState, Store, now_ms};
+use crate::supervisor::Supervisor;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Longest long poll.
+pub const MAX_WAIT_SECONDS: f64 = 30.0;
+/// Every request is cut off after this (a long poll included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// What handlers share.
+pub struct AppState {
+    pub store: Store,
+    pub history: History,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub waiters: Arc<Waiters>,
+    pub supervisor: Supervisor,
+    /// Woken when a join may have filled a session.
+    pub matcher_wake: Arc<Notify>,
+    /// Cancelled on SIGTERM: no more joins, not ready.
+    pub draining: CancellationToken,
+}
+
+/// The API router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/match/join", post(join))
+        .route("/match/join/{player_id}", delete(leave))
+        .route("/match/status", get(status))
+        .route("/match/{session_id}/end", post(operator_end))
+        .route("/sessions/active", get(active_sessions))
+        .route("/sessions/{session_id}", get(session))
+        .route("/players/{player_id}/matches", get(player_matches))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/internal/sessions/{session_id}/result", post(result_report))
+        .fallback(|| async { ApiError::NotFound("not_found", "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(protocol::api::ErrorBody::new(
+                    "method_not_allowed",
+                    "method not allowed",
+                )),
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Times out, measures and logs every request.
+async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = match timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable("request timed out".into()).into_response(),
+    };
+    let status = response.status().as_u16();
+    let took = started.elapsed();
+    state.metrics.http(method.as_str(), &route, status, took);
+    if status >= 500 {
+        tracing::warn!(%method, %route, status, ?took, "request failed");
+    } else {
+        tracing::debug!(%method, %route, status, ?took, "request");
+    }
+    response
+}
+
+/// A JSON body with this API's errors: 413 over the limit, 400 not JSON, 422 wrong shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(BODY_LIMIT)
+            } else {
+                ApiError::Malformed(e.body_text())
+            }
+        })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::Malformed(format!("request body is not JSON: {e}")))?;
+        // serde would take `["a"]` for a struct; every body of this API is an object.
+        if !value.is_object() {
+            return Err(ApiError::Invalid("request body must be a JSON object".into()));
+        }
+        serde_json::from_value(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::Invalid(format!("request body: {e}")))
+    }
+}
+
+fn check_player(id: &str) -> ApiResult<()> {
+    if is_valid_player_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            "player_id must be 1-128 characters of A-Z a-z 0-9 _ . : -".into(),
+        ))
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(expected) = &state.settings.admin_token else {
+        return Err(ApiError::Forbidden(
+            "operator endpoints are disabled: ADMIN_TOKEN is not set".into(),
+        ));
+    };
+    match bearer(headers) {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(ApiError::Unauthorized("a valid admin token is required".into())),
+    }
+}
+
+impl AppState {
+    /// The status answer for `player` as it stands in `view`.
+    fn response(&self, player: &str, view: PlayerView) -> MatchResponse {
+        let mut response = MatchResponse {
+            status: MatchStatus::Unknown,
+            session_id: String::new(),
+            players: Vec::new(),
+            connect_host: String::new(),
+            connect_port: 0,
+            ticket: None,
+            end_reason: None,
+        };
+        match view {
+            PlayerView::Unknown => {}
+            PlayerView::Queued => {
+                response.status = MatchStatus::Queued;
+                response.session_id = format!("pending:{player}");
+                response.players = vec![player.to_owned()];
+            }
+            PlayerView::InSession(session) => {
+                response.session_id = session.session_id;
+                response.players = session.players;
+                match session.state {
+                    SessionState::Allocating => response.status = MatchStatus::Allocating,
+                    SessionState::Matched => {
+                        response.status = MatchStatus::Matched;
+                        response.connect_host = self.settings.public_host.clone();
+                        response.connect_port = self.settings.public_port;
+                        let ttl = i64::try_from(self.settings.ticket_ttl.as_secs()).unwrap_or(600);
+                        let claims = Claims::game(player, &response.session_id, protocol::ticket::unix_now(), ttl);
+                        response.ticket = Some(self.settings.secret.mint(&claims));
+                    }
+                    SessionState::Ended => {
+                        response.status = MatchStatus::Ended;
+                        response.end_reason = session.end_reason;
+                    }
+                }
+            }
+        }
+        response
+    }
+}
+
+async fn join(
+    State(state): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<JoinRequest>,
+) -> ApiResult<Json<MatchResponse>> {
+    check_player(&body.player_id)?;
+    if state.draining.is_cancelled() {
+        return Err(ApiError::Unavailable("this backend is shutting down; retry".into()));
+    }
+    let player = body.player_id;
+    match state.store.join(&player, now_ms()).await? {
+        JoinOutcome::Queued { new, depth } => {
+            state.metrics.join(if new { "queued" } else { "already_queued" });
+            if depth >= u64::from(state.settings.session_size) {
+                state.matcher_wake.notify_one();
+            }
+            Ok(Json(state.response(&player, PlayerView::Queued)))
+        }
+        JoinOutcome::InSession { .. } => {
+            state.metrics.join("in_session");
+            let view = state.store.player(&player).await?;
+            Ok(Json(state.response(&player, view)))
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    player_id: String,
+    wait: Option<f64>,
+}
+
+fn status_key(view: &PlayerView) -> (MatchStatus, Option<&str>) {
+    match view {
+        PlayerView::Unknown => (MatchStatus::Unknown, None),
+        PlayerView::Queued => (MatchStatus::Queued, None),
+        PlayerView::InSession(s) => (
+            match s.state {
+                SessionState::Allocating => MatchStatus::Allocating,
+                SessionState::Matched => MatchStatus::Matched,
+                SessionState::Ended => MatchStatus::Ended,
+            },
+            Some(s.session_id.as_str()),
+        ),
+    }
+}
+
+async fn status(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> ApiResult<Json<MatchResponse>> {
+    let Query(query) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    check_player(&query.player_id)?;
+    let wait = query.wait.unwrap_or(0.0);
+    if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) {
+        return Err(ApiError::Invalid(format!(
+            "wait must be 0 to {MAX_WAIT_SECONDS} seconds"
+        )));
+    }
+    let player = query.player_id;
+    // Watch before the first read, so no change between read and wait is missed.
+    let watch = state.waiters.watch(&player);
+    let mut notified = std::pin::pin!(watch.notify.notified());
+    notified.as_mut().enable();
+    let first = state.store.player(&player).await?;
+    if wait == 0.0 {
+        return Ok(Json(state.response(&player, first)));
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(wait);
+    let mut current = first.clone();
+    loop {
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => break,
+            // A lost notification only costs this re-check.
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        notified.set(watch.notify.notified());
+        notified.as_mut().enable();
+        current = state.store.player(&player).await?;
+        if status_key(&current) != status_key(&first) {
+            break;
+        }
+    }
+    Ok(Json(state.response(&player, current)))
+}
+
+async fn leave(State(state): State<Arc<AppState>>, Path(player): Path<String>) -> ApiResult<StatusCode> {
+    check_player(&player)?;
+    match state.store.cancel(&player).await? {
+        CancelOutcome::Cancelled => {
+            state.metrics.join("cancelled");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        CancelOutcome::InSession => Err(ApiError::Conflict(
+            "in_session",
+            format!("{player} is already in a session"),
+        )),
+        CancelOutcome::NotQueued => Err(ApiError::NotFound("not_queued", format!("{player} is not queued"))),
+    }
+}
+
+fn check_session_id(id: &str) -> ApiResult<uuid::Uuid> {
+    uuid::Uuid::parse_str(id).map_err(|_| ApiError::NotFound("unknown_session", format!("no session {id:?}")))
+}
+
+async fn operator_end(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_admin(&state, &headers)?;
+    check_session_id(&session_id)?;
+    let outcome = state
+        .store
+        .end_session(&session_id, EndReason::Stopped, now_ms(), false, None)
+        .await?;
+    if outcome == EndOutcome::Unknown {
+        return Err(ApiError::NotFound(
+            "unknown_session",
+            format!("no session {session_id}"),
+        ));
+    }
+    if outcome == EndOutcome::Ended {
+        state.metrics.session_ended(EndReason::Stopped.as_str());
+        tracing::info!(session = %session_id, "session stopped by an operator");
+    }
+    // The owner learns it through the events channel; if it is us, act at once.
+    state.supervisor.ended_elsewhere(&session_id);
+    let record = state.store.session(&session_id).await?;
+    Ok(Json(json!({
+        "session_id": session_id,
+        "status": "ended",
+        "end_reason": record.and_then(|r| r.end_reason),
+    })))
+}
+
+async fn active_sessions(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let sessions = state.store.live_sessions().await?;
+    Ok(Json(json!({ "count": sessions.len(), "sessions": sessions })))
+}
+
+async fn session(State(state): State<Arc<AppState>>, Path(session_id): Path<String>) -> ApiResult<Response> {
+    let id = check_session_id(&session_id)?;
+    if let Some(record) = state.store.session(&session_id).await? {
+        return Ok(Json(record).into_response());
+    }
+    match state.history.session_row(id).await? {
+        Some(row) => Ok(Json(row).into_response()),
+        None => Err(ApiError::NotFound(
+            "unknown_session",
+            format!("no session {session_id}"),
+        )),
+    }
+}
+
+async fn player_matches(
+    State(state): State<Arc<AppState>>,
+    Path(player): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    check_player(&player)?;
+    let number = |name: &str, default: i64, max: i64| -> ApiResult<i64> {
+        match query.get(name) {
+            None => Ok(default),
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if (0..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::Invalid(format!(
+                    "{name} must be a whole number from 0 to {max}"
+                ))),
+            },
+        }
+    };
+    let limit = number("limit", 20, 100)?.max(1);
+    let offset = number("offset", 0, 1_000_000)?;
+    let matches = state.history.player_matches(&player, limit + 1, offset).await?;
+    let more = matches.len() as i64 > limit;
+    let matches: Vec<_> = matches.into_iter().take(usize::try_from(limit).unwrap_or(20)).collect();
+    Ok(Json(json!({
+        "player_id": player,
+        "matches": matches,
+        "next_offset": more.then_some(offset + limit),
+    })))
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let redis_ok = matches!(timeout(Duration::from_secs(2), state.store.ping()).await, Ok(Ok(())));
+    let postgres_ok = state.history.ping().await;
+    let backlog = match state.history.backlog().await {
+        Ok(n) => {
+            state
+                .metrics
+                .outbox_backlog
+                .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
+            Some(n)
+        }
+        Err(_) => None,
+    };
+    let draining = state.draining.is_cancelled();
+    let ready = redis_ok && !draining;
+    let body = json!({
+        "status": if redis_ok && postgres_ok { "ok" } else { "degraded" },
+        "ready": ready,
+        "draining": draining,
+        "instance": state.settings.instance_id,
+        "runtime": format!("{:?}", state.settings.runtime).to_lowercase(),
+        "redis": if redis_ok { "ok" } else { "down" },
+        "postgres": if postgres_ok { "ok" } else { "down" },
+        "history_backlog": backlog,
+        "sessions_supervised": state.supervisor.active(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Reasons a game server may report; the others are the backend's to give.
+fn reportable(reason: EndReason) -> bool {
+    matches!(
+        reason,
+        EndReason::Completed | EndReason::Abandoned | EndReason::NoShow | EndReason::Terminated
+    )
+}
+
+async fn result_report(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    headers: HeaderMap,
+    body: ApiJson<ResultReport>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let token = bearer(&headers).ok_or_else(|| ApiError::Unauthorized("a report token is required".into()))?;
+    let claims = state
+        .settings
+        .secret
+        .verify(token, Audience::Report, protocol::ticket::unix_now())
+        .map_err(|e| ApiError::Unauthorized(format!("report token refused: {e}")))?;
+    if claims.sid != session_id {
+        return Err(ApiError::Forbidden("the report token is for another session".into()));
+    }
+    let ApiJson(report) = body;
+    if report.session_id != session_id {
+        return Err(ApiError::Invalid("session_id in the body differs from the path".into()));
+    }
+    if !reportable(report.end_reason) {
+        return Err(ApiError::Invalid(format!(
+            "a game server cannot report {}",
+            report.end_reason
+        )));
+    }
+    let json = serde_json::to_string(&report).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let outcome = state
+        .store
+        .end_session(&session_id, report.end_reason, now_ms(), false, Some(&json))
+        .await?;
+    let recorded = match outcome {
+        EndOutcome::Unknown => {
+            return Err(ApiError::NotFound(
+                "unknown_session",
+                format!("no session {session_id}"),
+            ));
+        }
+        EndOutcome::Ended | EndOutcome::Requeued => {
+            state.metrics.session_ended(report.end_reason.as_str());
+            "ended"
+        }
+        EndOutcome::AlreadyEnded => "already_ended",
+    };
+    tracing::info!(session = %session_id, reason = %report.end_reason, recorded, "result report");
+    Ok(Json(json!({ "session_id": session_id, "recorded": recorded })))
+}

@@ -1,0 +1,90 @@
+//! The matcher: every replica forms sessions from the shared queue, as soon as a join fills
+//! one and on a short tick for partial sessions, so leftovers are matched without any further
+//! joins. Forming is one atomic Redis script, so replicas never compete for a player.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{FormRules, Store, now_ms};
+use crate::supervisor::Supervisor;
+
+/// How often partial sessions are checked for; bounds the extra wait past FLUSH_WAIT.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Sessions formed per script call; more are formed in further calls at once.
+const BATCH: usize = 64;
+
+/// One replica's matcher.
+pub struct Matcher {
+    pub store: Store,
+    pub supervisor: Supervisor,
+    pub rules: FormRules,
+    pub instance: String,
+    /// The matcher waits while this replica supervises this many sessions.
+    pub max_active: usize,
+    pub metrics: Arc<Metrics>,
+    /// Notified when a join may have filled a session.
+    pub wake: Arc<Notify>,
+}
+
+/// Forms sessions until `stop` is cancelled.
+pub async fn run(matcher: Matcher, stop: CancellationToken) {
+    let Matcher {
+        store,
+        supervisor,
+        rules,
+        instance,
+        max_active,
+        metrics,
+        wake,
+    } = matcher;
+    let mut last_depth = Instant::now() - Duration::from_secs(10);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = wake.notified() => {}
+            () = sleep(TICK) => {}
+        }
+        if let Some(until) = supervisor.backoff().paused_until() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = sleep_until(until) => {}
+            }
+        }
+        loop {
+            let room = max_active.saturating_sub(supervisor.active()).min(BATCH);
+            if room == 0 {
+                break;
+            }
+            match store.form(&rules, now_ms(), &instance, room).await {
+                Ok(formed) => {
+                    let full_batch = formed.len() == room;
+                    for session in formed {
+                        supervisor.launch(session);
+                    }
+                    if !full_batch || stop.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "forming sessions failed; retrying");
+                    sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+        if last_depth.elapsed() >= Duration::from_secs(1) {
+            last_depth = Instant::now();
+            if let Ok(depth) = store.queue_depth().await {
+                metrics
+                    .queue_depth
+                    .store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed);
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The `local` runtime: each session's server is a child process of this backend.
+//!
+//! The child listens on a free loopback port (`--port 0`) and announces it with its one
+//! `LISTENING <ip:port>` line. Its standard input is a pipe held by the backend and the child
+//! runs with `EXIT_ON_STDIN_CLOSE`: if the backend dies, even by SIGKILL, the pipe closes and
+//! every child drains and exits, so no server outlives its backend.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::time::timeout;
+
+use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError};
+
+/// Game-server settings passed through from the backend's environment when set there.
+const PASSED_THROUGH: [&str; 6] = [
+    "START_POLICY",
+    "START_GRACE_SECONDS",
+    "OPEN_TIMEOUT_SECONDS",
+    "EMPTY_GRACE_SECONDS",
+    "MAX_MATCH_SECONDS",
+    "LOG_FORMAT",
+];
+
+/// Spawns `game-server` processes.
+pub struct LocalRuntime {
+    binary: PathBuf,
+    secret: String,
+    log_filter: String,
+}
+
+impl LocalRuntime {
+    /// A runtime spawning `binary`, whose servers verify tickets with `secret`.
+    pub fn new(binary: PathBuf, secret: String, log_filter: String) -> Self {
+        LocalRuntime {
+            binary,
+            secret,
+            log_filter,
+        }
+    }
+
+    async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
+        let mut command = Command::new(&self.binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("GAME_BIND", "127.0.0.1")
+            .env("GAME_PORT", "0")
+            .env("SESSION_ID", &spec.session_id)
+            .env("PLAYERS", spec.players.join(","))
+            .env("TICKET_SECRET", &self.secret)
+            .env("REPORT_URL", &spec.report_url)
+            .env("REPORT_TOKEN", &spec.report_token)
+            .env("EXIT_ON_STDIN_CLOSE", "true")
+            .env("RUST_LOG", &self.log_filter)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for name in PASSED_THROUGH {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| StartError::Spawn(format!("{}: {e}", self.binary.display())))?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| StartError::Spawn("no stdout pipe".into()))?;
+        let mut line = String::new();
+        let read = timeout(spec.ready_timeout, BufReader::new(stdout).read_line(&mut line)).await;
+        let addr = match read {
+            Err(_) => {
+                let _ = child.kill().await;
+                return Err(StartError::Timeout(spec.ready_timeout));
+            }
+            Ok(Err(e)) => {
+                let _ = child.kill().await;
+                return Err(StartError::Exited(format!("reading its output: {e}")));
+            }
+            Ok(Ok(_)) => match line
+                .trim()
+                .strip_prefix("LISTENING ")
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            {
+                Some(mut addr) => {
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    addr.to_string()
+                }
+                None => {
+                    let status = match timeout(std::time::Duration::from_secs(2), child.wait()).await {
+                        Ok(Ok(status)) => status.to_string(),
+                        _ => {
+                            let _ = child.kill().await;
+                            format!("unexpected first line {:?}", line.trim())
+                        }
+                    };
+                    return Err(StartError::Exited(status));
+                }
+            },
+        };
+        let name = format!("local-{}", child.id().unwrap_or_default());
+        Ok(Box::new(LocalServer {
+            child,
+            _stdin: stdin,
+            name,
+            addr,
+        }))
+    }
+}
+
+impl SessionRuntime for LocalRuntime {
+    fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Box<dyn ServerHandle>, StartError>> {
+        Box::pin(self.spawn(spec))
+    }
+}
+
+struct LocalServer {
+    child: Child,
+    /// Held open for the child's life: closing it tells the child its parent is gone.
+    _stdin: Option<ChildStdin>,
+    name: String,
+    addr: String,
+}
+
+impl ServerHandle for LocalServer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ServerExit> {
+        Box::pin(async move {
+            match self.child.wait().await {
+                Ok(status) if status.code().is_some() => ServerExit::Exited(status.code()),
+                Ok(status) => ServerExit::Lost(status.to_string()),
+                Err(e) => ServerExit::Lost(e.to_string()),
+            }
+        })
+    }
+
+    fn terminate(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+        })
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.child.kill().await;
+        })
+    }
+}

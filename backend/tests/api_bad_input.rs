@@ -1,0 +1,244 @@
+//! Bad input gets the right status and a JSON error, and changes nothing.
+
+mod common;
+
+use common::{ADMIN, Backend, SECRET, settings};
+use hyper::{Method, StatusCode};
+use protocol::{Claims, TicketSecret};
+use serde_json::json;
+
+async fn backend() -> (Backend, String) {
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    (
+        Backend::start(settings(
+            &prefix,
+            &db,
+            &["--session-size", "4", "--flush-wait-seconds", "600"],
+        ))
+        .await,
+        prefix,
+    )
+}
+
+fn code(body: &serde_json::Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+#[tokio::test]
+async fn malformed_and_invalid_joins_are_refused_and_change_nothing() {
+    let (backend, _) = backend().await;
+    let http = &backend.http;
+    let json_type = [("content-type", "application/json")];
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (b"{not json".to_vec(), StatusCode::BAD_REQUEST, "malformed"),
+        (Vec::new(), StatusCode::BAD_REQUEST, "malformed"),
+        (
+            b"{\"player_id\": 42}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            b"{\"player\": \"a\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (b"[\"a\"]".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+        (
+            json!({"player_id": ""}).to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"player_id": "has space"}).to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"player_id": "x".repeat(129)}).to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            json!({"player_id": "semi;colon"}).to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (vec![b' '; 1024 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+    ];
+    for (body, status, want) in cases {
+        let (got, reply) = http.request(Method::POST, "/match/join", &json_type, body).await;
+        assert_eq!((got, code(&reply)), (status, want), "{reply}");
+    }
+    let (status, body) = http.get("/sessions/active").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["count"], 0);
+    let (_, metrics) = http.request(Method::GET, "/metrics", &[], Vec::new()).await;
+    assert!(
+        !metrics.as_str().unwrap().contains("mp_joins_total{"),
+        "no join was counted"
+    );
+
+    // A valid join works and is idempotent.
+    let (status, body) = http.join("good.player-1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"status": "queued", "session_id": "pending:good.player-1", "players": ["good.player-1"],
+        "connect_host": "", "connect_port": 0, "ticket": null})
+    );
+    assert_eq!(http.join("good.player-1").await.1, body);
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn status_leave_and_unknown_things() {
+    let (backend, _) = backend().await;
+    let http = &backend.http;
+    assert_eq!(http.status("nobody", 0.0).await["status"], "unknown");
+    for path in [
+        "/match/status",
+        "/match/status?player_id=bad%20id",
+        "/match/status?player_id=a&wait=31",
+        "/match/status?player_id=a&wait=x",
+    ] {
+        let (status, body) = http.get(path).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
+    }
+    let (status, body) = http
+        .request(Method::DELETE, "/match/join/nobody", &[], Vec::new())
+        .await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_queued"));
+    http.join("leaver").await;
+    let (status, _) = http
+        .request(Method::DELETE, "/match/join/leaver", &[], Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(http.status("leaver", 0.0).await["status"], "unknown");
+
+    let unknown = uuid::Uuid::new_v4();
+    assert_eq!(http.get(&format!("/sessions/{unknown}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(http.get("/sessions/not-a-uuid").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(http.get("/no/such/path").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        http.request(Method::PUT, "/match/join", &[], Vec::new()).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let (status, body) = http.get("/players/bad%20id/matches").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (status, body) = http.get("/players/p/matches?limit=1000").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // Operator stop needs the admin token.
+    let end = format!("/match/{unknown}/end");
+    assert_eq!(
+        http.request(Method::POST, &end, &[], Vec::new()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        http.request(
+            Method::POST,
+            &end,
+            &[("authorization", "Bearer wrong-token-x")],
+            Vec::new()
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let admin = format!("Bearer {ADMIN}");
+    assert_eq!(
+        http.request(Method::POST, &end, &[("authorization", &admin)], Vec::new())
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn forged_and_misdirected_reports_are_refused() {
+    let (backend, _) = backend().await;
+    let http = &backend.http;
+    // Form a real session: four players, dry run (it ends at once with dry_run).
+    for p in ["r1", "r2", "r3", "r4"] {
+        http.join(p).await;
+    }
+    let sid = common::eventually(std::time::Duration::from_secs(10), || async {
+        let body = http.status("r1", 0.0).await;
+        (body["status"] == "ended").then(|| body["session_id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    let other = uuid::Uuid::new_v4().to_string();
+    let now = protocol::ticket::unix_now();
+    let secret = TicketSecret::new(SECRET).unwrap();
+    let report = |session: &str, reason: &str| {
+        json!({"session_id": session, "end_reason": reason, "requested_seconds": 5,
+        "started_at": null, "ended_at": "2026-01-01T00:00:00Z", "players": []})
+    };
+    let path = format!("/internal/sessions/{sid}/result");
+    let post = |token: String, body: serde_json::Value| {
+        let path = path.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            http.request(
+                Method::POST,
+                &path,
+                &[("authorization", &auth), ("content-type", "application/json")],
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    let forged = TicketSecret::new("not-the-secret")
+        .unwrap()
+        .mint(&Claims::report(&sid, now, 600));
+    let game_ticket = secret.mint(&Claims::game("r1", &sid, now, 600));
+    let someone_elses = secret.mint(&Claims::report(&other, now, 600));
+    let good = secret.mint(&Claims::report(&sid, now, 600));
+    assert_eq!(
+        post(forged, report(&sid, "completed")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(game_ticket, report(&sid, "completed")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post(someone_elses, report(&sid, "completed")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post(good.clone(), report(&other, "completed")).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        post(good.clone(), report(&sid, "stopped")).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        post(good.clone(), json!({"session_id": sid})).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let (status, _) = http
+        .request(
+            Method::POST,
+            &path,
+            &[],
+            report(&sid, "completed").to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // None of that changed the session: it ended dry_run, and still says so.
+    assert_eq!(http.status("r2", 0.0).await["end_reason"], "dry_run");
+    // A genuine late report is accepted but does not change the reason either.
+    let (status, body) = post(good, report(&sid, "completed")).await;
+    assert_eq!(
+        (status, body["recorded"].as_str()),
+        (StatusCode::OK, Some("already_ended"))
+    );
+    assert_eq!(http.status("r2", 0.0).await["end_reason"], "dry_run");
+    backend.stop().await;
+}

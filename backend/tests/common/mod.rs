@@ -1,0 +1,220 @@
+//! Test kit for backend tests: the ephemeral Redis and PostgreSQL that `make test` starts
+//! (`MP_TEST_REDIS_URL`, `MP_TEST_DATABASE_URL`), with a key prefix and a database per test.
+#![allow(dead_code)]
+
+use backend::store::Store;
+
+/// The test Redis; a run without it is a broken run, not a skipped test.
+pub fn redis_url() -> String {
+    std::env::var("MP_TEST_REDIS_URL")
+        .expect("MP_TEST_REDIS_URL is not set: run the tests with `make test`, which starts Redis and PostgreSQL")
+}
+
+/// The test PostgreSQL's admin URL.
+pub fn database_admin_url() -> String {
+    std::env::var("MP_TEST_DATABASE_URL")
+        .expect("MP_TEST_DATABASE_URL is not set: run the tests with `make test`, which starts Redis and PostgreSQL")
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+pub async fn store() -> Store {
+    Store::connect(&redis_url(), &unique_prefix()).await.unwrap()
+}
+
+/// A fresh database for one test; returns its URL.
+pub async fn fresh_database() -> String {
+    use sqlx::Connection;
+    let admin = database_admin_url();
+    let name = format!("t{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backend::{Config, Settings};
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "backend-test-secret-0123456789";
+pub const ADMIN: &str = "admin-token-for-tests";
+
+/// The binaries `make test` built next to this test executable.
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`make test` does: cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Settings for a test backend, from flags as the binary parses them.
+pub fn settings(prefix: &str, database_url: &str, extra: &[&str]) -> Settings {
+    let redis = redis_url();
+    let mut args = vec![
+        "backend",
+        "--redis-url",
+        &redis,
+        "--database-url",
+        database_url,
+        "--redis-key-prefix",
+        prefix,
+        "--ticket-secret",
+        SECRET,
+        "--admin-token",
+        ADMIN,
+        "--runtime",
+        "none",
+    ];
+    args.extend_from_slice(extra);
+    Config::try_parse_from(args).unwrap().validate().unwrap()
+}
+
+/// A backend running in this process on a loopback port.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+    pub http: Http,
+}
+
+impl Backend {
+    pub async fn start(settings: Settings) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(backend::run(listener, settings, shutdown.clone()));
+        let http = Http::new(addr);
+        for _ in 0..100 {
+            if http.get("/health").await.0 == StatusCode::OK {
+                return Backend {
+                    addr,
+                    shutdown,
+                    task,
+                    http,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("backend did not become healthy");
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("backend stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A small JSON-over-HTTP client; every request is bounded.
+#[derive(Clone)]
+pub struct Http {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new(addr: SocketAddr) -> Http {
+        Http {
+            base: format!("http://{addr}"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut builder = Request::builder().method(method).uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(Full::new(Bytes::from(body))).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(45), self.client.request(request))
+            .await
+            .expect("response within 45 s")
+            .expect("HTTP request");
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        self.request(Method::GET, path, &[], Vec::new()).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    pub async fn join(&self, player: &str) -> (StatusCode, serde_json::Value) {
+        self.post("/match/join", serde_json::json!({ "player_id": player }))
+            .await
+    }
+
+    pub async fn status(&self, player: &str, wait: f64) -> serde_json::Value {
+        let (code, body) = self.get(&format!("/match/status?player_id={player}&wait={wait}")).await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        body
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
