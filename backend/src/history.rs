@@ -160,7 +160,16 @@ impl History {
         let mut migrated = false;
         let mut flush_deadline = None;
         let mut conn = loop {
-            match self.store.client().get_multiplexed_async_connection().await {
+            // Blocking reads wait up to 1 s: the response timeout must be longer.
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(Duration::from_secs(10)));
+            match self
+                .store
+                .client()
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+            {
                 Ok(conn) => break conn,
                 Err(e) => {
                     tracing::warn!(error = %e, "history: cannot reach Redis; retrying");
@@ -218,6 +227,8 @@ impl History {
                 Ok(entries) => entries,
                 Err(e) => {
                     tracing::warn!(error = %e, "history: reading the outbox failed");
+                    // Entries may have been delivered to us before the error: read them again.
+                    own_pending_first = true;
                     if !self.pause(&stop, &mut backoff, flush_deadline.is_some()).await {
                         return;
                     }

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listener = match TcpListener::bind((config.bind, config.port)).await {
             Ok(listener) => listener,
             Err(e) => {
@@ -69,7 +69,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The stdin watcher blocks a thread in read(2); do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 /// Cancels `shutdown` on SIGTERM or ctrl-c: the match ends with `terminated` and drains.

@@ -86,9 +86,10 @@ pub fn settings(prefix: &str, database_url: &str, extra: &[&str]) -> Settings {
         SECRET,
         "--admin-token",
         ADMIN,
-        "--runtime",
-        "none",
     ];
+    if !extra.contains(&"--runtime") {
+        args.extend_from_slice(&["--runtime", "none"]);
+    }
     args.extend_from_slice(extra);
     Config::try_parse_from(args).unwrap().validate().unwrap()
 }
@@ -103,6 +104,10 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(settings: Settings) -> Backend {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .try_init();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -216,5 +221,85 @@ where
             "condition not met within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A game client speaking the line protocol; every receive is bounded.
+pub struct GameClient {
+    framed: tokio_util::codec::Framed<tokio::net::TcpStream, protocol::LineCodec>,
+}
+
+impl GameClient {
+    pub async fn connect(addr: &str) -> GameClient {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        GameClient {
+            framed: tokio_util::codec::Framed::new(stream, protocol::LineCodec::new()),
+        }
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.framed
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// The next line, or `None` once the server closed the connection.
+    pub async fn recv(&mut self) -> Option<protocol::ServerReply> {
+        use futures_util::StreamExt;
+        let line = tokio::time::timeout(Duration::from_secs(20), self.framed.next())
+            .await
+            .expect("a line within 20 s")?;
+        line.ok()
+            .map(|l| protocol::ServerReply::parse(std::str::from_utf8(&l).unwrap()).unwrap())
+    }
+}
+
+/// A TCP forwarder that can be unplugged: stands between a backend and PostgreSQL to take
+/// the database away mid-test (every open connection is cut, new ones are refused).
+pub struct Plug {
+    pub addr: SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+use std::sync::Arc;
+
+impl Plug {
+    pub async fn new(target: SocketAddr) -> Plug {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (flag, cuts) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Plug { addr, up, cut }
+    }
+
+    pub fn unplug(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn plug(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

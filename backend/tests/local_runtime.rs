@@ -1,0 +1,193 @@
+//! The `local` runtime with the real game-server binary: full matches end to end, and
+//! servers that fail to start (DESIGN §5 invariant 4).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, GameClient, built_binary, eventually, settings};
+use protocol::{GameState, ServerReply};
+use sqlx::Row;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_four_players_play_two_sessions_to_the_end() {
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let bin = built_binary("game-server");
+    let backend = Backend::start(settings(
+        &prefix,
+        &db,
+        &[
+            "--runtime",
+            "local",
+            "--game-server-bin",
+            bin.to_str().unwrap(),
+            "--flush-wait-seconds",
+            "600",
+        ],
+    ))
+    .await;
+    let http = backend.http.clone();
+    let players: Vec<String> = (0..24).map(|i| format!("e2e-{i:02}")).collect();
+    for p in &players {
+        assert_eq!(http.join(p).await.1["status"], "queued");
+    }
+    let mut plays = Vec::new();
+    for (i, player) in players.iter().enumerate() {
+        let http = http.clone();
+        let player = player.clone();
+        plays.push(tokio::spawn(async move {
+            // Long-poll until matched, as a real client does.
+            let matched = eventually(Duration::from_secs(30), || async {
+                let body = http.status(&player, 10.0).await;
+                (body["status"] == "matched").then_some(body)
+            })
+            .await;
+            assert_eq!(matched["connect_port"], 8080);
+            let sid = matched["session_id"].as_str().unwrap().to_owned();
+            let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+            let addr = session["addr"].as_str().unwrap().to_owned();
+            let mut client = GameClient::connect(&addr).await;
+            client
+                .send(&format!("JOIN {}", matched["ticket"].as_str().unwrap()))
+                .await;
+            match client.recv().await {
+                Some(ServerReply::Welcome {
+                    session_id, player_id, ..
+                }) => {
+                    assert_eq!(
+                        (session_id.as_str(), player_id.as_str()),
+                        (sid.as_str(), player.as_str())
+                    );
+                }
+                other => panic!("{player}: {other:?}"),
+            }
+            if i % 12 == 0 {
+                client.send("REQUEST_MATCH 1").await;
+            }
+            let mut states = Vec::new();
+            while let Some(reply) = client.recv().await {
+                if let ServerReply::State(state) = reply {
+                    states.push(state);
+                }
+            }
+            assert_eq!(states, vec![GameState::Running, GameState::Stop], "{player}");
+            (sid, session["server"].as_str().unwrap().to_owned())
+        }));
+    }
+    let mut sessions = std::collections::HashMap::new();
+    for play in plays {
+        let (sid, server) = play.await.unwrap();
+        sessions.insert(sid, server);
+    }
+    assert_eq!(sessions.len(), 2);
+
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let ended: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM matches WHERE end_reason = 'completed' AND requested_seconds = 1")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (ended == 2).then_some(())
+    })
+    .await;
+    let attended: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM match_players WHERE joined_at IS NOT NULL AND left_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attended, 24);
+    // Invariant 5: every server is gone.
+    for server in sessions.values() {
+        let pid = server.strip_prefix("local-").unwrap();
+        eventually(Duration::from_secs(10), || async {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        })
+        .await;
+    }
+    let body = http.status("e2e-00", 0.0).await;
+    assert_eq!(
+        (body["status"].as_str(), body["end_reason"].as_str()),
+        (Some("ended"), Some("completed"))
+    );
+    backend.stop().await;
+}
+
+/// Writes an executable script standing in for the game server.
+fn fake_server(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("fake-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+async fn failed_start_requeues_at_the_head(script: &str, ready_timeout: &str) {
+    let dir = std::env::temp_dir().join(format!("mp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = fake_server(&dir, &script.replace("DIR", dir.to_str().unwrap()));
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let backend = Backend::start(settings(
+        &prefix,
+        &db,
+        &[
+            "--runtime",
+            "local",
+            "--game-server-bin",
+            bin.to_str().unwrap(),
+            "--session-size",
+            "2",
+            "--flush-wait-seconds",
+            "600",
+            "--server-ready-timeout-seconds",
+            ready_timeout,
+        ],
+    ))
+    .await;
+    let http = backend.http.clone();
+    for p in ["first", "second", "third"] {
+        http.join(p).await;
+    }
+    // The first two form a session whose server fails; they go back to the head of the queue,
+    // so the next session is the same two again, not the third player who joined after them.
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let rows = eventually(Duration::from_secs(30), || async {
+        let rows = sqlx::query("SELECT players, status, end_reason FROM matches ORDER BY created_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        (rows.len() >= 2 && rows[0].get::<String, _>("status") == "ended").then_some(rows)
+    })
+    .await;
+    assert_eq!(rows[0].get::<Vec<String>, _>("players"), vec!["first", "second"]);
+    assert_eq!(
+        rows[0].get::<Option<String>, _>("end_reason").as_deref(),
+        Some("failed")
+    );
+    assert_eq!(rows[1].get::<Vec<String>, _>("players"), vec!["first", "second"]);
+    assert_eq!(http.status("third", 0.0).await["status"], "queued");
+    backend.stop().await;
+    // Whatever the fake server started is gone (invariant 5).
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if let Some(pid) = name.strip_prefix("pid.") {
+            eventually(Duration::from_secs(10), || async {
+                (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+            })
+            .await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_exits_at_once_fails_and_requeues() {
+    failed_start_requeues_at_the_head("exit 3", "10").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_listens_times_out_and_requeues() {
+    failed_start_requeues_at_the_head("echo $$ > DIR/pid.$$\nexec sleep 60", "1").await;
+}
