@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo ci
+.PHONY: help fmt lint test build release demo bench-matchmaker ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ release: ## Release build of every binary
 
 demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary
 	@echo "make demo is coming: it needs the backend, proxy and loadgen (issues 3-5)." >&2; exit 1
+
+bench-matchmaker: ## Joins/s and players placed/s of one release backend (RUNTIME=none); PLAYERS, CONCURRENCY
+	scripts/bench-matchmaker.sh
 
 ci: ## Run what CI runs
 	bash .ci/run

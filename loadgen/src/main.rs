@@ -1,1 +1,55 @@
-fn main() {}
+//! The `loadgen` binary.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about = "matchplane's client swarm and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive POST /match/join at full speed against a backend with RUNTIME=none.
+    BenchMatchmaker(loadgen::bench_matchmaker::BenchMatchmakerArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    protocol::telemetry::init("warn");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        match cli.command {
+            Command::BenchMatchmaker(args) => {
+                let json = args.json.clone();
+                match loadgen::bench_matchmaker::run(args).await {
+                    Ok(result) => {
+                        println!(
+                            "bench-matchmaker: {} joins in {:.2} s = {:.0} joins/s ({} errors); {} players placed in {:.2} s = {:.0} players/s; join latency p50 {:.2} ms p99 {:.2} ms",
+                            result.players, result.join_seconds, result.joins_per_second, result.errors,
+                            result.players_placed, result.place_seconds, result.placed_per_second,
+                            result.join_latency.p50_ms, result.join_latency.p99_ms
+                        );
+                        if let Some(path) = json
+                            && let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap_or_default())
+                        {
+                            eprintln!("loadgen: cannot write {}: {e}", path.display());
+                            return ExitCode::FAILURE;
+                        }
+                        if result.errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+                    }
+                    Err(e) => {
+                        eprintln!("loadgen: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}

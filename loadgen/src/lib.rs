@@ -1,0 +1,5 @@
+//! matchplane's load generator: the client swarm and the benchmarks.
+
+pub mod bench_matchmaker;
+pub mod http;
+pub mod stats;
