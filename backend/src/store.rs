@@ -183,7 +183,7 @@ impl Store {
     }
 
     fn session_key(&self, sid: &str) -> String {
-        format!("{}:s:{sid}", self.prefix)
+        protocol::sessions::session_key(&self.prefix, sid)
     }
 
     /// Queues `player` (idempotent), unless already in a live session.

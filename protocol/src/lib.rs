@@ -5,12 +5,16 @@
 //! - [`ticket`]: minting and verifying the HS256 tickets of DESIGN §3.
 //! - [`api`]: request and response bodies of the HTTP API (DESIGN §4) and the result report.
 //! - [`player`]: the one definition of a valid player id.
+//! - [`prom`]: Prometheus text-format helpers.
+//! - [`sessions`]: the Redis session record the backend writes and the proxy routes by.
 //! - `telemetry` (feature `telemetry`): the logging set-up every binary shares.
 
 pub mod api;
 pub mod codec;
 pub mod line;
 pub mod player;
+pub mod prom;
+pub mod sessions;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 pub mod ticket;

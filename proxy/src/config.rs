@@ -1,0 +1,107 @@
+//! Proxy settings (DESIGN §9): each a flag with an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use protocol::TicketSecret;
+
+/// The raw command line and environment.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "proxy",
+    version,
+    about = "matchplane's public entry point: HTTP API and game traffic on one port"
+)]
+pub struct Config {
+    /// The one public listener.
+    #[arg(long, env = "BIND", default_value = "0.0.0.0:8080")]
+    pub bind: SocketAddr,
+    /// The backend that `/api/*` is forwarded to.
+    #[arg(long, env = "BACKEND_URL", default_value = "http://127.0.0.1:8081")]
+    pub backend_url: String,
+    /// Redis holding the session records (session id → game server address).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of the backend's Redis keys.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "mp")]
+    pub redis_key_prefix: String,
+    /// Shared HMAC secret: tickets are verified before any server is dialled.
+    #[arg(long, env = "TICKET_SECRET", hide_env_values = true)]
+    pub ticket_secret: Option<String>,
+    /// Most connections open at once; more are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// New connections per second allowed from one source address (0 disables the limit).
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
+    pub rate_limit_per_second: f64,
+    /// Burst of new connections allowed from one source address.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 1000.0)]
+    pub rate_limit_burst: f64,
+    /// Time a new connection has to send its first line.
+    #[arg(long, env = "FIRST_LINE_TIMEOUT_SECONDS", default_value_t = 5.0)]
+    pub first_line_timeout_seconds: f64,
+    /// Largest request body forwarded to the backend.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// On SIGTERM, how long spliced game connections may go on.
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 30.0)]
+    pub drain_seconds: f64,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub backend_url: String,
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub secret: TicketSecret,
+    pub max_connections: usize,
+    pub rate_per_second: f64,
+    pub rate_burst: f64,
+    pub first_line_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub drain: Duration,
+}
+
+fn seconds(name: &str, value: f64) -> Result<Duration, String> {
+    if (0.0..1e6).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!("{name} must be a number of seconds >= 0, got {value}"))
+    }
+}
+
+impl Config {
+    /// Checks every setting; the error is one line naming the setting.
+    pub fn validate(&self) -> Result<Settings, String> {
+        let secret = TicketSecret::new(self.ticket_secret.clone().unwrap_or_default())
+            .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
+        let backend_url = self.backend_url.trim_end_matches('/').to_owned();
+        if !backend_url.starts_with("http://") {
+            return Err(format!("BACKEND_URL must be an http:// URL, got {backend_url:?}"));
+        }
+        if self.max_connections == 0 {
+            return Err("MAX_CONNECTIONS must be at least 1".into());
+        }
+        if !(self.rate_limit_per_second >= 0.0 && self.rate_limit_burst >= 1.0) {
+            return Err("RATE_LIMIT_PER_SECOND must be >= 0 and RATE_LIMIT_BURST >= 1".into());
+        }
+        let first_line_timeout = seconds("FIRST_LINE_TIMEOUT_SECONDS", self.first_line_timeout_seconds)?;
+        if first_line_timeout.is_zero() {
+            return Err("FIRST_LINE_TIMEOUT_SECONDS must be > 0".into());
+        }
+        Ok(Settings {
+            backend_url,
+            redis_url: self.redis_url.clone(),
+            key_prefix: self.redis_key_prefix.clone(),
+            secret,
+            max_connections: self.max_connections,
+            rate_per_second: self.rate_limit_per_second,
+            rate_burst: self.rate_limit_burst,
+            first_line_timeout,
+            max_body_bytes: self.max_body_bytes,
+            drain: seconds("DRAIN_SECONDS", self.drain_seconds)?,
+        })
+    }
+}

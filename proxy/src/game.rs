@@ -1,0 +1,180 @@
+//! Game connections: verify the `JOIN` ticket, find the session's server, splice.
+//!
+//! The ticket is checked (signature, audience, expiry) before anything else, and the only
+//! address ever dialled is the one the backend recorded for a session that is `matched`, so
+//! a connection reaches a game server only with a valid ticket for that server's session.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use protocol::{Audience, ClientCommand, ErrorCode, TicketError};
+use tokio::io::{AsyncWriteExt, BufReader, copy_buf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::Context;
+
+/// How long a looked-up server address is reused.
+const ROUTE_TTL: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Once one side is done, how long the other direction may still flush.
+const SPLICE_LINGER: Duration = Duration::from_secs(2);
+/// Copy buffer per direction.
+const SPLICE_BUFFER: usize = 64 * 1024;
+
+/// Copies both ways until one side is done, then lets the other direction flush for a moment
+/// and closes both: a peer that never closes cannot hold a finished session open.
+/// Returns the bytes copied client→server and server→client.
+async fn splice(client: &mut TcpStream, server: &mut TcpStream) -> (u64, u64) {
+    let (client_read, mut client_write) = client.split();
+    let (server_read, mut server_write) = server.split();
+    let mut client_read = BufReader::with_capacity(SPLICE_BUFFER, client_read);
+    let mut server_read = BufReader::with_capacity(SPLICE_BUFFER, server_read);
+    let up = async {
+        let n = copy_buf(&mut client_read, &mut server_write).await.unwrap_or(0);
+        let _ = server_write.shutdown().await;
+        n
+    };
+    let down = async {
+        let n = copy_buf(&mut server_read, &mut client_write).await.unwrap_or(0);
+        let _ = client_write.shutdown().await;
+        n
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        n = &mut up => (n, timeout(SPLICE_LINGER, &mut down).await.unwrap_or(0)),
+        n = &mut down => (timeout(SPLICE_LINGER, &mut up).await.unwrap_or(0), n),
+    }
+}
+
+/// Recently looked-up session servers.
+#[derive(Default)]
+pub struct Routes {
+    cache: Mutex<HashMap<String, (SocketAddr, Instant)>>,
+}
+
+impl Routes {
+    fn get(&self, sid: &str) -> Option<SocketAddr> {
+        let cache = self.cache.lock().unwrap();
+        cache
+            .get(sid)
+            .filter(|(_, at)| at.elapsed() < ROUTE_TTL)
+            .map(|(addr, _)| *addr)
+    }
+
+    fn put(&self, sid: &str, addr: SocketAddr) {
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() > 50_000 {
+            cache.retain(|_, (_, at)| at.elapsed() < ROUTE_TTL);
+        }
+        cache.insert(sid.to_owned(), (addr, Instant::now()));
+    }
+}
+
+/// Sends one `ERROR <code>` line and closes.
+pub async fn refuse(mut stream: TcpStream, code: ErrorCode) {
+    let _ = timeout(Duration::from_secs(2), async {
+        stream.write_all(format!("ERROR {code}\n").as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
+    if let Some(addr) = ctx.routes.get(sid) {
+        return Ok(addr);
+    }
+    let key = protocol::sessions::session_key(&ctx.settings.key_prefix, sid);
+    let fields: Result<(Option<String>, Option<String>), _> = redis::cmd("HMGET")
+        .arg(&key)
+        .arg("state")
+        .arg("addr")
+        .query_async(&mut ctx.redis.clone())
+        .await;
+    match fields {
+        Ok((Some(state), Some(addr))) if state == protocol::sessions::STATE_MATCHED => {
+            let addr: SocketAddr = addr.parse().map_err(|_| ErrorCode::ServerUnreachable)?;
+            ctx.routes.put(sid, addr);
+            Ok(addr)
+        }
+        Ok((Some(state), _)) if state == protocol::sessions::STATE_ENDED => Err(ErrorCode::SessionOver),
+        Ok(_) => Err(ErrorCode::UnknownSession),
+        Err(e) => {
+            tracing::warn!(error = %e, "session lookup failed");
+            Err(ErrorCode::ServerUnreachable)
+        }
+    }
+}
+
+fn outcome(code: &ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadTicket => "bad_ticket",
+        ErrorCode::ExpiredTicket => "expired_ticket",
+        ErrorCode::UnknownSession => "unknown_session",
+        ErrorCode::SessionOver => "session_over",
+        ErrorCode::ServerUnreachable => "server_unreachable",
+        _ => "bad_request",
+    }
+}
+
+/// Routes a connection whose buffered first line (`buf[..newline]`) is a `JOIN`.
+pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &Context, cancel: CancellationToken) {
+    let ticket = match ClientCommand::parse(&buf[..newline]) {
+        ClientCommand::Join(ticket) => ticket,
+        _ => {
+            ctx.metrics.route("bad_request");
+            refuse(client, ErrorCode::BadRequest).await;
+            return;
+        }
+    };
+    let verified = ctx
+        .settings
+        .secret
+        .verify(&ticket, Audience::Game, protocol::ticket::unix_now())
+        .map_err(|e| match e {
+            TicketError::Expired => ErrorCode::ExpiredTicket,
+            _ => ErrorCode::BadTicket,
+        });
+    let routed = match verified {
+        Ok(claims) => lookup(ctx, &claims.sid).await.map(|addr| (claims, addr)),
+        Err(code) => Err(code),
+    };
+    let (claims, addr) = match routed {
+        Ok(found) => found,
+        Err(code) => {
+            ctx.metrics.route(outcome(&code));
+            refuse(client, code).await;
+            return;
+        }
+    };
+    let mut server = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(server)) => server,
+        _ => {
+            ctx.metrics.route("server_unreachable");
+            refuse(client, ErrorCode::ServerUnreachable).await;
+            return;
+        }
+    };
+    let _ = server.set_nodelay(true);
+    // The JOIN line (and anything sent after it) goes on to the server as it came.
+    if server.write_all(&buf).await.is_err() {
+        ctx.metrics.route("server_unreachable");
+        refuse(client, ErrorCode::ServerUnreachable).await;
+        return;
+    }
+    ctx.metrics.route("routed");
+    tracing::debug!(session = %claims.sid, player = ?claims.sub, %addr, "spliced");
+    let up_front = buf.len() as u64;
+    tokio::select! {
+        (up, down) = splice(&mut client, &mut server) => {
+            ctx.metrics.bytes_client_to_server.fetch_add(up + up_front, Ordering::Relaxed);
+            ctx.metrics.bytes_server_to_client.fetch_add(down, Ordering::Relaxed);
+        }
+        () = cancel.cancelled() => tracing::debug!(session = %claims.sid, "drain over: closing a spliced connection"),
+    }
+}

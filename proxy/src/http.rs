@@ -1,0 +1,223 @@
+//! HTTP on the shared port: `/api/*` forwarded to the backend with the prefix stripped,
+//! `/health` and `/metrics` served here.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::Context;
+
+/// The longest a forwarded request may take (a 30 s long poll fits).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(45);
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&protocol::api::ErrorBody::new(code, message)).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Serves HTTP on one connection until it closes or `cancel` asks for a graceful close.
+pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(request, peer, &ctx).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = timeout(Duration::from_secs(5), connection).await;
+        }
+    }
+}
+
+async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let path = request.uri().path().to_owned();
+    let response = if path == "/api" || path.starts_with("/api/") {
+        forward(request, peer, ctx).await
+    } else if path == "/health" {
+        health(ctx).await
+    } else if path == "/metrics" {
+        let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    } else {
+        json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint; the API is under /api",
+        )
+    };
+    ctx.metrics.http(response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn health(ctx: &Context) -> Response<Full<Bytes>> {
+    let redis_ok = matches!(
+        timeout(
+            Duration::from_secs(2),
+            redis::cmd("PING").query_async::<String>(&mut ctx.redis.clone())
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    let backend_ok = matches!(
+        timeout(Duration::from_secs(2), ctx.backend.request(backend_request(ctx, "/health"))).await,
+        Ok(Ok(r)) if r.status().is_success()
+    );
+    let body = serde_json::json!({
+        "status": if redis_ok && backend_ok { "ok" } else { "degraded" },
+        "redis": if redis_ok { "ok" } else { "down" },
+        "backend": if backend_ok { "ok" } else { "down" },
+        "open_game_connections": ctx.metrics.open_game.load(Ordering::Relaxed),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn backend_request(ctx: &Context, path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("{}{path}", ctx.settings.backend_url))
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request")
+}
+
+async fn forward(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Response<Full<Bytes>> {
+    let limit = ctx.settings.max_body_bytes;
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("request body over {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+        Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the request body"),
+    };
+    let rest = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let rest = rest.strip_prefix("/api").unwrap_or(rest);
+    let rest = if rest.is_empty() || rest.starts_with('?') {
+        format!("/{rest}")
+    } else {
+        rest.to_owned()
+    };
+    let mut upstream = Request::builder()
+        .method(parts.method)
+        .uri(format!("{}{rest}", ctx.settings.backend_url));
+    let headers = upstream.headers_mut().expect("a fresh builder");
+    for (name, value) in &parts.headers {
+        if name != header::HOST && !HOP_BY_HOP.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(host) = parts.headers.get(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    }
+    let Ok(upstream) = upstream.body(Full::new(body)) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            "the request could not be forwarded",
+        );
+    };
+    let response = match timeout(FORWARD_TIMEOUT, ctx.backend.request(upstream)).await {
+        Err(_) => {
+            return json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "backend_timeout",
+                "the backend did not answer in time",
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "backend unreachable");
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "backend_unavailable",
+                "the matchmaking backend is unavailable",
+            );
+        }
+        Ok(Ok(response)) => response,
+    };
+    let (parts, body) = response.into_parts();
+    let body = match timeout(FORWARD_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "backend_unavailable",
+                "the backend's answer was cut off",
+            );
+        }
+    };
+    let mut out = Response::new(Full::new(body));
+    *out.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
+}

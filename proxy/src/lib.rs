@@ -1,0 +1,160 @@
+//! matchplane's public entry point (DESIGN §8): one listener for the HTTP API and for game
+//! sessions.
+//!
+//! Each connection's first bytes decide what it is: an HTTP request is served as HTTP
+//! (`/api/*` forwarded to the backend); a `JOIN <ticket>` line is verified and spliced to the
+//! session's game server; anything else gets one error line and is closed. Connections are
+//! capped, new ones are rate limited per source address, and a connection that says nothing
+//! within the first-line timeout is closed.
+
+pub mod classify;
+pub mod config;
+pub mod game;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use protocol::ErrorCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, Settings};
+
+use crate::classify::Kind;
+use crate::metrics::{Metrics, Open};
+
+/// What every connection shares.
+pub struct Context {
+    pub settings: Settings,
+    pub redis: redis::aio::ConnectionManager,
+    pub backend: Client<HttpConnector, Full<Bytes>>,
+    pub metrics: Metrics,
+    pub routes: game::Routes,
+    limiter: limits::RateLimiter,
+    permits: Arc<Semaphore>,
+}
+
+/// Serves `listener` until `shutdown`; then stops accepting, closes HTTP connections
+/// gracefully, and lets spliced game connections run on for the drain period.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = redis::Client::open(settings.redis_url.as_str()).context("REDIS_URL")?;
+    let redis_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+        .set_response_timeout(Some(std::time::Duration::from_secs(3)))
+        .set_number_of_retries(2);
+    let redis = redis::aio::ConnectionManager::new_with_config(client, redis_config)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+    let backend = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build(connector);
+    let ctx = Arc::new(Context {
+        limiter: limits::RateLimiter::new(settings.rate_per_second, settings.rate_burst),
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        settings,
+        redis,
+        backend,
+        metrics: Metrics::default(),
+        routes: game::Routes::default(),
+    });
+    let tracker = TaskTracker::new();
+    let soft = CancellationToken::new();
+    let hard = CancellationToken::new();
+    tracing::info!(addr = %listener.local_addr()?, backend = %ctx.settings.backend_url, "proxy ready");
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if !ctx.limiter.allow(peer.ip()) {
+            ctx.metrics.route("rate_limited");
+            let _ = stream.try_write(format!("ERROR {}\n", ErrorCode::RateLimited).as_bytes());
+            continue;
+        }
+        let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
+            ctx.metrics.route("server_full");
+            let _ = stream.try_write(format!("ERROR {}\n", ErrorCode::ServerFull).as_bytes());
+            continue;
+        };
+        tracker.spawn(connection(
+            stream,
+            peer,
+            ctx.clone(),
+            permit,
+            soft.clone(),
+            hard.clone(),
+        ));
+    }
+    drop(listener);
+    tracing::info!(drain = ?ctx.settings.drain, "shutting down: no new connections; draining");
+    soft.cancel();
+    tracker.close();
+    if timeout(ctx.settings.drain, tracker.wait()).await.is_err() {
+        tracing::warn!("drain period over; closing the remaining game connections");
+        hard.cancel();
+        let _ = timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
+    }
+    Ok(())
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    _permit: OwnedSemaphorePermit,
+    soft: CancellationToken,
+    hard: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(protocol::MAX_LINE_BYTES + 2);
+    let kind = {
+        let _pending = Open::new(&ctx.metrics.open_pending);
+        tokio::select! {
+            kind = classify::first_bytes(&mut stream, &mut buf, ctx.settings.first_line_timeout) => kind,
+            () = soft.cancelled() => return,
+        }
+    };
+    match kind {
+        Kind::Http => {
+            let _open = Open::new(&ctx.metrics.open_http);
+            http::serve(classify::Prefixed::new(buf.freeze(), stream), peer, ctx.clone(), soft).await;
+        }
+        Kind::Join { newline } => {
+            let _open = Open::new(&ctx.metrics.open_game);
+            game::route(stream, buf, newline, &ctx, hard).await;
+        }
+        Kind::Garbage => {
+            ctx.metrics.route("bad_request");
+            game::refuse(stream, ErrorCode::BadRequest).await;
+        }
+        Kind::TooLong => {
+            ctx.metrics.route("line_too_long");
+            game::refuse(stream, ErrorCode::LineTooLong).await;
+        }
+        Kind::TimedOut => ctx.metrics.route("first_line_timeout"),
+        Kind::Closed => {}
+    }
+}

@@ -1,0 +1,68 @@
+//! Per-source rate limiting of new connections: a token bucket per IP address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use tokio::time::Instant;
+
+/// Token buckets keyed by source address; idle buckets are forgotten.
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// `per_second` of 0 allows everything.
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        RateLimiter {
+            per_second,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `ip`; false when it has none left.
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        if self.per_second <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap();
+        if buckets.len() > 100_000 {
+            // Forget buckets that have refilled anyway.
+            let full_after = self.burst / self.per_second;
+            buckets.retain(|_, (_, seen)| now.duration_since(*seen).as_secs_f64() < full_after);
+        }
+        let (tokens, seen) = buckets.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*seen).as_secs_f64() * self.per_second).min(self.burst);
+        *seen = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_then_refills_per_source() {
+        let limiter = RateLimiter::new(10.0, 3.0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!((0..3).all(|_| limiter.allow(a)));
+        assert!(!limiter.allow(a));
+        assert!(limiter.allow(b), "another source has its own bucket");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(limiter.allow(a));
+        assert!(!limiter.allow(a));
+        assert!(RateLimiter::new(0.0, 1.0).allow(a));
+    }
+}

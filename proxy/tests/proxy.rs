@@ -1,0 +1,574 @@
+//! The proxy against real Redis, a real game-server process, and scripted upstreams.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use protocol::ticket::unix_now;
+use protocol::{Claims, ErrorCode, GameState, LineCodec, ServerReply, TicketSecret};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "proxy-test-secret-0123456789";
+
+fn redis_url() -> String {
+    std::env::var("MP_TEST_REDIS_URL").expect("MP_TEST_REDIS_URL is not set: run the tests with `make test`")
+}
+
+fn secret() -> TicketSecret {
+    TicketSecret::new(SECRET).unwrap()
+}
+
+fn ticket(player: &str, sid: &str) -> String {
+    secret().mint(&Claims::game(player, sid, unix_now(), 600))
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    prefix: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Proxy {
+    async fn start(backend: &str, extra: &[&str]) -> Proxy {
+        let prefix = format!("t{}", uuid_like());
+        let redis = redis_url();
+        let mut args = vec![
+            "proxy",
+            "--backend-url",
+            backend,
+            "--redis-url",
+            &redis,
+            "--redis-key-prefix",
+            &prefix,
+            "--ticket-secret",
+            SECRET,
+            "--first-line-timeout-seconds",
+            "0.5",
+            "--max-body-bytes",
+            "65536",
+        ];
+        args.extend_from_slice(extra);
+        let settings = proxy::Config::try_parse_from(args).unwrap().validate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(proxy::run(listener, settings, shutdown.clone()));
+        Proxy {
+            addr,
+            prefix,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Records a session as the backend does.
+    async fn session(&self, sid: &str, state: &str, addr: &str) {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(protocol::sessions::session_key(&self.prefix, sid))
+            .arg("state")
+            .arg(state)
+            .arg("addr")
+            .arg(addr)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(40), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// An upstream that echoes what it received as JSON, answering with `x-want-status`.
+async fn echo_upstream(seen: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        let status = request
+                            .headers()
+                            .get("x-want-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(200);
+                        let header = |name: &str| {
+                            request
+                                .headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned)
+                        };
+                        let echo = serde_json::json!({
+                            "method": request.method().as_str(),
+                            "path": request.uri().path(),
+                            "query": request.uri().query(),
+                            "xff": header("x-forwarded-for"),
+                            "custom": header("x-custom"),
+                            "connection": header("connection"),
+                        });
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let echo = serde_json::json!({ "request": echo, "body": String::from_utf8_lossy(&body) });
+                        let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
+                        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        response.headers_mut().insert("x-upstream", "yes".parse().unwrap());
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn http(
+    proxy: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, hyper::HeaderMap, serde_json::Value) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder().method(method).uri(format!("http://{proxy}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.request(request.body(Full::new(Bytes::from(body))).unwrap()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, json)
+}
+
+#[tokio::test]
+async fn http_is_forwarded_with_status_body_and_headers() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let upstream = echo_upstream(seen.clone()).await;
+    let proxy = Proxy::start(&upstream, &[]).await;
+    let (status, headers, body) = http(
+        proxy.addr,
+        "POST",
+        "/api/match/join?x=1",
+        &[
+            ("x-want-status", "201"),
+            ("x-custom", "kept"),
+            ("connection", "keep-alive"),
+        ],
+        br#"{"player_id":"a"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers.get("x-upstream").unwrap(), "yes");
+    assert_eq!(body["request"]["method"], "POST");
+    assert_eq!(body["request"]["path"], "/match/join", "prefix stripped");
+    assert_eq!(body["request"]["query"], "x=1");
+    assert_eq!(body["request"]["xff"], "127.0.0.1");
+    assert_eq!(body["request"]["custom"], "kept");
+    assert_eq!(body["body"], r#"{"player_id":"a"}"#);
+    let (status, _, body) = http(
+        proxy.addr,
+        "GET",
+        "/api/health",
+        &[("x-want-status", "503")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["request"]["path"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("/health"))
+    );
+
+    let before = seen.load(Ordering::SeqCst);
+    let (status, _, body) = http(proxy.addr, "POST", "/api/match/join", &[], vec![b'x'; 1024 * 1024]).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large"))
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        before,
+        "an oversized body never reaches the backend"
+    );
+
+    let (status, _, body) = http(proxy.addr, "GET", "/elsewhere", &[], Vec::new()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, _, metrics) = http(proxy.addr, "GET", "/metrics", &[], Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("mp_proxy_http_request_duration_seconds_count{status=\"201\"} 1")
+    );
+    let (status, _, health) = http(proxy.addr, "GET", "/health", &[], Vec::new()).await;
+    assert_eq!((status, health["redis"].as_str()), (StatusCode::OK, Some("ok")));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_gets_a_clear_502() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let proxy = Proxy::start(&format!("http://{closed}"), &[]).await;
+    let (status, _, body) = http(proxy.addr, "GET", "/api/match/status?player_id=a", &[], Vec::new()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("backend_unavailable"))
+    );
+    let (_, _, health) = http(proxy.addr, "GET", "/health", &[], Vec::new()).await;
+    assert_eq!(
+        (health["status"].as_str(), health["backend"].as_str()),
+        (Some("degraded"), Some("down"))
+    );
+    proxy.stop().await;
+}
+
+struct Line(Framed<TcpStream, LineCodec>);
+
+impl Line {
+    async fn connect(addr: SocketAddr) -> Line {
+        Line(Framed::new(TcpStream::connect(addr).await.unwrap(), LineCodec::new()))
+    }
+    async fn send(&mut self, line: &str) {
+        self.0
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    async fn recv(&mut self) -> Option<ServerReply> {
+        let line = tokio::time::timeout(Duration::from_secs(10), self.0.next())
+            .await
+            .expect("a line within 10 s")?;
+        line.ok()
+            .map(|l| ServerReply::parse(std::str::from_utf8(&l).unwrap()).unwrap())
+    }
+}
+
+fn game_server_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join("game-server");
+    assert!(path.exists(), "{} is missing: `make test` builds it", path.display());
+    path
+}
+
+#[tokio::test]
+async fn a_full_match_plays_out_through_the_proxy() {
+    let sid = "0b5b0c9e-8d4e-4f39-9a1e-5a0c6f0e7d11";
+    let mut server = tokio::process::Command::new(game_server_binary())
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--session-id",
+            sid,
+            "--players",
+            "p1,p2,p3",
+        ])
+        .env("TICKET_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(server.stdout.take().unwrap());
+    let mut listening = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut out, &mut listening)
+        .await
+        .unwrap();
+    let game_addr = listening.trim().strip_prefix("LISTENING ").unwrap().to_owned();
+
+    let proxy = Proxy::start("http://127.0.0.1:9", &[]).await;
+    proxy.session(sid, "matched", &game_addr).await;
+    let mut clients = Vec::new();
+    for player in ["p1", "p2", "p3"] {
+        let mut c = Line::connect(proxy.addr).await;
+        c.send(&format!("JOIN {}", ticket(player, sid))).await;
+        assert!(matches!(c.recv().await, Some(ServerReply::Welcome { player_id, .. }) if player_id == player));
+        clients.push(c);
+    }
+    clients[0].send("REQUEST_MATCH 1").await;
+    assert_eq!(clients[0].recv().await, Some(ServerReply::RunningLength(1)));
+    for c in &mut clients {
+        assert_eq!(c.recv().await, Some(ServerReply::State(GameState::Running)));
+        assert_eq!(c.recv().await, Some(ServerReply::State(GameState::Stop)));
+        assert_eq!(c.recv().await, None);
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), server.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    let (_, _, metrics) = http(proxy.addr, "GET", "/metrics", &[], Vec::new()).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("mp_proxy_routes_total{outcome=\"routed\"} 3")
+    );
+    proxy.stop().await;
+}
+
+/// A listener standing in for a game server that counts every connection it gets.
+async fn counting_server() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // Echo, like a server would answer.
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn bad_tickets_never_open_a_connection_to_any_server() {
+    let (addr, count) = counting_server().await;
+    let proxy = Proxy::start("http://127.0.0.1:9", &[]).await;
+    let sid = "5e1d6a30-34c4-4a5a-9f0e-3e3f2b1f7a01";
+    let allocating = "7c0c8a51-0b1f-4f0a-8d2e-9a4b5c6d7e8f";
+    let ended = "9d9b2a3e-1c1d-4e4f-8a8b-7c7d6e6f5a5b";
+    proxy.session(sid, "matched", &addr).await;
+    proxy.session(allocating, "allocating", &addr).await;
+    proxy.session(ended, "ended", &addr).await;
+    let now = unix_now();
+    let cases = [
+        (
+            TicketSecret::new("forger")
+                .unwrap()
+                .mint(&Claims::game("p1", sid, now, 600)),
+            ErrorCode::BadTicket,
+        ),
+        (
+            secret().mint(&Claims::game("p1", sid, now - 7200, 600)),
+            ErrorCode::ExpiredTicket,
+        ),
+        (secret().mint(&Claims::report(sid, now, 600)), ErrorCode::BadTicket),
+        ("not-a-ticket".to_owned(), ErrorCode::BadTicket),
+        (ticket("p1", "some-other-session"), ErrorCode::UnknownSession),
+        (ticket("p1", allocating), ErrorCode::UnknownSession),
+        (ticket("p1", ended), ErrorCode::SessionOver),
+    ];
+    for (token, code) in cases {
+        let mut c = Line::connect(proxy.addr).await;
+        c.send(&format!("JOIN {token}")).await;
+        assert_eq!(c.recv().await, Some(ServerReply::Error(code.clone())), "{code}");
+        assert_eq!(c.recv().await, None);
+    }
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        0,
+        "no refused connection reached the server"
+    );
+    // The valid ticket does reach it, with the JOIN line passed on.
+    let mut c = Line::connect(proxy.addr).await;
+    let good = ticket("p1", sid);
+    c.send(&format!("JOIN {good}")).await;
+    let mut echoed = Vec::new();
+    let mut raw = [0u8; 2048];
+    while !echoed.ends_with(b"\n") {
+        let n = c.0.get_mut().read(&mut raw).await.unwrap();
+        assert!(n > 0);
+        echoed.extend_from_slice(&raw[..n]);
+    }
+    assert_eq!(String::from_utf8(echoed).unwrap(), format!("JOIN {good}\n"));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    drop(c);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn slowloris_garbage_idle_floods_and_vanishing_clients_leave_it_serving() {
+    let (addr, count) = counting_server().await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let upstream = echo_upstream(seen).await;
+    // Every client here comes from 127.0.0.1: lift the per-source limit above the flood.
+    let proxy = Proxy::start(&upstream, &["--rate-limit-burst", "10000"]).await;
+    let sid = "1a2b3c4d-0000-4000-8000-000000000001";
+    proxy.session(sid, "matched", &addr).await;
+
+    // Garbage first bytes: one error line, closed.
+    let mut garbage = Line::connect(proxy.addr).await;
+    garbage
+        .0
+        .get_mut()
+        .write_all(b"\x16\x03\x01\x02\x00hello\n")
+        .await
+        .unwrap();
+    assert_eq!(garbage.recv().await, Some(ServerReply::Error(ErrorCode::BadRequest)));
+    // An over-long JOIN line.
+    let mut long = Line::connect(proxy.addr).await;
+    long.0
+        .get_mut()
+        .write_all(&[b"JOIN ".as_slice(), &[b'x'; 3000]].concat())
+        .await
+        .unwrap();
+    assert_eq!(long.recv().await, Some(ServerReply::Error(ErrorCode::LineTooLong)));
+
+    // Slowloris: a byte at a time, never a newline, is cut off at the first-line timeout.
+    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"J").await.unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut sink))
+        .await
+        .expect("closed")
+        .ok();
+
+    // 2,000 idle connections at once; the proxy keeps serving others meanwhile.
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let (status, _, _) = http(proxy.addr, "GET", "/api/x", &[], Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(idle);
+
+    // Clients that vanish mid-splice.
+    for _ in 0..100 {
+        let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+        c.write_all(format!("JOIN {}\nPING\n", ticket("p", sid)).as_bytes())
+            .await
+            .unwrap();
+        drop(c);
+    }
+    let mut c = Line::connect(proxy.addr).await;
+    c.send(&format!("JOIN {}", ticket("p", sid))).await;
+    let mut raw = [0u8; 4096];
+    assert!(
+        c.0.get_mut().read(&mut raw).await.unwrap() > 0,
+        "a spliced session still works"
+    );
+    assert!(count.load(Ordering::SeqCst) >= 1);
+    let (status, _, metrics) = http(proxy.addr, "GET", "/metrics", &[], Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("outcome=\"first_line_timeout\""), "{text}");
+    assert!(text.contains("outcome=\"bad_request\"} 1"));
+    drop(c);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn one_source_over_its_rate_is_refused_and_others_are_not() {
+    let proxy = Proxy::start(
+        "http://127.0.0.1:9",
+        &["--rate-limit-per-second", "0.01", "--rate-limit-burst", "5"],
+    )
+    .await;
+    let mut refused = 0;
+    let mut conns = Vec::new();
+    for _ in 0..10 {
+        conns.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    for mut c in conns {
+        // Say nothing: an admitted connection is closed silently at the first-line timeout,
+        // a refused one is told why at once.
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut answer)).await;
+        if answer == "ERROR rate_limited\n" {
+            refused += 1;
+        } else {
+            assert_eq!(answer, "");
+        }
+    }
+    assert_eq!(refused, 5, "the burst of five passes, the rest are refused");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_connections_and_drains_spliced_ones() {
+    let (addr, _) = counting_server().await;
+    let proxy = Proxy::start("http://127.0.0.1:9", &["--drain-seconds", "1"]).await;
+    let sid = "2b2b2b2b-0000-4000-8000-000000000002";
+    proxy.session(sid, "matched", &addr).await;
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    c.write_all(format!("JOIN {}\n", ticket("p", sid)).as_bytes())
+        .await
+        .unwrap();
+    let mut raw = [0u8; 4096];
+    assert!(c.read(&mut raw).await.unwrap() > 0);
+    let started = tokio::time::Instant::now();
+    proxy.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(TcpStream::connect(proxy.addr).await.is_err(), "no longer accepting");
+    // The spliced session goes on during the drain...
+    c.write_all(b"PING\n").await.unwrap();
+    let n = c.read(&mut raw).await.unwrap();
+    assert_eq!(&raw[..n], b"PING\n");
+    // ...and is closed when it is over.
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut raw))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    tokio::time::timeout(Duration::from_secs(10), proxy.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
