@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo bench-matchmaker ci
+.PHONY: help fmt lint test build release demo bench-matchmaker bench-proxy ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ demo: ## The whole stack on this machine with a loadgen swarm, ending in a summa
 
 bench-matchmaker: ## Joins/s and players placed/s of one release backend (RUNTIME=none); PLAYERS, CONCURRENCY
 	scripts/bench-matchmaker.sh
+
+bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side
+	scripts/bench-proxy.sh
 
 ci: ## Run what CI runs
 	bash .ci/run

@@ -1,5 +1,6 @@
 //! matchplane's load generator: the client swarm and the benchmarks.
 
 pub mod bench_matchmaker;
+pub mod bench_proxy;
 pub mod http;
 pub mod stats;

@@ -15,6 +15,8 @@ struct Cli {
 enum Command {
     /// Drive POST /match/join at full speed against a backend with RUNTIME=none.
     BenchMatchmaker(loadgen::bench_matchmaker::BenchMatchmakerArgs),
+    /// Echo traffic direct, through matchplane's proxy and through HAProxy, side by side.
+    BenchProxy(loadgen::bench_proxy::BenchProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -26,6 +28,25 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
+            Command::BenchProxy(args) => {
+                let json = args.json.clone();
+                match loadgen::bench_proxy::run(args).await {
+                    Ok(results) => {
+                        print!("{}", loadgen::bench_proxy::render(&results));
+                        if let Some(path) = json
+                            && let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&results).unwrap_or_default())
+                        {
+                            eprintln!("loadgen: cannot write {}: {e}", path.display());
+                            return ExitCode::FAILURE;
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("loadgen: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Command::BenchMatchmaker(args) => {
                 let json = args.json.clone();
                 match loadgen::bench_matchmaker::run(args).await {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# `make bench-proxy`: a TCP echo server reached directly, through matchplane's proxy and
+# through HAProxy in TCP mode, measured side by side by `loadgen bench-proxy`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+
+if ! command -v haproxy >/dev/null 2>&1; then
+  mp_apt_install haproxy || mp_die "bench-proxy needs haproxy: install it with 'sudo apt-get install -y haproxy' and run this again."
+fi
+cargo build --release --locked -p proxy -p loadgen
+run_dir=${MP_RUN_DIR:-.run}/bench-proxy-$$
+mp_start_services "$run_dir"
+secret="bench-proxy-$RANDOM$RANDOM"
+echo_port=$(mp_free_port)
+proxy_port=$(mp_free_port)
+haproxy_port=$(mp_free_port)
+
+cat >"$run_dir/haproxy.cfg" <<CFG
+global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend bench
+  bind 127.0.0.1:$haproxy_port
+  default_backend echo
+backend echo
+  server echo 127.0.0.1:$echo_port
+CFG
+haproxy -f "$run_dir/haproxy.cfg" -db >"$run_dir/haproxy.log" 2>&1 &
+haproxy_pid=$!
+RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:9 REDIS_URL=$MP_REDIS_URL \
+  TICKET_SECRET=$secret RATE_LIMIT_PER_SECOND=0 target/release/proxy &
+proxy_pid=$!
+trap 'kill $proxy_pid $haproxy_pid 2>/dev/null; wait $proxy_pid $haproxy_pid 2>/dev/null; mp_stop_services' EXIT
+sleep 0.5
+kill -0 "$haproxy_pid" 2>/dev/null || mp_die "haproxy did not start; see $run_dir/haproxy.log"
+kill -0 "$proxy_pid" 2>/dev/null || mp_die "the proxy did not start"
+
+target/release/loadgen bench-proxy --echo-port "$echo_port" --proxy-addr "127.0.0.1:$proxy_port" \
+  --haproxy-addr "127.0.0.1:$haproxy_port" --redis-url "$MP_REDIS_URL" --ticket-secret "$secret" \
+  --seconds "${SECONDS_PER_RUN:-4}" --json "${BENCH_JSON:-$run_dir/bench-proxy.json}"
