@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo bench-matchmaker bench-proxy ci
+.PHONY: help fmt lint test build release demo up-local down-local bench-matchmaker bench-proxy ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -22,8 +22,14 @@ build: ## Debug build of every binary
 release: ## Release build of every binary
 	cargo build --workspace --bins --release --locked
 
-demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary
-	@echo "make demo is coming: it needs the backend, proxy and loadgen (issues 3-5)." >&2; exit 1
+demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION)
+	scripts/demo.sh
+
+up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE)
+	scripts/local.sh up
+
+down-local: ## Stop what up-local started
+	scripts/local.sh down
 
 bench-matchmaker: ## Joins/s and players placed/s of one release backend (RUNTIME=none); PLAYERS, CONCURRENCY
 	scripts/bench-matchmaker.sh

@@ -13,6 +13,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Simulated players through the proxy: join, wait, connect, play, verify; then a summary.
+    Swarm(loadgen::swarm::SwarmArgs),
     /// Drive POST /match/join at full speed against a backend with RUNTIME=none.
     BenchMatchmaker(loadgen::bench_matchmaker::BenchMatchmakerArgs),
     /// Echo traffic direct, through matchplane's proxy and through HAProxy, side by side.
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     runtime.block_on(async move {
         match cli.command {
+            Command::Swarm(args) => swarm(args).await,
             Command::BenchProxy(args) => {
                 let json = args.json.clone();
                 match loadgen::bench_proxy::run(args).await {
@@ -73,4 +76,33 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+async fn swarm(args: loadgen::swarm::SwarmArgs) -> ExitCode {
+    let (json, chart) = (args.json.clone(), args.chart.clone());
+    let report = match loadgen::swarm::run(args).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.render());
+    if let Some(path) = json {
+        match std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default()) {
+            Ok(()) => println!("report JSON: {}", path.display()),
+            Err(e) => eprintln!("loadgen: cannot write {}: {e}", path.display()),
+        }
+    }
+    if let Some(path) = chart {
+        match std::fs::write(&path, report.chart_svg()) {
+            Ok(()) => println!("latency chart: {}", path.display()),
+            Err(e) => eprintln!("loadgen: cannot write {}: {e}", path.display()),
+        }
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

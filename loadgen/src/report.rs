@@ -1,0 +1,472 @@
+//! What a swarm saw: per-client records, and the summary built from them — outcomes, latency
+//! percentiles per phase, sessions and their sizes, and client-side invariant checks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::stats::{Summary, summarize};
+
+/// How one client's life ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    JoinFailed(String),
+    StatusFailed(String),
+    NotMatched(String),
+    ConnectFailed(String),
+    Refused(String),
+    Protocol(String),
+    WrongLength(String),
+    Timeout,
+}
+
+impl Outcome {
+    /// The kind, for counting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::JoinFailed(_) => "join_failed",
+            Outcome::StatusFailed(_) => "status_failed",
+            Outcome::NotMatched(_) => "not_matched",
+            Outcome::ConnectFailed(_) => "connect_failed",
+            Outcome::Refused(_) => "refused",
+            Outcome::Protocol(_) => "protocol_error",
+            Outcome::WrongLength(_) => "wrong_length",
+            Outcome::Timeout => "timeout",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Outcome::Ok | Outcome::Timeout => String::new(),
+            Outcome::JoinFailed(d)
+            | Outcome::StatusFailed(d)
+            | Outcome::NotMatched(d)
+            | Outcome::ConnectFailed(d)
+            | Outcome::Refused(d)
+            | Outcome::Protocol(d)
+            | Outcome::WrongLength(d) => d.clone(),
+        }
+    }
+}
+
+/// One simulated player's record.
+#[derive(Debug, Clone)]
+pub struct ClientRecord {
+    pub player: String,
+    pub outcome: Outcome,
+    pub session_id: Option<String>,
+    /// The session's roster as the backend told this player.
+    pub session_players: Vec<String>,
+    pub running_length: Option<u64>,
+    pub join_to_matched: Option<Duration>,
+    pub matched_to_connected: Option<Duration>,
+    pub connected_to_running: Option<Duration>,
+    pub match_lasted: Option<Duration>,
+    pub life: Option<Duration>,
+}
+
+impl ClientRecord {
+    pub fn new(player: String) -> Self {
+        ClientRecord {
+            player,
+            outcome: Outcome::Timeout,
+            session_id: None,
+            session_players: Vec::new(),
+            running_length: None,
+            join_to_matched: None,
+            matched_to_connected: None,
+            connected_to_running: None,
+            match_lasted: None,
+            life: None,
+        }
+    }
+}
+
+/// Latency percentiles per phase.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latencies {
+    pub join_to_matched: Summary,
+    pub matched_to_connected: Summary,
+    pub connected_to_running: Summary,
+    pub whole_life: Summary,
+}
+
+/// Client-side checks of DESIGN §5.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Invariants {
+    /// Players that appear in the rosters of two different sessions.
+    pub players_in_two_sessions: Vec<String>,
+    /// Sessions whose size is outside [min, max].
+    pub sizes_out_of_bounds: Vec<String>,
+    /// Sessions whose members were told different rosters.
+    pub inconsistent_rosters: Vec<String>,
+    /// Players whose own session's roster does not list them.
+    pub not_in_own_roster: Vec<String>,
+    pub ok: bool,
+}
+
+/// A failure, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Failure {
+    pub player: String,
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+/// The swarm's summary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub clients: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub outcomes: BTreeMap<&'static str, usize>,
+    /// Up to 20 failures, with what went wrong.
+    pub failures: Vec<Failure>,
+    pub latency_ms: Latencies,
+    pub sessions: usize,
+    /// Session size → how many sessions had it.
+    pub session_sizes: BTreeMap<usize, usize>,
+    pub invariants: Invariants,
+    pub wall_seconds: f64,
+    pub match_duration_seconds: f64,
+    /// Raw samples per phase in ms, for the chart (not serialized).
+    #[serde(skip)]
+    pub samples_ms: Vec<(&'static str, Vec<f64>)>,
+}
+
+fn collect(records: &[ClientRecord], pick: impl Fn(&ClientRecord) -> Option<Duration>) -> Vec<Duration> {
+    records.iter().filter_map(pick).collect()
+}
+
+/// Checks the rosters the clients were told.
+pub fn check_invariants(records: &[ClientRecord], min: usize, max: usize) -> (Invariants, BTreeMap<usize, usize>) {
+    let mut rosters: HashMap<&str, &Vec<String>> = HashMap::new();
+    let mut inv = Invariants::default();
+    let mut inconsistent = HashSet::new();
+    for r in records {
+        let Some(sid) = r.session_id.as_deref() else { continue };
+        if !r.session_players.contains(&r.player) {
+            inv.not_in_own_roster.push(r.player.clone());
+        }
+        match rosters.get(sid) {
+            Some(seen) if **seen != r.session_players => {
+                inconsistent.insert(sid.to_owned());
+            }
+            Some(_) => {}
+            None => {
+                rosters.insert(sid, &r.session_players);
+            }
+        }
+    }
+    let mut owner: HashMap<&str, &str> = HashMap::new();
+    let mut twice = HashSet::new();
+    let mut sizes = BTreeMap::new();
+    for (sid, roster) in &rosters {
+        *sizes.entry(roster.len()).or_default() += 1;
+        if roster.len() < min || roster.len() > max {
+            inv.sizes_out_of_bounds.push((*sid).to_owned());
+        }
+        for player in roster.iter() {
+            if let Some(other) = owner.insert(player, sid)
+                && other != *sid
+            {
+                twice.insert(player.clone());
+            }
+        }
+    }
+    inv.players_in_two_sessions = twice.into_iter().collect();
+    inv.players_in_two_sessions.sort();
+    inv.inconsistent_rosters = inconsistent.into_iter().collect();
+    inv.inconsistent_rosters.sort();
+    inv.sizes_out_of_bounds.sort();
+    inv.ok = inv.players_in_two_sessions.is_empty()
+        && inv.sizes_out_of_bounds.is_empty()
+        && inv.inconsistent_rosters.is_empty()
+        && inv.not_in_own_roster.is_empty();
+    (inv, sizes)
+}
+
+impl Report {
+    /// Summarises the records of a run that took `wall`.
+    pub fn build(records: &[ClientRecord], wall: Duration, min: usize, max: usize, match_duration: f64) -> Report {
+        let mut outcomes = BTreeMap::new();
+        for r in records {
+            *outcomes.entry(r.outcome.kind()).or_default() += 1;
+        }
+        let ok = outcomes.get("ok").copied().unwrap_or(0);
+        let failures = records
+            .iter()
+            .filter(|r| r.outcome != Outcome::Ok)
+            .take(20)
+            .map(|r| Failure {
+                player: r.player.clone(),
+                kind: r.outcome.kind(),
+                detail: r.outcome.detail(),
+            })
+            .collect();
+        let phases: [(&'static str, Vec<Duration>); 4] = [
+            ("join→matched", collect(records, |r| r.join_to_matched)),
+            ("matched→connected", collect(records, |r| r.matched_to_connected)),
+            ("connected→running", collect(records, |r| r.connected_to_running)),
+            (
+                "whole life",
+                collect(records, |r| r.life.filter(|_| r.outcome == Outcome::Ok)),
+            ),
+        ];
+        let (invariants, session_sizes) = check_invariants(records, min, max);
+        Report {
+            clients: records.len(),
+            ok,
+            failed: records.len() - ok,
+            outcomes,
+            failures,
+            latency_ms: Latencies {
+                join_to_matched: summarize(&phases[0].1),
+                matched_to_connected: summarize(&phases[1].1),
+                connected_to_running: summarize(&phases[2].1),
+                whole_life: summarize(&phases[3].1),
+            },
+            sessions: session_sizes.values().sum(),
+            session_sizes,
+            invariants,
+            wall_seconds: wall.as_secs_f64(),
+            match_duration_seconds: match_duration,
+            samples_ms: phases
+                .into_iter()
+                .map(|(name, d)| (name, d.iter().map(|x| x.as_secs_f64() * 1000.0).collect()))
+                .collect(),
+        }
+    }
+
+    /// Whether the run passed: every client ok and every invariant held.
+    pub fn passed(&self) -> bool {
+        self.failed == 0 && self.invariants.ok
+    }
+
+    /// The human summary.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "== matchplane swarm summary ==");
+        let _ = writeln!(
+            out,
+            "clients: {}   ok: {}   failed: {}   wall time: {:.1} s   match length asked: {} s",
+            self.clients, self.ok, self.failed, self.wall_seconds, self.match_duration_seconds
+        );
+        let outcomes: Vec<String> = self.outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(out, "outcomes: {}", outcomes.join(", "));
+        let _ = writeln!(
+            out,
+            "latency (ms)            {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "n", "p50", "p90", "p99", "max"
+        );
+        let l = &self.latency_ms;
+        for (name, s) in [
+            ("join → matched", &l.join_to_matched),
+            ("matched → connected", &l.matched_to_connected),
+            ("connected → running", &l.connected_to_running),
+            ("whole life", &l.whole_life),
+        ] {
+            let _ = writeln!(
+                out,
+                "  {name:<21} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
+            );
+        }
+        let sizes: Vec<String> = self
+            .session_sizes
+            .iter()
+            .map(|(size, n)| format!("{n}×{size}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "sessions seen: {} (sizes: {})",
+            self.sessions,
+            if sizes.is_empty() {
+                "none".into()
+            } else {
+                sizes.join(", ")
+            }
+        );
+        let inv = &self.invariants;
+        let _ = writeln!(
+            out,
+            "invariants: {} (players in two sessions: {}, sizes out of bounds: {}, inconsistent rosters: {}, not in own roster: {})",
+            if inv.ok { "ok" } else { "VIOLATED" },
+            inv.players_in_two_sessions.len(),
+            inv.sizes_out_of_bounds.len(),
+            inv.inconsistent_rosters.len(),
+            inv.not_in_own_roster.len()
+        );
+        for f in &self.failures {
+            let _ = writeln!(out, "  failed: {} {} {}", f.player, f.kind, f.detail);
+        }
+        out
+    }
+
+    /// The latency distributions as cumulative curves, one per phase, in SVG.
+    pub fn chart_svg(&self) -> String {
+        const W: f64 = 760.0;
+        const H: f64 = 420.0;
+        const LEFT: f64 = 70.0;
+        const BOTTOM: f64 = 50.0;
+        const TOP: f64 = 40.0;
+        const RIGHT: f64 = 200.0;
+        let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+        let max = self
+            .samples_ms
+            .iter()
+            .flat_map(|(_, s)| s.iter().copied())
+            .fold(1.0f64, f64::max);
+        // Log scale from 0.1 ms to the slowest sample.
+        let (lo, hi) = (0.1f64.log10(), max.max(1.0).log10() + 0.05);
+        let x = |ms: f64| LEFT + (ms.max(0.1).log10() - lo) / (hi - lo) * (W - LEFT - RIGHT);
+        let y = |frac: f64| H - BOTTOM - frac * (H - BOTTOM - TOP);
+        let mut svg = String::new();
+        let _ = writeln!(
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{LEFT}" y="24" font-size="15">matchplane swarm: latency distributions ({} clients, {} ok)</text>"#,
+            self.clients, self.ok
+        );
+        let mut decade: f64 = 0.1;
+        while decade.log10() <= hi {
+            let px = x(decade);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="#ddd"/>"##,
+                H - BOTTOM
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{decade}</text>"#,
+                H - BOTTOM + 16.0
+            );
+            decade *= 10.0;
+        }
+        for frac in [0.0, 0.5, 0.9, 0.99, 1.0] {
+            let py = y(frac);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#eee"/>"##,
+                W - RIGHT
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">p{}</text>"#,
+                LEFT - 6.0,
+                py + 4.0,
+                (frac * 100.0).round()
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">milliseconds (log scale)</text>"#,
+            (LEFT + W - RIGHT) / 2.0,
+            H - 12.0
+        );
+        for (i, (name, samples)) in self.samples_ms.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let mut sorted = samples.clone();
+            sorted.sort_by(f64::total_cmp);
+            if !sorted.is_empty() {
+                let n = sorted.len() as f64;
+                let points: Vec<String> = sorted
+                    .iter()
+                    .enumerate()
+                    .map(|(k, ms)| format!("{:.1},{:.1}", x(*ms), y((k + 1) as f64 / n)))
+                    .collect();
+                let _ = writeln!(
+                    svg,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                    points.join(" ")
+                );
+            }
+            let ly = TOP + 20.0 + i as f64 * 22.0;
+            let lx = W - RIGHT + 16.0;
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#,
+                lx + 20.0
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{}">{name} (n={})</text>"#,
+                lx + 26.0,
+                ly + 4.0,
+                samples.len()
+            );
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(player: &str, sid: &str, roster: &[&str]) -> ClientRecord {
+        let mut r = ClientRecord::new(player.into());
+        r.outcome = Outcome::Ok;
+        r.session_id = Some(sid.into());
+        r.session_players = roster.iter().map(|s| s.to_string()).collect();
+        r.join_to_matched = Some(Duration::from_millis(10));
+        r.life = Some(Duration::from_millis(100));
+        r
+    }
+
+    #[test]
+    fn clean_rosters_pass() {
+        let records = [
+            rec("a", "s1", &["a", "b"]),
+            rec("b", "s1", &["a", "b"]),
+            rec("c", "s2", &["c", "d", "e"]),
+        ];
+        let (inv, sizes) = check_invariants(&records, 2, 12);
+        assert!(inv.ok);
+        assert_eq!(sizes, BTreeMap::from([(2, 1), (3, 1)]));
+    }
+
+    #[test]
+    fn every_violation_is_caught() {
+        let records = [
+            rec("a", "s1", &["a", "b"]),
+            rec("b", "s1", &["a", "b", "x"]),
+            rec("c", "s2", &["c", "a"]),
+            rec("d", "s3", &["d"]),
+            rec("e", "s4", &["f", "g"]),
+        ];
+        let (inv, _) = check_invariants(&records, 2, 12);
+        assert!(!inv.ok);
+        assert_eq!(inv.players_in_two_sessions, vec!["a"]);
+        assert_eq!(inv.inconsistent_rosters, vec!["s1"]);
+        assert_eq!(inv.sizes_out_of_bounds, vec!["s3"]);
+        assert_eq!(inv.not_in_own_roster, vec!["e"]);
+    }
+
+    #[test]
+    fn report_counts_outcomes_and_renders() {
+        let mut failed = ClientRecord::new("z".into());
+        failed.outcome = Outcome::ConnectFailed("refused".into());
+        let records = [rec("a", "s1", &["a", "b"]), rec("b", "s1", &["a", "b"]), failed];
+        let report = Report::build(&records, Duration::from_secs(2), 2, 12, 5.0);
+        assert_eq!(
+            (report.clients, report.ok, report.failed, report.sessions),
+            (3, 2, 1, 1)
+        );
+        assert!(!report.passed());
+        assert_eq!(report.outcomes["connect_failed"], 1);
+        assert_eq!(report.latency_ms.join_to_matched.count, 2);
+        let text = report.render();
+        assert!(text.contains("failed: z connect_failed refused"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["session_sizes"]["2"], 1);
+        assert!(report.chart_svg().starts_with("<svg"));
+    }
+}

@@ -1,0 +1,322 @@
+//! `loadgen swarm`: simulated players doing what a real game client does, through the proxy
+//! only — join, long-poll until matched, connect with the ticket, ask for a match length, and
+//! play until `STATE stop` — each checking what it saw. It never ends sessions itself.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hyper::Method;
+use protocol::api::{MatchResponse, MatchStatus};
+use protocol::{GameState, LineCodec, ServerReply};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use crate::http::HttpClient;
+use crate::report::{ClientRecord, Outcome, Report};
+
+/// Settings of a swarm (DESIGN §9 names).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SwarmArgs {
+    /// The proxy (the API is under /api there).
+    #[arg(long, env = "TARGET_URL", default_value = "http://127.0.0.1:8080")]
+    pub target_url: String,
+    /// Simulated players.
+    #[arg(long, env = "CLIENTS", default_value_t = 50)]
+    pub clients: usize,
+    /// Players started per second; 0 starts them all at once.
+    #[arg(long, env = "SPAWN_RATE", default_value_t = 0.0)]
+    pub spawn_rate: f64,
+    /// Match length each player asks for, in seconds.
+    #[arg(long, env = "MATCH_DURATION", default_value_t = 30.0)]
+    pub match_duration: f64,
+    /// Connect game traffic here (host or host:port) instead of the returned connect address,
+    /// e.g. through a port-forward.
+    #[arg(long, env = "GAME_SERVER_HOST_OVERRIDE")]
+    pub connect_override: Option<String>,
+    /// Prefix of player ids; unique per run by default.
+    #[arg(long)]
+    pub id_prefix: Option<String>,
+    /// Largest session the backend forms (SESSION_SIZE), for the size check.
+    #[arg(long, env = "SESSION_SIZE", default_value_t = 12)]
+    pub session_size: usize,
+    /// Smallest session the backend forms (MIN_PARTIAL_SESSION_SIZE), for the size check.
+    #[arg(long, env = "MIN_PARTIAL_SESSION_SIZE", default_value_t = 2)]
+    pub min_session_size: usize,
+    /// Give up on a player after this long (default: 3 minutes plus the match length).
+    #[arg(long)]
+    pub client_timeout: Option<f64>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Draw the latency distributions here (SVG).
+    #[arg(long)]
+    pub chart: Option<std::path::PathBuf>,
+    /// Progress output: auto (a bar on a terminal), bar, lines, or none.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+}
+
+struct Shared {
+    api: HttpClient,
+    args: SwarmArgs,
+    done: AtomicUsize,
+    matched: AtomicUsize,
+    running: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+/// Runs the swarm to the end and returns its report.
+pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.clients > 0, "CLIENTS must be at least 1");
+    anyhow::ensure!(args.match_duration > 0.0, "MATCH_DURATION must be > 0");
+    let prefix = args.id_prefix.clone().unwrap_or_else(|| {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        format!("swarm-{}-{stamp}", std::process::id())
+    });
+    let api = HttpClient::new(
+        &format!("{}/api", args.target_url.trim_end_matches('/')),
+        Duration::from_secs(40),
+    );
+    let shared = Arc::new(Shared {
+        api,
+        args: args.clone(),
+        done: AtomicUsize::new(0),
+        matched: AtomicUsize::new(0),
+        running: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+    });
+    let started = Instant::now();
+    let progress = tokio::spawn(show_progress(shared.clone(), started));
+    let mut tasks = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        if args.spawn_rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / args.spawn_rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let shared = shared.clone();
+        let player = format!("{prefix}-{i}");
+        tasks.push(tokio::spawn(async move {
+            let record = play(&shared, player).await;
+            if record.outcome != Outcome::Ok {
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            shared.done.fetch_add(1, Ordering::Relaxed);
+            record
+        }));
+    }
+    let mut records = Vec::with_capacity(args.clients);
+    for task in tasks {
+        records.push(task.await?);
+    }
+    progress.abort();
+    let wall = started.elapsed();
+    if matches!(progress_mode(&args), Mode::Bar) {
+        eprintln!();
+    }
+    Ok(Report::build(
+        &records,
+        wall,
+        args.min_session_size,
+        args.session_size,
+        args.match_duration,
+    ))
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Bar,
+    Lines,
+    Silent,
+}
+
+fn progress_mode(args: &SwarmArgs) -> Mode {
+    match args.progress.as_str() {
+        "bar" => Mode::Bar,
+        "lines" => Mode::Lines,
+        "none" => Mode::Silent,
+        _ if std::io::stderr().is_terminal() => Mode::Bar,
+        _ => Mode::Lines,
+    }
+}
+
+async fn show_progress(shared: Arc<Shared>, started: Instant) {
+    let mode = progress_mode(&shared.args);
+    let every = match mode {
+        Mode::Bar => Duration::from_millis(200),
+        Mode::Lines => Duration::from_secs(5),
+        Mode::Silent => return,
+    };
+    let total = shared.args.clients;
+    loop {
+        tokio::time::sleep(every).await;
+        let done = shared.done.load(Ordering::Relaxed);
+        let matched = shared.matched.load(Ordering::Relaxed);
+        let running = shared.running.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        match mode {
+            Mode::Bar => {
+                let width = 30;
+                let filled = done * width / total.max(1);
+                eprint!(
+                    "\r[{}{}] {done}/{total} done · {matched} matched · {running} in play · {failed} failed · {secs:.0}s ",
+                    "#".repeat(filled),
+                    "-".repeat(width - filled)
+                );
+            }
+            _ => eprintln!(
+                "swarm: {secs:.0}s: {done}/{total} done, {matched} matched, {running} in play, {failed} failed"
+            ),
+        }
+    }
+}
+
+fn connect_addr(args: &SwarmArgs, matched: &MatchResponse) -> String {
+    match &args.connect_override {
+        Some(o) if o.contains(':') => o.clone(),
+        Some(host) => format!("{host}:{}", matched.connect_port),
+        None => format!("{}:{}", matched.connect_host, matched.connect_port),
+    }
+}
+
+/// One player's life; never panics, always returns a record.
+async fn play(shared: &Shared, player: String) -> ClientRecord {
+    let mut record = ClientRecord::new(player);
+    let limit = shared.args.client_timeout.unwrap_or(180.0 + shared.args.match_duration);
+    let life = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs_f64(limit), lifecycle(shared, &mut record, life)).await;
+    record.outcome = match outcome {
+        Ok(Ok(())) => Outcome::Ok,
+        Ok(Err(outcome)) => outcome,
+        Err(_) => Outcome::Timeout,
+    };
+    record.life = Some(life.elapsed());
+    record
+}
+
+async fn lifecycle(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Outcome> {
+    let api = &shared.api;
+    let body = serde_json::json!({ "player_id": record.player });
+    let mut status: MatchResponse = api
+        .json(Method::POST, "/match/join", Some(body))
+        .await
+        .map_err(|e| Outcome::JoinFailed(e.to_string()))?;
+    while status.status != MatchStatus::Matched {
+        match status.status {
+            MatchStatus::Queued | MatchStatus::Allocating => {}
+            other => return Err(Outcome::NotMatched(format!("{other:?}").to_lowercase())),
+        }
+        status = api
+            .json(
+                Method::GET,
+                &format!("/match/status?player_id={}&wait=25", record.player),
+                None,
+            )
+            .await
+            .map_err(|e| Outcome::StatusFailed(e.to_string()))?;
+    }
+    record.join_to_matched = Some(life.elapsed());
+    record.session_id = Some(status.session_id.clone());
+    record.session_players = status.players.clone();
+    shared.matched.fetch_add(1, Ordering::Relaxed);
+    let matched_at = Instant::now();
+    let ticket = status
+        .ticket
+        .clone()
+        .ok_or_else(|| Outcome::Protocol("matched without a ticket".into()))?;
+
+    let addr = connect_addr(&shared.args, &status);
+    let stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| Outcome::ConnectFailed(format!("{addr}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let mut game = Framed::new(stream, LineCodec::new());
+    game.get_mut()
+        .write_all(format!("JOIN {ticket}\n").as_bytes())
+        .await
+        .map_err(|e| Outcome::ConnectFailed(e.to_string()))?;
+    match next(&mut game).await? {
+        ServerReply::Welcome {
+            session_id, player_id, ..
+        } if session_id == status.session_id && player_id == record.player => {}
+        ServerReply::Error(code) => return Err(Outcome::Refused(code.to_string())),
+        other => {
+            return Err(Outcome::Protocol(format!(
+                "expected WELCOME for its own session, got {other}"
+            )));
+        }
+    }
+    record.matched_to_connected = Some(matched_at.elapsed());
+    let connected_at = Instant::now();
+    shared.running.fetch_add(1, Ordering::Relaxed);
+    let result = play_match(shared, record, &mut game, connected_at).await;
+    shared.running.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
+async fn play_match(
+    shared: &Shared,
+    record: &mut ClientRecord,
+    game: &mut Framed<TcpStream, LineCodec>,
+    connected_at: Instant,
+) -> Result<(), Outcome> {
+    game.get_mut()
+        .write_all(format!("REQUEST_MATCH {}\n", shared.args.match_duration).as_bytes())
+        .await
+        .map_err(|e| Outcome::Protocol(e.to_string()))?;
+    let mut running_at = None;
+    loop {
+        match next(game).await? {
+            ServerReply::RunningLength(n) => record.running_length = Some(n),
+            ServerReply::State(GameState::Running) if running_at.is_none() => {
+                running_at = Some(Instant::now());
+                record.connected_to_running = Some(connected_at.elapsed());
+            }
+            ServerReply::State(GameState::Stop) => {
+                let Some(running_at) = running_at else {
+                    return Err(Outcome::Protocol("STATE stop before STATE running".into()));
+                };
+                let lasted = running_at.elapsed();
+                record.match_lasted = Some(lasted);
+                let length = record.running_length.unwrap_or(0) as f64;
+                let lasted = lasted.as_secs_f64();
+                if length == 0.0 || lasted < length - 0.5 || lasted > length + 3.0 {
+                    return Err(Outcome::WrongLength(format!("length {length} s, lasted {lasted:.2} s")));
+                }
+                return Ok(());
+            }
+            ServerReply::Error(code) => return Err(Outcome::Refused(code.to_string())),
+            _ => {}
+        }
+    }
+}
+
+async fn next(game: &mut Framed<TcpStream, LineCodec>) -> Result<ServerReply, Outcome> {
+    match game.next().await {
+        None => Err(Outcome::Protocol("connection closed early".into())),
+        Some(Err(e)) => Err(Outcome::Protocol(e.to_string())),
+        Some(Ok(line)) => {
+            let text = String::from_utf8_lossy(&line);
+            ServerReply::parse(&text).map_err(|e| Outcome::Protocol(e.to_string()))
+        }
+    }
+}
+
+/// Counts per session id, for tests.
+pub fn sessions_of(records: &[ClientRecord]) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for r in records {
+        if let Some(sid) = &r.session_id {
+            *out.entry(sid.clone()).or_default() += 1;
+        }
+    }
+    out
+}

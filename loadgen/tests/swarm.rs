@@ -1,0 +1,159 @@
+//! The swarm against the real stack (backend with the local runtime and the real game-server,
+//! the proxy, Redis, PostgreSQL), with a handful of clients, checking its own report.
+
+use std::time::Duration;
+
+use clap::Parser;
+use loadgen::swarm::SwarmArgs;
+use sqlx::Connection;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "swarm-test-secret-0123456789";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
+}
+
+#[derive(Parser)]
+struct Wrapper {
+    #[command(flatten)]
+    swarm: SwarmArgs,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
+    let prefix = format!("t{}", std::process::id());
+    let admin = env("MP_TEST_DATABASE_URL");
+    let db_name = format!("swarm{}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db_name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let db = format!("{}/{db_name}", admin.rsplit_once('/').unwrap().0);
+    let game_server = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("game-server");
+    assert!(
+        game_server.exists(),
+        "{} is missing: `make test` builds it",
+        game_server.display()
+    );
+
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy_listener.local_addr().unwrap();
+    let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend_listener.local_addr().unwrap();
+    let redis = env("MP_TEST_REDIS_URL");
+    let public_port = proxy_addr.port().to_string();
+    let backend = backend::Config::try_parse_from([
+        "backend",
+        "--redis-url",
+        &redis,
+        "--database-url",
+        &db,
+        "--redis-key-prefix",
+        &prefix,
+        "--ticket-secret",
+        SECRET,
+        "--runtime",
+        "local",
+        "--game-server-bin",
+        game_server.to_str().unwrap(),
+        "--session-size",
+        "3",
+        "--public-host",
+        "127.0.0.1",
+        "--public-port",
+        &public_port,
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let backend_url = format!("http://{backend_addr}");
+    let proxy = proxy::Config::try_parse_from([
+        "proxy",
+        "--backend-url",
+        &backend_url,
+        "--redis-url",
+        &redis,
+        "--redis-key-prefix",
+        &prefix,
+        "--ticket-secret",
+        SECRET,
+    ])
+    .unwrap()
+    .validate()
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let backend_task = tokio::spawn(backend::run(backend_listener, backend, shutdown.clone()));
+    let proxy_task = tokio::spawn(proxy::run(proxy_listener, proxy, shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let dir = std::env::temp_dir().join(format!("swarm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, chart) = (dir.join("report.json"), dir.join("latency.svg"));
+    let target = format!("http://{proxy_addr}");
+    let args = Wrapper::try_parse_from([
+        "swarm",
+        "--target-url",
+        &target,
+        "--clients",
+        "6",
+        "--match-duration",
+        "1",
+        "--session-size",
+        "3",
+        "--progress",
+        "none",
+        "--json",
+        json.to_str().unwrap(),
+        "--chart",
+        chart.to_str().unwrap(),
+    ])
+    .unwrap()
+    .swarm;
+    let report = loadgen::swarm::run(args).await.unwrap();
+    assert!(report.passed(), "{}", report.render());
+    assert_eq!(
+        (report.clients, report.ok, report.failed, report.sessions),
+        (6, 6, 0, 2)
+    );
+    assert_eq!(report.session_sizes.get(&3), Some(&2));
+    assert_eq!(report.latency_ms.join_to_matched.count, 6);
+    assert!(
+        report.latency_ms.whole_life.p50_ms >= 1000.0,
+        "a 1 s match lasts at least 1 s"
+    );
+
+    // The files the CLI writes: the same report as JSON, and a chart.
+    std::fs::write(&json, serde_json::to_vec(&report).unwrap()).unwrap();
+    std::fs::write(&chart, report.chart_svg()).unwrap();
+    let parsed: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for key in [
+        "clients",
+        "ok",
+        "failed",
+        "outcomes",
+        "latency_ms",
+        "sessions",
+        "session_sizes",
+        "invariants",
+        "wall_seconds",
+    ] {
+        assert!(parsed.get(key).is_some(), "report JSON lacks {key}");
+    }
+    assert_eq!(parsed["invariants"]["ok"], true);
+    assert_eq!(parsed["outcomes"]["ok"], 6);
+    assert!(std::fs::read_to_string(&chart).unwrap().contains("<polyline"));
+
+    shutdown.cancel();
+    backend_task.await.unwrap().unwrap();
+    proxy_task.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

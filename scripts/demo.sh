@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make demo`: build in release, start the whole stack on this machine, run a swarm of
+# CLIENTS (60) players with MATCH_DURATION (5 s) matches through the proxy, print the summary,
+# and stop everything it started, also on failure or ctrl-c.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/stack.sh
+. scripts/stack.sh
+
+command -v cargo >/dev/null 2>&1 || mp_die "make demo needs the Rust toolchain (cargo): install it from rustup.rs and run this again."
+command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make demo needs curl: install it with 'sudo apt-get install -y curl' and run this again."
+mp_need_redis
+mp_need_postgres
+echo "== building (release) =="
+cargo build --release --locked --bins
+
+out=.run/demo
+mkdir -p "$out"
+started=$(date +%s.%N)
+echo "== starting Redis, PostgreSQL, backend (RUNTIME=local) and proxy =="
+RUST_LOG=${RUST_LOG:-info} mp_start_stack ".run/demo-stack-$$"
+trap 'mp_stop_stack; cp "$MP_STACK_DIR"/*.log "$out"/ 2>/dev/null; rm -rf "$MP_STACK_DIR"' EXIT
+trap 'exit 130' INT TERM
+echo "proxy $MP_PROXY_URL, backend $MP_BACKEND_URL (logs: $out/backend.log, $out/proxy.log)"
+
+echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches =="
+status=0
+target/release/loadgen swarm --target-url "$MP_PROXY_URL" --clients "${CLIENTS:-60}" \
+  --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
+  --session-size "${SESSION_SIZE:-12}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
+# History is written asynchronously from the outbox: give it a moment, then read PostgreSQL.
+for _ in $(seq 1 50); do
+  [ "$(curl -fsS "$MP_BACKEND_URL/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["history_backlog"])')" = 0 ] && break
+  sleep 0.1
+done
+echo "PostgreSQL history: $("$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT count(*) || ' sessions, ' || count(*) FILTER (WHERE status = 'ended') || ' ended (' || coalesce(string_agg(DISTINCT end_reason, ', '), '') || ')' FROM matches")"
+elapsed=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
+echo "demo wall time after the build: ${elapsed} s"
+if [ "$status" -eq 0 ]; then echo "demo passed: chart at $out/latency.svg, report at $out/summary.json"; else echo "demo FAILED (swarm exit $status)"; fi
+exit "$status"

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make up-local` / `make down-local`: the demo's stack kept running for hands-on play.
+#   scripts/local.sh up     builds, starts the stack in the background, prints how to reach it
+#   scripts/local.sh down   stops it (servers drain, services stop, nothing is left)
+#   scripts/local.sh hold   (internal) runs the stack until SIGTERM
+set -euo pipefail
+cd "$(dirname "$0")/.."
+state=.run/local
+
+case "${1:-}" in
+  hold)
+    # shellcheck source=scripts/stack.sh
+    . scripts/stack.sh
+    mp_start_stack "$state/stack"
+    printf 'MP_PROXY_URL=%s\nMP_BACKEND_URL=%s\nMP_ADMIN_TOKEN=%s\nMP_STACK_DIR=%s\n' \
+      "$MP_PROXY_URL" "$MP_BACKEND_URL" "$MP_ADMIN_TOKEN" "$MP_STACK_DIR" >"$state/env"
+    trap 'exit 0' TERM INT HUP
+    while kill -0 "$MP_BACKEND_PID" 2>/dev/null && kill -0 "$MP_PROXY_PID" 2>/dev/null; do sleep 1; done
+    echo "a component exited; stopping the stack" >&2
+    ;;
+  up)
+    if [ -f "$state/holder.pid" ] && kill -0 "$(cat "$state/holder.pid")" 2>/dev/null; then
+      echo "the local stack is already running:"; cat "$state/env"; exit 0
+    fi
+    command -v curl >/dev/null 2>&1 || { echo "make up-local needs curl: install it with 'sudo apt-get install -y curl' and run this again." >&2; exit 1; }
+    cargo build --release --locked --bins
+    rm -rf "$state"; mkdir -p "$state"
+    setsid "$0" hold >"$state/holder.log" 2>&1 < /dev/null &
+    echo $! >"$state/holder.pid"
+    for _ in $(seq 1 300); do
+      [ -f "$state/env" ] && break
+      kill -0 "$(cat "$state/holder.pid")" 2>/dev/null || { cat "$state/holder.log" >&2; exit 1; }
+      sleep 0.1
+    done
+    [ -f "$state/env" ] || { echo "the stack did not start; see $state/holder.log" >&2; exit 1; }
+    # shellcheck disable=SC1091
+    . "$state/env"
+    echo "matchplane is running: proxy $MP_PROXY_URL (API under /api), backend $MP_BACKEND_URL"
+    echo "admin token: $MP_ADMIN_TOKEN   logs: $MP_STACK_DIR/*.log   stop with: make down-local"
+    ;;
+  down)
+    if [ -f "$state/holder.pid" ]; then
+      pid=$(cat "$state/holder.pid")
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$state/holder.pid" "$state/env"
+      echo "the local stack is stopped"
+    else
+      echo "no local stack is running"
+    fi
+    ;;
+  *) echo "usage: scripts/local.sh up|down" >&2; exit 2 ;;
+esac

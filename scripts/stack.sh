@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole matchplane stack on this machine: ephemeral Redis and PostgreSQL, the backend
+# (RUNTIME=local, one game-server process per session) and the proxy, on free loopback ports.
+# Source it, then:
+#   mp_start_stack DIR   # exports MP_PROXY_URL, MP_BACKEND_URL, MP_ADMIN_TOKEN
+#   mp_stop_stack        # SIGTERM backend and proxy (servers drain), then the services
+# shellcheck source=scripts/services.sh
+. "$(dirname "${BASH_SOURCE[0]}")/services.sh"
+
+mp_random() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
+
+mp_wait_http() {
+  local url=$1 what=$2 pid=$3
+  for _ in $(seq 1 150); do
+    curl -fsS "$url" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || mp_die "$what exited during start-up; see its log under $MP_STACK_DIR"
+    sleep 0.1
+  done
+  mp_die "$what did not become healthy in 15 s; see its log under $MP_STACK_DIR"
+}
+
+mp_start_stack() {
+  local dir=$1 bin=${MP_BIN_DIR:-target/release}
+  mkdir -p "$dir"
+  MP_STACK_DIR=$(cd "$dir" && pwd)
+  mp_start_services "$MP_STACK_DIR/services"
+  local backend_port proxy_port secret
+  backend_port=$(mp_free_port)
+  proxy_port=$(mp_free_port)
+  secret=$(mp_random)
+  MP_ADMIN_TOKEN=$(mp_random)
+  env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$backend_port" REDIS_URL="$MP_REDIS_URL" \
+    DATABASE_URL="$MP_DATABASE_URL" TICKET_SECRET="$secret" ADMIN_TOKEN="$MP_ADMIN_TOKEN" RUNTIME=local \
+    GAME_SERVER_BIN="$bin/game-server" SESSION_SIZE="${SESSION_SIZE:-12}" \
+    PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$proxy_port" INSTANCE_ID="local-$$" SHUTDOWN_GRACE_SECONDS=5 \
+    "$bin/backend" >"$MP_STACK_DIR/backend.log" 2>&1 &
+  MP_BACKEND_PID=$!
+  mp_wait_http "http://127.0.0.1:$backend_port/health" backend "$MP_BACKEND_PID"
+  env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="http://127.0.0.1:$backend_port" \
+    REDIS_URL="$MP_REDIS_URL" TICKET_SECRET="$secret" RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 \
+    "$bin/proxy" >"$MP_STACK_DIR/proxy.log" 2>&1 &
+  MP_PROXY_PID=$!
+  mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$MP_PROXY_PID"
+  export MP_PROXY_URL="http://127.0.0.1:$proxy_port" MP_BACKEND_URL="http://127.0.0.1:$backend_port"
+  export MP_ADMIN_TOKEN MP_BACKEND_PID MP_PROXY_PID MP_STACK_DIR
+  trap mp_stop_stack EXIT
+}
+
+mp_stop_stack() {
+  local pid
+  for pid in ${MP_PROXY_PID:-} ${MP_BACKEND_PID:-}; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in ${MP_PROXY_PID:-} ${MP_BACKEND_PID:-}; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  MP_PROXY_PID= MP_BACKEND_PID=
+  mp_stop_services
+}
