@@ -34,6 +34,8 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 echo "PostgreSQL history: $("$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT count(*) || ' sessions, ' || count(*) FILTER (WHERE status = 'ended') || ' ended (' || coalesce(string_agg(DISTINCT end_reason, ', '), '') || ')' FROM matches")"
+peak() { awk '/^VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$1/status" 2>/dev/null; }
+echo "peak RSS: backend $(peak "$MP_BACKEND_PID"), proxy $(peak "$MP_PROXY_PID")"
 elapsed=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
 echo "demo wall time after the build: ${elapsed} s"
 if [ "$status" -eq 0 ]; then echo "demo passed: chart at $out/latency.svg, report at $out/summary.json"; else echo "demo FAILED (swarm exit $status)"; fi

@@ -235,7 +235,11 @@ async fn join(
 #[derive(serde::Deserialize)]
 struct StatusQuery {
     player_id: String,
+    /// Long poll for up to this many seconds.
     wait: Option<f64>,
+    /// The status the client last saw: answer as soon as the status differs from it. Without
+    /// it, a long poll waits only while the player is queued or allocating.
+    status: Option<MatchStatus>,
 }
 
 fn status_key(view: &PlayerView) -> (MatchStatus, Option<&str>) {
@@ -271,7 +275,13 @@ async fn status(
     let mut notified = std::pin::pin!(watch.notify.notified());
     notified.as_mut().enable();
     let first = state.store.player(&player).await?;
-    if wait == 0.0 {
+    // Already different from what the client knows (say, matched before its poll began):
+    // answer now rather than wait for the next change.
+    let settled = match query.status {
+        Some(known) => status_key(&first).0 != known,
+        None => !matches!(status_key(&first).0, MatchStatus::Queued | MatchStatus::Allocating),
+    };
+    if wait == 0.0 || settled {
         return Ok(Json(state.response(&player, first)));
     }
     let deadline = Instant::now() + Duration::from_secs_f64(wait);

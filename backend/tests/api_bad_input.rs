@@ -242,3 +242,32 @@ async fn forged_and_misdirected_reports_are_refused() {
     assert_eq!(http.status("r2", 0.0).await["end_reason"], "dry_run");
     backend.stop().await;
 }
+
+#[tokio::test]
+async fn a_long_poll_answers_at_once_when_the_client_is_behind() {
+    let (backend, _) = backend().await;
+    let http = &backend.http;
+    for p in ["lp1", "lp2", "lp3", "lp4"] {
+        http.join(p).await;
+    }
+    // A dry-run session forms and ends at once: by now lp1 is `ended`.
+    common::eventually(std::time::Duration::from_secs(10), || async {
+        (http.status("lp1", 0.0).await["status"] == "ended").then_some(())
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let (status, body) = http.get("/match/status?player_id=lp1&wait=20&status=queued").await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("ended")));
+    let (_, body) = http.get("/match/status?player_id=lp2&wait=20").await;
+    assert_eq!(
+        body["status"], "ended",
+        "no hint: only queued and allocating are waited out"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "neither poll waited"
+    );
+    let (status, _) = http.get("/match/status?player_id=lp1&wait=1&status=sleeping").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    backend.stop().await;
+}

@@ -131,6 +131,8 @@ pub struct Report {
     pub invariants: Invariants,
     pub wall_seconds: f64,
     pub match_duration_seconds: f64,
+    /// This loadgen process's peak resident set, in MiB (Linux), for memory per client.
+    pub loadgen_peak_rss_mib: Option<f64>,
     /// Raw samples per phase in ms, for the chart (not serialized).
     #[serde(skip)]
     pub samples_ms: Vec<(&'static str, Vec<f64>)>,
@@ -138,6 +140,20 @@ pub struct Report {
 
 fn collect(records: &[ClientRecord], pick: impl Fn(&ClientRecord) -> Option<Duration>) -> Vec<Duration> {
     records.iter().filter_map(pick).collect()
+}
+
+/// This process's peak resident set size (`VmHWM`), in MiB, where the OS tells it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Checks the rosters the clients were told.
@@ -233,6 +249,7 @@ impl Report {
             invariants,
             wall_seconds: wall.as_secs_f64(),
             match_duration_seconds: match_duration,
+            loadgen_peak_rss_mib: peak_rss_mib(),
             samples_ms: phases
                 .into_iter()
                 .map(|(name, d)| (name, d.iter().map(|x| x.as_secs_f64() * 1000.0).collect()))
@@ -299,6 +316,13 @@ impl Report {
             inv.inconsistent_rosters.len(),
             inv.not_in_own_roster.len()
         );
+        if let Some(rss) = self.loadgen_peak_rss_mib {
+            let _ = writeln!(
+                out,
+                "loadgen peak RSS: {rss:.1} MiB ({:.1} KiB per client)",
+                rss * 1024.0 / self.clients.max(1) as f64
+            );
+        }
         for f in &self.failures {
             let _ = writeln!(out, "  failed: {} {} {}", f.player, f.kind, f.detail);
         }
