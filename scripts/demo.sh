@@ -19,7 +19,7 @@ mkdir -p "$out"
 started=$(date +%s.%N)
 echo "== starting Redis, PostgreSQL, backend (RUNTIME=local) and proxy =="
 RUST_LOG=${RUST_LOG:-info} mp_start_stack ".run/demo-stack-$$"
-trap 'mp_stop_stack; cp "$MP_STACK_DIR"/*.log "$out"/ 2>/dev/null; rm -rf "$MP_STACK_DIR"' EXIT
+trap 'mp_stop_stack; cp "$MP_STACK_DIR"/*.log "$out"/ 2>/dev/null; [ "${MP_KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$MP_STACK_DIR"' EXIT
 trap 'exit 130' INT TERM
 echo "proxy $MP_PROXY_URL, backend $MP_BACKEND_URL (logs: $out/backend.log, $out/proxy.log)"
 
