@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use protocol::TicketSecret;
+use protocol::cli::seconds;
 
 /// How game servers are started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -113,14 +114,6 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub namespace: String,
     pub game_server_image: String,
-}
-
-fn seconds(name: &str, value: f64) -> Result<Duration, String> {
-    if (0.0..1e9).contains(&value) {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(format!("{name} must be a number of seconds >= 0, got {value}"))
-    }
 }
 
 impl Config {

@@ -3,21 +3,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use game_server::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config: Config = match protocol::cli::parse("game-server") {
         Ok(config) => config,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("game-server: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let settings = match config.validate() {
         Ok(settings) => settings,
@@ -55,7 +48,7 @@ fn main() -> ExitCode {
             }
         }
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(protocol::cli::cancel_on_signal(shutdown.clone()));
         if config.exit_on_stdin_close {
             tokio::spawn(cancel_on_stdin_close(shutdown.clone()));
         }
@@ -73,22 +66,6 @@ fn main() -> ExitCode {
     // The stdin watcher blocks a thread in read(2); do not wait for it.
     runtime.shutdown_background();
     code
-}
-
-/// Cancels `shutdown` on SIGTERM or ctrl-c: the match ends with `terminated` and drains.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
-    }
-    shutdown.cancel();
 }
 
 /// Cancels `shutdown` when standard input reaches end of file (the parent is gone).

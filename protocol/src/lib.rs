@@ -8,8 +8,11 @@
 //! - [`prom`]: Prometheus text-format helpers.
 //! - [`sessions`]: the Redis session record the backend writes and the proxy routes by.
 //! - `telemetry` (feature `telemetry`): the logging set-up every binary shares.
+//! - `cli` (feature `binary`): config parsing, duration settings and signals for `main`.
 
 pub mod api;
+#[cfg(feature = "binary")]
+pub mod cli;
 pub mod codec;
 pub mod line;
 pub mod player;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use protocol::TicketSecret;
+use protocol::cli::seconds;
 
 /// The raw command line and environment.
 #[derive(Debug, Clone, Parser)]
@@ -62,14 +63,6 @@ pub struct Settings {
     pub first_line_timeout: Duration,
     pub max_body_bytes: usize,
     pub drain: Duration,
-}
-
-fn seconds(name: &str, value: f64) -> Result<Duration, String> {
-    if (0.0..1e6).contains(&value) {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(format!("{name} must be a number of seconds >= 0, got {value}"))
-    }
 }
 
 impl Config {

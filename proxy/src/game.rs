@@ -27,28 +27,123 @@ const SPLICE_LINGER: Duration = Duration::from_secs(2);
 /// Copy buffer per direction.
 const SPLICE_BUFFER: usize = 64 * 1024;
 
-/// Copies both ways until one side is done, then lets the other direction flush for a moment
-/// and closes both: a peer that never closes cannot hold a finished session open.
-/// Returns the bytes copied client→server and server→client.
+/// Moves bytes both ways until one side is done, then lets the other direction flush for a
+/// moment and closes both: a peer that never closes cannot hold a finished session open.
+/// Uses the kernel's `splice(2)` through a pipe per direction, so payload bytes never enter
+/// user space; falls back to buffered copies where pipes cannot be had.
+/// Returns the bytes moved client→server and server→client.
 async fn splice(client: &mut TcpStream, server: &mut TcpStream) -> (u64, u64) {
-    let (client_read, mut client_write) = client.split();
-    let (server_read, mut server_write) = server.split();
-    let mut client_read = BufReader::with_capacity(SPLICE_BUFFER, client_read);
-    let mut server_read = BufReader::with_capacity(SPLICE_BUFFER, server_read);
-    let up = async {
-        let n = copy_buf(&mut client_read, &mut server_write).await.unwrap_or(0);
-        let _ = server_write.shutdown().await;
-        n
-    };
-    let down = async {
-        let n = copy_buf(&mut server_read, &mut client_write).await.unwrap_or(0);
-        let _ = client_write.shutdown().await;
-        n
-    };
+    match (zero_copy::Pipe::new(), zero_copy::Pipe::new()) {
+        (Ok(up_pipe), Ok(down_pipe)) => {
+            let up = zero_copy::one_way(client, server, up_pipe);
+            let down = zero_copy::one_way(server, client, down_pipe);
+            both_ways(up, down).await
+        }
+        _ => {
+            let (client_read, mut client_write) = client.split();
+            let (server_read, mut server_write) = server.split();
+            let mut client_read = BufReader::with_capacity(SPLICE_BUFFER, client_read);
+            let mut server_read = BufReader::with_capacity(SPLICE_BUFFER, server_read);
+            let up = async {
+                let n = copy_buf(&mut client_read, &mut server_write).await.unwrap_or(0);
+                let _ = server_write.shutdown().await;
+                n
+            };
+            let down = async {
+                let n = copy_buf(&mut server_read, &mut client_write).await.unwrap_or(0);
+                let _ = client_write.shutdown().await;
+                n
+            };
+            both_ways(up, down).await
+        }
+    }
+}
+
+/// Runs both directions; once one ends, the other gets [`SPLICE_LINGER`] to finish.
+async fn both_ways(
+    up: impl std::future::Future<Output = u64>,
+    down: impl std::future::Future<Output = u64>,
+) -> (u64, u64) {
     tokio::pin!(up, down);
     tokio::select! {
         n = &mut up => (n, timeout(SPLICE_LINGER, &mut down).await.unwrap_or(0)),
         n = &mut down => (timeout(SPLICE_LINGER, &mut up).await.unwrap_or(0), n),
+    }
+}
+
+/// Zero-copy forwarding with `splice(2)`, driven by tokio's readiness.
+mod zero_copy {
+    use std::io;
+    use std::os::fd::OwnedFd;
+
+    use nix::fcntl::{OFlag, SpliceFFlags};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    /// Largest move per call.
+    const CHUNK: usize = 1 << 20;
+
+    /// A non-blocking pipe, the kernel-side buffer between two sockets.
+    pub struct Pipe {
+        read: OwnedFd,
+        write: OwnedFd,
+    }
+
+    impl Pipe {
+        pub fn new() -> io::Result<Pipe> {
+            let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+            // A bigger pipe moves more per call; the default (64 KiB) still works.
+            let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
+            Ok(Pipe { read, write })
+        }
+    }
+
+    fn flags() -> SpliceFFlags {
+        SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
+    }
+
+    /// Moves `from` → `to` until `from` ends; then shuts `to` for writing. Returns the bytes
+    /// moved. The pipe is only refilled once empty, so `EAGAIN` on a fill always means the
+    /// socket has nothing to read, and on a drain that the socket cannot take more.
+    pub async fn one_way(from: &TcpStream, to: &TcpStream, pipe: Pipe) -> u64 {
+        let mut total = 0u64;
+        let moved: io::Result<()> = async {
+            loop {
+                let filled = loop {
+                    from.readable().await?;
+                    match from.try_io(Interest::READABLE, || {
+                        nix::fcntl::splice(from, None, &pipe.write, None, CHUNK, flags()).map_err(io::Error::from)
+                    }) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                };
+                if filled == 0 {
+                    return Ok(());
+                }
+                let mut left = filled;
+                while left > 0 {
+                    to.writable().await?;
+                    match to.try_io(Interest::WRITABLE, || {
+                        nix::fcntl::splice(&pipe.read, None, to, None, left, flags()).map_err(io::Error::from)
+                    }) {
+                        Ok(n) => {
+                            left -= n;
+                            total += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(e) = moved {
+            tracing::debug!(error = %e, "splice ended");
+        }
+        let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(to), nix::sys::socket::Shutdown::Write);
+        total
     }
 }
 

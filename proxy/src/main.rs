@@ -2,26 +2,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use proxy::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config: Config = match protocol::cli::parse("proxy") {
         Ok(config) => config,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let text = e.render().to_string();
-            eprintln!(
-                "proxy: {}",
-                text.lines()
-                    .next()
-                    .unwrap_or("invalid arguments")
-                    .trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let settings = match config.validate() {
         Ok(settings) => settings,
@@ -47,7 +35,7 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(protocol::cli::cancel_on_signal(shutdown.clone()));
         match proxy::run(listener, settings, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -56,16 +44,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        tracing::error!("cannot listen for SIGTERM");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt"),
-    }
-    shutdown.cancel();
 }

@@ -1,0 +1,62 @@
+//! What every matchplane binary's `main` does the same way: parse flags and environment into a
+//! config (a bad one is one line on stderr and exit status 2, before anything binds), read a
+//! duration setting, and turn SIGTERM or ctrl-c into a cancelled shutdown token.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Parses the command line and environment, or says in one line what is wrong.
+/// `--help` and `--version` print and exit as usual.
+pub fn parse<C: clap::Parser>(binary: &str) -> Result<C, ExitCode> {
+    match C::try_parse() {
+        Ok(config) => Ok(config),
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{binary}: {}", first.trim_start_matches("error: "));
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// A setting in seconds (decimals allowed), refused with its name if negative or absurd.
+pub fn seconds(name: &str, value: f64) -> Result<Duration, String> {
+    if (0.0..1e9).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(format!("{name} must be a number of seconds >= 0, got {value}"))
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or ctrl-c.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn seconds_refuse_negative_and_absurd() {
+        assert_eq!(
+            super::seconds("X", 1.5).unwrap(),
+            std::time::Duration::from_millis(1500)
+        );
+        assert!(super::seconds("X", -1.0).unwrap_err().contains('X'));
+        assert!(super::seconds("X", f64::NAN).is_err());
+        assert!(super::seconds("X", 1e12).is_err());
+    }
+}
