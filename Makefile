@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo up-local down-local bench-matchmaker bench-proxy ci
+.PHONY: help fmt lint test build release demo up-local down-local bench-matchmaker bench-proxy manifests-check ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ bench-matchmaker: ## Joins/s and players placed/s of one release backend (RUNTIM
 
 bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side
 	scripts/bench-proxy.sh
+
+manifests-check: ## deploy/ and the rendered game-server Pod validate against the pinned Kubernetes schemas
+	scripts/check-manifests.sh
 
 ci: ## Run what CI runs
 	bash .ci/run

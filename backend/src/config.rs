@@ -88,6 +88,33 @@ pub struct Config {
     /// Container image for game-server pods.
     #[arg(long, env = "GAME_SERVER_IMAGE", default_value = "matchplane/game-server:latest")]
     pub game_server_image: String,
+    /// Image pull policy for game-server pods.
+    #[arg(long, env = "GAME_SERVER_PULL_POLICY", default_value = "IfNotPresent")]
+    pub game_server_pull_policy: String,
+    /// CPU request of a game-server pod.
+    #[arg(long, env = "GAME_SERVER_CPU_REQUEST", default_value = "50m")]
+    pub game_server_cpu_request: String,
+    /// CPU limit of a game-server pod.
+    #[arg(long, env = "GAME_SERVER_CPU_LIMIT", default_value = "500m")]
+    pub game_server_cpu_limit: String,
+    /// Memory request of a game-server pod.
+    #[arg(long, env = "GAME_SERVER_MEMORY_REQUEST", default_value = "16Mi")]
+    pub game_server_memory_request: String,
+    /// Memory limit of a game-server pod.
+    #[arg(long, env = "GAME_SERVER_MEMORY_LIMIT", default_value = "64Mi")]
+    pub game_server_memory_limit: String,
+    /// Node selector for game-server pods: `key=value,key=value`.
+    #[arg(long, env = "GAME_SERVER_NODE_SELECTOR", default_value = "")]
+    pub game_server_node_selector: String,
+    /// Tolerations for game-server pods, as a JSON array of Kubernetes tolerations.
+    #[arg(long, env = "GAME_SERVER_TOLERATIONS", default_value = "")]
+    pub game_server_tolerations: String,
+    /// The Secret holding the ticket secret, mounted into game-server pods.
+    #[arg(long, env = "TICKET_SECRET_NAME", default_value = "matchplane-ticket")]
+    pub ticket_secret_name: String,
+    /// The key of the ticket secret in that Secret.
+    #[arg(long, env = "TICKET_SECRET_KEY", default_value = "ticket-secret")]
+    pub ticket_secret_key: String,
 }
 
 /// Validated settings.
@@ -114,9 +141,73 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub namespace: String,
     pub game_server_image: String,
+    /// Game-server pods, for the kubernetes runtime.
+    pub pod_template: crate::runtime::kubernetes::PodTemplate,
+}
+
+/// Game-server settings the runtimes pass on when they are set in the backend's environment.
+pub const GAME_SERVER_PASSTHROUGH: [&str; 6] = [
+    "START_POLICY",
+    "START_GRACE_SECONDS",
+    "OPEN_TIMEOUT_SECONDS",
+    "EMPTY_GRACE_SECONDS",
+    "MAX_MATCH_SECONDS",
+    "LOG_FORMAT",
+];
+
+fn passthrough() -> Vec<(String, String)> {
+    GAME_SERVER_PASSTHROUGH
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|value| ((*name).to_owned(), value)))
+        .collect()
 }
 
 impl Config {
+    /// The game-server Pod template from these settings; needs no secret or database.
+    pub fn pod_template(&self) -> Result<crate::runtime::kubernetes::PodTemplate, String> {
+        let mut node_selector = std::collections::BTreeMap::new();
+        for pair in self
+            .game_server_node_selector
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("GAME_SERVER_NODE_SELECTOR must be key=value pairs, got {pair:?}"))?;
+            node_selector.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        let tolerations = if self.game_server_tolerations.trim().is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(&self.game_server_tolerations)
+                .map_err(|e| format!("GAME_SERVER_TOLERATIONS must be a JSON array of tolerations: {e}"))?
+        };
+        let env = passthrough();
+        let number = |name: &str, default: i64| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+                .map_or(default, |v| v.ceil() as i64)
+        };
+        Ok(crate::runtime::kubernetes::PodTemplate {
+            namespace: self.namespace.clone(),
+            image: self.game_server_image.clone(),
+            pull_policy: self.game_server_pull_policy.clone(),
+            cpu_request: self.game_server_cpu_request.clone(),
+            cpu_limit: self.game_server_cpu_limit.clone(),
+            memory_request: self.game_server_memory_request.clone(),
+            memory_limit: self.game_server_memory_limit.clone(),
+            node_selector,
+            tolerations,
+            secret_name: self.ticket_secret_name.clone(),
+            secret_key: self.ticket_secret_key.clone(),
+            // Open timeout + longest match + time to drain and report.
+            active_deadline_seconds: number("OPEN_TIMEOUT_SECONDS", 60) + number("MAX_MATCH_SECONDS", 86_400) + 120,
+            extra_env: env,
+        })
+    }
+
     /// Checks every setting; the error is one line naming the setting.
     pub fn validate(&self) -> Result<Settings, String> {
         let secret = TicketSecret::new(self.ticket_secret.clone().unwrap_or_default())
@@ -146,6 +237,12 @@ impl Config {
             Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
             _ => host_name(),
         };
+        if self.runtime == RuntimeKind::Kubernetes && self.backend_internal_url.as_deref().is_none_or(str::is_empty) {
+            return Err(
+                "BACKEND_INTERNAL_URL is required with RUNTIME=kubernetes: the URL pods reach the backend at".into(),
+            );
+        }
+        let pod_template = self.pod_template()?;
         let ready_timeout = seconds("SERVER_READY_TIMEOUT_SECONDS", self.server_ready_timeout_seconds)?;
         if ready_timeout.is_zero() {
             return Err("SERVER_READY_TIMEOUT_SECONDS must be > 0".into());
@@ -174,6 +271,7 @@ impl Config {
             shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", self.shutdown_grace_seconds)?,
             namespace: self.namespace.clone(),
             game_server_image: self.game_server_image.clone(),
+            pod_template,
         })
     }
 }

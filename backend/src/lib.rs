@@ -86,15 +86,35 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         metrics.clone(),
     )
     .context("DATABASE_URL")?;
+    let mut pods = None;
     let runtime: Option<Arc<dyn runtime::SessionRuntime>> = match settings.runtime {
         RuntimeKind::Local => Some(Arc::new(runtime::local::LocalRuntime::new(
             settings.game_server_bin.clone(),
             String::from_utf8_lossy(settings.secret.expose()).into_owned(),
             settings.game_server_log.clone(),
         ))),
-        RuntimeKind::Kubernetes => anyhow::bail!("RUNTIME=kubernetes is not available in this build yet"),
+        RuntimeKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG outside)")?;
+            pods = Some(kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+                client.clone(),
+                &settings.namespace,
+            ));
+            Some(Arc::new(runtime::kubernetes::KubernetesRuntime::new(
+                client,
+                settings.pod_template.clone(),
+            )))
+        }
         RuntimeKind::None => None,
     };
+    if let Some(pods) = &pods {
+        match runtime::kubernetes::reconcile(pods, &store, Duration::from_secs(30)).await {
+            Ok((0, 0)) => {}
+            Ok((deleted, failed)) => tracing::warn!(deleted, failed, "reconciled pods against sessions"),
+            Err(e) => tracing::warn!(error = %e, "could not reconcile pods against sessions"),
+        }
+    }
     let supervisor = Supervisor::new(
         store.clone(),
         SupervisorConfig {
@@ -144,7 +164,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     };
     let background = CancellationToken::new();
     let history_stop = CancellationToken::new();
-    let tasks = vec![
+    let mut tasks = vec![
         essential(
             "matcher",
             &shutdown,
@@ -182,6 +202,11 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
             history.clone().run_writer(history_stop.clone(), HISTORY_FLUSH),
         ),
     ];
+    if let Some(pods) = pods {
+        let reaper =
+            runtime::kubernetes::reaper(pods, store.clone(), runtime::kubernetes::REAP_GRACE, background.clone());
+        tasks.push(essential("pod reaper", &shutdown, reaper));
+    }
 
     let http_stop = CancellationToken::new();
     let server = {

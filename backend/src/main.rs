@@ -3,14 +3,96 @@
 use std::process::ExitCode;
 
 use backend::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backend",
+    version,
+    about = "matchplane's matchmaking control plane",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print, as YAML, exactly the Pod the kubernetes runtime would create for a session
+    /// (pod settings from the same environment variables as the server).
+    RenderPod {
+        #[arg(long)]
+        session_id: String,
+        /// Comma-separated roster.
+        #[arg(long, value_delimiter = ',', required = true)]
+        players: Vec<String>,
+    },
+}
+
+/// `backend render-pod`.
+fn render_pod(config: &Config, session_id: &str, players: Vec<String>) -> ExitCode {
+    use protocol::player::is_valid_player_id;
+    if !is_valid_player_id(session_id) || players.iter().any(|p| !is_valid_player_id(p)) {
+        eprintln!("backend: --session-id and --players must be ids of 1-128 characters of A-Z a-z 0-9 _ . : -");
+        return ExitCode::from(2);
+    }
+    let template = match config.pod_template() {
+        Ok(template) => template,
+        Err(e) => {
+            eprintln!("backend: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let internal = config
+        .backend_internal_url
+        .clone()
+        .unwrap_or_else(|| "http://matchplane-backend:8081".to_owned());
+    // The backend signs a report token per session; without the secret, say where it goes.
+    let report_token = match config.ticket_secret.as_deref().map(protocol::TicketSecret::new) {
+        Some(Ok(secret)) => secret.mint(&protocol::Claims::report(
+            session_id,
+            protocol::ticket::unix_now(),
+            2 * 86_400,
+        )),
+        _ => "minted-per-session-with-TICKET_SECRET".to_owned(),
+    };
+    let spec = backend::runtime::ServerSpec {
+        session_id: session_id.to_owned(),
+        players,
+        report_url: format!(
+            "{}/internal/sessions/{session_id}/result",
+            internal.trim_end_matches('/')
+        ),
+        report_token,
+        ready_timeout: std::time::Duration::from_secs(60),
+    };
+    let pod = backend::runtime::kubernetes::render_pod(&template, &spec);
+    match serde_yaml::to_string(&pod) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let config: Config = match protocol::cli::parse("backend") {
-        Ok(config) => config,
+    let cli: Cli = match protocol::cli::parse("backend") {
+        Ok(cli) => cli,
         Err(code) => return code,
     };
+    let config = cli.config;
+    if let Some(Command::RenderPod { session_id, players }) = cli.command {
+        return render_pod(&config, &session_id, players);
+    }
     let settings = match config.validate() {
         Ok(settings) => settings,
         Err(e) => {

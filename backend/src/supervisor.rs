@@ -180,8 +180,18 @@ impl Supervisor {
                 };
                 !owner_alive
             };
-            if orphan {
-                let requeue = session.state == SessionState::Allocating.as_str();
+            let allocating = session.state == SessionState::Allocating.as_str();
+            // Pods outlive replicas: a matched session's server plays on and the reaper ends
+            // the session when its Pod finishes.
+            let server_lives_on = !allocating
+                && self
+                    .inner
+                    .config
+                    .runtime
+                    .as_ref()
+                    .is_some_and(|r| r.servers_outlive_backend());
+            if orphan && !server_lives_on {
+                let requeue = allocating;
                 tracing::warn!(session = %session.session_id, %owner, requeue, "ending a session nobody supervises");
                 end(&self.inner, &session.session_id, EndReason::Failed, requeue).await;
                 reaped += 1;
@@ -271,6 +281,12 @@ async fn supervise(inner: Arc<Inner>, formed: FormedSession, stop: CancellationT
             (EndReason::Stopped, None)
         }
         () = inner.hard_stop.cancelled() => {
+            if runtime.servers_outlive_backend() {
+                // The match goes on without us: the reaper of a live replica ends it.
+                tracing::info!(server = server.name(), "backend stopping; the server carries on");
+                inner.metrics.sessions_running.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
             stop_server(server.as_mut()).await;
             (EndReason::Terminated, None)
         }

@@ -15,16 +15,6 @@ use tokio::time::timeout;
 
 use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError};
 
-/// Game-server settings passed through from the backend's environment when set there.
-const PASSED_THROUGH: [&str; 6] = [
-    "START_POLICY",
-    "START_GRACE_SECONDS",
-    "OPEN_TIMEOUT_SECONDS",
-    "EMPTY_GRACE_SECONDS",
-    "MAX_MATCH_SECONDS",
-    "LOG_FORMAT",
-];
-
 /// Spawns `game-server` processes.
 pub struct LocalRuntime {
     binary: PathBuf,
@@ -60,7 +50,7 @@ impl LocalRuntime {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        for name in PASSED_THROUGH {
+        for name in crate::config::GAME_SERVER_PASSTHROUGH {
             if let Some(value) = std::env::var_os(name) {
                 command.env(name, value);
             }

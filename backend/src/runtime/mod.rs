@@ -5,6 +5,7 @@
 //! timeout itself, because only it knows how to clean up a half-started server (kill the
 //! child, delete the pod).
 
+pub mod kubernetes;
 pub mod local;
 
 use std::time::Duration;
@@ -63,4 +64,11 @@ pub trait ServerHandle: Send {
 pub trait SessionRuntime: Send + Sync + 'static {
     /// Starts a server and waits until it is ready, it fails, or the spec's ready timeout.
     fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Box<dyn ServerHandle>, StartError>>;
+
+    /// Whether servers live on when the backend that started them stops (Pods do, child
+    /// processes do not). Then a stopping backend leaves running matches alone, and other
+    /// replicas do not fail them: the Kubernetes reaper ends them when their Pods finish.
+    fn servers_outlive_backend(&self) -> bool {
+        false
+    }
 }

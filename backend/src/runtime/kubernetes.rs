@@ -1,0 +1,551 @@
+//! The `kubernetes` runtime: one bare Pod per session (DESIGN §7).
+//!
+//! The Pod runs the game server under the `restricted` Pod Security Standard, with no
+//! service-account token, resource limits and `activeDeadlineSeconds` as a hard cap; the ticket
+//! secret comes from a Secret. The runtime waits on a watch of that one Pod (never polling)
+//! until it is Ready (its IP is the server address), finishes, disappears, or the ready timeout
+//! passes (then it deletes the Pod). API calls that fail with 409, 429, 5xx or a transport error
+//! are retried with backoff; Pod creations are bounded in parallel.
+//!
+//! Pods outlive the replica that created them: the [`reaper`] (run by every replica) ends the
+//! sessions of Pods that finished without a report and deletes finished Pods, and at start
+//! [`reconcile`] deletes Pods without a live session and fails live sessions without a Pod.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, TCPSocketAction, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use protocol::api::EndReason;
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError};
+use crate::store::{SessionState, Store, now_ms};
+
+/// The label every game-server Pod carries, and its value.
+pub const APP_LABEL: &str = "app.kubernetes.io/name";
+pub const APP_VALUE: &str = "matchplane-game-server";
+/// The label naming a Pod's session.
+pub const SESSION_LABEL: &str = "matchplane.io/session";
+/// The game port inside the Pod.
+pub const GAME_PORT: i32 = 7777;
+/// Pod creations in flight at once, per replica.
+const PARALLEL_CREATES: usize = 16;
+/// How long a finished Pod is kept (for `kubectl logs`) before the reaper deletes it.
+pub const REAP_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything about game-server Pods that is not per session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodTemplate {
+    pub namespace: String,
+    pub image: String,
+    pub pull_policy: String,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    /// The Secret and key holding `TICKET_SECRET`.
+    pub secret_name: String,
+    pub secret_key: String,
+    /// Open timeout + longest match + margin: the kubelet kills the Pod after this.
+    pub active_deadline_seconds: i64,
+    /// Game-server settings passed on as environment (START_POLICY, ...).
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// The Pod's name for a session: stable, so a retried create finds its own Pod.
+pub fn pod_name(session_id: &str) -> String {
+    format!("mp-gs-{}", session_id.to_ascii_lowercase())
+}
+
+fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("cpu".to_owned(), Quantity(cpu.to_owned())),
+        ("memory".to_owned(), Quantity(memory.to_owned())),
+    ])
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    }
+}
+
+/// Exactly the Pod the backend creates for `spec`.
+pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
+    let labels = BTreeMap::from([
+        (APP_LABEL.to_owned(), APP_VALUE.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "matchplane-backend".to_owned(),
+        ),
+        (SESSION_LABEL.to_owned(), spec.session_id.clone()),
+    ]);
+    let mut env_vars = vec![
+        env("GAME_BIND", "0.0.0.0"),
+        env("GAME_PORT", &GAME_PORT.to_string()),
+        env("SESSION_ID", &spec.session_id),
+        env("PLAYERS", &spec.players.join(",")),
+        EnvVar {
+            name: "TICKET_SECRET".to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: template.secret_name.clone(),
+                    key: template.secret_key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        env("REPORT_URL", &spec.report_url),
+        env("REPORT_TOKEN", &spec.report_token),
+        env("LOG_FORMAT", "json"),
+    ];
+    let fixed: Vec<String> = env_vars.iter().map(|e| e.name.clone()).collect();
+    env_vars.extend(
+        template
+            .extra_env
+            .iter()
+            .filter(|(k, _)| !fixed.contains(k))
+            .map(|(k, v)| env(k, v)),
+    );
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&spec.session_id)),
+            namespace: Some(template.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".to_owned()),
+            active_deadline_seconds: Some(template.active_deadline_seconds),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(20),
+            node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
+            tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_owned(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![Container {
+                name: "game-server".to_owned(),
+                image: Some(template.image.clone()),
+                image_pull_policy: Some(template.pull_policy.clone()),
+                ports: Some(vec![ContainerPort {
+                    name: Some("game".to_owned()),
+                    container_port: GAME_PORT,
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                }]),
+                env: Some(env_vars),
+                readiness_probe: Some(Probe {
+                    tcp_socket: Some(TCPSocketAction {
+                        port: IntOrString::Int(GAME_PORT),
+                        ..TCPSocketAction::default()
+                    }),
+                    period_seconds: Some(1),
+                    failure_threshold: Some(3),
+                    ..Probe::default()
+                }),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities(&template.cpu_request, &template.memory_request)),
+                    limits: Some(quantities(&template.cpu_limit, &template.memory_limit)),
+                    ..ResourceRequirements::default()
+                }),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    privileged: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    run_as_non_root: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".to_owned()]),
+                        ..Capabilities::default()
+                    }),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".to_owned(),
+                        ..SeccompProfile::default()
+                    }),
+                    ..SecurityContext::default()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+/// Where a Pod stands, for the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodState {
+    /// Scheduled or starting.
+    Pending,
+    /// Ready at this IP.
+    Ready(String),
+    /// Succeeded or Failed (with the phase and reason).
+    Finished(String),
+}
+
+/// Reads a Pod's state from its status.
+pub fn pod_state(pod: &Pod) -> PodState {
+    let Some(status) = &pod.status else {
+        return PodState::Pending;
+    };
+    if let Some(phase @ ("Succeeded" | "Failed")) = status.phase.as_deref() {
+        return PodState::Finished(match &status.reason {
+            Some(reason) => format!("{phase} ({reason})"),
+            None => phase.to_owned(),
+        });
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    match (&status.pod_ip, ready) {
+        (Some(ip), true) if !ip.is_empty() => PodState::Ready(ip.clone()),
+        _ => PodState::Pending,
+    }
+}
+
+/// Whether an API failure is worth another try: conflicts, throttling, server errors and
+/// transport problems.
+pub fn retryable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 409 || status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+fn is_code(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+/// Creates Pods and waits on them.
+pub struct KubernetesRuntime {
+    pods: Api<Pod>,
+    template: PodTemplate,
+    creations: Semaphore,
+    /// Pause between retries and re-watches (shorter in tests).
+    backoff: Duration,
+}
+
+impl KubernetesRuntime {
+    pub fn new(client: kube::Client, template: PodTemplate) -> Self {
+        KubernetesRuntime {
+            pods: Api::namespaced(client, &template.namespace),
+            template,
+            creations: Semaphore::new(PARALLEL_CREATES),
+            backoff: Duration::from_millis(200),
+        }
+    }
+
+    async fn create(&self, pod: &Pod) -> Result<(), StartError> {
+        let _permit = self
+            .creations
+            .acquire()
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let mut delay = self.backoff;
+        loop {
+            match self.pods.create(&PostParams::default(), pod).await {
+                Ok(_) => return Ok(()),
+                // The name is the session's: an earlier attempt of ours already created it.
+                Err(e) if is_code(&e, 409) => return Ok(()),
+                Err(e) if retryable(&e) => {
+                    tracing::warn!(error = %e, "creating the pod failed; retrying");
+                    sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(StartError::Spawn(format!("creating the pod: {e}"))),
+            }
+        }
+    }
+
+    async fn delete(&self, name: &str, grace: Option<u32>) {
+        let params = match grace {
+            Some(seconds) => DeleteParams::default().grace_period(seconds),
+            None => DeleteParams::default(),
+        };
+        delete_pod(&self.pods, name, &params, self.backoff).await;
+    }
+
+    async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
+        let pod = render_pod(&self.template, &spec);
+        let name = pod_name(&spec.session_id);
+        let deadline = Instant::now() + spec.ready_timeout;
+        let ready = timeout_at(deadline, async {
+            self.create(&pod).await?;
+            watch_pod(&self.pods, &name, self.backoff, |state| match state {
+                Some(PodState::Ready(ip)) => Some(Ok(ip)),
+                Some(PodState::Finished(why)) => Some(Err(StartError::Exited(format!("pod {why}")))),
+                None => Some(Err(StartError::Exited("pod deleted".into()))),
+                Some(PodState::Pending) => None,
+            })
+            .await
+        })
+        .await;
+        match ready {
+            Ok(Ok(ip)) => Ok(Box::new(PodServer {
+                pods: self.pods.clone(),
+                addr: format!("{ip}:{GAME_PORT}"),
+                name,
+                backoff: self.backoff,
+            })),
+            Ok(Err(e)) => {
+                self.delete(&name, Some(0)).await;
+                Err(e)
+            }
+            Err(_) => {
+                self.delete(&name, Some(0)).await;
+                Err(StartError::Timeout(spec.ready_timeout))
+            }
+        }
+    }
+
+    /// The same runtime with another retry pause (tests use a short one).
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+}
+
+impl SessionRuntime for KubernetesRuntime {
+    fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Box<dyn ServerHandle>, StartError>> {
+        Box::pin(self.spawn(spec))
+    }
+
+    fn servers_outlive_backend(&self) -> bool {
+        true
+    }
+}
+
+/// Deletes a Pod, retrying what is worth retrying; a Pod already gone is fine.
+async fn delete_pod(pods: &Api<Pod>, name: &str, params: &DeleteParams, backoff: Duration) {
+    for _ in 0..5 {
+        match pods.delete(name, params).await {
+            Ok(_) => return,
+            Err(e) if is_code(&e, 404) => return,
+            Err(e) if retryable(&e) => sleep(backoff).await,
+            Err(e) => {
+                tracing::warn!(pod = name, error = %e, "deleting the pod failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Watches one Pod until `decide` returns a value for its state (`None`: deleted).
+/// Watch streams that end or fail are re-established.
+async fn watch_pod<T>(
+    pods: &Api<Pod>,
+    name: &str,
+    backoff: Duration,
+    mut decide: impl FnMut(Option<PodState>) -> Option<T>,
+) -> T {
+    let params = WatchParams::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(60);
+    loop {
+        match pods.watch(&params, "0").await {
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    let decided = match event {
+                        Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod)) => decide(Some(pod_state(&pod))),
+                        Ok(WatchEvent::Deleted(_)) => decide(None),
+                        Ok(WatchEvent::Bookmark(_)) => None,
+                        Ok(WatchEvent::Error(status)) => {
+                            tracing::debug!(pod = name, %status, "watch error; watching again");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(pod = name, error = %e, "watch failed; watching again");
+                            break;
+                        }
+                    };
+                    if let Some(value) = decided {
+                        return value;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(pod = name, error = %e, "cannot watch the pod; retrying"),
+        }
+        sleep(backoff).await;
+    }
+}
+
+struct PodServer {
+    pods: Api<Pod>,
+    name: String,
+    addr: String,
+    backoff: Duration,
+}
+
+impl ServerHandle for PodServer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ServerExit> {
+        Box::pin(watch_pod(&self.pods, &self.name, self.backoff, |state| match state {
+            Some(PodState::Finished(why)) if why == "Succeeded" => Some(ServerExit::Exited(Some(0))),
+            Some(PodState::Finished(why)) => Some(ServerExit::Lost(why)),
+            None => Some(ServerExit::Lost("pod deleted".into())),
+            _ => None,
+        }))
+    }
+
+    fn terminate(&mut self) -> BoxFuture<'_, ()> {
+        // A normal delete: the kubelet sends SIGTERM, the server drains and reports.
+        Box::pin(async move { delete_pod(&self.pods, &self.name, &DeleteParams::default(), self.backoff).await })
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            delete_pod(
+                &self.pods,
+                &self.name,
+                &DeleteParams::default().grace_period(0),
+                self.backoff,
+            )
+            .await
+        })
+    }
+}
+
+fn session_of(pod: &Pod) -> Option<String> {
+    pod.metadata.labels.as_ref()?.get(SESSION_LABEL).cloned()
+}
+
+fn label_selector() -> String {
+    format!("{APP_LABEL}={APP_VALUE}")
+}
+
+/// At start: deletes game-server Pods whose session is not live, and fails live sessions
+/// older than `min_age` that have no Pod. Returns (pods deleted, sessions failed).
+pub async fn reconcile(pods: &Api<Pod>, store: &Store, min_age: Duration) -> anyhow::Result<(usize, usize)> {
+    let listed = pods.list(&ListParams::default().labels(&label_selector())).await?;
+    let live = store.live_sessions().await?;
+    let live_ids: HashSet<&str> = live.iter().map(|s| s.session_id.as_str()).collect();
+    let mut with_pod = HashSet::new();
+    let mut deleted = 0;
+    for pod in &listed.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match session_of(pod) {
+            Some(sid) if live_ids.contains(sid.as_str()) => {
+                with_pod.insert(sid);
+            }
+            _ => {
+                tracing::warn!(pod = %name, "deleting a game-server pod without a live session");
+                delete_pod(pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
+                deleted += 1;
+            }
+        }
+    }
+    let now = now_ms();
+    let min_age_ms = i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+    let mut failed = 0;
+    for session in live.iter().filter(|s| !with_pod.contains(&s.session_id)) {
+        if session.created_ms.is_some_and(|c| now - c < min_age_ms) {
+            continue;
+        }
+        let requeue = session.state == SessionState::Allocating.as_str();
+        tracing::warn!(session = %session.session_id, requeue, "failing a live session that has no pod");
+        store
+            .end_session(&session.session_id, EndReason::Failed, now, requeue, None)
+            .await?;
+        failed += 1;
+    }
+    Ok((deleted, failed))
+}
+
+/// Watches every game-server Pod: a Pod that finished ends its session (a no-op after a
+/// report) and is deleted after `grace`; a Pod whose session is over or unknown is deleted.
+/// Idempotent, so every replica runs it.
+pub async fn reaper(pods: Api<Pod>, store: Store, grace: Duration, stop: CancellationToken) {
+    let params = WatchParams::default().labels(&label_selector()).timeout(120);
+    let deleting = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
+    while !stop.is_cancelled() {
+        let stream = match pods.watch(&params, "0").await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "reaper: cannot watch pods; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = sleep(Duration::from_secs(2)) => continue,
+                }
+            }
+        };
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let event = tokio::select! {
+                () = stop.cancelled() => return,
+                event = stream.next() => event,
+            };
+            let pod = match event {
+                Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => pod,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => break,
+            };
+            let (Some(name), Some(sid)) = (pod.metadata.name.clone(), session_of(&pod)) else {
+                continue;
+            };
+            let finished = matches!(pod_state(&pod), PodState::Finished(_));
+            let session_over = match store.session(&sid).await {
+                Ok(Some(record)) => record.state == SessionState::Ended.as_str(),
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reaper: cannot read the session");
+                    continue;
+                }
+            };
+            if finished && !session_over {
+                tracing::warn!(session = %sid, pod = %name, "pod finished without a report; ending its session");
+                if let Err(e) = store.end_session(&sid, EndReason::Failed, now_ms(), false, None).await {
+                    tracing::warn!(error = %e, "reaper: cannot end the session");
+                    continue;
+                }
+            }
+            if (finished || session_over) && deleting.lock().unwrap().insert(name.clone()) {
+                // Running pods of ended sessions are told to drain now; finished ones are kept
+                // a little for `kubectl logs`.
+                let wait = if finished { grace } else { Duration::ZERO };
+                let (pods, deleting) = (pods.clone(), deleting.clone());
+                tokio::spawn(async move {
+                    sleep(wait).await;
+                    delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
+                    deleting.lock().unwrap().remove(&name);
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The kubernetes runtime against a scripted API server: every call's method, path, query and
+//! body are checked and answered as the real API would (the controller-rs `ApiServerVerifier`
+//! pattern, on `tower_test::mock::pair`). The reaper and reconcile also use the real Redis.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend::runtime::kubernetes::{KubernetesRuntime, PodTemplate, pod_name, reaper, reconcile, render_pod};
+use backend::runtime::{ServerSpec, SessionRuntime, StartError};
+use backend::store::{FormRules, PlayerView, SessionState, now_ms};
+use http::{Method, Request, Response};
+use k8s_openapi::api::core::v1::Pod;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Reply = tower_test::mock::SendResponse<Response<Body>>;
+
+const NS: &str = "games";
+
+fn mock() -> (kube::Client, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (kube::Client::new(service, NS), handle)
+}
+
+fn template() -> PodTemplate {
+    PodTemplate {
+        namespace: NS.into(),
+        image: "registry.example/matchplane/game-server:1.0".into(),
+        pull_policy: "IfNotPresent".into(),
+        cpu_request: "50m".into(),
+        cpu_limit: "500m".into(),
+        memory_request: "16Mi".into(),
+        memory_limit: "64Mi".into(),
+        node_selector: Default::default(),
+        tolerations: Vec::new(),
+        secret_name: "matchplane-ticket".into(),
+        secret_key: "ticket-secret".into(),
+        active_deadline_seconds: 86_580,
+        extra_env: Vec::new(),
+    }
+}
+
+fn spec(sid: &str, ready_timeout: Duration) -> ServerSpec {
+    ServerSpec {
+        session_id: sid.into(),
+        players: vec!["a".into(), "b".into()],
+        report_url: format!("http://matchplane-backend:8081/internal/sessions/{sid}/result"),
+        report_token: "token".into(),
+        ready_timeout,
+    }
+}
+
+struct Call {
+    method: Method,
+    uri: String,
+    body: Value,
+}
+
+async fn next(handle: &mut Handle) -> (Call, Reply) {
+    let (request, reply) = timeout(Duration::from_secs(10), handle.next_request())
+        .await
+        .expect("an API call within 10 s")
+        .expect("the client is alive");
+    let method = request.method().clone();
+    let uri = request.uri().to_string();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (Call { method, uri, body }, reply)
+}
+
+fn respond(status: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+fn failure(code: u16, reason: &str) -> Response<Body> {
+    respond(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("scripted {reason}"), "reason": reason, "code": code}),
+    )
+}
+
+fn events(events: &[(&str, Value)]) -> Response<Body> {
+    let lines: String = events
+        .iter()
+        .map(|(kind, object)| format!("{}\n", json!({"type": kind, "object": object})))
+        .collect();
+    Response::builder()
+        .status(200)
+        .body(Body::from(lines.into_bytes()))
+        .unwrap()
+}
+
+fn pod(sid: &str, phase: &str, ready: bool, ip: Option<&str>) -> Value {
+    let mut pod = serde_json::to_value(render_pod(&template(), &spec(sid, Duration::from_secs(1)))).unwrap();
+    pod["metadata"]["resourceVersion"] = json!("1");
+    pod["status"] = json!({
+        "phase": phase,
+        "podIP": ip,
+        "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+    });
+    pod
+}
+
+fn assert_watch_of_one_pod(call: &Call, name: &str) {
+    assert_eq!(call.method, Method::GET);
+    assert!(
+        call.uri.starts_with(&format!("/api/v1/namespaces/{NS}/pods?")),
+        "{}",
+        call.uri
+    );
+    assert!(call.uri.contains("watch=true"), "{}", call.uri);
+    assert!(
+        call.uri.contains(&format!("fieldSelector=metadata.name%3D{name}")),
+        "{}",
+        call.uri
+    );
+}
+
+fn runtime(client: kube::Client) -> Arc<KubernetesRuntime> {
+    Arc::new(KubernetesRuntime::new(client, template()).with_backoff(Duration::from_millis(10)))
+}
+
+fn start(
+    runtime: &Arc<KubernetesRuntime>,
+    spec: ServerSpec,
+) -> tokio::task::JoinHandle<Result<(String, String), StartError>> {
+    let runtime = runtime.clone();
+    tokio::spawn(async move {
+        runtime
+            .start(spec)
+            .await
+            .map(|h| (h.name().to_owned(), h.addr().to_owned()))
+    })
+}
+
+#[tokio::test]
+async fn create_then_watch_until_ready_gives_the_pod_address() {
+    let (client, mut api) = mock();
+    let sid = "0a0a0a0a-0000-4000-8000-000000000001";
+    let started = start(&runtime(client), spec(sid, Duration::from_secs(30)));
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(
+        (call.method.clone(), call.uri.as_str()),
+        (Method::POST, "/api/v1/namespaces/games/pods?")
+    );
+    let want = serde_json::to_value(render_pod(&template(), &spec(sid, Duration::from_secs(30)))).unwrap();
+    assert_eq!(call.body, want, "the body is exactly the rendered pod");
+    reply.send_response(respond(201, &call.body));
+    let (call, reply) = next(&mut api).await;
+    assert_watch_of_one_pod(&call, &pod_name(sid));
+    reply.send_response(events(&[
+        ("ADDED", pod(sid, "Pending", false, None)),
+        ("MODIFIED", pod(sid, "Running", false, Some("10.1.2.3"))),
+        ("MODIFIED", pod(sid, "Running", true, Some("10.1.2.3"))),
+    ]));
+    let (name, addr) = started.await.unwrap().unwrap();
+    assert_eq!(
+        (name.as_str(), addr.as_str()),
+        (pod_name(sid).as_str(), "10.1.2.3:7777")
+    );
+}
+
+#[tokio::test]
+async fn a_pod_that_fails_fails_the_start_and_is_deleted() {
+    let (client, mut api) = mock();
+    let sid = "0a0a0a0a-0000-4000-8000-000000000002";
+    let started = start(&runtime(client), spec(sid, Duration::from_secs(30)));
+    let (call, reply) = next(&mut api).await;
+    reply.send_response(respond(201, &call.body));
+    let (_, reply) = next(&mut api).await;
+    reply.send_response(events(&[("MODIFIED", pod(sid, "Failed", false, None))]));
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(call.method, Method::DELETE);
+    assert_eq!(call.uri, format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(sid)));
+    assert_eq!(call.body["gracePeriodSeconds"], 0);
+    reply.send_response(respond(200, &pod(sid, "Failed", false, None)));
+    assert!(matches!(started.await.unwrap(), Err(StartError::Exited(why)) if why.contains("Failed")));
+}
+
+#[tokio::test]
+async fn a_pod_not_ready_in_time_is_deleted_and_the_start_times_out() {
+    let (client, mut api) = mock();
+    let sid = "0a0a0a0a-0000-4000-8000-000000000003";
+    let started = start(&runtime(client), spec(sid, Duration::from_millis(500)));
+    let (call, reply) = next(&mut api).await;
+    reply.send_response(respond(201, &call.body));
+    // Watches end with the pod still pending (as they do at their timeout); the runtime keeps
+    // watching until its deadline, then deletes the pod.
+    let delete = loop {
+        let (call, reply) = next(&mut api).await;
+        if call.method == Method::DELETE {
+            break (call, reply);
+        }
+        assert_watch_of_one_pod(&call, &pod_name(sid));
+        reply.send_response(events(&[("ADDED", pod(sid, "Pending", false, None))]));
+    };
+    assert_eq!(delete.0.uri, format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(sid)));
+    delete.1.send_response(respond(200, &pod(sid, "Pending", false, None)));
+    assert!(matches!(started.await.unwrap(), Err(StartError::Timeout(_))));
+}
+
+#[tokio::test]
+async fn throttling_and_conflicts_are_retried() {
+    let (client, mut api) = mock();
+    let sid = "0a0a0a0a-0000-4000-8000-000000000004";
+    let started = start(&runtime(client), spec(sid, Duration::from_secs(30)));
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(call.method, Method::POST);
+    reply.send_response(failure(429, "TooManyRequests"));
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(call.method, Method::POST, "retried after 429");
+    reply.send_response(failure(500, "InternalError"));
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(call.method, Method::POST, "retried after 500");
+    // The earlier attempt did create it: 409 means the pod is ours, go on and watch it.
+    reply.send_response(failure(409, "AlreadyExists"));
+    let (call, reply) = next(&mut api).await;
+    assert_watch_of_one_pod(&call, &pod_name(sid));
+    reply.send_response(events(&[("ADDED", pod(sid, "Running", true, Some("10.9.9.9")))]));
+    assert_eq!(started.await.unwrap().unwrap().1, "10.9.9.9:7777");
+}
+
+#[tokio::test]
+async fn a_forbidden_create_fails_at_once() {
+    let (client, mut api) = mock();
+    let sid = "0a0a0a0a-0000-4000-8000-000000000005";
+    let started = start(&runtime(client), spec(sid, Duration::from_secs(30)));
+    let (_, reply) = next(&mut api).await;
+    reply.send_response(failure(403, "Forbidden"));
+    // Cleanup after a failed start deletes the (absent) pod: a 404 is fine.
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(call.method, Method::DELETE);
+    reply.send_response(failure(404, "NotFound"));
+    assert!(matches!(started.await.unwrap(), Err(StartError::Spawn(why)) if why.contains("Forbidden")));
+}
+
+async fn live_session(store: &backend::store::Store, players: &[&str]) -> String {
+    for p in players {
+        store.join(p, now_ms() - 60_000).await.unwrap();
+    }
+    let rules = FormRules {
+        size: players.len() as u32,
+        min_partial: 1,
+        flush_wait_ms: 0,
+    };
+    store.form(&rules, now_ms() - 60_000, "replica-a", 1).await.unwrap()[0]
+        .session_id
+        .clone()
+}
+
+#[tokio::test]
+async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphaned_pods() {
+    let store = common::store().await;
+    let finished = live_session(&store, &["r1", "r2"]).await;
+    store
+        .mark_ready(&finished, &pod_name(&finished), "10.0.0.1:7777", now_ms())
+        .await
+        .unwrap();
+    let stopped = live_session(&store, &["r3", "r4"]).await;
+    store
+        .mark_ready(&stopped, &pod_name(&stopped), "10.0.0.2:7777", now_ms())
+        .await
+        .unwrap();
+    store
+        .end_session(&stopped, protocol::api::EndReason::Stopped, now_ms(), false, None)
+        .await
+        .unwrap();
+
+    let (client, mut api) = mock();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(reaper(
+        kube::Api::<Pod>::namespaced(client, NS),
+        store.clone(),
+        Duration::ZERO,
+        stop.clone(),
+    ));
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(call.method, Method::GET);
+    assert!(
+        call.uri.contains("watch=true")
+            && call
+                .uri
+                .contains("labelSelector=app.kubernetes.io%2Fname%3Dmatchplane-game-server"),
+        "{}",
+        call.uri
+    );
+    reply.send_response(events(&[
+        ("MODIFIED", pod(&finished, "Succeeded", false, Some("10.0.0.1"))),
+        ("MODIFIED", pod(&stopped, "Running", true, Some("10.0.0.2"))),
+    ]));
+    let mut deleted = Vec::new();
+    while deleted.len() < 2 {
+        let (call, reply) = next(&mut api).await;
+        if call.method == Method::DELETE {
+            deleted.push(call.uri.clone());
+            reply.send_response(respond(200, &json!({})));
+        } else {
+            // The watch ended; the reaper watches again.
+            reply.send_response(events(&[]));
+        }
+    }
+    deleted.sort();
+    let mut want = vec![
+        format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(&finished)),
+        format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(&stopped)),
+    ];
+    want.sort();
+    assert_eq!(deleted, want);
+    match store.player("r1").await.unwrap() {
+        PlayerView::InSession(view) => {
+            assert_eq!(view.state, SessionState::Ended);
+            assert_eq!(
+                view.end_reason,
+                Some(protocol::api::EndReason::Failed),
+                "finished without a report"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match store.player("r3").await.unwrap() {
+        PlayerView::InSession(view) => assert_eq!(
+            view.end_reason,
+            Some(protocol::api::EndReason::Stopped),
+            "first end wins"
+        ),
+        other => panic!("{other:?}"),
+    }
+    stop.cancel();
+    drop(api);
+    let _ = timeout(Duration::from_secs(5), task).await;
+}
+
+#[tokio::test]
+async fn reconcile_deletes_orphan_pods_and_fails_sessions_without_a_pod() {
+    let store = common::store().await;
+    let with_pod = live_session(&store, &["c1", "c2"]).await;
+    let without_pod = live_session(&store, &["c3", "c4"]).await;
+    let orphan = "0a0a0a0a-0000-4000-8000-00000000dead";
+    let (client, mut api) = mock();
+    let pods = kube::Api::<Pod>::namespaced(client, NS);
+    let task = tokio::spawn({
+        let store = store.clone();
+        async move { reconcile(&pods, &store, Duration::from_secs(1)).await.unwrap() }
+    });
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(call.method, Method::GET);
+    assert!(!call.uri.contains("watch=true"));
+    assert!(
+        call.uri
+            .contains("labelSelector=app.kubernetes.io%2Fname%3Dmatchplane-game-server"),
+        "{}",
+        call.uri
+    );
+    reply.send_response(respond(200, &json!({
+        "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+        "items": [pod(&with_pod, "Running", true, Some("10.0.0.5")), pod(orphan, "Running", true, Some("10.0.0.6"))],
+    })));
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(
+        (call.method.clone(), call.uri.as_str()),
+        (
+            Method::DELETE,
+            format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(orphan)).as_str()
+        )
+    );
+    reply.send_response(respond(200, &json!({})));
+    assert_eq!(task.await.unwrap(), (1, 1));
+    // The session without a pod failed; it was still allocating, so its players are queued again.
+    assert_eq!(store.queued_players().await.unwrap(), vec!["c3", "c4"]);
+    assert!(
+        store
+            .live_sessions()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.session_id != without_pod)
+    );
+    assert!(
+        store
+            .live_sessions()
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.session_id == with_pod)
+    );
+}
+
+#[test]
+fn the_pod_meets_the_restricted_pod_security_standard() {
+    let pod = render_pod(
+        &template(),
+        &spec("0a0a0a0a-0000-4000-8000-000000000009", Duration::from_secs(1)),
+    );
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(spec.active_deadline_seconds, Some(86_580));
+    let psc = spec.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    assert_eq!(spec.containers.len(), 1);
+    let c = &spec.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    let resources = c.resources.as_ref().unwrap();
+    assert!(
+        resources.requests.as_ref().unwrap().contains_key("cpu")
+            && resources.limits.as_ref().unwrap().contains_key("memory")
+    );
+    assert!(c.readiness_probe.as_ref().unwrap().tcp_socket.is_some());
+    let env = c.env.as_ref().unwrap();
+    let secret = env.iter().find(|e| e.name == "TICKET_SECRET").unwrap();
+    assert!(secret.value.is_none(), "never inline");
+    assert_eq!(
+        secret
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "matchplane-ticket"
+    );
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["matchplane.io/session"], "0a0a0a0a-0000-4000-8000-000000000009");
+}
