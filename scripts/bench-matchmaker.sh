@@ -17,7 +17,7 @@ redis_port=${MP_REDIS_URL##*:}
 
 RUST_LOG=warn RUNTIME=none BIND=127.0.0.1:$port REDIS_URL=$MP_REDIS_URL DATABASE_URL=$MP_DATABASE_URL \
   TICKET_SECRET=bench-secret-$RANDOM$RANDOM FLUSH_WAIT_SECONDS=1 INSTANCE_ID=bench \
-  target/release/backend &
+  "${CARGO_TARGET_DIR:-target}/release/backend" &
 backend_pid=$!
 trap 'kill $backend_pid 2>/dev/null; wait $backend_pid 2>/dev/null; mp_stop_services' EXIT
 for _ in $(seq 1 100); do
@@ -28,7 +28,7 @@ done
 calls() { redis-cli -p "$redis_port" info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_/ {n += $3} END {print n}'; }
 redis-cli -p "$redis_port" config resetstat >/dev/null
 before=$(calls)
-target/release/loadgen bench-matchmaker --target-url "http://127.0.0.1:$port" --players "$PLAYERS" \
+"${CARGO_TARGET_DIR:-target}/release/loadgen" bench-matchmaker --target-url "http://127.0.0.1:$port" --players "$PLAYERS" \
   --concurrency "$CONCURRENCY" --id-prefix "bench-$$" --json "$run_dir/bench-matchmaker.json"
 sleep 2
 after=$(calls)

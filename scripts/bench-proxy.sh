@@ -34,13 +34,13 @@ CFG
 haproxy -f "$run_dir/haproxy.cfg" -db >"$run_dir/haproxy.log" 2>&1 &
 haproxy_pid=$!
 RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:9 REDIS_URL=$MP_REDIS_URL \
-  TICKET_SECRET=$secret RATE_LIMIT_PER_SECOND=0 target/release/proxy &
+  TICKET_SECRET=$secret RATE_LIMIT_PER_SECOND=0 "${CARGO_TARGET_DIR:-target}/release/proxy" &
 proxy_pid=$!
 trap 'kill $proxy_pid $haproxy_pid 2>/dev/null; wait $proxy_pid $haproxy_pid 2>/dev/null; mp_stop_services' EXIT
 sleep 0.5
 kill -0 "$haproxy_pid" 2>/dev/null || mp_die "haproxy did not start; see $run_dir/haproxy.log"
 kill -0 "$proxy_pid" 2>/dev/null || mp_die "the proxy did not start"
 
-target/release/loadgen bench-proxy --echo-port "$echo_port" --proxy-addr "127.0.0.1:$proxy_port" \
+"${CARGO_TARGET_DIR:-target}/release/loadgen" bench-proxy --echo-port "$echo_port" --proxy-addr "127.0.0.1:$proxy_port" \
   --haproxy-addr "127.0.0.1:$haproxy_port" --redis-url "$MP_REDIS_URL" --ticket-secret "$secret" \
   --seconds "${SECONDS_PER_RUN:-4}" --json "${BENCH_JSON:-$run_dir/bench-proxy.json}"

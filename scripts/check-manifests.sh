@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make manifests-check`: everything under deploy/ renders with kustomize, and every object,
+# `make manifests-check`: every script passes shellcheck; everything under deploy/ renders
+# with kustomize, and every object,
 # plus the game-server Pod the backend creates (`backend render-pod`), validates in strict mode
 # against the Kubernetes OpenAPI schemas of the pinned version (the k8s-openapi feature).
 set -euo pipefail
@@ -12,17 +13,26 @@ if [ ! -x "$venv/bin/kubernetes-validate" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes-validate==1.37.0'
 fi
+# Every script passes shellcheck.
+if ! command -v shellcheck >/dev/null 2>&1; then
+  # shellcheck source=scripts/services.sh
+  . scripts/services.sh
+  mp_apt_install shellcheck || mp_die "manifests-check needs shellcheck: install it with 'sudo apt-get install -y shellcheck' and run this again."
+fi
+shellcheck scripts/*.sh .ci/run
+echo "manifests-check: shellcheck passes on scripts/*.sh and .ci/run"
+
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 kubectl kustomize deploy/ >"$out/deploy.yaml"
 cargo build --quiet --locked -p backend
 TICKET_SECRET=render-check NAMESPACE=matchplane BACKEND_INTERNAL_URL=http://matchplane-backend.matchplane.svc:8081 \
-  target/debug/backend render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f --players alice,bob >"$out/pod.yaml"
+  "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f --players alice,bob >"$out/pod.yaml"
 # With every optional pod setting in use, too.
 GAME_SERVER_NODE_SELECTOR='pool=games' GAME_SERVER_TOLERATIONS='[{"key":"games","operator":"Exists","effect":"NoSchedule"}]' \
   START_POLICY=roster MAX_MATCH_SECONDS=3600 \
-  target/debug/backend render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e60 --players a >"$out/pod-options.yaml"
+  "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e60 --players a >"$out/pod-options.yaml"
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
   "$out/deploy.yaml" "$out/pod.yaml" "$out/pod-options.yaml"

@@ -54,13 +54,13 @@ mp_pg() {
 }
 
 mp_start_services() {
-  local dir=$1 redis_port pg_port try
+  local dir=$1 redis_port pg_port
   mp_need_redis
   mp_need_postgres
   mkdir -p "$dir"
   MP_SERVICES_DIR=$(cd "$dir" && pwd)
 
-  for try in 1 2 3 4 5; do
+  for _ in 1 2 3 4 5; do
     redis_port=$(mp_free_port)
     mkdir -p "$MP_SERVICES_DIR/redis"
     redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
@@ -84,7 +84,7 @@ mp_start_services() {
   chown "$MP_PG_USER" "$MP_SERVICES_DIR/pg" 2>/dev/null || true
   mp_pg "$MP_PG_BIN/initdb" -D "$MP_SERVICES_DIR/pg/data" -U mp --auth=trust --no-sync -E UTF8 \
     >"$MP_SERVICES_DIR/pg/initdb.log" 2>&1 || mp_die "initdb failed; see $MP_SERVICES_DIR/pg/initdb.log"
-  for try in 1 2 3 4 5; do
+  for _ in 1 2 3 4 5; do
     pg_port=$(mp_free_port)
     if mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_SERVICES_DIR/pg/data" -l "$MP_SERVICES_DIR/pg/postgres.log" -w -t 30 \
       -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $MP_SERVICES_DIR/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \

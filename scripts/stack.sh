@@ -20,7 +20,7 @@ mp_wait_http() {
 }
 
 mp_start_stack() {
-  local dir=$1 bin=${MP_BIN_DIR:-target/release}
+  local dir=$1 bin=${MP_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
   mkdir -p "$dir"
   MP_STACK_DIR=$(cd "$dir" && pwd)
   mp_start_services "$MP_STACK_DIR/services"
@@ -55,6 +55,6 @@ mp_stop_stack() {
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
-  MP_PROXY_PID= MP_BACKEND_PID=
+  MP_PROXY_PID='' MP_BACKEND_PID=''
   mp_stop_services
 }
