@@ -86,7 +86,7 @@ pub struct Config {
     #[arg(long, env = "NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// Container image for game-server pods.
-    #[arg(long, env = "GAME_SERVER_IMAGE", default_value = "matchplane/game-server:latest")]
+    #[arg(long, env = "GAME_SERVER_IMAGE", default_value = "matchplane/game-server:dev")]
     pub game_server_image: String,
     /// Image pull policy for game-server pods.
     #[arg(long, env = "GAME_SERVER_PULL_POLICY", default_value = "IfNotPresent")]

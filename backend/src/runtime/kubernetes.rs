@@ -170,6 +170,17 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
                     failure_threshold: Some(3),
                     ..Probe::default()
                 }),
+                // A wedged server (not even accepting) is killed; with restartPolicy Never its
+                // session then fails and the reaper cleans up.
+                liveness_probe: Some(Probe {
+                    tcp_socket: Some(TCPSocketAction {
+                        port: IntOrString::Int(GAME_PORT),
+                        ..TCPSocketAction::default()
+                    }),
+                    period_seconds: Some(10),
+                    failure_threshold: Some(3),
+                    ..Probe::default()
+                }),
                 resources: Some(ResourceRequirements {
                     requests: Some(quantities(&template.cpu_request, &template.memory_request)),
                     limits: Some(quantities(&template.cpu_limit, &template.memory_limit)),
