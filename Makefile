@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo up-local down-local bench-matchmaker bench-proxy manifests-check ci
+.PHONY: help fmt lint test build release demo up-local down-local bench-matchmaker bench-proxy manifests-check ci \
+	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -39,6 +40,56 @@ bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAPro
 
 manifests-check: ## deploy/ and the rendered game-server Pod validate against the pinned Kubernetes schemas
 	scripts/check-manifests.sh
+
+
+# Cluster operations (kind/ops.sh); the original system's target names.
+up: ## kind cluster, databases and the game stack: everything, ready for a load test
+	kind/ops.sh up
+
+cluster: ## Create the kind cluster (localhost:8080 -> proxy NodePort 30080)
+	kind/ops.sh cluster
+
+databases: ## Secrets (random, never committed), Redis and PostgreSQL in namespace databases
+	kind/ops.sh databases
+
+game-build: ## Build the images (backend, proxy, game-server, loadgen) from deploy/Dockerfile
+	kind/ops.sh game-build
+
+game-load-images: ## Load the images into the kind cluster
+	kind/ops.sh game-load-images
+
+game-backend: ## Deploy the backend (RUNTIME=kubernetes) with its RBAC and NetworkPolicy
+	kind/ops.sh game-backend
+
+game-proxy: ## Deploy the proxy (NodePort 30080)
+	kind/ops.sh game-proxy
+
+game-testbed: ## game-build, game-load-images, game-backend and game-proxy
+	kind/ops.sh game-testbed
+
+proxy-port-forward-local: ## Port-forward localhost:8080 to the proxy (clusters without kind's mapping)
+	kind/ops.sh proxy-port-forward-local
+
+game-load-local: ## loadgen swarm against localhost:8080 (CLIENTS, SPAWN_RATE, MATCH_DURATION)
+	kind/ops.sh game-load-local
+
+status: ## Pods of databases and matchplane, and health through the proxy
+	kind/ops.sh status
+
+clear-databases: ## Empty Redis and the PostgreSQL history tables in the cluster
+	kind/ops.sh clear-databases
+
+ping-redis: ## redis-cli ping in the cluster's Redis
+	kind/ops.sh ping-redis
+
+ping-postgres: ## pg_isready in the cluster's PostgreSQL
+	kind/ops.sh ping-postgres
+
+free-local-db-ports: ## Stop kubectl port-forwards holding local ports 6379, 5432, 8080
+	kind/ops.sh free-local-db-ports
+
+down: ## Delete the kind cluster
+	kind/ops.sh down
 
 ci: ## Run what CI runs
 	bash .ci/run

@@ -20,8 +20,8 @@ if ! command -v shellcheck >/dev/null 2>&1; then
   . scripts/services.sh
   mp_apt_install shellcheck || mp_die "manifests-check needs shellcheck: install it with 'sudo apt-get install -y shellcheck' and run this again."
 fi
-shellcheck scripts/*.sh .ci/run
-echo "manifests-check: shellcheck passes on scripts/*.sh and .ci/run"
+shellcheck scripts/*.sh kind/*.sh .ci/run
+echo "manifests-check: shellcheck passes on scripts/*.sh, kind/*.sh and .ci/run"
 
 # Every path the Dockerfile copies from the build context exists.
 missing=0

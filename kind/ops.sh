@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The operator targets of the Makefile, for kind (and, from `databases` on, any cluster
+# kubectl points at). Usage: kind/ops.sh TARGET. Each target says what it does, and stops with
+# one sentence when a tool it needs is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLUSTER=${KIND_CLUSTER:-matchplane}
+TAG=${IMAGE_TAG:-dev}
+IMAGES=(backend proxy game-server loadgen)
+
+say() { printf '==> %s\n' "$*"; }
+need() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "make $TARGET needs $tool: install it and run this again." >&2; exit 1; }
+    if [ "$tool" = docker ] && ! docker info >/dev/null 2>&1; then
+      echo "make $TARGET needs a running Docker engine: start it (or fix access to it) and run this again." >&2
+      exit 1
+    fi
+  done
+}
+need_cluster() {
+  need kubectl
+  kubectl version --request-timeout=5s >/dev/null 2>&1 || {
+    echo "make $TARGET needs a reachable Kubernetes cluster in kubectl's current context: run 'make cluster' or point kubectl at one, and run this again." >&2
+    exit 1
+  }
+}
+random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+secret_value() { kubectl -n "$1" get secret "$2" -o "jsonpath={.data.$3}" 2>/dev/null | base64 -d; }
+
+secrets() {
+  say "creating the Secrets from random values where they do not exist yet (never committed)"
+  kubectl apply -f deploy/namespace.yaml -f deploy/databases/namespace.yaml >/dev/null
+  local password
+  password=$(secret_value databases postgres password || true)
+  if [ -z "$password" ]; then
+    password=$(random)
+    kubectl -n databases create secret generic postgres --from-literal=password="$password" >/dev/null
+  fi
+  if ! kubectl -n matchplane get secret matchplane-database >/dev/null 2>&1; then
+    kubectl -n matchplane create secret generic matchplane-database \
+      --from-literal=database-url="postgres://matchplane:$password@postgres.databases.svc.cluster.local:5432/matchplane" >/dev/null
+  fi
+  if ! kubectl -n matchplane get secret matchplane-ticket >/dev/null 2>&1; then
+    kubectl -n matchplane create secret generic matchplane-ticket \
+      --from-literal=ticket-secret="$(random)" --from-literal=admin-token="$(random)" >/dev/null
+  fi
+}
+
+TARGET=${1:-}
+case "$TARGET" in
+  cluster)
+    need docker kind kubectl
+    if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+      say "kind cluster $CLUSTER already exists"
+    else
+      say "creating kind cluster $CLUSTER (localhost:8080 -> proxy NodePort 30080)"
+      kind create cluster --name "$CLUSTER" --config kind/cluster.yaml --wait 120s
+    fi
+    kubectl cluster-info --context "kind-$CLUSTER" >/dev/null
+    ;;
+  databases)
+    need_cluster
+    secrets
+    say "deploying Redis and PostgreSQL (StatefulSets in namespace databases)"
+    kubectl apply -k deploy/databases
+    kubectl -n databases rollout status statefulset/redis --timeout=180s
+    kubectl -n databases rollout status statefulset/postgres --timeout=180s
+    ;;
+  game-build)
+    need docker
+    for image in "${IMAGES[@]}"; do
+      say "building matchplane/$image:$TAG (deploy/Dockerfile, target $image)"
+      docker build -f deploy/Dockerfile --target "$image" -t "matchplane/$image:$TAG" .
+    done
+    ;;
+  game-load-images)
+    need docker kind
+    for image in "${IMAGES[@]}"; do
+      say "loading matchplane/$image:$TAG into kind cluster $CLUSTER"
+      kind load docker-image --name "$CLUSTER" "matchplane/$image:$TAG"
+    done
+    ;;
+  game-backend)
+    need_cluster
+    secrets
+    say "deploying the backend (2 replicas, RUNTIME=kubernetes) with its RBAC and the game-server NetworkPolicy"
+    kubectl apply -f deploy/namespace.yaml
+    kubectl apply -k deploy/backend
+    kubectl -n matchplane rollout status deployment/matchplane-backend --timeout=180s
+    ;;
+  game-proxy)
+    need_cluster
+    say "deploying the proxy (NodePort 30080)"
+    kubectl apply -k deploy/proxy
+    kubectl -n matchplane rollout status deployment/matchplane-proxy --timeout=180s
+    ;;
+  game-testbed)
+    for step in game-build game-load-images game-backend game-proxy; do "$0" "$step"; done
+    ;;
+  up)
+    for step in cluster databases game-testbed; do "$0" "$step"; done
+    say "matchplane is up: curl http://localhost:8080/api/health ; load test: make game-load-local"
+    ;;
+  proxy-port-forward-local)
+    need_cluster
+    say "forwarding localhost:8080 to the proxy (for clusters without kind's port mapping); ctrl-c stops"
+    exec kubectl -n matchplane port-forward svc/matchplane-proxy 8080:8080
+    ;;
+  game-load-local)
+    need cargo
+    say "swarm of ${CLIENTS:-50} clients against ${TARGET_URL:-http://localhost:8080} (SPAWN_RATE=${SPAWN_RATE:-0}, MATCH_DURATION=${MATCH_DURATION:-30})"
+    cargo build --release --locked -p loadgen
+    mkdir -p .run
+    exec "${CARGO_TARGET_DIR:-target}/release/loadgen" swarm --target-url "${TARGET_URL:-http://localhost:8080}" \
+      --clients "${CLIENTS:-50}" --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-30}" \
+      --json .run/game-load-local.json --chart .run/game-load-local.svg
+    ;;
+  status)
+    need_cluster curl
+    say "pods"
+    kubectl get pods -n databases -o wide
+    kubectl get pods -n matchplane -o wide
+    say "health through the proxy"
+    curl -fsS --max-time 3 http://localhost:8080/api/health && echo || echo "the proxy is not reachable on localhost:8080"
+    ;;
+  clear-databases)
+    need_cluster
+    say "emptying Redis (queue, sessions, outbox) and the PostgreSQL history tables"
+    kubectl -n databases exec redis-0 -- redis-cli FLUSHALL
+    kubectl -n databases exec postgres-0 -- psql -U matchplane -d matchplane -c 'TRUNCATE match_players, matches'
+    ;;
+  ping-redis)
+    need_cluster
+    kubectl -n databases exec redis-0 -- redis-cli ping
+    ;;
+  ping-postgres)
+    need_cluster
+    kubectl -n databases exec postgres-0 -- pg_isready -U matchplane -d matchplane
+    ;;
+  free-local-db-ports)
+    say "stopping kubectl port-forwards that hold local ports 6379, 5432 or 8080"
+    if pkill -f 'kubectl.*port-forward.*(6379|5432|8080)'; then say "stopped"; else say "none were running"; fi
+    if command -v ss >/dev/null 2>&1; then
+      ss -ltnp '( sport = :6379 or sport = :5432 or sport = :8080 )' | tail -n +2 || true
+    fi
+    ;;
+  down)
+    need kind
+    say "deleting kind cluster $CLUSTER (databases included)"
+    kind delete cluster --name "$CLUSTER"
+    ;;
+  *)
+    echo "usage: kind/ops.sh up|cluster|databases|game-build|game-load-images|game-backend|game-proxy|game-testbed|proxy-port-forward-local|game-load-local|status|clear-databases|ping-redis|ping-postgres|free-local-db-ports|down" >&2
+    exit 2
+    ;;
+esac
