@@ -447,3 +447,11 @@ fn the_pod_meets_the_restricted_pod_security_standard() {
     let labels = pod.metadata.labels.as_ref().unwrap();
     assert_eq!(labels["matchplane.io/session"], "0a0a0a0a-0000-4000-8000-000000000009");
 }
+
+#[tokio::test]
+async fn a_tls_client_for_a_real_cluster_builds() {
+    // What `RUNTIME=kubernetes` does in a cluster: an https API server needs rustls with a
+    // crypto provider; this fails (or panics) if the build has none or two.
+    let config = kube::Config::new("https://10.96.0.1:443".parse().unwrap());
+    assert!(kube::Client::try_from(config).is_ok());
+}
