@@ -191,3 +191,89 @@ async fn a_server_that_exits_at_once_fails_and_requeues() {
 async fn a_server_that_never_listens_times_out_and_requeues() {
     failed_start_requeues_at_the_head("echo $$ > DIR/pid.$$\nexec sleep 60", "1").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let bin = built_binary("game-server");
+    let backend = Backend::start(settings(
+        &prefix,
+        &db,
+        &[
+            "--runtime",
+            "local",
+            "--game-server-bin",
+            bin.to_str().unwrap(),
+            "--session-size",
+            "2",
+            "--flush-wait-seconds",
+            "600",
+            "--shutdown-grace-seconds",
+            "1",
+        ],
+    ))
+    .await;
+    let http = backend.http.clone();
+    http.join("s1").await;
+    http.join("s2").await;
+    let matched = eventually(Duration::from_secs(20), || async {
+        let body = http.status("s1", 5.0).await;
+        (body["status"] == "matched").then_some(body)
+    })
+    .await;
+    let sid = matched["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+    let pid = session["server"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("local-")
+        .unwrap()
+        .to_owned();
+    // A player is in a match that would run for a minute.
+    let mut client = GameClient::connect(session["addr"].as_str().unwrap()).await;
+    client
+        .send(&format!("JOIN {}", matched["ticket"].as_str().unwrap()))
+        .await;
+    assert!(matches!(client.recv().await, Some(ServerReply::Welcome { .. })));
+    client.send("REQUEST_MATCH 60").await;
+    assert_eq!(client.recv().await, Some(ServerReply::RunningLength(60)));
+
+    backend.shutdown.cancel();
+    // Draining: no more joins, not ready.
+    let (status, _) = http.join("late").await;
+    assert_eq!(status, hyper::StatusCode::SERVICE_UNAVAILABLE);
+    let (status, health) = http.get("/health").await;
+    assert_eq!(
+        (status, health["draining"].as_bool()),
+        (hyper::StatusCode::SERVICE_UNAVAILABLE, Some(true))
+    );
+    // After the 1 s grace the server is told to stop: the player sees it end...
+    let mut states = Vec::new();
+    while let Some(reply) = client.recv().await {
+        if let ServerReply::State(state) = reply {
+            states.push(state);
+        }
+    }
+    assert_eq!(states.last(), Some(&GameState::Stop));
+    tokio::time::timeout(Duration::from_secs(60), backend.task)
+        .await
+        .expect("backend stops")
+        .unwrap()
+        .unwrap();
+    // ...nothing is left running, and the session ended with the server's own report.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "game server {pid} is gone"
+    );
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let reason = eventually(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT end_reason FROM matches")
+            .fetch_one(&pool)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(reason, "terminated");
+}
