@@ -210,16 +210,21 @@ impl Store {
         })
     }
 
-    /// Takes `player` out of the queue, unless already in a session.
-    pub async fn cancel(&self, player: &str) -> Result<CancelOutcome> {
-        let reply: String = CANCEL
-            .key(self.key("queue"))
+    /// A call of a script that takes one player's keys (queue, joined, ps:<player>) and
+    /// arguments (player, session key prefix).
+    fn for_player<'a>(&self, script: &'a Script, player: &str) -> redis::ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        call.key(self.key("queue"))
             .key(self.key("joined"))
             .key(self.key(&format!("ps:{player}")))
             .arg(player)
-            .arg(self.key("s:"))
-            .invoke_async(&mut self.conn())
-            .await?;
+            .arg(self.key("s:"));
+        call
+    }
+
+    /// Takes `player` out of the queue, unless already in a session.
+    pub async fn cancel(&self, player: &str) -> Result<CancelOutcome> {
+        let reply: String = self.for_player(&CANCEL, player).invoke_async(&mut self.conn()).await?;
         Ok(match reply.as_str() {
             "cancelled" => CancelOutcome::Cancelled,
             "in_session" => CancelOutcome::InSession,
@@ -307,14 +312,7 @@ impl Store {
 
     /// Where `player` stands, read atomically.
     pub async fn player(&self, player: &str) -> Result<PlayerView> {
-        let reply: Vec<String> = STATUS
-            .key(self.key("queue"))
-            .key(self.key("joined"))
-            .key(self.key(&format!("ps:{player}")))
-            .arg(player)
-            .arg(self.key("s:"))
-            .invoke_async(&mut self.conn())
-            .await?;
+        let reply: Vec<String> = self.for_player(&STATUS, player).invoke_async(&mut self.conn()).await?;
         Ok(match reply.first().map(String::as_str) {
             Some("queued") => PlayerView::Queued,
             Some("session") if reply.len() >= 6 => match SessionState::parse(&reply[2]) {

@@ -9,24 +9,19 @@ use common::{Backend, GameClient, built_binary, eventually, settings};
 use protocol::{GameState, ServerReply};
 use sqlx::Row;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_four_players_play_two_sessions_to_the_end() {
+/// A backend with the local runtime and the real game-server; returns it and its database.
+async fn local_backend(extra: &[&str]) -> (Backend, String) {
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
     let bin = built_binary("game-server");
-    let backend = Backend::start(settings(
-        &prefix,
-        &db,
-        &[
-            "--runtime",
-            "local",
-            "--game-server-bin",
-            bin.to_str().unwrap(),
-            "--flush-wait-seconds",
-            "600",
-        ],
-    ))
-    .await;
+    let mut args = vec!["--runtime", "local", "--game-server-bin", bin.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (Backend::start(settings(&prefix, &db, &args)).await, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_four_players_play_two_sessions_to_the_end() {
+    let (backend, db) = local_backend(&["--flush-wait-seconds", "600"]).await;
     let http = backend.http.clone();
     let players: Vec<String> = (0..24).map(|i| format!("e2e-{i:02}")).collect();
     for p in &players {
@@ -194,25 +189,14 @@ async fn a_server_that_never_listens_times_out_and_requeues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
-    let prefix = common::unique_prefix();
-    let db = common::fresh_database().await;
-    let bin = built_binary("game-server");
-    let backend = Backend::start(settings(
-        &prefix,
-        &db,
-        &[
-            "--runtime",
-            "local",
-            "--game-server-bin",
-            bin.to_str().unwrap(),
-            "--session-size",
-            "2",
-            "--flush-wait-seconds",
-            "600",
-            "--shutdown-grace-seconds",
-            "1",
-        ],
-    ))
+    let (backend, db) = local_backend(&[
+        "--session-size",
+        "2",
+        "--flush-wait-seconds",
+        "600",
+        "--shutdown-grace-seconds",
+        "1",
+    ])
     .await;
     let http = backend.http.clone();
     http.join("s1").await;
