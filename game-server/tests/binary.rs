@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Client, SESSION, report_receiver, roster};
+use common::{SESSION, report_receiver, roster};
 use protocol::api::EndReason;
 use protocol::{GameState, ServerReply};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -54,7 +54,7 @@ async fn twelve_players_play_a_one_second_match_and_the_result_is_reported() {
 
     let mut clients = Vec::new();
     for player in &players {
-        clients.push(Client::joined(addr, player).await);
+        clients.push(common::joined(addr, player).await);
     }
     clients[0].send("REQUEST_MATCH 1").await;
     clients[0].expect(ServerReply::RunningLength(1)).await;
@@ -109,7 +109,7 @@ async fn sigterm_drains_with_terminated_and_exits_zero() {
     let (url, mut reports) = report_receiver(vec![]).await;
     let mut child = command(&players, &url).spawn().unwrap();
     let addr = listening(&mut child).await;
-    let mut p1 = Client::joined(addr, "p1").await;
+    let mut p1 = common::joined(addr, "p1").await;
     let pid = child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])

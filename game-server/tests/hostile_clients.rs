@@ -53,7 +53,7 @@ async fn join_handshake_refusals_each_get_their_code() {
         refused(&server, line.as_bytes(), code).await;
     }
     // None of that touched the match: a real player joins into an open session.
-    let mut p1 = Client::joined(server.addr, "p1").await;
+    let mut p1 = common::joined(server.addr, "p1").await;
     p1.send("GET_STATE").await;
     p1.expect(ServerReply::State(GameState::Open)).await;
     server.shutdown.cancel();
@@ -63,7 +63,7 @@ async fn join_handshake_refusals_each_get_their_code() {
 #[tokio::test]
 async fn garbage_huge_lines_and_invalid_utf8_never_hurt_real_players() {
     let server = Server::start(config(&roster(2), FAST_JOIN)).await;
-    let mut p1 = Client::joined(server.addr, "p1").await;
+    let mut p1 = common::joined(server.addr, "p1").await;
 
     refused(&server, b"\x00\xff\xfe garbage \x07\n", ErrorCode::JoinRequired).await;
     refused(&server, &vec![b'A'; 100 * 1024], ErrorCode::LineTooLong).await;
@@ -72,16 +72,16 @@ async fn garbage_huge_lines_and_invalid_utf8_never_hurt_real_players() {
     refused(&server, &huge_join, ErrorCode::LineTooLong).await;
 
     // A joined player who misbehaves is answered, or cut off alone.
-    let mut p2 = Client::joined(server.addr, "p2").await;
+    let mut p2 = common::joined(server.addr, "p2").await;
     p2.send_raw(b"\xc3\x28\xa0\xa1\n").await.unwrap();
     p2.expect(ServerReply::Unknown).await;
     p2.send_raw(&vec![b'B'; 100 * 1024]).await.ok();
     p2.expect(ServerReply::Error(ErrorCode::LineTooLong)).await;
     p2.expect_closed().await;
 
-    p1.ping("still-here").await;
-    let mut p2 = Client::joined(server.addr, "p2").await;
-    p2.ping("back").await;
+    common::ping(&mut p1, "still-here").await;
+    let mut p2 = common::joined(server.addr, "p2").await;
+    common::ping(&mut p2, "back").await;
     p1.send("REQUEST_MATCH 1").await;
     p1.expect(ServerReply::RunningLength(1)).await;
     for p in [&mut p1, &mut p2] {
@@ -131,8 +131,8 @@ async fn silent_slow_and_half_open_connections_are_closed() {
     half.expect_closed().await;
 
     // A joined player who half-closes is counted as gone; the server is still fine.
-    let mut p1 = Client::joined(server.addr, "p1").await;
-    p1.ping("x").await;
+    let mut p1 = common::joined(server.addr, "p1").await;
+    common::ping(&mut p1, "x").await;
     server.shutdown.cancel();
     p1.expect(ServerReply::State(GameState::Stop)).await;
     server.finish().await;
@@ -145,8 +145,8 @@ async fn a_thousand_connections_opened_and_dropped_at_once() {
         &["--start-policy", "first-request", "--max-connections", "256"],
     ))
     .await;
-    let mut p1 = Client::joined(server.addr, "p1").await;
-    let mut p2 = Client::joined(server.addr, "p2").await;
+    let mut p1 = common::joined(server.addr, "p1").await;
+    let mut p2 = common::joined(server.addr, "p2").await;
     p1.send("REQUEST_MATCH 600").await;
     p1.expect(ServerReply::RunningLength(600)).await;
     p1.expect(ServerReply::State(GameState::Running)).await;
@@ -167,16 +167,16 @@ async fn a_thousand_connections_opened_and_dropped_at_once() {
         })
         .collect();
     // The real players are served while the flood is in flight.
-    p1.ping("during").await;
+    common::ping(&mut p1, "during").await;
     for task in flood {
         task.await.unwrap();
     }
-    p1.ping("after-1").await;
-    p2.ping("after-2").await;
+    common::ping(&mut p1, "after-1").await;
+    common::ping(&mut p2, "after-2").await;
     p2.send("GET_RUNNING_LENGTH").await;
     p2.expect(ServerReply::RunningLength(600)).await;
     // And a new connection is still admitted once the flood is gone.
-    let mut p2b = Client::joined(server.addr, "p2").await;
+    let mut p2b = common::joined(server.addr, "p2").await;
     p2b.expect(ServerReply::State(GameState::Running)).await;
     p2b.expect(ServerReply::RunningLength(600)).await;
     server.shutdown.cancel();

@@ -5,15 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use loadgen::swarm::SwarmArgs;
-use sqlx::Connection;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "swarm-test-secret-0123456789";
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `make test`"))
-}
 
 #[derive(Parser)]
 struct Wrapper {
@@ -23,33 +18,15 @@ struct Wrapper {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
-    let prefix = format!("t{}", std::process::id());
-    let admin = env("MP_TEST_DATABASE_URL");
-    let db_name = format!("swarm{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {db_name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let db = format!("{}/{db_name}", admin.rsplit_once('/').unwrap().0);
-    let game_server = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("game-server");
-    assert!(
-        game_server.exists(),
-        "{} is missing: `make test` builds it",
-        game_server.display()
-    );
+    let prefix = testkit::unique_prefix();
+    let db = testkit::fresh_database().await;
+    let game_server = testkit::built_binary("game-server");
 
     let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = proxy_listener.local_addr().unwrap();
     let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = backend_listener.local_addr().unwrap();
-    let redis = env("MP_TEST_REDIS_URL");
+    let redis = testkit::redis_url();
     let public_port = proxy_addr.port().to_string();
     let backend = backend::Config::try_parse_from([
         "backend",

@@ -8,24 +8,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
-use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use protocol::ticket::unix_now;
-use protocol::{Claims, ErrorCode, GameState, LineCodec, ServerReply, TicketSecret};
+use protocol::{Claims, ErrorCode, GameState, ServerReply, TicketSecret};
+use testkit::{LineClient, built_binary, redis_url};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "proxy-test-secret-0123456789";
-
-fn redis_url() -> String {
-    std::env::var("MP_TEST_REDIS_URL").expect("MP_TEST_REDIS_URL is not set: run the tests with `make test`")
-}
 
 fn secret() -> TicketSecret {
     TicketSecret::new(SECRET).unwrap()
@@ -273,39 +268,10 @@ async fn a_backend_that_is_down_gets_a_clear_502() {
     proxy.stop().await;
 }
 
-struct Line(Framed<TcpStream, LineCodec>);
-
-impl Line {
-    async fn connect(addr: SocketAddr) -> Line {
-        Line(Framed::new(TcpStream::connect(addr).await.unwrap(), LineCodec::new()))
-    }
-    async fn send(&mut self, line: &str) {
-        self.0
-            .get_mut()
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-    async fn recv(&mut self) -> Option<ServerReply> {
-        let line = tokio::time::timeout(Duration::from_secs(10), self.0.next())
-            .await
-            .expect("a line within 10 s")?;
-        line.ok()
-            .map(|l| ServerReply::parse(std::str::from_utf8(&l).unwrap()).unwrap())
-    }
-}
-
-fn game_server_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("game-server");
-    assert!(path.exists(), "{} is missing: `make test` builds it", path.display());
-    path
-}
-
 #[tokio::test]
 async fn a_full_match_plays_out_through_the_proxy() {
     let sid = "0b5b0c9e-8d4e-4f39-9a1e-5a0c6f0e7d11";
-    let mut server = tokio::process::Command::new(game_server_binary())
+    let mut server = tokio::process::Command::new(built_binary("game-server"))
         .args([
             "--bind",
             "127.0.0.1",
@@ -333,7 +299,7 @@ async fn a_full_match_plays_out_through_the_proxy() {
     proxy.session(sid, "matched", &game_addr).await;
     let mut clients = Vec::new();
     for player in ["p1", "p2", "p3"] {
-        let mut c = Line::connect(proxy.addr).await;
+        let mut c = LineClient::connect(proxy.addr).await;
         c.send(&format!("JOIN {}", ticket(player, sid))).await;
         assert!(matches!(c.recv().await, Some(ServerReply::Welcome { player_id, .. }) if player_id == player));
         clients.push(c);
@@ -414,7 +380,7 @@ async fn bad_tickets_never_open_a_connection_to_any_server() {
         (ticket("p1", ended), ErrorCode::SessionOver),
     ];
     for (token, code) in cases {
-        let mut c = Line::connect(proxy.addr).await;
+        let mut c = LineClient::connect(proxy.addr).await;
         c.send(&format!("JOIN {token}")).await;
         assert_eq!(c.recv().await, Some(ServerReply::Error(code.clone())), "{code}");
         assert_eq!(c.recv().await, None);
@@ -425,13 +391,13 @@ async fn bad_tickets_never_open_a_connection_to_any_server() {
         "no refused connection reached the server"
     );
     // The valid ticket does reach it, with the JOIN line passed on.
-    let mut c = Line::connect(proxy.addr).await;
+    let mut c = LineClient::connect(proxy.addr).await;
     let good = ticket("p1", sid);
     c.send(&format!("JOIN {good}")).await;
     let mut echoed = Vec::new();
     let mut raw = [0u8; 2048];
     while !echoed.ends_with(b"\n") {
-        let n = c.0.get_mut().read(&mut raw).await.unwrap();
+        let n = c.stream().read(&mut raw).await.unwrap();
         assert!(n > 0);
         echoed.extend_from_slice(&raw[..n]);
     }
@@ -452,19 +418,12 @@ async fn slowloris_garbage_idle_floods_and_vanishing_clients_leave_it_serving() 
     proxy.session(sid, "matched", &addr).await;
 
     // Garbage first bytes: one error line, closed.
-    let mut garbage = Line::connect(proxy.addr).await;
-    garbage
-        .0
-        .get_mut()
-        .write_all(b"\x16\x03\x01\x02\x00hello\n")
-        .await
-        .unwrap();
+    let mut garbage = LineClient::connect(proxy.addr).await;
+    garbage.send_raw(b"\x16\x03\x01\x02\x00hello\n").await.unwrap();
     assert_eq!(garbage.recv().await, Some(ServerReply::Error(ErrorCode::BadRequest)));
     // An over-long JOIN line.
-    let mut long = Line::connect(proxy.addr).await;
-    long.0
-        .get_mut()
-        .write_all(&[b"JOIN ".as_slice(), &[b'x'; 3000]].concat())
+    let mut long = LineClient::connect(proxy.addr).await;
+    long.send_raw(&[b"JOIN ".as_slice(), &[b'x'; 3000]].concat())
         .await
         .unwrap();
     assert_eq!(long.recv().await, Some(ServerReply::Error(ErrorCode::LineTooLong)));
@@ -495,11 +454,11 @@ async fn slowloris_garbage_idle_floods_and_vanishing_clients_leave_it_serving() 
             .unwrap();
         drop(c);
     }
-    let mut c = Line::connect(proxy.addr).await;
+    let mut c = LineClient::connect(proxy.addr).await;
     c.send(&format!("JOIN {}", ticket("p", sid))).await;
     let mut raw = [0u8; 4096];
     assert!(
-        c.0.get_mut().read(&mut raw).await.unwrap() > 0,
+        c.stream().read(&mut raw).await.unwrap() > 0,
         "a spliced session still works"
     );
     assert!(count.load(Ordering::SeqCst) >= 1);

@@ -1,46 +1,17 @@
 //! Test kit for backend tests: the ephemeral Redis and PostgreSQL that `make test` starts
 //! (`MP_TEST_REDIS_URL`, `MP_TEST_DATABASE_URL`), with a key prefix and a database per test.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use backend::store::Store;
 
-/// The test Redis; a run without it is a broken run, not a skipped test.
-pub fn redis_url() -> String {
-    std::env::var("MP_TEST_REDIS_URL")
-        .expect("MP_TEST_REDIS_URL is not set: run the tests with `make test`, which starts Redis and PostgreSQL")
-}
-
-/// The test PostgreSQL's admin URL.
-pub fn database_admin_url() -> String {
-    std::env::var("MP_TEST_DATABASE_URL")
-        .expect("MP_TEST_DATABASE_URL is not set: run the tests with `make test`, which starts Redis and PostgreSQL")
-}
-
-/// A key prefix no other test uses.
-pub fn unique_prefix() -> String {
-    format!("t{}", uuid::Uuid::new_v4().simple())
-}
+pub use testkit::LineClient as GameClient;
+pub use testkit::{built_binary, eventually, fresh_database, redis_url, unique_prefix};
 
 pub async fn store() -> Store {
     Store::connect(&redis_url(), &unique_prefix()).await.unwrap()
 }
 
-/// A fresh database for one test; returns its URL.
-pub async fn fresh_database() -> String {
-    use sqlx::Connection;
-    let admin = database_admin_url();
-    let name = format!("t{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = admin.rsplit_once('/').unwrap().0;
-    format!("{base}/{name}")
-}
-
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use backend::{Config, Settings};
@@ -57,19 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "backend-test-secret-0123456789";
 pub const ADMIN: &str = "admin-token-for-tests";
-
-/// The binaries `make test` built next to this test executable.
-pub fn built_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`make test` does: cargo build --workspace --bins)",
-        path.display()
-    );
-    path
-}
 
 /// Settings for a test backend, from flags as the binary parses them.
 pub fn settings(prefix: &str, database_url: &str, extra: &[&str]) -> Settings {
@@ -202,58 +160,6 @@ impl Http {
         let (code, body) = self.get(&format!("/match/status?player_id={player}&wait={wait}")).await;
         assert_eq!(code, StatusCode::OK, "{body}");
         body
-    }
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A game client speaking the line protocol; every receive is bounded.
-pub struct GameClient {
-    framed: tokio_util::codec::Framed<tokio::net::TcpStream, protocol::LineCodec>,
-}
-
-impl GameClient {
-    pub async fn connect(addr: &str) -> GameClient {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        GameClient {
-            framed: tokio_util::codec::Framed::new(stream, protocol::LineCodec::new()),
-        }
-    }
-
-    pub async fn send(&mut self, line: &str) {
-        use tokio::io::AsyncWriteExt;
-        self.framed
-            .get_mut()
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    /// The next line, or `None` once the server closed the connection.
-    pub async fn recv(&mut self) -> Option<protocol::ServerReply> {
-        use futures_util::StreamExt;
-        let line = tokio::time::timeout(Duration::from_secs(20), self.framed.next())
-            .await
-            .expect("a line within 20 s")?;
-        line.ok()
-            .map(|l| protocol::ServerReply::parse(std::str::from_utf8(&l).unwrap()).unwrap())
     }
 }
 

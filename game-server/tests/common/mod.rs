@@ -6,17 +6,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
 use game_server::{Config, ServerConfig};
 use protocol::api::ResultReport;
 use protocol::ticket::unix_now;
-use protocol::{Claims, LineCodec, ServerReply, TicketSecret};
+use protocol::{Claims, ServerReply, TicketSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "kit-secret-0123456789abcdef";
@@ -75,68 +73,23 @@ impl Server {
     }
 }
 
-/// A protocol client; every receive fails the test after [`WAIT`].
-pub struct Client {
-    framed: Framed<TcpStream, LineCodec>,
+pub use testkit::LineClient as Client;
+
+/// Connects and joins as `player`; returns the client after checking the WELCOME.
+pub async fn joined(addr: SocketAddr, player: &str) -> Client {
+    let mut client = Client::connect(addr).await;
+    client.send(&format!("JOIN {}", ticket(player, SESSION))).await;
+    match client.recv().await {
+        Some(ServerReply::Welcome { player_id, .. }) => assert_eq!(player_id, player),
+        other => panic!("{player}: expected WELCOME, got {other:?}"),
+    }
+    client
 }
 
-impl Client {
-    pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        Client {
-            framed: Framed::new(stream, LineCodec::new()),
-        }
-    }
-
-    /// Connects and joins; returns the client after checking the WELCOME.
-    pub async fn joined(addr: SocketAddr, player: &str) -> Client {
-        let mut client = Client::connect(addr).await;
-        client.send(&format!("JOIN {}", ticket(player, SESSION))).await;
-        match client.recv().await {
-            Some(ServerReply::Welcome { player_id, .. }) => assert_eq!(player_id, player),
-            other => panic!("{player}: expected WELCOME, got {other:?}"),
-        }
-        client
-    }
-
-    pub async fn send(&mut self, line: &str) {
-        self.framed
-            .get_mut()
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.framed.get_mut().write_all(bytes).await
-    }
-
-    /// The next reply, or `None` once the server closed the connection.
-    pub async fn recv(&mut self) -> Option<ServerReply> {
-        let line = timeout(WAIT, self.framed.next())
-            .await
-            .expect("reply within the wait")?;
-        match line {
-            Ok(line) => Some(ServerReply::parse(std::str::from_utf8(&line).unwrap()).unwrap()),
-            Err(_) => None,
-        }
-    }
-
-    pub async fn expect(&mut self, want: ServerReply) {
-        assert_eq!(self.recv().await, Some(want));
-    }
-
-    pub async fn expect_closed(&mut self) {
-        assert_eq!(self.recv().await, None, "connection should be closed");
-    }
-
-    pub async fn ping(&mut self, nonce: &str) {
-        self.framed
-            .send(protocol::ClientCommand::Ping(Some(nonce.into())))
-            .await
-            .unwrap();
-        self.expect(ServerReply::Pong(Some(nonce.into()))).await;
-    }
+/// Sends `PING nonce` and checks the `PONG`.
+pub async fn ping(client: &mut Client, nonce: &str) {
+    client.send(&format!("PING {nonce}")).await;
+    client.expect(ServerReply::Pong(Some(nonce.into()))).await;
 }
 
 /// A received result report: its `Authorization` header and body.
