@@ -331,12 +331,12 @@ impl Report {
 
     /// The latency distributions as cumulative curves, one per phase, in SVG.
     pub fn chart_svg(&self) -> String {
-        const W: f64 = 760.0;
+        const W: f64 = 880.0;
         const H: f64 = 420.0;
         const LEFT: f64 = 70.0;
         const BOTTOM: f64 = 50.0;
         const TOP: f64 = 40.0;
-        const RIGHT: f64 = 200.0;
+        const RIGHT: f64 = 260.0;
         let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
         let max = self
             .samples_ms
@@ -373,7 +373,7 @@ impl Report {
             );
             decade *= 10.0;
         }
-        for frac in [0.0, 0.5, 0.9, 0.99, 1.0] {
+        for frac in [0.0, 0.25, 0.5, 0.75, 0.9, 1.0] {
             let py = y(frac);
             let _ = writeln!(
                 svg,
