@@ -71,7 +71,7 @@ impl Config {
         let secret = TicketSecret::new(self.ticket_secret.clone().unwrap_or_default())
             .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
         let backend_url = self.backend_url.trim_end_matches('/').to_owned();
-        if !backend_url.starts_with("http://") {
+        if !backend_url.starts_with("http://") || backend_url.parse::<hyper::Uri>().is_err() {
             return Err(format!("BACKEND_URL must be an http:// URL, got {backend_url:?}"));
         }
         if self.max_connections == 0 {
@@ -96,5 +96,23 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             drain: seconds("DRAIN_SECONDS", self.drain_seconds)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_url_must_be_a_valid_http_uri() {
+        let parse = |url: &str| {
+            Config::try_parse_from(["proxy", "--ticket-secret", "k", "--backend-url", url])
+                .unwrap()
+                .validate()
+        };
+        assert!(parse("http://backend:8081").is_ok());
+        for bad in ["https://backend", "backend:8081", "http://bad host:80", ""] {
+            assert!(parse(bad).unwrap_err().contains("BACKEND_URL"), "{bad}");
+        }
     }
 }
