@@ -205,9 +205,7 @@ impl History {
                     Err(e) => {
                         self.healthy.store(false, Ordering::Relaxed);
                         tracing::warn!(error = %e, "history: PostgreSQL not ready; matchmaking goes on, history waits in the outbox");
-                        if !self.pause(&stop, &mut backoff, flush_deadline.is_some()).await {
-                            return;
-                        }
+                        Self::pause(&stop, &mut backoff, flush_deadline.is_some()).await;
                         continue;
                     }
                 }
@@ -229,9 +227,7 @@ impl History {
                     tracing::warn!(error = %e, "history: reading the outbox failed");
                     // Entries may have been delivered to us before the error: read them again.
                     own_pending_first = true;
-                    if !self.pause(&stop, &mut backoff, flush_deadline.is_some()).await {
-                        return;
-                    }
+                    Self::pause(&stop, &mut backoff, flush_deadline.is_some()).await;
                     continue;
                 }
             };
@@ -263,25 +259,24 @@ impl History {
                     self.healthy.store(false, Ordering::Relaxed);
                     tracing::warn!(error = %e, events = events.len(), "history: write failed; will retry");
                     own_pending_first = true;
-                    if !self.pause(&stop, &mut backoff, flush_deadline.is_some()).await {
-                        return;
-                    }
+                    Self::pause(&stop, &mut backoff, flush_deadline.is_some()).await;
                 }
             }
         }
     }
 
-    /// Sleeps the backoff (doubling, at most 5 s); false if stopping without flush time.
-    async fn pause(&self, stop: &CancellationToken, backoff: &mut Duration, flushing: bool) -> bool {
+    /// Sleeps the backoff (doubling, at most 5 s); cut short by `stop` unless already
+    /// flushing, when the flush deadline bounds the wait instead.
+    async fn pause(stop: &CancellationToken, backoff: &mut Duration, flushing: bool) {
         let wait = *backoff;
         *backoff = (*backoff * 2).min(Duration::from_secs(5));
         if flushing {
             tokio::time::sleep(wait).await;
-            return true;
-        }
-        tokio::select! {
-            () = stop.cancelled() => true,
-            () = tokio::time::sleep(wait) => true,
+        } else {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
         }
     }
 

@@ -81,8 +81,6 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>) -> ExitCo
         }
     }
 }
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli: Cli = match protocol::cli::parse("backend") {
@@ -101,29 +99,7 @@ fn main() -> ExitCode {
         }
     };
     protocol::telemetry::init("info,sqlx=warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("backend: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let listener = match TcpListener::bind(config.bind).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("backend: cannot listen on {}: {e}", config.bind);
-                return ExitCode::FAILURE;
-            }
-        };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(protocol::cli::cancel_on_signal(shutdown.clone()));
-        match backend::run(listener, settings, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "backend failed");
-                ExitCode::FAILURE
-            }
-        }
+    protocol::cli::serve("backend", config.bind, |listener, shutdown| {
+        backend::run(listener, settings, shutdown)
     })
 }

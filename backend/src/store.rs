@@ -38,7 +38,8 @@ static STATUS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua
 pub type Result<T, E = redis::RedisError> = std::result::Result<T, E>;
 
 /// A session's state as Redis holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SessionState {
     Allocating,
     Matched,
@@ -123,7 +124,7 @@ pub struct SessionView {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SessionRecord {
     pub session_id: String,
-    pub state: &'static str,
+    pub state: SessionState,
     pub players: Vec<String>,
     pub instance: Option<String>,
     pub server: Option<String>,
@@ -393,7 +394,7 @@ pub struct FormRules {
 }
 
 fn record(sid: &str, mut f: HashMap<String, String>) -> Option<SessionRecord> {
-    let state = SessionState::parse(f.get("state")?)?.as_str();
+    let state = SessionState::parse(f.get("state")?)?;
     let int = |f: &HashMap<String, String>, k: &str| f.get(k).and_then(|v| v.parse().ok());
     Some(SessionRecord {
         session_id: sid.to_owned(),

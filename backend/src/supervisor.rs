@@ -180,7 +180,7 @@ impl Supervisor {
                 };
                 !owner_alive
             };
-            let allocating = session.state == SessionState::Allocating.as_str();
+            let allocating = session.state == SessionState::Allocating;
             // Pods outlive replicas: a matched session's server plays on and the reaper ends
             // the session when its Pod finishes.
             let server_lives_on = !allocating
@@ -247,7 +247,7 @@ async fn supervise(inner: Arc<Inner>, formed: FormedSession, stop: CancellationT
     inner.metrics.server_start(started.elapsed());
 
     let (name, addr) = (server.name().to_owned(), server.addr().to_owned());
-    let ready = retry_redis(&inner, || inner.store.mark_ready(sid, &name, &addr, now_ms())).await;
+    let ready = retry_redis(|| inner.store.mark_ready(sid, &name, &addr, now_ms())).await;
     match ready {
         Some(true) => {}
         Some(false) => {
@@ -313,7 +313,7 @@ async fn stop_server(server: &mut dyn ServerHandle) {
 }
 
 /// Runs a Redis step, retrying with backoff for up to about 30 s; `None` if Redis stayed down.
-async fn retry_redis<T, F, Fut>(inner: &Inner, mut step: F) -> Option<T>
+async fn retry_redis<T, F, Fut>(mut step: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = crate::store::Result<T>>,
@@ -330,7 +330,6 @@ where
             }
             Err(e) => {
                 tracing::error!(error = %e, "Redis step failed for good; the janitor will finish the job");
-                let _ = inner;
                 return None;
             }
         }
@@ -339,7 +338,7 @@ where
 
 /// Ends a session (idempotently) and counts it if this call was the one that ended it.
 async fn end(inner: &Inner, sid: &str, reason: EndReason, requeue: bool) {
-    let outcome = retry_redis(inner, || inner.store.end_session(sid, reason, now_ms(), requeue, None)).await;
+    let outcome = retry_redis(|| inner.store.end_session(sid, reason, now_ms(), requeue, None)).await;
     if matches!(outcome, Some(EndOutcome::Ended | EndOutcome::Requeued)) {
         inner.metrics.session_ended(reason.as_str());
         tracing::info!(%reason, requeued = requeue, "session ended");

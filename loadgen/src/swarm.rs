@@ -2,7 +2,6 @@
 //! only — join, long-poll until matched, connect with the ticket, ask for a match length, and
 //! play until `STATE stop` — each checking what it saw. It never ends sessions itself.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -308,15 +307,4 @@ async fn next(game: &mut Framed<TcpStream, LineCodec>) -> Result<ServerReply, Ou
             ServerReply::parse(&text).map_err(|e| Outcome::Protocol(e.to_string()))
         }
     }
-}
-
-/// Counts per session id, for tests.
-pub fn sessions_of(records: &[ClientRecord]) -> HashMap<String, usize> {
-    let mut out = HashMap::new();
-    for r in records {
-        if let Some(sid) = &r.session_id {
-            *out.entry(sid.clone()).or_default() += 1;
-        }
-    }
-    out
 }

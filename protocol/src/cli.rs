@@ -31,6 +31,43 @@ pub fn seconds(name: &str, value: f64) -> Result<Duration, String> {
     }
 }
 
+/// The rest of a multi-threaded server's `main`: start the runtime, bind `bind`, turn signals
+/// into a cancelled shutdown token, and run `run(listener, shutdown)` to its end. Exit status
+/// 1 when the runtime, the bind or the run fails.
+#[cfg(feature = "server")]
+pub fn serve<F, Fut, E>(binary: &str, bind: std::net::SocketAddr, run: F) -> ExitCode
+where
+    F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{binary}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(bind).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("{binary}: cannot listen on {bind}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match run(listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "{binary} failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 /// Cancels `shutdown` on SIGTERM or ctrl-c.
 pub async fn cancel_on_signal(shutdown: CancellationToken) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -8,7 +8,8 @@
 //! - [`prom`]: Prometheus text-format helpers.
 //! - [`sessions`]: the Redis session record the backend writes and the proxy routes by.
 //! - `telemetry` (feature `telemetry`): the logging set-up every binary shares.
-//! - `cli` (feature `binary`): config parsing, duration settings and signals for `main`.
+//! - `cli` (feature `binary`): config parsing, duration settings and signals for `main`;
+//!   with feature `server`, `cli::serve`, the rest of a multi-threaded server's `main`.
 
 pub mod api;
 #[cfg(feature = "binary")]

@@ -3,8 +3,6 @@
 use std::process::ExitCode;
 
 use proxy::Config;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let config: Config = match protocol::cli::parse("proxy") {
@@ -19,29 +17,7 @@ fn main() -> ExitCode {
         }
     };
     protocol::telemetry::init("info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async move {
-        let listener = match TcpListener::bind(config.bind).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                eprintln!("proxy: cannot listen on {}: {e}", config.bind);
-                return ExitCode::FAILURE;
-            }
-        };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(protocol::cli::cancel_on_signal(shutdown.clone()));
-        match proxy::run(listener, settings, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "proxy failed");
-                ExitCode::FAILURE
-            }
-        }
+    protocol::cli::serve("proxy", config.bind, |listener, shutdown| {
+        proxy::run(listener, settings, shutdown)
     })
 }

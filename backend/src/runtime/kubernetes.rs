@@ -489,7 +489,7 @@ pub async fn reconcile(pods: &Api<Pod>, store: &Store, min_age: Duration) -> any
         if session.created_ms.is_some_and(|c| now - c < min_age_ms) {
             continue;
         }
-        let requeue = session.state == SessionState::Allocating.as_str();
+        let requeue = session.state == SessionState::Allocating;
         tracing::warn!(session = %session.session_id, requeue, "failing a live session that has no pod");
         store
             .end_session(&session.session_id, EndReason::Failed, now, requeue, None)
@@ -532,7 +532,7 @@ pub async fn reaper(pods: Api<Pod>, store: Store, grace: Duration, stop: Cancell
             };
             let finished = matches!(pod_state(&pod), PodState::Finished(_));
             let session_over = match store.session(&sid).await {
-                Ok(Some(record)) => record.state == SessionState::Ended.as_str(),
+                Ok(Some(record)) => record.state == SessionState::Ended,
                 Ok(None) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "reaper: cannot read the session");
