@@ -19,7 +19,7 @@ RUST_LOG=warn RUNTIME=none BIND=127.0.0.1:$port REDIS_URL=$MP_REDIS_URL DATABASE
   TICKET_SECRET=bench-secret-$RANDOM$RANDOM FLUSH_WAIT_SECONDS=1 INSTANCE_ID=bench \
   "${CARGO_TARGET_DIR:-target}/release/backend" &
 backend_pid=$!
-trap 'kill $backend_pid 2>/dev/null; wait $backend_pid 2>/dev/null; mp_stop_services' EXIT
+trap 'kill $backend_pid 2>/dev/null; wait $backend_pid 2>/dev/null || true; mp_stop_services' EXIT
 for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
   sleep 0.1
