@@ -41,6 +41,7 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let open_files = raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -56,6 +57,10 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        match open_files {
+            Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         match run(listener, shutdown).await {
@@ -66,6 +71,19 @@ where
             }
         }
     })
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as a server holding one
+/// descriptor (or, spliced, several) per connection needs: container runtimes commonly start
+/// processes at a soft limit of 1024. Returns the limit now in force.
+#[cfg(feature = "server")]
+pub fn raise_open_file_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
 /// Cancels `shutdown` on SIGTERM or ctrl-c.
@@ -86,6 +104,17 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(feature = "server")]
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // A soft limit as low as container runtimes often start with (never above the hard one).
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(256), hard).unwrap();
+        assert_eq!(super::raise_open_file_limit().unwrap(), hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+    }
+
     #[test]
     fn seconds_refuse_negative_and_absurd() {
         assert_eq!(

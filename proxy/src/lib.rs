@@ -46,6 +46,25 @@ pub struct Context {
     permits: Arc<Semaphore>,
 }
 
+/// Descriptors one spliced game connection holds: two sockets and two pipes.
+const FDS_PER_GAME_CONNECTION: u64 = 6;
+
+/// Warns when the open-file limit runs out before `MAX_CONNECTIONS` spliced connections do:
+/// past it, accepting fails (and is retried) rather than refusing with `server_full`.
+fn warn_if_few_descriptors(max_connections: usize) {
+    if let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let needed = (max_connections as u64).saturating_mul(FDS_PER_GAME_CONNECTION);
+        if limit < needed {
+            tracing::warn!(
+                open_files = limit,
+                game_connections = limit / FDS_PER_GAME_CONNECTION,
+                max_connections,
+                "the open-file limit holds fewer spliced game connections than MAX_CONNECTIONS; raise the hard limit (ulimit -Hn) or lower MAX_CONNECTIONS"
+            );
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown`; then stops accepting, closes HTTP connections
 /// gracefully, and lets spliced game connections run on for the drain period.
 pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -76,6 +95,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let tracker = TaskTracker::new();
     let soft = CancellationToken::new();
     let hard = CancellationToken::new();
+    warn_if_few_descriptors(ctx.settings.max_connections);
     tracing::info!(addr = %listener.local_addr()?, backend = %ctx.settings.backend_url, "proxy ready");
     loop {
         let (stream, peer) = tokio::select! {
