@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-proxy`: a TCP echo server reached directly, through matchplane's proxy and
-# through HAProxy in TCP mode, measured side by side by `loadgen bench-proxy`.
+# through HAProxy in TCP mode (as configured by default, and with splice(2) forced on), measured
+# side by side by `loadgen bench-proxy`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -16,6 +17,7 @@ secret="bench-proxy-$RANDOM$RANDOM"
 echo_port=$(mp_free_port)
 proxy_port=$(mp_free_port)
 haproxy_port=$(mp_free_port)
+haproxy_splice_port=$(mp_free_port)
 
 cat >"$run_dir/haproxy.cfg" <<CFG
 global
@@ -25,10 +27,13 @@ defaults
   timeout connect 5s
   timeout client 60s
   timeout server 60s
-frontend bench
+listen plain
   bind 127.0.0.1:$haproxy_port
-  default_backend echo
-backend echo
+  server echo 127.0.0.1:$echo_port
+listen splice
+  bind 127.0.0.1:$haproxy_splice_port
+  option splice-request
+  option splice-response
   server echo 127.0.0.1:$echo_port
 CFG
 haproxy -f "$run_dir/haproxy.cfg" -db >"$run_dir/haproxy.log" 2>&1 &
@@ -36,11 +41,13 @@ haproxy_pid=$!
 RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:9 REDIS_URL=$MP_REDIS_URL \
   TICKET_SECRET=$secret RATE_LIMIT_PER_SECOND=0 "${CARGO_TARGET_DIR:-target}/release/proxy" &
 proxy_pid=$!
-trap 'kill $proxy_pid $haproxy_pid 2>/dev/null; wait $proxy_pid $haproxy_pid 2>/dev/null; mp_stop_services' EXIT
+trap 'kill $proxy_pid $haproxy_pid 2>/dev/null; wait $proxy_pid $haproxy_pid 2>/dev/null || true; mp_stop_services' EXIT
 sleep 0.5
 kill -0 "$haproxy_pid" 2>/dev/null || mp_die "haproxy did not start; see $run_dir/haproxy.log"
 kill -0 "$proxy_pid" 2>/dev/null || mp_die "the proxy did not start"
 
-"${CARGO_TARGET_DIR:-target}/release/loadgen" bench-proxy --echo-port "$echo_port" --proxy-addr "127.0.0.1:$proxy_port" \
-  --haproxy-addr "127.0.0.1:$haproxy_port" --redis-url "$MP_REDIS_URL" --ticket-secret "$secret" \
+"${CARGO_TARGET_DIR:-target}/release/loadgen" bench-proxy --echo-port "$echo_port" \
+  --proxy-addr "127.0.0.1:$proxy_port" --proxy-pid "$proxy_pid" \
+  --haproxy-addr "127.0.0.1:$haproxy_port" --haproxy-splice-addr "127.0.0.1:$haproxy_splice_port" \
+  --haproxy-pid "$haproxy_pid" --redis-url "$MP_REDIS_URL" --ticket-secret "$secret" \
   --seconds "${SECONDS_PER_RUN:-4}" --json "${BENCH_JSON:-$run_dir/bench-proxy.json}"
