@@ -256,7 +256,7 @@ async fn ping_pong(addr: SocketAddr, join: &[u8], round_trips: usize) -> anyhow:
     Ok(summarize(&samples))
 }
 
-/// Runs the three paths and returns their figures, direct first.
+/// Runs every path given and returns their figures, direct first.
 pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
     let echo = echo_server(args.echo_port).await?;
     let secret = TicketSecret::new(args.ticket_secret.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
