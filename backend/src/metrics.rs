@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use protocol::prom::{Histogram, header};
+use protocol::prom::{Histogram, header, labeled_counter};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -67,28 +67,27 @@ impl Metrics {
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8192);
-        header(&mut out, "mp_joins_total", "counter", "Join requests by result.");
-        for (result, n) in self.joins.lock().unwrap().iter() {
-            let _ = writeln!(out, "mp_joins_total{{result=\"{result}\"}} {n}");
-        }
-        header(
+        labeled_counter(
+            &mut out,
+            "mp_joins_total",
+            "Join requests by result.",
+            "result",
+            self.joins.lock().unwrap().iter().map(|(k, n)| (k, *n)),
+        );
+        labeled_counter(
             &mut out,
             "mp_sessions_formed_total",
-            "counter",
             "Sessions formed by this replica, by size.",
+            "size",
+            self.sessions_formed.lock().unwrap().iter().map(|(k, n)| (k, *n)),
         );
-        for (size, n) in self.sessions_formed.lock().unwrap().iter() {
-            let _ = writeln!(out, "mp_sessions_formed_total{{size=\"{size}\"}} {n}");
-        }
-        header(
+        labeled_counter(
             &mut out,
             "mp_sessions_ended_total",
-            "counter",
             "Sessions ended through this replica, by reason.",
+            "reason",
+            self.sessions_ended.lock().unwrap().iter().map(|(k, n)| (k, *n)),
         );
-        for (reason, n) in self.sessions_ended.lock().unwrap().iter() {
-            let _ = writeln!(out, "mp_sessions_ended_total{{reason=\"{reason}\"}} {n}");
-        }
         header(
             &mut out,
             "mp_sessions",

@@ -50,9 +50,33 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Appends a counter family with one label: its header, then a sample per `(value, count)`.
+pub fn labeled_counter<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (V, u64)>,
+) {
+    header(out, name, "counter", help);
+    for (value, n) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_labeled_counter_has_its_header_and_a_line_per_value() {
+        let mut out = String::new();
+        labeled_counter(&mut out, "mp_x_total", "Things.", "kind", [("a", 1), ("b", 20)]);
+        assert_eq!(
+            out,
+            "# HELP mp_x_total Things.\n# TYPE mp_x_total counter\nmp_x_total{kind=\"a\"} 1\nmp_x_total{kind=\"b\"} 20\n"
+        );
+    }
 
     #[test]
     fn buckets_are_cumulative() {

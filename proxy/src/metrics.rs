@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use protocol::prom::{Histogram, header};
+use protocol::prom::{Histogram, header, labeled_counter};
 
 /// Every metric the proxy exports.
 #[derive(Default)]
@@ -57,28 +57,23 @@ impl Metrics {
                 gauge.load(Ordering::Relaxed)
             );
         }
-        header(
+        labeled_counter(
             &mut out,
             "mp_proxy_game_bytes_total",
-            "counter",
             "Bytes spliced, by direction.",
+            "direction",
+            [
+                ("client_to_server", self.bytes_client_to_server.load(Ordering::Relaxed)),
+                ("server_to_client", self.bytes_server_to_client.load(Ordering::Relaxed)),
+            ],
         );
-        let up = self.bytes_client_to_server.load(Ordering::Relaxed);
-        let down = self.bytes_server_to_client.load(Ordering::Relaxed);
-        let _ = writeln!(out, "mp_proxy_game_bytes_total{{direction=\"client_to_server\"}} {up}");
-        let _ = writeln!(
-            out,
-            "mp_proxy_game_bytes_total{{direction=\"server_to_client\"}} {down}"
-        );
-        header(
+        labeled_counter(
             &mut out,
             "mp_proxy_routes_total",
-            "counter",
             "Connection routing outcomes by reason.",
+            "outcome",
+            self.routes.lock().unwrap().iter().map(|(k, n)| (k, *n)),
         );
-        for (outcome, n) in self.routes.lock().unwrap().iter() {
-            let _ = writeln!(out, "mp_proxy_routes_total{{outcome=\"{outcome}\"}} {n}");
-        }
         header(
             &mut out,
             "mp_proxy_http_request_duration_seconds",
