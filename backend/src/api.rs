@@ -1,8 +1,8 @@
-//! The HTTP API (DESIGN §4), compatible with the original system's clients.
+//! The HTTP API, compatible with the original system's clients. Every body is a typed value
+//! of `protocol::api`; every write goes through the sessions service or the store's scripts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -13,11 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use protocol::api::{EndReason, JoinRequest, MatchResponse, MatchStatus, ResultReport};
+use protocol::api::{
+    ActiveSessions, BackendHealth, DependencyState, EndReason, HealthStatus, JoinRequest, MatchResponse, MatchStatus,
+    PlayerMatch, PlayerMatches, Recorded, ReportReceipt, ResultReport, SessionEnded, SessionView,
+};
 use protocol::player::is_valid_player_id;
+use protocol::sessions::{SessionRecord, SessionState};
 use protocol::{Audience, Claims};
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -25,26 +29,25 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::error::{ApiError, ApiResult};
 use crate::events::Waiters;
-use crate::history::History;
-use crate::metrics::Metrics;
-use crate::store::{CancelOutcome, EndOutcome, JoinOutcome, PlayerView, SessionState, Store, now_ms};
-use crate::supervisor::Supervisor;
+use crate::history::{History, MatchRow};
+use crate::metrics::{JoinResult, Metrics};
+use crate::sessions::Sessions;
+use crate::store::{CancelOutcome, EndOutcome, JoinOutcome, PlayerView, now_ms};
 
 /// Largest accepted request body.
-pub const BODY_LIMIT: usize = 64 * 1024;
+const BODY_LIMIT: usize = 64 * 1024;
 /// Longest long poll.
-pub const MAX_WAIT_SECONDS: f64 = 30.0;
+const MAX_WAIT_SECONDS: f64 = 30.0;
 /// Every request is cut off after this (a long poll included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// What handlers share.
-pub struct AppState {
-    pub store: Store,
+pub(crate) struct AppState {
+    pub sessions: Sessions,
     pub history: History,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub waiters: Arc<Waiters>,
-    pub supervisor: Supervisor,
     /// Woken when a join may have filled a session.
     pub matcher_wake: Arc<Notify>,
     /// Cancelled on SIGTERM: no more joins, not ready.
@@ -52,7 +55,7 @@ pub struct AppState {
 }
 
 /// The API router.
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/match/join", post(join))
         .route("/match/join/{player_id}", delete(leave))
@@ -103,7 +106,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
 }
 
 /// A JSON body with this API's errors: 413 over the limit, 400 not JSON, 422 wrong shape.
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
@@ -183,27 +186,72 @@ impl AppState {
                 response.session_id = format!("pending:{player}");
                 response.players = vec![player.to_owned()];
             }
-            PlayerView::InSession(session) => {
-                response.session_id = session.session_id;
-                response.players = session.players;
-                match session.state {
-                    SessionState::Allocating => response.status = MatchStatus::Allocating,
+            PlayerView::InSession { session_id, record } => {
+                response.status = status_of(record.state);
+                response.session_id = session_id;
+                response.players = record.players;
+                match record.state {
+                    SessionState::Allocating => {}
                     SessionState::Matched => {
-                        response.status = MatchStatus::Matched;
                         response.connect_host = self.settings.public_host.clone();
                         response.connect_port = self.settings.public_port;
                         let ttl = i64::try_from(self.settings.ticket_ttl.as_secs()).unwrap_or(600);
                         let claims = Claims::game(player, &response.session_id, protocol::ticket::unix_now(), ttl);
                         response.ticket = Some(self.settings.secret.mint(&claims));
                     }
-                    SessionState::Ended => {
-                        response.status = MatchStatus::Ended;
-                        response.end_reason = session.end_reason;
-                    }
+                    SessionState::Ended => response.end_reason = record.end_reason,
                 }
             }
         }
         response
+    }
+}
+
+fn status_of(state: SessionState) -> MatchStatus {
+    match state {
+        SessionState::Allocating => MatchStatus::Allocating,
+        SessionState::Matched => MatchStatus::Matched,
+        SessionState::Ended => MatchStatus::Ended,
+    }
+}
+
+fn at_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// A live session's view, from its Redis record.
+fn view_of_record(session_id: String, record: SessionRecord) -> SessionView {
+    SessionView {
+        session_id,
+        status: status_of(record.state),
+        players: record.players,
+        instance: Some(record.instance),
+        server: record.server,
+        addr: record.addr,
+        created_at: at_ms(record.created_ms),
+        ready_at: record.ready_ms.map(at_ms),
+        started_at: None,
+        ended_at: record.ended_ms.map(at_ms),
+        end_reason: record.end_reason,
+        requested_seconds: None,
+    }
+}
+
+/// A past session's view, from its history row.
+fn view_of_row(row: MatchRow) -> SessionView {
+    SessionView {
+        session_id: row.session_id.to_string(),
+        status: serde_json::from_value(serde_json::Value::String(row.status)).unwrap_or(MatchStatus::Unknown),
+        players: row.players,
+        instance: row.backend_instance,
+        server: row.server_name,
+        addr: None,
+        created_at: row.created_at,
+        ready_at: row.ready_at,
+        started_at: row.started_at,
+        ended_at: row.ended_at,
+        end_reason: row.end_reason.and_then(|r| r.parse().ok()),
+        requested_seconds: row.requested_seconds.and_then(|s| u64::try_from(s).ok()),
     }
 }
 
@@ -216,20 +264,24 @@ async fn join(
         return Err(ApiError::Unavailable("this backend is shutting down; retry".into()));
     }
     let player = body.player_id;
-    match state.store.join(&player, now_ms()).await? {
+    let view = match state.sessions.store().join(&player, now_ms()).await? {
         JoinOutcome::Queued { new, depth } => {
-            state.metrics.join(if new { "queued" } else { "already_queued" });
-            if depth >= u64::from(state.settings.session_size) {
+            state.metrics.join(if new {
+                JoinResult::Queued
+            } else {
+                JoinResult::AlreadyQueued
+            });
+            if depth >= u64::from(state.settings.rules.size) {
                 state.matcher_wake.notify_one();
             }
-            Ok(Json(state.response(&player, PlayerView::Queued)))
+            PlayerView::Queued
         }
-        JoinOutcome::InSession { .. } => {
-            state.metrics.join("in_session");
-            let view = state.store.player(&player).await?;
-            Ok(Json(state.response(&player, view)))
+        JoinOutcome::InSession { session_id, record } => {
+            state.metrics.join(JoinResult::InSession);
+            PlayerView::InSession { session_id, record }
         }
-    }
+    };
+    Ok(Json(state.response(&player, view)))
 }
 
 #[derive(serde::Deserialize)]
@@ -246,14 +298,7 @@ fn status_key(view: &PlayerView) -> (MatchStatus, Option<&str>) {
     match view {
         PlayerView::Unknown => (MatchStatus::Unknown, None),
         PlayerView::Queued => (MatchStatus::Queued, None),
-        PlayerView::InSession(s) => (
-            match s.state {
-                SessionState::Allocating => MatchStatus::Allocating,
-                SessionState::Matched => MatchStatus::Matched,
-                SessionState::Ended => MatchStatus::Ended,
-            },
-            Some(s.session_id.as_str()),
-        ),
+        PlayerView::InSession { session_id, record } => (status_of(record.state), Some(session_id.as_str())),
     }
 }
 
@@ -274,7 +319,7 @@ async fn status(
     let watch = state.waiters.watch(&player);
     let mut notified = std::pin::pin!(watch.notify.notified());
     notified.as_mut().enable();
-    let first = state.store.player(&player).await?;
+    let first = state.sessions.store().player(&player).await?;
     // Already different from what the client knows (say, matched before its poll began):
     // answer now rather than wait for the next change.
     let settled = match query.status {
@@ -295,7 +340,7 @@ async fn status(
         }
         notified.set(watch.notify.notified());
         notified.as_mut().enable();
-        current = state.store.player(&player).await?;
+        current = state.sessions.store().player(&player).await?;
         if status_key(&current) != status_key(&first) {
             break;
         }
@@ -305,9 +350,9 @@ async fn status(
 
 async fn leave(State(state): State<Arc<AppState>>, Path(player): Path<String>) -> ApiResult<StatusCode> {
     check_player(&player)?;
-    match state.store.cancel(&player).await? {
+    match state.sessions.store().cancel(&player).await? {
         CancelOutcome::Cancelled => {
-            state.metrics.join("cancelled");
+            state.metrics.join(JoinResult::Cancelled);
             Ok(StatusCode::NO_CONTENT)
         }
         CancelOutcome::InSession => Err(ApiError::Conflict(
@@ -326,45 +371,50 @@ async fn operator_end(
     State(state): State<Arc<AppState>>,
     Path(session_id): Path<String>,
     headers: HeaderMap,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<SessionEnded>> {
     require_admin(&state, &headers)?;
     check_session_id(&session_id)?;
-    let outcome = state
-        .store
-        .end_session(&session_id, EndReason::Stopped, now_ms(), false, None)
-        .await?;
-    if outcome == EndOutcome::Unknown {
-        return Err(ApiError::NotFound(
-            "unknown_session",
-            format!("no session {session_id}"),
-        ));
-    }
-    if outcome == EndOutcome::Ended {
-        state.metrics.session_ended(EndReason::Stopped.as_str());
-        tracing::info!(session = %session_id, "session stopped by an operator");
-    }
-    // The owner learns it through the events channel; if it is us, act at once.
-    state.supervisor.ended_elsewhere(&session_id);
-    let record = state.store.session(&session_id).await?;
-    Ok(Json(json!({
-        "session_id": session_id,
-        "status": "ended",
-        "end_reason": record.and_then(|r| r.end_reason),
-    })))
+    let end_reason = match state.sessions.end(&session_id, EndReason::Stopped, None).await? {
+        EndOutcome::Unknown => {
+            return Err(ApiError::NotFound(
+                "unknown_session",
+                format!("no session {session_id}"),
+            ));
+        }
+        EndOutcome::Ended { .. } => {
+            tracing::info!(session = %session_id, "session stopped by an operator");
+            Some(EndReason::Stopped)
+        }
+        EndOutcome::AlreadyEnded { reason } => reason,
+    };
+    Ok(Json(SessionEnded {
+        session_id,
+        status: MatchStatus::Ended,
+        end_reason,
+    }))
 }
 
-async fn active_sessions(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
-    let sessions = state.store.live_sessions().await?;
-    Ok(Json(json!({ "count": sessions.len(), "sessions": sessions })))
+async fn active_sessions(State(state): State<Arc<AppState>>) -> ApiResult<Json<ActiveSessions>> {
+    let sessions: Vec<SessionView> = state
+        .sessions
+        .live()
+        .await?
+        .into_iter()
+        .map(|live| view_of_record(live.session_id, live.record))
+        .collect();
+    Ok(Json(ActiveSessions {
+        count: sessions.len(),
+        sessions,
+    }))
 }
 
-async fn session(State(state): State<Arc<AppState>>, Path(session_id): Path<String>) -> ApiResult<Response> {
+async fn session(State(state): State<Arc<AppState>>, Path(session_id): Path<String>) -> ApiResult<Json<SessionView>> {
     let id = check_session_id(&session_id)?;
-    if let Some(record) = state.store.session(&session_id).await? {
-        return Ok(Json(record).into_response());
+    if let Some(record) = state.sessions.record(&session_id).await? {
+        return Ok(Json(view_of_record(session_id, record)));
     }
     match state.history.session_row(id).await? {
-        Some(row) => Ok(Json(row).into_response()),
+        Some(row) => Ok(Json(view_of_row(row))),
         None => Err(ApiError::NotFound(
             "unknown_session",
             format!("no session {session_id}"),
@@ -376,7 +426,7 @@ async fn player_matches(
     State(state): State<Arc<AppState>>,
     Path(player): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<PlayerMatches>> {
     check_player(&player)?;
     let number = |name: &str, default: i64, max: i64| -> ApiResult<i64> {
         match query.get(name) {
@@ -393,51 +443,54 @@ async fn player_matches(
     let offset = number("offset", 0, 1_000_000)?;
     let matches = state.history.player_matches(&player, limit + 1, offset).await?;
     let more = matches.len() as i64 > limit;
-    let matches: Vec<_> = matches.into_iter().take(usize::try_from(limit).unwrap_or(20)).collect();
-    Ok(Json(json!({
-        "player_id": player,
-        "matches": matches,
-        "next_offset": more.then_some(offset + limit),
-    })))
+    let matches = matches
+        .into_iter()
+        .take(usize::try_from(limit).unwrap_or(20))
+        .map(|m| PlayerMatch {
+            session: view_of_row(m.row),
+            joined_at: m.joined_at,
+            left_at: m.left_at,
+        })
+        .collect();
+    Ok(Json(PlayerMatches {
+        player_id: player,
+        matches,
+        next_offset: more.then_some(offset + limit),
+    }))
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let redis_ok = matches!(timeout(Duration::from_secs(2), state.store.ping()).await, Ok(Ok(())));
+async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<BackendHealth>) {
+    let store = state.sessions.store();
+    let redis_ok = matches!(timeout(Duration::from_secs(2), store.ping()).await, Ok(Ok(())));
     let postgres_ok = state.history.ping().await;
-    let backlog = match state.history.backlog().await {
-        Ok(n) => {
-            state
-                .metrics
-                .outbox_backlog
-                .store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
-            Some(n)
-        }
-        Err(_) => None,
-    };
+    let backlog = store.outbox_len().await.ok();
+    if let Some(backlog) = backlog {
+        state.metrics.set_outbox_backlog(backlog);
+    }
     let draining = state.draining.is_cancelled();
     let ready = redis_ok && !draining;
-    let body = json!({
-        "status": if redis_ok && postgres_ok { "ok" } else { "degraded" },
-        "ready": ready,
-        "draining": draining,
-        "instance": state.settings.instance_id,
-        "runtime": format!("{:?}", state.settings.runtime).to_lowercase(),
-        "redis": if redis_ok { "ok" } else { "down" },
-        "postgres": if postgres_ok { "ok" } else { "down" },
-        "history_backlog": backlog,
-        "sessions_supervised": state.supervisor.active(),
-    });
+    let body = BackendHealth {
+        status: HealthStatus::from_ok(redis_ok && postgres_ok),
+        ready,
+        draining,
+        instance: state.settings.instance_id.clone(),
+        runtime: state.settings.runtime.name().to_owned(),
+        redis: DependencyState::from_ok(redis_ok),
+        postgres: DependencyState::from_ok(postgres_ok),
+        history_backlog: backlog,
+        sessions_supervised: state.sessions.supervised(),
+    };
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (status, Json(body))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(header::CONTENT_TYPE, service::metrics::CONTENT_TYPE)],
         state.metrics.render(),
     )
         .into_response()
@@ -456,7 +509,7 @@ async fn result_report(
     Path(session_id): Path<String>,
     headers: HeaderMap,
     body: ApiJson<ResultReport>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<ReportReceipt>> {
     let token = bearer(&headers).ok_or_else(|| ApiError::Unauthorized("a report token is required".into()))?;
     let claims = state
         .settings
@@ -476,24 +529,20 @@ async fn result_report(
             report.end_reason
         )));
     }
-    let json = serde_json::to_string(&report).map_err(|e| ApiError::Invalid(e.to_string()))?;
-    let outcome = state
-        .store
-        .end_session(&session_id, report.end_reason, now_ms(), false, Some(&json))
-        .await?;
-    let recorded = match outcome {
+    let recorded = match state
+        .sessions
+        .end(&session_id, report.end_reason, Some(&report))
+        .await?
+    {
         EndOutcome::Unknown => {
             return Err(ApiError::NotFound(
                 "unknown_session",
                 format!("no session {session_id}"),
             ));
         }
-        EndOutcome::Ended | EndOutcome::Requeued => {
-            state.metrics.session_ended(report.end_reason.as_str());
-            "ended"
-        }
-        EndOutcome::AlreadyEnded => "already_ended",
+        EndOutcome::Ended { .. } => Recorded::Ended,
+        EndOutcome::AlreadyEnded { .. } => Recorded::AlreadyEnded,
     };
-    tracing::info!(session = %session_id, reason = %report.end_reason, recorded, "result report");
-    Ok(Json(json!({ "session_id": session_id, "recorded": recorded })))
+    tracing::info!(session = %session_id, reason = %report.end_reason, ?recorded, "result report");
+    Ok(Json(ReportReceipt { session_id, recorded }))
 }

@@ -1,13 +1,25 @@
-//! Backend settings (DESIGN §9): each a flag with an environment variable, validated before
-//! anything connects or binds.
+//! Backend settings: each a flag with an environment variable, read once by clap into
+//! [`Config`] and validated into [`Settings`] before anything connects or binds.
+//!
+//! The flags come in groups: the core ones every backend needs, then one group per runtime
+//! ([`LocalArgs`], [`KubernetesArgs`]), validated only when that runtime is chosen, and the
+//! game-server settings both runtimes hand on to their servers ([`GameServerArgs`]).
+//! [`Settings::builder`] makes settings for tests and tools from the same defaults without
+//! reading the environment, so an exported variable in a developer's shell changes nothing.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use protocol::TicketSecret;
-use protocol::cli::seconds;
+use service::cli::seconds;
+use service::telemetry::{LogArgs, LogFormat};
+
+use crate::runtime::kubernetes::PodTemplate;
+use crate::store::FormRules;
 
 /// How game servers are started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,6 +36,21 @@ pub enum RuntimeKind {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "backend", version, about = "matchplane's matchmaking control plane")]
 pub struct Config {
+    #[command(flatten)]
+    pub core: CoreArgs,
+    #[command(flatten)]
+    pub local: LocalArgs,
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+    #[command(flatten)]
+    pub game: GameServerArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// What every backend needs, whatever its runtime.
+#[derive(Debug, Clone, Args)]
+pub struct CoreArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "BIND", default_value = "0.0.0.0:8081")]
     pub bind: SocketAddr,
@@ -54,12 +81,6 @@ pub struct Config {
     /// How game servers run.
     #[arg(long, env = "RUNTIME", value_enum, default_value = "local")]
     pub runtime: RuntimeKind,
-    /// The game-server binary for the local runtime.
-    #[arg(long, env = "GAME_SERVER_BIN", default_value = "game-server")]
-    pub game_server_bin: PathBuf,
-    /// Log filter passed to local game servers as RUST_LOG.
-    #[arg(long, env = "GAME_SERVER_LOG", default_value = "warn")]
-    pub game_server_log: String,
     /// A server not ready by then fails its session, and its players go back to the queue.
     #[arg(long, env = "SERVER_READY_TIMEOUT_SECONDS", default_value_t = 60.0)]
     pub server_ready_timeout_seconds: f64,
@@ -72,6 +93,9 @@ pub struct Config {
     /// This replica's name in session records; defaults to the host name.
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// The host name (a Pod's name in Kubernetes), the default `INSTANCE_ID`.
+    #[arg(long, env = "HOSTNAME", hide = true)]
+    pub hostname: Option<String>,
     /// URL at which game servers reach this backend's result endpoint; defaults to the
     /// bound address on loopback (right for the local runtime).
     #[arg(long, env = "BACKEND_INTERNAL_URL")]
@@ -82,6 +106,25 @@ pub struct Config {
     /// On SIGTERM, how long running matches may go on before their servers are terminated.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0)]
     pub shutdown_grace_seconds: f64,
+}
+
+/// The `local` runtime's settings.
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
+    /// The game-server binary for the local runtime.
+    #[arg(long, env = "GAME_SERVER_BIN", default_value = "game-server")]
+    pub game_server_bin: PathBuf,
+    /// Log filter passed to local game servers as RUST_LOG.
+    #[arg(long, env = "GAME_SERVER_LOG", default_value = "warn")]
+    pub game_server_log: String,
+    /// The search path handed to local game servers (their only inherited variable).
+    #[arg(long = "game-server-path", env = "PATH", hide = true)]
+    pub path: Option<OsString>,
+}
+
+/// The `kubernetes` runtime's settings: the game-server Pods it creates.
+#[derive(Debug, Clone, Args)]
+pub struct KubernetesArgs {
     /// Kubernetes namespace for game-server pods.
     #[arg(long, env = "NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -117,6 +160,26 @@ pub struct Config {
     pub ticket_secret_key: String,
 }
 
+/// Game-server settings both runtimes hand on to their servers, when set.
+#[derive(Debug, Clone, Args)]
+pub struct GameServerArgs {
+    /// The servers' START_POLICY.
+    #[arg(long = "game-start-policy", env = "START_POLICY")]
+    pub start_policy: Option<String>,
+    /// The servers' START_GRACE_SECONDS.
+    #[arg(long = "game-start-grace-seconds", env = "START_GRACE_SECONDS")]
+    pub start_grace_seconds: Option<String>,
+    /// The servers' OPEN_TIMEOUT_SECONDS.
+    #[arg(long = "game-open-timeout-seconds", env = "OPEN_TIMEOUT_SECONDS")]
+    pub open_timeout_seconds: Option<String>,
+    /// The servers' EMPTY_GRACE_SECONDS.
+    #[arg(long = "game-empty-grace-seconds", env = "EMPTY_GRACE_SECONDS")]
+    pub empty_grace_seconds: Option<String>,
+    /// The servers' MAX_MATCH_SECONDS.
+    #[arg(long = "game-max-match-seconds", env = "MAX_MATCH_SECONDS")]
+    pub max_match_seconds: Option<String>,
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -125,12 +188,7 @@ pub struct Settings {
     pub key_prefix: String,
     pub secret: TicketSecret,
     pub admin_token: Option<String>,
-    pub session_size: u32,
-    pub min_partial: u32,
-    pub flush_wait: Duration,
-    pub runtime: RuntimeKind,
-    pub game_server_bin: PathBuf,
-    pub game_server_log: String,
+    pub rules: FormRules,
     pub ready_timeout: Duration,
     pub public_host: String,
     pub public_port: u16,
@@ -139,33 +197,70 @@ pub struct Settings {
     pub internal_url: Option<String>,
     pub ticket_ttl: Duration,
     pub shutdown_grace: Duration,
-    pub namespace: String,
-    pub game_server_image: String,
-    /// Game-server pods, for the kubernetes runtime.
-    pub pod_template: crate::runtime::kubernetes::PodTemplate,
+    pub runtime: RuntimeSettings,
 }
 
-/// Game-server settings the runtimes pass on when they are set in the backend's environment.
-pub const GAME_SERVER_PASSTHROUGH: [&str; 6] = [
-    "START_POLICY",
-    "START_GRACE_SECONDS",
-    "OPEN_TIMEOUT_SECONDS",
-    "EMPTY_GRACE_SECONDS",
-    "MAX_MATCH_SECONDS",
-    "LOG_FORMAT",
-];
-
-fn passthrough() -> Vec<(String, String)> {
-    GAME_SERVER_PASSTHROUGH
-        .iter()
-        .filter_map(|name| std::env::var(name).ok().map(|value| ((*name).to_owned(), value)))
-        .collect()
+/// The chosen runtime and its own settings.
+#[derive(Debug, Clone)]
+pub enum RuntimeSettings {
+    Local(LocalSettings),
+    Kubernetes(PodTemplate),
+    None,
 }
 
-impl Config {
-    /// The game-server Pod template from these settings; needs no secret or database.
-    pub fn pod_template(&self) -> Result<crate::runtime::kubernetes::PodTemplate, String> {
-        let mut node_selector = std::collections::BTreeMap::new();
+/// What the `local` runtime needs.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    pub binary: PathBuf,
+    /// The servers' RUST_LOG.
+    pub log_filter: String,
+    /// The servers' PATH.
+    pub path: Option<OsString>,
+    /// Further game-server environment (START_POLICY, ..., LOG_FORMAT).
+    pub env: Vec<(String, String)>,
+}
+
+impl RuntimeSettings {
+    /// The runtime's name, as `RUNTIME` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RuntimeSettings::Local(_) => "local",
+            RuntimeSettings::Kubernetes(_) => "kubernetes",
+            RuntimeSettings::None => "none",
+        }
+    }
+}
+
+impl GameServerArgs {
+    /// The settings that are set, as the servers' environment.
+    fn env(&self, log_format: LogFormat) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("START_POLICY", &self.start_policy),
+            ("START_GRACE_SECONDS", &self.start_grace_seconds),
+            ("OPEN_TIMEOUT_SECONDS", &self.open_timeout_seconds),
+            ("EMPTY_GRACE_SECONDS", &self.empty_grace_seconds),
+            ("MAX_MATCH_SECONDS", &self.max_match_seconds),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.clone().map(|v| (name.to_owned(), v)))
+        .collect();
+        env.push(("LOG_FORMAT".to_owned(), log_format.as_str().to_owned()));
+        env
+    }
+
+    /// A setting in whole seconds, rounded up, or `default`.
+    fn whole_seconds(value: &Option<String>, default: i64) -> i64 {
+        value
+            .as_deref()
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(default, |v| v.ceil() as i64)
+    }
+}
+
+impl KubernetesArgs {
+    /// The game-server Pod template; needs no secret or database.
+    pub fn pod_template(&self, game: &GameServerArgs) -> Result<PodTemplate, String> {
+        let mut node_selector = BTreeMap::new();
         for pair in self
             .game_server_node_selector
             .split(',')
@@ -183,14 +278,9 @@ impl Config {
             serde_json::from_str(&self.game_server_tolerations)
                 .map_err(|e| format!("GAME_SERVER_TOLERATIONS must be a JSON array of tolerations: {e}"))?
         };
-        let env = passthrough();
-        let number = |name: &str, default: i64| {
-            env.iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| v.parse::<f64>().ok())
-                .map_or(default, |v| v.ceil() as i64)
-        };
-        Ok(crate::runtime::kubernetes::PodTemplate {
+        // Pods log JSON for the cluster's log pipeline, whatever the backend itself writes.
+        let extra_env = game.env(LogFormat::Json);
+        Ok(PodTemplate {
             namespace: self.namespace.clone(),
             image: self.game_server_image.clone(),
             pull_policy: self.game_server_pull_policy.clone(),
@@ -203,89 +293,234 @@ impl Config {
             secret_name: self.ticket_secret_name.clone(),
             secret_key: self.ticket_secret_key.clone(),
             // Open timeout + longest match + time to drain and report.
-            active_deadline_seconds: number("OPEN_TIMEOUT_SECONDS", 60) + number("MAX_MATCH_SECONDS", 86_400) + 120,
-            extra_env: env,
-        })
-    }
-
-    /// Checks every setting; the error is one line naming the setting.
-    pub fn validate(&self) -> Result<Settings, String> {
-        let secret = TicketSecret::new(self.ticket_secret.clone().unwrap_or_default())
-            .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
-        let database_url = self
-            .database_url
-            .clone()
-            .filter(|u| !u.is_empty())
-            .ok_or("DATABASE_URL (--database-url) is required")?;
-        if self.session_size < 1 || self.session_size > 1000 {
-            return Err(format!("SESSION_SIZE must be 1 to 1000, got {}", self.session_size));
-        }
-        if self.min_partial_session_size < 1 || self.min_partial_session_size > self.session_size {
-            return Err(format!(
-                "MIN_PARTIAL_SESSION_SIZE must be 1 to SESSION_SIZE ({}), got {}",
-                self.session_size, self.min_partial_session_size
-            ));
-        }
-        let prefix = self.redis_key_prefix.trim();
-        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
-            return Err("REDIS_KEY_PREFIX must be a non-empty word".into());
-        }
-        if self.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
-            return Err("ADMIN_TOKEN must be at least 8 characters".into());
-        }
-        let instance_id = match &self.instance_id {
-            Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
-            _ => host_name(),
-        };
-        if self.runtime == RuntimeKind::Kubernetes && self.backend_internal_url.as_deref().is_none_or(str::is_empty) {
-            return Err(
-                "BACKEND_INTERNAL_URL is required with RUNTIME=kubernetes: the URL pods reach the backend at".into(),
-            );
-        }
-        let pod_template = self.pod_template()?;
-        let ready_timeout = seconds("SERVER_READY_TIMEOUT_SECONDS", self.server_ready_timeout_seconds)?;
-        if ready_timeout.is_zero() {
-            return Err("SERVER_READY_TIMEOUT_SECONDS must be > 0".into());
-        }
-        Ok(Settings {
-            redis_url: self.redis_url.clone(),
-            database_url,
-            key_prefix: prefix.to_owned(),
-            secret,
-            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
-            session_size: self.session_size,
-            min_partial: self.min_partial_session_size,
-            flush_wait: seconds("FLUSH_WAIT_SECONDS", self.flush_wait_seconds)?,
-            runtime: self.runtime,
-            game_server_bin: self.game_server_bin.clone(),
-            game_server_log: self.game_server_log.clone(),
-            ready_timeout,
-            public_host: self.public_host.clone(),
-            public_port: self.public_port,
-            instance_id,
-            internal_url: self
-                .backend_internal_url
-                .clone()
-                .map(|u| u.trim_end_matches('/').to_owned()),
-            ticket_ttl: Duration::from_secs(u64::from(self.ticket_ttl_seconds.max(1))),
-            shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", self.shutdown_grace_seconds)?,
-            namespace: self.namespace.clone(),
-            game_server_image: self.game_server_image.clone(),
-            pod_template,
+            active_deadline_seconds: GameServerArgs::whole_seconds(&game.open_timeout_seconds, 60)
+                + GameServerArgs::whole_seconds(&game.max_match_seconds, 86_400)
+                + 120,
+            extra_env,
         })
     }
 }
 
-/// The host name (a pod's name in Kubernetes), for `INSTANCE_ID`.
-fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
+impl Config {
+    /// Checks every setting the chosen runtime uses; the error is one line naming the setting.
+    pub fn validate(&self) -> Result<Settings, String> {
+        let core = &self.core;
+        let secret = TicketSecret::new(core.ticket_secret.clone().unwrap_or_default())
+            .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
+        let database_url = core
+            .database_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or("DATABASE_URL (--database-url) is required")?;
+        if core.session_size < 1 || core.session_size > 1000 {
+            return Err(format!("SESSION_SIZE must be 1 to 1000, got {}", core.session_size));
+        }
+        if core.min_partial_session_size < 1 || core.min_partial_session_size > core.session_size {
+            return Err(format!(
+                "MIN_PARTIAL_SESSION_SIZE must be 1 to SESSION_SIZE ({}), got {}",
+                core.session_size, core.min_partial_session_size
+            ));
+        }
+        let prefix = core.redis_key_prefix.trim();
+        if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
+            return Err("REDIS_KEY_PREFIX must be a non-empty word without braces".into());
+        }
+        if core.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
+            return Err("ADMIN_TOKEN must be at least 8 characters".into());
+        }
+        let instance_id = [&core.instance_id, &core.hostname]
+            .into_iter()
+            .flatten()
+            .map(|id| id.trim())
+            .find(|id| !id.is_empty())
+            .map(str::to_owned)
+            .or_else(etc_hostname)
+            .unwrap_or_else(|| "backend".to_owned());
+        let ready_timeout = seconds("SERVER_READY_TIMEOUT_SECONDS", core.server_ready_timeout_seconds)?;
+        if ready_timeout.is_zero() {
+            return Err("SERVER_READY_TIMEOUT_SECONDS must be > 0".into());
+        }
+        let runtime = match core.runtime {
+            RuntimeKind::Local => RuntimeSettings::Local(LocalSettings {
+                binary: self.local.game_server_bin.clone(),
+                log_filter: self.local.game_server_log.clone(),
+                path: self.local.path.clone(),
+                env: self.game.env(self.log.log_format),
+            }),
+            RuntimeKind::Kubernetes => {
+                if core.backend_internal_url.as_deref().is_none_or(str::is_empty) {
+                    return Err(
+                        "BACKEND_INTERNAL_URL is required with RUNTIME=kubernetes: the URL pods reach the backend at"
+                            .into(),
+                    );
+                }
+                RuntimeSettings::Kubernetes(self.kubernetes.pod_template(&self.game)?)
+            }
+            RuntimeKind::None => RuntimeSettings::None,
+        };
+        let flush_wait = seconds("FLUSH_WAIT_SECONDS", core.flush_wait_seconds)?;
+        Ok(Settings {
+            redis_url: core.redis_url.clone(),
+            database_url,
+            key_prefix: prefix.to_owned(),
+            secret,
+            admin_token: core.admin_token.clone().filter(|t| !t.is_empty()),
+            rules: FormRules {
+                size: core.session_size,
+                min_partial: core.min_partial_session_size,
+                flush_wait_ms: i64::try_from(flush_wait.as_millis()).unwrap_or(i64::MAX),
+            },
+            ready_timeout,
+            public_host: core.public_host.clone(),
+            public_port: core.public_port,
+            instance_id,
+            internal_url: core
+                .backend_internal_url
+                .clone()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            ticket_ttl: Duration::from_secs(u64::from(core.ticket_ttl_seconds.max(1))),
+            shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", core.shutdown_grace_seconds)?,
+            runtime,
         })
+    }
+
+    /// Every default, and nothing from the environment.
+    pub fn defaults() -> Config {
+        let command = Config::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["backend"])
+            .expect("every setting has a default or is optional");
+        Config::from_arg_matches(&matches).expect("defaults fit the config")
+    }
+}
+
+/// The host name from `/etc/hostname`, when `HOSTNAME` is not set.
+fn etc_hostname() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "backend".to_owned())
+}
+
+impl Settings {
+    /// Settings built in code from the defaults, never from the environment.
+    pub fn builder() -> SettingsBuilder {
+        SettingsBuilder(Config::defaults())
+    }
+}
+
+/// Typed construction of [`Settings`]; [`SettingsBuilder::build`] validates as the binary does.
+#[derive(Debug, Clone)]
+pub struct SettingsBuilder(Config);
+
+impl SettingsBuilder {
+    pub fn redis_url(mut self, url: &str) -> Self {
+        self.0.core.redis_url = url.to_owned();
+        self
+    }
+
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.0.core.database_url = Some(url.to_owned());
+        self
+    }
+
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.0.core.redis_key_prefix = prefix.to_owned();
+        self
+    }
+
+    pub fn ticket_secret(mut self, secret: &str) -> Self {
+        self.0.core.ticket_secret = Some(secret.to_owned());
+        self
+    }
+
+    pub fn admin_token(mut self, token: &str) -> Self {
+        self.0.core.admin_token = Some(token.to_owned());
+        self
+    }
+
+    pub fn session_size(mut self, size: u32) -> Self {
+        self.0.core.session_size = size;
+        self
+    }
+
+    pub fn min_partial_session_size(mut self, size: u32) -> Self {
+        self.0.core.min_partial_session_size = size;
+        self
+    }
+
+    pub fn flush_wait_seconds(mut self, seconds: f64) -> Self {
+        self.0.core.flush_wait_seconds = seconds;
+        self
+    }
+
+    pub fn runtime(mut self, runtime: RuntimeKind) -> Self {
+        self.0.core.runtime = runtime;
+        self
+    }
+
+    pub fn game_server_bin(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.0.local.game_server_bin = binary.into();
+        self
+    }
+
+    /// The search path local game servers get (wrapper scripts need one).
+    pub fn game_server_path(mut self, path: impl Into<OsString>) -> Self {
+        self.0.local.path = Some(path.into());
+        self
+    }
+
+    pub fn server_ready_timeout_seconds(mut self, seconds: f64) -> Self {
+        self.0.core.server_ready_timeout_seconds = seconds;
+        self
+    }
+
+    pub fn shutdown_grace_seconds(mut self, seconds: f64) -> Self {
+        self.0.core.shutdown_grace_seconds = seconds;
+        self
+    }
+
+    pub fn instance_id(mut self, id: &str) -> Self {
+        self.0.core.instance_id = Some(id.to_owned());
+        self
+    }
+
+    pub fn public_address(mut self, host: &str, port: u16) -> Self {
+        self.0.core.public_host = host.to_owned();
+        self.0.core.public_port = port;
+        self
+    }
+
+    /// Validates, as the binary does.
+    pub fn build(self) -> Result<Settings, String> {
+        self.0.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_ignore_the_environment() {
+        let config = Config::defaults();
+        assert_eq!(config.core.session_size, 12);
+        assert_eq!(config.core.runtime, RuntimeKind::Local);
+        assert!(config.core.ticket_secret.is_none());
+    }
+
+    #[test]
+    fn only_the_chosen_runtime_is_validated() {
+        let base = Settings::builder().database_url("postgres://x/y").ticket_secret("s");
+        let mut broken_pods = base.clone();
+        broken_pods.0.kubernetes.game_server_node_selector = "no-equals-sign".into();
+        assert!(broken_pods.clone().runtime(RuntimeKind::Local).build().is_ok());
+        broken_pods.0.core.backend_internal_url = Some("http://backend:8081".into());
+        let err = broken_pods.runtime(RuntimeKind::Kubernetes).build().unwrap_err();
+        assert!(err.contains("GAME_SERVER_NODE_SELECTOR"), "{err}");
+        assert!(matches!(
+            base.runtime(RuntimeKind::None).build().unwrap().runtime,
+            RuntimeSettings::None
+        ));
+    }
 }

@@ -2,8 +2,9 @@
 //! player's status changes, and the replica supervising a session learns that it was ended
 //! elsewhere (an operator stop, or a result report received by another replica).
 //!
-//! Messages are `<kind> <session_id> <player,player,...>`; the state itself is always read
-//! back from Redis, so a lost message only delays a long poll until its periodic re-check.
+//! Messages are [`SessionEvent`]s, as the scripts write them to the outbox too; the state
+//! itself is always read back from Redis, so a lost message only delays a long poll until
+//! its periodic re-check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,25 +14,25 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
-use crate::supervisor::Supervisor;
+use crate::lifecycle::{Change, SessionEvent};
+use crate::sessions::Sessions;
 
 /// Players waiting in long polls on this replica.
 #[derive(Default)]
-pub struct Waiters {
+pub(crate) struct Waiters {
     map: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// A registration for one player's changes; removes itself when the last waiter leaves.
-pub struct Watch<'a> {
+pub(crate) struct Watch<'a> {
     waiters: &'a Waiters,
     player: String,
-    pub notify: Arc<Notify>,
+    pub(crate) notify: Arc<Notify>,
 }
 
 impl Waiters {
     /// Starts watching `player`.
-    pub fn watch(&self, player: &str) -> Watch<'_> {
+    pub(crate) fn watch(&self, player: &str) -> Watch<'_> {
         let notify = self.map.lock().unwrap().entry(player.to_owned()).or_default().clone();
         Watch {
             waiters: self,
@@ -41,7 +42,7 @@ impl Waiters {
     }
 
     /// Wakes everyone watching one of `players`.
-    pub fn wake<'p>(&self, players: impl IntoIterator<Item = &'p str>) {
+    pub(crate) fn wake<'p>(&self, players: impl IntoIterator<Item = &'p str>) {
         let map = self.map.lock().unwrap();
         for player in players {
             if let Some(notify) = map.get(player) {
@@ -51,7 +52,7 @@ impl Waiters {
     }
 
     /// Wakes every waiter (after missing messages, they re-check).
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         for notify in self.map.lock().unwrap().values() {
             notify.notify_waiters();
         }
@@ -69,12 +70,14 @@ impl Drop for Watch<'_> {
 }
 
 /// Listens on the events channel until `stop`, reconnecting with backoff.
-pub async fn listen(store: Store, waiters: Arc<Waiters>, supervisor: Supervisor, stop: CancellationToken) {
+pub(crate) async fn listen(sessions: Sessions, waiters: Arc<Waiters>, stop: CancellationToken) {
+    let store = sessions.store();
+    let channel = store.keys().events();
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let subscribed = async {
             let mut pubsub = store.client().get_async_pubsub().await?;
-            pubsub.subscribe(store.channel()).await?;
+            pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         let mut pubsub = match subscribed.await {
@@ -102,16 +105,16 @@ pub async fn listen(store: Store, waiters: Arc<Waiters>, supervisor: Supervisor,
                 tracing::warn!("events: subscription lost; reconnecting");
                 break;
             };
-            let Ok(payload) = message.get_payload::<String>() else {
-                continue;
+            let event = match SessionEvent::from_json(message.get_payload_bytes()) {
+                Ok(event) => event,
+                Err(e) => {
+                    tracing::warn!(error = %e, "events: a message that is no session event");
+                    continue;
+                }
             };
-            let mut parts = payload.splitn(3, ' ');
-            let (Some(kind), Some(sid)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            waiters.wake(parts.next().unwrap_or_default().split(','));
-            if kind == "ended" {
-                supervisor.ended_elsewhere(sid);
+            waiters.wake(event.players.iter().map(String::as_str));
+            if matches!(event.change, Change::Ended { .. }) {
+                sessions.ended_elsewhere(&event.session_id);
             }
         }
     }

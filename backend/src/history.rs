@@ -1,6 +1,6 @@
 //! Match history in PostgreSQL, written from the Redis outbox.
 //!
-//! The Redis scripts append every lifecycle change to the `P:outbox` stream in the same atomic
+//! The Redis scripts append every lifecycle change to the outbox stream in the same atomic
 //! step that makes it, so matching never waits for PostgreSQL and nothing is lost while it is
 //! down: a consumer group (one consumer per replica) reads the stream, applies batches in one
 //! transaction, and only then acknowledges and deletes the entries. Entries a dead replica had
@@ -8,18 +8,19 @@
 //! order or twice converge on the same rows.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use protocol::api::ResultReport;
 use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::lifecycle::{Change, SessionEvent};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -27,70 +28,48 @@ const GROUP: &str = "history";
 const BATCH: usize = 500;
 /// Entries another consumer has held this long without acknowledging are taken over.
 const CLAIM_IDLE_MS: usize = 30_000;
+/// How often the writer looks for entries abandoned by other replicas.
+const CLAIM_EVERY: Duration = Duration::from_secs(10);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The history writer and reader.
 #[derive(Clone)]
-pub struct History {
+pub(crate) struct History {
     pool: PgPool,
     store: Store,
     consumer: String,
-    healthy: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
 }
 
-/// One lifecycle event from the outbox.
+/// One outbox entry, decoded.
 #[derive(Debug, Clone)]
-struct Event {
+struct Entry {
     id: String,
-    kind: String,
     session_id: Uuid,
-    players: Vec<String>,
-    at: OffsetDateTime,
-    instance: Option<String>,
-    server: Option<String>,
-    reason: Option<String>,
-    report: Option<ResultReport>,
+    event: SessionEvent,
 }
 
 /// A row of a player's history.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PlayerMatch {
-    pub session_id: Uuid,
-    pub status: String,
-    pub players: Vec<String>,
-    pub server_name: Option<String>,
-    pub requested_seconds: Option<i32>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub started_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub ended_at: Option<OffsetDateTime>,
-    pub end_reason: Option<String>,
-    #[serde(with = "time::serde::rfc3339::option")]
+#[derive(Debug, Clone)]
+pub(crate) struct PlayerMatch {
+    pub row: MatchRow,
     pub joined_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
     pub left_at: Option<OffsetDateTime>,
 }
 
-/// A session's row, for operators.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MatchRow {
+/// A session's row.
+#[derive(Debug, Clone)]
+pub(crate) struct MatchRow {
     pub session_id: Uuid,
     pub status: String,
     pub players: Vec<String>,
     pub server_name: Option<String>,
     pub backend_instance: Option<String>,
     pub requested_seconds: Option<i32>,
-    #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
     pub ready_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
     pub started_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
     pub ended_at: Option<OffsetDateTime>,
     pub end_reason: Option<String>,
 }
@@ -99,10 +78,35 @@ fn from_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// Where the writer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Opening its Redis connection (and the consumer group).
+    Connect,
+    /// Bringing PostgreSQL's schema up to date.
+    Migrate,
+    /// Re-reading entries delivered to this consumer but not acknowledged (after a start, an
+    /// error or a failed batch).
+    OwnPending,
+    /// Reading new entries, taking over abandoned ones every [`CLAIM_EVERY`].
+    Follow,
+}
+
+/// The writer's state between steps.
+struct Writer {
+    history: History,
+    phase: Phase,
+    conn: Option<MultiplexedConnection>,
+    backoff: Duration,
+    last_claim: Instant,
+    /// Set once `stop` is cancelled: flush until the outbox is empty or this passes.
+    flush_until: Option<Instant>,
+}
+
 impl History {
     /// A writer for `database_url`. Connects lazily: the backend starts and matches even when
     /// PostgreSQL is down.
-    pub fn new(
+    pub(crate) fn new(
         database_url: &str,
         store: Store,
         consumer: &str,
@@ -116,173 +120,50 @@ impl History {
             pool,
             store,
             consumer: consumer.to_owned(),
-            healthy: Arc::new(AtomicBool::new(false)),
             metrics,
         })
     }
 
-    /// The pool, for readers.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Whether the last write (or migration) reached PostgreSQL.
-    pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
     /// Applies the migrations.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+    pub(crate) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
     }
 
     /// Checks PostgreSQL with a short timeout.
-    pub async fn ping(&self) -> bool {
-        let ok = matches!(
+    pub(crate) async fn ping(&self) -> bool {
+        matches!(
             tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&self.pool)).await,
             Ok(Ok(_))
-        );
-        if !ok {
-            self.healthy.store(false, Ordering::Relaxed);
-        }
-        ok
-    }
-
-    /// Events not yet written.
-    pub async fn backlog(&self) -> redis::RedisResult<u64> {
-        self.store.conn().xlen(self.store.key("outbox")).await
+        )
     }
 
     /// Moves outbox events into PostgreSQL until `stop` is cancelled; then keeps going until
     /// the outbox is empty or `flush_for` has passed.
-    pub async fn run_writer(self, stop: CancellationToken, flush_for: Duration) {
-        let mut backoff = Duration::from_millis(200);
-        let mut migrated = false;
-        let mut flush_deadline = None;
-        let mut conn = loop {
-            // Blocking reads wait up to 1 s: the response timeout must be longer.
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(Duration::from_secs(10)));
-            match self
-                .store
-                .client()
-                .get_multiplexed_async_connection_with_config(&config)
-                .await
-            {
-                Ok(conn) => break conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "history: cannot reach Redis; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+    pub(crate) async fn run_writer(self, stop: CancellationToken, flush_for: Duration) {
+        let mut writer = Writer {
+            history: self,
+            phase: Phase::Connect,
+            conn: None,
+            backoff: Duration::from_millis(200),
+            last_claim: Instant::now(),
+            flush_until: None,
         };
-        let outbox = self.store.key("outbox");
-        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&outbox, GROUP, "0").await;
-        if let Err(e) = created
-            && e.code() != Some("BUSYGROUP")
-        {
-            tracing::error!(error = %e, "history: cannot create the consumer group");
-        }
-        let mut own_pending_first = true;
-        let mut last_claim = tokio::time::Instant::now();
         loop {
-            if stop.is_cancelled() && flush_deadline.is_none() {
-                flush_deadline = Some(tokio::time::Instant::now() + flush_for);
+            if stop.is_cancelled() && writer.flush_until.is_none() {
+                writer.flush_until = Some(Instant::now() + flush_for);
             }
-            if flush_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            if writer.flush_until.is_some_and(|until| Instant::now() >= until) {
                 return;
             }
-            if !migrated {
-                match self.migrate().await {
-                    Ok(()) => {
-                        migrated = true;
-                        tracing::info!("history: migrations applied");
-                    }
-                    Err(e) => {
-                        self.healthy.store(false, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "history: PostgreSQL not ready; matchmaking goes on, history waits in the outbox");
-                        Self::pause(&stop, &mut backoff, flush_deadline.is_some()).await;
-                        continue;
-                    }
-                }
-            }
-            // Own unacknowledged entries first (after a restart or a failed batch), then
-            // entries abandoned by dead replicas, then new ones.
-            let block = if stop.is_cancelled() { None } else { Some(1000) };
-            let read = if own_pending_first {
-                self.read(&mut conn, "0", None).await
-            } else if last_claim.elapsed() > Duration::from_secs(10) {
-                last_claim = tokio::time::Instant::now();
-                self.claim(&mut conn).await
-            } else {
-                self.read(&mut conn, ">", block).await
-            };
-            let entries = match read {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::warn!(error = %e, "history: reading the outbox failed");
-                    // Entries may have been delivered to us before the error: read them again.
-                    own_pending_first = true;
-                    Self::pause(&stop, &mut backoff, flush_deadline.is_some()).await;
-                    continue;
-                }
-            };
-            if entries.is_empty() {
-                if own_pending_first {
-                    own_pending_first = false;
-                } else if stop.is_cancelled() {
-                    return;
-                }
-                continue;
-            }
-            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-            let events: Vec<Event> = entries.iter().filter_map(parse_event).collect();
-            match self.apply(&events).await {
-                Ok(()) => {
-                    let _: redis::RedisResult<()> = redis::pipe()
-                        .xack(&outbox, GROUP, &ids)
-                        .xdel(&outbox, &ids)
-                        .query_async(&mut conn)
-                        .await;
-                    self.metrics
-                        .history_written
-                        .fetch_add(events.len() as u64, Ordering::Relaxed);
-                    self.healthy.store(true, Ordering::Relaxed);
-                    backoff = Duration::from_millis(200);
-                }
-                Err(e) => {
-                    self.metrics.history_failures.fetch_add(1, Ordering::Relaxed);
-                    self.healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, events = events.len(), "history: write failed; will retry");
-                    own_pending_first = true;
-                    Self::pause(&stop, &mut backoff, flush_deadline.is_some()).await;
-                }
-            }
-        }
-    }
-
-    /// Sleeps the backoff (doubling, at most 5 s); cut short by `stop` unless already
-    /// flushing, when the flush deadline bounds the wait instead.
-    async fn pause(stop: &CancellationToken, backoff: &mut Duration, flushing: bool) {
-        let wait = *backoff;
-        *backoff = (*backoff * 2).min(Duration::from_secs(5));
-        if flushing {
-            tokio::time::sleep(wait).await;
-        } else {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = tokio::time::sleep(wait) => {}
+            if let Step::Done = writer.step(&stop).await {
+                return;
             }
         }
     }
 
     async fn read(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut MultiplexedConnection,
         from: &str,
         block: Option<usize>,
     ) -> redis::RedisResult<Vec<StreamId>> {
@@ -291,15 +172,15 @@ impl History {
             options = options.block(ms);
         }
         let reply: Option<StreamReadReply> = conn
-            .xread_options(&[self.store.key("outbox")], &[from], &options)
+            .xread_options(&[self.store.keys().outbox()], &[from], &options)
             .await?;
         Ok(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect())
     }
 
-    async fn claim(&self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<Vec<StreamId>> {
+    async fn claim(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<Vec<StreamId>> {
         let reply: redis::streams::StreamAutoClaimReply = conn
             .xautoclaim_options(
-                self.store.key("outbox"),
+                self.store.keys().outbox(),
                 GROUP,
                 &self.consumer,
                 CLAIM_IDLE_MS,
@@ -317,33 +198,15 @@ impl History {
     }
 
     /// Applies a batch in one transaction. If PostgreSQL rejects the data itself (not the
-    /// connection), applies the events one by one and parks any it keeps rejecting in the
-    /// `P:outbox:dead` stream, so one bad event cannot hold up the history for ever.
-    async fn apply(&self, events: &[Event]) -> Result<(), sqlx::Error> {
-        match self.apply_batch(events).await {
+    /// connection), applies the entries one by one and parks any it keeps rejecting in the
+    /// dead-letter stream, so one bad event cannot hold up the history for ever.
+    async fn apply(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
+        match self.apply_batch(entries).await {
             Err(sqlx::Error::Database(e)) => {
                 tracing::warn!(error = %e, "history: batch rejected; applying event by event");
-                for event in events {
-                    match self.apply_batch(std::slice::from_ref(event)).await {
-                        Err(sqlx::Error::Database(e)) => {
-                            tracing::error!(error = %e, id = %event.id, kind = %event.kind, "history: parking an event PostgreSQL rejects");
-                            let parked: redis::RedisResult<String> = self
-                                .store
-                                .conn()
-                                .xadd(
-                                    self.store.key("outbox:dead"),
-                                    "*",
-                                    &[
-                                        ("id", event.id.as_str()),
-                                        ("kind", &event.kind),
-                                        ("error", &e.to_string()),
-                                    ],
-                                )
-                                .await;
-                            if let Err(e) = parked {
-                                tracing::error!(error = %e, "history: cannot park the event");
-                            }
-                        }
+                for entry in entries {
+                    match self.apply_batch(std::slice::from_ref(entry)).await {
+                        Err(sqlx::Error::Database(e)) => self.park(entry, &e.to_string()).await,
                         other => other?,
                     }
                 }
@@ -353,19 +216,41 @@ impl History {
         }
     }
 
-    async fn apply_batch(&self, events: &[Event]) -> Result<(), sqlx::Error> {
+    async fn park(&self, entry: &Entry, error: &str) {
+        tracing::error!(error, id = %entry.id, kind = entry.event.change.kind(), "history: parking an event PostgreSQL rejects");
+        let event = serde_json::to_string(&entry.event).unwrap_or_default();
+        let parked: redis::RedisResult<String> = self
+            .store
+            .conn()
+            .xadd(
+                self.store.keys().outbox_dead(),
+                "*",
+                &[("id", entry.id.as_str()), ("event", &event), ("error", error)],
+            )
+            .await;
+        if let Err(e) = parked {
+            tracing::error!(error = %e, "history: cannot park the event");
+        }
+    }
+
+    async fn apply_batch(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        for event in events {
-            apply_event(&mut tx, event).await?;
+        for entry in entries {
+            apply_event(&mut tx, entry).await?;
         }
         tx.commit().await
     }
 
     /// A player's matches, newest first.
-    pub async fn player_matches(&self, player: &str, limit: i64, offset: i64) -> Result<Vec<PlayerMatch>, sqlx::Error> {
+    pub(crate) async fn player_matches(
+        &self,
+        player: &str,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<PlayerMatch>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT m.session_id, m.status, m.players, m.server_name, m.requested_seconds, m.created_at,
-                    m.started_at, m.ended_at, m.end_reason, mp.joined_at, mp.left_at
+            "SELECT m.session_id, m.status, m.players, m.server_name, m.backend_instance, m.requested_seconds,
+                    m.created_at, m.ready_at, m.started_at, m.ended_at, m.end_reason, mp.joined_at, mp.left_at
              FROM match_players mp JOIN matches m USING (session_id)
              WHERE mp.player_id = $1
              ORDER BY m.created_at DESC, m.session_id DESC
@@ -379,15 +264,7 @@ impl History {
         rows.iter()
             .map(|r| {
                 Ok(PlayerMatch {
-                    session_id: r.try_get("session_id")?,
-                    status: r.try_get("status")?,
-                    players: r.try_get("players")?,
-                    server_name: r.try_get("server_name")?,
-                    requested_seconds: r.try_get("requested_seconds")?,
-                    created_at: r.try_get("created_at")?,
-                    started_at: r.try_get("started_at")?,
-                    ended_at: r.try_get("ended_at")?,
-                    end_reason: r.try_get("end_reason")?,
+                    row: match_row(r)?,
                     joined_at: r.try_get("joined_at")?,
                     left_at: r.try_get("left_at")?,
                 })
@@ -396,7 +273,7 @@ impl History {
     }
 
     /// One session's row.
-    pub async fn session_row(&self, session_id: Uuid) -> Result<Option<MatchRow>, sqlx::Error> {
+    pub(crate) async fn session_row(&self, session_id: Uuid) -> Result<Option<MatchRow>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT session_id, status, players, server_name, backend_instance, requested_seconds, created_at,
                     ready_at, started_at, ended_at, end_reason
@@ -405,64 +282,200 @@ impl History {
         .bind(session_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(MatchRow {
-                session_id: r.try_get("session_id")?,
-                status: r.try_get("status")?,
-                players: r.try_get("players")?,
-                server_name: r.try_get("server_name")?,
-                backend_instance: r.try_get("backend_instance")?,
-                requested_seconds: r.try_get("requested_seconds")?,
-                created_at: r.try_get("created_at")?,
-                ready_at: r.try_get("ready_at")?,
-                started_at: r.try_get("started_at")?,
-                ended_at: r.try_get("ended_at")?,
-                end_reason: r.try_get("end_reason")?,
+        row.as_ref().map(match_row).transpose()
+    }
+}
+
+fn match_row(r: &sqlx::postgres::PgRow) -> Result<MatchRow, sqlx::Error> {
+    Ok(MatchRow {
+        session_id: r.try_get("session_id")?,
+        status: r.try_get("status")?,
+        players: r.try_get("players")?,
+        server_name: r.try_get("server_name")?,
+        backend_instance: r.try_get("backend_instance")?,
+        requested_seconds: r.try_get("requested_seconds")?,
+        created_at: r.try_get("created_at")?,
+        ready_at: r.try_get("ready_at")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        end_reason: r.try_get("end_reason")?,
+    })
+}
+
+/// What one step of the writer leads to.
+enum Step {
+    Continue,
+    Done,
+}
+
+impl Writer {
+    /// One step of the writer in its current phase.
+    async fn step(&mut self, stop: &CancellationToken) -> Step {
+        let history = &self.history;
+        match self.phase {
+            Phase::Connect => match connect(history).await {
+                Ok(conn) => {
+                    self.conn = Some(conn);
+                    self.phase = Phase::Migrate;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "history: cannot reach Redis; retrying");
+                    self.pause(stop).await;
+                }
+            },
+            Phase::Migrate => match history.migrate().await {
+                Ok(()) => {
+                    tracing::info!("history: migrations applied");
+                    self.phase = Phase::OwnPending;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "history: PostgreSQL not ready; matchmaking goes on, history waits in the outbox");
+                    self.pause(stop).await;
+                }
+            },
+            Phase::OwnPending | Phase::Follow => {
+                let Some(conn) = self.conn.as_mut() else {
+                    self.phase = Phase::Connect;
+                    return Step::Continue;
+                };
+                let read = if self.phase == Phase::OwnPending {
+                    history.read(conn, "0", None).await
+                } else if self.last_claim.elapsed() > CLAIM_EVERY {
+                    self.last_claim = Instant::now();
+                    history.claim(conn).await
+                } else {
+                    let block = if stop.is_cancelled() { None } else { Some(1000) };
+                    history.read(conn, ">", block).await
+                };
+                let entries = match read {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history: reading the outbox failed; reconnecting");
+                        // Entries may have been delivered to us before the error: the phases
+                        // after Connect read them again.
+                        self.conn = None;
+                        self.phase = Phase::Connect;
+                        self.pause(stop).await;
+                        return Step::Continue;
+                    }
+                };
+                if entries.is_empty() {
+                    if self.phase == Phase::OwnPending {
+                        self.phase = Phase::Follow;
+                    } else if stop.is_cancelled() {
+                        return Step::Done;
+                    }
+                    return Step::Continue;
+                }
+                if !self.write(&entries).await {
+                    self.phase = Phase::OwnPending;
+                    self.pause(stop).await;
+                }
+            }
+        }
+        Step::Continue
+    }
+
+    /// Applies `entries`, then acknowledges and deletes them; false when PostgreSQL failed
+    /// (the entries stay pending for this consumer).
+    async fn write(&mut self, entries: &[StreamId]) -> bool {
+        let history = &self.history;
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let decoded: Vec<Entry> = entries.iter().filter_map(decode).collect();
+        match history.apply(&decoded).await {
+            Ok(()) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    let outbox = history.store.keys().outbox();
+                    let _: redis::RedisResult<()> = redis::pipe()
+                        .xack(&outbox, GROUP, &ids)
+                        .xdel(&outbox, &ids)
+                        .query_async(conn)
+                        .await;
+                }
+                history.metrics.history_written(decoded.len());
+                self.backoff = Duration::from_millis(200);
+                true
+            }
+            Err(e) => {
+                history.metrics.history_failed();
+                tracing::warn!(error = %e, events = decoded.len(), "history: write failed; will retry");
+                false
+            }
+        }
+    }
+
+    /// Sleeps the backoff (doubling, at most 5 s); cut short by `stop` unless already
+    /// flushing, when the flush deadline bounds the wait instead.
+    async fn pause(&mut self, stop: &CancellationToken) {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+        if self.flush_until.is_some() {
+            tokio::time::sleep(wait).await;
+        } else {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// A connection of the writer's own (its blocking reads must not hold up others), and the
+/// consumer group, created if missing.
+async fn connect(history: &History) -> redis::RedisResult<MultiplexedConnection> {
+    // Blocking reads wait up to 1 s: the response timeout must be longer.
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    let mut conn = history
+        .store
+        .client()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let created: redis::RedisResult<()> = conn
+        .xgroup_create_mkstream(history.store.keys().outbox(), GROUP, "0")
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(conn),
+    }
+}
+
+/// Decodes an outbox entry; one that does not decode is logged and dropped.
+fn decode(entry: &StreamId) -> Option<Entry> {
+    let decoded = entry
+        .get::<Vec<u8>>("event")
+        .and_then(|raw| SessionEvent::from_json(&raw).ok())
+        .and_then(|event| {
+            Some(Entry {
+                id: entry.id.clone(),
+                session_id: Uuid::parse_str(&event.session_id).ok()?,
+                event,
             })
-        })
-        .transpose()
+        });
+    if decoded.is_none() {
+        tracing::error!(id = %entry.id, "history: dropping an outbox entry that does not decode");
     }
+    decoded
 }
 
-fn parse_event(entry: &StreamId) -> Option<Event> {
-    let field = |name: &str| -> Option<String> { entry.get::<String>(name).filter(|v| !v.is_empty()) };
-    let parsed = (|| {
-        let kind = field("kind")?;
-        let session_id = Uuid::parse_str(&field("sid")?).ok()?;
-        let players = field("players")
-            .unwrap_or_default()
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let at = from_ms(field("at")?.parse().ok()?);
-        let report = field("report").and_then(|r| serde_json::from_str(&r).ok());
-        Some(Event {
-            id: entry.id.clone(),
-            kind,
-            session_id,
-            players,
-            at,
-            instance: field("instance"),
-            server: field("server"),
-            reason: field("reason"),
-            report,
-        })
-    })();
-    if parsed.is_none() {
-        tracing::error!(id = %entry.id, "history: dropping an outbox entry that does not parse");
-    }
-    parsed
-}
-
-async fn apply_event(tx: &mut Transaction<'_, Postgres>, e: &Event) -> Result<(), sqlx::Error> {
-    let report = e.report.as_ref();
-    let (status, ready_at, ended_at, end_reason) = match e.kind.as_str() {
-        "formed" => ("allocating", None, None, None),
-        "ready" => ("matched", Some(e.at), None, None),
-        "ended" => ("ended", None, Some(e.at), e.reason.clone()),
-        // A report after the end only adds attendance: it must not decide the status.
-        _ => ("allocating", None, None, None),
+async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Result<(), sqlx::Error> {
+    let e = &entry.event;
+    let at = from_ms(e.at_ms);
+    // A report after the end only adds attendance: its status ranks lowest and decides nothing.
+    let (status, instance, server, ready_at, ended_at, end_reason, report) = match &e.change {
+        Change::Formed { instance } => ("allocating", Some(instance), None, None, None, None, None),
+        Change::Ready { server, .. } => ("matched", None, Some(server), Some(at), None, None, None),
+        Change::Ended { reason, report, .. } => (
+            "ended",
+            None,
+            None,
+            None,
+            Some(at),
+            Some(reason.as_str()),
+            report.as_ref(),
+        ),
+        Change::Reported { report } => ("allocating", None, None, None, None, None, Some(report)),
     };
     let requested = report
         .and_then(|r| r.requested_seconds)
@@ -483,12 +496,12 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, e: &Event) -> Result<()
            end_reason = COALESCE(matches.end_reason, EXCLUDED.end_reason),
            requested_seconds = COALESCE(matches.requested_seconds, EXCLUDED.requested_seconds)",
     )
-    .bind(e.session_id)
+    .bind(entry.session_id)
     .bind(status)
     .bind(&e.players)
-    .bind(&e.instance)
-    .bind(&e.server)
-    .bind(e.at)
+    .bind(instance)
+    .bind(server)
+    .bind(at)
     .bind(ready_at)
     .bind(report.and_then(|r| r.started_at))
     .bind(ended_at)
@@ -517,7 +530,7 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, e: &Event) -> Result<()
            joined_at = COALESCE(match_players.joined_at, EXCLUDED.joined_at),
            left_at = COALESCE(EXCLUDED.left_at, match_players.left_at)",
     )
-    .bind(e.session_id)
+    .bind(entry.session_id)
     .bind(&players)
     .bind(&joined)
     .bind(&left)

@@ -39,7 +39,7 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>) -> ExitCo
         eprintln!("backend: --session-id and --players must be ids of 1-128 characters of A-Z a-z 0-9 _ . : -");
         return ExitCode::from(2);
     }
-    let template = match config.pod_template() {
+    let template = match config.kubernetes.pod_template(&config.game) {
         Ok(template) => template,
         Err(e) => {
             eprintln!("backend: {e}");
@@ -47,11 +47,12 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>) -> ExitCo
         }
     };
     let internal = config
+        .core
         .backend_internal_url
         .clone()
         .unwrap_or_else(|| "http://matchplane-backend:8081".to_owned());
     // The backend signs a report token per session; without the secret, say where it goes.
-    let report_token = match config.ticket_secret.as_deref().map(protocol::TicketSecret::new) {
+    let report_token = match config.core.ticket_secret.as_deref().map(protocol::TicketSecret::new) {
         Some(Ok(secret)) => secret.mint(&protocol::Claims::report(
             session_id,
             protocol::ticket::unix_now(),
@@ -83,7 +84,7 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>) -> ExitCo
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match protocol::cli::parse("backend") {
+    let cli: Cli = match service::cli::parse("backend") {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -98,8 +99,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    protocol::telemetry::init("info,sqlx=warn");
-    protocol::cli::serve("backend", config.bind, |listener, shutdown| {
+    service::telemetry::init(&config.log, "info,sqlx=warn");
+    service::cli::serve("backend", config.core.bind, |listener, shutdown| {
         backend::run(listener, settings, shutdown)
     })
 }

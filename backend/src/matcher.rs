@@ -3,7 +3,6 @@
 //! joins. Forming is one atomic Redis script, so replicas never compete for a player.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -11,20 +10,18 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::store::{FormRules, Store, now_ms};
+use crate::sessions::Sessions;
 use crate::supervisor::Supervisor;
 
 /// How often partial sessions are checked for; bounds the extra wait past FLUSH_WAIT.
-pub const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(200);
 /// Sessions formed per script call; more are formed in further calls at once.
 const BATCH: usize = 64;
 
 /// One replica's matcher.
-pub struct Matcher {
-    pub store: Store,
+pub(crate) struct Matcher {
+    pub sessions: Sessions,
     pub supervisor: Supervisor,
-    pub rules: FormRules,
-    pub instance: String,
     /// The matcher waits while this replica supervises this many sessions.
     pub max_active: usize,
     pub metrics: Arc<Metrics>,
@@ -33,12 +30,10 @@ pub struct Matcher {
 }
 
 /// Forms sessions until `stop` is cancelled.
-pub async fn run(matcher: Matcher, stop: CancellationToken) {
+pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
     let Matcher {
-        store,
+        sessions,
         supervisor,
-        rules,
-        instance,
         max_active,
         metrics,
         wake,
@@ -61,7 +56,7 @@ pub async fn run(matcher: Matcher, stop: CancellationToken) {
             if room == 0 {
                 break;
             }
-            match store.form(&rules, now_ms(), &instance, room).await {
+            match sessions.form(room).await {
                 Ok(formed) => {
                     let full_batch = formed.len() == room;
                     for session in formed {
@@ -80,10 +75,8 @@ pub async fn run(matcher: Matcher, stop: CancellationToken) {
         }
         if last_depth.elapsed() >= Duration::from_secs(1) {
             last_depth = Instant::now();
-            if let Ok(depth) = store.queue_depth().await {
-                metrics
-                    .queue_depth
-                    .store(i64::try_from(depth).unwrap_or(i64::MAX), Ordering::Relaxed);
+            if let Ok(depth) = sessions.store().queue_depth().await {
+                metrics.set_queue_depth(depth);
             }
         }
     }

@@ -1,180 +1,238 @@
-//! Prometheus metrics, rendered in the text exposition format at `/metrics`.
+//! The backend's Prometheus metrics, exposed at `/metrics` through `prometheus-client`.
 //!
-//! A handful of counters, gauges and histograms, kept with atomics and short-held locks
-//! (never across an await), so recording costs nothing next to a Redis round trip.
+//! Counters and histograms are lock-free or hold a lock only to record; the per-state session
+//! gauges move only through [`service::metrics::GaugeGuard`]s, so they cannot drift.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-
-use protocol::prom::{Histogram, header, labeled_counter};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use protocol::api::EndReason;
+use service::metrics::{GaugeGuard, latency_histogram};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SizeLabel {
+    size: usize,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// What happened to a join, as `mp_joins_total` counts it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum JoinResult {
+    Queued,
+    AlreadyQueued,
+    InSession,
+    Cancelled,
+}
+
+/// A state of the sessions this replica supervises, as `mp_sessions` counts them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Supervised {
+    Allocating,
+    Matched,
+}
+
 /// Every metric the backend exports.
-#[derive(Default)]
-pub struct Metrics {
-    joins: Mutex<BTreeMap<&'static str, u64>>,
-    sessions_formed: Mutex<BTreeMap<usize, u64>>,
-    sessions_ended: Mutex<BTreeMap<&'static str, u64>>,
-    pub sessions_allocating: AtomicI64,
-    pub sessions_running: AtomicI64,
-    pub queue_depth: AtomicI64,
-    pub outbox_backlog: AtomicI64,
-    pub history_written: AtomicU64,
-    pub history_failures: AtomicU64,
-    join_to_matched: Mutex<Histogram>,
-    server_start: Mutex<Histogram>,
-    http: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+pub(crate) struct Metrics {
+    registry: Registry,
+    joins: Family<ResultLabel, Counter>,
+    sessions_formed: Family<SizeLabel, Counter>,
+    sessions_ended: Family<ReasonLabel, Counter>,
+    sessions: Family<StateLabel, Gauge>,
+    queue_depth: Gauge,
+    outbox_backlog: Gauge,
+    history_written: Counter,
+    history_failures: Counter,
+    join_to_matched: Histogram,
+    server_start: Histogram,
+    http: Family<HttpLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            joins: Family::default(),
+            sessions_formed: Family::default(),
+            sessions_ended: Family::default(),
+            sessions: Family::default(),
+            queue_depth: Gauge::default(),
+            outbox_backlog: Gauge::default(),
+            history_written: Counter::default(),
+            history_failures: Counter::default(),
+            join_to_matched: latency_histogram(),
+            server_start: latency_histogram(),
+            http: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        registry.register("mp_joins", "Join requests by result.", metrics.joins.clone());
+        registry.register(
+            "mp_sessions_formed",
+            "Sessions formed by this replica, by size.",
+            metrics.sessions_formed.clone(),
+        );
+        registry.register(
+            "mp_sessions_ended",
+            "Sessions ended through this replica, by reason.",
+            metrics.sessions_ended.clone(),
+        );
+        registry.register(
+            "mp_sessions",
+            "Sessions supervised by this replica, by state.",
+            metrics.sessions.clone(),
+        );
+        registry.register(
+            "mp_queue_depth",
+            "Players waiting in the queue (all replicas).",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "mp_history_outbox_backlog",
+            "History events not yet written to PostgreSQL.",
+            metrics.outbox_backlog.clone(),
+        );
+        registry.register(
+            "mp_history_events_written",
+            "History events written to PostgreSQL.",
+            metrics.history_written.clone(),
+        );
+        registry.register(
+            "mp_history_write_failures",
+            "Failed history write attempts (retried).",
+            metrics.history_failures.clone(),
+        );
+        registry.register(
+            "mp_join_to_matched_seconds",
+            "Time from a player's join to a ready server.",
+            metrics.join_to_matched.clone(),
+        );
+        registry.register(
+            "mp_server_start_seconds",
+            "Time for a game server to become ready.",
+            metrics.server_start.clone(),
+        );
+        registry.register(
+            "mp_http_request_duration_seconds",
+            "HTTP requests by method, route and status.",
+            metrics.http.clone(),
+        );
+        for state in [Supervised::Allocating, Supervised::Matched] {
+            drop(metrics.sessions.get_or_create(&StateLabel { state: state.label() }));
+        }
+        Metrics { registry, ..metrics }
+    }
+}
+
+impl JoinResult {
+    fn label(self) -> &'static str {
+        match self {
+            JoinResult::Queued => "queued",
+            JoinResult::AlreadyQueued => "already_queued",
+            JoinResult::InSession => "in_session",
+            JoinResult::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl Supervised {
+    fn label(self) -> &'static str {
+        match self {
+            Supervised::Allocating => "allocating",
+            Supervised::Matched => "matched",
+        }
+    }
 }
 
 impl Metrics {
     /// Counts a join by what happened to it.
-    pub fn join(&self, result: &'static str) {
-        *self.joins.lock().unwrap().entry(result).or_default() += 1;
+    pub(crate) fn join(&self, result: JoinResult) {
+        self.joins.get_or_create(&ResultLabel { result: result.label() }).inc();
     }
 
     /// Counts a formed session by its size.
-    pub fn session_formed(&self, size: usize) {
-        *self.sessions_formed.lock().unwrap().entry(size).or_default() += 1;
+    pub(crate) fn session_formed(&self, size: usize) {
+        self.sessions_formed.get_or_create(&SizeLabel { size }).inc();
     }
 
     /// Counts an ended session by reason.
-    pub fn session_ended(&self, reason: &'static str) {
-        *self.sessions_ended.lock().unwrap().entry(reason).or_default() += 1;
+    pub(crate) fn session_ended(&self, reason: EndReason) {
+        self.sessions_ended
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a supervised session as being in `state` while the guard lives.
+    pub(crate) fn supervised(&self, state: Supervised) -> GaugeGuard {
+        GaugeGuard::new(&self.sessions.get_or_create(&StateLabel { state: state.label() }))
+    }
+
+    pub(crate) fn set_queue_depth(&self, depth: u64) {
+        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn set_outbox_backlog(&self, backlog: u64) {
+        self.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn history_written(&self, events: usize) {
+        self.history_written.inc_by(events as u64);
+    }
+
+    pub(crate) fn history_failed(&self) {
+        self.history_failures.inc();
     }
 
     /// Records how long a player waited from join to a ready server.
-    pub fn join_to_matched(&self, waited: Duration) {
-        self.join_to_matched.lock().unwrap().observe(waited.as_secs_f64());
+    pub(crate) fn join_to_matched(&self, waited: Duration) {
+        self.join_to_matched.observe(waited.as_secs_f64());
     }
 
     /// Records how long a server took to become ready.
-    pub fn server_start(&self, took: Duration) {
-        self.server_start.lock().unwrap().observe(took.as_secs_f64());
+    pub(crate) fn server_start(&self, took: Duration) {
+        self.server_start.observe(took.as_secs_f64());
     }
 
     /// Records one HTTP request.
-    pub fn http(&self, method: &str, route: &str, status: u16, took: Duration) {
+    pub(crate) fn http(&self, method: &str, route: &str, status: u16, took: Duration) {
         self.http
-            .lock()
-            .unwrap()
-            .entry((method.to_owned(), route.to_owned(), status))
-            .or_default()
+            .get_or_create(&HttpLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
             .observe(took.as_secs_f64());
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        labeled_counter(
-            &mut out,
-            "mp_joins_total",
-            "Join requests by result.",
-            "result",
-            self.joins.lock().unwrap().iter().map(|(k, n)| (k, *n)),
-        );
-        labeled_counter(
-            &mut out,
-            "mp_sessions_formed_total",
-            "Sessions formed by this replica, by size.",
-            "size",
-            self.sessions_formed.lock().unwrap().iter().map(|(k, n)| (k, *n)),
-        );
-        labeled_counter(
-            &mut out,
-            "mp_sessions_ended_total",
-            "Sessions ended through this replica, by reason.",
-            "reason",
-            self.sessions_ended.lock().unwrap().iter().map(|(k, n)| (k, *n)),
-        );
-        header(
-            &mut out,
-            "mp_sessions",
-            "gauge",
-            "Sessions supervised by this replica, by state.",
-        );
-        let _ = writeln!(
-            out,
-            "mp_sessions{{state=\"allocating\"}} {}",
-            self.sessions_allocating.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "mp_sessions{{state=\"matched\"}} {}",
-            self.sessions_running.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "mp_queue_depth",
-            "gauge",
-            "Players waiting in the queue (all replicas).",
-        );
-        let _ = writeln!(out, "mp_queue_depth {}", self.queue_depth.load(Ordering::Relaxed));
-        header(
-            &mut out,
-            "mp_history_outbox_backlog",
-            "gauge",
-            "History events not yet written to PostgreSQL.",
-        );
-        let _ = writeln!(
-            out,
-            "mp_history_outbox_backlog {}",
-            self.outbox_backlog.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "mp_history_events_written_total",
-            "counter",
-            "History events written to PostgreSQL.",
-        );
-        let _ = writeln!(
-            out,
-            "mp_history_events_written_total {}",
-            self.history_written.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "mp_history_write_failures_total",
-            "counter",
-            "Failed history write attempts (retried).",
-        );
-        let _ = writeln!(
-            out,
-            "mp_history_write_failures_total {}",
-            self.history_failures.load(Ordering::Relaxed)
-        );
-        header(
-            &mut out,
-            "mp_join_to_matched_seconds",
-            "histogram",
-            "Time from a player's join to a ready server.",
-        );
-        self.join_to_matched
-            .lock()
-            .unwrap()
-            .render(&mut out, "mp_join_to_matched_seconds", "");
-        header(
-            &mut out,
-            "mp_server_start_seconds",
-            "histogram",
-            "Time for a game server to become ready.",
-        );
-        self.server_start
-            .lock()
-            .unwrap()
-            .render(&mut out, "mp_server_start_seconds", "");
-        header(
-            &mut out,
-            "mp_http_request_duration_seconds",
-            "histogram",
-            "HTTP requests by method, route and status.",
-        );
-        for ((method, route, status), h) in self.http.lock().unwrap().iter() {
-            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
-            h.render(&mut out, "mp_http_request_duration_seconds", &labels);
-        }
-        out
+    pub(crate) fn render(&self) -> String {
+        service::metrics::render(&self.registry)
     }
 }
 
@@ -183,15 +241,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_cumulative_buckets() {
+    fn renders_counters_gauges_and_cumulative_buckets() {
         let m = Metrics::default();
-        m.join("queued");
-        m.join("queued");
+        m.join(JoinResult::Queued);
+        m.join(JoinResult::Queued);
         m.server_start(Duration::from_millis(3));
         m.server_start(Duration::from_secs(2));
+        let guard = m.supervised(Supervised::Allocating);
         let text = m.render();
-        assert!(text.contains("mp_joins_total{result=\"queued\"} 2"));
-        assert!(text.contains("mp_server_start_seconds_bucket{le=\"+Inf\"} 2"));
-        assert!(text.contains("mp_server_start_seconds_count 2"));
+        assert!(text.contains("mp_joins_total{result=\"queued\"} 2"), "{text}");
+        assert!(text.contains("mp_server_start_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
+        assert!(text.contains("mp_server_start_seconds_count 2"), "{text}");
+        assert!(text.contains("mp_sessions{state=\"allocating\"} 1"), "{text}");
+        drop(guard);
+        assert!(m.render().contains("mp_sessions{state=\"allocating\"} 0"));
     }
 }

@@ -11,11 +11,13 @@ async fn backend() -> (Backend, String) {
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
     (
-        Backend::start(settings(
-            &prefix,
-            &db,
-            &["--session-size", "4", "--flush-wait-seconds", "600"],
-        ))
+        Backend::start(
+            settings(&prefix, &db)
+                .session_size(4)
+                .flush_wait_seconds(600.0)
+                .build()
+                .unwrap(),
+        )
         .await,
         prefix,
     )

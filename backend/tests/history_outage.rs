@@ -18,16 +18,14 @@ async fn history_survives_a_postgres_outage_and_a_backend_restart() {
     let target: std::net::SocketAddr = host_part.rsplit_once('@').unwrap().1.parse().unwrap();
     let plug = Plug::new(target).await;
     let through_plug = format!("postgres://mp@{}/{name}", plug.addr);
-    let extra = [
-        "--instance-id",
-        "outage-replica",
-        "--session-size",
-        "4",
-        "--flush-wait-seconds",
-        "600",
-    ];
+    let settings = settings(&prefix, &through_plug)
+        .instance_id("outage-replica")
+        .session_size(4)
+        .flush_wait_seconds(600.0)
+        .build()
+        .unwrap();
 
-    let backend = Backend::start(settings(&prefix, &through_plug, &extra)).await;
+    let backend = Backend::start(settings.clone()).await;
     plug.unplug();
     for i in 0..8 {
         backend.http.join(&format!("o-{i}")).await;
@@ -49,7 +47,7 @@ async fn history_survives_a_postgres_outage_and_a_backend_restart() {
 
     // The replica restarts while PostgreSQL is still away.
     backend.stop().await;
-    let backend = Backend::start(settings(&prefix, &through_plug, &extra)).await;
+    let backend = Backend::start(settings.clone()).await;
     for i in 8..12 {
         backend.http.join(&format!("o-{i}")).await;
     }

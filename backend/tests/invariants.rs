@@ -33,15 +33,13 @@ async fn three_replicas_three_thousand_players() {
     let mut backends = Vec::new();
     for i in 0..3 {
         let instance = format!("replica-{i}");
-        let extra = [
-            "--instance-id",
-            instance.as_str(),
-            "--flush-wait-seconds",
-            "1",
-            "--session-size",
-            "12",
-        ];
-        backends.push(Backend::start(settings(&prefix, &db, &extra)).await);
+        let settings = settings(&prefix, &db)
+            .instance_id(&instance)
+            .flush_wait_seconds(1.0)
+            .session_size(12)
+            .build()
+            .unwrap();
+        backends.push(Backend::start(settings).await);
     }
     let https: Vec<_> = backends.iter().map(|b| b.http.clone()).collect();
 
@@ -113,16 +111,11 @@ async fn three_replicas_three_thousand_players() {
     assert_eq!(queued, leftover as usize);
 
     // Invariant 2 and the flush rule, from each session's own record.
-    let mut conn = store.conn();
     let mut seen = HashSet::new();
     for (sid, players) in &by_session {
-        let (created, joined, listed): (i64, String, String) = redis::cmd("HMGET")
-            .arg(store.key(&format!("s:{sid}")))
-            .arg(&["created_ms", "joined", "players"])
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let listed: Vec<&str> = listed.split(',').collect();
+        let record = store.session(sid).await.unwrap().expect("the ended record is kept");
+        let (created, joined) = (record.created_ms, &record.joined_ms);
+        let listed: Vec<&str> = record.players.iter().map(String::as_str).collect();
         assert!(
             (MIN_PARTIAL..=SIZE).contains(&listed.len()),
             "session {sid} has {} players",
@@ -137,7 +130,7 @@ async fn three_replicas_three_thousand_players() {
             assert!(seen.insert(p.to_string()), "{p} is in two sessions");
         }
         if listed.len() < SIZE {
-            let oldest = joined.split(',').map(|j| j.parse::<i64>().unwrap()).min().unwrap();
+            let oldest = *joined.iter().min().unwrap();
             assert!(
                 created - oldest >= FLUSH_MS,
                 "partial session {sid} formed {} ms after its oldest join",

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use backend::runtime::kubernetes::{KubernetesRuntime, PodTemplate, pod_name, reaper, reconcile, render_pod};
 use backend::runtime::{ServerSpec, SessionRuntime, StartError};
-use backend::store::{FormRules, PlayerView, SessionState, now_ms};
+use backend::sessions::Sessions;
+use backend::store::{FormRules, PlayerView, now_ms};
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::Pod;
 use kube::client::Body;
+use protocol::sessions::SessionState;
 use serde_json::{Value, json};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -248,6 +250,17 @@ async fn a_forbidden_create_fails_at_once() {
     assert!(matches!(started.await.unwrap(), Err(StartError::Spawn(why)) if why.contains("Forbidden")));
 }
 
+/// The sessions service the runtime reports to, over a fresh prefix of the test Redis.
+async fn sessions() -> (Sessions, backend::store::Store) {
+    let store = common::store().await;
+    let rules = FormRules {
+        size: 12,
+        min_partial: 2,
+        flush_wait_ms: 15_000,
+    };
+    (Sessions::standalone(store.clone(), "replica-a", rules), store)
+}
+
 async fn live_session(store: &backend::store::Store, players: &[&str]) -> String {
     for p in players {
         store.join(p, now_ms() - 60_000).await.unwrap();
@@ -264,7 +277,7 @@ async fn live_session(store: &backend::store::Store, players: &[&str]) -> String
 
 #[tokio::test]
 async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphaned_pods() {
-    let store = common::store().await;
+    let (sessions, store) = sessions().await;
     let finished = live_session(&store, &["r1", "r2"]).await;
     store
         .mark_ready(&finished, &pod_name(&finished), "10.0.0.1:7777", now_ms())
@@ -276,7 +289,7 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
         .await
         .unwrap();
     store
-        .end_session(&stopped, protocol::api::EndReason::Stopped, now_ms(), false, None)
+        .end_session(&stopped, protocol::api::EndReason::Stopped, now_ms(), None)
         .await
         .unwrap();
 
@@ -284,7 +297,7 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
     let stop = CancellationToken::new();
     let task = tokio::spawn(reaper(
         kube::Api::<Pod>::namespaced(client, NS),
-        store.clone(),
+        sessions.clone(),
         Duration::ZERO,
         stop.clone(),
     ));
@@ -321,10 +334,10 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
     want.sort();
     assert_eq!(deleted, want);
     match store.player("r1").await.unwrap() {
-        PlayerView::InSession(view) => {
-            assert_eq!(view.state, SessionState::Ended);
+        PlayerView::InSession { record, .. } => {
+            assert_eq!(record.state, SessionState::Ended);
             assert_eq!(
-                view.end_reason,
+                record.end_reason,
                 Some(protocol::api::EndReason::Failed),
                 "finished without a report"
             );
@@ -332,8 +345,8 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
         other => panic!("{other:?}"),
     }
     match store.player("r3").await.unwrap() {
-        PlayerView::InSession(view) => assert_eq!(
-            view.end_reason,
+        PlayerView::InSession { record, .. } => assert_eq!(
+            record.end_reason,
             Some(protocol::api::EndReason::Stopped),
             "first end wins"
         ),
@@ -346,15 +359,15 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
 
 #[tokio::test]
 async fn reconcile_deletes_orphan_pods_and_fails_sessions_without_a_pod() {
-    let store = common::store().await;
+    let (sessions, store) = sessions().await;
     let with_pod = live_session(&store, &["c1", "c2"]).await;
     let without_pod = live_session(&store, &["c3", "c4"]).await;
     let orphan = "0a0a0a0a-0000-4000-8000-00000000dead";
     let (client, mut api) = mock();
     let pods = kube::Api::<Pod>::namespaced(client, NS);
     let task = tokio::spawn({
-        let store = store.clone();
-        async move { reconcile(&pods, &store, Duration::from_secs(1)).await.unwrap() }
+        let sessions = sessions.clone();
+        async move { reconcile(&pods, &sessions, Duration::from_secs(1)).await.unwrap() }
     });
     let (call, reply) = next(&mut api).await;
     assert_eq!(call.method, Method::GET);

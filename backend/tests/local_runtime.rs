@@ -1,27 +1,28 @@
 //! The `local` runtime with the real game-server binary: full matches end to end, and
-//! servers that fail to start (DESIGN §5 invariant 4).
+//! servers that fail to start (invariant 4).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Backend, GameClient, built_binary, eventually, settings};
+use backend::config::SettingsBuilder;
+use common::{Backend, GameClient, built_binary, eventually, local_settings};
 use protocol::{GameState, ServerReply};
 use sqlx::Row;
 
-/// A backend with the local runtime and the real game-server; returns it and its database.
-async fn local_backend(extra: &[&str]) -> (Backend, String) {
+/// A backend with the local runtime and the real game-server, with `adjust` applied to its
+/// settings; returns it and its database.
+async fn local_backend(adjust: impl FnOnce(SettingsBuilder) -> SettingsBuilder) -> (Backend, String) {
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
     let bin = built_binary("game-server");
-    let mut args = vec!["--runtime", "local", "--game-server-bin", bin.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    (Backend::start(settings(&prefix, &db, &args)).await, db)
+    let settings = adjust(local_settings(&prefix, &db, &bin)).build().unwrap();
+    (Backend::start(settings).await, db)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_four_players_play_two_sessions_to_the_end() {
-    let (backend, db) = local_backend(&["--flush-wait-seconds", "600"]).await;
+    let (backend, db) = local_backend(|s| s.flush_wait_seconds(600.0)).await;
     let http = backend.http.clone();
     let players: Vec<String> = (0..24).map(|i| format!("e2e-{i:02}")).collect();
     for p in &players {
@@ -118,29 +119,19 @@ fn fake_server(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     path
 }
 
-async fn failed_start_requeues_at_the_head(script: &str, ready_timeout: &str) {
+async fn failed_start_requeues_at_the_head(script: &str, ready_timeout: f64) {
     let dir = std::env::temp_dir().join(format!("mp-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = fake_server(&dir, &script.replace("DIR", dir.to_str().unwrap()));
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
-    let backend = Backend::start(settings(
-        &prefix,
-        &db,
-        &[
-            "--runtime",
-            "local",
-            "--game-server-bin",
-            bin.to_str().unwrap(),
-            "--session-size",
-            "2",
-            "--flush-wait-seconds",
-            "600",
-            "--server-ready-timeout-seconds",
-            ready_timeout,
-        ],
-    ))
-    .await;
+    let settings = local_settings(&prefix, &db, &bin)
+        .session_size(2)
+        .flush_wait_seconds(600.0)
+        .server_ready_timeout_seconds(ready_timeout)
+        .build()
+        .unwrap();
+    let backend = Backend::start(settings).await;
     let http = backend.http.clone();
     for p in ["first", "second", "third"] {
         http.join(p).await;
@@ -179,25 +170,18 @@ async fn failed_start_requeues_at_the_head(script: &str, ready_timeout: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_exits_at_once_fails_and_requeues() {
-    failed_start_requeues_at_the_head("exit 3", "10").await;
+    failed_start_requeues_at_the_head("exit 3", 10.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_listens_times_out_and_requeues() {
-    failed_start_requeues_at_the_head("echo $$ > DIR/pid.$$\nexec sleep 60", "1").await;
+    failed_start_requeues_at_the_head("echo $$ > DIR/pid.$$\nexec sleep 60", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
-    let (backend, db) = local_backend(&[
-        "--session-size",
-        "2",
-        "--flush-wait-seconds",
-        "600",
-        "--shutdown-grace-seconds",
-        "1",
-    ])
-    .await;
+    let (backend, db) =
+        local_backend(|s| s.session_size(2).flush_wait_seconds(600.0).shutdown_grace_seconds(1.0)).await;
     let http = backend.http.clone();
     http.join("s1").await;
     http.join("s2").await;

@@ -2,8 +2,9 @@
 
 mod common;
 
-use backend::store::{CancelOutcome, EndOutcome, FormRules, JoinOutcome, PlayerView, SessionState};
+use backend::store::{CancelOutcome, EndOutcome, FormRules, JoinOutcome, PlayerView, ReadyOutcome};
 use protocol::api::EndReason;
+use protocol::sessions::SessionState;
 
 const RULES: FormRules = FormRules {
     size: 12,
@@ -38,9 +39,10 @@ async fn joins_are_idempotent_and_full_sessions_form_in_join_order() {
     assert_eq!(store.queued_players().await.unwrap(), vec!["p24"]);
 
     match store.join("p03", T0 + 200).await.unwrap() {
-        JoinOutcome::InSession { session_id, state } => {
+        JoinOutcome::InSession { session_id, record } => {
             assert_eq!(session_id, formed[0].session_id);
-            assert_eq!(state, SessionState::Allocating);
+            assert_eq!(record.state, SessionState::Allocating);
+            assert_eq!(record.players, first, "the join answers with the whole record");
         }
         other => panic!("{other:?}"),
     }
@@ -88,10 +90,10 @@ async fn a_failed_start_requeues_at_the_head_in_order_keeping_join_times() {
     assert_eq!(formed[0].players, vec!["a", "b"]);
     store.join("d", T0 + 20).await.unwrap();
     let outcome = store
-        .end_session(&formed[0].session_id, EndReason::Failed, T0 + 30, true, None)
+        .end_session(&formed[0].session_id, EndReason::Failed, T0 + 30, None)
         .await
         .unwrap();
-    assert_eq!(outcome, EndOutcome::Requeued);
+    assert_eq!(outcome, EndOutcome::Ended { requeued: true });
     assert_eq!(store.queued_players().await.unwrap(), vec!["a", "b", "c", "d"]);
     assert_eq!(store.player("a").await.unwrap(), PlayerView::Queued);
     // Their original join times count: with a short flush they form again at once.
@@ -108,35 +110,41 @@ async fn a_session_ends_once_and_players_may_join_again() {
     store.join("a", T0).await.unwrap();
     store.join("b", T0).await.unwrap();
     let sid = store.form(&rules, T0, "i1", 1).await.unwrap()[0].session_id.clone();
-    assert!(store.mark_ready(&sid, "srv", "127.0.0.1:1", T0 + 5).await.unwrap());
+    assert_eq!(
+        store.mark_ready(&sid, "srv", "127.0.0.1:1", T0 + 5).await.unwrap(),
+        ReadyOutcome::Ready
+    );
     match store.player("a").await.unwrap() {
-        PlayerView::InSession(view) => {
-            assert_eq!(view.state, SessionState::Matched);
-            assert_eq!(view.addr.as_deref(), Some("127.0.0.1:1"));
+        PlayerView::InSession { record, .. } => {
+            assert_eq!(record.state, SessionState::Matched);
+            assert_eq!(record.route(), Some("127.0.0.1:1"));
         }
         other => panic!("{other:?}"),
     }
     assert_eq!(store.live_sessions().await.unwrap().len(), 1);
     assert_eq!(
-        store
-            .end_session(&sid, EndReason::Stopped, T0 + 9, false, None)
-            .await
-            .unwrap(),
-        EndOutcome::Ended
+        store.end_session(&sid, EndReason::Stopped, T0 + 9, None).await.unwrap(),
+        EndOutcome::Ended { requeued: false }
     );
     assert_eq!(
         store
-            .end_session(&sid, EndReason::Completed, T0 + 10, false, Some("{}"))
+            .end_session(&sid, EndReason::Completed, T0 + 10, Some("{}"))
             .await
             .unwrap(),
-        EndOutcome::AlreadyEnded
+        EndOutcome::AlreadyEnded {
+            reason: Some(EndReason::Stopped)
+        }
     );
-    assert!(!store.mark_ready(&sid, "srv", "x", T0 + 11).await.unwrap());
+    assert_eq!(
+        store.mark_ready(&sid, "srv", "x", T0 + 11).await.unwrap(),
+        ReadyOutcome::NotAllocating
+    );
     assert!(store.live_sessions().await.unwrap().is_empty());
     match store.player("b").await.unwrap() {
-        PlayerView::InSession(view) => {
-            assert_eq!(view.state, SessionState::Ended);
-            assert_eq!(view.end_reason, Some(EndReason::Stopped), "first reason wins");
+        PlayerView::InSession { record, .. } => {
+            assert_eq!(record.state, SessionState::Ended);
+            assert_eq!(record.end_reason, Some(EndReason::Stopped), "first reason wins");
+            assert!(record.reported, "the late report is recorded");
         }
         other => panic!("{other:?}"),
     }
@@ -146,9 +154,57 @@ async fn a_session_ends_once_and_players_may_join_again() {
     );
     assert_eq!(
         store
-            .end_session("no-such-session", EndReason::Stopped, T0, false, None)
+            .end_session("no-such-session", EndReason::Stopped, T0, None)
             .await
             .unwrap(),
         EndOutcome::Unknown
     );
+}
+
+#[tokio::test]
+async fn only_a_failure_while_allocating_requeues() {
+    let store = common::store().await;
+    let rules = FormRules { size: 2, ..RULES };
+    let form = async |players: [&str; 2], at: i64| {
+        for p in players {
+            store.join(p, at).await.unwrap();
+        }
+        store.form(&rules, at, "i1", 1).await.unwrap().remove(0).session_id
+    };
+    let dry = form(["d1", "d2"], T0).await;
+    let stopped = form(["s1", "s2"], T0 + 1).await;
+    let matched = form(["m1", "m2"], T0 + 2).await;
+    store.mark_ready(&matched, "srv", "127.0.0.1:1", T0 + 3).await.unwrap();
+    for (sid, reason) in [
+        (&dry, EndReason::DryRun),
+        (&stopped, EndReason::Stopped),
+        (&matched, EndReason::Failed),
+    ] {
+        assert_eq!(
+            store.end_session(sid, reason, T0 + 4, None).await.unwrap(),
+            EndOutcome::Ended { requeued: false },
+            "{reason}"
+        );
+    }
+    assert!(store.queued_players().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ended_records_and_pointers_are_pruned_after_the_retention() {
+    let store = common::store().await;
+    let rules = FormRules { size: 2, ..RULES };
+    let mut sids = Vec::new();
+    for (players, at) in [(["a", "b"], T0), (["c", "d"], T0 + 3_600_001)] {
+        for p in players {
+            store.join(p, at).await.unwrap();
+        }
+        let sid = store.form(&rules, at, "i1", 1).await.unwrap().remove(0).session_id;
+        store.end_session(&sid, EndReason::Stopped, at, None).await.unwrap();
+        sids.push(sid);
+    }
+    // The second end, an hour and a bit later, forgot the first session.
+    assert_eq!(store.session(&sids[0]).await.unwrap(), None);
+    assert_eq!(store.player("a").await.unwrap(), PlayerView::Unknown);
+    assert!(store.session(&sids[1]).await.unwrap().is_some());
+    assert!(matches!(store.player("c").await.unwrap(), PlayerView::InSession { .. }));
 }

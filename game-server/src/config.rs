@@ -67,6 +67,8 @@ pub struct Config {
     /// SIGKILL) takes its servers with it.
     #[arg(long, env = "EXIT_ON_STDIN_CLOSE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub exit_on_stdin_close: bool,
+    #[command(flatten)]
+    pub log: service::telemetry::LogArgs,
 }
 
 /// Validated settings, ready for [`crate::run`].

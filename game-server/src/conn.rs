@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::{Audience, ClientCommand, CodecError, ErrorCode, LineCodec, ServerReply, TicketError, TicketSecret};
+use protocol::{Audience, ClientCommand, CodecError, ErrorCode, LineCodec, ServerReply, TicketSecret};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -28,14 +28,6 @@ pub struct ConnContext {
     pub join_timeout: Duration,
     pub write_timeout: Duration,
     pub outbound_queue: usize,
-}
-
-/// Maps a ticket refusal to the protocol's error code.
-pub fn ticket_error_code(error: &TicketError) -> ErrorCode {
-    match error {
-        TicketError::Expired => ErrorCode::ExpiredTicket,
-        _ => ErrorCode::BadTicket,
-    }
 }
 
 /// Serves one connection until it closes, the match closes it, or `shutdown` is cancelled.
@@ -169,7 +161,7 @@ where
         .verify(&ticket, Audience::Game, protocol::ticket::unix_now())
         .map_err(|e| {
             tracing::info!(error = %e, "ticket refused");
-            Some(ticket_error_code(&e))
+            Some(ErrorCode::from(&e))
         })?;
     if claims.sid != ctx.session_id {
         return Err(Some(ErrorCode::WrongSession));

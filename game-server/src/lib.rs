@@ -105,7 +105,11 @@ impl Admission {
             }
             Err(_) => {
                 // Best effort, never waits: the socket is closed right after.
-                let _ = stream.try_write(b"ERROR server_full\n");
+                let _ = stream.try_write(
+                    protocol::ServerReply::Error(protocol::ErrorCode::ServerFull)
+                        .line()
+                        .as_bytes(),
+                );
             }
         }
     }

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let config: Config = match protocol::cli::parse("game-server") {
+    let config: Config = match service::cli::parse("game-server") {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    protocol::telemetry::init("info");
+    service::telemetry::init(&config.log, "info");
 
     // One session needs one thread: a single-threaded runtime keeps memory and start-up small.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             }
         }
         let shutdown = CancellationToken::new();
-        tokio::spawn(protocol::cli::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(service::cli::cancel_on_signal(shutdown.clone()));
         if config.exit_on_stdin_close {
             tokio::spawn(cancel_on_stdin_close(shutdown.clone()));
         }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use protocol::sessions::{SessionRecord, SessionState};
 use protocol::{Claims, TicketSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -263,18 +264,25 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
     let sid = format!("bench-proxy-{}", std::process::id());
     let client = redis::Client::open(args.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let key = protocol::sessions::session_key(&args.redis_key_prefix, &sid);
+    // A matched session whose server is the echo server, recorded as the backend records one.
+    let record = SessionRecord {
+        state: SessionState::Matched,
+        players: vec!["bench".into()],
+        joined_ms: vec![0],
+        created_ms: 0,
+        instance: "bench-proxy".into(),
+        server: Some("echo".into()),
+        addr: Some(echo.to_string()),
+        ready_ms: None,
+        ended_ms: None,
+        end_reason: None,
+        reported: false,
+    };
+    let key = protocol::sessions::sessions_key(&args.redis_key_prefix);
     redis::cmd("HSET")
         .arg(&key)
-        .arg("state")
-        .arg(protocol::sessions::STATE_MATCHED)
-        .arg("addr")
-        .arg(echo.to_string())
-        .query_async::<()>(&mut conn)
-        .await?;
-    redis::cmd("EXPIRE")
-        .arg(&key)
-        .arg(3600)
+        .arg(&sid)
+        .arg(serde_json::to_string(&record)?)
         .query_async::<()>(&mut conn)
         .await?;
     let ticket = secret.mint(&Claims::game("bench", &sid, protocol::ticket::unix_now(), 3600));
@@ -303,6 +311,11 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
             path: name.to_owned(),
         });
     }
+    redis::cmd("HDEL")
+        .arg(&key)
+        .arg(&sid)
+        .query_async::<()>(&mut conn)
+        .await?;
     Ok(results)
 }
 

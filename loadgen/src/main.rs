@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: service::telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -23,7 +25,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    protocol::telemetry::init("warn");
+    service::telemetry::init(&cli.log, "warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

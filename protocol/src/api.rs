@@ -1,5 +1,6 @@
-//! Bodies of the HTTP API (DESIGN §4) and of the game server's result report, shared by the
-//! backend that serves them and the clients (loadgen, game-server, tests) that send them.
+//! A typed body for every request and response of the HTTP API, and the game server's result
+//! report, shared by the backend that serves them and the clients (proxy, loadgen, game-server,
+//! tests) that send or read them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -67,7 +68,7 @@ impl ErrorBody {
     }
 }
 
-/// Why a session ended (DESIGN §5).
+/// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
@@ -157,6 +158,149 @@ pub struct PlayerResult {
     /// when the session stopped (then it left at `ended_at`).
     #[serde(with = "time::serde::rfc3339::option")]
     pub left_at: Option<OffsetDateTime>,
+}
+
+/// A session as `GET /sessions/{id}` and `GET /sessions/active` show it, and as each row of a
+/// player's history does: one shape whether the session is live (read from Redis) or over
+/// (read from the PostgreSQL history). Fields a source does not know are `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub session_id: String,
+    /// `allocating`, `matched` or `ended`.
+    pub status: MatchStatus,
+    pub players: Vec<String>,
+    /// The backend replica that formed it.
+    pub instance: Option<String>,
+    /// The game server's name (a Pod, or `local-<pid>`).
+    pub server: Option<String>,
+    /// The game server's `ip:port`, while the session is live.
+    pub addr: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When its server became ready.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ready_at: Option<OffsetDateTime>,
+    /// When the match started, as the server reported it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    pub end_reason: Option<EndReason>,
+    /// The running length a client asked for, as the server reported it.
+    pub requested_seconds: Option<u64>,
+}
+
+/// `GET /sessions/active`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveSessions {
+    pub count: usize,
+    /// Oldest first.
+    pub sessions: Vec<SessionView>,
+}
+
+/// One row of `GET /players/{id}/matches`: the session, and this player's attendance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayerMatch {
+    #[serde(flatten)]
+    pub session: SessionView,
+    /// When the player first connected to the server, if it did.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub joined_at: Option<OffsetDateTime>,
+    /// When the player's last connection closed, if it did before the end.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub left_at: Option<OffsetDateTime>,
+}
+
+/// `GET /players/{id}/matches?limit=&offset=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayerMatches {
+    pub player_id: String,
+    /// Newest first.
+    pub matches: Vec<PlayerMatch>,
+    /// The `offset` of the next page, when there is one.
+    pub next_offset: Option<i64>,
+}
+
+/// `POST /match/{session_id}/end`: the session is over (now, or already before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEnded {
+    pub session_id: String,
+    /// Always `ended`.
+    pub status: MatchStatus,
+    /// Why it ended: `stopped`, or the earlier reason if it had already ended.
+    pub end_reason: Option<EndReason>,
+}
+
+/// What the backend did with a result report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recorded {
+    /// The report ended the session.
+    Ended,
+    /// The session had already ended; the report added attendance only.
+    AlreadyEnded,
+}
+
+/// `POST /internal/sessions/{id}/result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportReceipt {
+    pub session_id: String,
+    pub recorded: Recorded,
+}
+
+/// Whether a dependency answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyState {
+    Ok,
+    Down,
+}
+
+impl DependencyState {
+    pub fn from_ok(ok: bool) -> DependencyState {
+        if ok { DependencyState::Ok } else { DependencyState::Down }
+    }
+}
+
+/// `ok` when every dependency answers, `degraded` otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+    Degraded,
+}
+
+impl HealthStatus {
+    pub fn from_ok(ok: bool) -> HealthStatus {
+        if ok { HealthStatus::Ok } else { HealthStatus::Degraded }
+    }
+}
+
+/// The backend's `GET /health` (status 503 when not `ready`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendHealth {
+    pub status: HealthStatus,
+    /// Taking joins: Redis answers and the backend is not shutting down.
+    pub ready: bool,
+    pub draining: bool,
+    pub instance: String,
+    /// `local`, `kubernetes` or `none`.
+    pub runtime: String,
+    pub redis: DependencyState,
+    pub postgres: DependencyState,
+    /// History events not yet written to PostgreSQL; `null` when Redis did not say.
+    pub history_backlog: Option<u64>,
+    /// Sessions this replica supervises.
+    pub sessions_supervised: usize,
+}
+
+/// The proxy's own `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyHealth {
+    pub status: HealthStatus,
+    pub redis: DependencyState,
+    pub backend: DependencyState,
+    pub open_game_connections: i64,
 }
 
 #[cfg(test)]

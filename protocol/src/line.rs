@@ -180,6 +180,17 @@ impl ErrorCode {
     }
 }
 
+impl From<&crate::TicketError> for ErrorCode {
+    /// The code a refused ticket is answered with: `expired_ticket` when only its time is up,
+    /// `bad_ticket` for everything else (a client cannot fix those by waiting).
+    fn from(error: &crate::TicketError) -> ErrorCode {
+        match error {
+            crate::TicketError::Expired => ErrorCode::ExpiredTicket,
+            _ => ErrorCode::BadTicket,
+        }
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -215,6 +226,11 @@ pub enum ServerReply {
 pub struct ParseError(pub String);
 
 impl ServerReply {
+    /// The reply as it goes on the wire, with its `\n`.
+    pub fn line(&self) -> String {
+        format!("{self}\n")
+    }
+
     /// Parses one reply line (without terminator).
     pub fn parse(line: &str) -> Result<ServerReply, ParseError> {
         let line = line.trim();

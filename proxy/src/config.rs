@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use protocol::TicketSecret;
-use protocol::cli::seconds;
+use service::cli::seconds;
+use service::telemetry::LogArgs;
 
 /// The raw command line and environment.
 #[derive(Debug, Clone, Parser)]
@@ -48,6 +49,8 @@ pub struct Config {
     /// On SIGTERM, how long spliced game connections may go on.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 30.0)]
     pub drain_seconds: f64,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Validated settings.

@@ -7,15 +7,16 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use protocol::{Audience, ClientCommand, ErrorCode, TicketError};
+use protocol::{Audience, ClientCommand, ErrorCode, ServerReply};
 use tokio::io::{AsyncWriteExt, BufReader, copy_buf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
+
+use protocol::sessions::{SessionRecord, SessionState};
 
 use crate::Context;
 
@@ -177,7 +178,7 @@ impl Routes {
 /// Sends one `ERROR <code>` line and closes.
 pub async fn refuse(mut stream: TcpStream, code: ErrorCode) {
     let _ = timeout(Duration::from_secs(2), async {
-        stream.write_all(format!("ERROR {code}\n").as_bytes()).await?;
+        stream.write_all(ServerReply::Error(code).line().as_bytes()).await?;
         stream.shutdown().await
     })
     .await;
@@ -187,25 +188,30 @@ async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
     if let Some(addr) = ctx.routes.get(sid) {
         return Ok(addr);
     }
-    let key = protocol::sessions::session_key(&ctx.settings.key_prefix, sid);
-    let fields: Result<(Option<String>, Option<String>), _> = redis::cmd("HMGET")
-        .arg(&key)
-        .arg("state")
-        .arg("addr")
+    let record: Result<Option<Vec<u8>>, _> = redis::cmd("HGET")
+        .arg(&ctx.sessions_key)
+        .arg(sid)
         .query_async(&mut ctx.redis.clone())
         .await;
-    match fields {
-        Ok((Some(state), Some(addr))) if state == protocol::sessions::STATE_MATCHED => {
-            let addr: SocketAddr = addr.parse().map_err(|_| ErrorCode::ServerUnreachable)?;
-            ctx.routes.put(sid, addr);
-            Ok(addr)
-        }
-        Ok((Some(state), _)) if state == protocol::sessions::STATE_ENDED => Err(ErrorCode::SessionOver),
-        Ok(_) => Err(ErrorCode::UnknownSession),
+    let record = match record {
+        Ok(Some(raw)) => serde_json::from_slice::<SessionRecord>(&raw).ok(),
+        Ok(None) => None,
         Err(e) => {
             tracing::warn!(error = %e, "session lookup failed");
-            Err(ErrorCode::ServerUnreachable)
+            return Err(ErrorCode::ServerUnreachable);
         }
+    };
+    match record {
+        Some(record) if record.state == SessionState::Ended => Err(ErrorCode::SessionOver),
+        Some(record) => match record.route() {
+            Some(addr) => {
+                let addr: SocketAddr = addr.parse().map_err(|_| ErrorCode::ServerUnreachable)?;
+                ctx.routes.put(sid, addr);
+                Ok(addr)
+            }
+            None => Err(ErrorCode::UnknownSession),
+        },
+        None => Err(ErrorCode::UnknownSession),
     }
 }
 
@@ -234,10 +240,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
         .settings
         .secret
         .verify(&ticket, Audience::Game, protocol::ticket::unix_now())
-        .map_err(|e| match e {
-            TicketError::Expired => ErrorCode::ExpiredTicket,
-            _ => ErrorCode::BadTicket,
-        });
+        .map_err(|e| ErrorCode::from(&e));
     let routed = match verified {
         Ok(claims) => lookup(ctx, &claims.sid).await.map(|addr| (claims, addr)),
         Err(code) => Err(code),
@@ -270,8 +273,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
     let up_front = buf.len() as u64;
     tokio::select! {
         (up, down) = splice(&mut client, &mut server) => {
-            ctx.metrics.bytes_client_to_server.fetch_add(up + up_front, Ordering::Relaxed);
-            ctx.metrics.bytes_server_to_client.fetch_add(down, Ordering::Relaxed);
+            ctx.metrics.spliced(up + up_front, down);
         }
         () = cancel.cancelled() => tracing::debug!(session = %claims.sid, "drain over: closing a spliced connection"),
     }

@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,7 +76,7 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
         let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(service::metrics::CONTENT_TYPE),
         );
         response
     } else {
@@ -104,13 +103,14 @@ async fn health(ctx: &Context) -> Response<Full<Bytes>> {
         timeout(Duration::from_secs(2), ctx.backend.request(backend_request(ctx, "/health"))).await,
         Ok(Ok(r)) if r.status().is_success()
     );
-    let body = serde_json::json!({
-        "status": if redis_ok && backend_ok { "ok" } else { "degraded" },
-        "redis": if redis_ok { "ok" } else { "down" },
-        "backend": if backend_ok { "ok" } else { "down" },
-        "open_game_connections": ctx.metrics.open_game.load(Ordering::Relaxed),
-    });
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let body = protocol::api::ProxyHealth {
+        status: protocol::api::HealthStatus::from_ok(redis_ok && backend_ok),
+        redis: protocol::api::DependencyState::from_ok(redis_ok),
+        backend: protocol::api::DependencyState::from_ok(backend_ok),
+        open_game_connections: ctx.metrics.open_game(),
+    };
+    let body = serde_json::to_string(&body).expect("a health body encodes");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

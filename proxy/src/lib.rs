@@ -7,12 +7,12 @@
 //! capped, new ones are rate limited per source address, and a connection that says nothing
 //! within the first-line timeout is closed.
 
-pub mod classify;
+mod classify;
 pub mod config;
-pub mod game;
-pub mod http;
-pub mod limits;
-pub mod metrics;
+mod game;
+mod http;
+mod limits;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use protocol::ErrorCode;
+use protocol::{ErrorCode, ServerReply};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
@@ -33,15 +33,17 @@ use tokio_util::task::TaskTracker;
 pub use config::{Config, Settings};
 
 use crate::classify::Kind;
-use crate::metrics::{Metrics, Open};
+use crate::metrics::{ConnKind, Metrics};
 
 /// What every connection shares.
-pub struct Context {
-    pub settings: Settings,
-    pub redis: redis::aio::ConnectionManager,
-    pub backend: Client<HttpConnector, Full<Bytes>>,
-    pub metrics: Metrics,
-    pub routes: game::Routes,
+struct Context {
+    settings: Settings,
+    redis: redis::aio::ConnectionManager,
+    /// Where session records live.
+    sessions_key: String,
+    backend: Client<HttpConnector, Full<Bytes>>,
+    metrics: Metrics,
+    routes: game::Routes,
     limiter: limits::RateLimiter,
     permits: Arc<Semaphore>,
 }
@@ -86,6 +88,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let ctx = Arc::new(Context {
         limiter: limits::RateLimiter::new(settings.rate_per_second, settings.rate_burst),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
+        sessions_key: protocol::sessions::sessions_key(&settings.key_prefix),
         settings,
         redis,
         backend,
@@ -111,12 +114,12 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         };
         if !ctx.limiter.allow(peer.ip()) {
             ctx.metrics.route("rate_limited");
-            let _ = stream.try_write(format!("ERROR {}\n", ErrorCode::RateLimited).as_bytes());
+            let _ = stream.try_write(ServerReply::Error(ErrorCode::RateLimited).line().as_bytes());
             continue;
         }
         let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
             ctx.metrics.route("server_full");
-            let _ = stream.try_write(format!("ERROR {}\n", ErrorCode::ServerFull).as_bytes());
+            let _ = stream.try_write(ServerReply::Error(ErrorCode::ServerFull).line().as_bytes());
             continue;
         };
         tracker.spawn(connection(
@@ -151,7 +154,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(protocol::MAX_LINE_BYTES + 2);
     let kind = {
-        let _pending = Open::new(&ctx.metrics.open_pending);
+        let _pending = ctx.metrics.open(ConnKind::Pending);
         tokio::select! {
             kind = classify::first_bytes(&mut stream, &mut buf, ctx.settings.first_line_timeout) => kind,
             () = soft.cancelled() => return,
@@ -159,11 +162,11 @@ async fn connection(
     };
     match kind {
         Kind::Http => {
-            let _open = Open::new(&ctx.metrics.open_http);
+            let _open = ctx.metrics.open(ConnKind::Http);
             http::serve(classify::Prefixed::new(buf.freeze(), stream), peer, ctx.clone(), soft).await;
         }
         Kind::Join { newline } => {
-            let _open = Open::new(&ctx.metrics.open_game);
+            let _open = ctx.metrics.open(ConnKind::Game);
             game::route(stream, buf, newline, &ctx, hard).await;
         }
         Kind::Garbage => {

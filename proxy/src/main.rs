@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use proxy::Config;
 
 fn main() -> ExitCode {
-    let config: Config = match protocol::cli::parse("proxy") {
+    let config: Config = match service::cli::parse("proxy") {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -16,8 +16,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    protocol::telemetry::init("info");
-    protocol::cli::serve("proxy", config.bind, |listener, shutdown| {
+    service::telemetry::init(&config.log, "info");
+    service::cli::serve("proxy", config.bind, |listener, shutdown| {
         proxy::run(listener, settings, shutdown)
     })
 }

@@ -1,108 +1,131 @@
 //! The proxy's own `/metrics`: open connections by kind, bytes each way, routing outcomes by
 //! reason, HTTP durations by status.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use protocol::prom::{Histogram, header, labeled_counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use service::metrics::{GaugeGuard, latency_histogram};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
 
 /// Every metric the proxy exports.
-#[derive(Default)]
-pub struct Metrics {
-    pub open_pending: AtomicI64,
-    pub open_http: AtomicI64,
-    pub open_game: AtomicI64,
-    pub bytes_client_to_server: AtomicU64,
-    pub bytes_server_to_client: AtomicU64,
-    routes: Mutex<BTreeMap<&'static str, u64>>,
-    http: Mutex<BTreeMap<u16, Histogram>>,
+pub(crate) struct Metrics {
+    registry: Registry,
+    open: Family<KindLabel, Gauge>,
+    bytes: Family<DirectionLabel, Counter>,
+    routes: Family<OutcomeLabel, Counter>,
+    http: Family<StatusLabel, Histogram, fn() -> Histogram>,
+}
+
+/// Which connections [`Metrics::open`] counts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ConnKind {
+    /// Not yet classified.
+    Pending,
+    Http,
+    Game,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let open = Family::<KindLabel, Gauge>::default();
+        let bytes = Family::<DirectionLabel, Counter>::default();
+        let routes = Family::<OutcomeLabel, Counter>::default();
+        let http = Family::<StatusLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register("mp_proxy_open_connections", "Open connections by kind.", open.clone());
+        registry.register("mp_proxy_game_bytes", "Bytes spliced, by direction.", bytes.clone());
+        registry.register(
+            "mp_proxy_routes",
+            "Connection routing outcomes by reason.",
+            routes.clone(),
+        );
+        registry.register(
+            "mp_proxy_http_request_duration_seconds",
+            "HTTP requests by status.",
+            http.clone(),
+        );
+        for kind in [ConnKind::Pending, ConnKind::Http, ConnKind::Game] {
+            drop(open.get_or_create(&KindLabel { kind: kind.label() }));
+        }
+        Metrics {
+            registry,
+            open,
+            bytes,
+            routes,
+            http,
+        }
+    }
+}
+
+impl ConnKind {
+    fn label(self) -> &'static str {
+        match self {
+            ConnKind::Pending => "pending",
+            ConnKind::Http => "http",
+            ConnKind::Game => "game",
+        }
+    }
 }
 
 impl Metrics {
     /// Counts one routing decision.
-    pub fn route(&self, outcome: &'static str) {
-        *self.routes.lock().unwrap().entry(outcome).or_default() += 1;
+    pub(crate) fn route(&self, outcome: &'static str) {
+        self.routes.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     /// Records one forwarded or served HTTP request.
-    pub fn http(&self, status: u16, took: Duration) {
+    pub(crate) fn http(&self, status: u16, took: Duration) {
         self.http
-            .lock()
-            .unwrap()
-            .entry(status)
-            .or_default()
+            .get_or_create(&StatusLabel { status })
             .observe(took.as_secs_f64());
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        header(
-            &mut out,
-            "mp_proxy_open_connections",
-            "gauge",
-            "Open connections by kind.",
-        );
-        for (kind, gauge) in [
-            ("pending", &self.open_pending),
-            ("http", &self.open_http),
-            ("game", &self.open_game),
+    /// Counts bytes spliced each way.
+    pub(crate) fn spliced(&self, client_to_server: u64, server_to_client: u64) {
+        for (direction, n) in [
+            ("client_to_server", client_to_server),
+            ("server_to_client", server_to_client),
         ] {
-            let _ = writeln!(
-                out,
-                "mp_proxy_open_connections{{kind=\"{kind}\"}} {}",
-                gauge.load(Ordering::Relaxed)
-            );
+            self.bytes.get_or_create(&DirectionLabel { direction }).inc_by(n);
         }
-        labeled_counter(
-            &mut out,
-            "mp_proxy_game_bytes_total",
-            "Bytes spliced, by direction.",
-            "direction",
-            [
-                ("client_to_server", self.bytes_client_to_server.load(Ordering::Relaxed)),
-                ("server_to_client", self.bytes_server_to_client.load(Ordering::Relaxed)),
-            ],
-        );
-        labeled_counter(
-            &mut out,
-            "mp_proxy_routes_total",
-            "Connection routing outcomes by reason.",
-            "outcome",
-            self.routes.lock().unwrap().iter().map(|(k, n)| (k, *n)),
-        );
-        header(
-            &mut out,
-            "mp_proxy_http_request_duration_seconds",
-            "histogram",
-            "HTTP requests by status.",
-        );
-        for (status, h) in self.http.lock().unwrap().iter() {
-            h.render(
-                &mut out,
-                "mp_proxy_http_request_duration_seconds",
-                &format!("status=\"{status}\""),
-            );
-        }
-        out
     }
-}
 
-/// Keeps a gauge up while alive.
-pub struct Open<'a>(&'a AtomicI64);
-
-impl<'a> Open<'a> {
-    pub fn new(gauge: &'a AtomicI64) -> Self {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Open(gauge)
+    /// Counts a connection of `kind` as open while the guard lives.
+    pub(crate) fn open(&self, kind: ConnKind) -> GaugeGuard {
+        GaugeGuard::new(&self.open.get_or_create(&KindLabel { kind: kind.label() }))
     }
-}
 
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    /// Game connections open now.
+    pub(crate) fn open_game(&self) -> i64 {
+        self.open.get_or_create(&KindLabel { kind: "game" }).get()
+    }
+
+    /// The text exposition format.
+    pub(crate) fn render(&self) -> String {
+        service::metrics::render(&self.registry)
     }
 }

@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use protocol::sessions::SessionRecord;
 use protocol::ticket::unix_now;
 use protocol::{Claims, ErrorCode, GameState, ServerReply, TicketSecret};
 use testkit::{LineClient, built_binary, redis_url};
@@ -74,12 +75,23 @@ impl Proxy {
     async fn session(&self, sid: &str, state: &str, addr: &str) {
         let client = redis::Client::open(redis_url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let record = SessionRecord {
+            state: serde_json::from_value(serde_json::json!(state)).unwrap(),
+            players: vec!["p1".into()],
+            joined_ms: vec![0],
+            created_ms: 0,
+            instance: "test".into(),
+            server: Some("test-server".into()),
+            addr: Some(addr.to_owned()),
+            ready_ms: None,
+            ended_ms: None,
+            end_reason: None,
+            reported: false,
+        };
         let _: () = redis::cmd("HSET")
-            .arg(protocol::sessions::session_key(&self.prefix, sid))
-            .arg("state")
-            .arg(state)
-            .arg("addr")
-            .arg(addr)
+            .arg(protocol::sessions::sessions_key(&self.prefix))
+            .arg(sid)
+            .arg(serde_json::to_string(&record).unwrap())
             .query_async(&mut conn)
             .await
             .unwrap();

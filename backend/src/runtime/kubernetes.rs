@@ -1,4 +1,4 @@
-//! The `kubernetes` runtime: one bare Pod per session (DESIGN §7).
+//! The `kubernetes` runtime: one bare Pod per session.
 //!
 //! The Pod runs the game server under the `restricted` Pod Security Standard, with no
 //! service-account token, resource limits and `activeDeadlineSeconds` as a hard cap; the ticket
@@ -7,9 +7,10 @@
 //! passes (then it deletes the Pod). API calls that fail with 409, 429, 5xx or a transport error
 //! are retried with backoff; Pod creations are bounded in parallel.
 //!
-//! Pods outlive the replica that created them: the [`reaper`] (run by every replica) ends the
-//! sessions of Pods that finished without a report and deletes finished Pods, and at start
-//! [`reconcile`] deletes Pods without a live session and fails live sessions without a Pod.
+//! Pods outlive the replica that created them: the [`reaper`] (run by every replica) reports
+//! the sessions of Pods that finished without a report to the sessions service and deletes
+//! finished Pods, and at start [`reconcile`] deletes Pods without a live session and reports
+//! live sessions without a Pod.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -25,13 +26,14 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
-use protocol::api::EndReason;
+use protocol::sessions::SessionState;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 
-use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError};
-use crate::store::{SessionState, Store, now_ms};
+use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError, Task};
+use crate::sessions::Sessions;
+use crate::store::now_ms;
 
 /// The label every game-server Pod carries, and its value.
 pub const APP_LABEL: &str = "app.kubernetes.io/name";
@@ -44,6 +46,9 @@ pub const GAME_PORT: i32 = 7777;
 const PARALLEL_CREATES: usize = 16;
 /// How long a finished Pod is kept (for `kubectl logs`) before the reaper deletes it.
 pub const REAP_GRACE: Duration = Duration::from_secs(30);
+/// Live sessions younger than this are not failed for lacking a Pod at start: their
+/// replica may be creating it.
+const RECONCILE_MIN_AGE: Duration = Duration::from_secs(30);
 
 /// Everything about game-server Pods that is not per session.
 #[derive(Debug, Clone, PartialEq)]
@@ -353,6 +358,23 @@ impl SessionRuntime for KubernetesRuntime {
     fn servers_outlive_backend(&self) -> bool {
         true
     }
+
+    fn recover<'a>(&'a self, sessions: &'a Sessions) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let (deleted, failed) = reconcile(&self.pods, sessions, RECONCILE_MIN_AGE).await?;
+            if deleted + failed > 0 {
+                tracing::warn!(deleted, failed, "reconciled pods against sessions");
+            }
+            Ok(())
+        })
+    }
+
+    fn tasks(&self, sessions: Sessions, stop: CancellationToken) -> Vec<Task> {
+        vec![(
+            "pod reaper",
+            Box::pin(reaper(self.pods.clone(), sessions, REAP_GRACE, stop)),
+        )]
+    }
 }
 
 /// Deletes a Pod, retrying what is worth retrying; a Pod already gone is fine.
@@ -461,11 +483,11 @@ fn label_selector() -> String {
     format!("{APP_LABEL}={APP_VALUE}")
 }
 
-/// At start: deletes game-server Pods whose session is not live, and fails live sessions
-/// older than `min_age` that have no Pod. Returns (pods deleted, sessions failed).
-pub async fn reconcile(pods: &Api<Pod>, store: &Store, min_age: Duration) -> anyhow::Result<(usize, usize)> {
+/// At start: deletes game-server Pods whose session is not live, and reports live sessions
+/// older than `min_age` that have no Pod as lost. Returns (pods deleted, sessions failed).
+pub async fn reconcile(pods: &Api<Pod>, sessions: &Sessions, min_age: Duration) -> anyhow::Result<(usize, usize)> {
     let listed = pods.list(&ListParams::default().labels(&label_selector())).await?;
-    let live = store.live_sessions().await?;
+    let live = sessions.live().await?;
     let live_ids: HashSet<&str> = live.iter().map(|s| s.session_id.as_str()).collect();
     let mut with_pod = HashSet::new();
     let mut deleted = 0;
@@ -486,23 +508,19 @@ pub async fn reconcile(pods: &Api<Pod>, store: &Store, min_age: Duration) -> any
     let min_age_ms = i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
     let mut failed = 0;
     for session in live.iter().filter(|s| !with_pod.contains(&s.session_id)) {
-        if session.created_ms.is_some_and(|c| now - c < min_age_ms) {
+        if now - session.record.created_ms < min_age_ms {
             continue;
         }
-        let requeue = session.state == SessionState::Allocating;
-        tracing::warn!(session = %session.session_id, requeue, "failing a live session that has no pod");
-        store
-            .end_session(&session.session_id, EndReason::Failed, now, requeue, None)
-            .await?;
+        sessions.server_lost(&session.session_id, "no pod at start").await?;
         failed += 1;
     }
     Ok((deleted, failed))
 }
 
-/// Watches every game-server Pod: a Pod that finished ends its session (a no-op after a
-/// report) and is deleted after `grace`; a Pod whose session is over or unknown is deleted.
-/// Idempotent, so every replica runs it.
-pub async fn reaper(pods: Api<Pod>, store: Store, grace: Duration, stop: CancellationToken) {
+/// Watches every game-server Pod: a Pod that finished is reported to the sessions service
+/// (which ends its session; a no-op after a report) and is deleted after `grace`; a Pod whose
+/// session is over or unknown is deleted. Idempotent, so every replica runs it.
+pub async fn reaper(pods: Api<Pod>, sessions: Sessions, grace: Duration, stop: CancellationToken) {
     let params = WatchParams::default().labels(&label_selector()).timeout(120);
     let deleting = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
     while !stop.is_cancelled() {
@@ -530,8 +548,11 @@ pub async fn reaper(pods: Api<Pod>, store: Store, grace: Duration, stop: Cancell
             let (Some(name), Some(sid)) = (pod.metadata.name.clone(), session_of(&pod)) else {
                 continue;
             };
-            let finished = matches!(pod_state(&pod), PodState::Finished(_));
-            let session_over = match store.session(&sid).await {
+            let finished = match pod_state(&pod) {
+                PodState::Finished(why) => Some(why),
+                _ => None,
+            };
+            let session_over = match sessions.record(&sid).await {
                 Ok(Some(record)) => record.state == SessionState::Ended,
                 Ok(None) => true,
                 Err(e) => {
@@ -539,13 +560,16 @@ pub async fn reaper(pods: Api<Pod>, store: Store, grace: Duration, stop: Cancell
                     continue;
                 }
             };
-            if finished && !session_over {
-                tracing::warn!(session = %sid, pod = %name, "pod finished without a report; ending its session");
-                if let Err(e) = store.end_session(&sid, EndReason::Failed, now_ms(), false, None).await {
-                    tracing::warn!(error = %e, "reaper: cannot end the session");
-                    continue;
-                }
+            if let Some(why) = &finished
+                && !session_over
+                && let Err(e) = sessions
+                    .server_lost(&sid, &format!("pod {name} finished without a report: {why}"))
+                    .await
+            {
+                tracing::warn!(error = %e, "reaper: cannot report the lost server");
+                continue;
             }
+            let finished = finished.is_some();
             if (finished || session_over) && deleting.lock().unwrap().insert(name.clone()) {
                 // Running pods of ended sessions are told to drain now; finished ones are kept
                 // a little for `kubectl logs`.

@@ -5,7 +5,7 @@
 //! runs with `EXIT_ON_STDIN_CLOSE`: if the backend dies, even by SIGKILL, the pipe closes and
 //! every child drains and exits, so no server outlives its backend.
 
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt as _;
 use std::process::Stdio;
 
 use futures_util::future::BoxFuture;
@@ -14,50 +14,46 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::timeout;
 
 use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError};
+use crate::config::LocalSettings;
 
 /// Spawns `game-server` processes.
-pub struct LocalRuntime {
-    binary: PathBuf,
-    secret: String,
-    log_filter: String,
+pub(crate) struct LocalRuntime {
+    settings: LocalSettings,
+    secret: protocol::TicketSecret,
 }
 
 impl LocalRuntime {
-    /// A runtime spawning `binary`, whose servers verify tickets with `secret`.
-    pub fn new(binary: PathBuf, secret: String, log_filter: String) -> Self {
-        LocalRuntime {
-            binary,
-            secret,
-            log_filter,
-        }
+    /// A runtime spawning the configured binary, whose servers verify tickets with `secret`.
+    pub(crate) fn new(settings: LocalSettings, secret: protocol::TicketSecret) -> Self {
+        LocalRuntime { settings, secret }
     }
 
     async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
-        let mut command = Command::new(&self.binary);
+        let binary = &self.settings.binary;
+        let mut command = Command::new(binary);
+        // Only what the server needs: never the backend's own secrets and URLs.
+        command.env_clear();
+        if let Some(path) = &self.settings.path {
+            command.env("PATH", path);
+        }
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("GAME_BIND", "127.0.0.1")
             .env("GAME_PORT", "0")
             .env("SESSION_ID", &spec.session_id)
             .env("PLAYERS", spec.players.join(","))
-            .env("TICKET_SECRET", &self.secret)
+            .env("TICKET_SECRET", std::ffi::OsStr::from_bytes(self.secret.expose()))
             .env("REPORT_URL", &spec.report_url)
             .env("REPORT_TOKEN", &spec.report_token)
             .env("EXIT_ON_STDIN_CLOSE", "true")
-            .env("RUST_LOG", &self.log_filter)
+            .env("RUST_LOG", &self.settings.log_filter)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        for name in crate::config::GAME_SERVER_PASSTHROUGH {
-            if let Some(value) = std::env::var_os(name) {
-                command.env(name, value);
-            }
-        }
+        command.envs(self.settings.env.iter().map(|(k, v)| (k, v)));
         let mut child = command
             .spawn()
-            .map_err(|e| StartError::Spawn(format!("{}: {e}", self.binary.display())))?;
+            .map_err(|e| StartError::Spawn(format!("{}: {e}", binary.display())))?;
         let stdin = child.stdin.take();
         let stdout = child
             .stdout

@@ -3,14 +3,26 @@
 //! The supervisor only ever sees this trait, so the local runtime (child processes) and the
 //! Kubernetes runtime (pods) are interchangeable. A runtime must honour the spec's ready
 //! timeout itself, because only it knows how to clean up a half-started server (kill the
-//! child, delete the pod).
+//! child, delete the pod). Runtimes start, watch and stop servers and report what they see to
+//! the [`Sessions`] service; they never write session state themselves. A runtime that needs
+//! work of its own while the backend runs (a Pod reaper) hands it over as [`Task`]s.
 
 pub mod kubernetes;
 pub mod local;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RuntimeSettings;
+use crate::sessions::Sessions;
+
+/// A named background task a runtime needs while the backend runs; it returns when its token
+/// is cancelled.
+pub type Task = (&'static str, BoxFuture<'static, ()>);
 
 /// Everything a runtime needs to start one session's server.
 #[derive(Debug, Clone)]
@@ -71,4 +83,32 @@ pub trait SessionRuntime: Send + Sync + 'static {
     fn servers_outlive_backend(&self) -> bool {
         false
     }
+
+    /// At start, before any session is formed: matches the servers that exist against the
+    /// live sessions, removing servers nobody needs and reporting sessions whose server is gone.
+    fn recover<'a>(&'a self, _sessions: &'a Sessions) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The background tasks this runtime needs, stopping when `stop` is cancelled.
+    fn tasks(&self, _sessions: Sessions, _stop: CancellationToken) -> Vec<Task> {
+        Vec::new()
+    }
+}
+
+/// The runtime `settings` choose; `None` for `RUNTIME=none` (dry runs, no servers).
+pub(crate) async fn build(
+    settings: &RuntimeSettings,
+    secret: &protocol::TicketSecret,
+) -> anyhow::Result<Option<Arc<dyn SessionRuntime>>> {
+    Ok(match settings {
+        RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(local.clone(), secret.clone()))),
+        RuntimeSettings::Kubernetes(template) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG outside)")?;
+            Some(Arc::new(kubernetes::KubernetesRuntime::new(client, template.clone())))
+        }
+        RuntimeSettings::None => None,
+    })
 }

@@ -14,9 +14,9 @@ pub async fn store() -> Store {
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use backend::{Config, Settings};
+use backend::config::SettingsBuilder;
+use backend::{RuntimeKind, Settings};
 use bytes::Bytes;
-use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -29,27 +29,25 @@ use tokio_util::sync::CancellationToken;
 pub const SECRET: &str = "backend-test-secret-0123456789";
 pub const ADMIN: &str = "admin-token-for-tests";
 
-/// Settings for a test backend, from flags as the binary parses them.
-pub fn settings(prefix: &str, database_url: &str, extra: &[&str]) -> Settings {
-    let redis = redis_url();
-    let mut args = vec![
-        "backend",
-        "--redis-url",
-        &redis,
-        "--database-url",
-        database_url,
-        "--redis-key-prefix",
-        prefix,
-        "--ticket-secret",
-        SECRET,
-        "--admin-token",
-        ADMIN,
-    ];
-    if !extra.contains(&"--runtime") {
-        args.extend_from_slice(&["--runtime", "none"]);
-    }
-    args.extend_from_slice(extra);
-    Config::try_parse_from(args).unwrap().validate().unwrap()
+/// Settings for a test backend with `RUNTIME=none`, built in code (never from the shell's
+/// environment); tests chain what they change and call `build`.
+pub fn settings(prefix: &str, database_url: &str) -> SettingsBuilder {
+    Settings::builder()
+        .redis_url(&redis_url())
+        .database_url(database_url)
+        .key_prefix(prefix)
+        .ticket_secret(SECRET)
+        .admin_token(ADMIN)
+        .runtime(RuntimeKind::None)
+}
+
+/// [`settings`] with the local runtime and this binary as the game server.
+pub fn local_settings(prefix: &str, database_url: &str, game_server: &std::path::Path) -> SettingsBuilder {
+    settings(prefix, database_url)
+        .runtime(RuntimeKind::Local)
+        .game_server_bin(game_server)
+        // Wrapper scripts standing in for the server need the usual tools.
+        .game_server_path("/usr/local/bin:/usr/bin:/bin")
 }
 
 /// A backend running in this process on a loopback port.

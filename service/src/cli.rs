@@ -34,7 +34,6 @@ pub fn seconds(name: &str, value: f64) -> Result<Duration, String> {
 /// The rest of a multi-threaded server's `main`: start the runtime, bind `bind`, turn signals
 /// into a cancelled shutdown token, and run `run(listener, shutdown)` to its end. Exit status
 /// 1 when the runtime, the bind or the run fails.
-#[cfg(feature = "server")]
 pub fn serve<F, Fut, E>(binary: &str, bind: std::net::SocketAddr, run: F) -> ExitCode
 where
     F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
@@ -76,7 +75,6 @@ where
 /// Raises this process's soft limit on open files to its hard limit, as a server holding one
 /// descriptor (or, spliced, several) per connection needs: container runtimes commonly start
 /// processes at a soft limit of 1024. Returns the limit now in force.
-#[cfg(feature = "server")]
 pub fn raise_open_file_limit() -> nix::Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
@@ -104,7 +102,6 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
-    #[cfg(feature = "server")]
     #[test]
     fn the_open_file_limit_is_raised_to_the_hard_limit() {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};

@@ -1,0 +1,295 @@
+//! The backend's start-up and shutdown, in named phases.
+//!
+//! [`App::start`] connects (Redis, PostgreSQL lazily), builds the runtime, recovers (schema,
+//! heartbeat, servers and sessions left over from before this start), then serves: it spawns
+//! the background tasks and the HTTP server. [`App::shutdown`] stops taking joins, lets running
+//! matches finish for the grace period, stops serving HTTP (so result reports land until then),
+//! stops the background work, and lets the history writer flush.
+//!
+//! One root token belongs to the app; each phase of the shutdown cancels a child of it, in
+//! order, and the root goes last. If an essential task dies before shutdown, the app asks to
+//! be shut down by cancelling the `shutdown` token it was started with.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::events::Waiters;
+use crate::history::History;
+use crate::janitor::Janitor;
+use crate::matcher::Matcher;
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
+use crate::store::Store;
+use crate::supervisor::{Supervisor, SupervisorConfig};
+use crate::{api, events, matcher, runtime};
+
+/// Most sessions one replica supervises at once; the matcher waits when it is reached.
+const MAX_ACTIVE_SESSIONS: usize = 2000;
+/// After the HTTP server stops, how long the history writer may keep flushing.
+const HISTORY_FLUSH: Duration = Duration::from_secs(5);
+/// How long open HTTP connections may take to close once serving stops.
+const HTTP_CLOSE: Duration = Duration::from_secs(5);
+
+/// The tokens of the shutdown phases, each a child of the app's root.
+struct Phases {
+    root: CancellationToken,
+    /// Cancelled first: no more joins, no more sessions formed, not ready.
+    joins: CancellationToken,
+    /// Cancelled after the sessions drained: the HTTP server stops.
+    http: CancellationToken,
+    /// Then the events listener, the janitor and the runtime's own tasks stop.
+    background: CancellationToken,
+    /// Last: the history writer flushes what is left and stops.
+    history: CancellationToken,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        let root = CancellationToken::new();
+        Phases {
+            joins: root.child_token(),
+            http: root.child_token(),
+            background: root.child_token(),
+            history: root.child_token(),
+            root,
+        }
+    }
+}
+
+/// A running backend.
+pub struct App {
+    phases: Phases,
+    supervisor: Supervisor,
+    shutdown_grace: Duration,
+    http: JoinHandle<std::io::Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the connect phase opens.
+struct Connected {
+    store: Store,
+    history: History,
+    metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// Starts the backend on `listener`. `shutdown` is the signal to stop; the app cancels it
+    /// itself when an essential task dies.
+    pub async fn start(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<App> {
+        let bound = listener.local_addr()?;
+        let Connected {
+            store,
+            history,
+            metrics,
+        } = connect(&settings).await?;
+        let runtime = runtime::build(&settings.runtime, &settings.secret).await?;
+
+        let sessions = Sessions::new(store, metrics.clone(), &settings.instance_id, settings.rules);
+        let janitor = Janitor {
+            sessions: sessions.clone(),
+            servers_outlive_backend: runtime.as_ref().is_some_and(|r| r.servers_outlive_backend()),
+        };
+        recover(&history, &janitor, runtime.as_deref()).await?;
+
+        let phases = Phases::new();
+        let supervisor = Supervisor::new(
+            sessions.clone(),
+            SupervisorConfig {
+                runtime: runtime.clone(),
+                secret: settings.secret.clone(),
+                internal_url: internal_url(&settings, bound),
+                ready_timeout: settings.ready_timeout,
+            },
+            metrics.clone(),
+        );
+        let waiters = Arc::new(Waiters::default());
+        let matcher_wake = Arc::new(Notify::new());
+        let mut background: Vec<(&'static str, BoxFuture<'static, ()>)> = vec![
+            (
+                "matcher",
+                Box::pin(matcher::run(
+                    Matcher {
+                        sessions: sessions.clone(),
+                        supervisor: supervisor.clone(),
+                        max_active: MAX_ACTIVE_SESSIONS,
+                        metrics: metrics.clone(),
+                        wake: matcher_wake.clone(),
+                    },
+                    phases.joins.clone(),
+                )),
+            ),
+            (
+                "events",
+                Box::pin(events::listen(
+                    sessions.clone(),
+                    waiters.clone(),
+                    phases.background.clone(),
+                )),
+            ),
+            ("janitor", Box::pin(janitor.run(phases.background.clone()))),
+            (
+                "history",
+                Box::pin(history.clone().run_writer(phases.history.clone(), HISTORY_FLUSH)),
+            ),
+        ];
+        if let Some(runtime) = &runtime {
+            background.extend(runtime.tasks(sessions.clone(), phases.background.clone()));
+        }
+        let tasks = background
+            .into_iter()
+            .map(|(name, task)| essential(name, &shutdown, task))
+            .collect();
+
+        let state = Arc::new(api::AppState {
+            sessions,
+            history,
+            settings: settings.clone(),
+            metrics,
+            waiters,
+            matcher_wake,
+            draining: phases.joins.clone(),
+        });
+        let http = {
+            let stop = phases.http.clone();
+            let app = api::router(state);
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        };
+        tracing::info!(addr = %bound, instance = %settings.instance_id, runtime = settings.runtime.name(), "backend ready");
+        Ok(App {
+            phases,
+            supervisor,
+            shutdown_grace: settings.shutdown_grace,
+            http,
+            tasks,
+        })
+    }
+
+    /// Stops the backend, phase by phase.
+    pub async fn shutdown(self) {
+        let App {
+            phases,
+            supervisor,
+            shutdown_grace,
+            http,
+            tasks,
+        } = self;
+        tracing::info!("shutting down: no more joins");
+        phases.joins.cancel();
+        supervisor.drain(shutdown_grace).await;
+        phases.http.cancel();
+        if tokio::time::timeout(HTTP_CLOSE, http).await.is_err() {
+            tracing::warn!("HTTP connections still open after {HTTP_CLOSE:?}; closing");
+        }
+        phases.background.cancel();
+        phases.history.cancel();
+        for task in tasks {
+            let _ = tokio::time::timeout(HISTORY_FLUSH + Duration::from_secs(2), task).await;
+        }
+        phases.root.cancel();
+        tracing::info!("backend stopped");
+    }
+}
+
+/// Serves the backend on `listener` until `shutdown` is cancelled, then drains.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = App::start(listener, settings, shutdown.clone()).await?;
+    shutdown.cancelled().await;
+    app.shutdown().await;
+    Ok(())
+}
+
+/// Phase "connect": Redis (required), PostgreSQL (lazily: history waits in the outbox).
+async fn connect(settings: &Settings) -> anyhow::Result<Connected> {
+    let store = Store::connect(&settings.redis_url, &settings.key_prefix)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+    let metrics = Arc::new(Metrics::default());
+    let history = History::new(
+        &settings.database_url,
+        store.clone(),
+        &settings.instance_id,
+        metrics.clone(),
+    )
+    .context("DATABASE_URL")?;
+    Ok(Connected {
+        store,
+        history,
+        metrics,
+    })
+}
+
+/// Phase "recover": the history schema, this replica's first heartbeat, then servers and
+/// sessions left over from before this start.
+async fn recover(
+    history: &History,
+    janitor: &Janitor,
+    runtime: Option<&dyn runtime::SessionRuntime>,
+) -> anyhow::Result<()> {
+    match tokio::time::timeout(Duration::from_secs(10), history.migrate()).await {
+        Ok(Ok(())) => tracing::info!("history: migrations applied"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "history: PostgreSQL not ready; starting anyway, history waits in the outbox")
+        }
+        Err(_) => tracing::warn!("history: PostgreSQL did not answer; starting anyway, history waits in the outbox"),
+    }
+    if let Some(runtime) = runtime
+        && let Err(e) = runtime.recover(&janitor.sessions).await
+    {
+        tracing::warn!(error = %e, "could not reconcile servers against sessions");
+    }
+    janitor.heartbeat().await.context("first heartbeat")?;
+    match janitor.reap_orphans(true).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(sessions = n, "ended sessions left over from before this start"),
+        Err(e) => tracing::warn!(error = %e, "could not check for left-over sessions"),
+    }
+    Ok(())
+}
+
+/// The URL game servers report to: `BACKEND_INTERNAL_URL`, or the bound address (loopback
+/// when bound to all addresses).
+fn internal_url(settings: &Settings, bound: SocketAddr) -> String {
+    if let Some(url) = &settings.internal_url {
+        return url.clone();
+    }
+    let ip = if bound.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        bound.ip().to_string()
+    };
+    let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
+    format!("http://{host}:{}", bound.port())
+}
+
+/// Runs an essential background task; if it ends before shutdown (or panics), shuts down.
+fn essential(
+    name: &'static str,
+    shutdown: &CancellationToken,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let result = tokio::spawn(task).await;
+        if !shutdown.is_cancelled() {
+            match result {
+                Ok(()) => tracing::error!(task = name, "essential task stopped; shutting down"),
+                Err(e) => tracing::error!(task = name, error = %e, "essential task failed; shutting down"),
+            }
+            shutdown.cancel();
+        }
+    })
+}

@@ -1,0 +1,91 @@
+//! The janitor: renews this replica's heartbeat and ends the sessions nobody supervises any
+//! more: this replica's own from before a restart, and those of replicas whose heartbeat
+//! stopped. Several replicas doing this at once is harmless: the first end wins, and only
+//! the winner requeues.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use protocol::api::EndReason;
+use protocol::sessions::SessionState;
+use tokio_util::sync::CancellationToken;
+
+use crate::sessions::Sessions;
+use crate::store::now_ms;
+
+/// How often the janitor runs and the heartbeat is renewed.
+const EVERY: Duration = Duration::from_secs(5);
+/// How long a heartbeat lasts: a replica silent this long is taken for dead.
+pub(crate) const HEARTBEAT_TTL: Duration = Duration::from_secs(20);
+/// Own sessions younger than this are never taken for orphans (their task may be starting).
+const ORPHAN_MIN_AGE_MS: i64 = 30_000;
+
+/// One replica's janitor.
+#[derive(Clone)]
+pub(crate) struct Janitor {
+    pub sessions: Sessions,
+    /// Whether servers outlive their backend (Pods): then a matched session of a dead replica
+    /// plays on, and the runtime reports it when its server finishes.
+    pub servers_outlive_backend: bool,
+}
+
+impl Janitor {
+    /// Says this replica is alive.
+    pub(crate) async fn heartbeat(&self) -> crate::store::Result<()> {
+        self.sessions
+            .store()
+            .heartbeat(self.sessions.instance(), HEARTBEAT_TTL)
+            .await
+    }
+
+    /// Heartbeats and reaps orphans every few seconds until `stop`.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(EVERY) => {}
+            }
+            if let Err(e) = self.heartbeat().await {
+                tracing::warn!(error = %e, "heartbeat failed");
+                continue;
+            }
+            if let Err(e) = self.reap_orphans(false).await {
+                tracing::warn!(error = %e, "janitor pass failed");
+            }
+        }
+    }
+
+    /// Ends every live session nobody supervises; `first_run` (at start) takes all of this
+    /// replica's own as orphans, however young. Returns how many it ended.
+    pub(crate) async fn reap_orphans(&self, first_run: bool) -> crate::store::Result<usize> {
+        let sessions = &self.sessions;
+        let me = sessions.instance();
+        let now = now_ms();
+        let mut reaped = 0;
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        for live in sessions.live().await? {
+            let owner = live.record.instance.as_str();
+            let orphan = if owner == me {
+                !sessions.supervises(&live.session_id)
+                    && (first_run || now - live.record.created_ms > ORPHAN_MIN_AGE_MS)
+            } else {
+                let owner_alive = match alive.get(owner) {
+                    Some(known) => *known,
+                    None => {
+                        let known = sessions.store().instance_alive(owner).await?;
+                        alive.insert(owner.to_owned(), known);
+                        known
+                    }
+                };
+                !owner_alive
+            };
+            let server_lives_on = live.record.state != SessionState::Allocating && self.servers_outlive_backend;
+            if orphan && !server_lives_on {
+                tracing::warn!(session = %live.session_id, %owner, "ending a session nobody supervises");
+                sessions.end_with_retry(&live.session_id, EndReason::Failed).await;
+                reaped += 1;
+            }
+        }
+        Ok(reaped)
+    }
+}

@@ -1,0 +1,108 @@
+//! Every Redis key and channel name the backend uses, in one place.
+//!
+//! All of a deployment's keys carry one hash tag, `{P}` for `REDIS_KEY_PREFIX` = `P`, so they
+//! share a Redis Cluster slot: a script may touch any of them together, and every script is
+//! handed each key it touches in `KEYS` (none builds a key name itself). When queues get keys
+//! of their own, each queue's keys can move to a tag of their own here.
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `{P}:queue` | zset | player → join sequence; requeued players get lower scores (the head) |
+//! | `{P}:joined` | hash | player → join time (ms) while queued |
+//! | `{P}:seq` | string | the join counter |
+//! | `{P}:player_session` | hash | player → current (or last) session id |
+//! | `{P}:sessions` | hash | session id → session record (JSON; the contract with the proxy) |
+//! | `{P}:live` | zset | session id → created ms, for sessions not yet ended |
+//! | `{P}:ended` | zset | session id → ended ms, until the record is pruned |
+//! | `{P}:outbox` | stream | lifecycle events, one JSON `event` field each, for the history |
+//! | `{P}:outbox:dead` | stream | events PostgreSQL kept rejecting, parked for an operator |
+//! | `{P}:instance:<id>` | string | a replica's heartbeat, with a TTL |
+//! | `{P}:events` | pub/sub channel | the same lifecycle events, for long polls and supervisors |
+
+/// The key names of one deployment (one `REDIS_KEY_PREFIX`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+    tag: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+            tag: format!("{{{prefix}}}"),
+        }
+    }
+
+    fn named(&self, name: &str) -> String {
+        format!("{}:{name}", self.tag)
+    }
+
+    pub fn queue(&self) -> String {
+        self.named("queue")
+    }
+
+    pub fn joined(&self) -> String {
+        self.named("joined")
+    }
+
+    pub fn seq(&self) -> String {
+        self.named("seq")
+    }
+
+    pub fn player_session(&self) -> String {
+        self.named("player_session")
+    }
+
+    pub fn sessions(&self) -> String {
+        protocol::sessions::sessions_key(&self.prefix)
+    }
+
+    pub fn live(&self) -> String {
+        self.named("live")
+    }
+
+    pub fn ended(&self) -> String {
+        self.named("ended")
+    }
+
+    pub fn outbox(&self) -> String {
+        self.named("outbox")
+    }
+
+    pub fn outbox_dead(&self) -> String {
+        self.named("outbox:dead")
+    }
+
+    pub fn instance(&self, id: &str) -> String {
+        self.named(&format!("instance:{id}"))
+    }
+
+    /// The pub/sub channel of lifecycle events.
+    pub fn events(&self) -> String {
+        self.named("events")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_key_carries_the_deployment_tag() {
+        let keys = super::Keys::new("mp");
+        for key in [
+            keys.queue(),
+            keys.joined(),
+            keys.seq(),
+            keys.player_session(),
+            keys.sessions(),
+            keys.live(),
+            keys.ended(),
+            keys.outbox(),
+            keys.outbox_dead(),
+            keys.instance("a"),
+            keys.events(),
+        ] {
+            assert!(key.starts_with("{mp}:"), "{key}");
+        }
+    }
+}

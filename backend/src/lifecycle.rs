@@ -1,0 +1,85 @@
+//! The one vocabulary of a session's life. The Redis scripts write each change as a
+//! [`SessionEvent`] (JSON) to the outbox stream and the events channel in the same atomic step
+//! that makes it; the history writer, the long polls and the supervisors all read this type.
+
+use protocol::api::{EndReason, ResultReport};
+use serde::{Deserialize, Serialize};
+
+/// One change in a session's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub session_id: String,
+    /// The roster (every player whose standing this event changes).
+    pub players: Vec<String>,
+    /// When the change happened, in ms since the Unix epoch.
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// What changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// Formed by `instance`; its server is starting (`allocating`).
+    Formed { instance: String },
+    /// Its server is ready (`matched`).
+    Ready { server: String, addr: String },
+    /// Over. `requeued`: it failed before its server was ready, and its players went back to
+    /// the head of the queue.
+    Ended {
+        reason: EndReason,
+        requeued: bool,
+        #[serde(default)]
+        report: Option<ResultReport>,
+    },
+    /// The game server's result report, arriving after the session had already ended.
+    Reported { report: ResultReport },
+}
+
+impl Change {
+    /// The event's `kind`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Formed { .. } => "formed",
+            Change::Ready { .. } => "ready",
+            Change::Ended { .. } => "ended",
+            Change::Reported { .. } => "reported",
+        }
+    }
+}
+
+impl SessionEvent {
+    /// Decodes an event as the scripts write it.
+    pub fn from_json(bytes: &[u8]) -> serde_json::Result<SessionEvent> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_as_the_scripts_write_them() {
+        let formed = br#"{"kind":"formed","session_id":"s","players":["a","b"],"at_ms":5,"instance":"i"}"#;
+        assert_eq!(
+            SessionEvent::from_json(formed).unwrap(),
+            SessionEvent {
+                session_id: "s".into(),
+                players: vec!["a".into(), "b".into()],
+                at_ms: 5,
+                change: Change::Formed { instance: "i".into() },
+            }
+        );
+        let ended = br#"{"at_ms":7,"kind":"ended","players":["a"],"reason":"failed","requeued":true,"session_id":"s"}"#;
+        assert!(matches!(
+            SessionEvent::from_json(ended).unwrap().change,
+            Change::Ended {
+                reason: EndReason::Failed,
+                requeued: true,
+                report: None
+            }
+        ));
+    }
+}

@@ -1,0 +1,63 @@
+-- End a session once (the first end wins); later calls only add a first result report.
+-- A session that fails while still allocating (its server never became ready) puts its
+-- players back at the head of the queue, in their order, keeping their original join times.
+-- Ended records (and the players' pointers to them) are kept for status answers, then pruned
+-- here, a few per call.
+-- KEYS: 1 sessions, 2 live, 3 ended, 4 outbox, 5 queue, 6 joined, 7 player_session
+-- ARGV: 1 sid, 2 reason, 3 now_ms, 4 events channel, 5 report JSON or '', 6 ms to keep ended records
+-- Reply: {kind='unknown'} | {kind='already_ended', reason} | {kind='ended', requeued}
+local sid, reason, now, report = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
+local record = load_record(KEYS[1], sid)
+if not record then
+  return reply({kind = 'unknown'})
+end
+if record.state == 'ended' then
+  if report ~= '' and not record.reported then
+    record.reported = true
+    save_record(KEYS[1], sid, record)
+    emit(KEYS[4], ARGV[4], {kind = 'reported', session_id = sid, players = record.players, at_ms = now}, report)
+  end
+  return reply({kind = 'already_ended', reason = record.end_reason})
+end
+local requeue = record.state == 'allocating' and reason == 'failed'
+record.state = 'ended'
+record.end_reason = reason
+record.ended_ms = now
+if report ~= '' then
+  record.reported = true
+end
+save_record(KEYS[1], sid, record)
+redis.call('ZREM', KEYS[2], sid)
+redis.call('ZADD', KEYS[3], now, sid)
+if requeue then
+  local head = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+  local min = 0
+  if head[2] then
+    min = tonumber(head[2])
+  end
+  local n = #record.players
+  for i, p in ipairs(record.players) do
+    if redis.call('HGET', KEYS[7], p) == sid then
+      redis.call('ZADD', KEYS[5], min - n - 1 + i, p)
+      redis.call('HSET', KEYS[6], p, record.joined_ms[i] or now)
+      redis.call('HDEL', KEYS[7], p)
+    end
+  end
+end
+emit(KEYS[4], ARGV[4], {kind = 'ended', session_id = sid, players = record.players, at_ms = now, reason = reason,
+  requeued = requeue}, report)
+-- Forget records ended longer ago than the retention, and the pointers still naming them.
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]), 'LIMIT', 0, 8)
+for _, old in ipairs(expired) do
+  local gone = load_record(KEYS[1], old)
+  if gone then
+    for _, p in ipairs(gone.players) do
+      if redis.call('HGET', KEYS[7], p) == old then
+        redis.call('HDEL', KEYS[7], p)
+      end
+    end
+    redis.call('HDEL', KEYS[1], old)
+  end
+  redis.call('ZREM', KEYS[3], old)
+end
+return reply({kind = 'ended', requeued = requeue})

@@ -1,0 +1,16 @@
+-- Record that a session's server is ready: allocating -> matched.
+-- KEYS: 1 sessions, 2 outbox
+-- ARGV: 1 sid, 2 server name, 3 server address, 4 now_ms, 5 events channel
+-- Reply: {kind='ready'} | {kind='not_allocating'} (the session ended meanwhile, or is unknown)
+local record = load_record(KEYS[1], ARGV[1])
+if not record or record.state ~= 'allocating' then
+  return reply({kind = 'not_allocating'})
+end
+record.state = 'matched'
+record.server = ARGV[2]
+record.addr = ARGV[3]
+record.ready_ms = tonumber(ARGV[4])
+save_record(KEYS[1], ARGV[1], record)
+emit(KEYS[2], ARGV[5], {kind = 'ready', session_id = ARGV[1], players = record.players, at_ms = record.ready_ms,
+  server = ARGV[2], addr = ARGV[3]})
+return reply({kind = 'ready'})

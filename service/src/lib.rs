@@ -1,0 +1,10 @@
+//! Process plumbing every matchplane binary shares, kept apart from the contracts in
+//! `protocol`:
+//! - [`cli`]: config parsing (a bad config is one line and exit status 2), duration settings,
+//!   signals, and [`cli::serve`], the rest of a multi-threaded server's `main`;
+//! - [`telemetry`]: the logging set-up;
+//! - [`metrics`]: Prometheus exposition through `prometheus-client`, shared buckets and guards.
+
+pub mod cli;
+pub mod metrics;
+pub mod telemetry;
