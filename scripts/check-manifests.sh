@@ -56,7 +56,7 @@ echo "manifests-check: deploy/ and the rendered game-server pod validate against
 #   CKV_K8S_15 (pull policy Always): GAME_SERVER_PULL_POLICY defaults to IfNotPresent so
 #     kind-loaded images work; operators on a registry may set Always.
 #   CKV_K8S_35 (secrets as files): TICKET_SECRET comes from a Secret through secretKeyRef, as
-#     DESIGN 3 and 7 require; the game server reads its settings from the environment.
+#     the ticket and runtime contracts require; the game server reads its settings from the environment.
 if [ ! -x "$venv/bin/checkov" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'checkov==3.3.30'
 fi

@@ -1,4 +1,4 @@
--- Match history (DESIGN §6). Rows are written from the Redis outbox by upserts that commute,
+-- Match history. Rows are written from the Redis outbox by upserts that commute,
 -- so events applied in any order, or twice, converge on the same row.
 
 CREATE TABLE matches (

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use protocol::TicketSecret;
 use service::cli::seconds;
 use service::telemetry::{LogArgs, LogFormat};
@@ -183,21 +183,21 @@ pub struct GameServerArgs {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub redis_url: String,
-    pub database_url: String,
-    pub key_prefix: String,
-    pub secret: TicketSecret,
-    pub admin_token: Option<String>,
-    pub rules: FormRules,
-    pub ready_timeout: Duration,
-    pub public_host: String,
-    pub public_port: u16,
-    pub instance_id: String,
+    pub(crate) redis_url: String,
+    pub(crate) database_url: String,
+    pub(crate) key_prefix: String,
+    pub(crate) secret: TicketSecret,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) rules: FormRules,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) public_host: String,
+    pub(crate) public_port: u16,
+    pub(crate) instance_id: String,
     /// `None`: derive from the bound listener.
-    pub internal_url: Option<String>,
-    pub ticket_ttl: Duration,
-    pub shutdown_grace: Duration,
-    pub runtime: RuntimeSettings,
+    pub(crate) internal_url: Option<String>,
+    pub(crate) ticket_ttl: Duration,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) runtime: RuntimeSettings,
 }
 
 /// The chosen runtime and its own settings.
@@ -211,13 +211,13 @@ pub enum RuntimeSettings {
 /// What the `local` runtime needs.
 #[derive(Debug, Clone)]
 pub struct LocalSettings {
-    pub binary: PathBuf,
+    pub(crate) binary: PathBuf,
     /// The servers' RUST_LOG.
-    pub log_filter: String,
+    pub(crate) log_filter: String,
     /// The servers' PATH.
-    pub path: Option<OsString>,
+    pub(crate) path: Option<OsString>,
     /// Further game-server environment (START_POLICY, ..., LOG_FORMAT).
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl RuntimeSettings {
@@ -386,11 +386,7 @@ impl Config {
 
     /// Every default, and nothing from the environment.
     pub fn defaults() -> Config {
-        let command = Config::command().mut_args(|arg| arg.env(None));
-        let matches = command
-            .try_get_matches_from(["backend"])
-            .expect("every setting has a default or is optional");
-        Config::from_arg_matches(&matches).expect("defaults fit the config")
+        service::cli::parse_without_env(["backend"]).expect("every setting has a default or is optional")
     }
 }
 

@@ -90,55 +90,55 @@ impl Default for Metrics {
             http: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
-        registry.register("mp_joins", "Join requests by result.", metrics.joins.clone());
+        registry.register("mp_joins", "Join requests by result", metrics.joins.clone());
         registry.register(
             "mp_sessions_formed",
-            "Sessions formed by this replica, by size.",
+            "Sessions formed by this replica, by size",
             metrics.sessions_formed.clone(),
         );
         registry.register(
             "mp_sessions_ended",
-            "Sessions ended through this replica, by reason.",
+            "Sessions ended through this replica, by reason",
             metrics.sessions_ended.clone(),
         );
         registry.register(
             "mp_sessions",
-            "Sessions supervised by this replica, by state.",
+            "Sessions supervised by this replica, by state",
             metrics.sessions.clone(),
         );
         registry.register(
             "mp_queue_depth",
-            "Players waiting in the queue (all replicas).",
+            "Players waiting in the queue (all replicas)",
             metrics.queue_depth.clone(),
         );
         registry.register(
             "mp_history_outbox_backlog",
-            "History events not yet written to PostgreSQL.",
+            "History events not yet written to PostgreSQL",
             metrics.outbox_backlog.clone(),
         );
         registry.register(
             "mp_history_events_written",
-            "History events written to PostgreSQL.",
+            "History events written to PostgreSQL",
             metrics.history_written.clone(),
         );
         registry.register(
             "mp_history_write_failures",
-            "Failed history write attempts (retried).",
+            "Failed history write attempts (retried)",
             metrics.history_failures.clone(),
         );
         registry.register(
             "mp_join_to_matched_seconds",
-            "Time from a player's join to a ready server.",
+            "Time from a player's join to a ready server",
             metrics.join_to_matched.clone(),
         );
         registry.register(
             "mp_server_start_seconds",
-            "Time for a game server to become ready.",
+            "Time for a game server to become ready",
             metrics.server_start.clone(),
         );
         registry.register(
             "mp_http_request_duration_seconds",
-            "HTTP requests by method, route and status.",
+            "HTTP requests by method, route and status",
             metrics.http.clone(),
         );
         for state in [Supervised::Allocating, Supervised::Matched] {

@@ -39,7 +39,7 @@ struct Inner {
 
 /// This replica's charge of one session: holds the token that stops its server, and gives the
 /// session up when dropped.
-pub struct Supervision {
+pub(crate) struct Supervision {
     sessions: Sessions,
     session_id: String,
     stop: CancellationToken,
@@ -47,7 +47,7 @@ pub struct Supervision {
 
 impl Supervision {
     /// Cancelled when the session ends anywhere: its server must go.
-    pub fn stopped(&self) -> &CancellationToken {
+    pub(crate) fn stopped(&self) -> &CancellationToken {
         &self.stop
     }
 }

@@ -1,4 +1,4 @@
-//! DESIGN §5 invariant 6 with PostgreSQL taken away mid-test: matchmaking goes on, health
+//! Session invariant 6 (docs/architecture.md) with PostgreSQL taken away mid-test: matchmaking goes on, health
 //! says degraded, history waits in the outbox across a backend restart, and every row lands
 //! once PostgreSQL is back.
 

@@ -1,4 +1,4 @@
-//! DESIGN §5 invariants 1–3 and 6 under concurrency: three backend replicas share one Redis
+//! Session invariants 1–3 and 6 (docs/architecture.md) under concurrency: three backend replicas share one Redis
 //! and one PostgreSQL; 3,000 players join through all three at once while some cancel.
 
 mod common;

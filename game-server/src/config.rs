@@ -1,4 +1,4 @@
-//! Settings of the game server (DESIGN §9): every one a flag with an environment variable.
+//! Settings of the game server: every one a flag with an environment variable.
 //! [`Config::validate`] turns them into a [`ServerConfig`] or one clear line saying what is
 //! wrong, before anything binds.
 
@@ -163,7 +163,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("game-server").chain(args.iter().copied())).unwrap()
+        service::cli::parse_without_env::<Config, _, _>(std::iter::once("game-server").chain(args.iter().copied()))
+            .unwrap()
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! matchplane's authoritative game server: one process per session (DESIGN §2).
+//! matchplane's authoritative game server: one process per session.
 //!
 //! [`run`] serves a bound listener until the match stops, reports the result, and returns it.
 //! The binary's `main` only parses config, prints `LISTENING`, wires signals and calls `run`;

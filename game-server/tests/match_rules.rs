@@ -1,4 +1,4 @@
-//! The match's rules (DESIGN §2) driven through the actor's handle with a paused clock: every
+//! The match's rules driven through the actor's handle with a paused clock: every
 //! grace period and timeout is checked to the tick, with no sleeping.
 
 use std::time::Duration;

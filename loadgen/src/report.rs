@@ -93,7 +93,7 @@ pub struct Latencies {
     pub whole_life: Summary,
 }
 
-/// Client-side checks of DESIGN §5.
+/// Client-side checks of the session invariants (docs/architecture.md).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Invariants {
     /// Players that appear in the rosters of two different sessions.

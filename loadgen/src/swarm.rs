@@ -18,7 +18,7 @@ use tokio_util::codec::Framed;
 use crate::http::HttpClient;
 use crate::report::{ClientRecord, Outcome, Report};
 
-/// Settings of a swarm (DESIGN §9 names).
+/// Settings of a swarm (the contract names).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SwarmArgs {
     /// The proxy (the API is under /api there).

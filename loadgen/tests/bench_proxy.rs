@@ -21,7 +21,7 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
     let redis = testkit::redis_url();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap().to_string();
-    let proxy = proxy::Config::try_parse_from([
+    let proxy = service::cli::parse_without_env::<proxy::Config, _, _>([
         "proxy",
         "--backend-url",
         "http://127.0.0.1:9",
@@ -42,7 +42,7 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
 
     // The proxy runs in this process, so its CPU time is this process's.
     let own_pid = std::process::id().to_string();
-    let args = Wrapper::try_parse_from([
+    let args = service::cli::parse_without_env::<Wrapper, _, _>([
         "bench-proxy",
         "--echo-port",
         "0",

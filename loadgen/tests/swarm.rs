@@ -27,33 +27,19 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
     let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = backend_listener.local_addr().unwrap();
     let redis = testkit::redis_url();
-    let public_port = proxy_addr.port().to_string();
-    let backend = backend::Config::try_parse_from([
-        "backend",
-        "--redis-url",
-        &redis,
-        "--database-url",
-        &db,
-        "--redis-key-prefix",
-        &prefix,
-        "--ticket-secret",
-        SECRET,
-        "--runtime",
-        "local",
-        "--game-server-bin",
-        game_server.to_str().unwrap(),
-        "--session-size",
-        "3",
-        "--public-host",
-        "127.0.0.1",
-        "--public-port",
-        &public_port,
-    ])
-    .unwrap()
-    .validate()
-    .unwrap();
+    let backend = backend::Settings::builder()
+        .redis_url(&redis)
+        .database_url(&db)
+        .key_prefix(&prefix)
+        .ticket_secret(SECRET)
+        .runtime(backend::RuntimeKind::Local)
+        .game_server_bin(&game_server)
+        .session_size(3)
+        .public_address("127.0.0.1", proxy_addr.port())
+        .build()
+        .unwrap();
     let backend_url = format!("http://{backend_addr}");
-    let proxy = proxy::Config::try_parse_from([
+    let proxy = service::cli::parse_without_env::<proxy::Config, _, _>([
         "proxy",
         "--backend-url",
         &backend_url,
@@ -76,7 +62,7 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let (json, chart) = (dir.join("report.json"), dir.join("latency.svg"));
     let target = format!("http://{proxy_addr}");
-    let args = Wrapper::try_parse_from([
+    let args = service::cli::parse_without_env::<Wrapper, _, _>([
         "swarm",
         "--target-url",
         &target,

@@ -1,4 +1,4 @@
-//! Typed lines of the game protocol (DESIGN §2).
+//! Typed lines of the game protocol.
 //!
 //! Parsing is total on the server side: any bytes become a [`ClientCommand`], with
 //! [`ClientCommand::Unknown`] for everything the protocol does not name, so a server never has

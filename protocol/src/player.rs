@@ -1,4 +1,4 @@
-//! Player ids: 1–128 characters of `[A-Za-z0-9_.:-]` (DESIGN §4). One definition, used by the
+//! Player ids: 1–128 characters of `[A-Za-z0-9_.:-]`. One definition, used by the
 //! backend to refuse bad joins and by the game server to read its roster.
 
 /// The longest player id.

@@ -1,4 +1,4 @@
-//! Tickets: compact HS256 JWTs signed with the shared `TICKET_SECRET` (DESIGN §3).
+//! Tickets: compact HS256 JWTs signed with the shared `TICKET_SECRET`.
 //!
 //! A game ticket names a player (`sub`) and a session (`sid`) for the audience
 //! `matchplane-game`; a result report token names only a session, for `matchplane-report`.

@@ -1,4 +1,4 @@
-//! Proxy settings (DESIGN §9): each a flag with an environment variable.
+//! Proxy settings: each a flag with an environment variable.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -109,7 +109,7 @@ mod tests {
     #[test]
     fn backend_url_must_be_a_valid_http_uri() {
         let parse = |url: &str| {
-            Config::try_parse_from(["proxy", "--ticket-secret", "k", "--backend-url", url])
+            service::cli::parse_without_env::<Config, _, _>(["proxy", "--ticket-secret", "k", "--backend-url", url])
                 .unwrap()
                 .validate()
         };

@@ -1,4 +1,4 @@
-//! matchplane's public entry point (DESIGN §8): one listener for the HTTP API and for game
+//! matchplane's public entry point: one listener for the HTTP API and for game
 //! sessions.
 //!
 //! Each connection's first bytes decide what it is: an HTTP request is served as HTTP

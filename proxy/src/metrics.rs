@@ -56,16 +56,16 @@ impl Default for Metrics {
         let bytes = Family::<DirectionLabel, Counter>::default();
         let routes = Family::<OutcomeLabel, Counter>::default();
         let http = Family::<StatusLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        registry.register("mp_proxy_open_connections", "Open connections by kind.", open.clone());
-        registry.register("mp_proxy_game_bytes", "Bytes spliced, by direction.", bytes.clone());
+        registry.register("mp_proxy_open_connections", "Open connections by kind", open.clone());
+        registry.register("mp_proxy_game_bytes", "Bytes spliced, by direction", bytes.clone());
         registry.register(
             "mp_proxy_routes",
-            "Connection routing outcomes by reason.",
+            "Connection routing outcomes by reason",
             routes.clone(),
         );
         registry.register(
             "mp_proxy_http_request_duration_seconds",
-            "HTTP requests by status.",
+            "HTTP requests by status",
             http.clone(),
         );
         for kind in [ConnKind::Pending, ConnKind::Http, ConnKind::Game] {

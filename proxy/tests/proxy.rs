@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -58,7 +57,10 @@ impl Proxy {
             "65536",
         ];
         args.extend_from_slice(extra);
-        let settings = proxy::Config::try_parse_from(args).unwrap().validate().unwrap();
+        let settings = service::cli::parse_without_env::<proxy::Config, _, _>(args)
+            .unwrap()
+            .validate()
+            .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

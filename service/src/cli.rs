@@ -22,6 +22,18 @@ pub fn parse<C: clap::Parser>(binary: &str) -> Result<C, ExitCode> {
     }
 }
 
+/// Parses `args` alone, as if no environment variable were set: settings for tests and tools
+/// that must not change with the shell they run in (an exported `SESSION_SIZE`, say).
+pub fn parse_without_env<C, I, T>(args: I) -> Result<C, clap::Error>
+where
+    C: clap::Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = C::command().mut_args(|arg| arg.env(None)).try_get_matches_from(args)?;
+    C::from_arg_matches(&matches)
+}
+
 /// A setting in seconds (decimals allowed), refused with its name if negative or absurd.
 pub fn seconds(name: &str, value: f64) -> Result<Duration, String> {
     if (0.0..1e9).contains(&value) {
@@ -110,6 +122,21 @@ mod tests {
         setrlimit(Resource::RLIMIT_NOFILE, hard.min(256), hard).unwrap();
         assert_eq!(super::raise_open_file_limit().unwrap(), hard);
         assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Example {
+        #[arg(long, env = "MP_SERVICE_TEST_SIZE", default_value_t = 12)]
+        size: u32,
+    }
+
+    #[test]
+    fn parsing_without_env_takes_defaults_and_flags_only() {
+        // Whatever the shell exports, the defaults and the flags given are what counts.
+        let example: Example = super::parse_without_env(["example"]).unwrap();
+        assert_eq!(example.size, 12);
+        let example: Example = super::parse_without_env(["example", "--size", "3"]).unwrap();
+        assert_eq!(example.size, 3);
     }
 
     #[test]

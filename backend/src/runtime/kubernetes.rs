@@ -36,16 +36,16 @@ use crate::sessions::Sessions;
 use crate::store::now_ms;
 
 /// The label every game-server Pod carries, and its value.
-pub const APP_LABEL: &str = "app.kubernetes.io/name";
-pub const APP_VALUE: &str = "matchplane-game-server";
+const APP_LABEL: &str = "app.kubernetes.io/name";
+const APP_VALUE: &str = "matchplane-game-server";
 /// The label naming a Pod's session.
-pub const SESSION_LABEL: &str = "matchplane.io/session";
+const SESSION_LABEL: &str = "matchplane.io/session";
 /// The game port inside the Pod.
-pub const GAME_PORT: i32 = 7777;
+const GAME_PORT: i32 = 7777;
 /// Pod creations in flight at once, per replica.
 const PARALLEL_CREATES: usize = 16;
 /// How long a finished Pod is kept (for `kubectl logs`) before the reaper deletes it.
-pub const REAP_GRACE: Duration = Duration::from_secs(30);
+const REAP_GRACE: Duration = Duration::from_secs(30);
 /// Live sessions younger than this are not failed for lacking a Pod at start: their
 /// replica may be creating it.
 const RECONCILE_MIN_AGE: Duration = Duration::from_secs(30);
@@ -216,7 +216,7 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
 
 /// Where a Pod stands, for the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PodState {
+enum PodState {
     /// Scheduled or starting.
     Pending,
     /// Ready at this IP.
@@ -226,7 +226,7 @@ pub enum PodState {
 }
 
 /// Reads a Pod's state from its status.
-pub fn pod_state(pod: &Pod) -> PodState {
+fn pod_state(pod: &Pod) -> PodState {
     let Some(status) = &pod.status else {
         return PodState::Pending;
     };
@@ -249,7 +249,7 @@ pub fn pod_state(pod: &Pod) -> PodState {
 
 /// Whether an API failure is worth another try: conflicts, throttling, server errors and
 /// transport problems.
-pub fn retryable(error: &kube::Error) -> bool {
+fn retryable(error: &kube::Error) -> bool {
     match error {
         kube::Error::Api(status) => status.code == 409 || status.code == 429 || status.code >= 500,
         kube::Error::HyperError(_) | kube::Error::Service(_) => true,

@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
 use game_server::{Config, ServerConfig};
 use protocol::api::ResultReport;
 use protocol::ticket::unix_now;
@@ -46,7 +45,10 @@ pub fn config(players: &[String], extra: &[&str]) -> ServerConfig {
         SECRET,
     ];
     args.extend_from_slice(extra);
-    Config::try_parse_from(args).unwrap().validate().unwrap()
+    service::cli::parse_without_env::<Config, _, _>(args)
+        .unwrap()
+        .validate()
+        .unwrap()
 }
 
 pub struct Server {
