@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use serde_json::json;
+use protocol::api::JoinRequest;
 
 use crate::http::HttpClient;
 use crate::stats::{Summary, summarize};
@@ -78,10 +78,12 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
                 if i >= total {
                     return latencies;
                 }
-                let body = json!({ "player_id": format!("{prefix}-{i}") });
+                let body = JoinRequest {
+                    player_id: format!("{prefix}-{i}"),
+                };
                 let t = Instant::now();
                 match client
-                    .json::<serde_json::Value>(Method::POST, "/match/join", Some(body))
+                    .json::<serde_json::Value>(Method::POST, "/match/join", Some(&body))
                     .await
                 {
                     Ok(_) => latencies.push(t.elapsed()),

@@ -8,6 +8,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use protocol::api::JoinRequest;
 use serde::de::DeserializeOwned;
 
 /// Why a request failed.
@@ -86,11 +87,10 @@ impl HttpClient {
         &self,
         method: Method,
         path: &str,
-        body: Option<serde_json::Value>,
+        body: Option<&JoinRequest>,
     ) -> Result<T, HttpError> {
-        let (status, bytes) = self
-            .send(method, path, body.map(|b| b.to_string().into_bytes()))
-            .await?;
+        let body = body.map(|b| serde_json::to_vec(b).expect("a join request encodes"));
+        let (status, bytes) = self.send(method, path, body).await?;
         if !status.is_success() {
             return Err(HttpError::Status {
                 status: status.as_u16(),

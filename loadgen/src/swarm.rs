@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use hyper::Method;
-use protocol::api::{MatchResponse, MatchStatus};
+use protocol::api::{JoinRequest, MatchResponse, MatchStatus};
 use protocol::{GameState, LineCodec, ServerReply};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -203,9 +203,11 @@ async fn play(shared: &Shared, player: String) -> ClientRecord {
 
 async fn lifecycle(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Outcome> {
     let api = &shared.api;
-    let body = serde_json::json!({ "player_id": record.player });
+    let body = JoinRequest {
+        player_id: record.player.clone(),
+    };
     let mut status: MatchResponse = api
-        .json(Method::POST, "/match/join", Some(body))
+        .json(Method::POST, "/match/join", Some(&body))
         .await
         .map_err(|e| Outcome::JoinFailed(e.to_string()))?;
     while status.status != MatchStatus::Matched {

@@ -8,7 +8,7 @@
 //! work of its own while the backend runs (a Pod reaper) hands it over as [`Task`]s.
 
 pub mod kubernetes;
-pub mod local;
+mod local;
 
 use std::sync::Arc;
 use std::time::Duration;
