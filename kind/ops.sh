@@ -73,7 +73,9 @@ case "$TARGET" in
     need docker
     for image in "${IMAGES[@]}"; do
       say "building matchplane/$image:$TAG (deploy/Dockerfile, target $image)"
-      docker build -f deploy/Dockerfile --target "$image" -t "matchplane/$image:$TAG" .
+      # No provenance attestation: with one, `kind load docker-image` fails on Docker's
+      # containerd image store (the image index holds an attestation manifest kind cannot load).
+      docker build --provenance=false -f deploy/Dockerfile --target "$image" -t "matchplane/$image:$TAG" .
     done
     ;;
   game-load-images)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make manifests-check`: every script passes shellcheck; every path the Dockerfile copies
-# exists; everything under deploy/ renders
+# exists, and what it copies resolves as the workspace; everything under deploy/ renders
 # with kustomize, and every object,
 # plus the game-server Pod the backend creates (`backend render-pod`), validates in strict mode
 # against the Kubernetes OpenAPI schemas of the pinned version (the k8s-openapi feature).
@@ -30,6 +30,26 @@ while read -r src; do
 done < <(awk '/^COPY / && !/--from/ {for (i = 2; i < NF; i++) print $i}' deploy/Dockerfile)
 [ "$missing" = 0 ] || exit 1
 echo "manifests-check: every path deploy/Dockerfile copies exists"
+
+# The build stage sees exactly what the Dockerfile copies: that set alone must resolve as a
+# workspace (a member left out, say testkit, fails `cargo build` there).
+ctx=$(mktemp -d)
+while read -r dst srcs; do
+  for src in $srcs; do
+    case "$dst" in
+      */) mkdir -p "$ctx/$dst"; cp -r "$src" "$ctx/$dst" ;;
+      *) mkdir -p "$ctx/$(dirname "$dst")"; cp -r "$src" "$ctx/$dst" ;;
+    esac
+  done
+done < <(awk '/^COPY / && !/--from/ {srcs = ""; for (i = 2; i < NF; i++) srcs = srcs " " $i; print $NF, srcs}' deploy/Dockerfile)
+if ! cargo metadata --locked --offline --format-version 1 --manifest-path "$ctx/Cargo.toml" >/dev/null 2>"$ctx.err"; then
+  echo "deploy/Dockerfile's build stage does not see a whole workspace:" >&2
+  grep -m 3 -i 'error\|caused by\|failed' "$ctx.err" >&2 || cat "$ctx.err" >&2
+  rm -rf "$ctx" "$ctx.err"
+  exit 1
+fi
+rm -rf "$ctx" "$ctx.err"
+echo "manifests-check: what deploy/Dockerfile copies resolves as the whole workspace (cargo metadata --locked --offline)"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
