@@ -21,7 +21,6 @@ use protocol::player::is_valid_player_id;
 use protocol::sessions::{SessionRecord, SessionState};
 use protocol::{Audience, Claims};
 use serde::de::DeserializeOwned;
-use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::error::{ApiError, ApiResult};
 use crate::events::Waiters;
-use crate::history::{History, MatchRow};
+use crate::history::{History, MatchRow, from_ms};
 use crate::metrics::{JoinResult, Metrics};
 use crate::sessions::Sessions;
 use crate::store::{CancelOutcome, EndOutcome, JoinOutcome, PlayerView, now_ms};
@@ -215,10 +214,6 @@ fn status_of(state: SessionState) -> MatchStatus {
     }
 }
 
-fn at_ms(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 /// A live session's view, from its Redis record.
 fn view_of_record(session_id: String, record: SessionRecord) -> SessionView {
     SessionView {
@@ -228,10 +223,10 @@ fn view_of_record(session_id: String, record: SessionRecord) -> SessionView {
         instance: Some(record.instance),
         server: record.server,
         addr: record.addr,
-        created_at: at_ms(record.created_ms),
-        ready_at: record.ready_ms.map(at_ms),
+        created_at: from_ms(record.created_ms),
+        ready_at: record.ready_ms.map(from_ms),
         started_at: None,
-        ended_at: record.ended_ms.map(at_ms),
+        ended_at: record.ended_ms.map(from_ms),
         end_reason: record.end_reason,
         requested_seconds: None,
     }

@@ -74,7 +74,8 @@ pub(crate) struct MatchRow {
     pub end_reason: Option<String>,
 }
 
-fn from_ms(ms: i64) -> OffsetDateTime {
+/// A time in ms since the Unix epoch, as the store keeps them.
+pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
