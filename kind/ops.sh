@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=kind/images.sh
+. kind/images.sh
 CLUSTER=${KIND_CLUSTER:-matchplane}
-TAG=${IMAGE_TAG:-dev}
+TAG=$(mp_tree_tag)
 IMAGES=(backend proxy game-server loadgen)
 
 say() { printf '==> %s\n' "$*"; }
@@ -28,6 +30,19 @@ need_cluster() {
   }
 }
 random() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+# Applies deploy/APP with the images of $TAG and waits for the rollout. A changed tag rolls the
+# Deployment out by itself; the same tag (an image rebuilt from the same tree) restarts it.
+deploy_app() {
+  local app=$1 deployment=matchplane-$1 before after
+  before=$(kubectl -n matchplane get deployment "$deployment" -o 'jsonpath={.spec.template.spec.containers[0].image}' 2>/dev/null || true)
+  mp_overlay ".run/overlays/$app" "$app" "$TAG"
+  kubectl apply -k ".run/overlays/$app"
+  after=$(kubectl -n matchplane get deployment "$deployment" -o 'jsonpath={.spec.template.spec.containers[0].image}')
+  if [ "$before" = "$after" ]; then
+    kubectl -n matchplane rollout restart "deployment/$deployment"
+  fi
+  kubectl -n matchplane rollout status "deployment/$deployment" --timeout=180s
+}
 secret_value() { kubectl -n "$1" get secret "$2" -o "jsonpath={.data.$3}" 2>/dev/null | base64 -d; }
 
 secrets() {
@@ -88,16 +103,14 @@ case "$TARGET" in
   game-backend)
     need_cluster
     secrets
-    say "deploying the backend (2 replicas, RUNTIME=kubernetes) with its RBAC and the game-server NetworkPolicy"
+    say "deploying the backend (2 replicas, RUNTIME=kubernetes, images $TAG) with its RBAC and the game-server NetworkPolicy"
     kubectl apply -f deploy/namespace.yaml
-    kubectl apply -k deploy/backend
-    kubectl -n matchplane rollout status deployment/matchplane-backend --timeout=180s
+    deploy_app backend
     ;;
   game-proxy)
     need_cluster
-    say "deploying the proxy (NodePort 30080)"
-    kubectl apply -k deploy/proxy
-    kubectl -n matchplane rollout status deployment/matchplane-proxy --timeout=180s
+    say "deploying the proxy (NodePort 30080, image $TAG)"
+    deploy_app proxy
     ;;
   game-testbed)
     for step in game-build game-load-images game-backend game-proxy; do "$0" "$step"; done

@@ -20,7 +20,7 @@ if ! command -v shellcheck >/dev/null 2>&1; then
   . scripts/services.sh
   mp_apt_install shellcheck || mp_die "manifests-check needs shellcheck: install it with 'sudo apt-get install -y shellcheck' and run this again."
 fi
-shellcheck scripts/*.sh kind/*.sh .ci/run
+shellcheck -x scripts/*.sh kind/*.sh .ci/run
 echo "manifests-check: shellcheck passes on scripts/*.sh, kind/*.sh and .ci/run"
 
 # Every path the Dockerfile copies from the build context exists.
@@ -55,6 +55,21 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 kubectl kustomize deploy/ >"$out/deploy.yaml"
+# What `make game-backend` and `make game-proxy` apply: the overlays with the tree's image tag.
+# shellcheck source=kind/images.sh
+. kind/images.sh
+for app in backend proxy; do
+  mp_overlay "$out/overlays/$app" "$app" check-tag-0123
+  kubectl kustomize "$out/overlays/$app" >"$out/overlay-$app.yaml"
+  if grep -q 'matchplane/.*:dev' "$out/overlay-$app.yaml" || ! grep -q "matchplane/$app:check-tag-0123" "$out/overlay-$app.yaml"; then
+    echo "the $app overlay does not set every matchplane image to the tree's tag:" >&2
+    grep -n 'matchplane/' "$out/overlay-$app.yaml" >&2
+    exit 1
+  fi
+done
+grep -q 'value: matchplane/game-server:check-tag-0123' "$out/overlay-backend.yaml" \
+  || { echo "the backend overlay does not set GAME_SERVER_IMAGE to the tree's tag" >&2; exit 1; }
+echo "manifests-check: the deploy overlays set every image (and GAME_SERVER_IMAGE) to the tree's tag"
 cargo build --quiet --locked -p backend
 export NAMESPACE=matchplane
 TICKET_SECRET=render-check BACKEND_INTERNAL_URL=http://matchplane-backend.matchplane.svc:8081 \
@@ -65,7 +80,7 @@ GAME_SERVER_NODE_SELECTOR='pool=games' GAME_SERVER_TOLERATIONS='[{"key":"games",
   "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e60 --players a >"$out/pod-options.yaml"
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
-  "$out/deploy.yaml" "$out/pod.yaml" "$out/pod-options.yaml"
+  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml"
 echo "manifests-check: deploy/ and the rendered game-server pod validate against Kubernetes $K8S_VERSION (strict)"
 
 # Security scan of the rendered manifests. deploy/ carries its exceptions, with reasons, as
