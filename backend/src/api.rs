@@ -14,8 +14,8 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use protocol::api::{
-    ActiveSessions, BackendHealth, DependencyState, EndReason, HealthStatus, JoinRequest, MatchResponse, MatchStatus,
-    PlayerMatch, PlayerMatches, Recorded, ReportReceipt, ResultReport, SessionEnded, SessionView,
+    ActiveSessions, BackendHealth, DependencyState, EndReason, HealthStatus, JoinRequest, Live, MatchResponse,
+    MatchStatus, PlayerMatch, PlayerMatches, Recorded, ReportReceipt, ResultReport, SessionEnded, SessionView,
 };
 use protocol::player::is_valid_player_id;
 use protocol::sessions::{SessionRecord, SessionState};
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::error::{ApiError, ApiResult};
 use crate::events::Waiters;
+use crate::health::Health;
 use crate::history::{History, MatchRow, from_ms};
 use crate::metrics::{JoinResult, Metrics};
 use crate::sessions::Sessions;
@@ -43,6 +44,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 /// What handlers share.
 pub(crate) struct AppState {
     pub sessions: Sessions,
+    /// The dependencies as last checked.
+    pub health: Arc<Health>,
     pub history: History,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
@@ -64,6 +67,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/sessions/{session_id}", get(session))
         .route("/players/{player_id}/matches", get(player_matches))
         .route("/health", get(health))
+        .route("/livez", get(live))
         .route("/metrics", get(metrics))
         .route("/internal/sessions/{session_id}/result", post(result_report))
         .fallback(|| async { ApiError::NotFound("not_found", "no such endpoint".into()) })
@@ -454,14 +458,11 @@ async fn player_matches(
     }))
 }
 
+/// Readiness, from the last dependency checks: answers at once, whatever the dependencies do.
 async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<BackendHealth>) {
-    let store = state.sessions.store();
-    let redis_ok = matches!(timeout(Duration::from_secs(2), store.ping()).await, Ok(Ok(())));
-    let postgres_ok = state.history.ping().await;
-    let backlog = store.outbox_len().await.ok();
-    if let Some(backlog) = backlog {
-        state.metrics.set_outbox_backlog(backlog);
-    }
+    let redis_ok = state.health.redis_ok();
+    let postgres_ok = state.health.postgres_ok();
+    let backlog = state.health.backlog();
     let draining = state.draining.is_cancelled();
     let ready = redis_ok && !draining;
     let body = BackendHealth {
@@ -481,6 +482,12 @@ async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Backend
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// Liveness: the process serves HTTP. Depends on nothing else, so a dependency's outage never
+/// gets a healthy replica restarted.
+async fn live() -> Json<Live> {
+    Json(Live::OK)
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

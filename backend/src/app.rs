@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::events::Waiters;
+use crate::health::{Dependencies, Health};
 use crate::history::History;
 use crate::janitor::Janitor;
 use crate::matcher::Matcher;
@@ -100,6 +101,13 @@ impl App {
             servers_outlive_backend: runtime.as_ref().is_some_and(|r| r.servers_outlive_backend()),
         };
         recover(&history, &janitor, runtime.as_deref()).await?;
+        let health = Arc::new(Health::default());
+        let dependencies = Dependencies {
+            store: sessions.store().clone(),
+            history: history.clone(),
+            metrics: metrics.clone(),
+        };
+        health.check(&dependencies).await;
 
         let phases = Phases::new();
         let supervisor = Supervisor::new(
@@ -138,6 +146,10 @@ impl App {
             ),
             ("janitor", Box::pin(janitor.run(phases.background.clone()))),
             (
+                "health",
+                Box::pin(health.clone().run(dependencies, phases.background.clone())),
+            ),
+            (
                 "history",
                 Box::pin(history.clone().run_writer(phases.history.clone(), HISTORY_FLUSH)),
             ),
@@ -152,6 +164,7 @@ impl App {
 
         let state = Arc::new(api::AppState {
             sessions,
+            health,
             history,
             settings: settings.clone(),
             metrics,

@@ -14,6 +14,7 @@ mod app;
 pub mod config;
 mod error;
 mod events;
+mod health;
 mod history;
 mod janitor;
 pub mod keys;

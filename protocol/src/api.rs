@@ -276,6 +276,20 @@ impl HealthStatus {
     }
 }
 
+/// `GET /livez` of the backend and the proxy: the process is serving. It checks nothing else,
+/// so that a dependency's outage never gets a healthy process restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    /// Always `ok`.
+    pub status: HealthStatus,
+}
+
+impl Live {
+    pub const OK: Live = Live {
+        status: HealthStatus::Ok,
+    };
+}
+
 /// The backend's `GET /health` (status 503 when not `ready`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendHealth {

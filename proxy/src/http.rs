@@ -33,12 +33,8 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(&protocol::api::ErrorBody::new(code, message)).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = json_response(&protocol::api::ErrorBody::new(code, message));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -71,7 +67,9 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
     let response = if path == "/api" || path.starts_with("/api/") {
         forward(request, peer, ctx).await
     } else if path == "/health" {
-        health(ctx).await
+        health(ctx)
+    } else if path == "/livez" {
+        json_response(&protocol::api::Live::OK)
     } else if path == "/metrics" {
         let mut response = Response::new(Full::new(Bytes::from(ctx.metrics.render())));
         response.headers_mut().insert(
@@ -90,26 +88,26 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
     response
 }
 
-async fn health(ctx: &Context) -> Response<Full<Bytes>> {
-    let redis_ok = matches!(
-        timeout(
-            Duration::from_secs(2),
-            redis::cmd("PING").query_async::<String>(&mut ctx.redis.clone())
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    let backend_ok = matches!(
-        timeout(Duration::from_secs(2), ctx.backend.request(backend_request(ctx, "/health"))).await,
-        Ok(Ok(r)) if r.status().is_success()
-    );
+/// Readiness, from the last checks: 503 while Redis is down (no game connection can be
+/// routed) or the proxy is draining; a backend outage is `degraded` but still ready, since
+/// spliced matches go on.
+fn health(ctx: &Context) -> Response<Full<Bytes>> {
+    let (redis_ok, backend_ok) = (ctx.health.redis_ok(), ctx.health.backend_ok());
     let body = protocol::api::ProxyHealth {
         status: protocol::api::HealthStatus::from_ok(redis_ok && backend_ok),
         redis: protocol::api::DependencyState::from_ok(redis_ok),
         backend: protocol::api::DependencyState::from_ok(backend_ok),
         open_game_connections: ctx.metrics.open_game(),
     };
-    let body = serde_json::to_string(&body).expect("a health body encodes");
+    let mut response = json_response(&body);
+    if !redis_ok || ctx.draining.is_cancelled() {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
+}
+
+fn json_response(body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(body).expect("a response body encodes");
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response
         .headers_mut()
@@ -117,7 +115,7 @@ async fn health(ctx: &Context) -> Response<Full<Bytes>> {
     response
 }
 
-fn backend_request(ctx: &Context, path: &str) -> Request<Full<Bytes>> {
+pub(crate) fn backend_request(ctx: &Context, path: &str) -> Request<Full<Bytes>> {
     Request::get(format!("{}{path}", ctx.settings.backend_url))
         .body(Full::new(Bytes::new()))
         .expect("a valid request")

@@ -10,6 +10,7 @@
 mod classify;
 pub mod config;
 mod game;
+mod health;
 mod http;
 mod limits;
 mod metrics;
@@ -44,6 +45,10 @@ struct Context {
     backend: Client<HttpConnector, Full<Bytes>>,
     metrics: Metrics,
     routes: game::Routes,
+    /// Redis and the backend as last checked.
+    health: health::Health,
+    /// Cancelled on shutdown: no new connections, not ready.
+    draining: CancellationToken,
     limiter: limits::RateLimiter,
     permits: Arc<Semaphore>,
 }
@@ -94,9 +99,13 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         backend,
         metrics: Metrics::default(),
         routes: game::Routes::default(),
+        health: health::Health::default(),
+        draining: CancellationToken::new(),
     });
+    ctx.health.check(&ctx).await;
+    let checks = tokio::spawn(health::run(ctx.clone(), ctx.draining.clone()));
     let tracker = TaskTracker::new();
-    let soft = CancellationToken::new();
+    let soft = ctx.draining.clone();
     let hard = CancellationToken::new();
     warn_if_few_descriptors(ctx.settings.max_connections);
     tracing::info!(addr = %listener.local_addr()?, backend = %ctx.settings.backend_url, "proxy ready");
@@ -140,6 +149,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         hard.cancel();
         let _ = timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
     }
+    let _ = checks.await;
     Ok(())
 }
 

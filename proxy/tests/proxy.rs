@@ -274,11 +274,14 @@ async fn a_backend_that_is_down_gets_a_clear_502() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::BAD_GATEWAY, Some("backend_unavailable"))
     );
-    let (_, _, health) = http(proxy.addr, "GET", "/health", &[], Vec::new()).await;
+    let (status, _, health) = http(proxy.addr, "GET", "/health", &[], Vec::new()).await;
     assert_eq!(
-        (health["status"].as_str(), health["backend"].as_str()),
-        (Some("degraded"), Some("down"))
+        (status, health["status"].as_str(), health["backend"].as_str()),
+        (StatusCode::OK, Some("degraded"), Some("down")),
+        "still ready: spliced matches need Redis, not the backend"
     );
+    let (status, _, live) = http(proxy.addr, "GET", "/livez", &[], Vec::new()).await;
+    assert_eq!((status, live), (StatusCode::OK, serde_json::json!({"status": "ok"})));
     proxy.stop().await;
 }
 

@@ -1,0 +1,63 @@
+//! The proxy's view of Redis and the backend, kept fresh in the background so `/health`
+//! answers at once from the last results.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::Context;
+
+/// How often the dependencies are checked.
+const EVERY: Duration = Duration::from_secs(1);
+/// How long one check may take before the dependency counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The last results.
+#[derive(Default)]
+pub(crate) struct Health {
+    redis: AtomicBool,
+    backend: AtomicBool,
+}
+
+impl Health {
+    /// Checks Redis (session records: every game connection needs them) and the backend's
+    /// own readiness, at once.
+    pub(crate) async fn check(&self, ctx: &Context) {
+        let mut conn = ctx.redis.clone();
+        let ping = redis::cmd("PING");
+        let (redis, backend) = tokio::join!(
+            timeout(CHECK_TIMEOUT, ping.query_async::<String>(&mut conn)),
+            timeout(
+                CHECK_TIMEOUT,
+                ctx.backend.request(crate::http::backend_request(ctx, "/health"))
+            ),
+        );
+        self.redis.store(matches!(redis, Ok(Ok(_))), Ordering::Relaxed);
+        self.backend.store(
+            matches!(backend, Ok(Ok(r)) if r.status().is_success()),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn redis_ok(&self) -> bool {
+        self.redis.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn backend_ok(&self) -> bool {
+        self.backend.load(Ordering::Relaxed)
+    }
+}
+
+/// Checks every [`EVERY`] until `stop`.
+pub(crate) async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        ctx.health.check(&ctx).await;
+    }
+}
