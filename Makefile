@@ -70,7 +70,7 @@ game-testbed: ## game-build, game-load-images, game-backend and game-proxy
 proxy-port-forward-local: ## Port-forward localhost:8080 to the proxy (clusters without kind's mapping)
 	kind/ops.sh proxy-port-forward-local
 
-game-load-local: ## loadgen swarm against localhost:8080 (CLIENTS, SPAWN_RATE, MATCH_DURATION)
+game-load-local: ## The loadgen image's swarm against localhost:8080 (TARGET_URL, CLIENTS, SPAWN_RATE, MATCH_DURATION)
 	kind/ops.sh game-load-local
 
 status: ## Pods of databases and matchplane, and health through the proxy

@@ -3,8 +3,10 @@
 # scripts/check-manifests.sh:
 #   mp_tree_tag            # prints the tag: IMAGE_TAG, else the commit (plus a hash of
 #                          # uncommitted changes), so every rebuild of other code gets a new tag
+#   mp_image APP TAG       # prints the image name: IMAGE_REPOSITORY (default matchplane)/APP:TAG
 #   mp_overlay DIR APP TAG # writes a kustomize overlay of deploy/APP (backend or proxy) into
-#                          # DIR, with every matchplane image of APP at TAG (GAME_SERVER_IMAGE too)
+#                          # DIR, with every matchplane image of APP at TAG (GAME_SERVER_IMAGE
+#                          # too) and, for the backend, PUBLIC_HOST/PUBLIC_PORT when they are set
 
 mp_tree_tag() {
   if [ -n "${IMAGE_TAG:-}" ]; then
@@ -24,6 +26,10 @@ mp_tree_tag() {
   fi
 }
 
+mp_image() {
+  echo "${IMAGE_REPOSITORY:-matchplane}/$1:$2"
+}
+
 mp_overlay() {
   local dir=$1 app=$2 tag=$3 base
   mkdir -p "$dir"
@@ -36,6 +42,7 @@ mp_overlay() {
     echo "  - $base"
     echo "images:"
     echo "  - name: matchplane/$app"
+    echo "    newName: \"${IMAGE_REPOSITORY:-matchplane}/$app\""
     echo "    newTag: \"$tag\""
     if [ "$app" = backend ]; then
       # The game-server image is a setting of the backend, not a container image kustomize
@@ -52,7 +59,15 @@ mp_overlay() {
       echo "              - name: backend"
       echo "                env:"
       echo "                  - name: GAME_SERVER_IMAGE"
-      echo "                    value: \"matchplane/game-server:$tag\""
+      echo "                    value: \"$(mp_image game-server "$tag")\""
+      if [ -n "${PUBLIC_HOST:-}" ]; then
+        echo "                  - name: PUBLIC_HOST"
+        echo "                    value: \"$PUBLIC_HOST\""
+      fi
+      if [ -n "${PUBLIC_PORT:-}" ]; then
+        echo "                  - name: PUBLIC_PORT"
+        echo "                    value: \"$PUBLIC_PORT\""
+      fi
     fi
   } >"$dir/kustomization.yaml"
 }

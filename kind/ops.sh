@@ -54,13 +54,19 @@ secrets() {
     password=$(random)
     kubectl -n databases create secret generic postgres --from-literal=password="$password" >/dev/null
   fi
-  if ! kubectl -n matchplane get secret matchplane-database >/dev/null 2>&1; then
-    kubectl -n matchplane create secret generic matchplane-database \
-      --from-literal=database-url="postgres://matchplane:$password@postgres.databases.svc.cluster.local:5432/matchplane" >/dev/null
-  fi
-  if ! kubectl -n matchplane get secret matchplane-ticket >/dev/null 2>&1; then
-    kubectl -n matchplane create secret generic matchplane-ticket \
-      --from-literal=ticket-secret="$(random)" --from-literal=admin-token="$(random)" >/dev/null
+  # Always from the current postgres password: a recreated postgres Secret never leaves the
+  # backend with a stale one.
+  kubectl -n matchplane create secret generic matchplane-database --dry-run=client -o yaml \
+    --from-literal=database-url="postgres://matchplane:$password@postgres.databases.svc.cluster.local:5432/matchplane" \
+    | kubectl apply -f - >/dev/null
+  local ticket admin
+  ticket=$(secret_value matchplane matchplane-ticket ticket-secret || true)
+  admin=$(secret_value matchplane matchplane-ticket admin-token || true)
+  if [ -z "$ticket" ] || [ -z "$admin" ]; then
+    # Keeps an existing ticket secret (tickets already issued stay valid); adds what is missing.
+    kubectl -n matchplane create secret generic matchplane-ticket --dry-run=client -o yaml \
+      --from-literal=ticket-secret="${ticket:-$(random)}" --from-literal=admin-token="${admin:-$(random)}" \
+      | kubectl apply -f - >/dev/null
   fi
 }
 
@@ -68,6 +74,13 @@ TARGET=${1:-}
 case "$TARGET" in
   cluster)
     need docker kind kubectl
+    # kindnet enforces NetworkPolicies from kind v0.24.0 on; before it the game servers'
+    # isolation would silently not exist.
+    kind_version=$(kind version | sed -n 's/^kind v\([0-9]*\.[0-9]*\).*/\1/p')
+    if [ -z "$kind_version" ] || [ "$(printf '%s\n0.24\n' "$kind_version" | sort -V | head -n 1)" != 0.24 ]; then
+      echo "make cluster needs kind v0.24.0 or later (NetworkPolicy enforcement); found '$(kind version)': upgrade kind and run this again." >&2
+      exit 1
+    fi
     if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
       say "kind cluster $CLUSTER already exists"
     else
@@ -87,17 +100,17 @@ case "$TARGET" in
   game-build)
     need docker
     for image in "${IMAGES[@]}"; do
-      say "building matchplane/$image:$TAG (deploy/Dockerfile, target $image)"
+      say "building $(mp_image "$image" "$TAG") (deploy/Dockerfile, target $image)"
       # No provenance attestation: with one, `kind load docker-image` fails on Docker's
       # containerd image store (the image index holds an attestation manifest kind cannot load).
-      docker build --provenance=false -f deploy/Dockerfile --target "$image" -t "matchplane/$image:$TAG" .
+      docker build --provenance=false -f deploy/Dockerfile --target "$image" -t "$(mp_image "$image" "$TAG")" .
     done
     ;;
   game-load-images)
     need docker kind
     for image in "${IMAGES[@]}"; do
-      say "loading matchplane/$image:$TAG into kind cluster $CLUSTER"
-      kind load docker-image --name "$CLUSTER" "matchplane/$image:$TAG"
+      say "loading $(mp_image "$image" "$TAG") into kind cluster $CLUSTER"
+      kind load docker-image --name "$CLUSTER" "$(mp_image "$image" "$TAG")"
     done
     ;;
   game-backend)
@@ -125,13 +138,19 @@ case "$TARGET" in
     exec kubectl -n matchplane port-forward svc/matchplane-proxy 8080:8080
     ;;
   game-load-local)
-    need cargo
-    say "swarm of ${CLIENTS:-50} clients against ${TARGET_URL:-http://localhost:8080} (SPAWN_RATE=${SPAWN_RATE:-0}, MATCH_DURATION=${MATCH_DURATION:-30})"
-    cargo build --release --locked -p loadgen
+    need docker
+    loadgen_image=$(mp_image loadgen "$TAG")
+    docker image inspect "$loadgen_image" >/dev/null 2>&1 || {
+      echo "make game-load-local runs the image $loadgen_image, which is not built: run 'make game-build' (with the same IMAGE_TAG and IMAGE_REPOSITORY) and run this again." >&2
+      exit 1
+    }
+    say "swarm of ${CLIENTS:-50} clients ($loadgen_image) against ${TARGET_URL:-http://localhost:8080} (SPAWN_RATE=${SPAWN_RATE:-0}, MATCH_DURATION=${MATCH_DURATION:-30})"
     mkdir -p .run
-    exec "${CARGO_TARGET_DIR:-target}/release/loadgen" swarm --target-url "${TARGET_URL:-http://localhost:8080}" \
+    # The host's network, so localhost:8080 is kind's port mapping; the report lands in .run/.
+    exec docker run --rm --network host --user "$(id -u):$(id -g)" -v "$PWD/.run:/out" \
+      "$loadgen_image" swarm --target-url "${TARGET_URL:-http://localhost:8080}" \
       --clients "${CLIENTS:-50}" --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-30}" \
-      --json .run/game-load-local.json --chart .run/game-load-local.svg
+      --json /out/game-load-local.json --chart /out/game-load-local.svg
     ;;
   status)
     need_cluster curl

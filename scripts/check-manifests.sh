@@ -59,7 +59,7 @@ kubectl kustomize deploy/ >"$out/deploy.yaml"
 # shellcheck source=kind/images.sh
 . kind/images.sh
 for app in backend proxy; do
-  mp_overlay "$out/overlays/$app" "$app" check-tag-0123
+  IMAGE_REPOSITORY='' PUBLIC_HOST='' PUBLIC_PORT='' mp_overlay "$out/overlays/$app" "$app" check-tag-0123
   kubectl kustomize "$out/overlays/$app" >"$out/overlay-$app.yaml"
   if grep -q 'matchplane/.*:dev' "$out/overlay-$app.yaml" || ! grep -q "matchplane/$app:check-tag-0123" "$out/overlay-$app.yaml"; then
     echo "the $app overlay does not set every matchplane image to the tree's tag:" >&2

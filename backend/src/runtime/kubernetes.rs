@@ -19,8 +19,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, TCPSocketAction, Toleration,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSecurityContext,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, TCPSocketAction,
+    Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -102,7 +103,18 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
         (SESSION_LABEL.to_owned(), spec.session_id.clone()),
     ]);
     let mut env_vars = vec![
-        env("GAME_BIND", "0.0.0.0"),
+        // The Pod's own IP, of whichever family the cluster gives it (IPv4 or IPv6).
+        EnvVar {
+            name: "GAME_BIND".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
         env("GAME_PORT", &GAME_PORT.to_string()),
         env("SESSION_ID", &spec.session_id),
         env("PLAYERS", &spec.players.join(",")),
@@ -214,6 +226,14 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
     }
 }
 
+/// The game port at a Pod IP, as `ip:port` (`[ip]:port` for IPv6).
+fn game_address(ip: &str) -> Result<String, StartError> {
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| StartError::Exited(format!("the pod reports an IP that does not parse: {ip:?}")))?;
+    Ok(std::net::SocketAddr::new(ip, GAME_PORT as u16).to_string())
+}
+
 /// Where a Pod stands, for the runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PodState {
@@ -317,7 +337,7 @@ impl KubernetesRuntime {
         let ready = timeout_at(deadline, async {
             self.create(&pod).await?;
             watch_pod(&self.pods, &name, self.backoff, |state| match state {
-                Some(PodState::Ready(ip)) => Some(Ok(ip)),
+                Some(PodState::Ready(ip)) => Some(game_address(&ip)),
                 Some(PodState::Finished(why)) => Some(Err(StartError::Exited(format!("pod {why}")))),
                 None => Some(Err(StartError::Exited("pod deleted".into()))),
                 Some(PodState::Pending) => None,
@@ -326,9 +346,9 @@ impl KubernetesRuntime {
         })
         .await;
         match ready {
-            Ok(Ok(ip)) => Ok(Box::new(PodServer {
+            Ok(Ok(addr)) => Ok(Box::new(PodServer {
                 pods: self.pods.clone(),
-                addr: format!("{ip}:{GAME_PORT}"),
+                addr,
                 name,
                 backoff: self.backoff,
             })),
@@ -582,5 +602,15 @@ pub async fn reaper(pods: Api<Pod>, sessions: Sessions, grace: Duration, stop: C
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pod_ips_of_both_families_make_dialable_addresses() {
+        assert_eq!(super::game_address("10.244.0.7").unwrap(), "10.244.0.7:7777");
+        assert_eq!(super::game_address("fd00:10:244::7").unwrap(), "[fd00:10:244::7]:7777");
+        assert!(super::game_address("not-an-ip").is_err());
     }
 }
