@@ -292,6 +292,14 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
         .end_session(&stopped, protocol::api::EndReason::Stopped, now_ms(), None)
         .await
         .unwrap();
+    // A pod whose session is over and which is already being deleted: left alone.
+    let terminating = live_session(&store, &["r5", "r6"]).await;
+    store
+        .end_session(&terminating, protocol::api::EndReason::Stopped, now_ms(), None)
+        .await
+        .unwrap();
+    let mut terminating_pod = pod(&terminating, "Running", true, Some("10.0.0.3"));
+    terminating_pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
 
     let (client, mut api) = mock();
     let stop = CancellationToken::new();
@@ -312,6 +320,7 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
         call.uri
     );
     reply.send_response(events(&[
+        ("MODIFIED", terminating_pod),
         ("MODIFIED", pod(&finished, "Succeeded", false, Some("10.0.0.1"))),
         ("MODIFIED", pod(&stopped, "Running", true, Some("10.0.0.2"))),
     ]));
@@ -363,6 +372,7 @@ async fn reconcile_deletes_orphan_pods_and_fails_sessions_without_a_pod() {
     let with_pod = live_session(&store, &["c1", "c2"]).await;
     let without_pod = live_session(&store, &["c3", "c4"]).await;
     let orphan = "0a0a0a0a-0000-4000-8000-00000000dead";
+    let gone = "0a0a0a0a-0000-4000-8000-00000000beef";
     let (client, mut api) = mock();
     let pods = kube::Api::<Pod>::namespaced(client, NS);
     let task = tokio::spawn({
@@ -378,10 +388,14 @@ async fn reconcile_deletes_orphan_pods_and_fails_sessions_without_a_pod() {
         "{}",
         call.uri
     );
-    reply.send_response(respond(200, &json!({
-        "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
-        "items": [pod(&with_pod, "Running", true, Some("10.0.0.5")), pod(orphan, "Running", true, Some("10.0.0.6"))],
-    })));
+    reply.send_response(respond(
+        200,
+        &json!({
+            "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"},
+            "items": [pod(&with_pod, "Running", true, Some("10.0.0.5")), pod(orphan, "Running", true, Some("10.0.0.6")),
+                      pod(gone, "Running", true, Some("10.0.0.7"))],
+        }),
+    ));
     let (call, reply) = next(&mut api).await;
     assert_eq!(
         (call.method.clone(), call.uri.as_str()),
@@ -391,7 +405,21 @@ async fn reconcile_deletes_orphan_pods_and_fails_sessions_without_a_pod() {
         )
     );
     reply.send_response(respond(200, &json!({})));
-    assert_eq!(task.await.unwrap(), (1, 1));
+    // Gone by the time reconcile deletes it (another replica was quicker): not counted.
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(
+        (call.method.clone(), call.uri.as_str()),
+        (
+            Method::DELETE,
+            format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(gone)).as_str()
+        )
+    );
+    reply.send_response(failure(404, "NotFound"));
+    assert_eq!(
+        task.await.unwrap(),
+        (1, 1),
+        "one pod really deleted, one session failed"
+    );
     // The session without a pod failed; it was still allocating, so its players are queued again.
     assert_eq!(store.queued_players().await.unwrap(), vec!["c3", "c4"]);
     assert!(

@@ -327,7 +327,7 @@ impl KubernetesRuntime {
             Some(seconds) => DeleteParams::default().grace_period(seconds),
             None => DeleteParams::default(),
         };
-        delete_pod(&self.pods, name, &params, self.backoff).await;
+        let _ = delete_pod(&self.pods, name, &params, self.backoff).await;
     }
 
     async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
@@ -397,19 +397,22 @@ impl SessionRuntime for KubernetesRuntime {
     }
 }
 
-/// Deletes a Pod, retrying what is worth retrying; a Pod already gone is fine.
-async fn delete_pod(pods: &Api<Pod>, name: &str, params: &DeleteParams, backoff: Duration) {
+/// Deletes a Pod, retrying what is worth retrying; true when this call deleted it (a Pod
+/// already gone, or one that could not be deleted, is false).
+async fn delete_pod(pods: &Api<Pod>, name: &str, params: &DeleteParams, backoff: Duration) -> bool {
     for _ in 0..5 {
         match pods.delete(name, params).await {
-            Ok(_) => return,
-            Err(e) if is_code(&e, 404) => return,
+            Ok(_) => return true,
+            Err(e) if is_code(&e, 404) => return false,
             Err(e) if retryable(&e) => sleep(backoff).await,
             Err(e) => {
                 tracing::warn!(pod = name, error = %e, "deleting the pod failed");
-                return;
+                return false;
             }
         }
     }
+    tracing::warn!(pod = name, "deleting the pod kept failing; giving up for now");
+    false
 }
 
 /// Watches one Pod until `decide` returns a value for its state (`None`: deleted).
@@ -479,18 +482,20 @@ impl ServerHandle for PodServer {
 
     fn terminate(&mut self) -> BoxFuture<'_, ()> {
         // A normal delete: the kubelet sends SIGTERM, the server drains and reports.
-        Box::pin(async move { delete_pod(&self.pods, &self.name, &DeleteParams::default(), self.backoff).await })
+        Box::pin(async move {
+            let _ = delete_pod(&self.pods, &self.name, &DeleteParams::default(), self.backoff).await;
+        })
     }
 
     fn kill(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            delete_pod(
+            let _ = delete_pod(
                 &self.pods,
                 &self.name,
                 &DeleteParams::default().grace_period(0),
                 self.backoff,
             )
-            .await
+            .await;
         })
     }
 }
@@ -519,8 +524,9 @@ pub async fn reconcile(pods: &Api<Pod>, sessions: &Sessions, min_age: Duration) 
             }
             _ => {
                 tracing::warn!(pod = %name, "deleting a game-server pod without a live session");
-                delete_pod(pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
-                deleted += 1;
+                if delete_pod(pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await {
+                    deleted += 1;
+                }
             }
         }
     }
@@ -543,6 +549,7 @@ pub async fn reconcile(pods: &Api<Pod>, sessions: &Sessions, min_age: Duration) 
 pub async fn reaper(pods: Api<Pod>, sessions: Sessions, grace: Duration, stop: CancellationToken) {
     let params = WatchParams::default().labels(&label_selector()).timeout(120);
     let deleting = Arc::new(std::sync::Mutex::new(HashSet::<String>::new()));
+    let mut backoff = ReaperBackoff::default();
     while !stop.is_cancelled() {
         let stream = match pods.watch(&params, "0").await {
             Ok(stream) => stream,
@@ -550,7 +557,7 @@ pub async fn reaper(pods: Api<Pod>, sessions: Sessions, grace: Duration, stop: C
                 tracing::warn!(error = %e, "reaper: cannot watch pods; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = sleep(Duration::from_secs(2)) => continue,
+                    () = sleep(backoff.next()) => continue,
                 }
             }
         };
@@ -562,21 +569,44 @@ pub async fn reaper(pods: Api<Pod>, sessions: Sessions, grace: Duration, stop: C
             };
             let pod = match event {
                 Some(Ok(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => pod,
+                Some(Ok(WatchEvent::Error(status))) => {
+                    tracing::debug!(%status, "reaper: watch error; watching again");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = sleep(backoff.next()) => break,
+                    }
+                }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => break,
+                // The server ended the watch (its timeout): watch again at once.
+                None => break,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "reaper: watch failed; watching again");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = sleep(backoff.next()) => break,
+                    }
+                }
             };
+            backoff = ReaperBackoff::default();
             let (Some(name), Some(sid)) = (pod.metadata.name.clone(), session_of(&pod)) else {
                 continue;
             };
+            // Already being deleted (by us, an operator or the kubelet's deadline): its end
+            // arrives as a later event, and deleting it again would do nothing.
+            let terminating = pod.metadata.deletion_timestamp.is_some();
             let finished = match pod_state(&pod) {
                 PodState::Finished(why) => Some(why),
                 _ => None,
             };
+            if terminating && finished.is_none() {
+                continue;
+            }
             let session_over = match sessions.record(&sid).await {
                 Ok(Some(record)) => record.state == SessionState::Ended,
                 Ok(None) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "reaper: cannot read the session");
+                    sleep(backoff.next()).await;
                     continue;
                 }
             };
@@ -590,14 +620,14 @@ pub async fn reaper(pods: Api<Pod>, sessions: Sessions, grace: Duration, stop: C
                 continue;
             }
             let finished = finished.is_some();
-            if (finished || session_over) && deleting.lock().unwrap().insert(name.clone()) {
+            if (finished || session_over) && !terminating && deleting.lock().unwrap().insert(name.clone()) {
                 // Running pods of ended sessions are told to drain now; finished ones are kept
                 // a little for `kubectl logs`.
                 let wait = if finished { grace } else { Duration::ZERO };
                 let (pods, deleting) = (pods.clone(), deleting.clone());
                 tokio::spawn(async move {
                     sleep(wait).await;
-                    delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
+                    let _ = delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
                     deleting.lock().unwrap().remove(&name);
                 });
             }
@@ -605,8 +635,32 @@ pub async fn reaper(pods: Api<Pod>, sessions: Sessions, grace: Duration, stop: C
     }
 }
 
+/// The reaper's pause after a failure: 200 ms doubling to 10 s, reset by a good event.
+struct ReaperBackoff(Duration);
+
+impl Default for ReaperBackoff {
+    fn default() -> Self {
+        ReaperBackoff(Duration::from_millis(200))
+    }
+}
+
+impl ReaperBackoff {
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        wait
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_reaper_backs_off_doubling_to_ten_seconds() {
+        let mut backoff = super::ReaperBackoff::default();
+        let waits: Vec<u128> = (0..8).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+    }
+
     #[test]
     fn pod_ips_of_both_families_make_dialable_addresses() {
         assert_eq!(super::game_address("10.244.0.7").unwrap(), "10.244.0.7:7777");
