@@ -221,6 +221,10 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         && *exit != ServerExit::Exited(Some(0))
     {
         tracing::warn!(?exit, "server went away abnormally");
+        if matches!(exit, ServerExit::Lost(_)) {
+            // Lost to us (no longer ready, evicted): make sure nothing of it keeps running.
+            server.kill().await;
+        }
     }
     // A report, an operator stop or this very end: the first one counted, this is a no-op
     // then. A server that exits without having reported fails its session.

@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend::runtime::kubernetes::{KubernetesRuntime, PodTemplate, pod_name, reaper, reconcile, render_pod};
-use backend::runtime::{ServerSpec, SessionRuntime, StartError};
+use backend::runtime::kubernetes::{KubernetesRuntime, PodTemplate, pod_name, reconcile, render_pod};
+use backend::runtime::{ServerExit, ServerSpec, SessionRuntime, StartError};
 use backend::sessions::Sessions;
 use backend::store::{FormRules, PlayerView, now_ms};
 use http::{Method, Request, Response};
@@ -106,9 +106,13 @@ fn events(events: &[(&str, Value)]) -> Response<Body> {
         .unwrap()
 }
 
+static RESOURCE_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100);
+
+/// The Pod the runtime renders for `sid`, with this status and a fresh resource version.
 fn pod(sid: &str, phase: &str, ready: bool, ip: Option<&str>) -> Value {
     let mut pod = serde_json::to_value(render_pod(&template(), &spec(sid, Duration::from_secs(1)))).unwrap();
-    pod["metadata"]["resourceVersion"] = json!("1");
+    let rv = RESOURCE_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pod["metadata"]["resourceVersion"] = json!(rv.to_string());
     pod["status"] = json!({
         "phase": phase,
         "podIP": ip,
@@ -117,76 +121,189 @@ fn pod(sid: &str, phase: &str, ready: bool, ip: Option<&str>) -> Value {
     pod
 }
 
-fn assert_watch_of_one_pod(call: &Call, name: &str) {
-    assert_eq!(call.method, Method::GET);
-    assert!(
-        call.uri.starts_with(&format!("/api/v1/namespaces/{NS}/pods?")),
-        "{}",
-        call.uri
-    );
-    assert!(call.uri.contains("watch=true"), "{}", call.uri);
-    assert!(
-        call.uri.contains(&format!("fieldSelector=metadata.name%3D{name}")),
-        "{}",
-        call.uri
-    );
+fn pod_list(items: &[Value], resource_version: &str) -> Response<Body> {
+    respond(
+        200,
+        &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": resource_version}, "items": items}),
+    )
+}
+
+const SELECTOR: &str = "labelSelector=app.kubernetes.io%2Fname%3Dmatchplane-game-server";
+
+fn is_list(call: &Call) -> bool {
+    call.method == Method::GET && !call.uri.contains("watch=true")
+}
+
+fn is_watch(call: &Call) -> bool {
+    call.method == Method::GET && call.uri.contains("watch=true")
+}
+
+fn is_create(call: &Call) -> bool {
+    call.method == Method::POST
+}
+
+fn is_delete(call: &Call) -> bool {
+    call.method == Method::DELETE
+}
+
+/// The scripted API server: calls arrive from the Pod watch and from sessions at once, so a
+/// test takes the next call of the kind it expects and holds the others for later.
+struct Script {
+    handle: Handle,
+    held: Vec<(Call, Reply)>,
+}
+
+impl Script {
+    async fn take(&mut self, want: fn(&Call) -> bool) -> (Call, Reply) {
+        if let Some(i) = self.held.iter().position(|(call, _)| want(call)) {
+            return self.held.remove(i);
+        }
+        loop {
+            let (call, reply) = next(&mut self.handle).await;
+            if want(&call) {
+                return (call, reply);
+            }
+            self.held.push((call, reply));
+        }
+    }
+
+    /// The watch's first list: of every game-server Pod, by label, paged.
+    async fn list(&mut self, items: &[Value], resource_version: &str) {
+        let (call, reply) = self.take(is_list).await;
+        assert!(
+            call.uri.starts_with(&format!("/api/v1/namespaces/{NS}/pods?")),
+            "{}",
+            call.uri
+        );
+        assert!(call.uri.contains(SELECTOR), "{}", call.uri);
+        assert!(call.uri.contains("limit=500"), "{}", call.uri);
+        assert!(!call.uri.contains("fieldSelector"), "never one pod: {}", call.uri);
+        reply.send_response(pod_list(items, resource_version));
+    }
+
+    /// The next watch call, which must resume from `resource_version`; answered with `sent`
+    /// (after which that watch call ends and the runtime watches again).
+    async fn watch(&mut self, resource_version: &str, sent: &[(&str, Value)]) {
+        let (call, reply) = self.take(is_watch).await;
+        assert!(call.uri.contains(SELECTOR), "{}", call.uri);
+        assert!(call.uri.contains("allowWatchBookmarks=true"), "{}", call.uri);
+        assert!(call.uri.contains("timeoutSeconds=60"), "{}", call.uri);
+        assert!(
+            call.uri.contains(&format!("resourceVersion={resource_version}")),
+            "resumes from {resource_version}: {}",
+            call.uri
+        );
+        assert!(!call.uri.contains("fieldSelector"), "never one pod: {}", call.uri);
+        reply.send_response(events(sent));
+    }
+
+    /// The create of `sid`'s pod, answered with `status`.
+    async fn create(&mut self, sid: &str, status: u16) -> Call {
+        let (call, reply) = self.take(is_create).await;
+        assert_eq!(call.uri, format!("/api/v1/namespaces/{NS}/pods?"));
+        assert_eq!(call.body["metadata"]["name"], pod_name(sid));
+        if status == 201 {
+            reply.send_response(respond(201, &call.body));
+        } else {
+            reply.send_response(failure(status, "Scripted"));
+        }
+        call
+    }
+}
+
+fn rv_of(pod: &Value) -> String {
+    pod["metadata"]["resourceVersion"].as_str().unwrap().to_owned()
+}
+
+fn mock_script() -> (kube::Client, Script) {
+    let (client, handle) = mock();
+    (
+        client,
+        Script {
+            handle,
+            held: Vec::new(),
+        },
+    )
 }
 
 fn runtime(client: kube::Client) -> Arc<KubernetesRuntime> {
     Arc::new(KubernetesRuntime::new(client, template()).with_backoff(Duration::from_millis(10)))
 }
 
-fn start(
-    runtime: &Arc<KubernetesRuntime>,
-    spec: ServerSpec,
-) -> tokio::task::JoinHandle<Result<(String, String), StartError>> {
+type Started = tokio::task::JoinHandle<Result<Box<dyn backend::runtime::ServerHandle>, StartError>>;
+
+fn start(runtime: &Arc<KubernetesRuntime>, spec: ServerSpec) -> Started {
     let runtime = runtime.clone();
-    tokio::spawn(async move {
-        runtime
-            .start(spec)
-            .await
-            .map(|h| (h.name().to_owned(), h.addr().to_owned()))
-    })
+    tokio::spawn(async move { runtime.start(spec).await })
 }
 
 #[tokio::test]
-async fn create_then_watch_until_ready_gives_the_pod_address() {
-    let (client, mut api) = mock();
+async fn create_then_follow_the_one_pod_watch_until_ready_gives_the_pod_address() {
+    let (client, mut api) = mock_script();
     let sid = "0a0a0a0a-0000-4000-8000-000000000001";
     let started = start(&runtime(client), spec(sid, Duration::from_secs(30)));
-    let (call, reply) = next(&mut api).await;
-    assert_eq!(
-        (call.method.clone(), call.uri.as_str()),
-        (Method::POST, "/api/v1/namespaces/games/pods?")
-    );
+    api.list(&[], "5").await;
+    let call = api.create(sid, 201).await;
     let want = serde_json::to_value(render_pod(&template(), &spec(sid, Duration::from_secs(30)))).unwrap();
     assert_eq!(call.body, want, "the body is exactly the rendered pod");
-    reply.send_response(respond(201, &call.body));
-    let (call, reply) = next(&mut api).await;
-    assert_watch_of_one_pod(&call, &pod_name(sid));
-    reply.send_response(events(&[
-        ("ADDED", pod(sid, "Pending", false, None)),
-        ("MODIFIED", pod(sid, "Running", false, Some("10.1.2.3"))),
-        ("MODIFIED", pod(sid, "Running", true, Some("10.1.2.3"))),
-    ]));
-    let (name, addr) = started.await.unwrap().unwrap();
+    api.watch(
+        "5",
+        &[
+            ("ADDED", pod(sid, "Pending", false, None)),
+            ("MODIFIED", pod(sid, "Running", false, Some("10.1.2.3"))),
+            ("MODIFIED", pod(sid, "Running", true, Some("10.1.2.3"))),
+        ],
+    )
+    .await;
+    let server = started.await.unwrap().unwrap();
     assert_eq!(
-        (name.as_str(), addr.as_str()),
+        (server.name(), server.addr()),
         (pod_name(sid).as_str(), "10.1.2.3:7777")
     );
 }
 
 #[tokio::test]
+async fn one_watch_serves_every_session() {
+    let (client, mut api) = mock_script();
+    let runtime = runtime(client);
+    let sids: Vec<String> = (0..3)
+        .map(|i| format!("0a0a0a0a-0000-4000-8000-00000000010{i}"))
+        .collect();
+    let started: Vec<Started> = sids
+        .iter()
+        .map(|sid| start(&runtime, spec(sid, Duration::from_secs(30))))
+        .collect();
+    api.list(&[], "5").await;
+    for _ in &sids {
+        let (call, reply) = api.take(is_create).await;
+        reply.send_response(respond(201, &call.body));
+    }
+    let ready: Vec<(&str, Value)> = sids
+        .iter()
+        .enumerate()
+        .map(|(i, sid)| ("ADDED", pod(sid, "Running", true, Some(&format!("10.0.0.{}", i + 1)))))
+        .collect();
+    api.watch("5", &ready).await;
+    for (i, started) in started.into_iter().enumerate() {
+        assert_eq!(started.await.unwrap().unwrap().addr(), format!("10.0.0.{}:7777", i + 1));
+    }
+    assert!(
+        api.held.iter().all(|(call, _)| is_watch(call)),
+        "nothing but the resumed watch: {:?}",
+        api.held.iter().map(|(c, _)| &c.uri).collect::<Vec<_>>()
+    );
+    assert!(api.held.len() <= 1);
+}
+
+#[tokio::test]
 async fn a_pod_that_fails_fails_the_start_and_is_deleted() {
-    let (client, mut api) = mock();
+    let (client, mut api) = mock_script();
     let sid = "0a0a0a0a-0000-4000-8000-000000000002";
     let started = start(&runtime(client), spec(sid, Duration::from_secs(30)));
-    let (call, reply) = next(&mut api).await;
-    reply.send_response(respond(201, &call.body));
-    let (_, reply) = next(&mut api).await;
-    reply.send_response(events(&[("MODIFIED", pod(sid, "Failed", false, None))]));
-    let (call, reply) = next(&mut api).await;
-    assert_eq!(call.method, Method::DELETE);
+    api.list(&[], "5").await;
+    api.create(sid, 201).await;
+    api.watch("5", &[("MODIFIED", pod(sid, "Failed", false, None))]).await;
+    let (call, reply) = api.take(is_delete).await;
     assert_eq!(call.uri, format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(sid)));
     assert_eq!(call.body["gracePeriodSeconds"], 0);
     reply.send_response(respond(200, &pod(sid, "Failed", false, None)));
@@ -195,59 +312,103 @@ async fn a_pod_that_fails_fails_the_start_and_is_deleted() {
 
 #[tokio::test]
 async fn a_pod_not_ready_in_time_is_deleted_and_the_start_times_out() {
-    let (client, mut api) = mock();
+    let (client, mut api) = mock_script();
     let sid = "0a0a0a0a-0000-4000-8000-000000000003";
     let started = start(&runtime(client), spec(sid, Duration::from_millis(500)));
-    let (call, reply) = next(&mut api).await;
-    reply.send_response(respond(201, &call.body));
-    // Watches end with the pod still pending (as they do at their timeout); the runtime keeps
-    // watching until its deadline, then deletes the pod.
-    let delete = loop {
-        let (call, reply) = next(&mut api).await;
-        if call.method == Method::DELETE {
-            break (call, reply);
-        }
-        assert_watch_of_one_pod(&call, &pod_name(sid));
-        reply.send_response(events(&[("ADDED", pod(sid, "Pending", false, None))]));
-    };
-    assert_eq!(delete.0.uri, format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(sid)));
-    delete.1.send_response(respond(200, &pod(sid, "Pending", false, None)));
+    api.list(&[], "5").await;
+    api.create(sid, 201).await;
+    api.watch("5", &[("ADDED", pod(sid, "Pending", false, None))]).await;
+    let (call, reply) = api.take(is_delete).await;
+    assert_eq!(call.uri, format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(sid)));
+    reply.send_response(respond(200, &pod(sid, "Pending", false, None)));
     assert!(matches!(started.await.unwrap(), Err(StartError::Timeout(_))));
 }
 
 #[tokio::test]
 async fn throttling_and_conflicts_are_retried() {
-    let (client, mut api) = mock();
+    let (client, mut api) = mock_script();
     let sid = "0a0a0a0a-0000-4000-8000-000000000004";
     let started = start(&runtime(client), spec(sid, Duration::from_secs(30)));
-    let (call, reply) = next(&mut api).await;
-    assert_eq!(call.method, Method::POST);
-    reply.send_response(failure(429, "TooManyRequests"));
-    let (call, reply) = next(&mut api).await;
-    assert_eq!(call.method, Method::POST, "retried after 429");
-    reply.send_response(failure(500, "InternalError"));
-    let (call, reply) = next(&mut api).await;
-    assert_eq!(call.method, Method::POST, "retried after 500");
-    // The earlier attempt did create it: 409 means the pod is ours, go on and watch it.
-    reply.send_response(failure(409, "AlreadyExists"));
-    let (call, reply) = next(&mut api).await;
-    assert_watch_of_one_pod(&call, &pod_name(sid));
-    reply.send_response(events(&[("ADDED", pod(sid, "Running", true, Some("10.9.9.9")))]));
-    assert_eq!(started.await.unwrap().unwrap().1, "10.9.9.9:7777");
+    api.list(&[], "5").await;
+    api.create(sid, 429).await;
+    api.create(sid, 500).await;
+    // The earlier attempt did create it: 409 means the pod is ours, go on and follow it.
+    api.create(sid, 409).await;
+    api.watch("5", &[("ADDED", pod(sid, "Running", true, Some("10.9.9.9")))])
+        .await;
+    assert_eq!(started.await.unwrap().unwrap().addr(), "10.9.9.9:7777");
 }
 
 #[tokio::test]
 async fn a_forbidden_create_fails_at_once() {
-    let (client, mut api) = mock();
+    let (client, mut api) = mock_script();
     let sid = "0a0a0a0a-0000-4000-8000-000000000005";
     let started = start(&runtime(client), spec(sid, Duration::from_secs(30)));
-    let (_, reply) = next(&mut api).await;
-    reply.send_response(failure(403, "Forbidden"));
+    api.create(sid, 403).await;
     // Cleanup after a failed start deletes the (absent) pod: a 404 is fine.
-    let (call, reply) = next(&mut api).await;
-    assert_eq!(call.method, Method::DELETE);
+    let (_, reply) = api.take(is_delete).await;
     reply.send_response(failure(404, "NotFound"));
-    assert!(matches!(started.await.unwrap(), Err(StartError::Spawn(why)) if why.contains("Forbidden")));
+    assert!(matches!(started.await.unwrap(), Err(StartError::Spawn(why)) if why.contains("Scripted")));
+}
+
+/// Starts `sid`'s server against the script and returns its handle, ready at 10.0.0.9, with
+/// the watch resumed at the returned resource version.
+async fn ready_server(
+    api: &mut Script,
+    runtime: &Arc<KubernetesRuntime>,
+    sid: &str,
+) -> (Box<dyn backend::runtime::ServerHandle>, String) {
+    let started = start(runtime, spec(sid, Duration::from_secs(30)));
+    api.list(&[], "5").await;
+    api.create(sid, 201).await;
+    let ready = pod(sid, "Running", true, Some("10.0.0.9"));
+    let rv = rv_of(&ready);
+    api.watch("5", &[("ADDED", ready)]).await;
+    (started.await.unwrap().unwrap(), rv)
+}
+
+#[tokio::test]
+async fn a_ready_pod_that_stops_being_ready_is_lost() {
+    let (client, mut api) = mock_script();
+    let runtime = runtime(client);
+    let sid = "0a0a0a0a-0000-4000-8000-000000000006";
+    let (mut server, rv) = ready_server(&mut api, &runtime, sid).await;
+    api.watch(&rv, &[("MODIFIED", pod(sid, "Running", false, Some("10.0.0.9")))])
+        .await;
+    let exit = timeout(Duration::from_secs(10), server.wait()).await.unwrap();
+    assert_eq!(exit, ServerExit::Lost("pod no longer ready".into()));
+}
+
+#[tokio::test]
+async fn a_pod_deleted_or_evicted_by_someone_else_is_lost_at_once() {
+    let (client, mut api) = mock_script();
+    let runtime = runtime(client);
+    let sid = "0a0a0a0a-0000-4000-8000-000000000007";
+    let (mut server, rv) = ready_server(&mut api, &runtime, sid).await;
+    // Still running and ready, but being deleted (an eviction, `kubectl delete`): lost now,
+    // not after its grace period.
+    let mut deleting = pod(sid, "Running", true, Some("10.0.0.9"));
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    api.watch(&rv, &[("MODIFIED", deleting)]).await;
+    let exit = timeout(Duration::from_secs(10), server.wait()).await.unwrap();
+    assert!(matches!(exit, ServerExit::Lost(why) if why.contains("being deleted")));
+}
+
+#[tokio::test]
+async fn a_watch_too_old_to_resume_relists_and_a_pod_missing_from_the_relist_is_lost() {
+    let (client, mut api) = mock_script();
+    let runtime = runtime(client);
+    let sid = "0a0a0a0a-0000-4000-8000-000000000008";
+    let (mut server, rv) = ready_server(&mut api, &runtime, sid).await;
+    // The resource version is compacted away (410 Gone): the watcher lists again, and the
+    // pod, deleted meanwhile, is not in the list.
+    let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "too old resource version", "reason": "Expired", "code": 410});
+    api.watch(&rv, &[("ERROR", gone)]).await;
+    api.list(&[], "900").await;
+    let exit = timeout(Duration::from_secs(10), server.wait()).await.unwrap();
+    assert_eq!(exit, ServerExit::Lost("pod deleted".into()));
+    api.watch("900", &[]).await;
 }
 
 /// The sessions service the runtime reports to, over a fresh prefix of the test Redis.
@@ -301,39 +462,31 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
     let mut terminating_pod = pod(&terminating, "Running", true, Some("10.0.0.3"));
     terminating_pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
 
-    let (client, mut api) = mock();
+    let (client, mut api) = mock_script();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(reaper(
-        kube::Api::<Pod>::namespaced(client, NS),
-        sessions.clone(),
-        Duration::ZERO,
-        stop.clone(),
-    ));
-    let (call, reply) = next(&mut api).await;
-    assert_eq!(call.method, Method::GET);
-    assert!(
-        call.uri.contains("watch=true")
-            && call
-                .uri
-                .contains("labelSelector=app.kubernetes.io%2Fname%3Dmatchplane-game-server"),
-        "{}",
-        call.uri
-    );
-    reply.send_response(events(&[
-        ("MODIFIED", terminating_pod),
-        ("MODIFIED", pod(&finished, "Succeeded", false, Some("10.0.0.1"))),
-        ("MODIFIED", pod(&stopped, "Running", true, Some("10.0.0.2"))),
-    ]));
+    let runtime = KubernetesRuntime::new(client, template())
+        .with_backoff(Duration::from_millis(10))
+        .with_reap_grace(Duration::ZERO);
+    let mut tasks = runtime.tasks(sessions.clone(), stop.clone());
+    assert_eq!(tasks.len(), 1);
+    let (name, reaper) = tasks.remove(0);
+    assert_eq!(name, "pod reaper");
+    let task = tokio::spawn(reaper);
+    // The reaper acts on what the runtime's one pod watch lists and sees.
+    api.list(
+        &[
+            terminating_pod,
+            pod(&finished, "Succeeded", false, Some("10.0.0.1")),
+            pod(&stopped, "Running", true, Some("10.0.0.2")),
+        ],
+        "50",
+    )
+    .await;
     let mut deleted = Vec::new();
     while deleted.len() < 2 {
-        let (call, reply) = next(&mut api).await;
-        if call.method == Method::DELETE {
-            deleted.push(call.uri.clone());
-            reply.send_response(respond(200, &json!({})));
-        } else {
-            // The watch ended; the reaper watches again.
-            reply.send_response(events(&[]));
-        }
+        let (call, reply) = api.take(is_delete).await;
+        deleted.push(call.uri.clone());
+        reply.send_response(respond(200, &json!({})));
     }
     deleted.sort();
     let mut want = vec![
@@ -364,6 +517,7 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
     stop.cancel();
     drop(api);
     let _ = timeout(Duration::from_secs(5), task).await;
+    drop(runtime);
 }
 
 #[tokio::test]

@@ -1,0 +1,307 @@
+//! The `kubernetes` runtime: one bare Pod per session.
+//!
+//! The Pod runs the game server under the `restricted` Pod Security Standard, with no
+//! service-account token, resource limits and `activeDeadlineSeconds` as a hard cap; the ticket
+//! secret comes from a Secret ([`pod`]). Each replica watches every game-server Pod once
+//! ([`watch`]); a session's start waits on that watch until its Pod is Ready (its IP is the
+//! server address), finishes, disappears, or the ready timeout passes (then the Pod is
+//! deleted), and a running session's server counts as lost as soon as its Pod finishes, is
+//! deleted or evicted by anyone else, or stops being Ready. API calls that fail with 409, 429,
+//! 5xx or a transport error are retried with backoff; Pod creations are bounded in parallel.
+//!
+//! Pods outlive the replica that created them: the [`reaper`] (run by every replica) reports
+//! the sessions of Pods that finished or vanished without a report to the sessions service and
+//! deletes finished Pods, and at start [`reconcile`] deletes Pods without a live session and
+//! reports live sessions without a Pod.
+
+mod pod;
+mod reaper;
+mod watch;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use tokio::sync::Semaphore;
+use tokio::time::{Instant, sleep, timeout_at};
+use tokio_util::sync::CancellationToken;
+
+use self::pod::{PodState, game_address};
+pub use self::pod::{PodTemplate, pod_name, render_pod};
+pub use self::reaper::reconcile;
+use self::watch::{PodWatch, Seen};
+use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError, Task};
+use crate::sessions::Sessions;
+
+/// Pod creations in flight at once, per replica.
+const PARALLEL_CREATES: usize = 16;
+/// How long a finished Pod is kept (for `kubectl logs`) before the reaper deletes it.
+const REAP_GRACE: Duration = Duration::from_secs(30);
+/// Live sessions younger than this are not failed for lacking a Pod: their replica may be
+/// creating it, or the list that misses it may predate it.
+const RECONCILE_MIN_AGE: Duration = Duration::from_secs(30);
+
+/// Whether an API failure is worth another try: conflicts, throttling, server errors and
+/// transport problems.
+fn retryable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 409 || status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+fn is_code(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+/// Creates Pods and follows them through the replica's one Pod watch.
+pub struct KubernetesRuntime {
+    pods: Api<Pod>,
+    watch: PodWatch,
+    template: PodTemplate,
+    creations: Semaphore,
+    /// Pause between retries (shorter in tests).
+    backoff: Duration,
+    /// How long finished Pods are kept before the reaper deletes them.
+    reap_grace: Duration,
+}
+
+impl KubernetesRuntime {
+    /// Starts the replica's Pod watch at once (it stops when the runtime is dropped).
+    pub fn new(client: kube::Client, template: PodTemplate) -> Self {
+        let pods = Api::namespaced(client, &template.namespace);
+        KubernetesRuntime {
+            watch: PodWatch::start(pods.clone(), &template.namespace),
+            pods,
+            template,
+            creations: Semaphore::new(PARALLEL_CREATES),
+            backoff: Duration::from_millis(200),
+            reap_grace: REAP_GRACE,
+        }
+    }
+
+    /// The same runtime with another retry pause (tests use a short one).
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The same runtime keeping finished Pods this long (tests use zero).
+    pub fn with_reap_grace(mut self, grace: Duration) -> Self {
+        self.reap_grace = grace;
+        self
+    }
+
+    async fn create(&self, pod: &Pod) -> Result<(), StartError> {
+        let _permit = self
+            .creations
+            .acquire()
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let mut delay = self.backoff;
+        loop {
+            match self.pods.create(&PostParams::default(), pod).await {
+                Ok(_) => return Ok(()),
+                // The name is the session's: an earlier attempt of ours already created it.
+                Err(e) if is_code(&e, 409) => return Ok(()),
+                Err(e) if retryable(&e) => {
+                    tracing::warn!(error = %e, "creating the pod failed; retrying");
+                    sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(StartError::Spawn(format!("creating the pod: {e}"))),
+            }
+        }
+    }
+
+    async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
+        let pod = render_pod(&self.template, &spec);
+        let name = pod_name(&spec.session_id);
+        // Followed before it exists, so its first event cannot be missed.
+        let mut seen = self.watch.follow(&name);
+        let deadline = Instant::now() + spec.ready_timeout;
+        let ready = timeout_at(deadline, async {
+            self.create(&pod).await?;
+            loop {
+                match &*seen.borrow_and_update() {
+                    Seen::Present {
+                        state: PodState::Ready(ip),
+                        terminating: false,
+                    } => return game_address(ip),
+                    Seen::Present {
+                        state: PodState::Finished(why),
+                        ..
+                    } => return Err(StartError::Exited(format!("pod {why}"))),
+                    Seen::Present { terminating: true, .. } => {
+                        return Err(StartError::Exited("pod deleted while starting".into()));
+                    }
+                    Seen::Gone => return Err(StartError::Exited("pod deleted".into())),
+                    Seen::NotYet | Seen::Present { .. } => {}
+                }
+                if seen.changed().await.is_err() {
+                    return Err(StartError::Spawn("the pod watch stopped".into()));
+                }
+            }
+        })
+        .await;
+        match ready {
+            Ok(Ok(addr)) => Ok(Box::new(PodServer {
+                pods: self.pods.clone(),
+                seen,
+                addr,
+                name,
+                stopping: false,
+                backoff: self.backoff,
+            })),
+            Ok(Err(e)) => {
+                delete_pod(
+                    &self.pods,
+                    &name,
+                    &DeleteParams::default().grace_period(0),
+                    self.backoff,
+                )
+                .await;
+                Err(e)
+            }
+            Err(_) => {
+                delete_pod(
+                    &self.pods,
+                    &name,
+                    &DeleteParams::default().grace_period(0),
+                    self.backoff,
+                )
+                .await;
+                Err(StartError::Timeout(spec.ready_timeout))
+            }
+        }
+    }
+}
+
+impl SessionRuntime for KubernetesRuntime {
+    fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Box<dyn ServerHandle>, StartError>> {
+        Box::pin(self.spawn(spec))
+    }
+
+    fn servers_outlive_backend(&self) -> bool {
+        true
+    }
+
+    fn recover<'a>(&'a self, sessions: &'a Sessions) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let (deleted, failed) = reconcile(&self.pods, sessions, RECONCILE_MIN_AGE).await?;
+            if deleted + failed > 0 {
+                tracing::warn!(deleted, failed, "reconciled pods against sessions");
+            }
+            Ok(())
+        })
+    }
+
+    fn tasks(&self, sessions: Sessions, stop: CancellationToken) -> Vec<Task> {
+        let reaper = reaper::Reaper {
+            pods: self.pods.clone(),
+            watch: self.watch.clone(),
+            sessions,
+            grace: self.reap_grace,
+            min_age: RECONCILE_MIN_AGE,
+        };
+        vec![("pod reaper", Box::pin(reaper.run(stop)))]
+    }
+}
+
+/// Deletes a Pod, retrying what is worth retrying; true when this call deleted it (a Pod
+/// already gone, or one that could not be deleted, is false).
+async fn delete_pod(pods: &Api<Pod>, name: &str, params: &DeleteParams, backoff: Duration) -> bool {
+    for _ in 0..5 {
+        match pods.delete(name, params).await {
+            Ok(_) => return true,
+            Err(e) if is_code(&e, 404) => return false,
+            Err(e) if retryable(&e) => sleep(backoff).await,
+            Err(e) => {
+                tracing::warn!(pod = name, error = %e, "deleting the pod failed");
+                return false;
+            }
+        }
+    }
+    tracing::warn!(pod = name, "deleting the pod kept failing; giving up for now");
+    false
+}
+
+/// A session's ready Pod.
+struct PodServer {
+    pods: Api<Pod>,
+    seen: tokio::sync::watch::Receiver<Seen>,
+    name: String,
+    addr: String,
+    /// Set once we asked for the Pod to go: then its draining is expected, not a loss.
+    stopping: bool,
+    backoff: Duration,
+}
+
+impl PodServer {
+    async fn gone(&mut self) -> ServerExit {
+        loop {
+            let exit = match &*self.seen.borrow_and_update() {
+                Seen::Present {
+                    state: PodState::Finished(why),
+                    ..
+                } if why == "Succeeded" => Some(ServerExit::Exited(Some(0))),
+                Seen::Present {
+                    state: PodState::Finished(why),
+                    ..
+                } => Some(ServerExit::Lost(format!("pod {why}"))),
+                Seen::Gone => Some(ServerExit::Lost("pod deleted".into())),
+                Seen::Present { terminating: true, .. } if !self.stopping => Some(ServerExit::Lost(
+                    "pod being deleted (evicted, or deleted by someone else)".into(),
+                )),
+                Seen::Present {
+                    state: PodState::Pending,
+                    ..
+                } if !self.stopping => Some(ServerExit::Lost("pod no longer ready".into())),
+                _ => None,
+            };
+            if let Some(exit) = exit {
+                return exit;
+            }
+            if self.seen.changed().await.is_err() {
+                return ServerExit::Lost("the pod watch stopped".into());
+            }
+        }
+    }
+}
+
+impl ServerHandle for PodServer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ServerExit> {
+        Box::pin(self.gone())
+    }
+
+    fn terminate(&mut self) -> BoxFuture<'_, ()> {
+        // A normal delete: the kubelet sends SIGTERM, the server drains and reports.
+        self.stopping = true;
+        Box::pin(async move {
+            delete_pod(&self.pods, &self.name, &DeleteParams::default(), self.backoff).await;
+        })
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        self.stopping = true;
+        Box::pin(async move {
+            delete_pod(
+                &self.pods,
+                &self.name,
+                &DeleteParams::default().grace_period(0),
+                self.backoff,
+            )
+            .await;
+        })
+    }
+}

@@ -1,0 +1,258 @@
+//! The game-server Pod: how it is rendered from a session, and how its status reads.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSecurityContext,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, TCPSocketAction,
+    Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::runtime::{ServerSpec, StartError};
+
+/// The label every game-server Pod carries, and its value.
+const APP_LABEL: &str = "app.kubernetes.io/name";
+const APP_VALUE: &str = "matchplane-game-server";
+/// The label naming a Pod's session.
+const SESSION_LABEL: &str = "matchplane.io/session";
+/// The game port inside the Pod.
+const GAME_PORT: i32 = 7777;
+
+/// Everything about game-server Pods that is not per session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodTemplate {
+    pub namespace: String,
+    pub image: String,
+    pub pull_policy: String,
+    pub cpu_request: String,
+    pub cpu_limit: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<Toleration>,
+    /// The Secret and key holding `TICKET_SECRET`.
+    pub secret_name: String,
+    pub secret_key: String,
+    /// Open timeout + longest match + margin: the kubelet kills the Pod after this.
+    pub active_deadline_seconds: i64,
+    /// Game-server settings passed on as environment (START_POLICY, ...).
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// The Pod's name for a session: stable, so a retried create finds its own Pod.
+pub fn pod_name(session_id: &str) -> String {
+    format!("mp-gs-{}", session_id.to_ascii_lowercase())
+}
+
+fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("cpu".to_owned(), Quantity(cpu.to_owned())),
+        ("memory".to_owned(), Quantity(memory.to_owned())),
+    ])
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        ..EnvVar::default()
+    }
+}
+
+/// Exactly the Pod the backend creates for `spec`.
+pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
+    let labels = BTreeMap::from([
+        (APP_LABEL.to_owned(), APP_VALUE.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "matchplane-backend".to_owned(),
+        ),
+        (SESSION_LABEL.to_owned(), spec.session_id.clone()),
+    ]);
+    let mut env_vars = vec![
+        // The Pod's own IP, of whichever family the cluster gives it (IPv4 or IPv6).
+        EnvVar {
+            name: "GAME_BIND".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.podIP".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        env("GAME_PORT", &GAME_PORT.to_string()),
+        env("SESSION_ID", &spec.session_id),
+        env("PLAYERS", &spec.players.join(",")),
+        EnvVar {
+            name: "TICKET_SECRET".to_owned(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: template.secret_name.clone(),
+                    key: template.secret_key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        env("REPORT_URL", &spec.report_url),
+        env("REPORT_TOKEN", &spec.report_token),
+        env("LOG_FORMAT", "json"),
+    ];
+    let fixed: Vec<String> = env_vars.iter().map(|e| e.name.clone()).collect();
+    env_vars.extend(
+        template
+            .extra_env
+            .iter()
+            .filter(|(k, _)| !fixed.contains(k))
+            .map(|(k, v)| env(k, v)),
+    );
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(&spec.session_id)),
+            namespace: Some(template.namespace.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".to_owned()),
+            active_deadline_seconds: Some(template.active_deadline_seconds),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(20),
+            node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
+            tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_owned(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![Container {
+                name: "game-server".to_owned(),
+                image: Some(template.image.clone()),
+                image_pull_policy: Some(template.pull_policy.clone()),
+                ports: Some(vec![ContainerPort {
+                    name: Some("game".to_owned()),
+                    container_port: GAME_PORT,
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                }]),
+                env: Some(env_vars),
+                readiness_probe: Some(Probe {
+                    tcp_socket: Some(TCPSocketAction {
+                        port: IntOrString::Int(GAME_PORT),
+                        ..TCPSocketAction::default()
+                    }),
+                    period_seconds: Some(1),
+                    failure_threshold: Some(3),
+                    ..Probe::default()
+                }),
+                // A wedged server (not even accepting) is killed; with restartPolicy Never its
+                // session then fails and the reaper cleans up.
+                liveness_probe: Some(Probe {
+                    tcp_socket: Some(TCPSocketAction {
+                        port: IntOrString::Int(GAME_PORT),
+                        ..TCPSocketAction::default()
+                    }),
+                    period_seconds: Some(10),
+                    failure_threshold: Some(3),
+                    ..Probe::default()
+                }),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities(&template.cpu_request, &template.memory_request)),
+                    limits: Some(quantities(&template.cpu_limit, &template.memory_limit)),
+                    ..ResourceRequirements::default()
+                }),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    privileged: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    run_as_non_root: Some(true),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".to_owned()]),
+                        ..Capabilities::default()
+                    }),
+                    seccomp_profile: Some(SeccompProfile {
+                        type_: "RuntimeDefault".to_owned(),
+                        ..SeccompProfile::default()
+                    }),
+                    ..SecurityContext::default()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+/// The game port at a Pod IP, as `ip:port` (`[ip]:port` for IPv6).
+pub(crate) fn game_address(ip: &str) -> Result<String, StartError> {
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| StartError::Exited(format!("the pod reports an IP that does not parse: {ip:?}")))?;
+    Ok(std::net::SocketAddr::new(ip, GAME_PORT as u16).to_string())
+}
+
+/// Where a Pod stands, for the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PodState {
+    /// Not ready: scheduled, starting, or no longer passing its readiness probe.
+    Pending,
+    /// Ready at this IP.
+    Ready(String),
+    /// Succeeded or Failed (with the phase and reason).
+    Finished(String),
+}
+
+/// Reads a Pod's state from its status.
+pub(crate) fn pod_state(pod: &Pod) -> PodState {
+    let Some(status) = &pod.status else {
+        return PodState::Pending;
+    };
+    if let Some(phase @ ("Succeeded" | "Failed")) = status.phase.as_deref() {
+        return PodState::Finished(match &status.reason {
+            Some(reason) => format!("{phase} ({reason})"),
+            None => phase.to_owned(),
+        });
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    match (&status.pod_ip, ready) {
+        (Some(ip), true) if !ip.is_empty() => PodState::Ready(ip.clone()),
+        _ => PodState::Pending,
+    }
+}
+
+/// The session a game-server Pod serves, from its label.
+pub(crate) fn session_of(pod: &Pod) -> Option<String> {
+    pod.metadata.labels.as_ref()?.get(SESSION_LABEL).cloned()
+}
+
+/// The label selector matching every game-server Pod.
+pub(crate) fn label_selector() -> String {
+    format!("{APP_LABEL}={APP_VALUE}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pod_ips_of_both_families_make_dialable_addresses() {
+        assert_eq!(super::game_address("10.244.0.7").unwrap(), "10.244.0.7:7777");
+        assert_eq!(super::game_address("fd00:10:244::7").unwrap(), "[fd00:10:244::7]:7777");
+        assert!(super::game_address("not-an-ip").is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! Pods that outlive the replica that created them: the reaper, which every replica runs off
+//! its Pod watch, and reconcile at start.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams};
+use protocol::sessions::SessionState;
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+
+use super::delete_pod;
+use super::pod::{PodState, label_selector, pod_state, session_of};
+use super::watch::{Change, PodWatch};
+use crate::sessions::Sessions;
+use crate::store::now_ms;
+
+/// At start: deletes game-server Pods whose session is not live, and reports live sessions
+/// older than `min_age` that have no Pod as lost. Returns (pods deleted, sessions failed).
+pub async fn reconcile(pods: &Api<Pod>, sessions: &Sessions, min_age: Duration) -> anyhow::Result<(usize, usize)> {
+    let listed = pods.list(&ListParams::default().labels(&label_selector())).await?;
+    let live = sessions.live().await?;
+    let live_ids: HashSet<&str> = live.iter().map(|s| s.session_id.as_str()).collect();
+    let mut with_pod = HashSet::new();
+    let mut deleted = 0;
+    for pod in &listed.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match session_of(pod) {
+            Some(sid) if live_ids.contains(sid.as_str()) => {
+                with_pod.insert(sid);
+            }
+            _ => {
+                tracing::warn!(pod = %name, "deleting a game-server pod without a live session");
+                if delete_pod(pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await {
+                    deleted += 1;
+                }
+            }
+        }
+    }
+    let now = now_ms();
+    let min_age_ms = millis(min_age);
+    let mut failed = 0;
+    for session in live.iter().filter(|s| !with_pod.contains(&s.session_id)) {
+        if now - session.record.created_ms < min_age_ms {
+            continue;
+        }
+        sessions.server_lost(&session.session_id, "no pod at start").await?;
+        failed += 1;
+    }
+    Ok((deleted, failed))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Acts on every change the Pod watch sees: a Pod that finished, or vanished, while its
+/// session is live is reported to the sessions service (which ends the session; a no-op after
+/// a report or another end); finished Pods are deleted after `grace`, running Pods whose
+/// session is over or unknown at once. After each (re)list, matched sessions with no Pod left
+/// are reported too. Idempotent, so every replica runs it.
+pub(crate) struct Reaper {
+    pub pods: Api<Pod>,
+    pub watch: PodWatch,
+    pub sessions: Sessions,
+    pub grace: Duration,
+    pub min_age: Duration,
+}
+
+impl Reaper {
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut changes = self.watch.changes();
+        let deleting = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let mut backoff = ReaperBackoff::default();
+        loop {
+            let change = tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.recv() => match change {
+                    Some(change) => change,
+                    None => return,
+                },
+            };
+            // A change is retried (after a pause) until Redis answers: it is not seen twice.
+            loop {
+                match self.act(&change, &deleting).await {
+                    Ok(()) => {
+                        backoff = ReaperBackoff::default();
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reaper: cannot read or end the session; retrying");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = sleep(backoff.next()) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn act(&self, change: &Change, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
+        match change {
+            Change::Pod(name) => match self.watch.get(name) {
+                Some(pod) => self.pod_changed(&pod, deleting).await,
+                None => Ok(()),
+            },
+            Change::Deleted {
+                name,
+                session: Some(sid),
+            } => {
+                if self.live(sid).await? {
+                    self.sessions
+                        .server_lost(sid, &format!("pod {name} deleted before its server reported"))
+                        .await?;
+                }
+                Ok(())
+            }
+            Change::Deleted { session: None, .. } => Ok(()),
+            Change::Resynced => self.resync().await,
+        }
+    }
+
+    async fn live(&self, sid: &str) -> crate::store::Result<bool> {
+        Ok(matches!(self.sessions.record(sid).await?, Some(record) if record.state != SessionState::Ended))
+    }
+
+    async fn pod_changed(&self, pod: &Pod, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
+        let (Some(name), Some(sid)) = (pod.metadata.name.clone(), session_of(pod)) else {
+            return Ok(());
+        };
+        // Already being deleted (by us, an operator or the kubelet's deadline): its end
+        // arrives as a later event, and deleting it again would do nothing.
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        let finished = match pod_state(pod) {
+            PodState::Finished(why) => Some(why),
+            _ => None,
+        };
+        if terminating && finished.is_none() {
+            return Ok(());
+        }
+        let session_over = !self.live(&sid).await?;
+        if let Some(why) = &finished
+            && !session_over
+        {
+            self.sessions
+                .server_lost(&sid, &format!("pod {name} finished without a report: {why}"))
+                .await?;
+        }
+        let finished = finished.is_some();
+        if (finished || session_over) && !terminating && deleting.lock().unwrap().insert(name.clone()) {
+            // Running pods of ended sessions are told to drain now; finished ones are kept
+            // a little for `kubectl logs`.
+            let wait = if finished { self.grace } else { Duration::ZERO };
+            let (pods, deleting) = (self.pods.clone(), deleting.clone());
+            tokio::spawn(async move {
+                sleep(wait).await;
+                delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
+                deleting.lock().unwrap().remove(&name);
+            });
+        }
+        Ok(())
+    }
+
+    /// After a (re)list: a matched session whose Pod is not there lost its server while the
+    /// watch was down (or before this replica started).
+    async fn resync(&self) -> crate::store::Result<()> {
+        let with_pod: HashSet<String> = self.watch.pods().iter().filter_map(|pod| session_of(pod)).collect();
+        let old_enough = now_ms() - millis(self.min_age);
+        for live in self.sessions.live().await? {
+            let record = &live.record;
+            if record.state == SessionState::Matched
+                && record.ready_ms.is_some_and(|ready| ready < old_enough)
+                && !with_pod.contains(&live.session_id)
+            {
+                self.sessions
+                    .server_lost(&live.session_id, "its pod is gone (found on a relist)")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reaper's pause after a failure: 200 ms doubling to 10 s, reset by a success.
+struct ReaperBackoff(Duration);
+
+impl Default for ReaperBackoff {
+    fn default() -> Self {
+        ReaperBackoff(Duration::from_millis(200))
+    }
+}
+
+impl ReaperBackoff {
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_reaper_backs_off_doubling_to_ten_seconds() {
+        let mut backoff = super::ReaperBackoff::default();
+        let waits: Vec<u128> = (0..8).map(|_| backoff.next().as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+    }
+}
