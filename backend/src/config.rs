@@ -125,6 +125,13 @@ pub struct LocalArgs {
 /// The `kubernetes` runtime's settings: the game-server Pods it creates.
 #[derive(Debug, Clone, Args)]
 pub struct KubernetesArgs {
+    /// The kubeconfig file to reach the API server with; unset: the in-cluster service
+    /// account, else the files in `KUBECONFIG`, else `~/.kube/config` (as kubectl).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long a finished game-server pod is kept (for `kubectl logs`) before it is deleted.
+    #[arg(long, env = "FINISHED_POD_GRACE_SECONDS", default_value_t = 30.0)]
+    pub finished_pod_grace_seconds: f64,
     /// Kubernetes namespace for game-server pods.
     #[arg(long, env = "NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -204,7 +211,13 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub enum RuntimeSettings {
     Local(LocalSettings),
-    Kubernetes(PodTemplate),
+    Kubernetes {
+        template: Box<PodTemplate>,
+        /// `None`: in-cluster configuration (or the default kubeconfig).
+        kubeconfig: Option<PathBuf>,
+        /// How long finished Pods are kept before they are deleted.
+        finished_pod_grace: Duration,
+    },
     None,
 }
 
@@ -225,7 +238,7 @@ impl RuntimeSettings {
     pub fn name(&self) -> &'static str {
         match self {
             RuntimeSettings::Local(_) => "local",
-            RuntimeSettings::Kubernetes(_) => "kubernetes",
+            RuntimeSettings::Kubernetes { .. } => "kubernetes",
             RuntimeSettings::None => "none",
         }
     }
@@ -354,7 +367,14 @@ impl Config {
                             .into(),
                     );
                 }
-                RuntimeSettings::Kubernetes(self.kubernetes.pod_template(&self.game)?)
+                RuntimeSettings::Kubernetes {
+                    template: Box::new(self.kubernetes.pod_template(&self.game)?),
+                    kubeconfig: self.kubernetes.kubeconfig.clone().filter(|p| !p.as_os_str().is_empty()),
+                    finished_pod_grace: seconds(
+                        "FINISHED_POD_GRACE_SECONDS",
+                        self.kubernetes.finished_pod_grace_seconds,
+                    )?,
+                }
             }
             RuntimeKind::None => RuntimeSettings::None,
         };
@@ -478,6 +498,21 @@ impl SettingsBuilder {
 
     pub fn instance_id(mut self, id: &str) -> Self {
         self.0.core.instance_id = Some(id.to_owned());
+        self
+    }
+
+    /// The `kubernetes` runtime against the API server in this kubeconfig, creating Pods in
+    /// `namespace`; pods report to `internal_url`.
+    pub fn kubernetes(mut self, kubeconfig: impl Into<PathBuf>, namespace: &str, internal_url: &str) -> Self {
+        self.0.core.runtime = RuntimeKind::Kubernetes;
+        self.0.kubernetes.kubeconfig = Some(kubeconfig.into());
+        self.0.kubernetes.namespace = namespace.to_owned();
+        self.0.core.backend_internal_url = Some(internal_url.to_owned());
+        self
+    }
+
+    pub fn finished_pod_grace_seconds(mut self, seconds: f64) -> Self {
+        self.0.kubernetes.finished_pod_grace_seconds = seconds;
         self
     }
 

@@ -103,11 +103,28 @@ pub(crate) async fn build(
 ) -> anyhow::Result<Option<Arc<dyn SessionRuntime>>> {
     Ok(match settings {
         RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(local.clone(), secret.clone()))),
-        RuntimeSettings::Kubernetes(template) => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG outside)")?;
-            Some(Arc::new(kubernetes::KubernetesRuntime::new(client, template.clone())))
+        RuntimeSettings::Kubernetes {
+            template,
+            kubeconfig,
+            finished_pod_grace,
+        } => {
+            let client = match kubeconfig {
+                Some(path) => {
+                    let file = kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+                    let config =
+                        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                            .await
+                            .with_context(|| format!("using the kubeconfig {}", path.display()))?;
+                    kube::Client::try_from(config).context("building the Kubernetes client")?
+                }
+                None => kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG outside)")?,
+            };
+            Some(Arc::new(
+                kubernetes::KubernetesRuntime::new(client, (**template).clone()).with_reap_grace(*finished_pod_grace),
+            ))
         }
         RuntimeSettings::None => None,
     })

@@ -60,11 +60,16 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(settings: Settings) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on(listener, settings).await
+    }
+
+    /// Starts on a listener bound beforehand (when the settings must name its address).
+    pub async fn start_on(listener: TcpListener, settings: Settings) -> Backend {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .try_init();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(backend::run(listener, settings, shutdown.clone()));

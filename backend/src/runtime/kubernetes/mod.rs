@@ -38,9 +38,12 @@ use crate::sessions::Sessions;
 const PARALLEL_CREATES: usize = 16;
 /// How long a finished Pod is kept (for `kubectl logs`) before the reaper deletes it.
 const REAP_GRACE: Duration = Duration::from_secs(30);
-/// Live sessions younger than this are not failed for lacking a Pod: their replica may be
-/// creating it, or the list that misses it may predate it.
+/// Live sessions younger than this are not failed for lacking a Pod at start: their replica
+/// may be creating it.
 const RECONCILE_MIN_AGE: Duration = Duration::from_secs(30);
+/// Matched sessions ready for less than this are not failed for lacking a Pod in the watch's
+/// store: the list that misses it may predate it.
+const RESYNC_MIN_AGE: Duration = Duration::from_secs(10);
 
 /// Whether an API failure is worth another try: conflicts, throttling, server errors and
 /// transport problems.
@@ -204,7 +207,7 @@ impl SessionRuntime for KubernetesRuntime {
             watch: self.watch.clone(),
             sessions,
             grace: self.reap_grace,
-            min_age: RECONCILE_MIN_AGE,
+            min_age: RESYNC_MIN_AGE,
         };
         vec![("pod reaper", Box::pin(reaper.run(stop)))]
     }

@@ -56,11 +56,16 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// How often matched sessions are checked against the Pods the watch holds (besides after
+/// every relist): a Pod deleted while no replica watched is noticed within this plus
+/// `min_age`.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
+
 /// Acts on every change the Pod watch sees: a Pod that finished, or vanished, while its
 /// session is live is reported to the sessions service (which ends the session; a no-op after
 /// a report or another end); finished Pods are deleted after `grace`, running Pods whose
-/// session is over or unknown at once. After each (re)list, matched sessions with no Pod left
-/// are reported too. Idempotent, so every replica runs it.
+/// session is over or unknown at once. After each (re)list and every few seconds, matched
+/// sessions with no Pod left are reported too. Idempotent, so every replica runs it.
 pub(crate) struct Reaper {
     pub pods: Api<Pod>,
     pub watch: PodWatch,
@@ -74,6 +79,8 @@ impl Reaper {
         let mut changes = self.watch.changes();
         let deleting = Arc::new(Mutex::new(HashSet::<String>::new()));
         let mut backoff = ReaperBackoff::default();
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let change = tokio::select! {
                 () = stop.cancelled() => return,
@@ -81,6 +88,12 @@ impl Reaper {
                     Some(change) => change,
                     None => return,
                 },
+                _ = resync.tick() => {
+                    if !self.watch.synced() {
+                        continue;
+                    }
+                    Change::Resynced
+                }
             };
             // A change is retried (after a pause) until Redis answers: it is not seen twice.
             loop {

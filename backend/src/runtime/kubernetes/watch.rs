@@ -115,6 +115,11 @@ impl PodWatch {
             .get(&ObjectRef::new(name).within(&self.shared.namespace))
     }
 
+    /// Whether a first list has completed (so [`PodWatch::pods`] is every Pod there is).
+    pub(crate) fn synced(&self) -> bool {
+        *self.shared.synced.borrow()
+    }
+
     /// Every Pod as last seen.
     pub(crate) fn pods(&self) -> Vec<Arc<Pod>> {
         self.shared.store.state()

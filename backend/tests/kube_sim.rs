@@ -1,0 +1,441 @@
+//! The `kubernetes` runtime end to end against `kube-sim`: a real API server's behaviour for
+//! Pods (resource versions, list and watch, 410 Gone, validation) and a kubelet running the
+//! real game-server per Pod, reached through an ordinary kubeconfig. Faults are injected the
+//! way a cluster produces them: Pods deleted, evicted or never ready, watches cut, history
+//! compacted, error storms, a replica killed, two replicas reaping at once.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend::config::SettingsBuilder;
+use common::{Backend, GameClient, built_binary, eventually};
+use kube_sim::kubelet::Command;
+use kube_sim::{Behaviour, Fault, NodeConfig};
+use protocol::{GameState, ServerReply};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "games";
+
+struct Sim {
+    cluster: Arc<kube_sim::Cluster>,
+    kubeconfig: PathBuf,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// kube-sim in this process, with the ticket Secret the game-server Pods reference.
+async fn sim(start_delay_ms: u64) -> Sim {
+    let node = NodeConfig {
+        game_server_bin: built_binary("game-server"),
+        secrets: [(
+            ("matchplane-ticket".to_owned(), "ticket-secret".to_owned()),
+            common::SECRET.to_owned(),
+        )]
+        .into(),
+        log_dir: None,
+        strict_by_default: true,
+    };
+    let behaviour = Behaviour {
+        start_delay_ms,
+        never_ready: 0,
+        bookmark_interval_ms: 500,
+        max_watch_seconds: 30,
+    };
+    let (cluster, addr, stop): (_, SocketAddr, CancellationToken) = kube_sim::start(node, behaviour).await.unwrap();
+    let kubeconfig = std::env::temp_dir().join(format!("kube-sim-{}.yaml", common::unique_prefix()));
+    std::fs::write(&kubeconfig, kube_sim::kubeconfig(addr, NS)).unwrap();
+    Sim {
+        cluster,
+        kubeconfig,
+        _stop: stop.drop_guard(),
+    }
+}
+
+/// A backend replica with the kubernetes runtime against `sim`.
+async fn replica(
+    sim: &Sim,
+    prefix: &str,
+    db: &str,
+    instance: &str,
+    adjust: impl FnOnce(SettingsBuilder) -> SettingsBuilder,
+) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let internal = format!("http://{}", listener.local_addr().unwrap());
+    let settings = common::settings(prefix, db)
+        .kubernetes(&sim.kubeconfig, NS, &internal)
+        .instance_id(instance)
+        .session_size(2)
+        .finished_pod_grace_seconds(1.0)
+        .server_ready_timeout_seconds(20.0);
+    Backend::start_on(listener, adjust(settings).build().unwrap()).await
+}
+
+/// Joins `players` and waits until each is matched; returns each one's status body.
+async fn matched(backend: &Backend, players: &[String]) -> Vec<serde_json::Value> {
+    for p in players {
+        assert_eq!(backend.http.join(p).await.0, 200);
+    }
+    let mut out = Vec::new();
+    for p in players {
+        out.push(
+            eventually(Duration::from_secs(60), || async {
+                let body = backend.http.status(p, 5.0).await;
+                (body["status"] == "matched").then_some(body)
+            })
+            .await,
+        );
+    }
+    out
+}
+
+/// The Pod serving `sid`, by the session's record.
+async fn pod_of(backend: &Backend, sid: &str) -> (String, String) {
+    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+    (NS.to_owned(), session["server"].as_str().unwrap().to_owned())
+}
+
+/// Waits until `player`'s session has ended, and returns the reason.
+async fn ended(backend: &Backend, player: &str, within: Duration) -> String {
+    eventually(within, || async {
+        let body = backend.http.status(player, 0.0).await;
+        (body["status"] == "ended").then(|| body["end_reason"].as_str().unwrap_or_default().to_owned())
+    })
+    .await
+}
+
+fn players(tag: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{tag}-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_plays_whole_matches_on_pods_and_every_pod_is_gone_after() {
+    let sim = sim(200).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "swarm", |s| s).await;
+    let roster = players("swarm", 6);
+    let bodies = matched(&backend, &roster).await;
+    let mut plays = Vec::new();
+    for (i, (player, body)) in roster.iter().zip(bodies).enumerate() {
+        let http = backend.http.clone();
+        let player = player.clone();
+        plays.push(tokio::spawn(async move {
+            let sid = body["session_id"].as_str().unwrap().to_owned();
+            let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+            let addr = session["addr"].as_str().unwrap().to_owned();
+            assert!(addr.starts_with("127."), "the pod's own loopback IP: {addr}");
+            let mut client = GameClient::connect(&addr).await;
+            client.send(&format!("JOIN {}", body["ticket"].as_str().unwrap())).await;
+            assert!(
+                matches!(client.recv().await, Some(ServerReply::Welcome { .. })),
+                "{player}"
+            );
+            if i % 2 == 0 {
+                client.send("REQUEST_MATCH 1").await;
+            }
+            let mut states = Vec::new();
+            while let Some(reply) = client.recv().await {
+                if let ServerReply::State(state) = reply {
+                    states.push(state);
+                }
+            }
+            assert_eq!(states, vec![GameState::Running, GameState::Stop], "{player}");
+        }));
+    }
+    for play in plays {
+        play.await.unwrap();
+    }
+    for p in &roster {
+        assert_eq!(ended(&backend, p, Duration::from_secs(30)).await, "completed");
+    }
+    // One Pod per session, each deleted once finished (invariant 5).
+    let records = eventually(Duration::from_secs(30), || async {
+        let records = sim.cluster.records();
+        records.iter().all(|r| r.deleted_ms.is_some()).then_some(records)
+    })
+    .await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert!(
+        records.iter().all(|r| r.phase.as_deref() == Some("Succeeded")),
+        "{records:?}"
+    );
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_mid_match_fails_its_session_within_seconds() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "del", |s| s).await;
+    let roster = players("del", 2);
+    let bodies = matched(&backend, &roster).await;
+    let pod = pod_of(&backend, bodies[0]["session_id"].as_str().unwrap()).await;
+    // `kubectl delete pod`: graceful, by someone else.
+    assert!(sim.cluster.delete(&pod, None).is_some());
+    let started = std::time::Instant::now();
+    // The kubelet's SIGTERM makes the server end the match `terminated` and report; when the
+    // watch event wins the race instead, the session fails. Either way it is over at once.
+    let reason = ended(&backend, &roster[0], Duration::from_secs(10)).await;
+    assert!(reason == "failed" || reason == "terminated", "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_pod_fails_its_session() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "evict", |s| s).await;
+    let roster = players("evict", 2);
+    let bodies = matched(&backend, &roster).await;
+    let pod = pod_of(&backend, bodies[0]["session_id"].as_str().unwrap()).await;
+    assert!(sim.cluster.tell_kubelet(&pod, Command::Evict));
+    assert_eq!(ended(&backend, &roster[1], Duration::from_secs(10)).await, "failed");
+    let record = eventually(Duration::from_secs(10), || async {
+        sim.cluster
+            .records()
+            .into_iter()
+            .find(|r| r.name == pod.1 && r.deleted_ms.is_some())
+    })
+    .await;
+    assert_eq!(record.reason.as_deref(), Some("Evicted"));
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_stops_being_ready_fails_its_session() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "unready", |s| s).await;
+    let roster = players("unready", 2);
+    let bodies = matched(&backend, &roster).await;
+    let pod = pod_of(&backend, bodies[0]["session_id"].as_str().unwrap()).await;
+    // A wedged server or a lost node: the readiness probe fails from now on.
+    assert!(sim.cluster.tell_kubelet(&pod, Command::Unready));
+    assert_eq!(ended(&backend, &roster[0], Duration::from_secs(15)).await, "failed");
+    eventually(Duration::from_secs(10), || async {
+        sim.cluster.get(&pod).is_none().then_some(())
+    })
+    .await;
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_never_ready_puts_its_players_back_and_they_play_on_the_next() {
+    let sim = sim(0).await;
+    sim.cluster.set_behaviour(Behaviour {
+        never_ready: 1,
+        ..sim.cluster.behaviour()
+    });
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "never", |s| {
+        s.server_ready_timeout_seconds(3.0)
+    })
+    .await;
+    let roster = players("never", 2);
+    let bodies = matched(&backend, &roster).await;
+    assert_eq!(bodies[0]["session_id"], bodies[1]["session_id"]);
+    let records = sim.cluster.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let never = records
+        .iter()
+        .find(|r| r.ready_ms.is_none())
+        .expect("the pod that never got ready");
+    assert_ne!(never.session.as_deref(), bodies[0]["session_id"].as_str());
+    eventually(Duration::from_secs(10), || async {
+        sim.cluster
+            .records()
+            .iter()
+            .any(|r| r.name == never.name && r.deleted_ms.is_some())
+            .then_some(())
+    })
+    .await;
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_watches_and_410_gone_lose_no_pod() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "gone", |s| s).await;
+    let roster = players("gone", 2);
+    let bodies = matched(&backend, &roster).await;
+    let pod = pod_of(&backend, bodies[0]["session_id"].as_str().unwrap()).await;
+    // The watch is cut and its resource version compacted away: it must relist (410 Gone)
+    // and still see that the Pod vanished meanwhile.
+    sim.cluster.compact();
+    sim.cluster.cut_watches();
+    assert!(sim.cluster.delete(&pod, Some(0)).is_some());
+    assert_eq!(ended(&backend, &roster[0], Duration::from_secs(20)).await, "failed");
+    // And the watch works again afterwards: a new session gets a ready Pod.
+    matched(&backend, &players("gone-after", 2)).await;
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_error_storms_are_ridden_out() {
+    let sim = sim(0).await;
+    for (code, verb) in [
+        (500, None),
+        (429, None),
+        (500, Some(kube_sim::Verb::Create)),
+        (503, Some(kube_sim::Verb::List)),
+    ] {
+        sim.cluster.add_fault(Fault { code, count: 6, verb });
+    }
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "storm", |s| s).await;
+    let bodies = matched(&backend, &players("storm", 4)).await;
+    assert_eq!(bodies.len(), 4);
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_reap_at_once_and_every_finished_pod_goes_once() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let prefix = common::unique_prefix();
+    let one = replica(&sim, &prefix, &db, "reap-1", |s| s).await;
+    let two = replica(&sim, &prefix, &db, "reap-2", |s| s).await;
+    let roster = players("reap", 4);
+    matched(&one, &roster[..2]).await;
+    matched(&two, &roster[2..]).await;
+    // Both containers die: each Pod fails; both replicas' reapers see it.
+    for record in sim.cluster.records() {
+        assert!(
+            sim.cluster
+                .tell_kubelet(&(record.namespace, record.name), Command::Kill)
+        );
+    }
+    for p in &roster {
+        assert_eq!(ended(&one, p, Duration::from_secs(15)).await, "failed");
+    }
+    let records = eventually(Duration::from_secs(15), || async {
+        let records = sim.cluster.records();
+        records.iter().all(|r| r.deleted_ms.is_some()).then_some(records)
+    })
+    .await;
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r.phase.as_deref() == Some("Failed")));
+    one.stop().await;
+    two.stop().await;
+}
+
+/// The backend binary as its own process (so it can be killed outright).
+fn backend_process(sim: &Sim, prefix: &str, db: &str, port: u16) -> tokio::process::Child {
+    tokio::process::Command::new(built_binary("backend"))
+        .env_clear()
+        .args(["--kubeconfig".as_ref(), sim.kubeconfig.as_os_str()])
+        .envs([
+            ("BIND", format!("127.0.0.1:{port}")),
+            ("REDIS_URL", common::redis_url()),
+            ("DATABASE_URL", db.to_owned()),
+            ("REDIS_KEY_PREFIX", prefix.to_owned()),
+            ("TICKET_SECRET", common::SECRET.to_owned()),
+            ("ADMIN_TOKEN", common::ADMIN.to_owned()),
+            ("RUNTIME", "kubernetes".to_owned()),
+            ("NAMESPACE", NS.to_owned()),
+            ("BACKEND_INTERNAL_URL", format!("http://127.0.0.1:{port}")),
+            ("SESSION_SIZE", "2".to_owned()),
+            ("INSTANCE_ID", "killed".to_owned()),
+            ("FINISHED_POD_GRACE_SECONDS", "1".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_restarted_leaves_no_orphan_pod_and_no_session_without_a_pod() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let prefix = common::unique_prefix();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = common::Http::new(SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut first = backend_process(&sim, &prefix, &db, port);
+    let up = || async {
+        eventually(Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+        })
+        .await;
+    };
+    up().await;
+    let roster = players("killed", 4);
+    for p in &roster {
+        assert_eq!(http.join(p).await.0, 200);
+    }
+    let mut sids = Vec::new();
+    for p in &roster {
+        let body = eventually(Duration::from_secs(30), || async {
+            let body = http.status(p, 5.0).await;
+            (body["status"] == "matched").then_some(body)
+        })
+        .await;
+        sids.push(body["session_id"].as_str().unwrap().to_owned());
+    }
+    // SIGKILL: no drain, no goodbye. The Pods play on.
+    first.kill().await.unwrap();
+    // While no replica watches: one session's Pod vanishes, and a Pod nobody owns appears.
+    let vanished = pod_record(&sim, &sids[0]);
+    assert!(sim.cluster.delete(&vanished, Some(0)).is_some());
+    let orphan: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "mp-gs-orphan", "labels": {"app.kubernetes.io/name": "matchplane-game-server",
+            "matchplane.io/session": "00000000-0000-4000-8000-00000000dead"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "game-server", "image": "game-server:test",
+            "env": [{"name": "GAME_BIND", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "SESSION_ID", "value": "00000000-0000-4000-8000-00000000dead"},
+                    {"name": "PLAYERS", "value": "x,y"},
+                    {"name": "TICKET_SECRET", "value": common::SECRET}]}]}
+    }))
+    .unwrap();
+    assert!(sim.cluster.create(NS, orphan).is_some());
+    let _second = backend_process(&sim, &prefix, &db, port);
+    up().await;
+    // Reconcile deletes the orphan; the session whose Pod vanished fails; the other plays on.
+    eventually(Duration::from_secs(30), || async {
+        sim.cluster
+            .get(&(NS.to_owned(), "mp-gs-orphan".to_owned()))
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(40), || async {
+        let body = http.status(&roster[0], 0.0).await;
+        (body["status"] == "ended" && body["end_reason"] == "failed").then_some(())
+    })
+    .await;
+    let alive = roster
+        .iter()
+        .zip(&sids)
+        .find(|(_, sid)| **sid != sids[0])
+        .map(|(p, _)| p)
+        .unwrap();
+    assert_eq!(http.status(alive, 0.0).await["status"], "matched");
+    let live_pods = sim
+        .cluster
+        .records()
+        .into_iter()
+        .filter(|r| r.deleted_ms.is_none())
+        .count();
+    assert_eq!(live_pods, 1, "only the surviving session's pod");
+}
+
+/// The Pod kube-sim holds (or held) for `sid`.
+fn pod_record(sim: &Sim, sid: &str) -> (String, String) {
+    let record = sim
+        .cluster
+        .records()
+        .into_iter()
+        .find(|r| r.session.as_deref() == Some(sid))
+        .expect("a pod for the session");
+    (record.namespace, record.name)
+}

@@ -1,0 +1,509 @@
+//! The API server's storage: Pods under resource versions, a bounded event history for watches
+//! to resume from, and the faults an operator or test has asked for.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::kubelet::{self, Command};
+use crate::selector::{FieldSelector, LabelSelector};
+
+/// A Pod's key: namespace and name.
+pub type Key = (String, String);
+
+/// One change, as a watch sends it.
+#[derive(Debug)]
+pub struct Event {
+    pub kind: &'static str,
+    pub resource_version: u64,
+    pub pod: Pod,
+}
+
+/// An API call the faults apply to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    Create,
+    Delete,
+    Get,
+    List,
+    Watch,
+}
+
+/// "Answer the next `count` calls (of `verb`, or any) with `code`."
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+pub struct Fault {
+    pub code: u16,
+    pub count: u32,
+    #[serde(default)]
+    pub verb: Option<Verb>,
+}
+
+/// What kube-sim reports of each Pod it ever held, for tests and the demo's figures (times in
+/// ms since the Unix epoch).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub session: Option<String>,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub ready_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub deleted_ms: Option<i64>,
+    pub phase: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Settings that can change while it runs.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Behaviour {
+    /// How long a Pod waits before its container starts (scheduling and image pull).
+    pub start_delay_ms: u64,
+    /// The next this many Pods never pass their readiness probe.
+    pub never_ready: u32,
+    /// Every how many ms a watch that asked for bookmarks gets one.
+    pub bookmark_interval_ms: u64,
+    /// The longest a watch call lasts, whatever it asked for.
+    pub max_watch_seconds: u64,
+}
+
+/// The state behind the lock.
+struct State {
+    resource_version: u64,
+    pods: BTreeMap<Key, Pod>,
+    history: VecDeque<Arc<Event>>,
+    /// Watches may resume from this resource version or later; older ones get 410 Gone.
+    oldest: u64,
+    faults: Vec<Fault>,
+    behaviour: Behaviour,
+    kubelets: HashMap<Key, mpsc::UnboundedSender<Command>>,
+    records: BTreeMap<Key, PodRecord>,
+    next_ip: u32,
+}
+
+/// Everything the kubelet needs that is fixed at start.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub game_server_bin: std::path::PathBuf,
+    /// `secret/key` → value.
+    pub secrets: HashMap<(String, String), String>,
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Unknown fields in a create without `fieldValidation` are refused (`Strict`) rather
+    /// than warned about.
+    pub strict_by_default: bool,
+}
+
+pub struct Cluster {
+    state: Mutex<State>,
+    events: broadcast::Sender<Arc<Event>>,
+    /// Bumped to cut every open watch.
+    cuts: watch::Sender<u64>,
+    history_limit: usize,
+    pub node: NodeConfig,
+}
+
+/// A starting point for Pod IPs that differs between kube-sim instances.
+fn random_start() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % (239 * 65_536)
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn timestamp(ms: i64) -> Time {
+    Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+pub fn now() -> Time {
+    timestamp(now_ms())
+}
+
+/// Why a watch cannot start.
+#[derive(Debug)]
+pub struct TooOld {
+    pub asked: u64,
+    pub oldest: u64,
+}
+
+/// A watch's start: the events to send first, the live feed, and the signal that cuts it.
+pub struct Subscription {
+    pub first: Vec<Arc<Event>>,
+    pub live: broadcast::Receiver<Arc<Event>>,
+    pub cuts: watch::Receiver<u64>,
+}
+
+/// Where a watch starts.
+#[derive(Debug, Clone, Copy)]
+pub enum From {
+    /// Synthetic ADDED events for what exists, then changes.
+    Now,
+    /// Every change after this resource version.
+    After(u64),
+}
+
+impl Cluster {
+    pub fn new(node: NodeConfig, behaviour: Behaviour, history_limit: usize) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            state: Mutex::new(State {
+                resource_version: 1,
+                pods: BTreeMap::new(),
+                history: VecDeque::new(),
+                oldest: 1,
+                faults: Vec::new(),
+                behaviour,
+                kubelets: HashMap::new(),
+                records: BTreeMap::new(),
+                next_ip: random_start(),
+            }),
+            events: broadcast::channel(8192).0,
+            cuts: watch::Sender::new(0),
+            history_limit,
+            node,
+        })
+    }
+
+    fn emit(&self, state: &mut State, kind: &'static str, pod: &mut Pod) -> u64 {
+        state.resource_version += 1;
+        let rv = state.resource_version;
+        pod.metadata.resource_version = Some(rv.to_string());
+        let event = Arc::new(Event {
+            kind,
+            resource_version: rv,
+            pod: pod.clone(),
+        });
+        state.history.push_back(event.clone());
+        while state.history.len() > self.history_limit {
+            if let Some(dropped) = state.history.pop_front() {
+                state.oldest = dropped.resource_version;
+            }
+        }
+        let _ = self.events.send(event);
+        rv
+    }
+
+    /// Takes one matching fault, if any is pending.
+    pub fn fault(&self, verb: Verb) -> Option<u16> {
+        let mut state = self.state.lock().unwrap();
+        let i = state
+            .faults
+            .iter()
+            .position(|f| f.count > 0 && f.verb.is_none_or(|v| v == verb))?;
+        let fault = &mut state.faults[i];
+        fault.count -= 1;
+        let code = fault.code;
+        state.faults.retain(|f| f.count > 0);
+        Some(code)
+    }
+
+    pub fn add_fault(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.push(fault);
+    }
+
+    pub fn behaviour(&self) -> Behaviour {
+        self.state.lock().unwrap().behaviour.clone()
+    }
+
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.state.lock().unwrap().behaviour = behaviour;
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.state.lock().unwrap().resource_version
+    }
+
+    /// Stores a new, validated Pod and hands it to the kubelet; `None` if the name is taken.
+    pub fn create(self: &Arc<Self>, namespace: &str, mut pod: Pod) -> Option<Pod> {
+        let mut state = self.state.lock().unwrap();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let key = (namespace.to_owned(), name.clone());
+        if state.pods.contains_key(&key) {
+            return None;
+        }
+        state.next_ip += 1;
+        let n = state.next_ip;
+        let meta = &mut pod.metadata;
+        meta.namespace = Some(namespace.to_owned());
+        meta.uid = Some(format!("{:032x}", (now_ms() as u128) << 32 | u128::from(n)));
+        meta.creation_timestamp = Some(now());
+        meta.generation = Some(1);
+        let spec = pod.spec.get_or_insert_with(Default::default);
+        spec.restart_policy.get_or_insert_with(|| "Always".into());
+        spec.termination_grace_period_seconds.get_or_insert(30);
+        spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+        spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+        for c in &mut spec.containers {
+            c.termination_message_path
+                .get_or_insert_with(|| "/dev/termination-log".into());
+            c.image_pull_policy.get_or_insert_with(|| {
+                if c.image
+                    .as_deref()
+                    .is_some_and(|i| i.ends_with(":latest") || !i.contains(':'))
+                {
+                    "Always".into()
+                } else {
+                    "IfNotPresent".into()
+                }
+            });
+        }
+        pod.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            qos_class: Some("Burstable".into()),
+            ..PodStatus::default()
+        });
+        let never_ready = state.behaviour.never_ready > 0;
+        if never_ready {
+            state.behaviour.never_ready -= 1;
+        }
+        let start_delay = Duration::from_millis(state.behaviour.start_delay_ms);
+        self.emit(&mut state, "ADDED", &mut pod);
+        state.records.insert(
+            key.clone(),
+            PodRecord {
+                namespace: namespace.to_owned(),
+                name,
+                session: pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("matchplane.io/session").cloned()),
+                created_ms: now_ms(),
+                ..PodRecord::default()
+            },
+        );
+        state.pods.insert(key.clone(), pod.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        state.kubelets.insert(key.clone(), tx);
+        drop(state);
+        tokio::spawn(kubelet::run(
+            self.clone(),
+            key,
+            kubelet::Start {
+                delay: start_delay,
+                never_ready,
+            },
+            rx,
+        ));
+        Some(pod)
+    }
+
+    /// A Pod IP: the next free loopback address (one no process listens on at `port`). Each
+    /// kube-sim starts at a random point of 127.16.0.0–127.254.255.255, so several on one
+    /// machine (parallel tests) do not hand out the same addresses.
+    pub fn pod_ip(&self, port: u16) -> Ipv4Addr {
+        let mut state = self.state.lock().unwrap();
+        loop {
+            state.next_ip = state.next_ip.wrapping_add(1);
+            let n = state.next_ip % (239 * 65_536);
+            let ip = Ipv4Addr::new(127, 16 + (n >> 16) as u8, (n >> 8) as u8, n as u8);
+            if n as u8 == 0 || n as u8 == 255 {
+                continue;
+            }
+            if std::net::TcpListener::bind((ip, port)).is_ok() {
+                return ip;
+            }
+        }
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Pod> {
+        self.state.lock().unwrap().pods.get(key).cloned()
+    }
+
+    /// Changes a Pod (its status, as the kubelet reports); false if it is gone.
+    pub fn update(&self, key: &Key, change: impl FnOnce(&mut Pod, &mut PodRecord)) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let State { pods, records, .. } = &mut *state;
+        let (Some(pod), Some(record)) = (pods.get_mut(key), records.get_mut(key)) else {
+            return false;
+        };
+        change(pod, record);
+        let status = pod.status.clone().unwrap_or_default();
+        record.phase = status.phase.clone();
+        record.reason = status.reason.clone();
+        let mut pod = pod.clone();
+        self.emit(&mut state, "MODIFIED", &mut pod);
+        state.pods.insert(key.clone(), pod);
+        true
+    }
+
+    /// Removes a Pod for good (the end of a deletion).
+    pub fn remove(&self, key: &Key) -> Option<Pod> {
+        let mut state = self.state.lock().unwrap();
+        let mut pod = state.pods.remove(key)?;
+        state.kubelets.remove(key);
+        if let Some(record) = state.records.get_mut(key) {
+            record.deleted_ms = Some(now_ms());
+        }
+        self.emit(&mut state, "DELETED", &mut pod);
+        Some(pod)
+    }
+
+    /// A delete request: with a grace period the Pod is marked and its container stopped (the
+    /// kubelet removes it when the container is gone); without one, or when nothing runs, it
+    /// goes at once. `None` if there is no such Pod.
+    pub fn delete(&self, key: &Key, grace: Option<i64>) -> Option<Pod> {
+        let mut state = self.state.lock().unwrap();
+        let pod = state.pods.get(key)?.clone();
+        let grace = grace
+            .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
+            .max(0);
+        let finished = matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        let kubelet = state.kubelets.get(key).cloned();
+        if grace == 0 || finished || kubelet.is_none() {
+            drop(state);
+            if let Some(kubelet) = kubelet {
+                let _ = kubelet.send(Command::Kill);
+            }
+            return self.remove(key);
+        }
+        if let Some(current) = pod.metadata.deletion_grace_period_seconds
+            && current <= grace
+        {
+            return Some(pod);
+        }
+        let mut pod = pod;
+        pod.metadata.deletion_timestamp = Some(timestamp(now_ms().saturating_add(grace.saturating_mul(1000))));
+        pod.metadata.deletion_grace_period_seconds = Some(grace);
+        self.emit(&mut state, "MODIFIED", &mut pod);
+        state.pods.insert(key.clone(), pod.clone());
+        drop(state);
+        if let Some(kubelet) = kubelet {
+            let _ = kubelet.send(Command::Stop(Duration::from_secs(grace as u64)));
+        }
+        Some(pod)
+    }
+
+    /// Sends the kubelet of a Pod a command (evict, kill, unready); false if no such Pod.
+    pub fn tell_kubelet(&self, key: &Key, command: Command) -> bool {
+        match self.state.lock().unwrap().kubelets.get(key) {
+            Some(kubelet) => kubelet.send(command).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Every Pod matching, in name order, from `after` on, at most `limit`; with the
+    /// resource version of the snapshot and the key to continue from.
+    pub fn list(
+        &self,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+        after: Option<&Key>,
+        limit: Option<usize>,
+    ) -> (Vec<Pod>, u64, Option<Key>) {
+        let state = self.state.lock().unwrap();
+        let mut items = Vec::new();
+        let mut next = None;
+        for (key, pod) in &state.pods {
+            if after.is_some_and(|after| key <= after)
+                || namespace.is_some_and(|ns| ns != key.0)
+                || !labels.matches(pod.metadata.labels.as_ref())
+                || !fields.matches(pod)
+            {
+                continue;
+            }
+            if limit.is_some_and(|limit| items.len() >= limit) {
+                next = Some(key.clone());
+                break;
+            }
+            items.push(pod.clone());
+        }
+        // The continue key is the last item returned: the next page starts after it.
+        let cont = next.and_then(|_| {
+            items.last().map(|p: &Pod| {
+                (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                )
+            })
+        });
+        (items, state.resource_version, cont)
+    }
+
+    /// Starts a watch: the events to send first, then a live feed (subscribed under the same
+    /// lock, so nothing falls between).
+    pub fn watch(&self, from: From) -> Result<Subscription, TooOld> {
+        let state = self.state.lock().unwrap();
+        let first = match from {
+            From::Now => state
+                .pods
+                .values()
+                .map(|pod| {
+                    Arc::new(Event {
+                        kind: "ADDED",
+                        resource_version: pod
+                            .metadata
+                            .resource_version
+                            .as_deref()
+                            .and_then(|rv| rv.parse().ok())
+                            .unwrap_or(0),
+                        pod: pod.clone(),
+                    })
+                })
+                .collect(),
+            From::After(rv) if rv < state.oldest => {
+                return Err(TooOld {
+                    asked: rv,
+                    oldest: state.oldest,
+                });
+            }
+            From::After(rv) => state
+                .history
+                .iter()
+                .filter(|e| e.resource_version > rv)
+                .cloned()
+                .collect(),
+        };
+        Ok(Subscription {
+            first,
+            live: self.events.subscribe(),
+            cuts: self.cuts.subscribe(),
+        })
+    }
+
+    /// Cuts every open watch (clients see their connection fail and resume).
+    pub fn cut_watches(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets the event history: a watch resuming from before now gets 410 Gone.
+    pub fn compact(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.history.clear();
+        state.oldest = state.resource_version;
+    }
+
+    pub fn records(&self) -> Vec<PodRecord> {
+        self.state.lock().unwrap().records.values().cloned().collect()
+    }
+
+    pub fn record(&self, key: &Key, change: impl FnOnce(&mut PodRecord)) {
+        if let Some(record) = self.state.lock().unwrap().records.get_mut(key) {
+            change(record);
+        }
+    }
+
+    /// Stops every container (at shutdown).
+    pub fn stop_all(&self) {
+        for kubelet in self.state.lock().unwrap().kubelets.values() {
+            let _ = kubelet.send(Command::Kill);
+        }
+    }
+}
