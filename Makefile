@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo up-local down-local bench-matchmaker bench-proxy manifests-check ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-proxy manifests-check ci \
 	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -25,6 +25,9 @@ release: ## Release build of every binary
 
 demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION)
 	scripts/demo.sh
+
+demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, POD_START_DELAY_MS)
+	scripts/demo-kubernetes.sh
 
 up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE)
 	scripts/local.sh up

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# `make demo-kubernetes`: the demo's stack and swarm with RUNTIME=kubernetes and two backend
+# replicas, against kube-sim (a Kubernetes API server and kubelet on this machine, reached
+# through an ordinary kubeconfig). Every session gets a Pod; kube-sim's kubelet runs the real
+# game-server for it. Ends in the demo's summary plus the Pod figures; exits non-zero on any
+# failure and stops everything it started. CLIENTS (60), MATCH_DURATION (5 s), SPAWN_RATE (0),
+# SESSION_SIZE (12), POD_START_DELAY_MS (2000: simulated scheduling and image pull).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/stack.sh
+. scripts/stack.sh
+
+command -v cargo >/dev/null 2>&1 || mp_die "make demo-kubernetes needs the Rust toolchain (cargo): install it from rustup.rs and run this again."
+command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make demo-kubernetes needs curl: install it with 'sudo apt-get install -y curl' and run this again."
+mp_need_redis
+mp_need_postgres
+echo "== building (release) =="
+cargo build --release --locked --bins
+bin=${CARGO_TARGET_DIR:-target}/release
+out=.run/demo-kubernetes
+mkdir -p "$out"
+run=$(mkdir -p .run && cd .run && pwd)/demo-kubernetes-$$
+mkdir -p "$run"
+pids=()
+stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  pids=()
+  mp_stop_services
+  cp "$run"/*.log "$out"/ 2>/dev/null || true
+  [ "${MP_KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$run"
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+started=$(date +%s.%N)
+echo "== starting Redis, PostgreSQL, kube-sim, two backend replicas (RUNTIME=kubernetes) and the proxy =="
+mp_start_services "$run/services"
+secret=$(mp_random)
+admin=$(mp_random)
+sim_port=$(mp_free_port)
+proxy_port=$(mp_free_port)
+TICKET_SECRET="$secret" RUST_LOG="${RUST_LOG:-info}" "$bin/kube-sim" --bind "127.0.0.1:$sim_port" \
+  --kubeconfig "$run/kubeconfig" --namespace games --game-server-bin "$bin/game-server" \
+  --secret matchplane-ticket/ticket-secret=env:TICKET_SECRET --start-delay-ms "${POD_START_DELAY_MS:-2000}" \
+  --log-dir "$run/pods" >"$run/kube-sim.log" 2>&1 &
+pids+=($!)
+mp_wait_http "http://127.0.0.1:$sim_port/healthz" kube-sim "$!"
+sim="http://127.0.0.1:$sim_port"
+backends=()
+for replica in 1 2; do
+  port=$(mp_free_port)
+  env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$port" REDIS_URL="$MP_REDIS_URL" DATABASE_URL="$MP_DATABASE_URL" \
+    TICKET_SECRET="$secret" ADMIN_TOKEN="$admin" RUNTIME=kubernetes NAMESPACE=games \
+    BACKEND_INTERNAL_URL="http://127.0.0.1:$port" SESSION_SIZE="${SESSION_SIZE:-12}" \
+    PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$proxy_port" INSTANCE_ID="replica-$replica" SHUTDOWN_GRACE_SECONDS=5 \
+    FINISHED_POD_GRACE_SECONDS=2 \
+    "$bin/backend" --kubeconfig "$run/kubeconfig" >"$run/backend-$replica.log" 2>&1 &
+  pids+=($!)
+  MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$port/health" "backend replica $replica" "$!"
+  backends+=("http://127.0.0.1:$port")
+done
+# The proxy forwards HTTP to replica 1; both replicas match from the one Redis queue and
+# start Pods for the sessions they form.
+env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="${backends[0]}" REDIS_URL="$MP_REDIS_URL" \
+  TICKET_SECRET="$secret" RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 "$bin/proxy" >"$run/proxy.log" 2>&1 &
+pids+=($!)
+MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$!"
+echo "proxy http://127.0.0.1:$proxy_port, backends ${backends[*]}, kube-sim $sim (kubeconfig $run/kubeconfig)"
+
+echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches, pods start in ${POD_START_DELAY_MS:-2000} ms =="
+status=0
+"$bin/loadgen" swarm --target-url "http://127.0.0.1:$proxy_port" --clients "${CLIENTS:-60}" \
+  --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
+  --session-size "${SESSION_SIZE:-12}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
+
+# Every Pod goes once its session is over (finished Pods are kept 2 s here): wait for that,
+# then compare kube-sim's record of each Pod with PostgreSQL's record of each session.
+for _ in $(seq 1 300); do
+  left=$(curl -fsS "$sim/sim/pods" | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["deleted_ms"] is None))')
+  [ "$left" = 0 ] && break
+  sleep 0.1
+done
+for _ in $(seq 1 50); do
+  [ "$(curl -fsS "${backends[0]}/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["history_backlog"])')" = 0 ] && break
+  sleep 0.1
+done
+curl -fsS "$sim/sim/pods" >"$out/pods.json"
+"$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT json_agg(json_build_object('session', session_id, 'ended_ms', (extract(epoch from ended_at) * 1000)::bigint, 'reason', end_reason, 'instance', backend_instance)) FROM matches" >"$out/sessions.json"
+python3 - "$out/pods.json" "$out/sessions.json" <<'PY' || status=1
+import json, sys
+pods = json.load(open(sys.argv[1]))
+sessions = json.load(open(sys.argv[2])) or []
+ended = {s["session"]: s for s in sessions}
+by_replica = {}
+for s in sessions:
+    by_replica[s["instance"]] = by_replica.get(s["instance"], 0) + 1
+print(f"sessions: {len(sessions)} ({', '.join(f'{k}: {v}' for k, v in sorted(by_replica.items()))}); "
+      f"end reasons: {', '.join(sorted({str(s['reason']) for s in sessions}))}")
+print(f"pods created: {len(pods)} for {len(sessions)} sessions; still present: {sum(1 for p in pods if p['deleted_ms'] is None)}")
+after = [p["deleted_ms"] - ended[p["session"]]["ended_ms"] for p in pods
+         if p["deleted_ms"] and p["session"] in ended and ended[p["session"]]["ended_ms"]]
+if after:
+    print(f"a pod's life after its session ended: max {max(after) / 1000:.1f} s, median {sorted(after)[len(after) // 2] / 1000:.1f} s (finished pods kept 2 s)")
+ok = len(pods) == len(sessions) and all(p["deleted_ms"] for p in pods)
+sys.exit(0 if ok else 1)
+PY
+elapsed=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
+echo "demo-kubernetes wall time after the build: ${elapsed} s"
+if [ "$status" -eq 0 ]; then echo "demo-kubernetes passed: chart at $out/latency.svg, report at $out/summary.json"; else echo "demo-kubernetes FAILED"; fi
+exit "$status"
