@@ -22,6 +22,7 @@ mkdir -p "$out"
 run=$(mkdir -p .run && cd .run && pwd)/demo-kubernetes-$$
 mkdir -p "$run"
 pids=()
+# shellcheck disable=SC2317  # run by the EXIT trap
 stop_all() {
   local pid
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
