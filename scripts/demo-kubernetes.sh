@@ -24,9 +24,11 @@ mkdir -p "$run"
 pids=()
 # shellcheck disable=SC2317  # run by the EXIT trap
 stop_all() {
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do
+  local i pid
+  # Last started, first stopped: the proxy, the replicas, then kube-sim (which kills the Pods).
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid=${pids[i]}
+    kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
@@ -35,12 +37,12 @@ stop_all() {
   cp "$run"/*.log "$out"/ 2>/dev/null || true
   [ "${MP_KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$run"
 }
-trap stop_all EXIT
-trap 'exit 130' INT TERM
-
 started=$(date +%s.%N)
 echo "== starting Redis, PostgreSQL, kube-sim, two backend replicas (RUNTIME=kubernetes) and the proxy =="
 mp_start_services "$run/services"
+# After mp_start_services, whose own EXIT trap this replaces (stop_all stops the services too).
+trap stop_all EXIT
+trap 'exit 130' INT TERM
 secret=$(mp_random)
 admin=$(mp_random)
 sim_port=$(mp_free_port)
@@ -106,7 +108,7 @@ print(f"pods created: {len(pods)} for {len(sessions)} sessions; still present: {
 after = [p["deleted_ms"] - ended[p["session"]]["ended_ms"] for p in pods
          if p["deleted_ms"] and p["session"] in ended and ended[p["session"]]["ended_ms"]]
 if after:
-    print(f"a pod's life after its session ended: max {max(after) / 1000:.1f} s, median {sorted(after)[len(after) // 2] / 1000:.1f} s (finished pods kept 2 s)")
+    print(f"a pod's life after its session ended: max {max(after)} ms, median {sorted(after)[len(after) // 2]} ms (finished pods kept 2 s)")
 ok = len(pods) == len(sessions) and all(p["deleted_ms"] for p in pods)
 sys.exit(0 if ok else 1)
 PY

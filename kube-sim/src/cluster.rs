@@ -365,7 +365,7 @@ impl Cluster {
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         );
-        let kubelet = state.kubelets.get(key).cloned();
+        let kubelet = state.kubelets.get(key).filter(|k| !k.is_closed()).cloned();
         if grace == 0 || finished || kubelet.is_none() {
             drop(state);
             if let Some(kubelet) = kubelet {

@@ -407,7 +407,18 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
         Some((reason, message)) => fail(&cluster, &key, &container, reason, &message, code),
         None => finish(&cluster, &key, &container, code),
     }
-    if stopping.is_some() {
+    // A deletion that raced the container's exit: its command may still be queued (it was sent
+    // before the phase above made the API server remove finished Pods by itself).
+    commands.close();
+    let mut deleting = stopping.is_some();
+    while let Ok(command) = commands.try_recv() {
+        deleting |= matches!(command, Command::Stop(_) | Command::Kill);
+    }
+    if deleting
+        || cluster
+            .get(&key)
+            .is_some_and(|pod| pod.metadata.deletion_timestamp.is_some())
+    {
         cluster.remove(&key);
     }
 }
