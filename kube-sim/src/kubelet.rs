@@ -42,6 +42,8 @@ pub struct Start {
 }
 
 const NODE: &str = "kube-sim";
+const DEADLINE_EXCEEDED: &str = "Pod was active on the node longer than the specified deadline";
+const EVICTED: &str = "The node was low on resource: memory.";
 
 fn condition(type_: &str, status: bool) -> PodCondition {
     PodCondition {
@@ -231,48 +233,40 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
     let deadline_at = deadline.unwrap_or(far);
 
     // Image pull and container creation; a delete or eviction meanwhile ends it here.
-    let created = Instant::now() + start.delay;
+    let mut create_at = Instant::now() + start.delay;
     let env = loop {
         tokio::select! {
-            () = sleep_until(created) => {
-                match environment(&cluster, &pod, &container, ip) {
-                    Ok(env) => break env,
-                    Err(why) => {
-                        cluster.update(&key, |pod, _| {
-                            let waiting = ContainerState {
-                                waiting: Some(ContainerStateWaiting {
-                                    reason: Some("CreateContainerConfigError".into()),
-                                    message: Some(why.clone()),
-                                }),
-                                ..ContainerState::default()
-                            };
-                            pod.status.get_or_insert_with(Default::default).container_statuses =
-                                Some(vec![container_status(&container, false, waiting)]);
-                        });
-                        // As a real kubelet: the Pod waits (until deleted or its deadline).
-                        loop {
-                            tokio::select! {
-                                () = sleep_until(deadline_at) => {
-                                    fail(&cluster, &key, &container, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline", None);
-                                    return;
-                                }
-                                command = commands.recv() => match command {
-                                    Some(Command::Evict) => { fail(&cluster, &key, &container, "Evicted", "The node was low on resource: memory.", None); return; }
-                                    Some(Command::Stop(_) | Command::Kill) | None => { cluster.remove(&key); return; }
-                                    Some(Command::Unready) => {}
-                                }
-                            }
-                        }
-                    }
+            () = sleep_until(create_at) => match environment(&cluster, &pod, &container, ip) {
+                Ok(env) => break env,
+                Err(why) => {
+                    cluster.update(&key, |pod, _| {
+                        let waiting = ContainerState {
+                            waiting: Some(ContainerStateWaiting {
+                                reason: Some("CreateContainerConfigError".into()),
+                                message: Some(why.clone()),
+                            }),
+                            ..ContainerState::default()
+                        };
+                        pod.status.get_or_insert_with(Default::default).container_statuses =
+                            Some(vec![container_status(&container, false, waiting)]);
+                    });
+                    // As a real kubelet: the Pod waits, until deleted or its deadline.
+                    create_at = far;
                 }
-            }
+            },
             () = sleep_until(deadline_at) => {
-                fail(&cluster, &key, &container, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline", None);
+                fail(&cluster, &key, &container, "DeadlineExceeded", DEADLINE_EXCEEDED, None);
                 return;
             }
             command = commands.recv() => match command {
-                Some(Command::Evict) => { fail(&cluster, &key, &container, "Evicted", "The node was low on resource: memory.", None); return; }
-                Some(Command::Stop(_) | Command::Kill) | None => { cluster.remove(&key); return; }
+                Some(Command::Evict) => {
+                    fail(&cluster, &key, &container, "Evicted", EVICTED, None);
+                    return;
+                }
+                Some(Command::Stop(_) | Command::Kill) | None => {
+                    cluster.remove(&key);
+                    return;
+                }
                 Some(Command::Unready) => {}
             },
         }
@@ -371,7 +365,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
                 }
             }
             () = sleep_until(deadline_at), if ending.is_none() => {
-                ending = Some(("DeadlineExceeded", "Pod was active on the node longer than the specified deadline".into()));
+                ending = Some(("DeadlineExceeded", DEADLINE_EXCEEDED.into()));
                 signal(pid, Signal::SIGKILL);
             }
             () = sleep_until(kill_at) => {
@@ -390,7 +384,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
                 }
                 Some(Command::Kill) | None => signal(pid, Signal::SIGKILL),
                 Some(Command::Evict) => {
-                    ending = Some(("Evicted", "The node was low on resource: memory.".into()));
+                    ending = Some(("Evicted", EVICTED.into()));
                     signal(pid, Signal::SIGKILL);
                 }
                 Some(Command::Unready) => forced_unready = true,

@@ -149,36 +149,29 @@ impl KubernetesRuntime {
             }
         })
         .await;
-        match ready {
-            Ok(Ok(addr)) => Ok(Box::new(PodServer {
-                pods: self.pods.clone(),
-                seen,
-                addr,
-                name,
-                stopping: false,
-                backoff: self.backoff,
-            })),
-            Ok(Err(e)) => {
-                delete_pod(
-                    &self.pods,
-                    &name,
-                    &DeleteParams::default().grace_period(0),
-                    self.backoff,
-                )
-                .await;
-                Err(e)
+        let error = match ready {
+            Ok(Ok(addr)) => {
+                return Ok(Box::new(PodServer {
+                    pods: self.pods.clone(),
+                    seen,
+                    addr,
+                    name,
+                    stopping: false,
+                    backoff: self.backoff,
+                }));
             }
-            Err(_) => {
-                delete_pod(
-                    &self.pods,
-                    &name,
-                    &DeleteParams::default().grace_period(0),
-                    self.backoff,
-                )
-                .await;
-                Err(StartError::Timeout(spec.ready_timeout))
-            }
-        }
+            Ok(Err(e)) => e,
+            Err(_) => StartError::Timeout(spec.ready_timeout),
+        };
+        // Whatever exists of it goes at once.
+        delete_pod(
+            &self.pods,
+            &name,
+            &DeleteParams::default().grace_period(0),
+            self.backoff,
+        )
+        .await;
+        Err(error)
     }
 }
 
