@@ -175,12 +175,11 @@ async fn a_pod_deleted_mid_match_fails_its_session_within_seconds() {
     let pod = pod_of(&backend, bodies[0]["session_id"].as_str().unwrap()).await;
     // `kubectl delete pod`: graceful, by someone else.
     assert!(sim.cluster.delete(&pod, None).is_some());
-    let started = std::time::Instant::now();
     // The kubelet's SIGTERM makes the server end the match `terminated` and report; when the
-    // watch event wins the race instead, the session fails. Either way it is over at once.
+    // watch event wins the race instead, the session fails. Either way it is over within
+    // seconds (the bound `ended` waits).
     let reason = ended(&backend, &roster[0], Duration::from_secs(10)).await;
     assert!(reason == "failed" || reason == "terminated", "{reason}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     backend.stop().await;
 }
 

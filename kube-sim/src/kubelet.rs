@@ -272,19 +272,15 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
         }
     };
 
-    let log = match &cluster.node.log_dir {
-        Some(dir) => std::fs::File::create(dir.join(format!("{}_{}.log", key.0, key.1)))
-            .map(Stdio::from)
-            .unwrap_or_else(|_| Stdio::null()),
-        None => Stdio::null(),
-    };
-    let log_err = match &cluster.node.log_dir {
-        Some(dir) => std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join(format!("{}_{}.log", key.0, key.1)))
-            .map(Stdio::from)
-            .unwrap_or_else(|_| Stdio::null()),
-        None => Stdio::null(),
+    // The container's stdout and stderr, both into one file when a log directory is set.
+    let log = cluster
+        .node
+        .log_dir
+        .as_ref()
+        .and_then(|dir| std::fs::File::create(dir.join(format!("{}_{}.log", key.0, key.1))).ok());
+    let (log, log_err) = match log.and_then(|out| Some((out.try_clone().ok()?, out))) {
+        Some((out, err)) => (Stdio::from(out), Stdio::from(err)),
+        None => (Stdio::null(), Stdio::null()),
     };
     let env: HashMap<String, String> = env.into_iter().collect();
     let child = tokio::process::Command::new(&cluster.node.game_server_bin)

@@ -8,6 +8,7 @@
 //! carries one watch per replica whatever the number of sessions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -62,7 +63,7 @@ struct Shared {
     waiters: Mutex<HashMap<String, watch::Sender<Seen>>>,
     changes: Mutex<Option<mpsc::UnboundedSender<Change>>>,
     /// Whether the first list has completed.
-    synced: watch::Sender<bool>,
+    synced: AtomicBool,
 }
 
 /// The replica's view of its game-server Pods. Cheap to clone; the watch stops when the last
@@ -82,7 +83,7 @@ impl PodWatch {
             namespace: namespace.to_owned(),
             waiters: Mutex::new(HashMap::new()),
             changes: Mutex::new(None),
-            synced: watch::Sender::new(false),
+            synced: AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
         tokio::spawn(run(pods, writer, shared.clone(), stop.clone()));
@@ -117,7 +118,7 @@ impl PodWatch {
 
     /// Whether a first list has completed (so [`PodWatch::pods`] is every Pod there is).
     pub(crate) fn synced(&self) -> bool {
-        *self.shared.synced.borrow()
+        self.shared.synced.load(Ordering::Acquire)
     }
 
     /// Every Pod as last seen.
@@ -137,7 +138,7 @@ impl PodWatch {
                 let _ = tx.send(Change::Pod(name));
             }
         }
-        if *self.shared.synced.borrow() {
+        if self.shared.synced.load(Ordering::Acquire) {
             let _ = tx.send(Change::Resynced);
         }
         *changes = Some(tx);
@@ -173,7 +174,7 @@ impl Shared {
                 tx.send_replace(Seen::Gone);
             }
         }
-        self.synced.send_replace(true);
+        self.synced.store(true, Ordering::Release);
         self.change(Change::Resynced);
     }
 }
