@@ -138,7 +138,7 @@ type HttpsClient =
 
 enum Source {
     File(PathBuf),
-    Url { url: hyper::Uri, client: HttpsClient },
+    Url { url: hyper::Uri, client: Box<HttpsClient> },
 }
 
 struct Refresh {
@@ -203,7 +203,13 @@ impl JwksCache {
             KeySource::JwksUrl { url, ca } => {
                 let url = url.parse().map_err(|e| format!("PLAYER_JWKS: {e}"))?;
                 let client = https_client(ca.as_deref())?;
-                (Source::Url { url, client }, Duration::from_secs(10))
+                (
+                    Source::Url {
+                        url,
+                        client: Box::new(client),
+                    },
+                    Duration::from_secs(10),
+                )
             }
             KeySource::Secret(_) => return Err("an HS256 secret is not a JWKS".into()),
         };
