@@ -5,14 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use identity::Authenticator;
 use protocol::api::{
     ActiveSessions, BackendHealth, DependencyState, EndReason, HealthStatus, JoinRequest, Live, MatchResponse,
     MatchStatus, PlayerMatch, PlayerMatches, Recorded, ReportReceipt, ResultReport, SessionEnded, SessionView,
@@ -25,6 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, Access, Class};
 use crate::config::Settings;
 use crate::error::{ApiError, ApiResult};
 use crate::events::Waiters;
@@ -54,18 +57,31 @@ pub(crate) struct AppState {
     pub matcher_wake: Arc<Notify>,
     /// Cancelled on SIGTERM: no more joins, not ready.
     pub draining: CancellationToken,
+    /// Resolves callers from their bearer tokens.
+    pub auth: Authenticator,
 }
 
-/// The API router.
+/// The API router. Each class of routes has its caller checked by a layer before anything
+/// else of the request is read (see [`crate::auth`]).
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let class = |class: Class| middleware::from_fn_with_state((state.clone(), class), auth::require);
+    let player = Router::new()
         .route("/match/join", post(join))
         .route("/match/join/{player_id}", delete(leave))
         .route("/match/status", get(status))
-        .route("/match/{session_id}/end", post(operator_end))
+        .route("/players/{player_id}/matches", get(player_matches))
+        .route_layer(class(Class::Player));
+    let service = Router::new()
         .route("/sessions/active", get(active_sessions))
         .route("/sessions/{session_id}", get(session))
-        .route("/players/{player_id}/matches", get(player_matches))
+        .route_layer(class(Class::Service));
+    let operator = Router::new()
+        .route("/match/{session_id}/end", post(operator_end))
+        .route_layer(class(Class::Operator));
+    Router::new()
+        .merge(player)
+        .merge(service)
+        .merge(operator)
         .route("/health", get(health))
         .route("/livez", get(live))
         .route("/metrics", get(metrics))
@@ -141,32 +157,6 @@ fn check_player(id: &str) -> ApiResult<()> {
         Err(ApiError::Invalid(
             "player_id must be 1-128 characters of A-Z a-z 0-9 _ . : -".into(),
         ))
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// Compares in time independent of where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn require_admin(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
-    let Some(expected) = &state.settings.admin_token else {
-        return Err(ApiError::Forbidden(
-            "operator endpoints are disabled: ADMIN_TOKEN is not set".into(),
-        ));
-    };
-    match bearer(headers) {
-        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => Err(ApiError::Unauthorized("a valid admin token is required".into())),
     }
 }
 
@@ -256,9 +246,11 @@ fn view_of_row(row: MatchRow) -> SessionView {
 
 async fn join(
     State(state): State<Arc<AppState>>,
+    Extension(access): Extension<Access>,
     ApiJson(body): ApiJson<JoinRequest>,
 ) -> ApiResult<Json<MatchResponse>> {
     check_player(&body.player_id)?;
+    access.may_act_as(&body.player_id)?;
     if state.draining.is_cancelled() {
         return Err(ApiError::Unavailable("this backend is shutting down; retry".into()));
     }
@@ -303,10 +295,12 @@ fn status_key(view: &PlayerView) -> (MatchStatus, Option<&str>) {
 
 async fn status(
     State(state): State<Arc<AppState>>,
+    Extension(access): Extension<Access>,
     query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> ApiResult<Json<MatchResponse>> {
     let Query(query) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
     check_player(&query.player_id)?;
+    access.may_act_as(&query.player_id)?;
     let wait = query.wait.unwrap_or(0.0);
     if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) {
         return Err(ApiError::Invalid(format!(
@@ -347,8 +341,13 @@ async fn status(
     Ok(Json(state.response(&player, current)))
 }
 
-async fn leave(State(state): State<Arc<AppState>>, Path(player): Path<String>) -> ApiResult<StatusCode> {
+async fn leave(
+    State(state): State<Arc<AppState>>,
+    Extension(access): Extension<Access>,
+    Path(player): Path<String>,
+) -> ApiResult<StatusCode> {
     check_player(&player)?;
+    access.may_act_as(&player)?;
     match state.sessions.store().cancel(&player).await? {
         CancelOutcome::Cancelled => {
             state.metrics.join(JoinResult::Cancelled);
@@ -369,9 +368,7 @@ fn check_session_id(id: &str) -> ApiResult<uuid::Uuid> {
 async fn operator_end(
     State(state): State<Arc<AppState>>,
     Path(session_id): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult<Json<SessionEnded>> {
-    require_admin(&state, &headers)?;
     check_session_id(&session_id)?;
     let end_reason = match state.sessions.end(&session_id, EndReason::Stopped, None).await? {
         EndOutcome::Unknown => {
@@ -423,10 +420,12 @@ async fn session(State(state): State<Arc<AppState>>, Path(session_id): Path<Stri
 
 async fn player_matches(
     State(state): State<Arc<AppState>>,
+    Extension(access): Extension<Access>,
     Path(player): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<PlayerMatches>> {
     check_player(&player)?;
+    access.may_act_as(&player)?;
     let number = |name: &str, default: i64, max: i64| -> ApiResult<i64> {
         match query.get(name) {
             None => Ok(default),
@@ -506,13 +505,17 @@ fn reportable(reason: EndReason) -> bool {
     )
 }
 
+/// The game server's result: its session's report token is checked before the body is read.
 async fn result_report(
     State(state): State<Arc<AppState>>,
     Path(session_id): Path<String>,
-    headers: HeaderMap,
-    body: ApiJson<ResultReport>,
+    request: Request,
 ) -> ApiResult<Json<ReportReceipt>> {
-    let token = bearer(&headers).ok_or_else(|| ApiError::Unauthorized("a report token is required".into()))?;
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| identity::bearer_token(v.as_bytes()))
+        .ok_or_else(|| ApiError::Unauthorized("a report token is required".into()))?;
     let claims = state
         .settings
         .secret
@@ -521,7 +524,7 @@ async fn result_report(
     if claims.sid != session_id {
         return Err(ApiError::Forbidden("the report token is for another session".into()));
     }
-    let ApiJson(report) = body;
+    let ApiJson(report) = ApiJson::<ResultReport>::from_request(request, &state).await?;
     if report.session_id != session_id {
         return Err(ApiError::Invalid("session_id in the body differs from the path".into()));
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
+use identity::{Authenticator, PlayerVerifier};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -72,7 +73,7 @@ pub struct App {
     phases: Phases,
     supervisor: Supervisor,
     shutdown_grace: Duration,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -162,7 +163,9 @@ impl App {
             .map(|(name, task)| essential(name, &shutdown, task))
             .collect();
 
+        let auth = authenticator(&settings).await?;
         let state = Arc::new(api::AppState {
+            auth,
             sessions,
             health,
             history,
@@ -175,11 +178,7 @@ impl App {
         let http = {
             let stop = phases.http.clone();
             let app = api::router(state);
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            })
+            tokio::spawn(serve_http(listener, app, stop))
         };
         tracing::info!(addr = %bound, instance = %settings.instance_id, runtime = settings.runtime.name(), "backend ready");
         Ok(App {
@@ -215,6 +214,60 @@ impl App {
         phases.root.cancel();
         tracing::info!("backend stopped");
     }
+}
+
+/// The caller resolver: player keys loaded (a JWKS file must read), static tokens set.
+async fn authenticator(settings: &Settings) -> anyhow::Result<Authenticator> {
+    let players = match &settings.players.keys {
+        Some(_) => Some(Arc::new(
+            PlayerVerifier::start(&settings.players)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
+    Ok(Authenticator::new(
+        settings.players.mode,
+        players,
+        settings.service_token.as_deref(),
+        settings.admin_token.as_deref(),
+    ))
+}
+
+/// A client gets this long to send a request's headers, and an idle keep-alive connection is
+/// closed after it: slow or silent connections never pile up.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` (HTTP/1.1) until `stop`, then lets open requests finish.
+pub(crate) async fn serve_http(listener: TcpListener, app: axum::Router, stop: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: wait for some to close rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Serves the backend on `listener` until `shutdown` is cancelled, then drains.
@@ -305,4 +358,71 @@ fn essential(
             shutdown.cancel();
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads until the server closes; None if it is still open after `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+        let mut seen = Vec::new();
+        tokio::time::timeout(within, async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .ok()
+        .map(|()| seen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve_http(listener, app, stop.clone()));
+
+        // Slow clients: headers begun and never finished.
+        let mut slow = Vec::new();
+        for _ in 0..200 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+            slow.push(stream);
+        }
+        // A client that made one request and then keeps the connection idle.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut answer = [0u8; 256];
+        let n = idle.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+
+        let limit = HEADER_READ_TIMEOUT + Duration::from_secs(5);
+        for stream in &mut slow {
+            let seen = closed_within(stream, limit).await.expect("a slow client is cut off");
+            assert!(!seen.starts_with(b"HTTP/1.1 200"));
+        }
+        assert!(
+            closed_within(&mut idle, limit).await.is_some(),
+            "an idle connection is closed"
+        );
+
+        // A well-behaved client is served as before.
+        let mut fresh = tokio::net::TcpStream::connect(addr).await.unwrap();
+        fresh
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let seen = closed_within(&mut fresh, limit).await.unwrap();
+        assert!(seen.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+        stop.cancel();
+        server.await.unwrap();
+    }
 }

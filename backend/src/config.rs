@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
+use identity::{PlayerAuthArgs, PlayerAuthSettings};
 use protocol::TicketSecret;
 use service::cli::seconds;
 use service::telemetry::{LogArgs, LogFormat};
@@ -45,6 +46,8 @@ pub struct Config {
     #[command(flatten)]
     pub game: GameServerArgs,
     #[command(flatten)]
+    pub players: PlayerAuthArgs,
+    #[command(flatten)]
     pub log: LogArgs,
 }
 
@@ -66,9 +69,14 @@ pub struct CoreArgs {
     /// Shared HMAC secret for tickets and report tokens.
     #[arg(long, env = "TICKET_SECRET", hide_env_values = true)]
     pub ticket_secret: Option<String>,
-    /// Bearer token for operator endpoints; unset disables them.
+    /// Operators' bearer token (at least 8 characters): everything a service may do, plus
+    /// ending sessions; unset disables the operator endpoints.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The studio's own services' bearer token (at least 32 characters): may join any
+    /// player and read any status, session or queue; unset: no service callers.
+    #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
     /// Players per full session.
     #[arg(long, env = "SESSION_SIZE", default_value_t = 12)]
     pub session_size: u32,
@@ -195,6 +203,9 @@ pub struct Settings {
     pub(crate) key_prefix: String,
     pub(crate) secret: TicketSecret,
     pub(crate) admin_token: Option<String>,
+    pub(crate) service_token: Option<String>,
+    /// How player tokens are verified.
+    pub(crate) players: PlayerAuthSettings,
     pub(crate) rules: FormRules,
     pub(crate) ready_timeout: Duration,
     pub(crate) public_host: String,
@@ -338,9 +349,21 @@ impl Config {
         if prefix.is_empty() || prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
             return Err("REDIS_KEY_PREFIX must be a non-empty word without braces".into());
         }
-        if core.admin_token.as_deref().is_some_and(|t| t.len() < 8) {
+        if core
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t.len() < 8)
+        {
             return Err("ADMIN_TOKEN must be at least 8 characters".into());
         }
+        if core
+            .service_token
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t.len() < 32)
+        {
+            return Err("SERVICE_TOKEN must be at least 32 characters".into());
+        }
+        let players = self.players.validate()?;
         let instance_id = [&core.instance_id, &core.hostname]
             .into_iter()
             .flatten()
@@ -385,6 +408,8 @@ impl Config {
             key_prefix: prefix.to_owned(),
             secret,
             admin_token: core.admin_token.clone().filter(|t| !t.is_empty()),
+            service_token: core.service_token.clone().filter(|t| !t.is_empty()),
+            players,
             rules: FormRules {
                 size: core.session_size,
                 min_partial: core.min_partial_session_size,
@@ -452,6 +477,43 @@ impl SettingsBuilder {
 
     pub fn admin_token(mut self, token: &str) -> Self {
         self.0.core.admin_token = Some(token.to_owned());
+        self
+    }
+
+    pub fn service_token(mut self, token: &str) -> Self {
+        self.0.core.service_token = Some(token.to_owned());
+        self
+    }
+
+    /// Player tokens are HS256 JWTs signed with `secret`.
+    pub fn player_token_secret(mut self, secret: &str) -> Self {
+        self.0.players.player_token_secret = Some(secret.to_owned());
+        self.0.players.player_jwks = None;
+        self
+    }
+
+    /// Player tokens are verified with the keys of this JWKS (a file, or an https URL with
+    /// `ca` trusted beside the system's authorities).
+    pub fn player_jwks(mut self, jwks: &str, ca: Option<PathBuf>) -> Self {
+        self.0.players.player_jwks = Some(jwks.to_owned());
+        self.0.players.player_jwks_ca = ca;
+        self.0.players.player_token_secret = None;
+        self
+    }
+
+    pub fn player_token_issuer(mut self, issuer: &str) -> Self {
+        self.0.players.player_token_issuer = Some(issuer.to_owned());
+        self
+    }
+
+    pub fn player_token_audience(mut self, audience: &str) -> Self {
+        self.0.players.player_token_audience = Some(audience.to_owned());
+        self
+    }
+
+    /// `PLAYER_AUTH`: `jwt` (the default) or `none` (open player endpoints).
+    pub fn player_auth(mut self, mode: identity::PlayerAuthMode) -> Self {
+        self.0.players.player_auth = mode;
         self
     }
 
@@ -541,8 +603,25 @@ mod tests {
     }
 
     #[test]
-    fn only_the_chosen_runtime_is_validated() {
+    fn player_tokens_need_a_key_unless_player_auth_is_none() {
         let base = Settings::builder().database_url("postgres://x/y").ticket_secret("s");
+        let err = base.clone().build().unwrap_err();
+        assert!(err.starts_with("PLAYER_AUTH=jwt needs PLAYER_TOKEN_SECRET"), "{err}");
+        assert!(base.clone().player_auth(identity::PlayerAuthMode::None).build().is_ok());
+        let with_key = base.player_token_secret(&"k".repeat(32));
+        assert!(with_key.clone().build().is_ok());
+        let err = with_key.clone().service_token("too-short").build().unwrap_err();
+        assert!(err.contains("SERVICE_TOKEN"), "{err}");
+        let err = with_key.admin_token("short").build().unwrap_err();
+        assert!(err.contains("ADMIN_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn only_the_chosen_runtime_is_validated() {
+        let base = Settings::builder()
+            .database_url("postgres://x/y")
+            .ticket_secret("s")
+            .player_auth(identity::PlayerAuthMode::None);
         let mut broken_pods = base.clone();
         broken_pods.0.kubernetes.game_server_node_selector = "no-equals-sign".into();
         assert!(broken_pods.clone().runtime(RuntimeKind::Local).build().is_ok());

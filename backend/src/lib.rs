@@ -11,6 +11,7 @@
 
 mod api;
 mod app;
+mod auth;
 pub mod config;
 mod error;
 mod events;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ADMIN, Backend, SECRET, settings};
+use common::{ADMIN, Backend, SECRET, player_auth, service_auth, settings};
 use hyper::{Method, StatusCode};
 use protocol::{Claims, TicketSecret};
 use serde_json::json;
@@ -33,7 +33,11 @@ fn code(body: &serde_json::Value) -> &str {
 async fn malformed_and_invalid_joins_are_refused_and_change_nothing() {
     let (backend, _) = backend().await;
     let http = &backend.http;
-    let json_type = [("content-type", "application/json")];
+    let service = service_auth();
+    let json_type = [
+        ("content-type", "application/json"),
+        ("authorization", service.as_str()),
+    ];
     let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
         (b"{not json".to_vec(), StatusCode::BAD_REQUEST, "malformed"),
         (Vec::new(), StatusCode::BAD_REQUEST, "malformed"),
@@ -110,12 +114,22 @@ async fn status_leave_and_unknown_things() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
     }
     let (status, body) = http
-        .request(Method::DELETE, "/match/join/nobody", &[], Vec::new())
+        .request(
+            Method::DELETE,
+            "/match/join/nobody",
+            &[("authorization", &player_auth("nobody"))],
+            Vec::new(),
+        )
         .await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_queued"));
     http.join("leaver").await;
     let (status, _) = http
-        .request(Method::DELETE, "/match/join/leaver", &[], Vec::new())
+        .request(
+            Method::DELETE,
+            "/match/join/leaver",
+            &[("authorization", &player_auth("leaver"))],
+            Vec::new(),
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(http.status("leaver", 0.0).await["status"], "unknown");

@@ -60,7 +60,12 @@ async fn three_replicas_three_thousand_players() {
             }
             // Cancel through another replica than the one joined through.
             let (status, body) = other
-                .request(Method::DELETE, &format!("/match/join/{player}"), &[], Vec::new())
+                .request(
+                    Method::DELETE,
+                    &format!("/match/join/{player}"),
+                    &[("authorization", &common::player_auth(&player))],
+                    Vec::new(),
+                )
                 .await;
             let fate = match status {
                 StatusCode::NO_CONTENT => Fate::Cancelled,

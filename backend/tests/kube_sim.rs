@@ -335,6 +335,7 @@ fn backend_process(sim: &Sim, prefix: &str, db: &str, port: u16) -> tokio::proce
             ("REDIS_KEY_PREFIX", prefix.to_owned()),
             ("TICKET_SECRET", common::SECRET.to_owned()),
             ("ADMIN_TOKEN", common::ADMIN.to_owned()),
+            ("PLAYER_TOKEN_SECRET", common::PLAYER_SECRET.to_owned()),
             ("RUNTIME", "kubernetes".to_owned()),
             ("NAMESPACE", NS.to_owned()),
             ("BACKEND_INTERNAL_URL", format!("http://127.0.0.1:{port}")),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use protocol::api::JoinRequest;
 
-use crate::http::HttpClient;
+use crate::http::{CredentialArgs, HttpClient};
 use crate::stats::{Summary, summarize};
 
 /// Settings of one run.
@@ -32,6 +32,8 @@ pub struct BenchMatchmakerArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
 }
 
 /// What a run measured.
@@ -63,6 +65,16 @@ fn players_placed(metrics: &str) -> u64 {
 pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerResult> {
     let client = HttpClient::new(&args.target_url, Duration::from_secs(30));
     let placed_before = players_placed(&client.text("/metrics").await?);
+    // Tokens are minted before the clock starts: a real identity service issues them, not
+    // the client in the middle of a join.
+    let authorizations: Arc<Vec<Option<String>>> = Arc::new(
+        (0..args.players)
+            .map(|i| {
+                args.credentials
+                    .authorization(&format!("{}-{i}", args.id_prefix), Duration::from_secs(3600))
+            })
+            .collect(),
+    );
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let last_error = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -70,6 +82,7 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
         let (client, next, errors, last_error) = (client.clone(), next.clone(), errors.clone(), last_error.clone());
+        let authorizations = authorizations.clone();
         let (total, prefix) = (args.players, args.id_prefix.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -83,7 +96,7 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
                 };
                 let t = Instant::now();
                 match client
-                    .json::<serde_json::Value>(Method::POST, "/match/join", Some(&body))
+                    .json::<serde_json::Value>(Method::POST, "/match/join", Some(&body), authorizations[i].as_deref())
                     .await
                 {
                     Ok(_) => latencies.push(t.elapsed()),

@@ -24,6 +24,45 @@ pub enum HttpError {
     Body(String),
 }
 
+/// How simulated players prove who they are: the settings the backend reads, so one
+/// environment configures both.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CredentialArgs {
+    /// Mint each player an HS256 token with this key, as the studio's identity service would.
+    #[arg(long, env = "PLAYER_TOKEN_SECRET", hide_env_values = true)]
+    pub player_token_secret: Option<String>,
+    /// `iss` of minted player tokens.
+    #[arg(long, env = "PLAYER_TOKEN_ISSUER")]
+    pub player_token_issuer: Option<String>,
+    /// `aud` of minted player tokens.
+    #[arg(long, env = "PLAYER_TOKEN_AUDIENCE")]
+    pub player_token_audience: Option<String>,
+    /// Act as the studio's own service instead (used when no player key is given).
+    #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+}
+
+impl CredentialArgs {
+    /// The `Authorization` value `player` sends, if any: a fresh player token valid for
+    /// `ttl`, else the service token, else none (for `PLAYER_AUTH=none`).
+    pub fn authorization(&self, player: &str, ttl: Duration) -> Option<String> {
+        if let Some(secret) = self.player_token_secret.as_deref().filter(|s| !s.is_empty()) {
+            let token = identity::mint_hs256(
+                secret.as_bytes(),
+                player,
+                ttl.as_secs().max(60),
+                self.player_token_issuer.as_deref().filter(|s| !s.is_empty()),
+                self.player_token_audience.as_deref().filter(|s| !s.is_empty()),
+            );
+            return Some(format!("Bearer {token}"));
+        }
+        self.service_token
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(|token| format!("Bearer {token}"))
+    }
+}
+
 /// A pooled client for one base URL.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -49,16 +88,20 @@ impl HttpClient {
         }
     }
 
-    /// Sends one request and returns the status and body.
+    /// Sends one request (with this `Authorization`, if any) and returns the status and body.
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+        authorization: Option<&str>,
     ) -> Result<(StatusCode, Bytes), HttpError> {
         let mut request = Request::builder().method(method).uri(format!("{}{path}", self.base));
         if body.is_some() {
             request = request.header("content-type", "application/json");
+        }
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
@@ -88,9 +131,10 @@ impl HttpClient {
         method: Method,
         path: &str,
         body: Option<&JoinRequest>,
+        authorization: Option<&str>,
     ) -> Result<T, HttpError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("a join request encodes"));
-        let (status, bytes) = self.send(method, path, body).await?;
+        let (status, bytes) = self.send(method, path, body, authorization).await?;
         if !status.is_success() {
             return Err(HttpError::Status {
                 status: status.as_u16(),
@@ -102,7 +146,7 @@ impl HttpClient {
 
     /// The body of a `GET` as text (for `/metrics`).
     pub async fn text(&self, path: &str) -> Result<String, HttpError> {
-        let (status, bytes) = self.send(Method::GET, path, None).await?;
+        let (status, bytes) = self.send(Method::GET, path, None, None).await?;
         if !status.is_success() {
             return Err(HttpError::Status {
                 status: status.as_u16(),

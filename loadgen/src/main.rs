@@ -21,10 +21,55 @@ enum Command {
     BenchMatchmaker(loadgen::bench_matchmaker::BenchMatchmakerArgs),
     /// Echo traffic direct, through matchplane's proxy and through HAProxy, side by side.
     BenchProxy(loadgen::bench_proxy::BenchProxyArgs),
+    /// Print a player token (HS256, from PLAYER_TOKEN_SECRET), as a studio's identity service
+    /// would issue it: for trying the API or a game by hand.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The player id (the token's `sub`).
+    #[arg(long)]
+    player: String,
+    /// How long the token is valid.
+    #[arg(long, default_value_t = 3600)]
+    ttl_seconds: u64,
+    #[command(flatten)]
+    credentials: loadgen::http::CredentialArgs,
+}
+
+/// `loadgen token`.
+fn token(args: &TokenArgs) -> ExitCode {
+    if !protocol::player::is_valid_player_id(&args.player) {
+        eprintln!("loadgen: --player must be 1-128 characters of A-Z a-z 0-9 _ . : -");
+        return ExitCode::from(2);
+    }
+    if args
+        .credentials
+        .player_token_secret
+        .as_deref()
+        .is_none_or(str::is_empty)
+    {
+        eprintln!("loadgen: PLAYER_TOKEN_SECRET (--player-token-secret) is required to mint a player token");
+        return ExitCode::from(2);
+    }
+    match args
+        .credentials
+        .authorization(&args.player, std::time::Duration::from_secs(args.ttl_seconds))
+    {
+        Some(authorization) => {
+            println!("{}", authorization.trim_start_matches("Bearer "));
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::FAILURE,
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Token(args) = &cli.command {
+        return token(args);
+    }
     service::telemetry::init(&cli.log, "warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -33,6 +78,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Swarm(args) => swarm(args).await,
+            Command::Token(args) => token(&args),
             Command::BenchProxy(args) => {
                 let json = args.json.clone();
                 match loadgen::bench_proxy::run(args).await {

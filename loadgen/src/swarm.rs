@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use crate::http::HttpClient;
+use crate::http::{CredentialArgs, HttpClient};
 use crate::report::{ClientRecord, Outcome, Report};
 
 /// Settings of a swarm (the contract names).
@@ -58,6 +58,8 @@ pub struct SwarmArgs {
     /// Progress output: auto (a bar on a terminal), bar, lines, or none.
     #[arg(long, default_value = "auto")]
     pub progress: String,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
 }
 
 struct Shared {
@@ -206,8 +208,14 @@ async fn lifecycle(shared: &Shared, record: &mut ClientRecord, life: Instant) ->
     let body = JoinRequest {
         player_id: record.player.clone(),
     };
+    // One token for the player's whole life, as a game client would hold.
+    let auth = shared
+        .args
+        .credentials
+        .authorization(&record.player, Duration::from_secs(3600));
+    let auth = auth.as_deref();
     let mut status: MatchResponse = api
-        .json(Method::POST, "/match/join", Some(&body))
+        .json(Method::POST, "/match/join", Some(&body), auth)
         .await
         .map_err(|e| Outcome::JoinFailed(e.to_string()))?;
     while status.status != MatchStatus::Matched {
@@ -220,6 +228,7 @@ async fn lifecycle(shared: &Shared, record: &mut ClientRecord, life: Instant) ->
                 Method::GET,
                 &format!("/match/status?player_id={}&wait=25", record.player),
                 None,
+                auth,
             )
             .await
             .map_err(|e| Outcome::StatusFailed(e.to_string()))?;

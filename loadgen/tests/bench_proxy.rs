@@ -33,6 +33,8 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
         SECRET,
         "--rate-limit-per-second",
         "0",
+        "--player-auth",
+        "none",
     ])
     .unwrap()
     .validate()

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "swarm-test-secret-0123456789";
+const PLAYER_SECRET: &str = "swarm-test-player-secret-0123456789abcdef";
 
 #[derive(Parser)]
 struct Wrapper {
@@ -32,6 +33,7 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
         .database_url(&db)
         .key_prefix(&prefix)
         .ticket_secret(SECRET)
+        .player_token_secret(PLAYER_SECRET)
         .runtime(backend::RuntimeKind::Local)
         .game_server_bin(&game_server)
         .session_size(3)
@@ -49,6 +51,8 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
         &prefix,
         "--ticket-secret",
         SECRET,
+        "--player-token-secret",
+        PLAYER_SECRET,
     ])
     .unwrap()
     .validate()
@@ -74,6 +78,8 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
         "3",
         "--progress",
         "none",
+        "--player-token-secret",
+        PLAYER_SECRET,
         "--json",
         json.to_str().unwrap(),
         "--chart",

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use identity::{PlayerAuthArgs, PlayerAuthSettings};
 use protocol::TicketSecret;
 use service::cli::seconds;
 use service::telemetry::LogArgs;
@@ -49,6 +50,15 @@ pub struct Config {
     /// On SIGTERM, how long spliced game connections may go on.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 30.0)]
     pub drain_seconds: f64,
+    /// Joins and status polls per second allowed for one player (by the verified `sub` of
+    /// the player's token; 0 disables the limit).
+    #[arg(long, env = "PLAYER_RATE_LIMIT_PER_SECOND", default_value_t = 5.0)]
+    pub player_rate_limit_per_second: f64,
+    /// Burst of joins and status polls allowed for one player.
+    #[arg(long, env = "PLAYER_RATE_LIMIT_BURST", default_value_t = 20.0)]
+    pub player_rate_limit_burst: f64,
+    #[command(flatten)]
+    pub players: PlayerAuthArgs,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -66,6 +76,10 @@ pub struct Settings {
     pub first_line_timeout: Duration,
     pub max_body_bytes: usize,
     pub drain: Duration,
+    pub player_rate_per_second: f64,
+    pub player_rate_burst: f64,
+    /// Player-token keys, to rate-limit per verified player.
+    pub players: PlayerAuthSettings,
 }
 
 impl Config {
@@ -83,6 +97,10 @@ impl Config {
         if !(self.rate_limit_per_second >= 0.0 && self.rate_limit_burst >= 1.0) {
             return Err("RATE_LIMIT_PER_SECOND must be >= 0 and RATE_LIMIT_BURST >= 1".into());
         }
+        if !(self.player_rate_limit_per_second >= 0.0 && self.player_rate_limit_burst >= 1.0) {
+            return Err("PLAYER_RATE_LIMIT_PER_SECOND must be >= 0 and PLAYER_RATE_LIMIT_BURST >= 1".into());
+        }
+        let players = self.players.validate()?;
         let first_line_timeout = seconds("FIRST_LINE_TIMEOUT_SECONDS", self.first_line_timeout_seconds)?;
         if first_line_timeout.is_zero() {
             return Err("FIRST_LINE_TIMEOUT_SECONDS must be > 0".into());
@@ -98,6 +116,9 @@ impl Config {
             first_line_timeout,
             max_body_bytes: self.max_body_bytes,
             drain: seconds("DRAIN_SECONDS", self.drain_seconds)?,
+            player_rate_per_second: self.player_rate_limit_per_second,
+            player_rate_burst: self.player_rate_limit_burst,
+            players,
         })
     }
 }
@@ -109,9 +130,17 @@ mod tests {
     #[test]
     fn backend_url_must_be_a_valid_http_uri() {
         let parse = |url: &str| {
-            service::cli::parse_without_env::<Config, _, _>(["proxy", "--ticket-secret", "k", "--backend-url", url])
-                .unwrap()
-                .validate()
+            service::cli::parse_without_env::<Config, _, _>([
+                "proxy",
+                "--ticket-secret",
+                "k",
+                "--player-auth",
+                "none",
+                "--backend-url",
+                url,
+            ])
+            .unwrap()
+            .validate()
         };
         assert!(parse("http://backend:8081").is_ok());
         for bad in ["https://backend", "backend:8081", "http://bad host:80", ""] {

@@ -65,7 +65,14 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
     let started = Instant::now();
     let path = request.uri().path().to_owned();
     let response = if path == "/api" || path.starts_with("/api/") {
-        forward(request, peer, ctx).await
+        let rest = &path["/api".len()..];
+        if backend_private(rest) {
+            json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        } else if let Some(throttled) = player_limit(&request, rest, ctx).await {
+            throttled
+        } else {
+            forward(request, peer, ctx).await
+        }
     } else if path == "/health" {
         health(ctx)
     } else if path == "/livez" {
@@ -86,6 +93,42 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
     };
     ctx.metrics.http(response.status().as_u16(), started.elapsed());
     response
+}
+
+/// The backend's paths that are not for the public: its game servers' result reports and its
+/// own metrics. (The backend matches paths exactly and case-sensitively, so no other spelling
+/// reaches them.)
+fn backend_private(rest: &str) -> bool {
+    rest == "/metrics" || rest == "/internal" || rest.starts_with("/internal/")
+}
+
+/// Joins and status polls of a player whose token verifies count against that player's
+/// bucket: 429 once it is empty. Anything else (no token, a bad one, a service's) passes on
+/// to the backend, which decides.
+async fn player_limit(request: &Request<Incoming>, rest: &str, ctx: &Context) -> Option<Response<Full<Bytes>>> {
+    let limited = matches!(
+        (request.method(), rest),
+        (&hyper::Method::POST, "/match/join") | (&hyper::Method::GET, "/match/status")
+    );
+    if !limited {
+        return None;
+    }
+    let verifier = ctx.players.as_ref()?;
+    let token = identity::bearer_token(request.headers().get(header::AUTHORIZATION)?.as_bytes())?;
+    let claims = verifier.verify(token).await.ok()?;
+    if ctx.player_limiter.allow(claims.sub) {
+        return None;
+    }
+    ctx.metrics.route("player_rate_limited");
+    let mut response = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        "too many joins or status polls for this player; slow down",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    Some(response)
 }
 
 /// Readiness, from the last checks: 503 while Redis is down (no game connection can be

@@ -49,8 +49,11 @@ struct Context {
     health: health::Health,
     /// Cancelled on shutdown: no new connections, not ready.
     draining: CancellationToken,
-    limiter: limits::RateLimiter,
+    limiter: limits::RateLimiter<std::net::IpAddr>,
     permits: Arc<Semaphore>,
+    /// Verifies player tokens (when keys are configured) for the per-player limit.
+    players: Option<identity::PlayerVerifier>,
+    player_limiter: limits::RateLimiter<String>,
 }
 
 /// Descriptors one spliced game connection holds: two sockets and two pipes.
@@ -86,11 +89,23 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+    // Idle connections are dropped before the backend's own keep-alive timeout closes them,
+    // so a request is never sent down a connection the backend is closing.
     let backend = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .pool_max_idle_per_host(1024)
         .build(connector);
+    let players = match &settings.players.keys {
+        Some(_) => Some(
+            identity::PlayerVerifier::start(&settings.players)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     let ctx = Arc::new(Context {
+        players,
+        player_limiter: limits::RateLimiter::new(settings.player_rate_per_second, settings.player_rate_burst),
         limiter: limits::RateLimiter::new(settings.rate_per_second, settings.rate_burst),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         sessions_key: protocol::sessions::sessions_key(&settings.key_prefix),

@@ -1,19 +1,20 @@
-//! Per-source rate limiting of new connections: a token bucket per IP address.
+//! Rate limiting with token buckets: new connections per source address, and joins and
+//! status polls per verified player.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::sync::Mutex;
 
 use tokio::time::Instant;
 
-/// Token buckets keyed by source address; idle buckets are forgotten.
-pub struct RateLimiter {
+/// Token buckets keyed by `K` (a source address, a player id); idle buckets are forgotten.
+pub struct RateLimiter<K> {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     /// `per_second` of 0 allows everything.
     pub fn new(per_second: f64, burst: f64) -> Self {
         RateLimiter {
@@ -23,8 +24,8 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for `ip`; false when it has none left.
-    pub fn allow(&self, ip: IpAddr) -> bool {
+    /// Takes a token for `key`; false when it has none left.
+    pub fn allow(&self, key: K) -> bool {
         if self.per_second <= 0.0 {
             return true;
         }
@@ -35,7 +36,7 @@ impl RateLimiter {
             let full_after = self.burst / self.per_second;
             buckets.retain(|_, (_, seen)| now.duration_since(*seen).as_secs_f64() < full_after);
         }
-        let (tokens, seen) = buckets.entry(ip).or_insert((self.burst, now));
+        let (tokens, seen) = buckets.entry(key).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*seen).as_secs_f64() * self.per_second).min(self.burst);
         *seen = now;
         if *tokens >= 1.0 {
@@ -50,6 +51,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
     use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
@@ -64,5 +66,24 @@ mod tests {
         assert!(limiter.allow(a));
         assert!(!limiter.allow(a));
         assert!(RateLimiter::new(0.0, 1.0).allow(a));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn players_have_a_bucket_each() {
+        let limiter = RateLimiter::new(2.0, 4.0);
+        assert!((0..4).all(|_| limiter.allow("alice".to_owned())));
+        assert!(!limiter.allow("alice".to_owned()), "burst spent");
+        assert!(limiter.allow("bob".to_owned()));
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(!limiter.allow("alice".to_owned()), "not a whole token yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(limiter.allow("alice".to_owned()), "2 per second: one every 500 ms");
+        assert!(!limiter.allow("alice".to_owned()));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            (0..10).filter(|_| limiter.allow("alice".to_owned())).count(),
+            4,
+            "refills to the burst, no more"
+        );
     }
 }

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "proxy-test-secret-0123456789";
+const PLAYER_SECRET: &str = "proxy-test-player-secret-0123456789abcdef";
 
 fn secret() -> TicketSecret {
     TicketSecret::new(SECRET).unwrap()
@@ -51,6 +52,8 @@ impl Proxy {
             &prefix,
             "--ticket-secret",
             SECRET,
+            "--player-token-secret",
+            PLAYER_SECRET,
             "--first-line-timeout-seconds",
             "0.5",
             "--max-body-bytes",

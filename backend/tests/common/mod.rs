@@ -28,6 +28,28 @@ use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "backend-test-secret-0123456789";
 pub const ADMIN: &str = "admin-token-for-tests";
+/// The studio's services' token in tests.
+pub const SERVICE: &str = "service-token-for-tests-0123456789abcdef";
+/// The HS256 key of the test "identity service".
+pub const PLAYER_SECRET: &str = "player-token-secret-for-tests-0123456789";
+
+/// `Authorization` for `player`, as the studio's identity service would issue it.
+pub fn player_auth(player: &str) -> String {
+    format!(
+        "Bearer {}",
+        identity::mint_hs256(PLAYER_SECRET.as_bytes(), player, 600, None, None)
+    )
+}
+
+/// `Authorization` for the studio's services.
+pub fn service_auth() -> String {
+    format!("Bearer {SERVICE}")
+}
+
+/// `Authorization` for an operator.
+pub fn admin_auth() -> String {
+    format!("Bearer {ADMIN}")
+}
 
 /// Settings for a test backend with `RUNTIME=none`, built in code (never from the shell's
 /// environment); tests chain what they change and call `build`.
@@ -38,6 +60,8 @@ pub fn settings(prefix: &str, database_url: &str) -> SettingsBuilder {
         .key_prefix(prefix)
         .ticket_secret(SECRET)
         .admin_token(ADMIN)
+        .service_token(SERVICE)
+        .player_token_secret(PLAYER_SECRET)
         .runtime(RuntimeKind::None)
 }
 
@@ -113,6 +137,7 @@ impl Http {
         }
     }
 
+    /// Sends exactly these headers (no `Authorization` unless given).
     pub async fn request(
         &self,
         method: Method,
@@ -140,27 +165,49 @@ impl Http {
         (status, json)
     }
 
+    /// A GET as the studio's services.
     pub async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
-        self.request(Method::GET, path, &[], Vec::new()).await
+        self.request(Method::GET, path, &[("authorization", &service_auth())], Vec::new())
+            .await
     }
 
+    /// A JSON POST as the studio's services.
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+        self.post_as(&service_auth(), path, body).await
+    }
+
+    /// A JSON POST with this `Authorization`.
+    pub async fn post_as(&self, auth: &str, path: &str, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
         self.request(
             Method::POST,
             path,
-            &[("content-type", "application/json")],
+            &[("content-type", "application/json"), ("authorization", auth)],
             body.to_string().into_bytes(),
         )
         .await
     }
 
+    /// A join by the player, with the player's own token.
     pub async fn join(&self, player: &str) -> (StatusCode, serde_json::Value) {
-        self.post("/match/join", serde_json::json!({ "player_id": player }))
-            .await
+        self.post_as(
+            &player_auth(player),
+            "/match/join",
+            serde_json::json!({ "player_id": player }),
+        )
+        .await
     }
 
+    /// The player's status, asked with the player's own token.
     pub async fn status(&self, player: &str, wait: f64) -> serde_json::Value {
-        let (code, body) = self.get(&format!("/match/status?player_id={player}&wait={wait}")).await;
+        let path = format!("/match/status?player_id={player}&wait={wait}");
+        let (code, body) = self
+            .request(
+                Method::GET,
+                &path,
+                &[("authorization", &player_auth(player))],
+                Vec::new(),
+            )
+            .await;
         assert_eq!(code, StatusCode::OK, "{body}");
         body
     }
