@@ -68,6 +68,16 @@ secrets() {
       --from-literal=ticket-secret="${ticket:-$(random)}" --from-literal=admin-token="${admin:-$(random)}" \
       | kubectl apply -f - >/dev/null
   fi
+  # The key player tokens are signed with (here matchplane plays the studio's identity
+  # service; a studio with a JWKS sets PLAYER_JWKS instead) and the services' token.
+  local player service
+  player=$(secret_value matchplane matchplane-identity player-token-secret || true)
+  service=$(secret_value matchplane matchplane-identity service-token || true)
+  if [ -z "$player" ] || [ -z "$service" ]; then
+    kubectl -n matchplane create secret generic matchplane-identity --dry-run=client -o yaml \
+      --from-literal=player-token-secret="${player:-$(random)}" --from-literal=service-token="${service:-$(random)}" \
+      | kubectl apply -f - >/dev/null
+  fi
 }
 
 TARGET=${1:-}
@@ -146,8 +156,19 @@ case "$TARGET" in
     }
     say "swarm of ${CLIENTS:-50} clients ($loadgen_image) against ${TARGET_URL:-http://localhost:8080} (SPAWN_RATE=${SPAWN_RATE:-0}, MATCH_DURATION=${MATCH_DURATION:-30})"
     mkdir -p .run
+    # Players need tokens: the swarm mints them with the player-token key (PLAYER_TOKEN_SECRET,
+    # or the cluster's Secret when unset).
+    if [ -z "${PLAYER_TOKEN_SECRET:-}" ]; then
+      need_cluster
+      PLAYER_TOKEN_SECRET=$(secret_value matchplane matchplane-identity player-token-secret || true)
+    fi
+    [ -n "$PLAYER_TOKEN_SECRET" ] || {
+      echo "make game-load-local needs the player-token key: set PLAYER_TOKEN_SECRET or run 'make databases', and run this again." >&2
+      exit 1
+    }
+    export PLAYER_TOKEN_SECRET
     # The host's network, so localhost:8080 is kind's port mapping; the report lands in .run/.
-    exec docker run --rm --network host --user "$(id -u):$(id -g)" -v "$PWD/.run:/out" \
+    exec docker run --rm --network host --user "$(id -u):$(id -g)" -v "$PWD/.run:/out" -e PLAYER_TOKEN_SECRET \
       "$loadgen_image" swarm --target-url "${TARGET_URL:-http://localhost:8080}" \
       --clients "${CLIENTS:-50}" --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-30}" \
       --json /out/game-load-local.json --chart /out/game-load-local.svg

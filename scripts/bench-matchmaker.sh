@@ -14,6 +14,9 @@ run_dir=${MP_RUN_DIR:-.run}/bench-$$
 mp_start_services "$run_dir"
 port=$(mp_free_port)
 redis_port=${MP_REDIS_URL##*:}
+# Joins carry player tokens (PLAYER_AUTH=jwt, the default), minted before the clock starts.
+player_secret=bench-player-secret-$RANDOM$RANDOM$RANDOM$RANDOM$RANDOM$RANDOM
+export PLAYER_TOKEN_SECRET=$player_secret
 
 RUST_LOG=warn RUNTIME=none BIND=127.0.0.1:$port REDIS_URL=$MP_REDIS_URL DATABASE_URL=$MP_DATABASE_URL \
   TICKET_SECRET=bench-secret-$RANDOM$RANDOM FLUSH_WAIT_SECONDS=1 INSTANCE_ID=bench \

@@ -39,7 +39,8 @@ CFG
 haproxy -f "$run_dir/haproxy.cfg" -db >"$run_dir/haproxy.log" 2>&1 &
 haproxy_pid=$!
 RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:9 REDIS_URL=$MP_REDIS_URL \
-  TICKET_SECRET=$secret RATE_LIMIT_PER_SECOND=0 "${CARGO_TARGET_DIR:-target}/release/proxy" &
+  TICKET_SECRET=$secret PLAYER_TOKEN_SECRET="$secret-player-tokens-$RANDOM$RANDOM$RANDOM" RATE_LIMIT_PER_SECOND=0 \
+  "${CARGO_TARGET_DIR:-target}/release/proxy" &
 proxy_pid=$!
 trap 'kill $proxy_pid $haproxy_pid 2>/dev/null; wait $proxy_pid $haproxy_pid 2>/dev/null || true; mp_stop_services' EXIT
 sleep 0.5

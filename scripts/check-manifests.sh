@@ -42,14 +42,14 @@ while read -r dst srcs; do
     esac
   done
 done < <(awk '/^COPY / && !/--from/ {srcs = ""; for (i = 2; i < NF; i++) srcs = srcs " " $i; print $NF, srcs}' deploy/Dockerfile)
-if ! cargo metadata --locked --offline --format-version 1 --manifest-path "$ctx/Cargo.toml" >/dev/null 2>"$ctx.err"; then
+if ! cargo metadata --locked --format-version 1 --manifest-path "$ctx/Cargo.toml" >/dev/null 2>"$ctx.err"; then
   echo "deploy/Dockerfile's build stage does not see a whole workspace:" >&2
   grep -m 3 -i 'error\|caused by\|failed' "$ctx.err" >&2 || cat "$ctx.err" >&2
   rm -rf "$ctx" "$ctx.err"
   exit 1
 fi
 rm -rf "$ctx" "$ctx.err"
-echo "manifests-check: what deploy/Dockerfile copies resolves as the whole workspace (cargo metadata --locked --offline)"
+echo "manifests-check: what deploy/Dockerfile copies resolves as the whole workspace (cargo metadata --locked)"
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -45,6 +45,7 @@ trap stop_all EXIT
 trap 'exit 130' INT TERM
 secret=$(mp_random)
 admin=$(mp_random)
+player_secret=$(mp_random)
 sim_port=$(mp_free_port)
 proxy_port=$(mp_free_port)
 TICKET_SECRET="$secret" RUST_LOG="${RUST_LOG:-info}" "$bin/kube-sim" --bind "127.0.0.1:$sim_port" \
@@ -58,7 +59,7 @@ backends=()
 for replica in 1 2; do
   port=$(mp_free_port)
   env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$port" REDIS_URL="$MP_REDIS_URL" DATABASE_URL="$MP_DATABASE_URL" \
-    TICKET_SECRET="$secret" ADMIN_TOKEN="$admin" RUNTIME=kubernetes NAMESPACE=games \
+    TICKET_SECRET="$secret" ADMIN_TOKEN="$admin" PLAYER_TOKEN_SECRET="$player_secret" RUNTIME=kubernetes NAMESPACE=games \
     BACKEND_INTERNAL_URL="http://127.0.0.1:$port" SESSION_SIZE="${SESSION_SIZE:-12}" \
     PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$proxy_port" INSTANCE_ID="replica-$replica" SHUTDOWN_GRACE_SECONDS=5 \
     FINISHED_POD_GRACE_SECONDS=2 \
@@ -70,14 +71,15 @@ done
 # The proxy forwards HTTP to replica 1; both replicas match from the one Redis queue and
 # start Pods for the sessions they form.
 env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="${backends[0]}" REDIS_URL="$MP_REDIS_URL" \
-  TICKET_SECRET="$secret" RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 "$bin/proxy" >"$run/proxy.log" 2>&1 &
+  TICKET_SECRET="$secret" PLAYER_TOKEN_SECRET="$player_secret" RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 \
+  "$bin/proxy" >"$run/proxy.log" 2>&1 &
 pids+=($!)
 MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$!"
 echo "proxy http://127.0.0.1:$proxy_port, backends ${backends[*]}, kube-sim $sim (kubeconfig $run/kubeconfig)"
 
 echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches, pods start in ${POD_START_DELAY_MS:-2000} ms =="
 status=0
-"$bin/loadgen" swarm --target-url "http://127.0.0.1:$proxy_port" --clients "${CLIENTS:-60}" \
+PLAYER_TOKEN_SECRET="$player_secret" "$bin/loadgen" swarm --target-url "http://127.0.0.1:$proxy_port" --clients "${CLIENTS:-60}" \
   --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
   --session-size "${SESSION_SIZE:-12}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
 

@@ -12,15 +12,17 @@ case "${1:-}" in
     # shellcheck source=scripts/stack.sh
     . scripts/stack.sh
     mp_start_stack "$state/stack"
-    printf 'MP_PROXY_URL=%s\nMP_BACKEND_URL=%s\nMP_ADMIN_TOKEN=%s\nMP_STACK_DIR=%s\n' \
-      "$MP_PROXY_URL" "$MP_BACKEND_URL" "$MP_ADMIN_TOKEN" "$MP_STACK_DIR" >"$state/env"
+    printf 'MP_PROXY_URL=%s\nMP_BACKEND_URL=%s\nMP_ADMIN_TOKEN=%s\nMP_SERVICE_TOKEN=%s\nMP_PLAYER_TOKEN_SECRET=%s\nMP_STACK_DIR=%s\n' \
+      "$MP_PROXY_URL" "$MP_BACKEND_URL" "$MP_ADMIN_TOKEN" "$MP_SERVICE_TOKEN" "$MP_PLAYER_TOKEN_SECRET" "$MP_STACK_DIR" \
+      >"$state/env.tmp"
+    mv "$state/env.tmp" "$state/env"
     trap 'exit 0' TERM INT HUP
     while kill -0 "$MP_BACKEND_PID" 2>/dev/null && kill -0 "$MP_PROXY_PID" 2>/dev/null; do sleep 1; done
     echo "a component exited; stopping the stack" >&2
     ;;
   up)
     if [ -f "$state/holder.pid" ] && kill -0 "$(cat "$state/holder.pid")" 2>/dev/null; then
-      echo "the local stack is already running:"; cat "$state/env"; exit 0
+      echo "the local stack is already running; its settings are in $state/env"; exit 0
     fi
     command -v curl >/dev/null 2>&1 || { echo "make up-local needs curl: install it with 'sudo apt-get install -y curl' and run this again." >&2; exit 1; }
     cargo build --release --locked --bins
@@ -36,7 +38,17 @@ case "${1:-}" in
     # shellcheck disable=SC1091
     . "$state/env"
     echo "matchplane is running: proxy $MP_PROXY_URL (API under /api), backend $MP_BACKEND_URL"
-    echo "admin token: $MP_ADMIN_TOKEN   logs: $MP_STACK_DIR/*.log   stop with: make down-local"
+    echo "admin token: $MP_ADMIN_TOKEN   service token: $MP_SERVICE_TOKEN"
+    echo "logs: $MP_STACK_DIR/*.log   settings: $state/env   stop with: make down-local"
+    # Ready-made player tokens (valid 1 h) for the hand-played session in the README, as the
+    # studio's identity service would issue them; more with
+    # PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" target/release/loadgen token --player NAME
+    for player in alice bob; do
+      token=$(PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" "${CARGO_TARGET_DIR:-target}/release/loadgen" token --player "$player")
+      name="MP_$(echo "$player" | tr '[:lower:]' '[:upper:]')_TOKEN"
+      echo "$name=$token" >>"$state/env"
+      echo "player token for $player (\$$name): $token"
+    done
     ;;
   down)
     if [ -f "$state/holder.pid" ]; then

@@ -2,7 +2,8 @@
 # The whole matchplane stack on this machine: ephemeral Redis and PostgreSQL, the backend
 # (RUNTIME=local, one game-server process per session) and the proxy, on free loopback ports.
 # Source it, then:
-#   mp_start_stack DIR   # exports MP_PROXY_URL, MP_BACKEND_URL, MP_ADMIN_TOKEN
+#   mp_start_stack DIR   # exports MP_PROXY_URL, MP_BACKEND_URL, MP_ADMIN_TOKEN, MP_SERVICE_TOKEN,
+#                        # MP_PLAYER_TOKEN_SECRET (the HS256 key player tokens are minted with)
 #   mp_stop_stack        # SIGTERM backend and proxy (servers drain), then the services
 # shellcheck source=scripts/services.sh
 . "$(dirname "${BASH_SOURCE[0]}")/services.sh"
@@ -29,20 +30,26 @@ mp_start_stack() {
   proxy_port=$(mp_free_port)
   secret=$(mp_random)
   MP_ADMIN_TOKEN=$(mp_random)
+  MP_SERVICE_TOKEN=$(mp_random)
+  # The studio's identity service is played by this key: loadgen (and `loadgen token`) mint
+  # player tokens with it; backend and proxy verify them (PLAYER_AUTH=jwt, the default).
+  MP_PLAYER_TOKEN_SECRET=$(mp_random)
   env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$backend_port" REDIS_URL="$MP_REDIS_URL" \
     DATABASE_URL="$MP_DATABASE_URL" TICKET_SECRET="$secret" ADMIN_TOKEN="$MP_ADMIN_TOKEN" RUNTIME=local \
+    SERVICE_TOKEN="$MP_SERVICE_TOKEN" PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" \
     GAME_SERVER_BIN="$bin/game-server" SESSION_SIZE="${SESSION_SIZE:-12}" \
     PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$proxy_port" INSTANCE_ID="local-$$" SHUTDOWN_GRACE_SECONDS=5 \
     "$bin/backend" >"$MP_STACK_DIR/backend.log" 2>&1 &
   MP_BACKEND_PID=$!
   mp_wait_http "http://127.0.0.1:$backend_port/health" backend "$MP_BACKEND_PID"
   env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="http://127.0.0.1:$backend_port" \
-    REDIS_URL="$MP_REDIS_URL" TICKET_SECRET="$secret" RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 \
+    REDIS_URL="$MP_REDIS_URL" TICKET_SECRET="$secret" PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" \
+    RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 \
     "$bin/proxy" >"$MP_STACK_DIR/proxy.log" 2>&1 &
   MP_PROXY_PID=$!
   mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$MP_PROXY_PID"
   export MP_PROXY_URL="http://127.0.0.1:$proxy_port" MP_BACKEND_URL="http://127.0.0.1:$backend_port"
-  export MP_ADMIN_TOKEN MP_BACKEND_PID MP_PROXY_PID MP_STACK_DIR
+  export MP_ADMIN_TOKEN MP_SERVICE_TOKEN MP_PLAYER_TOKEN_SECRET MP_BACKEND_PID MP_PROXY_PID MP_STACK_DIR
   trap mp_stop_stack EXIT
 }
 
