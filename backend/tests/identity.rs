@@ -496,3 +496,127 @@ async fn the_proxy_limits_joins_and_polls_per_verified_player() {
     proxy_stop.cancel();
     backend.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_line_holds_a_token_or_a_ticket() {
+    let prefix = unique_prefix();
+    let db = fresh_database().await;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::env::temp_dir().join(format!("mp-log-{prefix}.log"));
+    // The backend binary at its most talkative, with a real game server per session.
+    let mut backend = tokio::process::Command::new(common::built_binary("backend"))
+        .env_clear()
+        .envs([
+            ("BIND", format!("127.0.0.1:{port}")),
+            ("REDIS_URL", common::redis_url()),
+            ("DATABASE_URL", db.clone()),
+            ("REDIS_KEY_PREFIX", prefix.clone()),
+            ("TICKET_SECRET", SECRET.to_owned()),
+            ("ADMIN_TOKEN", ADMIN.to_owned()),
+            ("SERVICE_TOKEN", SERVICE.to_owned()),
+            ("PLAYER_TOKEN_SECRET", PLAYER_SECRET.to_owned()),
+            ("RUNTIME", "local".to_owned()),
+            (
+                "GAME_SERVER_BIN",
+                common::built_binary("game-server").display().to_string(),
+            ),
+            ("GAME_SERVER_LOG", "debug".to_owned()),
+            ("SESSION_SIZE", "2".to_owned()),
+            ("RUST_LOG", "debug".to_owned()),
+        ])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = Http::new(SocketAddr::from(([127, 0, 0, 1], port)));
+    eventually(Duration::from_secs(30), || async {
+        TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+    })
+    .await;
+    let (ivan, judy) = (common::player_auth("ivan"), common::player_auth("judy"));
+    assert_eq!(
+        http.post_as(&ivan, "/match/join", json!({"player_id": "ivan"})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.post_as(&judy, "/match/join", json!({"player_id": "judy"})).await.0,
+        StatusCode::OK
+    );
+    let matched = eventually(Duration::from_secs(30), || async {
+        let status = http.status("ivan", 5.0).await;
+        (status["status"] == "matched").then_some(status)
+    })
+    .await;
+    let ticket = matched["ticket"].as_str().unwrap().to_owned();
+    let sid = matched["session_id"].as_str().unwrap().to_owned();
+    // Refused tokens of every kind, on every class of endpoint.
+    let forged = hs256(
+        &json!({"sub": "ivan", "exp": now() + 60}),
+        b"forged-key-0123456789-0123456789-0123",
+    );
+    let refused = [
+        format!("Bearer {forged}"),
+        "Bearer garbage-token-value-123".to_owned(),
+        format!("Bearer {ticket}"),
+    ];
+    for auth in &refused {
+        for path in ["/match/status?player_id=ivan", "/sessions/active"] {
+            let (status, _) = http
+                .request(Method::GET, path, &[("authorization", auth)], Vec::new())
+                .await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        let report = format!("/internal/sessions/{sid}/result");
+        let (status, _) = http
+            .request(Method::POST, &report, &[("authorization", auth)], b"{}".to_vec())
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let end = format!("/match/{sid}/end");
+    let (status, _) = http
+        .request(Method::POST, &end, &[("authorization", &judy)], Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = http
+        .request(
+            Method::POST,
+            &end,
+            &[("authorization", &common::admin_auth())],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The stop reaches the server, which reports with its own report token.
+    eventually(Duration::from_secs(30), || async {
+        let (_, history) = http.get("/players/ivan/matches").await;
+        (history["matches"][0]["status"] == "ended").then_some(())
+    })
+    .await;
+    backend.kill().await.unwrap();
+
+    let mut logs = std::fs::read_to_string(&log).unwrap();
+    logs.push_str(&std::fs::read_to_string(log.with_extension("err")).unwrap());
+    assert!(logs.lines().count() > 20, "the backend logged at debug: {logs}");
+    let bearer = |auth: &str| auth.trim_start_matches("Bearer ").to_owned();
+    let mut secrets = vec![
+        ticket,
+        bearer(&ivan),
+        bearer(&judy),
+        SERVICE.to_owned(),
+        ADMIN.to_owned(),
+    ];
+    secrets.extend(refused.iter().map(|a| bearer(a)));
+    for secret in &secrets {
+        // A JWT's signature alone is as good as the token for finding a leak.
+        let tail = secret.rsplit('.').next().unwrap();
+        assert!(!logs.contains(tail), "a log line holds a token or ticket ({tail})");
+    }
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(log.with_extension("err"));
+}
