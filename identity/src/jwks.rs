@@ -133,6 +133,14 @@ impl KeySet {
     }
 }
 
+/// Reads and checks a JWKS file now, so a missing or broken one stops start-up at once.
+pub(crate) fn check_file(path: &Path) -> Result<usize, String> {
+    let text = std::fs::read(path).map_err(|e| format!("PLAYER_JWKS: {}: {e}", path.display()))?;
+    KeySet::parse(&text)
+        .map(|set| set.keys.len())
+        .map_err(|e| format!("PLAYER_JWKS: {}: {e}", path.display()))
+}
+
 type HttpsClient =
     Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Empty<Bytes>>;
 

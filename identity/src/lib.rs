@@ -126,7 +126,11 @@ impl PlayerAuthArgs {
                     ca: self.player_jwks_ca.clone().filter(|p| !p.as_os_str().is_empty()),
                 })
             }
-            (None, Some(jwks)) => Some(KeySource::JwksFile(PathBuf::from(jwks))),
+            (None, Some(jwks)) => {
+                let path = PathBuf::from(jwks);
+                jwks::check_file(&path)?;
+                Some(KeySource::JwksFile(path))
+            }
             (None, None) => None,
         };
         if self.player_auth == PlayerAuthMode::Jwt && keys.is_none() {
@@ -336,10 +340,10 @@ mod tests {
                 .keys,
             Some(KeySource::JwksUrl { .. })
         ));
-        assert!(matches!(
-            args(&["--player-jwks", "/etc/jwks.json"]).validate().unwrap().keys,
-            Some(KeySource::JwksFile(_))
-        ));
+        let err = args(&["--player-jwks", "/nonexistent/jwks.json"])
+            .validate()
+            .unwrap_err();
+        assert!(err.starts_with("PLAYER_JWKS: /nonexistent/jwks.json: "), "{err}");
         let err = args(&["--player-jwks", "http://id.example.com/jwks"])
             .validate()
             .unwrap_err();
