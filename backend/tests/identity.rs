@@ -501,12 +501,7 @@ async fn the_proxy_limits_joins_and_polls_per_verified_player() {
 async fn no_log_line_holds_a_token_or_a_ticket() {
     let prefix = unique_prefix();
     let db = fresh_database().await;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testkit::free_port().await;
     let log = std::env::temp_dir().join(format!("mp-log-{prefix}.log"));
     // The backend binary at its most talkative, with a real game server per session.
     let mut backend = tokio::process::Command::new(common::built_binary("backend"))
@@ -535,10 +530,7 @@ async fn no_log_line_holds_a_token_or_a_ticket() {
         .spawn()
         .unwrap();
     let http = Http::new(SocketAddr::from(([127, 0, 0, 1], port)));
-    eventually(Duration::from_secs(30), || async {
-        TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
-    })
-    .await;
+    testkit::listening(port).await;
     let (ivan, judy) = (common::player_auth("ivan"), common::player_auth("judy"));
     assert_eq!(
         http.post_as(&ivan, "/match/join", json!({"player_id": "ivan"})).await.0,

@@ -354,21 +354,10 @@ async fn a_killed_replica_restarted_leaves_no_orphan_pod_and_no_session_without_
     let sim = sim(0).await;
     let db = common::fresh_database().await;
     let prefix = common::unique_prefix();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testkit::free_port().await;
     let http = common::Http::new(SocketAddr::from(([127, 0, 0, 1], port)));
     let mut first = backend_process(&sim, &prefix, &db, port);
-    let up = || async {
-        eventually(Duration::from_secs(30), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
-        })
-        .await;
-    };
-    up().await;
+    testkit::listening(port).await;
     let roster = players("killed", 4);
     for p in &roster {
         assert_eq!(http.join(p).await.0, 200);
@@ -399,7 +388,7 @@ async fn a_killed_replica_restarted_leaves_no_orphan_pod_and_no_session_without_
     .unwrap();
     assert!(sim.cluster.create(NS, orphan).is_some());
     let _second = backend_process(&sim, &prefix, &db, port);
-    up().await;
+    testkit::listening(port).await;
     // Reconcile deletes the orphan; the session whose Pod vanished fails; the other plays on.
     eventually(Duration::from_secs(30), || async {
         sim.cluster

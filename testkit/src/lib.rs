@@ -39,6 +39,22 @@ pub fn unique_prefix() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
 }
 
+/// A loopback port free right now, for a process the test starts to listen on.
+pub async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// Waits (up to 30 s) until something listens on loopback `port`.
+pub async fn listening(port: u16) {
+    eventually(std::time::Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(drop)
+    })
+    .await;
+}
+
 /// A fresh database for one test; returns its URL.
 pub async fn fresh_database() -> String {
     use sqlx::Connection;
