@@ -5,7 +5,7 @@
 //! | class | who |
 //! | --- | --- |
 //! | player (join, status, leave, a player's matches) | that player, a service, an operator; anyone with `PLAYER_AUTH=none` |
-//! | service (sessions, queues) | a service, an operator |
+//! | service (sessions) | a service, an operator |
 //! | operator (ending a session) | an operator |
 //!
 //! The result report is the session's report token's alone (see the API). Errors never echo
