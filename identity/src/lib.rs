@@ -251,11 +251,6 @@ impl Authenticator {
         self.mode
     }
 
-    /// The player-token verifier, when keys are configured.
-    pub fn players(&self) -> Option<&Arc<PlayerVerifier>> {
-        self.players.as_ref()
-    }
-
     /// The caller behind `authorization` (the header's value, if any).
     pub async fn caller(&self, authorization: Option<&[u8]>) -> Result<Caller, AuthError> {
         let Some(value) = authorization else {
