@@ -147,6 +147,14 @@ impl App {
             ),
             ("janitor", Box::pin(janitor.run(phases.background.clone()))),
             (
+                "reconciler",
+                Box::pin(
+                    history
+                        .clone()
+                        .run_reconciler(settings.lost_grace, phases.background.clone()),
+                ),
+            ),
+            (
                 "health",
                 Box::pin(health.clone().run(dependencies, phases.background.clone())),
             ),

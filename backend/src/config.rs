@@ -114,6 +114,10 @@ pub struct CoreArgs {
     /// On SIGTERM, how long running matches may go on before their servers are terminated.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0)]
     pub shutdown_grace_seconds: f64,
+    /// A history row still open whose session Redis has not known for this long (Redis
+    /// restarted without its data, or a failover lost it) is ended with reason `lost`.
+    #[arg(long, env = "LOST_SESSION_GRACE_SECONDS", default_value_t = 60.0)]
+    pub lost_session_grace_seconds: f64,
 }
 
 /// The `local` runtime's settings.
@@ -215,6 +219,8 @@ pub struct Settings {
     pub(crate) internal_url: Option<String>,
     pub(crate) ticket_ttl: Duration,
     pub(crate) shutdown_grace: Duration,
+    /// How long an open history row's session may be unknown to Redis before it is `lost`.
+    pub(crate) lost_grace: Duration,
     pub(crate) runtime: RuntimeSettings,
 }
 
@@ -425,6 +431,7 @@ impl Config {
                 .map(|u| u.trim_end_matches('/').to_owned()),
             ticket_ttl: Duration::from_secs(u64::from(core.ticket_ttl_seconds.max(1))),
             shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", core.shutdown_grace_seconds)?,
+            lost_grace: seconds("LOST_SESSION_GRACE_SECONDS", core.lost_session_grace_seconds)?,
             runtime,
         })
     }
@@ -570,6 +577,11 @@ impl SettingsBuilder {
         self.0.kubernetes.kubeconfig = Some(kubeconfig.into());
         self.0.kubernetes.namespace = namespace.to_owned();
         self.0.core.backend_internal_url = Some(internal_url.to_owned());
+        self
+    }
+
+    pub fn lost_session_grace_seconds(mut self, seconds: f64) -> Self {
+        self.0.core.lost_session_grace_seconds = seconds;
         self
     }
 

@@ -7,6 +7,7 @@
 //! read are claimed by the others after a while. The upserts commute, so events applied out of
 //! order or twice converge on the same rows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -237,6 +238,70 @@ impl History {
             apply_event(&mut tx, entry).await?;
         }
         tx.commit().await
+    }
+
+    /// Ends the open rows of sessions Redis has forgotten (restarted without its data, or a
+    /// failover lost the latest writes), every replica alike, until `stop`. A row is ended
+    /// `lost` once its session has been unknown to Redis for `grace`: its end event, if it
+    /// was ever written, is gone with the rest. Should that event turn up after all, it
+    /// replaces `lost` (see [`apply_event`]).
+    pub(crate) async fn run_reconciler(self, grace: Duration, stop: CancellationToken) {
+        let every = (grace / 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
+        let mut missing: HashMap<Uuid, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.reconcile(&mut missing, grace).await {
+                Ok(0) => {}
+                Ok(ended) => tracing::warn!(
+                    rows = ended,
+                    "history: ended rows of sessions Redis no longer knows (lost)"
+                ),
+                Err(e) => tracing::debug!(error = %e, "history: reconcile pass skipped"),
+            }
+        }
+    }
+
+    /// One pass: notes open rows whose session Redis does not know, ends those unknown for
+    /// `grace`; returns how many it ended.
+    async fn reconcile(&self, missing: &mut HashMap<Uuid, Instant>, grace: Duration) -> anyhow::Result<u64> {
+        let open: Vec<Uuid> =
+            sqlx::query_scalar("SELECT session_id FROM matches WHERE status <> 'ended' ORDER BY created_at LIMIT 1000")
+                .fetch_all(&self.pool)
+                .await?;
+        let ids: Vec<String> = open.iter().map(Uuid::to_string).collect();
+        let known = self.store.sessions_known(&ids).await?;
+        let now = Instant::now();
+        let mut unknown_since = HashMap::new();
+        for (sid, known) in open.into_iter().zip(known) {
+            if !known {
+                unknown_since.insert(sid, missing.get(&sid).copied().unwrap_or(now));
+            }
+        }
+        *missing = unknown_since;
+        let due: Vec<Uuid> = missing
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= grace)
+            .map(|(sid, _)| *sid)
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let ended = sqlx::query(
+            "UPDATE matches SET status = 'ended', ended_at = now(), end_reason = 'lost'
+             WHERE session_id = ANY($1) AND status <> 'ended'",
+        )
+        .bind(&due)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        for sid in &due {
+            missing.remove(sid);
+        }
+        self.metrics.history_lost(ended);
+        Ok(ended)
     }
 
     /// A player's matches, newest first.
@@ -490,8 +555,10 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Resul
            created_at = LEAST(matches.created_at, EXCLUDED.created_at),
            ready_at = COALESCE(matches.ready_at, EXCLUDED.ready_at),
            started_at = COALESCE(matches.started_at, EXCLUDED.started_at),
-           ended_at = COALESCE(matches.ended_at, EXCLUDED.ended_at),
-           end_reason = COALESCE(matches.end_reason, EXCLUDED.end_reason),
+           ended_at = CASE WHEN matches.end_reason = 'lost' AND EXCLUDED.end_reason IS NOT NULL
+                           THEN EXCLUDED.ended_at ELSE COALESCE(matches.ended_at, EXCLUDED.ended_at) END,
+           end_reason = CASE WHEN matches.end_reason = 'lost' AND EXCLUDED.end_reason IS NOT NULL
+                             THEN EXCLUDED.end_reason ELSE COALESCE(matches.end_reason, EXCLUDED.end_reason) END,
            requested_seconds = COALESCE(matches.requested_seconds, EXCLUDED.requested_seconds)",
     )
     .bind(entry.session_id)

@@ -52,7 +52,28 @@ impl Janitor {
             if let Err(e) = self.reap_orphans(false).await {
                 tracing::warn!(error = %e, "janitor pass failed");
             }
+            if let Err(e) = self.stop_forgotten().await {
+                tracing::warn!(error = %e, "janitor: checking supervised sessions failed");
+            }
         }
+    }
+
+    /// Stops the servers of sessions this replica supervises that Redis no longer knows (it
+    /// restarted without its data, or a failover lost them): their players were told
+    /// `unknown` and may be playing elsewhere already. Returns how many it stopped.
+    pub(crate) async fn stop_forgotten(&self) -> crate::store::Result<usize> {
+        let sessions = &self.sessions;
+        let supervised = sessions.supervised_ids();
+        let known = sessions.store().sessions_known(&supervised).await?;
+        let mut stopped = 0;
+        for (sid, known) in supervised.iter().zip(known) {
+            if !known {
+                tracing::warn!(session = %sid, "Redis no longer knows this session; stopping its server");
+                sessions.ended_elsewhere(sid);
+                stopped += 1;
+            }
+        }
+        Ok(stopped)
     }
 
     /// Ends every live session nobody supervises; `first_run` (at start) takes all of this

@@ -68,6 +68,7 @@ pub(crate) struct Metrics {
     outbox_backlog: Gauge,
     history_written: Counter,
     history_failures: Counter,
+    history_lost: Counter,
     join_to_matched: Histogram,
     server_start: Histogram,
     http: Family<HttpLabels, Histogram, fn() -> Histogram>,
@@ -85,6 +86,7 @@ impl Default for Metrics {
             outbox_backlog: Gauge::default(),
             history_written: Counter::default(),
             history_failures: Counter::default(),
+            history_lost: Counter::default(),
             join_to_matched: latency_histogram(),
             server_start: latency_histogram(),
             http: Family::new_with_constructor(latency_histogram),
@@ -125,6 +127,11 @@ impl Default for Metrics {
             "mp_history_write_failures",
             "Failed history write attempts (retried)",
             metrics.history_failures.clone(),
+        );
+        registry.register(
+            "mp_history_lost_sessions",
+            "History rows ended `lost`: their session was gone from Redis",
+            metrics.history_lost.clone(),
         );
         registry.register(
             "mp_join_to_matched_seconds",
@@ -207,6 +214,10 @@ impl Metrics {
 
     pub(crate) fn history_failed(&self) {
         self.history_failures.inc();
+    }
+
+    pub(crate) fn history_lost(&self, rows: u64) {
+        self.history_lost.inc_by(rows);
     }
 
     /// Records how long a player waited from join to a ready server.

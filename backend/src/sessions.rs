@@ -120,6 +120,11 @@ impl Sessions {
         self.inner.supervised.lock().unwrap().len()
     }
 
+    /// The sessions this replica supervises now.
+    pub(crate) fn supervised_ids(&self) -> Vec<String> {
+        self.inner.supervised.lock().unwrap().keys().cloned().collect()
+    }
+
     /// Whether this replica supervises `sid`.
     pub(crate) fn supervises(&self, sid: &str) -> bool {
         self.inner.supervised.lock().unwrap().contains_key(sid)
@@ -157,7 +162,7 @@ impl Sessions {
             .store
             .end_session(sid, reason, now_ms(), report.as_deref())
             .await?;
-        if let EndOutcome::Ended { requeued } = outcome {
+        if let EndOutcome::Ended { requeued, reason } = outcome {
             self.inner.metrics.session_ended(reason);
             tracing::info!(session = sid, %reason, requeued, "session ended");
         }

@@ -178,6 +178,80 @@ async fn a_server_that_never_listens_times_out_and_requeues() {
     failed_start_requeues_at_the_head("echo $$ > DIR/pid.$$\nexec sleep 60", 1.0).await;
 }
 
+/// A wrapper script that starts a helper, then fails: the helper goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapper_whose_server_fails_leaves_no_child_behind() {
+    failed_start_requeues_at_the_head("sleep 300 &\necho $! > DIR/pid.$!\nexit 3", 10.0).await;
+}
+
+/// Waits until no process of `pids` exists.
+async fn all_gone(pids: &[String]) {
+    for pid in pids {
+        eventually(Duration::from_secs(10), || async {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A server started through a wrapper script that also starts a helper process: when the
+/// server is killed mid-match, the session fails and the helper is gone too (the whole
+/// process group is signalled, and cleared when its leader exits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrapped_server_killed_mid_match_fails_and_takes_its_children() {
+    let dir = std::env::temp_dir().join(format!("mp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let game_server = built_binary("game-server");
+    let wrapper = fake_server(
+        &dir,
+        &format!(
+            "sleep 300 &\necho $! > {dir}/helper\nexec {bin} \"$@\"",
+            dir = dir.display(),
+            bin = game_server.display()
+        ),
+    );
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let settings = local_settings(&prefix, &db, &wrapper)
+        .session_size(2)
+        .flush_wait_seconds(600.0)
+        .build()
+        .unwrap();
+    let backend = Backend::start(settings).await;
+    let http = backend.http.clone();
+    http.join("w1").await;
+    http.join("w2").await;
+    let matched = eventually(Duration::from_secs(20), || async {
+        let body = http.status("w1", 5.0).await;
+        (body["status"] == "matched").then_some(body)
+    })
+    .await;
+    let sid = matched["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+    let leader = session["server"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("local-")
+        .unwrap()
+        .to_owned();
+    let helper = std::fs::read_to_string(dir.join("helper")).unwrap().trim().to_owned();
+    assert!(std::path::Path::new(&format!("/proc/{helper}")).exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader.parse().unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let body = eventually(Duration::from_secs(20), || async {
+        let body = http.status("w1", 2.0).await;
+        (body["status"] == "ended").then_some(body)
+    })
+    .await;
+    assert_eq!(body["end_reason"], "failed");
+    all_gone(&[leader, helper]).await;
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
     let (backend, db) =

@@ -93,7 +93,13 @@ async fn a_failed_start_requeues_at_the_head_in_order_keeping_join_times() {
         .end_session(&formed[0].session_id, EndReason::Failed, T0 + 30, None)
         .await
         .unwrap();
-    assert_eq!(outcome, EndOutcome::Ended { requeued: true });
+    assert_eq!(
+        outcome,
+        EndOutcome::Ended {
+            requeued: true,
+            reason: EndReason::Failed
+        }
+    );
     assert_eq!(store.queued_players().await.unwrap(), vec!["a", "b", "c", "d"]);
     assert_eq!(store.player("a").await.unwrap(), PlayerView::Queued);
     // Their original join times count: with a short flush they form again at once.
@@ -124,7 +130,10 @@ async fn a_session_ends_once_and_players_may_join_again() {
     assert_eq!(store.live_sessions().await.unwrap().len(), 1);
     assert_eq!(
         store.end_session(&sid, EndReason::Stopped, T0 + 9, None).await.unwrap(),
-        EndOutcome::Ended { requeued: false }
+        EndOutcome::Ended {
+            requeued: false,
+            reason: EndReason::Stopped
+        }
     );
     assert_eq!(
         store
@@ -182,11 +191,55 @@ async fn only_a_failure_while_allocating_requeues() {
     ] {
         assert_eq!(
             store.end_session(sid, reason, T0 + 4, None).await.unwrap(),
-            EndOutcome::Ended { requeued: false },
+            EndOutcome::Ended {
+                requeued: false,
+                reason
+            },
             "{reason}"
         );
     }
     assert!(store.queued_players().await.unwrap().is_empty());
+}
+
+/// A server orphaned while its session was still allocating (its replica died before marking
+/// it ready, and a replacement runs under a new instance id) reports `terminated`: its players
+/// never had tickets, so the session fails and they go back to the head of the queue.
+#[tokio::test]
+async fn a_report_while_allocating_fails_the_session_and_requeues() {
+    let store = common::store().await;
+    let rules = FormRules { size: 2, ..RULES };
+    store.join("o1", T0).await.unwrap();
+    store.join("o2", T0 + 1).await.unwrap();
+    let sid = store.form(&rules, T0 + 2, "dead-replica", 1).await.unwrap()[0]
+        .session_id
+        .clone();
+    store.join("later", T0 + 3).await.unwrap();
+    let report = r#"{"end_reason":"terminated"}"#;
+    assert_eq!(
+        store
+            .end_session(&sid, EndReason::Terminated, T0 + 4, Some(report))
+            .await
+            .unwrap(),
+        EndOutcome::Ended {
+            requeued: true,
+            reason: EndReason::Failed
+        }
+    );
+    assert_eq!(store.queued_players().await.unwrap(), vec!["o1", "o2", "later"]);
+    // The same report for a session that was matched ends it as reported, without requeue.
+    let sid = store.form(&rules, T0 + 5, "i1", 1).await.unwrap()[0].session_id.clone();
+    store.mark_ready(&sid, "srv", "127.0.0.1:1", T0 + 6).await.unwrap();
+    assert_eq!(
+        store
+            .end_session(&sid, EndReason::Terminated, T0 + 7, Some(report))
+            .await
+            .unwrap(),
+        EndOutcome::Ended {
+            requeued: false,
+            reason: EndReason::Terminated
+        }
+    );
+    assert_eq!(store.queued_players().await.unwrap(), vec!["later"]);
 }
 
 #[tokio::test]

@@ -86,11 +86,15 @@ pub enum EndReason {
     Stopped,
     /// `RUNTIME=none`: formed and recorded, then ended at once.
     DryRun,
+    /// Redis no longer knows the session (it restarted without its data, or a failover lost
+    /// the latest writes): the history reconciler closed its row. A real end recorded later
+    /// takes its place.
+    Lost,
 }
 
 impl EndReason {
     /// Every reason, for metrics and tests.
-    pub const ALL: [EndReason; 7] = [
+    pub const ALL: [EndReason; 8] = [
         EndReason::Completed,
         EndReason::Abandoned,
         EndReason::NoShow,
@@ -98,6 +102,7 @@ impl EndReason {
         EndReason::Failed,
         EndReason::Stopped,
         EndReason::DryRun,
+        EndReason::Lost,
     ];
 
     /// The wire and database spelling.
@@ -110,6 +115,7 @@ impl EndReason {
             EndReason::Failed => "failed",
             EndReason::Stopped => "stopped",
             EndReason::DryRun => "dry_run",
+            EndReason::Lost => "lost",
         }
     }
 }

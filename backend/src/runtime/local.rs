@@ -4,6 +4,10 @@
 //! `LISTENING <ip:port>` line. Its standard input is a pipe held by the backend and the child
 //! runs with `EXIT_ON_STDIN_CLOSE`: if the backend dies, even by SIGKILL, the pipe closes and
 //! every child drains and exits, so no server outlives its backend.
+//!
+//! Each server is the leader of a process group of its own, and every signal goes to the whole
+//! group: a server started through a wrapper script stops with everything the script started,
+//! and whatever is left in the group when the server exits (or fails to start) is killed.
 
 use std::os::unix::ffi::OsStrExt as _;
 use std::process::Stdio;
@@ -49,13 +53,16 @@ impl LocalRuntime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .process_group(0)
             .kill_on_drop(true);
         command.envs(self.settings.env.iter().map(|(k, v)| (k, v)));
-        let mut child = command
+        let child = command
             .spawn()
             .map_err(|e| StartError::Spawn(format!("{}: {e}", binary.display())))?;
-        let stdin = child.stdin.take();
+        let mut child = Group::new(child);
+        let stdin = child.child.stdin.take();
         let stdout = child
+            .child
             .stdout
             .take()
             .ok_or_else(|| StartError::Spawn("no stdout pipe".into()))?;
@@ -82,18 +89,16 @@ impl LocalRuntime {
                     addr.to_string()
                 }
                 None => {
-                    let status = match timeout(std::time::Duration::from_secs(2), child.wait()).await {
+                    let status = match timeout(std::time::Duration::from_secs(2), child.child.wait()).await {
                         Ok(Ok(status)) => status.to_string(),
-                        _ => {
-                            let _ = child.kill().await;
-                            format!("unexpected first line {:?}", line.trim())
-                        }
+                        _ => format!("unexpected first line {:?}", line.trim()),
                     };
+                    let _ = child.kill().await;
                     return Err(StartError::Exited(status));
                 }
             },
         };
-        let name = format!("local-{}", child.id().unwrap_or_default());
+        let name = format!("local-{}", child.pgid.map_or(0, nix::unistd::Pid::as_raw));
         Ok(Box::new(LocalServer {
             child,
             _stdin: stdin,
@@ -109,8 +114,48 @@ impl SessionRuntime for LocalRuntime {
     }
 }
 
-struct LocalServer {
+/// A server process and the process group it leads.
+struct Group {
     child: Child,
+    /// The group's id (the leader's pid); `None` if the spawn gave no pid, or once the leader
+    /// was reaped and the group killed.
+    pgid: Option<nix::unistd::Pid>,
+}
+
+impl Group {
+    fn new(child: Child) -> Group {
+        let pgid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(nix::unistd::Pid::from_raw);
+        Group { child, pgid }
+    }
+
+    /// Sends `signal` to every process of the group (the leader may be gone already).
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pgid) = self.pgid {
+            let _ = nix::sys::signal::killpg(pgid, signal);
+        }
+    }
+
+    /// Kills the whole group and reaps the leader.
+    async fn kill(&mut self) -> std::io::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let killed = self.child.kill().await;
+        self.pgid = None;
+        killed
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // Whatever the server left behind goes with it.
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+struct LocalServer {
+    child: Group,
     /// Held open for the child's life: closing it tells the child its parent is gone.
     _stdin: Option<ChildStdin>,
     name: String,
@@ -128,19 +173,22 @@ impl ServerHandle for LocalServer {
 
     fn wait(&mut self) -> BoxFuture<'_, ServerExit> {
         Box::pin(async move {
-            match self.child.wait().await {
+            let exit = match self.child.child.wait().await {
                 Ok(status) if status.code().is_some() => ServerExit::Exited(status.code()),
                 Ok(status) => ServerExit::Lost(status.to_string()),
                 Err(e) => ServerExit::Lost(e.to_string()),
-            }
+            };
+            // The server is gone: nothing it started may outlive it. Then forget the group id,
+            // which may be reused once the group is empty.
+            self.child.signal(nix::sys::signal::Signal::SIGKILL);
+            self.child.pgid = None;
+            exit
         })
     }
 
     fn terminate(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-            }
+            self.child.signal(nix::sys::signal::Signal::SIGTERM);
         })
     }
 

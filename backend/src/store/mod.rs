@@ -126,9 +126,11 @@ pub enum EndOutcome {
     AlreadyEnded {
         reason: Option<EndReason>,
     },
-    /// Ended by this call; `requeued`: its players went back to the head of the queue.
+    /// Ended by this call, for `reason` (`failed` when a server reported while its session
+    /// was still allocating); `requeued`: its players went back to the head of the queue.
     Ended {
         requeued: bool,
+        reason: EndReason,
     },
 }
 
@@ -302,6 +304,18 @@ impl Store {
     pub async fn session(&self, sid: &str) -> Result<Option<SessionRecord>> {
         let raw: Option<Vec<u8>> = self.conn().hget(self.keys.sessions(), sid).await?;
         Ok(raw.and_then(|raw| decode_record(sid, &raw)))
+    }
+
+    /// Whether Redis holds a record of each of `sids` (live or recently ended).
+    pub async fn sessions_known(&self, sids: &[String]) -> Result<Vec<bool>> {
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for sid in sids {
+            pipe.hexists(self.keys.sessions(), sid);
+        }
+        pipe.query_async(&mut self.conn()).await
     }
 
     /// Every session not yet ended, oldest first.

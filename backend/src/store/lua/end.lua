@@ -1,11 +1,11 @@
 -- End a session once (the first end wins); later calls only add a first result report.
--- A session that fails while still allocating (its server never became ready) puts its
+-- A session that fails while still allocating (or whose server reports before it was ready) (its server never became ready) puts its
 -- players back at the head of the queue, in their order, keeping their original join times.
 -- Ended records (and the players' pointers to them) are kept for status answers, then pruned
 -- here, a few per call.
 -- KEYS: 1 sessions, 2 live, 3 ended, 4 outbox, 5 queue, 6 joined, 7 player_session
 -- ARGV: 1 sid, 2 reason, 3 now_ms, 4 events channel, 5 report JSON or '', 6 ms to keep ended records
--- Reply: {kind='unknown'} | {kind='already_ended', reason} | {kind='ended', requeued}
+-- Reply: {kind='unknown'} | {kind='already_ended', reason} | {kind='ended', requeued, reason}
 local sid, reason, now, report = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
 local record = load_record(KEYS[1], sid)
 if not record then
@@ -18,6 +18,11 @@ if record.state == 'ended' then
     emit(KEYS[4], ARGV[4], {kind = 'reported', session_id = sid, players = record.players, at_ms = now}, report)
   end
   return reply({kind = 'already_ended', reason = record.end_reason})
+end
+-- A server reporting while its session is still allocating was orphaned (its backend died
+-- before marking it ready): its players never got tickets, so the session failed.
+if report ~= '' and record.state == 'allocating' then
+  reason = 'failed'
 end
 local requeue = record.state == 'allocating' and reason == 'failed'
 record.state = 'ended'
@@ -60,4 +65,4 @@ for _, old in ipairs(expired) do
   end
   redis.call('ZREM', KEYS[3], old)
 end
-return reply({kind = 'ended', requeued = requeue})
+return reply({kind = 'ended', requeued = requeue, reason = reason})
