@@ -34,6 +34,7 @@ use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::supervisor::{Supervisor, SupervisorConfig};
 use crate::{api, events, matcher, runtime};
+use service::cli::Unreachable;
 
 /// Most sessions one replica supervises at once; the matcher waits when it is reached.
 const MAX_ACTIVE_SESSIONS: usize = 2000;
@@ -288,9 +289,9 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
 
 /// Phase "connect": Redis (required), PostgreSQL (lazily: history waits in the outbox).
 async fn connect(settings: &Settings) -> anyhow::Result<Connected> {
-    let store = Store::connect(&settings.redis_url, &settings.key_prefix)
+    let store = Store::open(settings.redis.clone(), &settings.key_prefix)
         .await
-        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+        .map_err(|e| Unreachable(format!("cannot reach {}: {e}", settings.redis.describe())))?;
     let metrics = Arc::new(Metrics::default());
     let history = History::new(
         &settings.database_url,

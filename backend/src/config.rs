@@ -17,6 +17,7 @@ use clap::{Args, Parser, ValueEnum};
 use identity::{PlayerAuthArgs, PlayerAuthSettings};
 use protocol::TicketSecret;
 use service::cli::seconds;
+use service::redis::{RedisArgs, RedisTarget};
 use service::telemetry::{LogArgs, LogFormat};
 
 use crate::runtime::kubernetes::PodTemplate;
@@ -58,8 +59,8 @@ pub struct CoreArgs {
     #[arg(long, env = "BIND", default_value = "0.0.0.0:8081")]
     pub bind: SocketAddr,
     /// Redis, shared by every replica.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// PostgreSQL for match history.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -202,7 +203,7 @@ pub struct GameServerArgs {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub(crate) redis_url: String,
+    pub(crate) redis: RedisTarget,
     pub(crate) database_url: String,
     pub(crate) key_prefix: String,
     pub(crate) secret: TicketSecret,
@@ -342,6 +343,12 @@ impl Config {
             .clone()
             .filter(|u| !u.is_empty())
             .ok_or("DATABASE_URL (--database-url) is required")?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err("DATABASE_URL is not a PostgreSQL URL: it must start with postgres:// or postgresql://".into());
+        }
+        if let Err(e) = database_url.parse::<sqlx::postgres::PgConnectOptions>() {
+            return Err(format!("DATABASE_URL is not a PostgreSQL URL: {e}"));
+        }
         if core.session_size < 1 || core.session_size > 1000 {
             return Err(format!("SESSION_SIZE must be 1 to 1000, got {}", core.session_size));
         }
@@ -384,7 +391,17 @@ impl Config {
         }
         let runtime = match core.runtime {
             RuntimeKind::Local => RuntimeSettings::Local(LocalSettings {
-                binary: self.local.game_server_bin.clone(),
+                binary: find_executable(&self.local.game_server_bin, self.local.path.as_deref()).ok_or_else(|| {
+                    format!(
+                        "GAME_SERVER_BIN {} is not an executable file{} (RUNTIME=local starts one per session)",
+                        self.local.game_server_bin.display(),
+                        if self.local.game_server_bin.components().count() > 1 {
+                            ""
+                        } else {
+                            " in PATH"
+                        }
+                    )
+                })?,
                 log_filter: self.local.game_server_log.clone(),
                 path: self.local.path.clone(),
                 env: self.game.env(self.log.log_format),
@@ -409,7 +426,7 @@ impl Config {
         };
         let flush_wait = seconds("FLUSH_WAIT_SECONDS", core.flush_wait_seconds)?;
         Ok(Settings {
-            redis_url: core.redis_url.clone(),
+            redis: core.redis.validate()?,
             database_url,
             key_prefix: prefix.to_owned(),
             secret,
@@ -442,6 +459,21 @@ impl Config {
     }
 }
 
+/// `bin` if it is an executable file; a bare name is looked up in `path`, as the spawn does.
+fn find_executable(bin: &std::path::Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.components().count() > 1 {
+        return executable(bin).then(|| bin.to_path_buf());
+    }
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(bin))
+        .find(|candidate| executable(candidate))
+}
+
 /// The host name from `/etc/hostname`, when `HOSTNAME` is not set.
 fn etc_hostname() -> Option<String> {
     std::fs::read_to_string("/etc/hostname")
@@ -463,7 +495,14 @@ pub struct SettingsBuilder(Config);
 
 impl SettingsBuilder {
     pub fn redis_url(mut self, url: &str) -> Self {
-        self.0.core.redis_url = url.to_owned();
+        self.0.core.redis.redis_url = url.to_owned();
+        self
+    }
+
+    /// Redis through Sentinels watching `master`.
+    pub fn redis_sentinels(mut self, sentinels: &[String], master: &str) -> Self {
+        self.0.core.redis.redis_sentinels = sentinels.to_vec();
+        self.0.core.redis.redis_sentinel_master = master.to_owned();
         self
     }
 
@@ -615,8 +654,49 @@ mod tests {
     }
 
     #[test]
+    fn game_server_bin_must_be_an_executable_file() {
+        let base = Settings::builder()
+            .database_url("postgres://x/y")
+            .ticket_secret("s")
+            .player_auth(identity::PlayerAuthMode::None);
+        assert!(
+            base.clone()
+                .game_server_bin(std::path::Path::new("/bin/sh"))
+                .build()
+                .is_ok()
+        );
+        let plain = std::env::temp_dir().join(format!("mp-not-executable-{}", std::process::id()));
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        for bad in [
+            "/no/such/game-server",
+            plain.to_str().unwrap(),
+            "/tmp",
+            "no-such-binary-anywhere",
+        ] {
+            let err = base
+                .clone()
+                .game_server_bin(std::path::Path::new(bad))
+                .build()
+                .unwrap_err();
+            assert!(
+                err.starts_with(&format!("GAME_SERVER_BIN {bad} is not an executable file")),
+                "{err}"
+            );
+        }
+        std::fs::remove_file(&plain).unwrap();
+        let base = base.runtime(RuntimeKind::None);
+        let err = base.clone().database_url("mysql://x").build().unwrap_err();
+        assert!(err.starts_with("DATABASE_URL is not a PostgreSQL URL"), "{err}");
+        let err = base.redis_url("http://x").build().unwrap_err();
+        assert!(err.starts_with("REDIS_URL is not a Redis URL"), "{err}");
+    }
+
+    #[test]
     fn player_tokens_need_a_key_unless_player_auth_is_none() {
-        let base = Settings::builder().database_url("postgres://x/y").ticket_secret("s");
+        let base = Settings::builder()
+            .database_url("postgres://x/y")
+            .ticket_secret("s")
+            .game_server_bin(std::path::Path::new("/bin/sh"));
         let err = base.clone().build().unwrap_err();
         assert!(err.starts_with("PLAYER_AUTH=jwt needs PLAYER_TOKEN_SECRET"), "{err}");
         assert!(base.clone().player_auth(identity::PlayerAuthMode::None).build().is_ok());
@@ -636,7 +716,14 @@ mod tests {
             .player_auth(identity::PlayerAuthMode::None);
         let mut broken_pods = base.clone();
         broken_pods.0.kubernetes.game_server_node_selector = "no-equals-sign".into();
-        assert!(broken_pods.clone().runtime(RuntimeKind::Local).build().is_ok());
+        assert!(
+            broken_pods
+                .clone()
+                .runtime(RuntimeKind::Local)
+                .game_server_bin(std::path::Path::new("/bin/sh"))
+                .build()
+                .is_ok()
+        );
         broken_pods.0.core.backend_internal_url = Some("http://backend:8081".into());
         let err = broken_pods.runtime(RuntimeKind::Kubernetes).build().unwrap_err();
         assert!(err.contains("GAME_SERVER_NODE_SELECTOR"), "{err}");

@@ -76,7 +76,7 @@ pub(crate) async fn listen(sessions: Sessions, waiters: Arc<Waiters>, stop: Canc
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
         let subscribed = async {
-            let mut pubsub = store.client().get_async_pubsub().await?;
+            let mut pubsub = store.link().client().await?.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };

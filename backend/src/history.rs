@@ -492,7 +492,9 @@ async fn connect(history: &History) -> redis::RedisResult<MultiplexedConnection>
         .set_response_timeout(Some(Duration::from_secs(10)));
     let mut conn = history
         .store
+        .link()
         .client()
+        .await?
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
     let created: redis::RedisResult<()> = conn

@@ -65,6 +65,10 @@ pub struct ClientRecord {
     pub connected_to_running: Option<Duration>,
     pub match_lasted: Option<Duration>,
     pub life: Option<Duration>,
+    /// API calls retried after a transient failure (503, 429, a dropped connection).
+    pub retries: u32,
+    /// Times the client joined again because the matchmaker no longer knew it.
+    pub rejoins: u32,
 }
 
 impl ClientRecord {
@@ -80,6 +84,8 @@ impl ClientRecord {
             connected_to_running: None,
             match_lasted: None,
             life: None,
+            retries: 0,
+            rejoins: 0,
         }
     }
 }
@@ -115,6 +121,9 @@ pub struct Failure {
     pub detail: String,
 }
 
+/// How many failures the summary lists one by one.
+const LISTED_FAILURES: usize = 20;
+
 /// The swarm's summary.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -124,6 +133,12 @@ pub struct Report {
     pub outcomes: BTreeMap<&'static str, usize>,
     /// Up to 20 failures, with what went wrong.
     pub failures: Vec<Failure>,
+    /// Failures beyond those listed.
+    pub failures_not_listed: usize,
+    /// API calls retried after transient failures, over all clients.
+    pub retries: u64,
+    /// Re-joins after the matchmaker forgot a client, over all clients.
+    pub rejoins: u64,
     pub latency_ms: Latencies,
     pub sessions: usize,
     /// Session size → how many sessions had it.
@@ -133,6 +148,9 @@ pub struct Report {
     pub match_duration_seconds: f64,
     /// This loadgen process's peak resident set, in MiB (Linux), for memory per client.
     pub loadgen_peak_rss_mib: Option<f64>,
+    /// The sessions clients were in at the end, for tests (not serialized).
+    #[serde(skip)]
+    pub session_ids: Vec<String>,
     /// Raw samples per phase in ms, for the chart (not serialized).
     #[serde(skip)]
     pub samples_ms: Vec<(&'static str, Vec<f64>)>,
@@ -212,10 +230,10 @@ impl Report {
             *outcomes.entry(r.outcome.kind()).or_default() += 1;
         }
         let ok = outcomes.get("ok").copied().unwrap_or(0);
-        let failures = records
+        let failures: Vec<Failure> = records
             .iter()
             .filter(|r| r.outcome != Outcome::Ok)
-            .take(20)
+            .take(LISTED_FAILURES)
             .map(|r| Failure {
                 player: r.player.clone(),
                 kind: r.outcome.kind(),
@@ -237,7 +255,15 @@ impl Report {
             ok,
             failed: records.len() - ok,
             outcomes,
+            session_ids: {
+                let ids: std::collections::BTreeSet<&String> =
+                    records.iter().filter_map(|r| r.session_id.as_ref()).collect();
+                ids.into_iter().cloned().collect()
+            },
+            failures_not_listed: (records.len() - ok).saturating_sub(failures.len()),
             failures,
+            retries: records.iter().map(|r| u64::from(r.retries)).sum(),
+            rejoins: records.iter().map(|r| u64::from(r.rejoins)).sum(),
             latency_ms: Latencies {
                 join_to_matched: summarize(&phases[0].1),
                 matched_to_connected: summarize(&phases[1].1),
@@ -273,6 +299,13 @@ impl Report {
         );
         let outcomes: Vec<String> = self.outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(out, "outcomes: {}", outcomes.join(", "));
+        if self.retries > 0 || self.rejoins > 0 {
+            let _ = writeln!(
+                out,
+                "recovered: {} API calls retried after transient failures, {} re-joins after the matchmaker forgot a player",
+                self.retries, self.rejoins
+            );
+        }
         let _ = writeln!(
             out,
             "latency (ms)            {:>6} {:>9} {:>9} {:>9} {:>9}",
@@ -325,6 +358,9 @@ impl Report {
         }
         for f in &self.failures {
             let _ = writeln!(out, "  failed: {} {} {}", f.player, f.kind, f.detail);
+        }
+        if self.failures_not_listed > 0 {
+            let _ = writeln!(out, "  ... and {} more failed", self.failures_not_listed);
         }
         out
     }
@@ -472,6 +508,25 @@ mod tests {
         assert_eq!(inv.inconsistent_rosters, vec!["s1"]);
         assert_eq!(inv.sizes_out_of_bounds, vec!["s3"]);
         assert_eq!(inv.not_in_own_roster, vec!["e"]);
+    }
+
+    #[test]
+    fn long_failure_lists_say_how_many_more() {
+        let mut records: Vec<ClientRecord> = (0..25)
+            .map(|i| {
+                let mut r = ClientRecord::new(format!("p{i}"));
+                r.outcome = Outcome::Timeout;
+                r.retries = 2;
+                r
+            })
+            .collect();
+        records[0].rejoins = 1;
+        let report = Report::build(&records, Duration::from_secs(1), 2, 12, 1.0);
+        assert_eq!((report.failures.len(), report.failures_not_listed), (20, 5));
+        let text = report.render();
+        assert!(text.contains("... and 5 more failed"), "{text}");
+        assert!(text.contains("recovered: 50 API calls retried"), "{text}");
+        assert!(text.contains("1 re-joins"), "{text}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use crate::http::{CredentialArgs, HttpClient};
+use crate::http::{CredentialArgs, HttpClient, HttpError};
 use crate::report::{ClientRecord, Outcome, Report};
 
 /// Settings of a swarm (the contract names).
@@ -164,20 +164,24 @@ async fn show_progress(shared: Arc<Shared>, started: Instant) {
         let failed = shared.failed.load(Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
         match mode {
-            Mode::Bar => {
-                let width = 30;
-                let filled = done * width / total.max(1);
-                eprint!(
-                    "\r[{}{}] {done}/{total} done · {matched} matched · {running} in play · {failed} failed · {secs:.0}s ",
-                    "#".repeat(filled),
-                    "-".repeat(width - filled)
-                );
-            }
+            Mode::Bar => eprint!("\r{} ", bar_line(total, matched, running, done, failed, secs)),
             _ => eprintln!(
                 "swarm: {secs:.0}s: {done}/{total} done, {matched} matched, {running} in play, {failed} failed"
             ),
         }
     }
+}
+
+/// The progress bar: half filled as players are matched, full as they finish, so a long
+/// match shows as progress too.
+fn bar_line(total: usize, matched: usize, running: usize, done: usize, failed: usize, secs: f64) -> String {
+    const WIDTH: usize = 30;
+    let steps = (matched.min(total) + done.min(total)) * WIDTH / (2 * total.max(1));
+    format!(
+        "[{}{}] {matched}/{total} matched · {running} in play · {done}/{total} done · {failed} failed · {secs:.0}s",
+        "#".repeat(steps),
+        "-".repeat(WIDTH - steps)
+    )
 }
 
 fn connect_addr(args: &SwarmArgs, matched: &MatchResponse) -> String {
@@ -203,8 +207,72 @@ async fn play(shared: &Shared, player: String) -> ClientRecord {
     record
 }
 
+/// How often one client may start over: re-join after the matchmaker forgot it, or after its
+/// match was cut short by a server that the matchmaker then says is gone.
+const MAX_REJOINS: u32 = 5;
+
+/// Whether an API failure is worth retrying (the stack is restarting or failing over, or
+/// throttling): a game client backs off and tries again.
+fn transient(error: &HttpError) -> bool {
+    match error {
+        HttpError::Timeout | HttpError::Transport(_) => true,
+        HttpError::Status { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+        HttpError::Body(_) => false,
+    }
+}
+
+/// An API call, retried with backoff (100 ms doubling to 2 s) while it fails transiently;
+/// the client's overall time limit bounds it.
+async fn call(
+    shared: &Shared,
+    record: &mut ClientRecord,
+    method: Method,
+    path: &str,
+    body: Option<&JoinRequest>,
+    auth: Option<&str>,
+) -> Result<MatchResponse, HttpError> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match shared.api.json(method.clone(), path, body, auth).await {
+            Err(e) if transient(&e) => {
+                record.retries += 1;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn lifecycle(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Outcome> {
-    let api = &shared.api;
+    loop {
+        match attempt(shared, record, life).await {
+            Err(Attempt::StartOver) if record.rejoins < MAX_REJOINS => {
+                record.rejoins += 1;
+                record.session_id = None;
+            }
+            Err(Attempt::StartOver) => return Err(Outcome::NotMatched("unknown".into())),
+            Err(Attempt::Failed(outcome)) => return Err(outcome),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// Why one attempt stopped.
+enum Attempt {
+    /// The matchmaker no longer knows the player: join again.
+    StartOver,
+    Failed(Outcome),
+}
+
+impl From<Outcome> for Attempt {
+    fn from(outcome: Outcome) -> Self {
+        Attempt::Failed(outcome)
+    }
+}
+
+/// One join, wait, connect and match.
+async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Attempt> {
     let body = JoinRequest {
         player_id: record.player.clone(),
     };
@@ -214,22 +282,17 @@ async fn lifecycle(shared: &Shared, record: &mut ClientRecord, life: Instant) ->
         .credentials
         .authorization(&record.player, Duration::from_secs(3600));
     let auth = auth.as_deref();
-    let mut status: MatchResponse = api
-        .json(Method::POST, "/match/join", Some(&body), auth)
+    let status_path = format!("/match/status?player_id={}&wait=25", record.player);
+    let mut status: MatchResponse = call(shared, record, Method::POST, "/match/join", Some(&body), auth)
         .await
         .map_err(|e| Outcome::JoinFailed(e.to_string()))?;
     while status.status != MatchStatus::Matched {
         match status.status {
             MatchStatus::Queued | MatchStatus::Allocating => {}
-            other => return Err(Outcome::NotMatched(format!("{other:?}").to_lowercase())),
+            MatchStatus::Unknown => return Err(Attempt::StartOver),
+            other => return Err(Outcome::NotMatched(format!("{other:?}").to_lowercase()).into()),
         }
-        status = api
-            .json(
-                Method::GET,
-                &format!("/match/status?player_id={}&wait=25", record.player),
-                None,
-                auth,
-            )
+        status = call(shared, record, Method::GET, &status_path, None, auth)
             .await
             .map_err(|e| Outcome::StatusFailed(e.to_string()))?;
     }
@@ -244,32 +307,47 @@ async fn lifecycle(shared: &Shared, record: &mut ClientRecord, life: Instant) ->
         .ok_or_else(|| Outcome::Protocol("matched without a ticket".into()))?;
 
     let addr = connect_addr(&shared.args, &status);
-    let stream = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| Outcome::ConnectFailed(format!("{addr}: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let mut game = Framed::new(stream, LineCodec::new());
-    game.get_mut()
-        .write_all(format!("JOIN {ticket}\n").as_bytes())
-        .await
-        .map_err(|e| Outcome::ConnectFailed(e.to_string()))?;
-    match next(&mut game).await? {
-        ServerReply::Welcome {
-            session_id, player_id, ..
-        } if session_id == status.session_id && player_id == record.player => {}
-        ServerReply::Error(code) => return Err(Outcome::Refused(code.to_string())),
-        other => {
-            return Err(Outcome::Protocol(format!(
-                "expected WELCOME for its own session, got {other}"
-            )));
+    let played = async {
+        let stream = TcpStream::connect(&addr)
+            .await
+            .map_err(|e| Outcome::ConnectFailed(format!("{addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let mut game = Framed::new(stream, LineCodec::new());
+        game.get_mut()
+            .write_all(format!("JOIN {ticket}\n").as_bytes())
+            .await
+            .map_err(|e| Outcome::ConnectFailed(e.to_string()))?;
+        match next(&mut game).await? {
+            ServerReply::Welcome {
+                session_id, player_id, ..
+            } if session_id == status.session_id && player_id == record.player => {}
+            ServerReply::Error(code) => return Err(Outcome::Refused(code.to_string())),
+            other => {
+                return Err(Outcome::Protocol(format!(
+                    "expected WELCOME for its own session, got {other}"
+                )));
+            }
+        }
+        record.matched_to_connected = Some(matched_at.elapsed());
+        let connected_at = Instant::now();
+        shared.running.fetch_add(1, Ordering::Relaxed);
+        let result = play_match(shared, record, &mut game, connected_at).await;
+        shared.running.fetch_sub(1, Ordering::Relaxed);
+        result
+    }
+    .await;
+    match played {
+        Ok(()) => Ok(()),
+        Err(outcome) => {
+            // Ask the matchmaker, as a game client whose match broke off would: if it no longer
+            // knows the player (its state was lost), start over; otherwise that is the outcome.
+            let path = format!("/match/status?player_id={}", record.player);
+            match call(shared, record, Method::GET, &path, None, auth).await {
+                Ok(now) if now.status == MatchStatus::Unknown => Err(Attempt::StartOver),
+                _ => Err(outcome.into()),
+            }
         }
     }
-    record.matched_to_connected = Some(matched_at.elapsed());
-    let connected_at = Instant::now();
-    shared.running.fetch_add(1, Ordering::Relaxed);
-    let result = play_match(shared, record, &mut game, connected_at).await;
-    shared.running.fetch_sub(1, Ordering::Relaxed);
-    result
 }
 
 async fn play_match(
@@ -317,5 +395,24 @@ async fn next(game: &mut Framed<TcpStream, LineCodec>) -> Result<ServerReply, Ou
             let text = String::from_utf8_lossy(&line);
             ServerReply::parse(&text).map_err(|e| Outcome::Protocol(e.to_string()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar_line;
+
+    #[test]
+    fn the_bar_moves_while_matches_run() {
+        let bar = |matched, running, done| bar_line(60, matched, running, done, 0, 1.0);
+        assert!(bar(0, 0, 0).starts_with(&format!("[{}]", "-".repeat(30))));
+        // Everyone matched and playing: half way, not "0 done" with an empty bar.
+        let playing = bar(60, 60, 0);
+        assert!(
+            playing.starts_with(&format!("[{}{}]", "#".repeat(15), "-".repeat(15))),
+            "{playing}"
+        );
+        assert!(playing.contains("60/60 matched · 60 in play · 0/60 done"), "{playing}");
+        assert!(bar(60, 0, 60).starts_with(&format!("[{}]", "#".repeat(30))));
     }
 }

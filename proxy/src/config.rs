@@ -7,6 +7,7 @@ use clap::Parser;
 use identity::{PlayerAuthArgs, PlayerAuthSettings};
 use protocol::TicketSecret;
 use service::cli::seconds;
+use service::redis::{RedisArgs, RedisTarget};
 use service::telemetry::LogArgs;
 
 /// The raw command line and environment.
@@ -24,8 +25,8 @@ pub struct Config {
     #[arg(long, env = "BACKEND_URL", default_value = "http://127.0.0.1:8081")]
     pub backend_url: String,
     /// Redis holding the session records (session id → game server address).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
     /// Prefix of the backend's Redis keys.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "mp")]
     pub redis_key_prefix: String,
@@ -67,7 +68,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub backend_url: String,
-    pub redis_url: String,
+    pub redis: RedisTarget,
     pub key_prefix: String,
     pub secret: TicketSecret,
     pub max_connections: usize,
@@ -107,7 +108,7 @@ impl Config {
         }
         Ok(Settings {
             backend_url,
-            redis_url: self.redis_url.clone(),
+            redis: self.redis.validate()?,
             key_prefix: self.redis_key_prefix.clone(),
             secret,
             max_connections: self.max_connections,

@@ -191,7 +191,7 @@ async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
     let record: Result<Option<Vec<u8>>, _> = redis::cmd("HGET")
         .arg(&ctx.sessions_key)
         .arg(sid)
-        .query_async(&mut ctx.redis.clone())
+        .query_async(&mut ctx.redis.conn())
         .await;
     let record = match record {
         Ok(Some(raw)) => serde_json::from_slice::<SessionRecord>(&raw).ok(),

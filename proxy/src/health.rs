@@ -26,7 +26,7 @@ impl Health {
     /// Checks Redis (session records: every game connection needs them) and the backend's
     /// own readiness, at once.
     pub(crate) async fn check(&self, ctx: &Context) {
-        let mut conn = ctx.redis.clone();
+        let mut conn = ctx.redis.conn();
         let ping = redis::cmd("PING");
         let (redis, backend) = tokio::join!(
             timeout(CHECK_TIMEOUT, ping.query_async::<String>(&mut conn)),

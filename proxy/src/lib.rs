@@ -18,7 +18,6 @@ mod metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -39,7 +38,7 @@ use crate::metrics::{ConnKind, Metrics};
 /// What every connection shares.
 struct Context {
     settings: Settings,
-    redis: redis::aio::ConnectionManager,
+    redis: service::redis::RedisLink,
     /// Where session records live.
     sessions_key: String,
     backend: Client<HttpConnector, Full<Bytes>>,
@@ -78,14 +77,9 @@ fn warn_if_few_descriptors(max_connections: usize) {
 /// Serves `listener` until `shutdown`; then stops accepting, closes HTTP connections
 /// gracefully, and lets spliced game connections run on for the drain period.
 pub async fn run(listener: TcpListener, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let client = redis::Client::open(settings.redis_url.as_str()).context("REDIS_URL")?;
-    let redis_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-        .set_response_timeout(Some(std::time::Duration::from_secs(3)))
-        .set_number_of_retries(2);
-    let redis = redis::aio::ConnectionManager::new_with_config(client, redis_config)
+    let redis = service::redis::RedisLink::connect(settings.redis.clone(), std::time::Duration::from_secs(3))
         .await
-        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+        .map_err(|e| service::cli::Unreachable(format!("cannot reach {}: {e}", settings.redis.describe())))?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));

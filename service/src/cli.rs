@@ -43,14 +43,27 @@ pub fn seconds(name: &str, value: f64) -> Result<Duration, String> {
     }
 }
 
+/// A dependency the server cannot start without is not there (or its setting is wrong):
+/// [`serve`] prints this one line and exits with status 2, as for a bad setting.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 /// The rest of a multi-threaded server's `main`: start the runtime, bind `bind`, turn signals
 /// into a cancelled shutdown token, and run `run(listener, shutdown)` to its end. Exit status
-/// 1 when the runtime, the bind or the run fails.
-pub fn serve<F, Fut, E>(binary: &str, bind: std::net::SocketAddr, run: F) -> ExitCode
+/// 2 with one line on stderr when the run fails with [`Unreachable`]; 1 when the runtime, the
+/// bind or the run fails otherwise.
+pub fn serve<F, Fut>(binary: &str, bind: std::net::SocketAddr, run: F) -> ExitCode
 where
     F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let open_files = raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -76,6 +89,10 @@ where
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         match run(listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+                eprintln!("{binary}: {e}");
+                ExitCode::from(2)
+            }
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "{binary} failed");
                 ExitCode::FAILURE

@@ -37,6 +37,12 @@ pub struct LogArgs {
     pub log_filter: Option<String>,
 }
 
+/// Colour codes only for a person at a terminal: never in a file, a pipe or a log collector,
+/// and never with `NO_COLOR` set (to anything but the empty string).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(args: &LogArgs, default_filter: &str) {
     let filter = args
@@ -44,11 +50,24 @@ pub fn init(args: &LogArgs, default_filter: &str) {
         .as_deref()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default_filter));
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR")))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_at_a_terminal_without_no_color() {
+        assert!(super::colour(true, None));
+        assert!(super::colour(true, Some("".into())));
+        assert!(!super::colour(true, Some("1".into())));
+        assert!(!super::colour(false, None));
     }
 }

@@ -3,7 +3,12 @@
 //!   `MP_TEST_DATABASE_URL`), with a key prefix and a database per test;
 //! - the binaries `make test` built, found next to the test executable;
 //! - [`LineClient`], a game-protocol client whose every receive is bounded;
-//! - [`eventually`], polling for a condition with a deadline.
+//! - [`eventually`], polling for a condition with a deadline;
+//! - [`RedisServer`], a Redis (or Sentinel) of a test's own, to kill and restart.
+
+mod redis_server;
+
+pub use redis_server::RedisServer;
 
 use std::future::Future;
 use std::path::PathBuf;

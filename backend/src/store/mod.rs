@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use protocol::api::EndReason;
 use protocol::sessions::SessionRecord;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, FromRedisValue, ParsingError, Script, Value};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use service::redis::{LinkConnection, RedisLink, RedisTarget};
 
 use crate::keys::Keys;
 
@@ -152,25 +152,24 @@ pub struct FormRules {
 /// Handle on the shared Redis state. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    link: RedisLink,
     keys: Keys,
-    client: redis::Client,
 }
 
 impl Store {
-    /// Connects (with automatic reconnects) to `url`, keeping keys under `prefix`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Store> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+    /// Connects to `target` (reconnecting, and following failovers, from then on), keeping
+    /// keys under `prefix`. Fails if Redis cannot be reached now.
+    pub async fn open(target: RedisTarget, prefix: &str) -> Result<Store> {
         Ok(Store {
-            conn,
+            link: RedisLink::connect(target, Duration::from_secs(5)).await?,
             keys: Keys::new(prefix),
-            client,
         })
+    }
+
+    /// [`Store::open`] on one Redis URL.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Store> {
+        let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+        Store::open(RedisTarget::Direct(Box::new(info)), prefix).await
     }
 
     /// The key names.
@@ -178,14 +177,15 @@ impl Store {
         &self.keys
     }
 
-    /// The client, for connections of their own (pub/sub, blocking stream reads).
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.client
+    /// The link, for connections of their own (pub/sub, blocking stream reads) to the
+    /// current primary.
+    pub(crate) fn link(&self) -> &RedisLink {
+        &self.link
     }
 
-    /// A multiplexed connection handle.
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// A command handle on the shared connection.
+    pub(crate) fn conn(&self) -> LinkConnection {
+        self.link.conn()
     }
 
     /// Queues `player` (idempotent), unless already in a live session.
