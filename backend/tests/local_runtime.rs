@@ -319,3 +319,117 @@ async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
     .await;
     assert_eq!(reason, "terminated");
 }
+
+/// A backend binary on `port` under `instance`, with the local runtime running `game_server`.
+fn backend_process(
+    port: u16,
+    instance: &str,
+    prefix: &str,
+    db: &str,
+    game_server: &std::path::Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(built_binary("backend"))
+        .env_clear()
+        .envs([
+            ("BIND", format!("127.0.0.1:{port}")),
+            ("REDIS_URL", common::redis_url()),
+            ("DATABASE_URL", db.to_owned()),
+            ("REDIS_KEY_PREFIX", prefix.to_owned()),
+            ("TICKET_SECRET", "replaced-replica-secret".to_owned()),
+            ("SERVICE_TOKEN", common::SERVICE.to_owned()),
+            ("PLAYER_AUTH", "none".to_owned()),
+            ("INSTANCE_ID", instance.to_owned()),
+            ("RUNTIME", "local".to_owned()),
+            ("GAME_SERVER_BIN", game_server.display().to_string()),
+            ("SESSION_SIZE", "2".to_owned()),
+            ("FLUSH_WAIT_SECONDS", "600".to_owned()),
+            ("SHUTDOWN_GRACE_SECONDS", "0".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A replica SIGKILLed while its session is still allocating, replaced at once by one under
+/// a new `INSTANCE_ID` (a new Pod after a crash). The orphaned server reports `terminated` to
+/// the replacement before any janitor takes the old replica for dead: the session fails and
+/// its players go back to the head of the queue (invariant 4), and then play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_replaced_mid_allocation_requeues_the_orphaned_sessions_players() {
+    let dir = std::env::temp_dir().join(format!("mp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The real server starts at once, but its LISTENING line is held back for 3 s: the
+    // session stays allocating while the server runs.
+    let slow_ready = fake_server(
+        &dir,
+        &format!(
+            "echo $$ > {dir}/pid.$$\n{bin} \"$@\" > {dir}/out.$$ &\nsleep 3\nhead -n 1 {dir}/out.$$\nwait",
+            bin = built_binary("game-server").display(),
+            dir = dir.display()
+        ),
+    );
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let port = testkit::free_port().await;
+    let mut first = backend_process(port, "replica-a", &prefix, &db, &slow_ready);
+    testkit::listening(port).await;
+    let http = common::Http::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    http.join("q1").await;
+    http.join("q2").await;
+    let allocating = eventually(Duration::from_secs(20), || async {
+        let body = http.status("q1", 0.0).await;
+        (body["status"] == "allocating").then_some(body)
+    })
+    .await;
+    let orphaned = allocating["session_id"].as_str().unwrap().to_owned();
+    http.join("q3").await;
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    // The replacement takes the same address; its servers are ready at once.
+    let second = backend_process(port, "replica-b", &prefix, &db, &built_binary("game-server"));
+    testkit::listening(port).await;
+    // The orphan's report failed its session, which requeued q1 and q2 ahead of q3: they
+    // form the next session together.
+    let body = eventually(Duration::from_secs(30), || async {
+        let body = http.status("q1", 2.0).await;
+        (body["status"] == "matched" && body["session_id"] != orphaned.as_str()).then_some(body)
+    })
+    .await;
+    assert_eq!(body["players"], serde_json::json!(["q1", "q2"]));
+    assert_eq!(http.status("q3", 0.0).await["status"], "queued");
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let reason = eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT end_reason FROM matches WHERE session_id = $1::uuid")
+            .bind(&orphaned)
+            .fetch_one(&pool)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(reason, "failed");
+    // A graceful stop: its server is terminated and reaped before it exits.
+    let mut second = second;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(second.id().unwrap()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    second.wait().await.unwrap();
+    // The orphaned wrapper finishes by itself once its held-back line is out.
+    let wrappers: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .into_string()
+                .ok()?
+                .strip_prefix("pid.")
+                .map(String::from)
+        })
+        .collect();
+    all_gone(&wrappers).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

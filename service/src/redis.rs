@@ -186,7 +186,14 @@ impl RedisLink {
     /// `response_timeout` bounds each command.
     pub async fn connect(target: RedisTarget, response_timeout: Duration) -> RedisResult<RedisLink> {
         let link = RedisLink::lazy(target, response_timeout)?;
-        link.connection().await?;
+        let client = link.client().await?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&link.inner.config)
+            .await?;
+        let mut state = link.inner.connecting.lock().await;
+        state.generation += 1;
+        *link.inner.current.lock().unwrap() = Some((state.generation, conn));
+        drop(state);
         Ok(link)
     }
 

@@ -1,0 +1,105 @@
+//! Start-up mistakes: a bad or unreachable Redis, a bad PostgreSQL URL, a game-server binary
+//! that is not there. Each is one line on stderr naming the problem, exit status 2, and no
+//! terminal colour codes in what is written to a file or pipe.
+
+use std::process::Command;
+
+use testkit::built_binary;
+
+const SECRET: &str = "startup-test-secret";
+
+/// Runs `binary` with `env` (and nothing else from the environment); returns its exit
+/// status and the lines of stderr that are not log records.
+fn start(binary: &str, env: &[(&str, String)]) -> (Option<i32>, Vec<String>, String) {
+    let output = Command::new(built_binary(binary))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains('\x1b'), "colour codes in piped output: {stderr:?}");
+    let lines = stderr
+        .lines()
+        .filter(|l| l.starts_with(&format!("{binary}: ")))
+        .map(String::from)
+        .collect();
+    (output.status.code(), lines, stderr)
+}
+
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn backend_env(redis: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("BIND", format!("127.0.0.1:{}", free_loopback_port())),
+        ("REDIS_URL", redis.to_owned()),
+        ("DATABASE_URL", "postgres://mp@127.0.0.1:1/postgres".to_owned()),
+        ("TICKET_SECRET", SECRET.to_owned()),
+        ("PLAYER_AUTH", "none".to_owned()),
+        ("RUNTIME", "none".to_owned()),
+    ]
+}
+
+#[test]
+fn an_unreachable_redis_is_one_line_and_exit_2() {
+    let port = free_loopback_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (code, lines, all) = start("backend", &backend_env(&url));
+    assert_eq!(code, Some(2), "{all}");
+    assert_eq!(lines.len(), 1, "{all}");
+    assert!(
+        lines[0].starts_with(&format!("backend: cannot reach Redis at 127.0.0.1:{port}: ")),
+        "{lines:?}"
+    );
+    assert_eq!(lines[0].matches("refused").count(), 1, "said once: {lines:?}");
+
+    let mut env = backend_env("");
+    env.retain(|(k, _)| *k != "REDIS_URL" && *k != "DATABASE_URL");
+    env.extend([("BACKEND_URL", "http://127.0.0.1:1".to_owned()), ("REDIS_URL", url)]);
+    let (code, lines, all) = start("proxy", &env);
+    assert_eq!(code, Some(2), "{all}");
+    assert_eq!(lines.len(), 1, "{all}");
+    assert!(lines[0].starts_with("proxy: cannot reach Redis at"), "{lines:?}");
+}
+
+#[test]
+fn bad_urls_and_a_missing_game_server_are_refused_before_anything_starts() {
+    let redis = testkit::redis_url();
+    let cases: [(&str, String, &str); 4] = [
+        (
+            "REDIS_URL",
+            "http://127.0.0.1:6379".into(),
+            "backend: REDIS_URL is not a Redis URL",
+        ),
+        (
+            "DATABASE_URL",
+            "mysql://127.0.0.1/x".into(),
+            "backend: DATABASE_URL is not a PostgreSQL URL",
+        ),
+        (
+            "REDIS_SENTINELS",
+            "host:notaport".into(),
+            "backend: REDIS_SENTINELS: \"host:notaport\" has no valid port",
+        ),
+        (
+            "RUNTIME",
+            "local".into(),
+            "backend: GAME_SERVER_BIN /no/such/game-server is not an executable file",
+        ),
+    ];
+    for (name, value, want) in cases {
+        let mut env = backend_env(&redis);
+        env.retain(|(k, _)| *k != name);
+        env.push((name, value));
+        env.push(("GAME_SERVER_BIN", "/no/such/game-server".into()));
+        let (code, lines, all) = start("backend", &env);
+        assert_eq!(code, Some(2), "{name}: {all}");
+        assert_eq!(lines.len(), 1, "{name}: {all}");
+        assert!(lines[0].starts_with(want), "{name}: {lines:?}");
+    }
+}
