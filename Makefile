@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-proxy manifests-check ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-proxy manifests-check docs-check scripts-check ci \
 	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -23,13 +23,13 @@ build: ## Debug build of every binary
 release: ## Release build of every binary
 	cargo build --workspace --bins --release --locked
 
-demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION)
+demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, RUST_LOG)
 	scripts/demo.sh
 
-demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, POD_START_DELAY_MS)
+demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, POD_START_DELAY_MS, RUST_LOG)
 	scripts/demo-kubernetes.sh
 
-up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE)
+up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE, RUST_LOG)
 	scripts/local.sh up
 
 down-local: ## Stop what up-local started
@@ -38,11 +38,19 @@ down-local: ## Stop what up-local started
 bench-matchmaker: ## Joins/s and players placed/s of one release backend (RUNTIME=none); PLAYERS, CONCURRENCY
 	scripts/bench-matchmaker.sh
 
-bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side
+bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side (SECONDS_PER_RUN, BENCH_JSON)
 	scripts/bench-proxy.sh
 
 manifests-check: ## deploy/ and the rendered game-server Pod validate against the pinned Kubernetes schemas
 	scripts/check-manifests.sh
+
+docs-check: ## README configuration tables agree with every binary's --help; make help names the variables each target reads
+	cargo build --workspace --bins --locked
+	scripts/check-docs.py
+
+scripts-check: ## The scripts keep their promises: root-only clone dirs, no leftovers after a failed start, ctrl-c says "interrupted"
+	cargo build --workspace --bins --release --locked
+	scripts/check-scripts.sh
 
 
 # Cluster operations (kind/ops.sh); the original system's target names.

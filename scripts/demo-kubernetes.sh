@@ -79,7 +79,7 @@ echo "proxy http://127.0.0.1:$proxy_port, backends ${backends[*]}, kube-sim $sim
 
 echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches, pods start in ${POD_START_DELAY_MS:-2000} ms =="
 status=0
-PLAYER_TOKEN_SECRET="$player_secret" "$bin/loadgen" swarm --target-url "http://127.0.0.1:$proxy_port" --clients "${CLIENTS:-60}" \
+mp_run_swarm env PLAYER_TOKEN_SECRET="$player_secret" "$bin/loadgen" swarm --target-url "http://127.0.0.1:$proxy_port" --clients "${CLIENTS:-60}" \
   --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
   --session-size "${SESSION_SIZE:-12}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
 

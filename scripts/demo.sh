@@ -25,7 +25,8 @@ echo "proxy $MP_PROXY_URL, backend $MP_BACKEND_URL (logs: $out/backend.log, $out
 
 echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches =="
 status=0
-PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" "${CARGO_TARGET_DIR:-target}/release/loadgen" swarm --target-url "$MP_PROXY_URL" --clients "${CLIENTS:-60}" \
+mp_run_swarm env PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" "${CARGO_TARGET_DIR:-target}/release/loadgen" swarm \
+  --target-url "$MP_PROXY_URL" --clients "${CLIENTS:-60}" \
   --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
   --session-size "${SESSION_SIZE:-12}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
 # History is written asynchronously from the outbox: give it a moment, then read PostgreSQL.

@@ -59,6 +59,9 @@ mp_start_services() {
   mp_need_postgres
   mkdir -p "$dir"
   MP_SERVICES_DIR=$(cd "$dir" && pwd)
+  # Clean up whatever started, however start-up ends: installed before anything starts.
+  # (A caller that cleans up more, such as mp_start_stack, sets MP_OWN_TRAP and keeps its own.)
+  [ -n "${MP_OWN_TRAP:-}" ] || trap mp_stop_services EXIT
 
   for _ in 1 2 3 4 5; do
     redis_port=$(mp_free_port)
@@ -77,30 +80,36 @@ mp_start_services() {
   [ -n "${MP_REDIS_PID:-}" ] || mp_die "redis-server did not start; see $MP_SERVICES_DIR/redis/redis.log"
 
   MP_PG_USER=$(id -un)
+  MP_PG_DIR=$MP_SERVICES_DIR/pg
   if [ "$(id -u)" = 0 ]; then
     if id postgres >/dev/null 2>&1; then MP_PG_USER=postgres; else MP_PG_USER=nobody; fi
+    # PostgreSQL runs as that user, who may not be able to enter the clone (any directory
+    # under /root): its files go to a private directory of its own under the temp dir.
+    MP_PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/matchplane-pg.XXXXXX")
+    chown "$MP_PG_USER" "$MP_PG_DIR"
+    ln -sfn "$MP_PG_DIR" "$MP_SERVICES_DIR/pg"
   fi
-  mkdir -p "$MP_SERVICES_DIR/pg"
-  chown "$MP_PG_USER" "$MP_SERVICES_DIR/pg" 2>/dev/null || true
-  mp_pg "$MP_PG_BIN/initdb" -D "$MP_SERVICES_DIR/pg/data" -U mp --auth=trust --no-sync -E UTF8 \
-    >"$MP_SERVICES_DIR/pg/initdb.log" 2>&1 || mp_die "initdb failed; see $MP_SERVICES_DIR/pg/initdb.log"
+  mkdir -p "$MP_PG_DIR"
+  export MP_PG_DIR
+  mp_pg "$MP_PG_BIN/initdb" -D "$MP_PG_DIR/data" -U mp --auth=trust --no-sync -E UTF8 \
+    >"$MP_PG_DIR/initdb.log" 2>&1 || mp_die "initdb failed; see $MP_PG_DIR/initdb.log"
   for _ in 1 2 3 4 5; do
     pg_port=$(mp_free_port)
-    if mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_SERVICES_DIR/pg/data" -l "$MP_SERVICES_DIR/pg/postgres.log" -w -t 30 \
-      -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $MP_SERVICES_DIR/pg -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+    if mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_PG_DIR/data" -l "$MP_PG_DIR/postgres.log" -w -t 30 \
+      -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $MP_PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
       start >/dev/null 2>&1; then
       MP_PG_PORT=$pg_port
       break
     fi
   done
-  [ -n "${MP_PG_PORT:-}" ] || mp_die "PostgreSQL did not start; see $MP_SERVICES_DIR/pg/postgres.log"
+  [ -n "${MP_PG_PORT:-}" ] || mp_die "PostgreSQL did not start; see $MP_PG_DIR/postgres.log"
 
   export MP_REDIS_URL="redis://127.0.0.1:$redis_port"
   export MP_DATABASE_URL="postgres://mp@127.0.0.1:$MP_PG_PORT/postgres"
   export MP_PG_BIN MP_PG_USER MP_SERVICES_DIR MP_PG_PORT
 
-  # Stop by ourselves: on exit of the calling shell, and from a watchdog if it is killed.
-  trap mp_stop_services EXIT
+  # Stop by ourselves: on exit of the calling shell (the trap above), and from a watchdog if
+  # it is killed.
   local parent=$$
   ( trap '' INT TERM HUP
     while kill -0 "$parent" 2>/dev/null; do sleep 1; done
@@ -108,15 +117,38 @@ mp_start_services() {
   disown 2>/dev/null || true
 }
 
+# Runs "$@" (a swarm) in the background and waits for it: ctrl-c or SIGTERM stops it at once,
+# says so in one line and exits 130, and the caller's EXIT trap stops everything else. Returns
+# the command's own exit status otherwise.
+mp_run_swarm() {
+  local pid status=0
+  mp_interrupted=0
+  trap 'mp_interrupted=1' INT TERM
+  "$@" &
+  pid=$!
+  wait "$pid" || status=$?
+  if [ "$mp_interrupted" = 1 ]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    echo "interrupted: stopping everything this run started" >&2
+    exit 130
+  fi
+  trap - INT TERM
+  return "$status"
+}
+
 mp_stop_services() {
-  if [ -n "${MP_SERVICES_DIR:-}" ] && [ -d "$MP_SERVICES_DIR/pg/data" ]; then
-    mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_SERVICES_DIR/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+  if [ -n "${MP_PG_DIR:-}" ] && [ -d "$MP_PG_DIR/data" ]; then
+    mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
   fi
   if [ -n "${MP_REDIS_PID:-}" ]; then
     kill "$MP_REDIS_PID" 2>/dev/null || true
   fi
   # Keep the logs only when asked to (MP_KEEP_RUN_DIR=1), for a post-mortem.
-  if [ -n "${MP_SERVICES_DIR:-}" ] && [ "${MP_KEEP_RUN_DIR:-0}" != 1 ]; then
-    rm -rf "$MP_SERVICES_DIR"
+  if [ "${MP_KEEP_RUN_DIR:-0}" != 1 ]; then
+    if [ -n "${MP_PG_DIR:-}" ] && [ "$MP_PG_DIR" != "${MP_SERVICES_DIR:-}/pg" ]; then
+      rm -rf "$MP_PG_DIR"
+    fi
+    [ -z "${MP_SERVICES_DIR:-}" ] || rm -rf "$MP_SERVICES_DIR"
   fi
 }

@@ -24,6 +24,10 @@ mp_start_stack() {
   local dir=$1 bin=${MP_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
   mkdir -p "$dir"
   MP_STACK_DIR=$(cd "$dir" && pwd)
+  # Everything started so far is stopped however start-up ends (a failed initdb, a backend
+  # or proxy that never becomes healthy): the trap is in place before anything starts.
+  MP_OWN_TRAP=1
+  trap mp_stop_stack EXIT
   mp_start_services "$MP_STACK_DIR/services"
   local backend_port proxy_port secret
   backend_port=$(mp_free_port)
@@ -50,7 +54,6 @@ mp_start_stack() {
   mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$MP_PROXY_PID"
   export MP_PROXY_URL="http://127.0.0.1:$proxy_port" MP_BACKEND_URL="http://127.0.0.1:$backend_port"
   export MP_ADMIN_TOKEN MP_SERVICE_TOKEN MP_PLAYER_TOKEN_SECRET MP_BACKEND_PID MP_PROXY_PID MP_STACK_DIR
-  trap mp_stop_stack EXIT
 }
 
 mp_stop_stack() {

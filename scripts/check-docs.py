@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""The README against the binaries and the Makefile (run by CI through `make docs-check`).
+
+1. Every environment variable a binary's `--help` names is in the README's table (or
+   paragraph) for that binary, and every variable that table names is in `--help`.
+2. Every variable a `make` entry point's script reads from the environment is named in that
+   target's `make help` line.
+Exits 1 with one line per disagreement.
+"""
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+BIN = os.path.join(TARGET, "debug")
+
+# README section -> the command whose --help it documents.
+SECTIONS = {
+    "## game-server": ["game-server"],
+    "### backend": ["backend"],
+    "### proxy": ["proxy"],
+    "### loadgen": ["loadgen", "swarm"],
+}
+# Settings every binary takes, documented once for all in the Configuration section.
+SHARED = {"RUST_LOG", "LOG_FORMAT"}
+# Read from the environment by the platform, not set by operators.
+PLATFORM = {"HOSTNAME", "PATH", "KUBECONFIG"}
+# Game-protocol words the sections quote, not settings.
+PROTOCOL = {"JOIN", "WELCOME", "REQUEST_MATCH", "RUNNING_LENGTH", "ERROR", "STATE", "UNKNOWN", "LISTENING"}
+NAME = re.compile(r"`([A-Z][A-Z0-9_]{2,})`")
+
+# make target -> the scripts it runs.
+ENTRY_POINTS = {
+    "demo": ["scripts/demo.sh", "scripts/stack.sh"],
+    "demo-kubernetes": ["scripts/demo-kubernetes.sh"],
+    "up-local": ["scripts/local.sh", "scripts/stack.sh"],
+    "bench-matchmaker": ["scripts/bench-matchmaker.sh"],
+    "bench-proxy": ["scripts/bench-proxy.sh"],
+}
+# Variables scripts read that are not for the person running make: CI, the toolchain,
+# and the scripts' own hand-over variables (MP_*).
+NOT_SETTINGS = {"CARGO_TARGET_DIR", "CI", "HOME", "TMPDIR", "PATH"}
+
+
+def readme_sections():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    sections, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            current = line.strip() if line.strip() in SECTIONS else None
+            if current:
+                sections[current] = ""
+            continue
+        if current:
+            sections[current] += line + "\n"
+    return sections
+
+
+def help_env(command):
+    out = subprocess.run([os.path.join(BIN, command[0])] + command[1:] + ["--help"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"\[env: ([A-Z][A-Z0-9_]*)[=\]]", out))
+
+
+def main():
+    problems = []
+    sections = readme_sections()
+    for section, command in SECTIONS.items():
+        if section not in sections:
+            problems.append(f"README: no section {section!r}")
+            continue
+        documented = set(NAME.findall(sections[section])) - SHARED - PROTOCOL
+        offered = help_env(command) - SHARED - PLATFORM
+        name = " ".join(command)
+        for missing in sorted(offered - documented):
+            problems.append(f"README {section}: {missing} is in `{name} --help` but not documented there")
+        for extra in sorted(documented - offered):
+            # Names of other things (end reasons, statuses) are lower case; an upper-case
+            # name in a settings section that --help lacks is a setting that does not exist.
+            if extra not in PLATFORM:
+                problems.append(f"README {section}: {extra} is documented but `{name} --help` has no such setting")
+    helps = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    lines = {l.split()[0]: l for l in helps.splitlines() if l.strip()}
+    for target, scripts in ENTRY_POINTS.items():
+        read = set()
+        for script in scripts:
+            body = open(os.path.join(ROOT, script), encoding="utf-8").read()
+            read |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):[-=]", body))
+        read = {v for v in read if not v.startswith("MP_") and v not in NOT_SETTINGS}
+        line = lines.get(target, "")
+        for var in sorted(read):
+            if not re.search(rf"\b{var}\b", line):
+                problems.append(f"make help: {target} reads {var} but its help line does not name it")
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"docs-check: {len(problems)} disagreements")
+        return 1
+    print("docs-check: README tables match --help; make help names every variable its targets read")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# `make scripts-check` (CI runs it): the promises the entry-point scripts make, tried as a
+# new user would.
+#  1. As root, ephemeral PostgreSQL starts from a run directory its user cannot enter (any
+#     clone under /root).
+#  2. A start-up that fails half way (the proxy never becomes healthy) leaves nothing running.
+#  3. ctrl-c during `make demo` stops at once, says "interrupted", exits 130, leaves nothing.
+# Needs the release binaries (CI builds them for the demos first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/stack.sh
+. scripts/stack.sh
+bin=${CARGO_TARGET_DIR:-target}/release
+[ -x "$bin/backend" ] || mp_die "scripts-check needs the release binaries: run 'cargo build --release --bins' first."
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+fail() { echo "scripts-check FAILED: $*" >&2; exit 1; }
+left() { pgrep -f "$1" >/dev/null 2>&1; }
+
+# 1. A private run directory.
+if [ "$(id -u)" = 0 ]; then
+  private=$scratch/private
+  mkdir -m 700 "$private"
+  ( mp_start_services "$private/run"
+    "$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc 'SELECT 1' | grep -qx 1 ) || fail "services in a root-only directory"
+  left "$private" && fail "services in a root-only directory were left running"
+  echo "scripts-check: PostgreSQL starts from a run directory only root can enter"
+fi
+
+# 2. The proxy never becomes healthy: the backend and the services it started must go.
+fake=$scratch/bin
+mkdir -p "$fake"
+ln -s "$(cd "$bin" && pwd)/backend" "$fake/backend"
+ln -s "$(cd "$bin" && pwd)/game-server" "$fake/game-server"
+printf '#!/bin/sh\necho "proxy: broken on purpose" >&2\nexit 1\n' >"$fake/proxy"
+chmod +x "$fake/proxy"
+if ( MP_BIN_DIR=$fake mp_start_stack "$scratch/stack" ) >"$scratch/half.log" 2>&1; then
+  fail "a stack whose proxy fails started"
+fi
+grep -q "proxy exited during start-up" "$scratch/half.log" || fail "no word of the failed proxy: $(cat "$scratch/half.log")"
+sleep 0.5
+left "$scratch" && fail "a failed start-up left processes running: $(pgrep -af "$scratch")"
+echo "scripts-check: a failed start-up stops what it started"
+
+# 3. ctrl-c during the demo.
+set -m
+CLIENTS=24 MATCH_DURATION=60 scripts/demo.sh >"$scratch/demo.log" 2>&1 &
+demo=$!
+set +m
+for _ in $(seq 1 600); do
+  grep -q "^== swarm" "$scratch/demo.log" && break
+  kill -0 "$demo" 2>/dev/null || fail "the demo ended before its swarm: $(tail -5 "$scratch/demo.log")"
+  sleep 0.1
+done
+sleep 2
+kill -INT -- "-$demo"
+rc=0
+wait "$demo" || rc=$?
+[ "$rc" = 130 ] || fail "ctrl-c: exit $rc, not 130: $(tail -5 "$scratch/demo.log")"
+grep -q "^interrupted" "$scratch/demo.log" || fail "ctrl-c: no 'interrupted'"
+if grep -Eq "Traceback|curl:|FAILED|wrong_length" "$scratch/demo.log"; then
+  fail "ctrl-c: noise after the interrupt: $(grep -E "Traceback|curl:|FAILED|wrong_length" "$scratch/demo.log" | head -3)"
+fi
+sleep 0.5
+left "demo-stack-$demo" && fail "ctrl-c: left running: $(pgrep -af "demo-stack-$demo")"
+left "release/(backend|proxy|loadgen)" && fail "ctrl-c: binaries left running: $(pgrep -af "release/(backend|proxy|loadgen)")"
+echo "scripts-check: ctrl-c during make demo stops everything and says 'interrupted'"
