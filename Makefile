@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-proxy manifests-check docs-check scripts-check ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-proxy manifests-check docs-check scripts-check fuzz fuzz-build ci \
 	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -43,6 +43,12 @@ bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAPro
 
 manifests-check: ## deploy/ and the rendered game-server Pod validate against the pinned Kubernetes schemas
 	scripts/check-manifests.sh
+
+fuzz-build: ## Build the cargo-fuzz targets (line codec, tickets, player tokens, join body), as CI does
+	scripts/fuzz.sh build
+
+fuzz: ## Run every fuzz target for FUZZ_RUNS executions (10000000)
+	scripts/fuzz.sh run
 
 docs-check: ## README configuration tables agree with every binary's --help; make help names the variables each target reads
 	cargo build --workspace --bins --locked

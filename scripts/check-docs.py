@@ -38,6 +38,7 @@ ENTRY_POINTS = {
     "up-local": ["scripts/local.sh", "scripts/stack.sh"],
     "bench-matchmaker": ["scripts/bench-matchmaker.sh"],
     "bench-proxy": ["scripts/bench-proxy.sh"],
+    "fuzz": ["scripts/fuzz.sh"],
 }
 # Variables scripts read that are not for the person running make: CI, the toolchain,
 # and the scripts' own hand-over variables (MP_*).
