@@ -5,6 +5,7 @@
 #     clone under /root).
 #  2. A start-up that fails half way (the proxy never becomes healthy) leaves nothing running.
 #  3. ctrl-c during `make demo` stops at once, says "interrupted", exits 130, leaves nothing.
+#  4. scripts/measure-game-server.py finds the binary through CARGO_TARGET_DIR from anywhere.
 # Needs the release binaries (CI builds them for the demos first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,3 +66,10 @@ sleep 0.5
 left "demo-stack-$demo" && fail "ctrl-c: left running: $(pgrep -af "demo-stack-$demo")"
 left "release/(backend|proxy|loadgen)" && fail "ctrl-c: binaries left running: $(pgrep -af "release/(backend|proxy|loadgen)")"
 echo "scripts-check: ctrl-c during make demo stops everything and says 'interrupted'"
+
+# 4. The game-server measurement from another directory, through CARGO_TARGET_DIR.
+target=$(cd "$bin/.." && pwd)
+script=$(pwd)/scripts/measure-game-server.py
+(cd "$scratch" && CARGO_TARGET_DIR=$target python3 "$script" "" 3) | grep -q "exec to LISTENING" \
+  || fail "measure-game-server.py does not find the binary through CARGO_TARGET_DIR"
+echo "scripts-check: measure-game-server.py follows CARGO_TARGET_DIR"

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Measures the game-server binary: time from exec to its LISTENING line (median of N starts)
-and the idle resident set size of one process. Usage: measure-game-server.py [BINARY] [N]"""
+and the idle resident set size of one process. Usage: measure-game-server.py [BINARY] [N]; BINARY empty or left out: the release build under
+CARGO_TARGET_DIR (default: target/ of this clone)."""
 import os, statistics, subprocess, sys, time
 
 target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target")
-binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(target, "release", "game-server")
+binary = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else os.path.join(target, "release", "game-server")
 if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
     sys.exit(f"measure-game-server: no game-server binary at {binary}: build it with 'cargo build --release --bins' first")
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
