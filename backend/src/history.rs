@@ -267,10 +267,26 @@ impl History {
     /// One pass: notes open rows whose session Redis does not know, ends those unknown for
     /// `grace`; returns how many it ended.
     async fn reconcile(&self, missing: &mut HashMap<Uuid, Instant>, grace: Duration) -> anyhow::Result<u64> {
-        let open: Vec<Uuid> =
-            sqlx::query_scalar("SELECT session_id FROM matches WHERE status <> 'ended' ORDER BY created_at LIMIT 1000")
-                .fetch_all(&self.pool)
-                .await?;
+        // Every open row, a page at a time (however many sessions are live).
+        let mut open: Vec<Uuid> = Vec::new();
+        let mut after: Option<(OffsetDateTime, Uuid)> = None;
+        loop {
+            let page: Vec<(OffsetDateTime, Uuid)> = sqlx::query_as(
+                "SELECT created_at, session_id FROM matches
+                 WHERE status <> 'ended' AND ($1::timestamptz IS NULL OR (created_at, session_id) > ($1, $2))
+                 ORDER BY created_at, session_id LIMIT 1000",
+            )
+            .bind(after.map(|(at, _)| at))
+            .bind(after.map(|(_, sid)| sid))
+            .fetch_all(&self.pool)
+            .await?;
+            after = page.last().copied();
+            let more = page.len() == 1000;
+            open.extend(page.into_iter().map(|(_, sid)| sid));
+            if !more {
+                break;
+            }
+        }
         let ids: Vec<String> = open.iter().map(Uuid::to_string).collect();
         let known = self.store.sessions_known(&ids).await?;
         let now = Instant::now();
