@@ -271,6 +271,53 @@ impl From<Outcome> for Attempt {
     }
 }
 
+/// Whether a game connection's failure may pass: the proxy was not reachable, or could not
+/// look the session up or reach its server.
+fn transient_refusal(outcome: &Outcome) -> bool {
+    match outcome {
+        Outcome::ConnectFailed(_) => true,
+        Outcome::Refused(code) => code == "server_unreachable",
+        _ => false,
+    }
+}
+
+/// Connects to the game, sends the ticket and plays the match.
+async fn connect_and_play(
+    shared: &Shared,
+    record: &mut ClientRecord,
+    status: &MatchResponse,
+    ticket: &str,
+    matched_at: Instant,
+) -> Result<(), Outcome> {
+    let addr = connect_addr(&shared.args, status);
+    let stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| Outcome::ConnectFailed(format!("{addr}: {e}")))?;
+    let _ = stream.set_nodelay(true);
+    let mut game = Framed::new(stream, LineCodec::new());
+    game.get_mut()
+        .write_all(format!("JOIN {ticket}\n").as_bytes())
+        .await
+        .map_err(|e| Outcome::ConnectFailed(e.to_string()))?;
+    match next(&mut game).await? {
+        ServerReply::Welcome {
+            session_id, player_id, ..
+        } if session_id == status.session_id && player_id == record.player => {}
+        ServerReply::Error(code) => return Err(Outcome::Refused(code.to_string())),
+        other => {
+            return Err(Outcome::Protocol(format!(
+                "expected WELCOME for its own session, got {other}"
+            )));
+        }
+    }
+    record.matched_to_connected = Some(matched_at.elapsed());
+    let connected_at = Instant::now();
+    shared.running.fetch_add(1, Ordering::Relaxed);
+    let result = play_match(shared, record, &mut game, connected_at).await;
+    shared.running.fetch_sub(1, Ordering::Relaxed);
+    result
+}
+
 /// One join, wait, connect and match.
 async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Attempt> {
     let body = JoinRequest {
@@ -306,36 +353,21 @@ async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> R
         .clone()
         .ok_or_else(|| Outcome::Protocol("matched without a ticket".into()))?;
 
-    let addr = connect_addr(&shared.args, &status);
-    let played = async {
-        let stream = TcpStream::connect(&addr)
-            .await
-            .map_err(|e| Outcome::ConnectFailed(format!("{addr}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        let mut game = Framed::new(stream, LineCodec::new());
-        game.get_mut()
-            .write_all(format!("JOIN {ticket}\n").as_bytes())
-            .await
-            .map_err(|e| Outcome::ConnectFailed(e.to_string()))?;
-        match next(&mut game).await? {
-            ServerReply::Welcome {
-                session_id, player_id, ..
-            } if session_id == status.session_id && player_id == record.player => {}
-            ServerReply::Error(code) => return Err(Outcome::Refused(code.to_string())),
-            other => {
-                return Err(Outcome::Protocol(format!(
-                    "expected WELCOME for its own session, got {other}"
-                )));
+    // A refusal because the route could not be looked up or the server not reached yet (the
+    // stack is restarting or failing over) is retried a few times, as a game client would.
+    let mut pause = Duration::from_millis(250);
+    let mut tries = 0;
+    let played = loop {
+        match connect_and_play(shared, record, &status, &ticket, matched_at).await {
+            Err(outcome) if tries < 4 && transient_refusal(&outcome) => {
+                tries += 1;
+                record.retries += 1;
+                tokio::time::sleep(pause).await;
+                pause *= 2;
             }
+            other => break other,
         }
-        record.matched_to_connected = Some(matched_at.elapsed());
-        let connected_at = Instant::now();
-        shared.running.fetch_add(1, Ordering::Relaxed);
-        let result = play_match(shared, record, &mut game, connected_at).await;
-        shared.running.fetch_sub(1, Ordering::Relaxed);
-        result
-    }
-    .await;
+    };
     match played {
         Ok(()) => Ok(()),
         Err(outcome) => {

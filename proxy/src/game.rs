@@ -184,23 +184,36 @@ pub async fn refuse(mut stream: TcpStream, code: ErrorCode) {
     .await;
 }
 
+/// How long a game connection waits for Redis to answer its session lookup (a restart or a
+/// failover in progress) before it is refused.
+const LOOKUP_PATIENCE: Duration = Duration::from_secs(3);
+
 async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
     if let Some(addr) = ctx.routes.get(sid) {
         return Ok(addr);
     }
-    let record: Result<Option<Vec<u8>>, _> = redis::cmd("HGET")
-        .arg(&ctx.sessions_key)
-        .arg(sid)
-        .query_async(&mut ctx.redis.conn())
-        .await;
-    let record = match record {
-        Ok(Some(raw)) => serde_json::from_slice::<SessionRecord>(&raw).ok(),
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "session lookup failed");
-            return Err(ErrorCode::ServerUnreachable);
+    let deadline = Instant::now() + LOOKUP_PATIENCE;
+    let mut pause = Duration::from_millis(50);
+    let raw = loop {
+        let record: Result<Option<Vec<u8>>, _> = redis::cmd("HGET")
+            .arg(&ctx.sessions_key)
+            .arg(sid)
+            .query_async(&mut ctx.redis.conn())
+            .await;
+        match record {
+            Ok(raw) => break raw,
+            Err(e) if Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, "session lookup failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "session lookup failed");
+                return Err(ErrorCode::ServerUnreachable);
+            }
         }
     };
+    let record = raw.and_then(|raw| serde_json::from_slice::<SessionRecord>(&raw).ok());
     match record {
         Some(record) if record.state == SessionState::Ended => Err(ErrorCode::SessionOver),
         Some(record) => match record.route() {
