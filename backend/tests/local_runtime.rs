@@ -110,6 +110,27 @@ async fn twenty_four_players_play_two_sessions_to_the_end() {
     backend.stop().await;
 }
 
+/// Joins `a` and `b`, waits until they are matched, and returns `a`'s status, the session and
+/// its server's pid (the local runtime names servers `local-<pid>`).
+async fn matched_pair(http: &common::Http, a: &str, b: &str) -> (serde_json::Value, serde_json::Value, String) {
+    http.join(a).await;
+    http.join(b).await;
+    let matched = eventually(Duration::from_secs(20), || async {
+        let body = http.status(a, 5.0).await;
+        (body["status"] == "matched").then_some(body)
+    })
+    .await;
+    let sid = matched["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+    let pid = session["server"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("local-")
+        .unwrap()
+        .to_owned();
+    (matched, session, pid)
+}
+
 /// Writes an executable script standing in for the game server.
 fn fake_server(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -156,15 +177,7 @@ async fn failed_start_requeues_at_the_head(script: &str, ready_timeout: f64) {
     assert_eq!(http.status("third", 0.0).await["status"], "queued");
     backend.stop().await;
     // Whatever the fake server started is gone (invariant 5).
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let name = entry.unwrap().file_name().into_string().unwrap();
-        if let Some(pid) = name.strip_prefix("pid.") {
-            eventually(Duration::from_secs(10), || async {
-                (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
-            })
-            .await;
-        }
-    }
+    all_gone(&pids_in(&dir)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -182,6 +195,21 @@ async fn a_server_that_never_listens_times_out_and_requeues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrapper_whose_server_fails_leaves_no_child_behind() {
     failed_start_requeues_at_the_head("sleep 300 &\necho $! > DIR/pid.$!\nexit 3", 10.0).await;
+}
+
+/// The pids fake servers wrote to `dir` (as `pid.<pid>` files).
+fn pids_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .into_string()
+                .ok()?
+                .strip_prefix("pid.")
+                .map(String::from)
+        })
+        .collect()
 }
 
 /// Waits until no process of `pids` exists.
@@ -219,21 +247,7 @@ async fn a_wrapped_server_killed_mid_match_fails_and_takes_its_children() {
         .unwrap();
     let backend = Backend::start(settings).await;
     let http = backend.http.clone();
-    http.join("w1").await;
-    http.join("w2").await;
-    let matched = eventually(Duration::from_secs(20), || async {
-        let body = http.status("w1", 5.0).await;
-        (body["status"] == "matched").then_some(body)
-    })
-    .await;
-    let sid = matched["session_id"].as_str().unwrap().to_owned();
-    let (_, session) = http.get(&format!("/sessions/{sid}")).await;
-    let leader = session["server"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("local-")
-        .unwrap()
-        .to_owned();
+    let (_, _, leader) = matched_pair(&http, "w1", "w2").await;
     let helper = std::fs::read_to_string(dir.join("helper")).unwrap().trim().to_owned();
     assert!(std::path::Path::new(&format!("/proc/{helper}")).exists());
     nix::sys::signal::kill(
@@ -257,21 +271,7 @@ async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
     let (backend, db) =
         local_backend(|s| s.session_size(2).flush_wait_seconds(600.0).shutdown_grace_seconds(1.0)).await;
     let http = backend.http.clone();
-    http.join("s1").await;
-    http.join("s2").await;
-    let matched = eventually(Duration::from_secs(20), || async {
-        let body = http.status("s1", 5.0).await;
-        (body["status"] == "matched").then_some(body)
-    })
-    .await;
-    let sid = matched["session_id"].as_str().unwrap().to_owned();
-    let (_, session) = http.get(&format!("/sessions/{sid}")).await;
-    let pid = session["server"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("local-")
-        .unwrap()
-        .to_owned();
+    let (matched, session, pid) = matched_pair(&http, "s1", "s2").await;
     // A player is in a match that would run for a minute.
     let mut client = GameClient::connect(session["addr"].as_str().unwrap()).await;
     client
@@ -419,17 +419,6 @@ async fn a_replica_replaced_mid_allocation_requeues_the_orphaned_sessions_player
     .unwrap();
     second.wait().await.unwrap();
     // The orphaned wrapper finishes by itself once its held-back line is out.
-    let wrappers: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .into_string()
-                .ok()?
-                .strip_prefix("pid.")
-                .map(String::from)
-        })
-        .collect();
-    all_gone(&wrappers).await;
+    all_gone(&pids_in(&dir)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -26,17 +26,9 @@ fn start(binary: &str, env: &[(&str, String)]) -> (Option<i32>, Vec<String>, Str
     (output.status.code(), lines, stderr)
 }
 
-fn free_loopback_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn backend_env(redis: &str) -> Vec<(&'static str, String)> {
+async fn backend_env(redis: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("BIND", format!("127.0.0.1:{}", free_loopback_port())),
+        ("BIND", format!("127.0.0.1:{}", testkit::free_port().await)),
         ("REDIS_URL", redis.to_owned()),
         ("DATABASE_URL", "postgres://mp@127.0.0.1:1/postgres".to_owned()),
         ("TICKET_SECRET", SECRET.to_owned()),
@@ -45,11 +37,11 @@ fn backend_env(redis: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-#[test]
-fn an_unreachable_redis_is_one_line_and_exit_2() {
-    let port = free_loopback_port();
+#[tokio::test]
+async fn an_unreachable_redis_is_one_line_and_exit_2() {
+    let port = testkit::free_port().await;
     let url = format!("redis://127.0.0.1:{port}");
-    let (code, lines, all) = start("backend", &backend_env(&url));
+    let (code, lines, all) = start("backend", &backend_env(&url).await);
     assert_eq!(code, Some(2), "{all}");
     assert_eq!(lines.len(), 1, "{all}");
     assert!(
@@ -58,7 +50,7 @@ fn an_unreachable_redis_is_one_line_and_exit_2() {
     );
     assert_eq!(lines[0].matches("refused").count(), 1, "said once: {lines:?}");
 
-    let mut env = backend_env("");
+    let mut env = backend_env("").await;
     env.retain(|(k, _)| *k != "REDIS_URL" && *k != "DATABASE_URL");
     env.extend([("BACKEND_URL", "http://127.0.0.1:1".to_owned()), ("REDIS_URL", url)]);
     let (code, lines, all) = start("proxy", &env);
@@ -67,8 +59,8 @@ fn an_unreachable_redis_is_one_line_and_exit_2() {
     assert!(lines[0].starts_with("proxy: cannot reach Redis at"), "{lines:?}");
 }
 
-#[test]
-fn bad_urls_and_a_missing_game_server_are_refused_before_anything_starts() {
+#[tokio::test]
+async fn bad_urls_and_a_missing_game_server_are_refused_before_anything_starts() {
     let redis = testkit::redis_url();
     let cases: [(&str, String, &str); 4] = [
         (
@@ -93,7 +85,7 @@ fn bad_urls_and_a_missing_game_server_are_refused_before_anything_starts() {
         ),
     ];
     for (name, value, want) in cases {
-        let mut env = backend_env(&redis);
+        let mut env = backend_env(&redis).await;
         env.retain(|(k, _)| *k != name);
         env.push((name, value));
         env.push(("GAME_SERVER_BIN", "/no/such/game-server".into()));

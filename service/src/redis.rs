@@ -186,14 +186,7 @@ impl RedisLink {
     /// `response_timeout` bounds each command.
     pub async fn connect(target: RedisTarget, response_timeout: Duration) -> RedisResult<RedisLink> {
         let link = RedisLink::lazy(target, response_timeout)?;
-        let client = link.client().await?;
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&link.inner.config)
-            .await?;
-        let mut state = link.inner.connecting.lock().await;
-        state.generation += 1;
-        *link.inner.current.lock().unwrap() = Some((state.generation, conn));
-        drop(state);
+        link.connection().await?;
         Ok(link)
     }
 
@@ -289,7 +282,9 @@ impl RedisLink {
             Err(e) => {
                 state.backoff = (state.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
                 state.not_before = Some(Instant::now() + state.backoff);
-                if state.last_error.is_none() {
+                // Said once per outage, and not at all before the first connection (the caller
+                // of `connect` reports that itself).
+                if state.last_error.is_none() && state.generation > 0 {
                     tracing::warn!(redis = %self.inner.target.describe(), error = %e, "cannot connect to Redis; retrying with backoff");
                 }
                 state.last_error = Some((e.kind(), e.to_string()));
