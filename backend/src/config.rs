@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
@@ -20,6 +21,7 @@ use service::cli::seconds;
 use service::redis::{RedisArgs, RedisTarget};
 use service::telemetry::{LogArgs, LogFormat};
 
+use crate::queues::Queues;
 use crate::runtime::kubernetes::PodTemplate;
 use crate::store::FormRules;
 
@@ -87,6 +89,10 @@ pub struct CoreArgs {
     /// How long the oldest queued player waits before a partial session forms.
     #[arg(long, env = "FLUSH_WAIT_SECONDS", default_value_t = 15.0)]
     pub flush_wait_seconds: f64,
+    /// A YAML file of matchmaking queues and their rules; unset: one `default` queue in join
+    /// order from SESSION_SIZE, MIN_PARTIAL_SESSION_SIZE and FLUSH_WAIT_SECONDS.
+    #[arg(long, env = "MATCHMAKING_CONFIG")]
+    pub matchmaking_config: Option<PathBuf>,
     /// How game servers run.
     #[arg(long, env = "RUNTIME", value_enum, default_value = "local")]
     pub runtime: RuntimeKind,
@@ -212,6 +218,8 @@ pub struct Settings {
     /// How player tokens are verified.
     pub(crate) players: PlayerAuthSettings,
     pub(crate) rules: FormRules,
+    /// Every queue (the default queue alone without MATCHMAKING_CONFIG).
+    pub(crate) queues: Arc<Queues>,
     pub(crate) ready_timeout: Duration,
     pub(crate) public_host: String,
     pub(crate) public_port: u16,
@@ -425,6 +433,15 @@ impl Config {
             RuntimeKind::None => RuntimeSettings::None,
         };
         let flush_wait = seconds("FLUSH_WAIT_SECONDS", core.flush_wait_seconds)?;
+        let rules = FormRules {
+            size: core.session_size,
+            min_partial: core.min_partial_session_size,
+            flush_wait_ms: i64::try_from(flush_wait.as_millis()).unwrap_or(i64::MAX),
+        };
+        let queues = match core.matchmaking_config.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => Queues::load(path)?,
+            None => Queues::default_only(rules),
+        };
         Ok(Settings {
             redis: core.redis.validate()?,
             database_url,
@@ -433,11 +450,8 @@ impl Config {
             admin_token: core.admin_token.clone().filter(|t| !t.is_empty()),
             service_token: core.service_token.clone().filter(|t| !t.is_empty()),
             players,
-            rules: FormRules {
-                size: core.session_size,
-                min_partial: core.min_partial_session_size,
-                flush_wait_ms: i64::try_from(flush_wait.as_millis()).unwrap_or(i64::MAX),
-            },
+            rules,
+            queues: Arc::new(queues),
             ready_timeout,
             public_host: core.public_host.clone(),
             public_port: core.public_port,
@@ -575,6 +589,12 @@ impl SettingsBuilder {
 
     pub fn flush_wait_seconds(mut self, seconds: f64) -> Self {
         self.0.core.flush_wait_seconds = seconds;
+        self
+    }
+
+    /// Queues from this YAML file (`MATCHMAKING_CONFIG`).
+    pub fn matchmaking_config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.0.core.matchmaking_config = Some(path.into());
         self
     }
 

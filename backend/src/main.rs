@@ -95,7 +95,10 @@ fn main() -> ExitCode {
     let settings = match config.validate() {
         Ok(settings) => settings,
         Err(e) => {
-            eprintln!("backend: {e}");
+            // One line per mistake (a queue file may hold several).
+            for line in e.lines() {
+                eprintln!("backend: {line}");
+            }
             return ExitCode::from(2);
         }
     };

@@ -142,7 +142,7 @@ pub struct LiveSession {
 }
 
 /// The matching rules, as the form script takes them.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FormRules {
     pub size: u32,
     pub min_partial: u32,
