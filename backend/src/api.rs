@@ -14,12 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use identity::Authenticator;
+use identity::{Authenticator, Caller};
 use protocol::api::{
     ActiveSessions, BackendHealth, DependencyState, EndReason, HealthStatus, JoinRequest, Live, MatchResponse,
-    MatchStatus, PlayerMatch, PlayerMatches, Recorded, ReportReceipt, ResultReport, SessionEnded, SessionView,
+    MatchStatus, PlayerMatch, PlayerMatches, QueueInfo, QueueList, Recorded, ReportReceipt, ResultReport, SessionEnded,
+    SessionView,
 };
 use protocol::player::is_valid_player_id;
+use protocol::sessions::Placement;
 use protocol::sessions::{SessionRecord, SessionState};
 use protocol::{Audience, Claims};
 use serde::de::DeserializeOwned;
@@ -34,8 +36,10 @@ use crate::events::Waiters;
 use crate::health::Health;
 use crate::history::{History, MatchRow, from_ms};
 use crate::metrics::{JoinResult, Metrics};
+use crate::queues::DEFAULT_QUEUE;
 use crate::sessions::Sessions;
 use crate::store::{CancelOutcome, EndOutcome, JoinOutcome, PlayerView, now_ms};
+use crate::tickets::{self, Joiner, TicketError};
 
 /// Largest accepted request body.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -72,6 +76,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/players/{player_id}/matches", get(player_matches))
         .route_layer(class(Class::Player));
     let service = Router::new()
+        .route("/queues", get(queues))
         .route("/sessions/active", get(active_sessions))
         .route("/sessions/{session_id}", get(session))
         .route_layer(class(Class::Service));
@@ -161,8 +166,8 @@ fn check_player(id: &str) -> ApiResult<()> {
 }
 
 impl AppState {
-    /// The status answer for `player` as it stands in `view`.
-    fn response(&self, player: &str, view: PlayerView) -> MatchResponse {
+    /// The status answer for `player` as it stands in `view`, as of `now_ms`.
+    fn response(&self, player: &str, view: PlayerView, now_ms: i64) -> MatchResponse {
         let mut response = MatchResponse {
             status: MatchStatus::Unknown,
             session_id: String::new(),
@@ -171,18 +176,35 @@ impl AppState {
             connect_port: 0,
             ticket: None,
             end_reason: None,
+            wait_ms: None,
+            placement: Placement::default(),
         };
         match view {
             PlayerView::Unknown => {}
-            PlayerView::Queued => {
+            PlayerView::Queued { queue, joined_ms, .. } => {
                 response.status = MatchStatus::Queued;
                 response.session_id = format!("pending:{player}");
                 response.players = vec![player.to_owned()];
+                let wait = joined_ms.map_or(0, |j| (now_ms - j).max(0));
+                response.wait_ms = Some(wait);
+                if let Some(q) = self.settings.queues.get(&queue) {
+                    let (spread, latency) = crate::forming::allowed(q, wait);
+                    response.placement.skill_spread = spread;
+                    response.placement.max_latency_ms = latency;
+                }
+                response.placement.queue = Some(queue);
+            }
+            PlayerView::TimedOut { queue, .. } => {
+                response.status = MatchStatus::TimedOut;
+                response.session_id = format!("pending:{player}");
+                response.players = vec![player.to_owned()];
+                response.placement.queue = Some(queue);
             }
             PlayerView::InSession { session_id, record } => {
                 response.status = status_of(record.state);
                 response.session_id = session_id;
                 response.players = record.players;
+                response.placement = placement_of(record.placement);
                 match record.state {
                     SessionState::Allocating => {}
                     SessionState::Matched => {
@@ -196,8 +218,20 @@ impl AppState {
                 }
             }
         }
+        // The default queue answers in the original system's shape, field for field.
+        if response.placement.queue.as_deref() == Some(DEFAULT_QUEUE) {
+            response.wait_ms = None;
+            response.placement = Placement::default();
+        }
         response
     }
+}
+
+/// A session's placement as answers show it: sessions from before queues existed are of the
+/// default queue.
+fn placement_of(mut placement: Placement) -> Placement {
+    placement.queue.get_or_insert_with(|| DEFAULT_QUEUE.to_owned());
+    placement
 }
 
 fn status_of(state: SessionState) -> MatchStatus {
@@ -223,6 +257,7 @@ fn view_of_record(session_id: String, record: SessionRecord) -> SessionView {
         ended_at: record.ended_ms.map(from_ms),
         end_reason: record.end_reason,
         requested_seconds: None,
+        placement: placement_of(record.placement),
     }
 }
 
@@ -241,6 +276,7 @@ fn view_of_row(row: MatchRow) -> SessionView {
         ended_at: row.ended_at,
         end_reason: row.end_reason.and_then(|r| r.parse().ok()),
         requested_seconds: row.requested_seconds.and_then(|s| u64::try_from(s).ok()),
+        placement: placement_of(row.placement),
     }
 }
 
@@ -251,28 +287,103 @@ async fn join(
 ) -> ApiResult<Json<MatchResponse>> {
     check_player(&body.player_id)?;
     access.may_act_as(&body.player_id)?;
+    let queue_name = body.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
+    let queue = state.settings.queues.get(queue_name).ok_or_else(|| {
+        ApiError::Unprocessable(
+            "unknown_queue",
+            format!(
+                "no queue {queue_name:?}; queues: {}",
+                state
+                    .settings
+                    .queues
+                    .iter()
+                    .map(|q| q.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    let joiner = match &access {
+        Access::Open => Joiner::Player(None),
+        Access::Caller(Caller::Player(claims)) => Joiner::Player(Some(&claims.claims)),
+        Access::Caller(_) => Joiner::Service,
+    };
+    let ticket = tickets::check(queue, &body, joiner).map_err(|e| match e {
+        TicketError::Forbidden(m) => ApiError::Forbidden(m),
+        TicketError::Invalid(m) => ApiError::Invalid(m),
+    })?;
     if state.draining.is_cancelled() {
         return Err(ApiError::Unavailable("this backend is shutting down; retry".into()));
     }
     let player = body.player_id;
-    let view = match state.sessions.store().join(&player, now_ms()).await? {
+    let now = now_ms();
+    let view = match state
+        .sessions
+        .store()
+        .join_ticket(&queue.name, &ticket.players, ticket.doc.as_deref(), now)
+        .await?
+    {
         JoinOutcome::Queued { new, depth } => {
             state.metrics.join(if new {
                 JoinResult::Queued
             } else {
                 JoinResult::AlreadyQueued
             });
-            if depth >= u64::from(state.settings.rules.size) {
+            if depth >= u64::from(queue.shape.full()) {
                 state.matcher_wake.notify_one();
             }
-            PlayerView::Queued
+            if new {
+                PlayerView::Queued {
+                    queue: queue.name.clone(),
+                    ticket: player.clone(),
+                    joined_ms: Some(now),
+                }
+            } else {
+                state.sessions.store().player(&player).await?
+            }
         }
         JoinOutcome::InSession { session_id, record } => {
             state.metrics.join(JoinResult::InSession);
             PlayerView::InSession { session_id, record }
         }
+        JoinOutcome::Busy {
+            player: busy,
+            queue: Some(elsewhere),
+        } => {
+            return Err(ApiError::Conflict(
+                "already_queued",
+                format!("{busy} is already queued in {elsewhere}; leave it first"),
+            ));
+        }
+        JoinOutcome::Busy {
+            player: busy,
+            queue: None,
+        } => {
+            return Err(ApiError::Conflict(
+                "in_session",
+                format!("{busy} is already in a session"),
+            ));
+        }
     };
-    Ok(Json(state.response(&player, view)))
+    Ok(Json(state.response(&player, view, now)))
+}
+
+/// `GET /queues`: each queue's depth and how long its head has waited.
+async fn queues(State(state): State<Arc<AppState>>) -> ApiResult<Json<QueueList>> {
+    let names: Vec<&str> = state.settings.queues.iter().map(|q| q.name.as_str()).collect();
+    let depths = state.sessions.store().queue_depths(&names).await?;
+    let now = now_ms();
+    Ok(Json(QueueList {
+        queues: names
+            .into_iter()
+            .zip(depths)
+            .map(|(name, depth)| QueueInfo {
+                name: name.to_owned(),
+                depth: depth.tickets,
+                oldest_wait_ms: depth.oldest_joined_ms.map(|j| (now - j).max(0)),
+            })
+            .collect(),
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -288,7 +399,8 @@ struct StatusQuery {
 fn status_key(view: &PlayerView) -> (MatchStatus, Option<&str>) {
     match view {
         PlayerView::Unknown => (MatchStatus::Unknown, None),
-        PlayerView::Queued => (MatchStatus::Queued, None),
+        PlayerView::Queued { .. } => (MatchStatus::Queued, None),
+        PlayerView::TimedOut { .. } => (MatchStatus::TimedOut, None),
         PlayerView::InSession { session_id, record } => (status_of(record.state), Some(session_id.as_str())),
     }
 }
@@ -320,7 +432,7 @@ async fn status(
         None => !matches!(status_key(&first).0, MatchStatus::Queued | MatchStatus::Allocating),
     };
     if wait == 0.0 || settled {
-        return Ok(Json(state.response(&player, first)));
+        return Ok(Json(state.response(&player, first, now_ms())));
     }
     let deadline = Instant::now() + Duration::from_secs_f64(wait);
     let mut current = first.clone();
@@ -338,7 +450,7 @@ async fn status(
             break;
         }
     }
-    Ok(Json(state.response(&player, current)))
+    Ok(Json(state.response(&player, current, now_ms())))
 }
 
 async fn leave(

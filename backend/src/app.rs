@@ -97,7 +97,7 @@ impl App {
         } = connect(&settings).await?;
         let runtime = runtime::build(&settings.runtime, &settings.secret).await?;
 
-        let sessions = Sessions::new(store, metrics.clone(), &settings.instance_id, settings.rules);
+        let sessions = Sessions::new(store, metrics.clone(), &settings.instance_id, settings.queues.clone());
         let janitor = Janitor {
             sessions: sessions.clone(),
             servers_outlive_backend: runtime.as_ref().is_some_and(|r| r.servers_outlive_backend()),

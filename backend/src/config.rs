@@ -217,7 +217,6 @@ pub struct Settings {
     pub(crate) service_token: Option<String>,
     /// How player tokens are verified.
     pub(crate) players: PlayerAuthSettings,
-    pub(crate) rules: FormRules,
     /// Every queue (the default queue alone without MATCHMAKING_CONFIG).
     pub(crate) queues: Arc<Queues>,
     pub(crate) ready_timeout: Duration,
@@ -450,7 +449,6 @@ impl Config {
             admin_token: core.admin_token.clone().filter(|t| !t.is_empty()),
             service_token: core.service_token.clone().filter(|t| !t.is_empty()),
             players,
-            rules,
             queues: Arc::new(queues),
             ready_timeout,
             public_host: core.public_host.clone(),

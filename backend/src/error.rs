@@ -13,6 +13,9 @@ pub enum ApiError {
     Malformed(String),
     #[error("{0}")]
     Invalid(String),
+    /// 422 with a code of its own.
+    #[error("{1}")]
+    Unprocessable(&'static str, String),
     #[error("{1}")]
     NotFound(&'static str, String),
     #[error("{1}")]
@@ -39,6 +42,7 @@ impl IntoResponse for ApiError {
         let (status, code, message) = match &self {
             ApiError::Malformed(m) => (StatusCode::BAD_REQUEST, "malformed", m.clone()),
             ApiError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", m.clone()),
+            ApiError::Unprocessable(code, m) => (StatusCode::UNPROCESSABLE_ENTITY, *code, m.clone()),
             ApiError::NotFound(code, m) => (StatusCode::NOT_FOUND, *code, m.clone()),
             ApiError::Conflict(code, m) => (StatusCode::CONFLICT, *code, m.clone()),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string()),

@@ -24,6 +24,8 @@ use uuid::Uuid;
 use crate::lifecycle::{Change, SessionEvent};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use protocol::sessions::Placement;
+use sqlx::types::Json;
 
 const GROUP: &str = "history";
 const BATCH: usize = 500;
@@ -73,6 +75,8 @@ pub(crate) struct MatchRow {
     pub started_at: Option<OffsetDateTime>,
     pub ended_at: Option<OffsetDateTime>,
     pub end_reason: Option<String>,
+    /// Its queue, teams, region and quality (empty for rows from before queues).
+    pub placement: Placement,
 }
 
 /// A time in ms since the Unix epoch, as the store keeps them.
@@ -329,7 +333,8 @@ impl History {
     ) -> Result<Vec<PlayerMatch>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT m.session_id, m.status, m.players, m.server_name, m.backend_instance, m.requested_seconds,
-                    m.created_at, m.ready_at, m.started_at, m.ended_at, m.end_reason, mp.joined_at, mp.left_at
+                    m.created_at, m.ready_at, m.started_at, m.ended_at, m.end_reason, m.queue, m.teams, m.region,
+                    m.skill_spread, m.team_skill_gap, m.max_latency_ms, m.max_wait_ms, mp.joined_at, mp.left_at
              FROM match_players mp JOIN matches m USING (session_id)
              WHERE mp.player_id = $1
              ORDER BY m.created_at DESC, m.session_id DESC
@@ -355,7 +360,8 @@ impl History {
     pub(crate) async fn session_row(&self, session_id: Uuid) -> Result<Option<MatchRow>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT session_id, status, players, server_name, backend_instance, requested_seconds, created_at,
-                    ready_at, started_at, ended_at, end_reason
+                    ready_at, started_at, ended_at, end_reason, queue, teams, region, skill_spread, team_skill_gap,
+                    max_latency_ms, max_wait_ms
              FROM matches WHERE session_id = $1",
         )
         .bind(session_id)
@@ -378,6 +384,18 @@ fn match_row(r: &sqlx::postgres::PgRow) -> Result<MatchRow, sqlx::Error> {
         started_at: r.try_get("started_at")?,
         ended_at: r.try_get("ended_at")?,
         end_reason: r.try_get("end_reason")?,
+        placement: Placement {
+            queue: r.try_get("queue")?,
+            teams: r
+                .try_get::<Option<Json<Vec<Vec<String>>>>, _>("teams")?
+                .map(|Json(teams)| teams)
+                .unwrap_or_default(),
+            region: r.try_get("region")?,
+            skill_spread: r.try_get("skill_spread")?,
+            team_skill_gap: r.try_get("team_skill_gap")?,
+            max_latency_ms: r.try_get("max_latency_ms")?,
+            max_wait_ms: r.try_get("max_wait_ms")?,
+        },
     })
 }
 
@@ -544,9 +562,12 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Resul
     let e = &entry.event;
     let at = from_ms(e.at_ms);
     // A report after the end only adds attendance: its status ranks lowest and decides nothing.
-    let (status, instance, server, ready_at, ended_at, end_reason, report) = match &e.change {
-        Change::Formed { instance } => ("allocating", Some(instance), None, None, None, None, None),
-        Change::Ready { server, .. } => ("matched", None, Some(server), Some(at), None, None, None),
+    let none = Placement::default();
+    let (status, instance, server, ready_at, ended_at, end_reason, report, placement) = match &e.change {
+        Change::Formed { instance, placement } => {
+            ("allocating", Some(instance), None, None, None, None, None, placement)
+        }
+        Change::Ready { server, .. } => ("matched", None, Some(server), Some(at), None, None, None, &none),
         Change::Ended { reason, report, .. } => (
             "ended",
             None,
@@ -555,16 +576,20 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Resul
             Some(at),
             Some(reason.as_str()),
             report.as_ref(),
+            &none,
         ),
-        Change::Reported { report } => ("allocating", None, None, None, None, None, Some(report)),
+        Change::Reported { report } => ("allocating", None, None, None, None, None, Some(report), &none),
+        // Published for long polls only; never in the outbox.
+        Change::TimedOut { .. } => return Ok(()),
     };
     let requested = report
         .and_then(|r| r.requested_seconds)
         .and_then(|s| i32::try_from(s).ok());
     sqlx::query(
         "INSERT INTO matches (session_id, status, players, backend_instance, server_name, created_at, ready_at,
-                              started_at, ended_at, end_reason, requested_seconds)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                              started_at, ended_at, end_reason, requested_seconds, queue, teams, region,
+                              skill_spread, team_skill_gap, max_latency_ms, max_wait_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
          ON CONFLICT (session_id) DO UPDATE SET
            status = CASE WHEN mp_status_rank(EXCLUDED.status) > mp_status_rank(matches.status)
                          THEN EXCLUDED.status ELSE matches.status END,
@@ -577,7 +602,14 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Resul
                            THEN EXCLUDED.ended_at ELSE COALESCE(matches.ended_at, EXCLUDED.ended_at) END,
            end_reason = CASE WHEN matches.end_reason = 'lost' AND EXCLUDED.end_reason IS NOT NULL
                              THEN EXCLUDED.end_reason ELSE COALESCE(matches.end_reason, EXCLUDED.end_reason) END,
-           requested_seconds = COALESCE(matches.requested_seconds, EXCLUDED.requested_seconds)",
+           requested_seconds = COALESCE(matches.requested_seconds, EXCLUDED.requested_seconds),
+           queue = COALESCE(matches.queue, EXCLUDED.queue),
+           teams = COALESCE(matches.teams, EXCLUDED.teams),
+           region = COALESCE(matches.region, EXCLUDED.region),
+           skill_spread = COALESCE(matches.skill_spread, EXCLUDED.skill_spread),
+           team_skill_gap = COALESCE(matches.team_skill_gap, EXCLUDED.team_skill_gap),
+           max_latency_ms = COALESCE(matches.max_latency_ms, EXCLUDED.max_latency_ms),
+           max_wait_ms = COALESCE(matches.max_wait_ms, EXCLUDED.max_wait_ms)",
     )
     .bind(entry.session_id)
     .bind(status)
@@ -590,6 +622,13 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Resul
     .bind(ended_at)
     .bind(end_reason)
     .bind(requested)
+    .bind(&placement.queue)
+    .bind((!placement.teams.is_empty()).then_some(Json(&placement.teams)))
+    .bind(&placement.region)
+    .bind(placement.skill_spread)
+    .bind(placement.team_skill_gap)
+    .bind(placement.max_latency_ms)
+    .bind(placement.max_wait_ms)
     .execute(&mut **tx)
     .await?;
 

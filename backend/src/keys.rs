@@ -7,10 +7,15 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `{P}:queue` | zset | player → join sequence; requeued players get lower scores (the head) |
-//! | `{P}:joined` | hash | player → join time (ms) while queued |
-//! | `{P}:seq` | string | the join counter |
-//! | `{P}:player_session` | hash | player → current (or last) session id |
+//! | `{P}:queue` | zset | the `default` queue: ticket → order; requeued tickets get lower scores (the head) |
+//! | `{P}:queue:<Q>` | zset | queue `Q`, the same way |
+//! | `{P}:joined`, `{P}:joined:<Q>` | hash | ticket → join time (ms) while queued |
+//! | `{P}:tickets:<Q>` | hash | a rule queue's ticket → its document (`{"v", "players", "attributes"}`) |
+//! | `{P}:lease:<Q>` | string | the replica forming rule queue `Q` now, with a TTL |
+//! | `{P}:waiting` | hash | player → `<queue>\|<ticket>\|<joined ms>` while queued (a ticket is its leader's id) |
+//! | `{P}:seq` | string | the join counter (also each rule ticket's version) |
+//! | `{P}:player_session` | hash | player → current (or last) session id, or `timed_out\|<queue>\|<ms>` |
+//! | `{P}:timed_out` | zset | player → when its ticket timed out, to prune those pointers |
 //! | `{P}:sessions` | hash | session id → session record (JSON; the contract with the proxy) |
 //! | `{P}:live` | zset | session id → created ms, for sessions not yet ended |
 //! | `{P}:ended` | zset | session id → ended ms, until the record is pruned |
@@ -18,6 +23,15 @@
 //! | `{P}:outbox:dead` | stream | events PostgreSQL kept rejecting, parked for an operator |
 //! | `{P}:instance:<id>` | string | a replica's heartbeat, with a TTL |
 //! | `{P}:events` | pub/sub channel | the same lifecycle events, for long polls and supervisors |
+
+/// The keys of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    pub queue: String,
+    pub joined: String,
+    pub tickets: String,
+    pub lease: String,
+}
 
 /// The key names of one deployment (one `REDIS_KEY_PREFIX`).
 #[derive(Debug, Clone)]
@@ -38,12 +52,41 @@ impl Keys {
         format!("{}:{name}", self.tag)
     }
 
+    /// The `default` queue.
     pub fn queue(&self) -> String {
         self.named("queue")
     }
 
+    /// The `default` queue's join times.
     pub fn joined(&self) -> String {
         self.named("joined")
+    }
+
+    /// The keys of queue `name` (the `default` queue keeps the names it always had).
+    pub fn of_queue(&self, name: &str) -> QueueKeys {
+        if name == crate::queues::DEFAULT_QUEUE {
+            QueueKeys {
+                queue: self.queue(),
+                joined: self.joined(),
+                tickets: self.named("tickets"),
+                lease: self.named("lease"),
+            }
+        } else {
+            QueueKeys {
+                queue: self.named(&format!("queue:{name}")),
+                joined: self.named(&format!("joined:{name}")),
+                tickets: self.named(&format!("tickets:{name}")),
+                lease: self.named(&format!("lease:{name}")),
+            }
+        }
+    }
+
+    pub fn waiting(&self) -> String {
+        self.named("waiting")
+    }
+
+    pub fn timed_out(&self) -> String {
+        self.named("timed_out")
     }
 
     pub fn seq(&self) -> String {
@@ -101,8 +144,19 @@ mod tests {
             keys.outbox_dead(),
             keys.instance("a"),
             keys.events(),
+            keys.waiting(),
+            keys.timed_out(),
+            keys.of_queue("ranked").queue,
+            keys.of_queue("ranked").tickets,
+            keys.of_queue("ranked").lease,
         ] {
             assert!(key.starts_with("{mp}:"), "{key}");
         }
+        assert_eq!(
+            keys.of_queue("default").queue,
+            keys.queue(),
+            "the default queue keeps its keys"
+        );
+        assert_eq!(keys.of_queue("ranked").joined, "{mp}:joined:ranked");
     }
 }

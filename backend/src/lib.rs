@@ -28,6 +28,7 @@ pub mod runtime;
 pub mod sessions;
 pub mod store;
 mod supervisor;
+pub mod tickets;
 
 pub use app::{App, run};
 pub use config::{Config, RuntimeKind, Settings};

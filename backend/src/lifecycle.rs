@@ -3,10 +3,11 @@
 //! that makes it; the history writer, the long polls and the supervisors all read this type.
 
 use protocol::api::{EndReason, ResultReport};
+use protocol::sessions::Placement;
 use serde::{Deserialize, Serialize};
 
 /// One change in a session's life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEvent {
     pub session_id: String,
     /// The roster (every player whose standing this event changes).
@@ -18,11 +19,16 @@ pub struct SessionEvent {
 }
 
 /// What changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
-    /// Formed by `instance`; its server is starting (`allocating`).
-    Formed { instance: String },
+    /// Formed by `instance`; its server is starting (`allocating`). `placement`: its queue,
+    /// teams, region and quality.
+    Formed {
+        instance: String,
+        #[serde(flatten)]
+        placement: Placement,
+    },
     /// Its server is ready (`matched`).
     Ready { server: String, addr: String },
     /// Over. `requeued`: it failed before its server was ready, and its players went back to
@@ -35,6 +41,9 @@ pub enum Change {
     },
     /// The game server's result report, arriving after the session had already ended.
     Reported { report: ResultReport },
+    /// Not a session's change: these players' ticket in `queue` waited too long (published
+    /// for long polls only; `session_id` is `timed_out`).
+    TimedOut { queue: String },
 }
 
 impl Change {
@@ -45,6 +54,7 @@ impl Change {
             Change::Ready { .. } => "ready",
             Change::Ended { .. } => "ended",
             Change::Reported { .. } => "reported",
+            Change::TimedOut { .. } => "timed_out",
         }
     }
 }
@@ -69,9 +79,22 @@ mod tests {
                 session_id: "s".into(),
                 players: vec!["a".into(), "b".into()],
                 at_ms: 5,
-                change: Change::Formed { instance: "i".into() },
+                change: Change::Formed {
+                    instance: "i".into(),
+                    placement: Placement::default()
+                },
             }
         );
+        let ranked = br#"{"kind":"formed","session_id":"s","players":["a","b"],"at_ms":5,"instance":"i",
+            "queue":"r","teams":[["a"],["b"]],"region":"eu","skill_spread":3.5,"max_wait_ms":10}"#;
+        match SessionEvent::from_json(ranked).unwrap().change {
+            Change::Formed { placement, .. } => {
+                assert_eq!(placement.teams, vec![vec!["a".to_owned()], vec!["b".to_owned()]]);
+                assert_eq!(placement.region.as_deref(), Some("eu"));
+                assert_eq!(placement.skill_spread, Some(3.5));
+            }
+            other => panic!("{other:?}"),
+        }
         let ended = br#"{"at_ms":7,"kind":"ended","players":["a"],"reason":"failed","requeued":true,"session_id":"s"}"#;
         assert!(matches!(
             SessionEvent::from_json(ended).unwrap().change,

@@ -29,14 +29,27 @@ enum Command {
         /// Comma-separated roster.
         #[arg(long, value_delimiter = ',', required = true)]
         players: Vec<String>,
+        /// Teams, separated by `;`, each a comma-separated list of players.
+        #[arg(long)]
+        teams: Option<String>,
     },
 }
 
 /// `backend render-pod`.
-fn render_pod(config: &Config, session_id: &str, players: Vec<String>) -> ExitCode {
+fn render_pod(config: &Config, session_id: &str, players: Vec<String>, teams: Option<&str>) -> ExitCode {
     use protocol::player::is_valid_player_id;
     if !is_valid_player_id(session_id) || players.iter().any(|p| !is_valid_player_id(p)) {
         eprintln!("backend: --session-id and --players must be ids of 1-128 characters of A-Z a-z 0-9 _ . : -");
+        return ExitCode::from(2);
+    }
+    let teams: Vec<Vec<String>> = teams
+        .unwrap_or_default()
+        .split(';')
+        .filter(|t| !t.is_empty())
+        .map(|t| t.split(',').map(str::to_owned).collect())
+        .collect();
+    if teams.iter().flatten().any(|p| !players.contains(p)) {
+        eprintln!("backend: every player of --teams must be in --players");
         return ExitCode::from(2);
     }
     let template = match config.kubernetes.pod_template(&config.game) {
@@ -63,6 +76,7 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>) -> ExitCo
     let spec = backend::runtime::ServerSpec {
         session_id: session_id.to_owned(),
         players,
+        teams,
         report_url: format!(
             "{}/internal/sessions/{session_id}/result",
             internal.trim_end_matches('/')
@@ -89,8 +103,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let config = cli.config;
-    if let Some(Command::RenderPod { session_id, players }) = cli.command {
-        return render_pod(&config, &session_id, players);
+    if let Some(Command::RenderPod {
+        session_id,
+        players,
+        teams,
+    }) = cli.command
+    {
+        return render_pod(&config, &session_id, players, teams.as_deref());
     }
     let settings = match config.validate() {
         Ok(settings) => settings,

@@ -1,6 +1,8 @@
-//! The matcher: every replica forms sessions from the shared queue, as soon as a join fills
-//! one and on a short tick for partial sessions, so leftovers are matched without any further
-//! joins. Forming is one atomic Redis script, so replicas never compete for a player.
+//! The matcher: every replica forms sessions from every queue, as soon as a join fills one and
+//! on a short tick for partial sessions, widening windows and timeouts, so leftovers are
+//! matched (or time out) without any further joins. Plain queues form in one atomic script;
+//! rule queues are formed by the replica holding the queue's lease and committed by a script
+//! that claims only tickets still queued, so replicas never put a player in two sessions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,32 +53,37 @@ pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
                 () = sleep_until(until) => {}
             }
         }
-        loop {
-            let room = max_active.saturating_sub(supervisor.active()).min(BATCH);
-            if room == 0 {
-                break;
-            }
-            match sessions.form(room).await {
-                Ok(formed) => {
-                    let full_batch = formed.len() == room;
-                    for session in formed {
-                        supervisor.launch(session);
+        for queue in sessions.queues().iter() {
+            loop {
+                let room = max_active.saturating_sub(supervisor.active()).min(BATCH);
+                if room == 0 {
+                    break;
+                }
+                match sessions.form(queue, room).await {
+                    Ok(formed) => {
+                        let full_batch = formed.len() == room;
+                        for session in formed {
+                            supervisor.launch(session);
+                        }
+                        if !full_batch || stop.is_cancelled() {
+                            break;
+                        }
                     }
-                    if !full_batch || stop.is_cancelled() {
+                    Err(e) => {
+                        tracing::warn!(queue = %queue.name, error = %e, "forming sessions failed; retrying");
+                        sleep(Duration::from_millis(500)).await;
                         break;
                     }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "forming sessions failed; retrying");
-                    sleep(Duration::from_millis(500)).await;
-                    break;
                 }
             }
         }
         if last_depth.elapsed() >= Duration::from_secs(1) {
             last_depth = Instant::now();
-            if let Ok(depth) = sessions.store().queue_depth().await {
-                metrics.set_queue_depth(depth);
+            let names: Vec<&str> = sessions.queues().iter().map(|q| q.name.as_str()).collect();
+            if let Ok(depths) = sessions.store().queue_depths(&names).await {
+                for (name, depth) in names.iter().zip(depths) {
+                    metrics.set_queue_depth(name, depth.tickets);
+                }
             }
         }
     }

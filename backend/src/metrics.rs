@@ -25,6 +25,11 @@ struct SizeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -64,12 +69,16 @@ pub(crate) struct Metrics {
     sessions_formed: Family<SizeLabel, Counter>,
     sessions_ended: Family<ReasonLabel, Counter>,
     sessions: Family<StateLabel, Gauge>,
-    queue_depth: Gauge,
+    queue_depth: Family<QueueLabel, Gauge>,
+    timed_out: Family<QueueLabel, Counter>,
+    skill_spread: Family<QueueLabel, Histogram, fn() -> Histogram>,
+    team_skill_gap: Family<QueueLabel, Histogram, fn() -> Histogram>,
+    max_latency: Family<QueueLabel, Histogram, fn() -> Histogram>,
     outbox_backlog: Gauge,
     history_written: Counter,
     history_failures: Counter,
     history_lost: Counter,
-    join_to_matched: Histogram,
+    join_to_matched: Family<QueueLabel, Histogram, fn() -> Histogram>,
     server_start: Histogram,
     http: Family<HttpLabels, Histogram, fn() -> Histogram>,
 }
@@ -82,12 +91,16 @@ impl Default for Metrics {
             sessions_formed: Family::default(),
             sessions_ended: Family::default(),
             sessions: Family::default(),
-            queue_depth: Gauge::default(),
+            queue_depth: Family::default(),
+            timed_out: Family::default(),
+            skill_spread: Family::new_with_constructor(skill_histogram),
+            team_skill_gap: Family::new_with_constructor(skill_histogram),
+            max_latency: Family::new_with_constructor(latency_ms_histogram),
             outbox_backlog: Gauge::default(),
             history_written: Counter::default(),
             history_failures: Counter::default(),
             history_lost: Counter::default(),
-            join_to_matched: latency_histogram(),
+            join_to_matched: Family::new_with_constructor(latency_histogram),
             server_start: latency_histogram(),
             http: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
@@ -110,8 +123,28 @@ impl Default for Metrics {
         );
         registry.register(
             "mp_queue_depth",
-            "Players waiting in the queue (all replicas)",
+            "Tickets waiting in each queue (all replicas)",
             metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "mp_tickets_timed_out",
+            "Tickets that waited their queue's max_wait_seconds, by queue",
+            metrics.timed_out.clone(),
+        );
+        registry.register(
+            "mp_session_skill_spread",
+            "Skill spread (max - min) of the sessions this replica formed, by queue",
+            metrics.skill_spread.clone(),
+        );
+        registry.register(
+            "mp_session_team_skill_gap",
+            "Gap between the strongest and weakest team's total skill, by queue",
+            metrics.team_skill_gap.clone(),
+        );
+        registry.register(
+            "mp_session_max_latency_ms",
+            "Worst player latency to the chosen region of the sessions formed, by queue",
+            metrics.max_latency.clone(),
         );
         registry.register(
             "mp_history_outbox_backlog",
@@ -135,7 +168,7 @@ impl Default for Metrics {
         );
         registry.register(
             "mp_join_to_matched_seconds",
-            "Time from a player's join to a ready server",
+            "Time from a player's join to a ready server, by queue",
             metrics.join_to_matched.clone(),
         );
         registry.register(
@@ -153,6 +186,16 @@ impl Default for Metrics {
         }
         Metrics { registry, ..metrics }
     }
+}
+
+/// Buckets for skill spreads and gaps (skill points).
+fn skill_histogram() -> Histogram {
+    Histogram::new([0.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 300.0, 450.0, 600.0, 1000.0])
+}
+
+/// Buckets for latencies in milliseconds.
+fn latency_ms_histogram() -> Histogram {
+    Histogram::new([10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 300.0, 500.0])
 }
 
 impl JoinResult {
@@ -200,8 +243,37 @@ impl Metrics {
         GaugeGuard::new(&self.sessions.get_or_create(&StateLabel { state: state.label() }))
     }
 
-    pub(crate) fn set_queue_depth(&self, depth: u64) {
-        self.queue_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+    pub(crate) fn set_queue_depth(&self, queue: &str, depth: u64) {
+        self.queue_depth
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts tickets of `queue` that timed out.
+    pub(crate) fn timed_out(&self, queue: &str, tickets: usize) {
+        self.timed_out
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .inc_by(tickets as u64);
+    }
+
+    /// Records a formed session's quality.
+    pub(crate) fn session_quality(&self, placement: &protocol::sessions::Placement) {
+        let label = QueueLabel {
+            queue: placement.queue.clone().unwrap_or_default(),
+        };
+        for (family, value) in [
+            (&self.skill_spread, placement.skill_spread),
+            (&self.team_skill_gap, placement.team_skill_gap),
+            (&self.max_latency, placement.max_latency_ms),
+        ] {
+            if let Some(value) = value {
+                family.get_or_create(&label).observe(value);
+            }
+        }
     }
 
     pub(crate) fn set_outbox_backlog(&self, backlog: u64) {
@@ -220,9 +292,13 @@ impl Metrics {
         self.history_lost.inc_by(rows);
     }
 
-    /// Records how long a player waited from join to a ready server.
-    pub(crate) fn join_to_matched(&self, waited: Duration) {
-        self.join_to_matched.observe(waited.as_secs_f64());
+    /// Records how long a player of `queue` waited from join to a ready server.
+    pub(crate) fn join_to_matched(&self, queue: &str, waited: Duration) {
+        self.join_to_matched
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .observe(waited.as_secs_f64());
     }
 
     /// Records how long a server took to become ready.
@@ -266,5 +342,23 @@ mod tests {
         assert!(text.contains("mp_sessions{state=\"allocating\"} 1"), "{text}");
         drop(guard);
         assert!(m.render().contains("mp_sessions{state=\"allocating\"} 0"));
+        m.session_quality(&protocol::sessions::Placement {
+            queue: Some("ranked".into()),
+            skill_spread: Some(40.0),
+            max_latency_ms: Some(55.0),
+            ..Default::default()
+        });
+        m.set_queue_depth("ranked", 7);
+        let text = m.render();
+        assert!(
+            text.contains("mp_session_skill_spread_bucket{le=\"50.0\",queue=\"ranked\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mp_session_max_latency_ms_count{queue=\"ranked\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("mp_queue_depth{queue=\"ranked\"} 7"), "{text}");
+        assert!(!text.contains("mp_session_team_skill_gap_count"), "{text}");
     }
 }

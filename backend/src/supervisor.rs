@@ -147,6 +147,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     let spec = ServerSpec {
         session_id: sid.to_owned(),
         players: formed.players.clone(),
+        teams: formed.teams.clone(),
         report_url: format!("{}/internal/sessions/{sid}/result", inner.config.internal_url),
         report_token: inner.config.secret.mint(&Claims::report(
             sid,

@@ -51,6 +51,7 @@ fn spec(sid: &str, ready_timeout: Duration) -> ServerSpec {
     ServerSpec {
         session_id: sid.into(),
         players: vec!["a".into(), "b".into()],
+        teams: Vec::new(),
         report_url: format!("http://matchplane-backend:8081/internal/sessions/{sid}/result"),
         report_token: "token".into(),
         ready_timeout,

@@ -91,9 +91,7 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
                 if i >= total {
                     return latencies;
                 }
-                let body = JoinRequest {
-                    player_id: format!("{prefix}-{i}"),
-                };
+                let body = JoinRequest::player(&format!("{prefix}-{i}"));
                 let t = Instant::now();
                 match client
                     .json::<serde_json::Value>(Method::POST, "/match/join", Some(&body), authorizations[i].as_deref())

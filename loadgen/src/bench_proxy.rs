@@ -277,6 +277,7 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
         ended_ms: None,
         end_reason: None,
         reported: false,
+        placement: Default::default(),
     };
     let key = protocol::sessions::sessions_key(&args.redis_key_prefix);
     redis::cmd("HSET")

@@ -320,9 +320,7 @@ async fn connect_and_play(
 
 /// One join, wait, connect and match.
 async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Attempt> {
-    let body = JoinRequest {
-        player_id: record.player.clone(),
-    };
+    let body = JoinRequest::player(&record.player);
     // One token for the player's whole life, as a game client would hold.
     let auth = shared
         .args

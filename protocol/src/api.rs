@@ -8,10 +8,40 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// `POST /match/join` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /match/join` body. Only `player_id` is required: the original clients send nothing
+/// else and land in the `default` queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub player_id: String,
+    /// The queue to wait in (`default` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The player's attributes: strings, numbers, or region → ms maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The other players of the joining player's party (services and operators only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub party: Option<Vec<PartyMember>>,
+}
+
+impl JoinRequest {
+    /// A plain join of `player` to the default queue.
+    pub fn player(player: &str) -> JoinRequest {
+        JoinRequest {
+            player_id: player.to_owned(),
+            queue: None,
+            attributes: None,
+            party: None,
+        }
+    }
+}
+
+/// A party member in a join.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartyMember {
+    pub player_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Where a player stands, as `/match/join` and `/match/status` report it.
@@ -23,10 +53,13 @@ pub enum MatchStatus {
     Matched,
     Ended,
     Unknown,
+    /// The ticket waited its queue's longest wait without being placed.
+    TimedOut,
 }
 
-/// The answer of `/match/join` and `/match/status`, in the original system's shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer of `/match/join` and `/match/status`, in the original system's shape, with the
+/// queue's fields after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MatchResponse {
     pub status: MatchStatus,
     /// `pending:<player_id>` while queued, the session's UUID once formed.
@@ -41,6 +74,13 @@ pub struct MatchResponse {
     /// Why the session ended, once ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
+    /// How long the ticket has waited, while queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<i64>,
+    /// The queue; while queued, `skill_spread` and `max_latency_ms` say what the search allows
+    /// now; in a session, its teams, region and quality.
+    #[serde(flatten)]
+    pub placement: crate::sessions::Placement,
 }
 
 /// The error body of every non-2xx answer: `{"error": {"code", "message"}}`.
@@ -169,7 +209,7 @@ pub struct PlayerResult {
 /// A session as `GET /sessions/{id}` and `GET /sessions/active` show it, and as each row of a
 /// player's history does: one shape whether the session is live (read from Redis) or over
 /// (read from the PostgreSQL history). Fields a source does not know are `null`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionView {
     pub session_id: String,
     /// `allocating`, `matched` or `ended`.
@@ -194,10 +234,13 @@ pub struct SessionView {
     pub end_reason: Option<EndReason>,
     /// The running length a client asked for, as the server reported it.
     pub requested_seconds: Option<u64>,
+    /// Its queue, teams, region and quality.
+    #[serde(flatten)]
+    pub placement: crate::sessions::Placement,
 }
 
 /// `GET /sessions/active`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveSessions {
     pub count: usize,
     /// Oldest first.
@@ -205,7 +248,7 @@ pub struct ActiveSessions {
 }
 
 /// One row of `GET /players/{id}/matches`: the session, and this player's attendance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlayerMatch {
     #[serde(flatten)]
     pub session: SessionView,
@@ -218,13 +261,29 @@ pub struct PlayerMatch {
 }
 
 /// `GET /players/{id}/matches?limit=&offset=`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlayerMatches {
     pub player_id: String,
     /// Newest first.
     pub matches: Vec<PlayerMatch>,
     /// The `offset` of the next page, when there is one.
     pub next_offset: Option<i64>,
+}
+
+/// One queue in `GET /queues`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    /// Tickets waiting (a party is one ticket).
+    pub depth: u64,
+    /// How long the ticket at the head has waited; `null` when none waits.
+    pub oldest_wait_ms: Option<i64>,
+}
+
+/// `GET /queues`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueList {
+    pub queues: Vec<QueueInfo>,
 }
 
 /// `POST /match/{session_id}/end`: the session is over (now, or already before).
@@ -337,6 +396,8 @@ mod tests {
             connect_port: 0,
             ticket: None,
             end_reason: None,
+            wait_ms: None,
+            placement: crate::sessions::Placement::default(),
         };
         assert_eq!(
             serde_json::to_value(&body).unwrap(),

@@ -27,8 +27,52 @@ pub enum SessionState {
     Ended,
 }
 
+/// What the matchmaker decided about a session: its queue, teams, region and quality. Every
+/// field is optional: sessions of the default queue have no teams, region or skill.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The queue it formed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Each team's players (a party always on one team).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "list_or_empty_object"
+    )]
+    pub teams: Vec<Vec<String>>,
+    /// The region chosen from the players' latency maps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Max - min of its tickets' skills (a party counts as its mean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill_spread: Option<f64>,
+    /// Max - min of its teams' total skills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_skill_gap: Option<f64>,
+    /// The worst latency of any player to the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms: Option<f64>,
+    /// How long its oldest ticket had waited when it formed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<i64>,
+}
+
+/// A list, also when written as `{}` (Lua's JSON encoder cannot tell an empty list from an
+/// empty object).
+pub fn list_or_empty_object<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Object(map) if map.is_empty() => Ok(Vec::new()),
+        other => serde_json::from_value(other).map_err(serde::de::Error::custom),
+    }
+}
+
 /// One session as Redis holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
     pub state: SessionState,
     /// The roster, in join order.
@@ -53,6 +97,8 @@ pub struct SessionRecord {
     /// Whether the game server's result report arrived.
     #[serde(default)]
     pub reported: bool,
+    #[serde(flatten)]
+    pub placement: Placement,
 }
 
 impl SessionRecord {
@@ -83,6 +129,7 @@ mod tests {
             ended_ms: None,
             end_reason: None,
             reported: false,
+            placement: Placement::default(),
         };
         let json = serde_json::to_value(&record).unwrap();
         assert!(json.get("ended_ms").is_none());
@@ -90,5 +137,21 @@ mod tests {
         assert_eq!(serde_json::from_value::<SessionRecord>(json).unwrap(), record);
         assert_eq!(record.route(), Some("127.0.0.1:9"));
         assert_eq!(sessions_key("mp"), "{mp}:sessions");
+    }
+
+    #[test]
+    fn a_record_from_a_script_reads_with_its_placement() {
+        // As Lua writes it: an unknown field (the tickets), numbers, and no teams.
+        let raw = r#"{"state":"allocating","players":["a","b"],"joined_ms":[1,2],"created_ms":3,"instance":"i",
+            "queue":"ranked","region":"eu","skill_spread":12.5,"max_latency_ms":40,"max_wait_ms":900,
+            "tickets":["{}"],"teams":{}}"#;
+        let record: SessionRecord = serde_json::from_str(raw).unwrap();
+        assert_eq!(record.placement.queue.as_deref(), Some("ranked"));
+        assert_eq!(record.placement.region.as_deref(), Some("eu"));
+        assert_eq!(record.placement.skill_spread, Some(12.5));
+        assert_eq!(record.placement.max_latency_ms, Some(40.0));
+        assert!(record.placement.teams.is_empty());
+        let json = serde_json::to_value(&record).unwrap();
+        assert!(json.get("teams").is_none() && json.get("team_skill_gap").is_none());
     }
 }

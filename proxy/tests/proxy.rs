@@ -92,6 +92,7 @@ impl Proxy {
             ended_ms: None,
             end_reason: None,
             reported: false,
+            placement: Default::default(),
         };
         let _: () = redis::cmd("HSET")
             .arg(protocol::sessions::sessions_key(&self.prefix))

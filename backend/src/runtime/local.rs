@@ -55,6 +55,9 @@ impl LocalRuntime {
             .stderr(Stdio::inherit())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(teams) = spec.teams_setting() {
+            command.env("TEAMS", teams);
+        }
         command.envs(self.settings.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .spawn()

@@ -29,12 +29,27 @@ pub type Task = (&'static str, BoxFuture<'static, ()>);
 pub struct ServerSpec {
     pub session_id: String,
     pub players: Vec<String>,
+    /// The teams' players, when the queue has teams (handed on as `TEAMS`).
+    pub teams: Vec<Vec<String>>,
     /// Where the server POSTs its result.
     pub report_url: String,
     /// The bearer token for that report.
     pub report_token: String,
     /// Give up (and clean up) if the server is not ready by then.
     pub ready_timeout: Duration,
+}
+
+impl ServerSpec {
+    /// The `TEAMS` setting: teams separated by `;`, players by `,`; `None` without teams.
+    pub fn teams_setting(&self) -> Option<String> {
+        (!self.teams.is_empty()).then(|| {
+            self.teams
+                .iter()
+                .map(|team| team.join(","))
+                .collect::<Vec<_>>()
+                .join(";")
+        })
+    }
 }
 
 /// Why a server did not start.

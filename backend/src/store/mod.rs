@@ -22,10 +22,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use service::redis::{LinkConnection, RedisLink, RedisTarget};
 
-use crate::keys::Keys;
+use crate::keys::{Keys, QueueKeys};
+use crate::queues::DEFAULT_QUEUE;
 
 /// How long an ended session's record (and each player's pointer to it) is kept for status.
-const ENDED_RETENTION: Duration = Duration::from_secs(3600);
+pub(crate) const ENDED_RETENTION: Duration = Duration::from_secs(3600);
 
 /// A script with the shared prelude in front of it.
 macro_rules! script {
@@ -45,6 +46,8 @@ static STATUS: LazyLock<Script> = script!("status.lua");
 static FORM: LazyLock<Script> = script!("form.lua");
 static READY: LazyLock<Script> = script!("ready.lua");
 static END: LazyLock<Script> = script!("end.lua");
+static PLACE: LazyLock<Script> = script!("place.lua");
+static LEASE: LazyLock<Script> = script!("lease.lua");
 
 /// Redis failed; matchmaking cannot go on until it is back.
 pub type Result<T, E = redis::RedisError> = std::result::Result<T, E>;
@@ -66,14 +69,24 @@ impl<T: DeserializeOwned> FromRedisValue for Json<T> {
 }
 
 /// What a join did.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum JoinOutcome {
     /// Newly queued (`new`) or already queued; `depth` is the queue length after.
     Queued { new: bool, depth: u64 },
     /// Already in a live session: its record, for the answer.
     #[serde(rename = "session")]
-    InSession { session_id: String, record: SessionRecord },
+    InSession {
+        session_id: String,
+        record: Box<SessionRecord>,
+    },
+    /// `player` (the leader, queued in another queue, or a party member already queued or
+    /// playing) keeps the ticket from being queued; `queue`: where that player waits.
+    Busy {
+        player: String,
+        #[serde(default)]
+        queue: Option<String>,
+    },
 }
 
 /// What a cancel did.
@@ -86,16 +99,27 @@ pub enum CancelOutcome {
 }
 
 /// One player's standing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PlayerView {
     Unknown,
-    Queued,
+    /// Waiting in `queue` on `ticket` (its leader's id) since `joined_ms`.
+    Queued {
+        queue: String,
+        ticket: String,
+        #[serde(default)]
+        joined_ms: Option<i64>,
+    },
+    /// The ticket waited its queue's `max_wait_seconds` and ended at `at_ms`.
+    TimedOut {
+        queue: String,
+        at_ms: i64,
+    },
     /// In a session (or, for a while after it, in its ended record).
     #[serde(rename = "session")]
     InSession {
         session_id: String,
-        record: SessionRecord,
+        record: Box<SessionRecord>,
     },
 }
 
@@ -106,6 +130,63 @@ pub struct FormedSession {
     pub players: Vec<String>,
     /// Each player's join time (ms since the epoch), aligned with `players`.
     pub joined_ms: Vec<i64>,
+    /// The queue it formed in.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Its teams' players (empty in a queue without teams).
+    #[serde(default)]
+    pub teams: Vec<Vec<String>>,
+}
+
+fn default_queue() -> String {
+    DEFAULT_QUEUE.to_owned()
+}
+
+/// A rule queue's ticket as Redis holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTicket {
+    /// Its leader's player id.
+    pub id: String,
+    /// Queue order, lowest first.
+    pub order: f64,
+    pub joined_ms: i64,
+    /// Its document (`{"v", "players", "attributes"}`).
+    pub doc: String,
+}
+
+/// What committing a plan did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Placed {
+    /// The sessions formed, by id.
+    #[serde(deserialize_with = "lua_list")]
+    pub formed: Vec<String>,
+    /// The players of each ticket timed out.
+    #[serde(deserialize_with = "lua_list")]
+    pub expired: Vec<Vec<String>>,
+    /// Tickets the plan named that were no longer queued at the version it read.
+    #[serde(deserialize_with = "lua_list")]
+    pub stale: Vec<String>,
+}
+
+/// A list from a script's JSON: Lua's JSON encoder writes an empty list as `{}`.
+fn lua_list<'de, D, T>(deserializer: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Object(map) if map.is_empty() => Ok(Vec::new()),
+        other => serde_json::from_value(other).map_err(serde::de::Error::custom),
+    }
+}
+
+/// One queue's depth and oldest ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Tickets waiting (a party is one).
+    pub tickets: u64,
+    /// When the ticket at the head joined.
+    pub oldest_joined_ms: Option<i64>,
 }
 
 /// What marking a server ready did.
@@ -135,7 +216,7 @@ pub enum EndOutcome {
 }
 
 /// A live session and its record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LiveSession {
     pub session_id: String,
     pub record: SessionRecord,
@@ -188,41 +269,96 @@ impl Store {
         self.link.conn()
     }
 
-    /// Queues `player` (idempotent), unless already in a live session.
+    /// Queues `player` in the default queue (idempotent), unless already in a live session.
     pub async fn join(&self, player: &str, now_ms: i64) -> Result<JoinOutcome> {
+        self.join_ticket(DEFAULT_QUEUE, &[player.to_owned()], None, now_ms)
+            .await
+    }
+
+    /// Queues a ticket of `players` (the leader first) in `queue`, idempotently; `doc` is a
+    /// rule queue's ticket document (a JSON object), `None` in a plain queue.
+    pub async fn join_ticket(
+        &self,
+        queue: &str,
+        players: &[String],
+        doc: Option<&str>,
+        now_ms: i64,
+    ) -> Result<JoinOutcome> {
         let k = &self.keys;
-        let Json(outcome) = JOIN
-            .key(k.queue())
-            .key(k.joined())
+        let q = k.of_queue(queue);
+        let mut script = JOIN.prepare_invoke();
+        script
+            .key(&q.queue)
+            .key(&q.joined)
             .key(k.seq())
             .key(k.player_session())
             .key(k.sessions())
-            .arg(player)
+            .key(k.waiting())
+            .key(&q.tickets)
+            .arg(queue)
             .arg(now_ms)
-            .invoke_async(&mut self.conn())
-            .await?;
+            .arg(doc.unwrap_or(""));
+        for player in players {
+            script.arg(player);
+        }
+        let Json(outcome) = script.invoke_async(&mut self.conn()).await?;
         Ok(outcome)
     }
 
-    /// Takes `player` out of the queue, unless already in a session.
+    /// The queue `player` waits in, if any (the default queue when unsure).
+    async fn queue_of(&self, player: &str) -> Result<String> {
+        let entry: Option<String> = self.conn().hget(self.keys.waiting(), player).await?;
+        Ok(entry
+            .and_then(|e| e.split('|').next().map(str::to_owned))
+            .unwrap_or_else(default_queue))
+    }
+
+    /// Takes `player`'s ticket (its whole party) out of its queue, unless already in a session.
     pub async fn cancel(&self, player: &str) -> Result<CancelOutcome> {
+        #[derive(Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        enum Reply {
+            Cancelled,
+            InSession,
+            NotQueued,
+            Moved { queue: String },
+        }
         let k = &self.keys;
-        let Json(outcome) = CANCEL
-            .key(k.queue())
-            .key(k.joined())
-            .key(k.player_session())
-            .key(k.sessions())
-            .arg(player)
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(outcome)
+        let mut queue = self.queue_of(player).await?;
+        // A player moves between queues only by leaving and joining again: a few tries do.
+        for _ in 0..4 {
+            let q = k.of_queue(&queue);
+            let Json(reply) = CANCEL
+                .key(k.waiting())
+                .key(&q.queue)
+                .key(&q.joined)
+                .key(&q.tickets)
+                .key(k.player_session())
+                .key(k.sessions())
+                .arg(player)
+                .arg(&queue)
+                .invoke_async(&mut self.conn())
+                .await?;
+            match reply {
+                Reply::Cancelled => return Ok(CancelOutcome::Cancelled),
+                Reply::InSession => return Ok(CancelOutcome::InSession),
+                Reply::NotQueued => return Ok(CancelOutcome::NotQueued),
+                Reply::Moved { queue: now } => queue = now,
+            }
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "the player kept changing queues during a cancel",
+        )))
     }
 
     /// Where `player` stands, read atomically.
     pub async fn player(&self, player: &str) -> Result<PlayerView> {
         let k = &self.keys;
         let Json(view) = STATUS
+            .key(k.waiting())
             .key(k.queue())
+            .key(k.joined())
             .key(k.player_session())
             .key(k.sessions())
             .arg(player)
@@ -231,28 +367,152 @@ impl Store {
         Ok(view)
     }
 
-    /// Forms up to `max` sessions from the queue as of `now_ms`, owned by `instance`.
+    /// Forms up to `max` sessions from the default queue as of `now_ms`, owned by `instance`.
     pub async fn form(&self, rules: &FormRules, now_ms: i64, instance: &str, max: usize) -> Result<Vec<FormedSession>> {
+        self.form_plain(DEFAULT_QUEUE, rules, now_ms, instance, max).await
+    }
+
+    /// Forms up to `max` sessions from the plain queue `queue`, in join order.
+    pub async fn form_plain(
+        &self,
+        queue: &str,
+        rules: &FormRules,
+        now_ms: i64,
+        instance: &str,
+        max: usize,
+    ) -> Result<Vec<FormedSession>> {
         let k = &self.keys;
+        let q = k.of_queue(queue);
         let mut script = FORM.prepare_invoke();
         script
-            .key(k.queue())
-            .key(k.joined())
+            .key(&q.queue)
+            .key(&q.joined)
             .key(k.live())
             .key(k.outbox())
             .key(k.player_session())
             .key(k.sessions())
+            .key(k.waiting())
             .arg(rules.size)
             .arg(rules.min_partial)
             .arg(rules.flush_wait_ms)
             .arg(now_ms)
             .arg(instance)
-            .arg(k.events());
+            .arg(k.events())
+            .arg(queue);
         for _ in 0..max {
             script.arg(uuid::Uuid::new_v4().to_string());
         }
-        let Json(formed) = script.invoke_async(&mut self.conn()).await?;
+        let Json(mut formed): Json<Vec<FormedSession>> = script.invoke_async(&mut self.conn()).await?;
+        for session in &mut formed {
+            queue.clone_into(&mut session.queue);
+        }
         Ok(formed)
+    }
+
+    /// Takes or keeps the lease on forming rule queue `queue` for `ttl`: whether this
+    /// `instance` holds it now.
+    pub async fn lease(&self, queue: &str, instance: &str, ttl: Duration) -> Result<bool> {
+        let held: i64 = LEASE
+            .key(self.keys.of_queue(queue).lease)
+            .arg(instance)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Every ticket waiting in rule queue `queue`, head first (read in pages, not atomically:
+    /// a plan made from it commits only what is still current).
+    pub async fn waiting_tickets(&self, queue: &str) -> Result<Vec<StoredTicket>> {
+        const PAGE: isize = 2000;
+        let q = self.keys.of_queue(queue);
+        let mut conn = self.conn();
+        let mut out = Vec::new();
+        let mut start = 0;
+        loop {
+            let page: Vec<(String, f64)> = conn.zrange_withscores(&q.queue, start, start + PAGE - 1).await?;
+            if page.is_empty() {
+                break;
+            }
+            let ids: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
+            let (joined, docs): (Vec<Option<i64>>, Vec<Option<String>>) = redis::pipe()
+                .cmd("HMGET")
+                .arg(&q.joined)
+                .arg(&ids)
+                .cmd("HMGET")
+                .arg(&q.tickets)
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await?;
+            let full = page.len() as isize == PAGE;
+            for (((id, order), joined), doc) in page.into_iter().zip(joined).zip(docs) {
+                // Gone between the reads: placed or cancelled meanwhile.
+                if let (Some(joined_ms), Some(doc)) = (joined, doc) {
+                    out.push(StoredTicket {
+                        id,
+                        order,
+                        joined_ms,
+                        doc,
+                    });
+                }
+            }
+            if !full {
+                break;
+            }
+            start += PAGE;
+        }
+        Ok(out)
+    }
+
+    /// Commits a plan for rule queue `queue` (see the place script).
+    pub async fn place(&self, queue: &str, plan: &str, now_ms: i64, instance: &str) -> Result<Placed> {
+        let k = &self.keys;
+        let q = k.of_queue(queue);
+        let Json(placed) = PLACE
+            .key(&q.queue)
+            .key(&q.joined)
+            .key(&q.tickets)
+            .key(k.waiting())
+            .key(k.live())
+            .key(k.outbox())
+            .key(k.player_session())
+            .key(k.sessions())
+            .key(k.timed_out())
+            .arg(queue)
+            .arg(now_ms)
+            .arg(instance)
+            .arg(k.events())
+            .arg(plan)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(placed)
+    }
+
+    /// Each queue's depth and oldest ticket, in the order given.
+    pub async fn queue_depths(&self, queues: &[&str]) -> Result<Vec<QueueDepth>> {
+        let mut pipe = redis::pipe();
+        for queue in queues {
+            let q = self.keys.of_queue(queue);
+            pipe.zcard(&q.queue).zrange(&q.queue, 0, 0);
+        }
+        let mut conn = self.conn();
+        let raw: Vec<(u64, Vec<String>)> = pipe.query_async(&mut conn).await?;
+        let mut pipe = redis::pipe();
+        for (queue, (_, head)) in queues.iter().zip(&raw) {
+            pipe.hget(
+                self.keys.of_queue(queue).joined,
+                head.first().map_or("", String::as_str),
+            );
+        }
+        let joined: Vec<Option<i64>> = pipe.query_async(&mut conn).await?;
+        Ok(raw
+            .into_iter()
+            .zip(joined)
+            .map(|((tickets, _), oldest_joined_ms)| QueueDepth {
+                tickets,
+                oldest_joined_ms,
+            })
+            .collect())
     }
 
     /// Marks a session's server ready, unless the session is no longer allocating.
@@ -272,7 +532,8 @@ impl Store {
     }
 
     /// Ends a session once (the first reason wins). A session failing while still allocating
-    /// requeues its players at the head. `report` (JSON) records attendance, also after the end.
+    /// requeues its tickets at the head of its queue. `report` (JSON) records attendance, also
+    /// after the end.
     pub async fn end_session(
         &self,
         sid: &str,
@@ -281,23 +542,46 @@ impl Store {
         report: Option<&str>,
     ) -> Result<EndOutcome> {
         let k = &self.keys;
-        let Json(outcome) = END
-            .key(k.sessions())
-            .key(k.live())
-            .key(k.ended())
-            .key(k.outbox())
-            .key(k.queue())
-            .key(k.joined())
-            .key(k.player_session())
-            .arg(sid)
-            .arg(reason.as_str())
-            .arg(now_ms)
-            .arg(k.events())
-            .arg(report.unwrap_or(""))
-            .arg(u64::try_from(ENDED_RETENTION.as_millis()).unwrap_or(u64::MAX))
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(outcome)
+        // Most sessions are of the default queue; the script names the right one otherwise.
+        let mut queue = default_queue();
+        for _ in 0..2 {
+            let q: QueueKeys = k.of_queue(&queue);
+            let Json(reply): Json<serde_json::Value> = END
+                .key(k.sessions())
+                .key(k.live())
+                .key(k.ended())
+                .key(k.outbox())
+                .key(&q.queue)
+                .key(&q.joined)
+                .key(k.player_session())
+                .key(k.waiting())
+                .key(&q.tickets)
+                .arg(sid)
+                .arg(reason.as_str())
+                .arg(now_ms)
+                .arg(k.events())
+                .arg(report.unwrap_or(""))
+                .arg(u64::try_from(ENDED_RETENTION.as_millis()).unwrap_or(u64::MAX))
+                .arg(&queue)
+                .invoke_async(&mut self.conn())
+                .await?;
+            // `wrong_queue`: nothing done; the session is of that queue, whose keys it needs.
+            if reply["kind"] == "wrong_queue" {
+                queue = reply["queue"].as_str().unwrap_or(DEFAULT_QUEUE).to_owned();
+                continue;
+            }
+            return serde_json::from_value(reply).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "the end script's reply does not decode",
+                    e.to_string(),
+                ))
+            });
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "a session's queue changed during its end",
+        )))
     }
 
     /// One session's record, if Redis still holds it.
@@ -340,12 +624,12 @@ impl Store {
             .collect())
     }
 
-    /// Players waiting.
+    /// Players waiting in the default queue.
     pub async fn queue_depth(&self) -> Result<u64> {
         self.conn().zcard(self.keys.queue()).await
     }
 
-    /// The queue in order, head first (for tests and operators).
+    /// The default queue in order, head first (for tests and operators).
     pub async fn queued_players(&self) -> Result<Vec<String>> {
         self.conn().zrange(self.keys.queue(), 0, -1).await
     }

@@ -104,6 +104,9 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
         env("REPORT_TOKEN", &spec.report_token),
         env("LOG_FORMAT", "json"),
     ];
+    if let Some(teams) = spec.teams_setting() {
+        env_vars.push(env("TEAMS", &teams));
+    }
     let fixed: Vec<String> = env_vars.iter().map(|e| e.name.clone()).collect();
     env_vars.extend(
         template

@@ -1,11 +1,15 @@
 -- End a session once (the first end wins); later calls only add a first result report.
--- A session that fails while still allocating (or whose server reports before it was ready) (its server never became ready) puts its
--- players back at the head of the queue, in their order, keeping their original join times.
+-- A session that fails while still allocating (its server never became ready, or reported
+-- before it was marked ready) puts its tickets back at the head of its queue, in their order,
+-- keeping their original join times; a party goes back whole.
 -- Ended records (and the players' pointers to them) are kept for status answers, then pruned
 -- here, a few per call.
--- KEYS: 1 sessions, 2 live, 3 ended, 4 outbox, 5 queue, 6 joined, 7 player_session
--- ARGV: 1 sid, 2 reason, 3 now_ms, 4 events channel, 5 report JSON or '', 6 ms to keep ended records
+-- KEYS: 1 sessions, 2 live, 3 ended, 4 outbox, 5 queue, 6 joined, 7 player_session, 8 waiting,
+--       9 tickets (KEYS 5, 6, 9: the keys of the queue named by ARGV 7)
+-- ARGV: 1 sid, 2 reason, 3 now_ms, 4 events channel, 5 report JSON or '', 6 ms to keep ended records,
+--       7 the queue the caller expects the session to be of
 -- Reply: {kind='unknown'} | {kind='already_ended', reason} | {kind='ended', requeued, reason}
+--      | {kind='wrong_queue', queue}: nothing done; call again with that queue's keys
 local sid, reason, now, report = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
 local record = load_record(KEYS[1], sid)
 if not record then
@@ -25,6 +29,10 @@ if report ~= '' and record.state == 'allocating' then
   reason = 'failed'
 end
 local requeue = record.state == 'allocating' and reason == 'failed'
+local qname = record.queue or 'default'
+if requeue and qname ~= ARGV[7] then
+  return reply({kind = 'wrong_queue', queue = qname})
+end
 record.state = 'ended'
 record.end_reason = reason
 record.ended_ms = now
@@ -40,12 +48,36 @@ if requeue then
   if head[2] then
     min = tonumber(head[2])
   end
-  local n = #record.players
+  local joined_of = {}
   for i, p in ipairs(record.players) do
-    if redis.call('HGET', KEYS[7], p) == sid then
-      redis.call('ZADD', KEYS[5], min - n - 1 + i, p)
-      redis.call('HSET', KEYS[6], p, record.joined_ms[i] or now)
-      redis.call('HDEL', KEYS[7], p)
+    joined_of[p] = record.joined_ms[i] or now
+  end
+  -- Each ticket: its id (the leader), its players, and its document in a rule queue.
+  local tickets = {}
+  if record.tickets then
+    for _, raw in ipairs(record.tickets) do
+      local players = cjson.decode(raw).players
+      tickets[#tickets + 1] = {id = players[1], players = players, raw = raw}
+    end
+  else
+    for _, p in ipairs(record.players) do
+      tickets[#tickets + 1] = {id = p, players = {p}}
+    end
+  end
+  local n = #tickets
+  for i, t in ipairs(tickets) do
+    if redis.call('HGET', KEYS[7], t.id) == sid then
+      local joined = joined_of[t.id] or now
+      redis.call('ZADD', KEYS[5], min - n - 1 + i, t.id)
+      redis.call('HSET', KEYS[6], t.id, joined)
+      if t.raw then
+        redis.call('HSET', KEYS[9], t.id, t.raw)
+      end
+      local entry = qname .. '|' .. t.id .. '|' .. joined
+      for _, p in ipairs(t.players) do
+        redis.call('HSET', KEYS[8], p, entry)
+        redis.call('HDEL', KEYS[7], p)
+      end
     end
   end
 end

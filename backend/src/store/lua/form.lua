@@ -1,17 +1,17 @@
--- Form as many sessions as the queue allows (at most one per session id given), each in join
--- order, atomically. A full session takes the SESSION_SIZE oldest players. A partial one takes
--- everyone queued, only when at least MIN_PARTIAL are queued and the oldest has waited
+-- Form as many sessions as a plain queue allows (at most one per session id given), each in
+-- join order, atomically. A full session takes the SESSION_SIZE oldest players. A partial one
+-- takes everyone queued, only when at least MIN_PARTIAL are queued and the oldest has waited
 -- FLUSH_WAIT.
--- KEYS: 1 queue, 2 joined, 3 live, 4 outbox, 5 player_session, 6 sessions
+-- KEYS: 1 queue, 2 joined, 3 live, 4 outbox, 5 player_session, 6 sessions, 7 waiting
 -- ARGV: 1 size, 2 min_partial, 3 flush_wait_ms, 4 now_ms, 5 instance, 6 events channel,
---       7.. pre-generated session ids
+--       7 queue name, 8.. pre-generated session ids
 -- Reply: [{session_id, players, joined_ms}, ...]
 local size = tonumber(ARGV[1])
 local min_partial = tonumber(ARGV[2])
 local flush_wait = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
 local formed = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local depth = redis.call('ZCARD', KEYS[1])
   local take = 0
   if depth >= size then
@@ -30,18 +30,22 @@ for i = 7, #ARGV do
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, take - 1)
   local joined_raw = redis.call('HMGET', KEYS[2], unpack(players))
   redis.call('HDEL', KEYS[2], unpack(players))
+  redis.call('HDEL', KEYS[7], unpack(players))
   local joined = {}
+  local oldest = now
   for j = 1, #players do
     joined[j] = tonumber(joined_raw[j]) or now
+    oldest = math.min(oldest, joined[j])
   end
   local sid = ARGV[i]
   save_record(KEYS[6], sid, {state = 'allocating', players = players, joined_ms = joined, created_ms = now,
-    instance = ARGV[5]})
+    instance = ARGV[5], queue = ARGV[7], max_wait_ms = now - oldest})
   redis.call('ZADD', KEYS[3], now, sid)
   for _, p in ipairs(players) do
     redis.call('HSET', KEYS[5], p, sid)
   end
-  emit(KEYS[4], ARGV[6], {kind = 'formed', session_id = sid, players = players, at_ms = now, instance = ARGV[5]})
+  emit(KEYS[4], ARGV[6], {kind = 'formed', session_id = sid, players = players, at_ms = now, instance = ARGV[5],
+    queue = ARGV[7], max_wait_ms = now - oldest})
   formed[#formed + 1] = {session_id = sid, players = players, joined_ms = joined}
 end
 if #formed == 0 then

@@ -35,3 +35,20 @@ end
 local function reply(fields)
   return cjson.encode(fields)
 end
+
+-- A `waiting` entry: queue, ticket (its leader's id), join time in ms.
+local function parse_waiting(entry)
+  local queue, ticket, joined = string.match(entry, '^(.-)|(.-)|(.*)$')
+  return queue, ticket, tonumber(joined)
+end
+
+-- Forgets `timed_out` pointers older than `before` (a few per call).
+local function prune_timeouts(timed_out, player_session, before)
+  for _, p in ipairs(redis.call('ZRANGEBYSCORE', timed_out, '-inf', before, 'LIMIT', 0, 16)) do
+    local pointer = redis.call('HGET', player_session, p)
+    if pointer and string.sub(pointer, 1, 10) == 'timed_out|' then
+      redis.call('HDEL', player_session, p)
+    end
+    redis.call('ZREM', timed_out, p)
+  end
+end
