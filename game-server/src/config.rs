@@ -33,6 +33,10 @@ pub struct Config {
     /// The roster: comma-separated player ids allowed to join.
     #[arg(long, env = "PLAYERS", value_delimiter = ',')]
     pub players: Vec<String>,
+    /// The roster in teams: teams separated by `;`, players by `,` (every player on exactly
+    /// one team). Each player is told its team right after `WELCOME`.
+    #[arg(long, env = "TEAMS")]
+    pub teams: Option<String>,
     /// Shared HMAC secret for tickets.
     #[arg(long, env = "TICKET_SECRET", hide_env_values = true)]
     pub ticket_secret: Option<String>,
@@ -101,6 +105,30 @@ fn seconds(name: &str, value: f64, allow_zero: bool) -> Result<Duration, String>
     }
 }
 
+/// `TEAMS`: each team's players; every rostered player on exactly one team, or no teams.
+fn teams(setting: &str, roster: &[String]) -> Result<Vec<Vec<String>>, String> {
+    if setting.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let teams: Vec<Vec<String>> = setting
+        .split(';')
+        .map(|team| team.split(',').map(|p| p.trim().to_owned()).collect())
+        .collect();
+    let mut seen = HashSet::new();
+    for player in teams.iter().flatten() {
+        if !roster.contains(player) {
+            return Err(format!("TEAMS names {player:?}, who is not in PLAYERS"));
+        }
+        if !seen.insert(player.as_str()) {
+            return Err(format!("TEAMS names {player:?} twice"));
+        }
+    }
+    if let Some(missing) = roster.iter().find(|p| !seen.contains(p.as_str())) {
+        return Err(format!("TEAMS leaves {missing:?} out: every player must be on a team"));
+    }
+    Ok(teams)
+}
+
 impl Config {
     /// Checks every setting; the error is one line naming the setting.
     pub fn validate(&self) -> Result<ServerConfig, String> {
@@ -124,6 +152,7 @@ impl Config {
         if let Some(dup) = roster.iter().find(|p| !seen.insert(p.as_str())) {
             return Err(format!("PLAYERS lists {dup:?} twice"));
         }
+        let teams = teams(self.teams.as_deref().unwrap_or_default(), &roster)?;
         let secret = TicketSecret::new(self.ticket_secret.clone().unwrap_or_default())
             .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
         if self.max_match_seconds == 0 {
@@ -141,6 +170,7 @@ impl Config {
             game: MatchSettings {
                 session_id,
                 roster,
+                teams,
                 start_policy: self.start_policy,
                 start_grace: seconds("START_GRACE_SECONDS", self.start_grace_seconds, true)?,
                 open_timeout: seconds("OPEN_TIMEOUT_SECONDS", self.open_timeout_seconds, false)?,
@@ -178,6 +208,25 @@ mod tests {
         assert_eq!(c.game.empty_grace, Duration::from_secs(5));
         assert_eq!(c.game.max_match_seconds, 86_400);
         assert_eq!(c.game.start_policy, StartPolicy::Roster);
+    }
+
+    #[test]
+    fn teams_cover_the_roster_exactly() {
+        let base = ["--session-id", "s1", "--players", "a,b,c,d", "--ticket-secret", "k"];
+        let with = |teams: &str| parse(&[&base[..], &["--teams", teams]].concat()).validate();
+        assert_eq!(
+            with("a,b;c,d").unwrap().game.teams,
+            vec![vec!["a", "b"], vec!["c", "d"]]
+        );
+        assert!(with("").unwrap().game.teams.is_empty());
+        for (bad, why) in [
+            ("a,b;c,e", "not in PLAYERS"),
+            ("a,b;b,c,d", "twice"),
+            ("a,b;c", "leaves \"d\" out"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

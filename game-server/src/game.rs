@@ -31,6 +31,8 @@ pub enum StartPolicy {
 pub struct MatchSettings {
     pub session_id: String,
     pub roster: Vec<String>,
+    /// The roster in teams (empty without teams): each player learns its team after `WELCOME`.
+    pub teams: Vec<Vec<String>>,
     pub start_policy: StartPolicy,
     pub start_grace: Duration,
     pub open_timeout: Duration,
@@ -286,6 +288,7 @@ impl Match {
         self.empty_since = None;
         tracing::info!(%player, client = id, state = %self.state, "player joined");
 
+        let team = self.settings.teams.iter().position(|team| team.contains(&player));
         self.send(
             id,
             ServerReply::Welcome {
@@ -294,6 +297,15 @@ impl Match {
                 state: self.state,
             },
         );
+        if let Some(index) = team {
+            self.send(
+                id,
+                ServerReply::Team {
+                    team: u32::try_from(index + 1).unwrap_or(u32::MAX),
+                    players: self.settings.teams[index].clone(),
+                },
+            );
+        }
         if self.state == GameState::Running {
             self.send(id, ServerReply::State(GameState::Running));
             self.send(id, ServerReply::RunningLength(self.length.unwrap_or(0)));

@@ -16,6 +16,7 @@ fn settings(policy: StartPolicy) -> MatchSettings {
     MatchSettings {
         session_id: "s1".into(),
         roster: vec!["p1".into(), "p2".into(), "p3".into()],
+        teams: Vec::new(),
         start_policy: policy,
         start_grace: Duration::from_secs(10),
         open_timeout: Duration::from_secs(60),
@@ -348,4 +349,40 @@ async fn a_stalled_client_is_dropped_without_delaying_others() {
     let report = h.report().await;
     let p2 = report.players.iter().find(|p| p.player_id == "p2").unwrap();
     assert!(p2.left_at.unwrap() < report.ended_at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_player_is_told_its_team_after_welcome() {
+    let teams = vec![vec!["p1".to_owned(), "p3".to_owned()], vec!["p2".to_owned()]];
+    let h = Harness::start(MatchSettings {
+        teams: teams.clone(),
+        ..settings(StartPolicy::Roster)
+    });
+    let mut p3 = h.join("p3").await;
+    assert_eq!(
+        p3.rx.recv().await,
+        Some(ServerReply::Team {
+            team: 1,
+            players: teams[0].clone()
+        })
+    );
+    let mut p2 = h.join("p2").await;
+    assert_eq!(
+        p2.rx.recv().await,
+        Some(ServerReply::Team {
+            team: 2,
+            players: teams[1].clone()
+        })
+    );
+    assert_eq!(
+        ServerReply::Team {
+            team: 1,
+            players: teams[0].clone()
+        }
+        .line(),
+        "TEAM 1 p1,p3\n"
+    );
+    h.shutdown.cancel();
+    drop((p2, p3));
+    let _ = h.report().await;
 }

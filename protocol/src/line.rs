@@ -206,6 +206,9 @@ pub enum ServerReply {
         player_id: String,
         state: GameState,
     },
+    /// `TEAM <n> <player,player,...>`: right after `WELCOME` in a session with teams, the
+    /// player's team (numbered from 1) and everyone on it.
+    Team { team: u32, players: Vec<String> },
     /// `STATE <state>`, as an answer or a broadcast.
     State(GameState),
     /// `RUNNING_LENGTH <whole seconds>`, 0 while unset.
@@ -244,6 +247,10 @@ impl ServerReply {
                 player_id: (*player).to_owned(),
                 state: state.parse()?,
             },
+            ("TEAM", [team, players]) => ServerReply::Team {
+                team: team.parse().map_err(|_| bad())?,
+                players: players.split(',').map(str::to_owned).collect(),
+            },
             ("STATE", [state]) => ServerReply::State(state.parse()?),
             ("RUNNING_LENGTH", [n]) => ServerReply::RunningLength(n.parse().map_err(|_| bad())?),
             ("PONG", []) => ServerReply::Pong(None),
@@ -265,6 +272,7 @@ impl fmt::Display for ServerReply {
                 player_id,
                 state,
             } => write!(f, "WELCOME {session_id} {player_id} {state}"),
+            ServerReply::Team { team, players } => write!(f, "TEAM {team} {}", players.join(",")),
             ServerReply::State(state) => write!(f, "STATE {state}"),
             ServerReply::RunningLength(n) => write!(f, "RUNNING_LENGTH {n}"),
             ServerReply::Pong(Some(nonce)) => write!(f, "PONG {nonce}"),
@@ -372,6 +380,8 @@ mod tests {
                 state
             }),
             state().prop_map(ServerReply::State),
+            (any::<u32>(), prop::collection::vec(token(), 1..4))
+                .prop_map(|(team, players)| ServerReply::Team { team, players }),
             any::<u64>().prop_map(ServerReply::RunningLength),
             proptest::option::of(token()).prop_map(ServerReply::Pong),
             Just(ServerReply::Bye),
