@@ -1,8 +1,12 @@
 //! `loadgen bench-matchmaker`: drives `POST /match/join` at full speed against a backend
-//! (meant for `RUNTIME=none`) and reports joins/s and players placed in sessions/s.
+//! (meant for `RUNTIME=none`) and reports joins/s and players placed in sessions/s, for the
+//! `fifo` scenario (plain joins to the default queue) or the `ranked` one (a service joining
+//! ranked tickets with parties to the `ranked` queue).
 //!
 //! Placement is read from the backend's own `mp_sessions_formed_total` counters, so the
-//! figure is what the matcher did, not what the client assumed.
+//! figure is what the matcher did, not what the client assumed. With `--redis-url`, the
+//! session records are read back too: each player's time from join to its session forming,
+//! and, for ranked, the sessions' quality beside the same tickets matched in join order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,6 +16,7 @@ use hyper::Method;
 use protocol::api::JoinRequest;
 
 use crate::http::{CredentialArgs, HttpClient};
+use crate::scenario::{QualitySummary, Scenario, Ticket, join_order_quality, ranked};
 use crate::stats::{Summary, summarize};
 
 /// Settings of one run.
@@ -32,8 +37,33 @@ pub struct BenchMatchmakerArgs {
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Who joins: plain joins to the default queue, or ranked tickets (needs SERVICE_TOKEN).
+    #[arg(long, value_enum, default_value = "fifo")]
+    pub scenario: Scenario,
+    /// The backend's Redis, to read the sessions formed back (time to match, quality).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// The backend's REDIS_KEY_PREFIX.
+    #[arg(long, default_value = "mp")]
+    pub redis_key_prefix: String,
+    /// Players per session in the ranked queue, for the join-order baseline.
+    #[arg(long, default_value_t = 6)]
+    pub ranked_session_size: usize,
     #[command(flatten)]
     pub credentials: CredentialArgs,
+}
+
+/// What the session records say about one run's sessions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Formed {
+    pub sessions: usize,
+    pub players: usize,
+    /// Each player's time from its join to its session forming, in ms.
+    pub time_to_match_ms: Summary,
+    /// The sessions formed (ranked: their skill spread and worst latency).
+    pub quality: QualitySummary,
+    /// The same tickets matched in join order (ranked only).
+    pub join_order: Option<QualitySummary>,
 }
 
 /// What a run measured.
@@ -47,6 +77,12 @@ pub struct BenchMatchmakerResult {
     pub place_seconds: f64,
     pub placed_per_second: f64,
     pub join_latency: Summary,
+    pub scenario: Scenario,
+    /// Tickets joined (a party is one).
+    pub tickets: usize,
+    pub tickets_per_second: f64,
+    /// Read back from Redis, with `--redis-url`.
+    pub formed: Option<Formed>,
 }
 
 /// Sum over `mp_sessions_formed_total{size="n"}` of n times the count.
@@ -65,16 +101,38 @@ fn players_placed(metrics: &str) -> u64 {
 pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerResult> {
     let client = HttpClient::new(&args.target_url, Duration::from_secs(30));
     let placed_before = players_placed(&client.text("/metrics").await?);
-    // Tokens are minted before the clock starts: a real identity service issues them, not
-    // the client in the middle of a join.
-    let authorizations: Arc<Vec<Option<String>>> = Arc::new(
-        (0..args.players)
+    // The joins, with their tokens, are made before the clock starts: a real identity service
+    // issues tokens, not the client in the middle of a join.
+    let tickets: Vec<Ticket> = match args.scenario {
+        Scenario::Fifo => Vec::new(),
+        Scenario::Ranked => ranked(&args.id_prefix, args.players, 42),
+    };
+    let (bodies, authorizations): (Vec<JoinRequest>, Vec<Option<String>>) = match args.scenario {
+        Scenario::Fifo => (0..args.players)
             .map(|i| {
-                args.credentials
-                    .authorization(&format!("{}-{i}", args.id_prefix), Duration::from_secs(3600))
+                let player = format!("{}-{i}", args.id_prefix);
+                let auth = args.credentials.authorization(&player, Duration::from_secs(3600));
+                (JoinRequest::player(&player), auth)
             })
-            .collect(),
-    );
+            .unzip(),
+        Scenario::Ranked => {
+            let service = args
+                .credentials
+                .service_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("the ranked scenario joins as the studio's service: set SERVICE_TOKEN")
+                })?;
+            tickets
+                .iter()
+                .map(|t| (t.join_request(), Some(format!("Bearer {service}"))))
+                .unzip()
+        }
+    };
+    let total = bodies.len();
+    let bodies = Arc::new(bodies);
+    let authorizations = Arc::new(authorizations);
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let last_error = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -82,8 +140,7 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
         let (client, next, errors, last_error) = (client.clone(), next.clone(), errors.clone(), last_error.clone());
-        let authorizations = authorizations.clone();
-        let (total, prefix) = (args.players, args.id_prefix.clone());
+        let (authorizations, bodies) = (authorizations.clone(), bodies.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -91,10 +148,14 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
                 if i >= total {
                     return latencies;
                 }
-                let body = JoinRequest::player(&format!("{prefix}-{i}"));
                 let t = Instant::now();
                 match client
-                    .json::<serde_json::Value>(Method::POST, "/match/join", Some(&body), authorizations[i].as_deref())
+                    .json::<serde_json::Value>(
+                        Method::POST,
+                        "/match/join",
+                        Some(&bodies[i]),
+                        authorizations[i].as_deref(),
+                    )
                     .await
                 {
                     Ok(_) => latencies.push(t.elapsed()),
@@ -106,14 +167,19 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
             }
         }));
     }
-    let mut latencies = Vec::with_capacity(args.players);
+    let mut latencies = Vec::with_capacity(total);
     for worker in workers {
         latencies.extend(worker.await?);
     }
     let join_seconds = started.elapsed().as_secs_f64();
 
     // Placement finishes when the counters stop moving short of a full session.
-    let joined = (args.players - errors.load(Ordering::Relaxed)) as u64;
+    let failed = errors.load(Ordering::Relaxed);
+    let joined = if failed == 0 {
+        args.players as u64
+    } else {
+        (args.players - failed.min(args.players)) as u64
+    };
     let placed_at = AtomicU64::new(0);
     let mut placed = 0;
     let mut still = 0;
@@ -136,7 +202,15 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
     if let Some(e) = last_error.lock().unwrap().take() {
         tracing::warn!(error = %e, "last join error");
     }
+    let formed = match &args.redis_url {
+        Some(url) => Some(read_back(&args, url, &tickets).await?),
+        None => None,
+    };
     let result = BenchMatchmakerResult {
+        scenario: args.scenario,
+        tickets: total,
+        tickets_per_second: total as f64 / join_seconds,
+        formed,
         players: args.players,
         errors: errors.load(Ordering::Relaxed),
         join_seconds,
@@ -147,6 +221,56 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
         join_latency: summarize(&latencies),
     };
     Ok(result)
+}
+
+/// The run's sessions, read back from their records.
+async fn read_back(args: &BenchMatchmakerArgs, url: &str, tickets: &[Ticket]) -> anyhow::Result<Formed> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let key = protocol::sessions::sessions_key(&args.redis_key_prefix);
+    let mine = format!("{}-", args.id_prefix);
+    let mut cursor = 0u64;
+    let mut waits = Vec::new();
+    let mut quality = Vec::new();
+    let mut sessions = 0;
+    loop {
+        let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+            .arg(&key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        for (_, raw) in page {
+            let Ok(record) = serde_json::from_str::<protocol::sessions::SessionRecord>(&raw) else {
+                continue;
+            };
+            if !record.players.first().is_some_and(|p| p.starts_with(&mine)) {
+                continue;
+            }
+            sessions += 1;
+            waits.extend(
+                record
+                    .joined_ms
+                    .iter()
+                    .map(|j| Duration::from_millis(u64::try_from(record.created_ms - j).unwrap_or(0))),
+            );
+            let p = &record.placement;
+            if let (Some(spread), Some(latency)) = (p.skill_spread, p.max_latency_ms) {
+                quality.push((spread, latency));
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok(Formed {
+        sessions,
+        players: waits.len(),
+        time_to_match_ms: summarize(&waits),
+        quality: QualitySummary::of(&quality),
+        join_order: (!tickets.is_empty()).then(|| join_order_quality(tickets, args.ranked_session_size)),
+    })
 }
 
 #[cfg(test)]

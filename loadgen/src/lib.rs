@@ -4,5 +4,6 @@ pub mod bench_matchmaker;
 pub mod bench_proxy;
 pub mod http;
 pub mod report;
+pub mod scenario;
 pub mod stats;
 pub mod swarm;

@@ -103,11 +103,26 @@ fn main() -> ExitCode {
                 match loadgen::bench_matchmaker::run(args).await {
                     Ok(result) => {
                         println!(
-                            "bench-matchmaker: {} joins in {:.2} s = {:.0} joins/s ({} errors); {} players placed in {:.2} s = {:.0} players/s; join latency p50 {:.2} ms p99 {:.2} ms",
-                            result.players, result.join_seconds, result.joins_per_second, result.errors,
-                            result.players_placed, result.place_seconds, result.placed_per_second,
+                            "bench-matchmaker ({:?}): {} players in {} tickets joined in {:.2} s = {:.0} tickets/s ({} errors); {} players placed in {:.2} s = {:.0} players/s; join latency p50 {:.2} ms p99 {:.2} ms",
+                            result.scenario, result.players, result.tickets, result.join_seconds, result.tickets_per_second,
+                            result.errors, result.players_placed, result.place_seconds, result.placed_per_second,
                             result.join_latency.p50_ms, result.join_latency.p99_ms
                         );
+                        if let Some(formed) = &result.formed {
+                            let t = &formed.time_to_match_ms;
+                            println!(
+                                "  time to match (join to session formed), {} players in {} sessions: p50 {:.0} ms p90 {:.0} ms p99 {:.0} ms max {:.0} ms",
+                                formed.players, formed.sessions, t.p50_ms, t.p90_ms, t.p99_ms, t.max_ms
+                            );
+                            if let Some(base) = &formed.join_order {
+                                let q = &formed.quality;
+                                println!(
+                                    "  quality: mean skill spread {:.0} (join order: {:.0}); worst latency per session mean {:.0} ms, worst {:.0} ms (join order: mean {:.0} ms, worst {:.0} ms)",
+                                    q.mean_skill_spread, base.mean_skill_spread, q.mean_max_latency_ms, q.worst_latency_ms,
+                                    base.mean_max_latency_ms, base.worst_latency_ms
+                                );
+                            }
+                        }
                         if let Some(path) = json
                             && let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap_or_default())
                         {
