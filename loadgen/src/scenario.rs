@@ -114,12 +114,11 @@ pub fn ranked(prefix: &str, players: usize, seed: u64) -> Vec<Ticket> {
                         (*name, (near + rng.random_range(0.0..45.0)).round())
                     })
                     .collect();
-                let member = Member {
+                Member {
                     player: format!("{prefix}-{}", n + k),
                     skill: skill.round(),
                     latency_ms,
-                };
-                member
+                }
             })
             .collect();
         n += size;
