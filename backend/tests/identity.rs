@@ -178,6 +178,7 @@ async fn check_matrix(http: &Http, sid: &str, via_proxy: bool) -> String {
         ("player", Method::GET, "/players/alice/matches".into(), None),
         ("service", Method::GET, "/sessions/active".into(), None),
         ("service", Method::GET, format!("/sessions/{sid}"), None),
+        ("service", Method::GET, "/queues".into(), None),
         ("operator", Method::POST, format!("/match/{sid}/end"), None),
         (
             "report",
