@@ -95,3 +95,45 @@ async fn bad_urls_and_a_missing_game_server_are_refused_before_anything_starts()
         assert!(lines[0].starts_with(want), "{name}: {lines:?}");
     }
 }
+
+#[tokio::test]
+async fn a_queue_file_with_mistakes_is_one_line_per_mistake_and_exit_2() {
+    let dir = std::env::temp_dir().join(format!("mp-startup-queues-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("queues.yaml");
+    std::fs::write(
+        &file,
+        "queues:\n  - {name: duo, teams: 2, team_size: 2, max_party_size: 3}\n  - {name: casual, session_size: 0}\n  - {name: x, session_size: 2, colour: red}\n",
+    )
+    .unwrap();
+    let mut env = backend_env(&testkit::redis_url()).await;
+    env.push(("MATCHMAKING_CONFIG", file.display().to_string()));
+    let (code, lines, all) = start("backend", &env);
+    assert_eq!(code, Some(2), "{all}");
+    let head = format!("backend: MATCHMAKING_CONFIG {}: ", file.display());
+    assert_eq!(lines.len(), 3, "{all}");
+    assert!(lines.iter().all(|l| l.starts_with(&head)), "{lines:?}");
+    assert!(
+        lines[0].contains("queue \"duo\": max_party_size must be 1 to team_size (2), got 3"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("queue \"casual\": session_size must be 1 to 1000, got 0"),
+        "{lines:?}"
+    );
+    assert!(lines[2].contains("queue \"x\": unknown field `colour`"), "{lines:?}");
+    // The example shipped with the code loads.
+    env.retain(|(k, _)| *k != "MATCHMAKING_CONFIG");
+    env.push((
+        "MATCHMAKING_CONFIG",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/queues.yaml").to_owned(),
+    ));
+    env.push(("REDIS_URL", "redis://127.0.0.1:1".to_owned()));
+    let (code, lines, all) = start("backend", &env);
+    assert_eq!(code, Some(2), "{all}");
+    assert!(
+        lines[0].starts_with("backend: cannot reach Redis"),
+        "validation passed: {lines:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
