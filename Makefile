@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-proxy manifests-check docs-check scripts-check fuzz fuzz-build ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-forming bench-proxy manifests-check docs-check scripts-check fuzz fuzz-build ci \
 	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -35,8 +35,11 @@ up-local: ## Keep the demo's stack running on this machine for hands-on play (SE
 down-local: ## Stop what up-local started
 	scripts/local.sh down
 
-bench-matchmaker: ## Joins/s and players placed/s of one release backend (RUNTIME=none); PLAYERS, CONCURRENCY
+bench-matchmaker: ## fifo and ranked joins side by side: tickets/s, placed/s, time to match, quality (RUNTIME=none); PLAYERS, CONCURRENCY, SCENARIOS
 	scripts/bench-matchmaker.sh
+
+bench-forming: ## The cost of forming a rule queue with many tickets waiting, in memory and against Redis (FORMING_TICKETS)
+	scripts/bench-forming.sh
 
 bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side (SECONDS_PER_RUN, BENCH_JSON)
 	scripts/bench-proxy.sh

@@ -19,6 +19,9 @@ use crate::supervisor::Supervisor;
 const TICK: Duration = Duration::from_millis(200);
 /// Sessions formed per script call; more are formed in further calls at once.
 const BATCH: usize = 64;
+/// Sessions one round of a rule queue may form: a round reads every waiting ticket, so it
+/// places as much as it can per read.
+const RULE_BATCH: usize = 512;
 
 /// One replica's matcher.
 pub(crate) struct Matcher {
@@ -55,7 +58,8 @@ pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
         }
         for queue in sessions.queues().iter() {
             loop {
-                let room = max_active.saturating_sub(supervisor.active()).min(BATCH);
+                let batch = if queue.is_plain() { BATCH } else { RULE_BATCH };
+                let room = max_active.saturating_sub(supervisor.active()).min(batch);
                 if room == 0 {
                     break;
                 }
