@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use protocol::api::EndReason;
-use protocol::sessions::SessionRecord;
+use protocol::sessions::{SessionRecord, list_or_empty_object};
 use redis::{AsyncCommands, FromRedisValue, ParsingError, Script, Value};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -158,26 +158,14 @@ pub struct StoredTicket {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Placed {
     /// The sessions formed, by id.
-    #[serde(deserialize_with = "lua_list")]
+    #[serde(deserialize_with = "list_or_empty_object")]
     pub formed: Vec<String>,
     /// The players of each ticket timed out.
-    #[serde(deserialize_with = "lua_list")]
+    #[serde(deserialize_with = "list_or_empty_object")]
     pub expired: Vec<Vec<String>>,
     /// Tickets the plan named that were no longer queued at the version it read.
-    #[serde(deserialize_with = "lua_list")]
+    #[serde(deserialize_with = "list_or_empty_object")]
     pub stale: Vec<String>,
-}
-
-/// A list from a script's JSON: Lua's JSON encoder writes an empty list as `{}`.
-fn lua_list<'de, D, T>(deserializer: D) -> std::result::Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: DeserializeOwned,
-{
-    match serde_json::Value::deserialize(deserializer)? {
-        serde_json::Value::Object(map) if map.is_empty() => Ok(Vec::new()),
-        other => serde_json::from_value(other).map_err(serde::de::Error::custom),
-    }
 }
 
 /// One queue's depth and oldest ticket.
