@@ -174,12 +174,9 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
     let join_seconds = started.elapsed().as_secs_f64();
 
     // Placement finishes when the counters stop moving short of a full session.
-    let failed = errors.load(Ordering::Relaxed);
-    let joined = if failed == 0 {
-        args.players as u64
-    } else {
-        (args.players - failed.min(args.players)) as u64
-    };
+    // Players whose join was answered (a failed ranked join may have been a party of two:
+    // then this waits for two players too many, and the counters settling ends the wait).
+    let joined = args.players.saturating_sub(errors.load(Ordering::Relaxed)) as u64;
     let placed_at = AtomicU64::new(0);
     let mut placed = 0;
     let mut still = 0;
