@@ -28,7 +28,7 @@ SHARED = {"RUST_LOG", "LOG_FORMAT"}
 # Read from the environment by the platform, not set by operators.
 PLATFORM = {"HOSTNAME", "PATH", "KUBECONFIG"}
 # Game-protocol words the sections quote, not settings.
-PROTOCOL = {"JOIN", "WELCOME", "REQUEST_MATCH", "RUNNING_LENGTH", "ERROR", "STATE", "UNKNOWN", "LISTENING"}
+PROTOCOL = {"JOIN", "WELCOME", "TEAM", "REQUEST_MATCH", "RUNNING_LENGTH", "ERROR", "STATE", "UNKNOWN", "LISTENING"}
 NAME = re.compile(r"`([A-Z][A-Z0-9_]{2,})`")
 
 # make target -> the scripts it runs.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: build in release, start the whole stack on this machine, run a swarm of
 # CLIENTS (60) players with MATCH_DURATION (5 s) matches through the proxy, print the summary,
-# and stop everything it started, also on failure or ctrl-c.
+# and stop everything it started, also on failure or ctrl-c. SCENARIO=ranked runs the ranked
+# scenario instead: the queues of examples/queues.yaml (max wait 30 s), ranked tickets and
+# parties joined by the studio's service, 2 teams of 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stack.sh
@@ -16,6 +18,18 @@ cargo build --release --locked --bins
 
 out=.run/demo
 mkdir -p "$out"
+scenario=${SCENARIO:-fifo}
+sizes=(--session-size "${SESSION_SIZE:-12}")
+case $scenario in
+  fifo) ;;
+  ranked)
+    # The few tickets a run leaves that cannot make a session end timed_out after 30 s, not 120.
+    sed 's/max_wait_seconds: 120/max_wait_seconds: 30/' examples/queues.yaml >"$out/queues.yaml"
+    MATCHMAKING_CONFIG="$(pwd)/$out/queues.yaml"
+    export MATCHMAKING_CONFIG
+    sizes=(--session-size 6 --min-session-size 6) ;;
+  *) mp_die "SCENARIO must be fifo or ranked, got '$scenario'." ;;
+esac
 started=$(date +%s.%N)
 echo "== starting Redis, PostgreSQL, backend (RUNTIME=local) and proxy =="
 RUST_LOG=${RUST_LOG:-info} mp_start_stack ".run/demo-stack-$$"
@@ -23,12 +37,13 @@ trap 'mp_stop_stack; cp "$MP_STACK_DIR"/*.log "$out"/ 2>/dev/null; [ "${MP_KEEP_
 trap 'exit 130' INT TERM
 echo "proxy $MP_PROXY_URL, backend $MP_BACKEND_URL (logs: $out/backend.log, $out/proxy.log)"
 
-echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches =="
+echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches, scenario $scenario =="
 status=0
-mp_run_swarm env PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" "${CARGO_TARGET_DIR:-target}/release/loadgen" swarm \
+mp_run_swarm env PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" SERVICE_TOKEN="$MP_SERVICE_TOKEN" \
+  "${CARGO_TARGET_DIR:-target}/release/loadgen" swarm --scenario "$scenario" \
   --target-url "$MP_PROXY_URL" --clients "${CLIENTS:-60}" \
   --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
-  --session-size "${SESSION_SIZE:-12}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
+  "${sizes[@]}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
 # History is written asynchronously from the outbox: give it a moment, then read PostgreSQL.
 for _ in $(seq 1 50); do
   [ "$(curl -fsS "$MP_BACKEND_URL/health" | python3 -c 'import json,sys; print(json.load(sys.stdin)["history_backlog"])')" = 0 ] && break

@@ -31,4 +31,4 @@ mod supervisor;
 pub mod tickets;
 
 pub use app::{App, run};
-pub use config::{Config, RuntimeKind, Settings};
+pub use config::{Config, RuntimeKind, Settings, SettingsBuilder};

@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use protocol::sessions::Placement;
+
+use crate::scenario::{QualitySummary, Scenario};
 use crate::stats::{Summary, summarize};
 
 /// How one client's life ended.
@@ -19,6 +22,8 @@ pub enum Outcome {
     Protocol(String),
     WrongLength(String),
     Timeout,
+    /// The queue could not place the ticket within its `max_wait_seconds`.
+    TimedOut,
 }
 
 impl Outcome {
@@ -34,12 +39,13 @@ impl Outcome {
             Outcome::Protocol(_) => "protocol_error",
             Outcome::WrongLength(_) => "wrong_length",
             Outcome::Timeout => "timeout",
+            Outcome::TimedOut => "timed_out",
         }
     }
 
     fn detail(&self) -> String {
         match self {
-            Outcome::Ok | Outcome::Timeout => String::new(),
+            Outcome::Ok | Outcome::Timeout | Outcome::TimedOut => String::new(),
             Outcome::JoinFailed(d)
             | Outcome::StatusFailed(d)
             | Outcome::NotMatched(d)
@@ -69,6 +75,14 @@ pub struct ClientRecord {
     pub retries: u32,
     /// Times the client joined again because the matchmaker no longer knew it.
     pub rejoins: u32,
+    /// Its session's queue, teams, region and quality, as its status told it.
+    pub placement: Placement,
+    /// The team the game server said it is on (`TEAM`).
+    pub team_told: Option<Vec<String>>,
+    /// Everyone on its ticket, itself included, when it joined as a party.
+    pub party: Vec<String>,
+    /// The queue it joined.
+    pub queue: String,
 }
 
 impl ClientRecord {
@@ -86,6 +100,10 @@ impl ClientRecord {
             life: None,
             retries: 0,
             rejoins: 0,
+            placement: Placement::default(),
+            team_told: None,
+            party: Vec::new(),
+            queue: "default".to_owned(),
         }
     }
 }
@@ -110,6 +128,11 @@ pub struct Invariants {
     pub inconsistent_rosters: Vec<String>,
     /// Players whose own session's roster does not list them.
     pub not_in_own_roster: Vec<String>,
+    /// Sessions whose teams are not equal in size or do not make up the roster, or whose
+    /// game server told a player another team.
+    pub teams_wrong: Vec<String>,
+    /// Parties (by first member) whose members were not all in one session on one team.
+    pub parties_split: Vec<String>,
     pub ok: bool,
 }
 
@@ -127,9 +150,14 @@ const LISTED_FAILURES: usize = 20;
 /// The swarm's summary.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    pub scenario: Scenario,
     pub clients: usize,
     pub ok: usize,
+    /// Clients that failed (not counting `timed_out`).
     pub failed: usize,
+    /// Players whose ticket ended `timed_out`: their queue's `max_wait_seconds` passed without
+    /// a session (the few a rule queue cannot place at the end of a run). Not failures.
+    pub timed_out: usize,
     pub outcomes: BTreeMap<&'static str, usize>,
     /// Up to 20 failures, with what went wrong.
     pub failures: Vec<Failure>,
@@ -143,6 +171,8 @@ pub struct Report {
     pub sessions: usize,
     /// Session size → how many sessions had it.
     pub session_sizes: BTreeMap<usize, usize>,
+    /// Per queue: time to match and the sessions' quality.
+    pub queues: BTreeMap<String, QueueReport>,
     pub invariants: Invariants,
     pub wall_seconds: f64,
     pub match_duration_seconds: f64,
@@ -174,11 +204,14 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Checks the rosters the clients were told.
+/// Checks the rosters (and, in a queue with teams, the teams and parties) the clients were
+/// told.
 pub fn check_invariants(records: &[ClientRecord], min: usize, max: usize) -> (Invariants, BTreeMap<usize, usize>) {
     let mut rosters: HashMap<&str, &Vec<String>> = HashMap::new();
+    let mut teams: HashMap<&str, &Vec<Vec<String>>> = HashMap::new();
     let mut inv = Invariants::default();
     let mut inconsistent = HashSet::new();
+    let mut teams_wrong = HashSet::new();
     for r in records {
         let Some(sid) = r.session_id.as_deref() else { continue };
         if !r.session_players.contains(&r.player) {
@@ -191,6 +224,48 @@ pub fn check_invariants(records: &[ClientRecord], min: usize, max: usize) -> (In
             Some(_) => {}
             None => {
                 rosters.insert(sid, &r.session_players);
+            }
+        }
+        if !r.placement.teams.is_empty() {
+            match teams.get(sid) {
+                Some(seen) if **seen != r.placement.teams => {
+                    inconsistent.insert(sid.to_owned());
+                }
+                Some(_) => {}
+                None => {
+                    teams.insert(sid, &r.placement.teams);
+                }
+            }
+            // What the game server said must be the team the matchmaker put the player on.
+            if let Some(told) = &r.team_told
+                && !r
+                    .placement
+                    .teams
+                    .iter()
+                    .any(|t| t.contains(&r.player) && same_players(t, told))
+            {
+                teams_wrong.insert(sid.to_owned());
+            }
+        }
+    }
+    for (sid, session_teams) in &teams {
+        let sizes: HashSet<usize> = session_teams.iter().map(Vec::len).collect();
+        let mut members: Vec<&String> = session_teams.iter().flatten().collect();
+        members.sort();
+        let mut roster: Vec<&String> = rosters.get(sid).map(|r| r.iter().collect()).unwrap_or_default();
+        roster.sort();
+        if sizes.len() != 1 || members != roster {
+            teams_wrong.insert((*sid).to_owned());
+        }
+    }
+    // Every member of a party in one session, on one team.
+    let by_player: HashMap<&str, &ClientRecord> = records.iter().map(|r| (r.player.as_str(), r)).collect();
+    let team_of = |r: &ClientRecord| r.placement.teams.iter().position(|t| t.contains(&r.player));
+    let mut split = HashSet::new();
+    for r in records.iter().filter(|r| r.party.len() > 1 && r.session_id.is_some()) {
+        for other in r.party.iter().filter_map(|p| by_player.get(p.as_str())) {
+            if other.session_id.is_some() && (other.session_id != r.session_id || team_of(other) != team_of(r)) {
+                split.insert(r.party[0].clone());
             }
         }
     }
@@ -210,29 +285,139 @@ pub fn check_invariants(records: &[ClientRecord], min: usize, max: usize) -> (In
             }
         }
     }
-    inv.players_in_two_sessions = twice.into_iter().collect();
-    inv.players_in_two_sessions.sort();
-    inv.inconsistent_rosters = inconsistent.into_iter().collect();
-    inv.inconsistent_rosters.sort();
+    let sorted = |set: HashSet<String>| {
+        let mut v: Vec<String> = set.into_iter().collect();
+        v.sort();
+        v
+    };
+    inv.players_in_two_sessions = sorted(twice);
+    inv.inconsistent_rosters = sorted(inconsistent);
+    inv.teams_wrong = sorted(teams_wrong);
+    inv.parties_split = sorted(split);
     inv.sizes_out_of_bounds.sort();
     inv.ok = inv.players_in_two_sessions.is_empty()
         && inv.sizes_out_of_bounds.is_empty()
         && inv.inconsistent_rosters.is_empty()
-        && inv.not_in_own_roster.is_empty();
+        && inv.not_in_own_roster.is_empty()
+        && inv.teams_wrong.is_empty()
+        && inv.parties_split.is_empty();
     (inv, sizes)
 }
 
+/// Whether two lists name the same players, in any order.
+fn same_players(a: &[String], b: &[String]) -> bool {
+    let mut a: Vec<&String> = a.iter().collect();
+    let mut b: Vec<&String> = b.iter().collect();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// What one queue's players saw.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueReport {
+    /// Players matched in it.
+    pub players: usize,
+    /// Of those, players that joined in a party.
+    pub players_in_parties: usize,
+    pub sessions: usize,
+    /// Players whose ticket ended `timed_out` in it.
+    pub timed_out: usize,
+    /// Each matched player's join → matched, as the client saw it.
+    pub join_to_matched_ms: Summary,
+    /// Its sessions' skill spread and worst latency (queues with such rules).
+    pub quality: Option<QualitySummary>,
+    /// Mean gap between its sessions' teams' total skills (queues that balance teams).
+    pub mean_team_skill_gap: Option<f64>,
+    /// The longest its oldest ticket had waited when a session formed.
+    pub max_wait_ms: Option<i64>,
+    /// The same players' tickets matched in join order (the ranked scenario).
+    pub join_order: Option<QualitySummary>,
+}
+
+/// What each queue's players saw, by queue name (`default` when a session names none).
+fn per_queue(records: &[ClientRecord], join_order: Option<QualitySummary>) -> BTreeMap<String, QueueReport> {
+    /// One queue's matched records, its sessions' placements, its timed-out players.
+    #[derive(Default)]
+    struct Seen<'a> {
+        matched: Vec<&'a ClientRecord>,
+        sessions: HashMap<&'a str, &'a Placement>,
+        timed_out: usize,
+    }
+    let mut queues: BTreeMap<String, Seen> = BTreeMap::new();
+    for r in records {
+        let seen = queues.entry(r.queue.clone()).or_default();
+        if r.outcome == Outcome::TimedOut {
+            seen.timed_out += 1;
+        }
+        if let (Some(sid), Some(_)) = (r.session_id.as_deref(), r.join_to_matched) {
+            seen.matched.push(r);
+            seen.sessions.insert(sid, &r.placement);
+        }
+    }
+    queues
+        .into_iter()
+        .map(
+            |(
+                name,
+                Seen {
+                    matched,
+                    sessions,
+                    timed_out,
+                },
+            )| {
+                let placements: Vec<&Placement> = sessions.values().copied().collect();
+                let quality: Vec<(f64, f64)> = placements
+                    .iter()
+                    .filter_map(|p| Some((p.skill_spread?, p.max_latency_ms?)))
+                    .collect();
+                let gaps: Vec<f64> = placements.iter().filter_map(|p| p.team_skill_gap).collect();
+                let ranked = name == crate::scenario::RANKED_QUEUE;
+                let report = QueueReport {
+                    players: matched.len(),
+                    players_in_parties: matched.iter().filter(|r| r.party.len() > 1).count(),
+                    sessions: sessions.len(),
+                    timed_out,
+                    join_to_matched_ms: summarize(&collect_refs(&matched, |r| r.join_to_matched)),
+                    quality: (!quality.is_empty()).then(|| QualitySummary::of(&quality)),
+                    mean_team_skill_gap: (!gaps.is_empty()).then(|| gaps.iter().sum::<f64>() / gaps.len() as f64),
+                    max_wait_ms: placements.iter().filter_map(|p| p.max_wait_ms).max(),
+                    join_order: join_order.filter(|_| ranked),
+                };
+                (name, report)
+            },
+        )
+        .collect()
+}
+
+fn collect_refs(records: &[&ClientRecord], pick: impl Fn(&ClientRecord) -> Option<Duration>) -> Vec<Duration> {
+    records.iter().filter_map(|r| pick(r)).collect()
+}
+
+/// How a swarm was set up, for its report.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub wall: Duration,
+    pub min_session_size: usize,
+    pub max_session_size: usize,
+    pub match_duration: f64,
+    pub scenario: Scenario,
+    /// The scenario's tickets matched in join order (ranked).
+    pub join_order: Option<QualitySummary>,
+}
+
 impl Report {
-    /// Summarises the records of a run that took `wall`.
-    pub fn build(records: &[ClientRecord], wall: Duration, min: usize, max: usize, match_duration: f64) -> Report {
+    /// Summarises the records of a run.
+    pub fn build(records: &[ClientRecord], setup: &Setup) -> Report {
         let mut outcomes = BTreeMap::new();
         for r in records {
             *outcomes.entry(r.outcome.kind()).or_default() += 1;
         }
         let ok = outcomes.get("ok").copied().unwrap_or(0);
+        let timed_out = outcomes.get("timed_out").copied().unwrap_or(0);
         let failures: Vec<Failure> = records
             .iter()
-            .filter(|r| r.outcome != Outcome::Ok)
+            .filter(|r| !matches!(r.outcome, Outcome::Ok | Outcome::TimedOut))
             .take(LISTED_FAILURES)
             .map(|r| Failure {
                 player: r.player.clone(),
@@ -249,18 +434,22 @@ impl Report {
                 collect(records, |r| r.life.filter(|_| r.outcome == Outcome::Ok)),
             ),
         ];
-        let (invariants, session_sizes) = check_invariants(records, min, max);
+        let (invariants, session_sizes) = check_invariants(records, setup.min_session_size, setup.max_session_size);
+        let failed = records.len() - ok - timed_out;
         Report {
+            scenario: setup.scenario,
             clients: records.len(),
             ok,
-            failed: records.len() - ok,
+            failed,
+            timed_out,
+            queues: per_queue(records, setup.join_order),
             outcomes,
             session_ids: {
                 let ids: std::collections::BTreeSet<&String> =
                     records.iter().filter_map(|r| r.session_id.as_ref()).collect();
                 ids.into_iter().cloned().collect()
             },
-            failures_not_listed: (records.len() - ok).saturating_sub(failures.len()),
+            failures_not_listed: failed.saturating_sub(failures.len()),
             failures,
             retries: records.iter().map(|r| u64::from(r.retries)).sum(),
             rejoins: records.iter().map(|r| u64::from(r.rejoins)).sum(),
@@ -273,8 +462,8 @@ impl Report {
             sessions: session_sizes.values().sum(),
             session_sizes,
             invariants,
-            wall_seconds: wall.as_secs_f64(),
-            match_duration_seconds: match_duration,
+            wall_seconds: setup.wall.as_secs_f64(),
+            match_duration_seconds: setup.match_duration,
             loadgen_peak_rss_mib: peak_rss_mib(),
             samples_ms: phases
                 .into_iter()
@@ -283,9 +472,10 @@ impl Report {
         }
     }
 
-    /// Whether the run passed: every client ok and every invariant held.
+    /// Whether the run passed: every client ok (or, in a rule queue, timed out waiting), some
+    /// session formed if any ticket timed out, and every invariant held.
     pub fn passed(&self) -> bool {
-        self.failed == 0 && self.invariants.ok
+        self.failed == 0 && (self.timed_out == 0 || self.sessions > 0) && self.invariants.ok
     }
 
     /// The human summary.
@@ -299,6 +489,13 @@ impl Report {
         );
         let outcomes: Vec<String> = self.outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(out, "outcomes: {}", outcomes.join(", "));
+        if self.timed_out > 0 {
+            let _ = writeln!(
+                out,
+                "timed out in their queue: {} players (max_wait_seconds passed without a session: not failures)",
+                self.timed_out
+            );
+        }
         if self.retries > 0 || self.rejoins > 0 {
             let _ = writeln!(
                 out,
@@ -342,13 +539,44 @@ impl Report {
         let inv = &self.invariants;
         let _ = writeln!(
             out,
-            "invariants: {} (players in two sessions: {}, sizes out of bounds: {}, inconsistent rosters: {}, not in own roster: {})",
+            "invariants: {} (players in two sessions: {}, sizes out of bounds: {}, inconsistent rosters: {}, not in own roster: {}, teams wrong: {}, parties split: {})",
             if inv.ok { "ok" } else { "VIOLATED" },
             inv.players_in_two_sessions.len(),
             inv.sizes_out_of_bounds.len(),
             inv.inconsistent_rosters.len(),
-            inv.not_in_own_roster.len()
+            inv.not_in_own_roster.len(),
+            inv.teams_wrong.len(),
+            inv.parties_split.len()
         );
+        for (name, q) in &self.queues {
+            let t = &q.join_to_matched_ms;
+            let _ = writeln!(
+                out,
+                "queue {name}: {} players ({} in parties) in {} sessions, {} timed out; join → matched p50 {:.1} p90 {:.1} p99 {:.1} max {:.1} ms",
+                q.players, q.players_in_parties, q.sessions, q.timed_out, t.p50_ms, t.p90_ms, t.p99_ms, t.max_ms
+            );
+            if let Some(quality) = &q.quality {
+                let _ = write!(
+                    out,
+                    "  quality: mean skill spread {:.0}, worst latency per session mean {:.0} ms (worst {:.0} ms)",
+                    quality.mean_skill_spread, quality.mean_max_latency_ms, quality.worst_latency_ms
+                );
+                if let Some(gap) = q.mean_team_skill_gap {
+                    let _ = write!(out, ", mean team skill gap {gap:.0}");
+                }
+                if let Some(wait) = q.max_wait_ms {
+                    let _ = write!(out, ", longest wait {:.1} s", wait as f64 / 1000.0);
+                }
+                let _ = writeln!(out);
+            }
+            if let Some(base) = &q.join_order {
+                let _ = writeln!(
+                    out,
+                    "  the same tickets in join order: mean skill spread {:.0}, worst latency per session mean {:.0} ms (worst {:.0} ms)",
+                    base.mean_skill_spread, base.mean_max_latency_ms, base.worst_latency_ms
+                );
+            }
+        }
         if let Some(rss) = self.loadgen_peak_rss_mib {
             let _ = writeln!(
                 out,
@@ -471,6 +699,17 @@ impl Report {
 mod tests {
     use super::*;
 
+    fn setup(match_duration: f64) -> Setup {
+        Setup {
+            wall: Duration::from_secs(2),
+            min_session_size: 2,
+            max_session_size: 12,
+            match_duration,
+            scenario: Scenario::Fifo,
+            join_order: None,
+        }
+    }
+
     fn rec(player: &str, sid: &str, roster: &[&str]) -> ClientRecord {
         let mut r = ClientRecord::new(player.into());
         r.outcome = Outcome::Ok;
@@ -510,6 +749,83 @@ mod tests {
         assert_eq!(inv.not_in_own_roster, vec!["e"]);
     }
 
+    fn teamed(player: &str, sid: &str, teams: &[&[&str]], party: &[&str]) -> ClientRecord {
+        let roster: Vec<&str> = teams.iter().flat_map(|t| t.iter().copied()).collect();
+        let mut r = rec(player, sid, &roster);
+        r.queue = "ranked".into();
+        r.placement.queue = Some("ranked".into());
+        r.placement.teams = teams
+            .iter()
+            .map(|t| t.iter().map(|p| p.to_string()).collect())
+            .collect();
+        r.placement.skill_spread = Some(40.0);
+        r.placement.max_latency_ms = Some(30.0);
+        r.placement.team_skill_gap = Some(10.0);
+        r.placement.max_wait_ms = Some(1500);
+        r.team_told = r.placement.teams.iter().find(|t| t.contains(&r.player)).cloned();
+        r.party = party.iter().map(|p| p.to_string()).collect();
+        r
+    }
+
+    #[test]
+    fn teams_and_parties_are_checked_and_reported_per_queue() {
+        let teams: &[&[&str]] = &[&["a", "b"], &["c", "d"]];
+        let mut records = vec![
+            teamed("a", "s1", teams, &["a", "b"]),
+            teamed("b", "s1", teams, &["a", "b"]),
+            teamed("c", "s1", teams, &[]),
+            teamed("d", "s1", teams, &[]),
+            rec("f", "s2", &["f", "g"]),
+            rec("g", "s2", &["f", "g"]),
+        ];
+        let mut late = ClientRecord::new("e".into());
+        late.outcome = Outcome::TimedOut;
+        late.queue = "ranked".into();
+        records.push(late);
+        let report = Report::build(&records, &setup(1.0));
+        assert!(report.passed(), "{}", report.render());
+        assert_eq!((report.ok, report.failed, report.timed_out), (6, 0, 1));
+        let ranked = &report.queues["ranked"];
+        assert_eq!((ranked.players, ranked.sessions, ranked.timed_out), (4, 1, 1));
+        assert_eq!(ranked.quality.unwrap().mean_skill_spread, 40.0);
+        assert_eq!(
+            (ranked.mean_team_skill_gap, ranked.max_wait_ms),
+            (Some(10.0), Some(1500))
+        );
+        let default = &report.queues["default"];
+        assert_eq!((default.players, default.sessions, default.quality), (2, 1, None));
+        let text = report.render();
+        assert!(
+            text.contains("queue ranked: 4 players (2 in parties) in 1 sessions, 1 timed out"),
+            "{text}"
+        );
+        assert!(text.contains("timed out in their queue: 1 players"), "{text}");
+
+        // A party across teams, a server naming another team, teams of unequal size.
+        let mut bad = records.clone();
+        bad[1] = teamed("b", "s1", &[&["a", "c"], &["b", "d"]], &["a", "b"]);
+        bad[2].team_told = Some(vec!["c".into()]);
+        let (inv, _) = check_invariants(&bad, 2, 12);
+        assert_eq!(inv.parties_split, vec!["a"]);
+        assert_eq!(
+            inv.inconsistent_rosters,
+            vec!["s1"],
+            "two answers for one session's teams"
+        );
+        assert!(inv.teams_wrong.contains(&"s1".to_string()));
+        let uneven: &[&[&str]] = &[&["a", "b", "c"], &["d"]];
+        let lopsided: Vec<ClientRecord> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|p| teamed(p, "s9", uneven, &[]))
+            .collect();
+        let (inv, _) = check_invariants(&lopsided, 2, 12);
+        assert_eq!(inv.teams_wrong, vec!["s9"]);
+        assert!(!inv.ok);
+        // Only timed-out players and no session at all: that is not a pass.
+        let report = Report::build(&records[6..], &setup(1.0));
+        assert!(!report.passed());
+    }
+
     #[test]
     fn long_failure_lists_say_how_many_more() {
         let mut records: Vec<ClientRecord> = (0..25)
@@ -521,7 +837,7 @@ mod tests {
             })
             .collect();
         records[0].rejoins = 1;
-        let report = Report::build(&records, Duration::from_secs(1), 2, 12, 1.0);
+        let report = Report::build(&records, &setup(1.0));
         assert_eq!((report.failures.len(), report.failures_not_listed), (20, 5));
         let text = report.render();
         assert!(text.contains("... and 5 more failed"), "{text}");
@@ -534,7 +850,7 @@ mod tests {
         let mut failed = ClientRecord::new("z".into());
         failed.outcome = Outcome::ConnectFailed("refused".into());
         let records = [rec("a", "s1", &["a", "b"]), rec("b", "s1", &["a", "b"]), failed];
-        let report = Report::build(&records, Duration::from_secs(2), 2, 12, 5.0);
+        let report = Report::build(&records, &setup(5.0));
         assert_eq!(
             (report.clients, report.ok, report.failed, report.sessions),
             (3, 2, 1, 1)

@@ -1,7 +1,12 @@
 //! `loadgen swarm`: simulated players doing what a real game client does, through the proxy
 //! only — join, long-poll until matched, connect with the ticket, ask for a match length, and
 //! play until `STATE stop` — each checking what it saw. It never ends sessions itself.
+//!
+//! In the `ranked` scenario the studio's service joins each ticket (skill, latency map, mode,
+//! and for a fifth of them a party of two) to the `ranked` queue; every player, party members
+//! too, then waits for its own status and plays as above, and checks its team.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,10 +18,12 @@ use protocol::api::{JoinRequest, MatchResponse, MatchStatus};
 use protocol::{GameState, LineCodec, ServerReply};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_util::codec::Framed;
 
 use crate::http::{CredentialArgs, HttpClient, HttpError};
-use crate::report::{ClientRecord, Outcome, Report};
+use crate::report::{ClientRecord, Outcome, Report, Setup};
+use crate::scenario::{RANKED_QUEUE, Scenario, join_order_quality, ranked};
 
 /// Settings of a swarm (the contract names).
 #[derive(Debug, Clone, clap::Args)]
@@ -58,13 +65,41 @@ pub struct SwarmArgs {
     /// Progress output: auto (a bar on a terminal), bar, lines, or none.
     #[arg(long, default_value = "auto")]
     pub progress: String,
+    /// Who joins: players joining the default queue themselves (fifo), or ranked tickets
+    /// (skill, latency, modes, parties of two) joined to the `ranked` queue by the studio's
+    /// service (needs SERVICE_TOKEN). Set --session-size and --min-session-size to the ranked
+    /// queue's teams × team_size.
+    #[arg(long, env = "SCENARIO", value_enum, default_value = "fifo")]
+    pub scenario: Scenario,
+    /// Seed of the ranked scenario's tickets (default: a new one per run).
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[command(flatten)]
     pub credentials: CredentialArgs,
+}
+
+/// How a ranked ticket is joined: by the service, once its leader's client starts; its other
+/// members wait for that join, then follow their own status.
+struct Party {
+    request: JoinRequest,
+    members: Vec<String>,
+    joined: watch::Sender<PartyJoin>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PartyJoin {
+    Pending,
+    Joined,
+    Failed,
 }
 
 struct Shared {
     api: HttpClient,
     args: SwarmArgs,
+    /// Ranked: each player's ticket.
+    parties: HashMap<String, Arc<Party>>,
+    /// The service's `Authorization`, for ranked joins.
+    service_auth: Option<String>,
     done: AtomicUsize,
     matched: AtomicUsize,
     running: AtomicUsize,
@@ -86,8 +121,52 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
         &format!("{}/api", args.target_url.trim_end_matches('/')),
         Duration::from_secs(40),
     );
+    let service_auth = args
+        .credentials
+        .service_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Bearer {t}"));
+    let (players, parties, join_order) = match args.scenario {
+        Scenario::Fifo => (
+            (0..args.clients).map(|i| format!("{prefix}-{i}")).collect(),
+            HashMap::new(),
+            None,
+        ),
+        Scenario::Ranked => {
+            anyhow::ensure!(
+                service_auth.is_some(),
+                "the ranked scenario joins as the studio's service: set SERVICE_TOKEN"
+            );
+            let seed = args.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(7)
+            });
+            let tickets = ranked(&prefix, args.clients, seed);
+            let join_order = join_order_quality(&tickets, args.session_size);
+            let mut players = Vec::with_capacity(args.clients);
+            let mut parties = HashMap::new();
+            for ticket in &tickets {
+                let members: Vec<String> = ticket.members.iter().map(|m| m.player.clone()).collect();
+                let party = Arc::new(Party {
+                    request: ticket.join_request(),
+                    members: members.clone(),
+                    joined: watch::channel(PartyJoin::Pending).0,
+                });
+                for m in members {
+                    parties.insert(m.clone(), party.clone());
+                    players.push(m);
+                }
+            }
+            (players, parties, Some(join_order))
+        }
+    };
     let shared = Arc::new(Shared {
         api,
+        parties,
+        service_auth,
         args: args.clone(),
         done: AtomicUsize::new(0),
         matched: AtomicUsize::new(0),
@@ -97,13 +176,12 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let progress = tokio::spawn(show_progress(shared.clone(), started));
     let mut tasks = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
+    for (i, player) in players.into_iter().enumerate() {
         if args.spawn_rate > 0.0 {
             let due = started + Duration::from_secs_f64(i as f64 / args.spawn_rate);
             tokio::time::sleep_until(due.into()).await;
         }
         let shared = shared.clone();
-        let player = format!("{prefix}-{i}");
         tasks.push(tokio::spawn(async move {
             let record = play(&shared, player).await;
             if record.outcome != Outcome::Ok {
@@ -124,10 +202,14 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
     }
     Ok(Report::build(
         &records,
-        wall,
-        args.min_session_size,
-        args.session_size,
-        args.match_duration,
+        &Setup {
+            wall,
+            min_session_size: args.min_session_size,
+            max_session_size: args.session_size,
+            match_duration: args.match_duration,
+            scenario: args.scenario,
+            join_order,
+        },
     ))
 }
 
@@ -195,6 +277,10 @@ fn connect_addr(args: &SwarmArgs, matched: &MatchResponse) -> String {
 /// One player's life; never panics, always returns a record.
 async fn play(shared: &Shared, player: String) -> ClientRecord {
     let mut record = ClientRecord::new(player);
+    if let Some(party) = shared.parties.get(&record.player) {
+        record.queue = RANKED_QUEUE.to_owned();
+        record.party = party.members.clone();
+    }
     let limit = shared.args.client_timeout.unwrap_or(180.0 + shared.args.match_duration);
     let life = Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs_f64(limit), lifecycle(shared, &mut record, life)).await;
@@ -318,9 +404,50 @@ async fn connect_and_play(
     result
 }
 
+/// Joins: the player itself (fifo), or its ticket by the service (ranked): the leader's client
+/// has it joined, the other members wait for that and then ask for their own status; after the
+/// matchmaker forgot them, any member has the ticket joined again (idempotent).
+async fn join(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>) -> Result<MatchResponse, Outcome> {
+    let Some(party) = shared.parties.get(&record.player).cloned() else {
+        let body = JoinRequest::player(&record.player);
+        return call(shared, record, Method::POST, "/match/join", Some(&body), auth)
+            .await
+            .map_err(|e| Outcome::JoinFailed(e.to_string()));
+    };
+    if party.members[0] != record.player && record.rejoins == 0 {
+        let mut joined = party.joined.subscribe();
+        let state = *joined
+            .wait_for(|s| *s != PartyJoin::Pending)
+            .await
+            .map_err(|_| Outcome::JoinFailed("its party was never joined".into()))?;
+        if state == PartyJoin::Failed {
+            return Err(Outcome::JoinFailed("its party's join failed".into()));
+        }
+        let path = format!("/match/status?player_id={}", record.player);
+        return call(shared, record, Method::GET, &path, None, auth)
+            .await
+            .map_err(|e| Outcome::StatusFailed(e.to_string()));
+    }
+    let service = shared.service_auth.clone();
+    let joined = call(
+        shared,
+        record,
+        Method::POST,
+        "/match/join",
+        Some(&party.request),
+        service.as_deref(),
+    )
+    .await;
+    party.joined.send_replace(if joined.is_ok() {
+        PartyJoin::Joined
+    } else {
+        PartyJoin::Failed
+    });
+    joined.map_err(|e| Outcome::JoinFailed(e.to_string()))
+}
+
 /// One join, wait, connect and match.
 async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Attempt> {
-    let body = JoinRequest::player(&record.player);
     // One token for the player's whole life, as a game client would hold.
     let auth = shared
         .args
@@ -328,13 +455,12 @@ async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> R
         .authorization(&record.player, Duration::from_secs(3600));
     let auth = auth.as_deref();
     let status_path = format!("/match/status?player_id={}&wait=25", record.player);
-    let mut status: MatchResponse = call(shared, record, Method::POST, "/match/join", Some(&body), auth)
-        .await
-        .map_err(|e| Outcome::JoinFailed(e.to_string()))?;
+    let mut status = join(shared, record, auth).await?;
     while status.status != MatchStatus::Matched {
         match status.status {
             MatchStatus::Queued | MatchStatus::Allocating => {}
             MatchStatus::Unknown => return Err(Attempt::StartOver),
+            MatchStatus::TimedOut => return Err(Outcome::TimedOut.into()),
             other => return Err(Outcome::NotMatched(format!("{other:?}").to_lowercase()).into()),
         }
         status = call(shared, record, Method::GET, &status_path, None, auth)
@@ -344,6 +470,7 @@ async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> R
     record.join_to_matched = Some(life.elapsed());
     record.session_id = Some(status.session_id.clone());
     record.session_players = status.players.clone();
+    record.placement = status.placement.clone();
     shared.matched.fetch_add(1, Ordering::Relaxed);
     let matched_at = Instant::now();
     let ticket = status
@@ -394,6 +521,7 @@ async fn play_match(
     loop {
         match next(game).await? {
             ServerReply::RunningLength(n) => record.running_length = Some(n),
+            ServerReply::Team { players, .. } => record.team_told = Some(players),
             ServerReply::State(GameState::Running) if running_at.is_none() => {
                 running_at = Some(Instant::now());
                 record.connected_to_running = Some(connected_at.elapsed());

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "swarm-test-secret-0123456789";
 const PLAYER_SECRET: &str = "swarm-test-player-secret-0123456789abcdef";
+const SERVICE_TOKEN: &str = "swarm-test-service-token-0123456789abcdef";
 
 #[derive(Parser)]
 struct Wrapper {
@@ -17,55 +18,81 @@ struct Wrapper {
     swarm: SwarmArgs,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
-    let prefix = testkit::unique_prefix();
-    let db = testkit::fresh_database().await;
-    let game_server = testkit::built_binary("game-server");
+/// Backend (local runtime, real game servers) and proxy on Redis and PostgreSQL.
+struct Stack {
+    proxy_url: String,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
 
-    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_addr = proxy_listener.local_addr().unwrap();
-    let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_addr = backend_listener.local_addr().unwrap();
-    let redis = testkit::redis_url();
-    let backend = backend::Settings::builder()
-        .redis_url(&redis)
-        .database_url(&db)
-        .key_prefix(&prefix)
-        .ticket_secret(SECRET)
-        .player_token_secret(PLAYER_SECRET)
-        .runtime(backend::RuntimeKind::Local)
-        .game_server_bin(&game_server)
-        .session_size(3)
-        .public_address("127.0.0.1", proxy_addr.port())
+impl Stack {
+    async fn start(configure: impl FnOnce(backend::SettingsBuilder) -> backend::SettingsBuilder) -> Stack {
+        let prefix = testkit::unique_prefix();
+        let db = testkit::fresh_database().await;
+        let game_server = testkit::built_binary("game-server");
+        let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = proxy_listener.local_addr().unwrap();
+        let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend_addr = backend_listener.local_addr().unwrap();
+        let redis = testkit::redis_url();
+        let backend = configure(
+            backend::Settings::builder()
+                .redis_url(&redis)
+                .database_url(&db)
+                .key_prefix(&prefix)
+                .ticket_secret(SECRET)
+                .player_token_secret(PLAYER_SECRET)
+                .runtime(backend::RuntimeKind::Local)
+                .game_server_bin(&game_server)
+                .public_address("127.0.0.1", proxy_addr.port()),
+        )
         .build()
         .unwrap();
-    let backend_url = format!("http://{backend_addr}");
-    let proxy = service::cli::parse_without_env::<proxy::Config, _, _>([
-        "proxy",
-        "--backend-url",
-        &backend_url,
-        "--redis-url",
-        &redis,
-        "--redis-key-prefix",
-        &prefix,
-        "--ticket-secret",
-        SECRET,
-        "--player-token-secret",
-        PLAYER_SECRET,
-    ])
-    .unwrap()
-    .validate()
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let backend_task = tokio::spawn(backend::run(backend_listener, backend, shutdown.clone()));
-    let proxy_task = tokio::spawn(proxy::run(proxy_listener, proxy, shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        let backend_url = format!("http://{backend_addr}");
+        let proxy = service::cli::parse_without_env::<proxy::Config, _, _>([
+            "proxy",
+            "--backend-url",
+            &backend_url,
+            "--redis-url",
+            &redis,
+            "--redis-key-prefix",
+            &prefix,
+            "--ticket-secret",
+            SECRET,
+            "--player-token-secret",
+            PLAYER_SECRET,
+        ])
+        .unwrap()
+        .validate()
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(backend::run(backend_listener, backend, shutdown.clone())),
+            tokio::spawn(proxy::run(proxy_listener, proxy, shutdown.clone())),
+        ];
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Stack {
+            proxy_url: format!("http://{proxy_addr}"),
+            shutdown,
+            tasks,
+        }
+    }
 
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
+    let stack = Stack::start(|b| b.session_size(3)).await;
     let dir = std::env::temp_dir().join(format!("swarm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, chart) = (dir.join("report.json"), dir.join("latency.svg"));
-    let target = format!("http://{proxy_addr}");
+    let target = stack.proxy_url.clone();
     let args = service::cli::parse_without_env::<Wrapper, _, _>([
         "swarm",
         "--target-url",
@@ -121,8 +148,96 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
     assert_eq!(parsed["outcomes"]["ok"], 6);
     assert!(std::fs::read_to_string(&chart).unwrap().contains("<polyline"));
 
-    shutdown.cancel();
-    backend_task.await.unwrap().unwrap();
-    proxy_task.await.unwrap().unwrap();
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A queue of 2 teams of 2 with parties, modes, skill and latency windows that widen fast, and
+/// a short max wait for the few left over.
+const RANKED_QUEUES: &str = "queues:
+  - name: ranked
+    teams: 2
+    team_size: 2
+    max_party_size: 2
+    match_on: [mode]
+    skill: {attribute: skill, max_spread: 100, widen_by: 300, widen_every_seconds: 1, max_spread_limit: 3000, balance_teams: true}
+    latency: {attribute: latency_ms, max_ms: 60, widen_by: 60, widen_every_seconds: 1, max_ms_limit: 400}
+    client_attributes: [latency_ms]
+    max_wait_seconds: 4
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ranked_swarm_joins_parties_as_the_service_and_checks_teams() {
+    let dir = std::env::temp_dir().join(format!("swarm-ranked-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let queues = dir.join("queues.yaml");
+    std::fs::write(&queues, RANKED_QUEUES).unwrap();
+    let stack = Stack::start(|b| b.service_token(SERVICE_TOKEN).matchmaking_config(&queues)).await;
+    let args = service::cli::parse_without_env::<Wrapper, _, _>([
+        "swarm",
+        "--target-url",
+        &stack.proxy_url,
+        "--clients",
+        "24",
+        "--match-duration",
+        "1",
+        "--session-size",
+        "4",
+        "--min-session-size",
+        "4",
+        "--progress",
+        "none",
+        "--scenario",
+        "ranked",
+        "--seed",
+        "11",
+        "--player-token-secret",
+        PLAYER_SECRET,
+        "--service-token",
+        SERVICE_TOKEN,
+    ])
+    .unwrap()
+    .swarm;
+    let report = loadgen::swarm::run(args).await.unwrap();
+    let text = report.render();
+    eprintln!("{text}");
+    assert!(report.passed(), "{text}");
+    assert_eq!(report.clients, 24);
+    assert_eq!(report.ok + report.timed_out, 24, "{text}");
+    assert!(report.sessions >= 3, "most players play: {text}");
+    assert_eq!(
+        report.session_sizes.keys().copied().collect::<Vec<_>>(),
+        vec![4],
+        "{text}"
+    );
+    let ranked = &report.queues["ranked"];
+    assert_eq!((ranked.players, ranked.timed_out), (report.ok, report.timed_out));
+    assert_eq!(ranked.join_to_matched_ms.count, report.ok);
+    let quality = ranked.quality.expect("ranked sessions carry their quality");
+    assert_eq!(quality.sessions, report.sessions);
+    assert!(ranked.join_order.is_some() && ranked.mean_team_skill_gap.is_some());
+    assert!(
+        text.contains("queue ranked: ") && text.contains("the same tickets in join order"),
+        "{text}"
+    );
+    // Parties were joined (this seed has some), each on one team (the invariants above).
+    assert!(ranked.players_in_parties >= 2, "{text}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["scenario"], "ranked");
+    assert_eq!(json["invariants"]["parties_split"], serde_json::json!([]));
+
+    // Without the service's token the scenario cannot join anyone.
+    let args = service::cli::parse_without_env::<Wrapper, _, _>([
+        "swarm",
+        "--target-url",
+        &stack.proxy_url,
+        "--scenario",
+        "ranked",
+    ])
+    .unwrap()
+    .swarm;
+    let error = loadgen::swarm::run(args).await.unwrap_err().to_string();
+    assert!(error.contains("SERVICE_TOKEN"), "{error}");
+    stack.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
