@@ -96,6 +96,13 @@ pub struct CoreArgs {
     /// How game servers run.
     #[arg(long, env = "RUNTIME", value_enum, default_value = "local")]
     pub runtime: RuntimeKind,
+    /// Warm game servers kept started ahead of demand, at least (RUNTIME=local).
+    #[arg(long, env = "WARM_POOL_MIN", default_value_t = 0)]
+    pub warm_pool_min: u32,
+    /// Warm game servers at most (default: twice WARM_POOL_MIN); between the bounds the pool
+    /// follows the recent rate of sessions times the measured cold-start time.
+    #[arg(long, env = "WARM_POOL_MAX")]
+    pub warm_pool_max: Option<u32>,
     /// A server not ready by then fails its session, and its players go back to the queue.
     #[arg(long, env = "SERVER_READY_TIMEOUT_SECONDS", default_value_t = 60.0)]
     pub server_ready_timeout_seconds: f64,
@@ -256,6 +263,8 @@ pub struct LocalSettings {
     pub(crate) path: Option<OsString>,
     /// Further game-server environment (START_POLICY, ..., LOG_FORMAT).
     pub(crate) env: Vec<(String, String)>,
+    /// The warm pool's bounds (`max` 0: no warm servers).
+    pub(crate) warm: crate::runtime::warm::Bounds,
 }
 
 impl RuntimeSettings {
@@ -396,8 +405,28 @@ impl Config {
         if ready_timeout.is_zero() {
             return Err("SERVER_READY_TIMEOUT_SECONDS must be > 0".into());
         }
+        let warm_min = core.warm_pool_min;
+        let warm_max = core.warm_pool_max.unwrap_or(warm_min.saturating_mul(2));
+        if warm_max < warm_min || warm_max > 10_000 {
+            return Err(format!(
+                "WARM_POOL_MAX must be WARM_POOL_MIN ({warm_min}) to 10000, got {warm_max}"
+            ));
+        }
+        if warm_max > 0 && core.runtime != RuntimeKind::Local {
+            return Err(format!(
+                "WARM_POOL_MIN/WARM_POOL_MAX keep warm servers with RUNTIME=local only so far; unset them with RUNTIME={}",
+                match core.runtime {
+                    RuntimeKind::Kubernetes => "kubernetes",
+                    _ => "none",
+                }
+            ));
+        }
         let runtime = match core.runtime {
             RuntimeKind::Local => RuntimeSettings::Local(LocalSettings {
+                warm: crate::runtime::warm::Bounds {
+                    min: warm_min as usize,
+                    max: warm_max as usize,
+                },
                 binary: find_executable(&self.local.game_server_bin, self.local.path.as_deref()).ok_or_else(|| {
                     format!(
                         "GAME_SERVER_BIN {} is not an executable file{} (RUNTIME=local starts one per session)",
@@ -601,6 +630,13 @@ impl SettingsBuilder {
         self
     }
 
+    /// The warm pool's bounds (`WARM_POOL_MIN`, `WARM_POOL_MAX`).
+    pub fn warm_pool(mut self, min: u32, max: u32) -> Self {
+        self.0.core.warm_pool_min = min;
+        self.0.core.warm_pool_max = Some(max);
+        self
+    }
+
     pub fn game_server_bin(mut self, binary: impl Into<PathBuf>) -> Self {
         self.0.local.game_server_bin = binary.into();
         self
@@ -707,6 +743,36 @@ mod tests {
         assert!(err.starts_with("DATABASE_URL is not a PostgreSQL URL"), "{err}");
         let err = base.redis_url("http://x").build().unwrap_err();
         assert!(err.starts_with("REDIS_URL is not a Redis URL"), "{err}");
+    }
+
+    #[test]
+    fn warm_pool_bounds_are_checked() {
+        let base = Settings::builder()
+            .database_url("postgres://x/y")
+            .ticket_secret("s")
+            .player_auth(identity::PlayerAuthMode::None)
+            .game_server_bin(std::path::Path::new("/bin/sh"));
+        let warm = |s: &Settings| match &s.runtime {
+            RuntimeSettings::Local(local) => local.warm,
+            _ => unreachable!(),
+        };
+        let off = base.clone().build().unwrap();
+        assert!(!warm(&off).enabled(), "no warm servers unless asked");
+        let mut config = base.clone();
+        config.0.core.warm_pool_min = 5;
+        let doubled = config.build().unwrap();
+        assert_eq!(
+            (warm(&doubled).min, warm(&doubled).max),
+            (5, 10),
+            "max defaults to twice min"
+        );
+        let err = base.clone().warm_pool(5, 4).build().unwrap_err();
+        assert_eq!(err, "WARM_POOL_MAX must be WARM_POOL_MIN (5) to 10000, got 4");
+        let err = base.runtime(RuntimeKind::None).warm_pool(1, 2).build().unwrap_err();
+        assert!(
+            err.starts_with("WARM_POOL_MIN/WARM_POOL_MAX keep warm servers with RUNTIME=local only"),
+            "{err}"
+        );
     }
 
     #[test]

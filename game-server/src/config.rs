@@ -67,6 +67,10 @@ pub struct Config {
     /// Most connections open at once; more are told `ERROR server_full` and closed.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 256)]
     pub max_connections: usize,
+    /// Start warm: no session yet; the backend hands one over on the game port, in a token
+    /// naming this id (SESSION_ID, PLAYERS, TEAMS and the report target come with it).
+    #[arg(long, env = "WARM_SERVER_ID")]
+    pub warm_server_id: Option<String>,
     /// Drain as on SIGTERM when standard input closes: a parent process that dies (even by
     /// SIGKILL) takes its servers with it.
     #[arg(long, env = "EXIT_ON_STDIN_CLOSE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -86,6 +90,8 @@ pub struct ServerConfig {
     pub join_timeout: Duration,
     pub write_timeout: Duration,
     pub max_connections: usize,
+    /// A warm server's id: it waits for a hand-over before it has a session.
+    pub warm: Option<String>,
 }
 
 /// Defaults that are not operator settings.
@@ -114,6 +120,14 @@ fn teams(setting: &str, roster: &[String]) -> Result<Vec<Vec<String>>, String> {
         .split(';')
         .map(|team| team.split(',').map(|p| p.trim().to_owned()).collect())
         .collect();
+    check_teams(teams, roster)
+}
+
+/// Every rostered player on exactly one team, or no teams.
+fn check_teams(teams: Vec<Vec<String>>, roster: &[String]) -> Result<Vec<Vec<String>>, String> {
+    if teams.is_empty() {
+        return Ok(teams);
+    }
     let mut seen = HashSet::new();
     for player in teams.iter().flatten() {
         if !roster.contains(player) {
@@ -129,30 +143,76 @@ fn teams(setting: &str, roster: &[String]) -> Result<Vec<Vec<String>>, String> {
     Ok(teams)
 }
 
+/// A roster: valid ids, none twice, at least one.
+fn check_roster(roster: Vec<String>) -> Result<Vec<String>, String> {
+    if roster.is_empty() {
+        return Err("PLAYERS (--players) is required: a comma-separated list of player ids".into());
+    }
+    if let Some(bad) = roster.iter().find(|p| !is_valid_player_id(p)) {
+        return Err(format!("PLAYERS contains an invalid player id {bad:?}"));
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = roster.iter().find(|p| !seen.insert(p.as_str())) {
+        return Err(format!("PLAYERS lists {dup:?} twice"));
+    }
+    Ok(roster)
+}
+
+const SESSION_ID_RULE: &str = "1-128 characters of A-Z a-z 0-9 _ . : -";
+
+impl ServerConfig {
+    /// A warm server's settings with the session `handover` brings (already verified).
+    pub fn with_handover(mut self, handover: &protocol::Handover) -> Result<ServerConfig, String> {
+        if !is_valid_player_id(&handover.sid) {
+            return Err(format!("the hand-over's session id must be {SESSION_ID_RULE}"));
+        }
+        let roster = check_roster(handover.players.clone())?;
+        self.game.teams = check_teams(handover.teams.clone(), &roster)?;
+        self.game.roster = roster;
+        self.game.session_id = handover.sid.clone();
+        self.report = match (&handover.report_url, &handover.report_token) {
+            (Some(url), Some(token)) => Some(ReportTarget::new(url, token.clone()).map_err(|e| e.to_string())?),
+            (None, None) => None,
+            _ => return Err("a hand-over names a report URL without its token, or the reverse".into()),
+        };
+        self.warm = None;
+        Ok(self)
+    }
+}
+
 impl Config {
     /// Checks every setting; the error is one line naming the setting.
     pub fn validate(&self) -> Result<ServerConfig, String> {
-        let session_id = self.session_id.clone().unwrap_or_default();
-        if !is_valid_player_id(&session_id) {
-            return Err("SESSION_ID (--session-id) is required: 1-128 characters of A-Z a-z 0-9 _ . : -".into());
+        let warm = self.warm_server_id.clone().filter(|id| !id.is_empty());
+        if let Some(id) = &warm {
+            if !is_valid_player_id(id) {
+                return Err(format!("WARM_SERVER_ID must be {SESSION_ID_RULE}"));
+            }
+            if self.session_id.is_some()
+                || !self.players.is_empty()
+                || self.teams.is_some()
+                || self.report_url.is_some()
+            {
+                return Err("WARM_SERVER_ID starts a warm server: SESSION_ID, PLAYERS, TEAMS and REPORT_URL come with its hand-over, not from settings".into());
+            }
         }
-        let roster: Vec<String> = self
-            .players
-            .iter()
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .collect();
-        if roster.is_empty() {
-            return Err("PLAYERS (--players) is required: a comma-separated list of player ids".into());
-        }
-        if let Some(bad) = roster.iter().find(|p| !is_valid_player_id(p)) {
-            return Err(format!("PLAYERS contains an invalid player id {bad:?}"));
-        }
-        let mut seen = HashSet::new();
-        if let Some(dup) = roster.iter().find(|p| !seen.insert(p.as_str())) {
-            return Err(format!("PLAYERS lists {dup:?} twice"));
-        }
-        let teams = teams(self.teams.as_deref().unwrap_or_default(), &roster)?;
+        let (session_id, roster, teams) = if warm.is_some() {
+            (String::new(), Vec::new(), Vec::new())
+        } else {
+            let session_id = self.session_id.clone().unwrap_or_default();
+            if !is_valid_player_id(&session_id) {
+                return Err(format!("SESSION_ID (--session-id) is required: {SESSION_ID_RULE}"));
+            }
+            let roster = check_roster(
+                self.players
+                    .iter()
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            )?;
+            let teams = teams(self.teams.as_deref().unwrap_or_default(), &roster)?;
+            (session_id, roster, teams)
+        };
         let secret = TicketSecret::new(self.ticket_secret.clone().unwrap_or_default())
             .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
         if self.max_match_seconds == 0 {
@@ -184,6 +244,7 @@ impl Config {
             join_timeout: seconds("JOIN_TIMEOUT_SECONDS", self.join_timeout_seconds, false)?,
             write_timeout: WRITE_TIMEOUT,
             max_connections: self.max_connections,
+            warm,
         })
     }
 }

@@ -77,7 +77,7 @@ where
 
 /// Sends `ERROR <code>` and closes gracefully: the write side is shut down first and unread
 /// input is discarded for a moment, so the peer reads the error instead of a reset.
-async fn refuse<R, W>(
+pub(crate) async fn refuse<R, W>(
     lines: FramedRead<R, LineCodec>,
     mut out: FramedWrite<W, LineCodec>,
     code: ErrorCode,

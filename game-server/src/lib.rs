@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod game;
 pub mod report;
+pub mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;

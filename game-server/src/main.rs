@@ -52,6 +52,21 @@ fn main() -> ExitCode {
         if config.exit_on_stdin_close {
             tokio::spawn(cancel_on_stdin_close(shutdown.clone()));
         }
+        let settings = if settings.warm.is_some() {
+            match game_server::warm::await_handover(&listener, settings, shutdown.clone()).await {
+                Ok(Some(session)) => session,
+                Ok(None) => {
+                    tracing::info!("stopped while warm, without a session");
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "waiting for a hand-over failed");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            settings
+        };
         match game_server::run(listener, settings, shutdown).await {
             Ok(report) => {
                 tracing::info!(reason = %report.end_reason, "exiting");

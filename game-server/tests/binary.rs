@@ -190,3 +190,128 @@ async fn closing_stdin_drains_when_asked_to() {
     assert!(status.success());
     assert_eq!(reports.recv().await.unwrap().report.end_reason, EndReason::Terminated);
 }
+
+/// Sends one line on a new connection and returns the one line answered ("" when closed).
+async fn answer(addr: std::net::SocketAddr, line: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    timeout(Duration::from_secs(10), BufReader::new(stream).read_line(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    answer.trim().to_owned()
+}
+
+#[tokio::test]
+async fn a_warm_server_takes_one_signed_handover_then_plays_that_session() {
+    use protocol::ticket::unix_now;
+    use protocol::{Handover, TicketSecret, handover};
+    let players = roster(2);
+    let (url, mut reports) = report_receiver(vec![]).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_game-server"))
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .env("WARM_SERVER_ID", "warm-1")
+        .env("TICKET_SECRET", common::SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = listening(&mut child).await;
+    let now = unix_now();
+    let mut valid = Handover::new("warm-1", SESSION, players.clone(), now);
+    valid.report_url = Some(url);
+    valid.report_token = Some(REPORT_TOKEN.into());
+    let secret = common::secret();
+
+    // Before its hand-over the server refuses everything else, one ERROR line each.
+    assert_eq!(
+        answer(addr, &format!("JOIN {}", common::ticket("p1", SESSION))).await,
+        "ERROR wrong_session"
+    );
+    assert_eq!(answer(addr, "HELLO there").await, "ERROR join_required");
+    let forged = TicketSecret::new("another-secret").unwrap().mint_handover(&valid);
+    let other_server = secret.mint_handover(&Handover {
+        srv: "warm-2".into(),
+        ..valid.clone()
+    });
+    let expired = secret.mint_handover(&Handover {
+        iat: now - 600,
+        exp: now - 300,
+        ..valid.clone()
+    });
+    let a_game_ticket = common::ticket("p1", SESSION);
+    for (what, token, code) in [
+        ("forged", forged.as_str(), "bad_ticket"),
+        ("for another server", &other_server, "bad_ticket"),
+        ("expired", &expired, "expired_ticket"),
+        ("a player's ticket", &a_game_ticket, "bad_ticket"),
+        ("garbage", "x.y.z", "bad_ticket"),
+    ] {
+        assert_eq!(
+            answer(addr, &handover::assign(token)).await,
+            format!("ERROR {code}"),
+            "{what}"
+        );
+    }
+
+    // The real one: taken, and the server is now that session's.
+    let token = secret.mint_handover(&valid);
+    assert_eq!(
+        answer(addr, handover::assign(&token).trim_end()).await,
+        format!("ASSIGNED {SESSION}")
+    );
+    // The same hand-over again is just a bad first line for a session server.
+    assert_eq!(
+        answer(addr, handover::assign(&token).trim_end()).await,
+        "ERROR join_required"
+    );
+    let mut clients = Vec::new();
+    for player in &players {
+        clients.push(common::joined(addr, player).await);
+    }
+    clients[0].send("REQUEST_MATCH 1").await;
+    clients[0].expect(ServerReply::RunningLength(1)).await;
+    let status = timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let report = reports.recv().await.unwrap();
+    assert_eq!(report.authorization, format!("Bearer {REPORT_TOKEN}"));
+    assert_eq!(report.report.session_id, SESSION);
+    assert_eq!(report.report.end_reason, EndReason::Completed);
+}
+
+#[tokio::test]
+async fn a_warm_server_stopped_unused_exits_zero_and_warm_settings_are_exclusive() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_game-server"))
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .env("WARM_SERVER_ID", "warm-1")
+        .env("TICKET_SECRET", common::SECRET)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    listening(&mut child).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_game-server"))
+        .args(["--port", "0"])
+        .env("WARM_SERVER_ID", "warm-1")
+        .env("SESSION_ID", SESSION)
+        .env("TICKET_SECRET", common::SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("WARM_SERVER_ID starts a warm server"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}

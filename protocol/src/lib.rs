@@ -2,9 +2,11 @@
 //! `service` crate):
 //!
 //! - [`codec`]: the newline-delimited framing of the game protocol, with a hard line cap.
+//! - [`handover`]: the `ASSIGN`/`ASSIGNED` lines that hand a warm game server its session.
 //! - [`line`]: typed client commands and server replies for every line of the game protocol,
 //!   and the `ERROR` codes, including the one each ticket refusal maps to.
-//! - [`ticket`]: minting and verifying the HS256 game tickets and result-report tokens.
+//! - [`ticket`]: minting and verifying the HS256 game tickets, result-report tokens and warm
+//!   servers' hand-overs.
 //! - [`api`]: a typed body for every request and response of the HTTP API, and the result
 //!   report.
 //! - [`player`]: the one definition of a valid player id.
@@ -12,6 +14,7 @@
 
 pub mod api;
 pub mod codec;
+pub mod handover;
 pub mod line;
 pub mod player;
 pub mod sessions;
@@ -19,4 +22,4 @@ pub mod ticket;
 
 pub use codec::{CodecError, LineCodec, MAX_LINE_BYTES};
 pub use line::{ClientCommand, ErrorCode, GameState, ServerReply};
-pub use ticket::{Audience, Claims, TicketError, TicketSecret};
+pub use ticket::{Audience, Claims, Handover, TicketError, TicketSecret};

@@ -31,6 +31,8 @@ pub enum Audience {
     Game,
     /// A game server's token to report its session's result to the backend.
     Report,
+    /// The backend's hand-over of a session to one warm game server.
+    Handover,
 }
 
 impl Audience {
@@ -39,6 +41,7 @@ impl Audience {
         match self {
             Audience::Game => "matchplane-game",
             Audience::Report => "matchplane-report",
+            Audience::Handover => "matchplane-handover",
         }
     }
 }
@@ -104,6 +107,9 @@ pub enum TicketError {
     /// A game ticket is required but this one names no player.
     #[error("ticket names no player")]
     NoPlayer,
+    /// A hand-over for another warm server.
+    #[error("hand-over is for another server")]
+    WrongServer,
 }
 
 /// The shared HMAC key. Its `Debug` never shows the key.
@@ -136,6 +142,11 @@ impl TicketSecret {
 
     /// Signs `claims` into a compact token.
     pub fn mint(&self, claims: &Claims) -> String {
+        self.sign(claims)
+    }
+
+    /// Signs any claims into a compact token.
+    fn sign(&self, claims: &impl Serialize) -> String {
         let payload = serde_json::to_vec(claims).expect("claims always serialize");
         let mut token = String::with_capacity(HEADER_B64.len() + payload.len() * 2 + 48);
         token.push_str(HEADER_B64);
@@ -152,6 +163,31 @@ impl TicketSecret {
     /// Checks signature, audience and time window (with [`LEEWAY_SECONDS`]) at `now`
     /// (Unix seconds) and returns the claims. A game ticket must name a player.
     pub fn verify(&self, token: &str, audience: Audience, now: i64) -> Result<Claims, TicketError> {
+        let claims: Claims = self.open(token)?;
+        check_window(&claims.aud, claims.iat, claims.exp, audience, now)?;
+        if audience == Audience::Game && claims.sub.as_deref().is_none_or(str::is_empty) {
+            return Err(TicketError::NoPlayer);
+        }
+        Ok(claims)
+    }
+
+    /// Signs a hand-over.
+    pub fn mint_handover(&self, handover: &Handover) -> String {
+        self.sign(handover)
+    }
+
+    /// Checks a hand-over's signature, audience, time window, and that it names `server`.
+    pub fn verify_handover(&self, token: &str, server: &str, now: i64) -> Result<Handover, TicketError> {
+        let handover: Handover = self.open(token)?;
+        check_window(&handover.aud, handover.iat, handover.exp, Audience::Handover, now)?;
+        if handover.srv != server {
+            return Err(TicketError::WrongServer);
+        }
+        Ok(handover)
+    }
+
+    /// The claims of a token whose header and signature check out.
+    fn open<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TicketError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -164,20 +200,66 @@ impl TicketSecret {
         mac.update(&token.as_bytes()[..header.len() + 1 + payload.len()]);
         mac.verify_slice(&signature).map_err(|_| TicketError::BadSignature)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TicketError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TicketError::Malformed)?;
-        if claims.aud != audience.as_str() {
-            return Err(TicketError::WrongAudience);
+        serde_json::from_slice(&payload).map_err(|_| TicketError::Malformed)
+    }
+}
+
+/// The audience and time window of a token whose signature checked out.
+fn check_window(aud: &str, iat: i64, exp: i64, audience: Audience, now: i64) -> Result<(), TicketError> {
+    if aud != audience.as_str() {
+        return Err(TicketError::WrongAudience);
+    }
+    if iat > now + LEEWAY_SECONDS {
+        return Err(TicketError::NotYetValid);
+    }
+    if exp + LEEWAY_SECONDS < now {
+        return Err(TicketError::Expired);
+    }
+    Ok(())
+}
+
+/// How long a hand-over is valid: it is used the moment it is minted.
+pub const HANDOVER_TTL_SECONDS: i64 = 30;
+
+/// What the backend hands a warm server: its session, and where to report. Signed like a
+/// ticket, for the audience `matchplane-handover` and one server (`srv`), so it passes for
+/// no other server and as nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The warm server's id (its `WARM_SERVER_ID`).
+    pub srv: String,
+    /// The session id.
+    pub sid: String,
+    /// The roster.
+    pub players: Vec<String>,
+    /// The teams, when the session has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teams: Vec<Vec<String>>,
+    /// Where the result report goes, and its bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_token: Option<String>,
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+impl Handover {
+    /// A hand-over of `session` (with `players`) to server `srv`, valid for
+    /// [`HANDOVER_TTL_SECONDS`] from `now`.
+    pub fn new(srv: &str, session: &str, players: Vec<String>, now: i64) -> Handover {
+        Handover {
+            srv: srv.to_owned(),
+            sid: session.to_owned(),
+            players,
+            teams: Vec::new(),
+            report_url: None,
+            report_token: None,
+            aud: Audience::Handover.as_str().to_owned(),
+            iat: now,
+            exp: now + HANDOVER_TTL_SECONDS,
         }
-        if claims.iat > now + LEEWAY_SECONDS {
-            return Err(TicketError::NotYetValid);
-        }
-        if claims.exp + LEEWAY_SECONDS < now {
-            return Err(TicketError::Expired);
-        }
-        if audience == Audience::Game && claims.sub.as_deref().is_none_or(str::is_empty) {
-            return Err(TicketError::NoPlayer);
-        }
-        Ok(claims)
     }
 }
 

@@ -8,20 +8,51 @@
 //! Each server is the leader of a process group of its own, and every signal goes to the whole
 //! group: a server started through a wrapper script stops with everything the script started,
 //! and whatever is left in the group when the server exits (or fails to start) is killed.
+//!
+//! With `WARM_POOL_MAX` > 0 the runtime keeps warm servers: started with a `WARM_SERVER_ID`
+//! and no session, they wait on their game port. A session takes one from the pool (each is
+//! taken once: the pool belongs to this backend, which alone can hand its children a session)
+//! and hands it the session in a signed `ASSIGN` line; a warm server that does not answer
+//! `ASSIGNED` is killed and the next one tried, and an empty pool starts the server cold. A
+//! background task keeps the pool at the size demand calls for (see [`super::warm`]),
+//! replacing warm servers that died and stopping those no longer needed.
 
+use std::collections::VecDeque;
 use std::os::unix::ffi::OsStrExt as _;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, Command};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
 
-use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError};
+use super::warm::{Bounds, Demand};
+use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError, Task};
 use crate::config::LocalSettings;
+use crate::sessions::Sessions;
+
+/// How long a warm server may take to start listening.
+const WARM_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a warm server may take to answer its hand-over.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the pool is checked against demand.
+const POOL_TICK: Duration = Duration::from_millis(100);
+/// Warm servers started at once, at most.
+const MAX_WARMING: usize = 16;
 
 /// Spawns `game-server` processes.
 pub(crate) struct LocalRuntime {
+    spawner: Arc<Spawner>,
+    pool: Option<Arc<WarmPool>>,
+}
+
+/// What spawning a server needs.
+struct Spawner {
     settings: LocalSettings,
     secret: protocol::TicketSecret,
 }
@@ -29,10 +60,56 @@ pub(crate) struct LocalRuntime {
 impl LocalRuntime {
     /// A runtime spawning the configured binary, whose servers verify tickets with `secret`.
     pub(crate) fn new(settings: LocalSettings, secret: protocol::TicketSecret) -> Self {
-        LocalRuntime { settings, secret }
+        let bounds = settings.warm;
+        LocalRuntime {
+            spawner: Arc::new(Spawner { settings, secret }),
+            pool: bounds.enabled().then(|| Arc::new(WarmPool::new(bounds))),
+        }
     }
 
-    async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
+    async fn start_session(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
+        let began = Instant::now();
+        if let Some(pool) = &self.pool {
+            pool.demand.lock().expect("demand lock").session_started(began);
+            while let Some(warm) = pool.take() {
+                match warm.hand_over(&self.spawner.secret, &spec).await {
+                    Ok(()) => {
+                        tracing::info!(session = %spec.session_id, server = %warm.server.name, "session handed to a warm server");
+                        return Ok(Box::new(warm.server));
+                    }
+                    Err(e) => {
+                        let mut server = warm.server;
+                        tracing::warn!(server = %server.name, error = %e, "a warm server failed its hand-over; killed, trying the next");
+                        let _ = server.child.kill().await;
+                    }
+                }
+            }
+        }
+        let mut env = vec![
+            ("SESSION_ID", spec.session_id.clone()),
+            ("PLAYERS", spec.players.join(",")),
+            ("REPORT_URL", spec.report_url.clone()),
+            ("REPORT_TOKEN", spec.report_token.clone()),
+        ];
+        if let Some(teams) = spec.teams_setting() {
+            env.push(("TEAMS", teams));
+        }
+        let server = self.spawner.spawn(&env, spec.ready_timeout).await?;
+        if let Some(pool) = &self.pool {
+            pool.demand
+                .lock()
+                .expect("demand lock")
+                .cold_start_took(began.elapsed());
+            pool.cold_starts.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Box::new(server))
+    }
+}
+
+impl Spawner {
+    /// Starts a server with `session` settings (a session's, or a warm server's id) and waits
+    /// for its `LISTENING` line.
+    async fn spawn(&self, session: &[(&str, String)], ready_timeout: Duration) -> Result<LocalServer, StartError> {
         let binary = &self.settings.binary;
         let mut command = Command::new(binary);
         // Only what the server needs: never the backend's own secrets and URLs.
@@ -43,11 +120,8 @@ impl LocalRuntime {
         command
             .env("GAME_BIND", "127.0.0.1")
             .env("GAME_PORT", "0")
-            .env("SESSION_ID", &spec.session_id)
-            .env("PLAYERS", spec.players.join(","))
+            .envs(session.iter().map(|(k, v)| (k, v)))
             .env("TICKET_SECRET", std::ffi::OsStr::from_bytes(self.secret.expose()))
-            .env("REPORT_URL", &spec.report_url)
-            .env("REPORT_TOKEN", &spec.report_token)
             .env("EXIT_ON_STDIN_CLOSE", "true")
             .env("RUST_LOG", &self.settings.log_filter)
             .stdin(Stdio::piped())
@@ -55,9 +129,6 @@ impl LocalRuntime {
             .stderr(Stdio::inherit())
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(teams) = spec.teams_setting() {
-            command.env("TEAMS", teams);
-        }
         command.envs(self.settings.env.iter().map(|(k, v)| (k, v)));
         let child = command
             .spawn()
@@ -70,11 +141,11 @@ impl LocalRuntime {
             .take()
             .ok_or_else(|| StartError::Spawn("no stdout pipe".into()))?;
         let mut line = String::new();
-        let read = timeout(spec.ready_timeout, BufReader::new(stdout).read_line(&mut line)).await;
+        let read = timeout(ready_timeout, BufReader::new(stdout).read_line(&mut line)).await;
         let addr = match read {
             Err(_) => {
                 let _ = child.kill().await;
-                return Err(StartError::Timeout(spec.ready_timeout));
+                return Err(StartError::Timeout(ready_timeout));
             }
             Ok(Err(e)) => {
                 let _ = child.kill().await;
@@ -102,18 +173,175 @@ impl LocalRuntime {
             },
         };
         let name = format!("local-{}", child.pgid.map_or(0, nix::unistd::Pid::as_raw));
-        Ok(Box::new(LocalServer {
+        Ok(LocalServer {
             child,
             _stdin: stdin,
             name,
             addr,
-        }))
+        })
     }
 }
 
 impl SessionRuntime for LocalRuntime {
     fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Box<dyn ServerHandle>, StartError>> {
-        Box::pin(self.spawn(spec))
+        Box::pin(self.start_session(spec))
+    }
+
+    fn tasks(&self, _sessions: Sessions, stop: CancellationToken) -> Vec<Task> {
+        match &self.pool {
+            Some(pool) => vec![(
+                "warm pool",
+                Box::pin(keep_warm(pool.clone(), self.spawner.clone(), stop)),
+            )],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Warm servers of this backend, ready to be handed a session.
+pub(crate) struct WarmPool {
+    idle: std::sync::Mutex<VecDeque<Warm>>,
+    /// Warm servers being started.
+    warming: AtomicUsize,
+    demand: std::sync::Mutex<Demand>,
+    /// Sessions that found the pool empty and started cold, since start (for logs and tests).
+    cold_starts: AtomicU64,
+    /// Warm servers that died while idle and were replaced.
+    replaced: AtomicU64,
+}
+
+/// One idle warm server.
+struct Warm {
+    id: String,
+    server: LocalServer,
+}
+
+impl WarmPool {
+    fn new(bounds: Bounds) -> WarmPool {
+        WarmPool {
+            idle: std::sync::Mutex::new(VecDeque::new()),
+            warming: AtomicUsize::new(0),
+            demand: std::sync::Mutex::new(Demand::new(bounds)),
+            cold_starts: AtomicU64::new(0),
+            replaced: AtomicU64::new(0),
+        }
+    }
+
+    /// The oldest idle warm server, taken out of the pool (so handed at most one session).
+    fn take(&self) -> Option<Warm> {
+        self.idle.lock().expect("pool lock").pop_front()
+    }
+
+    fn idle(&self) -> usize {
+        self.idle.lock().expect("pool lock").len()
+    }
+}
+
+impl Warm {
+    /// Hands `spec`'s session to this server: `ASSIGN <token>`, answered `ASSIGNED <session>`.
+    async fn hand_over(&self, secret: &protocol::TicketSecret, spec: &ServerSpec) -> anyhow::Result<()> {
+        let mut handover = protocol::Handover::new(
+            &self.id,
+            &spec.session_id,
+            spec.players.clone(),
+            protocol::ticket::unix_now(),
+        );
+        handover.teams = spec.teams.clone();
+        handover.report_url = Some(spec.report_url.clone());
+        handover.report_token = Some(spec.report_token.clone());
+        let token = secret.mint_handover(&handover);
+        let answer = timeout(HANDOVER_TIMEOUT, async {
+            let mut stream = TcpStream::connect(&self.server.addr).await?;
+            stream.set_nodelay(true)?;
+            stream.write_all(protocol::handover::assign(&token).as_bytes()).await?;
+            let mut line = String::new();
+            BufReader::new(stream).read_line(&mut line).await?;
+            anyhow::Ok(line)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {HANDOVER_TIMEOUT:?}"))??;
+        match protocol::handover::parse_assigned(&answer) {
+            Some(session) if session == spec.session_id => Ok(()),
+            _ => anyhow::bail!("answered {:?}", answer.trim()),
+        }
+    }
+}
+
+/// Keeps the pool at the size demand calls for until `stop`: replaces warm servers that died,
+/// starts more when demand rises, stops the surplus when it falls. On `stop` every idle warm
+/// server is stopped.
+async fn keep_warm(pool: Arc<WarmPool>, spawner: Arc<Spawner>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(POOL_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serial: u64 = 0;
+    let tag = std::process::id();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        // Warm servers that died while idle leave the pool (and are replaced below).
+        let dead: Vec<Warm> = {
+            let mut idle = pool.idle.lock().expect("pool lock");
+            let mut alive = VecDeque::with_capacity(idle.len());
+            let mut dead = Vec::new();
+            for mut warm in idle.drain(..) {
+                if matches!(warm.server.child.child_alive(), Ok(true)) {
+                    alive.push_back(warm);
+                } else {
+                    dead.push(warm);
+                }
+            }
+            *idle = alive;
+            dead
+        };
+        for mut warm in dead {
+            pool.replaced.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(server = %warm.server.name, "a warm server died while idle; replacing it");
+            let _ = warm.server.child.kill().await;
+        }
+        let target = pool.demand.lock().expect("demand lock").target(Instant::now());
+        let (idle, warming) = (pool.idle(), pool.warming.load(Ordering::Relaxed));
+        if idle + warming < target {
+            for _ in 0..(target - idle - warming).min(MAX_WARMING.saturating_sub(warming)) {
+                serial += 1;
+                let id = format!("warm-{tag}-{serial}");
+                pool.warming.fetch_add(1, Ordering::Relaxed);
+                let (pool, spawner) = (pool.clone(), spawner.clone());
+                tokio::spawn(async move {
+                    let began = Instant::now();
+                    let started = spawner
+                        .spawn(&[("WARM_SERVER_ID", id.clone())], WARM_READY_TIMEOUT)
+                        .await;
+                    match started {
+                        Ok(server) => {
+                            pool.demand
+                                .lock()
+                                .expect("demand lock")
+                                .cold_start_took(began.elapsed());
+                            pool.idle.lock().expect("pool lock").push_back(Warm { id, server });
+                        }
+                        Err(e) => tracing::warn!(error = %e, "a warm server did not start"),
+                    }
+                    pool.warming.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        } else if idle > target {
+            // The surplus, newest first (the oldest have been checked longest).
+            let surplus: Vec<Warm> = {
+                let mut idle = pool.idle.lock().expect("pool lock");
+                let keep = target.min(idle.len());
+                idle.drain(keep..).collect()
+            };
+            for mut warm in surplus {
+                tracing::debug!(server = %warm.server.name, "stopping a warm server no longer needed");
+                let _ = warm.server.child.kill().await;
+            }
+        }
+    }
+    let idle: Vec<Warm> = pool.idle.lock().expect("pool lock").drain(..).collect();
+    for mut warm in idle {
+        let _ = warm.server.child.kill().await;
     }
 }
 
@@ -139,6 +367,11 @@ impl Group {
         if let Some(pgid) = self.pgid {
             let _ = nix::sys::signal::killpg(pgid, signal);
         }
+    }
+
+    /// Whether the leader still runs.
+    fn child_alive(&mut self) -> std::io::Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
     }
 
     /// Kills the whole group and reaps the leader.

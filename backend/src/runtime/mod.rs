@@ -9,6 +9,7 @@
 
 pub mod kubernetes;
 mod local;
+pub(crate) mod warm;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,139 @@
+//! How many warm servers to keep: between `WARM_POOL_MIN` and `WARM_POOL_MAX`, enough to
+//! cover the sessions that will form while one more server starts cold, with headroom.
+//!
+//! Demand is the recent rate of sessions given a server (the higher of the last 5 s and the
+//! last 30 s, so a burst counts at once and a steady stream is not forgotten between its
+//! sessions), times the measured cold-start time (a moving average of real starts), times
+//! [`HEADROOM`]. When sessions stop forming, both windows empty and the pool shrinks back to
+//! the minimum. Time comes from `tokio::time`, so the policy is tested on a paused clock.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The short and the long window demand is measured over.
+const SHORT: Duration = Duration::from_secs(5);
+const LONG: Duration = Duration::from_secs(30);
+/// Warm servers per session expected while one starts cold.
+const HEADROOM: f64 = 2.0;
+/// Assumed cold start before one was measured.
+const FIRST_GUESS: Duration = Duration::from_secs(1);
+/// Weight of the newest cold start in the moving average.
+const SMOOTHING: f64 = 0.3;
+
+/// The pool's bounds (`WARM_POOL_MIN`, `WARM_POOL_MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl Bounds {
+    /// Whether warm servers are kept at all.
+    pub fn enabled(&self) -> bool {
+        self.max > 0
+    }
+}
+
+/// Recent demand and cold-start time, and the pool size they call for.
+#[derive(Debug)]
+pub struct Demand {
+    bounds: Bounds,
+    starts: VecDeque<Instant>,
+    cold_start: Option<Duration>,
+}
+
+impl Demand {
+    pub fn new(bounds: Bounds) -> Demand {
+        Demand {
+            bounds,
+            starts: VecDeque::new(),
+            cold_start: None,
+        }
+    }
+
+    /// A session was given a server (warm or cold) at `now`.
+    pub fn session_started(&mut self, now: Instant) {
+        self.starts.push_back(now);
+    }
+
+    /// A server took `took` from spawn to listening.
+    pub fn cold_start_took(&mut self, took: Duration) {
+        self.cold_start = Some(match self.cold_start {
+            None => took,
+            Some(avg) => avg.mul_f64(1.0 - SMOOTHING) + took.mul_f64(SMOOTHING),
+        });
+    }
+
+    /// The measured cold-start time (a first guess until one was measured).
+    pub fn cold_start(&self) -> Duration {
+        self.cold_start.unwrap_or(FIRST_GUESS)
+    }
+
+    /// Sessions per second recently (the higher of the short and the long window).
+    pub fn rate(&mut self, now: Instant) -> f64 {
+        while self.starts.front().is_some_and(|t| now.duration_since(*t) > LONG) {
+            self.starts.pop_front();
+        }
+        let short = self
+            .starts
+            .iter()
+            .rev()
+            .take_while(|t| now.duration_since(**t) <= SHORT)
+            .count();
+        (short as f64 / SHORT.as_secs_f64()).max(self.starts.len() as f64 / LONG.as_secs_f64())
+    }
+
+    /// How many warm servers to keep now.
+    pub fn target(&mut self, now: Instant) -> usize {
+        let wanted = (self.rate(now) * self.cold_start().as_secs_f64() * HEADROOM).ceil();
+        // A saturating float-to-int conversion: a huge rate asks for the maximum.
+        (wanted as usize).clamp(self.bounds.min, self.bounds.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pool_grows_with_demand_and_shrinks_when_idle() {
+        let mut demand = Demand::new(Bounds { min: 2, max: 50 });
+        let t0 = Instant::now();
+        assert_eq!(demand.target(t0), 2, "idle: the minimum");
+        demand.cold_start_took(Duration::from_secs(2));
+        assert_eq!(demand.cold_start(), Duration::from_secs(2));
+        // A burst: 40 sessions in one second → 8/s over the short window, 2 s cold starts,
+        // twice that as headroom.
+        for i in 0..40 {
+            tokio::time::advance(Duration::from_millis(25)).await;
+            demand.session_started(t0 + Duration::from_millis(25 * (i + 1)));
+        }
+        let now = Instant::now();
+        assert_eq!(demand.rate(now), 8.0);
+        assert_eq!(demand.target(now), 32);
+        // Five seconds later the burst has left the short window; the long one remembers it.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let later = Instant::now();
+        assert!((demand.rate(later) - 40.0 / 30.0).abs() < 1e-9);
+        assert_eq!(demand.target(later), 6);
+        // A steady trickle keeps a little; then idle again: back to the minimum.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(demand.target(Instant::now()), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounds_cap_the_pool_and_cold_starts_are_averaged() {
+        let mut demand = Demand::new(Bounds { min: 0, max: 10 });
+        let now = Instant::now();
+        for _ in 0..1000 {
+            demand.session_started(now);
+        }
+        assert_eq!(demand.target(now), 10, "capped at the maximum");
+        demand.cold_start_took(Duration::from_millis(100));
+        demand.cold_start_took(Duration::from_millis(200));
+        assert_eq!(demand.cold_start(), Duration::from_millis(130));
+        assert!(!Bounds { min: 0, max: 0 }.enabled());
+    }
+}
