@@ -2,7 +2,7 @@
 # The whole matchplane stack on this machine: ephemeral Redis and PostgreSQL, the backend
 # (RUNTIME=local, one game-server process per session) and the proxy, on free loopback ports.
 # Source it, then:
-#   mp_start_stack DIR   # (with MATCHMAKING_CONFIG when set) exports MP_PROXY_URL, MP_BACKEND_URL, MP_ADMIN_TOKEN, MP_SERVICE_TOKEN,
+#   mp_start_stack DIR   # (with MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX when set) exports MP_PROXY_URL, MP_BACKEND_URL, MP_ADMIN_TOKEN, MP_SERVICE_TOKEN,
 #                        # MP_PLAYER_TOKEN_SECRET (the HS256 key player tokens are minted with)
 #   mp_stop_stack        # SIGTERM backend and proxy (servers drain), then the services
 # shellcheck source=scripts/services.sh
@@ -38,10 +38,12 @@ mp_start_stack() {
   # The studio's identity service is played by this key: loadgen (and `loadgen token`) mint
   # player tokens with it; backend and proxy verify them (PLAYER_AUTH=jwt, the default).
   MP_PLAYER_TOKEN_SECRET=$(mp_random)
-  # A queue file, when the caller names one.
-  local queues=()
-  [ -z "${MATCHMAKING_CONFIG:-}" ] || queues=("MATCHMAKING_CONFIG=$MATCHMAKING_CONFIG")
-  env "${queues[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$backend_port" REDIS_URL="$MP_REDIS_URL" \
+  # A queue file and warm pool bounds, when the caller sets them.
+  local extra=() name
+  for name in MATCHMAKING_CONFIG WARM_POOL_MIN WARM_POOL_MAX; do
+    [ -z "${!name:-}" ] || extra+=("$name=${!name}")
+  done
+  env "${extra[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$backend_port" REDIS_URL="$MP_REDIS_URL" \
     DATABASE_URL="$MP_DATABASE_URL" TICKET_SECRET="$secret" ADMIN_TOKEN="$MP_ADMIN_TOKEN" RUNTIME=local \
     SERVICE_TOKEN="$MP_SERVICE_TOKEN" PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" \
     GAME_SERVER_BIN="$bin/game-server" SESSION_SIZE="${SESSION_SIZE:-12}" \

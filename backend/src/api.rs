@@ -63,6 +63,8 @@ pub(crate) struct AppState {
     pub draining: CancellationToken,
     /// Resolves callers from their bearer tokens.
     pub auth: Authenticator,
+    /// The runtime, for its warm pool's state.
+    pub runtime: Option<Arc<dyn crate::runtime::SessionRuntime>>,
 }
 
 /// The API router. Each class of routes has its caller checked by a layer before anything
@@ -586,6 +588,7 @@ async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Backend
         postgres: DependencyState::from_ok(postgres_ok),
         history_backlog: backlog,
         sessions_supervised: state.sessions.supervised(),
+        warm_servers: state.runtime.as_ref().and_then(|r| r.warm_servers()),
     };
     let status = if ready {
         StatusCode::OK

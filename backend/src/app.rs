@@ -183,6 +183,7 @@ impl App {
             waiters,
             matcher_wake,
             draining: phases.joins.clone(),
+            runtime: runtime.clone(),
         });
         let http = {
             let stop = phases.http.clone();

@@ -75,12 +75,15 @@ async fn sessions_take_warm_servers_the_pool_refills_and_a_dead_one_is_replaced(
     let db = common::fresh_database().await;
     let backend = local_backend(&prefix, &db, |s| s.session_size(2).warm_pool(2, 2)).await;
     let http = backend.http.clone();
-    let pool = eventually(Duration::from_secs(15), || async {
-        let warm = warm_pids();
-        (warm.len() == 2).then_some(warm)
+    // Full once both are listening (a process exists a moment before it listens).
+    let health = eventually(Duration::from_secs(15), || async {
+        let (_, health) = http.get("/health").await;
+        (health["warm_servers"]["idle"] == 2).then_some(health)
     })
     .await;
-
+    assert_eq!(health["warm_servers"]["target"], 2, "{health}");
+    let pool = warm_pids();
+    assert_eq!(pool.len(), 2);
     let players = vec!["warm-a".to_string(), "warm-b".to_string()];
     let sessions = matched(&http, &players).await;
     let (sid, pid, statuses) = &sessions[0];
@@ -126,6 +129,15 @@ async fn sessions_take_warm_servers_the_pool_refills_and_a_dead_one_is_replaced(
     .await;
     assert_eq!(ended["end_reason"], "completed", "{ended}");
 
+    let (_, health) = http.get("/health").await;
+    assert_eq!(
+        (
+            &health["warm_servers"]["handed"],
+            &health["warm_servers"]["cold_starts"]
+        ),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "{health}"
+    );
     // A warm server killed while idle is replaced by a new one.
     let victim = idle.iter().next().unwrap().clone();
     assert!(
@@ -140,6 +152,8 @@ async fn sessions_take_warm_servers_the_pool_refills_and_a_dead_one_is_replaced(
         (!warm.contains(&victim) && !warm.contains(pid) && warm.len() == 2).then_some(())
     })
     .await;
+    let (_, health) = http.get("/health").await;
+    assert_eq!(health["warm_servers"]["replaced"], 1, "{health}");
     backend.stop().await;
     // Stopping the backend stops its idle warm servers.
     eventually(Duration::from_secs(15), || async {
@@ -153,11 +167,12 @@ async fn an_empty_pool_falls_back_to_cold_starts() {
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
     let backend = local_backend(&prefix, &db, |s| s.session_size(2).warm_pool(1, 1)).await;
-    let pool = eventually(Duration::from_secs(15), || async {
-        let warm = warm_pids();
-        (warm.len() == 1).then_some(warm)
+    eventually(Duration::from_secs(15), || async {
+        let (_, health) = backend.http.get("/health").await;
+        (health["warm_servers"]["idle"] == 1).then_some(())
     })
     .await;
+    let pool = warm_pids();
     // Three sessions form in one round: one takes the warm server, the others start cold.
     let players: Vec<String> = (0..6).map(|i| format!("cold-{i}")).collect();
     let sessions = matched(&backend.http, &players).await;
@@ -167,6 +182,8 @@ async fn an_empty_pool_falls_back_to_cold_starts() {
     let warm = sessions.iter().filter(|(_, pid, _)| pool.contains(pid)).count();
     assert!(warm <= 1, "only the one warm server was there to take");
     assert!(sessions.len() - warm >= 2, "the others started cold");
+    let (_, health) = backend.http.get("/health").await;
+    assert!(health["warm_servers"]["cold_starts"].as_u64().unwrap() >= 2, "{health}");
     backend.stop().await;
 }
 
@@ -183,10 +200,13 @@ async fn three_replicas_never_hand_one_warm_server_two_sessions() {
             .await,
         );
     }
-    eventually(Duration::from_secs(20), || async {
-        (warm_pids().len() == 9).then_some(())
-    })
-    .await;
+    for replica in &replicas {
+        eventually(Duration::from_secs(20), || async {
+            let (_, health) = replica.http.get("/health").await;
+            (health["warm_servers"]["idle"] == 3).then_some(())
+        })
+        .await;
+    }
     let warm_before = warm_pids();
     // 36 players join through the three replicas at once: 18 sessions.
     let players: Vec<String> = (0..36).map(|i| format!("trio-{i:02}")).collect();

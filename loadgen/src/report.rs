@@ -69,6 +69,8 @@ pub struct ClientRecord {
     pub join_to_matched: Option<Duration>,
     pub matched_to_connected: Option<Duration>,
     pub connected_to_running: Option<Duration>,
+    /// The time to play: from its first join to its match running.
+    pub join_to_running: Option<Duration>,
     pub match_lasted: Option<Duration>,
     pub life: Option<Duration>,
     /// API calls retried after a transient failure (503, 429, a dropped connection).
@@ -96,6 +98,7 @@ impl ClientRecord {
             join_to_matched: None,
             matched_to_connected: None,
             connected_to_running: None,
+            join_to_running: None,
             match_lasted: None,
             life: None,
             retries: 0,
@@ -114,6 +117,8 @@ pub struct Latencies {
     pub join_to_matched: Summary,
     pub matched_to_connected: Summary,
     pub connected_to_running: Summary,
+    /// The time to play: first join to the match running.
+    pub join_to_running: Summary,
     pub whole_life: Summary,
 }
 
@@ -425,10 +430,11 @@ impl Report {
                 detail: r.outcome.detail(),
             })
             .collect();
-        let phases: [(&'static str, Vec<Duration>); 4] = [
+        let phases: [(&'static str, Vec<Duration>); 5] = [
             ("join→matched", collect(records, |r| r.join_to_matched)),
             ("matched→connected", collect(records, |r| r.matched_to_connected)),
             ("connected→running", collect(records, |r| r.connected_to_running)),
+            ("join→running", collect(records, |r| r.join_to_running)),
             (
                 "whole life",
                 collect(records, |r| r.life.filter(|_| r.outcome == Outcome::Ok)),
@@ -457,7 +463,8 @@ impl Report {
                 join_to_matched: summarize(&phases[0].1),
                 matched_to_connected: summarize(&phases[1].1),
                 connected_to_running: summarize(&phases[2].1),
-                whole_life: summarize(&phases[3].1),
+                join_to_running: summarize(&phases[3].1),
+                whole_life: summarize(&phases[4].1),
             },
             sessions: session_sizes.values().sum(),
             session_sizes,
@@ -513,6 +520,7 @@ impl Report {
             ("join → matched", &l.join_to_matched),
             ("matched → connected", &l.matched_to_connected),
             ("connected → running", &l.connected_to_running),
+            ("join → running", &l.join_to_running),
             ("whole life", &l.whole_life),
         ] {
             let _ = writeln!(
@@ -601,7 +609,7 @@ impl Report {
         const BOTTOM: f64 = 50.0;
         const TOP: f64 = 40.0;
         const RIGHT: f64 = 260.0;
-        let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+        let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728"];
         let max = self
             .samples_ms
             .iter()

@@ -373,7 +373,7 @@ async fn connect_and_play(
     record: &mut ClientRecord,
     status: &MatchResponse,
     ticket: &str,
-    matched_at: Instant,
+    (life, matched_at): (Instant, Instant),
 ) -> Result<(), Outcome> {
     let addr = connect_addr(&shared.args, status);
     let stream = TcpStream::connect(&addr)
@@ -399,7 +399,7 @@ async fn connect_and_play(
     record.matched_to_connected = Some(matched_at.elapsed());
     let connected_at = Instant::now();
     shared.running.fetch_add(1, Ordering::Relaxed);
-    let result = play_match(shared, record, &mut game, connected_at).await;
+    let result = play_match(shared, record, &mut game, (life, connected_at)).await;
     shared.running.fetch_sub(1, Ordering::Relaxed);
     result
 }
@@ -483,7 +483,7 @@ async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> R
     let mut pause = Duration::from_millis(250);
     let mut tries = 0;
     let played = loop {
-        match connect_and_play(shared, record, &status, &ticket, matched_at).await {
+        match connect_and_play(shared, record, &status, &ticket, (life, matched_at)).await {
             Err(outcome) if tries < 4 && transient_refusal(&outcome) => {
                 tries += 1;
                 record.retries += 1;
@@ -511,7 +511,7 @@ async fn play_match(
     shared: &Shared,
     record: &mut ClientRecord,
     game: &mut Framed<TcpStream, LineCodec>,
-    connected_at: Instant,
+    (life, connected_at): (Instant, Instant),
 ) -> Result<(), Outcome> {
     game.get_mut()
         .write_all(format!("REQUEST_MATCH {}\n", shared.args.match_duration).as_bytes())
@@ -525,6 +525,7 @@ async fn play_match(
             ServerReply::State(GameState::Running) if running_at.is_none() => {
                 running_at = Some(Instant::now());
                 record.connected_to_running = Some(connected_at.elapsed());
+                record.join_to_running = Some(life.elapsed());
             }
             ServerReply::State(GameState::Stop) => {
                 let Some(running_at) = running_at else {

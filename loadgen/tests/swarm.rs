@@ -126,6 +126,13 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
         report.latency_ms.whole_life.p50_ms >= 1000.0,
         "a 1 s match lasts at least 1 s"
     );
+    // The time to play: every player saw its match running, after being matched.
+    let l = &report.latency_ms;
+    assert_eq!(l.join_to_running.count, 6);
+    // Each player's join → running includes its join → matched, so every percentile does too.
+    assert!(l.join_to_running.p50_ms >= l.join_to_matched.p50_ms);
+    assert!(l.join_to_running.max_ms >= l.join_to_matched.max_ms);
+    assert!(l.join_to_running.p50_ms < l.whole_life.p50_ms);
 
     // The files the CLI writes: the same report as JSON, and a chart.
     std::fs::write(&json, serde_json::to_vec(&report).unwrap()).unwrap();
@@ -146,6 +153,7 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
     }
     assert_eq!(parsed["invariants"]["ok"], true);
     assert_eq!(parsed["outcomes"]["ok"], 6);
+    assert_eq!(parsed["latency_ms"]["join_to_running"]["count"], 6);
     assert!(std::fs::read_to_string(&chart).unwrap().contains("<polyline"));
 
     stack.stop().await;

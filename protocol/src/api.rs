@@ -371,6 +371,26 @@ pub struct BackendHealth {
     pub history_backlog: Option<u64>,
     /// Sessions this replica supervises.
     pub sessions_supervised: usize,
+    /// This replica's warm game servers, when it keeps any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_servers: Option<WarmServers>,
+}
+
+/// A replica's warm pool in `GET /health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmServers {
+    /// Ready to be handed a session.
+    pub idle: usize,
+    /// Being started.
+    pub starting: usize,
+    /// The size demand calls for now, within `WARM_POOL_MIN`..`WARM_POOL_MAX`.
+    pub target: usize,
+    /// Sessions handed to a warm server, and sessions that found the pool empty and started
+    /// cold, since start.
+    pub handed: u64,
+    pub cold_starts: u64,
+    /// Warm servers that died while idle and were replaced, since start.
+    pub replaced: u64,
 }
 
 /// The proxy's own `GET /health`.

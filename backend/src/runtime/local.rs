@@ -74,6 +74,7 @@ impl LocalRuntime {
             while let Some(warm) = pool.take() {
                 match warm.hand_over(&self.spawner.secret, &spec).await {
                     Ok(()) => {
+                        pool.handed.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(session = %spec.session_id, server = %warm.server.name, "session handed to a warm server");
                         return Ok(Box::new(warm.server));
                     }
@@ -187,6 +188,18 @@ impl SessionRuntime for LocalRuntime {
         Box::pin(self.start_session(spec))
     }
 
+    fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
+        let pool = self.pool.as_ref()?;
+        Some(protocol::api::WarmServers {
+            idle: pool.idle(),
+            starting: pool.warming.load(Ordering::Relaxed),
+            target: pool.demand.lock().expect("demand lock").target(Instant::now()),
+            handed: pool.handed.load(Ordering::Relaxed),
+            cold_starts: pool.cold_starts.load(Ordering::Relaxed),
+            replaced: pool.replaced.load(Ordering::Relaxed),
+        })
+    }
+
     fn tasks(&self, _sessions: Sessions, stop: CancellationToken) -> Vec<Task> {
         match &self.pool {
             Some(pool) => vec![(
@@ -204,7 +217,9 @@ pub(crate) struct WarmPool {
     /// Warm servers being started.
     warming: AtomicUsize,
     demand: std::sync::Mutex<Demand>,
-    /// Sessions that found the pool empty and started cold, since start (for logs and tests).
+    /// Sessions handed to a warm server, since start.
+    handed: AtomicU64,
+    /// Sessions that found the pool empty and started cold, since start.
     cold_starts: AtomicU64,
     /// Warm servers that died while idle and were replaced.
     replaced: AtomicU64,
@@ -222,6 +237,7 @@ impl WarmPool {
             idle: std::sync::Mutex::new(VecDeque::new()),
             warming: AtomicUsize::new(0),
             demand: std::sync::Mutex::new(Demand::new(bounds)),
+            handed: AtomicU64::new(0),
             cold_starts: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
         }

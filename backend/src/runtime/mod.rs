@@ -106,6 +106,11 @@ pub trait SessionRuntime: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Its warm pool, when it keeps one.
+    fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
+        None
+    }
+
     /// The background tasks this runtime needs, stopping when `stop` is cancelled.
     fn tasks(&self, _sessions: Sessions, _stop: CancellationToken) -> Vec<Task> {
         Vec::new()
