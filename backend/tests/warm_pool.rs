@@ -84,7 +84,11 @@ async fn sessions_take_warm_servers_the_pool_refills_and_a_dead_one_is_replaced(
     assert_eq!(health["warm_servers"]["target"], 2, "{health}");
     let pool = warm_pids();
     assert_eq!(pool.len(), 2);
-    let players = vec!["warm-a".to_string(), "warm-b".to_string()];
+    // Long ids make a hand-over far longer than a game line.
+    let players: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|p| format!("warm-{p}-{}", "x".repeat(120)))
+        .collect();
     let sessions = matched(&http, &players).await;
     let (sid, pid, statuses) = &sessions[0];
     assert!(

@@ -5,8 +5,8 @@
 //!
 //! Anything else on the port while warm is refused with one `ERROR` line: a player's `JOIN`
 //! (`wrong_session`: this server has no session yet), a forged, expired or misdirected token
-//! (`bad_ticket`, `expired_ticket`), garbage (`join_required`). Only the first valid hand-over
-//! is taken.
+//! (`bad_ticket`, `expired_ticket`), garbage (`join_required`), a line over
+//! [`MAX_HANDOVER_BYTES`] (`line_too_long`). Only the first valid hand-over is taken.
 
 use std::sync::Arc;
 
@@ -22,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ServerConfig;
 use crate::conn::refuse;
+
+/// The longest hand-over line: a token carrying a roster of up to 1,000 players of 128
+/// characters, base64-encoded, and the report target.
+pub const MAX_HANDOVER_BYTES: usize = 256 * 1024;
 
 /// Waits for the hand-over on `listener` and returns the session's settings, or `None` when
 /// `shutdown` came first (a warm server stopped unused). `config` is the warm server's own
@@ -69,9 +73,13 @@ pub async fn await_handover(
                 let (join_timeout, write_timeout) = (config.join_timeout, config.write_timeout);
                 connections.spawn(async move {
                     let (r, w) = stream.into_split();
-                    let mut lines = FramedRead::new(r, LineCodec::new());
+                    let mut lines = FramedRead::new(r, LineCodec::with_max(MAX_HANDOVER_BYTES));
                     let first = match timeout(join_timeout, lines.next()).await {
                         Ok(Some(Ok(line))) => line,
+                        Ok(Some(Err(protocol::CodecError::LineTooLong))) => {
+                            refuse(lines, FramedWrite::new(w, LineCodec::new()), ErrorCode::LineTooLong, write_timeout).await;
+                            return;
+                        }
                         _ => return,
                     };
                     let text = String::from_utf8_lossy(&first);

@@ -315,3 +315,39 @@ async fn a_warm_server_stopped_unused_exits_zero_and_warm_settings_are_exclusive
     assert!(stderr.contains("WARM_SERVER_ID starts a warm server"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[tokio::test]
+async fn a_hand_over_of_a_big_roster_is_taken_and_an_endless_line_refused() {
+    use protocol::ticket::unix_now;
+    use protocol::{Handover, handover};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_game-server"))
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .env("WARM_SERVER_ID", "warm-big")
+        .env("TICKET_SECRET", common::SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = listening(&mut child).await;
+    // Far over a game line's 1,024 bytes, far under the hand-over's cap.
+    assert_eq!(
+        answer(
+            addr,
+            &format!("ASSIGN {}", "x".repeat(game_server::warm::MAX_HANDOVER_BYTES + 10))
+        )
+        .await,
+        "ERROR line_too_long"
+    );
+    // 200 players with the longest ids there are, and a report target: a long line.
+    let players: Vec<String> = (0..200).map(|i| format!("{i:0>128}")).collect();
+    let mut big = Handover::new("warm-big", SESSION, players, unix_now());
+    big.report_url = Some(format!("http://127.0.0.1:9/internal/sessions/{SESSION}/result"));
+    big.report_token = Some(REPORT_TOKEN.repeat(10));
+    let token = common::secret().mint_handover(&big);
+    assert!(token.len() > 30_000);
+    assert_eq!(
+        answer(addr, handover::assign(&token).trim_end()).await,
+        format!("ASSIGNED {SESSION}")
+    );
+}

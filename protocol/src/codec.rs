@@ -17,7 +17,7 @@ pub const MAX_LINE_BYTES: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// The peer sent a line longer than the cap; the connection should be closed.
-    #[error("line longer than {MAX_LINE_BYTES} bytes")]
+    #[error("line longer than the cap")]
     LineTooLong,
     /// The transport failed.
     #[error(transparent)]
@@ -25,16 +25,30 @@ pub enum CodecError {
 }
 
 /// Splits a byte stream into lines and writes typed lines with a `\n` terminator.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct LineCodec {
     /// How far the buffer has already been searched for `\n`, so a slow line is scanned once.
     scanned: usize,
+    /// The longest line accepted.
+    max: usize,
+}
+
+impl Default for LineCodec {
+    fn default() -> Self {
+        LineCodec::with_max(MAX_LINE_BYTES)
+    }
 }
 
 impl LineCodec {
-    /// A codec with nothing buffered.
+    /// A codec with nothing buffered, for game-protocol lines ([`MAX_LINE_BYTES`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A codec for lines of up to `max` bytes (a warm server's hand-over carries a whole
+    /// roster).
+    pub fn with_max(max: usize) -> Self {
+        LineCodec { scanned: 0, max }
     }
 }
 
@@ -44,7 +58,7 @@ impl Decoder for LineCodec {
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
         // Never look further than a legal line can reach: content, `\r`, `\n`.
-        let limit = buf.len().min(MAX_LINE_BYTES + 2);
+        let limit = buf.len().min(self.max + 2);
         let start = self.scanned.min(limit);
         match buf[start..limit].iter().position(|&b| b == b'\n') {
             Some(offset) => {
@@ -55,12 +69,12 @@ impl Decoder for LineCodec {
                 if line.last() == Some(&b'\r') {
                     line.truncate(newline - 1);
                 }
-                if line.len() > MAX_LINE_BYTES {
+                if line.len() > self.max {
                     return Err(CodecError::LineTooLong);
                 }
                 Ok(Some(line.freeze()))
             }
-            None if buf.len() > MAX_LINE_BYTES + 1 => Err(CodecError::LineTooLong),
+            None if buf.len() > self.max + 1 => Err(CodecError::LineTooLong),
             None => {
                 self.scanned = limit;
                 Ok(None)
