@@ -4,7 +4,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use game_server::Config;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -30,7 +29,9 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        let listener = match TcpListener::bind((config.bind, config.port)).await {
+        // A whole roster connects at once; the backlog takes any connection cap.
+        let backlog = u32::try_from(config.max_connections).unwrap_or(u32::MAX).max(1024);
+        let listener = match service::net::listen(std::net::SocketAddr::new(config.bind, config.port), backlog) {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!("game-server: cannot listen on {}:{}: {e}", config.bind, config.port);

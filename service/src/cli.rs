@@ -74,7 +74,7 @@ where
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(bind).await {
+        let listener = match crate::net::listen(bind, crate::net::BURST_BACKLOG) {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!("{binary}: cannot listen on {bind}: {e}");

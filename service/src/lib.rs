@@ -3,11 +3,13 @@
 //! - [`cli`]: config parsing (a bad config is one line and exit status 2), duration settings,
 //!   signals, and [`cli::serve`], the rest of a multi-threaded server's `main`;
 //! - [`telemetry`]: the logging set-up;
+//! - [`net`]: listening sockets with a backlog sized for bursts;
 //! - [`metrics`]: Prometheus exposition through `prometheus-client`, shared buckets and guards;
 //! - `redis` (feature `redis`): Redis connections that survive restarts and follow failovers.
 
 pub mod cli;
 pub mod metrics;
+pub mod net;
 pub mod telemetry;
 
 #[cfg(feature = "redis")]
