@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use crate::cluster::{Behaviour, Cluster, Fault, From, Key, Verb};
+use crate::cluster::{Behaviour, Cluster, Fault, From, Key, PatchError, Verb};
 use crate::kubelet::Command;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::validate;
@@ -38,7 +38,10 @@ pub fn router(cluster: Arc<Cluster>) -> axum::Router {
         .route("/api/v1", get(api_resources))
         .route("/api/v1/pods", get(list_all))
         .route("/api/v1/namespaces/{ns}/pods", get(list_in).post(create))
-        .route("/api/v1/namespaces/{ns}/pods/{name}", get(read).delete(delete))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}",
+            get(read).delete(delete).patch(patch),
+        )
         .route("/sim/behaviour", get(behaviour).put(set_behaviour))
         .route("/sim/faults", post(add_fault))
         .route("/sim/watches/cut", post(cut_watches))
@@ -96,7 +99,7 @@ async fn api_resources() -> Json<Value> {
     Json(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
         {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
-         "verbs": ["create", "delete", "get", "list", "watch"], "shortNames": ["po"]}]}),
+         "verbs": ["create", "delete", "get", "list", "patch", "watch"], "shortNames": ["po"]}]}),
     )
 }
 
@@ -431,6 +434,56 @@ async fn delete(
     match cluster.delete(&(ns, name.clone()), grace) {
         Some(pod) => Json(pod_json(&pod)).into_response(),
         None => not_found(&name),
+    }
+}
+
+/// A merge patch (`application/merge-patch+json`; a strategic merge patch is applied the same
+/// way, which is what it does to labels, annotations and scalars). JSON patches and server-side
+/// apply are not served.
+async fn patch(
+    State(cluster): State<Arc<Cluster>>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(fault) = injected(&cluster, Verb::Patch) {
+        return fault;
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    if !matches!(
+        media,
+        "application/merge-patch+json" | "application/strategic-merge-patch+json"
+    ) {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            &format!(
+                "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
+            None,
+        );
+    }
+    let sent: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return status(400, "BadRequest", "a merge patch is a JSON object", None),
+        Err(e) => return status(400, "BadRequest", &format!("the body is not JSON: {e}"), None),
+    };
+    match cluster.patch(&(ns, name.clone()), &sent) {
+        Ok(pod) => Json(pod_json(&pod)).into_response(),
+        Err(PatchError::NotFound) => not_found(&name),
+        Err(PatchError::Conflict(message)) => {
+            status(409, "Conflict", &message, Some(json!({"name": name, "kind": "pods"})))
+        }
+        Err(PatchError::Invalid(message)) => status(
+            422,
+            "Invalid",
+            &format!("Pod {name:?} is invalid: {message}"),
+            Some(json!({"name": name, "kind": "Pod"})),
+        ),
     }
 }
 

@@ -34,6 +34,7 @@ pub enum Verb {
     Delete,
     Get,
     List,
+    Patch,
     Watch,
 }
 
@@ -137,6 +138,36 @@ pub fn now() -> Time {
 pub struct TooOld {
     pub asked: u64,
     pub oldest: u64,
+}
+
+/// Why a patch was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PatchError {
+    NotFound,
+    /// The precondition's resource version is not the Pod's.
+    Conflict(String),
+    /// The patch changes what may not change, or the result is not a valid Pod.
+    Invalid(String),
+}
+
+/// Applies a JSON merge patch (RFC 7386) to `target`.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let Value::Object(map) = target else { return };
+    for (key, value) in fields {
+        if value.is_null() {
+            map.remove(key);
+        } else {
+            merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
 }
 
 /// A watch's start: the events to send first, the live feed, and the signal that cuts it.
@@ -390,6 +421,112 @@ impl Cluster {
         Some(pod)
     }
 
+    /// A merge patch of a Pod (RFC 7386) as the API server applies one to a running Pod: only
+    /// labels, annotations and a lower `spec.activeDeadlineSeconds` may change (status is the
+    /// kubelet's). A `metadata.resourceVersion` in the patch is a precondition: the patch
+    /// applies only to that version, else `Conflict` (optimistic concurrency, as kube-rs and
+    /// kubectl use it).
+    pub fn patch(&self, key: &Key, patch: &serde_json::Value) -> Result<Pod, PatchError> {
+        let mut state = self.state.lock().unwrap();
+        let current = state.pods.get(key).ok_or(PatchError::NotFound)?.clone();
+        let version = current.metadata.resource_version.clone().unwrap_or_default();
+        if let Some(wanted) = patch.pointer("/metadata/resourceVersion")
+            && wanted.as_str() != Some(version.as_str())
+        {
+            return Err(PatchError::Conflict(format!(
+                "Operation cannot be fulfilled on pods {:?}: the object has been modified; please apply your changes to the latest version and try again",
+                key.1
+            )));
+        }
+        let before = serde_json::to_value(&current).map_err(|e| PatchError::Invalid(e.to_string()))?;
+        let mut merged = before.clone();
+        merge_patch(&mut merged, patch);
+        let parsed: Pod = serde_json::from_value(merged.clone())
+            .map_err(|e| PatchError::Invalid(format!("the patched Pod does not parse: {e}")))?;
+        // Only the mutable parts are taken from the patch (status is the kubelet's)...
+        let mut patched = current.clone();
+        patched.metadata.labels = parsed.metadata.labels.filter(|l| !l.is_empty());
+        patched.metadata.annotations = parsed.metadata.annotations.filter(|a| !a.is_empty());
+        let old_deadline = current.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+        let new_deadline = parsed.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+        if let Some(spec) = patched.spec.as_mut() {
+            spec.active_deadline_seconds = new_deadline;
+        }
+        // ...and everything else must be as it was.
+        let strip = |mut pod: serde_json::Value| {
+            for pointer in ["/metadata", "/status"] {
+                if let Some(v) = pod.pointer_mut(pointer) {
+                    *v = serde_json::Value::Null;
+                }
+            }
+            if let Some(serde_json::Value::Object(spec)) = pod.pointer_mut("/spec") {
+                spec.remove("activeDeadlineSeconds");
+            }
+            pod
+        };
+        let meta_rest = |pod: &serde_json::Value| {
+            let mut meta = pod.get("metadata").cloned().unwrap_or_default();
+            if let serde_json::Value::Object(m) = &mut meta {
+                for mutable in ["labels", "annotations", "resourceVersion"] {
+                    m.remove(mutable);
+                }
+            }
+            meta
+        };
+        if strip(merged.clone()) != strip(before.clone()) || meta_rest(&merged) != meta_rest(&before) {
+            return Err(PatchError::Invalid(
+                "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions), metadata labels and annotations".into(),
+            ));
+        }
+        if new_deadline != old_deadline {
+            match (old_deadline, new_deadline) {
+                (_, Some(new)) if new <= 0 => {
+                    return Err(PatchError::Invalid(
+                        "spec.activeDeadlineSeconds: Invalid value: must be greater than 0".into(),
+                    ));
+                }
+                (Some(old), Some(new)) if new > old => {
+                    return Err(PatchError::Invalid(format!(
+                        "spec.activeDeadlineSeconds: Invalid value: {new}: must be less than or equal to previous value ({old})"
+                    )));
+                }
+                (Some(_), None) => {
+                    return Err(PatchError::Invalid(
+                        "spec.activeDeadlineSeconds: Invalid value: cannot be removed once set".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let namespace = key.0.clone();
+        let causes: Vec<String> = crate::validate::pod(&patched, &namespace)
+            .into_iter()
+            .filter(|c| c.field.starts_with("metadata.labels"))
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect();
+        if !causes.is_empty() {
+            return Err(PatchError::Invalid(causes.join(", ")));
+        }
+        if patched == current {
+            return Ok(current);
+        }
+        if let Some(record) = state.records.get_mut(key) {
+            record.session = patched
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("matchplane.io/session").cloned());
+        }
+        self.emit(&mut state, "MODIFIED", &mut patched);
+        state.pods.insert(key.clone(), patched.clone());
+        if new_deadline != old_deadline
+            && let (Some(seconds), Some(kubelet)) = (new_deadline, state.kubelets.get(key))
+        {
+            let _ = kubelet.send(Command::Deadline(Duration::from_secs(seconds as u64)));
+        }
+        Ok(patched)
+    }
+
     /// Sends the kubelet of a Pod a command (evict, kill, unready); false if no such Pod.
     pub fn tell_kubelet(&self, key: &Key, command: Command) -> bool {
         match self.state.lock().unwrap().kubelets.get(key) {
@@ -505,5 +642,100 @@ impl Cluster {
         for kubelet in self.state.lock().unwrap().kubelets.values() {
             let _ = kubelet.send(Command::Kill);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn cluster() -> Arc<Cluster> {
+        let node = NodeConfig {
+            game_server_bin: "/nonexistent/game-server".into(),
+            secrets: HashMap::new(),
+            log_dir: None,
+            strict_by_default: true,
+        };
+        // Containers never start within a test: the Pod stays Pending.
+        let behaviour = Behaviour {
+            start_delay_ms: 3_600_000,
+            never_ready: 0,
+            bookmark_interval_ms: 1000,
+            max_watch_seconds: 30,
+        };
+        Cluster::new(node, behaviour, 100)
+    }
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "warm-1", "labels": {"app": "game", "matchplane.io/warm": "true"}},
+            "spec": {"activeDeadlineSeconds": 600, "containers": [{"name": "c", "image": "i:1"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn merge_patches_follow_rfc_7386() {
+        let mut target = json!({"a": {"b": 1, "c": 2}, "d": [1, 2]});
+        merge_patch(&mut target, &json!({"a": {"b": null, "e": 3}, "d": [3]}));
+        assert_eq!(target, json!({"a": {"c": 2, "e": 3}, "d": [3]}));
+    }
+
+    #[tokio::test]
+    async fn a_patch_under_a_stale_resource_version_conflicts_and_changes_nothing() {
+        let cluster = cluster();
+        let key = ("games".to_owned(), "warm-1".to_owned());
+        let created = cluster.create("games", pod()).unwrap();
+        let version = created.metadata.resource_version.clone().unwrap();
+        let claim = |session: &str| {
+            json!({"metadata": {"resourceVersion": version, "labels": {"matchplane.io/session": session}},
+                   "spec": {"activeDeadlineSeconds": 300}})
+        };
+        let patched = cluster.patch(&key, &claim("s1")).unwrap();
+        let labels = patched.metadata.labels.clone().unwrap();
+        assert_eq!(labels["matchplane.io/session"], "s1");
+        assert_eq!(labels["app"], "game", "a merge patch keeps the other labels");
+        assert_eq!(patched.spec.as_ref().unwrap().active_deadline_seconds, Some(300));
+        assert_ne!(patched.metadata.resource_version.as_deref(), Some(version.as_str()));
+        // A second claim read the same version: it loses, and the Pod keeps the first claim.
+        assert!(matches!(
+            cluster.patch(&key, &claim("s2")),
+            Err(PatchError::Conflict(_))
+        ));
+        let now = cluster.get(&key).unwrap();
+        assert_eq!(now.metadata.labels.unwrap()["matchplane.io/session"], "s1");
+        assert_eq!(cluster.records()[0].session.as_deref(), Some("s1"));
+    }
+
+    #[tokio::test]
+    async fn only_labels_annotations_and_a_lower_deadline_may_change() {
+        let cluster = cluster();
+        let key = ("games".to_owned(), "warm-1".to_owned());
+        cluster.create("games", pod()).unwrap();
+        for refused in [
+            json!({"spec": {"activeDeadlineSeconds": 601}}),
+            json!({"spec": {"activeDeadlineSeconds": null}}),
+            json!({"spec": {"activeDeadlineSeconds": 0}}),
+            json!({"spec": {"restartPolicy": "Never"}}),
+            json!({"spec": {"containers": [{"name": "c", "image": "other:2"}]}}),
+            json!({"metadata": {"labels": {"bad key!": "x"}}}),
+        ] {
+            assert!(
+                matches!(cluster.patch(&key, &refused), Err(PatchError::Invalid(_))),
+                "{refused}"
+            );
+        }
+        let before = cluster.get(&key).unwrap();
+        let same = cluster
+            .patch(&key, &json!({"metadata": {"labels": {"app": "game"}}}))
+            .unwrap();
+        assert_eq!(
+            same.metadata.resource_version, before.metadata.resource_version,
+            "a no-op keeps the version"
+        );
+        let missing = ("games".to_owned(), "nope".to_owned());
+        assert_eq!(cluster.patch(&missing, &json!({})), Err(PatchError::NotFound));
     }
 }

@@ -33,6 +33,8 @@ pub enum Command {
     Evict,
     /// The readiness probe fails from now on (a wedged server, a lost node).
     Unready,
+    /// `spec.activeDeadlineSeconds` was lowered to this (counted from scheduling, as before).
+    Deadline(Duration),
 }
 
 /// How this Pod starts.
@@ -230,7 +232,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
         .active_deadline_seconds
         .map(|s| scheduled + Duration::from_secs(s.max(0) as u64));
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-    let deadline_at = deadline.unwrap_or(far);
+    let mut deadline_at = deadline.unwrap_or(far);
 
     // Image pull and container creation; a delete or eviction meanwhile ends it here.
     let mut create_at = Instant::now() + start.delay;
@@ -268,6 +270,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
                     return;
                 }
                 Some(Command::Unready) => {}
+                Some(Command::Deadline(after)) => deadline_at = deadline_at.min(scheduled + after),
             },
         }
     };
@@ -384,6 +387,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
                     signal(pid, Signal::SIGKILL);
                 }
                 Some(Command::Unready) => forced_unready = true,
+                Some(Command::Deadline(after)) => deadline_at = deadline_at.min(scheduled + after),
             },
         }
     };

@@ -3,7 +3,9 @@
 //! cluster: tests, CI and `make demo-kubernetes`. It is a test bed, not a product.
 //!
 //! The API ([`api`]) serves core/v1 Pods as a real API server does for the calls kube-rs makes:
-//! create (validated, 422 with causes), get, delete with a grace period, list with label and
+//! create (validated, 422 with causes), get, merge patch (labels, annotations, a lower
+//! `activeDeadlineSeconds`; a resource version in the patch is a precondition), delete with a
+//! grace period, list with label and
 //! field selectors and pages, and watch from a resource version with bookmarks, 410 Gone for a
 //! version older than the kept history and a server-side timeout. The kubelet ([`kubelet`])
 //! runs each Pod's container as the real `game-server` on a loopback address of its own (the
