@@ -431,9 +431,16 @@ async fn delete(
         .get("gracePeriodSeconds")
         .and_then(Value::as_i64)
         .or(q.grace_period_seconds);
-    match cluster.delete(&(ns, name.clone()), grace) {
-        Some(pod) => Json(pod_json(&pod)).into_response(),
-        None => not_found(&name),
+    let version = options
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str);
+    match cluster.delete_if(&(ns, name.clone()), grace, version) {
+        Ok(Some(pod)) => Json(pod_json(&pod)).into_response(),
+        Ok(None) | Err(PatchError::NotFound) => not_found(&name),
+        Err(PatchError::Conflict(message)) => {
+            status(409, "Conflict", &message, Some(json!({"name": name, "kind": "pods"})))
+        }
+        Err(PatchError::Invalid(message)) => status(422, "Invalid", &message, None),
     }
 }
 

@@ -386,8 +386,25 @@ impl Cluster {
     /// kubelet removes it when the container is gone); without one, or when nothing runs, it
     /// goes at once. `None` if there is no such Pod.
     pub fn delete(&self, key: &Key, grace: Option<i64>) -> Option<Pod> {
+        self.delete_if(key, grace, None).ok().flatten()
+    }
+
+    /// [`Cluster::delete`] under a precondition: with `version`, only the Pod at that resource
+    /// version is deleted (`Conflict` otherwise), as `DeleteOptions.preconditions` asks.
+    pub fn delete_if(&self, key: &Key, grace: Option<i64>, version: Option<&str>) -> Result<Option<Pod>, PatchError> {
         let mut state = self.state.lock().unwrap();
-        let pod = state.pods.get(key)?.clone();
+        let Some(pod) = state.pods.get(key).cloned() else {
+            return Ok(None);
+        };
+        if let Some(version) = version
+            && pod.metadata.resource_version.as_deref() != Some(version)
+        {
+            return Err(PatchError::Conflict(format!(
+                "Operation cannot be fulfilled on pods {:?}: the ResourceVersion in the precondition ({version}) does not match the ResourceVersion in record ({}). The object might have been modified",
+                key.1,
+                pod.metadata.resource_version.as_deref().unwrap_or_default()
+            )));
+        }
         let grace = grace
             .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
@@ -402,12 +419,12 @@ impl Cluster {
             if let Some(kubelet) = kubelet {
                 let _ = kubelet.send(Command::Kill);
             }
-            return self.remove(key);
+            return Ok(self.remove(key));
         }
         if let Some(current) = pod.metadata.deletion_grace_period_seconds
             && current <= grace
         {
-            return Some(pod);
+            return Ok(Some(pod));
         }
         let mut pod = pod;
         pod.metadata.deletion_timestamp = Some(timestamp(now_ms().saturating_add(grace.saturating_mul(1000))));
@@ -418,7 +435,7 @@ impl Cluster {
         if let Some(kubelet) = kubelet {
             let _ = kubelet.send(Command::Stop(Duration::from_secs(grace as u64)));
         }
-        Some(pod)
+        Ok(Some(pod))
     }
 
     /// A merge patch of a Pod (RFC 7386) as the API server applies one to a running Pod: only
@@ -707,6 +724,16 @@ mod tests {
         let now = cluster.get(&key).unwrap();
         assert_eq!(now.metadata.labels.unwrap()["matchplane.io/session"], "s1");
         assert_eq!(cluster.records()[0].session.as_deref(), Some("s1"));
+        // A delete under the version read before the claim conflicts too: a claimed Pod is
+        // never deleted as an idle one.
+        assert!(matches!(
+            cluster.delete_if(&key, Some(0), Some(&version)),
+            Err(PatchError::Conflict(_))
+        ));
+        assert!(cluster.get(&key).is_some());
+        let current = now.metadata.resource_version.clone().unwrap();
+        assert!(cluster.delete_if(&key, Some(0), Some(&current)).unwrap().is_some());
+        assert!(cluster.get(&key).is_none());
     }
 
     #[tokio::test]
