@@ -78,10 +78,12 @@ TICKET_SECRET=render-check BACKEND_INTERNAL_URL=http://matchplane-backend.matchp
 GAME_SERVER_NODE_SELECTOR='pool=games' GAME_SERVER_TOLERATIONS='[{"key":"games","operator":"Exists","effect":"NoSchedule"}]' \
   START_POLICY=roster MAX_MATCH_SECONDS=3600 \
   "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e60 --players a >"$out/pod-options.yaml"
+# A warm Pod (WARM_POOL_MIN/WARM_POOL_MAX): started without a session.
+"${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --warm >"$out/pod-warm.yaml"
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
-  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml"
-echo "manifests-check: deploy/ and the rendered game-server pod validate against Kubernetes $K8S_VERSION (strict)"
+  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml"
+echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one) validate against Kubernetes $K8S_VERSION (strict)"
 
 # Security scan of the rendered manifests. deploy/ carries its exceptions, with reasons, as
 # checkov.io/skip annotations next to each resource. The game-server Pod is created by the
@@ -98,7 +100,7 @@ fi
 mkdir -p "$out/deploy" "$out/pods"
 cp "$out/deploy.yaml" "$out/deploy/"
 # The game-server NetworkPolicy travels with the pods it selects.
-cp "$out/pod.yaml" "$out/pod-options.yaml" deploy/backend/game-servers-networkpolicy.yaml "$out/pods/"
+cp "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" deploy/backend/game-servers-networkpolicy.yaml "$out/pods/"
 "$venv/bin/checkov" --skip-download --quiet --compact --framework kubernetes -d "$out/deploy"
 "$venv/bin/checkov" --skip-download --quiet --compact --framework kubernetes -d "$out/pods" --skip-check CKV_K8S_43,CKV_K8S_15,CKV_K8S_35
 echo "manifests-check: the security scan (checkov) passes"

@@ -4,7 +4,8 @@
 # through an ordinary kubeconfig). Every session gets a Pod; kube-sim's kubelet runs the real
 # game-server for it. Ends in the demo's summary plus the Pod figures; exits non-zero on any
 # failure and stops everything it started. CLIENTS (60), MATCH_DURATION (5 s), SPAWN_RATE (0),
-# SESSION_SIZE (12), POD_START_DELAY_MS (2000: simulated scheduling and image pull).
+# SESSION_SIZE (12), POD_START_DELAY_MS (2000: simulated scheduling and image pull),
+# WARM_POOL_MIN/WARM_POOL_MAX (warm Pods for the whole cluster, when set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stack.sh
@@ -62,7 +63,7 @@ for replica in 1 2; do
     TICKET_SECRET="$secret" ADMIN_TOKEN="$admin" PLAYER_TOKEN_SECRET="$player_secret" RUNTIME=kubernetes NAMESPACE=games \
     BACKEND_INTERNAL_URL="http://127.0.0.1:$port" SESSION_SIZE="${SESSION_SIZE:-12}" \
     PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$proxy_port" INSTANCE_ID="replica-$replica" SHUTDOWN_GRACE_SECONDS=5 \
-    FINISHED_POD_GRACE_SECONDS=2 \
+    FINISHED_POD_GRACE_SECONDS=2 ${WARM_POOL_MIN:+WARM_POOL_MIN=$WARM_POOL_MIN} ${WARM_POOL_MAX:+WARM_POOL_MAX=$WARM_POOL_MAX} \
     "$bin/backend" --kubeconfig "$run/kubeconfig" >"$run/backend-$replica.log" 2>&1 &
   pids+=($!)
   MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$port/health" "backend replica $replica" "$!"
@@ -76,6 +77,8 @@ env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="${bac
 pids+=($!)
 MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$!"
 echo "proxy http://127.0.0.1:$proxy_port, backends ${backends[*]}, kube-sim $sim (kubeconfig $run/kubeconfig)"
+# Warm Pods are kept ahead of demand: let the pool fill before the players come.
+mp_wait_warm "${backends[0]}"
 
 echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches, pods start in ${POD_START_DELAY_MS:-2000} ms =="
 status=0
@@ -83,10 +86,11 @@ mp_run_swarm env PLAYER_TOKEN_SECRET="$player_secret" "$bin/loadgen" swarm --tar
   --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
   --session-size "${SESSION_SIZE:-12}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
 
-# Every Pod goes once its session is over (finished Pods are kept 2 s here): wait for that,
-# then compare kube-sim's record of each Pod with PostgreSQL's record of each session.
+# Every session's Pod goes once its session is over (finished Pods are kept 2 s here): wait
+# for that, then compare kube-sim's record of each Pod with PostgreSQL's record of each
+# session. Warm Pods never claimed stay for the next players.
 for _ in $(seq 1 300); do
-  left=$(curl -fsS "$sim/sim/pods" | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["deleted_ms"] is None))')
+  left=$(curl -fsS "$sim/sim/pods" | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["deleted_ms"] is None and p["session"]))')
   [ "$left" = 0 ] && break
   sleep 0.1
 done
@@ -95,18 +99,27 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 curl -fsS "$sim/sim/pods" >"$out/pods.json"
+for backend in "${backends[@]}"; do
+  curl -fsS "$backend/health" | python3 -c 'import json,sys; w = json.load(sys.stdin).get("warm_servers"); w and print("warm pods (" + sys.argv[1] + "): " + ", ".join(f"{k} {v}" for k, v in w.items()))' "$backend"
+done
 "$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT json_agg(json_build_object('session', session_id, 'ended_ms', (extract(epoch from ended_at) * 1000)::bigint, 'reason', end_reason, 'instance', backend_instance)) FROM matches" >"$out/sessions.json"
 python3 - "$out/pods.json" "$out/sessions.json" <<'PY' || status=1
 import json, sys
-pods = json.load(open(sys.argv[1]))
+records = json.load(open(sys.argv[1]))
 sessions = json.load(open(sys.argv[2])) or []
+# Pods that served a session (created for it, or warm and claimed by it); warm ones never
+# claimed are the pool's.
+pods = [p for p in records if p["session"]]
+idle_warm = [p for p in records if not p["session"]]
+warm_used = sum(1 for p in pods if p["name"].startswith("mp-gs-warm-"))
 ended = {s["session"]: s for s in sessions}
 by_replica = {}
 for s in sessions:
     by_replica[s["instance"]] = by_replica.get(s["instance"], 0) + 1
 print(f"sessions: {len(sessions)} ({', '.join(f'{k}: {v}' for k, v in sorted(by_replica.items()))}); "
       f"end reasons: {', '.join(sorted({str(s['reason']) for s in sessions}))}")
-print(f"pods created: {len(pods)} for {len(sessions)} sessions; still present: {sum(1 for p in pods if p['deleted_ms'] is None)}")
+print(f"pods: {len(pods)} for {len(sessions)} sessions ({warm_used} warm, {len(pods) - warm_used} cold); still present: {sum(1 for p in pods if p['deleted_ms'] is None)}; "
+      f"warm pods never claimed: {len(idle_warm)}")
 after = [p["deleted_ms"] - ended[p["session"]]["ended_ms"] for p in pods
          if p["deleted_ms"] and p["session"] in ended and ended[p["session"]]["ended_ms"]]
 if after:

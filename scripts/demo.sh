@@ -36,16 +36,8 @@ RUST_LOG=${RUST_LOG:-info} mp_start_stack ".run/demo-stack-$$"
 trap 'mp_stop_stack; cp "$MP_STACK_DIR"/*.log "$out"/ 2>/dev/null; [ "${MP_KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$MP_STACK_DIR"' EXIT
 trap 'exit 130' INT TERM
 echo "proxy $MP_PROXY_URL, backend $MP_BACKEND_URL (logs: $out/backend.log, $out/proxy.log)"
-if [ "${WARM_POOL_MIN:-0}" -gt 0 ]; then
-  # A pool is kept ahead of demand: let it fill before the players come, as in production.
-  warm_started=$(date +%s.%N)
-  for _ in $(seq 1 600); do
-    idle=$(curl -fsS "$MP_BACKEND_URL/health" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("warm_servers", {}).get("idle", 0))')
-    [ "$idle" -ge "$WARM_POOL_MIN" ] && break
-    sleep 0.1
-  done
-  echo "warm pool: $idle servers ready in $(python3 -c "import time; print(f'{time.time() - $warm_started:.1f}')") s"
-fi
+# A pool is kept ahead of demand: let it fill before the players come, as in production.
+mp_wait_warm "$MP_BACKEND_URL"
 
 echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches, scenario $scenario =="
 status=0

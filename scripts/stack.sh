@@ -5,6 +5,8 @@
 #   mp_start_stack DIR   # (with MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX when set) exports MP_PROXY_URL, MP_BACKEND_URL, MP_ADMIN_TOKEN, MP_SERVICE_TOKEN,
 #                        # MP_PLAYER_TOKEN_SECRET (the HS256 key player tokens are minted with)
 #   mp_stop_stack        # SIGTERM backend and proxy (servers drain), then the services
+#   mp_wait_warm URL     # with WARM_POOL_MIN > 0: waits (up to 60 s) until the backend at URL
+#                        # reports WARM_POOL_MIN idle warm servers, and says how long it took
 # shellcheck source=scripts/services.sh
 . "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 
@@ -18,6 +20,18 @@ mp_wait_http() {
     sleep 0.1
   done
   mp_die "$what did not become healthy in 15 s; see its log under $MP_STACK_DIR"
+}
+
+mp_wait_warm() {
+  local url=$1 idle=0 began
+  [ "${WARM_POOL_MIN:-0}" -gt 0 ] || return 0
+  began=$(date +%s.%N)
+  for _ in $(seq 1 600); do
+    idle=$(curl -fsS "$url/health" | python3 -c 'import json,sys; print((json.load(sys.stdin).get("warm_servers") or {}).get("idle", 0))')
+    [ "$idle" -ge "$WARM_POOL_MIN" ] && break
+    sleep 0.1
+  done
+  echo "warm pool: $idle servers ready in $(python3 -c "import time; print(f'{time.time() - $began:.1f}')") s"
 }
 
 mp_start_stack() {

@@ -96,7 +96,8 @@ pub struct CoreArgs {
     /// How game servers run.
     #[arg(long, env = "RUNTIME", value_enum, default_value = "local")]
     pub runtime: RuntimeKind,
-    /// Warm game servers kept started ahead of demand, at least (RUNTIME=local).
+    /// Warm game servers kept started ahead of demand, at least (per replica with RUNTIME=local,
+    /// for the whole cluster with RUNTIME=kubernetes).
     #[arg(long, env = "WARM_POOL_MIN", default_value_t = 0)]
     pub warm_pool_min: u32,
     /// Warm game servers at most (default: twice WARM_POOL_MIN); between the bounds the pool
@@ -249,6 +250,8 @@ pub enum RuntimeSettings {
         kubeconfig: Option<PathBuf>,
         /// How long finished Pods are kept before they are deleted.
         finished_pod_grace: Duration,
+        /// The warm Pod pool's bounds, for the whole cluster (`max` 0: no warm Pods).
+        warm: crate::runtime::warm::Bounds,
     },
     None,
 }
@@ -412,21 +415,18 @@ impl Config {
                 "WARM_POOL_MAX must be WARM_POOL_MIN ({warm_min}) to 10000, got {warm_max}"
             ));
         }
-        if warm_max > 0 && core.runtime != RuntimeKind::Local {
-            return Err(format!(
-                "WARM_POOL_MIN/WARM_POOL_MAX keep warm servers with RUNTIME=local only so far; unset them with RUNTIME={}",
-                match core.runtime {
-                    RuntimeKind::Kubernetes => "kubernetes",
-                    _ => "none",
-                }
-            ));
+        if warm_max > 0 && core.runtime == RuntimeKind::None {
+            return Err(
+                "WARM_POOL_MIN/WARM_POOL_MAX keep warm game servers; RUNTIME=none starts none (unset them)".into(),
+            );
         }
+        let warm = crate::runtime::warm::Bounds {
+            min: warm_min as usize,
+            max: warm_max as usize,
+        };
         let runtime = match core.runtime {
             RuntimeKind::Local => RuntimeSettings::Local(LocalSettings {
-                warm: crate::runtime::warm::Bounds {
-                    min: warm_min as usize,
-                    max: warm_max as usize,
-                },
+                warm,
                 binary: find_executable(&self.local.game_server_bin, self.local.path.as_deref()).ok_or_else(|| {
                     format!(
                         "GAME_SERVER_BIN {} is not an executable file{} (RUNTIME=local starts one per session)",
@@ -456,6 +456,7 @@ impl Config {
                         "FINISHED_POD_GRACE_SECONDS",
                         self.kubernetes.finished_pod_grace_seconds,
                     )?,
+                    warm,
                 }
             }
             RuntimeKind::None => RuntimeSettings::None,
@@ -769,10 +770,7 @@ mod tests {
         let err = base.clone().warm_pool(5, 4).build().unwrap_err();
         assert_eq!(err, "WARM_POOL_MAX must be WARM_POOL_MIN (5) to 10000, got 4");
         let err = base.runtime(RuntimeKind::None).warm_pool(1, 2).build().unwrap_err();
-        assert!(
-            err.starts_with("WARM_POOL_MIN/WARM_POOL_MAX keep warm servers with RUNTIME=local only"),
-            "{err}"
-        );
+        assert!(err.contains("RUNTIME=none starts none"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `{P}:joined`, `{P}:joined:<Q>` | hash | ticket → join time (ms) while queued |
 //! | `{P}:tickets:<Q>` | hash | a rule queue's ticket → its document (`{"v", "players", "attributes"}`) |
 //! | `{P}:lease:<Q>` | string | the replica forming rule queue `Q` now, with a TTL |
+//! | `{P}:warm:lease` | string | the replica keeping the cluster's warm Pods now, with a TTL |
 //! | `{P}:waiting` | hash | player → `<queue>\|<ticket>\|<joined ms>` while queued (a ticket is its leader's id) |
 //! | `{P}:seq` | string | the join counter (also each rule ticket's version) |
 //! | `{P}:player_session` | hash | player → current (or last) session id, or `timed_out\|<queue>\|<ms>` |
@@ -79,6 +80,11 @@ impl Keys {
                 lease: self.named(&format!("lease:{name}")),
             }
         }
+    }
+
+    /// The lease on keeping the warm Pod pool (one replica sizes it at a time).
+    pub fn warm_lease(&self) -> String {
+        self.named("warm:lease")
     }
 
     pub fn waiting(&self) -> String {

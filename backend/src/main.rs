@@ -21,14 +21,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Print, as YAML, exactly the Pod the kubernetes runtime would create for a session
-    /// (pod settings from the same environment variables as the server).
+    /// Print, as YAML, exactly the Pod the kubernetes runtime would create for a session, or
+    /// with --warm a warm Pod (pod settings from the same environment variables as the server).
     RenderPod {
-        #[arg(long)]
-        session_id: String,
+        #[arg(long, required_unless_present = "warm")]
+        session_id: Option<String>,
         /// Comma-separated roster.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "warm")]
         players: Vec<String>,
+        /// A warm Pod (no session; a session claims it and hands it its roster).
+        #[arg(long, conflicts_with_all = ["session_id", "players", "teams"])]
+        warm: bool,
         /// Teams, separated by `;`, each a comma-separated list of players.
         #[arg(long)]
         teams: Option<String>,
@@ -84,8 +87,25 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>, teams: Op
         report_token,
         ready_timeout: std::time::Duration::from_secs(60),
     };
-    let pod = backend::runtime::kubernetes::render_pod(&template, &spec);
-    match serde_yaml::to_string(&pod) {
+    print_pod(&backend::runtime::kubernetes::render_pod(&template, &spec))
+}
+
+/// `backend render-pod --warm`.
+fn render_warm_pod(config: &Config) -> ExitCode {
+    match config.kubernetes.pod_template(&config.game) {
+        Ok(template) => print_pod(&backend::runtime::kubernetes::render_warm_pod(
+            &template,
+            &backend::runtime::kubernetes::warm_pod_name(),
+        )),
+        Err(e) => {
+            eprintln!("backend: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_pod(pod: &k8s_openapi::api::core::v1::Pod) -> ExitCode {
+    match serde_yaml::to_string(pod) {
         Ok(yaml) => {
             print!("{yaml}");
             ExitCode::SUCCESS
@@ -107,9 +127,13 @@ fn main() -> ExitCode {
         session_id,
         players,
         teams,
+        warm,
     }) = cli.command
     {
-        return render_pod(&config, &session_id, players, teams.as_deref());
+        return match session_id {
+            Some(session_id) if !warm => render_pod(&config, &session_id, players, teams.as_deref()),
+            _ => render_warm_pod(&config),
+        };
     }
     let settings = match config.validate() {
         Ok(settings) => settings,

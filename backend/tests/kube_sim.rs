@@ -323,6 +323,156 @@ async fn two_replicas_reap_at_once_and_every_finished_pod_goes_once() {
     two.stop().await;
 }
 
+/// The warm-pool figures a replica reports in `GET /health`.
+async fn warm_state(backend: &Backend) -> serde_json::Value {
+    backend.http.get("/health").await.1["warm_servers"].clone()
+}
+
+/// Two players of one session play it to the end on its server.
+async fn play(backend: &Backend, bodies: &[serde_json::Value]) {
+    let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+    let addr = session["addr"].as_str().unwrap().to_owned();
+    let mut clients = Vec::new();
+    for body in bodies {
+        let mut client = GameClient::connect(&addr).await;
+        client.send(&format!("JOIN {}", body["ticket"].as_str().unwrap())).await;
+        assert!(matches!(client.recv().await, Some(ServerReply::Welcome { .. })));
+        clients.push(client);
+    }
+    clients[0].send("REQUEST_MATCH 1").await;
+    for client in &mut clients {
+        let mut states = Vec::new();
+        while let Some(reply) = client.recv().await {
+            if let ServerReply::State(state) = reply {
+                states.push(state);
+            }
+        }
+        assert_eq!(states, vec![GameState::Running, GameState::Stop]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pods_are_claimed_once_across_three_replicas_and_play_whole_matches() {
+    let sim = sim(300).await;
+    let db = common::fresh_database().await;
+    let prefix = common::unique_prefix();
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        // Sessions nobody plays wait for their players; the replicas need not wait for them.
+        let adjust = |s: SettingsBuilder| s.warm_pool(6, 6).shutdown_grace_seconds(1.0);
+        replicas.push(replica(&sim, &prefix, &db, &format!("warm-{i}"), adjust).await);
+    }
+    // One replica keeps the pool; every replica sees it from its watch.
+    for backend in &replicas {
+        eventually(Duration::from_secs(30), || async {
+            (warm_state(backend).await["idle"] == 6).then_some(())
+        })
+        .await;
+    }
+    let warm_records = sim.cluster.records();
+    assert_eq!(warm_records.len(), 6, "exactly the pool, once: {warm_records:?}");
+    assert!(
+        warm_records
+            .iter()
+            .all(|r| r.name.starts_with("mp-gs-warm-") && r.session.is_none())
+    );
+    // 24 players through three replicas at once: 12 sessions race for 6 warm Pods.
+    let roster = players("warm", 24);
+    let (a, b, c) = tokio::join!(
+        matched(&replicas[0], &roster[..8]),
+        matched(&replicas[1], &roster[8..16]),
+        matched(&replicas[2], &roster[16..]),
+    );
+    let bodies: Vec<serde_json::Value> = [a, b, c].concat();
+    let mut sessions: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for body in bodies {
+        sessions
+            .entry(body["session_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(body);
+    }
+    assert_eq!(sessions.len(), 12);
+    let mut servers = std::collections::BTreeMap::new();
+    for sid in sessions.keys() {
+        let (_, pod) = pod_of(&replicas[0], sid).await;
+        assert!(
+            servers.insert(pod, sid.clone()).is_none(),
+            "a server handed two sessions"
+        );
+    }
+    let warm: Vec<(&String, &String)> = servers
+        .iter()
+        .filter(|(pod, _)| pod.starts_with("mp-gs-warm-"))
+        .collect();
+    let mut handed = 0;
+    for backend in &replicas {
+        handed += warm_state(backend).await["handed"].as_u64().unwrap();
+    }
+    assert_eq!(handed as usize, warm.len(), "{servers:?}");
+    assert!(warm.len() >= 3, "most of the pool is used: {servers:?}");
+    // kube-sim agrees: each claimed warm Pod carries the session that names it.
+    let records = sim.cluster.records();
+    for (pod, sid) in &warm {
+        let record = records.iter().find(|r| &&r.name == pod).unwrap();
+        assert_eq!(record.session.as_ref(), Some(*sid));
+    }
+    // A session on a warm Pod plays to the end, exactly as on a cold one.
+    let (_, sid) = warm[0];
+    play(&replicas[0], &sessions[sid]).await;
+    let ended_state = eventually(Duration::from_secs(30), || async {
+        let (_, session) = replicas[0].http.get(&format!("/sessions/{sid}")).await;
+        (session["status"] == "ended").then_some(session)
+    })
+    .await;
+    assert_eq!(ended_state["end_reason"], "completed", "{ended_state}");
+    for backend in replicas {
+        backend.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pod_that_dies_is_replaced_and_an_empty_pool_falls_back_to_cold() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "warm-die", |s| {
+        s.warm_pool(2, 2).shutdown_grace_seconds(1.0)
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        (warm_state(&backend).await["idle"] == 2).then_some(())
+    })
+    .await;
+    let victim = sim.cluster.records()[0].clone();
+    assert!(
+        sim.cluster
+            .tell_kubelet(&(victim.namespace.clone(), victim.name.clone()), Command::Kill)
+    );
+    // Replaced (the pool is back to two Ready Pods), and the dead one is reaped.
+    eventually(Duration::from_secs(20), || async {
+        let state = warm_state(&backend).await;
+        let gone = sim
+            .cluster
+            .records()
+            .iter()
+            .any(|r| r.name == victim.name && r.deleted_ms.is_some());
+        (state["replaced"] == 1 && state["idle"] == 2 && gone).then_some(())
+    })
+    .await;
+    // New Pods now take a while: three sessions at once find two warm Pods, the third starts cold.
+    sim.cluster.set_behaviour(Behaviour {
+        start_delay_ms: 1500,
+        ..sim.cluster.behaviour()
+    });
+    let bodies = matched(&backend, &players("warm-die", 6)).await;
+    let sessions: std::collections::BTreeSet<&str> = bodies.iter().map(|b| b["session_id"].as_str().unwrap()).collect();
+    assert_eq!(sessions.len(), 3);
+    let state = warm_state(&backend).await;
+    assert_eq!(state["handed"], 2, "{state}");
+    assert_eq!(state["cold_starts"], 1, "{state}");
+    backend.stop().await;
+}
+
 /// The backend binary as its own process (so it can be killed outright).
 fn backend_process(sim: &Sim, prefix: &str, db: &str, port: u16) -> tokio::process::Child {
     tokio::process::Command::new(built_binary("backend"))

@@ -25,8 +25,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -38,8 +37,6 @@ use crate::sessions::Sessions;
 
 /// How long a warm server may take to start listening.
 const WARM_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a warm server may take to answer its hand-over.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the pool is checked against demand.
 const POOL_TICK: Duration = Duration::from_millis(100);
 /// Warm servers started at once, at most.
@@ -72,7 +69,7 @@ impl LocalRuntime {
         if let Some(pool) = &self.pool {
             pool.demand.lock().expect("demand lock").session_started(began);
             while let Some(warm) = pool.take() {
-                match warm.hand_over(&self.spawner.secret, &spec).await {
+                match super::warm::hand_over(&self.spawner.secret, &warm.id, &warm.server.addr, &spec).await {
                     Ok(()) => {
                         pool.handed.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(session = %spec.session_id, server = %warm.server.name, "session handed to a warm server");
@@ -250,36 +247,6 @@ impl WarmPool {
 
     fn idle(&self) -> usize {
         self.idle.lock().expect("pool lock").len()
-    }
-}
-
-impl Warm {
-    /// Hands `spec`'s session to this server: `ASSIGN <token>`, answered `ASSIGNED <session>`.
-    async fn hand_over(&self, secret: &protocol::TicketSecret, spec: &ServerSpec) -> anyhow::Result<()> {
-        let mut handover = protocol::Handover::new(
-            &self.id,
-            &spec.session_id,
-            spec.players.clone(),
-            protocol::ticket::unix_now(),
-        );
-        handover.teams = spec.teams.clone();
-        handover.report_url = Some(spec.report_url.clone());
-        handover.report_token = Some(spec.report_token.clone());
-        let token = secret.mint_handover(&handover);
-        let answer = timeout(HANDOVER_TIMEOUT, async {
-            let mut stream = TcpStream::connect(&self.server.addr).await?;
-            stream.set_nodelay(true)?;
-            stream.write_all(protocol::handover::assign(&token).as_bytes()).await?;
-            let mut line = String::new();
-            BufReader::new(stream).read_line(&mut line).await?;
-            anyhow::Ok(line)
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {HANDOVER_TIMEOUT:?}"))??;
-        match protocol::handover::parse_assigned(&answer) {
-            Some(session) if session == spec.session_id => Ok(()),
-            _ => anyhow::bail!("answered {:?}", answer.trim()),
-        }
     }
 }
 

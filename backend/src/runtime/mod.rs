@@ -128,6 +128,7 @@ pub(crate) async fn build(
             template,
             kubeconfig,
             finished_pod_grace,
+            warm,
         } => {
             let client = match kubeconfig {
                 Some(path) => {
@@ -144,7 +145,9 @@ pub(crate) async fn build(
                     .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG outside)")?,
             };
             Some(Arc::new(
-                kubernetes::KubernetesRuntime::new(client, (**template).clone()).with_reap_grace(*finished_pod_grace),
+                kubernetes::KubernetesRuntime::new(client, (**template).clone())
+                    .with_reap_grace(*finished_pod_grace)
+                    .with_warm_pool(*warm, secret.clone()),
             ))
         }
         RuntimeSettings::None => None,

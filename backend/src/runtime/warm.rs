@@ -93,6 +93,46 @@ impl Demand {
     }
 }
 
+/// How long a warm server may take to answer its hand-over.
+pub(crate) const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Hands `spec`'s session to the warm server `server_id` listening at `addr`: one
+/// `ASSIGN <token>` line (the token signed with the ticket secret for the hand-over audience
+/// and that server only), answered `ASSIGNED <session>`.
+pub(crate) async fn hand_over(
+    secret: &protocol::TicketSecret,
+    server_id: &str,
+    addr: &str,
+    spec: &super::ServerSpec,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let mut handover = protocol::Handover::new(
+        server_id,
+        &spec.session_id,
+        spec.players.clone(),
+        protocol::ticket::unix_now(),
+    );
+    handover.teams = spec.teams.clone();
+    handover.report_url = Some(spec.report_url.clone());
+    handover.report_token = Some(spec.report_token.clone());
+    let token = secret.mint_handover(&handover);
+    let answer = tokio::time::timeout(HANDOVER_TIMEOUT, async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        stream.write_all(protocol::handover::assign(&token).as_bytes()).await?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).await?;
+        anyhow::Ok(line)
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {HANDOVER_TIMEOUT:?}"))??;
+    match protocol::handover::parse_assigned(&answer) {
+        Some(session) if session == spec.session_id => Ok(()),
+        _ => anyhow::bail!("answered {:?}", answer.trim()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -409,6 +409,18 @@ impl Store {
         Ok(held == 1)
     }
 
+    /// Takes or keeps the lease on keeping the warm Pod pool for `ttl`: whether this
+    /// `instance` holds it now.
+    pub async fn warm_pool_lease(&self, instance: &str, ttl: Duration) -> Result<bool> {
+        let held: i64 = LEASE
+            .key(self.keys.warm_lease())
+            .arg(instance)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(held == 1)
+    }
+
     /// Every ticket waiting in rule queue `queue`, head first (read in pages, not atomically:
     /// a plan made from it commits only what is still current).
     pub async fn waiting_tickets(&self, queue: &str) -> Result<Vec<StoredTicket>> {

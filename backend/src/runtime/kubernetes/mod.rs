@@ -16,8 +16,10 @@
 
 mod pod;
 mod reaper;
+mod warm;
 mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -28,7 +30,7 @@ use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use self::pod::{PodState, game_address};
-pub use self::pod::{PodTemplate, pod_name, render_pod};
+pub use self::pod::{PodTemplate, pod_name, render_pod, render_warm_pod, warm_pod_name};
 pub use self::reaper::reconcile;
 use self::watch::{PodWatch, Seen};
 use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError, Task};
@@ -69,6 +71,8 @@ pub struct KubernetesRuntime {
     backoff: Duration,
     /// How long finished Pods are kept before the reaper deletes them.
     reap_grace: Duration,
+    /// The warm Pod pool, when `WARM_POOL_MAX` > 0.
+    warm: Option<Arc<warm::WarmPods>>,
 }
 
 impl KubernetesRuntime {
@@ -82,7 +86,15 @@ impl KubernetesRuntime {
             creations: Semaphore::new(PARALLEL_CREATES),
             backoff: Duration::from_millis(200),
             reap_grace: REAP_GRACE,
+            warm: None,
         }
+    }
+
+    /// The same runtime keeping warm Pods within `bounds` (for the whole cluster), handed
+    /// their sessions with tokens signed by `secret`.
+    pub fn with_warm_pool(mut self, bounds: crate::runtime::warm::Bounds, secret: protocol::TicketSecret) -> Self {
+        self.warm = bounds.enabled().then(|| Arc::new(warm::WarmPods::new(bounds, secret)));
+        self
     }
 
     /// The same runtime with another retry pause (tests use a short one).
@@ -120,6 +132,27 @@ impl KubernetesRuntime {
     }
 
     async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
+        if let Some(warm) = &self.warm
+            && let Some(claimed) = warm
+                .claim(
+                    &self.pods,
+                    &self.watch,
+                    &spec,
+                    self.template.active_deadline_seconds,
+                    self.backoff,
+                )
+                .await
+        {
+            return Ok(Box::new(PodServer {
+                pods: self.pods.clone(),
+                seen: self.watch.follow(&claimed.name),
+                addr: claimed.addr,
+                name: claimed.name,
+                stopping: false,
+                backoff: self.backoff,
+            }));
+        }
+        let began = Instant::now();
         let pod = render_pod(&self.template, &spec);
         let name = pod_name(&spec.session_id);
         // Followed before it exists, so its first event cannot be missed.
@@ -151,6 +184,9 @@ impl KubernetesRuntime {
         .await;
         let error = match ready {
             Ok(Ok(addr)) => {
+                if let Some(warm) = &self.warm {
+                    warm.cold_start_took(began.elapsed());
+                }
                 return Ok(Box::new(PodServer {
                     pods: self.pods.clone(),
                     seen,
@@ -194,15 +230,33 @@ impl SessionRuntime for KubernetesRuntime {
         })
     }
 
+    fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
+        self.warm.as_ref().map(|warm| warm.state())
+    }
+
     fn tasks(&self, sessions: Sessions, stop: CancellationToken) -> Vec<Task> {
+        let mut tasks: Vec<Task> = Vec::new();
+        if let Some(warm) = &self.warm {
+            let keeper = warm::Keeper {
+                pods: self.pods.clone(),
+                watch: self.watch.clone(),
+                template: self.template.clone(),
+                warm: warm.clone(),
+                store: sessions.store().clone(),
+                instance: sessions.instance().to_owned(),
+            };
+            tasks.push(("warm pods", Box::pin(keeper.run(stop.clone()))));
+        }
         let reaper = reaper::Reaper {
             pods: self.pods.clone(),
             watch: self.watch.clone(),
             sessions,
             grace: self.reap_grace,
             min_age: RESYNC_MIN_AGE,
+            warm_pool: self.warm.is_some(),
         };
-        vec![("pod reaper", Box::pin(reaper.run(stop)))]
+        tasks.push(("pod reaper", Box::pin(reaper.run(stop))));
+        tasks
     }
 }
 

@@ -18,6 +18,12 @@ const APP_LABEL: &str = "app.kubernetes.io/name";
 const APP_VALUE: &str = "matchplane-game-server";
 /// The label naming a Pod's session.
 const SESSION_LABEL: &str = "matchplane.io/session";
+/// The label of warm Pods (started without a session; a claim adds the session label).
+const WARM_LABEL: &str = "matchplane.io/warm";
+/// How long a warm Pod may wait unclaimed before the pool replaces it; its
+/// `activeDeadlineSeconds` is this plus the session deadline, and a claim lowers it to the
+/// Pod's age plus the session deadline.
+pub(crate) const WARM_LIFETIME_SECONDS: i64 = 1800;
 /// The game port inside the Pod.
 const GAME_PORT: i32 = 7777;
 
@@ -64,13 +70,56 @@ fn env(name: &str, value: &str) -> EnvVar {
 
 /// Exactly the Pod the backend creates for `spec`.
 pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
+    let mut session_env = vec![
+        env("SESSION_ID", &spec.session_id),
+        env("PLAYERS", &spec.players.join(",")),
+        env("REPORT_URL", &spec.report_url),
+        env("REPORT_TOKEN", &spec.report_token),
+    ];
+    if let Some(teams) = spec.teams_setting() {
+        session_env.push(env("TEAMS", &teams));
+    }
+    render(
+        template,
+        pod_name(&spec.session_id),
+        (SESSION_LABEL, spec.session_id.clone()),
+        session_env,
+        template.active_deadline_seconds,
+    )
+}
+
+/// A warm Pod's name: `mp-gs-warm-` and 12 random hex digits.
+pub fn warm_pod_name() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("mp-gs-warm-{}", &id[..12])
+}
+
+/// Exactly the warm Pod the backend creates: no session, its own name as `WARM_SERVER_ID`,
+/// labelled warm, with room in its deadline for [`WARM_LIFETIME_SECONDS`] of waiting.
+pub fn render_warm_pod(template: &PodTemplate, name: &str) -> Pod {
+    render(
+        template,
+        name.to_owned(),
+        (WARM_LABEL, "true".to_owned()),
+        vec![env("WARM_SERVER_ID", name)],
+        template.active_deadline_seconds + WARM_LIFETIME_SECONDS,
+    )
+}
+
+fn render(
+    template: &PodTemplate,
+    name: String,
+    (role_label, role_value): (&str, String),
+    session_env: Vec<EnvVar>,
+    active_deadline_seconds: i64,
+) -> Pod {
     let labels = BTreeMap::from([
         (APP_LABEL.to_owned(), APP_VALUE.to_owned()),
         (
             "app.kubernetes.io/managed-by".to_owned(),
             "matchplane-backend".to_owned(),
         ),
-        (SESSION_LABEL.to_owned(), spec.session_id.clone()),
+        (role_label.to_owned(), role_value),
     ]);
     let mut env_vars = vec![
         // The Pod's own IP, of whichever family the cluster gives it (IPv4 or IPv6).
@@ -86,8 +135,9 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
             ..EnvVar::default()
         },
         env("GAME_PORT", &GAME_PORT.to_string()),
-        env("SESSION_ID", &spec.session_id),
-        env("PLAYERS", &spec.players.join(",")),
+    ];
+    env_vars.extend(session_env);
+    env_vars.extend([
         EnvVar {
             name: "TICKET_SECRET".to_owned(),
             value_from: Some(EnvVarSource {
@@ -100,13 +150,8 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
             }),
             ..EnvVar::default()
         },
-        env("REPORT_URL", &spec.report_url),
-        env("REPORT_TOKEN", &spec.report_token),
         env("LOG_FORMAT", "json"),
-    ];
-    if let Some(teams) = spec.teams_setting() {
-        env_vars.push(env("TEAMS", &teams));
-    }
+    ]);
     let fixed: Vec<String> = env_vars.iter().map(|e| e.name.clone()).collect();
     env_vars.extend(
         template
@@ -117,14 +162,14 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
     );
     Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name(&spec.session_id)),
+            name: Some(name),
             namespace: Some(template.namespace.clone()),
             labels: Some(labels),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
             restart_policy: Some("Never".to_owned()),
-            active_deadline_seconds: Some(template.active_deadline_seconds),
+            active_deadline_seconds: Some(active_deadline_seconds),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(20),
@@ -243,6 +288,49 @@ pub(crate) fn pod_state(pod: &Pod) -> PodState {
 /// The session a game-server Pod serves, from its label.
 pub(crate) fn session_of(pod: &Pod) -> Option<String> {
     pod.metadata.labels.as_ref()?.get(SESSION_LABEL).cloned()
+}
+
+/// Whether a Pod was started warm (it may since have been claimed by a session).
+pub(crate) fn is_warm(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.get(WARM_LABEL).is_some_and(|v| v == "true"))
+}
+
+/// A warm Pod no session has claimed, not being deleted, not finished.
+pub(crate) fn unclaimed_warm(pod: &Pod) -> bool {
+    is_warm(pod)
+        && session_of(pod).is_none()
+        && pod.metadata.deletion_timestamp.is_none()
+        && !matches!(pod_state(pod), PodState::Finished(_))
+}
+
+/// The merge patch that claims the warm Pod `pod` for `session`: the session label under the
+/// precondition of the version read (so two claims of one Pod cannot both succeed, on any
+/// replica), and a deadline lowered to the Pod's age plus a session's deadline.
+pub(crate) fn claim_patch(pod: &Pod, session: &str, session_deadline_seconds: i64) -> serde_json::Value {
+    let age = pod.metadata.creation_timestamp.as_ref().map_or(0, |created| {
+        (k8s_openapi::jiff::Timestamp::now() - created.0).get_seconds().max(0)
+    });
+    let current = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.active_deadline_seconds)
+        .unwrap_or(i64::MAX);
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": pod.metadata.resource_version,
+            "labels": {SESSION_LABEL: session},
+        },
+        "spec": {"activeDeadlineSeconds": (age + 1 + session_deadline_seconds).min(current)},
+    })
+}
+
+/// The merge patch that gives a claimed warm Pod up before it is deleted: without its session
+/// label, its deletion is not taken for the session's server going away.
+pub(crate) fn unclaim_patch() -> serde_json::Value {
+    serde_json::json!({"metadata": {"labels": {SESSION_LABEL: null, WARM_LABEL: "failed"}}})
 }
 
 /// The label selector matching every game-server Pod.

@@ -12,7 +12,7 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::delete_pod;
-use super::pod::{PodState, label_selector, pod_state, session_of};
+use super::pod::{PodState, is_warm, label_selector, pod_state, session_of};
 use super::watch::{Change, PodWatch};
 use crate::sessions::Sessions;
 use crate::store::now_ms;
@@ -27,6 +27,10 @@ pub async fn reconcile(pods: &Api<Pod>, sessions: &Sessions, min_age: Duration) 
     let mut deleted = 0;
     for pod in &listed.items {
         let name = pod.metadata.name.clone().unwrap_or_default();
+        // Unclaimed warm Pods are the pool's (the reaper removes them if the pool is off).
+        if is_warm(pod) && session_of(pod).is_none() {
+            continue;
+        }
         match session_of(pod) {
             Some(sid) if live_ids.contains(sid.as_str()) => {
                 with_pod.insert(sid);
@@ -72,6 +76,8 @@ pub(crate) struct Reaper {
     pub sessions: Sessions,
     pub grace: Duration,
     pub min_age: Duration,
+    /// Whether this replica keeps warm Pods; without a pool, unclaimed warm Pods are deleted.
+    pub warm_pool: bool,
 }
 
 impl Reaper {
@@ -141,7 +147,11 @@ impl Reaper {
     }
 
     async fn pod_changed(&self, pod: &Pod, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
-        let (Some(name), Some(sid)) = (pod.metadata.name.clone(), session_of(pod)) else {
+        let Some(name) = pod.metadata.name.clone() else {
+            return Ok(());
+        };
+        let Some(sid) = session_of(pod) else {
+            self.sessionless(pod, name, deleting);
             return Ok(());
         };
         // Already being deleted (by us, an operator or the kubelet's deadline): its end
@@ -175,6 +185,30 @@ impl Reaper {
             });
         }
         Ok(())
+    }
+
+    /// A Pod without a session: a finished warm Pod is kept for `grace` (for `kubectl logs`)
+    /// and deleted; an idle warm Pod is left to the pool, or deleted when this replica keeps no
+    /// pool; a Pod that is neither (a warm Pod given up after a failed hand-over whose deletion
+    /// did not happen) is deleted.
+    fn sessionless(&self, pod: &Pod, name: String, deleting: &Arc<Mutex<HashSet<String>>>) {
+        if pod.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let finished = matches!(pod_state(pod), PodState::Finished(_));
+        let wait = match (is_warm(pod), finished) {
+            (true, true) => self.grace,
+            (true, false) if self.warm_pool => return,
+            _ => Duration::ZERO,
+        };
+        if deleting.lock().unwrap().insert(name.clone()) {
+            let (pods, deleting) = (self.pods.clone(), deleting.clone());
+            tokio::spawn(async move {
+                sleep(wait).await;
+                delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
+                deleting.lock().unwrap().remove(&name);
+            });
+        }
     }
 
     /// After a (re)list: a matched session whose Pod is not there lost its server while the

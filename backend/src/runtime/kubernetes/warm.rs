@@ -1,0 +1,387 @@
+//! Warm Pods: game-server Pods started without a session, labelled `matchplane.io/warm`, one
+//! pool for the whole cluster.
+//!
+//! **Claim.** A session takes a Ready, unclaimed warm Pod from the replica's Pod watch and
+//! claims it with a merge patch that adds its session label under the precondition of the
+//! resource version it read: the API server applies at most one of two claims of one Pod,
+//! whichever replicas send them, and the loser (`409 Conflict`) tries another Pod. The same
+//! patch lowers the Pod's `activeDeadlineSeconds` to its age plus a session's deadline. The
+//! session is then handed over on the Pod's game port (a signed `ASSIGN`, as with local warm
+//! servers); a Pod that does not take it loses its session label first (so its deletion is not
+//! taken for the session's server going away) and is deleted, and the next one is tried. With
+//! no warm Pod left, the session's Pod is created cold.
+//!
+//! **Pool.** Every replica follows demand from its Pod watch: each Pod that gains a session
+//! label (created cold, or a warm one claimed) is a session given a server, whichever replica
+//! started it, and the time warm Pods take from creation to Ready is the cold-start time. One
+//! replica at a time, the holder of a Redis lease, acts on it: it creates warm Pods up to the
+//! target, deletes the surplus (newest first, each under its resource version, so a Pod claimed
+//! meanwhile is never deleted as idle), and replaces warm Pods that finished while idle or
+//! waited longer than [`WARM_LIFETIME_SECONDS`].
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::pod::{
+    PodState, PodTemplate, WARM_LIFETIME_SECONDS, claim_patch, game_address, is_warm, pod_state, render_warm_pod,
+    session_of, unclaim_patch, unclaimed_warm, warm_pod_name,
+};
+use super::watch::PodWatch;
+use super::{delete_pod, is_code};
+use crate::runtime::warm::{Bounds, Demand};
+use crate::store::Store;
+
+/// How often the pool is checked against demand.
+const POOL_TICK: Duration = Duration::from_millis(250);
+/// The pool lease's time to live (renewed every tick by its holder).
+const LEASE: Duration = Duration::from_secs(3);
+/// Warm Pods being created at once, at most.
+const MAX_WARMING: usize = 32;
+/// Warm Pods a session tries before it starts its Pod cold.
+const MAX_CLAIMS: usize = 8;
+/// A warm Pod this close to its lifetime is replaced rather than handed a session.
+const RETIRE_MARGIN_SECONDS: i64 = 60;
+
+/// The cluster's warm Pods as this replica sees and keeps them.
+pub(crate) struct WarmPods {
+    pub(crate) secret: protocol::TicketSecret,
+    demand: Mutex<Demand>,
+    /// Warm Pods this replica is claiming (or claimed, until its watch shows the claim).
+    claiming: Mutex<HashSet<String>>,
+    /// Warm Pods this replica created and has not seen Ready yet, with when.
+    creating: Mutex<HashMap<String, Instant>>,
+    /// The last count of idle (Ready, unclaimed) and starting warm Pods.
+    idle: AtomicUsize,
+    starting: AtomicUsize,
+    /// Sessions this replica handed to a warm Pod, or started cold, since start.
+    pub(crate) handed: AtomicU64,
+    pub(crate) cold_starts: AtomicU64,
+    /// Warm Pods that finished while idle (and were replaced), seen by this replica.
+    replaced: AtomicU64,
+}
+
+/// One warm Pod claimed for a session and handed it.
+pub(crate) struct Claimed {
+    pub(crate) name: String,
+    pub(crate) addr: String,
+}
+
+impl WarmPods {
+    pub(crate) fn new(bounds: Bounds, secret: protocol::TicketSecret) -> WarmPods {
+        WarmPods {
+            secret,
+            demand: Mutex::new(Demand::new(bounds)),
+            claiming: Mutex::new(HashSet::new()),
+            creating: Mutex::new(HashMap::new()),
+            idle: AtomicUsize::new(0),
+            starting: AtomicUsize::new(0),
+            handed: AtomicU64::new(0),
+            cold_starts: AtomicU64::new(0),
+            replaced: AtomicU64::new(0),
+        }
+    }
+
+    /// A cold start (a session's Pod created and Ready) took this long.
+    pub(crate) fn cold_start_took(&self, took: Duration) {
+        self.demand.lock().expect("demand lock").cold_start_took(took);
+        self.cold_starts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The pool's state for `GET /health`.
+    pub(crate) fn state(&self) -> protocol::api::WarmServers {
+        protocol::api::WarmServers {
+            idle: self.idle.load(Ordering::Relaxed),
+            starting: self.starting.load(Ordering::Relaxed),
+            target: self.demand.lock().expect("demand lock").target(Instant::now()),
+            handed: self.handed.load(Ordering::Relaxed),
+            cold_starts: self.cold_starts.load(Ordering::Relaxed),
+            replaced: self.replaced.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Claims a Ready warm Pod for `spec`'s session and hands the session over; `None` when no
+    /// warm Pod could be had (then the caller starts one cold).
+    pub(crate) async fn claim(
+        &self,
+        pods: &Api<Pod>,
+        watch: &PodWatch,
+        spec: &crate::runtime::ServerSpec,
+        session_deadline_seconds: i64,
+        backoff: Duration,
+    ) -> Option<Claimed> {
+        let mut candidates: Vec<Arc<Pod>> = watch
+            .pods()
+            .into_iter()
+            .filter(|pod| unclaimed_warm(pod) && matches!(pod_state(pod), PodState::Ready(_)) && !retiring(pod))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        // Sessions formed at once (on any replica) start at different Pods, so concurrent
+        // claims rarely meet on one.
+        candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        spec.session_id.hash(&mut hasher);
+        let len = candidates.len();
+        candidates.rotate_left((hasher.finish() % len as u64) as usize);
+        let mut tried = 0;
+        for pod in candidates {
+            if tried == MAX_CLAIMS {
+                break;
+            }
+            let Some(name) = pod.metadata.name.clone() else {
+                continue;
+            };
+            if !self.claiming.lock().expect("claiming lock").insert(name.clone()) {
+                continue;
+            }
+            tried += 1;
+            let patch = claim_patch(&pod, &spec.session_id, session_deadline_seconds);
+            let claimed = match pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(claimed) => claimed,
+                // Claimed by another session (here or on another replica), or gone: the next.
+                Err(e) if is_code(&e, 409) || is_code(&e, 404) => {
+                    self.claiming.lock().expect("claiming lock").remove(&name);
+                    continue;
+                }
+                Err(e) => {
+                    self.claiming.lock().expect("claiming lock").remove(&name);
+                    tracing::warn!(pod = %name, error = %e, "claiming a warm pod failed; starting the session's pod cold");
+                    return None;
+                }
+            };
+            let addr = match pod_state(&claimed) {
+                PodState::Ready(ip) => game_address(&ip).ok(),
+                _ => None,
+            };
+            let handed = match &addr {
+                Some(addr) => crate::runtime::warm::hand_over(&self.secret, &name, addr, spec)
+                    .await
+                    .map(|()| addr.clone()),
+                None => Err(anyhow::anyhow!("the claimed pod is no longer ready")),
+            };
+            match handed {
+                Ok(addr) => {
+                    self.handed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(session = %spec.session_id, pod = %name, "session handed to a warm pod");
+                    return Some(Claimed { name, addr });
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "a warm pod failed its hand-over; deleting it, trying the next");
+                    give_up(pods, &name, backoff).await;
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Whether a warm Pod is close enough to its lifetime to be replaced rather than handed out.
+fn retiring(pod: &Pod) -> bool {
+    age_seconds(pod) >= WARM_LIFETIME_SECONDS - RETIRE_MARGIN_SECONDS
+}
+
+fn age_seconds(pod: &Pod) -> i64 {
+    pod.metadata.creation_timestamp.as_ref().map_or(0, |created| {
+        (k8s_openapi::jiff::Timestamp::now() - created.0).get_seconds().max(0)
+    })
+}
+
+/// A claimed warm Pod that did not take its session: without its session label first (so
+/// nobody takes its deletion for the session's server going away), then deleted at once.
+async fn give_up(pods: &Api<Pod>, name: &str, backoff: Duration) {
+    if let Err(e) = pods
+        .patch(name, &PatchParams::default(), &Patch::Merge(&unclaim_patch()))
+        .await
+    {
+        tracing::warn!(pod = %name, error = %e, "could not release a failed warm pod's claim");
+    }
+    delete_pod(pods, name, &DeleteParams::default().grace_period(0), backoff).await;
+}
+
+/// What the pool keeper needs.
+pub(crate) struct Keeper {
+    pub(crate) pods: Api<Pod>,
+    pub(crate) watch: PodWatch,
+    pub(crate) template: PodTemplate,
+    pub(crate) warm: Arc<WarmPods>,
+    pub(crate) store: Store,
+    pub(crate) instance: String,
+}
+
+impl Keeper {
+    /// Follows demand on every replica and, while holding the pool lease, keeps the pool at
+    /// the size it calls for, until `stop`.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(POOL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let creations = Arc::new(Semaphore::new(MAX_WARMING));
+        // Pods with a session label already counted as a session started; `None` until the
+        // first look (what exists then is not a burst).
+        let mut counted: Option<HashSet<String>> = None;
+        let mut finished_seen: HashSet<String> = HashSet::new();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !self.watch.synced() {
+                continue;
+            }
+            let pods = self.watch.pods();
+            let now = Instant::now();
+            self.follow_demand(&pods, &mut counted, now);
+            let mut idle: Vec<Arc<Pod>> = Vec::new();
+            let mut starting = 0;
+            let mut finished: Vec<String> = Vec::new();
+            let mut retire: Vec<Arc<Pod>> = Vec::new();
+            let mut warm_names = HashSet::new();
+            for pod in &pods {
+                let Some(name) = pod.metadata.name.clone() else {
+                    continue;
+                };
+                if !is_warm(pod) || session_of(pod).is_some() {
+                    continue;
+                }
+                warm_names.insert(name.clone());
+                if pod.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                match pod_state(pod) {
+                    PodState::Finished(_) => finished.push(name),
+                    PodState::Ready(_) if retiring(pod) => retire.push(pod.clone()),
+                    PodState::Ready(_) => idle.push(pod.clone()),
+                    PodState::Pending => starting += 1,
+                }
+            }
+            // Pods created but not in the watch yet are starting too.
+            let unseen = {
+                let mut creating = self.warm.creating.lock().expect("creating lock");
+                for pod in &pods {
+                    if let (Some(name), PodState::Ready(_) | PodState::Finished(_)) =
+                        (pod.metadata.name.as_ref(), pod_state(pod))
+                        && let Some(created) = creating.remove(name)
+                        && matches!(pod_state(pod), PodState::Ready(_))
+                    {
+                        self.warm
+                            .demand
+                            .lock()
+                            .expect("demand lock")
+                            .cold_start_took(now.duration_since(created));
+                    }
+                }
+                creating.retain(|name, created| {
+                    !warm_names.contains(name) && now.duration_since(*created) < Duration::from_secs(60)
+                });
+                creating.len()
+            };
+            self.warm
+                .claiming
+                .lock()
+                .expect("claiming lock")
+                .retain(|name| idle.iter().any(|p| p.metadata.name.as_deref() == Some(name)));
+            for name in &finished {
+                if finished_seen.insert(name.clone()) {
+                    self.warm.replaced.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pod = %name, "a warm pod finished while idle; replacing it");
+                }
+            }
+            finished_seen.retain(|name| warm_names.contains(name));
+            self.warm.idle.store(idle.len(), Ordering::Relaxed);
+            self.warm.starting.store(starting + unseen, Ordering::Relaxed);
+            let target = self.warm.demand.lock().expect("demand lock").target(now);
+            match self.store.warm_pool_lease(&self.instance, LEASE).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach Redis for the warm pool lease; the pool waits");
+                    continue;
+                }
+            }
+            // Finished warm Pods are the reaper's (kept a little for `kubectl logs`); old ones
+            // are replaced.
+            for pod in retire {
+                self.delete_idle(&pod);
+            }
+            let have = idle.len() + starting + unseen;
+            if have < target {
+                let room = creations.available_permits();
+                for _ in 0..(target - have).min(room) {
+                    let Ok(permit) = creations.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let name = warm_pod_name();
+                    let pod = render_warm_pod(&self.template, &name);
+                    self.warm
+                        .creating
+                        .lock()
+                        .expect("creating lock")
+                        .insert(name.clone(), Instant::now());
+                    let (pods, warm) = (self.pods.clone(), self.warm.clone());
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        if let Err(e) = pods.create(&PostParams::default(), &pod).await {
+                            tracing::warn!(pod = %name, error = %e, "creating a warm pod failed");
+                            warm.creating.lock().expect("creating lock").remove(&name);
+                        }
+                    });
+                }
+            } else if idle.len() > target {
+                // The surplus, newest first (the oldest are the ones to hand out first).
+                idle.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
+                for pod in idle.iter().take(idle.len() - target) {
+                    self.delete_idle(pod);
+                }
+            }
+        }
+    }
+
+    /// Counts each Pod that gained a session label since the last look as a session given a
+    /// server now.
+    fn follow_demand(&self, pods: &[Arc<Pod>], counted: &mut Option<HashSet<String>>, now: Instant) {
+        let with_session: HashSet<String> = pods
+            .iter()
+            .filter(|pod| session_of(pod).is_some())
+            .filter_map(|pod| pod.metadata.name.clone())
+            .collect();
+        if let Some(before) = counted.as_ref() {
+            let mut demand = self.warm.demand.lock().expect("demand lock");
+            for _ in with_session.difference(before) {
+                demand.session_started(now);
+            }
+        }
+        *counted = Some(with_session);
+    }
+
+    /// Deletes an idle warm Pod under the resource version seen: if a session claimed it
+    /// meanwhile, the delete conflicts and the Pod stays.
+    fn delete_idle(&self, pod: &Pod) {
+        let (Some(name), Some(version)) = (pod.metadata.name.clone(), pod.metadata.resource_version.clone()) else {
+            return;
+        };
+        let pods = self.pods.clone();
+        tokio::spawn(async move {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: Some(version),
+                    uid: None,
+                }),
+                ..DeleteParams::default()
+            };
+            match pods.delete(&name, &params).await {
+                Ok(_) => tracing::debug!(pod = %name, "deleted a warm pod no longer needed"),
+                Err(e) if is_code(&e, 409) || is_code(&e, 404) => {}
+                Err(e) => tracing::warn!(pod = %name, error = %e, "deleting a warm pod failed"),
+            }
+        });
+    }
+}
