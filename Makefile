@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-forming bench-proxy manifests-check docs-check scripts-check fuzz fuzz-build ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-forming bench-proxy bench-time-to-play manifests-check docs-check scripts-check fuzz fuzz-build ci \
 	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -40,6 +40,9 @@ bench-matchmaker: ## fifo and ranked joins side by side: tickets/s, placed/s, ti
 
 bench-forming: ## The cost of forming a rule queue with many tickets waiting, in memory and against Redis (FORMING_TICKETS)
 	scripts/bench-forming.sh
+
+bench-time-to-play: ## Time to play, cold vs warm, local and kube-sim, side by side: the table (CLIENTS, MATCH_DURATION, WARM_POOL_MIN, POD_START_DELAY_MS)
+	scripts/bench-time-to-play.sh
 
 bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side (SECONDS_PER_RUN, BENCH_JSON)
 	scripts/bench-proxy.sh

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# `make bench-time-to-play`: the time from "play" to a running match, cold and warm, on the
+# local runtime and on kube-sim with simulated Pod starts, side by side in one run on one
+# build. Each of the four runs is the demo's whole stack and swarm (`make demo`,
+# `make demo-kubernetes`) with CLIENTS players joining at once; the table gives the swarm's
+# p50/p99 per phase and the listen-queue overflows the kernel counted during the run
+# (/proc/net/netstat ListenOverflows: connections dropped at a full accept queue).
+# CLIENTS (1200), MATCH_DURATION (10 s), WARM_POOL_MIN (100 for the warm runs),
+# POD_START_DELAY_MS (2000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+
+clients=${CLIENTS:-1200}
+duration=${MATCH_DURATION:-10}
+warm=${WARM_POOL_MIN:-100}
+delay=${POD_START_DELAY_MS:-2000}
+[ "$warm" -gt 0 ] || mp_die "WARM_POOL_MIN must be above 0 for the warm runs, got '$warm'."
+out=.run/bench-time-to-play
+rm -rf "$out"
+mkdir -p "$out"
+
+overflows() {
+  awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else { for (i = 1; i <= NF; i++) if (n[i] == "ListenOverflows") print $i } }' /proc/net/netstat
+}
+
+# run NAME SCRIPT SUMMARY [VAR=VALUE...]: one demo run, its summary kept as $out/NAME.json.
+run() {
+  local name=$1 script=$2 summary=$3 before after
+  shift 3
+  echo "== $name: $clients players at once, $duration s matches${*:+ ($*)} =="
+  before=$(overflows)
+  if ! env -u WARM_POOL_MIN -u WARM_POOL_MAX "$@" CLIENTS="$clients" MATCH_DURATION="$duration" SPAWN_RATE=0 \
+    "$script" >"$out/$name.log" 2>&1; then
+    tail -n 30 "$out/$name.log" >&2
+    mp_die "bench-time-to-play: the $name run failed; its log is $out/$name.log"
+  fi
+  after=$(overflows)
+  python3 - "$summary" "$out/$name.json" "$((after - before))" <<'PY'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+summary["listen_overflows"] = int(sys.argv[3])
+json.dump(summary, open(sys.argv[2], "w"), indent=1)
+PY
+  grep -E '^(warm pool|warm pods)' "$out/$name.log" || true
+}
+
+run local-cold scripts/demo.sh .run/demo/summary.json
+run local-warm scripts/demo.sh .run/demo/summary.json WARM_POOL_MIN="$warm"
+run kube-sim-cold scripts/demo-kubernetes.sh .run/demo-kubernetes/summary.json POD_START_DELAY_MS="$delay"
+run kube-sim-warm scripts/demo-kubernetes.sh .run/demo-kubernetes/summary.json POD_START_DELAY_MS="$delay" WARM_POOL_MIN="$warm"
+
+python3 - "$out" "$clients" "$warm" "$delay" <<'PY'
+import json, sys
+out, clients, warm, delay = sys.argv[1:]
+rows = [
+    ("local, cold", "local-cold"),
+    (f"local, warm ({warm})", "local-warm"),
+    (f"kube-sim {int(delay) / 1000:g} s pods, cold", "kube-sim-cold"),
+    (f"kube-sim {int(delay) / 1000:g} s pods, warm ({warm})", "kube-sim-warm"),
+]
+phases = [("join_to_matched", "join → matched"), ("matched_to_connected", "matched → connected"),
+          ("connected_to_running", "connected → running"), ("join_to_running", "join → running")]
+head = ["run", "ok"] + [f"{label} p50 / p99 ms" for _, label in phases] + ["listen overflows"]
+lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+table = {}
+for label, name in rows:
+    s = json.load(open(f"{out}/{name}.json"))
+    lat = s["latency_ms"]
+    cells = [label, f"{s['ok']}/{s['clients']}"]
+    for key, _ in phases:
+        p = lat.get(key) or {}
+        cells.append(f"{p.get('p50_ms', 0):,.0f} / {p.get('p99_ms', 0):,.0f}" if p else "-")
+    cells.append(str(s["listen_overflows"]))
+    table[name] = {key: lat.get(key) for key, _ in phases} | {"ok": s["ok"], "listen_overflows": s["listen_overflows"]}
+    lines.append("| " + " | ".join(cells) + " |")
+print(f"== time to play: {clients} players joining at once ==")
+print("\n".join(lines))
+json.dump(table, open(f"{out}/table.json", "w"), indent=1)
+print(f"bench-time-to-play: table at {out}/table.json, each run's log and summary beside it")
+PY
