@@ -2,8 +2,10 @@
 # `make bench-matchmaker`: one release backend with RUNTIME=none on ephemeral Redis and
 # PostgreSQL, with the queues of examples/queues.yaml, driven over HTTP by `loadgen
 # bench-matchmaker` once per scenario (SCENARIOS, default "fifo ranked": plain joins to the
-# default queue, then ranked tickets with parties), side by side in one run; then the ratio of
-# their throughputs and Redis round trips from Redis's own command counters.
+# default queue, then ranked tickets with parties), side by side in one run; after each, the
+# Redis-only ceiling of the same joins (the backend's own join code straight against Redis, at
+# the same concurrency, no HTTP) and the ratio; then the ratio of the two scenarios'
+# throughputs and Redis round trips from Redis's own command counters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -42,7 +44,8 @@ before=$(calls)
 for scenario in $SCENARIOS; do
   "${CARGO_TARGET_DIR:-target}/release/loadgen" bench-matchmaker --target-url "http://127.0.0.1:$port" --players "$PLAYERS" \
     --concurrency "$CONCURRENCY" --id-prefix "bench-$$-$scenario" --scenario "$scenario" \
-    --redis-url "$MP_REDIS_URL" --json "$run_dir/bench-matchmaker-$scenario.json"
+    --redis-url "$MP_REDIS_URL" --redis-ceiling --matchmaking-config "$run_dir/queues.yaml" \
+    --json "$run_dir/bench-matchmaker-$scenario.json"
 done
 if [[ " $SCENARIOS " == *" fifo "* && " $SCENARIOS " == *" ranked "* ]]; then
   python3 - "$run_dir/bench-matchmaker-fifo.json" "$run_dir/bench-matchmaker-ranked.json" <<'PY'
@@ -61,16 +64,17 @@ sessions=$(echo "$metrics" | awk '/^mp_sessions_formed_total\{/ {n += $2} END {p
 echo "redis-cli info commandstats (every command, incl. health, heartbeat, history):"
 redis-cli -p "$redis_port" info commandstats | tr -d '\r' | grep '^cmdstat_' | sed 's/,usec_per_call.*//; s/^/  /'
 joins=$(python3 -c 'import json, sys; print(sum(json.load(open(p))["tickets"] for p in sys.argv[1:]))' "$run_dir"/bench-matchmaker-*.json)
-python3 - "$before" "$after" "$joins" "$sessions" "$redis_port" <<'PY'
+ceiling=$(python3 -c 'import json, sys; print(sum((json.load(open(p)).get("redis_ceiling") or {}).get("tickets", 0) for p in sys.argv[1:]))' "$run_dir"/bench-matchmaker-*.json)
+python3 - "$before" "$after" "$joins" "$sessions" "$redis_port" "$ceiling" <<'PY'
 import subprocess, sys
-before, after, players, sessions, port = (int(x) for x in sys.argv[1:])
+before, after, players, sessions, port, ceiling = (int(x) for x in sys.argv[1:])
 stats = subprocess.run(["redis-cli", "-p", str(port), "info", "commandstats"], capture_output=True, text=True).stdout
 calls = {line.split(":")[0][8:]: int(line.split("calls=")[1].split(",")[0]) for line in stats.splitlines() if line.startswith("cmdstat_")}
 evals = calls.get("evalsha", 0) + calls.get("eval", 0)
 # Every join is one script call; in a dry run every session is ended by one script call; the
 # rest of the script calls are the matcher's batched form calls (and, for rule queues, its
-# lease and commit calls).
-forms = evals - players - sessions
+# lease and commit calls). The ceiling's joins are one script call each too.
+forms = evals - players - ceiling - sessions
 print(f"round trips: 1 script call per join ({players}); per session formed: {forms / sessions:.2f} form calls "
       f"(batched) + 1 end call ({sessions} sessions); commands executed inside Redis in all: {after - before}")
 PY

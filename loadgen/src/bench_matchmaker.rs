@@ -46,6 +46,15 @@ pub struct BenchMatchmakerArgs {
     /// The backend's REDIS_KEY_PREFIX.
     #[arg(long, default_value = "mp")]
     pub redis_key_prefix: String,
+    /// Also measure, in the same run, the Redis-only ceiling of the join path: the backend's own
+    /// join code (the same script, keys and arguments) called at the same concurrency straight
+    /// against `--redis-url`, no HTTP, under a key prefix of its own (removed after).
+    #[arg(long, requires = "redis_url")]
+    pub redis_ceiling: bool,
+    /// The backend's MATCHMAKING_CONFIG, to build the ranked tickets' documents for the ceiling
+    /// exactly as the backend does.
+    #[arg(long)]
+    pub matchmaking_config: Option<std::path::PathBuf>,
     /// Players per session in the ranked queue, for the join-order baseline.
     #[arg(long, default_value_t = 6)]
     pub ranked_session_size: usize,
@@ -83,6 +92,19 @@ pub struct BenchMatchmakerResult {
     pub tickets_per_second: f64,
     /// Read back from Redis, with `--redis-url`.
     pub formed: Option<Formed>,
+    /// The Redis-only ceiling of the same joins, with `--redis-ceiling`.
+    pub redis_ceiling: Option<Ceiling>,
+}
+
+/// The join path without HTTP: the backend's store joining the same tickets.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ceiling {
+    pub tickets: usize,
+    pub seconds: f64,
+    pub tickets_per_second: f64,
+    pub join_latency: Summary,
+    /// The HTTP run's tickets/s over this.
+    pub ratio: f64,
 }
 
 /// Sum over `mp_sessions_formed_total{size="n"}` of n times the count.
@@ -203,11 +225,17 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
         Some(url) => Some(read_back(&args, url, &tickets).await?),
         None => None,
     };
+    let tickets_per_second = total as f64 / join_seconds;
+    let redis_ceiling = match &args.redis_url {
+        Some(url) if args.redis_ceiling => Some(ceiling(&args, url, &bodies, tickets_per_second).await?),
+        _ => None,
+    };
     let result = BenchMatchmakerResult {
         scenario: args.scenario,
         tickets: total,
-        tickets_per_second: total as f64 / join_seconds,
+        tickets_per_second,
         formed,
+        redis_ceiling,
         players: args.players,
         errors: errors.load(Ordering::Relaxed),
         join_seconds,
@@ -218,6 +246,80 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
         join_latency: summarize(&latencies),
     };
     Ok(result)
+}
+
+/// Joins the same tickets through the backend's store at the same concurrency, straight
+/// against Redis, under a key prefix of its own (no matcher drains it), then removes its keys.
+async fn ceiling(
+    args: &BenchMatchmakerArgs,
+    url: &str,
+    bodies: &[JoinRequest],
+    http_tickets_per_second: f64,
+) -> anyhow::Result<Ceiling> {
+    use backend::tickets::{Joiner, check};
+
+    let queues = match &args.matchmaking_config {
+        Some(path) => backend::queues::Queues::load(path).map_err(|e| anyhow::anyhow!(e))?,
+        None => backend::queues::Queues::default_only(backend::store::FormRules {
+            size: 12,
+            min_partial: 1,
+            flush_wait_ms: 15_000,
+        }),
+    };
+    let mut joins = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let name = body.queue.as_deref().unwrap_or(backend::queues::DEFAULT_QUEUE);
+        let queue = queues
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("no queue {name:?} in the matchmaking config (pass --matchmaking-config)"))?;
+        let ticket = check(queue, body, Joiner::Service).map_err(|e| anyhow::anyhow!("ticket for {}: {e}", body.player_id))?;
+        joins.push((queue.name.clone(), ticket));
+    }
+    let prefix = format!("{}-ceiling-{}", args.redis_key_prefix, std::process::id());
+    let store = Arc::new(backend::store::Store::connect(url, &prefix).await?);
+    let joins = Arc::new(joins);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (store, joins, next) = (store.clone(), joins.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((queue, ticket)) = joins.get(i) else {
+                    return anyhow::Ok(latencies);
+                };
+                let t = Instant::now();
+                store
+                    .join_ticket(queue, &ticket.players, ticket.doc.as_deref(), backend::store::now_ms())
+                    .await?;
+                latencies.push(t.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(joins.len());
+    for worker in workers {
+        latencies.extend(worker.await??);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Its keys go (they share one hash tag, so one pattern finds them all).
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:*"))
+        .query_async(&mut conn)
+        .await?;
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+    }
+    let tickets_per_second = joins.len() as f64 / seconds;
+    Ok(Ceiling {
+        tickets: joins.len(),
+        seconds,
+        tickets_per_second,
+        join_latency: summarize(&latencies),
+        ratio: http_tickets_per_second / tickets_per_second,
+    })
 }
 
 /// The run's sessions, read back from their records.

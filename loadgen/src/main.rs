@@ -100,6 +100,7 @@ fn main() -> ExitCode {
             }
             Command::BenchMatchmaker(args) => {
                 let json = args.json.clone();
+                let args_concurrency = args.concurrency;
                 match loadgen::bench_matchmaker::run(args).await {
                     Ok(result) => {
                         println!(
@@ -108,6 +109,12 @@ fn main() -> ExitCode {
                             result.errors, result.players_placed, result.place_seconds, result.placed_per_second,
                             result.join_latency.p50_ms, result.join_latency.p99_ms
                         );
+                        if let Some(c) = &result.redis_ceiling {
+                            println!(
+                                "  redis-only ceiling (the same joins through the backend's store, {} at once, no HTTP): {} tickets in {:.2} s = {:.0} tickets/s, p50 {:.2} ms p99 {:.2} ms; HTTP path / ceiling = x{:.2}",
+                                args_concurrency, c.tickets, c.seconds, c.tickets_per_second, c.join_latency.p50_ms, c.join_latency.p99_ms, c.ratio
+                            );
+                        }
                         if let Some(formed) = &result.formed {
                             let t = &formed.time_to_match_ms;
                             println!(
