@@ -269,10 +269,11 @@ async fn ceiling(
     let mut joins = Vec::with_capacity(bodies.len());
     for body in bodies {
         let name = body.queue.as_deref().unwrap_or(backend::queues::DEFAULT_QUEUE);
-        let queue = queues
-            .get(name)
-            .ok_or_else(|| anyhow::anyhow!("no queue {name:?} in the matchmaking config (pass --matchmaking-config)"))?;
-        let ticket = check(queue, body, Joiner::Service).map_err(|e| anyhow::anyhow!("ticket for {}: {e}", body.player_id))?;
+        let queue = queues.get(name).ok_or_else(|| {
+            anyhow::anyhow!("no queue {name:?} in the matchmaking config (pass --matchmaking-config)")
+        })?;
+        let ticket =
+            check(queue, body, Joiner::Service).map_err(|e| anyhow::anyhow!("ticket for {}: {e}", body.player_id))?;
         joins.push((queue.name.clone(), ticket));
     }
     let prefix = format!("{}-ceiling-{}", args.redis_key_prefix, std::process::id());
