@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use proxy::Config;
 
+/// mimalloc: forwarded requests allocate and free many small buffers; glibc malloc was a
+/// large share of the backend's CPU under bursts, and the proxy serves the same traffic.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config: Config = match service::cli::parse("proxy") {
         Ok(config) => config,
