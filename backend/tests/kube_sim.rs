@@ -328,28 +328,11 @@ async fn warm_state(backend: &Backend) -> serde_json::Value {
     backend.http.get("/health").await.1["warm_servers"].clone()
 }
 
-/// Two players of one session play it to the end on its server.
+/// One session's players play it to the end on its server.
 async fn play(backend: &Backend, bodies: &[serde_json::Value]) {
     let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
     let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
-    let addr = session["addr"].as_str().unwrap().to_owned();
-    let mut clients = Vec::new();
-    for body in bodies {
-        let mut client = GameClient::connect(&addr).await;
-        client.send(&format!("JOIN {}", body["ticket"].as_str().unwrap())).await;
-        assert!(matches!(client.recv().await, Some(ServerReply::Welcome { .. })));
-        clients.push(client);
-    }
-    clients[0].send("REQUEST_MATCH 1").await;
-    for client in &mut clients {
-        let mut states = Vec::new();
-        while let Some(reply) = client.recv().await {
-            if let ServerReply::State(state) = reply {
-                states.push(state);
-            }
-        }
-        assert_eq!(states, vec![GameState::Running, GameState::Stop]);
-    }
+    common::play_to_the_end(session["addr"].as_str().unwrap(), bodies).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

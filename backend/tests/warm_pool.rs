@@ -10,8 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use backend::config::SettingsBuilder;
-use common::{Backend, GameClient, built_binary, eventually, local_settings};
-use protocol::{GameState, ServerReply};
+use common::{Backend, built_binary, eventually, local_settings};
 
 async fn local_backend(prefix: &str, db: &str, adjust: impl FnOnce(SettingsBuilder) -> SettingsBuilder) -> Backend {
     let bin = built_binary("game-server");
@@ -107,25 +106,7 @@ async fn sessions_take_warm_servers_the_pool_refills_and_a_dead_one_is_replaced(
     // and the result is reported with the hand-over's report token.
     let (_, session) = http.get(&format!("/sessions/{sid}")).await;
     let addr = session["addr"].as_str().unwrap().to_owned();
-    let mut clients = Vec::new();
-    for status in statuses {
-        let mut client = GameClient::connect(&addr).await;
-        client
-            .send(&format!("JOIN {}", status["ticket"].as_str().unwrap()))
-            .await;
-        assert!(matches!(client.recv().await, Some(ServerReply::Welcome { ref session_id, .. }) if session_id == sid));
-        clients.push(client);
-    }
-    clients[0].send("REQUEST_MATCH 1").await;
-    for client in &mut clients {
-        let mut states = Vec::new();
-        while let Some(reply) = client.recv().await {
-            if let ServerReply::State(state) = reply {
-                states.push(state);
-            }
-        }
-        assert_eq!(states.last(), Some(&GameState::Stop));
-    }
+    common::play_to_the_end(&addr, statuses).await;
     let ended = eventually(Duration::from_secs(15), || async {
         let (_, s) = http.get(&format!("/sessions/{sid}")).await;
         (s["status"] == "ended").then_some(s)

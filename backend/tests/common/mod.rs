@@ -259,3 +259,31 @@ impl Plug {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// The players whose matched status answers are `statuses` (one session's) join its server at
+/// `addr` with their tickets and play the match to the end (the first asks for a 1 s match);
+/// each sees `WELCOME` for that session and the match's last state `STOP`.
+#[allow(dead_code)]
+pub async fn play_to_the_end(addr: &str, statuses: &[serde_json::Value]) {
+    use protocol::{GameState, ServerReply};
+    let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+    let mut clients = Vec::new();
+    for status in statuses {
+        let mut client = GameClient::connect(addr).await;
+        client
+            .send(&format!("JOIN {}", status["ticket"].as_str().unwrap()))
+            .await;
+        assert!(matches!(client.recv().await, Some(ServerReply::Welcome { ref session_id, .. }) if *session_id == sid));
+        clients.push(client);
+    }
+    clients[0].send("REQUEST_MATCH 1").await;
+    for client in &mut clients {
+        let mut states = Vec::new();
+        while let Some(reply) = client.recv().await {
+            if let ServerReply::State(state) = reply {
+                states.push(state);
+            }
+        }
+        assert_eq!(states.last(), Some(&GameState::Stop));
+    }
+}
