@@ -57,8 +57,9 @@ pub(crate) struct WarmPods {
     demand: Mutex<Demand>,
     /// Warm Pods this replica is claiming (or claimed, until its watch shows the claim).
     claiming: Mutex<HashSet<String>>,
-    /// Warm Pods this replica created and has not seen Ready yet, with when.
-    creating: Mutex<HashMap<String, Instant>>,
+    /// Warm Pods this replica created and has not seen Ready yet: when, and whether its watch
+    /// has seen them at all.
+    creating: Mutex<HashMap<String, (Instant, bool)>>,
     /// The last count of idle (Ready, unclaimed) and starting warm Pods.
     idle: AtomicUsize,
     starting: AtomicUsize,
@@ -263,26 +264,35 @@ impl Keeper {
                     PodState::Pending => starting += 1,
                 }
             }
-            // Pods created but not in the watch yet are starting too.
+            // Pods created but not in the watch yet are starting too; a created Pod's first
+            // Ready is its cold start.
             let unseen = {
                 let mut creating = self.warm.creating.lock().expect("creating lock");
                 for pod in &pods {
-                    if let (Some(name), PodState::Ready(_) | PodState::Finished(_)) =
-                        (pod.metadata.name.as_ref(), pod_state(pod))
-                        && let Some(created) = creating.remove(name)
-                        && matches!(pod_state(pod), PodState::Ready(_))
-                    {
-                        self.warm
-                            .demand
-                            .lock()
-                            .expect("demand lock")
-                            .cold_start_took(now.duration_since(created));
+                    let Some(name) = pod.metadata.name.as_ref() else {
+                        continue;
+                    };
+                    let Some((created, seen)) = creating.get_mut(name) else {
+                        continue;
+                    };
+                    *seen = true;
+                    match pod_state(pod) {
+                        PodState::Ready(_) => {
+                            let took = now.duration_since(*created);
+                            creating.remove(name);
+                            self.warm.demand.lock().expect("demand lock").cold_start_took(took);
+                        }
+                        PodState::Finished(_) => {
+                            creating.remove(name);
+                        }
+                        PodState::Pending => {}
                     }
                 }
-                creating.retain(|name, created| {
-                    !warm_names.contains(name) && now.duration_since(*created) < Duration::from_secs(60)
+                // Seen and gone before Ready, or never seen at all after a minute: forgotten.
+                creating.retain(|name, (created, seen)| {
+                    (warm_names.contains(name) || !*seen) && now.duration_since(*created) < Duration::from_secs(60)
                 });
-                creating.len()
+                creating.values().filter(|(_, seen)| !*seen).count()
             };
             self.warm
                 .claiming
@@ -325,7 +335,7 @@ impl Keeper {
                         .creating
                         .lock()
                         .expect("creating lock")
-                        .insert(name.clone(), Instant::now());
+                        .insert(name.clone(), (Instant::now(), false));
                     let (pods, warm) = (self.pods.clone(), self.warm.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
