@@ -66,6 +66,7 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let open_files = raise_open_file_limit();
+    let huge_pages = disable_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -85,6 +86,9 @@ where
             Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
             Err(e) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
         }
+        if let Err(e) = huge_pages {
+            tracing::warn!(error = %e, "cannot turn transparent huge pages off; a burst's first memory growth is slower");
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         match run(listener, shutdown).await {
@@ -99,6 +103,16 @@ where
             }
         }
     })
+}
+
+/// Turns transparent huge pages off for this process (and the processes it starts).
+/// mimalloc asks for huge pages on its arenas; when a server's memory grows in a burst (a
+/// thousand connections arriving at once) each fault then zeroes a whole 2 MiB page, and
+/// freed memory returned in 64 KiB pieces splits them again. Measured on a 1,200-player burst
+/// through proxy and backend: p99 join → matched 507 → 387 ms on the first burst after start,
+/// about 335 → 300 ms on later ones.
+pub fn disable_transparent_huge_pages() -> nix::Result<()> {
+    nix::sys::prctl::set_thp_disable(true)
 }
 
 /// Raises this process's soft limit on open files to its hard limit, as a server holding one
@@ -139,6 +153,17 @@ mod tests {
         setrlimit(Resource::RLIMIT_NOFILE, hard.min(256), hard).unwrap();
         assert_eq!(super::raise_open_file_limit().unwrap(), hard);
         assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+    }
+
+    #[test]
+    fn a_server_runs_without_transparent_huge_pages() {
+        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let code = super::serve("test", bind, |_listener, _shutdown| async {
+            let status = std::fs::read_to_string("/proc/self/status")?;
+            anyhow::ensure!(status.contains("THP_enabled:\t0\n"), "THP still on: {status}");
+            Ok(())
+        });
+        assert_eq!(code, std::process::ExitCode::SUCCESS);
     }
 
     #[derive(Debug, clap::Parser)]
