@@ -122,12 +122,7 @@ async fn matched_pair(http: &common::Http, a: &str, b: &str) -> (serde_json::Val
     .await;
     let sid = matched["session_id"].as_str().unwrap().to_owned();
     let (_, session) = http.get(&format!("/sessions/{sid}")).await;
-    let pid = session["server"]
-        .as_str()
-        .unwrap()
-        .strip_prefix("local-")
-        .unwrap()
-        .to_owned();
+    let pid = common::local_server_pid(&session);
     (matched, session, pid)
 }
 

@@ -55,13 +55,7 @@ async fn matched(http: &common::Http, players: &[String]) -> Vec<(String, String
             Some((_, _, statuses)) => statuses.push(status),
             None => {
                 let (_, session) = http.get(&format!("/sessions/{sid}")).await;
-                let pid = session["server"]
-                    .as_str()
-                    .unwrap()
-                    .strip_prefix("local-")
-                    .unwrap()
-                    .to_owned();
-                sessions.push((sid, pid, vec![status]));
+                sessions.push((sid, common::local_server_pid(&session), vec![status]));
             }
         }
     }

@@ -44,6 +44,21 @@ async fn listening(child: &mut Child) -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// A warm server `id` (no session until a hand-over), started and listening.
+async fn warm(id: &str) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_game-server"))
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .env("WARM_SERVER_ID", id)
+        .env("TICKET_SECRET", common::SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = listening(&mut child).await;
+    (child, addr)
+}
+
 #[tokio::test]
 async fn twelve_players_play_a_one_second_match_and_the_result_is_reported() {
     let players = roster(12);
@@ -210,16 +225,7 @@ async fn a_warm_server_takes_one_signed_handover_then_plays_that_session() {
     use protocol::{Handover, TicketSecret, handover};
     let players = roster(2);
     let (url, mut reports) = report_receiver(vec![]).await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_game-server"))
-        .args(["--bind", "127.0.0.1", "--port", "0"])
-        .env("WARM_SERVER_ID", "warm-1")
-        .env("TICKET_SECRET", common::SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = listening(&mut child).await;
+    let (mut child, addr) = warm("warm-1").await;
     let now = unix_now();
     let mut valid = Handover::new("warm-1", SESSION, players.clone(), now);
     valid.report_url = Some(url);
@@ -284,15 +290,7 @@ async fn a_warm_server_takes_one_signed_handover_then_plays_that_session() {
 
 #[tokio::test]
 async fn a_warm_server_stopped_unused_exits_zero_and_warm_settings_are_exclusive() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_game-server"))
-        .args(["--bind", "127.0.0.1", "--port", "0"])
-        .env("WARM_SERVER_ID", "warm-1")
-        .env("TICKET_SECRET", common::SECRET)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    listening(&mut child).await;
+    let (mut child, _) = warm("warm-1").await;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().unwrap().to_string()])
         .status()
@@ -320,16 +318,7 @@ async fn a_warm_server_stopped_unused_exits_zero_and_warm_settings_are_exclusive
 async fn a_hand_over_of_a_big_roster_is_taken_and_an_endless_line_refused() {
     use protocol::ticket::unix_now;
     use protocol::{Handover, handover};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_game-server"))
-        .args(["--bind", "127.0.0.1", "--port", "0"])
-        .env("WARM_SERVER_ID", "warm-big")
-        .env("TICKET_SECRET", common::SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr = listening(&mut child).await;
+    let (_child, addr) = warm("warm-big").await;
     // Far over a game line's 1,024 bytes, far under the hand-over's cap.
     assert_eq!(
         answer(

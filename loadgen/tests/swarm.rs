@@ -70,7 +70,11 @@ impl Stack {
             tokio::spawn(backend::run(backend_listener, backend, shutdown.clone())),
             tokio::spawn(proxy::run(proxy_listener, proxy, shutdown.clone())),
         ];
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Both ready (the backend past its start-up, the proxy with Redis) before any player.
+        for url in [backend_url.clone(), format!("http://{proxy_addr}")] {
+            let client = loadgen::http::HttpClient::new(&url, Duration::from_secs(2));
+            testkit::eventually(Duration::from_secs(30), || async { client.text("/health").await.ok() }).await;
+        }
         Stack {
             proxy_url: format!("http://{proxy_addr}"),
             shutdown,

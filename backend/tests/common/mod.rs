@@ -287,3 +287,10 @@ pub async fn play_to_the_end(addr: &str, statuses: &[serde_json::Value]) {
         assert_eq!(states.last(), Some(&GameState::Stop));
     }
 }
+
+/// The process id of a session's local server, from `GET /sessions/{id}` (`server` is
+/// `local-<pid>`).
+pub fn local_server_pid(session: &serde_json::Value) -> String {
+    let server = session["server"].as_str().expect("a session with a server");
+    server.strip_prefix("local-").expect("a local server").to_owned()
+}
