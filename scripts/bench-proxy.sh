@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-proxy`: a TCP echo server reached directly, through matchplane's proxy and
 # through HAProxy in TCP mode (as configured by default, and with splice(2) forced on), measured
-# side by side by `loadgen bench-proxy`.
+# side by side by `loadgen bench-proxy`, in ROUNDS rounds (default 3) of SECONDS_PER_RUN-second windows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -51,4 +51,4 @@ kill -0 "$proxy_pid" 2>/dev/null || mp_die "the proxy did not start"
   --proxy-addr "127.0.0.1:$proxy_port" --proxy-pid "$proxy_pid" \
   --haproxy-addr "127.0.0.1:$haproxy_port" --haproxy-splice-addr "127.0.0.1:$haproxy_splice_port" \
   --haproxy-pid "$haproxy_pid" --redis-url "$MP_REDIS_URL" --ticket-secret "$secret" \
-  --seconds "${SECONDS_PER_RUN:-4}" --json "${BENCH_JSON:-$run_dir/bench-proxy.json}"
+  --seconds "${SECONDS_PER_RUN:-4}" --rounds "${ROUNDS:-3}" --json "${BENCH_JSON:-$run_dir/bench-proxy.json}"

@@ -4,6 +4,10 @@
 //! connections, the round-trip latency of 64-byte ping-pong, and, where the process in the
 //! middle is known, the CPU time it spent per GiB echoed, split into user space and kernel.
 //!
+//! On a shared machine one window of each path is at the mercy of whatever else runs, so the
+//! paths are measured in rounds: every round measures each path once, in an order rotated
+//! round by round, and a path's throughput is its median over the rounds.
+//!
 //! Every connection starts with the same `JOIN <ticket>` line (the proxy needs it to route;
 //! the echo server returns it), so every path carries identical bytes.
 
@@ -52,9 +56,12 @@ pub struct BenchProxyArgs {
     /// Seconds per throughput measurement.
     #[arg(long, default_value_t = 4.0)]
     pub seconds: f64,
-    /// Ping-pong round trips per latency measurement.
+    /// Ping-pong round trips per path, spread evenly over the rounds.
     #[arg(long, default_value_t = 20_000)]
     pub round_trips: usize,
+    /// Rounds: each measures every path once, in an order rotated round by round.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -64,12 +71,20 @@ pub struct BenchProxyArgs {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PathResult {
     pub path: String,
+    /// Medians over the rounds.
     pub throughput_1_mib_s: f64,
     pub throughput_64_mib_s: f64,
+    /// Each round's figure, in the order measured.
+    pub rounds_1_mib_s: Vec<f64>,
+    pub rounds_64_mib_s: Vec<f64>,
+    /// Every round's ping-pong samples together.
     pub ping_pong: Summary,
     /// CPU time of the process in the middle (for `direct`: this process, the client and the
-    /// echo server) over both throughput windows, per GiB echoed.
+    /// echo server) over every throughput window, per GiB echoed.
     pub cpu: Option<CpuPerGib>,
+    /// CPU time of the middle and of this process (the clients and the echo server) together,
+    /// per GiB echoed: what the whole path costs the machine (for `direct`: the same as `cpu`).
+    pub machine_cpu: Option<CpuPerGib>,
 }
 
 /// CPU seconds per GiB echoed, by where they were spent.
@@ -135,6 +150,8 @@ struct Window {
     mib_s: f64,
     bytes: u64,
     cpu: Option<CpuTimes>,
+    /// This process's CPU time.
+    own_cpu: Option<CpuTimes>,
 }
 
 /// Starts the echo server; returns its address.
@@ -211,10 +228,12 @@ async fn throughput(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start_bytes = received.load(Ordering::Relaxed);
     let start_cpu = watched.and_then(CpuTimes::of);
+    let start_own = CpuTimes::of(std::process::id());
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     let bytes = received.load(Ordering::Relaxed) - start_bytes;
     let end_cpu = watched.and_then(CpuTimes::of);
+    let end_own = CpuTimes::of(std::process::id());
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
@@ -224,16 +243,17 @@ async fn throughput(
         mib_s: bytes as f64 / elapsed / MIB,
         bytes,
         cpu: start_cpu.zip(end_cpu).map(|(start, end)| end.since(start)),
+        own_cpu: start_own.zip(end_own).map(|(start, end)| end.since(start)),
     })
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// CPU per GiB over the windows, when every window has its CPU time.
-fn cpu_per_gib(windows: &[&Window]) -> Option<CpuPerGib> {
+/// CPU per GiB over the windows, of the process `cpu` picks, when every window has it.
+fn cpu_per_gib(windows: &[Window], cpu: impl Fn(&Window) -> Option<CpuTimes>) -> Option<CpuPerGib> {
     let cpu = windows
         .iter()
-        .try_fold(CpuTimes::default(), |sum, w| w.cpu.map(|c| sum.plus(c)))?;
+        .try_fold(CpuTimes::default(), |sum, w| cpu(w).map(|c| sum.plus(c)))?;
     let gib = windows.iter().map(|w| w.bytes).sum::<u64>() as f64 / (MIB * 1024.0);
     (gib > 0.0).then(|| CpuPerGib {
         user_s: cpu.user / gib,
@@ -241,11 +261,16 @@ fn cpu_per_gib(windows: &[&Window]) -> Option<CpuPerGib> {
     })
 }
 
-async fn ping_pong(addr: SocketAddr, join: &[u8], round_trips: usize) -> anyhow::Result<Summary> {
+/// Adds `round_trips` ping-pong round-trip times (after 200 unrecorded ones) to `samples`.
+async fn ping_pong(
+    addr: SocketAddr,
+    join: &[u8],
+    round_trips: usize,
+    samples: &mut Vec<Duration>,
+) -> anyhow::Result<()> {
     let mut stream = open(addr, join).await?;
     let ping = [0x42u8; 64];
     let mut pong = [0u8; 64];
-    let mut samples = Vec::with_capacity(round_trips);
     for i in 0..round_trips + 200 {
         let t = Instant::now();
         stream.write_all(&ping).await?;
@@ -254,7 +279,31 @@ async fn ping_pong(addr: SocketAddr, join: &[u8], round_trips: usize) -> anyhow:
             samples.push(t.elapsed());
         }
     }
-    Ok(summarize(&samples))
+    Ok(())
+}
+
+/// The median of `values` (the mean of the middle two when even); 0 when empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The order paths are measured in, round `round`: rotated by one path per round.
+fn round_order(paths: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..paths).map(move |i| (i + round) % paths.max(1))
+}
+
+/// What one path has gathered over the rounds so far.
+#[derive(Default)]
+struct Gathered {
+    one: Vec<Window>,
+    many: Vec<Window>,
+    samples: Vec<Duration>,
 }
 
 /// Runs every path given and returns their figures, direct first.
@@ -299,19 +348,49 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
     if let Some(haproxy) = args.haproxy_splice_addr {
         paths.push(("haproxy+splice", haproxy, args.haproxy_pid));
     }
-    let mut results = Vec::new();
-    for (name, addr, pid) in paths {
-        eprintln!("bench-proxy: measuring {name} ({addr}) ...");
-        let one = throughput(addr, &join, 1, args.seconds, pid).await?;
-        let many = throughput(addr, &join, 64, args.seconds, pid).await?;
-        results.push(PathResult {
-            throughput_1_mib_s: one.mib_s,
-            throughput_64_mib_s: many.mib_s,
-            ping_pong: ping_pong(addr, &join, args.round_trips).await?,
-            cpu: cpu_per_gib(&[&one, &many]),
-            path: name.to_owned(),
-        });
+    let rounds = args.rounds.max(1) as usize;
+    let mut gathered: Vec<Gathered> = paths.iter().map(|_| Gathered::default()).collect();
+    for round in 0..rounds {
+        // Round trips left over from an uneven split go to the first round.
+        let trips = args.round_trips / rounds + if round == 0 { args.round_trips % rounds } else { 0 };
+        for i in round_order(paths.len(), round) {
+            let (name, addr, pid) = paths[i];
+            eprintln!(
+                "bench-proxy: round {}/{rounds}: measuring {name} ({addr}) ...",
+                round + 1
+            );
+            let g = &mut gathered[i];
+            g.one.push(throughput(addr, &join, 1, args.seconds, pid).await?);
+            g.many.push(throughput(addr, &join, 64, args.seconds, pid).await?);
+            ping_pong(addr, &join, trips, &mut g.samples).await?;
+        }
     }
+    let results = paths
+        .iter()
+        .zip(gathered)
+        .map(|(&(name, _, pid), g)| {
+            let rounds_1_mib_s: Vec<f64> = g.one.iter().map(|w| w.mib_s).collect();
+            let rounds_64_mib_s: Vec<f64> = g.many.iter().map(|w| w.mib_s).collect();
+            let windows: Vec<Window> = g.one.into_iter().chain(g.many).collect();
+            let own_is_middle = pid == Some(std::process::id());
+            PathResult {
+                path: name.to_owned(),
+                throughput_1_mib_s: median(&rounds_1_mib_s),
+                throughput_64_mib_s: median(&rounds_64_mib_s),
+                rounds_1_mib_s,
+                rounds_64_mib_s,
+                ping_pong: summarize(&g.samples),
+                cpu: cpu_per_gib(&windows, |w| w.cpu),
+                machine_cpu: cpu_per_gib(&windows, |w| {
+                    if own_is_middle {
+                        w.own_cpu
+                    } else {
+                        w.cpu.zip(w.own_cpu).map(|(middle, own)| middle.plus(own))
+                    }
+                }),
+            }
+        })
+        .collect();
     redis::cmd("HDEL")
         .arg(&key)
         .arg(&sid)
@@ -326,8 +405,8 @@ pub fn render(results: &[PathResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<15} {:>12} {:>13} {:>11} {:>11} {:>10} {:>10}",
-        "path", "1 conn MiB/s", "64 conn MiB/s", "p50 RTT µs", "p99 RTT µs", "CPU s/GiB", "in kernel"
+        "{:<15} {:>12} {:>13} {:>11} {:>11} {:>10} {:>10} {:>13}",
+        "path", "1 conn MiB/s", "64 conn MiB/s", "p50 RTT µs", "p99 RTT µs", "CPU s/GiB", "in kernel", "machine s/GiB"
     );
     for r in results {
         let (cpu, kernel) = match r.cpu {
@@ -337,21 +416,26 @@ pub fn render(results: &[PathResult]) -> String {
             ),
             _ => ("-".to_owned(), "-".to_owned()),
         };
+        let machine = r
+            .machine_cpu
+            .map_or_else(|| "-".to_owned(), |c| format!("{:.3}", c.total_s()));
         let _ = writeln!(
             out,
-            "{:<15} {:>12.0} {:>13.0} {:>11.1} {:>11.1} {:>10} {:>10}",
+            "{:<15} {:>12.0} {:>13.0} {:>11.1} {:>11.1} {:>10} {:>10} {:>13}",
             r.path,
             r.throughput_1_mib_s,
             r.throughput_64_mib_s,
             r.ping_pong.p50_ms * 1000.0,
             r.ping_pong.p99_ms * 1000.0,
             cpu,
-            kernel
+            kernel,
+            machine
         );
     }
+    let rounds = results.first().map_or(0, |r| r.rounds_64_mib_s.len());
     let _ = writeln!(
         out,
-        "CPU s/GiB: CPU time of the process in the middle per GiB echoed (direct: the client and echo server)"
+        "throughput: median of {rounds} round(s); CPU s/GiB: CPU time of the process in the middle per GiB echoed (direct: the client and echo server); machine s/GiB: the middle's and the client and echo server's together"
     );
     let find = |name: &str| results.iter().find(|r| r.path == name);
     let Some(direct) = find("direct") else {
@@ -388,6 +472,21 @@ pub fn render(results: &[PathResult]) -> String {
                 added_p50(mp),
                 added_p50(hp)
             );
+            if rounds > 1 {
+                let by_round = |ours: &[f64], theirs: &[f64]| {
+                    ours.iter()
+                        .zip(theirs)
+                        .map(|(a, b)| format!("x{:.2}", a / b))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let _ = writeln!(
+                    out,
+                    "  round by round: {} (1 conn); {} (64 conns)",
+                    by_round(&mp.rounds_1_mib_s, &hp.rounds_1_mib_s),
+                    by_round(&mp.rounds_64_mib_s, &hp.rounds_64_mib_s)
+                );
+            }
         }
     }
     out
@@ -423,23 +522,83 @@ mod tests {
     #[test]
     fn cpu_per_gib_needs_every_window() {
         let gib = 1024 * 1024 * 1024;
-        let measured = Window {
+        let window = |cpu| Window {
             mib_s: 0.0,
             bytes: gib,
-            cpu: Some(CpuTimes { user: 0.5, kernel: 1.5 }),
+            cpu,
+            own_cpu: Some(CpuTimes { user: 1.0, kernel: 1.0 }),
         };
-        let unmeasured = Window {
-            mib_s: 0.0,
-            bytes: gib,
-            cpu: None,
-        };
+        let measured = || window(Some(CpuTimes { user: 0.5, kernel: 1.5 }));
         assert_eq!(
-            cpu_per_gib(&[&measured, &measured]),
+            cpu_per_gib(&[measured(), measured()], |w| w.cpu),
             Some(CpuPerGib {
                 user_s: 0.5,
                 kernel_s: 1.5
             })
         );
-        assert_eq!(cpu_per_gib(&[&measured, &unmeasured]), None);
+        assert_eq!(cpu_per_gib(&[measured(), window(None)], |w| w.cpu), None);
+        assert_eq!(
+            cpu_per_gib(&[measured(), window(None)], |w| w.own_cpu),
+            Some(CpuPerGib {
+                user_s: 1.0,
+                kernel_s: 1.0
+            })
+        );
+        assert_eq!(cpu_per_gib(&[], |w| w.cpu), None);
+    }
+
+    #[test]
+    fn the_table_compares_medians_and_each_round() {
+        let path = |name: &str, one: [f64; 2], many: [f64; 2], p50_ms: f64| PathResult {
+            path: name.to_owned(),
+            throughput_1_mib_s: median(&one),
+            throughput_64_mib_s: median(&many),
+            rounds_1_mib_s: one.to_vec(),
+            rounds_64_mib_s: many.to_vec(),
+            ping_pong: Summary {
+                count: 10,
+                p50_ms,
+                ..Summary::default()
+            },
+            cpu: Some(CpuPerGib {
+                user_s: 0.1,
+                kernel_s: 0.4,
+            }),
+            machine_cpu: Some(CpuPerGib {
+                user_s: 0.3,
+                kernel_s: 1.2,
+            }),
+        };
+        let table = render(&[
+            path("direct", [2000.0, 2000.0], [3000.0, 3000.0], 0.050),
+            path("matchplane", [1100.0, 900.0], [1000.0, 1200.0], 0.080),
+            path("haproxy+splice", [1000.0, 1000.0], [1000.0, 1000.0], 0.110),
+        ]);
+        assert!(table.contains("median of 2 round(s)"), "{table}");
+        assert!(
+            table.contains("matchplane vs haproxy+splice: throughput x1.00 (1 conn), x1.10 (64 conns); added p50 30.0 µs vs 60.0 µs"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  round by round: x1.10 x0.90 (1 conn); x1.00 x1.20 (64 conns)"),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("matchplane") && l.ends_with("1.500")),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn medians_and_rotated_rounds() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0]), 3.0);
+        assert_eq!(median(&[5.0, 1.0, 3.0]), 3.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        let orders: Vec<Vec<usize>> = (0..4).map(|r| round_order(3, r).collect()).collect();
+        assert_eq!(orders, [vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1], vec![0, 1, 2]]);
+        assert_eq!(round_order(0, 2).count(), 0);
     }
 }

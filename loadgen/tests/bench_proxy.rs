@@ -61,7 +61,9 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
         "--seconds",
         "0.3",
         "--round-trips",
-        "200",
+        "201",
+        "--rounds",
+        "2",
     ])
     .unwrap()
     .bench;
@@ -72,17 +74,29 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
     for r in &results {
         assert!(r.throughput_1_mib_s > 0.0, "{r:?}");
         assert!(r.throughput_64_mib_s > 0.0, "{r:?}");
-        assert_eq!(r.ping_pong.count, 200, "{r:?}");
+        assert_eq!(r.ping_pong.count, 201, "every round's round trips together: {r:?}");
+        assert_eq!((r.rounds_1_mib_s.len(), r.rounds_64_mib_s.len()), (2, 2), "{r:?}");
+        let (low, high) = (
+            r.rounds_64_mib_s[0].min(r.rounds_64_mib_s[1]),
+            r.rounds_64_mib_s[0].max(r.rounds_64_mib_s[1]),
+        );
+        assert!(
+            low <= r.throughput_64_mib_s && r.throughput_64_mib_s <= high,
+            "the median lies between the rounds: {r:?}"
+        );
         assert!(
             r.ping_pong.p50_ms > 0.0 && r.ping_pong.p50_ms <= r.ping_pong.p99_ms,
             "{r:?}"
         );
         let cpu = r.cpu.expect("both processes are known");
         assert!(cpu.total_s() > 0.0, "{r:?}");
+        let machine = r.machine_cpu.expect("both processes are known");
+        assert!(machine.total_s() >= cpu.total_s(), "{r:?}");
     }
     let table = bench_proxy::render(&results);
     assert!(table.contains("matchplane vs direct: throughput x"), "{table}");
     assert!(table.contains("CPU-bound ceiling vs direct"), "{table}");
+    assert!(table.contains("median of 2 round(s)"), "{table}");
     assert!(!table.contains("vs haproxy"), "no HAProxy was measured: {table}");
 
     shutdown.cancel();
