@@ -99,6 +99,12 @@ pub struct BenchMatchmakerResult {
 /// The join path without HTTP: the backend's store joining the same tickets.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Ceiling {
+    /// How long the backend's history took to catch up (its outbox to empty) before the
+    /// ceiling was measured, so that PostgreSQL writes left over from the HTTP run do not
+    /// share the machine with it.
+    pub quiet_after_seconds: f64,
+    /// Whether it caught up within [`QUIET_PATIENCE`].
+    pub quiet: bool,
     pub tickets: usize,
     pub seconds: f64,
     pub tickets_per_second: f64,
@@ -248,8 +254,34 @@ pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerRes
     Ok(result)
 }
 
+/// Longest the ceiling waits for the backend's history to catch up.
+const QUIET_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until the backend's history outbox (`{prefix}:outbox`, whose entries the history
+/// writer deletes once PostgreSQL has them) is empty, at most `patience`; returns the time
+/// waited and whether it emptied.
+pub async fn wait_for_history(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    patience: Duration,
+) -> anyhow::Result<(Duration, bool)> {
+    let outbox = backend::keys::Keys::new(prefix).outbox();
+    let started = Instant::now();
+    loop {
+        let left: u64 = redis::cmd("XLEN").arg(&outbox).query_async(conn).await?;
+        if left == 0 {
+            return Ok((started.elapsed(), true));
+        }
+        if started.elapsed() >= patience {
+            return Ok((started.elapsed(), false));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Joins the same tickets through the backend's store at the same concurrency, straight
 /// against Redis, under a key prefix of its own (no matcher drains it), then removes its keys.
+/// Measured once the backend's history has caught up, so only the joins load the machine.
 async fn ceiling(
     args: &BenchMatchmakerArgs,
     url: &str,
@@ -275,6 +307,11 @@ async fn ceiling(
         let ticket =
             check(queue, body, Joiner::Service).map_err(|e| anyhow::anyhow!("ticket for {}: {e}", body.player_id))?;
         joins.push((queue.name.clone(), ticket));
+    }
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    let (waited, quiet) = wait_for_history(&mut conn, &args.redis_key_prefix, QUIET_PATIENCE).await?;
+    if !quiet {
+        tracing::warn!(waited = ?waited, "the backend's history did not catch up; measuring the ceiling beside it");
     }
     let prefix = format!("{}-ceiling-{}", args.redis_key_prefix, std::process::id());
     let store = Arc::new(backend::store::Store::connect(url, &prefix).await?);
@@ -305,7 +342,6 @@ async fn ceiling(
     }
     let seconds = started.elapsed().as_secs_f64();
     // Its keys go (they share one hash tag, so one pattern finds them all).
-    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{{{prefix}}}:*"))
         .query_async(&mut conn)
@@ -315,6 +351,8 @@ async fn ceiling(
     }
     let tickets_per_second = joins.len() as f64 / seconds;
     Ok(Ceiling {
+        quiet_after_seconds: waited.as_secs_f64(),
+        quiet,
         tickets: joins.len(),
         seconds,
         tickets_per_second,

@@ -114,6 +114,11 @@ fn main() -> ExitCode {
                                 "  redis-only ceiling (the same joins through the backend's store, {} at once, no HTTP): {} tickets in {:.2} s = {:.0} tickets/s, p50 {:.2} ms p99 {:.2} ms; HTTP path / ceiling = x{:.2}",
                                 args_concurrency, c.tickets, c.seconds, c.tickets_per_second, c.join_latency.p50_ms, c.join_latency.p99_ms, c.ratio
                             );
+                            println!(
+                                "  (measured {}, {:.1} s after the joins)",
+                                if c.quiet { "once the history had caught up" } else { "while the history was still catching up" },
+                                c.quiet_after_seconds
+                            );
                         }
                         if let Some(formed) = &result.formed {
                             let t = &formed.time_to_match_ms;
