@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use backend::Config;
+use clap::{Parser, Subcommand};
 
 /// mimalloc: a request's many short-lived allocations (headers, JSON, Redis replies) cost a
 /// quarter of the backend's CPU in glibc malloc under a join burst.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(

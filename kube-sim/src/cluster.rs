@@ -492,7 +492,7 @@ impl Cluster {
         };
         if strip(merged.clone()) != strip(before.clone()) || meta_rest(&merged) != meta_rest(&before) {
             return Err(PatchError::Invalid(
-                "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions), metadata labels and annotations".into(),
+                "spec: Forbidden: kube-sim's pod updates may change only metadata labels and annotations and lower `spec.activeDeadlineSeconds` (a real API server also takes `spec.containers[*].image` and added `spec.tolerations`)".into(),
             ));
         }
         if new_deadline != old_deadline {
