@@ -283,10 +283,14 @@ async fn keep_warm(pool: Arc<WarmPool>, spawner: Arc<Spawner>, stop: Cancellatio
             tracing::warn!(server = %warm.server.name, "a warm server died while idle; replacing it");
             let _ = warm.server.child.kill().await;
         }
-        let target = pool.demand.lock().expect("demand lock").target(Instant::now());
         let (idle, warming) = (pool.idle(), pool.warming.load(Ordering::Relaxed));
+        let (target, at_once) = {
+            let mut demand = pool.demand.lock().expect("demand lock");
+            let now = Instant::now();
+            (demand.target(now), demand.starts_at_once(now, idle, MAX_WARMING))
+        };
         if idle + warming < target {
-            for _ in 0..(target - idle - warming).min(MAX_WARMING.saturating_sub(warming)) {
+            for _ in 0..(target - idle - warming).min(at_once.saturating_sub(warming)) {
                 serial += 1;
                 let id = format!("warm-{tag}-{serial}");
                 pool.warming.fetch_add(1, Ordering::Relaxed);

@@ -6,6 +6,13 @@
 //! sessions), times the measured cold-start time (a moving average of real starts), times
 //! [`HEADROOM`]. When sessions stop forming, both windows empty and the pool shrinks back to
 //! the minimum. Time comes from `tokio::time`, so the policy is tested on a paused clock.
+//!
+//! Where servers share the backend's machine (the local runtime), a refill is paced by
+//! [`Demand::starts_at_once`]: while sessions are still claiming servers and the idle ones
+//! cover what demand may claim during one cold start, replacements start one at a time, so a
+//! burst's own claims do not compete for the CPU with the start-up of their replacements. Once
+//! the idle servers run that low, or the claims pause for [`CLAIMS_PAUSED`], they start as fast
+//! as allowed.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -17,6 +24,8 @@ const SHORT: Duration = Duration::from_secs(5);
 const LONG: Duration = Duration::from_secs(30);
 /// Warm servers per session expected while one starts cold.
 const HEADROOM: f64 = 2.0;
+/// No session given a server for this long: a burst is over, and a refill runs at full speed.
+const CLAIMS_PAUSED: Duration = Duration::from_secs(1);
 /// Assumed cold start before one was measured.
 const FIRST_GUESS: Duration = Duration::from_secs(1);
 /// Weight of the newest cold start in the moving average.
@@ -83,6 +92,28 @@ impl Demand {
             .take_while(|t| now.duration_since(**t) <= SHORT)
             .count();
         (short as f64 / SHORT.as_secs_f64()).max(self.starts.len() as f64 / LONG.as_secs_f64())
+    }
+
+    /// Sessions expected to claim a warm server while one more starts cold.
+    pub fn claims_per_cold_start(&mut self, now: Instant) -> usize {
+        // A saturating float-to-int conversion, as in `target`.
+        (self.rate(now) * self.cold_start().as_secs_f64()).ceil() as usize
+    }
+
+    /// How many warm servers may be starting at once, with `idle` in the pool: one while
+    /// sessions are claiming servers (one given a server within [`CLAIMS_PAUSED`]) and the idle
+    /// ones cover [`Demand::claims_per_cold_start`], so the refill runs beside the live path
+    /// instead of against it; otherwise `fastest`.
+    pub fn starts_at_once(&mut self, now: Instant, idle: usize, fastest: usize) -> usize {
+        let claiming = self
+            .starts
+            .back()
+            .is_some_and(|t| now.duration_since(*t) < CLAIMS_PAUSED);
+        if claiming && idle > self.claims_per_cold_start(now) {
+            fastest.min(1)
+        } else {
+            fastest
+        }
     }
 
     /// How many warm servers to keep now.
@@ -161,6 +192,39 @@ mod tests {
         // A steady trickle keeps a little; then idle again: back to the minimum.
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(demand.target(Instant::now()), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refill_trickles_while_a_burst_claims_and_the_idle_servers_last() {
+        let mut demand = Demand::new(Bounds { min: 100, max: 100 });
+        let t0 = Instant::now();
+        // No session claims a server: the pool fills as fast as allowed, however full.
+        assert_eq!(demand.starts_at_once(t0, 0, 16), 16);
+        assert_eq!(demand.starts_at_once(t0, 99, 16), 16);
+        // A burst: 50 sessions in half a second with 500 ms cold starts → 10/s over the short
+        // window, 5 claims while one server starts.
+        demand.cold_start_took(Duration::from_millis(500));
+        for _ in 0..50 {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            demand.session_started(Instant::now());
+        }
+        let now = Instant::now();
+        assert_eq!(demand.claims_per_cold_start(now), 5);
+        assert_eq!(
+            demand.starts_at_once(now, 50, 16),
+            1,
+            "plenty idle: the refill trickles"
+        );
+        assert_eq!(demand.starts_at_once(now, 6, 16), 1);
+        assert_eq!(demand.starts_at_once(now, 5, 16), 16, "down to one cold start's claims");
+        assert_eq!(demand.starts_at_once(now, 0, 16), 16);
+        // The claims pause: the burst is over, the refill catches up at full speed, although
+        // the windows still remember the burst.
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(demand.starts_at_once(Instant::now(), 50, 16), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(demand.claims_per_cold_start(Instant::now()), 5);
+        assert_eq!(demand.starts_at_once(Instant::now(), 50, 16), 16);
     }
 
     #[tokio::test(start_paused = true)]
