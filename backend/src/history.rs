@@ -650,7 +650,11 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Resul
          SELECT $1, p, j, l FROM UNNEST($2::text[], $3::timestamptz[], $4::timestamptz[]) AS t(p, j, l)
          ON CONFLICT (session_id, player_id) DO UPDATE SET
            joined_at = COALESCE(match_players.joined_at, EXCLUDED.joined_at),
-           left_at = COALESCE(EXCLUDED.left_at, match_players.left_at)",
+           left_at = COALESCE(EXCLUDED.left_at, match_players.left_at)
+         -- Only rows this event changes: an update that changes nothing still writes a new row
+         -- version, and most events (formed, ready, an end without a report) carry no times.
+         WHERE (match_players.joined_at IS NULL AND EXCLUDED.joined_at IS NOT NULL)
+            OR (EXCLUDED.left_at IS NOT NULL AND EXCLUDED.left_at IS DISTINCT FROM match_players.left_at)",
     )
     .bind(entry.session_id)
     .bind(&players)
@@ -659,4 +663,108 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Resul
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::api::{EndReason, PlayerResult, ResultReport};
+
+    use super::*;
+
+    /// Each player row's `(xmin, joined_at, left_at)`: `xmin` changes with every new row
+    /// version, so an update that changes nothing shows.
+    async fn player_rows(pool: &PgPool) -> Vec<(String, String, Option<OffsetDateTime>, Option<OffsetDateTime>)> {
+        sqlx::query_as("SELECT player_id, xmin::text, joined_at, left_at FROM match_players ORDER BY player_id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    async fn apply(pool: &PgPool, sid: Uuid, at_ms: i64, change: Change) {
+        let entry = Entry {
+            id: format!("{at_ms}-0"),
+            session_id: sid,
+            event: SessionEvent {
+                session_id: sid.to_string(),
+                players: vec!["a".into(), "b".into()],
+                at_ms,
+                change,
+            },
+        };
+        let mut tx = pool.begin().await.unwrap();
+        apply_event(&mut tx, &entry).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn events_without_attendance_leave_the_player_rows_untouched() {
+        let pool = PgPool::connect(&testkit::fresh_database().await).await.unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        let sid = Uuid::new_v4();
+        let formed = Change::Formed {
+            instance: "r1".into(),
+            placement: Placement::default(),
+        };
+        apply(&pool, sid, 1_000, formed).await;
+        let rows = player_rows(&pool).await;
+        assert_eq!(rows.len(), 2);
+        assert!(
+            rows.iter()
+                .all(|(_, _, joined, left)| joined.is_none() && left.is_none())
+        );
+
+        // Ready, and an end without a report: the session row moves on, the player rows keep
+        // their row versions.
+        let ready = Change::Ready {
+            server: "s".into(),
+            addr: "127.0.0.1:1".into(),
+        };
+        apply(&pool, sid, 2_000, ready).await;
+        let ended = |report| Change::Ended {
+            reason: EndReason::Completed,
+            requeued: false,
+            report,
+        };
+        apply(&pool, sid, 3_000, ended(None)).await;
+        assert_eq!(player_rows(&pool).await, rows, "no new row versions");
+        let status: String = sqlx::query_scalar("SELECT status FROM matches WHERE session_id = $1")
+            .bind(sid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(status, "ended");
+
+        // The report's attendance is written: `a` played, `b` never joined and stays as it was.
+        let joined = from_ms(2_500);
+        let left = from_ms(2_900);
+        let report = ResultReport {
+            session_id: sid.to_string(),
+            end_reason: EndReason::Completed,
+            requested_seconds: None,
+            started_at: Some(joined),
+            ended_at: left,
+            players: vec![
+                PlayerResult {
+                    player_id: "a".into(),
+                    joined_at: Some(joined),
+                    left_at: Some(left),
+                },
+                PlayerResult {
+                    player_id: "b".into(),
+                    joined_at: None,
+                    left_at: None,
+                },
+            ],
+        };
+        apply(&pool, sid, 3_000, Change::Reported { report: report.clone() }).await;
+        let reported = player_rows(&pool).await;
+        assert_ne!(reported[0].1, rows[0].1, "a's row was rewritten");
+        assert_eq!((reported[0].2, reported[0].3), (Some(joined), Some(left)));
+        assert_eq!(reported[1], rows[1], "b's row is untouched");
+
+        // The same report again, or an end without one, changes nothing more.
+        apply(&pool, sid, 3_000, Change::Reported { report }).await;
+        apply(&pool, sid, 3_000, ended(None)).await;
+        assert_eq!(player_rows(&pool).await, reported);
+    }
 }
