@@ -277,14 +277,16 @@ async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
     assert_eq!(client.recv().await, Some(ServerReply::RunningLength(60)));
 
     backend.shutdown.cancel();
-    // Draining: no more joins, not ready.
+    // Draining once the backend has taken the signal (its shutdown runs as a task of its own):
+    // not ready, no more joins.
+    let status = eventually(Duration::from_secs(10), || async {
+        let (status, health) = http.get("/health").await;
+        (health["draining"].as_bool() == Some(true)).then_some(status)
+    })
+    .await;
+    assert_eq!(status, hyper::StatusCode::SERVICE_UNAVAILABLE);
     let (status, _) = http.join("late").await;
     assert_eq!(status, hyper::StatusCode::SERVICE_UNAVAILABLE);
-    let (status, health) = http.get("/health").await;
-    assert_eq!(
-        (status, health["draining"].as_bool()),
-        (hyper::StatusCode::SERVICE_UNAVAILABLE, Some(true))
-    );
     // After the 1 s grace the server is told to stop: the player sees it end...
     let mut states = Vec::new();
     while let Some(reply) = client.recv().await {
