@@ -349,6 +349,44 @@ fn backend_process(
         .unwrap()
 }
 
+/// The end reason the history recorded for `session` (waiting up to 20 s for the writer). On
+/// a timeout the panic says what was read last and where the outbox stands, so a history
+/// that never caught up can be told from one that could not be read.
+async fn history_end_reason(pool: &sqlx::PgPool, prefix: &str, session: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let read =
+            sqlx::query_scalar::<_, Option<String>>("SELECT end_reason FROM matches WHERE session_id = $1::uuid")
+                .bind(session)
+                .fetch_optional(pool)
+                .await;
+        let last = match read {
+            Ok(Some(Some(reason))) => return reason,
+            other => format!("{other:?}"),
+        };
+        if tokio::time::Instant::now() > deadline {
+            let outbox = backend::keys::Keys::new(prefix).outbox();
+            let mut redis = redis::Client::open(common::redis_url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let length: redis::RedisResult<u64> = redis::cmd("XLEN").arg(&outbox).query_async(&mut redis).await;
+            let consumers: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&outbox)
+                .arg("history")
+                .query_async(&mut redis)
+                .await;
+            panic!(
+                "session {session}'s end never reached the history within 20 s: last read {last}; \
+                 outbox length {length:?}, its consumers {consumers:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A replica SIGKILLed while its session is still allocating, replaced at once by one under
 /// a new `INSTANCE_ID` (a new Pod after a crash). The orphaned server reports `terminated` to
 /// the replacement before any janitor takes the old replica for dead: the session fails and
@@ -397,15 +435,7 @@ async fn a_replica_replaced_mid_allocation_requeues_the_orphaned_sessions_player
     assert_eq!(body["players"], serde_json::json!(["q1", "q2"]));
     assert_eq!(http.status("q3", 0.0).await["status"], "queued");
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
-    let reason = eventually(Duration::from_secs(20), || async {
-        sqlx::query_scalar::<_, Option<String>>("SELECT end_reason FROM matches WHERE session_id = $1::uuid")
-            .bind(&orphaned)
-            .fetch_one(&pool)
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
+    let reason = history_end_reason(&pool, &prefix, &orphaned).await;
     assert_eq!(reason, "failed");
     // A graceful stop: its server is terminated and reaped before it exits.
     let mut second = second;
