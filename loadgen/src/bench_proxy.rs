@@ -383,7 +383,10 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
                 cpu: cpu_per_gib(&windows, |w| w.cpu),
                 machine_cpu: cpu_per_gib(&windows, |w| {
                     if own_is_middle {
-                        w.own_cpu
+                        // Direct: the endpoints are the middle, so the machine's figure is the
+                        // same reading (a second read of this process, a moment later, would
+                        // differ from it by a clock tick).
+                        w.cpu
                     } else {
                         w.cpu.zip(w.own_cpu).map(|(middle, own)| middle.plus(own))
                     }
