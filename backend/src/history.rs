@@ -200,16 +200,18 @@ impl History {
         Ok(reply.claimed)
     }
 
-    /// Applies a batch in one transaction. If PostgreSQL rejects the data itself (not the
-    /// connection), applies the entries one by one and parks any it keeps rejecting in the
-    /// dead-letter stream, so one bad event cannot hold up the history for ever.
+    /// Applies a batch in one transaction. If PostgreSQL rejects the data itself, applies the
+    /// entries one by one and parks any it keeps rejecting in the dead-letter stream, so one
+    /// bad event cannot hold up the history for ever. Any other failure (a lost connection, a
+    /// read-only server after a failover, a shutdown, a deadlock) is returned: the batch stays
+    /// in the outbox and is tried again, however long that takes.
     async fn apply(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
         match self.apply_batch(entries).await {
-            Err(sqlx::Error::Database(e)) => {
+            Err(e) if rejects_the_data(&e) => {
                 tracing::warn!(error = %e, "history: batch rejected; applying event by event");
                 for entry in entries {
                     match self.apply_batch(std::slice::from_ref(entry)).await {
-                        Err(sqlx::Error::Database(e)) => self.park(entry, &e.to_string()).await,
+                        Err(e) if rejects_the_data(&e) => self.park(entry, &e.to_string()).await,
                         other => other?,
                     }
                 }
@@ -540,6 +542,21 @@ async fn connect(history: &History) -> redis::RedisResult<MultiplexedConnection>
     }
 }
 
+/// Whether PostgreSQL refused the data itself, so the same event can never be written:
+/// SQLSTATE class 22 (data exception: a value out of range, a NUL in a text), 23 (integrity
+/// constraint violation) or 54 (program limit exceeded: a value too large to index). Every
+/// other error, a database error included (`25006` from a
+/// read-only server after a failover, `57P01` from a shutdown, `40P01` from a deadlock, `55000`
+/// from a database closed to connections), says nothing about the event.
+fn rejects_the_data(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| ["22", "23", "54"].iter().any(|class| code.starts_with(class))),
+        _ => false,
+    }
+}
+
 /// Decodes an outbox entry; one that does not decode is logged and dropped.
 fn decode(entry: &StreamId) -> Option<Entry> {
     let decoded = entry
@@ -680,17 +697,21 @@ mod tests {
             .unwrap()
     }
 
-    async fn apply(pool: &PgPool, sid: Uuid, at_ms: i64, change: Change) {
-        let entry = Entry {
+    fn entry(sid: Uuid, at_ms: i64, change: Change, players: &[&str]) -> Entry {
+        Entry {
             id: format!("{at_ms}-0"),
             session_id: sid,
             event: SessionEvent {
                 session_id: sid.to_string(),
-                players: vec!["a".into(), "b".into()],
+                players: players.iter().map(|p| (*p).to_owned()).collect(),
                 at_ms,
                 change,
             },
-        };
+        }
+    }
+
+    async fn apply(pool: &PgPool, sid: Uuid, at_ms: i64, change: Change) {
+        let entry = entry(sid, at_ms, change, &["a", "b"]);
         let mut tx = pool.begin().await.unwrap();
         apply_event(&mut tx, &entry).await.unwrap();
         tx.commit().await.unwrap();
@@ -766,5 +787,65 @@ mod tests {
         apply(&pool, sid, 3_000, Change::Reported { report }).await;
         apply(&pool, sid, 3_000, ended(None)).await;
         assert_eq!(player_rows(&pool).await, reported);
+    }
+
+    /// A server that refuses writes (read-only, as a promoted standby can be for a moment after
+    /// a failover, or a primary that became a standby) gives the batch back to be tried again:
+    /// nothing is parked. Only an event whose data PostgreSQL rejects is parked, and the rest
+    /// of its batch is written.
+    #[tokio::test]
+    async fn only_events_postgres_rejects_as_data_are_parked() {
+        let url = testkit::fresh_database().await;
+        let name = url.rsplit_once('/').unwrap().1.to_owned();
+        let admin = PgPool::connect(&url).await.unwrap();
+        MIGRATOR.run(&admin).await.unwrap();
+        let redis_url = testkit::redis_url();
+        let store = Store::connect(&redis_url, &testkit::unique_prefix()).await.unwrap();
+        let dead = store.keys().outbox_dead();
+        let mut redis = redis::Client::open(redis_url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let formed = || Change::Formed {
+            instance: "r1".into(),
+            placement: Placement::default(),
+        };
+        let good = entry(Uuid::new_v4(), 1_000, formed(), &["a", "b"]);
+        let history = || History::new(&url, store.clone(), "test", Arc::new(Metrics::default())).unwrap();
+
+        // Every new connection to the database is read-only.
+        sqlx::query(&format!("ALTER DATABASE {name} SET default_transaction_read_only = on"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let refused = history().apply(std::slice::from_ref(&good)).await.unwrap_err();
+        assert!(
+            matches!(&refused, sqlx::Error::Database(e) if e.code().as_deref() == Some("25006")),
+            "{refused}"
+        );
+        let parked: u64 = redis.xlen(&dead).await.unwrap();
+        assert_eq!(parked, 0, "an event is parked only when its data is rejected");
+
+        // Writable again: a batch with one event PostgreSQL cannot store (a NUL in a text
+        // value, SQLSTATE 22021) writes the other and parks that one.
+        sqlx::query(&format!("ALTER DATABASE {name} RESET default_transaction_read_only"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let bad = entry(Uuid::new_v4(), 2_000, formed(), &["c\0d"]);
+        history().apply(&[bad.clone(), good.clone()]).await.unwrap();
+        let written: Vec<Uuid> = sqlx::query_scalar("SELECT session_id FROM matches")
+            .fetch_all(&admin)
+            .await
+            .unwrap();
+        assert_eq!(written, vec![good.session_id]);
+        let parked: Vec<redis::streams::StreamId> = redis
+            .xrange_all::<_, redis::streams::StreamRangeReply>(&dead)
+            .await
+            .unwrap()
+            .ids;
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].get::<String>("id").as_deref(), Some(bad.id.as_str()));
     }
 }
