@@ -365,13 +365,20 @@ async fn history_end_reason(pool: &sqlx::PgPool, prefix: &str, session: &str) ->
             other => format!("{other:?}"),
         };
         if tokio::time::Instant::now() > deadline {
-            let outbox = backend::keys::Keys::new(prefix).outbox();
+            let keys = backend::keys::Keys::new(prefix);
+            let outbox = keys.outbox();
             let mut redis = redis::Client::open(common::redis_url())
                 .unwrap()
                 .get_multiplexed_async_connection()
                 .await
                 .unwrap();
             let length: redis::RedisResult<u64> = redis::cmd("XLEN").arg(&outbox).query_async(&mut redis).await;
+            let parked: redis::RedisResult<redis::Value> = redis::cmd("XRANGE")
+                .arg(keys.outbox_dead())
+                .arg("-")
+                .arg("+")
+                .query_async(&mut redis)
+                .await;
             let consumers: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
                 .arg("CONSUMERS")
                 .arg(&outbox)
@@ -380,7 +387,7 @@ async fn history_end_reason(pool: &sqlx::PgPool, prefix: &str, session: &str) ->
                 .await;
             panic!(
                 "session {session}'s end never reached the history within 20 s: last read {last}; \
-                 outbox length {length:?}, its consumers {consumers:?}"
+                 outbox length {length:?}, its consumers {consumers:?}, parked events {parked:?}"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
