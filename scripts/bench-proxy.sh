@@ -47,6 +47,9 @@ sleep 0.5
 kill -0 "$haproxy_pid" 2>/dev/null || mp_die "haproxy did not start; see $run_dir/haproxy.log"
 kill -0 "$proxy_pid" 2>/dev/null || mp_die "the proxy did not start"
 
+# Every path's figures depend on the kernel's TCP congestion control (BBR paces even loopback
+# traffic with a timer per socket), so the run says which one it measured under.
+echo "bench-proxy: TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown) (net.ipv4.tcp_congestion_control)" >&2
 "${CARGO_TARGET_DIR:-target}/release/loadgen" bench-proxy --echo-port "$echo_port" \
   --proxy-addr "127.0.0.1:$proxy_port" --proxy-pid "$proxy_pid" \
   --haproxy-addr "127.0.0.1:$haproxy_port" --haproxy-splice-addr "127.0.0.1:$haproxy_splice_port" \
