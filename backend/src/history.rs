@@ -545,9 +545,9 @@ async fn connect(history: &History) -> redis::RedisResult<MultiplexedConnection>
 /// Whether PostgreSQL refused the data itself, so the same event can never be written:
 /// SQLSTATE class 22 (data exception: a value out of range, a NUL in a text), 23 (integrity
 /// constraint violation) or 54 (program limit exceeded: a value too large to index). Every
-/// other error, a database error included (`25006` from a
-/// read-only server after a failover, `57P01` from a shutdown, `40P01` from a deadlock, `55000`
-/// from a database closed to connections), says nothing about the event.
+/// other error, a database error included (`25006` from a read-only server after a failover,
+/// `57P01` from a shutdown, `40P01` from a deadlock, `55000` from a database closed to
+/// connections), says nothing about the event.
 fn rejects_the_data(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(e) => e
