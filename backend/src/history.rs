@@ -34,6 +34,43 @@ const CLAIM_IDLE_MS: usize = 30_000;
 /// How often the writer looks for entries abandoned by other replicas.
 const CLAIM_EVERY: Duration = Duration::from_secs(10);
 
+/// How long the history's statements may wait for a lock, and how long its transactions may
+/// sit idle, before PostgreSQL gives up on them.
+///
+/// A replica that stops answering in the middle of a transaction (its node lost power, its
+/// network is cut: no FIN reaches PostgreSQL) leaves that transaction open, with its row locks,
+/// until TCP keepalive notices, hours later by default. Without a bound every other replica's
+/// writer that touches one of those sessions would wait behind it, silently, for as long.
+/// With one, PostgreSQL ends the stuck transaction after `idle_in_transaction` (releasing its
+/// locks), and a statement waiting on a lock fails after `lock` (SQLSTATE 55P03): the batch
+/// stays in the outbox, the failure is logged and counted, and the write is tried again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub lock: Duration,
+    pub idle_in_transaction: Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            lock: Duration::from_secs(5),
+            idle_in_transaction: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Bounds {
+    /// The `BEGIN` of a bounded transaction: the settings are `SET LOCAL`, so they hold for
+    /// that transaction only (and work through a transaction-pooling PgBouncer too).
+    fn begin(&self) -> String {
+        format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+            self.lock.as_millis(),
+            self.idle_in_transaction.as_millis()
+        )
+    }
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The history writer and reader.
@@ -43,6 +80,7 @@ pub(crate) struct History {
     store: Store,
     consumer: String,
     metrics: Arc<Metrics>,
+    bounds: Bounds,
 }
 
 /// One outbox entry, decoded.
@@ -118,6 +156,17 @@ impl History {
         consumer: &str,
         metrics: Arc<Metrics>,
     ) -> Result<History, sqlx::Error> {
+        History::bounded(database_url, store, consumer, metrics, Bounds::default())
+    }
+
+    /// [`History::new`] with other [`Bounds`].
+    pub(crate) fn bounded(
+        database_url: &str,
+        store: Store,
+        consumer: &str,
+        metrics: Arc<Metrics>,
+        bounds: Bounds,
+    ) -> Result<History, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(3))
@@ -127,12 +176,24 @@ impl History {
             store,
             consumer: consumer.to_owned(),
             metrics,
+            bounds,
         })
     }
 
-    /// Applies the migrations.
+    /// Applies the migrations. Their locks (the migrator's own advisory lock included) are
+    /// waited for at most the lock bound: a replica that died while migrating, or a migration
+    /// queued behind long transactions, fails this attempt, and the writer tries again.
     pub(crate) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query(&format!("SET lock_timeout = '{}ms'", self.bounds.lock.as_millis()))
+            .execute(&mut *conn)
+            .await?;
+        let migrated = MIGRATOR.run_direct(&mut *conn).await;
+        // The connection goes back to the pool: leave it as it came.
+        if sqlx::query("RESET lock_timeout").execute(&mut *conn).await.is_err() {
+            conn.detach();
+        }
+        migrated
     }
 
     /// Whether PostgreSQL answers (callers bound the wait).
@@ -239,7 +300,7 @@ impl History {
     }
 
     async fn apply_batch(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with(self.bounds.begin()).await?;
         for entry in entries {
             apply_event(&mut tx, entry).await?;
         }
@@ -311,14 +372,16 @@ impl History {
         if due.is_empty() {
             return Ok(0);
         }
+        let mut tx = self.pool.begin_with(self.bounds.begin()).await?;
         let ended = sqlx::query(
             "UPDATE matches SET status = 'ended', ended_at = now(), end_reason = 'lost'
              WHERE session_id = ANY($1) AND status <> 'ended'",
         )
         .bind(&due)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         for sid in &due {
             missing.remove(sid);
         }
@@ -787,6 +850,89 @@ mod tests {
         apply(&pool, sid, 3_000, Change::Reported { report }).await;
         apply(&pool, sid, 3_000, ended(None)).await;
         assert_eq!(player_rows(&pool).await, reported);
+    }
+
+    /// A replica that stops answering in the middle of a transaction (its connection left open,
+    /// idle in the transaction, holding its session's row, as when its node drops off the
+    /// network) does not stop another replica's writes: the other's statement gives up on the
+    /// lock after the lock bound (SQLSTATE 55P03, nothing parked, the batch stays to be tried
+    /// again), PostgreSQL ends the stuck transaction after the idle bound, and the retry lands.
+    #[tokio::test]
+    async fn a_replica_stuck_in_a_transaction_does_not_hold_up_the_others_writes() {
+        let url = testkit::fresh_database().await;
+        let redis_url = testkit::redis_url();
+        let store = Store::connect(&redis_url, &testkit::unique_prefix()).await.unwrap();
+        let bounds = Bounds {
+            lock: Duration::from_millis(300),
+            idle_in_transaction: Duration::from_millis(1_500),
+        };
+        let history =
+            |name: &str| History::bounded(&url, store.clone(), name, Arc::new(Metrics::default()), bounds).unwrap();
+        let stuck = history("stuck");
+        stuck.migrate().await.unwrap();
+        let sid = Uuid::new_v4();
+        let formed = Change::Formed {
+            instance: "stuck".into(),
+            placement: Placement::default(),
+        };
+        let mut held = stuck.pool.begin_with(stuck.bounds.begin()).await.unwrap();
+        apply_event(&mut held, &entry(sid, 1_000, formed, &["a", "b"]))
+            .await
+            .unwrap();
+
+        let writer = history("writer");
+        let ended = entry(
+            sid,
+            2_000,
+            Change::Ended {
+                reason: EndReason::Failed,
+                requeued: true,
+                report: None,
+            },
+            &["a", "b"],
+        );
+        let started = std::time::Instant::now();
+        let refused = tokio::time::timeout(Duration::from_secs(10), writer.apply(std::slice::from_ref(&ended)))
+            .await
+            .expect("the write waited on the stuck transaction past its lock bound")
+            .unwrap_err();
+        assert!(
+            matches!(&refused, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03")),
+            "{refused}"
+        );
+        assert!(!rejects_the_data(&refused));
+        let mut redis = redis::Client::open(redis_url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let parked: u64 = redis.xlen(store.keys().outbox_dead()).await.unwrap();
+        assert_eq!(parked, 0);
+
+        // Tried again as the writer does, until PostgreSQL has ended the stuck transaction.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), writer.apply(std::slice::from_ref(&ended))).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => assert!(
+                    matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03")),
+                    "{e}"
+                ),
+                Err(_) => panic!("a retry waited past its lock bound"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the stuck transaction was never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(started.elapsed() >= bounds.idle_in_transaction);
+        let row = writer.session_row(sid).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status.as_str(), row.end_reason.as_deref()),
+            ("ended", Some("failed"))
+        );
+        // The stuck replica's transaction is gone: it cannot commit once it answers again.
+        assert!(held.commit().await.is_err());
     }
 
     /// A server that refuses writes (read-only, as a promoted standby can be for a moment after
