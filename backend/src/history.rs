@@ -875,6 +875,9 @@ mod tests {
             instance: "stuck".into(),
             placement: Placement::default(),
         };
+        // Taken before the stuck transaction goes idle, so its idle bound has passed by any
+        // time measured from here once PostgreSQL ends it.
+        let started = std::time::Instant::now();
         let mut held = stuck.pool.begin_with(stuck.bounds.begin()).await.unwrap();
         apply_event(&mut held, &entry(sid, 1_000, formed, &["a", "b"]))
             .await
@@ -891,7 +894,6 @@ mod tests {
             },
             &["a", "b"],
         );
-        let started = std::time::Instant::now();
         let refused = tokio::time::timeout(Duration::from_secs(10), writer.apply(std::slice::from_ref(&ended)))
             .await
             .expect("the write waited on the stuck transaction past its lock bound")
