@@ -14,8 +14,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection as _, Postgres, Row, Transaction};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,8 +35,7 @@ const CLAIM_IDLE_MS: usize = 30_000;
 /// How often the writer looks for entries abandoned by other replicas.
 const CLAIM_EVERY: Duration = Duration::from_secs(10);
 
-/// How long the history's statements may wait for a lock, and how long its transactions may
-/// sit idle, before PostgreSQL gives up on them.
+/// How long the history waits on PostgreSQL before it gives up and tries again.
 ///
 /// A replica that stops answering in the middle of a transaction (its node lost power, its
 /// network is cut: no FIN reaches PostgreSQL) leaves that transaction open, with its row locks,
@@ -44,10 +44,18 @@ const CLAIM_EVERY: Duration = Duration::from_secs(10);
 /// With one, PostgreSQL ends the stuck transaction after `idle_in_transaction` (releasing its
 /// locks), and a statement waiting on a lock fails after `lock` (SQLSTATE 55P03): the batch
 /// stays in the outbox, the failure is logged and counted, and the write is tried again.
+///
+/// The same can happen the other way round: PostgreSQL's host goes silent (power, a network
+/// cut, a failover that moves its address), and a query sent on a connection to it waits for
+/// an answer that never comes, for ever if nothing of it is left unacknowledged. So every
+/// operation (a batch, a read, a ping) gives up after `answer`, migrations after `migration`,
+/// and a connection given up on is closed, never returned to the pool.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {
     pub lock: Duration,
     pub idle_in_transaction: Duration,
+    pub answer: Duration,
+    pub migration: Duration,
 }
 
 impl Default for Bounds {
@@ -55,6 +63,8 @@ impl Default for Bounds {
         Bounds {
             lock: Duration::from_secs(5),
             idle_in_transaction: Duration::from_secs(15),
+            answer: Duration::from_secs(30),
+            migration: Duration::from_secs(600),
         }
     }
 }
@@ -69,6 +79,31 @@ impl Bounds {
             self.idle_in_transaction.as_millis()
         )
     }
+}
+
+/// A pooled connection in use: closed, not returned to the pool, unless the operation on it
+/// finished. sqlx returns a connection dropped mid-operation to the pool by pinging it first,
+/// and that ping has no bound of its own: on a connection to a silent server it would hold
+/// the connection, and its place in the pool, for ever.
+struct InUse {
+    conn: PoolConnection<Postgres>,
+    finished: bool,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// The error of an operation PostgreSQL did not answer in time.
+fn unanswered(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("PostgreSQL did not answer within {limit:?}"),
+    ))
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -180,25 +215,63 @@ impl History {
         })
     }
 
-    /// Applies the migrations. Their locks (the migrator's own advisory lock included) are
-    /// waited for at most the lock bound: a replica that died while migrating, or a migration
-    /// queued behind long transactions, fails this attempt, and the writer tries again.
+    /// Runs `op` on a pooled connection for at most `limit` (the pool bounds the acquiring).
+    /// `op` answers its result and whether its connection may go back to the pool; it is
+    /// closed instead when `op` says no, when `op` timed out here, and when the caller gave up
+    /// on this future.
+    async fn within<T, E: From<sqlx::Error>>(
+        &self,
+        limit: Duration,
+        op: impl AsyncFnOnce(&mut PoolConnection<Postgres>) -> (Result<T, E>, bool),
+    ) -> Result<T, E> {
+        let mut in_use = InUse {
+            conn: self.pool.acquire().await?,
+            finished: false,
+        };
+        let (result, keep) = tokio::time::timeout(limit, op(&mut in_use.conn))
+            .await
+            .map_err(|_| unanswered(limit))?;
+        in_use.finished = keep;
+        result
+    }
+
+    /// [`History::within`] for an operation that leaves its connection as it found it.
+    async fn answered<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        self.within(self.bounds.answer, async |conn: &mut PoolConnection<Postgres>| {
+            (op(&mut **conn).await, true)
+        })
+        .await
+    }
+
+    /// Applies the migrations, within the migration bound. Their locks (the migrator's own
+    /// advisory lock included) are waited for at most the lock bound: a migration queued
+    /// behind long transactions fails this attempt, and the writer tries again. The migrating
+    /// session itself may sit idle at most the idle bound, in a transaction or not: the
+    /// migrator's lock belongs to the session, so a replica that vanished while migrating (its
+    /// connection left open, as when its node drops off the network) would otherwise hold every
+    /// other replica's migrations off until TCP keepalive noticed, hours later by default.
     pub(crate) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query(&format!("SET lock_timeout = '{}ms'", self.bounds.lock.as_millis()))
-            .execute(&mut *conn)
-            .await?;
-        let migrated = MIGRATOR.run_direct(&mut *conn).await;
-        // The connection goes back to the pool: leave it as it came.
-        if sqlx::query("RESET lock_timeout").execute(&mut *conn).await.is_err() {
-            conn.detach();
-        }
-        migrated
+        let bounds = self.bounds;
+        self.within(bounds.migration, async |conn: &mut PoolConnection<Postgres>| {
+            if let Err(e) = bound_migrating_session(conn, &bounds).await {
+                return (Err(e.into()), true);
+            }
+            let migrated = MIGRATOR.run_direct(&mut **conn).await;
+            // The connection goes back to the pool only as it came.
+            let reset = sqlx::query("RESET ALL").execute(&mut **conn).await.is_ok();
+            (migrated, reset)
+        })
+        .await
     }
 
     /// Whether PostgreSQL answers (callers bound the wait).
     pub(crate) async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        self.answered(async |conn: &mut PgConnection| sqlx::query("SELECT 1").execute(conn).await)
+            .await
+            .is_ok()
     }
 
     /// Moves outbox events into PostgreSQL until `stop` is cancelled; then keeps going until
@@ -300,11 +373,14 @@ impl History {
     }
 
     async fn apply_batch(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin_with(self.bounds.begin()).await?;
-        for entry in entries {
-            apply_event(&mut tx, entry).await?;
-        }
-        tx.commit().await
+        self.answered(async |conn: &mut PgConnection| {
+            let mut tx = conn.begin_with(self.bounds.begin()).await?;
+            for entry in entries {
+                apply_event(&mut tx, entry).await?;
+            }
+            tx.commit().await
+        })
+        .await
     }
 
     /// Ends the open rows of sessions Redis has forgotten (restarted without its data, or a
@@ -338,15 +414,19 @@ impl History {
         let mut open: Vec<Uuid> = Vec::new();
         let mut after: Option<(OffsetDateTime, Uuid)> = None;
         loop {
-            let page: Vec<(OffsetDateTime, Uuid)> = sqlx::query_as(
-                "SELECT created_at, session_id FROM matches
-                 WHERE status <> 'ended' AND ($1::timestamptz IS NULL OR (created_at, session_id) > ($1, $2))
-                 ORDER BY created_at, session_id LIMIT 1000",
-            )
-            .bind(after.map(|(at, _)| at))
-            .bind(after.map(|(_, sid)| sid))
-            .fetch_all(&self.pool)
-            .await?;
+            let page: Vec<(OffsetDateTime, Uuid)> = self
+                .answered(async |conn: &mut PgConnection| {
+                    sqlx::query_as(
+                        "SELECT created_at, session_id FROM matches
+                         WHERE status <> 'ended' AND ($1::timestamptz IS NULL OR (created_at, session_id) > ($1, $2))
+                         ORDER BY created_at, session_id LIMIT 1000",
+                    )
+                    .bind(after.map(|(at, _)| at))
+                    .bind(after.map(|(_, sid)| sid))
+                    .fetch_all(conn)
+                    .await
+                })
+                .await?;
             after = page.last().copied();
             let more = page.len() == 1000;
             open.extend(page.into_iter().map(|(_, sid)| sid));
@@ -372,16 +452,21 @@ impl History {
         if due.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin_with(self.bounds.begin()).await?;
-        let ended = sqlx::query(
-            "UPDATE matches SET status = 'ended', ended_at = now(), end_reason = 'lost'
-             WHERE session_id = ANY($1) AND status <> 'ended'",
-        )
-        .bind(&due)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
+        let ended = self
+            .answered(async |conn: &mut PgConnection| {
+                let mut tx = conn.begin_with(self.bounds.begin()).await?;
+                let ended = sqlx::query(
+                    "UPDATE matches SET status = 'ended', ended_at = now(), end_reason = 'lost'
+                     WHERE session_id = ANY($1) AND status <> 'ended'",
+                )
+                .bind(&due)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                Ok(ended)
+            })
+            .await?;
         for sid in &due {
             missing.remove(sid);
         }
@@ -396,20 +481,24 @@ impl History {
         limit: i64,
         offset: i64,
     ) -> Result<Vec<PlayerMatch>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT m.session_id, m.status, m.players, m.server_name, m.backend_instance, m.requested_seconds,
-                    m.created_at, m.ready_at, m.started_at, m.ended_at, m.end_reason, m.queue, m.teams, m.region,
-                    m.skill_spread, m.team_skill_gap, m.max_latency_ms, m.max_wait_ms, mp.joined_at, mp.left_at
-             FROM match_players mp JOIN matches m USING (session_id)
-             WHERE mp.player_id = $1
-             ORDER BY m.created_at DESC, m.session_id DESC
-             LIMIT $2 OFFSET $3",
-        )
-        .bind(player)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .answered(async |conn: &mut PgConnection| {
+                sqlx::query(
+                    "SELECT m.session_id, m.status, m.players, m.server_name, m.backend_instance, m.requested_seconds,
+                            m.created_at, m.ready_at, m.started_at, m.ended_at, m.end_reason, m.queue, m.teams, m.region,
+                            m.skill_spread, m.team_skill_gap, m.max_latency_ms, m.max_wait_ms, mp.joined_at, mp.left_at
+                     FROM match_players mp JOIN matches m USING (session_id)
+                     WHERE mp.player_id = $1
+                     ORDER BY m.created_at DESC, m.session_id DESC
+                     LIMIT $2 OFFSET $3",
+                )
+                .bind(player)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(PlayerMatch {
@@ -423,17 +512,40 @@ impl History {
 
     /// One session's row.
     pub(crate) async fn session_row(&self, session_id: Uuid) -> Result<Option<MatchRow>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT session_id, status, players, server_name, backend_instance, requested_seconds, created_at,
-                    ready_at, started_at, ended_at, end_reason, queue, teams, region, skill_spread, team_skill_gap,
-                    max_latency_ms, max_wait_ms
-             FROM matches WHERE session_id = $1",
-        )
-        .bind(session_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = self
+            .answered(async |conn: &mut PgConnection| {
+                sqlx::query(
+                    "SELECT session_id, status, players, server_name, backend_instance, requested_seconds, created_at,
+                            ready_at, started_at, ended_at, end_reason, queue, teams, region, skill_spread, team_skill_gap,
+                            max_latency_ms, max_wait_ms
+                     FROM matches WHERE session_id = $1",
+                )
+                .bind(session_id)
+                .fetch_optional(conn)
+                .await
+            })
+            .await?;
         row.as_ref().map(match_row).transpose()
     }
+}
+
+/// Bounds the migrating session (see [`History::migrate`]): its lock waits, and how long it may
+/// sit idle, in a transaction or not (`idle_session_timeout` is PostgreSQL 14's; older
+/// servers skip it). Undone with `RESET ALL`.
+async fn bound_migrating_session(conn: &mut PgConnection, bounds: &Bounds) -> Result<(), sqlx::Error> {
+    let lock = format!("{}ms", bounds.lock.as_millis());
+    let idle = format!("{}ms", bounds.idle_in_transaction.as_millis());
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, false),
+                set_config('idle_in_transaction_session_timeout', $2, false),
+                CASE WHEN current_setting('server_version_num')::int >= 140000
+                     THEN set_config('idle_session_timeout', $2, false) END",
+    )
+    .bind(lock)
+    .bind(idle)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 fn match_row(r: &sqlx::postgres::PgRow) -> Result<MatchRow, sqlx::Error> {
@@ -865,6 +977,7 @@ mod tests {
         let bounds = Bounds {
             lock: Duration::from_millis(300),
             idle_in_transaction: Duration::from_millis(1_500),
+            ..Bounds::default()
         };
         let history =
             |name: &str| History::bounded(&url, store.clone(), name, Arc::new(Metrics::default()), bounds).unwrap();
@@ -935,6 +1048,222 @@ mod tests {
         );
         // The stuck replica's transaction is gone: it cannot commit once it answers again.
         assert!(held.commit().await.is_err());
+    }
+
+    /// `url` through `relay` instead of straight to PostgreSQL.
+    fn relayed(url: &str, relay: &testkit::Relay) -> String {
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        let direct = format!("{}:{}", options.get_host(), options.get_port());
+        assert!(url.contains(&direct), "{url}");
+        url.replacen(&direct, &relay.addr().to_string(), 1)
+    }
+
+    async fn postgres_addr(url: &str) -> std::net::SocketAddr {
+        let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+        tokio::net::lookup_host((options.get_host(), options.get_port()))
+            .await
+            .unwrap()
+            .next()
+            .unwrap()
+    }
+
+    /// The statements in `pool`'s database waiting on a lock.
+    async fn lock_waiters(pool: &PgPool) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    /// Waits until a statement in `pool`'s database waits on a lock.
+    async fn waiting_on_a_lock(pool: &PgPool) {
+        testkit::eventually(Duration::from_secs(10), || async {
+            (lock_waiters(pool).await > 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Ends the sessions of statements waiting on a lock, as PostgreSQL does in time with the
+    /// sessions of clients that vanished.
+    async fn end_lock_waiters(pool: &PgPool) {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+        testkit::eventually(Duration::from_secs(10), || async {
+            (lock_waiters(pool).await == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until none of `history`'s connections is in use: one given up on is closed; kept,
+    /// it would stay in use for ever, its return to the pool waiting on the silent server.
+    async fn none_in_use(history: &History) {
+        testkit::eventually(Duration::from_secs(10), || async {
+            (history.pool.size() as usize == history.pool.num_idle()).then_some(())
+        })
+        .await;
+    }
+
+    /// PostgreSQL's host going silent (power lost, a network cut, a failover that moves its
+    /// address) in the middle of an operation: nothing closes the connection and nothing
+    /// answers on it. The operation gives up after its bound instead of waiting for ever, and
+    /// a connection given up on, by that bound or by a caller's own timeout (as the health
+    /// check's), is closed rather than kept; once PostgreSQL can be reached again, the batch
+    /// that failed is written.
+    #[tokio::test]
+    async fn a_silent_postgres_bounds_every_wait_and_the_history_recovers() {
+        let url = testkit::fresh_database().await;
+        let relay = testkit::Relay::start(postgres_addr(&url).await).await;
+        let store = Store::connect(&testkit::redis_url(), &testkit::unique_prefix())
+            .await
+            .unwrap();
+        let history = |answer: Duration| {
+            let bounds = Bounds {
+                answer,
+                ..Bounds::default()
+            };
+            History::bounded(
+                &relayed(&url, &relay),
+                store.clone(),
+                "w",
+                Arc::new(Metrics::default()),
+                bounds,
+            )
+            .unwrap()
+        };
+        let writer = history(Duration::from_secs(1));
+        writer.migrate().await.unwrap();
+        let sid = Uuid::new_v4();
+        let formed = Change::Formed {
+            instance: "w".into(),
+            placement: Placement::default(),
+        };
+        writer.apply(&[entry(sid, 1_000, formed, &["a", "b"])]).await.unwrap();
+        let ended = entry(
+            sid,
+            2_000,
+            Change::Ended {
+                reason: EndReason::Failed,
+                requeued: true,
+                report: None,
+            },
+            &["a", "b"],
+        );
+        // The session's row is held, so a write to it is still in flight when the relay goes
+        // silent.
+        let direct = PgPool::connect(&url).await.unwrap();
+        let mut holder = direct.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM matches WHERE session_id = $1 FOR UPDATE")
+            .bind(sid)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let in_flight = |history: &History, outer: Duration| {
+            let (history, ended) = (history.clone(), ended.clone());
+            tokio::spawn(async move { tokio::time::timeout(outer, history.apply(std::slice::from_ref(&ended))).await })
+        };
+
+        // Given up on by the history's own bound.
+        let write = in_flight(&writer, Duration::from_secs(10));
+        waiting_on_a_lock(&direct).await;
+        relay.cut();
+        let failed = write
+            .await
+            .unwrap()
+            .expect("a batch waited on a silent PostgreSQL past its bound")
+            .unwrap_err();
+        assert!(
+            matches!(&failed, sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "{failed}"
+        );
+        assert!(!rejects_the_data(&failed));
+        none_in_use(&writer).await;
+        end_lock_waiters(&direct).await;
+
+        // Given up on by the caller, well before the history's bound.
+        relay.heal();
+        let patient = history(Duration::from_secs(60));
+        let write = in_flight(&patient, Duration::from_secs(2));
+        waiting_on_a_lock(&direct).await;
+        relay.cut();
+        assert!(write.await.unwrap().is_err());
+        none_in_use(&patient).await;
+        end_lock_waiters(&direct).await;
+
+        relay.heal();
+        holder.rollback().await.unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), writer.apply(std::slice::from_ref(&ended))).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => assert!(!rejects_the_data(&e), "{e}"),
+                Err(_) => panic!("a retry waited past its bounds"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the history did not recover once PostgreSQL could be reached again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let row = writer.session_row(sid).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status.as_str(), row.end_reason.as_deref()),
+            ("ended", Some("failed"))
+        );
+    }
+
+    /// A replica that vanishes while it holds the migrator's lock (its connection left open,
+    /// as when its node drops off the network) keeps the others from migrating only for the
+    /// idle bound: PostgreSQL then ends its idle session, and the lock goes with it.
+    #[tokio::test]
+    async fn a_replica_that_vanishes_while_migrating_lets_the_others_migrate() {
+        let url = testkit::fresh_database().await;
+        let relay = testkit::Relay::start(postgres_addr(&url).await).await;
+        let store = Store::connect(&testkit::redis_url(), &testkit::unique_prefix())
+            .await
+            .unwrap();
+        let bounds = Bounds {
+            lock: Duration::from_millis(300),
+            idle_in_transaction: Duration::from_millis(1_500),
+            ..Bounds::default()
+        };
+        let history = |url: &str, name: &str| {
+            History::bounded(url, store.clone(), name, Arc::new(Metrics::default()), bounds).unwrap()
+        };
+        let vanished = history(&relayed(&url, &relay), "vanished");
+        let started = std::time::Instant::now();
+        let mut conn = vanished.pool.acquire().await.unwrap();
+        bound_migrating_session(&mut conn, &bounds).await.unwrap();
+        sqlx::migrate::Migrate::lock(&mut *conn).await.unwrap();
+        relay.cut();
+
+        let other = history(&url, "other");
+        let refused = tokio::time::timeout(Duration::from_secs(10), other.migrate())
+            .await
+            .expect("a migration waited for the lock past its bound");
+        assert!(refused.is_err(), "the lock was not held");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), other.migrate()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => {}
+                Err(_) => panic!("a migration waited for the lock past its bound"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the vanished replica's session was never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(started.elapsed() >= bounds.idle_in_transaction);
+        // Migrated: the schema is there.
+        assert!(other.session_row(Uuid::new_v4()).await.unwrap().is_none());
+        drop(conn);
     }
 
     /// A server that refuses writes (read-only, as a promoted standby can be for a moment after

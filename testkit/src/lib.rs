@@ -4,11 +4,14 @@
 //! - the binaries `make test` built, found next to the test executable;
 //! - [`LineClient`], a game-protocol client whose every receive is bounded;
 //! - [`eventually`], polling for a condition with a deadline;
-//! - [`RedisServer`], a Redis (or Sentinel) of a test's own, to kill and restart.
+//! - [`RedisServer`], a Redis (or Sentinel) of a test's own, to kill and restart;
+//! - [`Relay`], a TCP relay in front of a service, whose links can go silent.
 
 mod redis_server;
+mod relay;
 
 pub use redis_server::RedisServer;
+pub use relay::Relay;
 
 use std::future::Future;
 use std::path::PathBuf;
