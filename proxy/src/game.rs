@@ -27,6 +27,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const SPLICE_LINGER: Duration = Duration::from_secs(2);
 /// Copy buffer per direction.
 const SPLICE_BUFFER: usize = 64 * 1024;
+/// A spliced connection's idle seconds before TCP keepalive probes its peer, the seconds
+/// between probes, and the probes unanswered before the connection is dropped.
+const KEEPALIVE: (u32, u32, u32) = (30, 10, 3);
+/// How long data sent on a spliced connection may go unacknowledged before it is dropped, ms.
+const UNACKNOWLEDGED_MS: u32 = 60_000;
+
+/// Lets a spliced connection notice a peer that vanished without closing (its host lost power
+/// or dropped off the network: no FIN, no RST). Without this, a match whose server and client
+/// both vanished would hold its two sockets and two pipes here for ever, and a client whose
+/// server vanished would wait on it for as long. With it, the proxy drops the connection
+/// within about a minute of the peer going silent, idle or not, and closes the other side.
+fn notice_silence(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (idle, interval, probes) = KEEPALIVE;
+    let set = setsockopt(stream, sockopt::KeepAlive, &true)
+        .and_then(|()| setsockopt(stream, sockopt::TcpKeepIdle, &idle))
+        .and_then(|()| setsockopt(stream, sockopt::TcpKeepInterval, &interval))
+        .and_then(|()| setsockopt(stream, sockopt::TcpKeepCount, &probes))
+        .and_then(|()| setsockopt(stream, sockopt::TcpUserTimeout, &UNACKNOWLEDGED_MS));
+    if let Err(e) = set {
+        tracing::debug!(error = %e, "cannot set a spliced connection's keepalive");
+    }
+}
 
 /// Moves bytes both ways until one side is done, then lets the other direction flush for a
 /// moment and closes both: a peer that never closes cannot hold a finished session open.
@@ -275,6 +298,8 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
         }
     };
     let _ = server.set_nodelay(true);
+    notice_silence(&server);
+    notice_silence(&client);
     // The JOIN line (and anything sent after it) goes on to the server as it came.
     if server.write_all(&buf).await.is_err() {
         ctx.metrics.route("server_unreachable");
@@ -289,5 +314,28 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
             ctx.metrics.spliced(up + up_front, down);
         }
         () = cancel.cancelled() => tracing::debug!(session = %claims.sid, "drain over: closing a spliced connection"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::socket::{getsockopt, sockopt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_spliced_connection_probes_a_silent_peer_and_bounds_unacknowledged_data() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        assert!(!getsockopt(&stream, sockopt::KeepAlive).unwrap());
+        notice_silence(&stream);
+        let (idle, interval, probes) = KEEPALIVE;
+        assert!(getsockopt(&stream, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&stream, sockopt::TcpKeepIdle).unwrap(), idle);
+        assert_eq!(getsockopt(&stream, sockopt::TcpKeepInterval).unwrap(), interval);
+        assert_eq!(getsockopt(&stream, sockopt::TcpKeepCount).unwrap(), probes);
+        assert_eq!(getsockopt(&stream, sockopt::TcpUserTimeout).unwrap(), UNACKNOWLEDGED_MS);
+        // Dropped within about a minute of going silent, idle or not.
+        assert!(idle + interval * probes <= 60 && UNACKNOWLEDGED_MS <= 60_000);
     }
 }

@@ -428,6 +428,57 @@ async fn bad_tickets_never_open_a_connection_to_any_server() {
     proxy.stop().await;
 }
 
+/// `addr` as `/proc/net/tcp` writes it.
+fn proc_net_tcp_addr(addr: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("a loopback IPv4 address: {addr}")
+    };
+    format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port())
+}
+
+/// Whether the machine's TCP socket to `peer` (from `local`, or from anywhere) has its
+/// keepalive timer running: `/proc/net/tcp`'s timer 2, the socket timer, which on an
+/// established socket is keepalive's.
+fn keepalive_running(local: Option<SocketAddr>, peer: SocketAddr) -> bool {
+    let (local, peer) = (local.map(proc_net_tcp_addr), proc_net_tcp_addr(peer));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let row = table
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[2] == peer && local.as_ref().is_none_or(|local| f[1] == local))
+        .unwrap_or_else(|| panic!("no socket {local:?} -> {peer}"));
+    row[5].starts_with("02:")
+}
+
+/// Both sockets of a spliced connection run TCP keepalive, so a client or server that vanishes
+/// without closing is noticed and the connection dropped; the player's own socket (the test's)
+/// does not, so the check tells them apart.
+#[tokio::test]
+async fn both_legs_of_a_spliced_connection_watch_for_a_vanished_peer() {
+    let (addr, count) = counting_server().await;
+    let proxy = Proxy::start("http://127.0.0.1:9", &[]).await;
+    let sid = "0b7e4b8e-6f0e-4d8e-9a51-2f9c3d7e1a42";
+    proxy.session(sid, "matched", &addr).await;
+    let mut c = LineClient::connect(proxy.addr).await;
+    c.send(&format!("JOIN {}", ticket("p1", sid))).await;
+    let mut echoed = [0u8; 2048];
+    assert!(c.stream().read(&mut echoed).await.unwrap() > 0);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let player = c.stream().local_addr().unwrap();
+    // The only connection to this server is the proxy's.
+    assert!(
+        keepalive_running(None, addr.parse().unwrap()),
+        "the proxy's leg to the server"
+    );
+    assert!(
+        keepalive_running(Some(proxy.addr), player),
+        "the proxy's leg to the player"
+    );
+    assert!(!keepalive_running(Some(player), proxy.addr), "the player's own socket");
+    drop(c);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn slowloris_garbage_idle_floods_and_vanishing_clients_leave_it_serving() {
     let (addr, count) = counting_server().await;
