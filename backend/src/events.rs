@@ -69,8 +69,40 @@ impl Drop for Watch<'_> {
     }
 }
 
+/// How often a quiet subscription is checked, and how long its `PING` may take.
+///
+/// A subscriber only reads, so a connection whose Redis went silent (its host lost power or
+/// dropped off the network, a failover that moved its address: no FIN, no RST) would look
+/// like a quiet channel for ever: no long poll woken by an event again, no end made elsewhere
+/// seen. A `PING` on it every few seconds finds out, and the subscription is made anew (on
+/// whatever Redis the link resolves to now).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Liveness {
+    pub every: Duration,
+    pub patience: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Liveness {
+        Liveness {
+            every: Duration::from_secs(5),
+            patience: Duration::from_secs(3),
+        }
+    }
+}
+
 /// Listens on the events channel until `stop`, reconnecting with backoff.
 pub(crate) async fn listen(sessions: Sessions, waiters: Arc<Waiters>, stop: CancellationToken) {
+    listen_checked(sessions, waiters, stop, Liveness::default()).await;
+}
+
+/// [`listen`], checking the subscription as `liveness` says.
+pub(crate) async fn listen_checked(
+    sessions: Sessions,
+    waiters: Arc<Waiters>,
+    stop: CancellationToken,
+    liveness: Liveness,
+) {
     let store = sessions.store();
     let channel = store.keys().events();
     let mut backoff = Duration::from_millis(100);
@@ -80,8 +112,8 @@ pub(crate) async fn listen(sessions: Sessions, waiters: Arc<Waiters>, stop: Canc
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        let mut pubsub = match subscribed.await {
-            Ok(pubsub) => pubsub,
+        let (mut sink, mut messages) = match subscribed.await {
+            Ok(pubsub) => pubsub.split(),
             Err(e) => {
                 tracing::warn!(error = %e, "events: cannot subscribe; retrying");
                 tokio::select! {
@@ -95,11 +127,24 @@ pub(crate) async fn listen(sessions: Sessions, waiters: Arc<Waiters>, stop: Canc
         backoff = Duration::from_millis(100);
         // Anything may have changed while we were not listening.
         waiters.wake_all();
-        let mut messages = pubsub.on_message();
+        let mut check = tokio::time::interval(liveness.every);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.reset();
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return,
                 message = messages.next() => message,
+                _ = check.tick() => {
+                    match tokio::time::timeout(liveness.patience, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => tracing::warn!(error = %e, "events: the subscription failed its check; reconnecting"),
+                        Err(_) => tracing::warn!(
+                            patience = ?liveness.patience,
+                            "events: Redis did not answer the subscription's check; reconnecting"
+                        ),
+                    }
+                    break;
+                }
             };
             let Some(message) = message else {
                 tracing::warn!("events: subscription lost; reconnecting");
@@ -117,5 +162,82 @@ pub(crate) async fn listen(sessions: Sessions, waiters: Arc<Waiters>, stop: Canc
                 sessions.ended_elsewhere(&event.session_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::AsyncCommands;
+
+    use super::*;
+    use crate::store::{FormRules, Store};
+
+    /// Redis going silent under the subscription (its host lost power or dropped off the
+    /// network: nothing closes the connection, nothing arrives on it) is noticed by the
+    /// subscription's check, and the listener subscribes anew once Redis can be reached again:
+    /// events published after that wake long polls as before.
+    #[tokio::test]
+    async fn a_silent_redis_under_the_subscription_is_noticed_and_the_subscription_renewed() {
+        let url = testkit::redis_url();
+        let target = redis::Client::open(url.as_str()).unwrap();
+        let direct = target.get_connection_info().addr().to_string();
+        let addr = tokio::net::lookup_host(direct.as_str()).await.unwrap().next().unwrap();
+        let relay = testkit::Relay::start(addr).await;
+        let store = Store::connect(
+            &url.replacen(&direct, &relay.addr().to_string(), 1),
+            &testkit::unique_prefix(),
+        )
+        .await
+        .unwrap();
+        let rules = FormRules {
+            size: 2,
+            min_partial: 2,
+            flush_wait_ms: 1_000,
+        };
+        let channel = store.keys().events();
+        let sessions = Sessions::standalone(store, "r1", rules);
+        let waiters = Arc::new(Waiters::default());
+        let stop = CancellationToken::new();
+        let liveness = Liveness {
+            every: Duration::from_millis(200),
+            patience: Duration::from_millis(300),
+        };
+        tokio::spawn(listen_checked(sessions, waiters.clone(), stop.clone(), liveness));
+        let mut publisher = target.get_multiplexed_async_connection().await.unwrap();
+        let event = serde_json::to_string(&SessionEvent {
+            session_id: "s1".into(),
+            players: vec!["p".into()],
+            at_ms: 1,
+            change: Change::Ready {
+                server: "gs".into(),
+                addr: "127.0.0.1:1".into(),
+            },
+        })
+        .unwrap();
+        // Whether a published event wakes a long poll of `p` within a moment.
+        let mut woken = async || {
+            let watch = waiters.watch("p");
+            let notified = watch.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _: i64 = publisher.publish(&channel, &event).await.unwrap();
+            tokio::time::timeout(Duration::from_millis(500), notified).await.is_ok()
+        };
+        let started = std::time::Instant::now();
+        while !woken().await {
+            assert!(started.elapsed() < Duration::from_secs(10), "never subscribed");
+        }
+
+        relay.cut();
+        assert!(!woken().await, "an event crossed the silent relay");
+        relay.heal();
+        let healed = std::time::Instant::now();
+        while !woken().await {
+            assert!(
+                healed.elapsed() < Duration::from_secs(10),
+                "the subscription was not renewed once Redis could be reached again"
+            );
+        }
+        stop.cancel();
     }
 }

@@ -58,17 +58,20 @@ impl Janitor {
         }
     }
 
-    /// Stops the servers of sessions this replica supervises that Redis no longer knows (it
-    /// restarted without its data, or a failover lost them): their players were told
-    /// `unknown` and may be playing elsewhere already. Returns how many it stopped.
+    /// Stops the servers of sessions this replica supervises that are over: ended elsewhere
+    /// (an operator's stop, a result report taken by another replica) while this replica's
+    /// events subscription was down or being renewed, so their end's event never reached it; or
+    /// no longer known to Redis (it restarted without its data, or a failover lost them), when
+    /// their players were told `unknown` and may be playing elsewhere already. Returns how many
+    /// it stopped.
     pub(crate) async fn stop_forgotten(&self) -> crate::store::Result<usize> {
         let sessions = &self.sessions;
         let supervised = sessions.supervised_ids();
-        let known = sessions.store().sessions_known(&supervised).await?;
+        let live = sessions.store().sessions_live(&supervised).await?;
         let mut stopped = 0;
-        for (sid, known) in supervised.iter().zip(known) {
-            if !known {
-                tracing::warn!(session = %sid, "Redis no longer knows this session; stopping its server");
+        for (sid, live) in supervised.iter().zip(live) {
+            if !live {
+                tracing::warn!(session = %sid, "this session has ended, or Redis no longer knows it; stopping its server");
                 sessions.ended_elsewhere(sid);
                 stopped += 1;
             }
@@ -108,5 +111,51 @@ impl Janitor {
             }
         }
         Ok(reaped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::AsyncCommands;
+
+    use super::*;
+    use crate::store::{FormRules, Store};
+
+    /// A supervised session that ended without this replica hearing of it, or that Redis
+    /// forgot, has its server stopped; a live one is left alone.
+    #[tokio::test]
+    async fn the_servers_of_ended_and_forgotten_sessions_are_stopped() {
+        let store = Store::connect(&testkit::redis_url(), &testkit::unique_prefix())
+            .await
+            .unwrap();
+        let rules = FormRules {
+            size: 2,
+            min_partial: 2,
+            flush_wait_ms: 1_000,
+        };
+        let sessions = Sessions::standalone(store.clone(), "r1", rules);
+        let mut redis = redis::Client::open(testkit::redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        // As the scripts keep them: every session in the sessions hash, the live ones in `live`.
+        for sid in ["live", "ended"] {
+            let _: () = redis.hset(store.keys().sessions(), sid, "{}").await.unwrap();
+        }
+        let _: () = redis.zadd(store.keys().live(), "live", 1).await.unwrap();
+        let (live, ended, forgotten) = (
+            sessions.supervise("live"),
+            sessions.supervise("ended"),
+            sessions.supervise("forgotten"),
+        );
+        let janitor = Janitor {
+            sessions: sessions.clone(),
+            servers_outlive_backend: false,
+        };
+        assert_eq!(janitor.stop_forgotten().await.unwrap(), 2);
+        assert!(!live.stopped().is_cancelled());
+        assert!(ended.stopped().is_cancelled());
+        assert!(forgotten.stopped().is_cancelled());
     }
 }

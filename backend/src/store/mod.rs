@@ -602,6 +602,19 @@ impl Store {
         pipe.query_async(&mut self.conn()).await
     }
 
+    /// Whether each of `sids` is a session not yet ended (known to Redis and live).
+    pub async fn sessions_live(&self, sids: &[String]) -> Result<Vec<bool>> {
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for sid in sids {
+            pipe.zscore(self.keys.live(), sid);
+        }
+        let scores: Vec<Option<f64>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(scores.into_iter().map(|score| score.is_some()).collect())
+    }
+
     /// Every session not yet ended, oldest first.
     pub async fn live_sessions(&self) -> Result<Vec<LiveSession>> {
         let mut conn = self.conn();
