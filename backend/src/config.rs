@@ -159,6 +159,10 @@ pub struct KubernetesArgs {
     /// How long a finished game-server pod is kept (for `kubectl logs`) before it is deleted.
     #[arg(long, env = "FINISHED_POD_GRACE_SECONDS", default_value_t = 30.0)]
     pub finished_pod_grace_seconds: f64,
+    /// How long one Kubernetes API call (a create, claim or delete; not the pod watch) may wait
+    /// for its answer before it fails and is retried.
+    #[arg(long, env = "KUBE_API_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub kube_api_timeout_seconds: f64,
     /// Kubernetes namespace for game-server pods.
     #[arg(long, env = "NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -250,6 +254,8 @@ pub enum RuntimeSettings {
         kubeconfig: Option<PathBuf>,
         /// How long finished Pods are kept before they are deleted.
         finished_pod_grace: Duration,
+        /// How long one API call (not the watch) may wait for its answer.
+        api_timeout: Duration,
         /// The warm Pod pool's bounds, for the whole cluster (`max` 0: no warm Pods).
         warm: crate::runtime::warm::Bounds,
     },
@@ -456,6 +462,10 @@ impl Config {
                         "FINISHED_POD_GRACE_SECONDS",
                         self.kubernetes.finished_pod_grace_seconds,
                     )?,
+                    api_timeout: match seconds("KUBE_API_TIMEOUT_SECONDS", self.kubernetes.kube_api_timeout_seconds)? {
+                        zero if zero.is_zero() => return Err("KUBE_API_TIMEOUT_SECONDS must be above 0".into()),
+                        timeout => timeout,
+                    },
                     warm,
                 }
             }
@@ -681,6 +691,11 @@ impl SettingsBuilder {
 
     pub fn finished_pod_grace_seconds(mut self, seconds: f64) -> Self {
         self.0.kubernetes.finished_pod_grace_seconds = seconds;
+        self
+    }
+
+    pub fn kube_api_timeout_seconds(mut self, seconds: f64) -> Self {
+        self.0.kubernetes.kube_api_timeout_seconds = seconds;
         self
     }
 

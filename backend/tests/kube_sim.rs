@@ -23,6 +23,7 @@ const NS: &str = "games";
 
 struct Sim {
     cluster: Arc<kube_sim::Cluster>,
+    addr: SocketAddr,
     kubeconfig: PathBuf,
     _stop: tokio_util::sync::DropGuard,
 }
@@ -50,6 +51,7 @@ async fn sim(start_delay_ms: u64) -> Sim {
     std::fs::write(&kubeconfig, kube_sim::kubeconfig(addr, NS)).unwrap();
     Sim {
         cluster,
+        addr,
         kubeconfig,
         _stop: stop.drop_guard(),
     }
@@ -453,6 +455,54 @@ async fn a_warm_pod_that_dies_is_replaced_and_an_empty_pool_falls_back_to_cold()
     let state = warm_state(&backend).await;
     assert_eq!(state["handed"], 2, "{state}");
     assert_eq!(state["cold_starts"], 1, "{state}");
+    backend.stop().await;
+}
+
+/// An API server that goes silent (its node gone, a load balancer dropping the flow: nothing
+/// closes the connections and nothing answers on them) does not hang a session's start: the
+/// warm Pod's claim and the cold Pod's creates each give up after `KUBE_API_TIMEOUT_SECONDS`,
+/// the start fails at its ready timeout, and the session ends `failed`, its players back at
+/// the head of the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_api_server_fails_a_start_instead_of_hanging_it() {
+    let mut sim = sim(0).await;
+    let relay = testkit::Relay::start(sim.addr).await;
+    sim.kubeconfig = std::env::temp_dir().join(format!("kube-sim-{}.yaml", common::unique_prefix()));
+    std::fs::write(&sim.kubeconfig, kube_sim::kubeconfig(relay.addr(), NS)).unwrap();
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "silent-api", |s| {
+        s.warm_pool(1, 1)
+            .kube_api_timeout_seconds(1.0)
+            .server_ready_timeout_seconds(4.0)
+            .shutdown_grace_seconds(1.0)
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        (warm_state(&backend).await["idle"] == 1).then_some(())
+    })
+    .await;
+
+    relay.cut();
+    for p in players("silent-api", 2) {
+        assert_eq!(backend.http.join(&p).await.0, 200);
+    }
+    eventually(Duration::from_secs(60), || async {
+        let (_, metrics) = backend
+            .http
+            .request(hyper::Method::GET, "/metrics", &[], Vec::new())
+            .await;
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("mp_sessions_ended_total{reason=\"failed\"}")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        sim.cluster.records().iter().all(|r| r.session.is_none()),
+        "no Pod was claimed or created"
+    );
+    relay.heal();
     backend.stop().await;
 }
 

@@ -128,24 +128,33 @@ pub(crate) async fn build(
             template,
             kubeconfig,
             finished_pod_grace,
+            api_timeout,
             warm,
         } => {
-            let client = match kubeconfig {
+            let config = match kubeconfig {
                 Some(path) => {
                     let file = kube::config::Kubeconfig::read_from(path)
                         .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-                    let config =
-                        kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                            .await
-                            .with_context(|| format!("using the kubeconfig {}", path.display()))?;
-                    kube::Client::try_from(config).context("building the Kubernetes client")?
+                    kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                        .await
+                        .with_context(|| format!("using the kubeconfig {}", path.display()))?
                 }
-                None => kube::Client::try_default()
+                None => kube::Config::infer()
                     .await
                     .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG outside)")?,
             };
+            // The Pod watch is quiet for long stretches (kube-runtime bounds its idleness), so
+            // only the other calls get a bound on their answer: without one, a call on a
+            // connection to an API server that went silent (its node gone, a load balancer
+            // dropping the flow) would wait for ever.
+            let mut bounded = config.clone();
+            bounded.read_timeout = Some(*api_timeout);
+            bounded.write_timeout = Some(*api_timeout);
+            bounded.reset_reader_on_write = true;
+            let calls = kube::Client::try_from(bounded).context("building the Kubernetes client")?;
+            let watches = kube::Client::try_from(config).context("building the Kubernetes client")?;
             Some(Arc::new(
-                kubernetes::KubernetesRuntime::new(client, (**template).clone())
+                kubernetes::KubernetesRuntime::with_clients(calls, watches, (**template).clone())
                     .with_reap_grace(*finished_pod_grace)
                     .with_warm_pool(*warm, secret.clone()),
             ))

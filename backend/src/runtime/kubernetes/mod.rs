@@ -78,9 +78,15 @@ pub struct KubernetesRuntime {
 impl KubernetesRuntime {
     /// Starts the replica's Pod watch at once (it stops when the runtime is dropped).
     pub fn new(client: kube::Client, template: PodTemplate) -> Self {
-        let pods = Api::namespaced(client, &template.namespace);
+        KubernetesRuntime::with_clients(client.clone(), client, template)
+    }
+
+    /// A runtime that makes its calls through `calls` and watches its Pods through `watches`
+    /// (a client without a read timeout: the watch may be quiet for a long time).
+    pub fn with_clients(calls: kube::Client, watches: kube::Client, template: PodTemplate) -> Self {
+        let pods = Api::namespaced(calls, &template.namespace);
         KubernetesRuntime {
-            watch: PodWatch::start(pods.clone(), &template.namespace),
+            watch: PodWatch::start(Api::namespaced(watches, &template.namespace), &template.namespace),
             pods,
             template,
             creations: Semaphore::new(PARALLEL_CREATES),
