@@ -30,10 +30,15 @@ use sqlx::types::Json;
 
 const GROUP: &str = "history";
 const BATCH: usize = 500;
-/// Entries another consumer has held this long without acknowledging are taken over.
-const CLAIM_IDLE_MS: usize = 30_000;
+/// Entries another consumer has held this long without acknowledging are taken over: a
+/// replica that crashed between reading a batch and writing it leaves its entries pending
+/// under its own name, and a replacement comes back under another. A live writer acknowledges
+/// within a batch's write, and one taken over while PostgreSQL is slow is only written twice
+/// (the upserts commute), so this need not wait long: the history of a crashed replica's last
+/// moments lags by at most this plus [`CLAIM_EVERY`].
+const CLAIM_IDLE_MS: usize = 10_000;
 /// How often the writer looks for entries abandoned by other replicas.
-const CLAIM_EVERY: Duration = Duration::from_secs(10);
+const CLAIM_EVERY: Duration = Duration::from_secs(2);
 
 /// How long the history waits on PostgreSQL before it gives up and tries again.
 ///
@@ -1264,6 +1269,67 @@ mod tests {
         // Migrated: the schema is there.
         assert!(other.session_row(Uuid::new_v4()).await.unwrap().is_none());
         drop(conn);
+    }
+
+    /// Entries a replica had read but not written when it crashed (pending under its name, and
+    /// its replacement comes back under another) are taken over by a live replica's writer
+    /// once idle for [`CLAIM_IDLE_MS`], and written.
+    #[tokio::test]
+    async fn a_crashed_replicas_unwritten_entries_are_taken_over() {
+        let url = testkit::fresh_database().await;
+        let store = Store::connect(&testkit::redis_url(), &testkit::unique_prefix())
+            .await
+            .unwrap();
+        let outbox = store.keys().outbox();
+        let mut redis = redis::Client::open(testkit::redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let sid = Uuid::new_v4();
+        let formed = entry(
+            sid,
+            1_000,
+            Change::Formed {
+                instance: "crashed".into(),
+                placement: Placement::default(),
+            },
+            &["a", "b"],
+        );
+        let event = serde_json::to_string(&formed.event).unwrap();
+        let _: () = redis.xgroup_create_mkstream(&outbox, GROUP, "0").await.unwrap();
+        let _: String = redis.xadd(&outbox, "*", &[("event", event.as_str())]).await.unwrap();
+        // Read by the replica that then crashed: pending under its name, never acknowledged.
+        let read: StreamReadReply = redis
+            .xread_options(
+                &[outbox.as_str()],
+                &[">"],
+                &StreamReadOptions::default().group(GROUP, "crashed"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(read.keys[0].ids.len(), 1);
+
+        let started = std::time::Instant::now();
+        let alive = History::new(&url, store, "alive", Arc::new(Metrics::default())).unwrap();
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(alive.clone().run_writer(stop.clone(), Duration::ZERO));
+        let limit = Duration::from_millis(CLAIM_IDLE_MS as u64) + CLAIM_EVERY + Duration::from_secs(10);
+        let row = loop {
+            // (An error until the writer has migrated the fresh database.)
+            if let Ok(Some(row)) = alive.session_row(sid).await {
+                break row;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the crashed replica's entry was never taken over"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(row.backend_instance.as_deref(), Some("crashed"));
+        assert!(started.elapsed() >= Duration::from_millis(CLAIM_IDLE_MS as u64) - Duration::from_millis(500));
+        stop.cancel();
+        writer.await.unwrap();
     }
 
     /// A server that refuses writes (read-only, as a promoted standby can be for a moment after
