@@ -890,6 +890,16 @@ mod tests {
         }
     }
 
+    /// `sid` failing at 2 s, its players requeued.
+    fn failed_end(sid: Uuid) -> Entry {
+        let failed = Change::Ended {
+            reason: EndReason::Failed,
+            requeued: true,
+            report: None,
+        };
+        entry(sid, 2_000, failed, &["a", "b"])
+    }
+
     async fn apply(pool: &PgPool, sid: Uuid, at_ms: i64, change: Change) {
         let entry = entry(sid, at_ms, change, &["a", "b"]);
         let mut tx = pool.begin().await.unwrap();
@@ -1002,16 +1012,7 @@ mod tests {
             .unwrap();
 
         let writer = history("writer");
-        let ended = entry(
-            sid,
-            2_000,
-            Change::Ended {
-                reason: EndReason::Failed,
-                requeued: true,
-                report: None,
-            },
-            &["a", "b"],
-        );
+        let ended = failed_end(sid);
         let refused = tokio::time::timeout(Duration::from_secs(10), writer.apply(std::slice::from_ref(&ended)))
             .await
             .expect("the write waited on the stuck transaction past its lock bound")
@@ -1150,16 +1151,7 @@ mod tests {
             placement: Placement::default(),
         };
         writer.apply(&[entry(sid, 1_000, formed, &["a", "b"])]).await.unwrap();
-        let ended = entry(
-            sid,
-            2_000,
-            Change::Ended {
-                reason: EndReason::Failed,
-                requeued: true,
-                report: None,
-            },
-            &["a", "b"],
-        );
+        let ended = failed_end(sid);
         // The session's row is held, so a write to it is still in flight when the relay goes
         // silent.
         let direct = PgPool::connect(&url).await.unwrap();
