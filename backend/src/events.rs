@@ -69,7 +69,8 @@ impl Drop for Watch<'_> {
     }
 }
 
-/// How often a quiet subscription is checked, and how long its `PING` may take.
+/// How often a quiet subscription is checked, and how long its `PING`, or subscribing, may
+/// take.
 ///
 /// A subscriber only reads, so a connection whose Redis went silent (its host lost power or
 /// dropped off the network, a failover that moved its address: no FIN, no RST) would look
@@ -107,15 +108,20 @@ pub(crate) async fn listen_checked(
     let channel = store.keys().events();
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        let subscribed = async {
+        // Bounded too: subscribing while Redis is still silent would otherwise wait for ever.
+        let subscribed = tokio::time::timeout(liveness.patience, async {
             let mut pubsub = store.link().client().await?.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
-        };
+        });
         let (mut sink, mut messages) = match subscribed.await {
-            Ok(pubsub) => pubsub.split(),
-            Err(e) => {
-                tracing::warn!(error = %e, "events: cannot subscribe; retrying");
+            Ok(Ok(pubsub)) => pubsub.split(),
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", liveness.patience),
+                };
+                tracing::warn!(error = %why, "events: cannot subscribe; retrying");
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
@@ -230,6 +236,9 @@ mod tests {
 
         relay.cut();
         assert!(!woken().await, "an event crossed the silent relay");
+        // Long enough for the check to notice and to try subscribing again while Redis is
+        // still silent.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         relay.heal();
         let healed = std::time::Instant::now();
         while !woken().await {
