@@ -68,15 +68,22 @@ impl Janitor {
         let sessions = &self.sessions;
         let supervised = sessions.supervised_ids();
         let live = sessions.store().sessions_live(&supervised).await?;
-        let mut stopped = 0;
-        for (sid, live) in supervised.iter().zip(live) {
-            if !live {
-                tracing::warn!(session = %sid, "this session has ended, or Redis no longer knows it; stopping its server");
-                sessions.ended_elsewhere(sid);
-                stopped += 1;
+        let over: Vec<String> = supervised
+            .into_iter()
+            .zip(live)
+            .filter_map(|(sid, live)| (!live).then_some(sid))
+            .collect();
+        // Usually none: only then a second look, to tell the two apart in the log.
+        let known = sessions.store().sessions_known(&over).await?;
+        for (sid, known) in over.iter().zip(known) {
+            if known {
+                tracing::info!(session = %sid, "this session ended while its event was missed; stopping its server");
+            } else {
+                tracing::warn!(session = %sid, "Redis no longer knows this session; stopping its server");
             }
+            sessions.ended_elsewhere(sid);
         }
-        Ok(stopped)
+        Ok(over.len())
     }
 
     /// Ends every live session nobody supervises; `first_run` (at start) takes all of this

@@ -607,11 +607,11 @@ impl Store {
         if sids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for sid in sids {
-            pipe.zscore(self.keys.live(), sid);
-        }
-        let scores: Vec<Option<f64>> = pipe.query_async(&mut self.conn()).await?;
+        let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(self.keys.live())
+            .arg(sids)
+            .query_async(&mut self.conn())
+            .await?;
         Ok(scores.into_iter().map(|score| score.is_some()).collect())
     }
 
