@@ -285,7 +285,12 @@ async fn api_error_storms_are_ridden_out() {
         (500, Some(kube_sim::Verb::Create)),
         (503, Some(kube_sim::Verb::List)),
     ] {
-        sim.cluster.add_fault(Fault { code, count: 6, verb });
+        sim.cluster.add_fault(Fault {
+            code,
+            count: 6,
+            verb,
+            after: false,
+        });
     }
     let db = common::fresh_database().await;
     let backend = replica(&sim, &common::unique_prefix(), &db, "storm", |s| s).await;
@@ -455,6 +460,51 @@ async fn a_warm_pod_that_dies_is_replaced_and_an_empty_pool_falls_back_to_cold()
     let state = warm_state(&backend).await;
     assert_eq!(state["handed"], 2, "{state}");
     assert_eq!(state["cold_starts"], 1, "{state}");
+    backend.stop().await;
+}
+
+/// A claim the API server applied but whose answer was lost (a 504 after the write reached
+/// storage, a connection cut after the request went out) is not taken for a failed one: the
+/// replica reads the Pod back, finds its session's label on it, and hands the session to it,
+/// rather than leaving that warm Pod labelled for a session that starts another Pod cold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_applied_but_answered_with_an_error_still_hands_its_pod_the_session() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "lost-answer", |s| {
+        s.warm_pool(1, 1).shutdown_grace_seconds(1.0)
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        (warm_state(&backend).await["idle"] == 1).then_some(())
+    })
+    .await;
+    let warm = sim.cluster.records()[0].name.clone();
+    sim.cluster.add_fault(Fault {
+        code: 504,
+        count: 1,
+        verb: Some(kube_sim::Verb::Patch),
+        after: true,
+    });
+    let bodies = matched(&backend, &players("lost-answer", 2)).await;
+    let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        pod_of(&backend, &sid).await.1,
+        warm,
+        "the session runs on the claimed warm Pod"
+    );
+    let state = warm_state(&backend).await;
+    assert_eq!(state["handed"], 1, "{state}");
+    assert_eq!(state["cold_starts"], 0, "{state}");
+    let labelled: Vec<String> = sim
+        .cluster
+        .records()
+        .into_iter()
+        .filter(|r| r.session.as_deref() == Some(sid.as_str()))
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(labelled, [warm], "one Pod carries the session");
+    play(&backend, &bodies).await;
     backend.stop().await;
 }
 

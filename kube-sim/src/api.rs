@@ -74,8 +74,26 @@ pub fn status(code: u16, reason: &str, message: &str, details: Option<Value>) ->
     response
 }
 
+/// A pending fault for a read: its answer, in place of the read's.
 fn injected(cluster: &Cluster, verb: Verb) -> Option<Response> {
-    let code = cluster.fault(verb)?;
+    cluster.fault(verb).map(|fault| fault_answer(fault.code))
+}
+
+/// A write under the pending fault for `verb`, if any: refused at once, or (an `after` fault)
+/// carried out and then answered with the fault's code instead of its own answer.
+fn faulted_write(cluster: &Cluster, verb: Verb, write: impl FnOnce() -> Response) -> Response {
+    match cluster.fault(verb) {
+        None => write(),
+        Some(fault) if !fault.after => fault_answer(fault.code),
+        Some(fault) => {
+            let done = write();
+            tracing::info!(?verb, status = %done.status(), code = fault.code, "kube-sim: a write's answer replaced by an injected fault");
+            fault_answer(fault.code)
+        }
+    }
+}
+
+fn fault_answer(code: u16) -> Response {
     let reason = match code {
         409 => "Conflict",
         429 => "TooManyRequests",
@@ -84,7 +102,7 @@ fn injected(cluster: &Cluster, verb: Verb) -> Option<Response> {
         504 => "Timeout",
         _ => "Unknown",
     };
-    Some(status(code, reason, &format!("kube-sim: injected {code}"), None))
+    status(code, reason, &format!("kube-sim: injected {code}"), None)
 }
 
 async fn version() -> Json<Value> {
@@ -309,10 +327,11 @@ async fn create(
     Query(q): Query<CreateQuery>,
     body: Bytes,
 ) -> Response {
-    if let Some(fault) = injected(&cluster, Verb::Create) {
-        return fault;
-    }
-    let sent: Value = match serde_json::from_slice(&body) {
+    faulted_write(&cluster, Verb::Create, || create_pod(&cluster, ns, &q, &body))
+}
+
+fn create_pod(cluster: &Arc<Cluster>, ns: String, q: &CreateQuery, body: &[u8]) -> Response {
+    let sent: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return status(400, "BadRequest", &format!("the body is not JSON: {e}"), None),
     };
@@ -416,13 +435,14 @@ async fn delete(
     Query(q): Query<DeleteQuery>,
     body: Bytes,
 ) -> Response {
-    if let Some(fault) = injected(&cluster, Verb::Delete) {
-        return fault;
-    }
+    faulted_write(&cluster, Verb::Delete, || delete_pod(&cluster, ns, name, &q, &body))
+}
+
+fn delete_pod(cluster: &Cluster, ns: String, name: String, q: &DeleteQuery, body: &[u8]) -> Response {
     let options: Value = if body.is_empty() {
         Value::Null
     } else {
-        match serde_json::from_slice(&body) {
+        match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => return status(400, "BadRequest", &format!("DeleteOptions are not JSON: {e}"), None),
         }
@@ -453,9 +473,10 @@ async fn patch(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(fault) = injected(&cluster, Verb::Patch) {
-        return fault;
-    }
+    faulted_write(&cluster, Verb::Patch, || patch_pod(&cluster, ns, name, &headers, &body))
+}
+
+fn patch_pod(cluster: &Cluster, ns: String, name: String, headers: &axum::http::HeaderMap, body: &[u8]) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -474,7 +495,7 @@ async fn patch(
             None,
         );
     }
-    let sent: Value = match serde_json::from_slice(&body) {
+    let sent: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return status(400, "BadRequest", "a merge patch is a JSON object", None),
         Err(e) => return status(400, "BadRequest", &format!("the body is not JSON: {e}"), None),

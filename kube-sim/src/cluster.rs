@@ -45,6 +45,11 @@ pub struct Fault {
     pub count: u32,
     #[serde(default)]
     pub verb: Option<Verb>,
+    /// Carry a write (create, delete, patch) out first and answer `code` in place of its
+    /// answer: the change is made but the caller is not told, as when a real API server
+    /// times out (504) after the write reached storage. Reads are refused at once either way.
+    #[serde(default)]
+    pub after: bool,
 }
 
 /// What kube-sim reports of each Pod it ever held, for tests and the demo's figures (times in
@@ -227,7 +232,7 @@ impl Cluster {
     }
 
     /// Takes one matching fault, if any is pending.
-    pub fn fault(&self, verb: Verb) -> Option<u16> {
+    pub fn fault(&self, verb: Verb) -> Option<Fault> {
         let mut state = self.state.lock().unwrap();
         let i = state
             .faults
@@ -235,9 +240,9 @@ impl Cluster {
             .position(|f| f.count > 0 && f.verb.is_none_or(|v| v == verb))?;
         let fault = &mut state.faults[i];
         fault.count -= 1;
-        let code = fault.code;
+        let taken = fault.clone();
         state.faults.retain(|f| f.count > 0);
-        Some(code)
+        Some(taken)
     }
 
     pub fn add_fault(&self, fault: Fault) {

@@ -149,16 +149,35 @@ impl WarmPods {
             let patch = claim_patch(&pod, &spec.session_id, session_deadline_seconds);
             let claimed = match pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(claimed) => claimed,
-                // Claimed by another session (here or on another replica), or gone: the next.
-                Err(e) if is_code(&e, 409) || is_code(&e, 404) => {
+                // Gone: the next.
+                Err(e) if is_code(&e, 404) => {
                     self.claiming.lock().expect("claiming lock").remove(&name);
                     continue;
                 }
-                Err(e) => {
-                    self.claiming.lock().expect("claiming lock").remove(&name);
-                    tracing::warn!(pod = %name, error = %e, "claiming a warm pod failed; starting the session's pod cold");
-                    return None;
-                }
+                // A conflict is another session's claim (here or on another replica), or this
+                // claim's own earlier attempt: the client retries a 504 or 503 by itself, and
+                // the API server may have applied the attempt it answered so. Any other failure
+                // (a connection cut after the request went out) leaves the outcome open too. The
+                // Pod as it is now says whether it is this session's.
+                Err(e) => match pods.get_opt(&name).await {
+                    Ok(Some(now)) if session_of(&now).as_deref() == Some(spec.session_id.as_str()) => {
+                        tracing::info!(pod = %name, error = %e, "a warm pod's claim was applied though its answer was an error; handing it over");
+                        now
+                    }
+                    read => {
+                        self.claiming.lock().expect("claiming lock").remove(&name);
+                        match read {
+                            Ok(_) if is_code(&e, 409) => continue,
+                            Ok(_) => {
+                                tracing::warn!(pod = %name, error = %e, "claiming a warm pod failed; starting the session's pod cold")
+                            }
+                            Err(read) => {
+                                tracing::warn!(pod = %name, error = %e, %read, "claiming a warm pod failed and its outcome could not be read; starting the session's pod cold")
+                            }
+                        }
+                        return None;
+                    }
+                },
             };
             let addr = match pod_state(&claimed) {
                 PodState::Ready(ip) => game_address(&ip).ok(),
