@@ -358,9 +358,15 @@ impl Keeper {
                     let (pods, warm) = (self.pods.clone(), self.warm.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
-                        if let Err(e) = pods.create(&PostParams::default(), &pod).await {
-                            tracing::warn!(pod = %name, error = %e, "creating a warm pod failed");
-                            warm.creating.lock().expect("creating lock").remove(&name);
+                        match pods.create(&PostParams::default(), &pod).await {
+                            // The name is new to this create: a conflict is the client's own
+                            // retry (of a 504 or 503) meeting the Pod its first attempt made.
+                            Ok(_) => {}
+                            Err(e) if is_code(&e, 409) => {}
+                            Err(e) => {
+                                tracing::warn!(pod = %name, error = %e, "creating a warm pod failed");
+                                warm.creating.lock().expect("creating lock").remove(&name);
+                            }
                         }
                     });
                 }
