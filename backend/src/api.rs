@@ -607,7 +607,9 @@ async fn live() -> Json<Live> {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, service::metrics::CONTENT_TYPE)],
-        state.metrics.render(),
+        state
+            .metrics
+            .render(state.runtime.as_ref().and_then(|r| r.warm_servers())),
     )
         .into_response()
 }

@@ -117,6 +117,16 @@ async fn sessions_take_warm_servers_the_pool_refills_and_a_dead_one_is_replaced(
         (&serde_json::json!(1), &serde_json::json!(0)),
         "{health}"
     );
+    // The same figures for Prometheus.
+    let (_, metrics) = http.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        "mp_warm_handed_total 1",
+        "mp_warm_cold_starts_total 0",
+        "mp_warm_pool_target 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     // A warm server killed while idle is replaced by a new one.
     let victim = idle.iter().next().unwrap().clone();
     assert!(
@@ -133,6 +143,15 @@ async fn sessions_take_warm_servers_the_pool_refills_and_a_dead_one_is_replaced(
     .await;
     let (_, health) = http.get("/health").await;
     assert_eq!(health["warm_servers"]["replaced"], 1, "{health}");
+    let (_, metrics) = http.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l == "mp_warm_replaced_total 1"),
+        "{metrics}"
+    );
     backend.stop().await;
     // Stopping the backend stops its idle warm servers.
     eventually(Duration::from_secs(15), || async {
