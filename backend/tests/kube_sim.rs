@@ -335,6 +335,25 @@ async fn warm_state(backend: &Backend) -> serde_json::Value {
     backend.http.get("/health").await.1["warm_servers"].clone()
 }
 
+/// A replica keeping `n` warm Pods, returned once they are all Ready.
+async fn warm_replica(
+    sim: &Sim,
+    instance: &str,
+    n: u32,
+    adjust: impl FnOnce(SettingsBuilder) -> SettingsBuilder,
+) -> Backend {
+    let db = common::fresh_database().await;
+    let backend = replica(sim, &common::unique_prefix(), &db, instance, |s| {
+        adjust(s.warm_pool(n, n).shutdown_grace_seconds(1.0))
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        (warm_state(&backend).await["idle"] == n).then_some(())
+    })
+    .await;
+    backend
+}
+
 /// One session's players play it to the end on its server.
 async fn play(backend: &Backend, bodies: &[serde_json::Value]) {
     let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
@@ -424,15 +443,7 @@ async fn warm_pods_are_claimed_once_across_three_replicas_and_play_whole_matches
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_pod_that_dies_is_replaced_and_an_empty_pool_falls_back_to_cold() {
     let sim = sim(0).await;
-    let db = common::fresh_database().await;
-    let backend = replica(&sim, &common::unique_prefix(), &db, "warm-die", |s| {
-        s.warm_pool(2, 2).shutdown_grace_seconds(1.0)
-    })
-    .await;
-    eventually(Duration::from_secs(20), || async {
-        (warm_state(&backend).await["idle"] == 2).then_some(())
-    })
-    .await;
+    let backend = warm_replica(&sim, "warm-die", 2, |s| s).await;
     let victim = sim.cluster.records()[0].clone();
     assert!(
         sim.cluster
@@ -470,15 +481,7 @@ async fn a_warm_pod_that_dies_is_replaced_and_an_empty_pool_falls_back_to_cold()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_applied_but_answered_with_an_error_still_hands_its_pod_the_session() {
     let sim = sim(0).await;
-    let db = common::fresh_database().await;
-    let backend = replica(&sim, &common::unique_prefix(), &db, "lost-answer", |s| {
-        s.warm_pool(1, 1).shutdown_grace_seconds(1.0)
-    })
-    .await;
-    eventually(Duration::from_secs(20), || async {
-        (warm_state(&backend).await["idle"] == 1).then_some(())
-    })
-    .await;
+    let backend = warm_replica(&sim, "lost-answer", 1, |s| s).await;
     let warm = sim.cluster.records()[0].name.clone();
     sim.cluster.add_fault(Fault {
         code: 504,
@@ -519,16 +522,8 @@ async fn a_silent_api_server_fails_a_start_instead_of_hanging_it() {
     let relay = testkit::Relay::start(sim.addr).await;
     sim.kubeconfig = std::env::temp_dir().join(format!("kube-sim-{}.yaml", common::unique_prefix()));
     std::fs::write(&sim.kubeconfig, kube_sim::kubeconfig(relay.addr(), NS)).unwrap();
-    let db = common::fresh_database().await;
-    let backend = replica(&sim, &common::unique_prefix(), &db, "silent-api", |s| {
-        s.warm_pool(1, 1)
-            .kube_api_timeout_seconds(1.0)
-            .server_ready_timeout_seconds(4.0)
-            .shutdown_grace_seconds(1.0)
-    })
-    .await;
-    eventually(Duration::from_secs(20), || async {
-        (warm_state(&backend).await["idle"] == 1).then_some(())
+    let backend = warm_replica(&sim, "silent-api", 1, |s| {
+        s.kube_api_timeout_seconds(1.0).server_ready_timeout_seconds(4.0)
     })
     .await;
 
