@@ -511,6 +511,43 @@ async fn a_claim_applied_but_answered_with_an_error_still_hands_its_pod_the_sess
     backend.stop().await;
 }
 
+/// A Pod that carries a session's label without being its server (a warm Pod whose claim the
+/// API server applied while the replica could not read back that it had, so the session
+/// started cold on a Pod of its own) may fail and be reaped without failing the session: the
+/// session's server is the Pod its record names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_pod_with_a_sessions_label_does_not_fail_the_session_playing_elsewhere() {
+    let sim = sim(0).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "stray", |s| s).await;
+    let roster = players("stray", 2);
+    let bodies = matched(&backend, &roster).await;
+    let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
+    let (_, server) = pod_of(&backend, &sid).await;
+    // Its container has no session settings: the game server exits 2 and the Pod fails.
+    let stray: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "mp-gs-stray", "labels": {"app.kubernetes.io/name": "matchplane-game-server",
+            "matchplane.io/session": sid, "matchplane.io/warm": "true"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "game-server", "image": "game-server:test"}]}
+    }))
+    .unwrap();
+    assert!(sim.cluster.create(NS, stray).is_some());
+    eventually(Duration::from_secs(20), || async {
+        sim.cluster
+            .records()
+            .iter()
+            .any(|r| r.name == "mp-gs-stray" && r.finished_ms.is_some() && r.deleted_ms.is_some())
+            .then_some(())
+    })
+    .await;
+    let status = backend.http.status(&roster[0], 0.0).await;
+    assert_eq!(status["status"], "matched", "{status}");
+    assert_eq!(pod_of(&backend, &sid).await.1, server);
+    play(&backend, &bodies).await;
+    assert_eq!(ended(&backend, &roster[0], Duration::from_secs(20)).await, "completed");
+    backend.stop().await;
+}
+
 /// An API server that goes silent (its node gone, a load balancer dropping the flow: nothing
 /// closes the connections and nothing answers on them) does not hang a session's start: the
 /// warm Pod's claim and the cold Pod's creates each give up after `KUBE_API_TIMEOUT_SECONDS`,

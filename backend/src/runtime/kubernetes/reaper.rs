@@ -130,7 +130,7 @@ impl Reaper {
                 name,
                 session: Some(sid),
             } => {
-                if self.live(sid).await? {
+                if self.serves_live(sid, name).await?.1 {
                     self.sessions
                         .server_lost(sid, &format!("pod {name} deleted before its server reported"))
                         .await?;
@@ -142,8 +142,18 @@ impl Reaper {
         }
     }
 
-    async fn live(&self, sid: &str) -> crate::store::Result<bool> {
-        Ok(matches!(self.sessions.record(sid).await?, Some(record) if record.state != SessionState::Ended))
+    /// Whether `sid` is live, and whether it is live with the Pod `name` as its server. A
+    /// session's server is the Pod its record names once it is matched; before that, any Pod
+    /// with its label. Another Pod with the label is not its server: a warm Pod whose claim
+    /// was applied though the replica could not learn so, while the session started cold.
+    /// That Pod going away must not fail the session playing elsewhere.
+    async fn serves_live(&self, sid: &str, name: &str) -> crate::store::Result<(bool, bool)> {
+        Ok(match self.sessions.record(sid).await? {
+            Some(record) if record.state != SessionState::Ended => {
+                (true, record.server.as_deref().is_none_or(|server| server == name))
+            }
+            _ => (false, false),
+        })
     }
 
     async fn pod_changed(&self, pod: &Pod, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
@@ -164,9 +174,10 @@ impl Reaper {
         if terminating && finished.is_none() {
             return Ok(());
         }
-        let session_over = !self.live(&sid).await?;
+        let (live, serves) = self.serves_live(&sid, &name).await?;
+        let session_over = !live;
         if let Some(why) = &finished
-            && !session_over
+            && serves
         {
             self.sessions
                 .server_lost(&sid, &format!("pod {name} finished without a report: {why}"))
@@ -214,13 +225,20 @@ impl Reaper {
     /// After a (re)list: a matched session whose Pod is not there lost its server while the
     /// watch was down (or before this replica started).
     async fn resync(&self) -> crate::store::Result<()> {
-        let with_pod: HashSet<String> = self.watch.pods().iter().filter_map(|pod| session_of(pod)).collect();
+        let pods = self.watch.pods();
+        let names: HashSet<&str> = pods.iter().filter_map(|pod| pod.metadata.name.as_deref()).collect();
+        let with_pod: HashSet<String> = pods.iter().filter_map(|pod| session_of(pod)).collect();
         let old_enough = now_ms() - millis(self.min_age);
         for live in self.sessions.live().await? {
             let record = &live.record;
+            // The Pod its record names, when it names one (see `serves_live`).
+            let has_pod = match &record.server {
+                Some(server) => names.contains(server.as_str()),
+                None => with_pod.contains(&live.session_id),
+            };
             if record.state == SessionState::Matched
                 && record.ready_ms.is_some_and(|ready| ready < old_enough)
-                && !with_pod.contains(&live.session_id)
+                && !has_pod
             {
                 self.sessions
                     .server_lost(&live.session_id, "its pod is gone (found on a relist)")
