@@ -513,10 +513,11 @@ async fn a_claim_applied_but_answered_with_an_error_still_hands_its_pod_the_sess
 
 /// A Pod that carries a session's label without being its server (a warm Pod whose claim the
 /// API server applied while the replica could not read back that it had, so the session
-/// started cold on a Pod of its own) may fail and be reaped without failing the session: the
-/// session's server is the Pod its record names.
+/// started cold on a Pod of its own): it may fail without failing the session, since the
+/// session's server is the Pod its record names; and once the session ends it goes too,
+/// though nothing else stops it and it would not change by itself before its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stray_pod_with_a_sessions_label_does_not_fail_the_session_playing_elsewhere() {
+async fn a_stray_pod_with_a_sessions_label_neither_fails_the_session_nor_outlives_it() {
     let sim = sim(0).await;
     let db = common::fresh_database().await;
     let backend = replica(&sim, &common::unique_prefix(), &db, "stray", |s| s).await;
@@ -524,27 +525,50 @@ async fn a_stray_pod_with_a_sessions_label_does_not_fail_the_session_playing_els
     let bodies = matched(&backend, &roster).await;
     let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
     let (_, server) = pod_of(&backend, &sid).await;
-    // Its container has no session settings: the game server exits 2 and the Pod fails.
-    let stray: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "mp-gs-stray", "labels": {"app.kubernetes.io/name": "matchplane-game-server",
-            "matchplane.io/session": sid, "matchplane.io/warm": "true"}},
-        "spec": {"restartPolicy": "Never", "containers": [{"name": "game-server", "image": "game-server:test"}]}
-    }))
-    .unwrap();
-    assert!(sim.cluster.create(NS, stray).is_some());
+    // A game server that runs (waiting for players of a session of its own) under the label.
+    let stray = |name: &str| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "matchplane-game-server",
+                "matchplane.io/session": sid, "matchplane.io/warm": "true"}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "game-server", "image": "game-server:test",
+                "env": [{"name": "GAME_BIND", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "SESSION_ID", "value": "00000000-0000-4000-8000-00000000beef"},
+                        {"name": "PLAYERS", "value": "x,y"},
+                        {"name": "TICKET_SECRET", "value": common::SECRET}]}]}
+        }))
+        .unwrap()
+    };
+    let record = |name: &str| sim.cluster.records().into_iter().find(|r| r.name == name);
+    // One fails mid-match, and is reaped.
+    assert!(sim.cluster.create(NS, stray("mp-gs-stray-1")).is_some());
     eventually(Duration::from_secs(20), || async {
+        record("mp-gs-stray-1").and_then(|r| r.ready_ms).map(|_| ())
+    })
+    .await;
+    assert!(
         sim.cluster
-            .records()
-            .iter()
-            .any(|r| r.name == "mp-gs-stray" && r.finished_ms.is_some() && r.deleted_ms.is_some())
-            .then_some(())
+            .tell_kubelet(&(NS.to_owned(), "mp-gs-stray-1".to_owned()), Command::Kill)
+    );
+    eventually(Duration::from_secs(20), || async {
+        record("mp-gs-stray-1").and_then(|r| r.deleted_ms).map(|_| ())
     })
     .await;
     let status = backend.http.status(&roster[0], 0.0).await;
     assert_eq!(status["status"], "matched", "{status}");
     assert_eq!(pod_of(&backend, &sid).await.1, server);
+    // Another runs on; the session plays to its end, and the stray goes within a resync.
+    assert!(sim.cluster.create(NS, stray("mp-gs-stray-2")).is_some());
+    eventually(Duration::from_secs(20), || async {
+        record("mp-gs-stray-2").and_then(|r| r.ready_ms).map(|_| ())
+    })
+    .await;
     play(&backend, &bodies).await;
     assert_eq!(ended(&backend, &roster[0], Duration::from_secs(20)).await, "completed");
+    // Without the sweep it would stay until its own server gave up waiting (60 s).
+    eventually(Duration::from_secs(20), || async {
+        record("mp-gs-stray-2").and_then(|r| r.deleted_ms).map(|_| ())
+    })
+    .await;
     backend.stop().await;
 }
 

@@ -138,7 +138,7 @@ impl Reaper {
                 Ok(())
             }
             Change::Deleted { session: None, .. } => Ok(()),
-            Change::Resynced => self.resync().await,
+            Change::Resynced => self.resync(deleting).await,
         }
     }
 
@@ -223,13 +223,34 @@ impl Reaper {
     }
 
     /// After a (re)list: a matched session whose Pod is not there lost its server while the
-    /// watch was down (or before this replica started).
-    async fn resync(&self) -> crate::store::Result<()> {
+    /// watch was down (or before this replica started). And a Pod whose session is known to
+    /// have ended goes as a change to it would make it go: one that is not the session's server
+    /// (a stray warm Pod with its label) is stopped by nobody else, and changes by itself only
+    /// at its deadline. A Pod whose session Redis does not know is left to its own end.
+    async fn resync(&self, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
+        // The Pods before the sessions: a Pod's session was written before the Pod was made,
+        // so a Pod seen here whose session is not in the later list has really ended.
         let pods = self.watch.pods();
         let names: HashSet<&str> = pods.iter().filter_map(|pod| pod.metadata.name.as_deref()).collect();
         let with_pod: HashSet<String> = pods.iter().filter_map(|pod| session_of(pod)).collect();
         let old_enough = now_ms() - millis(self.min_age);
-        for live in self.sessions.live().await? {
+        let live = self.sessions.live().await?;
+        let live_ids: HashSet<&str> = live.iter().map(|s| s.session_id.as_str()).collect();
+        for pod in &pods {
+            let (Some(name), Some(sid)) = (pod.metadata.name.as_deref(), session_of(pod)) else {
+                continue;
+            };
+            if live_ids.contains(sid.as_str())
+                || pod.metadata.deletion_timestamp.is_some()
+                || deleting.lock().unwrap().contains(name)
+            {
+                continue;
+            }
+            if matches!(self.sessions.record(&sid).await?, Some(record) if record.state == SessionState::Ended) {
+                self.pod_changed(pod, deleting).await?;
+            }
+        }
+        for live in &live {
             let record = &live.record;
             // The Pod its record names, when it names one (see `serves_live`).
             let has_pod = match &record.server {
