@@ -184,18 +184,29 @@ impl Reaper {
                 .await?;
         }
         let finished = finished.is_some();
-        if (finished || session_over) && !terminating && deleting.lock().unwrap().insert(name.clone()) {
-            // Running pods of ended sessions are told to drain now; finished ones are kept
-            // a little for `kubectl logs`.
-            let wait = if finished { self.grace } else { Duration::ZERO };
-            let (pods, deleting) = (self.pods.clone(), deleting.clone());
-            tokio::spawn(async move {
-                sleep(wait).await;
-                delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
-                deleting.lock().unwrap().remove(&name);
-            });
+        if (finished || session_over) && !terminating {
+            self.reap(name, self.keep(finished), deleting);
         }
         Ok(())
+    }
+
+    /// How long a session's Pod is kept before it is deleted: a running one (its session
+    /// over) is told to drain now; a finished one is kept a little for `kubectl logs`.
+    fn keep(&self, finished: bool) -> Duration {
+        if finished { self.grace } else { Duration::ZERO }
+    }
+
+    /// Deletes a Pod after `wait`, once: not again while that delete is under way.
+    fn reap(&self, name: String, wait: Duration, deleting: &Arc<Mutex<HashSet<String>>>) {
+        if !deleting.lock().unwrap().insert(name.clone()) {
+            return;
+        }
+        let (pods, deleting) = (self.pods.clone(), deleting.clone());
+        tokio::spawn(async move {
+            sleep(wait).await;
+            delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
+            deleting.lock().unwrap().remove(&name);
+        });
     }
 
     /// A Pod without a session: a finished warm Pod is kept for `grace` (for `kubectl logs`)
@@ -212,19 +223,12 @@ impl Reaper {
             (true, false) if self.warm_pool => return,
             _ => Duration::ZERO,
         };
-        if deleting.lock().unwrap().insert(name.clone()) {
-            let (pods, deleting) = (self.pods.clone(), deleting.clone());
-            tokio::spawn(async move {
-                sleep(wait).await;
-                delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
-                deleting.lock().unwrap().remove(&name);
-            });
-        }
+        self.reap(name, wait, deleting);
     }
 
     /// After a (re)list: a matched session whose Pod is not there lost its server while the
     /// watch was down (or before this replica started). And a Pod whose session is known to
-    /// have ended goes as a change to it would make it go: one that is not the session's server
+    /// have ended is reaped as a change to it would have it: one that is not the session's server
     /// (a stray warm Pod with its label) is stopped by nobody else, and changes by itself only
     /// at its deadline. A Pod whose session Redis does not know is left to its own end.
     async fn resync(&self, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
@@ -247,7 +251,8 @@ impl Reaper {
                 continue;
             }
             if matches!(self.sessions.record(&sid).await?, Some(record) if record.state == SessionState::Ended) {
-                self.pod_changed(pod, deleting).await?;
+                let finished = matches!(pod_state(pod), PodState::Finished(_));
+                self.reap(name.to_owned(), self.keep(finished), deleting);
             }
         }
         for live in &live {
