@@ -7,7 +7,7 @@
 //! read are claimed by the others after a while. The upserts commute, so events applied out of
 //! order or twice converge on the same rows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, btree_map};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -380,9 +380,7 @@ impl History {
     async fn apply_batch(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
         self.answered(async |conn: &mut PgConnection| {
             let mut tx = conn.begin_with(self.bounds.begin()).await?;
-            for entry in entries {
-                apply_event(&mut tx, entry).await?;
-            }
+            apply_events(&mut tx, entries).await?;
             tx.commit().await
         })
         .await
@@ -392,7 +390,7 @@ impl History {
     /// failover lost the latest writes), every replica alike, until `stop`. A row is ended
     /// `lost` once its session has been unknown to Redis for `grace`: its end event, if it
     /// was ever written, is gone with the rest. Should that event turn up after all, it
-    /// replaces `lost` (see [`apply_event`]).
+    /// replaces `lost` (see [`apply_events`]).
     pub(crate) async fn run_reconciler(self, grace: Duration, stop: CancellationToken) {
         let every = (grace / 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
         let mut missing: HashMap<Uuid, Instant> = HashMap::new();
@@ -755,38 +753,218 @@ fn decode(entry: &StreamId) -> Option<Entry> {
     decoded
 }
 
-async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Result<(), sqlx::Error> {
-    let e = &entry.event;
-    let at = from_ms(e.at_ms);
-    // A report after the end only adds attendance: its status ranks lowest and decides nothing.
-    let none = Placement::default();
-    let (status, instance, server, ready_at, ended_at, end_reason, report, placement) = match &e.change {
-        Change::Formed { instance, placement } => {
-            ("allocating", Some(instance), None, None, None, None, None, placement)
+/// What a batch's events do to one session's `matches` row: the events merged by the rules the
+/// upsert applies to the stored row, so that merging first and upserting once leaves the row
+/// as upserting each event in turn would. One statement then writes a whole batch (a session
+/// appears in it at most once, as `ON CONFLICT DO UPDATE` requires).
+#[derive(Debug, Clone, PartialEq)]
+struct RowChange {
+    status: &'static str,
+    players: Vec<String>,
+    instance: Option<String>,
+    server: Option<String>,
+    created_at: OffsetDateTime,
+    ready_at: Option<OffsetDateTime>,
+    started_at: Option<OffsetDateTime>,
+    ended_at: Option<OffsetDateTime>,
+    end_reason: Option<String>,
+    requested_seconds: Option<i32>,
+    placement: Placement,
+}
+
+/// How far along a status is: a row's status only moves forward (`mp_status_rank`).
+fn status_rank(status: &str) -> u8 {
+    match status {
+        "ended" => 3,
+        "matched" => 2,
+        _ => 1,
+    }
+}
+
+impl RowChange {
+    /// The row `event` writes on its own; `None` for a change that is not a session's.
+    fn of(event: &SessionEvent) -> Option<RowChange> {
+        let at = from_ms(event.at_ms);
+        let mut row = RowChange {
+            status: "allocating",
+            players: event.players.clone(),
+            instance: None,
+            server: None,
+            created_at: at,
+            ready_at: None,
+            started_at: None,
+            ended_at: None,
+            end_reason: None,
+            requested_seconds: None,
+            placement: Placement::default(),
+        };
+        // A report after the end only adds attendance: its status ranks lowest and decides nothing.
+        let report = match &event.change {
+            Change::Formed { instance, placement } => {
+                row.instance = Some(instance.clone());
+                row.placement = placement.clone();
+                None
+            }
+            Change::Ready { server, .. } => {
+                row.status = "matched";
+                row.server = Some(server.clone());
+                row.ready_at = Some(at);
+                None
+            }
+            Change::Ended { reason, report, .. } => {
+                row.status = "ended";
+                row.ended_at = Some(at);
+                row.end_reason = Some(reason.as_str().to_owned());
+                report.as_ref()
+            }
+            Change::Reported { report } => Some(report),
+            // Published for long polls only; never in the outbox.
+            Change::TimedOut { .. } => return None,
+        };
+        if let Some(report) = report {
+            row.started_at = report.started_at;
+            row.requested_seconds = report.requested_seconds.and_then(|s| i32::try_from(s).ok());
         }
-        Change::Ready { server, .. } => ("matched", None, Some(server), Some(at), None, None, None, &none),
-        Change::Ended { reason, report, .. } => (
-            "ended",
-            None,
-            None,
-            None,
-            Some(at),
-            Some(reason.as_str()),
-            report.as_ref(),
-            &none,
-        ),
-        Change::Reported { report } => ("allocating", None, None, None, None, None, Some(report), &none),
-        // Published for long polls only; never in the outbox.
-        Change::TimedOut { .. } => return Ok(()),
-    };
-    let requested = report
-        .and_then(|r| r.requested_seconds)
-        .and_then(|s| i32::try_from(s).ok());
+        Some(row)
+    }
+
+    /// `later` applied to this row as the upsert applies an event to a stored row: the status
+    /// only moves forward, a first value stays (a server's name and an end that replaces `lost`
+    /// excepted), the earliest time is the creation.
+    fn then(&mut self, later: RowChange) {
+        if status_rank(later.status) > status_rank(self.status) {
+            self.status = later.status;
+        }
+        self.instance = self.instance.take().or(later.instance);
+        self.server = later.server.or(self.server.take());
+        self.created_at = self.created_at.min(later.created_at);
+        self.ready_at = self.ready_at.or(later.ready_at);
+        self.started_at = self.started_at.or(later.started_at);
+        if self.end_reason.as_deref() == Some("lost") && later.end_reason.is_some() {
+            self.ended_at = later.ended_at;
+            self.end_reason = later.end_reason;
+        } else {
+            self.ended_at = self.ended_at.or(later.ended_at);
+            self.end_reason = self.end_reason.take().or(later.end_reason);
+        }
+        self.requested_seconds = self.requested_seconds.or(later.requested_seconds);
+        let (p, l) = (&mut self.placement, later.placement);
+        p.queue = p.queue.take().or(l.queue);
+        if p.teams.is_empty() {
+            p.teams = l.teams;
+        }
+        p.region = p.region.take().or(l.region);
+        p.skill_spread = p.skill_spread.or(l.skill_spread);
+        p.team_skill_gap = p.team_skill_gap.or(l.team_skill_gap);
+        p.max_latency_ms = p.max_latency_ms.or(l.max_latency_ms);
+        p.max_wait_ms = p.max_wait_ms.or(l.max_wait_ms);
+    }
+}
+
+/// A player's times in one session, as a batch leaves them (`joined_at`, `left_at`).
+type Attendance = (Option<OffsetDateTime>, Option<OffsetDateTime>);
+
+/// What `entries` (in outbox order) do to the rows: each session's row and each of its
+/// players' rows once, in key order (so that concurrent writers lock rows in one order).
+fn merge(entries: &[Entry]) -> (BTreeMap<Uuid, RowChange>, BTreeMap<(Uuid, String), Attendance>) {
+    let mut rows: BTreeMap<Uuid, RowChange> = BTreeMap::new();
+    let mut players: BTreeMap<(Uuid, String), Attendance> = BTreeMap::new();
+    for entry in entries {
+        let e = &entry.event;
+        let Some(row) = RowChange::of(e) else { continue };
+        match rows.entry(entry.session_id) {
+            btree_map::Entry::Occupied(mut stored) => stored.get_mut().then(row),
+            btree_map::Entry::Vacant(new) => {
+                new.insert(row);
+            }
+        }
+        let report = match &e.change {
+            Change::Ended { report, .. } => report.as_ref(),
+            Change::Reported { report } => Some(report),
+            _ => None,
+        };
+        let times: Vec<(&String, Attendance)> = match report {
+            Some(r) => r
+                .players
+                .iter()
+                .map(|p| (&p.player_id, (p.joined_at, p.left_at)))
+                .collect(),
+            None => e.players.iter().map(|p| (p, (None, None))).collect(),
+        };
+        for (player, (joined, left)) in times {
+            // Joined: the first time stays; left: the latest report's.
+            players
+                .entry((entry.session_id, player.clone()))
+                .and_modify(|(j, l)| {
+                    *j = j.or(joined);
+                    *l = left.or(*l);
+                })
+                .or_insert((joined, left));
+        }
+    }
+    (rows, players)
+}
+
+/// Writes what `entries` change, in two statements (the sessions' rows, then their players').
+/// The upserts commute with what is stored, so a batch applied twice, or out of order with
+/// another, converges on the same rows.
+async fn apply_events(tx: &mut Transaction<'_, Postgres>, entries: &[Entry]) -> Result<(), sqlx::Error> {
+    let (rows, players) = merge(entries);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let n = rows.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut rosters = Vec::with_capacity(n);
+    let mut instance = Vec::with_capacity(n);
+    let mut server = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut ready = Vec::with_capacity(n);
+    let mut started = Vec::with_capacity(n);
+    let mut ended = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
+    let mut requested = Vec::with_capacity(n);
+    let mut queue = Vec::with_capacity(n);
+    let mut teams = Vec::with_capacity(n);
+    let mut region = Vec::with_capacity(n);
+    let mut spread = Vec::with_capacity(n);
+    let mut gap = Vec::with_capacity(n);
+    let mut latency = Vec::with_capacity(n);
+    let mut wait = Vec::with_capacity(n);
+    for (id, row) in rows {
+        ids.push(id);
+        status.push(row.status);
+        rosters.push(Json(row.players));
+        instance.push(row.instance);
+        server.push(row.server);
+        created.push(row.created_at);
+        ready.push(row.ready_at);
+        started.push(row.started_at);
+        ended.push(row.ended_at);
+        reason.push(row.end_reason);
+        requested.push(row.requested_seconds);
+        let p = row.placement;
+        queue.push(p.queue);
+        teams.push((!p.teams.is_empty()).then_some(Json(p.teams)));
+        region.push(p.region);
+        spread.push(p.skill_spread);
+        gap.push(p.team_skill_gap);
+        latency.push(p.max_latency_ms);
+        wait.push(p.max_wait_ms);
+    }
     sqlx::query(
         "INSERT INTO matches (session_id, status, players, backend_instance, server_name, created_at, ready_at,
                               started_at, ended_at, end_reason, requested_seconds, queue, teams, region,
                               skill_spread, team_skill_gap, max_latency_ms, max_wait_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+         SELECT id, st, ARRAY(SELECT jsonb_array_elements_text(roster)), inst, srv, cr, rd, sa, ea, er, rq, q, tm, rg,
+                ss, tg, ml, mw
+         FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::timestamptz[],
+                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::int4[],
+                     $12::text[], $13::jsonb[], $14::text[], $15::float8[], $16::float8[], $17::float8[],
+                     $18::int8[])
+              AS t(id, st, roster, inst, srv, cr, rd, sa, ea, er, rq, q, tm, rg, ss, tg, ml, mw)
+         ORDER BY id
          ON CONFLICT (session_id) DO UPDATE SET
            status = CASE WHEN mp_status_rank(EXCLUDED.status) > mp_status_rank(matches.status)
                          THEN EXCLUDED.status ELSE matches.status END,
@@ -808,53 +986,54 @@ async fn apply_event(tx: &mut Transaction<'_, Postgres>, entry: &Entry) -> Resul
            max_latency_ms = COALESCE(matches.max_latency_ms, EXCLUDED.max_latency_ms),
            max_wait_ms = COALESCE(matches.max_wait_ms, EXCLUDED.max_wait_ms)",
     )
-    .bind(entry.session_id)
-    .bind(status)
-    .bind(&e.players)
-    .bind(instance)
-    .bind(server)
-    .bind(at)
-    .bind(ready_at)
-    .bind(report.and_then(|r| r.started_at))
-    .bind(ended_at)
-    .bind(end_reason)
-    .bind(requested)
-    .bind(&placement.queue)
-    .bind((!placement.teams.is_empty()).then_some(Json(&placement.teams)))
-    .bind(&placement.region)
-    .bind(placement.skill_spread)
-    .bind(placement.team_skill_gap)
-    .bind(placement.max_latency_ms)
-    .bind(placement.max_wait_ms)
+    .bind(&ids)
+    .bind(&status)
+    .bind(&rosters)
+    .bind(&instance)
+    .bind(&server)
+    .bind(&created)
+    .bind(&ready)
+    .bind(&started)
+    .bind(&ended)
+    .bind(&reason)
+    .bind(&requested)
+    .bind(&queue)
+    .bind(&teams)
+    .bind(&region)
+    .bind(&spread)
+    .bind(&gap)
+    .bind(&latency)
+    .bind(&wait)
     .execute(&mut **tx)
     .await?;
 
-    let (players, joined, left): (Vec<String>, Vec<Option<OffsetDateTime>>, Vec<Option<OffsetDateTime>>) = match report
-    {
-        Some(r) => (
-            r.players.iter().map(|p| p.player_id.clone()).collect(),
-            r.players.iter().map(|p| p.joined_at).collect(),
-            r.players.iter().map(|p| p.left_at).collect(),
-        ),
-        None => (
-            e.players.clone(),
-            vec![None; e.players.len()],
-            vec![None; e.players.len()],
-        ),
-    };
+    let n = players.len();
+    let (mut sessions, mut ids, mut joined, mut left) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((session, player), (j, l)) in players {
+        sessions.push(session);
+        ids.push(player);
+        joined.push(j);
+        left.push(l);
+    }
     sqlx::query(
         "INSERT INTO match_players (session_id, player_id, joined_at, left_at)
-         SELECT $1, p, j, l FROM UNNEST($2::text[], $3::timestamptz[], $4::timestamptz[]) AS t(p, j, l)
+         SELECT s, p, j, l FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS t(s, p, j, l)
+         ORDER BY s, p
          ON CONFLICT (session_id, player_id) DO UPDATE SET
            joined_at = COALESCE(match_players.joined_at, EXCLUDED.joined_at),
            left_at = COALESCE(EXCLUDED.left_at, match_players.left_at)
-         -- Only rows this event changes: an update that changes nothing still writes a new row
+         -- Only rows this batch changes: an update that changes nothing still writes a new row
          -- version, and most events (formed, ready, an end without a report) carry no times.
          WHERE (match_players.joined_at IS NULL AND EXCLUDED.joined_at IS NOT NULL)
             OR (EXCLUDED.left_at IS NOT NULL AND EXCLUDED.left_at IS DISTINCT FROM match_players.left_at)",
     )
-    .bind(entry.session_id)
-    .bind(&players)
+    .bind(&sessions)
+    .bind(&ids)
     .bind(&joined)
     .bind(&left)
     .execute(&mut **tx)
@@ -903,7 +1082,7 @@ mod tests {
     async fn apply(pool: &PgPool, sid: Uuid, at_ms: i64, change: Change) {
         let entry = entry(sid, at_ms, change, &["a", "b"]);
         let mut tx = pool.begin().await.unwrap();
-        apply_event(&mut tx, &entry).await.unwrap();
+        apply_events(&mut tx, std::slice::from_ref(&entry)).await.unwrap();
         tx.commit().await.unwrap();
     }
 
@@ -979,6 +1158,202 @@ mod tests {
         assert_eq!(player_rows(&pool).await, reported);
     }
 
+    /// A session's row and its players' rows, without the session's id (to compare sessions).
+    async fn rows_of(pool: &PgPool, sid: Uuid) -> (serde_json::Value, serde_json::Value) {
+        sqlx::query_as(
+            "SELECT (SELECT to_jsonb(m) - 'session_id' FROM matches m WHERE session_id = $1),
+                    (SELECT COALESCE(jsonb_agg(to_jsonb(p) - 'session_id' ORDER BY player_id), '[]')
+                     FROM match_players p WHERE session_id = $1)",
+        )
+        .bind(sid)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+
+    /// A session's events written in one batch, in any order, repeated, beside other
+    /// sessions' events, leave its rows exactly as writing each event on its own does: the
+    /// batch is merged by the rules the upsert applies, one row per session and player.
+    #[tokio::test]
+    async fn a_batch_leaves_the_rows_as_its_events_one_at_a_time_do() {
+        let pool = PgPool::connect(&testkit::fresh_database().await).await.unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        let report = |left_ms: i64| ResultReport {
+            session_id: String::new(),
+            end_reason: EndReason::Completed,
+            requested_seconds: Some(30),
+            started_at: Some(from_ms(2_500)),
+            ended_at: from_ms(left_ms),
+            players: vec![
+                PlayerResult {
+                    player_id: "a".into(),
+                    joined_at: Some(from_ms(2_600)),
+                    left_at: Some(from_ms(left_ms)),
+                },
+                PlayerResult {
+                    player_id: "b".into(),
+                    joined_at: None,
+                    left_at: None,
+                },
+            ],
+        };
+        let placement = Placement {
+            queue: Some("ranked".into()),
+            teams: vec![vec!["a".into()], vec!["b".into()]],
+            region: Some("eu".into()),
+            skill_spread: Some(12.5),
+            team_skill_gap: Some(3.0),
+            max_latency_ms: Some(40.0),
+            max_wait_ms: Some(900),
+        };
+        let events = [
+            (
+                1_000,
+                Change::Formed {
+                    instance: "r1".into(),
+                    placement,
+                },
+            ),
+            (
+                2_000,
+                Change::Ready {
+                    server: "s1".into(),
+                    addr: "127.0.0.1:1".into(),
+                },
+            ),
+            (
+                2_100,
+                Change::Ready {
+                    server: "s2".into(),
+                    addr: "127.0.0.1:2".into(),
+                },
+            ),
+            (
+                9_000,
+                Change::Ended {
+                    reason: EndReason::Completed,
+                    requeued: false,
+                    report: Some(report(8_000)),
+                },
+            ),
+            (9_500, Change::Reported { report: report(8_500) }),
+            (9_600, Change::TimedOut { queue: "ranked".into() }),
+        ];
+        // Orders of the events by index, repeats included.
+        let orders: [&[usize]; 6] = [
+            &[0, 1, 2, 3, 4, 5],
+            &[5, 4, 3, 2, 1, 0],
+            &[3, 0, 4, 2, 1],
+            &[1, 1, 3, 0, 3, 2, 4],
+            &[4, 3],
+            &[2, 0, 1, 4, 3, 0, 2],
+        ];
+        // Half the sessions start as an end the reconciler wrote (`lost`), which an end event
+        // replaces.
+        let lost_first = |sid: Uuid| {
+            let pool = pool.clone();
+            async move {
+                apply(
+                    &pool,
+                    sid,
+                    500,
+                    Change::Formed {
+                        instance: "r0".into(),
+                        placement: Placement::default(),
+                    },
+                )
+                .await;
+                sqlx::query(
+                    "UPDATE matches SET status = 'ended', ended_at = now(), end_reason = 'lost' WHERE session_id = $1",
+                )
+                .bind(sid)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        };
+        let mut pairs = Vec::new();
+        let mut per_session = Vec::new();
+        for (n, order) in orders.iter().enumerate() {
+            for lost in [false, true] {
+                let (one_by_one, batched) = (Uuid::new_v4(), Uuid::new_v4());
+                if lost {
+                    lost_first(one_by_one).await;
+                    lost_first(batched).await;
+                }
+                let mut own = std::collections::VecDeque::new();
+                for &i in *order {
+                    let (at, change) = &events[i];
+                    apply(&pool, one_by_one, *at, change.clone()).await;
+                    own.push_back(entry(batched, *at, change.clone(), &["a", "b"]));
+                }
+                per_session.push(own);
+                pairs.push((n, lost, one_by_one, batched));
+            }
+        }
+        // Every session's events in one batch, each in its order, interleaved with the others'.
+        let mut batch = Vec::new();
+        while per_session.iter().any(|own| !own.is_empty()) {
+            batch.extend(per_session.iter_mut().filter_map(|own| own.pop_front()));
+        }
+        let mut tx = pool.begin().await.unwrap();
+        apply_events(&mut tx, &batch).await.unwrap();
+        tx.commit().await.unwrap();
+
+        for &(n, lost, one_by_one, batched) in &pairs {
+            let expected = rows_of(&pool, one_by_one).await;
+            assert_eq!(rows_of(&pool, batched).await, expected, "order {n}, lost first {lost}");
+        }
+        // What the rows say for the order with every event once, after a `lost` end.
+        let (_, _, _, batched) = pairs[1];
+        let row: (
+            String,
+            String,
+            String,
+            String,
+            String,
+            i32,
+            String,
+            OffsetDateTime,
+            OffsetDateTime,
+        ) = sqlx::query_as(
+            "SELECT status, server_name, backend_instance, end_reason, queue, requested_seconds,
+                        array_to_string(players, ','), created_at, ended_at
+                 FROM matches WHERE session_id = $1",
+        )
+        .bind(batched)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            row,
+            (
+                "ended".into(),
+                "s2".into(),
+                "r0".into(),
+                "completed".into(),
+                "ranked".into(),
+                30,
+                "a,b".into(),
+                from_ms(500),
+                from_ms(9_000)
+            )
+        );
+        let players: Vec<(String, Option<OffsetDateTime>, Option<OffsetDateTime>)> =
+            sqlx::query_as("SELECT player_id, joined_at, left_at FROM match_players WHERE session_id = $1 ORDER BY 1")
+                .bind(batched)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            players,
+            vec![
+                ("a".into(), Some(from_ms(2_600)), Some(from_ms(8_500))),
+                ("b".into(), None, None)
+            ]
+        );
+    }
+
     /// A replica that stops answering in the middle of a transaction (its connection left open,
     /// idle in the transaction, holding its session's row, as when its node drops off the
     /// network) does not stop another replica's writes: the other's statement gives up on the
@@ -1007,7 +1382,7 @@ mod tests {
         // time measured from here once PostgreSQL ends it.
         let started = std::time::Instant::now();
         let mut held = stuck.pool.begin_with(stuck.bounds.begin()).await.unwrap();
-        apply_event(&mut held, &entry(sid, 1_000, formed, &["a", "b"]))
+        apply_events(&mut held, &[entry(sid, 1_000, formed, &["a", "b"])])
             .await
             .unwrap();
 
