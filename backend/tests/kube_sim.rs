@@ -511,64 +511,109 @@ async fn a_claim_applied_but_answered_with_an_error_still_hands_its_pod_the_sess
     backend.stop().await;
 }
 
-/// A Pod that carries a session's label without being its server (a warm Pod whose claim the
-/// API server applied while the replica could not read back that it had, so the session
-/// started cold on a Pod of its own): it may fail without failing the session, since the
-/// session's server is the Pod its record names; and once the session ends it goes too,
-/// though nothing else stops it and it would not change by itself before its deadline.
+/// A game-server Pod labelled for `sid` that is not its server: a warm Pod whose claim the API
+/// server applied while the replica could not read back that it had, so the session started
+/// cold on a Pod of its own. Its server waits for players of a session of its own.
+fn stray(name: &str, sid: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "matchplane-game-server",
+            "matchplane.io/session": sid, "matchplane.io/warm": "true"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "game-server", "image": "game-server:test",
+            "env": [{"name": "GAME_BIND", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                    {"name": "SESSION_ID", "value": "00000000-0000-4000-8000-00000000beef"},
+                    {"name": "PLAYERS", "value": "x,y"},
+                    {"name": "TICKET_SECRET", "value": common::SECRET}]}]}
+    }))
+    .unwrap()
+}
+
+/// When `sim` recorded the Pod `name` deleted.
+async fn deleted(sim: &Sim, name: &str, within: Duration) -> i64 {
+    eventually(within, || async {
+        sim.cluster
+            .records()
+            .into_iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.deleted_ms)
+    })
+    .await
+}
+
+/// A Pod that carries a matched session's label without being the Pod its record names is
+/// deleted (its server would wait for a hand-over that never comes, until its deadline), and
+/// its going does not fail the session playing on its own Pod. One labelled while the session
+/// was still allocating does not change again: a resync finds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stray_pod_with_a_sessions_label_neither_fails_the_session_nor_outlives_it() {
-    let sim = sim(0).await;
+async fn a_stray_pod_of_a_matched_session_is_deleted_and_the_session_plays_on() {
+    let sim = sim(3_000).await;
     let db = common::fresh_database().await;
     let backend = replica(&sim, &common::unique_prefix(), &db, "stray", |s| s).await;
     let roster = players("stray", 2);
+    for p in &roster {
+        assert_eq!(backend.http.join(p).await.0, 200);
+    }
+    let sid = eventually(Duration::from_secs(20), || async {
+        let body = backend.http.status(&roster[0], 0.0).await;
+        (body["status"] == "allocating").then(|| body["session_id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    // Labelled while the session's own Pod starts; it would start (and change) a minute later.
+    let mut behaviour = sim.cluster.behaviour();
+    behaviour.start_delay_ms = 60_000;
+    sim.cluster.set_behaviour(behaviour);
+    assert!(sim.cluster.create(NS, stray("mp-gs-stray-1", &sid)).is_some());
     let bodies = matched(&backend, &roster).await;
-    let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
+    let matched_ms = kube_sim::cluster::now_ms();
     let (_, server) = pod_of(&backend, &sid).await;
-    // A game server that runs (waiting for players of a session of its own) under the label.
-    let stray = |name: &str| -> k8s_openapi::api::core::v1::Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "matchplane-game-server",
-                "matchplane.io/session": sid, "matchplane.io/warm": "true"}},
-            "spec": {"restartPolicy": "Never", "containers": [{"name": "game-server", "image": "game-server:test",
-                "env": [{"name": "GAME_BIND", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-                        {"name": "SESSION_ID", "value": "00000000-0000-4000-8000-00000000beef"},
-                        {"name": "PLAYERS", "value": "x,y"},
-                        {"name": "TICKET_SECRET", "value": common::SECRET}]}]}
-        }))
-        .unwrap()
-    };
-    let record = |name: &str| sim.cluster.records().into_iter().find(|r| r.name == name);
-    // One fails mid-match, and is reaped.
-    assert!(sim.cluster.create(NS, stray("mp-gs-stray-1")).is_some());
-    eventually(Duration::from_secs(20), || async {
-        record("mp-gs-stray-1").and_then(|r| r.ready_ms).map(|_| ())
-    })
-    .await;
-    assert!(
-        sim.cluster
-            .tell_kubelet(&(NS.to_owned(), "mp-gs-stray-1".to_owned()), Command::Kill)
-    );
-    eventually(Duration::from_secs(20), || async {
-        record("mp-gs-stray-1").and_then(|r| r.deleted_ms).map(|_| ())
-    })
-    .await;
+    assert_ne!(server, "mp-gs-stray-1");
+    let gone = deleted(&sim, "mp-gs-stray-1", Duration::from_secs(20)).await;
+    assert!(gone - matched_ms < 15_000, "within a resync, not at its start");
+    // One labelled once the session is matched goes as soon as it is seen.
+    assert!(sim.cluster.create(NS, stray("mp-gs-stray-2", &sid)).is_some());
+    deleted(&sim, "mp-gs-stray-2", Duration::from_secs(20)).await;
     let status = backend.http.status(&roster[0], 0.0).await;
     assert_eq!(status["status"], "matched", "{status}");
     assert_eq!(pod_of(&backend, &sid).await.1, server);
-    // Another runs on; the session plays to its end, and the stray goes within a resync.
-    assert!(sim.cluster.create(NS, stray("mp-gs-stray-2")).is_some());
-    eventually(Duration::from_secs(20), || async {
-        record("mp-gs-stray-2").and_then(|r| r.ready_ms).map(|_| ())
-    })
-    .await;
     play(&backend, &bodies).await;
     assert_eq!(ended(&backend, &roster[0], Duration::from_secs(20)).await, "completed");
-    // Without the sweep it would stay until its own server gave up waiting (60 s).
-    eventually(Duration::from_secs(20), || async {
-        record("mp-gs-stray-2").and_then(|r| r.deleted_ms).map(|_| ())
+    backend.stop().await;
+}
+
+/// A stray Pod labelled for a session that is still allocating is left alone (it may yet be
+/// the session's server); once the session has ended without it, it goes within a resync,
+/// though nothing changes it: without the sweep it would stay until its own start, here a
+/// minute away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_pod_of_a_session_that_ended_while_allocating_goes_within_a_resync() {
+    // Pods start after a minute: every session's start fails at the ready timeout.
+    let sim = sim(60_000).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "stray-alloc", |s| {
+        s.server_ready_timeout_seconds(4.0)
     })
     .await;
+    let roster = players("stray-alloc", 2);
+    for p in &roster {
+        assert_eq!(backend.http.join(p).await.0, 200);
+    }
+    let sid = eventually(Duration::from_secs(20), || async {
+        let body = backend.http.status(&roster[0], 0.0).await;
+        (body["status"] == "allocating").then(|| body["session_id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert!(sim.cluster.create(NS, stray("mp-gs-stray-alloc", &sid)).is_some());
+    let ended_at = eventually(Duration::from_secs(30), || async {
+        let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+        (session["status"] == "ended").then(std::time::Instant::now)
+    })
+    .await;
+    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+    assert_eq!(session["end_reason"], "failed", "{session}");
+    deleted(&sim, "mp-gs-stray-alloc", Duration::from_secs(20)).await;
+    assert!(
+        ended_at.elapsed() < Duration::from_secs(20),
+        "within a resync, not at its start"
+    );
     backend.stop().await;
 }
 

@@ -1,7 +1,7 @@
 //! Pods that outlive the replica that created them: the reaper, which every replica runs off
 //! its Pod watch, and reconcile at start.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,8 +68,9 @@ const RESYNC_EVERY: Duration = Duration::from_secs(5);
 /// Acts on every change the Pod watch sees: a Pod that finished, or vanished, while its
 /// session is live is reported to the sessions service (which ends the session; a no-op after
 /// a report or another end); finished Pods are deleted after `grace`, running Pods whose
-/// session is over or unknown at once. After each (re)list and every few seconds, matched
-/// sessions with no Pod left are reported too. Idempotent, so every replica runs it.
+/// session is over or unknown, or plays on another Pod, at once. After each (re)list and every
+/// few seconds, matched sessions with no Pod left are reported too, and Pods that are not
+/// their session's server are found. Idempotent, so every replica runs it.
 pub(crate) struct Reaper {
     pub pods: Api<Pod>,
     pub watch: PodWatch,
@@ -174,8 +175,7 @@ impl Reaper {
         if terminating && finished.is_none() {
             return Ok(());
         }
-        let (live, serves) = self.serves_live(&sid, &name).await?;
-        let session_over = !live;
+        let (_, serves) = self.serves_live(&sid, &name).await?;
         if let Some(why) = &finished
             && serves
         {
@@ -183,8 +183,11 @@ impl Reaper {
                 .server_lost(&sid, &format!("pod {name} finished without a report: {why}"))
                 .await?;
         }
+        // Not its session's server: the session is over (or unknown), or it plays on the
+        // Pod its record names, and this one (a stray) would wait for a hand-over that never
+        // comes.
         let finished = finished.is_some();
-        if (finished || session_over) && !terminating {
+        if (finished || !serves) && !terminating {
             self.reap(name, self.keep(finished), deleting);
         }
         Ok(())
@@ -227,10 +230,11 @@ impl Reaper {
     }
 
     /// After a (re)list: a matched session whose Pod is not there lost its server while the
-    /// watch was down (or before this replica started). And a Pod whose session is known to
-    /// have ended is reaped as a change to it would have it: one that is not the session's server
-    /// (a stray warm Pod with its label) is stopped by nobody else, and changes by itself only
-    /// at its deadline. A Pod whose session Redis does not know is left to its own end.
+    /// watch was down (or before this replica started). And a Pod that is not its session's
+    /// server is reaped as a change to it would have it: its session is known to have ended,
+    /// or plays on the Pod its record names. Such a Pod (a stray warm Pod with the session's
+    /// label) is stopped by nobody else, and changes by itself only at its deadline. A Pod
+    /// whose session Redis does not know is left to its own end.
     async fn resync(&self, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
         // The Pods before the sessions: a Pod's session was written before the Pod was made,
         // so a Pod seen here whose session is not in the later list has really ended.
@@ -239,18 +243,24 @@ impl Reaper {
         let with_pod: HashSet<String> = pods.iter().filter_map(|pod| session_of(pod)).collect();
         let old_enough = now_ms() - millis(self.min_age);
         let live = self.sessions.live().await?;
-        let live_ids: HashSet<&str> = live.iter().map(|s| s.session_id.as_str()).collect();
+        let servers: HashMap<&str, Option<&str>> = live
+            .iter()
+            .map(|s| (s.session_id.as_str(), s.record.server.as_deref()))
+            .collect();
         for pod in &pods {
             let (Some(name), Some(sid)) = (pod.metadata.name.as_deref(), session_of(pod)) else {
                 continue;
             };
-            if live_ids.contains(sid.as_str())
-                || pod.metadata.deletion_timestamp.is_some()
-                || deleting.lock().unwrap().contains(name)
-            {
+            if pod.metadata.deletion_timestamp.is_some() || deleting.lock().unwrap().contains(name) {
                 continue;
             }
-            if matches!(self.sessions.record(&sid).await?, Some(record) if record.state == SessionState::Ended) {
+            let stray = match servers.get(sid.as_str()) {
+                Some(server) => server.is_some_and(|server| server != name),
+                None => {
+                    matches!(self.sessions.record(&sid).await?, Some(record) if record.state == SessionState::Ended)
+                }
+            };
+            if stray {
                 let finished = matches!(pod_state(pod), PodState::Finished(_));
                 self.reap(name.to_owned(), self.keep(finished), deleting);
             }
