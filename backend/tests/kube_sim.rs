@@ -474,6 +474,30 @@ async fn a_warm_pod_that_dies_is_replaced_and_an_empty_pool_falls_back_to_cold()
     backend.stop().await;
 }
 
+/// In a burst a replica's watch still shows warm Pods other replicas have just claimed, and
+/// its claims of those conflict. However long the run of conflicts, the session goes on to the
+/// next Pod until one is its own: it starts cold only when no warm Pod is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_of_lost_claims_still_ends_on_a_warm_pod() {
+    let sim = sim(0).await;
+    let backend = warm_replica(&sim, "lost-claims", 12, |s| s).await;
+    // Eleven claims in a row lose (as to claims this watch has not seen yet).
+    sim.cluster.add_fault(Fault {
+        code: 409,
+        count: 11,
+        verb: Some(kube_sim::Verb::Patch),
+        after: false,
+    });
+    let bodies = matched(&backend, &players("lost-claims", 2)).await;
+    let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
+    assert!(pod_of(&backend, &sid).await.1.starts_with("mp-gs-warm-"));
+    let state = warm_state(&backend).await;
+    assert_eq!(state["handed"], 1, "{state}");
+    assert_eq!(state["cold_starts"], 0, "{state}");
+    play(&backend, &bodies).await;
+    backend.stop().await;
+}
+
 /// A claim the API server applied but whose answer was lost (a 504 after the write reached
 /// storage, a connection cut after the request went out) is not taken for a failed one: the
 /// replica reads the Pod back, finds its session's label on it, and hands the session to it,

@@ -4,7 +4,9 @@
 //! **Claim.** A session takes a Ready, unclaimed warm Pod from the replica's Pod watch and
 //! claims it with a merge patch that adds its session label under the precondition of the
 //! resource version it read: the API server applies at most one of two claims of one Pod,
-//! whichever replicas send them, and the loser (`409 Conflict`) tries another Pod. The same
+//! whichever replicas send them, and the loser (`409 Conflict`) tries another Pod: every
+//! candidate if need be, since in a burst the watch still shows Pods other replicas have just
+//! claimed, and a conflict costs a round trip where a cold start costs the Pod's start. The same
 //! patch lowers the Pod's `activeDeadlineSeconds` to its age plus a session's deadline. The
 //! session is then handed over on the Pod's game port (a signed `ASSIGN`, as with local warm
 //! servers); a Pod that does not take it loses its session label first (so its deletion is not
@@ -46,8 +48,9 @@ const POOL_TICK: Duration = Duration::from_millis(250);
 const LEASE: Duration = Duration::from_secs(3);
 /// Warm Pods being created at once, at most.
 const MAX_WARMING: usize = 32;
-/// Warm Pods a session tries before it starts its Pod cold.
-const MAX_CLAIMS: usize = 8;
+/// Warm Pods a session claims that then fail its hand-over, at most, before it starts its Pod
+/// cold (each failure deletes a Pod; a claim lost to another session counts for nothing).
+const MAX_HAND_OVERS: usize = 8;
 /// A warm Pod this close to its lifetime is replaced rather than handed a session.
 const RETIRE_MARGIN_SECONDS: i64 = 60;
 
@@ -134,9 +137,9 @@ impl WarmPods {
         spec.session_id.hash(&mut hasher);
         let len = candidates.len();
         candidates.rotate_left((hasher.finish() % len as u64) as usize);
-        let mut tried = 0;
+        let mut failed = 0;
         for pod in candidates {
-            if tried == MAX_CLAIMS {
+            if failed == MAX_HAND_OVERS {
                 break;
             }
             let Some(name) = pod.metadata.name.clone() else {
@@ -145,7 +148,6 @@ impl WarmPods {
             if !self.claiming.lock().expect("claiming lock").insert(name.clone()) {
                 continue;
             }
-            tried += 1;
             let patch = claim_patch(&pod, &spec.session_id, session_deadline_seconds);
             let claimed = match pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(claimed) => claimed,
@@ -197,6 +199,7 @@ impl WarmPods {
                 }
                 Err(e) => {
                     tracing::warn!(pod = %name, error = %e, "a warm pod failed its hand-over; deleting it, trying the next");
+                    failed += 1;
                     give_up(pods, &name, backoff).await;
                 }
             }
