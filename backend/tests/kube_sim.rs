@@ -551,6 +551,18 @@ fn stray(name: &str, sid: &str) -> k8s_openapi::api::core::v1::Pod {
     .unwrap()
 }
 
+/// Joins `players` (one session's worth) and waits until their session is allocating; its id.
+async fn allocating(backend: &Backend, players: &[String]) -> String {
+    for p in players {
+        assert_eq!(backend.http.join(p).await.0, 200);
+    }
+    eventually(Duration::from_secs(20), || async {
+        let body = backend.http.status(&players[0], 0.0).await;
+        (body["status"] == "allocating").then(|| body["session_id"].as_str().unwrap().to_owned())
+    })
+    .await
+}
+
 /// When `sim` recorded the Pod `name` deleted.
 async fn deleted(sim: &Sim, name: &str, within: Duration) -> i64 {
     eventually(within, || async {
@@ -573,14 +585,7 @@ async fn a_stray_pod_of_a_matched_session_is_deleted_and_the_session_plays_on() 
     let db = common::fresh_database().await;
     let backend = replica(&sim, &common::unique_prefix(), &db, "stray", |s| s).await;
     let roster = players("stray", 2);
-    for p in &roster {
-        assert_eq!(backend.http.join(p).await.0, 200);
-    }
-    let sid = eventually(Duration::from_secs(20), || async {
-        let body = backend.http.status(&roster[0], 0.0).await;
-        (body["status"] == "allocating").then(|| body["session_id"].as_str().unwrap().to_owned())
-    })
-    .await;
+    let sid = allocating(&backend, &roster).await;
     // Labelled while the session's own Pod starts; it would start (and change) a minute later.
     let mut behaviour = sim.cluster.behaviour();
     behaviour.start_delay_ms = 60_000;
@@ -617,14 +622,7 @@ async fn a_stray_pod_of_a_session_that_ended_while_allocating_goes_within_a_resy
     })
     .await;
     let roster = players("stray-alloc", 2);
-    for p in &roster {
-        assert_eq!(backend.http.join(p).await.0, 200);
-    }
-    let sid = eventually(Duration::from_secs(20), || async {
-        let body = backend.http.status(&roster[0], 0.0).await;
-        (body["status"] == "allocating").then(|| body["session_id"].as_str().unwrap().to_owned())
-    })
-    .await;
+    let sid = allocating(&backend, &roster).await;
     assert!(sim.cluster.create(NS, stray("mp-gs-stray-alloc", &sid)).is_some());
     let ended_at = eventually(Duration::from_secs(30), || async {
         let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
