@@ -586,7 +586,13 @@ async fn a_stray_pod_of_a_matched_session_is_deleted_and_the_session_plays_on() 
     let backend = replica(&sim, &common::unique_prefix(), &db, "stray", |s| s).await;
     let roster = players("stray", 2);
     let sid = allocating(&backend, &roster).await;
-    // Labelled while the session's own Pod starts; it would start (and change) a minute later.
+    // Labelled while the session's own Pod starts (once it is created, so that it still
+    // starts in 3 s); the stray would start (and change) a minute later.
+    let own = format!("mp-gs-{sid}");
+    eventually(Duration::from_secs(20), || async {
+        sim.cluster.records().iter().any(|r| r.name == own).then_some(())
+    })
+    .await;
     let mut behaviour = sim.cluster.behaviour();
     behaviour.start_delay_ms = 60_000;
     sim.cluster.set_behaviour(behaviour);
