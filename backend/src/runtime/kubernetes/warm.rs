@@ -169,7 +169,10 @@ impl WarmPods {
                     read => {
                         self.claiming.lock().expect("claiming lock").remove(&name);
                         match read {
-                            Ok(_) if is_code(&e, 409) => continue,
+                            Ok(_) if is_code(&e, 409) => {
+                                tracing::debug!(pod = %name, "a warm pod's claim was lost to another session's; trying the next");
+                                continue;
+                            }
                             Ok(_) => {
                                 tracing::warn!(pod = %name, error = %e, "claiming a warm pod failed; starting the session's pod cold")
                             }
