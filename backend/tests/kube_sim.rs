@@ -649,7 +649,8 @@ async fn a_stray_pod_of_a_session_that_ended_while_allocating_goes_within_a_resy
 /// closes the connections and nothing answers on them) does not hang a session's start: the
 /// warm Pod's claim and the cold Pod's creates each give up after `KUBE_API_TIMEOUT_SECONDS`,
 /// the start fails at its ready timeout, and the session ends `failed`, its players back at
-/// the head of the queue.
+/// the head of the queue. The Pod watch, silent too, is given up and set up again once the API
+/// server answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_api_server_fails_a_start_instead_of_hanging_it() {
     let mut sim = sim(0).await;
@@ -681,7 +682,22 @@ async fn a_silent_api_server_fails_a_start_instead_of_hanging_it() {
         sim.cluster.records().iter().all(|r| r.session.is_none()),
         "no Pod was claimed or created"
     );
+    // Once the API server answers again, the Pod watch is set up again within a watch call's
+    // timeout and its margin (20 s): a Pod made now is seen, and, labelled for a session
+    // nobody knows, deleted.
     relay.heal();
+    let healed = std::time::Instant::now();
+    assert!(
+        sim.cluster
+            .create(NS, stray("mp-gs-after-heal", "00000000-0000-4000-8000-0000000000a1"))
+            .is_some()
+    );
+    deleted(&sim, "mp-gs-after-heal", Duration::from_secs(60)).await;
+    let seen_after = healed.elapsed();
+    assert!(
+        seen_after < Duration::from_secs(30),
+        "the watch came back after {seen_after:?}"
+    );
     backend.stop().await;
 }
 

@@ -188,7 +188,7 @@ impl Script {
         let (call, reply) = self.take(is_watch).await;
         assert!(call.uri.contains(SELECTOR), "{}", call.uri);
         assert!(call.uri.contains("allowWatchBookmarks=true"), "{}", call.uri);
-        assert!(call.uri.contains("timeoutSeconds=60"), "{}", call.uri);
+        assert!(call.uri.contains("timeoutSeconds=15"), "{}", call.uri);
         assert!(
             call.uri.contains(&format!("resourceVersion={resource_version}")),
             "resumes from {resource_version}: {}",
