@@ -757,7 +757,7 @@ fn decode(entry: &StreamId) -> Option<Entry> {
 /// upsert applies to the stored row, so that merging first and upserting once leaves the row
 /// as upserting each event in turn would. One statement then writes a whole batch (a session
 /// appears in it at most once, as `ON CONFLICT DO UPDATE` requires).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 struct RowChange {
     status: &'static str,
     players: Vec<String>,
@@ -799,29 +799,26 @@ impl RowChange {
             placement: Placement::default(),
         };
         // A report after the end only adds attendance: its status ranks lowest and decides nothing.
-        let report = match &event.change {
+        match &event.change {
             Change::Formed { instance, placement } => {
                 row.instance = Some(instance.clone());
                 row.placement = placement.clone();
-                None
             }
             Change::Ready { server, .. } => {
                 row.status = "matched";
                 row.server = Some(server.clone());
                 row.ready_at = Some(at);
-                None
             }
-            Change::Ended { reason, report, .. } => {
+            Change::Ended { reason, .. } => {
                 row.status = "ended";
                 row.ended_at = Some(at);
                 row.end_reason = Some(reason.as_str().to_owned());
-                report.as_ref()
             }
-            Change::Reported { report } => Some(report),
+            Change::Reported { .. } => {}
             // Published for long polls only; never in the outbox.
             Change::TimedOut { .. } => return None,
-        };
-        if let Some(report) = report {
+        }
+        if let Some(report) = event.change.report() {
             row.started_at = report.started_at;
             row.requested_seconds = report.requested_seconds.and_then(|s| i32::try_from(s).ok());
         }
@@ -878,12 +875,7 @@ fn merge(entries: &[Entry]) -> (BTreeMap<Uuid, RowChange>, BTreeMap<(Uuid, Strin
                 new.insert(row);
             }
         }
-        let report = match &e.change {
-            Change::Ended { report, .. } => report.as_ref(),
-            Change::Reported { report } => Some(report),
-            _ => None,
-        };
-        let times: Vec<(&String, Attendance)> = match report {
+        let times: Vec<(&String, Attendance)> = match e.change.report() {
             Some(r) => r
                 .players
                 .iter()

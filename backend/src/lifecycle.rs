@@ -47,6 +47,15 @@ pub enum Change {
 }
 
 impl Change {
+    /// The game server's result report it carries (an end's, or one arriving after the end).
+    pub fn report(&self) -> Option<&ResultReport> {
+        match self {
+            Change::Ended { report, .. } => report.as_ref(),
+            Change::Reported { report } => Some(report),
+            _ => None,
+        }
+    }
+
     /// The event's `kind`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
