@@ -44,7 +44,7 @@ bench-forming: ## The cost of forming a rule queue with many tickets waiting, in
 bench-time-to-play: ## Time to play, cold vs warm, local and kube-sim, side by side: the table (CLIENTS, MATCH_DURATION, WARM_POOL_MIN, POD_START_DELAY_MS)
 	scripts/bench-time-to-play.sh
 
-bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side in rounds (SECONDS_PER_RUN, ROUNDS, BENCH_JSON)
+bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side in rounds (SECONDS_PER_RUN, ROUNDS, BENCH_JSON, CPU_SPLIT)
 	scripts/bench-proxy.sh
 
 manifests-check: ## deploy/ and the rendered game-server Pod validate against the pinned Kubernetes schemas

@@ -2,6 +2,9 @@
 # `make bench-proxy`: a TCP echo server reached directly, through matchplane's proxy and
 # through HAProxy in TCP mode (as configured by default, and with splice(2) forced on), measured
 # side by side by `loadgen bench-proxy`, in ROUNDS rounds (default 3) of SECONDS_PER_RUN-second windows.
+# CPU_SPLIT=1 runs each forwarder (matchplane's proxy, HAProxy) on a CPU of its own and the
+# clients and echo server on the others, as in a deployment, where a proxy does not share its
+# cores with the load it forwards; by default every process may run on every CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -10,6 +13,24 @@ cd "$(dirname "$0")/.."
 if ! command -v haproxy >/dev/null 2>&1; then
   mp_apt_install haproxy || mp_die "bench-proxy needs haproxy: install it with 'sudo apt-get install -y haproxy' and run this again."
 fi
+# CPU placement: taskset prefixes for the forwarders and for the clients and echo server.
+middle=()
+load=()
+case "${CPU_SPLIT:-0}" in
+  0) placement="shared: every process may run on every CPU" ;;
+  1)
+    command -v taskset >/dev/null 2>&1 ||
+      mp_die "CPU_SPLIT=1 needs taskset: install it with 'sudo apt-get install -y util-linux' and run this again."
+    mapfile -t cpus < <(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)), sep="\n")')
+    [ "${#cpus[@]}" -ge 2 ] || mp_die "CPU_SPLIT=1 needs at least 2 CPUs; this process may use ${#cpus[@]}."
+    own=${cpus[-1]}
+    rest=$(IFS=,; echo "${cpus[*]:0:${#cpus[@]}-1}")
+    middle=(taskset -c "$own")
+    load=(taskset -c "$rest")
+    placement="split (CPU_SPLIT=1): the proxy and HAProxy on CPU $own, the clients and echo server on CPU $rest"
+    ;;
+  *) mp_die "CPU_SPLIT must be 0 or 1, got '${CPU_SPLIT}'." ;;
+esac
 cargo build --release --locked -p proxy -p loadgen
 run_dir=${MP_RUN_DIR:-.run}/bench-proxy-$$
 mp_start_services "$run_dir"
@@ -36,21 +57,22 @@ listen splice
   option splice-response
   server echo 127.0.0.1:$echo_port
 CFG
-haproxy -f "$run_dir/haproxy.cfg" -db >"$run_dir/haproxy.log" 2>&1 &
+"${middle[@]}" haproxy -f "$run_dir/haproxy.cfg" -db >"$run_dir/haproxy.log" 2>&1 &
 haproxy_pid=$!
 RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:9 REDIS_URL=$MP_REDIS_URL \
   TICKET_SECRET=$secret PLAYER_TOKEN_SECRET="$secret-player-tokens-$RANDOM$RANDOM$RANDOM" RATE_LIMIT_PER_SECOND=0 \
-  "${CARGO_TARGET_DIR:-target}/release/proxy" &
+  "${middle[@]}" "${CARGO_TARGET_DIR:-target}/release/proxy" &
 proxy_pid=$!
 trap 'kill $proxy_pid $haproxy_pid 2>/dev/null; wait $proxy_pid $haproxy_pid 2>/dev/null || true; mp_stop_services' EXIT
 sleep 0.5
 kill -0 "$haproxy_pid" 2>/dev/null || mp_die "haproxy did not start; see $run_dir/haproxy.log"
 kill -0 "$proxy_pid" 2>/dev/null || mp_die "the proxy did not start"
 
-# Every path's figures depend on the kernel's TCP congestion control (BBR paces even loopback
-# traffic with a timer per socket), so the run says which one it measured under.
+# Every path's figures depend on where the processes may run and on the kernel's TCP congestion
+# control (BBR paces even loopback traffic with a timer per socket), so the run says both.
+echo "bench-proxy: CPU placement $placement" >&2
 echo "bench-proxy: TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown) (net.ipv4.tcp_congestion_control)" >&2
-"${CARGO_TARGET_DIR:-target}/release/loadgen" bench-proxy --echo-port "$echo_port" \
+"${load[@]}" "${CARGO_TARGET_DIR:-target}/release/loadgen" bench-proxy --echo-port "$echo_port" \
   --proxy-addr "127.0.0.1:$proxy_port" --proxy-pid "$proxy_pid" \
   --haproxy-addr "127.0.0.1:$haproxy_port" --haproxy-splice-addr "127.0.0.1:$haproxy_splice_port" \
   --haproxy-pid "$haproxy_pid" --redis-url "$MP_REDIS_URL" --ticket-secret "$secret" \
