@@ -60,7 +60,7 @@ docs-check: ## README configuration tables agree with every binary's --help; mak
 	cargo build --workspace --bins --locked
 	scripts/check-docs.py
 
-scripts-check: ## The scripts keep their promises: root-only clone dirs, no leftovers after a failed start, ctrl-c says "interrupted"
+scripts-check: ## The scripts keep their promises: root-only clone dirs, no leftovers after a failed start, ctrl-c says "interrupted", bad benchmark settings refused up front
 	cargo build --workspace --bins --release --locked
 	scripts/check-scripts.sh
 

@@ -10,10 +10,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
-if ! command -v haproxy >/dev/null 2>&1; then
-  mp_apt_install haproxy || mp_die "bench-proxy needs haproxy: install it with 'sudo apt-get install -y haproxy' and run this again."
-fi
-# CPU placement: taskset prefixes for the forwarders and for the clients and echo server.
+# CPU placement, checked before anything is installed or started: taskset prefixes for the
+# forwarders and for the clients and echo server.
 middle=()
 load=()
 case "${CPU_SPLIT:-0}" in
@@ -31,6 +29,9 @@ case "${CPU_SPLIT:-0}" in
     ;;
   *) mp_die "CPU_SPLIT must be 0 or 1, got '${CPU_SPLIT}'." ;;
 esac
+if ! command -v haproxy >/dev/null 2>&1; then
+  mp_apt_install haproxy || mp_die "bench-proxy needs haproxy: install it with 'sudo apt-get install -y haproxy' and run this again."
+fi
 cargo build --release --locked -p proxy -p loadgen
 run_dir=${MP_RUN_DIR:-.run}/bench-proxy-$$
 mp_start_services "$run_dir"

@@ -6,6 +6,8 @@
 #  2. A start-up that fails half way (the proxy never becomes healthy) leaves nothing running.
 #  3. ctrl-c during `make demo` stops at once, says "interrupted", exits 130, leaves nothing.
 #  4. scripts/measure-game-server.py finds the binary through CARGO_TARGET_DIR from anywhere.
+#  5. A benchmark given a setting it cannot take stops with one sentence before it installs,
+#     builds or starts anything.
 # Needs the release binaries (CI builds them for the demos first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,3 +75,15 @@ script=$(pwd)/scripts/measure-game-server.py
 (cd "$scratch" && CARGO_TARGET_DIR=$target python3 "$script" "" 3) | grep -q "exec to LISTENING" \
   || fail "measure-game-server.py does not find the binary through CARGO_TARGET_DIR"
 echo "scripts-check: measure-game-server.py follows CARGO_TARGET_DIR"
+
+# 5. Benchmark settings refused up front.
+refused() {
+  local want=$1 out rc=0
+  shift
+  out=$(env "$@" 2>&1) || rc=$?
+  [ "$rc" != 0 ] || fail "$* was accepted"
+  [ "$out" = "$want" ] || fail "$*: expected only '$want', got: $out"
+}
+refused "CPU_SPLIT must be 0 or 1, got '2'." CPU_SPLIT=2 scripts/bench-proxy.sh
+refused "WARM_POOL_MIN must be above 0 for the warm runs, got '0'." WARM_POOL_MIN=0 scripts/bench-time-to-play.sh
+echo "scripts-check: benchmarks refuse a bad setting with one sentence before starting anything"
