@@ -16,7 +16,7 @@ clients=${CLIENTS:-1200}
 duration=${MATCH_DURATION:-10}
 warm=${WARM_POOL_MIN:-100}
 delay=${POD_START_DELAY_MS:-2000}
-[ "$warm" -gt 0 ] || mp_die "WARM_POOL_MIN must be above 0 for the warm runs, got '$warm'."
+[[ "$warm" =~ ^0*[1-9][0-9]*$ ]] || mp_die "WARM_POOL_MIN must be above 0 for the warm runs, got '$warm'."
 out=.run/bench-time-to-play
 rm -rf "$out"
 mkdir -p "$out"

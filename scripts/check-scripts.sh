@@ -86,4 +86,5 @@ refused() {
 }
 refused "CPU_SPLIT must be 0 or 1, got '2'." CPU_SPLIT=2 scripts/bench-proxy.sh
 refused "WARM_POOL_MIN must be above 0 for the warm runs, got '0'." WARM_POOL_MIN=0 scripts/bench-time-to-play.sh
+refused "WARM_POOL_MIN must be above 0 for the warm runs, got 'many'." WARM_POOL_MIN=many scripts/bench-time-to-play.sh
 echo "scripts-check: benchmarks refuse a bad setting with one sentence before starting anything"
