@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Measures the game-server binary: time from exec to its LISTENING line (median of N starts)
-and the idle resident set size of one process. Usage: measure-game-server.py [BINARY] [N]; BINARY empty or left out: the release build under
+and the idle memory of one process: its resident set, and the anonymous part of it (heap and
+stacks), which each server has to itself; the rest is the binary's and libraries' file pages,
+which every game server on a host shares.
+Usage: measure-game-server.py [BINARY] [N]; BINARY empty or left out: the release build under
 CARGO_TARGET_DIR (default: target/ of this clone)."""
 import os, statistics, subprocess, sys, time
 
@@ -11,7 +14,7 @@ if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 env = dict(os.environ, SESSION_ID="measure", PLAYERS=",".join(f"p{i}" for i in range(12)),
            TICKET_SECRET="measure-secret", RUST_LOG="warn")
-starts, rss = [], []
+starts, rss, anon = [], [], []
 for _ in range(runs):
     t0 = time.perf_counter()
     p = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", "0"], env=env,
@@ -20,10 +23,14 @@ for _ in range(runs):
     starts.append((time.perf_counter() - t0) * 1000)
     assert line.startswith(b"LISTENING "), line
     time.sleep(0.2)
-    with open(f"/proc/{p.pid}/status") as f:
-        rss.append(next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")))
+    with open(f"/proc/{p.pid}/smaps_rollup") as f:
+        kib = {l.split(":")[0]: int(l.split()[1]) for l in f if l.split(":")[0] in ("Rss", "Anonymous")}
+    rss.append(kib["Rss"])
+    anon.append(kib["Anonymous"])
     p.terminate()
     p.wait(timeout=15)
 print(f"exec to LISTENING: median {statistics.median(starts):.2f} ms, "
       f"min {min(starts):.2f} ms, max {max(starts):.2f} ms over {runs} starts")
-print(f"idle RSS: median {statistics.median(rss) / 1024:.2f} MiB, max {max(rss) / 1024:.2f} MiB")
+print(f"idle RSS: median {statistics.median(rss) / 1024:.2f} MiB, max {max(rss) / 1024:.2f} MiB; "
+      f"anonymous (each server's own; the rest is shared file pages): median {statistics.median(anon) / 1024:.2f} MiB, "
+      f"max {max(anon) / 1024:.2f} MiB")
