@@ -77,4 +77,5 @@ echo "bench-proxy: TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestio
   --proxy-addr "127.0.0.1:$proxy_port" --proxy-pid "$proxy_pid" \
   --haproxy-addr "127.0.0.1:$haproxy_port" --haproxy-splice-addr "127.0.0.1:$haproxy_splice_port" \
   --haproxy-pid "$haproxy_pid" --redis-url "$MP_REDIS_URL" --ticket-secret "$secret" \
-  --seconds "${SECONDS_PER_RUN:-4}" --rounds "${ROUNDS:-3}" --json "${BENCH_JSON:-$run_dir/bench-proxy.json}"
+  --seconds "${SECONDS_PER_RUN:-4}" --rounds "${ROUNDS:-3}" ${BENCH_JSON:+--json "$BENCH_JSON"} \
+  --placement "$placement"

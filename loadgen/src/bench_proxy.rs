@@ -62,9 +62,42 @@ pub struct BenchProxyArgs {
     /// Rounds: each measures every path once, in an order rotated round by round.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub rounds: u32,
-    /// Write the result as JSON here.
+    /// Write the result as JSON here (see [`Report`]).
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Where the processes were allowed to run, as the caller placed them (for example
+    /// "shared" or "the proxy on CPU 1"), recorded in the JSON beside the figures.
+    #[arg(long)]
+    pub placement: Option<String>,
+}
+
+/// What `--json` writes: the figures with the conditions they were measured under, since the
+/// same paths read differently under another CPU placement or congestion control.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report<'a> {
+    /// `--placement` as given, or null.
+    pub placement: Option<&'a str>,
+    /// `net.ipv4.tcp_congestion_control` during the run, or null where it cannot be read.
+    pub tcp_congestion_control: Option<String>,
+    pub seconds_per_window: f64,
+    pub rounds: u32,
+    pub paths: &'a [PathResult],
+}
+
+impl<'a> Report<'a> {
+    pub fn new(args: &'a BenchProxyArgs, paths: &'a [PathResult]) -> Report<'a> {
+        let congestion = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        Report {
+            placement: args.placement.as_deref(),
+            tcp_congestion_control: congestion,
+            seconds_per_window: args.seconds,
+            rounds: args.rounds,
+            paths,
+        }
+    }
 }
 
 /// One path's figures.

@@ -80,12 +80,13 @@ fn main() -> ExitCode {
             Command::Swarm(args) => swarm(args).await,
             Command::Token(args) => token(&args),
             Command::BenchProxy(args) => {
-                let json = args.json.clone();
+                let kept = args.clone();
                 match loadgen::bench_proxy::run(args).await {
                     Ok(results) => {
                         print!("{}", loadgen::bench_proxy::render(&results));
-                        if let Some(path) = json
-                            && let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&results).unwrap_or_default())
+                        let report = loadgen::bench_proxy::Report::new(&kept, &results);
+                        if let Some(path) = &kept.json
+                            && let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&report).unwrap_or_default())
                         {
                             eprintln!("loadgen: cannot write {}: {e}", path.display());
                             return ExitCode::FAILURE;

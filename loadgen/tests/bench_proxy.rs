@@ -64,10 +64,12 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
         "201",
         "--rounds",
         "2",
+        "--placement",
+        "shared",
     ])
     .unwrap()
     .bench;
-    let results = bench_proxy::run(args).await.expect("the benchmark runs");
+    let results = bench_proxy::run(args.clone()).await.expect("the benchmark runs");
 
     let paths: Vec<&str> = results.iter().map(|r| r.path.as_str()).collect();
     assert_eq!(paths, ["direct", "matchplane"]);
@@ -98,6 +100,16 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
     assert!(table.contains("CPU-bound ceiling vs direct"), "{table}");
     assert!(table.contains("median of 2 round(s)"), "{table}");
     assert!(!table.contains("vs haproxy"), "no HAProxy was measured: {table}");
+
+    // The JSON carries the conditions of the run beside the figures.
+    let json = serde_json::to_value(bench_proxy::Report::new(&args, &results)).unwrap();
+    assert_eq!(json["placement"], "shared", "{json}");
+    assert_eq!(json["rounds"], 2, "{json}");
+    assert_eq!(json["seconds_per_window"], 0.3, "{json}");
+    let congestion = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap();
+    assert_eq!(json["tcp_congestion_control"], congestion.trim(), "{json}");
+    assert_eq!(json["paths"][1]["path"], "matchplane", "{json}");
+    assert_eq!(json["paths"][1]["ping_pong"]["count"], 201, "{json}");
 
     shutdown.cancel();
     proxy_task.await.unwrap().unwrap();
