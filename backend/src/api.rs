@@ -2,6 +2,7 @@
 //! of `protocol::api`; every write goes through the sessions service or the store's scripts.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,13 +27,14 @@ use protocol::sessions::{SessionRecord, SessionState};
 use protocol::{Audience, Claims};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Access, Class};
 use crate::config::Settings;
 use crate::error::{ApiError, ApiResult};
-use crate::events::Waiters;
+use crate::events::{Waiters, Watch};
 use crate::health::Health;
 use crate::history::{History, MatchRow, from_ms};
 use crate::metrics::{JoinResult, Metrics};
@@ -282,13 +284,43 @@ fn view_of_row(row: MatchRow) -> SessionView {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct JoinQuery {
+    /// Once queued, long poll for up to this many seconds (as `GET /match/status` with
+    /// `wait`), so a client learns its match without a second request.
+    wait: Option<f64>,
+}
+
 async fn join(
     State(state): State<Arc<AppState>>,
     Extension(access): Extension<Access>,
+    query: Result<Query<JoinQuery>, QueryRejection>,
     ApiJson(body): ApiJson<JoinRequest>,
 ) -> ApiResult<Json<MatchResponse>> {
+    let Query(query) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let wait = checked_wait(query.wait)?;
     check_player(&body.player_id)?;
     access.may_act_as(&body.player_id)?;
+    if wait == 0.0 {
+        let (player, view, now) = enqueue(&state, &access, body).await?;
+        return Ok(Json(state.response(&player, view, now)));
+    }
+    // Watch before joining, so the session forming right after the join is not missed.
+    let player = body.player_id.clone();
+    let watch = state.waiters.watch(&player);
+    let mut notified = std::pin::pin!(watch.notify.notified());
+    notified.as_mut().enable();
+    let (player, first, now) = enqueue(&state, &access, body).await?;
+    if !waits(&first) {
+        return Ok(Json(state.response(&player, first, now)));
+    }
+    let current = wait_until(&state, &player, (&watch, notified), wait, |v| !waits(v)).await?;
+    Ok(Json(state.response(&player, current, now_ms())))
+}
+
+/// The join itself, for a caller that may act as its player: checks the ticket, queues it,
+/// and says where the player stands (with the time it was read).
+async fn enqueue(state: &AppState, access: &Access, body: JoinRequest) -> ApiResult<(String, PlayerView, i64)> {
     let queue_name = body.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
     let queue = state.settings.queues.get(queue_name).ok_or_else(|| {
         ApiError::Unprocessable(
@@ -305,7 +337,7 @@ async fn join(
             ),
         )
     })?;
-    let joiner = match &access {
+    let joiner = match access {
         Access::Open => Joiner::Player(None),
         Access::Caller(Caller::Player(claims)) => Joiner::Player(Some(&claims.claims)),
         Access::Caller(_) => Joiner::Service,
@@ -367,7 +399,7 @@ async fn join(
             ));
         }
     };
-    Ok(Json(state.response(&player, view, now)))
+    Ok((player, view, now))
 }
 
 /// `GET /queues`: each queue's depth and how long its head has waited.
@@ -415,12 +447,7 @@ async fn status(
     let Query(query) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
     check_player(&query.player_id)?;
     access.may_act_as(&query.player_id)?;
-    let wait = query.wait.unwrap_or(0.0);
-    if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) {
-        return Err(ApiError::Invalid(format!(
-            "wait must be 0 to {MAX_WAIT_SECONDS} seconds"
-        )));
-    }
+    let wait = checked_wait(query.wait)?;
     let player = query.player_id;
     // Watch before the first read, so no change between read and wait is missed.
     let watch = state.waiters.watch(&player);
@@ -431,28 +458,67 @@ async fn status(
     // answer now rather than wait for the next change.
     let settled = match query.status {
         Some(known) => status_key(&first).0 != known,
-        None => !matches!(status_key(&first).0, MatchStatus::Queued | MatchStatus::Allocating),
+        None => !waits(&first),
     };
     if wait == 0.0 || settled {
         return Ok(Json(state.response(&player, first, now_ms())));
     }
+    // A client that said what it knows hears of any change (a new session included); one
+    // that did not, of the wait's end.
+    let known = query.status.is_some();
+    let done = |v: &PlayerView| {
+        if known {
+            status_key(v) != status_key(&first)
+        } else {
+            !waits(v)
+        }
+    };
+    let current = wait_until(&state, &player, (&watch, notified), wait, done).await?;
+    Ok(Json(state.response(&player, current, now_ms())))
+}
+
+/// A long poll's length, 0 when not asked for: 422 outside 0 to [`MAX_WAIT_SECONDS`].
+fn checked_wait(wait: Option<f64>) -> ApiResult<f64> {
+    let wait = wait.unwrap_or(0.0);
+    if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) {
+        return Err(ApiError::Invalid(format!(
+            "wait must be 0 to {MAX_WAIT_SECONDS} seconds"
+        )));
+    }
+    Ok(wait)
+}
+
+/// Whether a long poll without a known status waits on this: the player is queued or its
+/// session's server is being started.
+fn waits(view: &PlayerView) -> bool {
+    matches!(status_key(view).0, MatchStatus::Queued | MatchStatus::Allocating)
+}
+
+/// Waits up to `wait` seconds, woken through `watch` (its `notified` enabled before the
+/// player was last read), until where `player` stands is `done`; answers with where the player
+/// stands then (at the deadline, whatever it is).
+async fn wait_until<'w>(
+    state: &AppState,
+    player: &str,
+    (watch, mut notified): (&'w Watch<'_>, Pin<&mut Notified<'w>>),
+    wait: f64,
+    done: impl Fn(&PlayerView) -> bool,
+) -> ApiResult<PlayerView> {
     let deadline = Instant::now() + Duration::from_secs_f64(wait);
-    let mut current = first.clone();
     loop {
         tokio::select! {
             () = &mut notified => {}
-            () = tokio::time::sleep_until(deadline) => break,
+            () = tokio::time::sleep_until(deadline) => {}
             // A lost notification only costs this re-check.
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         notified.set(watch.notify.notified());
         notified.as_mut().enable();
-        current = state.sessions.store().player(&player).await?;
-        if status_key(&current) != status_key(&first) {
-            break;
+        let current = state.sessions.store().player(player).await?;
+        if done(&current) || Instant::now() >= deadline {
+            return Ok(current);
         }
     }
-    Ok(Json(state.response(&player, current, now_ms())))
 }
 
 async fn leave(

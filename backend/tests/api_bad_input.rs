@@ -259,6 +259,51 @@ async fn forged_and_misdirected_reports_are_refused() {
     backend.stop().await;
 }
 
+/// `POST /match/join?wait=S`: a bad wait is refused and queues nobody; alone in the queue the
+/// wait runs out and the join answers `queued`; joins that wait answer with their session.
+#[tokio::test]
+async fn a_join_that_waits_answers_with_its_session() {
+    let (backend, _) = backend().await;
+    let http = &backend.http;
+    let join = |player: &'static str, wait: &'static str| async move {
+        http.post_as(
+            &player_auth(player),
+            &format!("/match/join?wait={wait}"),
+            json!({ "player_id": player }),
+        )
+        .await
+    };
+    for wait in ["31", "x", "-1"] {
+        let (status, body) = join("wj1", wait).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            "wait={wait}: {body}"
+        );
+    }
+    assert_eq!(http.status("wj1", 0.0).await["status"], "unknown", "nobody was queued");
+    let (status, body) = join("wj1", "0.3").await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("queued")));
+    // wj1 joins again (idempotent) and waits with the others; with no runtime the session
+    // forms and ends at once, and every join answers with it.
+    let (a, b, c, d) = tokio::join!(
+        join("wj1", "20"),
+        join("wj2", "20"),
+        join("wj3", "20"),
+        join("wj4", "20")
+    );
+    for (status, body) in [&a, &b, &c, &d] {
+        assert_eq!(*status, StatusCode::OK);
+        assert_eq!(
+            (body["status"].as_str(), body["end_reason"].as_str()),
+            (Some("ended"), Some("dry_run")),
+            "{body}"
+        );
+        assert_eq!(body["session_id"], a.1["session_id"]);
+    }
+    backend.stop().await;
+}
+
 #[tokio::test]
 async fn a_long_poll_answers_at_once_when_the_client_is_behind() {
     let (backend, _) = backend().await;

@@ -167,6 +167,42 @@ async fn a_swarm_plays_whole_matches_on_pods_and_every_pod_is_gone_after() {
     backend.stop().await;
 }
 
+/// A long poll answers with what the client can act on. While the session's Pod starts (1.5 s
+/// here), a status long poll without `status` and a join that waits both wait through
+/// `allocating` and answer `matched` with a ticket; a long poll that says it knows `queued`
+/// hears of `allocating` as soon as the session forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_wait_through_allocating_unless_told_what_the_client_knows() {
+    let sim = sim(1500).await;
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &common::unique_prefix(), &db, "lp", |s| {
+        s.shutdown_grace_seconds(1.0)
+    })
+    .await;
+    let http = &backend.http;
+    assert_eq!(http.join("lp1").await.1["status"], "queued");
+    let (lp1, lp2) = (common::player_auth("lp1"), common::player_auth("lp2"));
+    let lp1_header = [("authorization", lp1.as_str())];
+    let told = http.request(
+        hyper::Method::GET,
+        "/match/status?player_id=lp1&wait=20&status=queued",
+        &lp1_header,
+        Vec::new(),
+    );
+    let untold = http.status("lp1", 20.0);
+    let joined = http.post_as(&lp2, "/match/join?wait=20", serde_json::json!({"player_id": "lp2"}));
+    let ((_, told), untold, (status, joined)) = tokio::join!(told, untold, joined);
+    assert_eq!(told["status"], "allocating", "{told}");
+    assert_eq!(status, hyper::StatusCode::OK);
+    for (player, body) in [("lp1", &untold), ("lp2", &joined)] {
+        assert_eq!(body["status"], "matched", "{player}: {body}");
+        assert_eq!(body["session_id"], told["session_id"], "{player}");
+        assert_eq!(body["players"], serde_json::json!(["lp1", "lp2"]), "{player}");
+        assert!(body["ticket"].is_string(), "{player}: {body}");
+    }
+    backend.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_deleted_mid_match_fails_its_session_within_seconds() {
     let sim = sim(0).await;

@@ -1,6 +1,7 @@
 //! `loadgen swarm`: simulated players doing what a real game client does, through the proxy
-//! only — join, long-poll until matched, connect with the ticket, ask for a match length, and
-//! play until `STATE stop` — each checking what it saw. It never ends sessions itself.
+//! only — join (waiting in the join itself until matched), long-poll if still queued, connect
+//! with the ticket, ask for a match length, and play until `STATE stop` — each checking what
+//! it saw. It never ends sessions itself.
 //!
 //! In the `ranked` scenario the studio's service joins each ticket (skill, latency map, mode,
 //! and for a fifth of them a party of two) to the `ranked` queue; every player, party members
@@ -404,13 +405,15 @@ async fn connect_and_play(
     result
 }
 
-/// Joins: the player itself (fifo), or its ticket by the service (ranked): the leader's client
-/// has it joined, the other members wait for that and then ask for their own status; after the
-/// matchmaker forgot them, any member has the ticket joined again (idempotent).
+/// Joins: the player itself (fifo), waiting in the join until matched as a game client would,
+/// or its ticket by the service (ranked): the leader's client has it joined without waiting,
+/// the other members wait for that and then ask for their own status; after the matchmaker
+/// forgot them, any member has the ticket joined again (idempotent).
 async fn join(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>) -> Result<MatchResponse, Outcome> {
     let Some(party) = shared.parties.get(&record.player).cloned() else {
         let body = JoinRequest::player(&record.player);
-        return call(shared, record, Method::POST, "/match/join", Some(&body), auth)
+        let path = format!("/match/join?wait={LONG_POLL_SECONDS}");
+        return call(shared, record, Method::POST, &path, Some(&body), auth)
             .await
             .map_err(|e| Outcome::JoinFailed(e.to_string()));
     };
@@ -446,6 +449,9 @@ async fn join(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>) ->
     joined.map_err(|e| Outcome::JoinFailed(e.to_string()))
 }
 
+/// How long one long poll (a join's or a status's) may wait for a match.
+const LONG_POLL_SECONDS: u32 = 25;
+
 /// One join, wait, connect and match.
 async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Attempt> {
     // One token for the player's whole life, as a game client would hold.
@@ -454,7 +460,7 @@ async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> R
         .credentials
         .authorization(&record.player, Duration::from_secs(3600));
     let auth = auth.as_deref();
-    let status_path = format!("/match/status?player_id={}&wait=25", record.player);
+    let status_path = format!("/match/status?player_id={}&wait={LONG_POLL_SECONDS}", record.player);
     let mut status = join(shared, record, auth).await?;
     while status.status != MatchStatus::Matched {
         match status.status {
