@@ -72,7 +72,11 @@ echo "scripts-check: ctrl-c during make demo stops everything and says 'interrup
 # 4. The game-server measurement from another directory, through CARGO_TARGET_DIR.
 target=$(cd "$bin/.." && pwd)
 script=$(pwd)/scripts/measure-game-server.py
-(cd "$scratch" && CARGO_TARGET_DIR=$target python3 "$script" "" 3) | grep -q "exec to LISTENING" \
+# The whole output first: `grep -q` in a pipe would close it at the first match, and the
+# script's next line would then fail on the broken pipe.
+measured=$(cd "$scratch" && CARGO_TARGET_DIR=$target python3 "$script" "" 3) \
+  || fail "measure-game-server.py does not find the binary through CARGO_TARGET_DIR"
+grep -q "exec to LISTENING" <<<"$measured" \
   || fail "measure-game-server.py does not find the binary through CARGO_TARGET_DIR"
 echo "scripts-check: measure-game-server.py follows CARGO_TARGET_DIR"
 
