@@ -301,26 +301,26 @@ async fn join(
     let wait = checked_wait(query.wait)?;
     check_player(&body.player_id)?;
     access.may_act_as(&body.player_id)?;
+    let player = body.player_id.as_str();
     if wait == 0.0 {
-        let (player, view, now) = enqueue(&state, &access, body).await?;
-        return Ok(Json(state.response(&player, view, now)));
+        let (view, now) = enqueue(&state, &access, &body).await?;
+        return Ok(Json(state.response(player, view, now)));
     }
     // Watch before joining, so the session forming right after the join is not missed.
-    let player = body.player_id.clone();
-    let watch = state.waiters.watch(&player);
+    let watch = state.waiters.watch(player);
     let mut notified = std::pin::pin!(watch.notify.notified());
     notified.as_mut().enable();
-    let (player, first, now) = enqueue(&state, &access, body).await?;
+    let (first, now) = enqueue(&state, &access, &body).await?;
     if !waits(&first) {
-        return Ok(Json(state.response(&player, first, now)));
+        return Ok(Json(state.response(player, first, now)));
     }
-    let current = wait_until(&state, &player, (&watch, notified), wait, |v| !waits(v)).await?;
-    Ok(Json(state.response(&player, current, now_ms())))
+    let current = wait_until(&state, player, (&watch, notified), wait, |v| !waits(v)).await?;
+    Ok(Json(state.response(player, current, now_ms())))
 }
 
 /// The join itself, for a caller that may act as its player: checks the ticket, queues it,
 /// and says where the player stands (with the time it was read).
-async fn enqueue(state: &AppState, access: &Access, body: JoinRequest) -> ApiResult<(String, PlayerView, i64)> {
+async fn enqueue(state: &AppState, access: &Access, body: &JoinRequest) -> ApiResult<(PlayerView, i64)> {
     let queue_name = body.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
     let queue = state.settings.queues.get(queue_name).ok_or_else(|| {
         ApiError::Unprocessable(
@@ -342,14 +342,14 @@ async fn enqueue(state: &AppState, access: &Access, body: JoinRequest) -> ApiRes
         Access::Caller(Caller::Player(claims)) => Joiner::Player(Some(&claims.claims)),
         Access::Caller(_) => Joiner::Service,
     };
-    let ticket = tickets::check(queue, &body, joiner).map_err(|e| match e {
+    let ticket = tickets::check(queue, body, joiner).map_err(|e| match e {
         TicketError::Forbidden(m) => ApiError::Forbidden(m),
         TicketError::Invalid(m) => ApiError::Invalid(m),
     })?;
     if state.draining.is_cancelled() {
         return Err(ApiError::Unavailable("this backend is shutting down; retry".into()));
     }
-    let player = body.player_id;
+    let player = &body.player_id;
     let now = now_ms();
     let view = match state
         .sessions
@@ -373,7 +373,7 @@ async fn enqueue(state: &AppState, access: &Access, body: JoinRequest) -> ApiRes
                     joined_ms: Some(now),
                 }
             } else {
-                state.sessions.store().player(&player).await?
+                state.sessions.store().player(player).await?
             }
         }
         JoinOutcome::InSession { session_id, record } => {
@@ -399,7 +399,7 @@ async fn enqueue(state: &AppState, access: &Access, body: JoinRequest) -> ApiRes
             ));
         }
     };
-    Ok((player, view, now))
+    Ok((view, now))
 }
 
 /// `GET /queues`: each queue's depth and how long its head has waited.
