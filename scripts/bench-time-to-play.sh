@@ -5,6 +5,10 @@
 # `make demo-kubernetes`) with CLIENTS players joining at once; the table gives the swarm's
 # p50/p99 per phase and the listen-queue overflows the kernel counted during the run
 # (/proc/net/netstat ListenOverflows: connections dropped at a full accept queue).
+# Beside them, in the same run, the floor: the same number of players on a fresh local stack,
+# each asking once for its status through the proxy (nothing queued; `loadgen floor`), three
+# bursts 6 s apart (the proxy's idle backend connections gone in between, as on a fresh
+# stack); the median burst's p99 is the baseline each run's p99 join → matched is divided by.
 # CLIENTS (1200), MATCH_DURATION (10 s), WARM_POOL_MIN (100 for the warm runs),
 # POD_START_DELAY_MS (2000).
 set -euo pipefail
@@ -46,6 +50,24 @@ PY
   grep -E '^(warm pool|warm pods)' "$out/$name.log" || true
 }
 
+# floor: the baseline, on a fresh local stack of its own.
+floor() {
+  echo "== floor: $clients players at once, one status request each, 3 bursts =="
+  cargo build --release --locked --bins >"$out/floor-build.log" 2>&1 || { tail -n 30 "$out/floor-build.log" >&2; mp_die "bench-time-to-play: the build failed"; }
+  (
+    # shellcheck source=scripts/stack.sh
+    . scripts/stack.sh
+    RUST_LOG=warn mp_start_stack "$out/floor-stack"
+    for i in 1 2 3; do
+      [ "$i" = 1 ] || sleep 6
+      "${CARGO_TARGET_DIR:-target}/release/loadgen" floor --target-url "$MP_PROXY_URL" --clients "$clients" \
+        --player-token-secret "$MP_PLAYER_TOKEN_SECRET" --json "$out/floor-$i.json"
+    done
+  ) >"$out/floor.log" 2>&1 || { tail -n 30 "$out/floor.log" >&2; mp_die "bench-time-to-play: the floor run failed; its log is $out/floor.log"; }
+  grep '^floor:' "$out/floor.log"
+}
+
+floor
 run local-cold scripts/demo.sh .run/demo/summary.json
 run local-warm scripts/demo.sh .run/demo/summary.json WARM_POOL_MIN="$warm"
 run kube-sim-cold scripts/demo-kubernetes.sh .run/demo-kubernetes/summary.json POD_START_DELAY_MS="$delay"
@@ -54,6 +76,9 @@ run kube-sim-warm scripts/demo-kubernetes.sh .run/demo-kubernetes/summary.json P
 python3 - "$out" "$clients" "$warm" "$delay" <<'PY'
 import json, sys
 out, clients, warm, delay = sys.argv[1:]
+bursts = sorted((json.load(open(f"{out}/floor-{i}.json")) for i in (1, 2, 3)), key=lambda b: b["latency_ms"]["p99_ms"])
+floor = bursts[1]
+floor_p99 = floor["latency_ms"]["p99_ms"]
 rows = [
     ("local, cold", "local-cold"),
     (f"local, warm ({warm})", "local-warm"),
@@ -62,9 +87,13 @@ rows = [
 ]
 phases = [("join_to_matched", "join → matched"), ("matched_to_connected", "matched → connected"),
           ("connected_to_running", "connected → running"), ("join_to_running", "join → running")]
-head = ["run", "ok"] + [f"{label} p50 / p99 ms" for _, label in phases] + ["listen overflows"]
+head = ["run", "ok"] + [f"{label} p50 / p99 ms" for _, label in phases] + ["p99 join → matched ÷ floor", "listen overflows"]
 lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-table = {}
+fl = floor["latency_ms"]
+lines.append("| " + " | ".join(
+    ["floor: one status request each", f"{floor['ok']}/{floor['clients']}", f"{fl['p50_ms']:,.0f} / {fl['p99_ms']:,.0f}"]
+    + ["-"] * (len(phases) - 1) + ["×1.0", "-"]) + " |")
+table = {"floor": {"request": fl, "ok": floor["ok"], "bursts_p99_ms": [b["latency_ms"]["p99_ms"] for b in bursts]}}
 for label, name in rows:
     s = json.load(open(f"{out}/{name}.json"))
     lat = s["latency_ms"]
@@ -72,11 +101,15 @@ for label, name in rows:
     for key, _ in phases:
         p = lat.get(key) or {}
         cells.append(f"{p.get('p50_ms', 0):,.0f} / {p.get('p99_ms', 0):,.0f}" if p else "-")
+    ratio = (lat.get("join_to_matched") or {}).get("p99_ms", 0) / floor_p99 if floor_p99 else 0
+    cells.append(f"×{ratio:.1f}")
     cells.append(str(s["listen_overflows"]))
-    table[name] = {key: lat.get(key) for key, _ in phases} | {"ok": s["ok"], "listen_overflows": s["listen_overflows"]}
+    table[name] = {key: lat.get(key) for key, _ in phases} | {
+        "ok": s["ok"], "listen_overflows": s["listen_overflows"], "join_to_matched_p99_over_floor": round(ratio, 2)}
     lines.append("| " + " | ".join(cells) + " |")
 print(f"== time to play: {clients} players joining at once ==")
 print("\n".join(lines))
+print(f"floor: the median of three bursts by p99 (p99s {', '.join(f'{b:,.0f}' for b in table['floor']['bursts_p99_ms'])} ms)")
 json.dump(table, open(f"{out}/table.json", "w"), indent=1)
 print(f"bench-time-to-play: table at {out}/table.json, each run's log and summary beside it")
 PY

@@ -2,6 +2,7 @@
 
 pub mod bench_matchmaker;
 pub mod bench_proxy;
+pub mod floor;
 pub mod http;
 pub mod report;
 pub mod scenario;

@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// Simulated players through the proxy: join, wait, connect, play, verify; then a summary.
     Swarm(loadgen::swarm::SwarmArgs),
+    /// The floor under a swarm: as many players at once, each asking once for its status
+    /// (nothing queued), through the same proxy; p50/p99 of the answers.
+    Floor(loadgen::floor::FloorArgs),
     /// Drive POST /match/join at full speed against a backend with RUNTIME=none.
     BenchMatchmaker(loadgen::bench_matchmaker::BenchMatchmakerArgs),
     /// Echo traffic direct, through matchplane's proxy and through HAProxy, side by side.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Swarm(args) => swarm(args).await,
             Command::Token(args) => token(&args),
+            Command::Floor(args) => floor(args).await,
             Command::BenchProxy(args) => {
                 let kept = args.clone();
                 match loadgen::bench_proxy::run(args).await {
@@ -152,6 +156,29 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+async fn floor(args: loadgen::floor::FloorArgs) -> ExitCode {
+    let json = args.json.clone();
+    let result = match loadgen::floor::run(args).await {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", loadgen::floor::render(&result));
+    if let Some(path) = json
+        && let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&result).unwrap_or_default())
+    {
+        eprintln!("loadgen: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if result.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn swarm(args: loadgen::swarm::SwarmArgs) -> ExitCode {

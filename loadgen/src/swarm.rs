@@ -283,8 +283,18 @@ async fn play(shared: &Shared, player: String) -> ClientRecord {
         record.party = party.members.clone();
     }
     let limit = shared.args.client_timeout.unwrap_or(180.0 + shared.args.match_duration);
+    // One token for the player's whole life, held before "play" as a game client holds the
+    // one its identity service issued: minting it is not part of the time to play.
+    let auth = shared
+        .args
+        .credentials
+        .authorization(&record.player, Duration::from_secs(3600));
     let life = Instant::now();
-    let outcome = tokio::time::timeout(Duration::from_secs_f64(limit), lifecycle(shared, &mut record, life)).await;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs_f64(limit),
+        lifecycle(shared, &mut record, auth.as_deref(), life),
+    )
+    .await;
     record.outcome = match outcome {
         Ok(Ok(())) => Outcome::Ok,
         Ok(Err(outcome)) => outcome,
@@ -331,9 +341,14 @@ async fn call(
     }
 }
 
-async fn lifecycle(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Outcome> {
+async fn lifecycle(
+    shared: &Shared,
+    record: &mut ClientRecord,
+    auth: Option<&str>,
+    life: Instant,
+) -> Result<(), Outcome> {
     loop {
-        match attempt(shared, record, life).await {
+        match attempt(shared, record, auth, life).await {
             Err(Attempt::StartOver) if record.rejoins < MAX_REJOINS => {
                 record.rejoins += 1;
                 record.session_id = None;
@@ -453,13 +468,7 @@ async fn join(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>) ->
 const LONG_POLL_SECONDS: u32 = 25;
 
 /// One join, wait, connect and match.
-async fn attempt(shared: &Shared, record: &mut ClientRecord, life: Instant) -> Result<(), Attempt> {
-    // One token for the player's whole life, as a game client would hold.
-    let auth = shared
-        .args
-        .credentials
-        .authorization(&record.player, Duration::from_secs(3600));
-    let auth = auth.as_deref();
+async fn attempt(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>, life: Instant) -> Result<(), Attempt> {
     let status_path = format!("/match/status?player_id={}&wait={LONG_POLL_SECONDS}", record.player);
     let mut status = join(shared, record, auth).await?;
     while status.status != MatchStatus::Matched {

@@ -253,3 +253,65 @@ async fn a_ranked_swarm_joins_parties_as_the_service_and_checks_teams() {
     stack.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[derive(Parser)]
+struct FloorWrapper {
+    #[command(flatten)]
+    floor: loadgen::floor::FloorArgs,
+}
+
+fn floor_args(target: &str, secret: &str) -> loadgen::floor::FloorArgs {
+    service::cli::parse_without_env::<FloorWrapper, _, _>([
+        "floor",
+        "--target-url",
+        target,
+        "--clients",
+        "40",
+        "--id-prefix",
+        "floor-test",
+        "--player-token-secret",
+        secret,
+    ])
+    .unwrap()
+    .floor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_asks_each_player_status_once_and_queues_nobody() {
+    let stack = Stack::start(|b| b).await;
+    let result = loadgen::floor::run(floor_args(&stack.proxy_url, PLAYER_SECRET))
+        .await
+        .unwrap();
+    let line = loadgen::floor::render(&result);
+    assert_eq!((result.clients, result.ok, result.errors), (40, 40, 0), "{line}");
+    let l = result.latency_ms;
+    assert_eq!(l.count, 40);
+    assert!(0.0 < l.p50_ms && l.p50_ms <= l.p99_ms && l.p99_ms <= l.max_ms, "{line}");
+    assert!(result.wall_seconds * 1000.0 >= l.max_ms, "{line}");
+    assert!(
+        line.starts_with("floor: 40 players at once") && line.contains("40 ok, 0 failed"),
+        "{line}"
+    );
+
+    // The same players again: still unknown to the matchmaker (a status request queues nobody).
+    let again = loadgen::floor::run(floor_args(&stack.proxy_url, PLAYER_SECRET))
+        .await
+        .unwrap();
+    assert_eq!((again.ok, again.errors), (40, 0), "{}", loadgen::floor::render(&again));
+
+    // Tokens the stack does not trust: every request fails, and the result says why.
+    let refused = loadgen::floor::run(floor_args(&stack.proxy_url, "not-the-players-secret-0123456789abcdef"))
+        .await
+        .unwrap();
+    let line = loadgen::floor::render(&refused);
+    assert_eq!(
+        (refused.ok, refused.errors, refused.latency_ms.count),
+        (0, 40, 0),
+        "{line}"
+    );
+    assert!(
+        refused.first_errors.len() == 5 && refused.first_errors[0].contains("status 401"),
+        "{line}"
+    );
+    stack.stop().await;
+}
