@@ -56,13 +56,7 @@ pub struct FloorResult {
 /// a game client holds its token before the player presses "play".
 pub async fn run(args: FloorArgs) -> anyhow::Result<FloorResult> {
     anyhow::ensure!(args.clients > 0, "CLIENTS must be at least 1");
-    let prefix = args.id_prefix.clone().unwrap_or_else(|| {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        format!("floor-{}-{stamp}", std::process::id())
-    });
+    let prefix = args.id_prefix.clone().unwrap_or_else(|| crate::run_prefix("floor"));
     let api = Arc::new(HttpClient::new(
         &format!("{}/api", args.target_url.trim_end_matches('/')),
         Duration::from_secs(30),

@@ -111,13 +111,7 @@ struct Shared {
 pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.clients > 0, "CLIENTS must be at least 1");
     anyhow::ensure!(args.match_duration > 0.0, "MATCH_DURATION must be > 0");
-    let prefix = args.id_prefix.clone().unwrap_or_else(|| {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        format!("swarm-{}-{stamp}", std::process::id())
-    });
+    let prefix = args.id_prefix.clone().unwrap_or_else(|| crate::run_prefix("swarm"));
     let api = HttpClient::new(
         &format!("{}/api", args.target_url.trim_end_matches('/')),
         Duration::from_secs(40),
