@@ -8,6 +8,9 @@
 #  4. scripts/measure-game-server.py finds the binary through CARGO_TARGET_DIR from anywhere.
 #  5. A benchmark given a setting it cannot take stops with one sentence before it installs,
 #     builds or starts anything.
+#  6. Services started in the run directory another run has just stopped in (`make
+#     down-local` then `make up-local`) keep their files: the first run's watchdog, which
+#     wakes up to a second later, leaves them alone.
 # Needs the release binaries (CI builds them for the demos first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,3 +95,18 @@ refused "CPU_SPLIT must be 0 or 1, got '2'." CPU_SPLIT=2 scripts/bench-proxy.sh
 refused "WARM_POOL_MIN must be above 0 for the warm runs, got '0'." WARM_POOL_MIN=0 scripts/bench-time-to-play.sh
 refused "WARM_POOL_MIN must be above 0 for the warm runs, got 'many'." WARM_POOL_MIN=many scripts/bench-time-to-play.sh
 echo "scripts-check: benchmarks refuse a bad setting with one sentence before starting anything"
+
+# 6. One run right after another in the same directory.
+again=$scratch/again
+bash -c '. scripts/services.sh; mp_start_services "$1"' _ "$again" >"$scratch/again-1.log" 2>&1 ||
+  fail "services for the first run: $(tail -3 "$scratch/again-1.log")"
+rc=0
+bash -c '. scripts/services.sh; mp_start_services "$1"; sleep 1.5
+  [ -d "$MP_SERVICES_DIR/redis" ] || exit 3
+  redis-cli -u "$MP_REDIS_URL" ping | grep -qx PONG || exit 4
+  "$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT 1" | grep -qx 1 || exit 5' _ "$again" >"$scratch/again-2.log" 2>&1 || rc=$?
+[ "$rc" = 0 ] || fail "a run started where another had just stopped lost its run directory or services (exit $rc)"
+sleep 0.5
+left "$again" && fail "the second run left processes running: $(pgrep -af "$again")"
+[ ! -e "$again" ] || fail "the second run left its run directory behind"
+echo "scripts-check: a run started where another has just stopped keeps its services"

@@ -59,6 +59,10 @@ mp_start_services() {
   mp_need_postgres
   mkdir -p "$dir"
   MP_SERVICES_DIR=$(cd "$dir" && pwd)
+  # Who the directory belongs to now: a later run may start in the same directory while this
+  # one's watchdog has still to wake, and must not lose its files or PostgreSQL to it.
+  MP_SERVICES_OWNER=$$-$RANDOM$RANDOM-$(date +%s%N)
+  echo "$MP_SERVICES_OWNER" >"$MP_SERVICES_DIR/owner"
   # Clean up whatever started, however start-up ends: installed before anything starts.
   # (A caller that cleans up more, such as mp_start_stack, sets MP_OWN_TRAP and keeps its own.)
   [ -n "${MP_OWN_TRAP:-}" ] || trap mp_stop_services EXIT
@@ -114,6 +118,7 @@ mp_start_services() {
   ( trap '' INT TERM HUP
     while kill -0 "$parent" 2>/dev/null; do sleep 1; done
     mp_stop_services ) >/dev/null 2>&1 &
+  MP_SERVICES_WATCHDOG=$!
   disown 2>/dev/null || true
 }
 
@@ -138,7 +143,20 @@ mp_run_swarm() {
 }
 
 mp_stop_services() {
-  if [ -n "${MP_PG_DIR:-}" ] && [ -d "$MP_PG_DIR/data" ]; then
+  # Stopped by the caller: the watchdog has nothing left to do (it ignores TERM).
+  if [ -n "${MP_SERVICES_WATCHDOG:-}" ]; then
+    kill -KILL "$MP_SERVICES_WATCHDOG" 2>/dev/null || true
+    MP_SERVICES_WATCHDOG=
+  fi
+  # Whether the run directory is still this run's: when another run has started in it since
+  # (a watchdog waking late), its files and a PostgreSQL kept inside it are that run's.
+  local ours=0
+  if [ -n "${MP_SERVICES_DIR:-}" ] && [ "$(cat "$MP_SERVICES_DIR/owner" 2>/dev/null)" = "${MP_SERVICES_OWNER:-}" ]; then
+    ours=1
+  fi
+  local pg_inside=0
+  [ "${MP_PG_DIR:-}" != "${MP_SERVICES_DIR:-}/pg" ] || pg_inside=1
+  if [ -n "${MP_PG_DIR:-}" ] && [ -d "$MP_PG_DIR/data" ] && { [ "$ours" = 1 ] || [ "$pg_inside" = 0 ]; }; then
     mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
   fi
   if [ -n "${MP_REDIS_PID:-}" ]; then
@@ -146,9 +164,9 @@ mp_stop_services() {
   fi
   # Keep the logs only when asked to (MP_KEEP_RUN_DIR=1), for a post-mortem.
   if [ "${MP_KEEP_RUN_DIR:-0}" != 1 ]; then
-    if [ -n "${MP_PG_DIR:-}" ] && [ "$MP_PG_DIR" != "${MP_SERVICES_DIR:-}/pg" ]; then
+    if [ -n "${MP_PG_DIR:-}" ] && [ "$pg_inside" = 0 ]; then
       rm -rf "$MP_PG_DIR"
     fi
-    [ -z "${MP_SERVICES_DIR:-}" ] || rm -rf "$MP_SERVICES_DIR"
+    if [ "$ours" = 1 ]; then rm -rf "$MP_SERVICES_DIR"; fi
   fi
 }
