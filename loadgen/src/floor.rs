@@ -5,8 +5,8 @@
 //! status (`GET /api/match/status`, answered at once): the same way in and out as a swarm's
 //! join (a new client connection, the proxy's forwarding to the backend, the player token
 //! checked, one Redis read), with nothing queued, matched or started. Run on a fresh stack
-//! beside a swarm of as many players, its p99 is what the swarm's p99 join → matched cannot go
-//! below on the same machine.
+//! beside a swarm of as many players, its p99 is the part of the swarm's p99 join → matched
+//! that no matchmaker could remove on the same machine: a join goes the same way, and more.
 
 use std::sync::Arc;
 use std::time::Duration;
