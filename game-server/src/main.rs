@@ -29,6 +29,9 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
+        // Stops asked for from here on are clean, however soon they come after LISTENING.
+        let shutdown = CancellationToken::new();
+        service::cli::cancel_on_signal(shutdown.clone());
         // A whole roster connects at once; the backlog takes any connection cap.
         let backlog = u32::try_from(config.max_connections).unwrap_or(u32::MAX).max(1024);
         let listener = match service::net::listen(std::net::SocketAddr::new(config.bind, config.port), backlog) {
@@ -48,8 +51,6 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        let shutdown = CancellationToken::new();
-        tokio::spawn(service::cli::cancel_on_signal(shutdown.clone()));
         if config.exit_on_stdin_close {
             tokio::spawn(cancel_on_stdin_close(shutdown.clone()));
         }

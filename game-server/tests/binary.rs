@@ -314,6 +314,22 @@ async fn a_warm_server_stopped_unused_exits_zero_and_warm_settings_are_exclusive
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
+/// A stop asked for the moment a server says `LISTENING` (a pool shrinking right after a
+/// start) is a clean stop, not death by the signal's default action: the handlers are in place
+/// before the line is printed.
+#[tokio::test]
+async fn a_sigterm_right_after_listening_is_a_clean_stop() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    for i in 0..20 {
+        let (mut child, _) = warm(&format!("warm-term-{i}")).await;
+        let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+        kill(pid, Signal::SIGTERM).unwrap();
+        let status = timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "start {i}: exit status {status}");
+    }
+}
+
 #[tokio::test]
 async fn a_hand_over_of_a_big_roster_is_taken_and_an_endless_line_refused() {
     use protocol::ticket::unix_now;

@@ -75,6 +75,8 @@ where
         }
     };
     runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        cancel_on_signal(shutdown.clone());
         let listener = match crate::net::listen(bind, crate::net::BURST_BACKLOG) {
             Ok(listener) => listener,
             Err(e) => {
@@ -89,8 +91,6 @@ where
         if let Err(e) = huge_pages {
             tracing::warn!(error = %e, "cannot turn transparent huge pages off; a burst's first memory growth is slower");
         }
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
         match run(listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
@@ -127,20 +127,27 @@ pub fn raise_open_file_limit() -> nix::Result<u64> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
-/// Cancels `shutdown` on SIGTERM or ctrl-c.
-pub async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
+/// Cancels `shutdown` on SIGTERM or SIGINT (ctrl-c). Both handlers are in place when this
+/// returns (the waiting runs in a task of its own), so a signal that arrives any time after the
+/// call asks for a clean stop: call it before announcing readiness or binding, or a stop asked
+/// for the moment the process is up kills it with the signal's default action instead.
+/// Needs a tokio runtime with I/O enabled.
+pub fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut interrupt) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(interrupt)) => (term, interrupt),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM and SIGINT");
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
-    }
-    shutdown.cancel();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = interrupt.recv() => tracing::info!("interrupt: shutting down"),
+        }
+        shutdown.cancel();
+    });
 }
 
 #[cfg(test)]
