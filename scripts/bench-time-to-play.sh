@@ -4,7 +4,9 @@
 # build. Each of the four runs is the demo's whole stack and swarm (`make demo`,
 # `make demo-kubernetes`) with CLIENTS players joining at once; the table gives the swarm's
 # p50/p99 per phase and the listen-queue overflows the kernel counted during the run
-# (/proc/net/netstat ListenOverflows: connections dropped at a full accept queue).
+# (/proc/net/netstat ListenOverflows: connections dropped at a full accept queue), and how busy
+# this machine's CPUs were from the first join to the last match running (/proc/stat; near 100%
+# means the run was bound by the CPU the stack shares with its players).
 # Beside them, in the same run, the floor: the same number of players on a fresh local stack,
 # each asking once for its status through the proxy (nothing queued; `loadgen floor`), three
 # bursts 6 s apart (the proxy's idle backend connections gone in between, as on a fresh
@@ -87,13 +89,22 @@ rows = [
 ]
 phases = [("join_to_matched", "join → matched"), ("matched_to_connected", "matched → connected"),
           ("connected_to_running", "connected → running"), ("join_to_running", "join → running")]
-head = ["run", "ok"] + [f"{label} p50 / p99 ms" for _, label in phases] + ["p99 join → matched ÷ floor", "listen overflows"]
+head = ["run", "ok"] + [f"{label} p50 / p99 ms" for _, label in phases] + [
+    "p99 join → matched ÷ floor", "CPUs busy to the last running", "listen overflows"]
+
+
+def busy(cpu):
+    """This machine's CPUs over the burst, e.g. "97% of 2 over 0.43 s"."""
+    return f"{cpu['busy']:.0%} of {cpu['cpus']} over {cpu['seconds']:.2f} s" if cpu else "-"
+
+
 lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 fl = floor["latency_ms"]
 lines.append("| " + " | ".join(
     ["floor: one status request each", f"{floor['ok']}/{floor['clients']}", f"{fl['p50_ms']:,.0f} / {fl['p99_ms']:,.0f}"]
-    + ["-"] * (len(phases) - 1) + ["×1.0", "-"]) + " |")
-table = {"floor": {"request": fl, "ok": floor["ok"], "bursts_p99_ms": [b["latency_ms"]["p99_ms"] for b in bursts]}}
+    + ["-"] * (len(phases) - 1) + ["×1.0", busy(floor.get("cpu_busy")), "-"]) + " |")
+table = {"floor": {"request": fl, "ok": floor["ok"], "bursts_p99_ms": [b["latency_ms"]["p99_ms"] for b in bursts],
+                   "cpu_busy": floor.get("cpu_busy")}}
 for label, name in rows:
     s = json.load(open(f"{out}/{name}.json"))
     lat = s["latency_ms"]
@@ -103,9 +114,11 @@ for label, name in rows:
         cells.append(f"{p.get('p50_ms', 0):,.0f} / {p.get('p99_ms', 0):,.0f}" if p else "-")
     ratio = (lat.get("join_to_matched") or {}).get("p99_ms", 0) / floor_p99 if floor_p99 else 0
     cells.append(f"×{ratio:.1f}")
+    cells.append(busy(s.get("cpu_busy_to_last_running")))
     cells.append(str(s["listen_overflows"]))
     table[name] = {key: lat.get(key) for key, _ in phases} | {
-        "ok": s["ok"], "listen_overflows": s["listen_overflows"], "join_to_matched_p99_over_floor": round(ratio, 2)}
+        "ok": s["ok"], "listen_overflows": s["listen_overflows"], "join_to_matched_p99_over_floor": round(ratio, 2),
+        "cpu_busy_to_last_running": s.get("cpu_busy_to_last_running")}
     lines.append("| " + " | ".join(cells) + " |")
 print(f"== time to play: {clients} players joining at once ==")
 print("\n".join(lines))

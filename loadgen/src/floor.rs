@@ -16,6 +16,7 @@ use protocol::api::{MatchResponse, MatchStatus};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::host_cpu::{Busy, Ticks};
 use crate::http::{CredentialArgs, HttpClient};
 use crate::stats::{Summary, summarize};
 
@@ -50,6 +51,8 @@ pub struct FloorResult {
     pub latency_ms: Summary,
     /// From the first player's start to the last answer.
     pub wall_seconds: f64,
+    /// How busy this machine's CPUs were meanwhile (Linux).
+    pub cpu_busy: Option<Busy>,
 }
 
 /// Sends the burst and waits for every answer. Tokens are minted before the clock starts, as
@@ -68,6 +71,7 @@ pub async fn run(args: FloorArgs) -> anyhow::Result<FloorResult> {
             (format!("/match/status?player_id={player}"), auth)
         })
         .collect();
+    let cpu_before = Ticks::now();
     let started = Instant::now();
     let tasks: Vec<_> = players
         .into_iter()
@@ -100,13 +104,18 @@ pub async fn run(args: FloorArgs) -> anyhow::Result<FloorResult> {
             }
         }
     }
+    let wall = started.elapsed();
+    let cpu_busy = cpu_before
+        .zip(Ticks::now())
+        .and_then(|(before, after)| Busy::between(before, after, wall.as_secs_f64()));
     Ok(FloorResult {
         clients: args.clients,
         ok: latencies.len(),
         errors,
         first_errors,
         latency_ms: summarize(&latencies),
-        wall_seconds: started.elapsed().as_secs_f64(),
+        wall_seconds: wall.as_secs_f64(),
+        cpu_busy,
     })
 }
 
@@ -117,6 +126,9 @@ pub fn render(result: &FloorResult) -> String {
         "floor: {} players at once, one status request each (nothing queued): {} ok, {} failed; p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms; all answered in {:.3} s",
         result.clients, result.ok, result.errors, l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms, result.wall_seconds
     );
+    if let Some(cpu) = &result.cpu_busy {
+        line.push_str(&format!("; this machine's CPUs {}", cpu.describe()));
+    }
     for e in &result.first_errors {
         line.push_str(&format!("\n  failed: {e}"));
     }

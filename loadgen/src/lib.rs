@@ -3,6 +3,7 @@
 pub mod bench_matchmaker;
 pub mod bench_proxy;
 pub mod floor;
+pub mod host_cpu;
 pub mod http;
 pub mod report;
 pub mod scenario;

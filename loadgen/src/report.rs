@@ -3,10 +3,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::sessions::Placement;
 
+use crate::host_cpu::Busy;
 use crate::scenario::{QualitySummary, Scenario};
 use crate::stats::{Summary, summarize};
 
@@ -71,6 +72,8 @@ pub struct ClientRecord {
     pub connected_to_running: Option<Duration>,
     /// The time to play: from its first join to its match running.
     pub join_to_running: Option<Duration>,
+    /// When its match was running.
+    pub running_at: Option<Instant>,
     pub match_lasted: Option<Duration>,
     pub life: Option<Duration>,
     /// API calls retried after a transient failure (503, 429, a dropped connection).
@@ -99,6 +102,7 @@ impl ClientRecord {
             matched_to_connected: None,
             connected_to_running: None,
             join_to_running: None,
+            running_at: None,
             match_lasted: None,
             life: None,
             retries: 0,
@@ -183,6 +187,9 @@ pub struct Report {
     pub match_duration_seconds: f64,
     /// This loadgen process's peak resident set, in MiB (Linux), for memory per client.
     pub loadgen_peak_rss_mib: Option<f64>,
+    /// How busy this machine's CPUs were from the first join to the last match running
+    /// (Linux): near 1 when the stack shares the machine and the run was bounded by its CPU.
+    pub cpu_busy_to_last_running: Option<Busy>,
     /// The sessions clients were in at the end, for tests (not serialized).
     #[serde(skip)]
     pub session_ids: Vec<String>,
@@ -409,6 +416,8 @@ pub struct Setup {
     pub scenario: Scenario,
     /// The scenario's tickets matched in join order (ranked).
     pub join_order: Option<QualitySummary>,
+    /// This machine's CPUs from the first join to the last match running.
+    pub cpu_busy: Option<Busy>,
 }
 
 impl Report {
@@ -472,6 +481,7 @@ impl Report {
             wall_seconds: setup.wall.as_secs_f64(),
             match_duration_seconds: setup.match_duration,
             loadgen_peak_rss_mib: peak_rss_mib(),
+            cpu_busy_to_last_running: setup.cpu_busy,
             samples_ms: phases
                 .into_iter()
                 .map(|(name, d)| (name, d.iter().map(|x| x.as_secs_f64() * 1000.0).collect()))
@@ -584,6 +594,13 @@ impl Report {
                     base.mean_skill_spread, base.mean_max_latency_ms, base.worst_latency_ms
                 );
             }
+        }
+        if let Some(cpu) = &self.cpu_busy_to_last_running {
+            let _ = writeln!(
+                out,
+                "this machine's CPUs from the first join to the last match running: {}",
+                cpu.describe()
+            );
         }
         if let Some(rss) = self.loadgen_peak_rss_mib {
             let _ = writeln!(
@@ -715,6 +732,7 @@ mod tests {
             match_duration,
             scenario: Scenario::Fifo,
             join_order: None,
+            cpu_busy: None,
         }
     }
 
@@ -858,7 +876,18 @@ mod tests {
         let mut failed = ClientRecord::new("z".into());
         failed.outcome = Outcome::ConnectFailed("refused".into());
         let records = [rec("a", "s1", &["a", "b"]), rec("b", "s1", &["a", "b"]), failed];
-        let report = Report::build(&records, &setup(5.0));
+        let busy = Busy {
+            cpus: 2,
+            seconds: 0.5,
+            busy: 0.99,
+        };
+        let report = Report::build(
+            &records,
+            &Setup {
+                cpu_busy: Some(busy),
+                ..setup(5.0)
+            },
+        );
         assert_eq!(
             (report.clients, report.ok, report.failed, report.sessions),
             (3, 2, 1, 1)
@@ -868,8 +897,11 @@ mod tests {
         assert_eq!(report.latency_ms.join_to_matched.count, 2);
         let text = report.render();
         assert!(text.contains("failed: z connect_failed refused"));
+        assert!(text.contains("from the first join to the last match running: 99% busy over 0.50 s, 2 CPUs"));
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["session_sizes"]["2"], 1);
+        assert_eq!(json["cpu_busy_to_last_running"]["busy"], 0.99);
+        assert_eq!(json["cpu_busy_to_last_running"]["cpus"], 2);
         assert!(report.chart_svg().starts_with("<svg"));
     }
 }

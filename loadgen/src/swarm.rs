@@ -169,6 +169,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
         failed: AtomicUsize::new(0),
     });
     let started = Instant::now();
+    let cpu = crate::host_cpu::Sampler::start(CPU_SAMPLE_EVERY);
     let progress = tokio::spawn(show_progress(shared.clone(), started));
     let mut tasks = Vec::with_capacity(args.clients);
     for (i, player) in players.into_iter().enumerate() {
@@ -192,6 +193,11 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
     }
     progress.abort();
     let wall = started.elapsed();
+    let last_running = records.iter().filter_map(|r| r.running_at).max();
+    let cpu_busy = cpu
+        .map(crate::host_cpu::Sampler::stop)
+        .zip(last_running)
+        .and_then(|(samples, until)| crate::host_cpu::busy_until(&samples, until));
     if matches!(progress_mode(&args), Mode::Bar) {
         eprintln!();
     }
@@ -204,6 +210,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
             match_duration: args.match_duration,
             scenario: args.scenario,
             join_order,
+            cpu_busy,
         },
     ))
 }
@@ -458,6 +465,9 @@ async fn join(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>) ->
     joined.map_err(|e| Outcome::JoinFailed(e.to_string()))
 }
 
+/// How often this machine's CPU time is read while a swarm runs (its clock ticks are 10 ms).
+const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
 /// How long one long poll (a join's or a status's) may wait for a match.
 const LONG_POLL_SECONDS: u32 = 25;
 
@@ -533,6 +543,7 @@ async fn play_match(
             ServerReply::Team { players, .. } => record.team_told = Some(players),
             ServerReply::State(GameState::Running) if running_at.is_none() => {
                 running_at = Some(Instant::now());
+                record.running_at = running_at;
                 record.connected_to_running = Some(connected_at.elapsed());
                 record.join_to_running = Some(life.elapsed());
             }

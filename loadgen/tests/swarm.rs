@@ -137,6 +137,16 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
     assert!(l.join_to_running.p50_ms >= l.join_to_matched.p50_ms);
     assert!(l.join_to_running.max_ms >= l.join_to_matched.max_ms);
     assert!(l.join_to_running.p50_ms < l.whole_life.p50_ms);
+    // This machine's CPUs, read from before the first join to just after the last match ran.
+    let cpu = report
+        .cpu_busy_to_last_running
+        .expect("/proc/stat is readable on Linux");
+    assert!(cpu.busy > 0.0 && cpu.busy <= 1.0 && cpu.cpus >= 1, "{cpu:?}");
+    assert!(
+        cpu.seconds * 1000.0 >= l.join_to_running.max_ms && cpu.seconds <= report.wall_seconds,
+        "{cpu:?}, {}",
+        report.render()
+    );
 
     // The files the CLI writes: the same report as JSON, and a chart.
     std::fs::write(&json, serde_json::to_vec(&report).unwrap()).unwrap();
@@ -152,6 +162,7 @@ async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
         "session_sizes",
         "invariants",
         "wall_seconds",
+        "cpu_busy_to_last_running",
     ] {
         assert!(parsed.get(key).is_some(), "report JSON lacks {key}");
     }
@@ -288,6 +299,14 @@ async fn the_floor_asks_each_player_status_once_and_queues_nobody() {
     assert_eq!(l.count, 40);
     assert!(0.0 < l.p50_ms && l.p50_ms <= l.p99_ms && l.p99_ms <= l.max_ms, "{line}");
     assert!(result.wall_seconds * 1000.0 >= l.max_ms, "{line}");
+    // How busy the CPUs were over the burst, where a clock tick passed in it.
+    if let Some(cpu) = result.cpu_busy {
+        assert!(
+            (0.0..=1.0).contains(&cpu.busy) && cpu.seconds == result.wall_seconds,
+            "{line}"
+        );
+        assert!(line.contains("; this machine's CPUs "), "{line}");
+    }
     assert!(
         line.starts_with("floor: 40 players at once") && line.contains("40 ok, 0 failed"),
         "{line}"
