@@ -17,7 +17,7 @@ SCENARIOS=${SCENARIOS:-fifo ranked}
 cargo build --release --locked -p backend -p loadgen
 run_dir=${MP_RUN_DIR:-.run}/bench-$$
 mp_start_services "$run_dir"
-port=$(mp_free_port)
+port=$(mp_free_ports 1)
 redis_port=${MP_REDIS_URL##*:}
 # Joins carry player tokens (PLAYER_AUTH=jwt, the default), minted before the clock starts.
 player_secret=bench-player-secret-$RANDOM$RANDOM$RANDOM$RANDOM$RANDOM$RANDOM

@@ -36,10 +36,7 @@ cargo build --release --locked -p proxy -p loadgen
 run_dir=${MP_RUN_DIR:-.run}/bench-proxy-$$
 mp_start_services "$run_dir"
 secret="bench-proxy-$RANDOM$RANDOM"
-echo_port=$(mp_free_port)
-proxy_port=$(mp_free_port)
-haproxy_port=$(mp_free_port)
-haproxy_splice_port=$(mp_free_port)
+read -r echo_port proxy_port haproxy_port haproxy_splice_port < <(mp_free_ports 4)
 
 cat >"$run_dir/haproxy.cfg" <<CFG
 global

@@ -8,8 +8,46 @@
 
 mp_die() { echo "$*" >&2; exit 1; }
 
-mp_free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# mp_free_ports N: prints N different loopback ports free now, for servers started next.
+# They are taken below the kernel's ephemeral range (ip_local_port_range) where there is room:
+# a port the kernel handed out for port 0 could be handed out again, to an outgoing connection
+# or a game server listening on port 0, before the server it was meant for binds it (seen: a
+# proxy that could not bind, its port taken by one of 100 warm game servers). Ports for
+# servers started together are asked for in one call, so that they differ.
+mp_free_ports() {
+  python3 - "$1" <<'PY' || mp_die "mp_free_ports: found no free loopback port"
+import random, socket, sys
+
+wanted = int(sys.argv[1])
+try:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral = int(f.read().split()[0])
+except (OSError, ValueError, IndexError):
+    ephemeral = 0
+
+
+def bound(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return s.getsockname()[1]
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+ports = []
+for _ in range(1000 * wanted):
+    if len(ports) == wanted:
+        break
+    port = bound(random.randrange(10000, ephemeral) if ephemeral > 11000 else 0)
+    if port and port not in ports:
+        ports.append(port)
+if len(ports) < wanted:
+    sys.exit("no free loopback port")
+print(*ports)
+PY
 }
 
 mp_apt_install() {
@@ -68,7 +106,7 @@ mp_start_services() {
   [ -n "${MP_OWN_TRAP:-}" ] || trap mp_stop_services EXIT
 
   for _ in 1 2 3 4 5; do
-    redis_port=$(mp_free_port)
+    redis_port=$(mp_free_ports 1)
     mkdir -p "$MP_SERVICES_DIR/redis"
     redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
       --dir "$MP_SERVICES_DIR/redis" --logfile "$MP_SERVICES_DIR/redis/redis.log" \
@@ -98,7 +136,7 @@ mp_start_services() {
   mp_pg "$MP_PG_BIN/initdb" -D "$MP_PG_DIR/data" -U mp --auth=trust --no-sync -E UTF8 \
     >"$MP_PG_DIR/initdb.log" 2>&1 || mp_die "initdb failed; see $MP_PG_DIR/initdb.log"
   for _ in 1 2 3 4 5; do
-    pg_port=$(mp_free_port)
+    pg_port=$(mp_free_ports 1)
     if mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_PG_DIR/data" -l "$MP_PG_DIR/postgres.log" -w -t 30 \
       -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $MP_PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
       start >/dev/null 2>&1; then

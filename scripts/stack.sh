@@ -44,8 +44,7 @@ mp_start_stack() {
   trap mp_stop_stack EXIT
   mp_start_services "$MP_STACK_DIR/services"
   local backend_port proxy_port secret
-  backend_port=$(mp_free_port)
-  proxy_port=$(mp_free_port)
+  read -r backend_port proxy_port < <(mp_free_ports 2)
   secret=$(mp_random)
   MP_ADMIN_TOKEN=$(mp_random)
   MP_SERVICE_TOKEN=$(mp_random)

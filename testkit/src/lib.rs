@@ -47,12 +47,36 @@ pub fn unique_prefix() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A loopback port free right now, for a process the test starts to listen on.
+/// A loopback port free right now, for a process the test starts to listen on, and not one
+/// this process was given before.
+///
+/// It is taken below the kernel's ephemeral range (`ip_local_port_range`) where there is room:
+/// a port the kernel picked for port 0 could be picked again, for an outgoing connection or a
+/// game server listening on port 0 in a test running beside this one, before the process it
+/// was meant for binds it.
 pub async fn free_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port");
-    listener.local_addr().expect("a bound address").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    for _ in 0..1000 {
+        let port = if ephemeral > 11_000 {
+            10_000 + (uuid::Uuid::new_v4().as_u128() % u128::from(ephemeral - 10_000)) as u16
+        } else {
+            0
+        };
+        let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await else {
+            continue;
+        };
+        let port = listener.local_addr().expect("a bound address").port();
+        let mut given = GIVEN.lock().expect("ports lock");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port");
 }
 
 /// Waits (up to 30 s) until something listens on loopback `port`.
