@@ -47,7 +47,9 @@ trap 'exit 130' INT TERM
 secret=$(mp_random)
 admin=$(mp_random)
 player_secret=$(mp_random)
-read -r sim_port proxy_port < <(mp_free_ports 2)
+# Every port at once, so that none is handed out twice before its server binds it.
+read -r -a ports < <(mp_free_ports 4)
+sim_port=${ports[0]} proxy_port=${ports[1]}
 TICKET_SECRET="$secret" RUST_LOG="${RUST_LOG:-info}" "$bin/kube-sim" --bind "127.0.0.1:$sim_port" \
   --kubeconfig "$run/kubeconfig" --namespace games --game-server-bin "$bin/game-server" \
   --secret matchplane-ticket/ticket-secret=env:TICKET_SECRET --start-delay-ms "${POD_START_DELAY_MS:-2000}" \
@@ -57,7 +59,7 @@ mp_wait_http "http://127.0.0.1:$sim_port/healthz" kube-sim "$!"
 sim="http://127.0.0.1:$sim_port"
 backends=()
 for replica in 1 2; do
-  port=$(mp_free_ports 1)
+  port=${ports[replica + 1]}
   env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$port" REDIS_URL="$MP_REDIS_URL" DATABASE_URL="$MP_DATABASE_URL" \
     TICKET_SECRET="$secret" ADMIN_TOKEN="$admin" PLAYER_TOKEN_SECRET="$player_secret" RUNTIME=kubernetes NAMESPACE=games \
     BACKEND_INTERNAL_URL="http://127.0.0.1:$port" SESSION_SIZE="${SESSION_SIZE:-12}" \
