@@ -299,11 +299,24 @@ async fn play(shared: &Shared, player: String) -> ClientRecord {
     record.outcome = match outcome {
         Ok(Ok(())) => Outcome::Ok,
         Ok(Err(outcome)) => outcome,
-        Err(_) => Outcome::Timeout,
+        Err(_) => {
+            // A player that gives up before it is matched leaves the queue, as a game client
+            // should: its ticket would otherwise be matched later into a session it never
+            // joins, which then waits for it.
+            if record.join_to_matched.is_none() {
+                let path = format!("/match/join/{}", record.player);
+                let leave = shared.api.send(Method::DELETE, &path, None, auth.as_deref());
+                let _ = tokio::time::timeout(LEAVE_TIMEOUT, leave).await;
+            }
+            Outcome::Timeout
+        }
     };
     record.life = Some(life.elapsed());
     record
 }
+
+/// How long a player that gives up waits for its leave to be answered.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often one client may start over: re-join after the matchmaker forgot it, or after its
 /// match was cut short by a server that the matchmaker then says is gone.

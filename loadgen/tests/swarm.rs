@@ -90,6 +90,50 @@ impl Stack {
     }
 }
 
+/// A player nobody can be matched with gives up at its time limit and leaves the queue, so
+/// that no later session waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_gives_up_leaves_the_queue() {
+    let stack = Stack::start(|b| b.session_size(3)).await;
+    let prefix = format!("gives-up-{}", std::process::id());
+    let args = service::cli::parse_without_env::<Wrapper, _, _>([
+        "swarm",
+        "--target-url",
+        &stack.proxy_url,
+        "--clients",
+        "1",
+        "--client-timeout",
+        "1",
+        "--id-prefix",
+        &prefix,
+        "--progress",
+        "none",
+        "--player-token-secret",
+        PLAYER_SECRET,
+    ])
+    .unwrap()
+    .swarm;
+    let report = loadgen::swarm::run(args).await.unwrap();
+    assert_eq!(report.outcomes.get("timeout"), Some(&1), "{}", report.render());
+    let player = format!("{prefix}-0");
+    let api = loadgen::http::HttpClient::new(&format!("{}/api", stack.proxy_url), Duration::from_secs(5));
+    let auth = format!(
+        "Bearer {}",
+        identity::mint_hs256(PLAYER_SECRET.as_bytes(), &player, 60, None, None)
+    );
+    let status: protocol::api::MatchResponse = api
+        .json(
+            hyper::Method::GET,
+            &format!("/match/status?player_id={player}"),
+            None,
+            Some(&auth),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.status, protocol::api::MatchStatus::Unknown, "{status:?}");
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_swarm_plays_through_the_proxy_and_reports_it() {
     let stack = Stack::start(|b| b.session_size(3)).await;
