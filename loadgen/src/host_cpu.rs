@@ -3,8 +3,8 @@
 //! it tells a latency bounded by the CPU from one spent waiting. It counts every process on
 //! the machine, the load generator's own clients included.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -92,36 +92,36 @@ impl Busy {
 /// Readings taken every few milliseconds on a thread of their own (so a busy async runtime
 /// does not delay them), until stopped.
 pub struct Sampler {
-    samples: Arc<Mutex<Vec<(Instant, Ticks)>>>,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
+    thread: JoinHandle<Vec<(Instant, Ticks)>>,
 }
 
 impl Sampler {
     /// Starts reading now; `None` where `/proc/stat` cannot be read.
     pub fn start(every: Duration) -> Option<Sampler> {
         let first = Ticks::now()?;
-        let samples = Arc::new(Mutex::new(vec![(Instant::now(), first)]));
+        let began = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::spawn({
-            let (samples, stop) = (samples.clone(), stop.clone());
+            let stop = stop.clone();
             move || {
+                let mut samples = vec![(began, first)];
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(every);
                     if let Some(ticks) = Ticks::now() {
-                        samples.lock().expect("samples lock").push((Instant::now(), ticks));
+                        samples.push((Instant::now(), ticks));
                     }
                 }
+                samples
             }
         });
-        Some(Sampler { samples, stop, thread })
+        Some(Sampler { stop, thread })
     }
 
     /// Stops reading and returns the readings, oldest first.
     pub fn stop(self) -> Vec<(Instant, Ticks)> {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        std::mem::take(&mut *self.samples.lock().expect("samples lock"))
+        self.thread.join().unwrap_or_default()
     }
 }
 
