@@ -606,19 +606,19 @@ async fn player_matches(
 ) -> ApiResult<Json<PlayerMatches>> {
     check_player(&player)?;
     access.may_act_as(&player)?;
-    let number = |name: &str, default: i64, max: i64| -> ApiResult<i64> {
+    let number = |name: &str, default: i64, min: i64, max: i64| -> ApiResult<i64> {
         match query.get(name) {
             None => Ok(default),
             Some(raw) => match raw.parse::<i64>() {
-                Ok(n) if (0..=max).contains(&n) => Ok(n),
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
                 _ => Err(ApiError::Invalid(format!(
-                    "{name} must be a whole number from 0 to {max}"
+                    "{name} must be a whole number from {min} to {max}"
                 ))),
             },
         }
     };
-    let limit = number("limit", 20, 100)?.max(1);
-    let offset = number("offset", 0, 1_000_000)?;
+    let limit = number("limit", 20, 1, 100)?;
+    let offset = number("offset", 0, 0, 1_000_000)?;
     let matches = state.history.player_matches(&player, limit + 1, offset).await?;
     let more = matches.len() as i64 > limit;
     let matches = matches

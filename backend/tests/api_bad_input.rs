@@ -144,8 +144,17 @@ async fn status_leave_and_unknown_things() {
     );
     let (status, body) = http.get("/players/bad%20id/matches").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (status, body) = http.get("/players/p/matches?limit=1000").await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    for page in [
+        "limit=1000",
+        "limit=0",
+        "limit=-1",
+        "limit=x",
+        "offset=-1",
+        "offset=1000001",
+    ] {
+        let (status, body) = http.get(&format!("/players/p/matches?{page}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}: {body}");
+    }
 
     // Operator stop needs the admin token.
     let end = format!("/match/{unknown}/end");
