@@ -14,7 +14,19 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::timeout;
 
-const METHODS: [&[u8]; 7] = [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH "];
+/// Every method of HTTP's semantics (RFC 9110) and PATCH: a request with any of them gets an
+/// HTTP answer (405 or 404 where nothing serves it), never the game protocol's error.
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"TRACE ",
+    b"CONNECT ",
+];
 const JOIN: &[u8] = b"JOIN ";
 
 /// What a connection turned out to be.
@@ -137,6 +149,9 @@ mod tests {
     #[test]
     fn decides_on_as_few_bytes_as_possible() {
         assert_eq!(decide(b"GET "), Some(Kind::Http));
+        assert_eq!(decide(b"TRACE /api/health HTTP/1.1\r\n"), Some(Kind::Http));
+        assert_eq!(decide(b"CONNECT example.com:443 HTTP/1.1\r\n"), Some(Kind::Http));
+        assert_eq!(decide(b"CONNEC"), None);
         assert_eq!(decide(b"POST /api/match/join HTTP/1.1\r\n"), Some(Kind::Http));
         assert_eq!(decide(b"GE"), None);
         assert_eq!(decide(b"jo"), None);

@@ -73,6 +73,18 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
         } else {
             forward(request, peer, ctx).await
         }
+    } else if matches!(path.as_str(), "/health" | "/livez" | "/metrics")
+        && !matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD)
+    {
+        let mut response = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+        response
     } else if path == "/health" {
         health(ctx)
     } else if path == "/livez" {

@@ -269,6 +269,56 @@ async fn http_is_forwarded_with_status_body_and_headers() {
     proxy.stop().await;
 }
 
+/// Reads one HTTP/1.1 answer to `request`, sent raw: its status line and body.
+async fn raw_http(proxy: SocketAddr, request: &str) -> (String, String) {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn every_http_method_gets_an_http_answer() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let upstream = echo_upstream(seen.clone()).await;
+    let proxy = Proxy::start(&upstream, &[]).await;
+    // TRACE and CONNECT are HTTP too: the backend decides on /api, not the game protocol.
+    let (status, body) = raw_http(
+        proxy.addr,
+        "TRACE /api/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {body}");
+    assert!(body.contains(r#""method":"TRACE""#), "{body}");
+    let before = seen.load(Ordering::SeqCst);
+    let (status, body) = raw_http(
+        proxy.addr,
+        "CONNECT 127.0.0.1:22 HTTP/1.1\r\nhost: 127.0.0.1:22\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 404"), "{status} {body}");
+    assert!(body.contains("not_found"), "{body}");
+    assert_eq!(seen.load(Ordering::SeqCst), before, "no tunnel, nothing forwarded");
+    // The proxy's own endpoints are read-only.
+    for path in ["/health", "/livez", "/metrics"] {
+        let (status, headers, body) = http(proxy.addr, "POST", path, &[], Vec::new()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")),
+            "{path}"
+        );
+        assert_eq!(headers.get("allow").unwrap(), "GET,HEAD", "{path}");
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_backend_that_is_down_gets_a_clear_502() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
