@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-forming bench-proxy bench-time-to-play manifests-check docs-check scripts-check fuzz fuzz-build ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-forming bench-proxy bench-time-to-play manifests-check docs-check api-check scripts-check fuzz fuzz-build ci \
 	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -60,7 +60,10 @@ docs-check: ## README configuration tables agree with every binary's --help; mak
 	cargo build --workspace --bins --locked
 	scripts/check-docs.py
 
-scripts-check: ## The scripts keep their promises: root-only clone dirs, no leftovers after a failed start, ctrl-c says "interrupted", bad benchmark settings refused up front
+api-check: ## The HTTP API, directly and through the proxy, against docs/openapi.yaml: schemathesis on the local stack (MAX_EXAMPLES, SEED)
+	scripts/api-check.sh
+
+scripts-check: ## The scripts keep their promises: root-only clone dirs, no leftovers after a failed start, ctrl-c says "interrupted", bad benchmark and api-check settings refused up front
 	cargo build --workspace --bins --release --locked
 	scripts/check-scripts.sh
 

@@ -94,7 +94,9 @@ refused() {
 refused "CPU_SPLIT must be 0 or 1, got '2'." CPU_SPLIT=2 scripts/bench-proxy.sh
 refused "WARM_POOL_MIN must be above 0 for the warm runs, got '0'." WARM_POOL_MIN=0 scripts/bench-time-to-play.sh
 refused "WARM_POOL_MIN must be above 0 for the warm runs, got 'many'." WARM_POOL_MIN=many scripts/bench-time-to-play.sh
-echo "scripts-check: benchmarks refuse a bad setting with one sentence before starting anything"
+refused "MAX_EXAMPLES must be a whole number above 0, got '0'." MAX_EXAMPLES=0 scripts/api-check.sh
+refused "SEED must be a whole number, got '-1'." SEED=-1 scripts/api-check.sh
+echo "scripts-check: benchmarks and api-check refuse a bad setting with one sentence before starting anything"
 
 # 6. One run right after another in the same directory.
 again=$scratch/again

@@ -3,7 +3,8 @@
 # (RUNTIME=local, one game-server process per session) and the proxy, on free loopback ports.
 # Source it, then:
 #   mp_start_stack DIR   # (with MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX when set) exports MP_PROXY_URL, MP_BACKEND_URL, MP_ADMIN_TOKEN, MP_SERVICE_TOKEN,
-#                        # MP_PLAYER_TOKEN_SECRET (the HS256 key player tokens are minted with)
+#                        # MP_PLAYER_TOKEN_SECRET (the HS256 key player tokens are minted with),
+#                        # MP_TICKET_SECRET (the game tickets' and report tokens' key)
 #   mp_stop_stack        # SIGTERM backend and proxy (servers drain), then the services
 #   mp_wait_warm URL     # with WARM_POOL_MIN > 0: waits (up to 60 s) until the backend at URL
 #                        # reports WARM_POOL_MIN idle warm servers, and says how long it took
@@ -46,6 +47,7 @@ mp_start_stack() {
   local backend_port proxy_port secret
   read -r backend_port proxy_port < <(mp_free_ports 2)
   secret=$(mp_random)
+  MP_TICKET_SECRET=$secret
   MP_ADMIN_TOKEN=$(mp_random)
   MP_SERVICE_TOKEN=$(mp_random)
   # The studio's identity service is played by this key: loadgen (and `loadgen token`) mint
@@ -71,7 +73,7 @@ mp_start_stack() {
   MP_PROXY_PID=$!
   mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$MP_PROXY_PID"
   export MP_PROXY_URL="http://127.0.0.1:$proxy_port" MP_BACKEND_URL="http://127.0.0.1:$backend_port"
-  export MP_ADMIN_TOKEN MP_SERVICE_TOKEN MP_PLAYER_TOKEN_SECRET MP_BACKEND_PID MP_PROXY_PID MP_STACK_DIR
+  export MP_ADMIN_TOKEN MP_SERVICE_TOKEN MP_PLAYER_TOKEN_SECRET MP_TICKET_SECRET MP_BACKEND_PID MP_PROXY_PID MP_STACK_DIR
 }
 
 mp_stop_stack() {
