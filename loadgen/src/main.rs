@@ -76,10 +76,7 @@ fn main() -> ExitCode {
     service::telemetry::init(&cli.log, "warn");
     // A swarm holds thousands of sockets at once: room for them before the runtime's threads
     // start, so that its burst of connections never waits for the descriptor table to grow.
-    if let Err(e) = service::cli::raise_open_file_limit()
-        .map_err(std::io::Error::from)
-        .and_then(service::cli::reserve_descriptor_table)
-    {
+    if let Err(e) = service::cli::prepare_for_connections() {
         tracing::warn!(error = %e, "cannot raise the open-file limit or size the descriptor table ahead");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -65,12 +65,7 @@ where
     F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let open_files = raise_open_file_limit();
-    // Before the runtime's threads exist, so that growing the table costs no RCU wait at all.
-    let descriptors = match &open_files {
-        Ok(limit) => reserve_descriptor_table(*limit),
-        Err(e) => Err(std::io::Error::from(*e)),
-    };
+    let descriptors = prepare_for_connections();
     let huge_pages = disable_transparent_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -89,13 +84,11 @@ where
                 return ExitCode::FAILURE;
             }
         };
-        match (open_files, descriptors) {
-            (Ok(limit), Ok(table)) => tracing::info!(open_files = limit, descriptor_table = table, "open-file limit"),
-            (Err(e), _) => tracing::warn!(error = %e, "cannot read or raise the open-file limit"),
-            (Ok(limit), Err(e)) => tracing::warn!(
-                open_files = limit,
+        match descriptors {
+            Ok((limit, table)) => tracing::info!(open_files = limit, descriptor_table = table, "open-file limit"),
+            Err(e) => tracing::warn!(
                 error = %e,
-                "cannot size the descriptor table ahead; a burst of connections waits while it grows"
+                "cannot raise the open-file limit or size the descriptor table ahead; a burst of connections may run out or wait"
             ),
         }
         if let Err(e) = huge_pages {
@@ -135,6 +128,14 @@ pub fn raise_open_file_limit() -> nix::Result<u64> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
+}
+
+/// What a process about to hold thousands of sockets does before its runtime starts its
+/// threads: raises the open-file limit ([`raise_open_file_limit`]) and sizes the descriptor
+/// table for it ([`reserve_descriptor_table`]). Returns the limit and the table's size.
+pub fn prepare_for_connections() -> std::io::Result<(u64, u64)> {
+    let limit = raise_open_file_limit()?;
+    Ok((limit, reserve_descriptor_table(limit)?))
 }
 
 /// The most descriptors [`reserve_descriptor_table`] makes room for: about half a MiB of kernel
@@ -240,7 +241,7 @@ mod tests {
         // The descriptor used to grow it is closed again: the next one opened is a low one.
         let next = std::fs::File::open("/dev/null").unwrap();
         assert!(std::os::fd::AsRawFd::as_raw_fd(&next) < 64);
-        // A limit of one or none asks for nothing and fails nothing.
+        // A limit of one asks for nothing and fails nothing.
         assert_eq!(super::reserve_descriptor_table(1).unwrap(), size);
     }
 
