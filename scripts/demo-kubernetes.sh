@@ -53,7 +53,7 @@ sim_port=${ports[0]} proxy_port=${ports[1]}
 TICKET_SECRET="$secret" RUST_LOG="${RUST_LOG:-info}" "$bin/kube-sim" --bind "127.0.0.1:$sim_port" \
   --kubeconfig "$run/kubeconfig" --namespace games --game-server-bin "$bin/game-server" \
   --secret matchplane-ticket/ticket-secret=env:TICKET_SECRET --start-delay-ms "${POD_START_DELAY_MS:-2000}" \
-  --log-dir "$run/pods" >"$run/kube-sim.log" 2>&1 &
+  --rbac deploy/backend/rbac.yaml --log-dir "$run/pods" >"$run/kube-sim.log" 2>&1 &
 pids+=($!)
 mp_wait_http "http://127.0.0.1:$sim_port/healthz" kube-sim "$!"
 sim="http://127.0.0.1:$sim_port"
@@ -100,6 +100,8 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 curl -fsS "$sim/sim/pods" >"$out/pods.json"
+# kube-sim held every call to the backend's shipped Role, as a real API server would.
+curl -fsS "$sim/sim/calls" | python3 -c 'import json,sys; bad = [c for c in json.load(sys.stdin) if c["forbidden"]]; [print("kubernetes call refused by deploy/backend/rbac.yaml: " + c["verb"] + " " + c["resource"] + " (" + str(c["forbidden"]) + " times)") for c in bad]; sys.exit(1 if bad else 0)' || status=1
 for backend in "${backends[@]}"; do
   curl -fsS "$backend/health" | python3 -c 'import json,sys; w = json.load(sys.stdin).get("warm_servers"); w and print("warm pods (" + sys.argv[1] + "): " + ", ".join(f"{k} {v}" for k, v in w.items()))' "$backend"
 done

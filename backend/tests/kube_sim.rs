@@ -28,6 +28,13 @@ struct Sim {
     _stop: tokio_util::sync::DropGuard,
 }
 
+/// The Role the backend ships with, bound in the test namespace: kube-sim refuses every call it
+/// does not grant, as a real API server does.
+fn backend_role() -> kube_sim::Rbac {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/backend/rbac.yaml");
+    kube_sim::Rbac::from_manifest(&std::fs::read_to_string(path).unwrap(), Some(NS)).unwrap()
+}
+
 /// kube-sim in this process, with the ticket Secret the game-server Pods reference.
 async fn sim(start_delay_ms: u64) -> Sim {
     let node = NodeConfig {
@@ -39,6 +46,7 @@ async fn sim(start_delay_ms: u64) -> Sim {
         .into(),
         log_dir: None,
         strict_by_default: true,
+        rbac: Some(backend_role()),
     };
     let behaviour = Behaviour {
         start_delay_ms,
@@ -545,6 +553,73 @@ async fn a_long_run_of_lost_claims_still_ends_on_a_warm_pod() {
     assert_eq!(state["cold_starts"], 0, "{state}");
     play(&backend, &bodies).await;
     backend.stop().await;
+}
+
+/// Every Kubernetes call the backend makes is one the Role it ships grants, and the Role grants
+/// nothing the backend does not use. kube-sim holds each call to that Role as a real API server
+/// does (a call it does not grant is refused 403), and counts them: a run through every path
+/// that calls the API (warm Pods kept and claimed, a claim lost and read back, a cold start, a
+/// session played to the end and its Pod deleted, the reaper's list, the Pod watch) is compared
+/// with the Role's rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kubernetes_call_the_backend_makes_is_granted_by_the_role_it_ships() {
+    let sim = sim(0).await;
+    let backend = warm_replica(&sim, "rbac", 1, |s| s).await;
+    // The first claim loses (409): the replica reads the Pod back, sees another session's
+    // claim, and moves on; with no other warm Pod the session starts cold.
+    sim.cluster.add_fault(Fault {
+        code: 409,
+        count: 1,
+        verb: Some(kube_sim::Verb::Patch),
+        after: false,
+    });
+    let cold = matched(&backend, &players("rbac-cold", 2)).await;
+    let state = warm_state(&backend).await;
+    assert_eq!(state["cold_starts"], 1, "{state}");
+    let warm = matched(&backend, &players("rbac-warm", 2)).await;
+    assert_eq!(warm_state(&backend).await["handed"], 1);
+    play(&backend, &cold).await;
+    play(&backend, &warm).await;
+    for body in [&cold[0], &warm[0]] {
+        let sid = body["session_id"].as_str().unwrap().to_owned();
+        eventually(Duration::from_secs(30), || async {
+            let (ns, name) = pod_of(&backend, &sid).await;
+            let records = sim.cluster.records();
+            let record = records.iter().find(|r| r.namespace == ns && r.name == name)?;
+            record.deleted_ms.map(|_| ())
+        })
+        .await;
+    }
+    backend.stop().await;
+
+    let role = backend_role();
+    let made: std::collections::BTreeSet<(String, String)> = sim
+        .cluster
+        .calls()
+        .into_iter()
+        .map(|(call, count)| {
+            assert_eq!(count.forbidden, 0, "refused by the Role: {call:?}");
+            assert_eq!(call.namespace.as_deref(), Some(NS), "{call:?}");
+            (call.verb, call.resource)
+        })
+        .collect();
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/backend/rbac.yaml")).unwrap();
+    let granted: std::collections::BTreeSet<(String, String)> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|doc| <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .filter(|doc| doc["kind"] == "Role")
+        .flat_map(|doc| doc["rules"].as_sequence().cloned().unwrap_or_default())
+        .flat_map(|rule| {
+            let resources: Vec<String> = serde_yaml::from_value(rule["resources"].clone()).unwrap();
+            let verbs: Vec<String> = serde_yaml::from_value(rule["verbs"].clone()).unwrap();
+            resources
+                .into_iter()
+                .flat_map(move |r| verbs.clone().into_iter().map(move |v| (v, r.clone())))
+        })
+        .collect();
+    assert_eq!(made, granted, "the calls made (left) and the Role's grants (right)");
+    assert!(role.allows(
+        &kube_sim::rbac::Request::of(&http::Method::GET, &format!("/api/v1/namespaces/{NS}/pods/x"), None).unwrap()
+    ));
 }
 
 /// A claim the API server applied but whose answer was lost (a 504 after the write reached

@@ -47,9 +47,32 @@ pub fn router(cluster: Arc<Cluster>) -> axum::Router {
         .route("/sim/watches/cut", post(cut_watches))
         .route("/sim/compact", post(compact))
         .route("/sim/pods", get(records))
+        .route("/sim/calls", get(calls))
         .route("/sim/pods/{ns}/{name}/{action}", post(pod_action))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(cluster.clone(), authorize))
         .with_state(cluster)
+}
+
+/// Every resource call is counted and held to the Roles kube-sim was given, before anything
+/// else looks at it (faults included): a refused call changes nothing.
+async fn authorize(
+    State(cluster): State<Arc<Cluster>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = request.uri();
+    let Some(call) = crate::rbac::Request::of(request.method(), uri.path(), uri.query()) else {
+        return next.run(request).await;
+    };
+    let details = json!({"name": call.name.clone().unwrap_or_default(), "kind": call.resource.clone()});
+    match cluster.authorize(call) {
+        Ok(()) => next.run(request).await,
+        Err(message) => {
+            tracing::warn!(%message, "kube-sim: forbidden");
+            status(403, "Forbidden", &message, Some(details))
+        }
+    }
 }
 
 /// A `Status` failure, as the API server sends it.
@@ -549,6 +572,18 @@ async fn compact(State(cluster): State<Arc<Cluster>>) -> StatusCode {
 
 async fn records(State(cluster): State<Arc<Cluster>>) -> Response {
     Json(cluster.records()).into_response()
+}
+
+async fn calls(State(cluster): State<Arc<Cluster>>) -> Response {
+    let calls: Vec<Value> = cluster
+        .calls()
+        .into_iter()
+        .map(|(call, count)| {
+            json!({"verb": call.verb, "api_group": call.api_group, "resource": call.resource,
+                "namespace": call.namespace, "allowed": count.allowed, "forbidden": count.forbidden})
+        })
+        .collect();
+    Json(calls).into_response()
 }
 
 async fn pod_action(

@@ -105,6 +105,16 @@ pub struct NodeConfig {
     /// Unknown fields in a create without `fieldValidation` are refused (`Strict`) rather
     /// than warned about.
     pub strict_by_default: bool,
+    /// The Roles every API call is held to (`403 Forbidden` otherwise); `None` allows all.
+    pub rbac: Option<crate::rbac::Rbac>,
+}
+
+/// How often one kind of API call was made, and how often it was refused for want of a
+/// permission.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallCount {
+    pub allowed: u64,
+    pub forbidden: u64,
 }
 
 pub struct Cluster {
@@ -114,6 +124,8 @@ pub struct Cluster {
     cuts: watch::Sender<u64>,
     history_limit: usize,
     pub node: NodeConfig,
+    /// Every API call made, by what the authorizer saw; a lock of its own, off the storage's.
+    calls: Mutex<BTreeMap<crate::rbac::Request, CallCount>>,
 }
 
 /// A starting point for Pod IPs that differs between kube-sim instances.
@@ -209,7 +221,40 @@ impl Cluster {
             cuts: watch::Sender::new(0),
             history_limit,
             node,
+            calls: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Holds an API call to the Roles, if any, and counts it: `Err` with the refusal's
+    /// message when it is forbidden.
+    pub fn authorize(&self, request: crate::rbac::Request) -> Result<(), String> {
+        let refused = match &self.node.rbac {
+            Some(rbac) if !rbac.allows(&request) => Some(rbac.refusal(&request)),
+            _ => None,
+        };
+        let key = crate::rbac::Request { name: None, ..request };
+        let mut calls = self.calls.lock().unwrap();
+        let count = calls.entry(key).or_default();
+        match refused {
+            None => {
+                count.allowed += 1;
+                Ok(())
+            }
+            Some(message) => {
+                count.forbidden += 1;
+                Err(message)
+            }
+        }
+    }
+
+    /// Every kind of API call made so far (verb, group, resource, namespace) and its counts.
+    pub fn calls(&self) -> Vec<(crate::rbac::Request, CallCount)> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, c)| (r.clone(), c.clone()))
+            .collect()
     }
 
     fn emit(&self, state: &mut State, kind: &'static str, pod: &mut Pod) -> u64 {
@@ -679,6 +724,7 @@ mod tests {
             secrets: HashMap::new(),
             log_dir: None,
             strict_by_default: true,
+            rbac: None,
         };
         // Containers never start within a test: the Pod stays Pending.
         let behaviour = Behaviour {

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod cluster;
 pub mod kubelet;
+pub mod rbac;
 pub mod selector;
 pub mod validate;
 
@@ -29,7 +30,8 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use cluster::{Behaviour, Cluster, Fault, NodeConfig, PodRecord, Verb};
+pub use cluster::{Behaviour, CallCount, Cluster, Fault, NodeConfig, PodRecord, Verb};
+pub use rbac::Rbac;
 
 /// How unknown fields in a create are treated when the request does not say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +81,11 @@ pub struct Config {
     /// Unknown fields in a create without `fieldValidation`.
     #[arg(long, env = "KUBE_SIM_FIELD_VALIDATION", value_enum, default_value = "strict")]
     pub field_validation: FieldValidation,
+    /// Hold every API call to the Roles this manifest binds to its ServiceAccount, granted in
+    /// `--namespace` (a call they do not grant is answered 403 Forbidden, as a real API server
+    /// answers it); unset, every call is allowed.
+    #[arg(long, env = "KUBE_SIM_RBAC", value_name = "FILE")]
+    pub rbac: Option<PathBuf>,
     /// Where each container's output goes (`<namespace>_<pod>.log`); discarded when unset.
     #[arg(long, env = "KUBE_SIM_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
@@ -114,6 +121,16 @@ impl Config {
             "the game-server binary {} does not exist (build it, or pass --game-server-bin)",
             game_server_bin.display()
         );
+        let rbac = match &self.rbac {
+            Some(path) => {
+                let yaml = std::fs::read_to_string(path).with_context(|| format!("--rbac {}", path.display()))?;
+                Some(
+                    rbac::Rbac::from_manifest(&yaml, Some(&self.namespace))
+                        .with_context(|| format!("--rbac {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
         if let Some(dir) = &self.log_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -122,6 +139,7 @@ impl Config {
             secrets,
             log_dir: self.log_dir.clone(),
             strict_by_default: self.field_validation == FieldValidation::Strict,
+            rbac,
         })
     }
 
