@@ -19,22 +19,34 @@ use anyhow::Context;
 use futures_util::future::BoxFuture;
 use identity::{Authenticator, PlayerVerifier};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::events::Waiters;
 use crate::health::{Dependencies, Health};
 use crate::history::History;
-use crate::janitor::Janitor;
-use crate::matcher::Matcher;
+use crate::matchmaking::{Matchmaking, matcher};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
-use crate::store::Store;
-use crate::supervisor::{Supervisor, SupervisorConfig};
-use crate::{api, events, matcher, runtime};
+use crate::sessions::events;
+use crate::sessions::events::Waiters;
+use crate::sessions::janitor::Janitor;
+use crate::sessions::supervisor::{Supervisor, SupervisorConfig};
+use crate::{http, runtime};
+use matchmaking_core::store::Store;
 use service::cli::Unreachable;
+
+/// Every retry policy of the backend's parts, so each op's retries are counted from 0.
+const RETRIES: [service::backoff::Policy; 8] = [
+    crate::matchmaking::matcher::FORM,
+    crate::sessions::REDIS_STEP,
+    crate::sessions::events::SUBSCRIBE,
+    crate::sessions::supervisor::FORMING_PAUSE,
+    crate::runtime::kubernetes::CREATE_POD,
+    crate::runtime::kubernetes::DELETE_POD,
+    crate::runtime::kubernetes::reaper::REAPER,
+    crate::history::WRITER,
+];
 
 /// Most sessions one replica supervises at once; the matcher waits when it is reached.
 const MAX_ACTIVE_SESSIONS: usize = 2000;
@@ -97,7 +109,15 @@ impl App {
         } = connect(&settings).await?;
         let runtime = runtime::build(&settings.runtime, &settings.secret).await?;
 
-        let sessions = Sessions::new(store, metrics.clone(), &settings.instance_id, settings.queues.clone());
+        let phases = Phases::new();
+        let matchmaking = Matchmaking::new(
+            store.clone(),
+            settings.queues.clone(),
+            metrics.clone(),
+            &settings.instance_id,
+            phases.joins.clone(),
+        );
+        let sessions = Sessions::new(store, metrics.clone(), &settings.instance_id);
         let janitor = Janitor {
             sessions: sessions.clone(),
             servers_outlive_backend: runtime.as_ref().is_some_and(|r| r.servers_outlive_backend()),
@@ -111,7 +131,6 @@ impl App {
         };
         health.check(&dependencies).await;
 
-        let phases = Phases::new();
         let supervisor = Supervisor::new(
             sessions.clone(),
             SupervisorConfig {
@@ -123,17 +142,15 @@ impl App {
             metrics.clone(),
         );
         let waiters = Arc::new(Waiters::default());
-        let matcher_wake = Arc::new(Notify::new());
         let mut background: Vec<(&'static str, BoxFuture<'static, ()>)> = vec![
             (
                 "matcher",
                 Box::pin(matcher::run(
-                    Matcher {
-                        sessions: sessions.clone(),
+                    matcher::Matcher {
+                        matchmaking: matchmaking.clone(),
                         supervisor: supervisor.clone(),
                         max_active: MAX_ACTIVE_SESSIONS,
                         metrics: metrics.clone(),
-                        wake: matcher_wake.clone(),
                     },
                     phases.joins.clone(),
                 )),
@@ -173,21 +190,20 @@ impl App {
             .collect();
 
         let auth = authenticator(&settings).await?;
-        let state = Arc::new(api::AppState {
+        let state = Arc::new(http::AppState {
             auth,
+            matchmaking,
             sessions,
             health,
             history,
             settings: settings.clone(),
             metrics,
             waiters,
-            matcher_wake,
-            draining: phases.joins.clone(),
             runtime: runtime.clone(),
         });
         let http = {
             let stop = phases.http.clone();
-            let app = api::router(state);
+            let app = http::router(state);
             tokio::spawn(serve_http(listener, app, stop))
         };
         tracing::info!(addr = %bound, instance = %settings.instance_id, runtime = settings.runtime.name(), "backend ready");
@@ -293,7 +309,8 @@ async fn connect(settings: &Settings) -> anyhow::Result<Connected> {
     let store = Store::open(settings.redis.clone(), &settings.key_prefix)
         .await
         .map_err(|e| Unreachable(format!("cannot reach {}: {e}", settings.redis.describe())))?;
-    let metrics = Arc::new(Metrics::default());
+    let queues: Vec<&str> = settings.queues.iter().map(|q| q.name.as_str()).collect();
+    let metrics = Arc::new(Metrics::new(&RETRIES, &queues));
     let history = History::new(
         &settings.database_url,
         store.clone(),

@@ -21,9 +21,9 @@ use service::cli::seconds;
 use service::redis::{RedisArgs, RedisTarget};
 use service::telemetry::{LogArgs, LogFormat};
 
-use crate::queues::Queues;
 use crate::runtime::kubernetes::PodTemplate;
-use crate::store::FormRules;
+use matchmaking_core::queues::Queues;
+use matchmaking_core::store::FormRules;
 
 /// How game servers are started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

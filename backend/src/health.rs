@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::history::History;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use matchmaking_core::store::Store;
 
 /// How often the dependencies are checked.
 const EVERY: Duration = Duration::from_secs(1);

@@ -96,6 +96,15 @@ pub(crate) struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(&[], &[])
+    }
+}
+
+impl Metrics {
+    /// Every metric, each with known labels at 0 from the start (so rates and alerts have
+    /// something to read before the first event): `retries`, the retry policies of the parts;
+    /// `queues`, the queues' names.
+    pub(crate) fn new(retries: &[service::backoff::Policy], queues: &[&str]) -> Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
             joins: Family::default(),
@@ -225,6 +234,33 @@ impl Default for Metrics {
         for state in [Supervised::Allocating, Supervised::Matched] {
             drop(metrics.sessions.get_or_create(&StateLabel { state: state.label() }));
         }
+        for result in JoinResult::ALL {
+            drop(metrics.joins.get_or_create(&ResultLabel { result: result.label() }));
+        }
+        for reason in EndReason::ALL {
+            drop(metrics.sessions_ended.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            }));
+        }
+        for state in ["idle", "starting"] {
+            drop(metrics.warm_servers.get_or_create(&WarmLabel { state }));
+        }
+        for queue in queues {
+            let label = QueueLabel {
+                queue: (*queue).to_owned(),
+            };
+            drop(metrics.queue_depth.get_or_create(&label));
+            drop(metrics.timed_out.get_or_create(&label));
+            for family in [
+                &metrics.skill_spread,
+                &metrics.team_skill_gap,
+                &metrics.max_latency,
+                &metrics.join_to_matched,
+            ] {
+                drop(family.get_or_create(&label));
+            }
+        }
+        service::backoff::register(&mut registry, retries);
         Metrics { registry, ..metrics }
     }
 }
@@ -240,6 +276,13 @@ fn latency_ms_histogram() -> Histogram {
 }
 
 impl JoinResult {
+    const ALL: [JoinResult; 4] = [
+        JoinResult::Queued,
+        JoinResult::AlreadyQueued,
+        JoinResult::InSession,
+        JoinResult::Cancelled,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             JoinResult::Queued => "queued",
@@ -388,6 +431,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_family_with_known_labels_exists_at_zero_from_the_start() {
+        let policy = service::backoff::Policy::new("test_op", Duration::from_millis(1), Duration::from_millis(2));
+        let text = Metrics::new(&[policy], &["default", "ranked"]).render(None);
+        for line in [
+            "mp_joins_total{result=\"queued\"} 0",
+            "mp_joins_total{result=\"cancelled\"} 0",
+            "mp_sessions_ended_total{reason=\"completed\"} 0",
+            "mp_sessions_ended_total{reason=\"lost\"} 0",
+            "mp_sessions{state=\"matched\"} 0",
+            "mp_queue_depth{queue=\"ranked\"} 0",
+            "mp_tickets_timed_out_total{queue=\"default\"} 0",
+            "mp_join_to_matched_seconds_count{queue=\"ranked\"} 0",
+            "mp_session_skill_spread_count{queue=\"ranked\"} 0",
+            "mp_warm_servers{state=\"idle\"} 0",
+            "mp_retries_total{op=\"test_op\"} 0",
+            "mp_history_events_written_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
     fn renders_counters_gauges_and_cumulative_buckets() {
         let m = Metrics::default();
         m.join(JoinResult::Queued);
@@ -449,7 +514,9 @@ mod tests {
         let text = m.render(Some(warm));
         assert!(text.lines().any(|l| l == "mp_warm_servers{state=\"idle\"} 0"), "{text}");
         assert!(text.lines().any(|l| l == "mp_warm_handed_total 47"), "{text}");
-        // Without a pool there are no servers by state (the target and totals stay 0).
-        assert!(!Metrics::default().render(None).contains("mp_warm_servers{"));
+        // Without a pool every state reads 0 (and so do the target and totals).
+        let none = Metrics::default().render(None);
+        assert!(none.lines().any(|l| l == "mp_warm_servers{state=\"idle\"} 0"), "{none}");
+        assert!(none.lines().any(|l| l == "mp_warm_pool_target 0"), "{none}");
     }
 }

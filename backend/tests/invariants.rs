@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend::store::Store;
 use common::{Backend, eventually, settings};
 use hyper::{Method, StatusCode};
+use matchmaking_core::store::Store;
 use rand::Rng;
 use sqlx::Row;
 use tokio::sync::Semaphore;
@@ -310,7 +310,7 @@ async fn three_replicas_three_thousand_ranked_tickets_with_parties() {
                 body["party"] =
                     serde_json::json!([{"player_id": members[1], "attributes": attributes(&members[1], false)}]);
             }
-            let sent = backend::store::now_ms();
+            let sent = matchmaking_core::store::now_ms();
             for p in &members {
                 players.lock().unwrap().get_mut(p).unwrap().sent_ms = sent;
             }
@@ -348,7 +348,7 @@ async fn three_replicas_three_thousand_ranked_tickets_with_parties() {
     tokio::time::sleep_until(joins_done + Duration::from_millis(MAX_WAIT_MS as u64 + 2500)).await;
     let store = Store::connect(&common::redis_url(), &prefix).await.unwrap();
     assert_eq!(
-        store.queue_depths(&["ranked"]).await.unwrap()[0].tickets,
+        store.queue_depths(&[store.queue("ranked")]).await.unwrap()[0].tickets,
         0,
         "tickets waited past max_wait"
     );

@@ -795,10 +795,13 @@ async fn a_silent_api_server_fails_a_start_instead_of_hanging_it() {
             .http
             .request(hyper::Method::GET, "/metrics", &[], Vec::new())
             .await;
+        // At 0 from the start: wait for the first failed session.
         metrics
             .as_str()
             .unwrap()
-            .contains("mp_sessions_ended_total{reason=\"failed\"}")
+            .lines()
+            .filter_map(|l| l.strip_prefix("mp_sessions_ended_total{reason=\"failed\"} "))
+            .any(|n| n.parse::<u64>().is_ok_and(|n| n > 0))
             .then_some(())
     })
     .await;

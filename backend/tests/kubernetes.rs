@@ -10,10 +10,10 @@ use std::time::Duration;
 use backend::runtime::kubernetes::{KubernetesRuntime, PodTemplate, pod_name, reconcile, render_pod};
 use backend::runtime::{ServerExit, ServerSpec, SessionRuntime, StartError};
 use backend::sessions::Sessions;
-use backend::store::{FormRules, PlayerView, now_ms};
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::Pod;
 use kube::client::Body;
+use matchmaking_core::store::{FormRules, PlayerView, now_ms};
 use protocol::sessions::SessionState;
 use serde_json::{Value, json};
 use tokio::time::timeout;
@@ -413,17 +413,12 @@ async fn a_watch_too_old_to_resume_relists_and_a_pod_missing_from_the_relist_is_
 }
 
 /// The sessions service the runtime reports to, over a fresh prefix of the test Redis.
-async fn sessions() -> (Sessions, backend::store::Store) {
+async fn sessions() -> (Sessions, matchmaking_core::store::Store) {
     let store = common::store().await;
-    let rules = FormRules {
-        size: 12,
-        min_partial: 2,
-        flush_wait_ms: 15_000,
-    };
-    (Sessions::standalone(store.clone(), "replica-a", rules), store)
+    (Sessions::standalone(store.clone(), "replica-a"), store)
 }
 
-async fn live_session(store: &backend::store::Store, players: &[&str]) -> String {
+async fn live_session(store: &matchmaking_core::store::Store, players: &[&str]) -> String {
     for p in players {
         store.join(p, now_ms() - 60_000).await.unwrap();
     }

@@ -365,7 +365,7 @@ async fn history_end_reason(pool: &sqlx::PgPool, prefix: &str, session: &str) ->
             other => format!("{other:?}"),
         };
         if tokio::time::Instant::now() > deadline {
-            let keys = backend::keys::Keys::new(prefix);
+            let keys = matchmaking_core::keys::Keys::new(prefix);
             let outbox = keys.outbox();
             let mut redis = redis::Client::open(common::redis_url())
                 .unwrap()

@@ -4,10 +4,11 @@
 
 mod common;
 
-use backend::queues::Queues;
+use backend::matchmaking::Matchmaking;
 use backend::sessions::Sessions;
-use backend::store::{CancelOutcome, EndOutcome, JoinOutcome, PlayerView, Store, now_ms};
-use backend::tickets::{self, Joiner};
+use matchmaking_core::queues::Queues;
+use matchmaking_core::store::{CancelOutcome, EndOutcome, JoinOutcome, PlayerView, Store, now_ms};
+use matchmaking_core::tickets::{self, Joiner};
 use protocol::api::{EndReason, JoinRequest};
 use protocol::sessions::SessionState;
 use serde_json::json;
@@ -43,7 +44,8 @@ async fn join(store: &Store, players: &[(&str, f64)], joined_ms: i64) -> JoinOut
     let request: JoinRequest = serde_json::from_value(body).unwrap();
     let ticket = tickets::check(duo, &request, Joiner::Service).unwrap();
     store
-        .join_ticket("duo", &ticket.players, ticket.doc.as_deref(), joined_ms)
+        .queue("duo")
+        .join(&ticket.players, ticket.doc.as_deref(), joined_ms)
         .await
         .unwrap()
 }
@@ -79,17 +81,17 @@ async fn a_party_waits_as_one_ticket_and_leaves_as_one() {
     assert_eq!(store.player("other").await.unwrap(), PlayerView::Unknown);
     // Queued in one queue: a join to another is refused.
     assert!(
-        matches!(store.join_ticket("casual", &["lead".into()], None, now).await.unwrap(),
+        matches!(store.queue("casual").join(&["lead".into()], None, now).await.unwrap(),
         JoinOutcome::Busy { ref player, queue: Some(ref q) } if player == "lead" && q == "duo")
     );
     // A member leaving takes the whole party out.
     assert_eq!(store.cancel("mate").await.unwrap(), CancelOutcome::Cancelled);
     assert_eq!(store.player("lead").await.unwrap(), PlayerView::Unknown);
     assert_eq!(store.cancel("lead").await.unwrap(), CancelOutcome::NotQueued);
-    assert!(store.waiting_tickets("duo").await.unwrap().is_empty());
+    assert!(store.queue("duo").waiting_tickets().await.unwrap().is_empty());
     // Plain non-default queues keep their own keys and answer the same way.
     assert_eq!(
-        store.join_ticket("casual", &["lead".into()], None, now).await.unwrap(),
+        store.queue("casual").join(&["lead".into()], None, now).await.unwrap(),
         JoinOutcome::Queued { new: true, depth: 1 }
     );
     assert!(queued_in(&store.player("lead").await.unwrap(), "casual", "lead"));
@@ -100,7 +102,8 @@ async fn a_party_waits_as_one_ticket_and_leaves_as_one() {
 #[tokio::test]
 async fn a_formed_session_keeps_parties_together_and_records_its_placement() {
     let store = common::store().await;
-    let sessions = Sessions::with_queues(store.clone(), "i1", queues());
+    let matchmaking = Matchmaking::standalone(store.clone(), "i1", queues());
+    let sessions = Sessions::standalone(store.clone(), "i1");
     let qs = queues();
     let duo = qs.get("duo").unwrap();
     let now = now_ms();
@@ -109,7 +112,7 @@ async fn a_formed_session_keeps_parties_together_and_records_its_placement() {
     join(&store, &[("d", 1560.0)], now - 800).await;
     // Far outside the window: waits.
     join(&store, &[("far", 2500.0)], now - 700).await;
-    let formed = sessions.form(duo, 10).await.unwrap();
+    let formed = matchmaking.form(duo, 10).await.unwrap();
     assert_eq!(formed.len(), 1);
     let session = &formed[0];
     assert_eq!(session.queue, "duo");
@@ -152,11 +155,11 @@ async fn a_formed_session_keeps_parties_together_and_records_its_placement() {
             reason: EndReason::Failed
         }
     );
-    let waiting = store.waiting_tickets("duo").await.unwrap();
+    let waiting = store.queue("duo").waiting_tickets().await.unwrap();
     let ids: Vec<&str> = waiting.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids[3], "far", "requeued tickets go ahead of the one that kept waiting");
     assert!(queued_in(&store.player("b").await.unwrap(), "duo", "a"));
-    let again = sessions.form(duo, 10).await.unwrap();
+    let again = matchmaking.form(duo, 10).await.unwrap();
     assert_eq!(again.len(), 1);
     let mut players = again[0].players.clone();
     players.sort();
@@ -175,7 +178,7 @@ async fn a_plan_never_claims_a_ticket_that_changed_since_it_was_read() {
     for (i, p) in ["a", "b", "c", "d"].iter().enumerate() {
         join(&store, &[(p, 1500.0)], now - 100 + i as i64).await;
     }
-    let read = store.waiting_tickets("duo").await.unwrap();
+    let read = store.queue("duo").waiting_tickets().await.unwrap();
     let version = |doc: &str| -> u64 {
         serde_json::from_str::<serde_json::Value>(doc).unwrap()["v"]
             .as_u64()
@@ -189,13 +192,18 @@ async fn a_plan_never_claims_a_ticket_that_changed_since_it_was_read() {
         "sessions": [{"session_id": "00000000-0000-4000-8000-000000000001", "tickets": tickets,
             "players": ["a", "b", "c", "d"], "joined_ms": [now, now, now, now], "queue": "duo", "max_wait_ms": 0}],
         "expire": [], "retention_ms": 3_600_000});
-    let placed = store.place("duo", &plan.to_string(), now, "i1").await.unwrap();
+    let placed = store.queue("duo").place(&plan.to_string(), now, "i1").await.unwrap();
     assert!(placed.formed.is_empty(), "{placed:?}");
     assert_eq!(placed.stale, ["d"]);
-    assert_eq!(store.waiting_tickets("duo").await.unwrap().len(), 4, "nothing taken");
+    assert_eq!(
+        store.queue("duo").waiting_tickets().await.unwrap().len(),
+        4,
+        "nothing taken"
+    );
     // The same plan with the current version forms.
     let fresh: Vec<(String, u64)> = store
-        .waiting_tickets("duo")
+        .queue("duo")
+        .waiting_tickets()
         .await
         .unwrap()
         .iter()
@@ -203,11 +211,11 @@ async fn a_plan_never_claims_a_ticket_that_changed_since_it_was_read() {
         .collect();
     let mut plan = plan;
     plan["sessions"][0]["tickets"] = json!(fresh);
-    let placed = store.place("duo", &plan.to_string(), now, "i1").await.unwrap();
+    let placed = store.queue("duo").place(&plan.to_string(), now, "i1").await.unwrap();
     assert_eq!(placed.formed.len(), 1);
     assert!(placed.stale.is_empty());
     // A second commit of the same plan (a replica replaying it) changes nothing.
-    let again = store.place("duo", &plan.to_string(), now, "i1").await.unwrap();
+    let again = store.queue("duo").place(&plan.to_string(), now, "i1").await.unwrap();
     assert!(again.formed.is_empty());
     assert_eq!(again.stale.len(), 4);
 }
@@ -215,7 +223,7 @@ async fn a_plan_never_claims_a_ticket_that_changed_since_it_was_read() {
 #[tokio::test]
 async fn tickets_past_max_wait_time_out_and_may_join_again() {
     let store = common::store().await;
-    let sessions = Sessions::with_queues(store.clone(), "i1", queues());
+    let sessions = Matchmaking::standalone(store.clone(), "i1", queues());
     let qs = queues();
     let duo = qs.get("duo").unwrap();
     let now = now_ms();
@@ -240,7 +248,10 @@ async fn tickets_past_max_wait_time_out_and_may_join_again() {
         matches!(store.player("mate").await.unwrap(), PlayerView::TimedOut { .. }),
         "its party mate still timed out"
     );
-    let depths = store.queue_depths(&["duo", "casual", "default"]).await.unwrap();
+    let depths = store
+        .queue_depths(&[store.queue("duo"), store.queue("casual"), store.queue("default")])
+        .await
+        .unwrap();
     assert_eq!(depths[0].tickets, 2);
     assert_eq!(depths[0].oldest_joined_ms, Some(now - 1_000));
     assert_eq!(depths[1].tickets, 0);
@@ -252,15 +263,16 @@ async fn only_the_lease_holder_forms_a_rule_queue() {
     let store = common::store().await;
     let qs = queues();
     let duo = qs.get("duo").unwrap();
-    let a = Sessions::with_queues(store.clone(), "replica-a", queues());
-    let b = Sessions::with_queues(store.clone(), "replica-b", queues());
+    let a = Matchmaking::standalone(store.clone(), "replica-a", queues());
+    let b = Matchmaking::standalone(store.clone(), "replica-b", queues());
     let now = now_ms();
     for p in ["p1", "p2", "p3", "p4"] {
         join(&store, &[(p, 1500.0)], now).await;
     }
     assert!(
         store
-            .lease("duo", "replica-a", std::time::Duration::from_secs(5))
+            .queue("duo")
+            .lease("replica-a", std::time::Duration::from_secs(5))
             .await
             .unwrap()
     );

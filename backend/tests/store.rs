@@ -2,7 +2,7 @@
 
 mod common;
 
-use backend::store::{CancelOutcome, EndOutcome, FormRules, JoinOutcome, PlayerView, ReadyOutcome};
+use matchmaking_core::store::{CancelOutcome, EndOutcome, FormRules, JoinOutcome, PlayerView, ReadyOutcome};
 use protocol::api::EndReason;
 use protocol::sessions::SessionState;
 

@@ -265,7 +265,7 @@ pub async fn wait_for_history(
     prefix: &str,
     patience: Duration,
 ) -> anyhow::Result<(Duration, bool)> {
-    let outbox = backend::keys::Keys::new(prefix).outbox();
+    let outbox = matchmaking_core::keys::Keys::new(prefix).outbox();
     let started = Instant::now();
     loop {
         let left: u64 = redis::cmd("XLEN").arg(&outbox).query_async(conn).await?;
@@ -288,11 +288,11 @@ async fn ceiling(
     bodies: &[JoinRequest],
     http_tickets_per_second: f64,
 ) -> anyhow::Result<Ceiling> {
-    use backend::tickets::{Joiner, check};
+    use matchmaking_core::tickets::{Joiner, check};
 
     let queues = match &args.matchmaking_config {
-        Some(path) => backend::queues::Queues::load(path).map_err(|e| anyhow::anyhow!(e))?,
-        None => backend::queues::Queues::default_only(backend::store::FormRules {
+        Some(path) => matchmaking_core::queues::Queues::load(path).map_err(|e| anyhow::anyhow!(e))?,
+        None => matchmaking_core::queues::Queues::default_only(matchmaking_core::store::FormRules {
             size: 12,
             min_partial: 1,
             flush_wait_ms: 15_000,
@@ -300,7 +300,7 @@ async fn ceiling(
     };
     let mut joins = Vec::with_capacity(bodies.len());
     for body in bodies {
-        let name = body.queue.as_deref().unwrap_or(backend::queues::DEFAULT_QUEUE);
+        let name = body.queue.as_deref().unwrap_or(matchmaking_core::queues::DEFAULT_QUEUE);
         let queue = queues.get(name).ok_or_else(|| {
             anyhow::anyhow!("no queue {name:?} in the matchmaking config (pass --matchmaking-config)")
         })?;
@@ -314,7 +314,7 @@ async fn ceiling(
         tracing::warn!(waited = ?waited, "the backend's history did not catch up; measuring the ceiling beside it");
     }
     let prefix = format!("{}-ceiling-{}", args.redis_key_prefix, std::process::id());
-    let store = Arc::new(backend::store::Store::connect(url, &prefix).await?);
+    let store = Arc::new(matchmaking_core::store::Store::connect(url, &prefix).await?);
     let joins = Arc::new(joins);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -330,7 +330,12 @@ async fn ceiling(
                 };
                 let t = Instant::now();
                 store
-                    .join_ticket(queue, &ticket.players, ticket.doc.as_deref(), backend::store::now_ms())
+                    .queue(queue)
+                    .join(
+                        &ticket.players,
+                        ticket.doc.as_deref(),
+                        matchmaking_core::store::now_ms(),
+                    )
                     .await?;
                 latencies.push(t.elapsed());
             }

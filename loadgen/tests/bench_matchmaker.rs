@@ -16,7 +16,7 @@ async fn connection() -> redis::aio::MultiplexedConnection {
 #[tokio::test]
 async fn the_ceiling_waits_until_the_history_outbox_is_empty() {
     let prefix = testkit::unique_prefix();
-    let outbox = backend::keys::Keys::new(&prefix).outbox();
+    let outbox = matchmaking_core::keys::Keys::new(&prefix).outbox();
     let mut conn = connection().await;
 
     // Nothing outstanding: no wait.
@@ -50,7 +50,7 @@ async fn the_ceiling_waits_until_the_history_outbox_is_empty() {
         .unwrap();
     assert!(quiet, "quiet once the outbox empties");
     let left: u64 = redis::cmd("XLEN")
-        .arg(backend::keys::Keys::new(&prefix).outbox())
+        .arg(matchmaking_core::keys::Keys::new(&prefix).outbox())
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -15,8 +15,9 @@ pub fn sessions_key(prefix: &str) -> String {
     format!("{{{prefix}}}:sessions")
 }
 
-/// Where a session is in its life: `allocating` → `matched` → `ended`, never backwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Where a session is in its life: `allocating` → `matched` → `ended`, never backwards. The
+/// order of the variants is that of a session's life (`Ord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     /// Formed; its server is starting.
@@ -25,6 +26,31 @@ pub enum SessionState {
     Matched,
     /// Over; `end_reason` says why.
     Ended,
+}
+
+impl SessionState {
+    /// Every state, in the order of a session's life.
+    pub const ALL: [SessionState; 3] = [SessionState::Allocating, SessionState::Matched, SessionState::Ended];
+
+    /// The wire and database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Allocating => "allocating",
+            SessionState::Matched => "matched",
+            SessionState::Ended => "ended",
+        }
+    }
+}
+
+impl std::str::FromStr for SessionState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        SessionState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown session state {s:?}"))
+    }
 }
 
 /// What the matchmaker decided about a session: its queue, teams, region and quality. Every

@@ -4,6 +4,7 @@
 //! address ever dialled is the one the backend recorded for a session that is `matched`, so
 //! a connection reaches a game server only with a valid ticket for that server's session.
 
+use service::backoff::Policy;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use protocol::sessions::{SessionRecord, SessionState};
 
 use crate::Context;
+use crate::metrics::Route;
 
 /// How long a looked-up server address is reused.
 const ROUTE_TTL: Duration = Duration::from_secs(2);
@@ -211,12 +213,17 @@ pub async fn refuse(mut stream: TcpStream, code: ErrorCode) {
 /// failover in progress) before it is refused.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(3);
 
+/// Retries of a session lookup in Redis, within [`LOOKUP_PATIENCE`]; logged at `debug` (an
+/// outage fails many connections at once, and each failure is logged once, when it gives up).
+pub const SESSION_LOOKUP: Policy =
+    Policy::new("session_lookup", Duration::from_millis(50), Duration::from_millis(500)).quiet();
+
 async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
     if let Some(addr) = ctx.routes.get(sid) {
         return Ok(addr);
     }
     let deadline = Instant::now() + LOOKUP_PATIENCE;
-    let mut pause = Duration::from_millis(50);
+    let mut backoff = SESSION_LOOKUP.start();
     let raw = loop {
         let record: Result<Option<Vec<u8>>, _> = redis::cmd("HGET")
             .arg(&ctx.sessions_key)
@@ -225,11 +232,7 @@ async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
             .await;
         match record {
             Ok(raw) => break raw,
-            Err(e) if Instant::now() + pause < deadline => {
-                tracing::debug!(error = %e, "session lookup failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
+            Err(e) if Instant::now() + SESSION_LOOKUP.cap() < deadline => backoff.sleep(&e).await,
             Err(e) => {
                 tracing::warn!(error = %e, "session lookup failed");
                 return Err(ErrorCode::ServerUnreachable);
@@ -251,14 +254,14 @@ async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
     }
 }
 
-fn outcome(code: &ErrorCode) -> &'static str {
+fn outcome(code: &ErrorCode) -> Route {
     match code {
-        ErrorCode::BadTicket => "bad_ticket",
-        ErrorCode::ExpiredTicket => "expired_ticket",
-        ErrorCode::UnknownSession => "unknown_session",
-        ErrorCode::SessionOver => "session_over",
-        ErrorCode::ServerUnreachable => "server_unreachable",
-        _ => "bad_request",
+        ErrorCode::BadTicket => Route::BadTicket,
+        ErrorCode::ExpiredTicket => Route::ExpiredTicket,
+        ErrorCode::UnknownSession => Route::UnknownSession,
+        ErrorCode::SessionOver => Route::SessionOver,
+        ErrorCode::ServerUnreachable => Route::ServerUnreachable,
+        _ => Route::BadRequest,
     }
 }
 
@@ -267,7 +270,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
     let ticket = match ClientCommand::parse(&buf[..newline]) {
         ClientCommand::Join(ticket) => ticket,
         _ => {
-            ctx.metrics.route("bad_request");
+            ctx.metrics.route(Route::BadRequest);
             refuse(client, ErrorCode::BadRequest).await;
             return;
         }
@@ -292,7 +295,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
     let mut server = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(server)) => server,
         _ => {
-            ctx.metrics.route("server_unreachable");
+            ctx.metrics.route(Route::ServerUnreachable);
             refuse(client, ErrorCode::ServerUnreachable).await;
             return;
         }
@@ -302,11 +305,11 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
     notice_silence(&client);
     // The JOIN line (and anything sent after it) goes on to the server as it came.
     if server.write_all(&buf).await.is_err() {
-        ctx.metrics.route("server_unreachable");
+        ctx.metrics.route(Route::ServerUnreachable);
         refuse(client, ErrorCode::ServerUnreachable).await;
         return;
     }
-    ctx.metrics.route("routed");
+    ctx.metrics.route(Route::Routed);
     tracing::debug!(session = %claims.sid, player = ?claims.sub, %addr, "spliced");
     let up_front = buf.len() as u64;
     tokio::select! {

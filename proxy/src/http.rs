@@ -18,6 +18,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::Context;
+use crate::metrics::Route;
 
 /// The longest a forwarded request may take (a 30 s long poll fits).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(45);
@@ -131,7 +132,7 @@ async fn player_limit(request: &Request<Incoming>, rest: &str, ctx: &Context) ->
     if ctx.player_limiter.allow(claims.sub) {
         return None;
     }
-    ctx.metrics.route("player_rate_limited");
+    ctx.metrics.route(Route::PlayerRateLimited);
     let mut response = json_error(
         StatusCode::TOO_MANY_REQUESTS,
         "throttled",

@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{Config, Settings};
 
 use crate::classify::Kind;
+use crate::metrics::Route;
 use crate::metrics::{ConnKind, Metrics};
 
 /// What every connection shares.
@@ -106,7 +107,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         settings,
         redis,
         backend,
-        metrics: Metrics::default(),
+        metrics: Metrics::new(&[game::SESSION_LOOKUP]),
         routes: game::Routes::default(),
         health: health::Health::default(),
         draining: CancellationToken::new(),
@@ -131,12 +132,12 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
             },
         };
         if !ctx.limiter.allow(peer.ip()) {
-            ctx.metrics.route("rate_limited");
+            ctx.metrics.route(Route::RateLimited);
             let _ = stream.try_write(ServerReply::Error(ErrorCode::RateLimited).line().as_bytes());
             continue;
         }
         let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
-            ctx.metrics.route("server_full");
+            ctx.metrics.route(Route::ServerFull);
             let _ = stream.try_write(ServerReply::Error(ErrorCode::ServerFull).line().as_bytes());
             continue;
         };
@@ -189,14 +190,14 @@ async fn connection(
             game::route(stream, buf, newline, &ctx, hard).await;
         }
         Kind::Garbage => {
-            ctx.metrics.route("bad_request");
+            ctx.metrics.route(Route::BadRequest);
             game::refuse(stream, ErrorCode::BadRequest).await;
         }
         Kind::TooLong => {
-            ctx.metrics.route("line_too_long");
+            ctx.metrics.route(Route::LineTooLong);
             game::refuse(stream, ErrorCode::LineTooLong).await;
         }
-        Kind::TimedOut => ctx.metrics.route("first_line_timeout"),
+        Kind::TimedOut => ctx.metrics.route(Route::FirstLineTimeout),
         Kind::Closed => {}
     }
 }

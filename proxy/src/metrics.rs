@@ -31,6 +31,9 @@ struct StatusLabel {
     status: u16,
 }
 
+/// The directions bytes are spliced in.
+const DIRECTIONS: [&str; 2] = ["client_to_server", "server_to_client"];
+
 /// Every metric the proxy exports.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -38,6 +41,58 @@ pub(crate) struct Metrics {
     bytes: Family<DirectionLabel, Counter>,
     routes: Family<OutcomeLabel, Counter>,
     http: Family<StatusLabel, Histogram, fn() -> Histogram>,
+}
+
+/// How a connection was routed (or why not), as `mp_proxy_routes_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Routed,
+    BadRequest,
+    BadTicket,
+    ExpiredTicket,
+    UnknownSession,
+    SessionOver,
+    ServerUnreachable,
+    FirstLineTimeout,
+    LineTooLong,
+    PlayerRateLimited,
+    RateLimited,
+    ServerFull,
+}
+
+impl Route {
+    /// Every outcome, each counted from 0.
+    pub(crate) const ALL: [Route; 12] = [
+        Route::Routed,
+        Route::BadRequest,
+        Route::BadTicket,
+        Route::ExpiredTicket,
+        Route::UnknownSession,
+        Route::SessionOver,
+        Route::ServerUnreachable,
+        Route::FirstLineTimeout,
+        Route::LineTooLong,
+        Route::PlayerRateLimited,
+        Route::RateLimited,
+        Route::ServerFull,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Route::Routed => "routed",
+            Route::BadRequest => "bad_request",
+            Route::BadTicket => "bad_ticket",
+            Route::ExpiredTicket => "expired_ticket",
+            Route::UnknownSession => "unknown_session",
+            Route::SessionOver => "session_over",
+            Route::ServerUnreachable => "server_unreachable",
+            Route::FirstLineTimeout => "first_line_timeout",
+            Route::LineTooLong => "line_too_long",
+            Route::PlayerRateLimited => "player_rate_limited",
+            Route::RateLimited => "rate_limited",
+            Route::ServerFull => "server_full",
+        }
+    }
 }
 
 /// Which connections [`Metrics::open`] counts.
@@ -49,8 +104,9 @@ pub(crate) enum ConnKind {
     Game,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// Every metric, each with known labels at 0; `retries`: the retry policies of the proxy.
+    pub(crate) fn new(retries: &[service::backoff::Policy]) -> Metrics {
         let mut registry = Registry::default();
         let open = Family::<KindLabel, Gauge>::default();
         let bytes = Family::<DirectionLabel, Counter>::default();
@@ -71,6 +127,15 @@ impl Default for Metrics {
         for kind in [ConnKind::Pending, ConnKind::Http, ConnKind::Game] {
             drop(open.get_or_create(&KindLabel { kind: kind.label() }));
         }
+        for direction in DIRECTIONS {
+            drop(bytes.get_or_create(&DirectionLabel { direction }));
+        }
+        for outcome in Route::ALL {
+            drop(routes.get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            }));
+        }
+        service::backoff::register(&mut registry, retries);
         Metrics {
             registry,
             open,
@@ -93,8 +158,12 @@ impl ConnKind {
 
 impl Metrics {
     /// Counts one routing decision.
-    pub(crate) fn route(&self, outcome: &'static str) {
-        self.routes.get_or_create(&OutcomeLabel { outcome }).inc();
+    pub(crate) fn route(&self, outcome: Route) {
+        self.routes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 
     /// Records one forwarded or served HTTP request.
@@ -106,10 +175,7 @@ impl Metrics {
 
     /// Counts bytes spliced each way.
     pub(crate) fn spliced(&self, client_to_server: u64, server_to_client: u64) {
-        for (direction, n) in [
-            ("client_to_server", client_to_server),
-            ("server_to_client", server_to_client),
-        ] {
+        for (direction, n) in DIRECTIONS.into_iter().zip([client_to_server, server_to_client]) {
             self.bytes.get_or_create(&DirectionLabel { direction }).inc_by(n);
         }
     }
@@ -127,5 +193,31 @@ impl Metrics {
     /// The text exposition format.
     pub(crate) fn render(&self) -> String {
         service::metrics::render(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_with_known_labels_exists_at_zero_from_the_start() {
+        let lookup = service::backoff::Policy::new("test_lookup", Duration::from_millis(1), Duration::from_millis(2));
+        let text = Metrics::new(&[lookup]).render();
+        let mut lines = vec![
+            "mp_proxy_open_connections{kind=\"pending\"} 0".to_owned(),
+            "mp_proxy_open_connections{kind=\"game\"} 0".to_owned(),
+            "mp_proxy_game_bytes_total{direction=\"client_to_server\"} 0".to_owned(),
+            "mp_proxy_game_bytes_total{direction=\"server_to_client\"} 0".to_owned(),
+            "mp_retries_total{op=\"test_lookup\"} 0".to_owned(),
+        ];
+        lines.extend(
+            Route::ALL
+                .iter()
+                .map(|r| format!("mp_proxy_routes_total{{outcome=\"{}\"}} 0", r.label())),
+        );
+        for line in lines {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
     }
 }

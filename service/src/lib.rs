@@ -1,5 +1,6 @@
 //! Process plumbing every matchplane binary shares, kept apart from the contracts in
 //! `protocol`:
+//! - [`backoff`]: the one retry policy, with jitter, each retry counted and logged once;
 //! - [`cli`]: config parsing (a bad config is one line and exit status 2), duration settings,
 //!   signals, and [`cli::serve`], the rest of a multi-threaded server's `main`;
 //! - [`telemetry`]: the logging set-up;
@@ -7,6 +8,7 @@
 //! - [`metrics`]: Prometheus exposition through `prometheus-client`, shared buckets and guards;
 //! - `redis` (feature `redis`): Redis connections that survive restarts and follow failovers.
 
+pub mod backoff;
 pub mod cli;
 pub mod metrics;
 pub mod net;

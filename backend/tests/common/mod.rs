@@ -2,7 +2,7 @@
 //! (`MP_TEST_REDIS_URL`, `MP_TEST_DATABASE_URL`), with a key prefix and a database per test.
 #![allow(dead_code, unused_imports)]
 
-use backend::store::Store;
+use matchmaking_core::store::Store;
 
 pub use testkit::LineClient as GameClient;
 pub use testkit::{built_binary, eventually, fresh_database, redis_url, unique_prefix};

@@ -15,10 +15,11 @@
 //! reports live sessions without a Pod.
 
 mod pod;
-mod reaper;
+pub(crate) mod reaper;
 mod warm;
 mod watch;
 
+use service::backoff::Policy;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use tokio::sync::Semaphore;
-use tokio::time::{Instant, sleep, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use self::pod::{PodState, game_address};
@@ -61,13 +62,26 @@ fn is_code(error: &kube::Error, code: u16) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == code)
 }
 
+/// Retries of creating a session's Pod (a 5xx, a 429, a transport error).
+pub(crate) const CREATE_POD: Policy = Policy::new(
+    "kubernetes_create_pod",
+    Duration::from_millis(200),
+    Duration::from_secs(5),
+);
+/// Retries of deleting a Pod, five tries at most (the reaper deletes what is left later).
+pub(crate) const DELETE_POD: Policy = Policy::new(
+    "kubernetes_delete_pod",
+    Duration::from_millis(200),
+    Duration::from_secs(5),
+);
+
 /// Creates Pods and follows them through the replica's one Pod watch.
 pub struct KubernetesRuntime {
     pods: Api<Pod>,
     watch: PodWatch,
     template: PodTemplate,
     creations: Semaphore,
-    /// Pause between retries (shorter in tests).
+    /// The first pause between retries of an API call (shorter in tests); see [`CREATE_POD`].
     backoff: Duration,
     /// How long finished Pods are kept before the reaper deletes them.
     reap_grace: Duration,
@@ -121,17 +135,13 @@ impl KubernetesRuntime {
             .acquire()
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))?;
-        let mut delay = self.backoff;
+        let mut backoff = CREATE_POD.with_floor(self.backoff).start();
         loop {
             match self.pods.create(&PostParams::default(), pod).await {
                 Ok(_) => return Ok(()),
                 // The name is the session's: an earlier attempt of ours already created it.
                 Err(e) if is_code(&e, 409) => return Ok(()),
-                Err(e) if retryable(&e) => {
-                    tracing::warn!(error = %e, "creating the pod failed; retrying");
-                    sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
+                Err(e) if retryable(&e) => backoff.sleep(&e).await,
                 Err(e) => return Err(StartError::Spawn(format!("creating the pod: {e}"))),
             }
         }
@@ -269,11 +279,12 @@ impl SessionRuntime for KubernetesRuntime {
 /// Deletes a Pod, retrying what is worth retrying; true when this call deleted it (a Pod
 /// already gone, or one that could not be deleted, is false).
 async fn delete_pod(pods: &Api<Pod>, name: &str, params: &DeleteParams, backoff: Duration) -> bool {
+    let mut retries = DELETE_POD.with_floor(backoff).start();
     for _ in 0..5 {
         match pods.delete(name, params).await {
             Ok(_) => return true,
             Err(e) if is_code(&e, 404) => return false,
-            Err(e) if retryable(&e) => sleep(backoff).await,
+            Err(e) if retryable(&e) => retries.sleep(&e).await,
             Err(e) => {
                 tracing::warn!(pod = name, error = %e, "deleting the pod failed");
                 return false;

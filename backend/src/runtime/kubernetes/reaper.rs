@@ -1,6 +1,7 @@
 //! Pods that outlive the replica that created them: the reaper, which every replica runs off
 //! its Pod watch, and reconcile at start.
 
+use service::backoff::Policy;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use super::delete_pod;
 use super::pod::{PodState, is_warm, label_selector, pod_state, session_of};
 use super::watch::{Change, PodWatch};
 use crate::sessions::Sessions;
-use crate::store::now_ms;
+use matchmaking_core::store::now_ms;
 
 /// At start: deletes game-server Pods whose session is not live, and reports live sessions
 /// older than `min_age` that have no Pod as lost. Returns (pods deleted, sessions failed).
@@ -81,11 +82,15 @@ pub(crate) struct Reaper {
     pub warm_pool: bool,
 }
 
+/// Retries of acting on a Pod change (reading or ending its session): a change is retried
+/// until Redis answers, so it is never missed.
+pub(crate) const REAPER: Policy = Policy::new("kubernetes_reaper", Duration::from_millis(200), Duration::from_secs(10));
+
 impl Reaper {
     pub(crate) async fn run(self, stop: CancellationToken) {
         let mut changes = self.watch.changes();
         let deleting = Arc::new(Mutex::new(HashSet::<String>::new()));
-        let mut backoff = ReaperBackoff::default();
+        let mut backoff = REAPER.start();
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -106,14 +111,12 @@ impl Reaper {
             loop {
                 match self.act(&change, &deleting).await {
                     Ok(()) => {
-                        backoff = ReaperBackoff::default();
+                        backoff.reset();
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "reaper: cannot read or end the session; retrying");
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            () = sleep(backoff.next()) => {}
+                        if !backoff.pause(&e, &stop).await {
+                            return;
                         }
                     }
                 }
@@ -121,7 +124,11 @@ impl Reaper {
         }
     }
 
-    async fn act(&self, change: &Change, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
+    async fn act(
+        &self,
+        change: &Change,
+        deleting: &Arc<Mutex<HashSet<String>>>,
+    ) -> matchmaking_core::store::Result<()> {
         match change {
             Change::Pod(name) => match self.watch.get(name) {
                 Some(pod) => self.pod_changed(&pod, deleting).await,
@@ -148,7 +155,7 @@ impl Reaper {
     /// with its label. Another Pod with the label is not its server: a warm Pod whose claim
     /// was applied though the replica could not learn so, while the session started cold.
     /// That Pod going away must not fail the session playing elsewhere.
-    async fn serves_live(&self, sid: &str, name: &str) -> crate::store::Result<(bool, bool)> {
+    async fn serves_live(&self, sid: &str, name: &str) -> matchmaking_core::store::Result<(bool, bool)> {
         Ok(match self.sessions.record(sid).await? {
             Some(record) if record.state != SessionState::Ended => {
                 (true, record.server.as_deref().is_none_or(|server| server == name))
@@ -157,7 +164,11 @@ impl Reaper {
         })
     }
 
-    async fn pod_changed(&self, pod: &Pod, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
+    async fn pod_changed(
+        &self,
+        pod: &Pod,
+        deleting: &Arc<Mutex<HashSet<String>>>,
+    ) -> matchmaking_core::store::Result<()> {
         let Some(name) = pod.metadata.name.clone() else {
             return Ok(());
         };
@@ -235,7 +246,7 @@ impl Reaper {
     /// or plays on the Pod its record names. Such a Pod (a stray warm Pod with the session's
     /// label) is stopped by nobody else, and changes by itself only at its deadline. A Pod
     /// whose session Redis does not know is left to its own end.
-    async fn resync(&self, deleting: &Arc<Mutex<HashSet<String>>>) -> crate::store::Result<()> {
+    async fn resync(&self, deleting: &Arc<Mutex<HashSet<String>>>) -> matchmaking_core::store::Result<()> {
         // The Pods before the sessions: a Pod's session was written before the Pod was made,
         // so a Pod seen here whose session is not in the later list has really ended.
         let pods = self.watch.pods();
@@ -285,29 +296,15 @@ impl Reaper {
     }
 }
 
-/// The reaper's pause after a failure: 200 ms doubling to 10 s, reset by a success.
-struct ReaperBackoff(Duration);
-
-impl Default for ReaperBackoff {
-    fn default() -> Self {
-        ReaperBackoff(Duration::from_millis(200))
-    }
-}
-
-impl ReaperBackoff {
-    fn next(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(10));
-        wait
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_reaper_backs_off_doubling_to_ten_seconds() {
-        let mut backoff = super::ReaperBackoff::default();
-        let waits: Vec<u128> = (0..8).map(|_| backoff.next().as_millis()).collect();
-        assert_eq!(waits, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        let mut backoff = super::REAPER.start();
+        let steps = [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000];
+        for step in steps {
+            let wait = backoff.retry(&"Redis is down").as_millis();
+            assert!((step / 2..=step).contains(&wait), "{wait} ms for a {step} ms step");
+        }
     }
 }

@@ -40,7 +40,7 @@ use super::pod::{
 use super::watch::PodWatch;
 use super::{delete_pod, is_code};
 use crate::runtime::warm::{Bounds, Demand};
-use crate::store::Store;
+use matchmaking_core::store::Store;
 
 /// How often the pool is checked against demand.
 const POOL_TICK: Duration = Duration::from_millis(250);

@@ -4,7 +4,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use matchmaking_core::tickets::TicketError;
 use protocol::api::ErrorBody;
+
+use crate::matchmaking::JoinError;
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -67,5 +70,20 @@ impl IntoResponse for ApiError {
             }
         };
         (status, Json(ErrorBody::new(code, message))).into_response()
+    }
+}
+
+/// A refused join, as the API answers it.
+impl From<JoinError> for ApiError {
+    fn from(e: JoinError) -> Self {
+        match e {
+            JoinError::UnknownQueue { .. } => ApiError::Unprocessable("unknown_queue", e.to_string()),
+            JoinError::Ticket(TicketError::Forbidden(m)) => ApiError::Forbidden(m),
+            JoinError::Ticket(TicketError::Invalid(m)) => ApiError::Invalid(m),
+            JoinError::Draining => ApiError::Unavailable(e.to_string()),
+            JoinError::AlreadyQueued { .. } => ApiError::Conflict("already_queued", e.to_string()),
+            JoinError::InSession { .. } => ApiError::Conflict("in_session", e.to_string()),
+            JoinError::Store(e) => ApiError::Redis(e),
+        }
     }
 }

@@ -14,10 +14,16 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::store::FormRules;
-
 /// The queue a join without `"queue"` goes to.
 pub const DEFAULT_QUEUE: &str = "default";
+
+/// The matching rules of a first-come queue, as the form script takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormRules {
+    pub size: u32,
+    pub min_partial: u32,
+    pub flush_wait_ms: i64,
+}
 /// Most queues in one file.
 const MAX_QUEUES: usize = 64;
 /// Most players in one session.

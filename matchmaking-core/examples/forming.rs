@@ -2,14 +2,14 @@
 //! N tickets in memory, then, against a Redis (`REDIS_URL`), whole rounds of the rule queue
 //! (lease, read every waiting ticket, plan, commit) with N tickets queued.
 //!
-//! `cargo run --release -p backend --example forming -- [N]`
+//! `cargo run --release -p matchmaking-core --example forming -- [N]`
 
 use std::time::Instant;
 
-use backend::forming::{Pool, Ticket};
-use backend::queues::Queues;
-use backend::sessions::Sessions;
-use backend::store::{Store, now_ms};
+use matchmaking_core::forming::{Pool, Ticket};
+use matchmaking_core::queues::Queues;
+use matchmaking_core::round;
+use matchmaking_core::store::{Store, now_ms};
 
 const QUEUE: &str = "queues:
   - name: ranked
@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let prefix = format!("forming-{}", std::process::id());
     let store = Store::connect(&url, &prefix).await?;
-    let sessions = Sessions::with_queues(store.clone(), "bench", queues.clone());
+    let ranked = store.queue("ranked");
     let started = Instant::now();
     for t in tickets(n, now - 1000) {
         let attributes: Vec<serde_json::Value> = t
@@ -99,14 +99,14 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect();
         let doc = serde_json::json!({"players": t.players, "attributes": attributes}).to_string();
-        store.join_ticket("ranked", &t.players, Some(&doc), t.joined_ms).await?;
+        ranked.join(&t.players, Some(&doc), t.joined_ms).await?;
     }
     println!("queued {n} tickets in {:.1} s", started.elapsed().as_secs_f64());
     // Rounds of at most 512 sessions, as the matcher runs them, with the queue still full.
     for round in 0..5 {
-        let waiting = store.queue_depths(&["ranked"]).await?[0].tickets;
+        let waiting = ranked.depth().await?;
         let started = Instant::now();
-        let formed = sessions.form(queue, 512).await?;
+        let formed = round::run(queue, &ranked, "bench", 512).await?.formed;
         println!(
             "Redis round {round} with {waiting} tickets waiting: {} sessions in {:.1} ms",
             formed.len(),

@@ -4,16 +4,16 @@
 //! rule queues are formed by the replica holding the queue's lease and committed by a script
 //! that claims only tickets still queued, so replicas never put a player in two sessions.
 
+use service::backoff::Policy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::Matchmaking;
 use crate::metrics::Metrics;
-use crate::sessions::Sessions;
-use crate::supervisor::Supervisor;
+use crate::sessions::supervisor::Supervisor;
 
 /// How often partial sessions are checked for; bounds the extra wait past FLUSH_WAIT.
 const TICK: Duration = Duration::from_millis(200);
@@ -23,31 +23,32 @@ const BATCH: usize = 64;
 /// places as much as it can per read.
 const RULE_BATCH: usize = 512;
 
+/// Retries of a round of forming that failed (Redis down or failing over).
+pub(crate) const FORM: Policy = Policy::new("matcher_form", Duration::from_millis(500), Duration::from_secs(5));
+
 /// One replica's matcher.
 pub(crate) struct Matcher {
-    pub sessions: Sessions,
+    pub matchmaking: Matchmaking,
     pub supervisor: Supervisor,
     /// The matcher waits while this replica supervises this many sessions.
     pub max_active: usize,
     pub metrics: Arc<Metrics>,
-    /// Notified when a join may have filled a session.
-    pub wake: Arc<Notify>,
 }
 
 /// Forms sessions until `stop` is cancelled.
 pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
     let Matcher {
-        sessions,
+        matchmaking,
         supervisor,
         max_active,
         metrics,
-        wake,
     } = matcher;
     let mut last_depth = Instant::now() - Duration::from_secs(10);
+    let mut failures = FORM.start();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = wake.notified() => {}
+            () = matchmaking.wake().notified() => {}
             () = sleep(TICK) => {}
         }
         if let Some(until) = supervisor.backoff().paused_until() {
@@ -56,15 +57,16 @@ pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
                 () = sleep_until(until) => {}
             }
         }
-        for queue in sessions.queues().iter() {
+        for queue in matchmaking.queues().iter() {
             loop {
                 let batch = if queue.is_plain() { BATCH } else { RULE_BATCH };
                 let room = max_active.saturating_sub(supervisor.active()).min(batch);
                 if room == 0 {
                     break;
                 }
-                match sessions.form(queue, room).await {
+                match matchmaking.form(queue, room).await {
                     Ok(formed) => {
+                        failures.reset();
                         let full_batch = formed.len() == room;
                         for session in formed {
                             supervisor.launch(session);
@@ -74,8 +76,12 @@ pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(queue = %queue.name, error = %e, "forming sessions failed; retrying");
-                        sleep(Duration::from_millis(500)).await;
+                        if !failures
+                            .pause(&format!("forming sessions of {}: {e}", queue.name), &stop)
+                            .await
+                        {
+                            return;
+                        }
                         break;
                     }
                 }
@@ -83,9 +89,8 @@ pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
         }
         if last_depth.elapsed() >= Duration::from_secs(1) {
             last_depth = Instant::now();
-            let names: Vec<&str> = sessions.queues().iter().map(|q| q.name.as_str()).collect();
-            if let Ok(depths) = sessions.store().queue_depths(&names).await {
-                for (name, depth) in names.iter().zip(depths) {
+            if let Ok(depths) = matchmaking.depths().await {
+                for (name, depth) in depths {
                     metrics.set_queue_depth(name, depth.tickets);
                 }
             }

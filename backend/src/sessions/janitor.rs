@@ -11,7 +11,7 @@ use protocol::sessions::SessionState;
 use tokio_util::sync::CancellationToken;
 
 use crate::sessions::Sessions;
-use crate::store::now_ms;
+use matchmaking_core::store::now_ms;
 
 /// How often the janitor runs and the heartbeat is renewed.
 const EVERY: Duration = Duration::from_secs(5);
@@ -31,7 +31,7 @@ pub(crate) struct Janitor {
 
 impl Janitor {
     /// Says this replica is alive.
-    pub(crate) async fn heartbeat(&self) -> crate::store::Result<()> {
+    pub(crate) async fn heartbeat(&self) -> matchmaking_core::store::Result<()> {
         self.sessions
             .store()
             .heartbeat(self.sessions.instance(), HEARTBEAT_TTL)
@@ -64,7 +64,7 @@ impl Janitor {
     /// no longer known to Redis (it restarted without its data, or a failover lost them), when
     /// their players were told `unknown` and may be playing elsewhere already. Returns how many
     /// it stopped.
-    pub(crate) async fn stop_forgotten(&self) -> crate::store::Result<usize> {
+    pub(crate) async fn stop_forgotten(&self) -> matchmaking_core::store::Result<usize> {
         let sessions = &self.sessions;
         let supervised = sessions.supervised_ids();
         let live = sessions.store().sessions_live(&supervised).await?;
@@ -88,7 +88,7 @@ impl Janitor {
 
     /// Ends every live session nobody supervises; `first_run` (at start) takes all of this
     /// replica's own as orphans, however young. Returns how many it ended.
-    pub(crate) async fn reap_orphans(&self, first_run: bool) -> crate::store::Result<usize> {
+    pub(crate) async fn reap_orphans(&self, first_run: bool) -> matchmaking_core::store::Result<usize> {
         let sessions = &self.sessions;
         let me = sessions.instance();
         let now = now_ms();
@@ -126,7 +126,7 @@ mod tests {
     use redis::AsyncCommands;
 
     use super::*;
-    use crate::store::{FormRules, Store};
+    use matchmaking_core::store::Store;
 
     /// A supervised session that ended without this replica hearing of it, or that Redis
     /// forgot, has its server stopped; a live one is left alone.
@@ -135,12 +135,7 @@ mod tests {
         let store = Store::connect(&testkit::redis_url(), &testkit::unique_prefix())
             .await
             .unwrap();
-        let rules = FormRules {
-            size: 2,
-            min_partial: 2,
-            flush_wait_ms: 1_000,
-        };
-        let sessions = Sessions::standalone(store.clone(), "r1", rules);
+        let sessions = Sessions::standalone(store.clone(), "r1");
         let mut redis = redis::Client::open(testkit::redis_url())
             .unwrap()
             .get_multiplexed_async_connection()

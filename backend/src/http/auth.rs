@@ -11,16 +11,13 @@
 //! The result report is the session's report token's alone (see the API). Errors never echo
 //! the token.
 
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use identity::{AuthError, Caller, PlayerAuthMode};
+use identity::{AuthError, Authenticator, Caller, PlayerAuthMode};
 
-use crate::api::AppState;
-use crate::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult};
 
 /// What a request may do, as the layer found it; handlers read it from the extensions.
 #[derive(Debug, Clone)]
@@ -51,12 +48,8 @@ pub(crate) enum Class {
     Operator,
 }
 
-async fn caller(state: &AppState, authorization: Option<HeaderValue>) -> ApiResult<Caller> {
-    match state
-        .auth
-        .caller(authorization.as_ref().map(HeaderValue::as_bytes))
-        .await
-    {
+async fn caller(auth: &Authenticator, authorization: Option<HeaderValue>) -> ApiResult<Caller> {
+    match auth.caller(authorization.as_ref().map(HeaderValue::as_bytes)).await {
         Ok(Caller::Anonymous) => Err(ApiError::Unauthorized(
             "a bearer token is required in Authorization".into(),
         )),
@@ -69,12 +62,12 @@ async fn caller(state: &AppState, authorization: Option<HeaderValue>) -> ApiResu
 }
 
 /// Checks the caller against `class` and records it for the handler.
-async fn check(state: &AppState, class: Class, request: &mut Request) -> ApiResult<()> {
-    let access = if class == Class::Player && state.auth.mode() == PlayerAuthMode::None {
+async fn check(auth: &Authenticator, class: Class, request: &mut Request) -> ApiResult<()> {
+    let access = if class == Class::Player && auth.mode() == PlayerAuthMode::None {
         Access::Open
     } else {
         let authorization = request.headers().get(header::AUTHORIZATION).cloned();
-        let caller = caller(state, authorization).await?;
+        let caller = caller(auth, authorization).await?;
         let allowed = matches!(
             (class, &caller),
             (_, Caller::Operator)
@@ -100,11 +93,11 @@ async fn check(state: &AppState, class: Class, request: &mut Request) -> ApiResu
 
 /// The layer for one class of routes.
 pub(crate) async fn require(
-    State((state, class)): State<(Arc<AppState>, Class)>,
+    State((auth, class)): State<(Authenticator, Class)>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match check(&state, class, &mut request).await {
+    match check(&auth, class, &mut request).await {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }

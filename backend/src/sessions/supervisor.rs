@@ -7,6 +7,7 @@
 //! the session ends exactly once (the first end wins) and the server is gone: terminated, then
 //! killed if it does not drain.
 
+use service::backoff::{Backoff, Policy};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,33 +20,49 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::{Metrics, Supervised};
 use crate::runtime::{ServerExit, ServerHandle, ServerSpec, SessionRuntime};
 use crate::sessions::Sessions;
-use crate::store::{FormedSession, ReadyOutcome};
+use matchmaking_core::store::{FormedSession, ReadyOutcome};
 
 /// How long a server gets to drain after SIGTERM (it reports within 10 s) before it is killed.
 const TERMINATE_GRACE: Duration = Duration::from_secs(15);
 /// Report tokens outlive any match: open timeout + the longest match + margin.
 const REPORT_TOKEN_TTL_SECONDS: i64 = 2 * 86_400;
 
-/// Pauses session forming after servers fail to start, doubling up to 30 s; a successful
-/// start clears it. Keeps a broken runtime from spinning players through failures.
-#[derive(Default)]
+/// Pauses session forming after servers fail to start, longer after each failure up to 30 s;
+/// a successful start clears it. Keeps a broken runtime from spinning players through
+/// failures. (The supervisor logs each failed start; the pause is counted as a retry.)
+pub(crate) const FORMING_PAUSE: Policy = Policy::new(
+    "forming_after_failed_start",
+    Duration::from_secs(1),
+    Duration::from_secs(30),
+)
+.quiet();
+
+/// Whether forming is paused, and for how long after the next failure.
 pub(crate) struct StartBackoff {
-    state: Mutex<(Option<Instant>, Duration)>,
+    /// Until when forming waits, and the run of failures so far; behind one lock as they change
+    /// together, held only to read or set them.
+    state: Mutex<(Option<Instant>, Backoff)>,
+}
+
+impl Default for StartBackoff {
+    fn default() -> Self {
+        StartBackoff {
+            state: Mutex::new((None, FORMING_PAUSE.start())),
+        }
+    }
 }
 
 impl StartBackoff {
-    fn failed(&self) {
+    fn failed(&self, error: &dyn std::fmt::Display) {
         let mut state = self.state.lock().unwrap();
-        let delay = if state.1.is_zero() {
-            Duration::from_secs(1)
-        } else {
-            (state.1 * 2).min(Duration::from_secs(30))
-        };
-        *state = (Some(Instant::now() + delay), delay);
+        let wait = state.1.retry(error);
+        state.0 = Some(Instant::now() + wait);
     }
 
     fn succeeded(&self) {
-        *self.state.lock().unwrap() = (None, Duration::ZERO);
+        let mut state = self.state.lock().unwrap();
+        state.0 = None;
+        state.1.reset();
     }
 
     /// When forming may resume, if it is paused.
@@ -176,7 +193,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         }
         Some(Err(e)) => {
             tracing::warn!(error = %e, "server failed to start; players go back to the head of the queue");
-            inner.backoff.failed();
+            inner.backoff.failed(&e);
             sessions.end_with_retry(sid, EndReason::Failed).await;
             return;
         }

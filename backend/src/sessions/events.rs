@@ -6,6 +6,7 @@
 //! itself is always read back from Redis, so a lost message only delays a long poll until
 //! its periodic re-check.
 
+use service::backoff::Policy;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,8 +15,8 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::lifecycle::{Change, SessionEvent};
 use crate::sessions::Sessions;
+use matchmaking_core::lifecycle::{Change, SessionEvent};
 
 /// Players waiting in long polls on this replica.
 #[derive(Default)]
@@ -97,6 +98,10 @@ pub(crate) async fn listen(sessions: Sessions, waiters: Arc<Waiters>, stop: Canc
     listen_checked(sessions, waiters, stop, Liveness::default()).await;
 }
 
+/// Retries of subscribing to the events channel.
+pub(crate) const SUBSCRIBE: Policy =
+    Policy::new("events_subscribe", Duration::from_millis(100), Duration::from_secs(5));
+
 /// [`listen`], checking the subscription as `liveness` says.
 pub(crate) async fn listen_checked(
     sessions: Sessions,
@@ -106,7 +111,7 @@ pub(crate) async fn listen_checked(
 ) {
     let store = sessions.store();
     let channel = store.keys().events();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = SUBSCRIBE.start();
     while !stop.is_cancelled() {
         // Bounded too: subscribing while Redis is still silent would otherwise wait for ever.
         let subscribed = tokio::time::timeout(liveness.patience, async {
@@ -121,16 +126,13 @@ pub(crate) async fn listen_checked(
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("no answer within {:?}", liveness.patience),
                 };
-                tracing::warn!(error = %why, "events: cannot subscribe; retrying");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.pause(&why, &stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         // Anything may have changed while we were not listening.
         waiters.wake_all();
         let mut check = tokio::time::interval(liveness.every);
@@ -176,7 +178,7 @@ mod tests {
     use redis::AsyncCommands;
 
     use super::*;
-    use crate::store::{FormRules, Store};
+    use matchmaking_core::store::Store;
 
     /// Redis going silent under the subscription (its host lost power or dropped off the
     /// network: nothing closes the connection, nothing arrives on it) is noticed by the
@@ -195,13 +197,8 @@ mod tests {
         )
         .await
         .unwrap();
-        let rules = FormRules {
-            size: 2,
-            min_partial: 2,
-            flush_wait_ms: 1_000,
-        };
         let channel = store.keys().events();
-        let sessions = Sessions::standalone(store, "r1", rules);
+        let sessions = Sessions::standalone(store, "r1");
         let waiters = Arc::new(Waiters::default());
         let stop = CancellationToken::new();
         let liveness = Liveness {

@@ -1,0 +1,54 @@
+//! What orchestrators and scrapers read: readiness, liveness, metrics. None needs a token.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use protocol::api::{BackendHealth, DependencyState, HealthStatus, Live};
+
+use super::AppState;
+
+/// Readiness, from the last dependency checks: answers at once, whatever the dependencies do.
+pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<BackendHealth>) {
+    let redis_ok = state.health.redis_ok();
+    let postgres_ok = state.health.postgres_ok();
+    let backlog = state.health.backlog();
+    let draining = !state.matchmaking.accepting();
+    let ready = redis_ok && !draining;
+    let body = BackendHealth {
+        status: HealthStatus::from_ok(redis_ok && postgres_ok),
+        ready,
+        draining,
+        instance: state.settings.instance_id.clone(),
+        runtime: state.settings.runtime.name().to_owned(),
+        redis: DependencyState::from_ok(redis_ok),
+        postgres: DependencyState::from_ok(postgres_ok),
+        history_backlog: backlog,
+        sessions_supervised: state.sessions.supervised(),
+        warm_servers: state.runtime.as_ref().and_then(|r| r.warm_servers()),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// Liveness: the process serves HTTP. Depends on nothing else, so a dependency's outage never
+/// gets a healthy replica restarted.
+pub(super) async fn live() -> Json<Live> {
+    Json(Live::OK)
+}
+
+pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, service::metrics::CONTENT_TYPE)],
+        state
+            .metrics
+            .render(state.runtime.as_ref().and_then(|r| r.warm_servers())),
+    )
+        .into_response()
+}

@@ -1,0 +1,219 @@
+//! The sessions service: the one owner of every step of a session's life that writes state
+//! once it is formed (forming is the matchmaking service's).
+//!
+//! Marking ready and ending go through [`Sessions`], whoever asks (a supervisor task, the API,
+//! the janitor, a runtime reporting a lost server). Each step is
+//! one atomic store script, then the same follow-up every time: the metric, the log line, and,
+//! for an end, stopping the session's server if this replica supervises it. Whether an end
+//! requeues the players is decided in one place too: the end script requeues exactly the
+//! sessions that fail while still `allocating` (their server never became ready).
+
+pub(crate) mod events;
+pub(crate) mod janitor;
+pub(crate) mod supervisor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::api::{EndReason, ResultReport};
+use protocol::sessions::SessionRecord;
+use service::backoff::Policy;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use matchmaking_core::store::{EndOutcome, FormedSession, LiveSession, ReadyOutcome, Store, now_ms};
+
+use crate::metrics::Metrics;
+
+/// How long a step that must not be lost (an end, a ready mark) keeps retrying Redis.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Retries of a session step's Redis script (marking ready, ending).
+pub(crate) const REDIS_STEP: Policy = Policy::new("session_step", Duration::from_millis(100), Duration::from_secs(2));
+
+/// The sessions service. Cheap to clone.
+#[derive(Clone)]
+pub struct Sessions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    metrics: Arc<Metrics>,
+    instance: String,
+    /// Sessions this replica supervises, each with the token that stops its server.
+    supervised: Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// This replica's charge of one session: holds the token that stops its server, and gives the
+/// session up when dropped.
+pub(crate) struct Supervision {
+    sessions: Sessions,
+    session_id: String,
+    stop: CancellationToken,
+}
+
+impl Supervision {
+    /// Cancelled when the session ends anywhere: its server must go.
+    pub(crate) fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+}
+
+impl Drop for Supervision {
+    fn drop(&mut self) {
+        self.sessions.inner.supervised.lock().unwrap().remove(&self.session_id);
+    }
+}
+
+impl Sessions {
+    pub(crate) fn new(store: Store, metrics: Arc<Metrics>, instance: &str) -> Sessions {
+        Sessions {
+            inner: Arc::new(Inner {
+                store,
+                metrics,
+                instance: instance.to_owned(),
+                supervised: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A service for tests and tools, with metrics of its own.
+    pub fn standalone(store: Store, instance: &str) -> Sessions {
+        Sessions::new(store, Arc::new(Metrics::default()), instance)
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// This replica's instance id.
+    pub(crate) fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Takes charge of a session: until the returned guard is dropped, an end anywhere
+    /// cancels its [`Supervision::stopped`] token.
+    pub(crate) fn supervise(&self, session_id: &str) -> Supervision {
+        let stop = CancellationToken::new();
+        self.inner
+            .supervised
+            .lock()
+            .unwrap()
+            .insert(session_id.to_owned(), stop.clone());
+        Supervision {
+            sessions: self.clone(),
+            session_id: session_id.to_owned(),
+            stop,
+        }
+    }
+
+    /// Sessions this replica supervises now.
+    pub(crate) fn supervised(&self) -> usize {
+        self.inner.supervised.lock().unwrap().len()
+    }
+
+    /// The sessions this replica supervises now.
+    pub(crate) fn supervised_ids(&self) -> Vec<String> {
+        self.inner.supervised.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Whether this replica supervises `sid`.
+    pub(crate) fn supervises(&self, sid: &str) -> bool {
+        self.inner.supervised.lock().unwrap().contains_key(sid)
+    }
+
+    /// Marks a formed session's server ready (players then get tickets), retrying Redis for a
+    /// while; `None` when Redis stayed down.
+    pub(crate) async fn mark_ready(&self, formed: &FormedSession, server: &str, addr: &str) -> Option<ReadyOutcome> {
+        let sid = formed.session_id.as_str();
+        let outcome = retry(|| self.inner.store.mark_ready(sid, server, addr, now_ms())).await?;
+        if outcome == ReadyOutcome::Ready {
+            let now = now_ms();
+            for joined in &formed.joined_ms {
+                let waited = Duration::from_millis(u64::try_from(now - joined).unwrap_or(0));
+                self.inner.metrics.join_to_matched(&formed.queue, waited);
+            }
+            tracing::info!(session = sid, server, addr, "server ready; players matched");
+        }
+        Some(outcome)
+    }
+
+    /// Ends a session (the first end wins), with a result report when the game server sent
+    /// one. When this call is the one that ended it: counts it, logs it, and stops its server
+    /// if this replica supervises it (other replicas learn it from the events channel).
+    pub async fn end(
+        &self,
+        sid: &str,
+        reason: EndReason,
+        report: Option<&ResultReport>,
+    ) -> matchmaking_core::store::Result<EndOutcome> {
+        // Strings, numbers and timestamps: encoding cannot fail.
+        let report = report.map(|r| serde_json::to_string(r).expect("a result report encodes"));
+        let outcome = self
+            .inner
+            .store
+            .end_session(sid, reason, now_ms(), report.as_deref())
+            .await?;
+        if let EndOutcome::Ended { requeued, reason } = outcome {
+            self.inner.metrics.session_ended(reason);
+            tracing::info!(session = sid, %reason, requeued, "session ended");
+        }
+        if !matches!(outcome, EndOutcome::Unknown) {
+            self.ended_elsewhere(sid);
+        }
+        Ok(outcome)
+    }
+
+    /// [`Sessions::end`], retrying Redis for a while; `None` when it stayed down (then the
+    /// janitor of some replica finishes the job).
+    pub(crate) async fn end_with_retry(&self, sid: &str, reason: EndReason) -> Option<EndOutcome> {
+        retry(|| self.end(sid, reason, None)).await
+    }
+
+    /// A runtime saw a session's server go away (a Pod that finished or vanished): the session
+    /// fails, and its players are requeued if it was still allocating.
+    pub async fn server_lost(&self, sid: &str, why: &str) -> matchmaking_core::store::Result<EndOutcome> {
+        tracing::warn!(session = sid, why, "the session's server is gone");
+        self.end(sid, EndReason::Failed, None).await
+    }
+
+    /// The session ended (here or on another replica): stop its server if it is ours.
+    pub(crate) fn ended_elsewhere(&self, sid: &str) {
+        if let Some(stop) = self.inner.supervised.lock().unwrap().get(sid) {
+            stop.cancel();
+        }
+    }
+
+    /// One session's record, if Redis still holds it.
+    pub async fn record(&self, sid: &str) -> matchmaking_core::store::Result<Option<SessionRecord>> {
+        self.inner.store.session(sid).await
+    }
+
+    /// Every session not yet ended.
+    pub async fn live(&self) -> matchmaking_core::store::Result<Vec<LiveSession>> {
+        self.inner.store.live_sessions().await
+    }
+}
+
+/// Runs a Redis step, retrying with backoff for up to [`RETRY_FOR`]; `None` if Redis stayed
+/// down.
+async fn retry<T, F, Fut>(mut step: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = matchmaking_core::store::Result<T>>,
+{
+    let mut backoff = REDIS_STEP.start();
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match step().await {
+            Ok(value) => return Some(value),
+            Err(e) if Instant::now() < deadline => backoff.sleep(&e).await,
+            Err(e) => {
+                tracing::error!(error = %e, "Redis step failed for good; the janitor will finish the job");
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The sessions' part of the Redis state: marking a server ready, ending a session (and
+//! requeueing its players when it never started), the records the proxy and the API read, and
+//! the replicas' heartbeats and leases.
+
+use std::time::Duration;
+
+use protocol::api::EndReason;
+use protocol::sessions::SessionRecord;
+use redis::AsyncCommands;
+
+use super::{END, ENDED_RETENTION, EndOutcome, Json, LEASE, LiveSession, READY, ReadyOutcome, Result, Store};
+use super::{decode_record, default_queue};
+use crate::keys::QueueKeys;
+use crate::queues::DEFAULT_QUEUE;
+
+impl Store {
+    /// Marks a session's server ready, unless the session is no longer allocating.
+    pub async fn mark_ready(&self, sid: &str, server: &str, addr: &str, now_ms: i64) -> Result<ReadyOutcome> {
+        let k = self.keys();
+        let Json(outcome) = READY
+            .key(k.sessions())
+            .key(k.outbox())
+            .arg(sid)
+            .arg(server)
+            .arg(addr)
+            .arg(now_ms)
+            .arg(k.events())
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Ends a session once (the first reason wins). A session failing while still allocating
+    /// requeues its tickets at the head of its queue. `report` (JSON) records attendance, also
+    /// after the end.
+    pub async fn end_session(
+        &self,
+        sid: &str,
+        reason: EndReason,
+        now_ms: i64,
+        report: Option<&str>,
+    ) -> Result<EndOutcome> {
+        let k = self.keys();
+        // Most sessions are of the default queue; the script names the right one otherwise.
+        let mut queue = default_queue();
+        for _ in 0..2 {
+            let q: QueueKeys = k.of_queue(&queue);
+            let Json(reply): Json<serde_json::Value> = END
+                .key(k.sessions())
+                .key(k.live())
+                .key(k.ended())
+                .key(k.outbox())
+                .key(&q.queue)
+                .key(&q.joined)
+                .key(k.player_session())
+                .key(k.waiting())
+                .key(&q.tickets)
+                .arg(sid)
+                .arg(reason.as_str())
+                .arg(now_ms)
+                .arg(k.events())
+                .arg(report.unwrap_or(""))
+                .arg(u64::try_from(ENDED_RETENTION.as_millis()).unwrap_or(u64::MAX))
+                .arg(&queue)
+                .invoke_async(&mut self.conn())
+                .await?;
+            // `wrong_queue`: nothing done; the session is of that queue, whose keys it needs.
+            if reply["kind"] == "wrong_queue" {
+                queue = reply["queue"].as_str().unwrap_or(DEFAULT_QUEUE).to_owned();
+                continue;
+            }
+            return serde_json::from_value(reply).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "the end script's reply does not decode",
+                    e.to_string(),
+                ))
+            });
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "a session's queue changed during its end",
+        )))
+    }
+
+    /// One session's record, if Redis still holds it.
+    pub async fn session(&self, sid: &str) -> Result<Option<SessionRecord>> {
+        let raw: Option<Vec<u8>> = self.conn().hget(self.keys().sessions(), sid).await?;
+        Ok(raw.and_then(|raw| decode_record(sid, &raw)))
+    }
+
+    /// Whether Redis holds a record of each of `sids` (live or recently ended).
+    pub async fn sessions_known(&self, sids: &[String]) -> Result<Vec<bool>> {
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for sid in sids {
+            pipe.hexists(self.keys().sessions(), sid);
+        }
+        pipe.query_async(&mut self.conn()).await
+    }
+
+    /// Whether each of `sids` is a session not yet ended (known to Redis and live).
+    pub async fn sessions_live(&self, sids: &[String]) -> Result<Vec<bool>> {
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(self.keys().live())
+            .arg(sids)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(scores.into_iter().map(|score| score.is_some()).collect())
+    }
+
+    /// Every session not yet ended, oldest first.
+    pub async fn live_sessions(&self) -> Result<Vec<LiveSession>> {
+        let mut conn = self.conn();
+        let sids: Vec<String> = conn.zrange(self.keys().live(), 0, -1).await?;
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raws: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(self.keys().sessions())
+            .arg(&sids)
+            .query_async(&mut conn)
+            .await?;
+        Ok(sids
+            .into_iter()
+            .zip(raws)
+            .filter_map(|(session_id, raw)| {
+                let record = decode_record(&session_id, &raw?)?;
+                Some(LiveSession { session_id, record })
+            })
+            .collect())
+    }
+
+    /// Says this instance is alive for `ttl`.
+    pub async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<()> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.conn().pset_ex(self.keys().instance(instance), 1, ms).await
+    }
+
+    /// Whether `instance` has a live heartbeat.
+    pub async fn instance_alive(&self, instance: &str) -> Result<bool> {
+        self.conn().exists(self.keys().instance(instance)).await
+    }
+
+    /// Takes or keeps the lease on keeping the warm Pod pool for `ttl`: whether this
+    /// `instance` holds it now.
+    pub async fn warm_pool_lease(&self, instance: &str, ttl: Duration) -> Result<bool> {
+        self.lease(&self.keys().warm_lease(), instance, ttl).await
+    }
+
+    /// Takes or keeps the lease held in `key` for `ttl`: whether `instance` holds it now.
+    pub(super) async fn lease(&self, key: &str, instance: &str, ttl: Duration) -> Result<bool> {
+        let held: i64 = LEASE
+            .key(key)
+            .arg(instance)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(held == 1)
+    }
+}
