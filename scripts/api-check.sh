@@ -27,6 +27,30 @@ fi
 cargo build --release --locked -p backend -p proxy -p game-server -p loadgen
 
 run_dir=${MP_RUN_DIR:-.run}/api-check-$$
+# The document itself first: YAML lets a mapping repeat a key (a second "429" under one
+# operation was once read as the first's), which every reader takes differently. None may.
+"$venv/bin/python" - docs/openapi.yaml <<'PY' || mp_die "api-check: docs/openapi.yaml repeats a key (above)"
+import sys
+import yaml
+
+
+class Strict(yaml.SafeLoader):
+    pass
+
+
+def mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            sys.exit(f"{sys.argv[1]}:{key_node.start_mark.line + 1}: the key {key!r} appears twice in one mapping")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+yaml.load(open(sys.argv[1]), Strict)
+PY
 MATCHMAKING_CONFIG=examples/queues.yaml mp_start_stack "$run_dir"
 bin=${CARGO_TARGET_DIR:-target}/release
 

@@ -90,7 +90,10 @@ async fn malformed_and_invalid_joins_are_refused_and_change_nothing() {
         .filter(|l| l.starts_with("mp_joins_total{"))
         .collect();
     assert_eq!(joins.len(), 4, "{joins:?}");
-    assert!(joins.iter().all(|l| l.ends_with(" 0")), "no join was counted: {joins:?}");
+    assert!(
+        joins.iter().all(|l| l.ends_with(" 0")),
+        "no join was counted: {joins:?}"
+    );
 
     // A valid join works and is idempotent.
     let (status, body) = http.join("good.player-1").await;

@@ -83,13 +83,140 @@ pub struct MatchResponse {
     pub placement: crate::sessions::Placement,
 }
 
+/// Every `error.code` an HTTP answer of matchplane carries (the backend's API, and the
+/// proxy's own answers), with the status it goes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    /// 400: the body is not JSON (or could not be read).
+    Malformed,
+    /// 422: well-formed, but not a valid request (a field's value, a body's shape).
+    Invalid,
+    /// 422: a join names a queue there is not.
+    UnknownQueue,
+    /// 404: no such endpoint.
+    NotFound,
+    /// 404: no such session.
+    UnknownSession,
+    /// 404: the player is not queued (a leave).
+    NotQueued,
+    /// 409: a player of the ticket is already queued in another queue.
+    AlreadyQueued,
+    /// 409: a player of the ticket is already in a session.
+    InSession,
+    /// 413: the body is over the limit.
+    TooLarge,
+    /// 401: no token, or one that does not verify.
+    Unauthorized,
+    /// 403: a token that may not do this.
+    Forbidden,
+    /// 405: the endpoint does not answer this method.
+    MethodNotAllowed,
+    /// 429: too many requests for this player (the proxy's limit).
+    Throttled,
+    /// 503: the backend cannot answer now (shutting down, keys unavailable, timed out).
+    Unavailable,
+    /// 503: Redis is down.
+    RedisUnavailable,
+    /// 503: PostgreSQL is down.
+    DatabaseUnavailable,
+    /// 502: the proxy could not reach the backend, or its answer was cut off.
+    BackendUnavailable,
+    /// 504: the backend did not answer the proxy in time.
+    BackendTimeout,
+}
+
+impl ApiErrorCode {
+    /// Every code.
+    pub const ALL: [ApiErrorCode; 18] = [
+        ApiErrorCode::Malformed,
+        ApiErrorCode::Invalid,
+        ApiErrorCode::UnknownQueue,
+        ApiErrorCode::NotFound,
+        ApiErrorCode::UnknownSession,
+        ApiErrorCode::NotQueued,
+        ApiErrorCode::AlreadyQueued,
+        ApiErrorCode::InSession,
+        ApiErrorCode::TooLarge,
+        ApiErrorCode::Unauthorized,
+        ApiErrorCode::Forbidden,
+        ApiErrorCode::MethodNotAllowed,
+        ApiErrorCode::Throttled,
+        ApiErrorCode::Unavailable,
+        ApiErrorCode::RedisUnavailable,
+        ApiErrorCode::DatabaseUnavailable,
+        ApiErrorCode::BackendUnavailable,
+        ApiErrorCode::BackendTimeout,
+    ];
+
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiErrorCode::Malformed => "malformed",
+            ApiErrorCode::Invalid => "invalid",
+            ApiErrorCode::UnknownQueue => "unknown_queue",
+            ApiErrorCode::NotFound => "not_found",
+            ApiErrorCode::UnknownSession => "unknown_session",
+            ApiErrorCode::NotQueued => "not_queued",
+            ApiErrorCode::AlreadyQueued => "already_queued",
+            ApiErrorCode::InSession => "in_session",
+            ApiErrorCode::TooLarge => "too_large",
+            ApiErrorCode::Unauthorized => "unauthorized",
+            ApiErrorCode::Forbidden => "forbidden",
+            ApiErrorCode::MethodNotAllowed => "method_not_allowed",
+            ApiErrorCode::Throttled => "throttled",
+            ApiErrorCode::Unavailable => "unavailable",
+            ApiErrorCode::RedisUnavailable => "redis_unavailable",
+            ApiErrorCode::DatabaseUnavailable => "database_unavailable",
+            ApiErrorCode::BackendUnavailable => "backend_unavailable",
+            ApiErrorCode::BackendTimeout => "backend_timeout",
+        }
+    }
+
+    /// The HTTP status an answer with this code has.
+    pub fn status(self) -> u16 {
+        match self {
+            ApiErrorCode::Malformed => 400,
+            ApiErrorCode::Unauthorized => 401,
+            ApiErrorCode::Forbidden => 403,
+            ApiErrorCode::NotFound | ApiErrorCode::UnknownSession | ApiErrorCode::NotQueued => 404,
+            ApiErrorCode::MethodNotAllowed => 405,
+            ApiErrorCode::AlreadyQueued | ApiErrorCode::InSession => 409,
+            ApiErrorCode::TooLarge => 413,
+            ApiErrorCode::Invalid | ApiErrorCode::UnknownQueue => 422,
+            ApiErrorCode::Throttled => 429,
+            ApiErrorCode::BackendUnavailable => 502,
+            ApiErrorCode::Unavailable | ApiErrorCode::RedisUnavailable | ApiErrorCode::DatabaseUnavailable => 503,
+            ApiErrorCode::BackendTimeout => 504,
+        }
+    }
+}
+
+impl fmt::Display for ApiErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ApiErrorCode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        ApiErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown error code {s:?}"))
+    }
+}
+
 /// The error body of every non-2xx answer: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// See [`ErrorBody`].
+/// See [`ErrorBody`]. `code` is one of [`ApiErrorCode`]'s spellings; it stays a string so a
+/// client reads a code added after it was built.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     pub code: String,
@@ -98,13 +225,18 @@ pub struct ErrorDetail {
 
 impl ErrorBody {
     /// An error body with this code and message.
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(code: ApiErrorCode, message: impl Into<String>) -> Self {
         ErrorBody {
             error: ErrorDetail {
-                code: code.into(),
+                code: code.as_str().to_owned(),
                 message: message.into(),
             },
         }
+    }
+
+    /// The code, if this version knows it.
+    pub fn code(&self) -> Option<ApiErrorCode> {
+        self.error.code.parse().ok()
     }
 }
 
@@ -404,6 +536,29 @@ pub struct ProxyHealth {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_error_code_is_in_the_api_reference_with_its_status() {
+        let doc = include_str!("../../docs/api.md");
+        let table: Vec<&str> = doc
+            .lines()
+            .filter(|l| l.starts_with("| 4") || l.starts_with("| 5"))
+            .collect();
+        for code in ApiErrorCode::ALL {
+            let row = table
+                .iter()
+                .find(|row| row.contains(&format!("`{code}`")))
+                .unwrap_or_else(|| panic!("docs/api.md's table of statuses lacks `{code}`"));
+            assert!(
+                row.starts_with(&format!("| {} |", code.status())),
+                "`{code}` is under the wrong status in docs/api.md: {row}"
+            );
+            assert_eq!(code.as_str().parse::<ApiErrorCode>(), Ok(code));
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -1,6 +1,7 @@
 //! HTTP on the shared port: `/api/*` forwarded to the backend with the prefix stripped,
 //! `/health` and `/metrics` served here.
 
+use protocol::api::ApiErrorCode;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,9 +34,10 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+/// An error answer: `code`'s status and body.
+fn json_error(code: ApiErrorCode, message: &str) -> Response<Full<Bytes>> {
     let mut response = json_response(&protocol::api::ErrorBody::new(code, message));
-    *response.status_mut() = status;
+    *response.status_mut() = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
 }
 
@@ -68,7 +70,7 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
     let response = if path == "/api" || path.starts_with("/api/") {
         let rest = &path["/api".len()..];
         if backend_private(rest) {
-            json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+            json_error(ApiErrorCode::NotFound, "no such endpoint")
         } else if let Some(throttled) = player_limit(&request, rest, ctx).await {
             throttled
         } else {
@@ -77,11 +79,7 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
     } else if matches!(path.as_str(), "/health" | "/livez" | "/metrics")
         && !matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD)
     {
-        let mut response = json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed",
-        );
+        let mut response = json_error(ApiErrorCode::MethodNotAllowed, "method not allowed");
         response
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
@@ -98,11 +96,7 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> 
         );
         response
     } else {
-        json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such endpoint; the API is under /api",
-        )
+        json_error(ApiErrorCode::NotFound, "no such endpoint; the API is under /api")
     };
     ctx.metrics.http(response.status().as_u16(), started.elapsed());
     response
@@ -134,8 +128,7 @@ async fn player_limit(request: &Request<Incoming>, rest: &str, ctx: &Context) ->
     }
     ctx.metrics.route(Route::PlayerRateLimited);
     let mut response = json_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "throttled",
+        ApiErrorCode::Throttled,
         "too many joins or status polls for this player; slow down",
     );
     response
@@ -179,13 +172,7 @@ pub(crate) fn backend_request(ctx: &Context, path: &str) -> Request<Full<Bytes>>
 
 async fn forward(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Response<Full<Bytes>> {
     let limit = ctx.settings.max_body_bytes;
-    let too_large = || {
-        json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            &format!("request body over {limit} bytes"),
-        )
-    };
+    let too_large = || json_error(ApiErrorCode::TooLarge, &format!("request body over {limit} bytes"));
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -198,7 +185,7 @@ async fn forward(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) ->
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
-        Err(_) => return json_error(StatusCode::BAD_REQUEST, "malformed", "could not read the request body"),
+        Err(_) => return json_error(ApiErrorCode::Malformed, "could not read the request body"),
     };
     let rest = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let rest = rest.strip_prefix("/api").unwrap_or(rest);
@@ -231,25 +218,16 @@ async fn forward(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) ->
         headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
     let Ok(upstream) = upstream.body(Full::new(body)) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            "the request could not be forwarded",
-        );
+        return json_error(ApiErrorCode::Malformed, "the request could not be forwarded");
     };
     let response = match timeout(FORWARD_TIMEOUT, ctx.backend.request(upstream)).await {
         Err(_) => {
-            return json_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "backend_timeout",
-                "the backend did not answer in time",
-            );
+            return json_error(ApiErrorCode::BackendTimeout, "the backend did not answer in time");
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "backend unreachable");
             return json_error(
-                StatusCode::BAD_GATEWAY,
-                "backend_unavailable",
+                ApiErrorCode::BackendUnavailable,
                 "the matchmaking backend is unavailable",
             );
         }
@@ -259,11 +237,7 @@ async fn forward(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) ->
     let body = match timeout(FORWARD_TIMEOUT, body.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         _ => {
-            return json_error(
-                StatusCode::BAD_GATEWAY,
-                "backend_unavailable",
-                "the backend's answer was cut off",
-            );
+            return json_error(ApiErrorCode::BackendUnavailable, "the backend's answer was cut off");
         }
     };
     let mut out = Response::new(Full::new(body));

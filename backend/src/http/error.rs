@@ -1,11 +1,14 @@
-//! HTTP errors: one enum, mapped to a status and the `{"error": {"code", "message"}}` body.
-//! Dependency failures are logged here and reported to the client without internals.
+//! HTTP errors: one enum, mapped to a code of [`ApiErrorCode`] (which gives the status) and
+//! the `{"error": {"code", "message"}}` body. Turning an error into a response has no side
+//! effect: a dependency's failure is reported to the client without internals, and its
+//! detail rides in the response's extensions ([`Internal`]) to the observing layer, which logs
+//! every failed request once.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use matchmaking_core::tickets::TicketError;
-use protocol::api::ErrorBody;
+use protocol::api::{ApiErrorCode, ErrorBody};
 
 use crate::matchmaking::JoinError;
 
@@ -18,11 +21,11 @@ pub enum ApiError {
     Invalid(String),
     /// 422 with a code of its own.
     #[error("{1}")]
-    Unprocessable(&'static str, String),
+    Unprocessable(ApiErrorCode, String),
     #[error("{1}")]
-    NotFound(&'static str, String),
+    NotFound(ApiErrorCode, String),
     #[error("{1}")]
-    Conflict(&'static str, String),
+    Conflict(ApiErrorCode, String),
     #[error("request body over {0} bytes")]
     TooLarge(usize),
     #[error("{0}")]
@@ -40,36 +43,41 @@ pub enum ApiError {
 /// Handler result.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// What a failed dependency said, for the observing layer's log line (never the client's).
+#[derive(Debug, Clone)]
+pub(crate) struct Internal(pub(crate) String);
+
+impl ApiError {
+    /// The code the client gets, and the message.
+    fn code_and_message(&self) -> (ApiErrorCode, String) {
+        match self {
+            ApiError::Malformed(m) => (ApiErrorCode::Malformed, m.clone()),
+            ApiError::Invalid(m) => (ApiErrorCode::Invalid, m.clone()),
+            ApiError::Unprocessable(code, m) | ApiError::NotFound(code, m) | ApiError::Conflict(code, m) => {
+                (*code, m.clone())
+            }
+            ApiError::TooLarge(_) => (ApiErrorCode::TooLarge, self.to_string()),
+            ApiError::Unauthorized(m) => (ApiErrorCode::Unauthorized, m.clone()),
+            ApiError::Forbidden(m) => (ApiErrorCode::Forbidden, m.clone()),
+            ApiError::Unavailable(m) => (ApiErrorCode::Unavailable, m.clone()),
+            ApiError::Redis(_) => (
+                ApiErrorCode::RedisUnavailable,
+                "the matchmaking store is unavailable".into(),
+            ),
+            ApiError::Database(_) => (ApiErrorCode::DatabaseUnavailable, "match history is unavailable".into()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message) = match &self {
-            ApiError::Malformed(m) => (StatusCode::BAD_REQUEST, "malformed", m.clone()),
-            ApiError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", m.clone()),
-            ApiError::Unprocessable(code, m) => (StatusCode::UNPROCESSABLE_ENTITY, *code, m.clone()),
-            ApiError::NotFound(code, m) => (StatusCode::NOT_FOUND, *code, m.clone()),
-            ApiError::Conflict(code, m) => (StatusCode::CONFLICT, *code, m.clone()),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", self.to_string()),
-            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m.clone()),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m.clone()),
-            ApiError::Redis(e) => {
-                tracing::error!(error = %e, "Redis failed during a request");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "redis_unavailable",
-                    "the matchmaking store is unavailable".into(),
-                )
-            }
-            ApiError::Database(e) => {
-                tracing::error!(error = %e, "PostgreSQL failed during a request");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "database_unavailable",
-                    "match history is unavailable".into(),
-                )
-            }
-        };
-        (status, Json(ErrorBody::new(code, message))).into_response()
+        let (code, message) = self.code_and_message();
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(ErrorBody::new(code, message))).into_response();
+        if matches!(self, ApiError::Redis(_) | ApiError::Database(_)) {
+            response.extensions_mut().insert(Internal(self.to_string()));
+        }
+        response
     }
 }
 
@@ -77,12 +85,12 @@ impl IntoResponse for ApiError {
 impl From<JoinError> for ApiError {
     fn from(e: JoinError) -> Self {
         match e {
-            JoinError::UnknownQueue { .. } => ApiError::Unprocessable("unknown_queue", e.to_string()),
+            JoinError::UnknownQueue { .. } => ApiError::Unprocessable(ApiErrorCode::UnknownQueue, e.to_string()),
             JoinError::Ticket(TicketError::Forbidden(m)) => ApiError::Forbidden(m),
             JoinError::Ticket(TicketError::Invalid(m)) => ApiError::Invalid(m),
             JoinError::Draining => ApiError::Unavailable(e.to_string()),
-            JoinError::AlreadyQueued { .. } => ApiError::Conflict("already_queued", e.to_string()),
-            JoinError::InSession { .. } => ApiError::Conflict("in_session", e.to_string()),
+            JoinError::AlreadyQueued { .. } => ApiError::Conflict(ApiErrorCode::AlreadyQueued, e.to_string()),
+            JoinError::InSession { .. } => ApiError::Conflict(ApiErrorCode::InSession, e.to_string()),
             JoinError::Store(e) => ApiError::Redis(e),
         }
     }

@@ -23,14 +23,14 @@ use identity::Authenticator;
 use matchmaking_core::queues::DEFAULT_QUEUE;
 use matchmaking_core::store::PlayerView;
 use protocol::Claims;
-use protocol::api::{MatchResponse, MatchStatus, SessionView};
+use protocol::api::{ApiErrorCode, MatchResponse, MatchStatus, SessionView};
 use protocol::player::is_valid_player_id;
 use protocol::sessions::{Placement, SessionRecord, SessionState};
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, timeout};
 
 use self::auth::Class;
-use self::error::{ApiError, ApiResult};
+use self::error::{ApiError, ApiResult, Internal};
 use crate::config::Settings;
 use crate::health::Health;
 use crate::history::{History, MatchRow, from_ms};
@@ -88,12 +88,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(probes::live))
         .route("/metrics", get(probes::metrics))
         .route("/internal/sessions/{session_id}/result", post(servers::result_report))
-        .fallback(|| async { ApiError::NotFound("not_found", "no such endpoint".into()) })
+        .fallback(|| async { ApiError::NotFound(ApiErrorCode::NotFound, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (
                 StatusCode::METHOD_NOT_ALLOWED,
                 Json(protocol::api::ErrorBody::new(
-                    "method_not_allowed",
+                    ApiErrorCode::MethodNotAllowed,
                     "method not allowed",
                 )),
             )
@@ -103,7 +103,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Times out, measures and logs every request.
+/// Times out, measures and logs every request: a failed one once, here (with what a failed
+/// dependency said, which the client never sees).
 async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -118,7 +119,9 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     let status = response.status().as_u16();
     let took = started.elapsed();
     state.metrics.http(method.as_str(), &route, status, took);
-    if status >= 500 {
+    if let Some(Internal(cause)) = response.extensions().get::<Internal>() {
+        tracing::error!(%method, %route, status, ?took, error = %cause, "request failed: a dependency failed");
+    } else if status >= 500 {
         tracing::warn!(%method, %route, status, ?took, "request failed");
     } else {
         tracing::debug!(%method, %route, status, ?took, "request");
@@ -278,5 +281,6 @@ fn view_of_row(row: MatchRow) -> SessionView {
 }
 
 fn check_session_id(id: &str) -> ApiResult<uuid::Uuid> {
-    uuid::Uuid::parse_str(id).map_err(|_| ApiError::NotFound("unknown_session", format!("no session {id:?}")))
+    uuid::Uuid::parse_str(id)
+        .map_err(|_| ApiError::NotFound(ApiErrorCode::UnknownSession, format!("no session {id:?}")))
 }

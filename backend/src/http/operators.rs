@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use matchmaking_core::store::EndOutcome;
-use protocol::api::{EndReason, MatchStatus, SessionEnded};
+use protocol::api::{ApiErrorCode, EndReason, MatchStatus, SessionEnded};
 
 use super::error::{ApiError, ApiResult};
 use super::{AppState, check_session_id};
@@ -18,7 +18,7 @@ pub(super) async fn operator_end(
     let end_reason = match state.sessions.end(&session_id, EndReason::Stopped, None).await? {
         EndOutcome::Unknown => {
             return Err(ApiError::NotFound(
-                "unknown_session",
+                ApiErrorCode::UnknownSession,
                 format!("no session {session_id}"),
             ));
         }

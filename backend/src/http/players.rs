@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use identity::Caller;
 use matchmaking_core::store::{CancelOutcome, PlayerView, now_ms};
 use matchmaking_core::tickets::Joiner;
-use protocol::api::{JoinRequest, MatchResponse, MatchStatus, PlayerMatch, PlayerMatches};
+use protocol::api::{ApiErrorCode, JoinRequest, MatchResponse, MatchStatus, PlayerMatch, PlayerMatches};
 use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
@@ -181,10 +181,13 @@ pub(super) async fn leave(
     match state.matchmaking.cancel(&player).await? {
         CancelOutcome::Cancelled => Ok(StatusCode::NO_CONTENT),
         CancelOutcome::InSession => Err(ApiError::Conflict(
-            "in_session",
+            ApiErrorCode::InSession,
             format!("{player} is already in a session"),
         )),
-        CancelOutcome::NotQueued => Err(ApiError::NotFound("not_queued", format!("{player} is not queued"))),
+        CancelOutcome::NotQueued => Err(ApiError::NotFound(
+            ApiErrorCode::NotQueued,
+            format!("{player} is not queued"),
+        )),
     }
 }
 

@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::header;
 use matchmaking_core::store::EndOutcome;
 use protocol::Audience;
-use protocol::api::{EndReason, Recorded, ReportReceipt, ResultReport};
+use protocol::api::{ApiErrorCode, EndReason, Recorded, ReportReceipt, ResultReport};
 
 use super::error::{ApiError, ApiResult};
 use super::{ApiJson, AppState};
@@ -56,7 +56,7 @@ pub(super) async fn result_report(
     {
         EndOutcome::Unknown => {
             return Err(ApiError::NotFound(
-                "unknown_session",
+                ApiErrorCode::UnknownSession,
                 format!("no session {session_id}"),
             ));
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use matchmaking_core::store::now_ms;
-use protocol::api::{ActiveSessions, QueueInfo, QueueList, SessionView};
+use protocol::api::{ActiveSessions, ApiErrorCode, QueueInfo, QueueList, SessionView};
 
 use super::error::{ApiError, ApiResult};
 use super::{AppState, check_session_id, view_of_record, view_of_row};
@@ -51,7 +51,7 @@ pub(super) async fn session(
     match state.history.session_row(id).await? {
         Some(row) => Ok(Json(view_of_row(row))),
         None => Err(ApiError::NotFound(
-            "unknown_session",
+            ApiErrorCode::UnknownSession,
             format!("no session {session_id}"),
         )),
     }
