@@ -107,7 +107,10 @@ impl App {
             history,
             metrics,
         } = connect(&settings).await?;
-        let runtime = runtime::build(&settings.runtime, &settings.secret).await?;
+        // The warm pool's books (and metrics) exist with or without a pool.
+        let warm = Arc::new(runtime::warm::WarmState::new(settings.runtime.warm_bounds()));
+        metrics.register(|registry| warm.register(registry));
+        let runtime = runtime::build(&settings.runtime, &settings.secret, warm).await?;
 
         let phases = Phases::new();
         let matchmaking = Matchmaking::new(
@@ -182,7 +185,7 @@ impl App {
             ),
         ];
         if let Some(runtime) = &runtime {
-            background.extend(runtime.tasks(sessions.clone(), phases.background.clone()));
+            background.extend(runtime.tasks(Arc::new(sessions.clone()), phases.background.clone()));
         }
         let tasks = background
             .into_iter()

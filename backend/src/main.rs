@@ -60,7 +60,7 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>, teams: Op
         eprintln!("backend: every player of --teams must be in --players");
         return ExitCode::from(2);
     }
-    let template = match config.kubernetes.pod_template(&config.game) {
+    let template = match config.runtime.kubernetes.pod_template(&config.runtime.game) {
         Ok(template) => template,
         Err(e) => {
             eprintln!("backend: {e}");
@@ -73,31 +73,28 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>, teams: Op
         .clone()
         .unwrap_or_else(|| "http://matchplane-backend:8081".to_owned());
     // The backend signs a report token per session; without the secret, say where it goes.
-    let report_token = match config.core.ticket_secret.as_deref().map(protocol::TicketSecret::new) {
-        Some(Ok(secret)) => secret.mint(&protocol::Claims::report(
-            session_id,
-            protocol::ticket::unix_now(),
-            2 * 86_400,
-        )),
-        _ => "minted-per-session-with-TICKET_SECRET".to_owned(),
-    };
-    let spec = backend::runtime::ServerSpec {
-        session_id: session_id.to_owned(),
+    let secret = config.core.ticket_secret.as_deref().map(protocol::TicketSecret::new);
+    let placeholder = protocol::TicketSecret::new("unset".to_owned()).expect("a secret that is not empty");
+    let mut spec = backend::runtime::ServerSpec::new(
+        session_id,
         players,
         teams,
-        report_url: format!(
-            "{}/internal/sessions/{session_id}/result",
-            internal.trim_end_matches('/')
-        ),
-        report_token,
-        ready_timeout: std::time::Duration::from_secs(60),
-    };
+        &internal,
+        match &secret {
+            Some(Ok(secret)) => secret,
+            _ => &placeholder,
+        },
+        std::time::Duration::from_secs(60),
+    );
+    if !matches!(secret, Some(Ok(_))) {
+        "minted-per-session-with-TICKET_SECRET".clone_into(&mut spec.report_token);
+    }
     print_pod(&backend::runtime::kubernetes::render_pod(&template, &spec))
 }
 
 /// `backend render-pod --warm`.
 fn render_warm_pod(config: &Config) -> ExitCode {
-    match config.kubernetes.pod_template(&config.game) {
+    match config.runtime.kubernetes.pod_template(&config.runtime.game) {
         Ok(template) => print_pod(&backend::runtime::kubernetes::render_warm_pod(
             &template,
             &backend::runtime::kubernetes::warm_pod_name(),

@@ -3,6 +3,7 @@
 //! Counters and histograms are lock-free or hold a lock only to record; the per-state session
 //! gauges move only through [`service::metrics::GaugeGuard`]s, so they cannot drift.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,11 +41,6 @@ struct StateLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WarmLabel {
-    state: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     method: String,
     route: String,
@@ -69,7 +65,8 @@ pub(crate) enum Supervised {
 
 /// Every metric the backend exports.
 pub(crate) struct Metrics {
-    registry: Registry,
+    /// Parts register their own metrics into it at start (the warm pool); held to render.
+    registry: Mutex<Registry>,
     joins: Family<ResultLabel, Counter>,
     sessions_formed: Family<SizeLabel, Counter>,
     sessions_ended: Family<ReasonLabel, Counter>,
@@ -86,12 +83,6 @@ pub(crate) struct Metrics {
     join_to_matched: Family<QueueLabel, Histogram, fn() -> Histogram>,
     server_start: Histogram,
     http: Family<HttpLabels, Histogram, fn() -> Histogram>,
-    /// The warm pool as the runtime last reported it, copied in at each scrape.
-    warm_servers: Family<WarmLabel, Gauge>,
-    warm_target: Gauge,
-    warm_handed: Counter,
-    warm_cold_starts: Counter,
-    warm_replaced: Counter,
 }
 
 impl Default for Metrics {
@@ -123,12 +114,7 @@ impl Metrics {
             join_to_matched: Family::new_with_constructor(latency_histogram),
             server_start: latency_histogram(),
             http: Family::new_with_constructor(latency_histogram),
-            warm_servers: Family::default(),
-            warm_target: Gauge::default(),
-            warm_handed: Counter::default(),
-            warm_cold_starts: Counter::default(),
-            warm_replaced: Counter::default(),
-            registry: Registry::default(),
+            registry: Mutex::new(Registry::default()),
         };
         registry.register("mp_joins", "Join requests by result", metrics.joins.clone());
         registry.register(
@@ -206,31 +192,6 @@ impl Metrics {
             "HTTP requests by method, route and status",
             metrics.http.clone(),
         );
-        registry.register(
-            "mp_warm_servers",
-            "Warm game servers by state (idle: ready to be handed a session; starting); with the kubernetes runtime, the cluster's pool as this replica's watch sees it",
-            metrics.warm_servers.clone(),
-        );
-        registry.register(
-            "mp_warm_pool_target",
-            "The warm pool size demand calls for now, within WARM_POOL_MIN and WARM_POOL_MAX",
-            metrics.warm_target.clone(),
-        );
-        registry.register(
-            "mp_warm_handed",
-            "Sessions this replica handed to a warm server",
-            metrics.warm_handed.clone(),
-        );
-        registry.register(
-            "mp_warm_cold_starts",
-            "Sessions this replica started cold while it keeps a warm pool (the pool had none to give)",
-            metrics.warm_cold_starts.clone(),
-        );
-        registry.register(
-            "mp_warm_replaced",
-            "Warm servers that died while idle and were replaced, seen by this replica",
-            metrics.warm_replaced.clone(),
-        );
         for state in [Supervised::Allocating, Supervised::Matched] {
             drop(metrics.sessions.get_or_create(&StateLabel { state: state.label() }));
         }
@@ -241,9 +202,6 @@ impl Metrics {
             drop(metrics.sessions_ended.get_or_create(&ReasonLabel {
                 reason: reason.as_str(),
             }));
-        }
-        for state in ["idle", "starting"] {
-            drop(metrics.warm_servers.get_or_create(&WarmLabel { state }));
         }
         for queue in queues {
             let label = QueueLabel {
@@ -261,7 +219,10 @@ impl Metrics {
             }
         }
         service::backoff::register(&mut registry, retries);
-        Metrics { registry, ..metrics }
+        Metrics {
+            registry: Mutex::new(registry),
+            ..metrics
+        }
     }
 }
 
@@ -403,26 +364,14 @@ impl Metrics {
 
     /// The text exposition format, with the warm pool as `warm` says it is now (nothing of
     /// it when the replica keeps no pool).
-    pub(crate) fn render(&self, warm: Option<protocol::api::WarmServers>) -> String {
-        if let Some(warm) = warm {
-            let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-            self.warm_servers
-                .get_or_create(&WarmLabel { state: "idle" })
-                .set(count(warm.idle));
-            self.warm_servers
-                .get_or_create(&WarmLabel { state: "starting" })
-                .set(count(warm.starting));
-            self.warm_target.set(count(warm.target));
-            // The runtime keeps these counts since start; the counters mirror them.
-            for (counter, value) in [
-                (&self.warm_handed, warm.handed),
-                (&self.warm_cold_starts, warm.cold_starts),
-                (&self.warm_replaced, warm.replaced),
-            ] {
-                counter.inner().store(value, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        service::metrics::render(&self.registry)
+    /// Lets a part register the metrics it owns.
+    pub(crate) fn register(&self, part: impl FnOnce(&mut Registry)) {
+        part(&mut self.registry.lock().expect("registry lock"));
+    }
+
+    /// The text exposition format.
+    pub(crate) fn render(&self) -> String {
+        service::metrics::render(&self.registry.lock().expect("registry lock"))
     }
 }
 
@@ -433,7 +382,7 @@ mod tests {
     #[test]
     fn every_family_with_known_labels_exists_at_zero_from_the_start() {
         let policy = service::backoff::Policy::new("test_op", Duration::from_millis(1), Duration::from_millis(2));
-        let text = Metrics::new(&[policy], &["default", "ranked"]).render(None);
+        let text = Metrics::new(&[policy], &["default", "ranked"]).render();
         for line in [
             "mp_joins_total{result=\"queued\"} 0",
             "mp_joins_total{result=\"cancelled\"} 0",
@@ -444,7 +393,6 @@ mod tests {
             "mp_tickets_timed_out_total{queue=\"default\"} 0",
             "mp_join_to_matched_seconds_count{queue=\"ranked\"} 0",
             "mp_session_skill_spread_count{queue=\"ranked\"} 0",
-            "mp_warm_servers{state=\"idle\"} 0",
             "mp_retries_total{op=\"test_op\"} 0",
             "mp_history_events_written_total 0",
         ] {
@@ -460,13 +408,13 @@ mod tests {
         m.server_start(Duration::from_millis(3));
         m.server_start(Duration::from_secs(2));
         let guard = m.supervised(Supervised::Allocating);
-        let text = m.render(None);
+        let text = m.render();
         assert!(text.contains("mp_joins_total{result=\"queued\"} 2"), "{text}");
         assert!(text.contains("mp_server_start_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("mp_server_start_seconds_count 2"), "{text}");
         assert!(text.contains("mp_sessions{state=\"allocating\"} 1"), "{text}");
         drop(guard);
-        assert!(m.render(None).contains("mp_sessions{state=\"allocating\"} 0"));
+        assert!(m.render().contains("mp_sessions{state=\"allocating\"} 0"));
         m.session_quality(&protocol::sessions::Placement {
             queue: Some("ranked".into()),
             skill_spread: Some(40.0),
@@ -474,7 +422,7 @@ mod tests {
             ..Default::default()
         });
         m.set_queue_depth("ranked", 7);
-        let text = m.render(None);
+        let text = m.render();
         assert!(
             text.contains("mp_session_skill_spread_bucket{le=\"50.0\",queue=\"ranked\"} 1"),
             "{text}"
@@ -485,38 +433,5 @@ mod tests {
         );
         assert!(text.contains("mp_queue_depth{queue=\"ranked\"} 7"), "{text}");
         assert!(!text.contains("mp_session_team_skill_gap_count"), "{text}");
-    }
-
-    #[test]
-    fn the_warm_pool_is_rendered_as_the_runtime_reports_it_at_each_scrape() {
-        let m = Metrics::default();
-        let mut warm = protocol::api::WarmServers {
-            idle: 7,
-            starting: 2,
-            target: 10,
-            handed: 40,
-            cold_starts: 3,
-            replaced: 1,
-        };
-        let text = m.render(Some(warm));
-        for line in [
-            "mp_warm_servers{state=\"idle\"} 7",
-            "mp_warm_servers{state=\"starting\"} 2",
-            "mp_warm_pool_target 10",
-            "mp_warm_handed_total 40",
-            "mp_warm_cold_starts_total 3",
-            "mp_warm_replaced_total 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in {text}");
-        }
-        warm.idle = 0;
-        warm.handed = 47;
-        let text = m.render(Some(warm));
-        assert!(text.lines().any(|l| l == "mp_warm_servers{state=\"idle\"} 0"), "{text}");
-        assert!(text.lines().any(|l| l == "mp_warm_handed_total 47"), "{text}");
-        // Without a pool every state reads 0 (and so do the target and totals).
-        let none = Metrics::default().render(None);
-        assert!(none.lines().any(|l| l == "mp_warm_servers{state=\"idle\"} 0"), "{none}");
-        assert!(none.lines().any(|l| l == "mp_warm_pool_target 0"), "{none}");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backend::runtime::kubernetes::{KubernetesRuntime, PodTemplate, pod_name, reconcile, render_pod};
-use backend::runtime::{ServerExit, ServerSpec, SessionRuntime, StartError};
+use backend::runtime::{ServerExit, ServerSpec, SessionBook, SessionRuntime, StartError};
 use backend::sessions::Sessions;
 use http::{Method, Request, Response};
 use k8s_openapi::api::core::v1::Pod;
@@ -463,7 +463,7 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
     let runtime = KubernetesRuntime::new(client, template())
         .with_backoff(Duration::from_millis(10))
         .with_reap_grace(Duration::ZERO);
-    let mut tasks = runtime.tasks(sessions.clone(), stop.clone());
+    let mut tasks = runtime.tasks(Arc::new(sessions.clone()), stop.clone());
     assert_eq!(tasks.len(), 1);
     let (name, reaper) = tasks.remove(0);
     assert_eq!(name, "pod reaper");
@@ -588,6 +588,108 @@ async fn reconcile_deletes_orphan_pods_and_fails_sessions_without_a_pod() {
             .iter()
             .any(|s| s.session_id == with_pod)
     );
+}
+
+/// A book of sessions in memory: what a runtime reads and reports, without Redis.
+#[derive(Default)]
+struct MemoryBook {
+    live: Vec<matchmaking_core::store::LiveSession>,
+    lost: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl SessionBook for MemoryBook {
+    fn live(
+        &self,
+    ) -> futures_util::future::BoxFuture<'_, matchmaking_core::store::Result<Vec<matchmaking_core::store::LiveSession>>>
+    {
+        Box::pin(async { Ok(self.live.clone()) })
+    }
+
+    fn record<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, matchmaking_core::store::Result<Option<protocol::sessions::SessionRecord>>>
+    {
+        Box::pin(async move {
+            Ok(self
+                .live
+                .iter()
+                .find(|s| s.session_id == session_id)
+                .map(|s| s.record.clone()))
+        })
+    }
+
+    fn server_lost<'a>(
+        &'a self,
+        session_id: &'a str,
+        why: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, matchmaking_core::store::Result<()>> {
+        self.lost.lock().unwrap().push((session_id.to_owned(), why.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn warm_pool_lease(
+        &self,
+        _ttl: Duration,
+    ) -> futures_util::future::BoxFuture<'_, matchmaking_core::store::Result<bool>> {
+        Box::pin(async { Ok(true) })
+    }
+}
+
+fn allocating(session_id: &str, players: &[&str]) -> matchmaking_core::store::LiveSession {
+    let record: protocol::sessions::SessionRecord = serde_json::from_value(json!({
+        "state": "allocating", "players": players, "joined_ms": players.iter().map(|_| 0).collect::<Vec<_>>(),
+        "created_ms": now_ms() - 60_000, "instance": "replica-a",
+    }))
+    .unwrap();
+    matchmaking_core::store::LiveSession {
+        session_id: session_id.to_owned(),
+        record,
+    }
+}
+
+/// The runtime through its seam alone: no Redis, a scripted API server. Reconcile reports the
+/// session without a Pod to its book (and nothing else), and deletes the Pod of no session.
+#[tokio::test]
+async fn reconcile_reports_to_its_book_without_redis() {
+    let with_pod = "0a0a0a0a-0000-4000-8000-0000000000a1";
+    let without_pod = "0a0a0a0a-0000-4000-8000-0000000000a2";
+    let orphan = "0a0a0a0a-0000-4000-8000-0000000000a3";
+    let book = Arc::new(MemoryBook {
+        live: vec![
+            allocating(with_pod, &["b1", "b2"]),
+            allocating(without_pod, &["b3", "b4"]),
+        ],
+        ..MemoryBook::default()
+    });
+    let (client, mut api) = mock();
+    let pods = kube::Api::<Pod>::namespaced(client, NS);
+    let task = tokio::spawn({
+        let book = book.clone();
+        async move { reconcile(&pods, book.as_ref(), Duration::from_secs(1)).await.unwrap() }
+    });
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(call.method, Method::GET);
+    reply.send_response(respond(
+        200,
+        &json!({
+            "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "3"},
+            "items": [pod(with_pod, "Running", true, Some("10.0.0.5")), pod(orphan, "Running", true, Some("10.0.0.6"))],
+        }),
+    ));
+    let (call, reply) = next(&mut api).await;
+    assert_eq!(
+        (call.method.clone(), call.uri.as_str()),
+        (
+            Method::DELETE,
+            format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(orphan)).as_str()
+        )
+    );
+    reply.send_response(respond(200, &json!({})));
+    assert_eq!(task.await.unwrap(), (1, 1));
+    let lost = book.lost.lock().unwrap().clone();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].0, without_pod);
 }
 
 #[test]

@@ -432,6 +432,9 @@ async fn a_replica_replaced_mid_allocation_requeues_the_orphaned_sessions_player
     // The replacement takes the same address; its servers are ready at once.
     let second = backend_process(port, "replica-b", &prefix, &db, &built_binary("game-server"));
     testkit::listening(port).await;
+    // A client of its own: the old one's pooled connections were to the killed replica (one
+    // reused at the wrong moment is reset; seen once under load).
+    let http = common::Http::new(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     // The orphan's report failed its session, which requeued q1 and q2 ahead of q3: they
     // form the next session together.
     let body = eventually(Duration::from_secs(30), || async {

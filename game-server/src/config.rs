@@ -47,13 +47,13 @@ pub struct Config {
     #[arg(long, env = "START_GRACE_SECONDS", default_value_t = 10.0)]
     pub start_grace_seconds: f64,
     /// End with `no_show` if still open after this long.
-    #[arg(long, env = "OPEN_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    #[arg(long, env = "OPEN_TIMEOUT_SECONDS", default_value_t = protocol::server::DEFAULT_OPEN_TIMEOUT_SECONDS)]
     pub open_timeout_seconds: f64,
     /// End with `abandoned` when no player has been connected for this long while running.
     #[arg(long, env = "EMPTY_GRACE_SECONDS", default_value_t = 5.0)]
     pub empty_grace_seconds: f64,
     /// The longest running length a client may request.
-    #[arg(long, env = "MAX_MATCH_SECONDS", default_value_t = 86_400)]
+    #[arg(long, env = "MAX_MATCH_SECONDS", default_value_t = protocol::server::DEFAULT_MAX_MATCH_SECONDS)]
     pub max_match_seconds: u64,
     /// Where to POST the result report when the match stops (http only).
     #[arg(long, env = "REPORT_URL")]

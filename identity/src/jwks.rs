@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tokio::time::{Instant, timeout};
 
 use crate::KeySource;
-use crate::player::TokenError;
+use crate::error::TokenError;
 
 /// Keys older than this are re-read in the background.
 const MAX_AGE: Duration = Duration::from_secs(300);

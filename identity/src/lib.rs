@@ -9,6 +9,7 @@
 //! each caller may do is the API's to decide. No error message or log line here ever contains
 //! a token.
 
+mod error;
 mod jwks;
 mod player;
 
@@ -18,7 +19,8 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 use sha2::{Digest, Sha256};
 
-pub use player::{PlayerClaims, PlayerVerifier, TokenError, mint_hs256};
+pub use error::TokenError;
+pub use player::{PlayerClaims, PlayerVerifier, mint_hs256};
 
 /// Whether player endpoints need a player token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,16 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::kubelet::{self, Command};
+pub use crate::node::{Key, NodeConfig, PodRecord, now, now_ms};
+use crate::node::{PodStorage, timestamp};
 use crate::selector::{FieldSelector, LabelSelector};
-
-/// A Pod's key: namespace and name.
-pub type Key = (String, String);
 
 /// One change, as a watch sends it.
 #[derive(Debug)]
@@ -52,22 +49,6 @@ pub struct Fault {
     pub after: bool,
 }
 
-/// What kube-sim reports of each Pod it ever held, for tests and the demo's figures (times in
-/// ms since the Unix epoch).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PodRecord {
-    pub namespace: String,
-    pub name: String,
-    pub session: Option<String>,
-    pub created_ms: i64,
-    pub started_ms: Option<i64>,
-    pub ready_ms: Option<i64>,
-    pub finished_ms: Option<i64>,
-    pub deleted_ms: Option<i64>,
-    pub phase: Option<String>,
-    pub reason: Option<String>,
-}
-
 /// Settings that can change while it runs.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Behaviour {
@@ -95,20 +76,6 @@ struct State {
     next_ip: u32,
 }
 
-/// Everything the kubelet needs that is fixed at start.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub game_server_bin: std::path::PathBuf,
-    /// `secret/key` → value.
-    pub secrets: HashMap<(String, String), String>,
-    pub log_dir: Option<std::path::PathBuf>,
-    /// Unknown fields in a create without `fieldValidation` are refused (`Strict`) rather
-    /// than warned about.
-    pub strict_by_default: bool,
-    /// The Roles every API call is held to (`403 Forbidden` otherwise); `None` allows all.
-    pub rbac: Option<crate::rbac::Rbac>,
-}
-
 /// How often one kind of API call was made, and how often it was refused for want of a
 /// permission.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -134,20 +101,6 @@ fn random_start() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     (nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % (239 * 65_536)
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn timestamp(ms: i64) -> Time {
-    Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
-pub fn now() -> Time {
-    timestamp(now_ms())
 }
 
 /// Why a watch cannot start.
@@ -709,6 +662,33 @@ impl Cluster {
         for kubelet in self.state.lock().unwrap().kubelets.values() {
             let _ = kubelet.send(Command::Kill);
         }
+    }
+}
+
+/// The kubelet's view of the cluster.
+impl PodStorage for Cluster {
+    fn config(&self) -> &NodeConfig {
+        &self.node
+    }
+
+    fn pod(&self, key: &Key) -> Option<Pod> {
+        self.get(key)
+    }
+
+    fn update_pod(&self, key: &Key, change: &mut dyn FnMut(&mut Pod, &mut PodRecord)) -> bool {
+        self.update(key, change)
+    }
+
+    fn remove_pod(&self, key: &Key) {
+        self.remove(key);
+    }
+
+    fn record_pod(&self, key: &Key, change: &mut dyn FnMut(&mut PodRecord)) {
+        self.record(key, change);
+    }
+
+    fn pod_ip(&self, port: u16) -> Ipv4Addr {
+        Cluster::pod_ip(self, port)
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use crate::cluster::{Cluster, Key, now, now_ms};
+use crate::node::{Key, PodStorage, now, now_ms};
 
 /// What the API server or an operator asks of a Pod's kubelet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ fn container_status(container: &Container, ready: bool, state: ContainerState) -
 /// The container's environment: values, field references and Secret keys; `Err` names what is
 /// missing (the container then waits with `CreateContainerConfigError`, as a real kubelet's).
 fn environment(
-    cluster: &Cluster,
+    cluster: &dyn PodStorage,
     pod: &Pod,
     container: &Container,
     ip: Ipv4Addr,
@@ -108,7 +108,7 @@ fn environment(
                         other => return Err(format!("field {other} is not supported by kube-sim")),
                     }
                 } else if let Some(secret) = &from.secret_key_ref {
-                    match cluster.node.secrets.get(&(secret.name.clone(), secret.key.clone())) {
+                    match cluster.config().secrets.get(&(secret.name.clone(), secret.key.clone())) {
                         Some(value) => value.clone(),
                         None if secret.optional == Some(true) => continue,
                         None => return Err(format!("secret {:?} (key {:?}) not found", secret.name, secret.key)),
@@ -193,8 +193,9 @@ fn signal(pid: Option<u32>, signal: Signal) {
 }
 
 /// Runs one Pod from scheduling to removal.
-pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mpsc::UnboundedReceiver<Command>) {
-    let Some(pod) = cluster.get(&key) else { return };
+pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let cluster: &dyn PodStorage = storage.as_ref();
+    let Some(pod) = cluster.pod(&key) else { return };
     let Some(container) = container_of(&pod) else { return };
     let port = container
         .ports
@@ -207,7 +208,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
     let spec = pod.spec.clone().unwrap_or_default();
     // Scheduled at once onto the one node; the clock of activeDeadlineSeconds starts now.
     let scheduled = Instant::now();
-    cluster.update(&key, |pod, _| {
+    cluster.update_pod(&key, &mut |pod, _| {
         if let Some(spec) = pod.spec.as_mut() {
             spec.node_name = Some(NODE.into());
         }
@@ -238,10 +239,10 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
     let mut create_at = Instant::now() + start.delay;
     let env = loop {
         tokio::select! {
-            () = sleep_until(create_at) => match environment(&cluster, &pod, &container, ip) {
+            () = sleep_until(create_at) => match environment(cluster, &pod, &container, ip) {
                 Ok(env) => break env,
                 Err(why) => {
-                    cluster.update(&key, |pod, _| {
+                    cluster.update_pod(&key, &mut |pod, _| {
                         let waiting = ContainerState {
                             waiting: Some(ContainerStateWaiting {
                                 reason: Some("CreateContainerConfigError".into()),
@@ -257,16 +258,16 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
                 }
             },
             () = sleep_until(deadline_at) => {
-                fail(&cluster, &key, &container, "DeadlineExceeded", DEADLINE_EXCEEDED, None);
+                fail(cluster, &key, &container, "DeadlineExceeded", DEADLINE_EXCEEDED, None);
                 return;
             }
             command = commands.recv() => match command {
                 Some(Command::Evict) => {
-                    fail(&cluster, &key, &container, "Evicted", EVICTED, None);
+                    fail(cluster, &key, &container, "Evicted", EVICTED, None);
                     return;
                 }
                 Some(Command::Stop(_) | Command::Kill) | None => {
-                    cluster.remove(&key);
+                    cluster.remove_pod(&key);
                     return;
                 }
                 Some(Command::Unready) => {}
@@ -277,7 +278,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
 
     // The container's stdout and stderr, both into one file when a log directory is set.
     let log = cluster
-        .node
+        .config()
         .log_dir
         .as_ref()
         .and_then(|dir| std::fs::File::create(dir.join(format!("{}_{}.log", key.0, key.1))).ok());
@@ -286,7 +287,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
         None => (Stdio::null(), Stdio::null()),
     };
     let env: HashMap<String, String> = env.into_iter().collect();
-    let child = tokio::process::Command::new(&cluster.node.game_server_bin)
+    let child = tokio::process::Command::new(&cluster.config().game_server_bin)
         .env_clear()
         .envs(&env)
         .stdin(Stdio::null())
@@ -298,15 +299,15 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
     let mut child = match child {
         Ok(child) => child,
         Err(e) => {
-            let why = format!("starting {}: {e}", cluster.node.game_server_bin.display());
-            fail(&cluster, &key, &container, "StartError", &why, Some(128));
+            let why = format!("starting {}: {e}", cluster.config().game_server_bin.display());
+            fail(cluster, &key, &container, "StartError", &why, Some(128));
             return;
         }
     };
     let pid = child.id();
     let started = Instant::now();
-    cluster.record(&key, |r| r.started_ms = Some(now_ms()));
-    cluster.update(&key, |pod, _| {
+    cluster.record_pod(&key, &mut |r| r.started_ms = Some(now_ms()));
+    cluster.update_pod(&key, &mut |pod, _| {
         let status = pod.status.get_or_insert_with(Default::default);
         status.phase = Some("Running".into());
         status.pod_ip = Some(ip.to_string());
@@ -332,7 +333,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
     let mut forced_unready = start.never_ready;
     if readiness.is_none() && !forced_unready {
         ready = true;
-        set_ready(&cluster, &key, true);
+        set_ready(cluster, &key, true);
     }
     let mut stopping: Option<Instant> = None;
     let mut ending: Option<(&'static str, String)> = None;
@@ -352,8 +353,8 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
                     && healthy != ready
                 {
                     ready = healthy;
-                    if cluster.get(&key).is_some_and(|p| p.metadata.deletion_timestamp.is_none()) || !healthy {
-                        set_ready(&cluster, &key, healthy);
+                    if cluster.pod(&key).is_some_and(|p| p.metadata.deletion_timestamp.is_none()) || !healthy {
+                        set_ready(cluster, &key, healthy);
                     }
                 }
                 if let Some(probe) = liveness.as_mut().filter(|p| p.next <= Instant::now())
@@ -376,7 +377,7 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
                     if stopping.is_none() {
                         signal(pid, Signal::SIGTERM);
                         ready = false;
-                        set_ready(&cluster, &key, false);
+                        set_ready(cluster, &key, false);
                     }
                     let at = Instant::now() + grace;
                     stopping = Some(stopping.map_or(at, |s| s.min(at)));
@@ -398,8 +399,8 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
     // Whatever the container left behind in its group goes too.
     signal(pid, Signal::SIGKILL);
     match ending {
-        Some((reason, message)) => fail(&cluster, &key, &container, reason, &message, code),
-        None => finish(&cluster, &key, &container, code),
+        Some((reason, message)) => fail(cluster, &key, &container, reason, &message, code),
+        None => finish(cluster, &key, &container, code),
     }
     // A deletion that raced the container's exit: its command may still be queued (it was sent
     // before the phase above made the API server remove finished Pods by itself).
@@ -410,15 +411,15 @@ pub async fn run(cluster: Arc<Cluster>, key: Key, start: Start, mut commands: mp
     }
     if deleting
         || cluster
-            .get(&key)
+            .pod(&key)
             .is_some_and(|pod| pod.metadata.deletion_timestamp.is_some())
     {
-        cluster.remove(&key);
+        cluster.remove_pod(&key);
     }
 }
 
-fn set_ready(cluster: &Cluster, key: &Key, ready: bool) {
-    cluster.update(key, |pod, record| {
+fn set_ready(cluster: &dyn PodStorage, key: &Key, ready: bool) {
+    cluster.update_pod(key, &mut |pod, record| {
         set_condition(pod, "ContainersReady", ready);
         set_condition(pod, "Ready", ready);
         if let Some(status) = pod
@@ -450,8 +451,8 @@ fn terminated(container: &Container, code: Option<i32>, reason: &str) -> Contain
 
 /// The container exited by itself: `Succeeded` on 0, `Failed` otherwise (`restartPolicy:
 /// Never`; kube-sim restarts nothing).
-fn finish(cluster: &Cluster, key: &Key, container: &Container, code: Option<i32>) {
-    cluster.update(key, |pod, record| {
+fn finish(cluster: &dyn PodStorage, key: &Key, container: &Container, code: Option<i32>) {
+    cluster.update_pod(key, &mut |pod, record| {
         let ok = code == Some(0);
         let status = pod.status.get_or_insert_with(Default::default);
         status.phase = Some(if ok { "Succeeded" } else { "Failed" }.into());
@@ -468,8 +469,8 @@ fn finish(cluster: &Cluster, key: &Key, container: &Container, code: Option<i32>
 
 /// The Pod failed for a reason of the node's (deadline, eviction, a container that cannot
 /// start).
-fn fail(cluster: &Cluster, key: &Key, container: &Container, reason: &str, message: &str, code: Option<i32>) {
-    cluster.update(key, |pod, record| {
+fn fail(cluster: &dyn PodStorage, key: &Key, container: &Container, reason: &str, message: &str, code: Option<i32>) {
+    cluster.update_pod(key, &mut |pod, record| {
         let status = pod.status.get_or_insert_with(Default::default);
         status.phase = Some("Failed".into());
         status.reason = Some(reason.into());

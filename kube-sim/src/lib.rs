@@ -17,6 +17,7 @@
 pub mod api;
 pub mod cluster;
 pub mod kubelet;
+pub mod node;
 pub mod rbac;
 pub mod selector;
 pub mod validate;

@@ -2,6 +2,8 @@
 //! report, shared by the backend that serves them and the clients (proxy, loadgen, game-server,
 //! tests) that send or read them.
 
+pub use crate::sessions::EndReason;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -237,75 +239,6 @@ impl ErrorBody {
     /// The code, if this version knows it.
     pub fn code(&self) -> Option<ApiErrorCode> {
         self.error.code.parse().ok()
-    }
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// The running length elapsed.
-    Completed,
-    /// Every player was gone for the empty grace while running.
-    Abandoned,
-    /// The match never started before the open timeout.
-    NoShow,
-    /// The server was told to stop (SIGTERM).
-    Terminated,
-    /// The server never became ready, or died.
-    Failed,
-    /// An operator ended it.
-    Stopped,
-    /// `RUNTIME=none`: formed and recorded, then ended at once.
-    DryRun,
-    /// Redis no longer knows the session (it restarted without its data, or a failover lost
-    /// the latest writes): the history reconciler closed its row. A real end recorded later
-    /// takes its place.
-    Lost,
-}
-
-impl EndReason {
-    /// Every reason, for metrics and tests.
-    pub const ALL: [EndReason; 8] = [
-        EndReason::Completed,
-        EndReason::Abandoned,
-        EndReason::NoShow,
-        EndReason::Terminated,
-        EndReason::Failed,
-        EndReason::Stopped,
-        EndReason::DryRun,
-        EndReason::Lost,
-    ];
-
-    /// The wire and database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Completed => "completed",
-            EndReason::Abandoned => "abandoned",
-            EndReason::NoShow => "no_show",
-            EndReason::Terminated => "terminated",
-            EndReason::Failed => "failed",
-            EndReason::Stopped => "stopped",
-            EndReason::DryRun => "dry_run",
-            EndReason::Lost => "lost",
-        }
-    }
-}
-
-impl fmt::Display for EndReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for EndReason {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        EndReason::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("unknown end reason {s:?}"))
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`api`]: a typed body for every request and response of the HTTP API, and the result
 //!   report.
 //! - [`player`]: the one definition of a valid player id.
+//! - [`server`]: the defaults of the game server's settings the runtimes rely on.
 //! - [`sessions`]: the session record the backend writes and the proxy routes by.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod handover;
 pub mod line;
 pub mod player;
+pub mod server;
 pub mod sessions;
 pub mod ticket;
 

@@ -11,6 +11,7 @@ mod bounds;
 mod reads;
 mod reconcile;
 mod rows;
+mod settings;
 mod writer;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use time::OffsetDateTime;
 pub(crate) use self::bounds::Bounds;
 use self::bounds::{InUse, bound_migrating_session, unanswered};
 pub(crate) use self::reads::MatchRow;
+pub use self::settings::HistoryArgs;
 pub(crate) use self::writer::WRITER;
 use crate::metrics::Metrics;
 

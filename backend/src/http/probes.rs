@@ -46,9 +46,7 @@ pub(super) async fn live() -> Json<Live> {
 pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, service::metrics::CONTENT_TYPE)],
-        state
-            .metrics
-            .render(state.runtime.as_ref().and_then(|r| r.warm_servers())),
+        state.metrics.render(),
     )
         .into_response()
 }

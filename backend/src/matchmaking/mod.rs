@@ -7,6 +7,9 @@
 //! Once formed, a session belongs to the sessions service ([`crate::sessions`]).
 
 pub(crate) mod matcher;
+mod settings;
+
+pub use settings::MatchmakingArgs;
 
 use std::sync::Arc;
 

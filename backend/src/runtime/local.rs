@@ -18,22 +18,23 @@
 //! replacing warm servers that died and stopping those no longer needed.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt as _;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use clap::Args;
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::warm::{Bounds, Demand};
-use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError, Task};
-use crate::config::LocalSettings;
-use crate::sessions::Sessions;
+use super::warm::{Bounds, Plan, WarmState};
+use super::{ServerExit, ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
 
 /// How long a warm server may take to start listening.
 const WARM_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,6 +42,72 @@ const WARM_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POOL_TICK: Duration = Duration::from_millis(100);
 /// Warm servers started at once, at most.
 const MAX_WARMING: usize = 16;
+
+/// The `local` runtime's settings.
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
+    /// The game-server binary for the local runtime.
+    #[arg(long, env = "GAME_SERVER_BIN", default_value = "game-server")]
+    pub game_server_bin: PathBuf,
+    /// Log filter passed to local game servers as RUST_LOG.
+    #[arg(long, env = "GAME_SERVER_LOG", default_value = "warn")]
+    pub game_server_log: String,
+    /// The search path handed to local game servers (their only inherited variable).
+    #[arg(long = "game-server-path", env = "PATH", hide = true)]
+    pub path: Option<OsString>,
+}
+
+/// What the `local` runtime needs.
+#[derive(Debug, Clone)]
+pub struct LocalSettings {
+    pub(crate) binary: PathBuf,
+    /// The servers' RUST_LOG.
+    pub(crate) log_filter: String,
+    /// The servers' PATH.
+    pub(crate) path: Option<OsString>,
+    /// Further game-server environment (START_POLICY, ..., LOG_FORMAT).
+    pub(crate) env: Vec<(String, String)>,
+    /// The warm pool's bounds (`max` 0: no warm servers).
+    pub(crate) warm: Bounds,
+}
+
+impl LocalArgs {
+    /// Checks the settings: the game-server binary must be an executable file.
+    pub fn validate(&self, env: Vec<(String, String)>, warm: Bounds) -> Result<LocalSettings, String> {
+        Ok(LocalSettings {
+            warm,
+            binary: find_executable(&self.game_server_bin, self.path.as_deref()).ok_or_else(|| {
+                format!(
+                    "GAME_SERVER_BIN {} is not an executable file{} (RUNTIME=local starts one per session)",
+                    self.game_server_bin.display(),
+                    if self.game_server_bin.components().count() > 1 {
+                        ""
+                    } else {
+                        " in PATH"
+                    }
+                )
+            })?,
+            log_filter: self.game_server_log.clone(),
+            path: self.path.clone(),
+            env,
+        })
+    }
+}
+
+/// `bin` if it is an executable file; a bare name is looked up in `path`, as the spawn does.
+fn find_executable(bin: &std::path::Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.components().count() > 1 {
+        return executable(bin).then(|| bin.to_path_buf());
+    }
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(bin))
+        .find(|candidate| executable(candidate))
+}
 
 /// Spawns `game-server` processes.
 pub(crate) struct LocalRuntime {
@@ -56,22 +123,22 @@ struct Spawner {
 
 impl LocalRuntime {
     /// A runtime spawning the configured binary, whose servers verify tickets with `secret`.
-    pub(crate) fn new(settings: LocalSettings, secret: protocol::TicketSecret) -> Self {
-        let bounds = settings.warm;
+    /// `warm`: the books of its warm pool (kept when their bounds allow any warm server).
+    pub(crate) fn new(settings: LocalSettings, secret: protocol::TicketSecret, warm: Arc<WarmState>) -> Self {
         LocalRuntime {
             spawner: Arc::new(Spawner { settings, secret }),
-            pool: bounds.enabled().then(|| Arc::new(WarmPool::new(bounds))),
+            pool: warm.bounds().enabled().then(|| Arc::new(WarmPool::new(warm))),
         }
     }
 
     async fn start_session(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
         let began = Instant::now();
         if let Some(pool) = &self.pool {
-            pool.demand.lock().expect("demand lock").session_started(began);
+            pool.books.session_started(began);
             while let Some(warm) = pool.take() {
                 match super::warm::hand_over(&self.spawner.secret, &warm.id, &warm.server.addr, &spec).await {
                     Ok(()) => {
-                        pool.handed.fetch_add(1, Ordering::Relaxed);
+                        pool.books.handed();
                         tracing::info!(session = %spec.session_id, server = %warm.server.name, "session handed to a warm server");
                         return Ok(Box::new(warm.server));
                     }
@@ -94,11 +161,7 @@ impl LocalRuntime {
         }
         let server = self.spawner.spawn(&env, spec.ready_timeout).await?;
         if let Some(pool) = &self.pool {
-            pool.demand
-                .lock()
-                .expect("demand lock")
-                .cold_start_took(began.elapsed());
-            pool.cold_starts.fetch_add(1, Ordering::Relaxed);
+            pool.books.cold_start(began.elapsed());
         }
         Ok(Box::new(server))
     }
@@ -186,18 +249,10 @@ impl SessionRuntime for LocalRuntime {
     }
 
     fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
-        let pool = self.pool.as_ref()?;
-        Some(protocol::api::WarmServers {
-            idle: pool.idle(),
-            starting: pool.warming.load(Ordering::Relaxed),
-            target: pool.demand.lock().expect("demand lock").target(Instant::now()),
-            handed: pool.handed.load(Ordering::Relaxed),
-            cold_starts: pool.cold_starts.load(Ordering::Relaxed),
-            replaced: pool.replaced.load(Ordering::Relaxed),
-        })
+        self.pool.as_ref().map(|pool| pool.books.snapshot())
     }
 
-    fn tasks(&self, _sessions: Sessions, stop: CancellationToken) -> Vec<Task> {
+    fn tasks(&self, _sessions: Arc<dyn SessionBook>, stop: CancellationToken) -> Vec<Task> {
         match &self.pool {
             Some(pool) => vec![(
                 "warm pool",
@@ -208,18 +263,13 @@ impl SessionRuntime for LocalRuntime {
     }
 }
 
-/// Warm servers of this backend, ready to be handed a session.
+/// Warm servers of this backend, ready to be handed a session, and the pool's books.
 pub(crate) struct WarmPool {
+    /// The idle servers themselves, oldest first; a `std` mutex held only to push or pop.
     idle: std::sync::Mutex<VecDeque<Warm>>,
     /// Warm servers being started.
     warming: AtomicUsize,
-    demand: std::sync::Mutex<Demand>,
-    /// Sessions handed to a warm server, since start.
-    handed: AtomicU64,
-    /// Sessions that found the pool empty and started cold, since start.
-    cold_starts: AtomicU64,
-    /// Warm servers that died while idle and were replaced.
-    replaced: AtomicU64,
+    books: Arc<WarmState>,
 }
 
 /// One idle warm server.
@@ -229,14 +279,11 @@ struct Warm {
 }
 
 impl WarmPool {
-    fn new(bounds: Bounds) -> WarmPool {
+    fn new(books: Arc<WarmState>) -> WarmPool {
         WarmPool {
             idle: std::sync::Mutex::new(VecDeque::new()),
             warming: AtomicUsize::new(0),
-            demand: std::sync::Mutex::new(Demand::new(bounds)),
-            handed: AtomicU64::new(0),
-            cold_starts: AtomicU64::new(0),
-            replaced: AtomicU64::new(0),
+            books,
         }
     }
 
@@ -278,17 +325,13 @@ async fn keep_warm(pool: Arc<WarmPool>, spawner: Arc<Spawner>, stop: Cancellatio
             *idle = alive;
             dead
         };
+        pool.books.replaced(dead.len());
         for mut warm in dead {
-            pool.replaced.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(server = %warm.server.name, "a warm server died while idle; replacing it");
             let _ = warm.server.child.kill().await;
         }
         let (idle, warming) = (pool.idle(), pool.warming.load(Ordering::Relaxed));
-        let (target, at_once) = {
-            let mut demand = pool.demand.lock().expect("demand lock");
-            let now = Instant::now();
-            (demand.target(now), demand.starts_at_once(now, idle, MAX_WARMING))
-        };
+        let Plan { target, at_once } = pool.books.plan(idle, warming, Instant::now(), MAX_WARMING);
         if idle + warming < target {
             for _ in 0..(target - idle - warming).min(at_once.saturating_sub(warming)) {
                 serial += 1;
@@ -302,10 +345,7 @@ async fn keep_warm(pool: Arc<WarmPool>, spawner: Arc<Spawner>, stop: Cancellatio
                         .await;
                     match started {
                         Ok(server) => {
-                            pool.demand
-                                .lock()
-                                .expect("demand lock")
-                                .cold_start_took(began.elapsed());
+                            pool.books.started(began.elapsed());
                             pool.idle.lock().expect("pool lock").push_back(Warm { id, server });
                         }
                         Err(e) => tracing::warn!(error = %e, "a warm server did not start"),

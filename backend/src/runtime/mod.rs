@@ -3,13 +3,19 @@
 //! The supervisor only ever sees this trait, so the local runtime (child processes) and the
 //! Kubernetes runtime (pods) are interchangeable. A runtime must honour the spec's ready
 //! timeout itself, because only it knows how to clean up a half-started server (kill the
-//! child, delete the pod). Runtimes start, watch and stop servers and report what they see to
-//! the [`Sessions`] service; they never write session state themselves. A runtime that needs
-//! work of its own while the backend runs (a Pod reaper) hands it over as [`Task`]s.
+//! child, delete the pod). Runtimes start, watch and stop servers and report what they see
+//! through [`SessionBook`], the little they may read of the sessions and report to them; they
+//! never write session state themselves, and a runtime is testable with a book of its own,
+//! without Redis. A runtime that needs work of its own while the backend runs (a Pod reaper)
+//! hands it over as [`Task`]s.
 
+mod game_server;
 pub mod kubernetes;
 mod local;
+pub mod settings;
 pub(crate) mod warm;
+
+pub use settings::{RuntimeKind, RuntimeSettings};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +24,23 @@ use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RuntimeSettings;
-use crate::sessions::Sessions;
+use matchmaking_core::store::{self, LiveSession};
+use protocol::sessions::SessionRecord;
+
+/// What a runtime may read of the sessions and report to them. The sessions service is the
+/// book in the backend; tests hand a runtime a book of their own.
+pub trait SessionBook: Send + Sync + 'static {
+    /// Every session not yet ended.
+    fn live(&self) -> BoxFuture<'_, store::Result<Vec<LiveSession>>>;
+    /// One session's record, if it is still known.
+    fn record<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, store::Result<Option<SessionRecord>>>;
+    /// The session's server went away (a Pod that finished or vanished): the session fails,
+    /// its players requeued if it was still allocating. A no-op for a session already over.
+    fn server_lost<'a>(&'a self, session_id: &'a str, why: &'a str) -> BoxFuture<'a, store::Result<()>>;
+    /// Takes or keeps, for `ttl`, the lease on keeping the cluster's warm servers (one
+    /// replica creates and deletes them at a time): whether this replica holds it now.
+    fn warm_pool_lease(&self, ttl: Duration) -> BoxFuture<'_, store::Result<bool>>;
+}
 
 /// A named background task a runtime needs while the backend runs; it returns when its token
 /// is cancelled.
@@ -40,7 +61,35 @@ pub struct ServerSpec {
     pub ready_timeout: Duration,
 }
 
+/// Report tokens outlive any match: open timeout + the longest match + margin.
+const REPORT_TOKEN_TTL_SECONDS: i64 = 2 * 86_400;
+
 impl ServerSpec {
+    /// The spec of session `session_id`'s server: it reports to `internal_url` (the
+    /// backend's base URL) with a report token signed by `secret`, and must be ready within
+    /// `ready_timeout`. The supervisor and `backend render-pod` both build specs this way.
+    pub fn new(
+        session_id: &str,
+        players: Vec<String>,
+        teams: Vec<Vec<String>>,
+        internal_url: &str,
+        secret: &protocol::TicketSecret,
+        ready_timeout: Duration,
+    ) -> ServerSpec {
+        let claims = protocol::Claims::report(session_id, protocol::ticket::unix_now(), REPORT_TOKEN_TTL_SECONDS);
+        ServerSpec {
+            session_id: session_id.to_owned(),
+            players,
+            teams,
+            report_url: format!(
+                "{}/internal/sessions/{session_id}/result",
+                internal_url.trim_end_matches('/')
+            ),
+            report_token: secret.mint(&claims),
+            ready_timeout,
+        }
+    }
+
     /// The `TEAMS` setting: teams separated by `;`, players by `,`; `None` without teams.
     pub fn teams_setting(&self) -> Option<String> {
         (!self.teams.is_empty()).then(|| {
@@ -102,7 +151,7 @@ pub trait SessionRuntime: Send + Sync + 'static {
 
     /// At start, before any session is formed: matches the servers that exist against the
     /// live sessions, removing servers nobody needs and reporting sessions whose server is gone.
-    fn recover<'a>(&'a self, _sessions: &'a Sessions) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn recover<'a>(&'a self, _sessions: &'a dyn SessionBook) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async { Ok(()) })
     }
 
@@ -112,7 +161,7 @@ pub trait SessionRuntime: Send + Sync + 'static {
     }
 
     /// The background tasks this runtime needs, stopping when `stop` is cancelled.
-    fn tasks(&self, _sessions: Sessions, _stop: CancellationToken) -> Vec<Task> {
+    fn tasks(&self, _sessions: Arc<dyn SessionBook>, _stop: CancellationToken) -> Vec<Task> {
         Vec::new()
     }
 }
@@ -121,16 +170,18 @@ pub trait SessionRuntime: Send + Sync + 'static {
 pub(crate) async fn build(
     settings: &RuntimeSettings,
     secret: &protocol::TicketSecret,
+    warm: Arc<warm::WarmState>,
 ) -> anyhow::Result<Option<Arc<dyn SessionRuntime>>> {
     Ok(match settings {
-        RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(local.clone(), secret.clone()))),
-        RuntimeSettings::Kubernetes {
-            template,
-            kubeconfig,
-            finished_pod_grace,
-            api_timeout,
-            warm,
-        } => {
+        RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(local.clone(), secret.clone(), warm))),
+        RuntimeSettings::Kubernetes(kubernetes) => {
+            let settings::KubernetesSettings {
+                template,
+                kubeconfig,
+                finished_pod_grace,
+                api_timeout,
+                warm: _,
+            } = kubernetes.as_ref();
             let config = match kubeconfig {
                 Some(path) => {
                     let file = kube::config::Kubeconfig::read_from(path)
@@ -154,9 +205,9 @@ pub(crate) async fn build(
             let calls = kube::Client::try_from(bounded).context("building the Kubernetes client")?;
             let watches = kube::Client::try_from(config).context("building the Kubernetes client")?;
             Some(Arc::new(
-                kubernetes::KubernetesRuntime::with_clients(calls, watches, (**template).clone())
+                kubernetes::KubernetesRuntime::with_clients(calls, watches, template.clone())
                     .with_reap_grace(*finished_pod_grace)
-                    .with_warm_pool(*warm, secret.clone()),
+                    .with_warm_pool(warm, secret.clone()),
             ))
         }
         RuntimeSettings::None => None,

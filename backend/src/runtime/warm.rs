@@ -15,8 +15,14 @@
 //! as allowed.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 /// The short and the long window demand is measured over.
@@ -121,6 +127,149 @@ impl Demand {
         let wanted = (self.rate(now) * self.cold_start().as_secs_f64() * HEADROOM).ceil();
         // A saturating float-to-int conversion: a huge rate asks for the maximum.
         (wanted as usize).clamp(self.bounds.min, self.bounds.max)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// One warm pool's books, the same for both runtimes: the demand that sizes it, what it holds
+/// (idle and starting servers, as its runtime last counted them) and what it has done (sessions
+/// handed to a warm server, cold starts, servers replaced). The runtime keeps the servers
+/// themselves (child processes, or Pods through its watch) and tells the books.
+///
+/// The books are the pool's metrics, registered by the pool ([`WarmState::register`]) and
+/// read by `/health` ([`WarmState::snapshot`]): nothing is copied at scrape time. The counts
+/// are gauges and counters (atomics); the demand is behind one `std` mutex, because a sample
+/// and the target it changes are read together and every use is a few arithmetic steps,
+/// never held across an await.
+pub(crate) struct WarmState {
+    bounds: Bounds,
+    demand: Mutex<Demand>,
+    servers: Family<StateLabel, Gauge>,
+    target: Gauge,
+    handed: Counter,
+    cold_starts: Counter,
+    replaced: Counter,
+}
+
+/// What the pool should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Warm servers to keep.
+    pub(crate) target: usize,
+    /// Warm servers that may be starting at once (see [`Demand::starts_at_once`]).
+    pub(crate) at_once: usize,
+}
+
+impl WarmState {
+    pub(crate) fn new(bounds: Bounds) -> WarmState {
+        let servers = Family::<StateLabel, Gauge>::default();
+        for state in ["idle", "starting"] {
+            drop(servers.get_or_create(&StateLabel { state }));
+        }
+        WarmState {
+            bounds,
+            demand: Mutex::new(Demand::new(bounds)),
+            servers,
+            target: Gauge::default(),
+            handed: Counter::default(),
+            cold_starts: Counter::default(),
+            replaced: Counter::default(),
+        }
+    }
+
+    /// The pool's bounds.
+    pub(crate) fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
+    /// The pool's metrics, in `registry` (every one at 0 from the start, pool or not).
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mp_warm_servers",
+            "Warm game servers by state (idle: ready to be handed a session; starting); with the kubernetes runtime, the cluster's pool as this replica's watch sees it",
+            self.servers.clone(),
+        );
+        registry.register(
+            "mp_warm_pool_target",
+            "The warm pool size demand calls for now, within WARM_POOL_MIN and WARM_POOL_MAX",
+            self.target.clone(),
+        );
+        registry.register(
+            "mp_warm_handed",
+            "Sessions this replica handed to a warm server",
+            self.handed.clone(),
+        );
+        registry.register(
+            "mp_warm_cold_starts",
+            "Sessions this replica started cold while it keeps a warm pool (the pool had none to give)",
+            self.cold_starts.clone(),
+        );
+        registry.register(
+            "mp_warm_replaced",
+            "Warm servers that died while idle and were replaced, seen by this replica",
+            self.replaced.clone(),
+        );
+    }
+
+    /// A session was given a server (warm or cold) at `now`.
+    pub(crate) fn session_started(&self, now: Instant) {
+        self.demand.lock().expect("demand lock").session_started(now);
+    }
+
+    /// A session was handed to a warm server.
+    pub(crate) fn handed(&self) {
+        self.handed.inc();
+    }
+
+    /// A session's server started cold and took `took`.
+    pub(crate) fn cold_start(&self, took: Duration) {
+        self.cold_starts.inc();
+        self.started(took);
+    }
+
+    /// A server (a warm one, or a session's) took `took` to start.
+    pub(crate) fn started(&self, took: Duration) {
+        self.demand.lock().expect("demand lock").cold_start_took(took);
+    }
+
+    /// Warm servers that died while idle, to be replaced.
+    pub(crate) fn replaced(&self, n: usize) {
+        self.replaced.inc_by(n as u64);
+    }
+
+    /// The runtime counted `idle` and `starting` warm servers at `now`: what the pool should
+    /// do, starting at most `fastest` at once.
+    pub(crate) fn plan(&self, idle: usize, starting: usize, now: Instant, fastest: usize) -> Plan {
+        let (target, at_once) = {
+            let mut demand = self.demand.lock().expect("demand lock");
+            (demand.target(now), demand.starts_at_once(now, idle, fastest))
+        };
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.servers
+            .get_or_create(&StateLabel { state: "idle" })
+            .set(gauge(idle));
+        self.servers
+            .get_or_create(&StateLabel { state: "starting" })
+            .set(gauge(starting));
+        self.target.set(gauge(target));
+        Plan { target, at_once }
+    }
+
+    /// The pool as `/health` shows it.
+    pub(crate) fn snapshot(&self) -> protocol::api::WarmServers {
+        let count = |state| usize::try_from(self.servers.get_or_create(&StateLabel { state }).get()).unwrap_or(0);
+        protocol::api::WarmServers {
+            idle: count("idle"),
+            starting: count("starting"),
+            target: self.demand.lock().expect("demand lock").target(Instant::now()),
+            handed: self.handed.get(),
+            cold_starts: self.cold_starts.get(),
+            replaced: self.replaced.get(),
+        }
     }
 }
 
@@ -239,5 +388,57 @@ mod tests {
         demand.cold_start_took(Duration::from_millis(200));
         assert_eq!(demand.cold_start(), Duration::from_millis(130));
         assert!(!Bounds { min: 0, max: 0 }.enabled());
+    }
+}
+
+#[cfg(test)]
+mod books {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_books_are_the_metrics_and_the_health_answer() {
+        let state = WarmState::new(Bounds { min: 1, max: 8 });
+        let mut registry = Registry::default();
+        state.register(&mut registry);
+        let text = service::metrics::render(&registry);
+        for line in [
+            "mp_warm_servers{state=\"idle\"} 0",
+            "mp_warm_pool_target 0",
+            "mp_warm_handed_total 0",
+            "mp_warm_cold_starts_total 0",
+            "mp_warm_replaced_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        let now = Instant::now();
+        state.session_started(now);
+        state.handed();
+        state.session_started(now);
+        state.cold_start(Duration::from_millis(800));
+        state.replaced(2);
+        let plan = state.plan(3, 1, now, 4);
+        assert!(plan.target >= 1 && plan.target <= 8, "{plan:?}");
+        let text = service::metrics::render(&registry);
+        for line in [
+            "mp_warm_servers{state=\"idle\"} 3".to_owned(),
+            "mp_warm_servers{state=\"starting\"} 1".to_owned(),
+            format!("mp_warm_pool_target {}", plan.target),
+            "mp_warm_handed_total 1".to_owned(),
+            "mp_warm_cold_starts_total 1".to_owned(),
+            "mp_warm_replaced_total 2".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        let health = state.snapshot();
+        assert_eq!(
+            (
+                health.idle,
+                health.starting,
+                health.handed,
+                health.cold_starts,
+                health.replaced
+            ),
+            (3, 1, 1, 1, 2)
+        );
     }
 }

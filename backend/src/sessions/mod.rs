@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use protocol::api::{EndReason, ResultReport};
 use protocol::sessions::SessionRecord;
 use service::backoff::Policy;
@@ -215,5 +216,32 @@ where
                 return None;
             }
         }
+    }
+}
+
+/// The sessions service is what runtimes read and report to: the seam keeps the runtimes from
+/// the store and from the rest of the service.
+impl crate::runtime::SessionBook for Sessions {
+    fn live(&self) -> BoxFuture<'_, matchmaking_core::store::Result<Vec<LiveSession>>> {
+        Box::pin(Sessions::live(self))
+    }
+
+    fn record<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<Option<SessionRecord>>> {
+        Box::pin(Sessions::record(self, session_id))
+    }
+
+    fn server_lost<'a>(
+        &'a self,
+        session_id: &'a str,
+        why: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<()>> {
+        Box::pin(async move { Sessions::server_lost(self, session_id, why).await.map(drop) })
+    }
+
+    fn warm_pool_lease(&self, ttl: Duration) -> BoxFuture<'_, matchmaking_core::store::Result<bool>> {
+        Box::pin(self.inner.store.warm_pool_lease(&self.inner.instance, ttl))
     }
 }

@@ -11,8 +11,8 @@ use service::backoff::{Backoff, Policy};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use protocol::TicketSecret;
 use protocol::api::EndReason;
-use protocol::{Claims, TicketSecret};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,8 +24,6 @@ use matchmaking_core::store::{FormedSession, ReadyOutcome};
 
 /// How long a server gets to drain after SIGTERM (it reports within 10 s) before it is killed.
 const TERMINATE_GRACE: Duration = Duration::from_secs(15);
-/// Report tokens outlive any match: open timeout + the longest match + margin.
-const REPORT_TOKEN_TTL_SECONDS: i64 = 2 * 86_400;
 
 /// Pauses session forming after servers fail to start, longer after each failure up to 30 s;
 /// a successful start clears it. Keeps a broken runtime from spinning players through
@@ -161,18 +159,14 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         sessions.end_with_retry(sid, EndReason::DryRun).await;
         return;
     };
-    let spec = ServerSpec {
-        session_id: sid.to_owned(),
-        players: formed.players.clone(),
-        teams: formed.teams.clone(),
-        report_url: format!("{}/internal/sessions/{sid}/result", inner.config.internal_url),
-        report_token: inner.config.secret.mint(&Claims::report(
-            sid,
-            protocol::ticket::unix_now(),
-            REPORT_TOKEN_TTL_SECONDS,
-        )),
-        ready_timeout: inner.config.ready_timeout,
-    };
+    let spec = ServerSpec::new(
+        sid,
+        formed.players.clone(),
+        formed.teams.clone(),
+        &inner.config.internal_url,
+        &inner.config.secret,
+        inner.config.ready_timeout,
+    );
     let started = Instant::now();
     let allocating = inner.metrics.supervised(Supervised::Allocating);
     let outcome = tokio::select! {

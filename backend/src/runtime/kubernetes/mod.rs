@@ -16,6 +16,7 @@
 
 mod pod;
 pub(crate) mod reaper;
+pub mod settings;
 mod warm;
 mod watch;
 
@@ -34,8 +35,7 @@ use self::pod::{PodState, game_address};
 pub use self::pod::{PodTemplate, pod_name, render_pod, render_warm_pod, warm_pod_name};
 pub use self::reaper::reconcile;
 use self::watch::{PodWatch, Seen};
-use super::{ServerExit, ServerHandle, ServerSpec, SessionRuntime, StartError, Task};
-use crate::sessions::Sessions;
+use super::{ServerExit, ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
 
 /// Pod creations in flight at once, per replica.
 const PARALLEL_CREATES: usize = 16;
@@ -110,10 +110,17 @@ impl KubernetesRuntime {
         }
     }
 
-    /// The same runtime keeping warm Pods within `bounds` (for the whole cluster), handed
-    /// their sessions with tokens signed by `secret`.
-    pub fn with_warm_pool(mut self, bounds: crate::runtime::warm::Bounds, secret: protocol::TicketSecret) -> Self {
-        self.warm = bounds.enabled().then(|| Arc::new(warm::WarmPods::new(bounds, secret)));
+    /// The same runtime keeping warm Pods within `books`' bounds (for the whole cluster),
+    /// handed their sessions with tokens signed by `secret`.
+    pub(crate) fn with_warm_pool(
+        mut self,
+        books: Arc<crate::runtime::warm::WarmState>,
+        secret: protocol::TicketSecret,
+    ) -> Self {
+        self.warm = books
+            .bounds()
+            .enabled()
+            .then(|| Arc::new(warm::WarmPods::new(books, secret)));
         self
     }
 
@@ -236,7 +243,7 @@ impl SessionRuntime for KubernetesRuntime {
         true
     }
 
-    fn recover<'a>(&'a self, sessions: &'a Sessions) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn recover<'a>(&'a self, sessions: &'a dyn SessionBook) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let (deleted, failed) = reconcile(&self.pods, sessions, RECONCILE_MIN_AGE).await?;
             if deleted + failed > 0 {
@@ -247,10 +254,10 @@ impl SessionRuntime for KubernetesRuntime {
     }
 
     fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
-        self.warm.as_ref().map(|warm| warm.state())
+        self.warm.as_ref().map(|warm| warm.books.snapshot())
     }
 
-    fn tasks(&self, sessions: Sessions, stop: CancellationToken) -> Vec<Task> {
+    fn tasks(&self, sessions: Arc<dyn SessionBook>, stop: CancellationToken) -> Vec<Task> {
         let mut tasks: Vec<Task> = Vec::new();
         if let Some(warm) = &self.warm {
             let keeper = warm::Keeper {
@@ -258,8 +265,7 @@ impl SessionRuntime for KubernetesRuntime {
                 watch: self.watch.clone(),
                 template: self.template.clone(),
                 warm: warm.clone(),
-                store: sessions.store().clone(),
-                instance: sessions.instance().to_owned(),
+                sessions: sessions.clone(),
             };
             tasks.push(("warm pods", Box::pin(keeper.run(stop.clone()))));
         }

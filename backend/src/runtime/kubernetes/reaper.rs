@@ -15,12 +15,16 @@ use tokio_util::sync::CancellationToken;
 use super::delete_pod;
 use super::pod::{PodState, is_warm, label_selector, pod_state, session_of};
 use super::watch::{Change, PodWatch};
-use crate::sessions::Sessions;
+use crate::runtime::SessionBook;
 use matchmaking_core::store::now_ms;
 
 /// At start: deletes game-server Pods whose session is not live, and reports live sessions
 /// older than `min_age` that have no Pod as lost. Returns (pods deleted, sessions failed).
-pub async fn reconcile(pods: &Api<Pod>, sessions: &Sessions, min_age: Duration) -> anyhow::Result<(usize, usize)> {
+pub async fn reconcile(
+    pods: &Api<Pod>,
+    sessions: &dyn SessionBook,
+    min_age: Duration,
+) -> anyhow::Result<(usize, usize)> {
     let listed = pods.list(&ListParams::default().labels(&label_selector())).await?;
     let live = sessions.live().await?;
     let live_ids: HashSet<&str> = live.iter().map(|s| s.session_id.as_str()).collect();
@@ -75,7 +79,7 @@ const RESYNC_EVERY: Duration = Duration::from_secs(5);
 pub(crate) struct Reaper {
     pub pods: Api<Pod>,
     pub watch: PodWatch,
-    pub sessions: Sessions,
+    pub sessions: Arc<dyn SessionBook>,
     pub grace: Duration,
     pub min_age: Duration,
     /// Whether this replica keeps warm Pods; without a pool, unclaimed warm Pods are deleted.

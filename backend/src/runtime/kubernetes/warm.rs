@@ -23,7 +23,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash as _, Hasher as _};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,8 +38,8 @@ use super::pod::{
 };
 use super::watch::PodWatch;
 use super::{delete_pod, is_code};
-use crate::runtime::warm::{Bounds, Demand};
-use matchmaking_core::store::Store;
+use crate::runtime::SessionBook;
+use crate::runtime::warm::WarmState;
 
 /// How often the pool is checked against demand.
 const POOL_TICK: Duration = Duration::from_millis(250);
@@ -57,20 +56,14 @@ const RETIRE_MARGIN_SECONDS: i64 = 60;
 /// The cluster's warm Pods as this replica sees and keeps them.
 pub(crate) struct WarmPods {
     pub(crate) secret: protocol::TicketSecret,
-    demand: Mutex<Demand>,
+    /// The pool's books: demand, counts, and what it has done (shared with the local runtime's
+    /// pool, and the pool's metrics).
+    pub(crate) books: Arc<WarmState>,
     /// Warm Pods this replica is claiming (or claimed, until its watch shows the claim).
     claiming: Mutex<HashSet<String>>,
     /// Warm Pods this replica created and has not seen Ready yet: when, and whether its watch
     /// has seen them at all.
     creating: Mutex<HashMap<String, (Instant, bool)>>,
-    /// The last count of idle (Ready, unclaimed) and starting warm Pods.
-    idle: AtomicUsize,
-    starting: AtomicUsize,
-    /// Sessions this replica handed to a warm Pod, or started cold, since start.
-    pub(crate) handed: AtomicU64,
-    pub(crate) cold_starts: AtomicU64,
-    /// Warm Pods that finished while idle (and were replaced), seen by this replica.
-    replaced: AtomicU64,
 }
 
 /// One warm Pod claimed for a session and handed it.
@@ -80,36 +73,18 @@ pub(crate) struct Claimed {
 }
 
 impl WarmPods {
-    pub(crate) fn new(bounds: Bounds, secret: protocol::TicketSecret) -> WarmPods {
+    pub(crate) fn new(books: Arc<WarmState>, secret: protocol::TicketSecret) -> WarmPods {
         WarmPods {
             secret,
-            demand: Mutex::new(Demand::new(bounds)),
+            books,
             claiming: Mutex::new(HashSet::new()),
             creating: Mutex::new(HashMap::new()),
-            idle: AtomicUsize::new(0),
-            starting: AtomicUsize::new(0),
-            handed: AtomicU64::new(0),
-            cold_starts: AtomicU64::new(0),
-            replaced: AtomicU64::new(0),
         }
     }
 
     /// A cold start (a session's Pod created and Ready) took this long.
     pub(crate) fn cold_start_took(&self, took: Duration) {
-        self.demand.lock().expect("demand lock").cold_start_took(took);
-        self.cold_starts.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The pool's state for `GET /health`.
-    pub(crate) fn state(&self) -> protocol::api::WarmServers {
-        protocol::api::WarmServers {
-            idle: self.idle.load(Ordering::Relaxed),
-            starting: self.starting.load(Ordering::Relaxed),
-            target: self.demand.lock().expect("demand lock").target(Instant::now()),
-            handed: self.handed.load(Ordering::Relaxed),
-            cold_starts: self.cold_starts.load(Ordering::Relaxed),
-            replaced: self.replaced.load(Ordering::Relaxed),
-        }
+        self.books.cold_start(took);
     }
 
     /// Claims a Ready warm Pod for `spec`'s session and hands the session over; `None` when no
@@ -196,7 +171,7 @@ impl WarmPods {
             };
             match handed {
                 Ok(addr) => {
-                    self.handed.fetch_add(1, Ordering::Relaxed);
+                    self.books.handed();
                     tracing::info!(session = %spec.session_id, pod = %name, "session handed to a warm pod");
                     return Some(Claimed { name, addr });
                 }
@@ -234,14 +209,53 @@ async fn give_up(pods: &Api<Pod>, name: &str, backoff: Duration) {
     delete_pod(pods, name, &DeleteParams::default().grace_period(0), backoff).await;
 }
 
+/// The cluster's warm Pods as one look at the watch sees them.
+#[derive(Debug, Default)]
+struct Census {
+    /// Ready, unclaimed, not near their lifetime.
+    idle: Vec<Arc<Pod>>,
+    /// Not Ready yet.
+    starting: usize,
+    /// Finished while idle.
+    finished: Vec<String>,
+    /// Ready and unclaimed, but near their lifetime: to be replaced.
+    retire: Vec<Arc<Pod>>,
+    /// Every unclaimed warm Pod's name (being deleted or not).
+    warm: HashSet<String>,
+}
+
+impl Census {
+    fn of(pods: &[Arc<Pod>]) -> Census {
+        let mut census = Census::default();
+        for pod in pods {
+            let Some(name) = pod.metadata.name.clone() else {
+                continue;
+            };
+            if !is_warm(pod) || session_of(pod).is_some() {
+                continue;
+            }
+            census.warm.insert(name.clone());
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            match pod_state(pod) {
+                PodState::Finished(_) => census.finished.push(name),
+                PodState::Ready(_) if retiring(pod) => census.retire.push(pod.clone()),
+                PodState::Ready(_) => census.idle.push(pod.clone()),
+                PodState::Pending => census.starting += 1,
+            }
+        }
+        census
+    }
+}
+
 /// What the pool keeper needs.
 pub(crate) struct Keeper {
     pub(crate) pods: Api<Pod>,
     pub(crate) watch: PodWatch,
     pub(crate) template: PodTemplate,
     pub(crate) warm: Arc<WarmPods>,
-    pub(crate) store: Store,
-    pub(crate) instance: String,
+    pub(crate) sessions: Arc<dyn SessionBook>,
 }
 
 impl Keeper {
@@ -266,75 +280,26 @@ impl Keeper {
             let pods = self.watch.pods();
             let now = Instant::now();
             self.follow_demand(&pods, &mut counted, now);
-            let mut idle: Vec<Arc<Pod>> = Vec::new();
-            let mut starting = 0;
-            let mut finished: Vec<String> = Vec::new();
-            let mut retire: Vec<Arc<Pod>> = Vec::new();
-            let mut warm_names = HashSet::new();
-            for pod in &pods {
-                let Some(name) = pod.metadata.name.clone() else {
-                    continue;
-                };
-                if !is_warm(pod) || session_of(pod).is_some() {
-                    continue;
-                }
-                warm_names.insert(name.clone());
-                if pod.metadata.deletion_timestamp.is_some() {
-                    continue;
-                }
-                match pod_state(pod) {
-                    PodState::Finished(_) => finished.push(name),
-                    PodState::Ready(_) if retiring(pod) => retire.push(pod.clone()),
-                    PodState::Ready(_) => idle.push(pod.clone()),
-                    PodState::Pending => starting += 1,
-                }
-            }
-            // Pods created but not in the watch yet are starting too; a created Pod's first
-            // Ready is its cold start.
-            let unseen = {
-                let mut creating = self.warm.creating.lock().expect("creating lock");
-                for pod in &pods {
-                    let Some(name) = pod.metadata.name.as_ref() else {
-                        continue;
-                    };
-                    let Some((created, seen)) = creating.get_mut(name) else {
-                        continue;
-                    };
-                    *seen = true;
-                    match pod_state(pod) {
-                        PodState::Ready(_) => {
-                            let took = now.duration_since(*created);
-                            creating.remove(name);
-                            self.warm.demand.lock().expect("demand lock").cold_start_took(took);
-                        }
-                        PodState::Finished(_) => {
-                            creating.remove(name);
-                        }
-                        PodState::Pending => {}
-                    }
-                }
-                // Seen and gone before Ready, or never seen at all after a minute: forgotten.
-                creating.retain(|name, (created, seen)| {
-                    (warm_names.contains(name) || !*seen) && now.duration_since(*created) < Duration::from_secs(60)
-                });
-                creating.values().filter(|(_, seen)| !*seen).count()
-            };
+            let mut census = Census::of(&pods);
+            let unseen = self.follow_creations(&pods, &census.warm, now);
             self.warm
                 .claiming
                 .lock()
                 .expect("claiming lock")
-                .retain(|name| idle.iter().any(|p| p.metadata.name.as_deref() == Some(name)));
-            for name in &finished {
-                if finished_seen.insert(name.clone()) {
-                    self.warm.replaced.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(pod = %name, "a warm pod finished while idle; replacing it");
-                }
+                .retain(|name| census.idle.iter().any(|p| p.metadata.name.as_deref() == Some(name)));
+            let newly_finished: Vec<&String> = census
+                .finished
+                .iter()
+                .filter(|n| finished_seen.insert((*n).clone()))
+                .collect();
+            for name in &newly_finished {
+                tracing::warn!(pod = %name, "a warm pod finished while idle; replacing it");
             }
-            finished_seen.retain(|name| warm_names.contains(name));
-            self.warm.idle.store(idle.len(), Ordering::Relaxed);
-            self.warm.starting.store(starting + unseen, Ordering::Relaxed);
-            let target = self.warm.demand.lock().expect("demand lock").target(now);
-            match self.store.warm_pool_lease(&self.instance, LEASE).await {
+            self.warm.books.replaced(newly_finished.len());
+            finished_seen.retain(|name| census.warm.contains(name));
+            let starting = census.starting + unseen;
+            let plan = self.warm.books.plan(census.idle.len(), starting, now, MAX_WARMING);
+            match self.sessions.warm_pool_lease(LEASE).await {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -344,45 +309,81 @@ impl Keeper {
             }
             // Finished warm Pods are the reaper's (kept a little for `kubectl logs`); old ones
             // are replaced.
-            for pod in retire {
-                self.delete_idle(&pod);
+            for pod in &census.retire {
+                self.delete_idle(pod);
             }
-            let have = idle.len() + starting + unseen;
-            if have < target {
-                let room = creations.available_permits();
-                for _ in 0..(target - have).min(room) {
-                    let Ok(permit) = creations.clone().try_acquire_owned() else {
-                        break;
-                    };
-                    let name = warm_pod_name();
-                    let pod = render_warm_pod(&self.template, &name);
-                    self.warm
-                        .creating
-                        .lock()
-                        .expect("creating lock")
-                        .insert(name.clone(), (Instant::now(), false));
-                    let (pods, warm) = (self.pods.clone(), self.warm.clone());
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        match pods.create(&PostParams::default(), &pod).await {
-                            // The name is new to this create: a conflict is the client's own
-                            // retry (of a 504 or 503) meeting the Pod its first attempt made.
-                            Ok(_) => {}
-                            Err(e) if is_code(&e, 409) => {}
-                            Err(e) => {
-                                tracing::warn!(pod = %name, error = %e, "creating a warm pod failed");
-                                warm.creating.lock().expect("creating lock").remove(&name);
-                            }
-                        }
-                    });
-                }
-            } else if idle.len() > target {
+            let have = census.idle.len() + starting;
+            if have < plan.target {
+                self.create((plan.target - have).min(creations.available_permits()), &creations);
+            } else if census.idle.len() > plan.target {
                 // The surplus, newest first (the oldest are the ones to hand out first).
+                let idle = &mut census.idle;
                 idle.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
-                for pod in idle.iter().take(idle.len() - target) {
+                for pod in idle.iter().take(idle.len() - plan.target) {
                     self.delete_idle(pod);
                 }
             }
+        }
+    }
+
+    /// Pods created but not in the watch yet are starting too; a created Pod's first Ready is
+    /// its cold start. Answers how many this replica created that its watch has not seen.
+    fn follow_creations(&self, pods: &[Arc<Pod>], warm: &HashSet<String>, now: Instant) -> usize {
+        let mut creating = self.warm.creating.lock().expect("creating lock");
+        for pod in pods {
+            let Some(name) = pod.metadata.name.as_ref() else {
+                continue;
+            };
+            let Some((created, seen)) = creating.get_mut(name) else {
+                continue;
+            };
+            *seen = true;
+            match pod_state(pod) {
+                PodState::Ready(_) => {
+                    let took = now.duration_since(*created);
+                    creating.remove(name);
+                    self.warm.books.started(took);
+                }
+                PodState::Finished(_) => {
+                    creating.remove(name);
+                }
+                PodState::Pending => {}
+            }
+        }
+        // Seen and gone before Ready, or never seen at all after a minute: forgotten.
+        creating.retain(|name, (created, seen)| {
+            (warm.contains(name) || !*seen) && now.duration_since(*created) < Duration::from_secs(60)
+        });
+        creating.values().filter(|(_, seen)| !*seen).count()
+    }
+
+    /// Creates `n` warm Pods, each under a permit of `creations`.
+    fn create(&self, n: usize, creations: &Arc<Semaphore>) {
+        for _ in 0..n {
+            let Ok(permit) = creations.clone().try_acquire_owned() else {
+                break;
+            };
+            let name = warm_pod_name();
+            let pod = render_warm_pod(&self.template, &name);
+            self.warm
+                .creating
+                .lock()
+                .expect("creating lock")
+                .insert(name.clone(), (Instant::now(), false));
+            let (pods, warm) = (self.pods.clone(), self.warm.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match pods.create(&PostParams::default(), &pod).await {
+                    // The name is new to this create: a conflict is the client's own
+                    // retry (of a 504 or 503) meeting the Pod its first attempt made.
+                    Ok(_) => {}
+                    Err(e) if is_code(&e, 409) => {}
+                    Err(e) => {
+                        tracing::warn!(pod = %name, error = %e, "creating a warm pod failed");
+                        warm.creating.lock().expect("creating lock").remove(&name);
+                    }
+                }
+            });
         }
     }
 
@@ -395,9 +396,8 @@ impl Keeper {
             .filter_map(|pod| pod.metadata.name.clone())
             .collect();
         if let Some(before) = counted.as_ref() {
-            let mut demand = self.warm.demand.lock().expect("demand lock");
             for _ in with_session.difference(before) {
-                demand.session_started(now);
+                self.warm.books.session_started(now);
             }
         }
         *counted = Some(with_session);
