@@ -25,12 +25,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::health::{Dependencies, Health};
 use crate::history::History;
+use crate::history::HistoryMetrics;
+use crate::http::metrics::HttpMetrics;
+use crate::matchmaking::metrics::MatchmakingMetrics;
 use crate::matchmaking::{Matchmaking, matcher};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::sessions::events;
 use crate::sessions::events::Waiters;
 use crate::sessions::janitor::Janitor;
+use crate::sessions::metrics::SessionsMetrics;
 use crate::sessions::supervisor::{Supervisor, SupervisorConfig};
 use crate::{http, runtime};
 use matchmaking_core::store::Store;
@@ -94,7 +98,38 @@ pub struct App {
 struct Connected {
     store: Store,
     history: History,
-    metrics: Arc<Metrics>,
+    metrics: PartsMetrics,
+}
+
+/// Each part's metrics, registered by the part in the one registry.
+struct PartsMetrics {
+    registry: Arc<Metrics>,
+    matchmaking: Arc<MatchmakingMetrics>,
+    sessions: Arc<SessionsMetrics>,
+    history: Arc<HistoryMetrics>,
+    http: HttpMetrics,
+}
+
+impl PartsMetrics {
+    /// Every part's metrics, each series with labels known now (the queues', the retry
+    /// policies') at 0.
+    fn new(queues: &[&str]) -> PartsMetrics {
+        let parts = PartsMetrics {
+            registry: Arc::new(Metrics::default()),
+            matchmaking: Arc::new(MatchmakingMetrics::new(queues)),
+            sessions: Arc::new(SessionsMetrics::new(queues)),
+            history: Arc::new(HistoryMetrics::default()),
+            http: HttpMetrics::default(),
+        };
+        parts.registry.register(|registry| {
+            parts.matchmaking.register(registry);
+            parts.sessions.register(registry);
+            parts.history.register(registry);
+            parts.http.register(registry);
+            service::backoff::register(registry, &RETRIES);
+        });
+        parts
+    }
 }
 
 impl App {
@@ -109,18 +144,18 @@ impl App {
         } = connect(&settings).await?;
         // The warm pool's books (and metrics) exist with or without a pool.
         let warm = Arc::new(runtime::warm::WarmState::new(settings.runtime.warm_bounds()));
-        metrics.register(|registry| warm.register(registry));
+        metrics.registry.register(|registry| warm.register(registry));
         let runtime = runtime::build(&settings.runtime, &settings.secret, warm).await?;
 
         let phases = Phases::new();
         let matchmaking = Matchmaking::new(
             store.clone(),
             settings.queues.clone(),
-            metrics.clone(),
+            metrics.matchmaking.clone(),
             &settings.instance_id,
             phases.joins.clone(),
         );
-        let sessions = Sessions::new(store, metrics.clone(), &settings.instance_id);
+        let sessions = Sessions::new(store, metrics.sessions.clone(), &settings.instance_id);
         let janitor = Janitor {
             sessions: sessions.clone(),
             servers_outlive_backend: runtime.as_ref().is_some_and(|r| r.servers_outlive_backend()),
@@ -130,7 +165,7 @@ impl App {
         let dependencies = Dependencies {
             store: sessions.store().clone(),
             history: history.clone(),
-            metrics: metrics.clone(),
+            metrics: metrics.history.clone(),
         };
         health.check(&dependencies).await;
 
@@ -142,7 +177,7 @@ impl App {
                 internal_url: internal_url(&settings, bound),
                 ready_timeout: settings.ready_timeout,
             },
-            metrics.clone(),
+            metrics.sessions.clone(),
         );
         let waiters = Arc::new(Waiters::default());
         let mut background: Vec<(&'static str, BoxFuture<'static, ()>)> = vec![
@@ -153,7 +188,6 @@ impl App {
                         matchmaking: matchmaking.clone(),
                         supervisor: supervisor.clone(),
                         max_active: MAX_ACTIVE_SESSIONS,
-                        metrics: metrics.clone(),
                     },
                     phases.joins.clone(),
                 )),
@@ -200,7 +234,8 @@ impl App {
             health,
             history,
             settings: settings.clone(),
-            metrics,
+            metrics: metrics.registry,
+            http_metrics: metrics.http,
             waiters,
             runtime: runtime.clone(),
         });
@@ -313,12 +348,12 @@ async fn connect(settings: &Settings) -> anyhow::Result<Connected> {
         .await
         .map_err(|e| Unreachable(format!("cannot reach {}: {e}", settings.redis.describe())))?;
     let queues: Vec<&str> = settings.queues.iter().map(|q| q.name.as_str()).collect();
-    let metrics = Arc::new(Metrics::new(&RETRIES, &queues));
+    let metrics = PartsMetrics::new(&queues);
     let history = History::new(
         &settings.database_url,
         store.clone(),
         &settings.instance_id,
-        metrics.clone(),
+        metrics.history.clone(),
     )
     .context("DATABASE_URL")?;
     Ok(Connected {
@@ -393,6 +428,83 @@ fn essential(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_family_with_known_labels_exists_at_zero_from_the_start() {
+        let parts = PartsMetrics::new(&["default", "ranked"]);
+        let warm = runtime::warm::WarmState::new(runtime::warm::Bounds { min: 0, max: 0 });
+        parts.registry.register(|registry| warm.register(registry));
+        let text = parts.registry.render();
+        let mut lines: Vec<String> = [
+            "mp_joins_total{result=\"queued\"} 0",
+            "mp_joins_total{result=\"cancelled\"} 0",
+            "mp_sessions_ended_total{reason=\"completed\"} 0",
+            "mp_sessions_ended_total{reason=\"lost\"} 0",
+            "mp_sessions{state=\"matched\"} 0",
+            "mp_queue_depth{queue=\"ranked\"} 0",
+            "mp_tickets_timed_out_total{queue=\"default\"} 0",
+            "mp_join_to_matched_seconds_count{queue=\"ranked\"} 0",
+            "mp_session_skill_spread_count{queue=\"ranked\"} 0",
+            "mp_history_outbox_backlog 0",
+            "mp_history_events_written_total 0",
+            "mp_history_lost_sessions_total 0",
+            "mp_warm_servers{state=\"idle\"} 0",
+            "mp_warm_cold_starts_total 0",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        lines.extend(
+            RETRIES
+                .iter()
+                .map(|p| format!("mp_retries_total{{op=\"{}\"}} 0", p.op())),
+        );
+        for line in lines {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn each_part_records_into_the_one_registry() {
+        use crate::matchmaking::metrics::JoinResult;
+        use crate::sessions::metrics::Supervised;
+        let m = PartsMetrics::new(&[]);
+        m.matchmaking.join(JoinResult::Queued);
+        m.matchmaking.join(JoinResult::Queued);
+        m.sessions.server_start(Duration::from_millis(3));
+        m.sessions.server_start(Duration::from_secs(2));
+        let guard = m.sessions.supervised(Supervised::Allocating);
+        let text = m.registry.render();
+        assert!(text.contains("mp_joins_total{result=\"queued\"} 2"), "{text}");
+        assert!(text.contains("mp_server_start_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
+        assert!(text.contains("mp_server_start_seconds_count 2"), "{text}");
+        assert!(text.contains("mp_sessions{state=\"allocating\"} 1"), "{text}");
+        drop(guard);
+        assert!(m.registry.render().contains("mp_sessions{state=\"allocating\"} 0"));
+        m.matchmaking.session_quality(&protocol::sessions::Placement {
+            queue: Some("ranked".into()),
+            skill_spread: Some(40.0),
+            max_latency_ms: Some(55.0),
+            ..Default::default()
+        });
+        m.matchmaking.set_queue_depth("ranked", 7);
+        m.http.http("GET", "/health", 200, Duration::from_millis(1));
+        let text = m.registry.render();
+        assert!(
+            text.contains("mp_session_skill_spread_bucket{le=\"50.0\",queue=\"ranked\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mp_session_max_latency_ms_count{queue=\"ranked\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("mp_queue_depth{queue=\"ranked\"} 7"), "{text}");
+        assert!(!text.contains("mp_session_team_skill_gap_count"), "{text}");
+        assert!(
+            text.contains("mp_http_request_duration_seconds_count{method=\"GET\",route=\"/health\",status=\"200\"} 1"),
+            "{text}"
+        );
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Reads until the server closes; None if it is still open after `within`.

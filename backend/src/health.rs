@@ -9,7 +9,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::history::History;
-use crate::metrics::Metrics;
+use crate::history::HistoryMetrics;
 use matchmaking_core::store::Store;
 
 /// How often the dependencies are checked.
@@ -30,7 +30,7 @@ pub(crate) struct Health {
 pub(crate) struct Dependencies {
     pub store: Store,
     pub history: History,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<HistoryMetrics>,
 }
 
 impl Health {

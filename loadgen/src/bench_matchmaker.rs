@@ -314,13 +314,20 @@ async fn ceiling(
         tracing::warn!(waited = ?waited, "the backend's history did not catch up; measuring the ceiling beside it");
     }
     let prefix = format!("{}-ceiling-{}", args.redis_key_prefix, std::process::id());
-    let store = Arc::new(matchmaking_core::store::Store::connect(url, &prefix).await?);
+    let store = matchmaking_core::store::Store::connect(url, &prefix).await?;
+    // Each queue's handle scoped once, as the backend's matchmaking service does.
+    let scoped: std::collections::HashMap<String, matchmaking_core::store::QueueStore> =
+        queues.iter().map(|q| (q.name.clone(), store.queue(&q.name))).collect();
+    let joins: Vec<(matchmaking_core::store::QueueStore, _)> = joins
+        .into_iter()
+        .map(|(name, ticket)| (scoped[&name].clone(), ticket))
+        .collect();
     let joins = Arc::new(joins);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
-        let (store, joins, next) = (store.clone(), joins.clone(), next.clone());
+        let (joins, next) = (joins.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -329,8 +336,7 @@ async fn ceiling(
                     return anyhow::Ok(latencies);
                 };
                 let t = Instant::now();
-                store
-                    .queue(queue)
+                queue
                     .join(
                         &ticket.players,
                         ticket.doc.as_deref(),

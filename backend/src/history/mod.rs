@@ -8,6 +8,7 @@
 //! order or twice converge on the same rows.
 
 mod bounds;
+mod metrics;
 mod reads;
 mod reconcile;
 mod rows;
@@ -25,10 +26,10 @@ use time::OffsetDateTime;
 
 pub(crate) use self::bounds::Bounds;
 use self::bounds::{InUse, bound_migrating_session, unanswered};
+pub(crate) use self::metrics::HistoryMetrics;
 pub(crate) use self::reads::MatchRow;
 pub use self::settings::HistoryArgs;
 pub(crate) use self::writer::WRITER;
-use crate::metrics::Metrics;
 
 /// The history writer and reader.
 #[derive(Clone)]
@@ -36,7 +37,7 @@ pub(crate) struct History {
     pool: PgPool,
     store: Store,
     consumer: String,
-    metrics: Arc<Metrics>,
+    metrics: Arc<HistoryMetrics>,
     bounds: Bounds,
 }
 
@@ -54,7 +55,7 @@ impl History {
         database_url: &str,
         store: Store,
         consumer: &str,
-        metrics: Arc<Metrics>,
+        metrics: Arc<HistoryMetrics>,
     ) -> Result<History, sqlx::Error> {
         History::bounded(database_url, store, consumer, metrics, Bounds::default())
     }
@@ -64,7 +65,7 @@ impl History {
         database_url: &str,
         store: Store,
         consumer: &str,
-        metrics: Arc<Metrics>,
+        metrics: Arc<HistoryMetrics>,
         bounds: Bounds,
     ) -> Result<History, sqlx::Error> {
         let pool = PgPoolOptions::new()

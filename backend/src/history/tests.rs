@@ -339,7 +339,7 @@ async fn a_replica_stuck_in_a_transaction_does_not_hold_up_the_others_writes() {
         ..Bounds::default()
     };
     let history =
-        |name: &str| History::bounded(&url, store.clone(), name, Arc::new(Metrics::default()), bounds).unwrap();
+        |name: &str| History::bounded(&url, store.clone(), name, Arc::new(HistoryMetrics::default()), bounds).unwrap();
     let stuck = history("stuck");
     stuck.migrate().await.unwrap();
     let sid = Uuid::new_v4();
@@ -482,7 +482,7 @@ async fn a_silent_postgres_bounds_every_wait_and_the_history_recovers() {
             &relayed(&url, &relay),
             store.clone(),
             "w",
-            Arc::new(Metrics::default()),
+            Arc::new(HistoryMetrics::default()),
             bounds,
         )
         .unwrap()
@@ -575,7 +575,7 @@ async fn a_replica_that_vanishes_while_migrating_lets_the_others_migrate() {
         ..Bounds::default()
     };
     let history = |url: &str, name: &str| {
-        History::bounded(url, store.clone(), name, Arc::new(Metrics::default()), bounds).unwrap()
+        History::bounded(url, store.clone(), name, Arc::new(HistoryMetrics::default()), bounds).unwrap()
     };
     let vanished = history(&relayed(&url, &relay), "vanished");
     let started = std::time::Instant::now();
@@ -647,7 +647,7 @@ async fn a_crashed_replicas_unwritten_entries_are_taken_over() {
     assert_eq!(read.keys[0].ids.len(), 1);
 
     let started = std::time::Instant::now();
-    let alive = History::new(&url, store, "alive", Arc::new(Metrics::default())).unwrap();
+    let alive = History::new(&url, store, "alive", Arc::new(HistoryMetrics::default())).unwrap();
     let stop = CancellationToken::new();
     let writer = tokio::spawn(alive.clone().run_writer(stop.clone(), Duration::ZERO));
     let limit = Duration::from_millis(CLAIM_IDLE_MS as u64) + CLAIM_EVERY + Duration::from_secs(10);
@@ -691,7 +691,7 @@ async fn only_events_postgres_rejects_as_data_are_parked() {
         placement: Placement::default(),
     };
     let good = entry(Uuid::new_v4(), 1_000, formed(), &["a", "b"]);
-    let history = || History::new(&url, store.clone(), "test", Arc::new(Metrics::default())).unwrap();
+    let history = || History::new(&url, store.clone(), "test", Arc::new(HistoryMetrics::default())).unwrap();
 
     // Every new connection to the database is read-only.
     sqlx::query(&format!("ALTER DATABASE {name} SET default_transaction_read_only = on"))

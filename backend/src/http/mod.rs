@@ -3,6 +3,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod error;
+pub(crate) mod metrics;
 mod operators;
 mod players;
 mod probes;
@@ -31,6 +32,7 @@ use tokio::time::{Instant, timeout};
 
 use self::auth::Class;
 use self::error::{ApiError, ApiResult, Internal};
+use self::metrics::HttpMetrics;
 use crate::config::Settings;
 use crate::health::Health;
 use crate::history::{History, MatchRow, from_ms};
@@ -54,7 +56,9 @@ pub(crate) struct AppState {
     pub health: Arc<Health>,
     pub history: History,
     pub settings: Settings,
+    /// The registry, for `/metrics`.
     pub metrics: Arc<Metrics>,
+    pub http_metrics: HttpMetrics,
     pub waiters: Arc<Waiters>,
     /// Resolves callers from their bearer tokens.
     pub auth: Authenticator,
@@ -118,7 +122,7 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
     };
     let status = response.status().as_u16();
     let took = started.elapsed();
-    state.metrics.http(method.as_str(), &route, status, took);
+    state.http_metrics.http(method.as_str(), &route, status, took);
     if let Some(Internal(cause)) = response.extensions().get::<Internal>() {
         tracing::error!(%method, %route, status, ?took, error = %cause, "request failed: a dependency failed");
     } else if status >= 500 {

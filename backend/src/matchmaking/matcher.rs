@@ -5,14 +5,12 @@
 //! that claims only tickets still queued, so replicas never put a player in two sessions.
 
 use service::backoff::Policy;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::Matchmaking;
-use crate::metrics::Metrics;
 use crate::sessions::supervisor::Supervisor;
 
 /// How often partial sessions are checked for; bounds the extra wait past FLUSH_WAIT.
@@ -32,7 +30,6 @@ pub(crate) struct Matcher {
     pub supervisor: Supervisor,
     /// The matcher waits while this replica supervises this many sessions.
     pub max_active: usize,
-    pub metrics: Arc<Metrics>,
 }
 
 /// Forms sessions until `stop` is cancelled.
@@ -41,7 +38,6 @@ pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
         matchmaking,
         supervisor,
         max_active,
-        metrics,
     } = matcher;
     let mut last_depth = Instant::now() - Duration::from_secs(10);
     let mut failures = FORM.start();
@@ -91,7 +87,7 @@ pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
             last_depth = Instant::now();
             if let Ok(depths) = matchmaking.depths().await {
                 for (name, depth) in depths {
-                    metrics.set_queue_depth(name, depth.tickets);
+                    matchmaking.metrics().set_queue_depth(name, depth.tickets);
                 }
             }
         }

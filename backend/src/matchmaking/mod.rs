@@ -7,6 +7,7 @@
 //! Once formed, a session belongs to the sessions service ([`crate::sessions`]).
 
 pub(crate) mod matcher;
+pub(crate) mod metrics;
 mod settings;
 
 pub use settings::MatchmakingArgs;
@@ -23,7 +24,7 @@ use protocol::api::JoinRequest;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{JoinResult, Metrics};
+use self::metrics::{JoinResult, MatchmakingMetrics};
 
 /// Why a join was refused.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,7 @@ struct Inner {
     queues: Arc<Queues>,
     /// Each queue with its store handle, in the queues' order.
     scoped: Vec<(Queue, QueueStore)>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<MatchmakingMetrics>,
     instance: String,
     /// Notified when a join may have filled a session.
     wake: Arc<Notify>,
@@ -70,7 +71,7 @@ impl Matchmaking {
     pub(crate) fn new(
         store: Store,
         queues: Arc<Queues>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<MatchmakingMetrics>,
         instance: &str,
         accepting: CancellationToken,
     ) -> Matchmaking {
@@ -93,7 +94,7 @@ impl Matchmaking {
         Matchmaking::new(
             store,
             Arc::new(queues),
-            Arc::new(Metrics::default()),
+            Arc::new(MatchmakingMetrics::default()),
             instance,
             CancellationToken::new(),
         )
@@ -107,6 +108,11 @@ impl Matchmaking {
     /// Queue `name` with its store handle.
     fn scoped(&self, name: &str) -> Option<&(Queue, QueueStore)> {
         self.inner.scoped.iter().find(|(q, _)| q.name == name)
+    }
+
+    /// Matchmaking's metrics.
+    pub(crate) fn metrics(&self) -> &MatchmakingMetrics {
+        &self.inner.metrics
     }
 
     /// Notified when a join may have filled a session.

@@ -10,6 +10,7 @@
 
 pub(crate) mod events;
 pub(crate) mod janitor;
+pub(crate) mod metrics;
 pub(crate) mod supervisor;
 
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use matchmaking_core::store::{EndOutcome, FormedSession, LiveSession, ReadyOutcome, Store, now_ms};
 
-use crate::metrics::Metrics;
+use self::metrics::SessionsMetrics;
 
 /// How long a step that must not be lost (an end, a ready mark) keeps retrying Redis.
 const RETRY_FOR: Duration = Duration::from_secs(30);
@@ -41,7 +42,7 @@ pub struct Sessions {
 
 struct Inner {
     store: Store,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SessionsMetrics>,
     instance: String,
     /// Sessions this replica supervises, each with the token that stops its server.
     supervised: Mutex<HashMap<String, CancellationToken>>,
@@ -69,7 +70,7 @@ impl Drop for Supervision {
 }
 
 impl Sessions {
-    pub(crate) fn new(store: Store, metrics: Arc<Metrics>, instance: &str) -> Sessions {
+    pub(crate) fn new(store: Store, metrics: Arc<SessionsMetrics>, instance: &str) -> Sessions {
         Sessions {
             inner: Arc::new(Inner {
                 store,
@@ -82,7 +83,7 @@ impl Sessions {
 
     /// A service for tests and tools, with metrics of its own.
     pub fn standalone(store: Store, instance: &str) -> Sessions {
-        Sessions::new(store, Arc::new(Metrics::default()), instance)
+        Sessions::new(store, Arc::new(SessionsMetrics::default()), instance)
     }
 
     pub(crate) fn store(&self) -> &Store {

@@ -17,7 +17,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::{Metrics, Supervised};
+use super::metrics::{SessionsMetrics, Supervised};
 use crate::runtime::{ServerExit, ServerHandle, ServerSpec, SessionRuntime};
 use crate::sessions::Sessions;
 use matchmaking_core::store::{FormedSession, ReadyOutcome};
@@ -82,7 +82,7 @@ pub(crate) struct SupervisorConfig {
 struct Inner {
     sessions: Sessions,
     config: SupervisorConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SessionsMetrics>,
     tracker: TaskTracker,
     /// Cancelled when the shutdown grace is over: every server is terminated.
     hard_stop: CancellationToken,
@@ -96,7 +96,7 @@ pub(crate) struct Supervisor {
 }
 
 impl Supervisor {
-    pub(crate) fn new(sessions: Sessions, config: SupervisorConfig, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(sessions: Sessions, config: SupervisorConfig, metrics: Arc<SessionsMetrics>) -> Self {
         Supervisor {
             inner: Arc::new(Inner {
                 sessions,

@@ -1,0 +1,185 @@
+//! Matchmaking's metrics: joins by result, sessions formed by size, each queue's depth,
+//! timed-out tickets and the quality of the sessions it formed. Registered by the part
+//! ([`MatchmakingMetrics::register`]), every known series at 0 from the start.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SizeLabel {
+    size: usize,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct QueueLabel {
+    pub(crate) queue: String,
+}
+
+/// What happened to a join, as `mp_joins_total` counts it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum JoinResult {
+    Queued,
+    AlreadyQueued,
+    InSession,
+    Cancelled,
+}
+
+impl JoinResult {
+    const ALL: [JoinResult; 4] = [
+        JoinResult::Queued,
+        JoinResult::AlreadyQueued,
+        JoinResult::InSession,
+        JoinResult::Cancelled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            JoinResult::Queued => "queued",
+            JoinResult::AlreadyQueued => "already_queued",
+            JoinResult::InSession => "in_session",
+            JoinResult::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Matchmaking's metrics.
+pub(crate) struct MatchmakingMetrics {
+    joins: Family<ResultLabel, Counter>,
+    sessions_formed: Family<SizeLabel, Counter>,
+    queue_depth: Family<QueueLabel, Gauge>,
+    timed_out: Family<QueueLabel, Counter>,
+    skill_spread: Family<QueueLabel, Histogram, fn() -> Histogram>,
+    team_skill_gap: Family<QueueLabel, Histogram, fn() -> Histogram>,
+    max_latency: Family<QueueLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for MatchmakingMetrics {
+    fn default() -> Self {
+        MatchmakingMetrics::new(&[])
+    }
+}
+
+/// Buckets for skill spreads and gaps (skill points).
+fn skill_histogram() -> Histogram {
+    Histogram::new([0.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 300.0, 450.0, 600.0, 1000.0])
+}
+
+/// Buckets for latencies in milliseconds.
+fn latency_ms_histogram() -> Histogram {
+    Histogram::new([10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 300.0, 500.0])
+}
+
+impl MatchmakingMetrics {
+    /// The metrics, every join result and each of `queues`' series at 0.
+    pub(crate) fn new(queues: &[&str]) -> MatchmakingMetrics {
+        let metrics = MatchmakingMetrics {
+            joins: Family::default(),
+            sessions_formed: Family::default(),
+            queue_depth: Family::default(),
+            timed_out: Family::default(),
+            skill_spread: Family::new_with_constructor(skill_histogram),
+            team_skill_gap: Family::new_with_constructor(skill_histogram),
+            max_latency: Family::new_with_constructor(latency_ms_histogram),
+        };
+        for result in JoinResult::ALL {
+            drop(metrics.joins.get_or_create(&ResultLabel { result: result.label() }));
+        }
+        for queue in queues {
+            let label = QueueLabel {
+                queue: (*queue).to_owned(),
+            };
+            drop(metrics.queue_depth.get_or_create(&label));
+            drop(metrics.timed_out.get_or_create(&label));
+            for family in [&metrics.skill_spread, &metrics.team_skill_gap, &metrics.max_latency] {
+                drop(family.get_or_create(&label));
+            }
+        }
+        metrics
+    }
+
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register("mp_joins", "Join requests by result", self.joins.clone());
+        registry.register(
+            "mp_sessions_formed",
+            "Sessions formed by this replica, by size",
+            self.sessions_formed.clone(),
+        );
+        registry.register(
+            "mp_queue_depth",
+            "Tickets waiting in each queue (all replicas)",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "mp_tickets_timed_out",
+            "Tickets that waited their queue's max_wait_seconds, by queue",
+            self.timed_out.clone(),
+        );
+        registry.register(
+            "mp_session_skill_spread",
+            "Skill spread (max - min) of the sessions this replica formed, by queue",
+            self.skill_spread.clone(),
+        );
+        registry.register(
+            "mp_session_team_skill_gap",
+            "Gap between the strongest and weakest team's total skill, by queue",
+            self.team_skill_gap.clone(),
+        );
+        registry.register(
+            "mp_session_max_latency_ms",
+            "Worst player latency to the chosen region of the sessions formed, by queue",
+            self.max_latency.clone(),
+        );
+    }
+
+    /// Counts a join by what happened to it.
+    pub(crate) fn join(&self, result: JoinResult) {
+        self.joins.get_or_create(&ResultLabel { result: result.label() }).inc();
+    }
+
+    /// Counts a formed session by its size.
+    pub(crate) fn session_formed(&self, size: usize) {
+        self.sessions_formed.get_or_create(&SizeLabel { size }).inc();
+    }
+
+    pub(crate) fn set_queue_depth(&self, queue: &str, depth: u64) {
+        self.queue_depth
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts tickets of `queue` that timed out.
+    pub(crate) fn timed_out(&self, queue: &str, tickets: usize) {
+        self.timed_out
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .inc_by(tickets as u64);
+    }
+
+    /// Records a formed session's quality.
+    pub(crate) fn session_quality(&self, placement: &protocol::sessions::Placement) {
+        let label = QueueLabel {
+            queue: placement.queue.clone().unwrap_or_default(),
+        };
+        for (family, value) in [
+            (&self.skill_spread, placement.skill_spread),
+            (&self.team_skill_gap, placement.team_skill_gap),
+            (&self.max_latency, placement.max_latency_ms),
+        ] {
+            if let Some(value) = value {
+                family.get_or_create(&label).observe(value);
+            }
+        }
+    }
+}

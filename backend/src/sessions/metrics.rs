@@ -1,0 +1,137 @@
+//! The sessions' metrics: ends by reason, the sessions this replica supervises by state, time
+//! from join to a ready server, and server start times. Registered by the part, every known
+//! series at 0 from the start; the per-state gauges move only through
+//! [`service::metrics::GaugeGuard`]s, so they cannot drift.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use protocol::api::EndReason;
+use service::metrics::{GaugeGuard, latency_histogram};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+/// A state of the sessions this replica supervises, as `mp_sessions` counts them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Supervised {
+    Allocating,
+    Matched,
+}
+
+impl Supervised {
+    fn label(self) -> &'static str {
+        match self {
+            Supervised::Allocating => "allocating",
+            Supervised::Matched => "matched",
+        }
+    }
+}
+
+/// The sessions' metrics.
+pub(crate) struct SessionsMetrics {
+    ended: Family<ReasonLabel, Counter>,
+    supervised: Family<StateLabel, Gauge>,
+    join_to_matched: Family<QueueLabel, Histogram, fn() -> Histogram>,
+    server_start: Histogram,
+}
+
+impl Default for SessionsMetrics {
+    fn default() -> Self {
+        SessionsMetrics::new(&[])
+    }
+}
+
+impl SessionsMetrics {
+    /// The metrics, every reason, state and each of `queues`' series at 0.
+    pub(crate) fn new(queues: &[&str]) -> SessionsMetrics {
+        let metrics = SessionsMetrics {
+            ended: Family::default(),
+            supervised: Family::default(),
+            join_to_matched: Family::new_with_constructor(latency_histogram),
+            server_start: latency_histogram(),
+        };
+        for reason in EndReason::ALL {
+            drop(metrics.ended.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            }));
+        }
+        for state in [Supervised::Allocating, Supervised::Matched] {
+            drop(metrics.supervised.get_or_create(&StateLabel { state: state.label() }));
+        }
+        for queue in queues {
+            drop(metrics.join_to_matched.get_or_create(&QueueLabel {
+                queue: (*queue).to_owned(),
+            }));
+        }
+        metrics
+    }
+
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mp_sessions_ended",
+            "Sessions ended through this replica, by reason",
+            self.ended.clone(),
+        );
+        registry.register(
+            "mp_sessions",
+            "Sessions supervised by this replica, by state",
+            self.supervised.clone(),
+        );
+        registry.register(
+            "mp_join_to_matched_seconds",
+            "Time from a player's join to a ready server, by queue",
+            self.join_to_matched.clone(),
+        );
+        registry.register(
+            "mp_server_start_seconds",
+            "Time for a game server to become ready",
+            self.server_start.clone(),
+        );
+    }
+
+    /// Counts an ended session by reason.
+    pub(crate) fn session_ended(&self, reason: EndReason) {
+        self.ended
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a supervised session as being in `state` while the guard lives.
+    pub(crate) fn supervised(&self, state: Supervised) -> GaugeGuard {
+        GaugeGuard::new(&self.supervised.get_or_create(&StateLabel { state: state.label() }))
+    }
+
+    /// Records how long a player of `queue` waited from join to a ready server.
+    pub(crate) fn join_to_matched(&self, queue: &str, waited: Duration) {
+        self.join_to_matched
+            .get_or_create(&QueueLabel {
+                queue: queue.to_owned(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Records how long a server took to become ready.
+    pub(crate) fn server_start(&self, took: Duration) {
+        self.server_start.observe(took.as_secs_f64());
+    }
+}
