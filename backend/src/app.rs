@@ -229,10 +229,10 @@ impl App {
         let auth = authenticator(&settings).await?;
         let state = Arc::new(http::AppState {
             auth,
-            matchmaking,
-            sessions,
+            matchmaking: Arc::new(matchmaking),
+            sessions: Arc::new(sessions),
             health,
-            history,
+            history: Arc::new(history),
             settings: settings.clone(),
             metrics: metrics.registry,
             http_metrics: metrics.http,

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 pub(crate) use self::bounds::Bounds;
 use self::bounds::{InUse, bound_migrating_session, unanswered};
 pub(crate) use self::metrics::HistoryMetrics;
-pub(crate) use self::reads::MatchRow;
+pub(crate) use self::reads::{MatchRow, PlayerMatch};
 pub use self::settings::HistoryArgs;
 pub(crate) use self::writer::WRITER;
 

@@ -7,8 +7,11 @@ pub(crate) mod metrics;
 mod operators;
 mod players;
 mod probes;
+pub(crate) mod seams;
 mod servers;
 mod services;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +36,11 @@ use tokio::time::{Instant, timeout};
 use self::auth::Class;
 use self::error::{ApiError, ApiResult, Internal};
 use self::metrics::HttpMetrics;
+use self::seams::{MatchHistory, Matchmaker, SessionDesk};
 use crate::config::Settings;
 use crate::health::Health;
-use crate::history::{History, MatchRow, from_ms};
-use crate::matchmaking::Matchmaking;
+use crate::history::{MatchRow, from_ms};
 use crate::metrics::Metrics;
-use crate::sessions::Sessions;
 use crate::sessions::events::Waiters;
 
 /// Largest accepted request body.
@@ -49,12 +51,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 /// What handlers share.
 pub(crate) struct AppState {
     /// Joins, cancels, where a player stands.
-    pub matchmaking: Matchmaking,
+    pub matchmaking: Arc<dyn Matchmaker>,
     /// Ending sessions, live sessions' records.
-    pub sessions: Sessions,
+    pub sessions: Arc<dyn SessionDesk>,
     /// The dependencies as last checked.
     pub health: Arc<Health>,
-    pub history: History,
+    pub history: Arc<dyn MatchHistory>,
     pub settings: Settings,
     /// The registry, for `/metrics`.
     pub metrics: Arc<Metrics>,

@@ -1,0 +1,125 @@
+//! What the HTTP layer needs of the rest of the backend, as three small traits: the
+//! matchmaking service, the sessions service and the history are one implementation each,
+//! and a test of the HTTP layer hands it its own, without Redis, PostgreSQL or a backend.
+
+use futures_util::future::BoxFuture;
+use matchmaking_core::store::{self, CancelOutcome, EndOutcome, LiveSession, PlayerView, QueueDepth};
+use matchmaking_core::tickets::Joiner;
+use protocol::api::{EndReason, JoinRequest, ResultReport};
+use protocol::sessions::SessionRecord;
+use uuid::Uuid;
+
+use crate::history::{History, MatchRow, PlayerMatch};
+use crate::matchmaking::{JoinError, Matchmaking};
+use crate::sessions::Sessions;
+
+/// Joins, cancels, where a player stands, the queues.
+pub(crate) trait Matchmaker: Send + Sync {
+    /// Queues `body`'s ticket as `joiner` may; where the player stands, and when that was read.
+    fn join<'a>(
+        &'a self,
+        body: &'a JoinRequest,
+        joiner: Joiner<'a>,
+    ) -> BoxFuture<'a, Result<(PlayerView, i64), JoinError>>;
+    fn cancel<'a>(&'a self, player: &'a str) -> BoxFuture<'a, store::Result<CancelOutcome>>;
+    fn player<'a>(&'a self, player: &'a str) -> BoxFuture<'a, store::Result<PlayerView>>;
+    /// Each queue's name and depth.
+    fn depths(&self) -> BoxFuture<'_, store::Result<Vec<(String, QueueDepth)>>>;
+    /// Whether joins are taken (not draining).
+    fn accepting(&self) -> bool;
+}
+
+/// Ending sessions and reading the live ones.
+pub(crate) trait SessionDesk: Send + Sync {
+    fn end<'a>(
+        &'a self,
+        session_id: &'a str,
+        reason: EndReason,
+        report: Option<&'a ResultReport>,
+    ) -> BoxFuture<'a, store::Result<EndOutcome>>;
+    fn live(&self) -> BoxFuture<'_, store::Result<Vec<LiveSession>>>;
+    fn record<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, store::Result<Option<SessionRecord>>>;
+    /// Sessions this replica supervises now.
+    fn supervised(&self) -> usize;
+}
+
+/// The match history's reads.
+pub(crate) trait MatchHistory: Send + Sync {
+    fn session_row(&self, session_id: Uuid) -> BoxFuture<'_, Result<Option<MatchRow>, sqlx::Error>>;
+    fn player_matches<'a>(
+        &'a self,
+        player: &'a str,
+        limit: i64,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<Vec<PlayerMatch>, sqlx::Error>>;
+}
+
+impl Matchmaker for Matchmaking {
+    fn join<'a>(
+        &'a self,
+        body: &'a JoinRequest,
+        joiner: Joiner<'a>,
+    ) -> BoxFuture<'a, Result<(PlayerView, i64), JoinError>> {
+        Box::pin(Matchmaking::join(self, body, joiner))
+    }
+
+    fn cancel<'a>(&'a self, player: &'a str) -> BoxFuture<'a, store::Result<CancelOutcome>> {
+        Box::pin(Matchmaking::cancel(self, player))
+    }
+
+    fn player<'a>(&'a self, player: &'a str) -> BoxFuture<'a, store::Result<PlayerView>> {
+        Box::pin(Matchmaking::player(self, player))
+    }
+
+    fn depths(&self) -> BoxFuture<'_, store::Result<Vec<(String, QueueDepth)>>> {
+        Box::pin(async move {
+            Ok(Matchmaking::depths(self)
+                .await?
+                .into_iter()
+                .map(|(name, depth)| (name.to_owned(), depth))
+                .collect())
+        })
+    }
+
+    fn accepting(&self) -> bool {
+        Matchmaking::accepting(self)
+    }
+}
+
+impl SessionDesk for Sessions {
+    fn end<'a>(
+        &'a self,
+        session_id: &'a str,
+        reason: EndReason,
+        report: Option<&'a ResultReport>,
+    ) -> BoxFuture<'a, store::Result<EndOutcome>> {
+        Box::pin(Sessions::end(self, session_id, reason, report))
+    }
+
+    fn live(&self) -> BoxFuture<'_, store::Result<Vec<LiveSession>>> {
+        Box::pin(Sessions::live(self))
+    }
+
+    fn record<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, store::Result<Option<SessionRecord>>> {
+        Box::pin(Sessions::record(self, session_id))
+    }
+
+    fn supervised(&self) -> usize {
+        Sessions::supervised(self)
+    }
+}
+
+impl MatchHistory for History {
+    fn session_row(&self, session_id: Uuid) -> BoxFuture<'_, Result<Option<MatchRow>, sqlx::Error>> {
+        Box::pin(History::session_row(self, session_id))
+    }
+
+    fn player_matches<'a>(
+        &'a self,
+        player: &'a str,
+        limit: i64,
+        offset: i64,
+    ) -> BoxFuture<'a, Result<Vec<PlayerMatch>, sqlx::Error>> {
+        Box::pin(History::player_matches(self, player, limit, offset))
+    }
+}
