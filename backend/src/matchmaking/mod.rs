@@ -194,8 +194,11 @@ impl Matchmaking {
 
     /// Each queue's name and depth, in the queues' order.
     pub async fn depths(&self) -> store::Result<Vec<(&str, QueueDepth)>> {
-        let handles: Vec<QueueStore> = self.inner.scoped.iter().map(|(_, s)| s.clone()).collect();
-        let depths = self.inner.store.queue_depths(&handles).await?;
+        let depths = self
+            .inner
+            .store
+            .queue_depths(self.inner.scoped.iter().map(|(_, s)| s))
+            .await?;
         Ok(self
             .inner
             .scoped

@@ -29,9 +29,10 @@ impl Store {
     }
 
     /// Each queue's depth and oldest ticket, in the order given, in two round trips.
-    pub async fn queue_depths(&self, queues: &[QueueStore]) -> Result<Vec<QueueDepth>> {
+    pub async fn queue_depths<'q>(&self, queues: impl IntoIterator<Item = &'q QueueStore>) -> Result<Vec<QueueDepth>> {
+        let queues: Vec<&QueueStore> = queues.into_iter().collect();
         let mut pipe = redis::pipe();
-        for q in queues {
+        for q in &queues {
             pipe.zcard(&q.keys.queue).zrange(&q.keys.queue, 0, 0);
         }
         let mut conn = self.conn();
