@@ -54,16 +54,6 @@ impl Store {
 }
 
 impl QueueStore {
-    /// The queue's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The queue's key names.
-    pub fn keys(&self) -> &QueueKeys {
-        &self.keys
-    }
-
     /// Queues a ticket of `players` (the leader first), idempotently, unless one of them is
     /// busy; `doc` is a rule queue's ticket document (a JSON object), `None` in a plain queue.
     pub async fn join(&self, players: &[String], doc: Option<&str>, now_ms: i64) -> Result<JoinOutcome> {
