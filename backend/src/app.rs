@@ -176,6 +176,7 @@ impl App {
                 secret: settings.secret.clone(),
                 internal_url: internal_url(&settings, bound),
                 ready_timeout: settings.ready_timeout,
+                profiles: settings.profiles.clone(),
             },
             metrics.sessions.clone(),
         );

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 use identity::{PlayerAuthArgs, PlayerAuthSettings};
-use matchmaking_core::queues::Queues;
+use matchmaking_core::queues::{FormRules, Queues};
 use protocol::TicketSecret;
 use service::cli::seconds;
 use service::redis::{RedisArgs, RedisTarget};
@@ -26,6 +26,7 @@ use service::telemetry::LogArgs;
 
 pub use crate::history::HistoryArgs;
 pub use crate::matchmaking::MatchmakingArgs;
+use crate::runtime::profiles::{Profiles, Target};
 pub use crate::runtime::settings::{RuntimeArgs, RuntimeKind, RuntimeSettings};
 
 /// The raw command line and environment.
@@ -109,6 +110,9 @@ pub struct Settings {
     pub(crate) players: PlayerAuthSettings,
     /// Every queue (the default queue alone without MATCHMAKING_CONFIG).
     pub(crate) queues: Arc<Queues>,
+    /// The server profiles, and which queue runs which (the built-in server alone without
+    /// MATCHMAKING_CONFIG).
+    pub(crate) profiles: Arc<Profiles>,
     pub(crate) ready_timeout: Duration,
     pub(crate) public_host: String,
     pub(crate) public_port: u16,
@@ -165,7 +169,7 @@ impl Config {
         let runtime = self
             .runtime
             .validate(self.log.log_format, core.backend_internal_url.as_deref())?;
-        let queues = self.matchmaking.queues(rules)?;
+        let (queues, profiles) = self.queues_and_profiles(rules, &runtime)?;
         Ok(Settings {
             redis: core.redis.validate()?,
             database_url: history.database_url,
@@ -175,6 +179,7 @@ impl Config {
             service_token: core.service_token.clone().filter(|t| !t.is_empty()),
             players,
             queues: Arc::new(queues),
+            profiles: Arc::new(profiles),
             ready_timeout,
             public_host: core.public_host.clone(),
             public_port: core.public_port,
@@ -188,6 +193,39 @@ impl Config {
             lost_grace: history.lost_grace,
             runtime,
         })
+    }
+
+    /// The queues and the server profiles: from the queue file, checked as a whole (every
+    /// mistake one line, each naming the file), or the default queue and the built-in server.
+    fn queues_and_profiles(&self, rules: FormRules, runtime: &RuntimeSettings) -> Result<(Queues, Profiles), String> {
+        let Some(path) = self.matchmaking.file() else {
+            return Ok((Queues::default_only(rules), Profiles::builtin_only()));
+        };
+        let shown = path.display();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("MATCHMAKING_CONFIG {shown}: cannot read it: {e}"))?;
+        let target = match runtime {
+            RuntimeSettings::Local(_) => Target::Local {
+                path: self.runtime.local.path.as_deref(),
+            },
+            RuntimeSettings::Kubernetes(_) => Target::Kubernetes,
+            RuntimeSettings::None => Target::None,
+        };
+        let queues = self.matchmaking.queues(rules, Some(&text));
+        let profiles = Profiles::parse(&text, queues.as_ref().ok(), target);
+        match (queues, profiles) {
+            (Ok(queues), Ok(profiles)) => Ok((queues, profiles)),
+            (queues, profiles) => {
+                let mistakes: Vec<String> = queues
+                    .err()
+                    .into_iter()
+                    .chain(profiles.err())
+                    .flatten()
+                    .map(|m| format!("MATCHMAKING_CONFIG {shown}: {m}"))
+                    .collect();
+                Err(mistakes.join("\n"))
+            }
+        }
     }
 
     /// Every default, and nothing from the environment.

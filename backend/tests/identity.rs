@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    ADMIN, Backend, Http, PLAYER_SECRET, SECRET, SERVICE, eventually, fresh_database, settings, unique_prefix,
+    ADMIN, Backend, Http, PLAYER_SECRET, SECRET, SERVICE, eventually, fresh_database, settings, start_proxy,
+    unique_prefix,
 };
 use hyper::{Method, StatusCode};
 use identity::{PlayerAuthMode, mint_hs256};
@@ -16,8 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use protocol::{Claims, TicketSecret};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 fn now() -> i64 {
     protocol::ticket::unix_now()
@@ -234,40 +234,6 @@ async fn check_matrix(http: &Http, sid: &str, via_proxy: bool) -> String {
     }
     assert!(wrong.is_empty(), "{} wrong:\n{}", wrong.len(), wrong.join("\n"));
     table
-}
-
-async fn start_proxy(backend: SocketAddr, prefix: &str, extra: &[&str]) -> (SocketAddr, CancellationToken) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let backend_url = format!("http://{backend}");
-    let redis = common::redis_url();
-    let mut args = vec![
-        "proxy",
-        "--backend-url",
-        &backend_url,
-        "--redis-url",
-        &redis,
-        "--redis-key-prefix",
-        prefix,
-        "--ticket-secret",
-        SECRET,
-        "--player-token-secret",
-        PLAYER_SECRET,
-    ];
-    args.extend_from_slice(extra);
-    let settings = service::cli::parse_without_env::<proxy::Config, _, _>(args)
-        .unwrap()
-        .validate()
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(proxy::run(listener, settings, shutdown.clone()));
-    let http = Http::new(addr);
-    eventually(Duration::from_secs(10), || {
-        let http = http.clone();
-        async move { (http.get("/health").await.0 == StatusCode::OK).then_some(()) }
-    })
-    .await;
-    (addr, shutdown)
 }
 
 /// A session that formed and ended (dry run), so every session endpoint has something real.

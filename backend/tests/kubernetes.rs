@@ -55,6 +55,8 @@ fn spec(sid: &str, ready_timeout: Duration) -> ServerSpec {
         report_url: format!("http://matchplane-backend:8081/internal/sessions/{sid}/result"),
         report_token: "token".into(),
         ready_timeout,
+        queue: "default".into(),
+        profile: std::sync::Arc::new(backend::runtime::Profile::builtin()),
     }
 }
 

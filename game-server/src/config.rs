@@ -25,7 +25,7 @@ pub struct Config {
     #[arg(long, env = "GAME_BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
     /// Port to listen on; 0 picks a free one (read it from the LISTENING line).
-    #[arg(long, env = "GAME_PORT", default_value_t = 7777)]
+    #[arg(long, env = "GAME_PORT", default_value_t = protocol::server::DEFAULT_PORT)]
     pub port: u16,
     /// This server's session id; tickets must name it.
     #[arg(long, env = "SESSION_ID")]

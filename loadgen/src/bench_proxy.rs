@@ -355,6 +355,8 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
         instance: "bench-proxy".into(),
         server: Some("echo".into()),
         addr: Some(echo.to_string()),
+        udp_addr: None,
+        identity: Default::default(),
         ready_ms: None,
         ended_ms: None,
         end_reason: None,

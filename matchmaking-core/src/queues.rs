@@ -105,6 +105,9 @@ pub struct Queue {
     pub client_attributes: Vec<String>,
     /// A ticket still queued after this ends `timed_out`.
     pub max_wait_ms: Option<i64>,
+    /// The server profile its sessions run (`None`: the built-in game server). The backend,
+    /// which reads the profiles from the same file, checks that it exists.
+    pub server: Option<String>,
 }
 
 impl Queue {
@@ -123,6 +126,7 @@ impl Queue {
             latency: None,
             client_attributes: Vec::new(),
             max_wait_ms: None,
+            server: None,
         }
     }
 
@@ -205,9 +209,10 @@ impl Queues {
         };
         let mut mistakes = Vec::new();
         for key in map.keys() {
-            if key.as_str() != Some("queues") {
+            // `servers` (the server profiles) is the backend's runtime's to read.
+            if !matches!(key.as_str(), Some("queues" | "servers")) {
                 mistakes.push(format!(
-                    "unknown top-level key {}: only `queues` is read",
+                    "unknown top-level key {}: only `queues` and `servers` are read",
                     yaml_key(key)
                 ));
             }
@@ -278,6 +283,7 @@ struct QueueSpec {
     #[serde(default)]
     client_attributes: Vec<String>,
     max_wait_seconds: Option<f64>,
+    server: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -507,6 +513,13 @@ impl QueueSpec {
             }
             millis(s)
         });
+        if let Some(server) = &self.server
+            && !is_valid_name(server)
+        {
+            mistake(format!(
+                "server {server:?} is not a profile name (1-64 of A-Z a-z 0-9 _ -)"
+            ));
+        }
         Queue {
             name: self.name.clone(),
             shape,
@@ -516,6 +529,7 @@ impl QueueSpec {
             latency,
             client_attributes: self.client_attributes.clone(),
             max_wait_ms,
+            server: self.server.clone(),
         }
     }
 }

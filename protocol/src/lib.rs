@@ -10,6 +10,7 @@
 //! - [`api`]: a typed body for every request and response of the HTTP API, and the result
 //!   report.
 //! - [`player`]: the one definition of a valid player id.
+//! - [`proxy_header`]: the PROXY protocol v2 header carrying a verified player to a server.
 //! - [`server`]: the defaults of the game server's settings the runtimes rely on.
 //! - [`sessions`]: the session record the backend writes and the proxy routes by.
 
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod handover;
 pub mod line;
 pub mod player;
+pub mod proxy_header;
 pub mod server;
 pub mod sessions;
 pub mod ticket;

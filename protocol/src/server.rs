@@ -6,3 +6,6 @@ pub const DEFAULT_OPEN_TIMEOUT_SECONDS: f64 = 60.0;
 
 /// `MAX_MATCH_SECONDS`: the longest running length a client may request.
 pub const DEFAULT_MAX_MATCH_SECONDS: u64 = 86_400;
+
+/// `GAME_PORT`: the game port a server listens on when told none (a Pod's container port).
+pub const DEFAULT_PORT: u16 = 7777;

@@ -85,6 +85,50 @@ impl FromStr for EndReason {
     }
 }
 
+/// How a session's server learns who each player is; the proxy has verified every ticket
+/// before a byte reaches the server, whatever the mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Identity {
+    /// The server receives only the game's own bytes: the proxy consumes the `JOIN` line.
+    None,
+    /// Each TCP connection starts with a PROXY protocol v2 header: the player's address, and
+    /// the verified player id and session id in TLVs.
+    ProxyV2,
+    /// The `JOIN <ticket>` line is passed on (the built-in game server's mode).
+    #[default]
+    JoinLine,
+}
+
+impl Identity {
+    /// Every mode, as profiles spell them.
+    pub const ALL: [Identity; 3] = [Identity::None, Identity::ProxyV2, Identity::JoinLine];
+
+    /// The spelling in profiles and session records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::None => "none",
+            Identity::ProxyV2 => "proxy-v2",
+            Identity::JoinLine => "join-line",
+        }
+    }
+
+    fn is_join_line(&self) -> bool {
+        *self == Identity::JoinLine
+    }
+}
+
+impl FromStr for Identity {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Identity::ALL
+            .into_iter()
+            .find(|i| i.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not an identity mode (none, proxy-v2 or join-line)"))
+    }
+}
+
 /// Where a session is in its life: `allocating` → `matched` → `ended`, never backwards. The
 /// order of the variants is that of a session's life (`Ord`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -181,9 +225,17 @@ pub struct SessionRecord {
     /// The game server's name (a Pod, or `local-<pid>`), once matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-    /// The game server's `ip:port`, once matched: where the proxy sends players.
+    /// The game server's `ip:port`, once matched: where the proxy sends players' TCP
+    /// connections (its first TCP port; unset when it has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
+    /// The `ip:port` of its first UDP port, when it has one: where the proxy relays players'
+    /// datagrams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_addr: Option<String>,
+    /// How the server learns who each player is (absent: `join-line`).
+    #[serde(default, skip_serializing_if = "Identity::is_join_line")]
+    pub identity: Identity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +273,8 @@ mod tests {
             instance: "i1".into(),
             server: Some("local-9".into()),
             addr: Some("127.0.0.1:9".into()),
+            udp_addr: None,
+            identity: Identity::JoinLine,
             ready_ms: Some(4),
             ended_ms: None,
             end_reason: None,
@@ -228,7 +282,7 @@ mod tests {
             placement: Placement::default(),
         };
         let json = serde_json::to_value(&record).unwrap();
-        assert!(json.get("ended_ms").is_none());
+        assert!(json.get("ended_ms").is_none() && json.get("identity").is_none());
         assert_eq!(json["state"], "matched");
         assert_eq!(serde_json::from_value::<SessionRecord>(json).unwrap(), record);
         assert_eq!(record.route(), Some("127.0.0.1:9"));

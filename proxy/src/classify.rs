@@ -39,6 +39,8 @@ pub enum Kind {
     Join { newline: usize },
     /// Neither.
     Garbage,
+    /// A PROXY protocol header: a client pretending to be a proxy.
+    ProxyHeader,
     /// A `JOIN` line over the cap.
     TooLong,
     /// Nothing decisive within the timeout.
@@ -61,7 +63,9 @@ fn undecided(buf: &[u8]) -> bool {
                 candidate[..buf.len()] == *buf
             }
     };
-    METHODS.iter().any(|m| prefix_of(m, false)) || prefix_of(JOIN, true)
+    METHODS.iter().any(|m| prefix_of(m, false))
+        || prefix_of(JOIN, true)
+        || protocol::proxy_header::looks_like_header(buf)
 }
 
 /// Decides what `buf` holds so far; `None` means more bytes are needed.
@@ -76,6 +80,9 @@ pub fn decide(buf: &[u8]) -> Option<Kind> {
             None if buf.len() > protocol::MAX_LINE_BYTES + 1 => Some(Kind::TooLong),
             None => None,
         };
+    }
+    if buf.starts_with(&protocol::proxy_header::SIGNATURE) || buf.starts_with(b"PROXY ") {
+        return Some(Kind::ProxyHeader);
     }
     if undecided(buf) { None } else { Some(Kind::Garbage) }
 }
@@ -158,6 +165,10 @@ mod tests {
         assert_eq!(decide(b"join abc"), None);
         assert_eq!(decide(b"join abc\r\n"), Some(Kind::Join { newline: 9 }));
         assert_eq!(decide(b"JOIN x\nGET_STATE\n"), Some(Kind::Join { newline: 6 }));
+        assert_eq!(decide(&protocol::proxy_header::SIGNATURE[..5]), None);
+        assert_eq!(decide(&protocol::proxy_header::SIGNATURE), Some(Kind::ProxyHeader));
+        assert_eq!(decide(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"), Some(Kind::ProxyHeader));
+        assert_eq!(decide(b"PROXZ"), Some(Kind::Garbage));
         assert_eq!(
             decide(b"get / HTTP/1.1"),
             Some(Kind::Garbage),

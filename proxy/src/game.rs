@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use protocol::sessions::{SessionRecord, SessionState};
+use protocol::sessions::{Identity, SessionRecord, SessionState};
 
 use crate::Context;
 use crate::metrics::Route;
@@ -176,27 +176,34 @@ mod zero_copy {
     }
 }
 
+/// Where a session's players' TCP connections go, and how the server learns who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    addr: SocketAddr,
+    identity: Identity,
+}
+
 /// Recently looked-up session servers.
 #[derive(Default)]
 pub struct Routes {
-    cache: Mutex<HashMap<String, (SocketAddr, Instant)>>,
+    cache: Mutex<HashMap<String, (Target, Instant)>>,
 }
 
 impl Routes {
-    fn get(&self, sid: &str) -> Option<SocketAddr> {
+    fn get(&self, sid: &str) -> Option<Target> {
         let cache = self.cache.lock().unwrap();
         cache
             .get(sid)
             .filter(|(_, at)| at.elapsed() < ROUTE_TTL)
-            .map(|(addr, _)| *addr)
+            .map(|(target, _)| *target)
     }
 
-    fn put(&self, sid: &str, addr: SocketAddr) {
+    fn put(&self, sid: &str, target: Target) {
         let mut cache = self.cache.lock().unwrap();
         if cache.len() > 50_000 {
             cache.retain(|_, (_, at)| at.elapsed() < ROUTE_TTL);
         }
-        cache.insert(sid.to_owned(), (addr, Instant::now()));
+        cache.insert(sid.to_owned(), (target, Instant::now()));
     }
 }
 
@@ -218,9 +225,9 @@ const LOOKUP_PATIENCE: Duration = Duration::from_secs(3);
 pub const SESSION_LOOKUP: Policy =
     Policy::new("session_lookup", Duration::from_millis(50), Duration::from_millis(500)).quiet();
 
-async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
-    if let Some(addr) = ctx.routes.get(sid) {
-        return Ok(addr);
+async fn lookup(ctx: &Context, sid: &str) -> Result<Target, ErrorCode> {
+    if let Some(target) = ctx.routes.get(sid) {
+        return Ok(target);
     }
     let deadline = Instant::now() + LOOKUP_PATIENCE;
     let mut backoff = SESSION_LOOKUP.start();
@@ -244,9 +251,12 @@ async fn lookup(ctx: &Context, sid: &str) -> Result<SocketAddr, ErrorCode> {
         Some(record) if record.state == SessionState::Ended => Err(ErrorCode::SessionOver),
         Some(record) => match record.route() {
             Some(addr) => {
-                let addr: SocketAddr = addr.parse().map_err(|_| ErrorCode::ServerUnreachable)?;
-                ctx.routes.put(sid, addr);
-                Ok(addr)
+                let target = Target {
+                    addr: addr.parse().map_err(|_| ErrorCode::ServerUnreachable)?,
+                    identity: record.identity,
+                };
+                ctx.routes.put(sid, target);
+                Ok(target)
             }
             None => Err(ErrorCode::UnknownSession),
         },
@@ -284,7 +294,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
         Ok(claims) => lookup(ctx, &claims.sid).await.map(|addr| (claims, addr)),
         Err(code) => Err(code),
     };
-    let (claims, addr) = match routed {
+    let (claims, Target { addr, identity }) = match routed {
         Ok(found) => found,
         Err(code) => {
             ctx.metrics.route(outcome(&code));
@@ -292,6 +302,14 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
             return;
         }
     };
+    // What the client sent after its JOIN line is the game's own bytes. A client never speaks
+    // for the proxy: a PROXY protocol header of its own is refused before any byte moves.
+    let game_bytes = &buf[newline + 1..];
+    if identity == Identity::ProxyV2 && protocol::proxy_header::looks_like_header(game_bytes) {
+        ctx.metrics.route(Route::ProxyHeader);
+        refuse(client, ErrorCode::BadRequest).await;
+        return;
+    }
     let mut server = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(server)) => server,
         _ => {
@@ -303,15 +321,32 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
     let _ = server.set_nodelay(true);
     notice_silence(&server);
     notice_silence(&client);
-    // The JOIN line (and anything sent after it) goes on to the server as it came.
-    if server.write_all(&buf).await.is_err() {
+    // The server learns who the player is as its profile says.
+    let first: std::borrow::Cow<'_, [u8]> = match identity {
+        // The JOIN line (and anything sent after it) goes on as it came.
+        Identity::JoinLine => (&buf[..]).into(),
+        // Only the game's own bytes.
+        Identity::None => game_bytes.into(),
+        // A header with the player's address and verified ids, then the game's bytes.
+        Identity::ProxyV2 => {
+            let player = claims.sub.as_deref().unwrap_or_default();
+            let (peer, local) = (client.peer_addr(), client.local_addr());
+            let (Ok(peer), Ok(local)) = (peer, local) else {
+                return;
+            };
+            let mut bytes = protocol::proxy_header::encode(peer, local, player, &claims.sid);
+            bytes.extend_from_slice(game_bytes);
+            bytes.into()
+        }
+    };
+    if !first.is_empty() && server.write_all(&first).await.is_err() {
         ctx.metrics.route(Route::ServerUnreachable);
         refuse(client, ErrorCode::ServerUnreachable).await;
         return;
     }
     ctx.metrics.route(Route::Routed);
     tracing::debug!(session = %claims.sid, player = ?claims.sub, %addr, "spliced");
-    let up_front = buf.len() as u64;
+    let up_front = first.len() as u64;
     tokio::select! {
         (up, down) = splice(&mut client, &mut server) => {
             ctx.metrics.spliced(up + up_front, down);

@@ -193,6 +193,10 @@ async fn connection(
             ctx.metrics.route(Route::BadRequest);
             game::refuse(stream, ErrorCode::BadRequest).await;
         }
+        Kind::ProxyHeader => {
+            ctx.metrics.route(Route::ProxyHeader);
+            game::refuse(stream, ErrorCode::BadRequest).await;
+        }
         Kind::TooLong => {
             ctx.metrics.route(Route::LineTooLong);
             game::refuse(stream, ErrorCode::LineTooLong).await;

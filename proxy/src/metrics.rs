@@ -58,11 +58,13 @@ pub(crate) enum Route {
     PlayerRateLimited,
     RateLimited,
     ServerFull,
+    /// A client sent a PROXY protocol header of its own.
+    ProxyHeader,
 }
 
 impl Route {
     /// Every outcome, each counted from 0.
-    pub(crate) const ALL: [Route; 12] = [
+    pub(crate) const ALL: [Route; 13] = [
         Route::Routed,
         Route::BadRequest,
         Route::BadTicket,
@@ -75,6 +77,7 @@ impl Route {
         Route::PlayerRateLimited,
         Route::RateLimited,
         Route::ServerFull,
+        Route::ProxyHeader,
     ];
 
     fn label(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Route {
             Route::PlayerRateLimited => "player_rate_limited",
             Route::RateLimited => "rate_limited",
             Route::ServerFull => "server_full",
+            Route::ProxyHeader => "proxy_header",
         }
     }
 }

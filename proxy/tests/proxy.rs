@@ -88,6 +88,8 @@ impl Proxy {
             instance: "test".into(),
             server: Some("test-server".into()),
             addr: Some(addr.to_owned()),
+            udp_addr: None,
+            identity: Default::default(),
             ready_ms: None,
             ended_ms: None,
             end_reason: None,

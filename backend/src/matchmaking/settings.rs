@@ -1,6 +1,6 @@
 //! Matchmaking's settings: the queues, from a file or the one default queue.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use matchmaking_core::queues::{FormRules, Queues};
@@ -44,11 +44,16 @@ impl MatchmakingArgs {
         })
     }
 
-    /// Every queue: the file's (each queue checked, one line per mistake), or the default
-    /// queue alone with `rules`.
-    pub fn queues(&self, rules: FormRules) -> Result<Queues, String> {
-        match self.matchmaking_config.as_deref().filter(|p| !p.as_os_str().is_empty()) {
-            Some(path) => Queues::load(path),
+    /// The queue file, when one is set.
+    pub fn file(&self) -> Option<&Path> {
+        self.matchmaking_config.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The queues of the file's `text` (each checked, every mistake one entry), or the default
+    /// queue alone with `rules` when there is no file.
+    pub fn queues(&self, rules: FormRules, text: Option<&str>) -> Result<Queues, Vec<String>> {
+        match text {
+            Some(text) => Queues::parse(text),
             None => Ok(Queues::default_only(rules)),
         }
     }

@@ -12,9 +12,11 @@
 mod game_server;
 pub mod kubernetes;
 mod local;
+pub mod profiles;
 pub mod settings;
 pub(crate) mod warm;
 
+pub use profiles::{Ends, Profile};
 pub use settings::{RuntimeKind, RuntimeSettings};
 
 use std::sync::Arc;
@@ -59,6 +61,10 @@ pub struct ServerSpec {
     pub report_token: String,
     /// Give up (and clean up) if the server is not ready by then.
     pub ready_timeout: Duration,
+    /// The queue the session formed in.
+    pub queue: String,
+    /// The server to run.
+    pub profile: Arc<Profile>,
 }
 
 /// Report tokens outlive any match: open timeout + the longest match + margin.
@@ -87,7 +93,31 @@ impl ServerSpec {
             ),
             report_token: secret.mint(&claims),
             ready_timeout,
+            queue: matchmaking_core::queues::DEFAULT_QUEUE.to_owned(),
+            profile: Arc::new(Profile::builtin()),
         }
+    }
+
+    /// The same spec for a session of `queue`, running `profile`.
+    pub fn running(mut self, queue: &str, profile: Arc<Profile>) -> ServerSpec {
+        queue.clone_into(&mut self.queue);
+        self.profile = profile;
+        self
+    }
+
+    /// The environment every server of a profile gets (besides its ports): `MATCHPLANE_*`.
+    pub fn contract_env(&self) -> Vec<(String, String)> {
+        [
+            ("MATCHPLANE_SESSION_ID", self.session_id.clone()),
+            ("MATCHPLANE_PLAYERS", self.players.join(",")),
+            ("MATCHPLANE_TEAMS", self.teams_setting().unwrap_or_default()),
+            ("MATCHPLANE_QUEUE", self.queue.clone()),
+            ("MATCHPLANE_REPORT_URL", self.report_url.clone()),
+            ("MATCHPLANE_REPORT_TOKEN", self.report_token.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
     }
 
     /// The `TEAMS` setting: teams separated by `;`, players by `,`; `None` without teams.
@@ -127,8 +157,13 @@ pub enum ServerExit {
 pub trait ServerHandle: Send {
     /// A name for logs and history (pod name, or `local-<pid>`).
     fn name(&self) -> &str;
-    /// `ip:port` of the game port, for the proxy.
+    /// `ip:port` of the game port (a profile's first TCP port), for the proxy; empty when the
+    /// server has no TCP port.
     fn addr(&self) -> &str;
+    /// `ip:port` of its first UDP port, when it has one.
+    fn udp_addr(&self) -> Option<&str> {
+        None
+    }
     /// Resolves once the server is gone.
     fn wait(&mut self) -> BoxFuture<'_, ServerExit>;
     /// Asks the server to drain (it ends its match with `terminated` and reports).

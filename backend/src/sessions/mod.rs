@@ -24,7 +24,7 @@ use service::backoff::Policy;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use matchmaking_core::store::{EndOutcome, FormedSession, LiveSession, ReadyOutcome, Store, now_ms};
+use matchmaking_core::store::{EndOutcome, FormedSession, LiveSession, ReadyOutcome, ServerRoute, Store, now_ms};
 
 use self::metrics::SessionsMetrics;
 
@@ -128,9 +128,10 @@ impl Sessions {
 
     /// Marks a formed session's server ready (players then get tickets), retrying Redis for a
     /// while; `None` when Redis stayed down.
-    pub(crate) async fn mark_ready(&self, formed: &FormedSession, server: &str, addr: &str) -> Option<ReadyOutcome> {
+    pub(crate) async fn mark_ready(&self, formed: &FormedSession, route: &ServerRoute<'_>) -> Option<ReadyOutcome> {
         let sid = formed.session_id.as_str();
-        let outcome = retry(|| self.inner.store.mark_ready(sid, server, addr, now_ms())).await?;
+        let (server, addr) = (route.server, route.addr);
+        let outcome = retry(|| self.inner.store.mark_ready_at(sid, route, now_ms())).await?;
         if outcome == ReadyOutcome::Ready {
             let now = now_ms();
             for joined in &formed.joined_ms {

@@ -18,12 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::metrics::{SessionsMetrics, Supervised};
-use crate::runtime::{ServerExit, ServerHandle, ServerSpec, SessionRuntime};
+use crate::runtime::profiles::Profiles;
+use crate::runtime::{Ends, ServerExit, ServerHandle, ServerSpec, SessionRuntime};
 use crate::sessions::Sessions;
-use matchmaking_core::store::{FormedSession, ReadyOutcome};
-
-/// How long a server gets to drain after SIGTERM (it reports within 10 s) before it is killed.
-const TERMINATE_GRACE: Duration = Duration::from_secs(15);
+use matchmaking_core::store::{FormedSession, ReadyOutcome, ServerRoute};
 
 /// Pauses session forming after servers fail to start, longer after each failure up to 30 s;
 /// a successful start clears it. Keeps a broken runtime from spinning players through
@@ -77,6 +75,8 @@ pub(crate) struct SupervisorConfig {
     /// Base URL game servers use to reach this backend.
     pub internal_url: String,
     pub ready_timeout: Duration,
+    /// Which server each queue's sessions run.
+    pub profiles: Arc<Profiles>,
 }
 
 struct Inner {
@@ -166,7 +166,9 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         &inner.config.internal_url,
         &inner.config.secret,
         inner.config.ready_timeout,
-    );
+    )
+    .running(&formed.queue, inner.config.profiles.for_queue(&formed.queue));
+    let profile = spec.profile.clone();
     let started = Instant::now();
     let allocating = inner.metrics.supervised(Supervised::Allocating);
     let outcome = tokio::select! {
@@ -196,27 +198,44 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     inner.backoff.succeeded();
     inner.metrics.server_start(started.elapsed());
 
-    let (name, addr) = (server.name().to_owned(), server.addr().to_owned());
-    match sessions.mark_ready(formed, &name, &addr).await {
+    let route = ServerRoute {
+        server: server.name(),
+        addr: server.addr(),
+        udp_addr: server.udp_addr(),
+        identity: profile.identity,
+    };
+    match sessions.mark_ready(formed, &route).await {
         Some(ReadyOutcome::Ready) => {}
         Some(ReadyOutcome::NotAllocating) => {
             tracing::info!("session ended before its server was ready; stopping it");
-            stop_server(server.as_mut()).await;
+            stop_server(server.as_mut(), profile.stop_grace).await;
             return;
         }
         None => {
-            stop_server(server.as_mut()).await;
+            stop_server(server.as_mut(), profile.stop_grace).await;
             sessions.end_with_retry(sid, EndReason::Failed).await;
             return;
         }
     }
 
     let matched = inner.metrics.supervised(Supervised::Matched);
+    // matchplane's own cap on the session's length, for every profile that sets one.
+    let cap = async {
+        match profile.max_session {
+            Some(cap) => tokio::time::sleep(cap).await,
+            None => std::future::pending().await,
+        }
+    };
     let (reason, exit) = tokio::select! {
-        exit = server.wait() => (EndReason::Failed, Some(exit)),
+        exit = server.wait() => (exit_reason(profile.ends, &exit), Some(exit)),
         () = stop.cancelled() => {
-            stop_server(server.as_mut()).await;
+            stop_server(server.as_mut(), profile.stop_grace).await;
             (EndReason::Stopped, None)
+        }
+        () = cap => {
+            tracing::info!(cap = ?profile.max_session, "the session reached its profile's max_session_seconds; stopping its server");
+            stop_server(server.as_mut(), profile.stop_grace).await;
+            (EndReason::Terminated, None)
         }
         () = inner.hard_stop.cancelled() => {
             if runtime.servers_outlive_backend() {
@@ -224,7 +243,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
                 tracing::info!(server = server.name(), "backend stopping; the server carries on");
                 return;
             }
-            stop_server(server.as_mut()).await;
+            stop_server(server.as_mut(), profile.stop_grace).await;
             (EndReason::Terminated, None)
         }
     };
@@ -243,12 +262,49 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     sessions.end_with_retry(sid, reason).await;
 }
 
-/// SIGTERM, a grace to drain and report, then SIGKILL.
-async fn stop_server(server: &mut dyn ServerHandle) {
+/// How a session whose server went away by itself ended: a server that ends by exiting has
+/// completed with status 0 and failed otherwise; one that reports through the SDK failed if it
+/// exited without its report (a report that came first has ended the session already).
+fn exit_reason(ends: Ends, exit: &ServerExit) -> EndReason {
+    match (ends, exit) {
+        (Ends::Exit, ServerExit::Exited(Some(0))) => EndReason::Completed,
+        _ => EndReason::Failed,
+    }
+}
+
+/// How long a killed server may take to be reaped.
+const REAP_GRACE: Duration = Duration::from_secs(15);
+
+/// SIGTERM, `grace` to drain (and report), then SIGKILL.
+async fn stop_server(server: &mut dyn ServerHandle, grace: Duration) {
     server.terminate().await;
-    if timeout(TERMINATE_GRACE, server.wait()).await.is_err() {
-        tracing::warn!(server = server.name(), "server did not drain in time; killing it");
+    if timeout(grace, server.wait()).await.is_err() {
+        tracing::warn!(
+            server = server.name(),
+            ?grace,
+            "server did not stop within its grace; killing it"
+        );
         server.kill().await;
-        let _ = timeout(TERMINATE_GRACE, server.wait()).await;
+        let _ = timeout(REAP_GRACE, server.wait()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_ends_by_exiting_completes_with_status_0_only() {
+        assert_eq!(
+            exit_reason(Ends::Exit, &ServerExit::Exited(Some(0))),
+            EndReason::Completed
+        );
+        assert_eq!(exit_reason(Ends::Exit, &ServerExit::Exited(Some(3))), EndReason::Failed);
+        assert_eq!(
+            exit_reason(Ends::Exit, &ServerExit::Lost("killed".into())),
+            EndReason::Failed
+        );
+        // The built-in server reports first; its exit alone never completes a session.
+        assert_eq!(exit_reason(Ends::Sdk, &ServerExit::Exited(Some(0))), EndReason::Failed);
     }
 }

@@ -294,3 +294,39 @@ pub fn local_server_pid(session: &serde_json::Value) -> String {
     let server = session["server"].as_str().expect("a session with a server");
     server.strip_prefix("local-").expect("a local server").to_owned()
 }
+
+/// A proxy running in this process in front of `backend`, sharing its Redis key prefix;
+/// `extra`: further flags.
+pub async fn start_proxy(backend: SocketAddr, prefix: &str, extra: &[&str]) -> (SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let backend_url = format!("http://{backend}");
+    let redis = redis_url();
+    let mut args = vec![
+        "proxy",
+        "--backend-url",
+        &backend_url,
+        "--redis-url",
+        &redis,
+        "--redis-key-prefix",
+        prefix,
+        "--ticket-secret",
+        SECRET,
+        "--player-token-secret",
+        PLAYER_SECRET,
+    ];
+    args.extend_from_slice(extra);
+    let settings = service::cli::parse_without_env::<proxy::Config, _, _>(args)
+        .unwrap()
+        .validate()
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(proxy::run(listener, settings, shutdown.clone()));
+    let http = Http::new(addr);
+    eventually(Duration::from_secs(10), || {
+        let http = http.clone();
+        async move { (http.get("/health").await.0 == StatusCode::OK).then_some(()) }
+    })
+    .await;
+    (addr, shutdown)
+}

@@ -26,6 +26,7 @@ mod queue;
 mod sessions;
 
 pub use queue::QueueStore;
+pub use sessions::ServerRoute;
 
 use crate::keys::Keys;
 use crate::queues::DEFAULT_QUEUE;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use protocol::api::EndReason;
-use protocol::sessions::SessionRecord;
+use protocol::sessions::{Identity, SessionRecord};
 use redis::AsyncCommands;
 
 use super::{END, ENDED_RETENTION, EndOutcome, Json, LEASE, LiveSession, READY, ReadyOutcome, Result, Store};
@@ -13,18 +13,45 @@ use super::{decode_record, default_queue};
 use crate::keys::QueueKeys;
 use crate::queues::DEFAULT_QUEUE;
 
+/// Where a ready server is and how the proxy hands it players.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerRoute<'a> {
+    /// Its name (a Pod, or `local-<pid>`).
+    pub server: &'a str,
+    /// `ip:port` of its TCP game port; empty when it has none.
+    pub addr: &'a str,
+    /// `ip:port` of its UDP game port, when it has one.
+    pub udp_addr: Option<&'a str>,
+    pub identity: Identity,
+}
+
 impl Store {
-    /// Marks a session's server ready, unless the session is no longer allocating.
+    /// Marks a session's server ready at `addr` (the built-in server: TCP, `JOIN` line passed
+    /// on), unless the session is no longer allocating.
     pub async fn mark_ready(&self, sid: &str, server: &str, addr: &str, now_ms: i64) -> Result<ReadyOutcome> {
+        let route = ServerRoute {
+            server,
+            addr,
+            udp_addr: None,
+            identity: Identity::JoinLine,
+        };
+        self.mark_ready_at(sid, &route, now_ms).await
+    }
+
+    /// Marks a session's server ready, reachable as `route` says, unless the session is no
+    /// longer allocating.
+    pub async fn mark_ready_at(&self, sid: &str, route: &ServerRoute<'_>, now_ms: i64) -> Result<ReadyOutcome> {
         let k = self.keys();
         let Json(outcome) = READY
             .key(k.sessions())
             .key(k.outbox())
             .arg(sid)
-            .arg(server)
-            .arg(addr)
+            .arg(route.server)
+            .arg(route.addr)
             .arg(now_ms)
             .arg(k.events())
+            .arg(route.udp_addr.unwrap_or_default())
+            .arg(route.identity.as_str())
             .invoke_async(&mut self.conn())
             .await?;
         Ok(outcome)

@@ -25,7 +25,7 @@ const WARM_LABEL: &str = "matchplane.io/warm";
 /// Pod's age plus the session deadline.
 pub(crate) const WARM_LIFETIME_SECONDS: i64 = 1800;
 /// The game port inside the Pod.
-const GAME_PORT: i32 = 7777;
+const GAME_PORT: i32 = protocol::server::DEFAULT_PORT as i32;
 
 /// Everything about game-server Pods that is not per session.
 #[derive(Debug, Clone, PartialEq)]

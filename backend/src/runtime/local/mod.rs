@@ -16,6 +16,12 @@
 //! `ASSIGNED` is killed and the next one tried, and an empty pool starts the server cold. A
 //! background task keeps the pool at the size demand calls for (see [`super::warm`]),
 //! replacing warm servers that died and stopping those no longer needed.
+//!
+//! Sessions of a queue whose profile is not the built-in server run that profile's program
+//! (see [`program`]); they always start cold, as only the built-in server takes a hand-over.
+
+mod bound;
+mod program;
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -69,13 +75,19 @@ pub struct LocalSettings {
     pub(crate) env: Vec<(String, String)>,
     /// The warm pool's bounds (`max` 0: no warm servers).
     pub(crate) warm: Bounds,
+    /// `setpriv`, which ties a profile program's life to the backend's; without it such
+    /// programs outlive a backend killed by SIGKILL (said once at start).
+    pub(crate) keeper: Option<PathBuf>,
 }
 
 impl LocalArgs {
     /// Checks the settings: the game-server binary must be an executable file.
     pub fn validate(&self, env: Vec<(String, String)>, warm: Bounds) -> Result<LocalSettings, String> {
+        let keeper = find_executable(std::path::Path::new("setpriv"), self.path.as_deref())
+            .or_else(|| find_executable(std::path::Path::new("/usr/bin/setpriv"), None));
         Ok(LocalSettings {
             warm,
+            keeper,
             binary: find_executable(&self.game_server_bin, self.path.as_deref()).ok_or_else(|| {
                 format!(
                     "GAME_SERVER_BIN {} is not an executable file{} (RUNTIME=local starts one per session)",
@@ -95,7 +107,7 @@ impl LocalArgs {
 }
 
 /// `bin` if it is an executable file; a bare name is looked up in `path`, as the spawn does.
-fn find_executable(bin: &std::path::Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+pub(crate) fn find_executable(bin: &std::path::Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     let executable = |p: &std::path::Path| {
         p.metadata()
@@ -125,6 +137,11 @@ impl LocalRuntime {
     /// A runtime spawning the configured binary, whose servers verify tickets with `secret`.
     /// `warm`: the books of its warm pool (kept when their bounds allow any warm server).
     pub(crate) fn new(settings: LocalSettings, secret: protocol::TicketSecret, warm: Arc<WarmState>) -> Self {
+        if settings.keeper.is_none() {
+            tracing::warn!(
+                "setpriv (util-linux) is not in PATH: servers of a profile will outlive this backend if it is killed"
+            );
+        }
         LocalRuntime {
             spawner: Arc::new(Spawner { settings, secret }),
             pool: warm.bounds().enabled().then(|| Arc::new(WarmPool::new(warm))),
@@ -132,6 +149,9 @@ impl LocalRuntime {
     }
 
     async fn start_session(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
+        if !spec.profile.builtin {
+            return Ok(Box::new(program::start(&self.spawner.settings, &spec).await?));
+        }
         let began = Instant::now();
         if let Some(pool) = &self.pool {
             pool.books.session_started(began);
@@ -239,6 +259,9 @@ impl Spawner {
             _stdin: stdin,
             name,
             addr,
+            udp_addr: None,
+            output: None,
+            _home: None,
         })
     }
 }
@@ -423,6 +446,11 @@ struct LocalServer {
     _stdin: Option<ChildStdin>,
     name: String,
     addr: String,
+    udp_addr: Option<String>,
+    /// A profile program's output, watched while it runs.
+    output: Option<Arc<program::Output>>,
+    /// A profile program's private directory, removed with the server.
+    _home: Option<program::Home>,
 }
 
 impl ServerHandle for LocalServer {
@@ -434,9 +462,16 @@ impl ServerHandle for LocalServer {
         &self.addr
     }
 
+    fn udp_addr(&self) -> Option<&str> {
+        self.udp_addr.as_deref()
+    }
+
     fn wait(&mut self) -> BoxFuture<'_, ServerExit> {
         Box::pin(async move {
-            let exit = match self.child.child.wait().await {
+            let status = self.child.child.wait().await;
+            let flooded = self.output.as_ref().and_then(|o| o.flooded());
+            let exit = match status {
+                _ if flooded.is_some() => ServerExit::Lost(flooded.unwrap_or_default()),
                 Ok(status) if status.code().is_some() => ServerExit::Exited(status.code()),
                 Ok(status) => ServerExit::Lost(status.to_string()),
                 Err(e) => ServerExit::Lost(e.to_string()),

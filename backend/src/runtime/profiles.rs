@@ -1,0 +1,732 @@
+//! Server profiles: how the sessions of a queue run their game server.
+//!
+//! A profile names a server program (a command for the local runtime, an image for the
+//! Kubernetes runtime), the ports it serves, how matchplane sees it become ready, how the proxy
+//! tells it who each player is, how its session ends, and the caps matchplane enforces. They are
+//! read from the `servers` mapping of the queue file (`MATCHMAKING_CONFIG`), and each queue names
+//! its profile with `server:`. The built-in game server is the profile `game-server`, the one a
+//! queue without `server:` uses, and behaves exactly as it always has.
+//!
+//! Loading checks the whole mapping and reports every mistake, one line each, together with
+//! the queues' own.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use matchmaking_core::queues::{Queues, is_valid_name};
+
+use protocol::sessions::Identity;
+use serde::Deserialize;
+
+/// The built-in game server's profile name.
+pub const BUILTIN: &str = "game-server";
+/// Most profiles in one file, and most ports of one profile.
+const MAX_PROFILES: usize = 64;
+const MAX_PORTS: usize = 8;
+/// The longest a session may be capped at: a week.
+const MAX_CAP_SECONDS: f64 = 7.0 * 86_400.0;
+/// The built-in server drains and reports within 10 s of SIGTERM.
+const BUILTIN_STOP_GRACE: Duration = Duration::from_secs(15);
+/// A profile's stop grace when it names none.
+const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A port's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// One port a server serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    /// As the profile names it (`game`).
+    pub name: String,
+    pub protocol: PortProtocol,
+    /// The port inside a Pod (the kubernetes runtime); the local runtime picks a free one.
+    pub container_port: u16,
+}
+
+impl Port {
+    /// The variable handing the port to the server: `MATCHPLANE_PORT_<NAME>`.
+    pub fn variable(&self) -> String {
+        format!("MATCHPLANE_PORT_{}", env_word(&self.name))
+    }
+}
+
+/// `name` as an environment variable word: upper case, `-` as `_`.
+fn env_word(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
+/// How matchplane sees a server become ready.
+#[derive(Debug, Clone)]
+pub enum Ready {
+    /// The built-in server's `LISTENING <ip:port>` line.
+    Listening,
+    /// Every declared port is bound by the server.
+    Port,
+    /// A line of its output matches.
+    Log(regex::Regex),
+    /// The server says so through the SDK.
+    Sdk,
+}
+
+impl Ready {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Ready::Listening => "listening",
+            Ready::Port => "port",
+            Ready::Log(_) => "log",
+            Ready::Sdk => "sdk",
+        }
+    }
+}
+
+/// How a session's end is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// The process exits: 0 is `completed`, anything else `failed`.
+    Exit,
+    /// The server reports its result with its report token, then exits.
+    Sdk,
+}
+
+/// One validated profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    /// The built-in game server (its binary is `GAME_SERVER_BIN`, its settings the backend's).
+    pub builtin: bool,
+    /// The program and its arguments (local runtime), `${VAR}` not yet replaced.
+    pub command: Vec<String>,
+    /// The container image (kubernetes runtime).
+    pub image: Option<String>,
+    pub ports: Vec<Port>,
+    pub ready: Ready,
+    pub identity: Identity,
+    pub ends: Ends,
+    /// Stopped once it has run this long.
+    pub max_session: Option<Duration>,
+    /// Stopped once no player has been connected this long.
+    pub empty_grace: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// Further environment, `${VAR}` not yet replaced.
+    pub env: Vec<(String, String)>,
+}
+
+impl Profile {
+    /// The built-in game server.
+    pub fn builtin() -> Profile {
+        Profile {
+            name: BUILTIN.to_owned(),
+            builtin: true,
+            command: Vec::new(),
+            image: None,
+            ports: vec![Port {
+                name: "game".into(),
+                protocol: PortProtocol::Tcp,
+                container_port: protocol::server::DEFAULT_PORT,
+            }],
+            ready: Ready::Listening,
+            identity: Identity::JoinLine,
+            ends: Ends::Sdk,
+            max_session: None,
+            empty_grace: None,
+            stop_grace: BUILTIN_STOP_GRACE,
+            env: Vec::new(),
+        }
+    }
+
+    /// Its first port of `protocol`, the one the proxy routes that protocol to.
+    pub fn first(&self, protocol: PortProtocol) -> Option<&Port> {
+        self.ports.iter().find(|p| p.protocol == protocol)
+    }
+
+    /// Whether a warm server of this profile could be handed a session: only the built-in
+    /// server takes a hand-over today; every other profile starts cold.
+    pub fn can_be_warm(&self) -> bool {
+        self.builtin
+    }
+}
+
+/// What the chosen runtime needs of a profile, for the checks that depend on it.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// Child processes: every command must be an executable file (bare names in `path`).
+    Local { path: Option<&'a OsStr> },
+    /// Pods: every profile needs an image, and readiness the kubelet can see.
+    Kubernetes,
+    /// `RUNTIME=none`: no server ever starts.
+    None,
+}
+
+/// Every profile of a deployment, and which queue runs which. Cheap to share behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    builtin: Arc<Profile>,
+    by_name: BTreeMap<String, Arc<Profile>>,
+    by_queue: HashMap<String, Arc<Profile>>,
+}
+
+impl Profiles {
+    /// Only the built-in server, for every queue.
+    pub fn builtin_only() -> Profiles {
+        let builtin = Arc::new(Profile::builtin());
+        Profiles {
+            by_name: BTreeMap::from([(BUILTIN.to_owned(), builtin.clone())]),
+            builtin,
+            by_queue: HashMap::new(),
+        }
+    }
+
+    /// The profile `queue`'s sessions run.
+    pub fn for_queue(&self, queue: &str) -> Arc<Profile> {
+        self.by_queue.get(queue).unwrap_or(&self.builtin).clone()
+    }
+
+    /// The profile named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Profile>> {
+        self.by_name.get(name)
+    }
+
+    /// Every profile, the built-in one included, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Profile>> {
+        self.by_name.values()
+    }
+
+    /// The `servers` mapping of the queue file `text` (already parsed into `queues`), checked
+    /// for `target`: every mistake is one entry, and so is every queue naming a profile that
+    /// does not exist.
+    pub fn parse(text: &str, queues: Option<&Queues>, target: Target<'_>) -> Result<Profiles, Vec<String>> {
+        let file: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| vec![format!("not YAML: {e}")])?;
+        let mut mistakes = Vec::new();
+        let mut profiles = Profiles::builtin_only();
+        match file.get("servers") {
+            None | Some(serde_yaml::Value::Null) => {}
+            Some(serde_yaml::Value::Mapping(map)) => {
+                if map.len() > MAX_PROFILES {
+                    mistakes.push(format!("{} server profiles: at most {MAX_PROFILES}", map.len()));
+                }
+                for (key, item) in map {
+                    let Some(name) = key.as_str() else {
+                        mistakes.push("servers: a profile's name must be a string".into());
+                        continue;
+                    };
+                    let label = format!("server {name:?}");
+                    let before = mistakes.len();
+                    let mut mistake = |m: String| mistakes.push(format!("{label}: {m}"));
+                    if name == BUILTIN {
+                        mistake(format!(
+                            "{BUILTIN} is the built-in game server's profile; give yours another name"
+                        ));
+                        continue;
+                    }
+                    if !is_valid_name(name) {
+                        mistake("the name must be 1-64 characters of A-Z a-z 0-9 _ -".into());
+                    }
+                    let spec: ProfileSpec = match serde_yaml::from_value(item.clone()) {
+                        Ok(spec) => spec,
+                        Err(e) => {
+                            mistake(e.to_string());
+                            continue;
+                        }
+                    };
+                    let profile = spec.check(name, target, &mut |m: String| mistakes.push(format!("{label}: {m}")));
+                    if mistakes.len() == before {
+                        profiles.by_name.insert(name.to_owned(), Arc::new(profile));
+                    }
+                }
+            }
+            Some(_) => mistakes.push("`servers` must be a mapping of profile names to profiles".into()),
+        }
+        let failed: BTreeSet<&str> = match file.get("servers").and_then(serde_yaml::Value::as_mapping) {
+            Some(map) => map
+                .keys()
+                .filter_map(serde_yaml::Value::as_str)
+                .filter(|name| !profiles.by_name.contains_key(*name))
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        for queue in queues.iter().flat_map(|q| q.iter()) {
+            let Some(name) = &queue.server else { continue };
+            match profiles.by_name.get(name) {
+                Some(profile) => {
+                    profiles.by_queue.insert(queue.name.clone(), profile.clone());
+                }
+                // That profile's own mistakes are listed already.
+                None if failed.contains(name.as_str()) => {}
+                None => mistakes.push(format!(
+                    "queue {:?}: server {name:?} is not a profile (the file's `servers` has {})",
+                    queue.name,
+                    profiles
+                        .by_name
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            }
+        }
+        if mistakes.is_empty() {
+            Ok(profiles)
+        } else {
+            Err(mistakes)
+        }
+    }
+}
+
+/// A profile as the file spells it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileSpec {
+    command: Option<Vec<String>>,
+    image: Option<String>,
+    ports: Vec<PortSpec>,
+    ready: Option<serde_yaml::Value>,
+    identity: Option<String>,
+    ends: Option<String>,
+    max_session_seconds: Option<f64>,
+    empty_grace_seconds: Option<f64>,
+    stop_grace_seconds: Option<f64>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortSpec {
+    name: String,
+    protocol: String,
+    container_port: Option<u16>,
+}
+
+/// The variables `${VAR}` may name in `command` and `env`, given the profile's ports: each
+/// `MATCHPLANE_*` name, and the same without the prefix.
+fn known_variables(ports: &[Port]) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = CONTRACT.iter().map(|v| (*v).to_owned()).collect();
+    names.extend(ports.iter().map(Port::variable));
+    let short: Vec<String> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("MATCHPLANE_").map(str::to_owned))
+        .collect();
+    names.extend(short);
+    names
+}
+
+/// The session's variables every server gets (ports come on top).
+pub const CONTRACT: [&str; 6] = [
+    "MATCHPLANE_SESSION_ID",
+    "MATCHPLANE_PLAYERS",
+    "MATCHPLANE_TEAMS",
+    "MATCHPLANE_QUEUE",
+    "MATCHPLANE_REPORT_URL",
+    "MATCHPLANE_REPORT_TOKEN",
+];
+
+/// The names `${...}` refers to in `text`, or what is wrong with it.
+fn references(text: &str) -> Result<Vec<&str>, String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        let after = &rest[at + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("{text:?} has a `${{` without its `}}`"));
+        };
+        found.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    Ok(found)
+}
+
+/// `text` with every `${NAME}` replaced by `value(NAME)` (names were checked at load).
+pub fn substitute(text: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                let full = if name.starts_with("MATCHPLANE_") {
+                    name.to_owned()
+                } else {
+                    format!("MATCHPLANE_{name}")
+                };
+                out.push_str(&value(&full).unwrap_or_default());
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[at..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A seconds setting within `(0, max]` (or `[0, max]` when `zero` is allowed).
+fn duration(what: &str, value: f64, zero: bool, max: f64, mistake: &mut dyn FnMut(String)) -> Duration {
+    let low_ok = if zero { value >= 0.0 } else { value > 0.0 };
+    if !(value.is_finite() && low_ok && value <= max) {
+        let low = if zero { ">= 0" } else { "> 0" };
+        mistake(format!("{what} must be {low} and at most {max}, got {value}"));
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(value)
+}
+
+impl ProfileSpec {
+    fn check(&self, name: &str, target: Target<'_>, mistake: &mut dyn FnMut(String)) -> Profile {
+        // Ports first: the variables `command` and `env` may use depend on them.
+        if self.ports.is_empty() || self.ports.len() > MAX_PORTS {
+            mistake(format!(
+                "ports must list 1 to {MAX_PORTS} ports, got {}",
+                self.ports.len()
+            ));
+        }
+        let mut ports = Vec::new();
+        let mut variables = BTreeSet::new();
+        let mut container_ports = BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            if !is_valid_name(&port.name) {
+                mistake(format!(
+                    "ports[{i}]: name {:?} must be 1-64 characters of A-Z a-z 0-9 _ -",
+                    port.name
+                ));
+            }
+            let protocol = match port.protocol.as_str() {
+                "tcp" => PortProtocol::Tcp,
+                "udp" => PortProtocol::Udp,
+                other => {
+                    mistake(format!("ports[{i}]: protocol must be tcp or udp, got {other:?}"));
+                    PortProtocol::Tcp
+                }
+            };
+            let container_port = port
+                .container_port
+                .unwrap_or(protocol::server::DEFAULT_PORT.saturating_add(i as u16));
+            if container_port == 0 {
+                mistake(format!("ports[{i}]: container_port must be 1 to 65535"));
+            }
+            let port = Port {
+                name: port.name.clone(),
+                protocol,
+                container_port,
+            };
+            if !variables.insert(port.variable()) {
+                mistake(format!(
+                    "ports[{i}]: the port name {:?} is used twice (names are compared as {})",
+                    port.name,
+                    port.variable()
+                ));
+            }
+            if !container_ports.insert((container_port, protocol)) {
+                mistake(format!(
+                    "ports[{i}]: container_port {container_port}/{} is used twice",
+                    protocol.as_str()
+                ));
+            }
+            ports.push(port);
+        }
+        let known = known_variables(&ports);
+        let check_text = |what: &str, text: &str, mistake: &mut dyn FnMut(String)| match references(text) {
+            Ok(names) => {
+                for unknown in names.into_iter().filter(|n| !known.contains(*n)) {
+                    mistake(format!(
+                        "{what}: ${{{unknown}}} is not a variable matchplane sets (MATCHPLANE_SESSION_ID, MATCHPLANE_PLAYERS, MATCHPLANE_TEAMS, MATCHPLANE_QUEUE, MATCHPLANE_REPORT_URL, MATCHPLANE_REPORT_TOKEN, MATCHPLANE_PORT_<NAME>, or the same without MATCHPLANE_)"
+                    ));
+                }
+            }
+            Err(e) => mistake(format!("{what}: {e}")),
+        };
+        let command = self.command.clone().unwrap_or_default();
+        if self.command.as_ref().is_some_and(Vec::is_empty) {
+            mistake("command must name a program".into());
+        }
+        for (i, arg) in command.iter().enumerate() {
+            check_text(&format!("command[{i}]"), arg, mistake);
+        }
+        for (key, value) in &self.env {
+            let valid = key.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                mistake(format!("env: {key:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"));
+            }
+            if key.starts_with("MATCHPLANE_") {
+                mistake(format!("env: {key} is matchplane's to set"));
+            }
+            check_text(&format!("env.{key}"), value, mistake);
+        }
+        let ready = match &self.ready {
+            None => Ready::Port,
+            Some(serde_yaml::Value::String(s)) if s == "port" => Ready::Port,
+            Some(serde_yaml::Value::String(s)) if s == "sdk" => Ready::Sdk,
+            Some(serde_yaml::Value::Mapping(m)) if m.len() == 1 && m.get("log").is_some() => {
+                match m.get("log").and_then(serde_yaml::Value::as_str) {
+                    Some(pattern) => match regex::Regex::new(pattern) {
+                        Ok(re) => Ready::Log(re),
+                        Err(e) => {
+                            let why = e.to_string().lines().last().unwrap_or_default().trim().to_owned();
+                            mistake(format!("ready.log: {pattern:?} is not a regular expression ({why})"));
+                            Ready::Port
+                        }
+                    },
+                    None => {
+                        mistake("ready.log must be a regular expression (a string)".into());
+                        Ready::Port
+                    }
+                }
+            }
+            Some(_) => {
+                mistake("ready must be `port`, `sdk`, or `{log: <regular expression>}`".into());
+                Ready::Port
+            }
+        };
+        let identity = match self.identity.as_deref().map(str::parse::<Identity>) {
+            None => Identity::None,
+            Some(Ok(identity)) => identity,
+            Some(Err(e)) => {
+                mistake(format!("identity: {e}"));
+                Identity::None
+            }
+        };
+        if identity == Identity::ProxyV2 && !ports.iter().any(|p| p.protocol == PortProtocol::Tcp) {
+            mistake(
+                "identity proxy-v2 starts each TCP connection with a header, but the profile has no tcp port".into(),
+            );
+        }
+        let ends = match self.ends.as_deref() {
+            None | Some("exit") => Ends::Exit,
+            Some("sdk") => Ends::Sdk,
+            Some(other) => {
+                mistake(format!("ends must be exit or sdk, got {other:?}"));
+                Ends::Exit
+            }
+        };
+        let max_session = self
+            .max_session_seconds
+            .map(|s| duration("max_session_seconds", s, false, MAX_CAP_SECONDS, mistake));
+        let empty_grace = self
+            .empty_grace_seconds
+            .map(|s| duration("empty_grace_seconds", s, false, 86_400.0, mistake));
+        let stop_grace = self.stop_grace_seconds.map_or(DEFAULT_STOP_GRACE, |s| {
+            duration("stop_grace_seconds", s, true, 3_600.0, mistake)
+        });
+        if let Some(image) = &self.image
+            && (image.is_empty() || image.len() > 512 || image.contains(char::is_whitespace))
+        {
+            mistake(format!("image {image:?} is not an image reference"));
+        }
+        match target {
+            Target::Local { path } => match command.first() {
+                None => mistake("needs `command` to run with RUNTIME=local".into()),
+                Some(program) if program.contains("${") => {
+                    mistake(format!(
+                        "command[0] {program:?}: the program itself cannot come from a variable"
+                    ));
+                }
+                Some(program) => {
+                    if super::local::find_executable(std::path::Path::new(program), path).is_none() {
+                        mistake(format!(
+                            "command[0] {program:?} is not an executable file{}",
+                            if program.contains('/') { "" } else { " in PATH" }
+                        ));
+                    }
+                }
+            },
+            Target::Kubernetes => {
+                if self.image.is_none() {
+                    mistake("needs `image` to run with RUNTIME=kubernetes".into());
+                }
+                mistake("the kubernetes runtime does not run server profiles other than the built-in game server yet (RUNTIME=local does)".into());
+            }
+            Target::None => {}
+        }
+        if empty_grace.is_some() {
+            mistake("empty_grace_seconds needs the proxy's reports of who is connected, which this version does not make yet; use max_session_seconds".into());
+        }
+        if matches!(ready, Ready::Sdk) {
+            mistake("ready: sdk needs the server SDK's ready call, which this version does not serve yet; use `port` or `{log: ...}`".into());
+        }
+        Profile {
+            name: name.to_owned(),
+            builtin: false,
+            command,
+            image: self.image.clone(),
+            ports,
+            ready,
+            identity,
+            ends,
+            max_session,
+            empty_grace,
+            stop_grace,
+            env: self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+servers:
+  arena:
+    command: ["/bin/sh", "-c", "exec sleep 100", "--port", "${PORT_GAME}", "${MATCHPLANE_PORT_QUERY}"]
+    ports: [{name: game, protocol: udp}, {name: query, protocol: tcp}]
+    ready: {log: "^ready on [0-9]+$"}
+    identity: proxy-v2
+    ends: exit
+    max_session_seconds: 3600
+    stop_grace_seconds: 5
+    env: {MAP: dm1, SESSION: "s-${SESSION_ID}"}
+queues:
+  - {name: deathmatch, session_size: 8, server: arena}
+  - {name: casual, session_size: 4}
+"#;
+
+    fn local() -> Target<'static> {
+        Target::Local {
+            path: Some(OsStr::new("/usr/bin:/bin")),
+        }
+    }
+
+    fn load(text: &str, target: Target<'_>) -> Result<Profiles, Vec<String>> {
+        let queues = Queues::parse(text).expect("the queues are valid");
+        Profiles::parse(text, Some(&queues), target)
+    }
+
+    #[test]
+    fn a_profile_reads_with_every_field_and_queues_find_theirs() {
+        let profiles = load(FILE, local()).unwrap();
+        let arena = profiles.for_queue("deathmatch");
+        assert_eq!(arena.name, "arena");
+        assert!(!arena.builtin);
+        assert_eq!(arena.ports.len(), 2);
+        assert_eq!(arena.ports[0].variable(), "MATCHPLANE_PORT_GAME");
+        assert_eq!(arena.first(PortProtocol::Tcp).unwrap().name, "query");
+        assert_eq!(arena.first(PortProtocol::Udp).unwrap().container_port, 7777);
+        assert!(matches!(&arena.ready, Ready::Log(re) if re.is_match("ready on 42")));
+        assert_eq!(arena.identity, Identity::ProxyV2);
+        assert_eq!(arena.ends, Ends::Exit);
+        assert_eq!(arena.max_session, Some(Duration::from_secs(3600)));
+        assert_eq!(arena.empty_grace, None);
+        assert_eq!(arena.stop_grace, Duration::from_secs(5));
+        assert!(!arena.can_be_warm());
+        let casual = profiles.for_queue("casual");
+        assert!(casual.builtin && casual.can_be_warm() && casual.identity == Identity::JoinLine);
+        assert!(profiles.for_queue("no-such-queue").builtin);
+        assert_eq!(profiles.iter().count(), 2);
+    }
+
+    #[test]
+    fn variables_are_replaced_with_or_without_their_prefix() {
+        let value = |name: &str| match name {
+            "MATCHPLANE_PORT_GAME" => Some("4000".to_owned()),
+            "MATCHPLANE_SESSION_ID" => Some("s1".to_owned()),
+            _ => None,
+        };
+        assert_eq!(substitute("--port=${PORT_GAME}", &value), "--port=4000");
+        assert_eq!(substitute("${MATCHPLANE_SESSION_ID}-${SESSION_ID}", &value), "s1-s1");
+        assert_eq!(substitute("plain $HOME {x}", &value), "plain $HOME {x}");
+    }
+
+    #[test]
+    fn without_servers_every_queue_runs_the_built_in_server() {
+        let text = "queues:\n  - {name: a, session_size: 2}\n";
+        let profiles = load(text, local()).unwrap();
+        assert!(profiles.for_queue("a").builtin);
+        assert!(profiles.get(BUILTIN).is_some());
+    }
+
+    /// Every mistake is one line, and the file's good parts do not hide its bad ones.
+    #[test]
+    fn every_mistake_is_one_line() {
+        let text = r#"
+servers:
+  game-server: {command: [/bin/true], ports: [{name: game, protocol: tcp}]}
+  bad name: {command: [/bin/true], ports: [{name: game, protocol: tcp}]}
+  twice: {command: [/bin/true], ports: [{name: game, protocol: tcp}, {name: GAME, protocol: udp}]}
+  proto: {command: [/bin/true], ports: [{name: game, protocol: sctp}]}
+  noport: {command: [/bin/true], ports: []}
+  notexec: {command: [/etc/os-release], ports: [{name: g, protocol: tcp}]}
+  missing: {command: [no-such-program-here], ports: [{name: g, protocol: tcp}]}
+  nocommand: {ports: [{name: g, protocol: tcp}]}
+  vars: {command: [/bin/true, "${PORT_OTHER}", "${oops"], ports: [{name: g, protocol: tcp}], env: {"1X": a, MATCHPLANE_X: b, Y: "${NOPE}"}}
+  ready: {command: [/bin/true], ports: [{name: g, protocol: tcp}], ready: {log: "(unclosed"}}
+  ready2: {command: [/bin/true], ports: [{name: g, protocol: tcp}], ready: sometimes}
+  modes: {command: [/bin/true], ports: [{name: g, protocol: udp}], identity: proxy-v2, ends: crash}
+  modes2: {command: [/bin/true], ports: [{name: g, protocol: tcp}], identity: hello}
+  caps: {command: [/bin/true], ports: [{name: g, protocol: tcp}], max_session_seconds: 0, empty_grace_seconds: -1, stop_grace_seconds: 99999}
+  unknown: {command: [/bin/true], ports: [{name: g, protocol: tcp}], colour: blue}
+  fromvar: {command: ["${PORT_G}"], ports: [{name: g, protocol: tcp}]}
+queues:
+  - {name: q1, session_size: 2, server: nowhere}
+  - {name: q2, session_size: 2, server: proto}
+"#;
+        let mistakes = load(text, local()).unwrap_err();
+        let expected = [
+            "server \"game-server\": game-server is the built-in game server's profile",
+            "server \"bad name\": the name must be 1-64 characters",
+            "server \"twice\": ports[1]: the port name \"GAME\" is used twice",
+            "server \"proto\": ports[0]: protocol must be tcp or udp, got \"sctp\"",
+            "server \"noport\": ports must list 1 to 8 ports, got 0",
+            "server \"notexec\": command[0] \"/etc/os-release\" is not an executable file",
+            "server \"missing\": command[0] \"no-such-program-here\" is not an executable file in PATH",
+            "server \"nocommand\": needs `command` to run with RUNTIME=local",
+            "server \"vars\": command[1]: ${PORT_OTHER} is not a variable matchplane sets",
+            "server \"vars\": command[2]: \"${oops\" has a `${` without its `}`",
+            "server \"vars\": env: \"1X\" is not a variable name",
+            "server \"vars\": env: MATCHPLANE_X is matchplane's to set",
+            "server \"vars\": env.Y: ${NOPE} is not a variable matchplane sets",
+            "server \"ready\": ready.log: \"(unclosed\" is not a regular expression",
+            "server \"ready2\": ready must be `port`, `sdk`, or `{log: <regular expression>}`",
+            "server \"modes\": identity proxy-v2 starts each TCP connection with a header, but the profile has no tcp port",
+            "server \"modes\": ends must be exit or sdk, got \"crash\"",
+            "server \"modes2\": identity: \"hello\" is not an identity mode",
+            "server \"caps\": max_session_seconds must be > 0",
+            "server \"caps\": empty_grace_seconds must be > 0",
+            "server \"caps\": empty_grace_seconds needs the proxy's reports",
+            "server \"caps\": stop_grace_seconds must be >= 0 and at most 3600, got 99999",
+            "server \"unknown\": unknown field `colour`",
+            "server \"fromvar\": command[0] \"${PORT_G}\": the program itself cannot come from a variable",
+            "queue \"q1\": server \"nowhere\" is not a profile",
+        ];
+        for want in expected {
+            assert!(
+                mistakes.iter().any(|m| m.starts_with(want)),
+                "no mistake starts with {want:?} in:\n{}",
+                mistakes.join("\n")
+            );
+        }
+        assert!(mistakes.iter().all(|m| !m.contains('\n')), "one line each");
+        // q2's profile is wrong, which is said once, under the profile.
+        assert!(!mistakes.iter().any(|m| m.starts_with("queue \"q2\"")), "{mistakes:?}");
+        assert_eq!(mistakes.len(), expected.len(), "{}", mistakes.join("\n"));
+    }
+
+    #[test]
+    fn the_kubernetes_runtime_needs_an_image_and_refuses_what_it_cannot_run_yet() {
+        let text =
+            "servers:\n  a: {ports: [{name: g, protocol: udp}]}\nqueues:\n  - {name: q, session_size: 2, server: a}\n";
+        let mistakes = load(text, Target::Kubernetes).unwrap_err();
+        assert!(mistakes.iter().any(|m| m.contains("needs `image`")), "{mistakes:?}");
+        // RUNTIME=none starts nothing, so neither command nor image is needed.
+        assert!(load(text, Target::None).is_ok());
+    }
+}

@@ -1,0 +1,450 @@
+//! Server profiles on the local runtime: a studio's own server program, told its session and
+//! ports through its environment, reached by players through the proxy with their tickets, as
+//! its profile's identity mode says; started, watched, capped and stopped by matchplane.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Backend, Http, eventually, local_settings, start_proxy};
+use serde_json::Value;
+use sqlx::Row as _;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// A directory of its own for each test: the queue file and the servers' scripts.
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mp-profiles-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An executable script in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A TCP server nobody here would ship, in Python: it listens on the port matchplane picked,
+/// serves each rostered player once (answering with the hex of every byte it received up to
+/// and including `hello\n`, its session id and its `MAP`), and exits 0 once all have been served.
+const ECHO_SERVER: &str = r#"#!/usr/bin/env python3
+import os, socket, sys
+port = int(os.environ["MATCHPLANE_PORT_GAME"])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(16)
+print("serving", os.environ["MATCHPLANE_SESSION_ID"], "in", os.environ["MATCHPLANE_QUEUE"], flush=True)
+players = os.environ["MATCHPLANE_PLAYERS"].split(",")
+for _ in players:
+    c, _ = s.accept()
+    data = b""
+    while b"hello\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    reply = "GOT %s %s %s %s\n" % (data.hex(), os.environ["MATCHPLANE_SESSION_ID"], os.environ.get("MAP", ""), sys.argv[1])
+    c.sendall(reply.encode())
+    c.close()
+sys.exit(0)
+"#;
+
+/// A backend on the local runtime with the queue file `queues` (its `SCRIPT` replaced by the
+/// scripts' directory), a proxy in front of it, and the history database.
+async fn stack(dir: &Path, queues: &str, ready_timeout: f64) -> (Backend, SocketAddr, String) {
+    let file = dir.join("queues.yaml");
+    std::fs::write(&file, queues.replace("SCRIPT", dir.to_str().unwrap())).unwrap();
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let settings = local_settings(&prefix, &db, &common::built_binary("game-server"))
+        .matchmaking_config(&file)
+        .server_ready_timeout_seconds(ready_timeout)
+        .build()
+        .unwrap();
+    let backend = Backend::start(settings).await;
+    let (proxy, _stop) = start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    (backend, proxy, db)
+}
+
+/// Joins `players` to `queue` as the studio's service and waits until they are all matched.
+async fn matched(http: &Http, queue: &str, players: &[&str]) -> Vec<Value> {
+    for p in players {
+        let (status, body) = http
+            .post_as(
+                &common::service_auth(),
+                "/match/join",
+                serde_json::json!({"player_id": p, "queue": queue}),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+    }
+    let mut statuses = Vec::new();
+    for p in players {
+        statuses.push(
+            eventually(Duration::from_secs(30), || async {
+                let body = http.status(p, 5.0).await;
+                (body["status"] == "matched").then_some(body)
+            })
+            .await,
+        );
+    }
+    statuses
+}
+
+/// Connects through the proxy with `status`'s ticket, sends `hello`, and returns the server's
+/// one reply line and this connection's own address (what the server should see as the player's).
+async fn say_hello(proxy: SocketAddr, status: &Value) -> (String, SocketAddr) {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let me = stream.local_addr().unwrap();
+    let ticket = status["ticket"].as_str().unwrap();
+    stream
+        .write_all(format!("JOIN {ticket}\nhello\n").as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), BufReader::new(stream).read_line(&mut line))
+        .await
+        .expect("the server answers")
+        .unwrap();
+    (line.trim_end().to_owned(), me)
+}
+
+async fn end_reason(db: &str, session: &str) -> String {
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let row = sqlx::query("SELECT end_reason FROM matches WHERE session_id::text = $1")
+            .bind(session)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        row.and_then(|r| r.get::<Option<String>, _>("end_reason"))
+    })
+    .await
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `identity: none`: the server reads only the game's bytes (the proxy consumed the `JOIN`
+/// line it verified), gets its session, queue, ports and `env` (with `${...}` replaced), and
+/// the session completes when it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_server_of_a_profile_gets_only_the_games_bytes_and_completes_when_it_exits_0() {
+    let dir = scratch();
+    script(&dir, "echo-server", ECHO_SERVER);
+    let queues = r#"
+servers:
+  echo:
+    command: ["SCRIPT/echo-server", "port=${PORT_GAME}"]
+    ports: [{name: game, protocol: tcp}]
+    ready: port
+    identity: none
+    ends: exit
+    env: {MAP: "dm-${MATCHPLANE_QUEUE}"}
+queues:
+  - {name: echo-duel, session_size: 2, server: echo}
+"#;
+    let (backend, proxy, db) = stack(&dir, queues, 20.0).await;
+    let statuses = matched(&backend.http, "echo-duel", &["ann", "ben"]).await;
+    let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+    let port = session["addr"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
+    for status in &statuses {
+        let (reply, _) = say_hello(proxy, status).await;
+        let words: Vec<&str> = reply.split(' ').collect();
+        assert_eq!(words[0], "GOT", "{reply}");
+        assert_eq!(hex(words[1]), b"hello\n", "only the game's bytes reach the server");
+        assert_eq!(&words[2..], [sid.as_str(), "dm-echo-duel", &format!("port={port}")]);
+    }
+    assert_eq!(end_reason(&db, &sid).await, "completed");
+    assert_eq!(backend.http.status("ann", 0.0).await["status"], "ended");
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `identity: proxy-v2`: each connection starts with a PROXY v2 header carrying the player's
+/// real address and the verified player and session ids; a client's own header is refused and
+/// never reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_v2_server_learns_each_players_address_and_verified_ids_from_the_header() {
+    let dir = scratch();
+    script(&dir, "echo-server", ECHO_SERVER);
+    let queues = r#"
+servers:
+  echo:
+    command: ["SCRIPT/echo-server", "v2"]
+    ports: [{name: game, protocol: tcp}]
+    identity: proxy-v2
+queues:
+  - {name: duel, session_size: 2, server: echo}
+"#;
+    let (backend, proxy, db) = stack(&dir, queues, 20.0).await;
+    let statuses = matched(&backend.http, "duel", &["cat", "dan"]).await;
+    let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+
+    // A client that sends a header of its own after its JOIN line is refused.
+    let mut forger = TcpStream::connect(proxy).await.unwrap();
+    let mut forged = format!("JOIN {}\n", statuses[0]["ticket"].as_str().unwrap()).into_bytes();
+    forged.extend(protocol::proxy_header::encode(
+        "6.6.6.6:6".parse().unwrap(),
+        "6.6.6.6:7".parse().unwrap(),
+        "dan",
+        &sid,
+    ));
+    forger.write_all(&forged).await.unwrap();
+    let mut line = String::new();
+    BufReader::new(forger).read_line(&mut line).await.unwrap();
+    assert_eq!(line.trim_end(), "ERROR bad_request");
+
+    for (status, player) in statuses.iter().zip(["cat", "dan"]) {
+        let (reply, me) = say_hello(proxy, status).await;
+        let words: Vec<&str> = reply.split(' ').collect();
+        let bytes = hex(words[1]);
+        let header = protocol::proxy_header::decode(&bytes).expect("a PROXY v2 header first");
+        assert_eq!(header.player_addr, me, "the player's own address");
+        assert_eq!(
+            (header.player_id.as_str(), header.session_id.as_str()),
+            (player, sid.as_str())
+        );
+        assert_eq!(&bytes[header.len..], b"hello\n", "then the game's bytes");
+    }
+    assert_eq!(end_reason(&db, &sid).await, "completed");
+    // The refusal was counted.
+    let metrics = Http::new(proxy)
+        .get("/metrics")
+        .await
+        .1
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        metrics.contains(r#"mp_proxy_routes_total{outcome="proxy_header"} 1"#),
+        "{metrics}"
+    );
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The pids a script recorded in `dir`.
+fn recorded_pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pid"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+        .collect()
+}
+
+async fn all_gone(pids: &[i32]) {
+    assert!(!pids.is_empty(), "the script recorded its pid");
+    eventually(Duration::from_secs(10), || async {
+        pids.iter()
+            .all(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), None).is_err())
+            .then_some(())
+    })
+    .await;
+}
+
+/// `ends: sdk`: the server's own report decides how its session ended (here `abandoned`,
+/// though it then exits 0); the report is the documented call, made with the documented
+/// variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_ends_through_the_sdk_reports_its_own_result() {
+    let dir = scratch();
+    script(
+        &dir,
+        "reporter",
+        r#"#!/bin/sh
+echo up
+sleep 0.3
+curl -sS -X POST "$MATCHPLANE_REPORT_URL" -H "authorization: Bearer $MATCHPLANE_REPORT_TOKEN"   -H 'content-type: application/json' -d '{"session_id": "'"$MATCHPLANE_SESSION_ID"'",
+  "end_reason": "abandoned", "started_at": null, "ended_at": "'"$(date -u +%FT%TZ)"'", "players": []}'
+"#,
+    );
+    let queues = r#"
+servers:
+  reporter: {command: ["SCRIPT/reporter"], ports: [{name: game, protocol: tcp}], ready: {log: "^up$"}, ends: sdk}
+queues:
+  - {name: solo, session_size: 1, server: reporter}
+"#;
+    let (backend, _proxy, db) = stack(&dir, queues, 20.0).await;
+    let status = matched(&backend.http, "solo", &["r1"]).await;
+    assert_eq!(
+        end_reason(&db, status[0]["session_id"].as_str().unwrap()).await,
+        "abandoned"
+    );
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that is never ready, or exits at once: the session fails, its players go back to
+/// the head of the queue, and nothing it started is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_server_that_never_binds_or_exits_at_once_fails_and_requeues_its_players() {
+    let dir = scratch();
+    script(
+        &dir,
+        "never-binds",
+        "#!/bin/sh\necho $$ > \"$HOME/../never.pid\"\nsleep 300 &\necho $! > \"$HOME/../never-child.pid\"\nwait\n",
+    );
+    script(&dir, "exits", "#!/bin/sh\necho \"cannot load map\" >&2\nexit 3\n");
+    let queues = r#"
+servers:
+  never: {command: ["SCRIPT/never-binds"], ports: [{name: game, protocol: udp}]}
+  exits: {command: ["SCRIPT/exits"], ports: [{name: game, protocol: tcp}]}
+queues:
+  - {name: never, session_size: 2, flush_wait_seconds: 600, server: never}
+  - {name: exits, session_size: 2, flush_wait_seconds: 600, server: exits}
+"#;
+    let (backend, _proxy, db) = stack(&dir, queues, 1.5).await;
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    for (queue, players) in [("never", ["n1", "n2", "n3"]), ("exits", ["e1", "e2", "e3"])] {
+        for p in players {
+            backend
+                .http
+                .post_as(
+                    &common::service_auth(),
+                    "/match/join",
+                    serde_json::json!({"player_id": p, "queue": queue}),
+                )
+                .await;
+        }
+        let rows = eventually(Duration::from_secs(60), || async {
+            let rows = sqlx::query(
+                "SELECT players, end_reason FROM matches WHERE queue = $1 AND end_reason IS NOT NULL ORDER BY created_at",
+            )
+            .bind(queue)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            (rows.len() >= 2).then_some(rows)
+        })
+        .await;
+        for row in &rows[..2] {
+            assert_eq!(row.get::<Option<String>, _>("end_reason").as_deref(), Some("failed"));
+            // Requeued at the head: the same two again, never the third who joined later.
+            assert_eq!(row.get::<Vec<String>, _>("players"), vec![players[0], players[1]]);
+        }
+    }
+    // The private home is `<tmp>/matchplane-servers-<uid>/<session>`: its parent holds the pids.
+    let homes = std::env::temp_dir().join(format!("matchplane-servers-{}", nix::unistd::getuid()));
+    let pids: Vec<i32> = ["never.pid", "never-child.pid"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(homes.join(f)).ok()?.trim().parse().ok())
+        .collect();
+    all_gone(&pids).await;
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `max_session_seconds` and `stop_grace_seconds`: a server still running at the cap gets
+/// SIGTERM; one that ignores it is killed, with all it started, once its grace is over; the
+/// session ends `terminated`. A server flooding its output is killed and its session fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matchplane_caps_a_session_kills_a_server_ignoring_sigterm_and_one_flooding_its_output() {
+    let dir = scratch();
+    script(
+        &dir,
+        "stubborn",
+        "#!/bin/sh\ntrap '' TERM\necho $$ > SCRIPT/$MATCHPLANE_SESSION_ID.pid\necho up\nwhile true; do sleep 0.2; done\n"
+            .replace("SCRIPT", dir.to_str().unwrap())
+            .as_str(),
+    );
+    script(&dir, "flood", "#!/bin/sh\necho up\nsleep 0.5\nexec yes flooding\n");
+    let queues = r#"
+servers:
+  stubborn:
+    command: ["SCRIPT/stubborn"]
+    ports: [{name: game, protocol: tcp}]
+    ready: {log: "^up$"}
+    max_session_seconds: 1
+    stop_grace_seconds: 1
+  flood:
+    command: ["SCRIPT/flood"]
+    ports: [{name: game, protocol: tcp}]
+    ready: {log: "^up$"}
+queues:
+  - {name: stubborn, session_size: 1, server: stubborn}
+  - {name: flood, session_size: 1, server: flood}
+"#;
+    let (backend, _proxy, db) = stack(&dir, queues, 20.0).await;
+    let stubborn = matched(&backend.http, "stubborn", &["s1"]).await;
+    let flood = matched(&backend.http, "flood", &["f1"]).await;
+    let sid = stubborn[0]["session_id"].as_str().unwrap();
+    assert_eq!(end_reason(&db, sid).await, "terminated");
+    all_gone(&recorded_pids(&dir)).await;
+    assert_eq!(
+        end_reason(&db, flood[0]["session_id"].as_str().unwrap()).await,
+        "failed"
+    );
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A dedicated game server nobody here wrote, unmodified: BZFlag's `bzfs` (Debian's
+/// `bzflag-server`), a TCP profile with `identity: none`. Each player reaches it through the
+/// proxy with a ticket and speaks BZFlag's own handshake (`BZFLAG\r\n\r\n`, answered with
+/// `BZFS` and the protocol version). `-time 3 -g`: its game clock starts with its first player
+/// and it serves one game, so it exits 0 three seconds later, and the session completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bzflags_own_server_runs_as_a_profile_and_its_players_reach_it_with_tickets() {
+    let bzfs = Path::new("/usr/games/bzfs");
+    if !bzfs.exists() {
+        eprintln!("SKIPPED: /usr/games/bzfs is not installed (apt-get install bzflag-server); .ci/run installs it");
+        return;
+    }
+    let dir = scratch();
+    let queues = r#"
+servers:
+  bzflag:
+    command: ["/usr/games/bzfs", "-p", "${PORT_GAME}", "-i", "127.0.0.1", "-g", "-time", "3", "-a", "0", "0"]
+    ports: [{name: game, protocol: tcp}]
+    ready: port
+    identity: none
+    ends: exit
+    max_session_seconds: 120
+queues:
+  - {name: bzflag, session_size: 2, server: bzflag}
+"#;
+    let (backend, proxy, db) = stack(&dir, queues, 20.0).await;
+    let statuses = matched(&backend.http, "bzflag", &["tank-1", "tank-2"]).await;
+    let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+    for status in &statuses {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let ticket = status["ticket"].as_str().unwrap();
+        stream
+            .write_all(format!("JOIN {ticket}\nBZFLAG\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut hello = [0u8; 9];
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut hello),
+        )
+        .await
+        .expect("bzfs answers")
+        .unwrap();
+        assert_eq!(&hello[..4], b"BZFS", "{:?}", String::from_utf8_lossy(&hello));
+        assert_eq!(&hello[4..8], b"0221", "BZFlag protocol 0221");
+    }
+    // Without a ticket nothing reaches it.
+    let mut stranger = TcpStream::connect(proxy).await.unwrap();
+    stranger.write_all(b"BZFLAG\r\n\r\n").await.unwrap();
+    let mut line = String::new();
+    BufReader::new(stranger).read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("ERROR"), "{line}");
+    assert_eq!(end_reason(&db, &sid).await, "completed");
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
