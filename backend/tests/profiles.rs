@@ -288,6 +288,124 @@ queues:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An echo server that never ends by itself: each connection's lines come back.
+const CHAT_SERVER: &str = r#"#!/usr/bin/env python3
+import os, socketserver
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+            self.wfile.flush()
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+server = socketserver.ThreadingTCPServer(("127.0.0.1", int(os.environ["MATCHPLANE_PORT_GAME"])), Echo)
+server.daemon_threads = True
+server.serve_forever()
+"#;
+
+/// Connects `status`'s player through the proxy and checks the server echoes a line.
+async fn connect_and_echo(proxy: SocketAddr, status: &Value) -> BufReader<TcpStream> {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let ticket = status["ticket"].as_str().unwrap();
+    stream
+        .write_all(format!("JOIN {ticket}\nhi\n").as_bytes())
+        .await
+        .unwrap();
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line))
+        .await
+        .expect("an echo")
+        .unwrap();
+    assert_eq!(line, "hi\n");
+    stream
+}
+
+/// Who is connected, as `/sessions/{id}` shows it, once it is `want`.
+async fn connected_becomes(http: &Http, sid: &str, want: &[&str]) {
+    eventually(Duration::from_secs(10), || async {
+        let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+        let connected: Vec<String> = session
+            .get("connected")
+            .map(|c| serde_json::from_value(c.clone()).unwrap())
+            .unwrap_or_default();
+        (connected == want).then_some(())
+    })
+    .await;
+}
+
+/// The proxy reports every player's connections, for any server and with no SDK: the
+/// session lists who is connected now, the history records each player's connect and leave
+/// times, and `empty_grace_seconds` stops a server nobody is connected to: `abandoned` once its
+/// players left, `no_show` when none ever came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_are_seen_connecting_and_leaving_and_an_empty_server_is_stopped() {
+    let dir = scratch();
+    script(&dir, "chat", CHAT_SERVER);
+    let queues = r#"
+servers:
+  chat:
+    command: ["SCRIPT/chat"]
+    ports: [{name: game, protocol: tcp}]
+    empty_grace_seconds: 1.5
+    stop_grace_seconds: 1
+queues:
+  - {name: chat, session_size: 2, server: chat}
+  - {name: nobody, session_size: 1, server: chat}
+"#;
+    let (backend, proxy, db) = stack(&dir, queues, 20.0).await;
+    let http = &backend.http;
+    let statuses = matched(http, "chat", &["amy", "bob"]).await;
+    let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+    connected_becomes(http, &sid, &[]).await;
+
+    let amy = connect_and_echo(proxy, &statuses[0]).await;
+    connected_becomes(http, &sid, &["amy"]).await;
+    // A second connection of the same player changes nothing; closing one of two neither.
+    let amy_again = connect_and_echo(proxy, &statuses[0]).await;
+    let bob = connect_and_echo(proxy, &statuses[1]).await;
+    connected_becomes(http, &sid, &["amy", "bob"]).await;
+    drop(amy_again);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    connected_becomes(http, &sid, &["amy", "bob"]).await;
+    let status = http.status("bob", 0.0).await;
+    assert_eq!(status["connected"], serde_json::json!(["amy", "bob"]), "{status}");
+    drop(amy);
+    connected_becomes(http, &sid, &["bob"]).await;
+    // Still running while anyone is connected, however long.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(http.status("amy", 0.0).await["status"], "matched");
+    drop(bob);
+    assert_eq!(end_reason(&db, &sid).await, "abandoned");
+
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT player_id, joined_at, left_at FROM match_players WHERE session_id::text = $1 ORDER BY player_id",
+    )
+    .bind(&sid)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in &rows {
+        let joined: Option<time::OffsetDateTime> = row.get("joined_at");
+        let left: Option<time::OffsetDateTime> = row.get("left_at");
+        let (joined, left) = (joined.expect("joined_at"), left.expect("left_at"));
+        assert!(
+            left > joined,
+            "{}: joined {joined}, left {left}",
+            row.get::<String, _>("player_id")
+        );
+    }
+
+    let alone = matched(http, "nobody", &["nia"]).await;
+    assert_eq!(
+        end_reason(&db, alone[0]["session_id"].as_str().unwrap()).await,
+        "no_show"
+    );
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A server that is never ready, or exits at once: the session fails, its players go back to
 /// the head of the queue, and nothing it started is left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -361,6 +361,8 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
         ended_ms: None,
         end_reason: None,
         reported: false,
+        connected: Vec::new(),
+        empty_since_ms: None,
         placement: Default::default(),
     };
     let key = protocol::sessions::sessions_key(&args.redis_key_prefix);

@@ -41,6 +41,10 @@ pub enum Change {
     },
     /// The game server's result report, arriving after the session had already ended.
     Reported { report: ResultReport },
+    /// `players` (one) opened a first connection to the session's server, as the proxy saw it.
+    Connected,
+    /// `players` (one) closed its last connection to the session's server.
+    Left,
     /// Not a session's change: these players' ticket in `queue` waited too long (published
     /// for long polls only; `session_id` is `timed_out`).
     TimedOut { queue: String },
@@ -63,6 +67,8 @@ impl Change {
             Change::Ready { .. } => "ready",
             Change::Ended { .. } => "ended",
             Change::Reported { .. } => "reported",
+            Change::Connected => "connected",
+            Change::Left => "left",
             Change::TimedOut { .. } => "timed_out",
         }
     }
@@ -104,6 +110,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let connected = br#"{"at_ms":8,"kind":"connected","players":["a"],"session_id":"s"}"#;
+        assert_eq!(SessionEvent::from_json(connected).unwrap().change, Change::Connected);
         let ended = br#"{"at_ms":7,"kind":"ended","players":["a"],"reason":"failed","requeued":true,"session_id":"s"}"#;
         assert!(matches!(
             SessionEvent::from_json(ended).unwrap().change,

@@ -79,6 +79,10 @@ pub struct MatchResponse {
     /// How long the ticket has waited, while queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<i64>,
+    /// The session's players connected to its server now, as the proxy sees them (left out
+    /// when none is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connected: Vec<String>,
     /// The queue; while queued, `skill_spread` and `max_latency_ms` say what the search allows
     /// now; in a session, its teams, region and quality.
     #[serde(flatten)]
@@ -299,6 +303,10 @@ pub struct SessionView {
     pub end_reason: Option<EndReason>,
     /// The running length a client asked for, as the server reported it.
     pub requested_seconds: Option<u64>,
+    /// Its players connected to its server now, as the proxy sees them (left out when none
+    /// is, and for ended sessions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connected: Vec<String>,
     /// Its queue, teams, region and quality.
     #[serde(flatten)]
     pub placement: crate::sessions::Placement,
@@ -505,6 +513,7 @@ mod tests {
             ticket: None,
             end_reason: None,
             wait_ms: None,
+            connected: Vec::new(),
             placement: crate::sessions::Placement::default(),
         };
         assert_eq!(

@@ -245,6 +245,17 @@ pub struct SessionRecord {
     /// Whether the game server's result report arrived.
     #[serde(default)]
     pub reported: bool,
+    /// The players with a connection (or UDP flow) open to the server now, as the proxy
+    /// reports them, in order of connecting.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "list_or_empty_object"
+    )]
+    pub connected: Vec<String>,
+    /// Since when no player has been connected, once one had been (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_since_ms: Option<i64>,
     #[serde(flatten)]
     pub placement: Placement,
 }
@@ -279,6 +290,8 @@ mod tests {
             ended_ms: None,
             end_reason: None,
             reported: false,
+            connected: Vec::new(),
+            empty_since_ms: None,
             placement: Placement::default(),
         };
         let json = serde_json::to_value(&record).unwrap();

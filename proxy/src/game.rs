@@ -346,6 +346,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
     }
     ctx.metrics.route(Route::Routed);
     tracing::debug!(session = %claims.sid, player = ?claims.sub, %addr, "spliced");
+    let closed = claims.sub.as_ref().map(|player| track(ctx, &claims.sid, player));
     let up_front = first.len() as u64;
     tokio::select! {
         (up, down) = splice(&mut client, &mut server) => {
@@ -353,6 +354,43 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
         }
         () = cancel.cancelled() => tracing::debug!(session = %claims.sid, "drain over: closing a spliced connection"),
     }
+    drop(closed);
+}
+
+/// Retries of recording a player's connection in Redis; logged at `debug` (an outage fails
+/// many at once, and each is logged once, when it gives up).
+pub const PRESENCE: Policy = Policy::new("presence", Duration::from_millis(50), Duration::from_secs(1)).quiet();
+/// How long recording one change may keep trying.
+const PRESENCE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Records that `player`'s connection to session `sid`'s server opened, and that it closed once
+/// the returned sender is dropped, in that order, off the connection's path.
+fn track(ctx: &Context, sid: &str, player: &str) -> tokio::sync::oneshot::Sender<()> {
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let (link, presence) = (ctx.redis.clone(), ctx.presence.clone());
+    let (sid, player) = (sid.to_owned(), player.to_owned());
+    tokio::spawn(async move {
+        let mut closed_rx = Some(closed_rx);
+        for opened in [true, false] {
+            if !opened && let Some(closed) = closed_rx.take() {
+                let _ = closed.await;
+            }
+            let now_ms = matchmaking_core::store::now_ms();
+            let deadline = Instant::now() + PRESENCE_PATIENCE;
+            let mut backoff = PRESENCE.start();
+            loop {
+                match presence.record(&mut link.conn(), &sid, &player, opened, now_ms).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() + PRESENCE.cap() < deadline => backoff.sleep(&e).await,
+                    Err(e) => {
+                        tracing::warn!(session = %sid, %player, opened, error = %e, "could not record a player's connection");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    closed_tx
 }
 
 #[cfg(test)]

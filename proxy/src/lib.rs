@@ -42,6 +42,8 @@ struct Context {
     redis: service::redis::RedisLink,
     /// Where session records live.
     sessions_key: String,
+    /// Records players' connections to session servers.
+    presence: matchmaking_core::store::Presence,
     backend: Client<HttpConnector, Full<Bytes>>,
     metrics: Metrics,
     routes: game::Routes,
@@ -104,6 +106,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         limiter: limits::RateLimiter::new(settings.rate_per_second, settings.rate_burst),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         sessions_key: protocol::sessions::sessions_key(&settings.key_prefix),
+        presence: matchmaking_core::store::Presence::new(&settings.key_prefix),
         settings,
         redis,
         backend,

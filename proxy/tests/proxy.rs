@@ -94,6 +94,8 @@ impl Proxy {
             ended_ms: None,
             end_reason: None,
             reported: false,
+            connected: Vec::new(),
+            empty_since_ms: None,
             placement: Default::default(),
         };
         let _: () = redis::cmd("HSET")

@@ -80,6 +80,8 @@ impl RowChange {
                 row.end_reason = Some(*reason);
             }
             Change::Reported { .. } => {}
+            // A player's connection: attendance only (see `merge`).
+            Change::Connected | Change::Left => return None,
             // Published for long polls only; never in the outbox.
             Change::TimedOut { .. } => return None,
         }
@@ -132,20 +134,30 @@ fn merge(entries: &[Entry]) -> (BTreeMap<Uuid, RowChange>, BTreeMap<(Uuid, Strin
     let mut players: BTreeMap<(Uuid, String), Attendance> = BTreeMap::new();
     for entry in entries {
         let e = &entry.event;
-        let Some(row) = RowChange::of(e) else { continue };
-        match rows.entry(entry.session_id) {
-            btree_map::Entry::Occupied(mut stored) => stored.get_mut().then(row),
-            btree_map::Entry::Vacant(new) => {
-                new.insert(row);
+        let at = from_ms(e.at_ms);
+        // The proxy's view of a player's connections: its first connect and its latest leave.
+        let seen: Option<Attendance> = match e.change {
+            Change::Connected => Some((Some(at), None)),
+            Change::Left => Some((None, Some(at))),
+            _ => None,
+        };
+        if seen.is_none() {
+            let Some(row) = RowChange::of(e) else { continue };
+            match rows.entry(entry.session_id) {
+                btree_map::Entry::Occupied(mut stored) => stored.get_mut().then(row),
+                btree_map::Entry::Vacant(new) => {
+                    new.insert(row);
+                }
             }
         }
-        let times: Vec<(&String, Attendance)> = match e.change.report() {
-            Some(r) => r
+        let times: Vec<(&String, Attendance)> = match (e.change.report(), seen) {
+            (Some(r), _) => r
                 .players
                 .iter()
                 .map(|p| (&p.player_id, (p.joined_at, p.left_at)))
                 .collect(),
-            None => e.players.iter().map(|p| (p, (None, None))).collect(),
+            (None, Some(seen)) => e.players.iter().map(|p| (p, seen)).collect(),
+            (None, None) => e.players.iter().map(|p| (p, (None, None))).collect(),
         };
         for (player, (joined, left)) in times {
             // Joined: the first time stays; left: the latest report's.
@@ -238,7 +250,7 @@ impl MatchColumns {
 /// another, converges on the same rows.
 pub(super) async fn apply_events(tx: &mut Transaction<'_, Postgres>, entries: &[Entry]) -> Result<(), sqlx::Error> {
     let (rows, players) = merge(entries);
-    if rows.is_empty() {
+    if rows.is_empty() && players.is_empty() {
         return Ok(());
     }
     let mut columns = MatchColumns::with_capacity(rows.len());
@@ -315,6 +327,9 @@ pub(super) async fn apply_events(tx: &mut Transaction<'_, Postgres>, entries: &[
     sqlx::query(
         "INSERT INTO match_players (session_id, player_id, joined_at, left_at)
          SELECT s, p, j, l FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[]) AS t(s, p, j, l)
+         -- A connection seen by the proxy names a session whose row its formed event wrote
+         -- first; should it ever come alone, it is dropped rather than failing the batch.
+         WHERE EXISTS (SELECT 1 FROM matches WHERE matches.session_id = t.s)
          ORDER BY s, p
          ON CONFLICT (session_id, player_id) DO UPDATE SET
            joined_at = COALESCE(match_players.joined_at, EXCLUDED.joined_at),

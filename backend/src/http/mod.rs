@@ -183,6 +183,7 @@ impl AppState {
             ticket: None,
             end_reason: None,
             wait_ms: None,
+            connected: Vec::new(),
             placement: Placement::default(),
         };
         match view {
@@ -211,6 +212,9 @@ impl AppState {
                 response.session_id = session_id;
                 response.players = record.players;
                 response.placement = placement_of(record.placement);
+                if record.state != SessionState::Ended {
+                    response.connected = record.connected;
+                }
                 match record.state {
                     SessionState::Allocating => {}
                     SessionState::Matched => {
@@ -227,6 +231,7 @@ impl AppState {
         // The default queue answers in the original system's shape, field for field.
         if response.placement.queue.as_deref() == Some(DEFAULT_QUEUE) {
             response.wait_ms = None;
+            response.connected = Vec::new();
             response.placement = Placement::default();
         }
         response
@@ -263,6 +268,11 @@ fn view_of_record(session_id: String, record: SessionRecord) -> SessionView {
         ended_at: record.ended_ms.map(from_ms),
         end_reason: record.end_reason,
         requested_seconds: None,
+        connected: if record.state == SessionState::Ended {
+            Vec::new()
+        } else {
+            record.connected
+        },
         placement: placement_of(record.placement),
     }
 }
@@ -282,6 +292,7 @@ fn view_of_row(row: MatchRow) -> SessionView {
         ended_at: row.ended_at,
         end_reason: row.end_reason,
         requested_seconds: row.requested_seconds.and_then(|s| u64::try_from(s).ok()),
+        connected: Vec::new(),
         placement: placement_of(row.placement),
     }
 }

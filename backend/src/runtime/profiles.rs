@@ -557,9 +557,6 @@ impl ProfileSpec {
             }
             Target::None => {}
         }
-        if empty_grace.is_some() {
-            mistake("empty_grace_seconds needs the proxy's reports of who is connected, which this version does not make yet; use max_session_seconds".into());
-        }
         if matches!(ready, Ready::Sdk) {
             mistake("ready: sdk needs the server SDK's ready call, which this version does not serve yet; use `port` or `{log: ...}`".into());
         }
@@ -593,6 +590,7 @@ servers:
     identity: proxy-v2
     ends: exit
     max_session_seconds: 3600
+    empty_grace_seconds: 30
     stop_grace_seconds: 5
     env: {MAP: dm1, SESSION: "s-${SESSION_ID}"}
 queues:
@@ -625,7 +623,7 @@ queues:
         assert_eq!(arena.identity, Identity::ProxyV2);
         assert_eq!(arena.ends, Ends::Exit);
         assert_eq!(arena.max_session, Some(Duration::from_secs(3600)));
-        assert_eq!(arena.empty_grace, None);
+        assert_eq!(arena.empty_grace, Some(Duration::from_secs(30)));
         assert_eq!(arena.stop_grace, Duration::from_secs(5));
         assert!(!arena.can_be_warm());
         let casual = profiles.for_queue("casual");
@@ -701,7 +699,6 @@ queues:
             "server \"modes2\": identity: \"hello\" is not an identity mode",
             "server \"caps\": max_session_seconds must be > 0",
             "server \"caps\": empty_grace_seconds must be > 0",
-            "server \"caps\": empty_grace_seconds needs the proxy's reports",
             "server \"caps\": stop_grace_seconds must be >= 0 and at most 3600, got 99999",
             "server \"unknown\": unknown field `colour`",
             "server \"fromvar\": command[0] \"${PORT_G}\": the program itself cannot come from a variable",

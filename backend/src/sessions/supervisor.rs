@@ -226,8 +226,19 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
             None => std::future::pending().await,
         }
     };
+    let empty = async {
+        match profile.empty_grace {
+            Some(grace) => empty_for(sessions, sid, grace).await,
+            None => std::future::pending().await,
+        }
+    };
     let (reason, exit) = tokio::select! {
         exit = server.wait() => (exit_reason(profile.ends, &exit), Some(exit)),
+        reason = empty => {
+            tracing::info!(grace = ?profile.empty_grace, %reason, "no player connected for the profile's empty_grace_seconds; stopping its server");
+            stop_server(server.as_mut(), profile.stop_grace).await;
+            (reason, None)
+        }
         () = stop.cancelled() => {
             stop_server(server.as_mut(), profile.stop_grace).await;
             (EndReason::Stopped, None)
@@ -260,6 +271,35 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     // A report, an operator stop or this very end: the first one counted, this is a no-op
     // then. A server that exits without having reported fails its session.
     sessions.end_with_retry(sid, reason).await;
+}
+
+/// How often a session with an empty grace looks at who is connected.
+const EMPTY_CHECK: Duration = Duration::from_secs(1);
+
+/// Resolves once no player has been connected to session `sid`'s server for `grace`, as the
+/// proxy reports connections: `abandoned` when players had been connected, `no_show` when none
+/// ever was (the grace then counts from the server being ready). Redis errors only delay it.
+async fn empty_for(sessions: &Sessions, sid: &str, grace: Duration) -> EndReason {
+    let ready = matchmaking_core::store::now_ms();
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(EMPTY_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(Some(record)) = sessions.store().session(sid).await else {
+            continue;
+        };
+        if !record.connected.is_empty() {
+            continue;
+        }
+        let (since, reason) = match record.empty_since_ms {
+            Some(since) => (since, EndReason::Abandoned),
+            None => (record.ready_ms.unwrap_or(ready), EndReason::NoShow),
+        };
+        if matchmaking_core::store::now_ms() - since >= grace_ms {
+            return reason;
+        }
+    }
 }
 
 /// How a session whose server went away by itself ended: a server that ends by exiting has

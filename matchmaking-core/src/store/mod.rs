@@ -22,9 +22,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use service::redis::{LinkConnection, RedisLink, RedisTarget};
 
+mod presence;
 mod queue;
 mod sessions;
 
+pub use presence::{Counted, Presence};
 pub use queue::QueueStore;
 pub use sessions::ServerRoute;
 
@@ -55,6 +57,7 @@ pub(crate) static READY: LazyLock<Script> = script!("ready.lua");
 pub(crate) static END: LazyLock<Script> = script!("end.lua");
 pub(crate) static PLACE: LazyLock<Script> = script!("place.lua");
 pub(crate) static LEASE: LazyLock<Script> = script!("lease.lua");
+pub(crate) static PRESENCE: LazyLock<Script> = script!("presence.lua");
 
 /// Redis failed; matchmaking cannot go on until it is back.
 pub type Result<T, E = redis::RedisError> = std::result::Result<T, E>;
