@@ -406,6 +406,185 @@ queues:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A UDP game server nobody here would ship: it answers each datagram with where it came from
+/// and what it said.
+const UDP_ECHO: &str = r#"#!/usr/bin/env python3
+import os, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(os.environ["MATCHPLANE_PORT_GAME"])))
+while True:
+    data, addr = s.recvfrom(65535)
+    s.sendto(b"from %s:%d: " % (addr[0].encode(), addr[1]) + data, addr)
+"#;
+
+/// Sends `datagram` and returns the proxy's answer, or `None` after `wait`.
+async fn ask(socket: &tokio::net::UdpSocket, proxy: SocketAddr, datagram: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    socket.send_to(datagram, proxy).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    match tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(buf[..n].to_vec()),
+        _ => None,
+    }
+}
+
+fn udp_counter(metrics: &str, outcome: &str) -> u64 {
+    let prefix = format!("mp_proxy_udp_datagrams_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// UDP on the proxy's public port number: the ticket in a JOIN opens the player's flow and
+/// the proxy hands back a connection id; the server sees only the game's datagrams, from one
+/// address of the proxy's per player; a client whose address changes keeps its flow; unknown
+/// ids, garbage and forged tickets reach nothing and are never answered with more than they
+/// sent; a flow over its rate is cut down; a silent flow expires, and the player is then no
+/// longer connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_players_reach_their_server_through_the_public_port_with_their_tickets() {
+    use protocol::udp::{self, FromProxy};
+    let dir = scratch();
+    script(&dir, "udp-echo", UDP_ECHO);
+    let file = dir.join("queues.yaml");
+    let queues = r#"
+servers:
+  udp:
+    command: ["SCRIPT/udp-echo"]
+    ports: [{name: game, protocol: udp}]
+    empty_grace_seconds: 1
+queues:
+  - {name: udp, session_size: 1, server: udp}
+"#;
+    std::fs::write(&file, queues.replace("SCRIPT", dir.to_str().unwrap())).unwrap();
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let settings = local_settings(&prefix, &db, &common::built_binary("game-server"))
+        .matchmaking_config(&file)
+        .build()
+        .unwrap();
+    let backend = Backend::start(settings).await;
+    let (proxy, _stop) = start_proxy(
+        backend.addr,
+        &prefix,
+        &[
+            "--player-rate-limit-per-second",
+            "0",
+            "--udp-idle-seconds",
+            "2",
+            "--udp-flow-rate-per-second",
+            "50",
+        ],
+    )
+    .await;
+    let http = &backend.http;
+    let status = matched(http, "udp", &["uma"]).await.remove(0);
+    let sid = status["session_id"].as_str().unwrap().to_owned();
+    let ticket = status["ticket"].as_str().unwrap();
+    let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+    assert!(session["addr"].is_null(), "no TCP port: {session}");
+    let metrics = || async {
+        Http::new(proxy)
+            .get("/metrics")
+            .await
+            .1
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // Before any JOIN, nothing is answered and nothing reaches the server.
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let wait = Duration::from_millis(400);
+    assert_eq!(ask(&client, proxy, &udp::data(12345, b"sneak"), wait).await, None);
+    assert_eq!(ask(&client, proxy, b"\xffgarbage", wait).await, None);
+    // A forged ticket is refused, in fewer bytes than it took.
+    let forged = protocol::TicketSecret::new("not-the-secret".to_owned())
+        .unwrap()
+        .mint(&protocol::Claims::game("uma", &sid, protocol::ticket::unix_now(), 60));
+    let join = udp::join([9, 9, 9, 9], &forged);
+    let answer = ask(&client, proxy, &join, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert!(answer.len() <= join.len());
+    assert_eq!(
+        udp::parse_proxy(&answer),
+        Some(FromProxy::Refused {
+            nonce: [9, 9, 9, 9],
+            code: "bad_ticket"
+        })
+    );
+
+    // The real ticket opens the flow; the same JOIN again gets the same id.
+    let welcome = ask(&client, proxy, &udp::join([1, 2, 3, 4], ticket), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Some(FromProxy::Welcome { nonce, id }) = udp::parse_proxy(&welcome) else {
+        panic!("{welcome:?}")
+    };
+    assert_eq!(nonce, [1, 2, 3, 4]);
+    let again = ask(&client, proxy, &udp::join([5, 6, 7, 8], ticket), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        udp::parse_proxy(&again),
+        Some(FromProxy::Welcome {
+            nonce: [5, 6, 7, 8],
+            id
+        })
+    );
+    let echo = ask(&client, proxy, &udp::data(id, b"ping"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Some(FromProxy::Data { payload }) = udp::parse_proxy(&echo) else {
+        panic!("{echo:?}")
+    };
+    let text = String::from_utf8(payload.to_vec()).unwrap();
+    let (source, said) = text.strip_prefix("from ").unwrap().split_once(": ").unwrap();
+    assert_eq!(said, "ping", "only the game's bytes");
+    assert_ne!(
+        source,
+        client.local_addr().unwrap().to_string(),
+        "the proxy's own address"
+    );
+    connected_becomes(http, &sid, &["uma"]).await;
+
+    // A NAT rebinding: a new client address with the same id keeps the flow and its source.
+    let moved = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo = ask(&moved, proxy, &udp::data(id, b"moved"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Some(FromProxy::Data { payload }) = udp::parse_proxy(&echo) else {
+        panic!("{echo:?}")
+    };
+    assert_eq!(String::from_utf8_lossy(payload), format!("from {source}: moved"));
+
+    // A storm from one client: the flow's rate (50/s, as many at once) holds.
+    for i in 0..300u32 {
+        moved.send_to(&udp::data(id, &i.to_be_bytes()), proxy).await.unwrap();
+    }
+    let mut answered = 0;
+    let mut buf = vec![0u8; 2048];
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), moved.recv_from(&mut buf)).await {
+        answered += 1;
+    }
+    assert!((40..=70).contains(&answered), "{answered} of 300 got through");
+    let text = metrics().await;
+    // What the kernel did not drop first (a burst can overflow a socket's buffer) was cut down.
+    assert!(udp_counter(&text, "rate_limited") >= 100, "{text}");
+    assert!(udp_counter(&text, "unknown_flow") >= 1 && udp_counter(&text, "malformed") >= 1);
+    assert!(text.contains("mp_proxy_udp_rebinds_total 1"), "{text}");
+
+    // Silence: the flow expires, its id is dead, and the player is no longer connected.
+    connected_becomes(http, &sid, &[]).await;
+    assert_eq!(ask(&moved, proxy, &udp::data(id, b"late"), wait).await, None);
+    // And with nobody connected, the server is stopped after its empty grace.
+    assert_eq!(end_reason(&db, &sid).await, "abandoned");
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A server that is never ready, or exits at once: the session fails, its players go back to
 /// the head of the queue, and nothing it started is left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@
 //! - [`proxy_header`]: the PROXY protocol v2 header carrying a verified player to a server.
 //! - [`server`]: the defaults of the game server's settings the runtimes rely on.
 //! - [`sessions`]: the session record the backend writes and the proxy routes by.
+//! - [`udp`]: the framing of game datagrams between a client and the proxy.
 
 pub mod api;
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod proxy_header;
 pub mod server;
 pub mod sessions;
 pub mod ticket;
+pub mod udp;
 
 pub use codec::{CodecError, LineCodec, MAX_LINE_BYTES};
 pub use line::{ClientCommand, ErrorCode, GameState, ServerReply};

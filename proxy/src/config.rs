@@ -58,6 +58,14 @@ pub struct Config {
     /// Burst of joins and status polls allowed for one player.
     #[arg(long, env = "PLAYER_RATE_LIMIT_BURST", default_value_t = 20.0)]
     pub player_rate_limit_burst: f64,
+    /// A UDP flow (one player's datagrams in one session) ends after this long without a
+    /// datagram from its client.
+    #[arg(long, env = "UDP_IDLE_SECONDS", default_value_t = 30.0)]
+    pub udp_idle_seconds: f64,
+    /// Datagrams a second one UDP flow's client may send (and as many at once); more are
+    /// dropped.
+    #[arg(long, env = "UDP_FLOW_RATE_PER_SECOND", default_value_t = 2000.0)]
+    pub udp_flow_rate_per_second: f64,
     #[command(flatten)]
     pub players: PlayerAuthArgs,
     #[command(flatten)]
@@ -79,6 +87,8 @@ pub struct Settings {
     pub drain: Duration,
     pub player_rate_per_second: f64,
     pub player_rate_burst: f64,
+    pub udp_idle: Duration,
+    pub udp_flow_rate: f64,
     /// Player-token keys, to rate-limit per verified player.
     pub players: PlayerAuthSettings,
 }
@@ -102,6 +112,13 @@ impl Config {
             return Err("PLAYER_RATE_LIMIT_PER_SECOND must be >= 0 and PLAYER_RATE_LIMIT_BURST >= 1".into());
         }
         let players = self.players.validate()?;
+        let udp_idle = seconds("UDP_IDLE_SECONDS", self.udp_idle_seconds)?;
+        if udp_idle.is_zero() {
+            return Err("UDP_IDLE_SECONDS must be > 0".into());
+        }
+        if !(self.udp_flow_rate_per_second.is_finite() && self.udp_flow_rate_per_second >= 1.0) {
+            return Err("UDP_FLOW_RATE_PER_SECOND must be at least 1".into());
+        }
         let first_line_timeout = seconds("FIRST_LINE_TIMEOUT_SECONDS", self.first_line_timeout_seconds)?;
         if first_line_timeout.is_zero() {
             return Err("FIRST_LINE_TIMEOUT_SECONDS must be > 0".into());
@@ -119,6 +136,8 @@ impl Config {
             drain: seconds("DRAIN_SECONDS", self.drain_seconds)?,
             player_rate_per_second: self.player_rate_limit_per_second,
             player_rate_burst: self.player_rate_limit_burst,
+            udp_idle,
+            udp_flow_rate: self.udp_flow_rate_per_second,
             players,
         })
     }

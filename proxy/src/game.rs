@@ -176,11 +176,14 @@ mod zero_copy {
     }
 }
 
-/// Where a session's players' TCP connections go, and how the server learns who they are.
+/// Where a session's players' connections go, and how the server learns who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Target {
-    addr: SocketAddr,
-    identity: Identity,
+pub(crate) struct Target {
+    /// Its TCP game port, if it has one.
+    pub(crate) tcp: Option<SocketAddr>,
+    /// Its UDP game port, if it has one.
+    pub(crate) udp: Option<SocketAddr>,
+    pub(crate) identity: Identity,
 }
 
 /// Recently looked-up session servers.
@@ -225,7 +228,7 @@ const LOOKUP_PATIENCE: Duration = Duration::from_secs(3);
 pub const SESSION_LOOKUP: Policy =
     Policy::new("session_lookup", Duration::from_millis(50), Duration::from_millis(500)).quiet();
 
-async fn lookup(ctx: &Context, sid: &str) -> Result<Target, ErrorCode> {
+pub(crate) async fn lookup(ctx: &Context, sid: &str) -> Result<Target, ErrorCode> {
     if let Some(target) = ctx.routes.get(sid) {
         return Ok(target);
     }
@@ -249,17 +252,21 @@ async fn lookup(ctx: &Context, sid: &str) -> Result<Target, ErrorCode> {
     let record = raw.and_then(|raw| serde_json::from_slice::<SessionRecord>(&raw).ok());
     match record {
         Some(record) if record.state == SessionState::Ended => Err(ErrorCode::SessionOver),
-        Some(record) => match record.route() {
-            Some(addr) => {
-                let target = Target {
-                    addr: addr.parse().map_err(|_| ErrorCode::ServerUnreachable)?,
-                    identity: record.identity,
-                };
-                ctx.routes.put(sid, target);
-                Ok(target)
-            }
-            None => Err(ErrorCode::UnknownSession),
-        },
+        Some(record) if record.state == SessionState::Matched => {
+            let parse = |addr: &Option<String>| -> Result<Option<SocketAddr>, ErrorCode> {
+                addr.as_deref()
+                    .map(|a| a.parse().map_err(|_| ErrorCode::ServerUnreachable))
+                    .transpose()
+            };
+            let target = Target {
+                tcp: parse(&record.addr)?,
+                udp: parse(&record.udp_addr)?,
+                identity: record.identity,
+            };
+            ctx.routes.put(sid, target);
+            Ok(target)
+        }
+        Some(_) => Err(ErrorCode::UnknownSession),
         None => Err(ErrorCode::UnknownSession),
     }
 }
@@ -291,10 +298,14 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
         .verify(&ticket, Audience::Game, protocol::ticket::unix_now())
         .map_err(|e| ErrorCode::from(&e));
     let routed = match verified {
-        Ok(claims) => lookup(ctx, &claims.sid).await.map(|addr| (claims, addr)),
+        Ok(claims) => lookup(ctx, &claims.sid).await.and_then(|target| match target.tcp {
+            Some(addr) => Ok((claims, addr, target.identity)),
+            // A session whose server has no TCP port: its players come over UDP.
+            None => Err(ErrorCode::UnknownSession),
+        }),
         Err(code) => Err(code),
     };
-    let (claims, Target { addr, identity }) = match routed {
+    let (claims, addr, identity) = match routed {
         Ok(found) => found,
         Err(code) => {
             ctx.metrics.route(outcome(&code));
@@ -365,7 +376,7 @@ const PRESENCE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Records that `player`'s connection to session `sid`'s server opened, and that it closed once
 /// the returned sender is dropped, in that order, off the connection's path.
-fn track(ctx: &Context, sid: &str, player: &str) -> tokio::sync::oneshot::Sender<()> {
+pub(crate) fn track(ctx: &Context, sid: &str, player: &str) -> tokio::sync::oneshot::Sender<()> {
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
     let (link, presence) = (ctx.redis.clone(), ctx.presence.clone());
     let (sid, player) = (sid.to_owned(), player.to_owned());

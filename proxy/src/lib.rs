@@ -14,6 +14,7 @@ mod health;
 mod http;
 mod limits;
 mod metrics;
+mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,6 +122,15 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let soft = ctx.draining.clone();
     let hard = CancellationToken::new();
     warn_if_few_descriptors(ctx.settings.max_connections);
+    // UDP on the public port's number: players of servers with a UDP port. Its flows go on
+    // through the drain, as spliced connections do.
+    let public = listener.local_addr()?;
+    let udp_socket = tokio::net::UdpSocket::bind(public)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind UDP {public} (the public port's number): {e}"))?;
+    let udp_stop = CancellationToken::new();
+    let relay = udp::Relay::new(udp_socket, ctx.settings.udp_idle, ctx.settings.udp_flow_rate);
+    let udp_task = tokio::spawn(udp::serve(ctx.clone(), relay, udp_stop.clone()));
     tracing::info!(addr = %listener.local_addr()?, backend = %ctx.settings.backend_url, "proxy ready");
     loop {
         let (stream, peer) = tokio::select! {
@@ -162,6 +172,8 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         hard.cancel();
         let _ = timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
     }
+    udp_stop.cancel();
+    let _ = udp_task.await;
     let _ = checks.await;
     Ok(())
 }

@@ -22,8 +22,8 @@ struct DirectionLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: &'static str,
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +41,8 @@ pub(crate) struct Metrics {
     bytes: Family<DirectionLabel, Counter>,
     routes: Family<OutcomeLabel, Counter>,
     http: Family<StatusLabel, Histogram, fn() -> Histogram>,
+    /// The UDP relay's.
+    pub(crate) udp: crate::udp::UdpMetrics,
 }
 
 /// How a connection was routed (or why not), as `mp_proxy_routes_total` counts it.
@@ -140,12 +142,26 @@ impl Metrics {
             }));
         }
         service::backoff::register(&mut registry, retries);
+        let datagrams = Family::<OutcomeLabel, Counter>::default();
+        let (flows, rebinds) = (Gauge::default(), Counter::default());
+        registry.register(
+            "mp_proxy_udp_datagrams",
+            "UDP datagrams on the public port by what became of them",
+            datagrams.clone(),
+        );
+        registry.register("mp_proxy_udp_flows", "UDP flows open", flows.clone());
+        registry.register(
+            "mp_proxy_udp_rebinds",
+            "UDP flows whose client moved to a new address",
+            rebinds.clone(),
+        );
         Metrics {
             registry,
             open,
             bytes,
             routes,
             http,
+            udp: crate::udp::UdpMetrics::new(&datagrams, flows, rebinds),
         }
     }
 }
@@ -220,6 +236,12 @@ mod tests {
                 .iter()
                 .map(|r| format!("mp_proxy_routes_total{{outcome=\"{}\"}} 0", r.label())),
         );
+        lines.extend(
+            crate::udp::Outcome::ALL
+                .iter()
+                .map(|o| format!("mp_proxy_udp_datagrams_total{{outcome=\"{}\"}} 0", o.label())),
+        );
+        lines.push("mp_proxy_udp_flows 0".to_owned());
         for line in lines {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }

@@ -1,0 +1,407 @@
+//! UDP on the public port number: each player's datagrams relayed to and from the UDP port of
+//! their session's server, after the player's ticket was verified in a JOIN (the framing is in
+//! `protocol::udp`).
+//!
+//! A *flow* is one player's, in one session: a random 64-bit connection id handed back in the
+//! WELCOME, the client's current address, and a socket of the proxy's own connected to the
+//! server, so the server sees each player as one distinct source address and only the game's
+//! bytes. Client datagrams are read by one task and sent on with a non-blocking send on the
+//! flow's socket; each flow's task relays the server's datagrams back. Nothing reaches a
+//! server before a ticket was verified for its session, and nothing is answered that is larger
+//! than what asked: malformed datagrams, unknown ids and datagrams over a flow's rate are
+//! dropped in silence (each counted by reason). A flow ends after `UDP_IDLE_SECONDS` without a
+//! datagram from its client, or when its server's port is gone.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use protocol::udp::{self, FromClient};
+use protocol::{Audience, ErrorCode};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Context;
+
+/// The largest datagram relayed (IPv4's UDP payload limit).
+const MAX_DATAGRAM: usize = 65_507;
+/// How often idle flows are looked for.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// Why a datagram was dropped, or what was done with it, as `mp_proxy_udp_datagrams_total`
+/// counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    ToServer,
+    ToClient,
+    Welcomed,
+    Refused,
+    Malformed,
+    UnknownFlow,
+    RateLimited,
+    JoinRateLimited,
+    SendFailed,
+}
+
+impl Outcome {
+    pub(crate) const ALL: [Outcome; 9] = [
+        Outcome::ToServer,
+        Outcome::ToClient,
+        Outcome::Welcomed,
+        Outcome::Refused,
+        Outcome::Malformed,
+        Outcome::UnknownFlow,
+        Outcome::RateLimited,
+        Outcome::JoinRateLimited,
+        Outcome::SendFailed,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Outcome::ToServer => "relayed_to_server",
+            Outcome::ToClient => "relayed_to_client",
+            Outcome::Welcomed => "join_welcomed",
+            Outcome::Refused => "join_refused",
+            Outcome::Malformed => "malformed",
+            Outcome::UnknownFlow => "unknown_flow",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::JoinRateLimited => "join_rate_limited",
+            Outcome::SendFailed => "send_failed",
+        }
+    }
+}
+
+/// The UDP relay's counters, created once (a datagram's count is one atomic add).
+pub(crate) struct UdpMetrics {
+    outcomes: Vec<Counter>,
+    pub(crate) flows: Gauge,
+    pub(crate) rebinds: Counter,
+}
+
+impl UdpMetrics {
+    pub(crate) fn new(family: &Family<crate::metrics::OutcomeLabel, Counter>, flows: Gauge, rebinds: Counter) -> Self {
+        UdpMetrics {
+            outcomes: Outcome::ALL
+                .iter()
+                .map(|o| {
+                    family
+                        .get_or_create(&crate::metrics::OutcomeLabel { outcome: o.label() })
+                        .clone()
+                })
+                .collect(),
+            flows,
+            rebinds,
+        }
+    }
+
+    fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].inc();
+    }
+}
+
+/// A token bucket over one flow's client datagrams.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// One player's flow.
+struct Flow {
+    id: u64,
+    key: (String, String),
+    /// Where the client is now (it moves with a NAT rebinding).
+    client: Mutex<SocketAddr>,
+    /// The proxy's socket towards the server, connected to its UDP port.
+    upstream: UdpSocket,
+    /// When the client was last heard from, in ms since the relay started.
+    heard_ms: AtomicU64,
+    bucket: Mutex<Bucket>,
+    closed: CancellationToken,
+    /// Dropped when the flow ends: the player's connection is then recorded as closed.
+    _presence: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Every live flow.
+pub(crate) struct Relay {
+    socket: Arc<UdpSocket>,
+    flows: RwLock<HashMap<u64, Arc<Flow>>>,
+    /// A player's flow in a session, by (session id, player id).
+    by_player: Mutex<HashMap<(String, String), u64>>,
+    started: Instant,
+    idle: Duration,
+    rate: f64,
+}
+
+/// The public socket's buffers each way (the kernel caps them at `net.core.rmem_max` and
+/// `wmem_max`): a burst from many clients waits here rather than being dropped.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+impl Relay {
+    pub(crate) fn new(socket: UdpSocket, idle: Duration, rate: f64) -> Arc<Relay> {
+        use nix::sys::socket::{setsockopt, sockopt};
+        if let Err(e) = setsockopt(&socket, sockopt::RcvBuf, &SOCKET_BUFFER)
+            .and_then(|()| setsockopt(&socket, sockopt::SndBuf, &SOCKET_BUFFER))
+        {
+            tracing::debug!(error = %e, "cannot size the UDP socket's buffers");
+        }
+        Arc::new(Relay {
+            socket: Arc::new(socket),
+            flows: RwLock::new(HashMap::new()),
+            by_player: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            idle,
+            rate,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn flow(&self, id: u64) -> Option<Arc<Flow>> {
+        self.flows.read().unwrap().get(&id).cloned()
+    }
+
+    /// Takes one datagram's token from `flow`'s bucket: `rate` a second, a second's worth of burst.
+    fn allow(&self, flow: &Flow) -> bool {
+        let mut bucket = flow.bucket.lock().unwrap();
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.rate;
+        bucket.tokens = (bucket.tokens + refill).min(self.rate.max(1.0));
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Ends a flow: its relay task stops, its socket closes, and the player's connection is
+    /// recorded as closed.
+    fn close(&self, id: u64) {
+        let removed = self.flows.write().unwrap().remove(&id);
+        if let Some(flow) = removed {
+            let mut by_player = self.by_player.lock().unwrap();
+            if by_player.get(&flow.key) == Some(&id) {
+                by_player.remove(&flow.key);
+            }
+            flow.closed.cancel();
+        }
+    }
+
+    pub(crate) fn flows(&self) -> usize {
+        self.flows.read().unwrap().len()
+    }
+}
+
+/// Serves the public UDP port until `stop`.
+pub(crate) async fn serve(ctx: Arc<Context>, relay: Arc<Relay>, stop: CancellationToken) {
+    let sweeper = tokio::spawn(sweep(ctx.clone(), relay.clone(), stop.clone()));
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let (n, from) = tokio::select! {
+            () = stop.cancelled() => break,
+            received = relay.socket.recv_from(&mut buf) => match received {
+                Ok(received) => received,
+                // An ICMP error for an earlier answer, or a transient failure: keep serving.
+                Err(_) => continue,
+            },
+        };
+        let metrics = &ctx.metrics.udp;
+        match udp::parse_client(&buf[..n]) {
+            None => metrics.count(Outcome::Malformed),
+            Some(FromClient::Data { id, payload }) => {
+                let Some(flow) = relay.flow(id) else {
+                    metrics.count(Outcome::UnknownFlow);
+                    continue;
+                };
+                if !relay.allow(&flow) {
+                    metrics.count(Outcome::RateLimited);
+                    continue;
+                }
+                flow.heard_ms.store(relay.now_ms(), Ordering::Relaxed);
+                {
+                    let mut client = flow.client.lock().unwrap();
+                    if *client != from {
+                        tracing::debug!(flow = id, from = %*client, to = %from, "a flow's client moved");
+                        *client = from;
+                        metrics.rebinds.inc();
+                    }
+                }
+                match flow.upstream.try_send(payload) {
+                    Ok(_) => metrics.count(Outcome::ToServer),
+                    Err(_) => metrics.count(Outcome::SendFailed),
+                }
+            }
+            Some(FromClient::Join { nonce, ticket }) => {
+                if !ctx.limiter.allow(from.ip()) {
+                    metrics.count(Outcome::JoinRateLimited);
+                    continue;
+                }
+                let ticket = ticket.to_owned();
+                let (ctx, relay) = (ctx.clone(), relay.clone());
+                tokio::spawn(async move { join(&ctx, &relay, from, nonce, &ticket).await });
+            }
+        }
+    }
+    sweeper.abort();
+    let ids: Vec<u64> = relay.flows.read().unwrap().keys().copied().collect();
+    for id in ids {
+        relay.close(id);
+    }
+    ctx.metrics.udp.flows.set(0);
+}
+
+/// Answers a JOIN: verifies the ticket, finds the session's server's UDP port, and opens the
+/// player's flow (or moves the existing one to this address).
+async fn join(ctx: &Arc<Context>, relay: &Arc<Relay>, from: SocketAddr, nonce: [u8; udp::NONCE_LEN], ticket: &str) {
+    let metrics = &ctx.metrics.udp;
+    let refuse = |code: ErrorCode| async move {
+        metrics.count(Outcome::Refused);
+        let _ = relay.socket.send_to(&udp::refused(nonce, code.as_str()), from).await;
+    };
+    let claims = match ctx
+        .settings
+        .secret
+        .verify(ticket, Audience::Game, protocol::ticket::unix_now())
+    {
+        Ok(claims) => claims,
+        Err(e) => return refuse(ErrorCode::from(&e)).await,
+    };
+    let Some(player) = claims.sub.clone() else {
+        return refuse(ErrorCode::BadTicket).await;
+    };
+    let server = match crate::game::lookup(ctx, &claims.sid).await {
+        Ok(target) => match target.udp {
+            Some(server) => server,
+            None => return refuse(ErrorCode::UnknownSession).await,
+        },
+        Err(code) => return refuse(code).await,
+    };
+    let key = (claims.sid.clone(), player.clone());
+    let existing = relay.by_player.lock().unwrap().get(&key).copied();
+    if let Some(flow) = existing.and_then(|id| relay.flow(id)) {
+        *flow.client.lock().unwrap() = from;
+        flow.heard_ms.store(relay.now_ms(), Ordering::Relaxed);
+        metrics.count(Outcome::Welcomed);
+        let _ = relay.socket.send_to(&udp::welcome(nonce, flow.id), from).await;
+        return;
+    }
+    let local: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let upstream = match UdpSocket::bind(local).await {
+        Ok(socket) if socket.connect(server).await.is_ok() => socket,
+        _ => return refuse(ErrorCode::ServerUnreachable).await,
+    };
+    let id = loop {
+        let id = fastrand::u64(1..);
+        if relay.flow(id).is_none() {
+            break id;
+        }
+    };
+    let flow = Arc::new(Flow {
+        id,
+        key: key.clone(),
+        client: Mutex::new(from),
+        upstream,
+        heard_ms: AtomicU64::new(relay.now_ms()),
+        bucket: Mutex::new(Bucket {
+            tokens: relay.rate.max(1.0),
+            at: Instant::now(),
+        }),
+        closed: CancellationToken::new(),
+        _presence: Some(crate::game::track(ctx, &claims.sid, &player)),
+    });
+    // Two JOINs of one player racing: the first flow stays, the second is let go.
+    let first = {
+        let mut by_player = relay.by_player.lock().unwrap();
+        match by_player.get(&key).copied().and_then(|other| relay.flow(other)) {
+            Some(first) => Some(first),
+            None => {
+                by_player.insert(key, id);
+                relay.flows.write().unwrap().insert(id, flow.clone());
+                None
+            }
+        }
+    };
+    if let Some(first) = first {
+        metrics.count(Outcome::Welcomed);
+        let _ = relay.socket.send_to(&udp::welcome(nonce, first.id), from).await;
+        return;
+    }
+    metrics.flows.set(i64::try_from(relay.flows()).unwrap_or(i64::MAX));
+    tracing::debug!(session = %claims.sid, %player, flow = id, %server, "udp flow opened");
+    tokio::spawn(downstream(relay.clone(), flow, ctx.clone()));
+    metrics.count(Outcome::Welcomed);
+    let _ = relay.socket.send_to(&udp::welcome(nonce, id), from).await;
+}
+
+/// Relays the server's datagrams on `flow` to its client until the flow closes or the
+/// server's port is gone.
+async fn downstream(relay: Arc<Relay>, flow: Arc<Flow>, ctx: Arc<Context>) {
+    let metrics = &ctx.metrics;
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    buf[0] = udp::DATA;
+    loop {
+        let received = tokio::select! {
+            () = flow.closed.cancelled() => return,
+            received = flow.upstream.recv(&mut buf[1..]) => received,
+        };
+        match received {
+            Ok(n) => {
+                let to = *flow.client.lock().unwrap();
+                match relay.socket.try_send_to(&buf[..=n], to) {
+                    Ok(_) => metrics.udp.count(Outcome::ToClient),
+                    Err(_) => metrics.udp.count(Outcome::SendFailed),
+                }
+            }
+            // ECONNREFUSED: the server's port is closed (it exited).
+            Err(e) => {
+                tracing::debug!(flow = flow.id, error = %e, "udp flow's server is gone");
+                relay.close(flow.id);
+                metrics.udp.flows.set(i64::try_from(relay.flows()).unwrap_or(i64::MAX));
+                return;
+            }
+        }
+    }
+}
+
+/// Ends flows whose client has been silent for the idle time.
+async fn sweep(ctx: Arc<Context>, relay: Arc<Relay>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_ms = u64::try_from(relay.idle.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = relay.now_ms();
+        let expired: Vec<u64> = relay
+            .flows
+            .read()
+            .unwrap()
+            .values()
+            .filter(|f| now.saturating_sub(f.heard_ms.load(Ordering::Relaxed)) >= idle_ms)
+            .map(|f| f.id)
+            .collect();
+        for id in &expired {
+            tracing::debug!(flow = id, "udp flow expired");
+            relay.close(*id);
+        }
+        ctx.metrics
+            .udp
+            .flows
+            .set(i64::try_from(relay.flows()).unwrap_or(i64::MAX));
+    }
+}
