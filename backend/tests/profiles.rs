@@ -585,6 +585,101 @@ queues:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// ENet's CONNECT command, as a client opens its connection (enet's `protocol.h`): the
+/// protocol header (no peer yet: peer id 0xFFF, with the sent-time flag, and the sent time),
+/// the command header (CONNECT, acknowledge flag; channel 0xFF; reliable sequence 1), and the
+/// connect body with `connect_id`; every field big-endian.
+fn enet_connect(connect_id: u32) -> Vec<u8> {
+    let mut packet = Vec::new();
+    packet.extend(0x8FFFu16.to_be_bytes());
+    packet.extend(0x1234u16.to_be_bytes());
+    packet.extend([0x82, 0xFF]);
+    packet.extend(1u16.to_be_bytes());
+    packet.extend(0u16.to_be_bytes()); // outgoing peer id
+    packet.extend([0xFF, 0xFF]); // incoming and outgoing session ids
+    for field in [1400u32, 32768, 3, 0, 0, 5000, 2, 2, connect_id, 0] {
+        // mtu, window size, channels, bandwidth in and out, throttle interval,
+        // acceleration, deceleration, connect id, data
+        packet.extend(field.to_be_bytes());
+    }
+    packet
+}
+
+/// A UDP dedicated game server nobody here wrote, unmodified: Cube 2: Sauerbraten's
+/// (Debian's `cube2-server`), a UDP profile. The player reaches it through the proxy's public
+/// port with its ticket and opens an ENet connection, the game's own protocol: the server's
+/// VERIFY_CONNECT answers it with the client's connect id. Once the player is silent, its flow
+/// expires and the empty server is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sauerbratens_own_udp_server_runs_as_a_profile_and_its_players_reach_it_with_tickets() {
+    use protocol::udp::{self, FromProxy};
+    if !Path::new("/usr/games/cube2-server").exists() {
+        eprintln!(
+            "SKIPPED: /usr/games/cube2-server is not installed (apt-get install cube2-server); .ci/run installs it"
+        );
+        return;
+    }
+    let dir = scratch();
+    let file = dir.join("queues.yaml");
+    std::fs::write(
+        &file,
+        r#"
+servers:
+  sauerbraten:
+    command: ["/usr/games/cube2-server", "-i127.0.0.1", "-j${PORT_GAME}", "-c4"]
+    ports: [{name: game, protocol: udp}]
+    ready: port
+    identity: none
+    empty_grace_seconds: 1
+queues:
+  - {name: sauer, session_size: 1, server: sauerbraten}
+"#,
+    )
+    .unwrap();
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let settings = local_settings(&prefix, &db, &common::built_binary("game-server"))
+        .matchmaking_config(&file)
+        .build()
+        .unwrap();
+    let backend = Backend::start(settings).await;
+    let (proxy, _stop) = start_proxy(
+        backend.addr,
+        &prefix,
+        &["--player-rate-limit-per-second", "0", "--udp-idle-seconds", "2"],
+    )
+    .await;
+    let status = matched(&backend.http, "sauer", &["fragger"]).await.remove(0);
+    let sid = status["session_id"].as_str().unwrap().to_owned();
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let join = udp::join([7, 7, 7, 7], status["ticket"].as_str().unwrap());
+    let welcome = ask(&client, proxy, &join, Duration::from_secs(5))
+        .await
+        .expect("a WELCOME");
+    let Some(FromProxy::Welcome { id, .. }) = udp::parse_proxy(&welcome) else {
+        panic!("{welcome:?}")
+    };
+    let answer = ask(
+        &client,
+        proxy,
+        &udp::data(id, &enet_connect(0xCAFE_BABE)),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("the server answers");
+    let Some(FromProxy::Data { payload }) = udp::parse_proxy(&answer) else {
+        panic!("{answer:?}")
+    };
+    // The protocol header (4 bytes, with the sent time), then VERIFY_CONNECT (3, acknowledge
+    // flag) whose body ends with our connect id.
+    assert_eq!(payload[4], 0x83, "VERIFY_CONNECT: {payload:02x?}");
+    assert_eq!(&payload[payload.len() - 4..], &0xCAFE_BABEu32.to_be_bytes());
+    connected_becomes(&backend.http, &sid, &["fragger"]).await;
+    assert_eq!(end_reason(&db, &sid).await, "abandoned");
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A server that is never ready, or exits at once: the session fails, its players go back to
 /// the head of the queue, and nothing it started is left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
