@@ -23,7 +23,7 @@ build: ## Debug build of every binary
 release: ## Release build of every binary
 	cargo build --workspace --bins --release --locked
 
-demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, SCENARIO, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
+demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, SCENARIO, SERVER, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
 	scripts/demo.sh
 
 demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, POD_START_DELAY_MS, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)

@@ -3,7 +3,10 @@
 # CLIENTS (60) players with MATCH_DURATION (5 s) matches through the proxy, print the summary,
 # and stop everything it started, also on failure or ctrl-c. SCENARIO=ranked runs the ranked
 # scenario instead: the queues of examples/queues.yaml (max wait 30 s), ranked tickets and
-# parties joined by the studio's service, 2 teams of 3.
+# parties joined by the studio's service, 2 teams of 3. SERVER=bzflag or SERVER=sauerbraten runs
+# a game server nobody here wrote instead (the profiles of examples/servers.yaml): CLIENTS (16)
+# players join its queue, reach it through the proxy with their tickets (TCP, or UDP for
+# Sauerbraten) and complete the game's own handshake; then the sessions' ends from the history.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stack.sh
@@ -18,6 +21,19 @@ cargo build --release --locked --bins
 
 out=.run/demo
 mkdir -p "$out"
+server=${SERVER:-}
+if [ -n "$server" ]; then
+  [ -z "${SCENARIO:-}" ] || mp_die "give SERVER or SCENARIO, not both."
+  case $server in
+    bzflag) program=/usr/games/bzfs package=bzflag-server ;;
+    sauerbraten) program=/usr/games/cube2-server package=cube2-server ;;
+    *) mp_die "SERVER must be bzflag or sauerbraten (the profiles of examples/servers.yaml), got '$server'." ;;
+  esac
+  [ -x "$program" ] || mp_apt_install "$package" \
+    || mp_die "SERVER=$server needs $package: install it with 'sudo apt-get install -y $package' and run this again."
+  MATCHMAKING_CONFIG="$(pwd)/examples/servers.yaml"
+  export MATCHMAKING_CONFIG
+fi
 scenario=${SCENARIO:-fifo}
 sizes=(--session-size "${SESSION_SIZE:-12}")
 case $scenario in
@@ -38,6 +54,22 @@ trap 'exit 130' INT TERM
 echo "proxy $MP_PROXY_URL, backend $MP_BACKEND_URL (logs: $out/backend.log, $out/proxy.log)"
 # A pool is kept ahead of demand: let it fill before the players come, as in production.
 mp_wait_warm "$MP_BACKEND_URL"
+
+if [ -n "$server" ]; then
+  echo "== ${CLIENTS:-16} players of $server's own server (profile $server), through the proxy =="
+  status=0
+  env SERVICE_TOKEN="$MP_SERVICE_TOKEN" "${CARGO_TARGET_DIR:-target}/release/loadgen" hosted \
+    --target-url "$MP_PROXY_URL" --queue "$server" --game "$server" --clients "${CLIENTS:-16}" || status=$?
+  # Each session ends as its profile says (bzfs exits after its game; Sauerbraten's server is
+  # stopped once empty): wait for the history to have them all ended.
+  for _ in $(seq 1 600); do
+    [ "$("$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT count(*) FROM matches WHERE queue = '$server' AND status <> 'ended'")" = 0 ] && break
+    sleep 0.1
+  done
+  echo "PostgreSQL history: $("$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT count(*) || ' sessions of $server, ' || count(*) FILTER (WHERE status = 'ended') || ' ended (' || coalesce(string_agg(DISTINCT end_reason, ', '), '') || '), ' || (SELECT count(*) FROM match_players p JOIN matches m USING (session_id) WHERE m.queue = '$server' AND p.joined_at IS NOT NULL) || ' players seen connecting' FROM matches WHERE queue = '$server'")"
+  if [ "$status" -eq 0 ]; then echo "demo passed: $server hosted by matchplane"; else echo "demo FAILED (loadgen hosted exit $status)"; fi
+  exit "$status"
+fi
 
 echo "== swarm: ${CLIENTS:-60} clients, ${MATCH_DURATION:-5} s matches, scenario $scenario =="
 status=0

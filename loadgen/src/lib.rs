@@ -2,9 +2,12 @@
 
 pub mod bench_matchmaker;
 pub mod bench_proxy;
+pub mod client;
 pub mod floor;
 pub mod host_cpu;
+pub mod hosted;
 pub mod http;
+pub mod relay;
 pub mod report;
 pub mod scenario;
 pub mod stats;

@@ -27,6 +27,12 @@ enum Command {
     /// Print a player token (HS256, from PLAYER_TOKEN_SECRET), as a studio's identity service
     /// would issue it: for trying the API or a game by hand.
     Token(TokenArgs),
+    /// Join as one player and, once matched, let an unmodified game client play through a local
+    /// address: it connects (TCP) or sends its datagrams (UDP) there as to any server.
+    Relay(loadgen::relay::RelayArgs),
+    /// Players of a hosted third-party server (BZFlag, Sauerbraten): join, get matched, reach
+    /// the server through the proxy and complete the game's own handshake; then a summary.
+    Hosted(loadgen::hosted::HostedArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +94,28 @@ fn main() -> ExitCode {
             Command::Swarm(args) => swarm(args).await,
             Command::Token(args) => token(&args),
             Command::Floor(args) => floor(args).await,
+            Command::Relay(args) => {
+                let stop = tokio_util::sync::CancellationToken::new();
+                let on_signal = stop.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    on_signal.cancel();
+                });
+                match loadgen::relay::run(args, stop).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("loadgen: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Hosted(args) => match loadgen::hosted::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("loadgen: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::BenchProxy(args) => {
                 let kept = args.clone();
                 match loadgen::bench_proxy::run(args).await {

@@ -378,3 +378,132 @@ async fn the_floor_asks_each_player_status_once_and_queues_nobody() {
     );
     stack.stop().await;
 }
+
+/// The example profiles (`examples/servers.yaml`): BZFlag's and Sauerbraten's own servers.
+fn example_servers() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/servers.yaml")
+}
+
+/// Whether Debian's package for `program` is installed; says so once when it is not.
+fn installed(program: &str, package: &str) -> bool {
+    let there = std::path::Path::new(program).exists();
+    if !there {
+        eprintln!("SKIPPED: {program} is not installed (apt-get install {package}); .ci/run installs it");
+    }
+    there
+}
+
+/// `loadgen hosted`: players of BZFlag's and Sauerbraten's own servers join, are matched, reach
+/// the servers through the proxy with their tickets (TCP and UDP) and complete each game's
+/// own handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosted_players_complete_each_games_own_handshake_through_the_proxy() {
+    if !installed("/usr/games/bzfs", "bzflag-server") || !installed("/usr/games/cube2-server", "cube2-server") {
+        return;
+    }
+    let stack = Stack::start(|b| b.matchmaking_config(example_servers())).await;
+    for game in ["bzflag", "sauerbraten"] {
+        let args = service::cli::parse_without_env::<HostedWrapper, _, _>([
+            "hosted",
+            "--target-url",
+            &stack.proxy_url,
+            "--queue",
+            game,
+            "--game",
+            game,
+            "--clients",
+            "4",
+            "--player-token-secret",
+            PLAYER_SECRET,
+        ])
+        .unwrap()
+        .hosted;
+        loadgen::hosted::run(args)
+            .await
+            .unwrap_or_else(|e| panic!("{game}: {e:#}"));
+    }
+    stack.stop().await;
+}
+
+#[derive(Parser)]
+struct HostedWrapper {
+    #[command(flatten)]
+    hosted: loadgen::hosted::HostedArgs,
+}
+
+#[derive(Parser)]
+struct RelayWrapper {
+    #[command(flatten)]
+    relay: loadgen::relay::RelayArgs,
+}
+
+/// `loadgen relay` lets an unmodified game client play: the client talks to a local address
+/// exactly as to its server (BZFlag's TCP handshake; Sauerbraten's ENet CONNECT over UDP) and
+/// the relay speaks matchplane's side to the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmodified_client_plays_through_the_relay_over_tcp_and_udp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !installed("/usr/games/bzfs", "bzflag-server") || !installed("/usr/games/cube2-server", "cube2-server") {
+        return;
+    }
+    let stack = Stack::start(|b| b.matchmaking_config(example_servers())).await;
+    let relay = |queue: &str, transport: &str, player: String| {
+        service::cli::parse_without_env::<RelayWrapper, _, _>([
+            "relay",
+            "--target-url",
+            &stack.proxy_url,
+            "--queue",
+            queue,
+            "--transport",
+            transport,
+            "--player",
+            &player,
+            "--player-token-secret",
+            PLAYER_SECRET,
+        ])
+        .unwrap()
+        .relay
+    };
+    let stop = CancellationToken::new();
+    // Four players make a session of either queue; each has a relay.
+    let pid = std::process::id();
+    let opened = futures_util::future::join_all(
+        (0..4).map(|i| loadgen::relay::open_owned(relay("bzflag", "tcp", format!("tank-{pid}-{i}")))),
+    )
+    .await;
+    for relay in opened {
+        let relay = relay.unwrap();
+        let local = relay.local;
+        tokio::spawn(relay.serve(stop.clone()));
+        let mut game = tokio::net::TcpStream::connect(local).await.unwrap();
+        game.write_all(b"BZFLAG\r\n\r\n").await.unwrap();
+        let mut hello = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(10), game.read_exact(&mut hello))
+            .await
+            .expect("bzfs answers")
+            .unwrap();
+        assert_eq!(&hello, b"BZFS0221");
+    }
+    let opened = futures_util::future::join_all(
+        (0..4).map(|i| loadgen::relay::open_owned(relay("sauerbraten", "udp", format!("frag-{pid}-{i}")))),
+    )
+    .await;
+    for relay in opened {
+        let relay = relay.unwrap();
+        let local = relay.local;
+        tokio::spawn(relay.serve(stop.clone()));
+        let game = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        game.send_to(&loadgen::hosted::enet_connect(0x5EED_0001), local)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), game.recv_from(&mut buf))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert_eq!(buf[4], 0x83, "VERIFY_CONNECT: {:02x?}", &buf[..n]);
+        assert!(buf[..n].ends_with(&0x5EED_0001u32.to_be_bytes()));
+    }
+    stop.cancel();
+    stack.stop().await;
+}
