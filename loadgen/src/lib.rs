@@ -2,6 +2,7 @@
 
 pub mod bench_matchmaker;
 pub mod bench_proxy;
+pub mod bench_udp;
 pub mod client;
 pub mod floor;
 pub mod host_cpu;

@@ -24,6 +24,8 @@ enum Command {
     BenchMatchmaker(loadgen::bench_matchmaker::BenchMatchmakerArgs),
     /// Echo traffic direct, through matchplane's proxy and through HAProxy, side by side.
     BenchProxy(loadgen::bench_proxy::BenchProxyArgs),
+    /// Game datagrams to a UDP echo server, direct and through matchplane's proxy, side by side.
+    BenchUdp(loadgen::bench_udp::BenchUdpArgs),
     /// Print a player token (HS256, from PLAYER_TOKEN_SECRET), as a studio's identity service
     /// would issue it: for trying the API or a game by hand.
     Token(TokenArgs),
@@ -109,6 +111,16 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Command::BenchUdp(args) => match loadgen::bench_udp::run(args).await {
+                Ok(results) => {
+                    print!("{}", loadgen::bench_udp::render(&results));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadgen: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Hosted(args) => match loadgen::hosted::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
