@@ -80,10 +80,13 @@ GAME_SERVER_NODE_SELECTOR='pool=games' GAME_SERVER_TOLERATIONS='[{"key":"games",
   "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e60 --players a >"$out/pod-options.yaml"
 # A warm Pod (WARM_POOL_MIN/WARM_POOL_MAX): started without a session.
 "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --warm >"$out/pod-warm.yaml"
+# A session of a server profile (BZFlag's own server, examples/servers.yaml).
+MATCHMAKING_CONFIG=examples/servers.yaml "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod \
+  --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e61 --players a,b --queue bzflag >"$out/pod-profile.yaml"
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
-  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml"
-echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one) validate against Kubernetes $K8S_VERSION (strict)"
+  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml"
+echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's) validate against Kubernetes $K8S_VERSION (strict)"
 
 # Security scan of the rendered manifests. deploy/ carries its exceptions, with reasons, as
 # checkov.io/skip annotations next to each resource. The game-server Pod is created by the
@@ -100,7 +103,7 @@ fi
 mkdir -p "$out/deploy" "$out/pods"
 cp "$out/deploy.yaml" "$out/deploy/"
 # The game-server NetworkPolicy travels with the pods it selects.
-cp "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" deploy/backend/game-servers-networkpolicy.yaml "$out/pods/"
+cp "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml" deploy/backend/game-servers-networkpolicy.yaml "$out/pods/"
 "$venv/bin/checkov" --skip-download --quiet --compact --framework kubernetes -d "$out/deploy"
 "$venv/bin/checkov" --skip-download --quiet --compact --framework kubernetes -d "$out/pods" --skip-check CKV_K8S_43,CKV_K8S_15,CKV_K8S_35
 echo "manifests-check: the security scan (checkov) passes"

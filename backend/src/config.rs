@@ -228,6 +228,41 @@ impl Config {
         }
     }
 
+    /// The server profile `queue` runs, for `backend render-pod --queue`: the file checked as a
+    /// whole (every mistake one line), and that profile for the kubernetes runtime (its image).
+    pub fn kubernetes_profile(&self, queue: &str) -> Result<Arc<crate::runtime::Profile>, String> {
+        let Some(path) = self.matchmaking.file() else {
+            return Err(format!("--queue {queue}: MATCHMAKING_CONFIG names no queue file"));
+        };
+        let shown = path.display();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("MATCHMAKING_CONFIG {shown}: cannot read it: {e}"))?;
+        let rules = self.matchmaking.rules()?;
+        let queues = self.matchmaking.queues(rules, Some(&text));
+        let profiles = Profiles::parse(&text, queues.as_ref().ok(), Target::None);
+        match (queues, profiles) {
+            (Ok(queues), Ok(profiles)) if queues.get(queue).is_some() => {
+                let profile = profiles.for_queue(queue);
+                if !profile.builtin && profile.image.is_none() {
+                    return Err(format!(
+                        "MATCHMAKING_CONFIG {shown}: server {:?}: needs `image` to run with RUNTIME=kubernetes",
+                        profile.name
+                    ));
+                }
+                Ok(profile)
+            }
+            (Ok(_), Ok(_)) => Err(format!("MATCHMAKING_CONFIG {shown}: there is no queue {queue:?}")),
+            (queues, profiles) => Err(queues
+                .err()
+                .into_iter()
+                .chain(profiles.err())
+                .flatten()
+                .map(|m| format!("MATCHMAKING_CONFIG {shown}: {m}"))
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    }
+
     /// Every default, and nothing from the environment.
     pub fn defaults() -> Config {
         service::cli::parse_without_env(["backend"]).expect("every setting has a default or is optional")

@@ -40,11 +40,20 @@ enum Command {
         /// Teams, separated by `;`, each a comma-separated list of players.
         #[arg(long)]
         teams: Option<String>,
+        /// A session of this queue of MATCHMAKING_CONFIG: the Pod of its server profile.
+        #[arg(long, conflicts_with = "warm")]
+        queue: Option<String>,
     },
 }
 
 /// `backend render-pod`.
-fn render_pod(config: &Config, session_id: &str, players: Vec<String>, teams: Option<&str>) -> ExitCode {
+fn render_pod(
+    config: &Config,
+    session_id: &str,
+    players: Vec<String>,
+    teams: Option<&str>,
+    queue: Option<&str>,
+) -> ExitCode {
     use protocol::player::is_valid_player_id;
     if !is_valid_player_id(session_id) || players.iter().any(|p| !is_valid_player_id(p)) {
         eprintln!("backend: --session-id and --players must be ids of 1-128 characters of A-Z a-z 0-9 _ . : -");
@@ -89,6 +98,15 @@ fn render_pod(config: &Config, session_id: &str, players: Vec<String>, teams: Op
     if !matches!(secret, Some(Ok(_))) {
         "minted-per-session-with-TICKET_SECRET".clone_into(&mut spec.report_token);
     }
+    if let Some(queue) = queue {
+        match config.kubernetes_profile(queue) {
+            Ok(profile) => spec = spec.running(queue, profile),
+            Err(e) => {
+                eprintln!("backend: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     print_pod(&backend::runtime::kubernetes::render_pod(&template, &spec))
 }
 
@@ -130,10 +148,11 @@ fn main() -> ExitCode {
         players,
         teams,
         warm,
+        queue,
     }) = cli.command
     {
         return match session_id {
-            Some(session_id) if !warm => render_pod(&config, &session_id, players, teams.as_deref()),
+            Some(session_id) if !warm => render_pod(&config, &session_id, players, teams.as_deref(), queue.as_deref()),
             _ => render_warm_pod(&config),
         };
     }

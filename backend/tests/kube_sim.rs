@@ -39,6 +39,7 @@ fn backend_role() -> kube_sim::Rbac {
 async fn sim(start_delay_ms: u64) -> Sim {
     let node = NodeConfig {
         game_server_bin: built_binary("game-server"),
+        images: [("bzflag/bzfs:2.4.26".to_owned(), "/usr/games/bzfs".into())].into(),
         secrets: [(
             ("matchplane-ticket".to_owned(), "ticket-secret".to_owned()),
             common::SECRET.to_owned(),
@@ -932,4 +933,131 @@ fn pod_record(sim: &Sim, sid: &str) -> (String, String) {
         .find(|r| r.session.as_deref() == Some(sid))
         .expect("a pod for the session");
     (record.namespace, record.name)
+}
+
+/// A server profile on the kubernetes runtime: BZFlag's own server (the image
+/// `bzflag/bzfs:2.4.26`, which kube-sim's kubelet knows as Debian's `/usr/games/bzfs`) runs in a
+/// Pod that declares its port with its protocol, probes it, holds no ticket secret, binds the
+/// Pod's IP through `MATCHPLANE_HOST` (its arguments expanded by the kubelet from the Pod's
+/// environment). Players reach it through the proxy with their tickets and speak BZFlag's
+/// handshake; the session completes when bzfs exits after its game. (That such a Pod meets the
+/// restricted Pod Security Standard is `make manifests-check`'s, on `backend render-pod --queue`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_profile_runs_in_a_pod_and_its_players_reach_it_through_the_proxy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !std::path::Path::new("/usr/games/bzfs").exists() {
+        eprintln!("SKIPPED: /usr/games/bzfs is not installed (apt-get install bzflag-server); .ci/run installs it");
+        return;
+    }
+    let sim = sim(0).await;
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
+    std::fs::write(
+        &file,
+        r#"
+servers:
+  bzflag:
+    command: ["bzfs", "-p", "${PORT_GAME}", "-i", "${HOST}", "-g", "-time", "3", "-a", "0", "0"]
+    image: bzflag/bzfs:2.4.26
+    ports: [{name: game, protocol: tcp, container_port: 5154}]
+    identity: none
+    stop_grace_seconds: 3
+queues:
+  - {name: bzflag, session_size: 2, server: bzflag}
+"#,
+    )
+    .unwrap();
+    let backend = replica(&sim, &prefix, &db, "r1", |s| s.matchmaking_config(&file)).await;
+    let (proxy, _stop) = common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    let mut statuses = Vec::new();
+    for p in ["tank-a", "tank-b"] {
+        let (status, body) = backend
+            .http
+            .post_as(
+                &common::service_auth(),
+                "/match/join",
+                serde_json::json!({"player_id": p, "queue": "bzflag"}),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+    }
+    for p in ["tank-a", "tank-b"] {
+        statuses.push(
+            eventually(Duration::from_secs(60), || async {
+                let body = backend.http.status(p, 5.0).await;
+                (body["status"] == "matched").then_some(body)
+            })
+            .await,
+        );
+    }
+    let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+    assert!(session["addr"].as_str().unwrap().ends_with(":5154"), "{session}");
+
+    // The Pod as the backend created it.
+    let name = session["server"].as_str().unwrap().to_owned();
+    let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(sim_client(&sim).await, NS);
+    let pod = pods.get(&name).await.unwrap();
+    let container = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(container.image.as_deref(), Some("bzflag/bzfs:2.4.26"));
+    let port = &container.ports.as_ref().unwrap()[0];
+    assert_eq!((port.container_port, port.protocol.as_deref()), (5154, Some("TCP")));
+    let env: Vec<&str> = container.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert!(
+        env.contains(&"MATCHPLANE_PORT_GAME") && env.contains(&"MATCHPLANE_HOST"),
+        "{env:?}"
+    );
+    assert!(
+        !env.contains(&"TICKET_SECRET"),
+        "no secret for a server that does not verify tickets"
+    );
+    assert_eq!(
+        container.args.as_ref().unwrap()[..4],
+        ["-p", "$(MATCHPLANE_PORT_GAME)", "-i", "$(MATCHPLANE_HOST)"]
+    );
+    let probe = container.readiness_probe.as_ref().unwrap().tcp_socket.as_ref().unwrap();
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(5154)
+    );
+
+    for status in &statuses {
+        let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        let ticket = status["ticket"].as_str().unwrap();
+        stream
+            .write_all(format!("JOIN {ticket}\nBZFLAG\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut hello = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut hello))
+            .await
+            .expect("bzfs answers")
+            .unwrap();
+        assert_eq!(&hello, b"BZFS0221");
+    }
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let reason: String = eventually(Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT end_reason FROM matches WHERE session_id::text = $1")
+            .bind(&sid)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten()
+    })
+    .await;
+    assert_eq!(reason, "completed");
+    backend.stop().await;
+    let _ = std::fs::remove_file(&file);
+}
+
+/// A client of `sim` with its kubeconfig.
+async fn sim_client(sim: &Sim) -> kube::Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&sim.kubeconfig).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
 }

@@ -150,6 +150,14 @@ fn every_connection_matchplane_makes_is_allowed_and_nothing_else_reaches_the_gam
     let makes = [
         (PROXY, BACKEND, 8081, "TCP", "the proxy forwards the API"),
         (PROXY, GAME, 7777, "TCP", "the proxy splices players to their server"),
+        (PROXY, GAME, 27015, "TCP", "a server profile's own TCP port"),
+        (
+            PROXY,
+            GAME,
+            28785,
+            "UDP",
+            "the proxy relays players' datagrams to a profile's UDP port",
+        ),
         (
             BACKEND,
             GAME,
@@ -183,6 +191,12 @@ fn every_connection_matchplane_makes_is_allowed_and_nothing_else_reaches_the_gam
         (GAME, POSTGRES, 5432, "a game server reaching PostgreSQL"),
         (GAME, PROXY, 8080, "a game server reaching the proxy"),
         (BACKEND, GAME, 8081, "anything but the game port on a game server"),
+        (
+            STRANGER,
+            GAME,
+            28785,
+            "a pod of another namespace reaching a profile's port",
+        ),
         (STRANGER, REDIS, 6379, "another namespace reaching Redis"),
     ];
     for (from, to, port, what) in never {

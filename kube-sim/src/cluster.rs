@@ -701,6 +701,7 @@ mod tests {
     fn cluster() -> Arc<Cluster> {
         let node = NodeConfig {
             game_server_bin: "/nonexistent/game-server".into(),
+            images: HashMap::new(),
             secrets: HashMap::new(),
             log_dir: None,
             strict_by_default: true,

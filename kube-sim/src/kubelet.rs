@@ -121,9 +121,42 @@ fn environment(
                 }
             }
         };
+        // A value may refer to the variables defined before it.
+        let value = if var.value_from.is_none() {
+            expand(&value, &env)
+        } else {
+            value
+        };
         env.push((var.name.clone(), value));
     }
     Ok(env)
+}
+
+/// `text` with each `$(VAR)` replaced by `VAR`'s value in `env`, as the kubelet expands a
+/// container's `args` and env values: `$$` is a literal `$`, and a reference to a variable not
+/// defined is left as written.
+pub fn expand(text: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some((_, value)) = env.iter().rev().find(|(k, _)| k == &inner[..end])
+        {
+            out.push_str(value);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn probe_port(probe: &Probe, container: &Container) -> Option<u16> {
@@ -286,8 +319,19 @@ pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut comma
         Some((out, err)) => (Stdio::from(out), Stdio::from(err)),
         None => (Stdio::null(), Stdio::null()),
     };
+    // A known image runs its entrypoint with the container's arguments; any other runs the
+    // game server.
+    let image = container.image.clone().unwrap_or_default();
+    let program = cluster
+        .config()
+        .images
+        .get(&image)
+        .unwrap_or(&cluster.config().game_server_bin)
+        .clone();
+    let args: Vec<String> = container.args.iter().flatten().map(|a| expand(a, &env)).collect();
     let env: HashMap<String, String> = env.into_iter().collect();
-    let child = tokio::process::Command::new(&cluster.config().game_server_bin)
+    let child = tokio::process::Command::new(&program)
+        .args(&args)
         .env_clear()
         .envs(&env)
         .stdin(Stdio::null())
@@ -299,7 +343,7 @@ pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut comma
     let mut child = match child {
         Ok(child) => child,
         Err(e) => {
-            let why = format!("starting {}: {e}", cluster.config().game_server_bin.display());
+            let why = format!("starting {}: {e}", program.display());
             fail(cluster, &key, &container, "StartError", &why, Some(128));
             return;
         }
@@ -480,4 +524,16 @@ fn fail(cluster: &dyn PodStorage, key: &Key, container: &Container, reason: &str
         set_condition(pod, "Ready", false);
         record.finished_ms = Some(now_ms());
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn variables_expand_as_the_kubelet_expands_them() {
+        let env = vec![("A".to_owned(), "1".to_owned()), ("B".to_owned(), "two".to_owned())];
+        assert_eq!(expand("-p $(A) $(B)x", &env), "-p 1 twox");
+        assert_eq!(expand("$$(A) $(C) $A $", &env), "$(A) $(C) $A $");
+    }
 }

@@ -63,6 +63,16 @@ pub struct Config {
     /// The program every container runs (default: `game-server` beside this binary).
     #[arg(long, env = "GAME_SERVER_BIN")]
     pub game_server_bin: Option<PathBuf>,
+    /// An image the kubelet knows, as `IMAGE=PROGRAM`: a container with that image runs PROGRAM
+    /// (its entrypoint) with the container's `args`. Repeatable; other images run the game
+    /// server.
+    #[arg(
+        long = "image",
+        env = "KUBE_SIM_IMAGES",
+        value_delimiter = ',',
+        value_name = "IMAGE=PROGRAM"
+    )]
+    pub images: Vec<String>,
     /// A Secret key the kubelet can give containers, as `NAME/KEY=VALUE`; `VALUE` of the form
     /// `env:VAR` is read from that environment variable. Repeatable.
     #[arg(long = "secret", value_name = "NAME/KEY=VALUE")]
@@ -132,11 +142,25 @@ impl Config {
             }
             None => None,
         };
+        let mut images = HashMap::new();
+        for entry in &self.images {
+            let (image, program) = entry
+                .split_once('=')
+                .with_context(|| format!("--image {entry:?}: expected IMAGE=PROGRAM"))?;
+            let program = PathBuf::from(program);
+            anyhow::ensure!(
+                program.is_file(),
+                "--image {image}: {} is not a file",
+                program.display()
+            );
+            images.insert(image.to_owned(), program);
+        }
         if let Some(dir) = &self.log_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         Ok(NodeConfig {
             game_server_bin,
+            images,
             secrets,
             log_dir: self.log_dir.clone(),
             strict_by_default: self.field_validation == FieldValidation::Strict,

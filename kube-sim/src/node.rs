@@ -32,7 +32,11 @@ pub struct PodRecord {
 /// Everything the kubelet needs that is fixed at start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// What a container runs when its image is none of `images`: the built-in game server.
     pub game_server_bin: std::path::PathBuf,
+    /// The images the kubelet knows, each with the program that is its entrypoint: a Pod with
+    /// one runs that program with the container's `args` (a studio's server image).
+    pub images: HashMap<String, std::path::PathBuf>,
     /// `secret/key` → value.
     pub secrets: HashMap<(String, String), String>,
     pub log_dir: Option<std::path::PathBuf>,

@@ -317,6 +317,7 @@ struct PortSpec {
 /// `MATCHPLANE_*` name, and the same without the prefix.
 fn known_variables(ports: &[Port]) -> BTreeSet<String> {
     let mut names: BTreeSet<String> = CONTRACT.iter().map(|v| (*v).to_owned()).collect();
+    names.insert(HOST.to_owned());
     names.extend(ports.iter().map(Port::variable));
     let short: Vec<String> = names
         .iter()
@@ -326,7 +327,10 @@ fn known_variables(ports: &[Port]) -> BTreeSet<String> {
     names
 }
 
-/// The session's variables every server gets (ports come on top).
+/// The address a server binds: 127.0.0.1 locally, the Pod's IP in Kubernetes.
+pub const HOST: &str = "MATCHPLANE_HOST";
+
+/// The session's variables every server gets (ports and [`HOST`] come on top).
 pub const CONTRACT: [&str; 6] = [
     "MATCHPLANE_SESSION_ID",
     "MATCHPLANE_PLAYERS",
@@ -553,7 +557,15 @@ impl ProfileSpec {
                 if self.image.is_none() {
                     mistake("needs `image` to run with RUNTIME=kubernetes".into());
                 }
-                mistake("the kubernetes runtime does not run server profiles other than the built-in game server yet (RUNTIME=local does)".into());
+                match &ready {
+                    Ready::Log(_) => mistake(
+                        "ready: {log: ...} needs RUNTIME=local (its output is read there); in a Pod use `port` with a tcp port".into(),
+                    ),
+                    Ready::Port if !ports.iter().any(|p| p.protocol == PortProtocol::Tcp) => mistake(
+                        "ready: port cannot see a UDP port bound inside a Pod (the kubelet probes TCP only); give the profile a tcp port to probe".into(),
+                    ),
+                    _ => {}
+                }
             }
             Target::None => {}
         }

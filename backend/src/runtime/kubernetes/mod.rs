@@ -35,6 +35,7 @@ use self::pod::{PodState, game_address};
 pub use self::pod::{PodTemplate, pod_name, render_pod, render_warm_pod, warm_pod_name};
 pub use self::reaper::reconcile;
 use self::watch::{PodWatch, Seen};
+use super::profiles::PortProtocol;
 use super::{ServerExit, ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
 
 /// Pod creations in flight at once, per replica.
@@ -155,7 +156,8 @@ impl KubernetesRuntime {
     }
 
     async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
-        if let Some(warm) = &self.warm
+        // Only the built-in server takes a hand-over; every other profile starts cold.
+        if let Some(warm) = self.warm.as_ref().filter(|_| spec.profile.can_be_warm())
             && let Some(claimed) = warm
                 .claim(
                     &self.pods,
@@ -170,11 +172,27 @@ impl KubernetesRuntime {
                 pods: self.pods.clone(),
                 seen: self.watch.follow(&claimed.name),
                 addr: claimed.addr,
+                udp_addr: None,
                 name: claimed.name,
                 stopping: false,
                 backoff: self.backoff,
             }));
         }
+        let profile = spec.profile.clone();
+        // Where players reach a ready Pod: the built-in server's game port, or a profile's
+        // first TCP and first UDP ports.
+        let addresses = |ip: &str| -> Result<(String, Option<String>), StartError> {
+            if profile.builtin {
+                return Ok((game_address(ip)?, None));
+            }
+            let at = |protocol| {
+                profile
+                    .first(protocol)
+                    .map(|p| pod::port_address(ip, p.container_port))
+                    .transpose()
+            };
+            Ok((at(PortProtocol::Tcp)?.unwrap_or_default(), at(PortProtocol::Udp)?))
+        };
         let began = Instant::now();
         let pod = render_pod(&self.template, &spec);
         let name = pod_name(&spec.session_id);
@@ -188,7 +206,7 @@ impl KubernetesRuntime {
                     Seen::Present {
                         state: PodState::Ready(ip),
                         terminating: false,
-                    } => return game_address(ip),
+                    } => return addresses(ip),
                     Seen::Present {
                         state: PodState::Finished(why),
                         ..
@@ -206,14 +224,15 @@ impl KubernetesRuntime {
         })
         .await;
         let error = match ready {
-            Ok(Ok(addr)) => {
-                if let Some(warm) = &self.warm {
+            Ok(Ok((addr, udp_addr))) => {
+                if let Some(warm) = self.warm.as_ref().filter(|_| profile.can_be_warm()) {
                     warm.cold_start_took(began.elapsed());
                 }
                 return Ok(Box::new(PodServer {
                     pods: self.pods.clone(),
                     seen,
                     addr,
+                    udp_addr,
                     name,
                     stopping: false,
                     backoff: self.backoff,
@@ -307,6 +326,7 @@ struct PodServer {
     seen: tokio::sync::watch::Receiver<Seen>,
     name: String,
     addr: String,
+    udp_addr: Option<String>,
     /// Set once we asked for the Pod to go: then its draining is expected, not a loss.
     stopping: bool,
     backoff: Duration,
@@ -351,6 +371,10 @@ impl ServerHandle for PodServer {
 
     fn addr(&self) -> &str {
         &self.addr
+    }
+
+    fn udp_addr(&self) -> Option<&str> {
+        self.udp_addr.as_deref()
     }
 
     fn wait(&mut self) -> BoxFuture<'_, ServerExit> {

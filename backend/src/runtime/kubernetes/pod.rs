@@ -3,14 +3,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodSecurityContext,
-    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, TCPSocketAction,
-    Toleration,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
+    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+    TCPSocketAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::runtime::profiles::PortProtocol;
 use crate::runtime::{ServerSpec, StartError};
 
 /// The label every game-server Pod carries, and its value.
@@ -70,6 +71,9 @@ fn env(name: &str, value: &str) -> EnvVar {
 
 /// Exactly the Pod the backend creates for `spec`.
 pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
+    if !spec.profile.builtin {
+        return render_profile_pod(template, spec);
+    }
     let mut session_env = vec![
         env("SESSION_ID", &spec.session_id),
         env("PLAYERS", &spec.players.join(",")),
@@ -86,6 +90,97 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
         session_env,
         template.active_deadline_seconds,
     )
+}
+
+/// `text` with each `${NAME}` of a profile written as Kubernetes' own `$(MATCHPLANE_NAME)`,
+/// which the kubelet expands from the container's environment.
+fn kubernetes_expansion(text: &str) -> String {
+    crate::runtime::profiles::substitute(text, &|name| Some(format!("$({name})")))
+}
+
+/// The Pod of a session whose queue runs a server profile: the profile's image, its arguments
+/// (the profile's command after the program, as the image's entrypoint takes them), every
+/// declared port with its protocol, the `MATCHPLANE_*` environment (its ports as the container
+/// ports, `MATCHPLANE_HOST` the Pod's IP), a TCP readiness probe on its first TCP port, and a
+/// writable `/tmp` (its `HOME`) under a read-only root. No ticket secret: the proxy verified
+/// every player. The same restricted security context and caps as the built-in server's.
+fn render_profile_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
+    let profile = &spec.profile;
+    let mut env_vars = vec![EnvVar {
+        name: crate::runtime::profiles::HOST.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }];
+    env_vars.extend(spec.contract_env().iter().map(|(k, v)| env(k, v)));
+    env_vars.extend(
+        profile
+            .ports
+            .iter()
+            .map(|p| env(&p.variable(), &p.container_port.to_string())),
+    );
+    env_vars.push(env("HOME", "/tmp"));
+    env_vars.extend(profile.env.iter().map(|(k, v)| env(k, &kubernetes_expansion(v))));
+    let ports = profile
+        .ports
+        .iter()
+        .map(|p| ContainerPort {
+            container_port: i32::from(p.container_port),
+            protocol: Some(p.protocol.as_str().to_ascii_uppercase()),
+            ..ContainerPort::default()
+        })
+        .collect();
+    // Ready once its first TCP port accepts; killed once it stops accepting for 30 s.
+    let probe = |period| {
+        profile.first(PortProtocol::Tcp).map(|port| Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(port.container_port)),
+                ..TCPSocketAction::default()
+            }),
+            period_seconds: Some(period),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        })
+    };
+    let mut container = base_container(template, profile.image.clone().unwrap_or_default(), env_vars, ports);
+    container.args =
+        (profile.command.len() > 1).then(|| profile.command[1..].iter().map(|a| kubernetes_expansion(a)).collect());
+    container.readiness_probe = probe(1);
+    container.liveness_probe = probe(10);
+    container.volume_mounts = Some(vec![VolumeMount {
+        name: "tmp".to_owned(),
+        mount_path: "/tmp".to_owned(),
+        ..VolumeMount::default()
+    }]);
+    // matchplane stops it at its cap; the kubelet's deadline is the backstop after that.
+    let deadline = profile.max_session.map_or(template.active_deadline_seconds, |cap| {
+        i64::try_from(cap.as_secs()).unwrap_or(i64::MAX / 2) + 120
+    });
+    let mut pod = pod_around(
+        template,
+        pod_name(&spec.session_id),
+        (SESSION_LABEL, spec.session_id.clone()),
+        container,
+        deadline,
+    );
+    if let Some(pod_spec) = pod.spec.as_mut() {
+        pod_spec.termination_grace_period_seconds =
+            Some(i64::try_from(profile.stop_grace.as_secs()).unwrap_or(3600).max(1) + 5);
+        pod_spec.volumes = Some(vec![Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("256Mi".to_owned())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]);
+    }
+    pod
 }
 
 /// A warm Pod's name: `mp-gs-warm-` and 12 random hex digits.
@@ -109,18 +204,10 @@ pub fn render_warm_pod(template: &PodTemplate, name: &str) -> Pod {
 fn render(
     template: &PodTemplate,
     name: String,
-    (role_label, role_value): (&str, String),
+    role: (&str, String),
     session_env: Vec<EnvVar>,
     active_deadline_seconds: i64,
 ) -> Pod {
-    let labels = BTreeMap::from([
-        (APP_LABEL.to_owned(), APP_VALUE.to_owned()),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "matchplane-backend".to_owned(),
-        ),
-        (role_label.to_owned(), role_value),
-    ]);
     let mut env_vars = vec![
         // The Pod's own IP, of whichever family the cluster gives it (IPv4 or IPv6).
         EnvVar {
@@ -160,6 +247,91 @@ fn render(
             .filter(|(k, _)| !fixed.contains(k))
             .map(|(k, v)| env(k, v)),
     );
+    let ports = vec![ContainerPort {
+        name: Some("game".to_owned()),
+        container_port: GAME_PORT,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }];
+    let mut container = base_container(template, template.image.clone(), env_vars, ports);
+    container.readiness_probe = Some(Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(GAME_PORT),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    });
+    // A wedged server (not even accepting) is killed; with restartPolicy Never its session
+    // then fails and the reaper cleans up.
+    container.liveness_probe = Some(Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(GAME_PORT),
+            ..TCPSocketAction::default()
+        }),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    });
+    pod_around(template, name, role, container, active_deadline_seconds)
+}
+
+/// The game-server container every Pod has: `image` with `env` and `ports`, the template's
+/// pull policy and resources, and the restricted security context.
+fn base_container(
+    template: &PodTemplate,
+    image: String,
+    env_vars: Vec<EnvVar>,
+    ports: Vec<ContainerPort>,
+) -> Container {
+    Container {
+        name: "game-server".to_owned(),
+        image: Some(image),
+        image_pull_policy: Some(template.pull_policy.clone()),
+        ports: Some(ports),
+        env: Some(env_vars),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&template.cpu_request, &template.memory_request)),
+            limits: Some(quantities(&template.cpu_limit, &template.memory_limit)),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// The Pod around `container`: named, labelled with its role, in the template's namespace and
+/// placement, never restarted, no service-account token, and the kubelet's deadline.
+fn pod_around(
+    template: &PodTemplate,
+    name: String,
+    (role_label, role_value): (&str, String),
+    container: Container,
+    active_deadline_seconds: i64,
+) -> Pod {
+    let labels = BTreeMap::from([
+        (APP_LABEL.to_owned(), APP_VALUE.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "matchplane-backend".to_owned(),
+        ),
+        (role_label.to_owned(), role_value),
+    ]);
     Pod {
         metadata: ObjectMeta {
             name: Some(name),
@@ -185,59 +357,7 @@ fn render(
                 }),
                 ..PodSecurityContext::default()
             }),
-            containers: vec![Container {
-                name: "game-server".to_owned(),
-                image: Some(template.image.clone()),
-                image_pull_policy: Some(template.pull_policy.clone()),
-                ports: Some(vec![ContainerPort {
-                    name: Some("game".to_owned()),
-                    container_port: GAME_PORT,
-                    protocol: Some("TCP".to_owned()),
-                    ..ContainerPort::default()
-                }]),
-                env: Some(env_vars),
-                readiness_probe: Some(Probe {
-                    tcp_socket: Some(TCPSocketAction {
-                        port: IntOrString::Int(GAME_PORT),
-                        ..TCPSocketAction::default()
-                    }),
-                    period_seconds: Some(1),
-                    failure_threshold: Some(3),
-                    ..Probe::default()
-                }),
-                // A wedged server (not even accepting) is killed; with restartPolicy Never its
-                // session then fails and the reaper cleans up.
-                liveness_probe: Some(Probe {
-                    tcp_socket: Some(TCPSocketAction {
-                        port: IntOrString::Int(GAME_PORT),
-                        ..TCPSocketAction::default()
-                    }),
-                    period_seconds: Some(10),
-                    failure_threshold: Some(3),
-                    ..Probe::default()
-                }),
-                resources: Some(ResourceRequirements {
-                    requests: Some(quantities(&template.cpu_request, &template.memory_request)),
-                    limits: Some(quantities(&template.cpu_limit, &template.memory_limit)),
-                    ..ResourceRequirements::default()
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    privileged: Some(false),
-                    read_only_root_filesystem: Some(true),
-                    run_as_non_root: Some(true),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".to_owned()]),
-                        ..Capabilities::default()
-                    }),
-                    seccomp_profile: Some(SeccompProfile {
-                        type_: "RuntimeDefault".to_owned(),
-                        ..SeccompProfile::default()
-                    }),
-                    ..SecurityContext::default()
-                }),
-                ..Container::default()
-            }],
+            containers: vec![container],
             ..PodSpec::default()
         }),
         ..Pod::default()
@@ -246,10 +366,15 @@ fn render(
 
 /// The game port at a Pod IP, as `ip:port` (`[ip]:port` for IPv6).
 pub(crate) fn game_address(ip: &str) -> Result<String, StartError> {
+    port_address(ip, GAME_PORT as u16)
+}
+
+/// `port` at a Pod IP, as `ip:port` (`[ip]:port` for IPv6).
+pub(crate) fn port_address(ip: &str, port: u16) -> Result<String, StartError> {
     let ip: std::net::IpAddr = ip
         .parse()
         .map_err(|_| StartError::Exited(format!("the pod reports an IP that does not parse: {ip:?}")))?;
-    Ok(std::net::SocketAddr::new(ip, GAME_PORT as u16).to_string())
+    Ok(std::net::SocketAddr::new(ip, port).to_string())
 }
 
 /// Where a Pod stands, for the runtime.

@@ -200,6 +200,7 @@ pub(super) async fn start(settings: &LocalSettings, spec: &ServerSpec) -> Result
     let protocols: Vec<PortProtocol> = profile.ports.iter().map(|p| p.protocol).collect();
     let ports = free_ports(&protocols).map_err(|e| StartError::Spawn(format!("picking free ports: {e}")))?;
     let mut vars = spec.contract_env();
+    vars.push((crate::runtime::profiles::HOST.to_owned(), "127.0.0.1".to_owned()));
     for (port, number) in profile.ports.iter().zip(&ports) {
         vars.push((port.variable(), number.to_string()));
     }
