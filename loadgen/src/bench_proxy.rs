@@ -9,14 +9,17 @@
 //! round by round, and a path's throughput is its median over the rounds.
 //!
 //! Every connection starts with the same `JOIN <ticket>` line (the proxy needs it to route;
-//! the echo server returns it), so every path carries identical bytes.
+//! the echo server returns it), so every path carries identical bytes. Two more paths measure
+//! the proxy for servers of other identity modes: `none` (the proxy consumes the line, so the
+//! echo server returns nothing of it) and `proxy-v2` (the proxy writes a PROXY v2 header in its
+//! place, which the echo server returns and the client checks).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use protocol::sessions::{SessionRecord, SessionState};
+use protocol::sessions::{Identity, SessionRecord, SessionState};
 use protocol::{Claims, TicketSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -203,20 +206,49 @@ async fn echo_server(port: u16) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Connects and completes the JOIN exchange (the echo of the JOIN line).
-async fn open(addr: SocketAddr, join: &[u8]) -> anyhow::Result<TcpStream> {
+/// What the echo server returns of a connection's preamble, by the session's identity mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Returns {
+    /// The JOIN line itself (`join-line`, and the paths that do not route).
+    JoinLine,
+    /// Nothing: the proxy consumed it (`none`).
+    Nothing,
+    /// The PROXY v2 header the proxy wrote in its place (`proxy-v2`).
+    ProxyHeader,
+}
+
+/// Connects and completes the JOIN exchange (what the echo server returns of it).
+async fn open(addr: SocketAddr, join: &[u8], returns: Returns) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     stream.write_all(join).await?;
-    let mut back = vec![0u8; join.len()];
-    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await??;
-    anyhow::ensure!(back == join, "the path did not return the JOIN line");
+    let exchange = async {
+        match returns {
+            Returns::JoinLine => {
+                let mut back = vec![0u8; join.len()];
+                stream.read_exact(&mut back).await?;
+                anyhow::ensure!(back == join, "the path did not return the JOIN line");
+            }
+            Returns::Nothing => {}
+            Returns::ProxyHeader => {
+                let mut header = vec![0u8; 16];
+                stream.read_exact(&mut header).await?;
+                let rest = usize::from(u16::from_be_bytes([header[14], header[15]]));
+                header.resize(16 + rest, 0);
+                stream.read_exact(&mut header[16..]).await?;
+                let seen = protocol::proxy_header::decode(&header).map_err(|e| anyhow::anyhow!("{e}"))?;
+                anyhow::ensure!(seen.player_id == "bench", "the header names {:?}", seen.player_id);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await??;
     Ok(stream)
 }
 
 async fn throughput(
     addr: SocketAddr,
-    join: &[u8],
+    (join, returns): (&[u8], Returns),
     connections: usize,
     seconds: f64,
     watched: Option<u32>,
@@ -227,7 +259,7 @@ async fn throughput(
     // Every connection is open before any carries traffic, so opening does not race the load.
     let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {
-        streams.push(open(addr, join).await?);
+        streams.push(open(addr, join, returns).await?);
     }
     for stream in streams {
         let (received, stop) = (received.clone(), stop.clone());
@@ -297,11 +329,11 @@ fn cpu_per_gib(windows: &[Window], cpu: impl Fn(&Window) -> Option<CpuTimes>) ->
 /// Adds `round_trips` ping-pong round-trip times (after 200 unrecorded ones) to `samples`.
 async fn ping_pong(
     addr: SocketAddr,
-    join: &[u8],
+    (join, returns): (&[u8], Returns),
     round_trips: usize,
     samples: &mut Vec<Duration>,
 ) -> anyhow::Result<()> {
-    let mut stream = open(addr, join).await?;
+    let mut stream = open(addr, join, returns).await?;
     let ping = [0x42u8; 64];
     let mut pong = [0u8; 64];
     for i in 0..round_trips + 200 {
@@ -366,24 +398,46 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
         placement: Default::default(),
     };
     let key = protocol::sessions::sessions_key(&args.redis_key_prefix);
-    redis::cmd("HSET")
-        .arg(&key)
-        .arg(&sid)
-        .arg(serde_json::to_string(&record)?)
-        .query_async::<()>(&mut conn)
-        .await?;
-    let ticket = secret.mint(&Claims::game("bench", &sid, protocol::ticket::unix_now(), 3600));
-    let join = format!("JOIN {ticket}\n").into_bytes();
+    // One session per identity mode, each with its own ticket.
+    let mut joins = Vec::new();
+    for identity in [Identity::JoinLine, Identity::None, Identity::ProxyV2] {
+        let sid = format!("{sid}-{}", identity.as_str());
+        let record = SessionRecord {
+            identity,
+            ..record.clone()
+        };
+        redis::cmd("HSET")
+            .arg(&key)
+            .arg(&sid)
+            .arg(serde_json::to_string(&record)?)
+            .query_async::<()>(&mut conn)
+            .await?;
+        let ticket = secret.mint(&Claims::game("bench", &sid, protocol::ticket::unix_now(), 3600));
+        joins.push((sid, format!("JOIN {ticket}\n").into_bytes()));
+    }
+    let (line, none, v2) = (&joins[0].1, &joins[1].1, &joins[2].1);
 
-    let mut paths = vec![
-        ("direct", echo, Some(std::process::id())),
-        ("matchplane", args.proxy_addr, args.proxy_pid),
+    let mut paths: Vec<(&str, SocketAddr, Option<u32>, (&[u8], Returns))> = vec![
+        ("direct", echo, Some(std::process::id()), (line, Returns::JoinLine)),
+        ("matchplane", args.proxy_addr, args.proxy_pid, (line, Returns::JoinLine)),
+        (
+            "mp identity none",
+            args.proxy_addr,
+            args.proxy_pid,
+            (none, Returns::Nothing),
+        ),
+        (
+            "mp proxy-v2",
+            args.proxy_addr,
+            args.proxy_pid,
+            (v2, Returns::ProxyHeader),
+        ),
     ];
     if let Some(haproxy) = args.haproxy_addr {
-        paths.push(("haproxy", haproxy, args.haproxy_pid));
+        paths.push(("haproxy", haproxy, args.haproxy_pid, (line, Returns::JoinLine)));
     }
     if let Some(haproxy) = args.haproxy_splice_addr {
-        paths.push(("haproxy+splice", haproxy, args.haproxy_pid));
+        paths.push(("haproxy+splice", haproxy, args.haproxy_pid, (line, Returns::JoinLine)));
     }
     let rounds = args.rounds.max(1) as usize;
     let mut gathered: Vec<Gathered> = paths.iter().map(|_| Gathered::default()).collect();
@@ -391,21 +445,21 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
         // Round trips left over from an uneven split go to the first round.
         let trips = args.round_trips / rounds + if round == 0 { args.round_trips % rounds } else { 0 };
         for i in round_order(paths.len(), round) {
-            let (name, addr, pid) = paths[i];
+            let (name, addr, pid, preamble) = paths[i];
             eprintln!(
                 "bench-proxy: round {}/{rounds}: measuring {name} ({addr}) ...",
                 round + 1
             );
             let g = &mut gathered[i];
-            g.one.push(throughput(addr, &join, 1, args.seconds, pid).await?);
-            g.many.push(throughput(addr, &join, 64, args.seconds, pid).await?);
-            ping_pong(addr, &join, trips, &mut g.samples).await?;
+            g.one.push(throughput(addr, preamble, 1, args.seconds, pid).await?);
+            g.many.push(throughput(addr, preamble, 64, args.seconds, pid).await?);
+            ping_pong(addr, preamble, trips, &mut g.samples).await?;
         }
     }
     let results = paths
         .iter()
         .zip(gathered)
-        .map(|(&(name, _, pid), g)| {
+        .map(|(&(name, _, pid, _), g)| {
             let rounds_1_mib_s: Vec<f64> = g.one.iter().map(|w| w.mib_s).collect();
             let rounds_64_mib_s: Vec<f64> = g.many.iter().map(|w| w.mib_s).collect();
             let windows: Vec<Window> = g.one.into_iter().chain(g.many).collect();
@@ -431,11 +485,13 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
             }
         })
         .collect();
-    redis::cmd("HDEL")
-        .arg(&key)
-        .arg(&sid)
-        .query_async::<()>(&mut conn)
-        .await?;
+    for (sid, _) in &joins {
+        redis::cmd("HDEL")
+            .arg(&key)
+            .arg(sid)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
     Ok(results)
 }
 
@@ -501,6 +557,18 @@ pub fn render(results: &[PathResult]) -> String {
             endpoints.total_s() / (endpoints.total_s() + middle.total_s()),
             endpoints.total_s() / (endpoints.total_s() + middle.kernel_s)
         );
+    }
+    for name in ["mp identity none", "mp proxy-v2"] {
+        if let Some(other) = find(name) {
+            let _ = writeln!(
+                out,
+                "{name} vs matchplane (join-line): throughput x{:.2} (1 conn), x{:.2} (64 conns); added p50 {:.1} µs vs {:.1} µs",
+                other.throughput_1_mib_s / mp.throughput_1_mib_s,
+                other.throughput_64_mib_s / mp.throughput_64_mib_s,
+                added_p50(other),
+                added_p50(mp)
+            );
+        }
     }
     for name in ["haproxy", "haproxy+splice"] {
         if let Some(hp) = find(name) {
