@@ -217,6 +217,12 @@ enum Returns {
     ProxyHeader,
 }
 
+/// What a connection of a path sends first, and what comes back of it.
+type Preamble<'a> = (&'a [u8], Returns);
+
+/// One path: its name, where it connects, the pid of the process in the middle, its preamble.
+type PathSpec<'a> = (&'a str, SocketAddr, Option<u32>, Preamble<'a>);
+
 /// Connects and completes the JOIN exchange (what the echo server returns of it).
 async fn open(addr: SocketAddr, join: &[u8], returns: Returns) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
@@ -248,7 +254,7 @@ async fn open(addr: SocketAddr, join: &[u8], returns: Returns) -> anyhow::Result
 
 async fn throughput(
     addr: SocketAddr,
-    (join, returns): (&[u8], Returns),
+    (join, returns): Preamble<'_>,
     connections: usize,
     seconds: f64,
     watched: Option<u32>,
@@ -329,7 +335,7 @@ fn cpu_per_gib(windows: &[Window], cpu: impl Fn(&Window) -> Option<CpuTimes>) ->
 /// Adds `round_trips` ping-pong round-trip times (after 200 unrecorded ones) to `samples`.
 async fn ping_pong(
     addr: SocketAddr,
-    (join, returns): (&[u8], Returns),
+    (join, returns): Preamble<'_>,
     round_trips: usize,
     samples: &mut Vec<Duration>,
 ) -> anyhow::Result<()> {
@@ -417,7 +423,7 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
     }
     let (line, none, v2) = (&joins[0].1, &joins[1].1, &joins[2].1);
 
-    let mut paths: Vec<(&str, SocketAddr, Option<u32>, (&[u8], Returns))> = vec![
+    let mut paths: Vec<PathSpec<'_>> = vec![
         ("direct", echo, Some(std::process::id()), (line, Returns::JoinLine)),
         ("matchplane", args.proxy_addr, args.proxy_pid, (line, Returns::JoinLine)),
         (
