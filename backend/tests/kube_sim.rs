@@ -40,6 +40,8 @@ async fn sim(start_delay_ms: u64) -> Sim {
     let node = NodeConfig {
         game_server_bin: built_binary("game-server"),
         images: [("bzflag/bzfs:2.4.26".to_owned(), "/usr/games/bzfs".into())].into(),
+        // The namespace enforces the restricted Pod Security Standard, as deploy/ labels it.
+        namespaces: NodeConfig::namespaces_with(NS, Some("restricted")),
         secrets: [(
             ("matchplane-ticket".to_owned(), "ticket-secret".to_owned()),
             common::SECRET.to_owned(),
@@ -1060,4 +1062,150 @@ async fn sim_client(sim: &Sim) -> kube::Client {
     .await
     .unwrap();
     kube::Client::try_from(config).unwrap()
+}
+
+/// kube-sim refuses what a real API server refuses where the backend depends on it: a Pod in a
+/// namespace that does not exist (404, before any validation), a Pod the namespace's Pod Security
+/// level does not admit (403, naming each violation), and a dry run stores nothing. A watch with
+/// a label selector sees a Pod that starts matching it as ADDED and one that stops as DELETED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_sim_refuses_what_an_api_server_refuses_and_watches_follow_selectors() {
+    use futures_util::StreamExt as _;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+    let node = NodeConfig {
+        game_server_bin: built_binary("game-server"),
+        images: Default::default(),
+        namespaces: NodeConfig::namespaces_with(NS, Some("restricted")),
+        secrets: Default::default(),
+        log_dir: None,
+        strict_by_default: true,
+        rbac: None,
+    };
+    let behaviour = Behaviour {
+        start_delay_ms: 60_000,
+        never_ready: 0,
+        bookmark_interval_ms: 500,
+        max_watch_seconds: 30,
+    };
+    let (_cluster, addr, stop): (_, SocketAddr, CancellationToken) = kube_sim::start(node, behaviour).await.unwrap();
+    let _stop = stop.drop_guard();
+    let kubeconfig = std::env::temp_dir().join(format!("kube-sim-{}.yaml", common::unique_prefix()));
+    std::fs::write(&kubeconfig, kube_sim::kubeconfig(addr, NS)).unwrap();
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let code = |e: kube::Error| match e {
+        kube::Error::Api(status) => (status.code, status.message),
+        other => panic!("{other}"),
+    };
+    // The backend's own Pod for a session: admitted by the restricted level.
+    let template = backend::runtime::kubernetes::PodTemplate {
+        namespace: NS.into(),
+        image: "registry.example/matchplane/game-server:1.0".into(),
+        pull_policy: "IfNotPresent".into(),
+        cpu_request: "50m".into(),
+        cpu_limit: "500m".into(),
+        memory_request: "16Mi".into(),
+        memory_limit: "64Mi".into(),
+        node_selector: Default::default(),
+        tolerations: Vec::new(),
+        secret_name: "matchplane-ticket".into(),
+        secret_key: "ticket-secret".into(),
+        active_deadline_seconds: 600,
+        extra_env: Vec::new(),
+    };
+    let spec = backend::runtime::ServerSpec::new(
+        "0b6f6a2e-0c63-4f0e-9d55-7cf1d2c0e5a1",
+        vec!["a".into(), "b".into()],
+        Vec::new(),
+        "http://backend:8081",
+        &protocol::TicketSecret::new("x".to_owned()).unwrap(),
+        Duration::from_secs(60),
+    );
+    let pod = backend::runtime::kubernetes::render_pod(&template, &spec);
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), NS);
+    let elsewhere: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "nowhere");
+
+    let (status, message) = code(elsewhere.create(&PostParams::default(), &pod).await.unwrap_err());
+    assert_eq!((status, message.as_str()), (404, "namespaces \"nowhere\" not found"));
+
+    // Without its security context the same Pod violates the restricted level.
+    let mut bare = pod.clone();
+    let spec_mut = bare.spec.as_mut().unwrap();
+    spec_mut.security_context = None;
+    spec_mut.containers[0].security_context = None;
+    let (status, message) = code(pods.create(&PostParams::default(), &bare).await.unwrap_err());
+    assert_eq!(status, 403);
+    assert!(
+        message.contains("violates PodSecurity \"restricted:latest\""),
+        "{message}"
+    );
+    assert!(message.contains("allowPrivilegeEscalation != false"), "{message}");
+
+    // A dry run stores nothing.
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    pods.create(&dry, &pod).await.unwrap();
+    assert!(pods.list(&Default::default()).await.unwrap().items.is_empty());
+
+    // A watch by label: the Pod starts matching (ADDED), then stops (DELETED).
+    let mut watch = pods
+        .watch(&WatchParams::default().labels("team=blue"), "0")
+        .await
+        .unwrap()
+        .boxed();
+    let name = pod.metadata.name.clone().unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let label = |value: Option<&str>| Patch::Merge(serde_json::json!({"metadata": {"labels": {"team": value}}}));
+    // A dry-run patch changes nothing a watch would see.
+    let dry_patch = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let tried = pods.patch(&name, &dry_patch, &label(Some("blue"))).await.unwrap();
+    assert_eq!(tried.metadata.labels.unwrap()["team"], "blue");
+    assert!(
+        !pods
+            .get(&name)
+            .await
+            .unwrap()
+            .metadata
+            .labels
+            .unwrap()
+            .contains_key("team")
+    );
+    pods.patch(&name, &PatchParams::default(), &label(Some("blue")))
+        .await
+        .unwrap();
+    pods.patch(&name, &PatchParams::default(), &label(None)).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .expect("a watch event")
+        {
+            Some(Ok(WatchEvent::Added(p))) => seen.push(("ADDED", p.metadata.name.unwrap())),
+            Some(Ok(WatchEvent::Deleted(p))) => seen.push(("DELETED", p.metadata.name.unwrap())),
+            Some(Ok(WatchEvent::Bookmark(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seen, [("ADDED", name.clone()), ("DELETED", name.clone())]);
+    // A dry-run delete leaves the Pod.
+    let dry_delete = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    pods.delete(&name, &dry_delete).await.unwrap();
+    assert!(pods.get(&name).await.is_ok());
+    let _ = std::fs::remove_file(&kubeconfig);
 }

@@ -270,6 +270,25 @@ fn watch(
             && labels.matches(pod.metadata.labels.as_ref())
             && fields.matches(pod)
     };
+    // What a watch sends of an event, as a real API server's watch cache does: a Pod that
+    // starts matching the selectors arrives as ADDED, one that stops as DELETED.
+    let seen = move |event: &crate::cluster::Event| -> Option<&'static str> {
+        let now = wanted(&event.pod);
+        let before = match (&event.previous_labels, event.kind) {
+            (Some(labels), "MODIFIED") => {
+                let mut old = event.pod.clone();
+                old.metadata.labels.clone_from(labels);
+                wanted(&old)
+            }
+            _ => now,
+        };
+        match (event.kind, before, now) {
+            ("MODIFIED", false, true) => Some("ADDED"),
+            ("MODIFIED", true, false) => Some("DELETED"),
+            (kind, _, true) => Some(kind),
+            _ => None,
+        }
+    };
     match cluster.watch(from) {
         Err(too_old) => {
             // As the real API server: a 200 whose one event is an ERROR carrying 410 Gone.
@@ -288,7 +307,9 @@ fn watch(
                 let mut last = cluster.resource_version();
                 for event in first {
                     last = last.max(event.resource_version);
-                    if wanted(&event.pod) && tx.send(Ok(line(event.kind, pod_json(&event.pod)))).await.is_err() {
+                    if let Some(kind) = seen(&event)
+                        && tx.send(Ok(line(kind, pod_json(&event.pod)))).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -313,7 +334,9 @@ fn watch(
                         }
                         event = live.recv() => match event {
                             Ok(event) => {
-                                if wanted(&event.pod) && tx.send(Ok(line(event.kind, pod_json(&event.pod)))).await.is_err() {
+                                if let Some(kind) = seen(&event)
+                                    && tx.send(Ok(line(kind, pod_json(&event.pod)))).await.is_err()
+                                {
                                     return;
                                 }
                             }
@@ -366,6 +389,16 @@ fn create_pod(cluster: &Arc<Cluster>, ns: String, q: &CreateQuery, body: &[u8]) 
         Err(e) => return status(400, "BadRequest", &format!("the body is not a valid Pod: {e}"), None),
     };
     let name_for = |pod: &Pod| pod.metadata.name.clone().unwrap_or_default();
+    // The namespace must exist (then the Pod must be valid, and its Pod Security level admit
+    // it: the order in which a real API server's admission refuses).
+    let Some(level) = cluster.node.namespaces.get(&ns) else {
+        return status(
+            404,
+            "NotFound",
+            &format!("namespaces {ns:?} not found"),
+            Some(json!({"name": ns, "kind": "namespaces"})),
+        );
+    };
     let mut unknown = Vec::new();
     validate::unknown_fields(&sent, &pod_json(&pod), "", &mut unknown);
     let directive = q
@@ -396,6 +429,21 @@ fn create_pod(cluster: &Arc<Cluster>, ns: String, q: &CreateQuery, body: &[u8]) 
         );
         let details = json!({"name": name_for(&pod), "kind": "Pod", "causes": causes});
         return status(422, "Invalid", &message, Some(details));
+    }
+    if let Some(level) = level {
+        let violations = crate::pod_security::violations(&pod, level);
+        if !violations.is_empty() {
+            return status(
+                403,
+                "Forbidden",
+                &format!(
+                    "pods {:?} is forbidden: violates PodSecurity \"{level}:latest\": {}",
+                    name_for(&pod),
+                    violations.join(", ")
+                ),
+                Some(json!({"name": name_for(&pod), "kind": "pods"})),
+            );
+        }
     }
     if pod.metadata.name.is_none()
         && let Some(prefix) = &pod.metadata.generate_name
@@ -450,6 +498,13 @@ async fn read(State(cluster): State<Arc<Cluster>>, Path((ns, name)): Path<(Strin
 #[serde(rename_all = "camelCase")]
 struct DeleteQuery {
     grace_period_seconds: Option<i64>,
+    dry_run: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct PatchQuery {
+    dry_run: Option<String>,
 }
 
 async fn delete(
@@ -477,6 +532,25 @@ fn delete_pod(cluster: &Cluster, ns: String, name: String, q: &DeleteQuery, body
     let version = options
         .pointer("/preconditions/resourceVersion")
         .and_then(Value::as_str);
+    // A dry run checks what a delete would, and deletes nothing.
+    if q.dry_run.is_some()
+        || options
+            .get("dryRun")
+            .is_some_and(|d| d.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        return match cluster.get(&(ns, name.clone())) {
+            None => not_found(&name),
+            Some(pod) if version.is_some_and(|v| pod.metadata.resource_version.as_deref() != Some(v)) => status(
+                409,
+                "Conflict",
+                &format!(
+                    "Operation cannot be fulfilled on pods {name:?}: the ResourceVersion in the precondition does not match"
+                ),
+                Some(json!({"name": name, "kind": "pods"})),
+            ),
+            Some(pod) => Json(pod_json(&pod)).into_response(),
+        };
+    }
     match cluster.delete_if(&(ns, name.clone()), grace, version) {
         Ok(Some(pod)) => Json(pod_json(&pod)).into_response(),
         Ok(None) | Err(PatchError::NotFound) => not_found(&name),
@@ -493,13 +567,24 @@ fn delete_pod(cluster: &Cluster, ns: String, name: String, q: &DeleteQuery, body
 async fn patch(
     State(cluster): State<Arc<Cluster>>,
     Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<PatchQuery>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    faulted_write(&cluster, Verb::Patch, || patch_pod(&cluster, ns, name, &headers, &body))
+    let dry_run = q.dry_run.is_some();
+    faulted_write(&cluster, Verb::Patch, || {
+        patch_pod(&cluster, ns, name, dry_run, &headers, &body)
+    })
 }
 
-fn patch_pod(cluster: &Cluster, ns: String, name: String, headers: &axum::http::HeaderMap, body: &[u8]) -> Response {
+fn patch_pod(
+    cluster: &Cluster,
+    ns: String,
+    name: String,
+    dry_run: bool,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -523,7 +608,7 @@ fn patch_pod(cluster: &Cluster, ns: String, name: String, headers: &axum::http::
         Ok(_) => return status(400, "BadRequest", "a merge patch is a JSON object", None),
         Err(e) => return status(400, "BadRequest", &format!("the body is not JSON: {e}"), None),
     };
-    match cluster.patch(&(ns, name.clone()), &sent) {
+    match cluster.patch_or_try(&(ns, name.clone()), &sent, dry_run) {
         Ok(pod) => Json(pod_json(&pod)).into_response(),
         Err(PatchError::NotFound) => not_found(&name),
         Err(PatchError::Conflict(message)) => {

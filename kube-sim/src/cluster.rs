@@ -21,6 +21,9 @@ pub struct Event {
     pub kind: &'static str,
     pub resource_version: u64,
     pub pod: Pod,
+    /// A MODIFIED event's labels before the change, when the change touched them: a watch
+    /// whose label selector the Pod starts or stops matching sees ADDED or DELETED instead.
+    pub previous_labels: Option<Option<BTreeMap<String, String>>>,
 }
 
 /// An API call the faults apply to.
@@ -211,6 +214,17 @@ impl Cluster {
     }
 
     fn emit(&self, state: &mut State, kind: &'static str, pod: &mut Pod) -> u64 {
+        self.emit_change(state, kind, pod, None)
+    }
+
+    /// [`Cluster::emit`] for a change of the Pod's labels from `previous_labels`.
+    fn emit_change(
+        &self,
+        state: &mut State,
+        kind: &'static str,
+        pod: &mut Pod,
+        previous_labels: Option<Option<BTreeMap<String, String>>>,
+    ) -> u64 {
         state.resource_version += 1;
         let rv = state.resource_version;
         pod.metadata.resource_version = Some(rv.to_string());
@@ -218,6 +232,7 @@ impl Cluster {
             kind,
             resource_version: rv,
             pod: pod.clone(),
+            previous_labels,
         });
         state.history.push_back(event.clone());
         while state.history.len() > self.history_limit {
@@ -447,6 +462,12 @@ impl Cluster {
     /// applies only to that version, else `Conflict` (optimistic concurrency, as kube-rs and
     /// kubectl use it).
     pub fn patch(&self, key: &Key, patch: &serde_json::Value) -> Result<Pod, PatchError> {
+        self.patch_or_try(key, patch, false)
+    }
+
+    /// [`Cluster::patch`], or with `dry_run` everything it checks and the Pod it would make,
+    /// with nothing stored or sent to watches (`?dryRun=All`).
+    pub fn patch_or_try(&self, key: &Key, patch: &serde_json::Value, dry_run: bool) -> Result<Pod, PatchError> {
         let mut state = self.state.lock().unwrap();
         let current = state.pods.get(key).ok_or(PatchError::NotFound)?.clone();
         let version = current.metadata.resource_version.clone().unwrap_or_default();
@@ -527,6 +548,9 @@ impl Cluster {
         if !causes.is_empty() {
             return Err(PatchError::Invalid(causes.join(", ")));
         }
+        if dry_run {
+            return Ok(patched);
+        }
         if patched == current {
             return Ok(current);
         }
@@ -537,7 +561,8 @@ impl Cluster {
                 .as_ref()
                 .and_then(|l| l.get("matchplane.io/session").cloned());
         }
-        self.emit(&mut state, "MODIFIED", &mut patched);
+        let previous = (current.metadata.labels != patched.metadata.labels).then(|| current.metadata.labels.clone());
+        self.emit_change(&mut state, "MODIFIED", &mut patched, previous);
         state.pods.insert(key.clone(), patched.clone());
         if new_deadline != old_deadline
             && let (Some(seconds), Some(kubelet)) = (new_deadline, state.kubelets.get(key))
@@ -612,6 +637,7 @@ impl Cluster {
                             .and_then(|rv| rv.parse().ok())
                             .unwrap_or(0),
                         pod: pod.clone(),
+                        previous_labels: None,
                     })
                 })
                 .collect(),
@@ -702,6 +728,7 @@ mod tests {
         let node = NodeConfig {
             game_server_bin: "/nonexistent/game-server".into(),
             images: HashMap::new(),
+            namespaces: NodeConfig::namespaces_with("default", None),
             secrets: HashMap::new(),
             log_dir: None,
             strict_by_default: true,

@@ -18,6 +18,7 @@ pub mod api;
 pub mod cluster;
 pub mod kubelet;
 pub mod node;
+pub mod pod_security;
 pub mod rbac;
 pub mod selector;
 pub mod validate;
@@ -57,9 +58,14 @@ pub struct Config {
     /// Write a kubeconfig for this server here once listening.
     #[arg(long, env = "KUBE_SIM_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig's default namespace.
+    /// The kubeconfig's default namespace; it exists beside the system namespaces (`default`,
+    /// `kube-system`, ...), and a Pod in any other is refused.
     #[arg(long, env = "KUBE_SIM_NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// The Pod Security level `--namespace` enforces on create (its
+    /// `pod-security.kubernetes.io/enforce` label): privileged, baseline or restricted.
+    #[arg(long, env = "KUBE_SIM_POD_SECURITY", default_value = "restricted")]
+    pub pod_security: String,
     /// The program every container runs (default: `game-server` beside this binary).
     #[arg(long, env = "GAME_SERVER_BIN")]
     pub game_server_bin: Option<PathBuf>,
@@ -158,9 +164,15 @@ impl Config {
         if let Some(dir) = &self.log_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        anyhow::ensure!(
+            pod_security::LEVELS.contains(&self.pod_security.as_str()),
+            "--pod-security must be privileged, baseline or restricted, got {:?}",
+            self.pod_security
+        );
         Ok(NodeConfig {
             game_server_bin,
             images,
+            namespaces: NodeConfig::namespaces_with(&self.namespace, Some(&self.pod_security)),
             secrets,
             log_dir: self.log_dir.clone(),
             strict_by_default: self.field_validation == FieldValidation::Strict,

@@ -37,6 +37,9 @@ pub struct NodeConfig {
     /// The images the kubelet knows, each with the program that is its entrypoint: a Pod with
     /// one runs that program with the container's `args` (a studio's server image).
     pub images: HashMap<String, std::path::PathBuf>,
+    /// The namespaces that exist, each with its Pod Security `enforce` level (`None`: none
+    /// enforced); a Pod in any other namespace is refused, as a real API server refuses it.
+    pub namespaces: HashMap<String, Option<String>>,
     /// `secret/key` → value.
     pub secrets: HashMap<(String, String), String>,
     pub log_dir: Option<std::path::PathBuf>,
@@ -75,4 +78,17 @@ pub trait PodStorage: Send + Sync + 'static {
     fn record_pod(&self, key: &Key, change: &mut dyn FnMut(&mut PodRecord));
     /// A free loopback address for a Pod listening on `port`.
     fn pod_ip(&self, port: u16) -> Ipv4Addr;
+}
+
+/// The namespaces every cluster has.
+pub const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+impl NodeConfig {
+    /// The system namespaces (no level enforced) and `namespace` enforcing `level`.
+    pub fn namespaces_with(namespace: &str, level: Option<&str>) -> HashMap<String, Option<String>> {
+        let mut all: HashMap<String, Option<String>> =
+            SYSTEM_NAMESPACES.iter().map(|n| ((*n).to_owned(), None)).collect();
+        all.insert(namespace.to_owned(), level.map(str::to_owned));
+        all
+    }
 }

@@ -72,7 +72,7 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
     let results = bench_proxy::run(args.clone()).await.expect("the benchmark runs");
 
     let paths: Vec<&str> = results.iter().map(|r| r.path.as_str()).collect();
-    assert_eq!(paths, ["direct", "matchplane"]);
+    assert_eq!(paths, ["direct", "matchplane", "mp identity none", "mp proxy-v2"]);
     for r in &results {
         assert!(r.throughput_1_mib_s > 0.0, "{r:?}");
         assert!(r.throughput_64_mib_s > 0.0, "{r:?}");
@@ -98,6 +98,10 @@ async fn bench_proxy_measures_direct_and_the_proxy_side_by_side() {
     let table = bench_proxy::render(&results);
     assert!(table.contains("matchplane vs direct: throughput x"), "{table}");
     assert!(table.contains("CPU-bound ceiling vs direct"), "{table}");
+    assert!(
+        table.contains("mp proxy-v2 vs matchplane (join-line): throughput x"),
+        "{table}"
+    );
     assert!(table.contains("median of 2 round(s)"), "{table}");
     assert!(!table.contains("vs haproxy"), "no HAProxy was measured: {table}");
 
