@@ -1106,21 +1106,7 @@ async fn kube_sim_refuses_what_an_api_server_refuses_and_watches_follow_selector
         other => panic!("{other}"),
     };
     // The backend's own Pod for a session: admitted by the restricted level.
-    let template = backend::runtime::kubernetes::PodTemplate {
-        namespace: NS.into(),
-        image: "registry.example/matchplane/game-server:1.0".into(),
-        pull_policy: "IfNotPresent".into(),
-        cpu_request: "50m".into(),
-        cpu_limit: "500m".into(),
-        memory_request: "16Mi".into(),
-        memory_limit: "64Mi".into(),
-        node_selector: Default::default(),
-        tolerations: Vec::new(),
-        secret_name: "matchplane-ticket".into(),
-        secret_key: "ticket-secret".into(),
-        active_deadline_seconds: 600,
-        extra_env: Vec::new(),
-    };
+    let template = common::pod_template(NS);
     let spec = backend::runtime::ServerSpec::new(
         "0b6f6a2e-0c63-4f0e-9d55-7cf1d2c0e5a1",
         vec!["a".into(), "b".into()],

@@ -30,21 +30,7 @@ fn mock() -> (kube::Client, Handle) {
 }
 
 fn template() -> PodTemplate {
-    PodTemplate {
-        namespace: NS.into(),
-        image: "registry.example/matchplane/game-server:1.0".into(),
-        pull_policy: "IfNotPresent".into(),
-        cpu_request: "50m".into(),
-        cpu_limit: "500m".into(),
-        memory_request: "16Mi".into(),
-        memory_limit: "64Mi".into(),
-        node_selector: Default::default(),
-        tolerations: Vec::new(),
-        secret_name: "matchplane-ticket".into(),
-        secret_key: "ticket-secret".into(),
-        active_deadline_seconds: 86_580,
-        extra_env: Vec::new(),
-    }
+    common::pod_template(NS)
 }
 
 fn spec(sid: &str, ready_timeout: Duration) -> ServerSpec {

@@ -59,6 +59,16 @@ sys.exit(0)
 /// A backend on the local runtime with the queue file `queues` (its `SCRIPT` replaced by the
 /// scripts' directory), a proxy in front of it, and the history database.
 async fn stack(dir: &Path, queues: &str, ready_timeout: f64) -> (Backend, SocketAddr, String) {
+    stack_with(dir, queues, ready_timeout, &[]).await
+}
+
+/// [`stack`] with further proxy flags.
+async fn stack_with(
+    dir: &Path,
+    queues: &str,
+    ready_timeout: f64,
+    proxy_flags: &[&str],
+) -> (Backend, SocketAddr, String) {
     let file = dir.join("queues.yaml");
     std::fs::write(&file, queues.replace("SCRIPT", dir.to_str().unwrap())).unwrap();
     let prefix = common::unique_prefix();
@@ -69,7 +79,9 @@ async fn stack(dir: &Path, queues: &str, ready_timeout: f64) -> (Backend, Socket
         .build()
         .unwrap();
     let backend = Backend::start(settings).await;
-    let (proxy, _stop) = start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    let mut flags = vec!["--player-rate-limit-per-second", "0"];
+    flags.extend_from_slice(proxy_flags);
+    let (proxy, _stop) = start_proxy(backend.addr, &prefix, &flags).await;
     (backend, proxy, db)
 }
 
@@ -447,7 +459,6 @@ async fn udp_players_reach_their_server_through_the_public_port_with_their_ticke
     use protocol::udp::{self, FromProxy};
     let dir = scratch();
     script(&dir, "udp-echo", UDP_ECHO);
-    let file = dir.join("queues.yaml");
     let queues = r#"
 servers:
   udp:
@@ -457,27 +468,8 @@ servers:
 queues:
   - {name: udp, session_size: 1, server: udp}
 "#;
-    std::fs::write(&file, queues.replace("SCRIPT", dir.to_str().unwrap())).unwrap();
-    let prefix = common::unique_prefix();
-    let db = common::fresh_database().await;
-    let settings = local_settings(&prefix, &db, &common::built_binary("game-server"))
-        .matchmaking_config(&file)
-        .build()
-        .unwrap();
-    let backend = Backend::start(settings).await;
-    let (proxy, _stop) = start_proxy(
-        backend.addr,
-        &prefix,
-        &[
-            "--player-rate-limit-per-second",
-            "0",
-            "--udp-idle-seconds",
-            "2",
-            "--udp-flow-rate-per-second",
-            "50",
-        ],
-    )
-    .await;
+    let flags = ["--udp-idle-seconds", "2", "--udp-flow-rate-per-second", "50"];
+    let (backend, proxy, db) = stack_with(&dir, queues, 60.0, &flags).await;
     let http = &backend.http;
     let status = matched(http, "udp", &["uma"]).await.remove(0);
     let sid = status["session_id"].as_str().unwrap().to_owned();
@@ -620,35 +612,18 @@ async fn sauerbratens_own_udp_server_runs_as_a_profile_and_its_players_reach_it_
         return;
     }
     let dir = scratch();
-    let file = dir.join("queues.yaml");
-    std::fs::write(
-        &file,
-        r#"
+    let queues = r#"
 servers:
   sauerbraten:
-    command: ["/usr/games/cube2-server", "-i127.0.0.1", "-j${PORT_GAME}", "-c4"]
+    command: ["/usr/games/cube2-server", "-i${HOST}", "-j${PORT_GAME}", "-c4"]
     ports: [{name: game, protocol: udp}]
     ready: port
     identity: none
     empty_grace_seconds: 1
 queues:
   - {name: sauer, session_size: 1, server: sauerbraten}
-"#,
-    )
-    .unwrap();
-    let prefix = common::unique_prefix();
-    let db = common::fresh_database().await;
-    let settings = local_settings(&prefix, &db, &common::built_binary("game-server"))
-        .matchmaking_config(&file)
-        .build()
-        .unwrap();
-    let backend = Backend::start(settings).await;
-    let (proxy, _stop) = start_proxy(
-        backend.addr,
-        &prefix,
-        &["--player-rate-limit-per-second", "0", "--udp-idle-seconds", "2"],
-    )
-    .await;
+"#;
+    let (backend, proxy, db) = stack_with(&dir, queues, 60.0, &["--udp-idle-seconds", "2"]).await;
     let status = matched(&backend.http, "sauer", &["fragger"]).await.remove(0);
     let sid = status["session_id"].as_str().unwrap().to_owned();
     let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -330,3 +330,22 @@ pub async fn start_proxy(backend: SocketAddr, prefix: &str, extra: &[&str]) -> (
     .await;
     (addr, shutdown)
 }
+
+/// The game-server Pod settings the Kubernetes tests use, in namespace `ns`.
+pub fn pod_template(ns: &str) -> backend::runtime::kubernetes::PodTemplate {
+    backend::runtime::kubernetes::PodTemplate {
+        namespace: ns.into(),
+        image: "registry.example/matchplane/game-server:1.0".into(),
+        pull_policy: "IfNotPresent".into(),
+        cpu_request: "50m".into(),
+        cpu_limit: "500m".into(),
+        memory_request: "16Mi".into(),
+        memory_limit: "64Mi".into(),
+        node_selector: Default::default(),
+        tolerations: Vec::new(),
+        secret_name: "matchplane-ticket".into(),
+        secret_key: "ticket-secret".into(),
+        active_deadline_seconds: 86_580,
+        extra_env: Vec::new(),
+    }
+}
