@@ -111,7 +111,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         settings,
         redis,
         backend,
-        metrics: Metrics::new(&[game::SESSION_LOOKUP]),
+        metrics: Metrics::new(&[game::SESSION_LOOKUP, game::PRESENCE]),
         routes: game::Routes::default(),
         health: health::Health::default(),
         draining: CancellationToken::new(),

@@ -42,7 +42,7 @@ pub(crate) struct Metrics {
     routes: Family<OutcomeLabel, Counter>,
     http: Family<StatusLabel, Histogram, fn() -> Histogram>,
     /// The UDP relay's.
-    pub(crate) udp: crate::udp::UdpMetrics,
+    pub(crate) udp: UdpMetrics,
 }
 
 /// How a connection was routed (or why not), as `mp_proxy_routes_total` counts it.
@@ -98,6 +98,77 @@ impl Route {
             Route::ServerFull => "server_full",
             Route::ProxyHeader => "proxy_header",
         }
+    }
+}
+
+/// Why a datagram was dropped, or what was done with it, as `mp_proxy_udp_datagrams_total`
+/// counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UdpOutcome {
+    ToServer,
+    ToClient,
+    Welcomed,
+    Refused,
+    Malformed,
+    UnknownFlow,
+    RateLimited,
+    JoinRateLimited,
+    SendFailed,
+}
+
+impl UdpOutcome {
+    pub(crate) const ALL: [UdpOutcome; 9] = [
+        UdpOutcome::ToServer,
+        UdpOutcome::ToClient,
+        UdpOutcome::Welcomed,
+        UdpOutcome::Refused,
+        UdpOutcome::Malformed,
+        UdpOutcome::UnknownFlow,
+        UdpOutcome::RateLimited,
+        UdpOutcome::JoinRateLimited,
+        UdpOutcome::SendFailed,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            UdpOutcome::ToServer => "relayed_to_server",
+            UdpOutcome::ToClient => "relayed_to_client",
+            UdpOutcome::Welcomed => "join_welcomed",
+            UdpOutcome::Refused => "join_refused",
+            UdpOutcome::Malformed => "malformed",
+            UdpOutcome::UnknownFlow => "unknown_flow",
+            UdpOutcome::RateLimited => "rate_limited",
+            UdpOutcome::JoinRateLimited => "join_rate_limited",
+            UdpOutcome::SendFailed => "send_failed",
+        }
+    }
+}
+
+/// The UDP relay's counters, created once (a datagram's count is one atomic add).
+pub(crate) struct UdpMetrics {
+    outcomes: Vec<Counter>,
+    pub(crate) flows: Gauge,
+    pub(crate) rebinds: Counter,
+}
+
+impl UdpMetrics {
+    pub(crate) fn new(family: &Family<crate::metrics::OutcomeLabel, Counter>, flows: Gauge, rebinds: Counter) -> Self {
+        UdpMetrics {
+            outcomes: UdpOutcome::ALL
+                .iter()
+                .map(|o| {
+                    family
+                        .get_or_create(&crate::metrics::OutcomeLabel { outcome: o.label() })
+                        .clone()
+                })
+                .collect(),
+            flows,
+            rebinds,
+        }
+    }
+
+    pub(crate) fn count(&self, outcome: UdpOutcome) {
+        self.outcomes[outcome as usize].inc();
     }
 }
 
@@ -161,7 +232,7 @@ impl Metrics {
             bytes,
             routes,
             http,
-            udp: crate::udp::UdpMetrics::new(&datagrams, flows, rebinds),
+            udp: UdpMetrics::new(&datagrams, flows, rebinds),
         }
     }
 }
@@ -237,7 +308,7 @@ mod tests {
                 .map(|r| format!("mp_proxy_routes_total{{outcome=\"{}\"}} 0", r.label())),
         );
         lines.extend(
-            crate::udp::Outcome::ALL
+            UdpOutcome::ALL
                 .iter()
                 .map(|o| format!("mp_proxy_udp_datagrams_total{{outcome=\"{}\"}} 0", o.label())),
         );

@@ -18,9 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use protocol::udp::{self, FromClient};
 use protocol::{Audience, ErrorCode};
 use tokio::net::UdpSocket;
@@ -28,82 +25,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Context;
+use crate::metrics::UdpOutcome as Outcome;
 
 /// The largest datagram relayed (IPv4's UDP payload limit).
 const MAX_DATAGRAM: usize = 65_507;
 /// How often idle flows are looked for.
 const SWEEP: Duration = Duration::from_secs(1);
-
-/// Why a datagram was dropped, or what was done with it, as `mp_proxy_udp_datagrams_total`
-/// counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    ToServer,
-    ToClient,
-    Welcomed,
-    Refused,
-    Malformed,
-    UnknownFlow,
-    RateLimited,
-    JoinRateLimited,
-    SendFailed,
-}
-
-impl Outcome {
-    pub(crate) const ALL: [Outcome; 9] = [
-        Outcome::ToServer,
-        Outcome::ToClient,
-        Outcome::Welcomed,
-        Outcome::Refused,
-        Outcome::Malformed,
-        Outcome::UnknownFlow,
-        Outcome::RateLimited,
-        Outcome::JoinRateLimited,
-        Outcome::SendFailed,
-    ];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Outcome::ToServer => "relayed_to_server",
-            Outcome::ToClient => "relayed_to_client",
-            Outcome::Welcomed => "join_welcomed",
-            Outcome::Refused => "join_refused",
-            Outcome::Malformed => "malformed",
-            Outcome::UnknownFlow => "unknown_flow",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::JoinRateLimited => "join_rate_limited",
-            Outcome::SendFailed => "send_failed",
-        }
-    }
-}
-
-/// The UDP relay's counters, created once (a datagram's count is one atomic add).
-pub(crate) struct UdpMetrics {
-    outcomes: Vec<Counter>,
-    pub(crate) flows: Gauge,
-    pub(crate) rebinds: Counter,
-}
-
-impl UdpMetrics {
-    pub(crate) fn new(family: &Family<crate::metrics::OutcomeLabel, Counter>, flows: Gauge, rebinds: Counter) -> Self {
-        UdpMetrics {
-            outcomes: Outcome::ALL
-                .iter()
-                .map(|o| {
-                    family
-                        .get_or_create(&crate::metrics::OutcomeLabel { outcome: o.label() })
-                        .clone()
-                })
-                .collect(),
-            flows,
-            rebinds,
-        }
-    }
-
-    fn count(&self, outcome: Outcome) {
-        self.outcomes[outcome as usize].inc();
-    }
-}
 
 /// A token bucket over one flow's client datagrams.
 struct Bucket {

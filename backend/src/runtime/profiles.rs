@@ -288,6 +288,21 @@ impl Profiles {
     }
 }
 
+/// `bin` if it is an executable file; a bare name is looked up in `path`, as the spawn does.
+pub(crate) fn find_executable(bin: &std::path::Path, path: Option<&std::ffi::OsStr>) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.components().count() > 1 {
+        return executable(bin).then(|| bin.to_path_buf());
+    }
+    std::env::split_paths(path?)
+        .map(|dir| dir.join(bin))
+        .find(|candidate| executable(candidate))
+}
+
 /// A profile as the file spells it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -545,7 +560,7 @@ impl ProfileSpec {
                     ));
                 }
                 Some(program) => {
-                    if super::local::find_executable(std::path::Path::new(program), path).is_none() {
+                    if find_executable(std::path::Path::new(program), path).is_none() {
                         mistake(format!(
                             "command[0] {program:?} is not an executable file{}",
                             if program.contains('/') { "" } else { " in PATH" }

@@ -21,26 +21,28 @@
 //! (see [`program`]); they always start cold, as only the built-in server takes a hand-over.
 
 mod bound;
+mod process;
 mod program;
+mod settings;
+
+use process::{Group, LocalServer};
+pub use settings::{LocalArgs, LocalSettings};
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt as _;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use clap::Args;
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::Command;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::warm::{Bounds, Plan, WarmState};
-use super::{ServerExit, ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
+use super::warm::{Plan, WarmState};
+use super::{ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
 
 /// How long a warm server may take to start listening.
 const WARM_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,78 +50,6 @@ const WARM_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POOL_TICK: Duration = Duration::from_millis(100);
 /// Warm servers started at once, at most.
 const MAX_WARMING: usize = 16;
-
-/// The `local` runtime's settings.
-#[derive(Debug, Clone, Args)]
-pub struct LocalArgs {
-    /// The game-server binary for the local runtime.
-    #[arg(long, env = "GAME_SERVER_BIN", default_value = "game-server")]
-    pub game_server_bin: PathBuf,
-    /// Log filter passed to local game servers as RUST_LOG.
-    #[arg(long, env = "GAME_SERVER_LOG", default_value = "warn")]
-    pub game_server_log: String,
-    /// The search path handed to local game servers (their only inherited variable).
-    #[arg(long = "game-server-path", env = "PATH", hide = true)]
-    pub path: Option<OsString>,
-}
-
-/// What the `local` runtime needs.
-#[derive(Debug, Clone)]
-pub struct LocalSettings {
-    pub(crate) binary: PathBuf,
-    /// The servers' RUST_LOG.
-    pub(crate) log_filter: String,
-    /// The servers' PATH.
-    pub(crate) path: Option<OsString>,
-    /// Further game-server environment (START_POLICY, ..., LOG_FORMAT).
-    pub(crate) env: Vec<(String, String)>,
-    /// The warm pool's bounds (`max` 0: no warm servers).
-    pub(crate) warm: Bounds,
-    /// `setpriv`, which ties a profile program's life to the backend's; without it such
-    /// programs outlive a backend killed by SIGKILL (said once at start).
-    pub(crate) keeper: Option<PathBuf>,
-}
-
-impl LocalArgs {
-    /// Checks the settings: the game-server binary must be an executable file.
-    pub fn validate(&self, env: Vec<(String, String)>, warm: Bounds) -> Result<LocalSettings, String> {
-        let keeper = find_executable(std::path::Path::new("setpriv"), self.path.as_deref())
-            .or_else(|| find_executable(std::path::Path::new("/usr/bin/setpriv"), None));
-        Ok(LocalSettings {
-            warm,
-            keeper,
-            binary: find_executable(&self.game_server_bin, self.path.as_deref()).ok_or_else(|| {
-                format!(
-                    "GAME_SERVER_BIN {} is not an executable file{} (RUNTIME=local starts one per session)",
-                    self.game_server_bin.display(),
-                    if self.game_server_bin.components().count() > 1 {
-                        ""
-                    } else {
-                        " in PATH"
-                    }
-                )
-            })?,
-            log_filter: self.game_server_log.clone(),
-            path: self.path.clone(),
-            env,
-        })
-    }
-}
-
-/// `bin` if it is an executable file; a bare name is looked up in `path`, as the spawn does.
-pub(crate) fn find_executable(bin: &std::path::Path, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let executable = |p: &std::path::Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if bin.components().count() > 1 {
-        return executable(bin).then(|| bin.to_path_buf());
-    }
-    std::env::split_paths(path?)
-        .map(|dir| dir.join(bin))
-        .find(|candidate| executable(candidate))
-}
 
 /// Spawns `game-server` processes.
 pub(crate) struct LocalRuntime {
@@ -392,107 +322,5 @@ async fn keep_warm(pool: Arc<WarmPool>, spawner: Arc<Spawner>, stop: Cancellatio
     let idle: Vec<Warm> = pool.idle.lock().expect("pool lock").drain(..).collect();
     for mut warm in idle {
         let _ = warm.server.child.kill().await;
-    }
-}
-
-/// A server process and the process group it leads.
-struct Group {
-    child: Child,
-    /// The group's id (the leader's pid); `None` if the spawn gave no pid, or once the leader
-    /// was reaped and the group killed.
-    pgid: Option<nix::unistd::Pid>,
-}
-
-impl Group {
-    fn new(child: Child) -> Group {
-        let pgid = child
-            .id()
-            .and_then(|p| i32::try_from(p).ok())
-            .map(nix::unistd::Pid::from_raw);
-        Group { child, pgid }
-    }
-
-    /// Sends `signal` to every process of the group (the leader may be gone already).
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        if let Some(pgid) = self.pgid {
-            let _ = nix::sys::signal::killpg(pgid, signal);
-        }
-    }
-
-    /// Whether the leader still runs.
-    fn child_alive(&mut self) -> std::io::Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
-    }
-
-    /// Kills the whole group and reaps the leader.
-    async fn kill(&mut self) -> std::io::Result<()> {
-        self.signal(nix::sys::signal::Signal::SIGKILL);
-        let killed = self.child.kill().await;
-        self.pgid = None;
-        killed
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        // Whatever the server left behind goes with it.
-        self.signal(nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-struct LocalServer {
-    child: Group,
-    /// Held open for the child's life: closing it tells the child its parent is gone.
-    _stdin: Option<ChildStdin>,
-    name: String,
-    addr: String,
-    udp_addr: Option<String>,
-    /// A profile program's output, watched while it runs.
-    output: Option<Arc<program::Output>>,
-    /// A profile program's private directory, removed with the server.
-    _home: Option<program::Home>,
-}
-
-impl ServerHandle for LocalServer {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    fn udp_addr(&self) -> Option<&str> {
-        self.udp_addr.as_deref()
-    }
-
-    fn wait(&mut self) -> BoxFuture<'_, ServerExit> {
-        Box::pin(async move {
-            let status = self.child.child.wait().await;
-            let flooded = self.output.as_ref().and_then(|o| o.flooded());
-            let exit = match status {
-                _ if flooded.is_some() => ServerExit::Lost(flooded.unwrap_or_default()),
-                Ok(status) if status.code().is_some() => ServerExit::Exited(status.code()),
-                Ok(status) => ServerExit::Lost(status.to_string()),
-                Err(e) => ServerExit::Lost(e.to_string()),
-            };
-            // The server is gone: nothing it started may outlive it. Then forget the group id,
-            // which may be reused once the group is empty.
-            self.child.signal(nix::sys::signal::Signal::SIGKILL);
-            self.child.pgid = None;
-            exit
-        })
-    }
-
-    fn terminate(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.child.signal(nix::sys::signal::Signal::SIGTERM);
-        })
-    }
-
-    fn kill(&mut self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let _ = self.child.kill().await;
-        })
     }
 }

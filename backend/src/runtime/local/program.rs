@@ -11,8 +11,6 @@
 //! its burst allows is killed, as one that floods its output is broken. The last lines are
 //! kept, so a server that fails to start says why.
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,7 +20,9 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
-use super::{Group, LocalServer, LocalSettings, bound};
+use super::bound;
+use super::process::{Group, Home, LocalServer, Output};
+use super::settings::LocalSettings;
 use crate::runtime::profiles::{PortProtocol, Ready, substitute};
 use crate::runtime::{ServerSpec, StartError};
 
@@ -32,42 +32,8 @@ pub(super) const FLOOD_RATE: u64 = 256 * 1024;
 const FLOOD_BURST: u64 = 4 * 1024 * 1024;
 /// The longest output line kept (longer lines are cut, not refused).
 const MAX_LINE: usize = 4096;
-/// Lines kept to explain a failed start.
-const TAIL_LINES: usize = 8;
 /// How often `ready: port` looks at the kernel's socket tables.
 const PORT_POLL: Duration = Duration::from_millis(50);
-
-/// What a server's output has shown so far.
-#[derive(Default)]
-pub(super) struct Output {
-    tail: Mutex<VecDeque<String>>,
-    /// Why the server was killed for its output, if it was.
-    flooded: Mutex<Option<String>>,
-}
-
-impl Output {
-    fn keep(&self, line: &str) {
-        let mut tail = self.tail.lock().unwrap();
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line.to_owned());
-    }
-
-    /// The last lines, for a failure's message.
-    fn last_lines(&self) -> String {
-        let tail = self.tail.lock().unwrap();
-        if tail.is_empty() {
-            return "no output".into();
-        }
-        format!("last output: {}", tail.iter().cloned().collect::<Vec<_>>().join(" | "))
-    }
-
-    /// Why the server was killed for its output, if it was.
-    pub(super) fn flooded(&self) -> Option<String> {
-        self.flooded.lock().unwrap().clone()
-    }
-}
 
 /// A token bucket over the bytes a server writes (both streams together).
 struct Budget {
@@ -90,25 +56,6 @@ impl Budget {
         self.tokens = (self.tokens + refill).min(FLOOD_BURST as f64) - n as f64;
         self.at = now;
         self.tokens >= 0.0
-    }
-}
-
-/// A private directory for one server, removed when dropped.
-pub(super) struct Home(PathBuf);
-
-impl Home {
-    fn create(session_id: &str) -> std::io::Result<Home> {
-        let dir = std::env::temp_dir()
-            .join(format!("matchplane-servers-{}", nix::unistd::getuid()))
-            .join(session_id);
-        std::fs::create_dir_all(&dir)?;
-        Ok(Home(dir))
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
