@@ -12,7 +12,7 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,12 +198,6 @@ impl Config {
     /// The queues and the server profiles: from the queue file, checked as a whole (every
     /// mistake one line, each naming the file), or the default queue and the built-in server.
     fn queues_and_profiles(&self, rules: FormRules, runtime: &RuntimeSettings) -> Result<(Queues, Profiles), String> {
-        let Some(path) = self.matchmaking.file() else {
-            return Ok((Queues::default_only(rules), Profiles::builtin_only()));
-        };
-        let shown = path.display();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("MATCHMAKING_CONFIG {shown}: cannot read it: {e}"))?;
         let target = match runtime {
             RuntimeSettings::Local(_) => Target::Local {
                 path: self.runtime.local.path.as_deref(),
@@ -211,47 +205,21 @@ impl Config {
             RuntimeSettings::Kubernetes(_) => Target::Kubernetes,
             RuntimeSettings::None => Target::None,
         };
+        match self.matchmaking.file() {
+            Some(path) => self.queue_file(path, rules, target),
+            None => Ok((Queues::default_only(rules), Profiles::builtin_only())),
+        }
+    }
+
+    /// The queue file at `path`, its profiles checked for `target`.
+    fn queue_file(&self, path: &Path, rules: FormRules, target: Target<'_>) -> Result<(Queues, Profiles), String> {
+        let shown = path.display();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("MATCHMAKING_CONFIG {shown}: cannot read it: {e}"))?;
         let queues = self.matchmaking.queues(rules, Some(&text));
         let profiles = Profiles::parse(&text, queues.as_ref().ok(), target);
         match (queues, profiles) {
             (Ok(queues), Ok(profiles)) => Ok((queues, profiles)),
-            (queues, profiles) => {
-                let mistakes: Vec<String> = queues
-                    .err()
-                    .into_iter()
-                    .chain(profiles.err())
-                    .flatten()
-                    .map(|m| format!("MATCHMAKING_CONFIG {shown}: {m}"))
-                    .collect();
-                Err(mistakes.join("\n"))
-            }
-        }
-    }
-
-    /// The server profile `queue` runs, for `backend render-pod --queue`: the file checked as a
-    /// whole (every mistake one line), and that profile for the kubernetes runtime (its image).
-    pub fn kubernetes_profile(&self, queue: &str) -> Result<Arc<crate::runtime::Profile>, String> {
-        let Some(path) = self.matchmaking.file() else {
-            return Err(format!("--queue {queue}: MATCHMAKING_CONFIG names no queue file"));
-        };
-        let shown = path.display();
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("MATCHMAKING_CONFIG {shown}: cannot read it: {e}"))?;
-        let rules = self.matchmaking.rules()?;
-        let queues = self.matchmaking.queues(rules, Some(&text));
-        let profiles = Profiles::parse(&text, queues.as_ref().ok(), Target::None);
-        match (queues, profiles) {
-            (Ok(queues), Ok(profiles)) if queues.get(queue).is_some() => {
-                let profile = profiles.for_queue(queue);
-                if !profile.builtin && profile.image.is_none() {
-                    return Err(format!(
-                        "MATCHMAKING_CONFIG {shown}: server {:?}: needs `image` to run with RUNTIME=kubernetes",
-                        profile.name
-                    ));
-                }
-                Ok(profile)
-            }
-            (Ok(_), Ok(_)) => Err(format!("MATCHMAKING_CONFIG {shown}: there is no queue {queue:?}")),
             (queues, profiles) => Err(queues
                 .err()
                 .into_iter()
@@ -261,6 +229,27 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join("\n")),
         }
+    }
+
+    /// The server profile `queue` runs, for `backend render-pod --queue`: the file checked as a
+    /// whole (every mistake one line), and that profile for the kubernetes runtime (its image).
+    pub fn kubernetes_profile(&self, queue: &str) -> Result<Arc<crate::runtime::Profile>, String> {
+        let Some(path) = self.matchmaking.file() else {
+            return Err(format!("--queue {queue}: MATCHMAKING_CONFIG names no queue file"));
+        };
+        let (queues, profiles) = self.queue_file(path, self.matchmaking.rules()?, Target::None)?;
+        let shown = path.display();
+        if queues.get(queue).is_none() {
+            return Err(format!("MATCHMAKING_CONFIG {shown}: there is no queue {queue:?}"));
+        }
+        let profile = profiles.for_queue(queue);
+        if !profile.builtin && profile.image.is_none() {
+            return Err(format!(
+                "MATCHMAKING_CONFIG {shown}: server {:?}: needs `image` to run with RUNTIME=kubernetes",
+                profile.name
+            ));
+        }
+        Ok(profile)
     }
 
     /// Every default, and nothing from the environment.

@@ -595,17 +595,7 @@ async fn every_kubernetes_call_the_backend_makes_is_granted_by_the_role_it_ships
     }
     backend.stop().await;
 
-    let role = backend_role();
-    let made: std::collections::BTreeSet<(String, String)> = sim
-        .cluster
-        .calls()
-        .into_iter()
-        .map(|(call, count)| {
-            assert_eq!(count.forbidden, 0, "refused by the Role: {call:?}");
-            assert_eq!(call.namespace.as_deref(), Some(NS), "{call:?}");
-            (call.verb, call.resource)
-        })
-        .collect();
+    let made = calls_granted_by_the_role(&sim);
     let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/backend/rbac.yaml")).unwrap();
     let granted: std::collections::BTreeSet<(String, String)> = serde_yaml::Deserializer::from_str(&yaml)
         .map(|doc| <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap())
@@ -620,9 +610,24 @@ async fn every_kubernetes_call_the_backend_makes_is_granted_by_the_role_it_ships
         })
         .collect();
     assert_eq!(made, granted, "the calls made (left) and the Role's grants (right)");
+    let role = backend_role();
     assert!(role.allows(
         &kube_sim::rbac::Request::of(&http::Method::GET, &format!("/api/v1/namespaces/{NS}/pods/x"), None).unwrap()
     ));
+}
+
+/// Every (verb, resource) the backend called on `sim`, each checked: none refused by the Role
+/// `sim` enforces (the one `deploy/backend/rbac.yaml` ships), all in the backend's namespace.
+fn calls_granted_by_the_role(sim: &Sim) -> std::collections::BTreeSet<(String, String)> {
+    sim.cluster
+        .calls()
+        .into_iter()
+        .map(|(call, count)| {
+            assert_eq!(count.forbidden, 0, "refused by the Role: {call:?}");
+            assert_eq!(call.namespace.as_deref(), Some(NS), "{call:?}");
+            (call.verb, call.resource)
+        })
+        .collect()
 }
 
 /// A claim the API server applied but whose answer was lost (a 504 after the write reached
@@ -1049,7 +1054,18 @@ queues:
     })
     .await;
     assert_eq!(reason, "completed");
+    // The finished Pod is reaped, and every call on the way (create, watch, delete) was one
+    // the shipped Role grants: a real API server would have refused any other.
+    eventually(Duration::from_secs(30), || async {
+        let records = sim.cluster.records();
+        records.iter().find(|r| r.name == name)?.deleted_ms.map(|_| ())
+    })
+    .await;
     backend.stop().await;
+    let made = calls_granted_by_the_role(&sim);
+    for needed in ["create", "watch", "delete"] {
+        assert!(made.contains(&(needed.to_owned(), "pods".to_owned())), "{made:?}");
+    }
     let _ = std::fs::remove_file(&file);
 }
 
@@ -1116,6 +1132,29 @@ async fn kube_sim_refuses_what_an_api_server_refuses_and_watches_follow_selector
         Duration::from_secs(60),
     );
     let pod = backend::runtime::kubernetes::render_pod(&template, &spec);
+    // Every Pod the backend renders meets the restricted level: a session's, a warm one, and a
+    // server profile's (its /tmp emptyDir included).
+    let file = std::env::temp_dir().join(format!("restricted-{}.yaml", common::unique_prefix()));
+    std::fs::write(
+        &file,
+        "servers:\n  s: {image: x/s:1, ports: [{name: g, protocol: tcp}, {name: u, protocol: udp}]}\nqueues:\n  - {name: q, session_size: 2, server: s}\n",
+    )
+    .unwrap();
+    let mut config = backend::Config::defaults();
+    config.matchmaking.matchmaking_config = Some(file.clone());
+    let profile = config.kubernetes_profile("q").unwrap();
+    let rendered = [
+        pod.clone(),
+        backend::runtime::kubernetes::render_warm_pod(&template, "mp-gs-warm-0123456789ab"),
+        backend::runtime::kubernetes::render_pod(&template, &spec.clone().running("q", profile)),
+    ];
+    for each in &rendered {
+        assert_eq!(
+            kube_sim::pod_security::violations(each, "restricted"),
+            Vec::<String>::new()
+        );
+    }
+    let _ = std::fs::remove_file(&file);
     let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), NS);
     let elsewhere: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "nowhere");
 

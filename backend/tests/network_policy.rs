@@ -148,6 +148,20 @@ fn allowed(policies: &[NetworkPolicy], from: Pod, to: Pod, port: i32, protocol: 
 fn every_connection_matchplane_makes_is_allowed_and_nothing_else_reaches_the_game_servers() {
     let policies = policies();
     let makes = [
+        (
+            STRANGER,
+            PROXY,
+            8080,
+            "TCP",
+            "players reach the public port (the API and game TCP)",
+        ),
+        (
+            STRANGER,
+            PROXY,
+            8080,
+            "UDP",
+            "players' datagrams reach the public port's number",
+        ),
         (PROXY, BACKEND, 8081, "TCP", "the proxy forwards the API"),
         (PROXY, GAME, 7777, "TCP", "the proxy splices players to their server"),
         (PROXY, GAME, 27015, "TCP", "a server profile's own TCP port"),

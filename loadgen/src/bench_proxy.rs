@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use protocol::sessions::{Identity, SessionRecord, SessionState};
+use protocol::sessions::{Identity, SessionRecord};
 use protocol::{Claims, TicketSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -386,22 +386,8 @@ pub async fn run(args: BenchProxyArgs) -> anyhow::Result<Vec<PathResult>> {
     let mut conn = client.get_multiplexed_async_connection().await?;
     // A matched session whose server is the echo server, recorded as the backend records one.
     let record = SessionRecord {
-        state: SessionState::Matched,
-        players: vec!["bench".into()],
-        joined_ms: vec![0],
-        created_ms: 0,
-        instance: "bench-proxy".into(),
-        server: Some("echo".into()),
         addr: Some(echo.to_string()),
-        udp_addr: None,
-        identity: Default::default(),
-        ready_ms: None,
-        ended_ms: None,
-        end_reason: None,
-        reported: false,
-        connected: Vec::new(),
-        empty_since_ms: None,
-        placement: Default::default(),
+        ..SessionRecord::matched("bench-proxy", vec!["bench".into()], "echo")
     };
     let key = protocol::sessions::sessions_key(&args.redis_key_prefix);
     // One session per identity mode, each with its own ticket.

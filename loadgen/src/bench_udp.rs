@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use protocol::sessions::{Identity, SessionRecord, SessionState};
+use protocol::sessions::{Identity, SessionRecord};
 use protocol::{Claims, TicketSecret};
 use tokio::net::UdpSocket;
 
@@ -167,22 +167,9 @@ pub async fn run(args: BenchUdpArgs) -> anyhow::Result<Vec<UdpResult>> {
     let players: Vec<String> = (0..64).map(|i| format!("bench-{i}")).collect();
     // A matched session whose server is the echo server's UDP port, as the backend records one.
     let record = SessionRecord {
-        state: SessionState::Matched,
-        players: players.clone(),
-        joined_ms: vec![0; players.len()],
-        created_ms: 0,
-        instance: "bench-udp".into(),
-        server: Some("echo".into()),
-        addr: None,
         udp_addr: Some(echo.to_string()),
         identity: Identity::None,
-        ready_ms: None,
-        ended_ms: None,
-        end_reason: None,
-        reported: false,
-        connected: Vec::new(),
-        empty_since_ms: None,
-        placement: Default::default(),
+        ..SessionRecord::matched("bench-udp", players.clone(), "echo")
     };
     let client = redis::Client::open(args.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;

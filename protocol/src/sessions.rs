@@ -261,6 +261,30 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A session of `players` formed by `instance` whose server `server` is ready, reached at
+    /// no address yet (set `addr`, `udp_addr` and `identity` as the server has them): what tools
+    /// and tests write when they stand in for the backend.
+    pub fn matched(instance: &str, players: Vec<String>, server: &str) -> SessionRecord {
+        SessionRecord {
+            state: SessionState::Matched,
+            joined_ms: vec![0; players.len()],
+            players,
+            created_ms: 0,
+            instance: instance.to_owned(),
+            server: Some(server.to_owned()),
+            addr: None,
+            udp_addr: None,
+            identity: Identity::JoinLine,
+            ready_ms: None,
+            ended_ms: None,
+            end_reason: None,
+            reported: false,
+            connected: Vec::new(),
+            empty_since_ms: None,
+            placement: Placement::default(),
+        }
+    }
+
     /// The server address players of a `matched` session are sent to.
     pub fn route(&self) -> Option<&str> {
         match self.state {
@@ -277,22 +301,11 @@ mod tests {
     #[test]
     fn a_record_round_trips_and_leaves_unset_fields_out() {
         let record = SessionRecord {
-            state: SessionState::Matched,
-            players: vec!["a".into(), "b".into()],
             joined_ms: vec![1, 2],
             created_ms: 3,
-            instance: "i1".into(),
-            server: Some("local-9".into()),
             addr: Some("127.0.0.1:9".into()),
-            udp_addr: None,
-            identity: Identity::JoinLine,
             ready_ms: Some(4),
-            ended_ms: None,
-            end_reason: None,
-            reported: false,
-            connected: Vec::new(),
-            empty_since_ms: None,
-            placement: Placement::default(),
+            ..SessionRecord::matched("i1", vec!["a".into(), "b".into()], "local-9")
         };
         let json = serde_json::to_value(&record).unwrap();
         assert!(json.get("ended_ms").is_none() && json.get("identity").is_none());

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
 
-use tokio::time::Instant;
+use service::bucket::TokenBucket;
 
 /// Token buckets keyed by `K` (a source address, a player id); idle buckets are forgotten.
 pub struct RateLimiter<K> {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<K, (f64, Instant)>>,
+    buckets: Mutex<HashMap<K, TokenBucket>>,
 }
 
 impl<K: Hash + Eq> RateLimiter<K> {
@@ -29,22 +29,16 @@ impl<K: Hash + Eq> RateLimiter<K> {
         if self.per_second <= 0.0 {
             return true;
         }
-        let now = Instant::now();
+        let (rate, burst) = (self.per_second, self.burst);
         let mut buckets = self.buckets.lock().unwrap();
         if buckets.len() > 100_000 {
             // Forget buckets that have refilled anyway.
-            let full_after = self.burst / self.per_second;
-            buckets.retain(|_, (_, seen)| now.duration_since(*seen).as_secs_f64() < full_after);
+            buckets.retain(|_, bucket| !bucket.refilled(rate, burst));
         }
-        let (tokens, seen) = buckets.entry(key).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*seen).as_secs_f64() * self.per_second).min(self.burst);
-        *seen = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::full(burst))
+            .take(1.0, rate, burst)
     }
 }
 

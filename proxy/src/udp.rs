@@ -20,23 +20,18 @@ use std::time::Duration;
 
 use protocol::udp::{self, FromClient};
 use protocol::{Audience, ErrorCode};
+use service::bucket::TokenBucket;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Context;
-use crate::metrics::UdpOutcome as Outcome;
+use crate::metrics::{UdpMetrics, UdpOutcome as Outcome};
 
 /// The largest datagram relayed (IPv4's UDP payload limit).
 const MAX_DATAGRAM: usize = 65_507;
 /// How often idle flows are looked for.
 const SWEEP: Duration = Duration::from_secs(1);
-
-/// A token bucket over one flow's client datagrams.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
 
 /// One player's flow.
 struct Flow {
@@ -48,7 +43,8 @@ struct Flow {
     upstream: UdpSocket,
     /// When the client was last heard from, in ms since the relay started.
     heard_ms: AtomicU64,
-    bucket: Mutex<Bucket>,
+    /// The flow's client datagrams, at most the relay's rate.
+    bucket: Mutex<TokenBucket>,
     closed: CancellationToken,
     /// Dropped when the flow ends: the player's connection is then recorded as closed.
     _presence: Option<tokio::sync::oneshot::Sender<()>>,
@@ -97,17 +93,8 @@ impl Relay {
 
     /// Takes one datagram's token from `flow`'s bucket: `rate` a second, a second's worth of burst.
     fn allow(&self, flow: &Flow) -> bool {
-        let mut bucket = flow.bucket.lock().unwrap();
-        let now = Instant::now();
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.rate;
-        bucket.tokens = (bucket.tokens + refill).min(self.rate.max(1.0));
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let burst = self.rate.max(1.0);
+        flow.bucket.lock().unwrap().take(1.0, self.rate, burst)
     }
 
     /// Ends a flow: its relay task stops, its socket closes, and the player's connection is
@@ -172,9 +159,24 @@ pub(crate) async fn serve(ctx: Arc<Context>, relay: Arc<Relay>, stop: Cancellati
                     metrics.count(Outcome::JoinRateLimited);
                     continue;
                 }
-                let ticket = ticket.to_owned();
-                let (ctx, relay) = (ctx.clone(), relay.clone());
-                tokio::spawn(async move { join(&ctx, &relay, from, nonce, &ticket).await });
+                // The signature is checked here, so a storm of forged JOINs spawns nothing; the
+                // session lookup (Redis, when not cached) runs off this loop.
+                let verified = ctx
+                    .settings
+                    .secret
+                    .verify(ticket, Audience::Game, protocol::ticket::unix_now())
+                    .map_err(|e| ErrorCode::from(&e))
+                    .and_then(|claims| match claims.sub.clone() {
+                        Some(player) => Ok((claims.sid, player)),
+                        None => Err(ErrorCode::BadTicket),
+                    });
+                match verified {
+                    Ok((sid, player)) => {
+                        let (ctx, relay) = (ctx.clone(), relay.clone());
+                        tokio::spawn(async move { join(&ctx, &relay, from, nonce, sid, player).await });
+                    }
+                    Err(code) => refuse(&relay, metrics, from, nonce, &code).await,
+                }
             }
         }
     }
@@ -186,33 +188,31 @@ pub(crate) async fn serve(ctx: Arc<Context>, relay: Arc<Relay>, stop: Cancellati
     ctx.metrics.udp.flows.set(0);
 }
 
-/// Answers a JOIN: verifies the ticket, finds the session's server's UDP port, and opens the
-/// player's flow (or moves the existing one to this address).
-async fn join(ctx: &Arc<Context>, relay: &Arc<Relay>, from: SocketAddr, nonce: [u8; udp::NONCE_LEN], ticket: &str) {
+/// Answers a JOIN that was refused, in fewer bytes than it took.
+async fn refuse(relay: &Relay, metrics: &UdpMetrics, from: SocketAddr, nonce: [u8; udp::NONCE_LEN], code: &ErrorCode) {
+    metrics.count(Outcome::Refused);
+    let _ = relay.socket.send_to(&udp::refused(nonce, code.as_str()), from).await;
+}
+
+/// Answers a JOIN whose ticket was verified for `player` in session `sid`: finds the session's
+/// server's UDP port and opens the player's flow (or moves the one it has to this address).
+async fn join(
+    ctx: &Arc<Context>,
+    relay: &Arc<Relay>,
+    from: SocketAddr,
+    nonce: [u8; udp::NONCE_LEN],
+    sid: String,
+    player: String,
+) {
     let metrics = &ctx.metrics.udp;
-    let refuse = |code: ErrorCode| async move {
-        metrics.count(Outcome::Refused);
-        let _ = relay.socket.send_to(&udp::refused(nonce, code.as_str()), from).await;
-    };
-    let claims = match ctx
-        .settings
-        .secret
-        .verify(ticket, Audience::Game, protocol::ticket::unix_now())
-    {
-        Ok(claims) => claims,
-        Err(e) => return refuse(ErrorCode::from(&e)).await,
-    };
-    let Some(player) = claims.sub.clone() else {
-        return refuse(ErrorCode::BadTicket).await;
-    };
-    let server = match crate::game::lookup(ctx, &claims.sid).await {
+    let server = match crate::game::lookup(ctx, &sid).await {
         Ok(target) => match target.udp {
             Some(server) => server,
-            None => return refuse(ErrorCode::UnknownSession).await,
+            None => return refuse(relay, metrics, from, nonce, &ErrorCode::UnknownSession).await,
         },
-        Err(code) => return refuse(code).await,
+        Err(code) => return refuse(relay, metrics, from, nonce, &code).await,
     };
-    let key = (claims.sid.clone(), player.clone());
+    let key = (sid, player);
     let existing = relay.by_player.lock().unwrap().get(&key).copied();
     if let Some(flow) = existing.and_then(|id| relay.flow(id)) {
         *flow.client.lock().unwrap() = from;
@@ -228,49 +228,45 @@ async fn join(ctx: &Arc<Context>, relay: &Arc<Relay>, from: SocketAddr, nonce: [
     };
     let upstream = match UdpSocket::bind(local).await {
         Ok(socket) if socket.connect(server).await.is_ok() => socket,
-        _ => return refuse(ErrorCode::ServerUnreachable).await,
+        _ => return refuse(relay, metrics, from, nonce, &ErrorCode::ServerUnreachable).await,
     };
-    let id = loop {
-        let id = fastrand::u64(1..);
-        if relay.flow(id).is_none() {
-            break id;
-        }
-    };
-    let flow = Arc::new(Flow {
-        id,
-        key: key.clone(),
-        client: Mutex::new(from),
-        upstream,
-        heard_ms: AtomicU64::new(relay.now_ms()),
-        bucket: Mutex::new(Bucket {
-            tokens: relay.rate.max(1.0),
-            at: Instant::now(),
-        }),
-        closed: CancellationToken::new(),
-        _presence: Some(crate::game::track(ctx, &claims.sid, &player)),
-    });
-    // Two JOINs of one player racing: the first flow stays, the second is let go.
-    let first = {
+    // Under the player's lock: two JOINs of one player racing open one flow, and only the
+    // flow that stays is recorded as the player's connection.
+    let (flow, opened) = {
         let mut by_player = relay.by_player.lock().unwrap();
         match by_player.get(&key).copied().and_then(|other| relay.flow(other)) {
-            Some(first) => Some(first),
+            Some(first) => (first, false),
             None => {
+                let mut flows = relay.flows.write().unwrap();
+                let id = loop {
+                    let id = fastrand::u64(1..);
+                    if !flows.contains_key(&id) {
+                        break id;
+                    }
+                };
+                let flow = Arc::new(Flow {
+                    id,
+                    key: key.clone(),
+                    client: Mutex::new(from),
+                    upstream,
+                    heard_ms: AtomicU64::new(relay.now_ms()),
+                    bucket: Mutex::new(TokenBucket::full(relay.rate.max(1.0))),
+                    closed: CancellationToken::new(),
+                    _presence: Some(crate::game::track(ctx, &key.0, &key.1)),
+                });
+                flows.insert(id, flow.clone());
                 by_player.insert(key, id);
-                relay.flows.write().unwrap().insert(id, flow.clone());
-                None
+                (flow, true)
             }
         }
     };
-    if let Some(first) = first {
-        metrics.count(Outcome::Welcomed);
-        let _ = relay.socket.send_to(&udp::welcome(nonce, first.id), from).await;
-        return;
+    if opened {
+        metrics.flows.set(i64::try_from(relay.flows()).unwrap_or(i64::MAX));
+        tracing::debug!(flow = flow.id, %server, "udp flow opened");
+        tokio::spawn(downstream(relay.clone(), flow.clone(), ctx.clone()));
     }
-    metrics.flows.set(i64::try_from(relay.flows()).unwrap_or(i64::MAX));
-    tracing::debug!(session = %claims.sid, %player, flow = id, %server, "udp flow opened");
-    tokio::spawn(downstream(relay.clone(), flow, ctx.clone()));
     metrics.count(Outcome::Welcomed);
-    let _ = relay.socket.send_to(&udp::welcome(nonce, id), from).await;
+    let _ = relay.socket.send_to(&udp::welcome(nonce, flow.id), from).await;
 }
 
 /// Relays the server's datagrams on `flow` to its client until the flow closes or the

@@ -82,21 +82,8 @@ impl Proxy {
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let record = SessionRecord {
             state: serde_json::from_value(serde_json::json!(state)).unwrap(),
-            players: vec!["p1".into()],
-            joined_ms: vec![0],
-            created_ms: 0,
-            instance: "test".into(),
-            server: Some("test-server".into()),
             addr: Some(addr.to_owned()),
-            udp_addr: None,
-            identity: Default::default(),
-            ready_ms: None,
-            ended_ms: None,
-            end_reason: None,
-            reported: false,
-            connected: Vec::new(),
-            empty_since_ms: None,
-            placement: Default::default(),
+            ..SessionRecord::matched("test", vec!["p1".into()], "test-server")
         };
         let _: () = redis::cmd("HSET")
             .arg(protocol::sessions::sessions_key(&self.prefix))

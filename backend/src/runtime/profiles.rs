@@ -252,13 +252,11 @@ impl Profiles {
             }
             Some(_) => mistakes.push("`servers` must be a mapping of profile names to profiles".into()),
         }
-        let failed: BTreeSet<&str> = match file.get("servers").and_then(serde_yaml::Value::as_mapping) {
-            Some(map) => map
-                .keys()
-                .filter_map(serde_yaml::Value::as_str)
-                .filter(|name| !profiles.by_name.contains_key(*name))
-                .collect(),
-            None => BTreeSet::new(),
+        // A profile the file declares but that is not among the valid ones had mistakes of its own.
+        let declared = |name: &str| {
+            file.get("servers")
+                .and_then(serde_yaml::Value::as_mapping)
+                .is_some_and(|map| map.contains_key(name))
         };
         for queue in queues.iter().flat_map(|q| q.iter()) {
             let Some(name) = &queue.server else { continue };
@@ -267,7 +265,7 @@ impl Profiles {
                     profiles.by_queue.insert(queue.name.clone(), profile.clone());
                 }
                 // That profile's own mistakes are listed already.
-                None if failed.contains(name.as_str()) => {}
+                None if declared(name) => {}
                 None => mistakes.push(format!(
                     "queue {:?}: server {name:?} is not a profile (the file's `servers` has {})",
                     queue.name,

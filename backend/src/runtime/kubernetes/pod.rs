@@ -61,6 +61,21 @@ fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
     ])
 }
 
+/// `name` set to the Pod's own IP, of whichever family the cluster gives it (IPv4 or IPv6).
+fn pod_ip_env(name: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -106,17 +121,7 @@ fn kubernetes_expansion(text: &str) -> String {
 /// every player. The same restricted security context and caps as the built-in server's.
 fn render_profile_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
     let profile = &spec.profile;
-    let mut env_vars = vec![EnvVar {
-        name: crate::runtime::profiles::HOST.to_owned(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "status.podIP".to_owned(),
-                ..ObjectFieldSelector::default()
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }];
+    let mut env_vars = vec![pod_ip_env(crate::runtime::profiles::HOST)];
     env_vars.extend(spec.contract_env().iter().map(|(k, v)| env(k, v)));
     env_vars.extend(
         profile
@@ -208,21 +213,7 @@ fn render(
     session_env: Vec<EnvVar>,
     active_deadline_seconds: i64,
 ) -> Pod {
-    let mut env_vars = vec![
-        // The Pod's own IP, of whichever family the cluster gives it (IPv4 or IPv6).
-        EnvVar {
-            name: "GAME_BIND".to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.podIP".to_owned(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        },
-        env("GAME_PORT", &GAME_PORT.to_string()),
-    ];
+    let mut env_vars = vec![pod_ip_env("GAME_BIND"), env("GAME_PORT", &GAME_PORT.to_string())];
     env_vars.extend(session_env);
     env_vars.extend([
         EnvVar {

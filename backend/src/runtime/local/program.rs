@@ -15,10 +15,11 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use service::bucket::TokenBucket;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
-use tokio::time::{Instant, timeout};
+use tokio::time::timeout;
 
 use super::bound;
 use super::process::{Group, Home, LocalServer, Output};
@@ -35,32 +36,8 @@ const MAX_LINE: usize = 4096;
 /// How often `ready: port` looks at the kernel's socket tables.
 const PORT_POLL: Duration = Duration::from_millis(50);
 
-/// A token bucket over the bytes a server writes (both streams together).
-struct Budget {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Budget {
-    fn new() -> Budget {
-        Budget {
-            tokens: FLOOD_BURST as f64,
-            at: Instant::now(),
-        }
-    }
-
-    /// Spends `n` bytes; false once the server has written more than its rate allows.
-    fn spend(&mut self, n: usize) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * FLOOD_RATE as f64;
-        self.tokens = (self.tokens + refill).min(FLOOD_BURST as f64) - n as f64;
-        self.at = now;
-        self.tokens >= 0.0
-    }
-}
-
 /// Free loopback ports, one per declared port, of the right protocol: each is bound to port 0
-/// and let go just before the server starts.
+/// and held until all are picked (so no two are the same), then let go for the server to bind.
 fn free_ports(protocols: &[PortProtocol]) -> std::io::Result<Vec<u16>> {
     enum Held {
         Tcp(std::net::TcpListener),
@@ -88,7 +65,7 @@ async fn watch_output(
     stream: impl AsyncBufRead + Unpin,
     name: String,
     output: Arc<Output>,
-    budget: Arc<Mutex<Budget>>,
+    budget: Arc<Mutex<TokenBucket>>,
     ready: Option<(regex::Regex, watch::Sender<bool>)>,
     pgid: Option<nix::unistd::Pid>,
 ) {
@@ -111,7 +88,11 @@ async fn watch_output(
             },
         };
         stream.consume(used);
-        if !budget.lock().unwrap().spend(used) {
+        if !budget
+            .lock()
+            .unwrap()
+            .take(used as f64, FLOOD_RATE as f64, FLOOD_BURST as f64)
+        {
             let why = format!("flooded its output (over {} KiB/s)", FLOOD_RATE / 1024);
             *output.flooded.lock().unwrap() = Some(why.clone());
             tracing::warn!(server = %name, "{why}; killing it");
@@ -186,7 +167,8 @@ pub(super) async fn start(settings: &LocalSettings, spec: &ServerSpec) -> Result
     let name = format!("local-{}", child.pgid.map_or(0, nix::unistd::Pid::as_raw));
     let stdin = child.child.stdin.take();
     let output = Arc::new(Output::default());
-    let budget = Arc::new(Mutex::new(Budget::new()));
+    // Both streams draw on one budget.
+    let budget = Arc::new(Mutex::new(TokenBucket::full(FLOOD_BURST as f64)));
     let (ready_tx, mut ready_rx) = watch::channel(false);
     let log_ready = match &profile.ready {
         Ready::Log(re) => Some(re.clone()),
@@ -270,26 +252,6 @@ pub(super) async fn start(settings: &LocalSettings, spec: &ServerSpec) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn the_output_budget_allows_bursts_and_refuses_a_sustained_flood() {
-        let mut budget = Budget::new();
-        assert!(budget.spend(FLOOD_BURST as usize), "a burst up to the limit passes");
-        assert!(!budget.spend(1), "nothing more at once");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(
-            budget.spend(FLOOD_RATE as usize - 2),
-            "a second later, a second's worth"
-        );
-        let mut sustained = Budget::new();
-        let mut lasted = Duration::ZERO;
-        while sustained.spend(2 * FLOOD_RATE as usize / 10) {
-            tokio::time::advance(Duration::from_millis(100)).await;
-            lasted += Duration::from_millis(100);
-        }
-        // Twice the rate drains a burst of 16 rate-seconds in about 16 s.
-        assert!((15..=17).contains(&lasted.as_secs()), "{lasted:?}");
-    }
 
     #[test]
     fn free_ports_are_distinct_and_of_their_protocol() {
