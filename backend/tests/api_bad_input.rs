@@ -273,6 +273,53 @@ async fn forged_and_misdirected_reports_are_refused() {
         (StatusCode::OK, Some("already_ended"))
     );
     assert_eq!(http.status("r2", 0.0).await["end_reason"], "dry_run");
+
+    // The SDK's ready and health calls are held to the same token, and answer with the
+    // session's state: an ended session tells its server to stop.
+    let now = protocol::ticket::unix_now();
+    for call in ["ready", "health"] {
+        let path = format!("/internal/sessions/{sid}/{call}");
+        let send = |token: Option<String>, body: &'static str| {
+            let path = path.clone();
+            async move {
+                let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+                let mut headers = vec![("content-type", "application/json")];
+                if !auth.is_empty() {
+                    headers.push(("authorization", auth.as_str()));
+                }
+                http.request(Method::POST, &path, &headers, body.as_bytes().to_vec())
+                    .await
+            }
+        };
+        let forged = TicketSecret::new("not-the-secret")
+            .unwrap()
+            .mint(&Claims::report(&sid, now, 600));
+        let good = secret.mint(&Claims::report(&sid, now, 600));
+        assert_eq!(send(None, "{}").await.0, StatusCode::UNAUTHORIZED, "{call}");
+        assert_eq!(send(Some(forged), "{}").await.0, StatusCode::UNAUTHORIZED, "{call}");
+        let elses = secret.mint(&Claims::report(&other, now, 600));
+        assert_eq!(send(Some(elses), "{}").await.0, StatusCode::FORBIDDEN, "{call}");
+        let (status, body) = send(Some(good.clone()), "[1, 2").await;
+        assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "malformed"), "{call}");
+        let (status, body) = send(Some(good.clone()), "").await;
+        assert_eq!(
+            (status, body["session_id"].as_str(), body["status"].as_str()),
+            (StatusCode::OK, Some(sid.as_str()), Some("ended")),
+            "{call}"
+        );
+        // A token for a session Redis never knew: 404.
+        let path = format!("/internal/sessions/{other}/{call}");
+        let auth = format!("Bearer {}", secret.mint(&Claims::report(&other, now, 600)));
+        let (status, body) = http
+            .request(Method::POST, &path, &[("authorization", &auth)], b"{}".to_vec())
+            .await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::NOT_FOUND, "unknown_session"),
+            "{call}"
+        );
+    }
+    assert_eq!(http.status("r2", 0.0).await["end_reason"], "dry_run");
     backend.stop().await;
 }
 

@@ -815,3 +815,92 @@ queues:
     backend.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The SDK's example server as a profile, on every SDK part at once: `ready: sdk` (players get
+/// tickets only once it says so, well after it binds), `identity: proxy-v2` read with the
+/// SDK (each player greeted by its verified id), health calls, and `ends: sdk` (its report,
+/// made once both players have come and gone, completes the session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_built_on_the_sdk_says_when_it_is_ready_who_each_player_is_and_how_it_ended() {
+    let dir = scratch();
+    let server = common::built_binary("sdk-example-server");
+    let queues = format!(
+        r#"
+servers:
+  sdk:
+    command: ["{}", "--ready-after-ms", "2500"]
+    ports: [{{name: game, protocol: tcp}}]
+    ready: sdk
+    identity: proxy-v2
+    ends: sdk
+    health_timeout_seconds: 5
+queues:
+  - {{name: duel, session_size: 2, server: sdk}}
+"#,
+        server.display()
+    );
+    let (backend, proxy, db) = stack(&dir, &queues, 20.0).await;
+    let statuses = matched(&backend.http, "duel", &["sam", "sue"]).await;
+    let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+    let (_, view) = backend.http.get(&format!("/sessions/{sid}")).await;
+    let at = |field: &str| {
+        time::OffsetDateTime::parse(
+            view[field].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert!(
+        at("ready_at") - at("created_at") >= time::Duration::milliseconds(2500),
+        "ready only once the server said so: {view}"
+    );
+    for (status, player) in statuses.iter().zip(["sam", "sue"]) {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let ticket = status["ticket"].as_str().unwrap();
+        stream
+            .write_all(format!("JOIN {ticket}\nping\n").as_bytes())
+            .await
+            .unwrap();
+        let mut lines = BufReader::new(stream).lines();
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(next().await.as_deref(), Some(format!("WELCOME {player}").as_str()));
+        assert_eq!(next().await.as_deref(), Some("ping"));
+    }
+    assert_eq!(end_reason(&db, &sid).await, "completed");
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that stops making SDK health calls fails its session after the profile's
+/// `health_timeout_seconds`, and is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_calling_health_fails_its_session() {
+    let dir = scratch();
+    let server = common::built_binary("sdk-example-server");
+    let queues = format!(
+        r#"
+servers:
+  hangs:
+    command: ["{}", "--health-for-seconds", "1"]
+    ports: [{{name: game, protocol: tcp}}]
+    ready: sdk
+    identity: proxy-v2
+    ends: sdk
+    health_timeout_seconds: 2
+queues:
+  - {{name: solo, session_size: 1, server: hangs}}
+"#,
+        server.display()
+    );
+    let (backend, _proxy, db) = stack(&dir, &queues, 20.0).await;
+    let statuses = matched(&backend.http, "solo", &["hal"]).await;
+    let sid = statuses[0]["session_id"].as_str().unwrap();
+    assert_eq!(end_reason(&db, sid).await, "failed");
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,7 +11,7 @@ use protocol::TicketSecret;
 use protocol::player::is_valid_player_id;
 
 use crate::game::{MatchSettings, StartPolicy};
-use crate::report::ReportTarget;
+use matchplane_sdk::Backend;
 
 /// The raw command line and environment.
 #[derive(Debug, Clone, Parser)]
@@ -84,7 +84,7 @@ pub struct Config {
 pub struct ServerConfig {
     pub game: MatchSettings,
     pub secret: TicketSecret,
-    pub report: Option<ReportTarget>,
+    pub report: Option<Backend>,
     /// How long the result report is retried before the server exits anyway.
     pub report_budget: Duration,
     pub join_timeout: Duration,
@@ -171,7 +171,7 @@ impl ServerConfig {
         self.game.roster = roster;
         self.game.session_id = handover.sid.clone();
         self.report = match (&handover.report_url, &handover.report_token) {
-            (Some(url), Some(token)) => Some(ReportTarget::new(url, token.clone()).map_err(|e| e.to_string())?),
+            (Some(url), Some(token)) => Some(Backend::new(url, token).map_err(|e| e.to_string())?),
             (None, None) => None,
             _ => return Err("a hand-over names a report URL without its token, or the reverse".into()),
         };
@@ -224,7 +224,7 @@ impl Config {
         let report = match (&self.report_url, &self.report_token) {
             (None, _) => None,
             (Some(_), None) => return Err("REPORT_URL is set but REPORT_TOKEN is not".into()),
-            (Some(url), Some(token)) => Some(ReportTarget::new(url, token.clone()).map_err(|e| e.to_string())?),
+            (Some(url), Some(token)) => Some(Backend::new(url, token).map_err(|e| e.to_string())?),
         };
         Ok(ServerConfig {
             game: MatchSettings {

@@ -1,13 +1,13 @@
 //! matchplane's authoritative game server: one process per session.
 //!
-//! [`run`] serves a bound listener until the match stops, reports the result, and returns it.
+//! [`run`] serves a bound listener until the match stops, reports the result through the server
+//! SDK (`matchplane-sdk`), and returns it.
 //! The binary's `main` only parses config, prints `LISTENING`, wires signals and calls `run`;
 //! tests call the same `run` on `127.0.0.1:0`.
 
 pub mod config;
 pub mod conn;
 pub mod game;
-pub mod report;
 pub mod warm;
 
 use std::sync::Arc;
@@ -56,8 +56,13 @@ pub async fn run(
     };
 
     // Late arrivals still get an answer (`ERROR session_over`) while the report goes out.
-    if let Some(target) = &config.report {
-        let delivery = report::deliver(target, &report, config.report_budget);
+    if let Some(backend) = &config.report {
+        let delivery = async {
+            match backend.report(&report, config.report_budget).await {
+                Ok(recorded) => tracing::info!(?recorded, "result reported"),
+                Err(e) => tracing::error!(error = %e, "the result report did not land"),
+            }
+        };
         tokio::pin!(delivery);
         loop {
             tokio::select! {

@@ -23,6 +23,7 @@
 //! | `{P}:outbox` | stream | lifecycle events, one JSON `event` field each, for the history |
 //! | `{P}:outbox:dead` | stream | events PostgreSQL kept rejecting, parked for an operator |
 //! | `{P}:instance:<id>` | string | a replica's heartbeat, with a TTL |
+//! | `{P}:server:<sid>` | hash | what session `sid`'s server said through the SDK: `ready`, `health` → ms; an hour's TTL from the last |
 //! | `{P}:events` | pub/sub channel | the same lifecycle events, for long polls and supervisors |
 
 /// The keys of one queue.
@@ -121,6 +122,11 @@ impl Keys {
 
     pub fn outbox_dead(&self) -> String {
         self.named("outbox:dead")
+    }
+
+    /// What session `sid`'s server has said through the SDK.
+    pub fn server_signals(&self, sid: &str) -> String {
+        self.named(&format!("server:{sid}"))
     }
 
     pub fn instance(&self, id: &str) -> String {

@@ -386,6 +386,16 @@ pub struct ReportReceipt {
     pub recorded: Recorded,
 }
 
+/// `POST /internal/sessions/{id}/ready` and `…/health`: the session as the backend sees it.
+/// `ended` tells the server its session is over (an operator ended it, or it failed): it
+/// should stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalReceipt {
+    pub session_id: String,
+    /// `allocating` (not yet ready), `matched` (players have tickets) or `ended`.
+    pub status: MatchStatus,
+}
+
 /// Whether a dependency answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -94,6 +94,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(probes::live))
         .route("/metrics", get(probes::metrics))
         .route("/internal/sessions/{session_id}/result", post(servers::result_report))
+        .route("/internal/sessions/{session_id}/ready", post(servers::ready))
+        .route("/internal/sessions/{session_id}/health", post(servers::health))
         .fallback(|| async { ApiError::NotFound(ApiErrorCode::NotFound, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (
@@ -142,13 +144,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge(BODY_LIMIT)
-            } else {
-                ApiError::Malformed(e.body_text())
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state).await.map_err(unread_body)?;
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::Malformed(format!("request body is not JSON: {e}")))?;
         // serde would take `["a"]` for a struct; every body of this API is an object.
@@ -158,6 +154,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         serde_json::from_value(value)
             .map(ApiJson)
             .map_err(|e| ApiError::Invalid(format!("request body: {e}")))
+    }
+}
+
+/// A body that could not be read: over the limit, or cut off.
+pub(crate) fn unread_body(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(BODY_LIMIT)
+    } else {
+        ApiError::Malformed(e.body_text())
     }
 }
 

@@ -3,10 +3,10 @@
 //! and a test of the HTTP layer hands it its own, without Redis, PostgreSQL or a backend.
 
 use futures_util::future::BoxFuture;
-use matchmaking_core::store::{self, CancelOutcome, EndOutcome, LiveSession, PlayerView, QueueDepth};
+use matchmaking_core::store::{self, CancelOutcome, EndOutcome, LiveSession, PlayerView, QueueDepth, ServerSignal};
 use matchmaking_core::tickets::Joiner;
 use protocol::api::{EndReason, JoinRequest, ResultReport};
-use protocol::sessions::SessionRecord;
+use protocol::sessions::{SessionRecord, SessionState};
 use uuid::Uuid;
 
 use crate::history::{History, MatchRow, PlayerMatch};
@@ -41,6 +41,12 @@ pub(crate) trait SessionDesk: Send + Sync {
     fn record<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, store::Result<Option<SessionRecord>>>;
     /// Sessions this replica supervises now.
     fn supervised(&self) -> usize;
+    /// A server's SDK call (ready, health): the session's state, `None` if unknown.
+    fn server_signal<'a>(
+        &'a self,
+        session_id: &'a str,
+        signal: ServerSignal,
+    ) -> BoxFuture<'a, store::Result<Option<SessionState>>>;
 }
 
 /// The match history's reads.
@@ -106,6 +112,14 @@ impl SessionDesk for Sessions {
 
     fn supervised(&self) -> usize {
         Sessions::supervised(self)
+    }
+
+    fn server_signal<'a>(
+        &'a self,
+        session_id: &'a str,
+        signal: ServerSignal,
+    ) -> BoxFuture<'a, store::Result<Option<SessionState>>> {
+        Box::pin(Sessions::server_signal(self, session_id, signal))
     }
 }
 

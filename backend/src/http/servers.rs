@@ -1,13 +1,15 @@
-//! The game servers' route: a session's result, under that session's report token.
+//! The game servers' routes, each under its session's report token: the result, and the
+//! server SDK's ready and health calls.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::header;
-use matchmaking_core::store::EndOutcome;
+use matchmaking_core::store::{EndOutcome, ServerSignal};
 use protocol::Audience;
-use protocol::api::{ApiErrorCode, EndReason, Recorded, ReportReceipt, ResultReport};
+use protocol::api::{ApiErrorCode, EndReason, MatchStatus, Recorded, ReportReceipt, ResultReport, SignalReceipt};
+use protocol::sessions::SessionState;
 
 use super::error::{ApiError, ApiResult};
 use super::{ApiJson, AppState};
@@ -20,12 +22,9 @@ fn reportable(reason: EndReason) -> bool {
     )
 }
 
-/// The game server's result: its session's report token is checked before the body is read.
-pub(super) async fn result_report(
-    State(state): State<Arc<AppState>>,
-    Path(session_id): Path<String>,
-    request: Request,
-) -> ApiResult<Json<ReportReceipt>> {
+/// Checks the request's bearer token is session `session_id`'s report token, before anything
+/// of the body is read.
+fn authorize(state: &AppState, request: &Request, session_id: &str) -> ApiResult<()> {
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -39,6 +38,65 @@ pub(super) async fn result_report(
     if claims.sid != session_id {
         return Err(ApiError::Forbidden("the report token is for another session".into()));
     }
+    Ok(())
+}
+
+/// `POST /internal/sessions/{id}/ready`: the server SDK's "ready for players".
+pub(super) async fn ready(
+    state: State<Arc<AppState>>,
+    path: Path<String>,
+    request: Request,
+) -> ApiResult<Json<SignalReceipt>> {
+    signal(state, path, request, ServerSignal::Ready).await
+}
+
+/// `POST /internal/sessions/{id}/health`: the server SDK's "still alive".
+pub(super) async fn health(
+    state: State<Arc<AppState>>,
+    path: Path<String>,
+    request: Request,
+) -> ApiResult<Json<SignalReceipt>> {
+    signal(state, path, request, ServerSignal::Health).await
+}
+
+/// Keeps a server's SDK call and answers with the session's status. The body is empty or a
+/// JSON object (nothing of it is read yet).
+async fn signal(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    request: Request,
+    signal: ServerSignal,
+) -> ApiResult<Json<SignalReceipt>> {
+    authorize(&state, &request, &session_id)?;
+    let body = axum::body::Bytes::from_request(request, &state)
+        .await
+        .map_err(super::unread_body)?;
+    if !body.is_empty() {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
+            .map_err(|e| ApiError::Malformed(format!("the body must be empty or a JSON object: {e}")))?;
+    }
+    let Some(state_now) = state.sessions.server_signal(&session_id, signal).await? else {
+        return Err(ApiError::NotFound(
+            ApiErrorCode::UnknownSession,
+            format!("no session {session_id}"),
+        ));
+    };
+    let status = match state_now {
+        SessionState::Allocating => MatchStatus::Allocating,
+        SessionState::Matched => MatchStatus::Matched,
+        SessionState::Ended => MatchStatus::Ended,
+    };
+    tracing::debug!(session = %session_id, signal = signal.as_str(), ?status, "server signal");
+    Ok(Json(SignalReceipt { session_id, status }))
+}
+
+/// The game server's result: its session's report token is checked before the body is read.
+pub(super) async fn result_report(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    request: Request,
+) -> ApiResult<Json<ReportReceipt>> {
+    authorize(&state, &request, &session_id)?;
     let ApiJson(report) = ApiJson::<ResultReport>::from_request(request, &state).await?;
     if report.session_id != session_id {
         return Err(ApiError::Invalid("session_id in the body differs from the path".into()));

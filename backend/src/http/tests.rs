@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use matchmaking_core::store::{self, CancelOutcome, EndOutcome, LiveSession, PlayerView, QueueDepth};
+use matchmaking_core::store::{self, CancelOutcome, EndOutcome, LiveSession, PlayerView, QueueDepth, ServerSignal};
 use matchmaking_core::tickets::Joiner;
 use protocol::api::{EndReason, JoinRequest, ResultReport};
-use protocol::sessions::SessionRecord;
+use protocol::sessions::{SessionRecord, SessionState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +123,14 @@ impl SessionDesk for Desk {
 
     fn supervised(&self) -> usize {
         0
+    }
+
+    fn server_signal<'a>(
+        &'a self,
+        session_id: &'a str,
+        _: ServerSignal,
+    ) -> BoxFuture<'a, store::Result<Option<SessionState>>> {
+        Box::pin(async move { Ok((session_id == SID).then_some(SessionState::Allocating)) })
     }
 }
 

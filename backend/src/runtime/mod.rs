@@ -65,6 +65,35 @@ pub struct ServerSpec {
     pub queue: String,
     /// The server to run.
     pub profile: Arc<Profile>,
+    /// Resolves once the server has called the SDK's ready (waited on for `ready: sdk`).
+    pub sdk_ready: SdkReady,
+}
+
+/// Resolves once a session's server has said it is ready through the SDK: the sessions
+/// service makes one per session, as the call may reach any replica.
+#[derive(Clone)]
+pub struct SdkReady(Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>);
+
+impl SdkReady {
+    pub fn new(wait: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static) -> SdkReady {
+        SdkReady(Arc::new(wait))
+    }
+
+    /// One that never resolves: the server's readiness is seen another way.
+    pub fn never() -> SdkReady {
+        SdkReady::new(|| Box::pin(std::future::pending()))
+    }
+
+    /// Resolves once the server has called ready.
+    pub fn wait(&self) -> BoxFuture<'static, ()> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for SdkReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SdkReady")
+    }
 }
 
 /// Report tokens outlive any match: open timeout + the longest match + margin.
@@ -95,7 +124,14 @@ impl ServerSpec {
             ready_timeout,
             queue: matchmaking_core::queues::DEFAULT_QUEUE.to_owned(),
             profile: Arc::new(Profile::builtin()),
+            sdk_ready: SdkReady::never(),
         }
+    }
+
+    /// The same spec, waiting on `ready` for a `ready: sdk` server.
+    pub fn with_sdk_ready(mut self, ready: SdkReady) -> ServerSpec {
+        self.sdk_ready = ready;
+        self
     }
 
     /// The same spec for a session of `queue`, running `profile`.

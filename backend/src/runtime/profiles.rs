@@ -123,6 +123,8 @@ pub struct Profile {
     pub empty_grace: Option<Duration>,
     /// Between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Failed once it has made no SDK health call (nor become ready) for this long.
+    pub health_timeout: Option<Duration>,
     /// Further environment, `${VAR}` not yet replaced.
     pub env: Vec<(String, String)>,
 }
@@ -146,6 +148,7 @@ impl Profile {
             max_session: None,
             empty_grace: None,
             stop_grace: BUILTIN_STOP_GRACE,
+            health_timeout: None,
             env: Vec::new(),
         }
     }
@@ -314,6 +317,7 @@ struct ProfileSpec {
     max_session_seconds: Option<f64>,
     empty_grace_seconds: Option<f64>,
     stop_grace_seconds: Option<f64>,
+    health_timeout_seconds: Option<f64>,
     #[serde(default)]
     env: BTreeMap<String, String>,
 }
@@ -575,16 +579,16 @@ impl ProfileSpec {
                         "ready: {log: ...} needs RUNTIME=local (its output is read there); in a Pod use `port` with a tcp port".into(),
                     ),
                     Ready::Port if !ports.iter().any(|p| p.protocol == PortProtocol::Tcp) => mistake(
-                        "ready: port cannot see a UDP port bound inside a Pod (the kubelet probes TCP only); give the profile a tcp port to probe".into(),
+                        "ready: port cannot see a UDP port bound inside a Pod (the kubelet probes TCP only); give the profile a tcp port to probe, or use `ready: sdk`".into(),
                     ),
                     _ => {}
                 }
             }
             Target::None => {}
         }
-        if matches!(ready, Ready::Sdk) {
-            mistake("ready: sdk needs the server SDK's ready call, which this version does not serve yet; use `port` or `{log: ...}`".into());
-        }
+        let health_timeout = self
+            .health_timeout_seconds
+            .map(|s| duration("health_timeout_seconds", s, false, 3_600.0, mistake));
         Profile {
             name: name.to_owned(),
             builtin: false,
@@ -597,6 +601,7 @@ impl ProfileSpec {
             max_session,
             empty_grace,
             stop_grace,
+            health_timeout,
             env: self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }
@@ -695,7 +700,7 @@ servers:
   ready2: {command: [/bin/true], ports: [{name: g, protocol: tcp}], ready: sometimes}
   modes: {command: [/bin/true], ports: [{name: g, protocol: udp}], identity: proxy-v2, ends: crash}
   modes2: {command: [/bin/true], ports: [{name: g, protocol: tcp}], identity: hello}
-  caps: {command: [/bin/true], ports: [{name: g, protocol: tcp}], max_session_seconds: 0, empty_grace_seconds: -1, stop_grace_seconds: 99999}
+  caps: {command: [/bin/true], ports: [{name: g, protocol: tcp}], max_session_seconds: 0, empty_grace_seconds: -1, stop_grace_seconds: 99999, health_timeout_seconds: 0}
   unknown: {command: [/bin/true], ports: [{name: g, protocol: tcp}], colour: blue}
   fromvar: {command: ["${PORT_G}"], ports: [{name: g, protocol: tcp}]}
 queues:
@@ -725,6 +730,7 @@ queues:
             "server \"caps\": max_session_seconds must be > 0",
             "server \"caps\": empty_grace_seconds must be > 0",
             "server \"caps\": stop_grace_seconds must be >= 0 and at most 3600, got 99999",
+            "server \"caps\": health_timeout_seconds must be > 0",
             "server \"unknown\": unknown field `colour`",
             "server \"fromvar\": command[0] \"${PORT_G}\": the program itself cannot come from a variable",
             "queue \"q1\": server \"nowhere\" is not a profile",
@@ -750,5 +756,18 @@ queues:
         assert!(mistakes.iter().any(|m| m.contains("needs `image`")), "{mistakes:?}");
         // RUNTIME=none starts nothing, so neither command nor image is needed.
         assert!(load(text, Target::None).is_ok());
+        // A UDP-only server in a Pod: the kubelet cannot see it bound, but the SDK can say it.
+        let udp = |ready: &str| {
+            format!(
+                "servers:\n  a: {{image: x, ready: {ready}, ports: [{{name: g, protocol: udp}}]}}\nqueues:\n  - {{name: q, session_size: 2, server: a}}\n"
+            )
+        };
+        let mistakes = load(&udp("port"), Target::Kubernetes).unwrap_err();
+        assert!(
+            mistakes[0].contains("ready: port cannot see a UDP port"),
+            "{mistakes:?}"
+        );
+        let profiles = load(&udp("sdk"), Target::Kubernetes).unwrap();
+        assert!(matches!(profiles.for_queue("q").ready, Ready::Sdk));
     }
 }

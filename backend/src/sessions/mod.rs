@@ -21,15 +21,23 @@ use futures_util::future::BoxFuture;
 use protocol::api::{EndReason, ResultReport};
 use protocol::sessions::SessionRecord;
 use service::backoff::Policy;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use matchmaking_core::store::{EndOutcome, FormedSession, LiveSession, ReadyOutcome, ServerRoute, Store, now_ms};
+use matchmaking_core::store::{
+    EndOutcome, FormedSession, LiveSession, ReadyOutcome, ServerRoute, ServerSignal, Store, now_ms,
+};
+use protocol::sessions::SessionState;
 
 use self::metrics::SessionsMetrics;
 
 /// How long a step that must not be lost (an end, a ready mark) keeps retrying Redis.
 const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// How often a start waiting for a `ready: sdk` server looks in Redis for a ready call that
+/// reached another replica (one reaching this replica wakes it at once).
+const SDK_READY_POLL: Duration = Duration::from_millis(200);
 
 /// Retries of a session step's Redis script (marking ready, ending).
 pub(crate) const REDIS_STEP: Policy = Policy::new("session_step", Duration::from_millis(100), Duration::from_secs(2));
@@ -46,6 +54,9 @@ struct Inner {
     instance: String,
     /// Sessions this replica supervises, each with the token that stops its server.
     supervised: Mutex<HashMap<String, CancellationToken>>,
+    /// Starts on this replica waiting for their server's SDK ready call, woken at once when
+    /// the call reaches this replica (a call to another replica is seen in Redis).
+    ready_waiters: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// This replica's charge of one session: holds the token that stops its server, and gives the
@@ -77,6 +88,7 @@ impl Sessions {
                 metrics,
                 instance: instance.to_owned(),
                 supervised: Mutex::new(HashMap::new()),
+                ready_waiters: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -186,6 +198,66 @@ impl Sessions {
     pub(crate) fn ended_elsewhere(&self, sid: &str) {
         if let Some(stop) = self.inner.supervised.lock().unwrap().get(sid) {
             stop.cancel();
+        }
+    }
+
+    /// Session `sid`'s server made SDK call `signal`: kept unless the session is over, and a
+    /// start on this replica waiting for it is woken. The session's state, `None` if unknown.
+    pub async fn server_signal(
+        &self,
+        sid: &str,
+        signal: ServerSignal,
+    ) -> matchmaking_core::store::Result<Option<SessionState>> {
+        let Some(record) = self.inner.store.session(sid).await? else {
+            return Ok(None);
+        };
+        if record.state != SessionState::Ended {
+            self.inner.store.record_server_signal(sid, signal, now_ms()).await?;
+            if signal == ServerSignal::Ready
+                && let Some(waiter) = self.inner.ready_waiters.lock().unwrap().get(sid)
+            {
+                waiter.notify_one();
+            }
+        }
+        Ok(Some(record.state))
+    }
+
+    /// What a runtime waits on for session `sid`'s `ready: sdk` server: resolves once the
+    /// server has called ready, on any replica. Redis errors only delay it (the ready timeout
+    /// bounds the wait).
+    pub(crate) fn sdk_ready(&self, sid: &str) -> crate::runtime::SdkReady {
+        let sessions = self.clone();
+        let sid = sid.to_owned();
+        crate::runtime::SdkReady::new(move || {
+            let sessions = sessions.clone();
+            let sid = sid.clone();
+            Box::pin(async move { sessions.wait_ready(&sid).await })
+        })
+    }
+
+    async fn wait_ready(&self, sid: &str) {
+        /// Forgets the waiter however the wait ends (ready, or dropped at the timeout).
+        struct Waiting<'a>(&'a Sessions, &'a str);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.inner.ready_waiters.lock().unwrap().remove(self.1);
+            }
+        }
+        let notify = Arc::new(Notify::new());
+        self.inner
+            .ready_waiters
+            .lock()
+            .unwrap()
+            .insert(sid.to_owned(), notify.clone());
+        let _waiting = Waiting(self, sid);
+        loop {
+            if let Ok(Some(_)) = self.inner.store.server_signal(sid, ServerSignal::Ready).await {
+                return;
+            }
+            tokio::select! {
+                () = notify.notified() => {}
+                () = tokio::time::sleep(SDK_READY_POLL) => {}
+            }
         }
     }
 

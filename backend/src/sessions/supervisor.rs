@@ -21,7 +21,7 @@ use super::metrics::{SessionsMetrics, Supervised};
 use crate::runtime::profiles::Profiles;
 use crate::runtime::{Ends, ServerExit, ServerHandle, ServerSpec, SessionRuntime};
 use crate::sessions::Sessions;
-use matchmaking_core::store::{FormedSession, ReadyOutcome, ServerRoute};
+use matchmaking_core::store::{FormedSession, ReadyOutcome, ServerRoute, ServerSignal};
 
 /// Pauses session forming after servers fail to start, longer after each failure up to 30 s;
 /// a successful start clears it. Keeps a broken runtime from spinning players through
@@ -167,7 +167,8 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         &inner.config.secret,
         inner.config.ready_timeout,
     )
-    .running(&formed.queue, inner.config.profiles.for_queue(&formed.queue));
+    .running(&formed.queue, inner.config.profiles.for_queue(&formed.queue))
+    .with_sdk_ready(sessions.sdk_ready(sid));
     let profile = spec.profile.clone();
     let started = Instant::now();
     let allocating = inner.metrics.supervised(Supervised::Allocating);
@@ -232,8 +233,21 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
             None => std::future::pending().await,
         }
     };
+    let unhealthy = async {
+        match profile.health_timeout {
+            Some(limit) => silent_for(sessions, sid, limit).await,
+            None => std::future::pending().await,
+        }
+    };
     let (reason, exit) = tokio::select! {
         exit = server.wait() => (exit_reason(profile.ends, &exit), Some(exit)),
+        () = unhealthy => {
+            tracing::warn!(limit = ?profile.health_timeout, "the server made no SDK health call within the profile's health_timeout_seconds; failing its session and stopping it");
+            // Ended first: a report the server makes while it drains cannot pass for its end.
+            sessions.end_with_retry(sid, EndReason::Failed).await;
+            stop_server(server.as_mut(), profile.stop_grace).await;
+            (EndReason::Failed, None)
+        }
         reason = empty => {
             tracing::info!(grace = ?profile.empty_grace, %reason, "no player connected for the profile's empty_grace_seconds; stopping its server");
             stop_server(server.as_mut(), profile.stop_grace).await;
@@ -273,7 +287,8 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     sessions.end_with_retry(sid, reason).await;
 }
 
-/// How often a session with an empty grace looks at who is connected.
+/// How often a session with an empty grace looks at who is connected (and one with a health
+/// timeout at its server's last health call).
 const EMPTY_CHECK: Duration = Duration::from_secs(1);
 
 /// Resolves once no player has been connected to session `sid`'s server for `grace`, as the
@@ -298,6 +313,25 @@ async fn empty_for(sessions: &Sessions, sid: &str, grace: Duration) -> EndReason
         };
         if matchmaking_core::store::now_ms() - since >= grace_ms {
             return reason;
+        }
+    }
+}
+
+/// Resolves once session `sid`'s server has made no SDK health call for `limit`, counting
+/// from its being ready. Redis errors only delay it: matchplane's own outage fails no server.
+async fn silent_for(sessions: &Sessions, sid: &str, limit: Duration) {
+    let ready = matchmaking_core::store::now_ms();
+    let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(EMPTY_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(last) = sessions.store().server_signal(sid, ServerSignal::Health).await else {
+            continue;
+        };
+        let last = last.unwrap_or(ready).max(ready);
+        if matchmaking_core::store::now_ms() - last >= limit_ms {
+            return;
         }
     }
 }

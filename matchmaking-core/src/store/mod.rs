@@ -28,7 +28,7 @@ mod sessions;
 
 pub use presence::{Counted, Presence};
 pub use queue::QueueStore;
-pub use sessions::ServerRoute;
+pub use sessions::{ServerRoute, ServerSignal};
 
 use crate::keys::Keys;
 use crate::queues::DEFAULT_QUEUE;

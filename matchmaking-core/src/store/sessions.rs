@@ -25,6 +25,25 @@ pub struct ServerRoute<'a> {
     pub identity: Identity,
 }
 
+/// An SDK call of a server's that the backend keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerSignal {
+    Ready,
+    Health,
+}
+
+impl ServerSignal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerSignal::Ready => "ready",
+            ServerSignal::Health => "health",
+        }
+    }
+}
+
+/// How long a server's signals are kept after its last one.
+const SERVER_SIGNALS_TTL_MS: i64 = 3_600_000;
+
 impl Store {
     /// Marks a session's server ready at `addr` (the built-in server: TCP, `JOIN` line passed
     /// on), unless the session is no longer allocating.
@@ -161,6 +180,25 @@ impl Store {
                 Some(LiveSession { session_id, record })
             })
             .collect())
+    }
+
+    /// Records that session `sid`'s server made SDK call `signal` (`ready`, `health`) at
+    /// `now_ms`. The record lives an hour past the last call.
+    pub async fn record_server_signal(&self, sid: &str, signal: ServerSignal, now_ms: i64) -> Result<()> {
+        let key = self.keys().server_signals(sid);
+        redis::pipe()
+            .atomic()
+            .hset(&key, signal.as_str(), now_ms)
+            .ignore()
+            .pexpire(&key, SERVER_SIGNALS_TTL_MS)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await
+    }
+
+    /// When session `sid`'s server last made SDK call `signal`, if it has.
+    pub async fn server_signal(&self, sid: &str, signal: ServerSignal) -> Result<Option<i64>> {
+        self.conn().hget(self.keys().server_signals(sid), signal.as_str()).await
     }
 
     /// Says this instance is alive for `ttl`.

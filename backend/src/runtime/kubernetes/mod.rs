@@ -35,7 +35,7 @@ use self::pod::{PodState, game_address};
 pub use self::pod::{PodTemplate, pod_name, render_pod, render_warm_pod, warm_pod_name};
 pub use self::reaper::reconcile;
 use self::watch::{PodWatch, Seen};
-use super::profiles::PortProtocol;
+use super::profiles::{PortProtocol, Ready};
 use super::{ServerExit, ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
 
 /// Pod creations in flight at once, per replica.
@@ -201,26 +201,35 @@ impl KubernetesRuntime {
         let deadline = Instant::now() + spec.ready_timeout;
         let ready = timeout_at(deadline, async {
             self.create(&pod).await?;
-            loop {
+            let found = loop {
                 match &*seen.borrow_and_update() {
                     Seen::Present {
                         state: PodState::Ready(ip),
                         terminating: false,
-                    } => return addresses(ip),
-                    Seen::Present {
-                        state: PodState::Finished(why),
-                        ..
-                    } => return Err(StartError::Exited(format!("pod {why}"))),
-                    Seen::Present { terminating: true, .. } => {
-                        return Err(StartError::Exited("pod deleted while starting".into()));
-                    }
-                    Seen::Gone => return Err(StartError::Exited("pod deleted".into())),
-                    Seen::NotYet | Seen::Present { .. } => {}
+                    } => break addresses(ip)?,
+                    other => starting(other)?,
                 }
                 if seen.changed().await.is_err() {
                     return Err(StartError::Spawn("the pod watch stopped".into()));
                 }
+            };
+            if matches!(profile.ready, Ready::Sdk) {
+                // Running (and past its probe, if it has one): now its own word.
+                let said = spec.sdk_ready.wait();
+                tokio::pin!(said);
+                loop {
+                    tokio::select! {
+                        () = &mut said => break,
+                        changed = seen.changed() => {
+                            if changed.is_err() {
+                                return Err(StartError::Spawn("the pod watch stopped".into()));
+                            }
+                            starting(&seen.borrow_and_update())?;
+                        }
+                    }
+                }
             }
+            Ok(found)
         })
         .await;
         let error = match ready {
@@ -250,6 +259,19 @@ impl KubernetesRuntime {
         )
         .await;
         Err(error)
+    }
+}
+
+/// What a starting Pod's state says: an error if it can no longer become ready.
+fn starting(seen: &Seen) -> Result<(), StartError> {
+    match seen {
+        Seen::Present {
+            state: PodState::Finished(why),
+            ..
+        } => Err(StartError::Exited(format!("pod {why}"))),
+        Seen::Present { terminating: true, .. } => Err(StartError::Exited("pod deleted while starting".into())),
+        Seen::Gone => Err(StartError::Exited("pod deleted".into())),
+        Seen::NotYet | Seen::Present { .. } => Ok(()),
     }
 }
 

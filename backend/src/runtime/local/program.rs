@@ -199,7 +199,8 @@ pub(super) async fn start(settings: &LocalSettings, spec: &ServerSpec) -> Result
                     std::future::pending::<()>().await;
                 }
             }
-            _ => loop {
+            Ready::Sdk => spec.sdk_ready.wait().await,
+            Ready::Port | Ready::Listening => loop {
                 if bound::all_bound(&declared, pgid) {
                     return;
                 }
