@@ -39,7 +39,14 @@ fn backend_role() -> kube_sim::Rbac {
 async fn sim(start_delay_ms: u64) -> Sim {
     let node = NodeConfig {
         game_server_bin: built_binary("game-server"),
-        images: [("bzflag/bzfs:2.4.26".to_owned(), "/usr/games/bzfs".into())].into(),
+        images: [
+            ("bzflag/bzfs:2.4.26".to_owned(), "/usr/games/bzfs".into()),
+            (
+                "matchplane/sdk-example:1".to_owned(),
+                built_binary("sdk-example-server"),
+            ),
+        ]
+        .into(),
         // The namespace enforces the restricted Pod Security Standard, as deploy/ labels it.
         namespaces: NodeConfig::namespaces_with(NS, Some("restricted")),
         secrets: [(
@@ -1066,6 +1073,104 @@ queues:
     for needed in ["create", "watch", "delete"] {
         assert!(made.contains(&(needed.to_owned(), "pods".to_owned())), "{made:?}");
     }
+    let _ = std::fs::remove_file(&file);
+}
+
+/// `ready: sdk` in a Pod, for a server with only a UDP port (which no kubelet probe can see):
+/// the Pod has no probe, and the session is matched only once the server, running, has told
+/// the backend through the SDK (here 2 s after it binds, from inside the Pod, with the report
+/// URL and token of its environment). A player's UDP flow through the proxy reaches it; an
+/// operator's end stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_only_server_in_a_pod_is_ready_when_the_sdk_says_so() {
+    use protocol::udp::{self, FromProxy};
+    let sim = sim(0).await;
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
+    std::fs::write(
+        &file,
+        r#"
+servers:
+  udp-sdk:
+    command: ["sdk-example-server", "--ready-after-ms", "2000"]
+    image: matchplane/sdk-example:1
+    ports: [{name: udp, protocol: udp}]
+    ready: sdk
+    ends: sdk
+queues:
+  - {name: udp, session_size: 1, server: udp-sdk}
+"#,
+    )
+    .unwrap();
+    let backend = replica(&sim, &prefix, &db, "r1", |s| s.matchmaking_config(&file)).await;
+    let (proxy, _stop) = common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    let (status, body) = backend
+        .http
+        .post_as(
+            &common::service_auth(),
+            "/match/join",
+            serde_json::json!({"player_id": "ufo", "queue": "udp"}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let status = eventually(Duration::from_secs(60), || async {
+        let body = backend.http.status("ufo", 5.0).await;
+        (body["status"] == "matched").then_some(body)
+    })
+    .await;
+    let sid = status["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+    let at = |field: &str| {
+        time::OffsetDateTime::parse(
+            session[field].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert!(
+        at("ready_at") - at("created_at") >= time::Duration::seconds(2),
+        "ready only once the server said so: {session}"
+    );
+    let name = session["server"].as_str().unwrap().to_owned();
+    let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(sim_client(&sim).await, NS);
+    let container = pods.get(&name).await.unwrap().spec.unwrap().containers.remove(0);
+    assert!(container.readiness_probe.is_none(), "nothing a kubelet could probe");
+    let port = &container.ports.as_ref().unwrap()[0];
+    assert_eq!(port.protocol.as_deref(), Some("UDP"));
+
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut ask = async |datagram: Vec<u8>| {
+        client.send_to(&datagram, proxy).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        buf[..n].to_vec()
+    };
+    let welcome = ask(udp::join([1, 2, 3, 4], status["ticket"].as_str().unwrap())).await;
+    let Some(FromProxy::Welcome { id, .. }) = udp::parse_proxy(&welcome) else {
+        panic!("{welcome:?}")
+    };
+    let echo = ask(udp::data(id, b"ping")).await;
+    assert_eq!(udp::parse_proxy(&echo), Some(FromProxy::Data { payload: b"echo ping" }));
+
+    let (code, body) = backend
+        .http
+        .post_as(
+            &common::admin_auth(),
+            &format!("/match/{sid}/end"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(code.is_success(), "{body}");
+    eventually(Duration::from_secs(30), || async {
+        let records = sim.cluster.records();
+        records.iter().find(|r| r.name == name)?.deleted_ms.map(|_| ())
+    })
+    .await;
+    backend.stop().await;
     let _ = std::fs::remove_file(&file);
 }
 

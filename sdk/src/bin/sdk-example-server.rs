@@ -1,6 +1,7 @@
 //! An example game server written with the SDK, for a `proxy-v2`, `ready: sdk`, `ends: sdk`
-//! profile: each connection starts with the proxy's PROXY v2 header, gets `WELCOME <player>`,
-//! then has its lines echoed. The server says it is ready once it listens, calls health every
+//! profile: on its TCP port `game`, each connection starts with the proxy's PROXY v2 header,
+//! gets `WELCOME <player>`, then has its lines echoed; on its UDP port `udp`, if the profile
+//! declares one, each datagram comes back prefixed with `echo `. The server says it is ready once it listens, calls health every
 //! second, and once every rostered player has come and gone (or on SIGTERM) reports the
 //! result with each player's attendance and exits 0.
 //!
@@ -86,19 +87,37 @@ async fn serve(session: Session, flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(port) = session.port("game") else {
-        eprintln!("sdk-example-server: no MATCHPLANE_PORT_GAME");
-        return ExitCode::from(2);
-    };
     let host = session.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-    let listener = match TcpListener::bind((host.as_str(), port)).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!("sdk-example-server: cannot listen on {host}:{port}: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (tcp, udp) = (session.port("game"), session.port("udp"));
+    if tcp.is_none() && udp.is_none() {
+        eprintln!("sdk-example-server: declare a tcp port `game`, a udp port `udp`, or both");
+        return ExitCode::from(2);
+    }
+    let listener = match tcp {
+        Some(port) => match TcpListener::bind((host.as_str(), port)).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("sdk-example-server: cannot listen on {host}:{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
     };
-    println!("listening on {host}:{port} for session {}", session.session_id);
+    if let Some(port) = udp {
+        match tokio::net::UdpSocket::bind((host.as_str(), port)).await {
+            Ok(socket) => {
+                tokio::spawn(udp_echo(socket));
+            }
+            Err(e) => {
+                eprintln!("sdk-example-server: cannot bind udp {host}:{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!(
+        "serving tcp {tcp:?} udp {udp:?} on {host} for session {}",
+        session.session_id
+    );
     let backend = session.backend.clone();
     if let Some(backend) = &backend {
         tokio::time::sleep(flags.ready_after).await;
@@ -136,7 +155,7 @@ async fn serve(session: Session, flags: Flags) -> ExitCode {
         tokio::select! {
             () = stop.cancelled() => break EndReason::Terminated,
             () = changed.notified() => {}
-            accepted = listener.accept() => {
+            accepted = accept(listener.as_ref()) => {
                 let Ok((stream, _)) = accepted else { continue };
                 tokio::spawn(connection(stream, session.session_id.clone(), attendance.clone(), changed.clone(), stop.clone()));
             }
@@ -172,6 +191,27 @@ async fn serve(session: Session, flags: Flags) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The next connection, or never without a TCP port.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends each datagram back to its sender, prefixed with `echo `.
+async fn udp_echo(socket: tokio::net::UdpSocket) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let mut reply = b"echo ".to_vec();
+        reply.extend_from_slice(&buf[..n]);
+        let _ = socket.send_to(&reply, from).await;
+    }
 }
 
 async fn connection(
