@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play manifests-check docs-check api-check scripts-check deny fuzz fuzz-build ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check deny fuzz fuzz-build ci \
 	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -49,6 +49,9 @@ bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAPro
 
 bench-udp: ## Game datagrams: direct vs through matchplane's proxy, 1 and 64 flows, side by side in rounds (SECONDS_PER_RUN, ROUNDS)
 	scripts/bench-udp.sh
+
+conformance: ## A server profile against the hosting contract, part by part, started as the local runtime would (SERVER, MATCHMAKING_CONFIG)
+	scripts/conformance.sh
 
 deny: ## The supply-chain policy (deny.toml): licences, duplicate versions, sources, and advisories when RustSec's database can be fetched (ADVISORY_DB: a local clone of it)
 	scripts/deny.sh

@@ -252,6 +252,39 @@ impl Config {
         Ok(profile)
     }
 
+    /// The server profile `name` of the queue file, checked for the local runtime (the file
+    /// as a whole, every mistake one line), and the PATH its command is found in: for
+    /// `backend conformance`.
+    pub fn local_profile(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<crate::runtime::Profile>, Option<std::ffi::OsString>), String> {
+        let Some(path) = self.matchmaking.file() else {
+            return Err("MATCHMAKING_CONFIG names no queue file to take the profile from".into());
+        };
+        let search = self.runtime.local.path.clone();
+        let target = Target::Local {
+            path: search.as_deref(),
+        };
+        let (_, profiles) = self.queue_file(path, self.matchmaking.rules()?, target)?;
+        match profiles.get(name) {
+            Some(profile) if !profile.builtin => Ok((profile.clone(), search)),
+            Some(_) => Err(format!(
+                "{name} is the built-in game server; its own tests check it (name a profile of MATCHMAKING_CONFIG)"
+            )),
+            None => Err(format!(
+                "MATCHMAKING_CONFIG {}: there is no server profile {name:?} (profiles: {})",
+                path.display(),
+                profiles
+                    .iter()
+                    .filter(|p| !p.builtin)
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
     /// Every default, and nothing from the environment.
     pub fn defaults() -> Config {
         service::cli::parse_without_env(["backend"]).expect("every setting has a default or is optional")

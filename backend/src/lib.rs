@@ -13,6 +13,7 @@
 
 mod app;
 pub mod config;
+pub mod conformance;
 mod health;
 mod history;
 mod http;

@@ -44,6 +44,69 @@ enum Command {
         #[arg(long, conflicts_with = "warm")]
         queue: Option<String>,
     },
+    /// Start one server of a profile of MATCHMAKING_CONFIG as the local runtime would, stand
+    /// in for the backend's SDK calls, and say part by part what it meets of the hosting
+    /// contract (exit 0 when every required part is met, 1 when one is not, 2 on bad input).
+    Conformance {
+        /// The profile's name (under `servers:`).
+        #[arg(long)]
+        server: String,
+        /// The roster handed to the server as MATCHPLANE_PLAYERS.
+        #[arg(long, value_delimiter = ',', default_value = "conformance-a,conformance-b")]
+        players: Vec<String>,
+        /// How long it may take to be ready.
+        #[arg(long, default_value_t = 30.0)]
+        ready_timeout_seconds: f64,
+        /// How long it is watched once ready, before SIGTERM.
+        #[arg(long, default_value_t = 3.0)]
+        observe_seconds: f64,
+    },
+}
+
+/// `backend conformance`.
+fn conformance(config: &Config, server: &str, players: Vec<String>, ready_timeout: f64, observe: f64) -> ExitCode {
+    let seconds = |what: &str, value: f64| {
+        (value.is_finite() && value > 0.0 && value <= 3600.0)
+            .then(|| std::time::Duration::from_secs_f64(value))
+            .ok_or_else(|| format!("--{what} must be > 0 and at most 3600"))
+    };
+    let checked = (|| {
+        if players.is_empty() || players.iter().any(|p| !protocol::player::is_valid_player_id(p)) {
+            return Err("--players must be ids of 1-128 characters of A-Z a-z 0-9 _ . : -".to_owned());
+        }
+        let options = backend::conformance::Options {
+            players,
+            ready_timeout: seconds("ready-timeout-seconds", ready_timeout)?,
+            observe: seconds("observe-seconds", observe)?,
+        };
+        let (profile, path) = config.local_profile(server)?;
+        Ok((options, profile, path))
+    })();
+    let (options, profile, path) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("backend: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    service::telemetry::init(&config.log, "warn");
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("backend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(backend::conformance::check(profile, path, &options)) {
+        Ok(parts) if backend::conformance::print(server, &parts) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("backend: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `backend render-pod`.
@@ -143,6 +206,15 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let config = cli.config;
+    if let Some(Command::Conformance {
+        server,
+        players,
+        ready_timeout_seconds,
+        observe_seconds,
+    }) = cli.command
+    {
+        return conformance(&config, &server, players, ready_timeout_seconds, observe_seconds);
+    }
     if let Some(Command::RenderPod {
         session_id,
         players,

@@ -11,7 +11,7 @@
 
 mod game_server;
 pub mod kubernetes;
-mod local;
+pub(crate) mod local;
 pub mod profiles;
 pub mod settings;
 pub(crate) mod warm;

@@ -52,6 +52,15 @@ const POOL_TICK: Duration = Duration::from_millis(100);
 const MAX_WARMING: usize = 16;
 
 /// Spawns `game-server` processes.
+/// Starts `spec`'s profile program as the local runtime does for a session (for the
+/// conformance runner, which has no sessions).
+pub(crate) async fn start_profile(
+    settings: &LocalSettings,
+    spec: &ServerSpec,
+) -> Result<Box<dyn ServerHandle>, StartError> {
+    Ok(Box::new(program::start(settings, spec).await?))
+}
+
 pub(crate) struct LocalRuntime {
     spawner: Arc<Spawner>,
     pool: Option<Arc<WarmPool>>,

@@ -39,6 +39,23 @@ pub struct LocalSettings {
     pub(crate) keeper: Option<PathBuf>,
 }
 
+impl LocalSettings {
+    /// Settings that start only servers of profiles (no built-in binary, no warm pool), with
+    /// `path` as their PATH.
+    pub(crate) fn for_profiles(path: Option<OsString>) -> LocalSettings {
+        let keeper = find_executable(std::path::Path::new("setpriv"), path.as_deref())
+            .or_else(|| find_executable(std::path::Path::new("/usr/bin/setpriv"), None));
+        LocalSettings {
+            binary: PathBuf::new(),
+            log_filter: String::new(),
+            path,
+            env: Vec::new(),
+            warm: Bounds { min: 0, max: 0 },
+            keeper,
+        }
+    }
+}
+
 impl LocalArgs {
     /// Checks the settings: the game-server binary must be an executable file.
     pub fn validate(&self, env: Vec<(String, String)>, warm: Bounds) -> Result<LocalSettings, String> {
