@@ -73,15 +73,16 @@ seed() {
 }
 
 # The report token of a session's game server, minted as the backend mints it (HS256 with
-# TICKET_SECRET, audience matchplane-report).
+# TICKET_SECRET, audience matchplane-report), or with a second argument a warm server's token
+# for that server id (audience matchplane-warm).
 report_token() {
-  python3 - "$MP_TICKET_SECRET" "$1" <<'PY'
+  python3 - "$MP_TICKET_SECRET" "$1" "${2:-matchplane-report}" <<'PY'
 import base64, hashlib, hmac, json, sys, time
-secret, session = sys.argv[1:]
+secret, session, audience = sys.argv[1:]
 b64 = lambda raw: base64.urlsafe_b64encode(raw).rstrip(b"=")
 now = int(time.time())
 head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b64(json.dumps({"sid": session, "aud": "matchplane-report", "iat": now, "exp": now + 3600}).encode())
+body = b64(json.dumps({"sid": session, "aud": audience, "iat": now, "exp": now + 3600}).encode())
 sig = b64(hmac.new(secret.encode(), head + b"." + body, hashlib.sha256).digest())
 print((head + b"." + body + b"." + sig).decode())
 PY
@@ -117,11 +118,27 @@ include-operation-id = "status"
 checks.max_response_time = 35.0
 $poll
 
+TOML
+  # The game server's calls, each with the session's report token.
+  local op
+  for op in resultReport serverReady serverHealth; do
+    cat <<TOML
+
 [[operations]]
-include-operation-id = "resultReport"
+include-operation-id = "$op"
 checks.positive_data_acceptance.expected-statuses = ["2XX", 401, 403, 404, 409, 422, 429]
 parameters = { session_id = "$session" }
 headers = { Authorization = "Bearer $(report_token "$session")" }
+TOML
+  done
+  # A warm server's poll, for a server nobody started (it waits no time: 204).
+  cat <<TOML
+
+[[operations]]
+include-operation-id = "warmSession"
+checks.positive_data_acceptance.expected-statuses = ["2XX", 401, 403, 422]
+parameters = { server_id = "api-check-warm", wait = 0 }
+headers = { Authorization = "Bearer $(report_token api-check-warm matchplane-warm)" }
 TOML
 }
 
@@ -141,12 +158,15 @@ st() {
     failed+=("$name")
   fi
 }
-st operator "$MP_BACKEND_URL" any --exclude-operation-id resultReport -H "Authorization: Bearer $MP_ADMIN_TOKEN"
-st player "$MP_BACKEND_URL" 1 --exclude-operation-id resultReport -H "Authorization: Bearer $player_token"
-# (One operation has no links to follow: no stateful phase.)
-st game-server "$MP_BACKEND_URL" 1 --include-operation-id resultReport --phases examples,coverage,fuzzing
+internal=(--exclude-operation-id resultReport --exclude-operation-id serverReady --exclude-operation-id serverHealth
+  --exclude-operation-id warmSession)
+st operator "$MP_BACKEND_URL" any "${internal[@]}" -H "Authorization: Bearer $MP_ADMIN_TOKEN"
+st player "$MP_BACKEND_URL" 1 "${internal[@]}" -H "Authorization: Bearer $player_token"
+# (The game server's operations have no links to follow: no stateful phase.)
+st game-server "$MP_BACKEND_URL" 1 --include-operation-id resultReport --include-operation-id serverReady \
+  --include-operation-id serverHealth --include-operation-id warmSession --phases examples,coverage,fuzzing
 # The proxy serves the same under /api, but not the backend's /internal/* or /metrics.
-st proxy "$MP_PROXY_URL/api" 1 --exclude-operation-id resultReport --exclude-operation-id metrics \
+st proxy "$MP_PROXY_URL/api" 1 "${internal[@]}" --exclude-operation-id metrics \
   -H "Authorization: Bearer $MP_ADMIN_TOKEN"
 
 for what in backend proxy; do

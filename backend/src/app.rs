@@ -145,7 +145,8 @@ impl App {
         // The warm pool's books (and metrics) exist with or without a pool.
         let warm = Arc::new(runtime::warm::WarmState::new(settings.runtime.warm_bounds()));
         metrics.registry.register(|registry| warm.register(registry));
-        let runtime = runtime::build(&settings.runtime, &settings.secret, warm).await?;
+        let internal = internal_url(&settings, bound);
+        let runtime = runtime::build(&settings.runtime, &settings.secret, warm, &settings.profiles, &internal).await?;
 
         let phases = Phases::new();
         let matchmaking = Matchmaking::new(
@@ -174,7 +175,7 @@ impl App {
             SupervisorConfig {
                 runtime: runtime.clone(),
                 secret: settings.secret.clone(),
-                internal_url: internal_url(&settings, bound),
+                internal_url: internal,
                 ready_timeout: settings.ready_timeout,
                 profiles: settings.profiles.clone(),
             },

@@ -5,7 +5,8 @@
 //!
 //! | part | required | met when |
 //! | --- | --- | --- |
-//! | `start` | yes | ready by the profile's `ready` within the timeout, without exiting |
+//! | `warm` | with `warm_pool` | started warm, it polls for a session (and polls again after an empty answer) |
+//! | `start` | yes | ready by the profile's `ready` within the timeout, without exiting (a warm server: it takes the session it is handed and says ready for it) |
 //! | `tcp` | with a TCP port | its first TCP port accepts a connection |
 //! | `identity` | `none`, `proxy-v2` | a connection opened as the proxy would (nothing, or a PROXY v2 header) is kept open or answered |
 //! | `health` | with `health_timeout_seconds` | health calls come at least that often |
@@ -24,14 +25,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::post;
-use protocol::api::{MatchStatus, Recorded, ReportReceipt, ResultReport, SignalReceipt};
+use protocol::api::{MatchStatus, Recorded, ReportReceipt, ResultReport, SignalReceipt, WarmSession};
 use protocol::sessions::Identity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::runtime::local::{LocalSettings, start_profile};
+use crate::runtime::local::{LocalSettings, start_profile, start_warm_profile};
 use crate::runtime::profiles::Ready;
 use crate::runtime::{Ends, Profile, SdkReady, ServerExit, ServerSpec};
 
@@ -75,6 +76,16 @@ struct StandIn {
     token: String,
     calls: Mutex<Calls>,
     ready: Notify,
+    /// For a warm server: its id, its token, and the session it is handed on its second poll.
+    warm: Option<WarmStandIn>,
+}
+
+struct WarmStandIn {
+    id: String,
+    token: String,
+    session: WarmSession,
+    polls: Mutex<usize>,
+    polled: Notify,
 }
 
 /// Runs the conformance check of `profile` and returns its parts, in order.
@@ -98,14 +109,30 @@ pub async fn check(
         options.ready_timeout,
     )
     .running("conformance", profile.clone());
+    let warm_id = format!("conformance-warm-{}", uuid::Uuid::new_v4().simple());
     let stand_in = Arc::new(StandIn {
         session_id: session_id.clone(),
         token: spec.report_token.clone(),
         calls: Mutex::new(Calls::default()),
         ready: Notify::new(),
+        warm: profile.warm.map(|_| WarmStandIn {
+            id: warm_id.clone(),
+            token: secret.mint(&protocol::Claims::warm(&warm_id, protocol::ticket::unix_now(), 3600)),
+            session: WarmSession {
+                session_id: session_id.clone(),
+                players: spec.players.clone(),
+                teams: spec.teams.clone(),
+                queue: spec.queue.clone(),
+                report_url: spec.report_url.clone(),
+                report_token: spec.report_token.clone(),
+            },
+            polls: Mutex::new(0),
+            polled: Notify::new(),
+        }),
     });
     let app = Router::new()
         .route("/internal/sessions/{session_id}/{call}", post(sdk_call))
+        .route("/internal/warm/{server_id}/session", post(warm_poll))
         .with_state(stand_in.clone());
     let serving = tokio::spawn(async move { axum::serve(listener, app).await });
     let waiting = stand_in.clone();
@@ -126,7 +153,73 @@ pub async fn check(
     let mut part = |name, verdict, detail: String| parts.push(Part { name, verdict, detail });
     let settings = LocalSettings::for_profiles(path);
     let began = Instant::now();
-    let mut server = match start_profile(&settings, &spec).await {
+    let started = match &stand_in.warm {
+        None => start_profile(&settings, &spec).await,
+        Some(warm) => {
+            let polled = stand_in.clone();
+            let polling = SdkReady::new(move || {
+                let stand_in = polled.clone();
+                Box::pin(async move {
+                    let warm = stand_in.warm.as_ref().expect("a warm stand-in");
+                    loop {
+                        let notified = warm.polled.notified();
+                        if *warm.polls.lock().unwrap() >= 2 {
+                            return;
+                        }
+                        notified.await;
+                    }
+                })
+            });
+            let url = format!("{internal}/internal/warm/{}", warm.id);
+            match start_warm_profile(
+                &settings,
+                &profile,
+                &warm.id,
+                url,
+                warm.token.clone(),
+                &polling,
+                options.ready_timeout,
+            )
+            .await
+            {
+                Ok(mut server) => {
+                    part(
+                        "warm",
+                        Verdict::Pass,
+                        format!(
+                            "started warm, it polled for a session (and again after an empty answer) in {:.2} s",
+                            began.elapsed().as_secs_f64()
+                        ),
+                    );
+                    let handed = Instant::now();
+                    match timeout(options.ready_timeout, spec.sdk_ready.wait()).await {
+                        Ok(()) => Ok(server),
+                        Err(_) => {
+                            server.kill().await;
+                            Err(crate::runtime::StartError::Timeout(options.ready_timeout))
+                        }
+                    }
+                    .inspect(|_| {
+                        part(
+                            "start",
+                            Verdict::Pass,
+                            format!(
+                                "took the session it was handed and said ready in {:.2} s",
+                                handed.elapsed().as_secs_f64()
+                            ),
+                        );
+                    })
+                }
+                Err(e) => {
+                    part("warm", Verdict::Fail, format!("started warm: {e}"));
+                    serving.abort();
+                    return Ok(parts);
+                }
+            }
+        }
+    };
+    let mut server = match started {
+        Ok(server) if stand_in.warm.is_some() => server,
         Ok(server) => {
             part(
                 "start",
@@ -343,6 +436,38 @@ async fn open_as_proxy(addr: &str, mode: Identity, session_id: &str, players: &[
             ),
         ),
         Ok(Err(e)) => (verdict(false), format!("sent {sent}; {e}")),
+    }
+}
+
+/// The stand-in for a warm server's poll: the first answered 204 (no session yet), the next
+/// with the session.
+async fn warm_poll(
+    State(stand_in): State<Arc<StandIn>>,
+    Path(server_id): Path<String>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| identity::bearer_token(v.as_bytes()));
+    let Some(warm) = stand_in
+        .warm
+        .as_ref()
+        .filter(|w| w.id == server_id && token == Some(w.token.as_str()))
+    else {
+        stand_in.calls.lock().unwrap().bad_token += 1;
+        return (StatusCode::UNAUTHORIZED, "not this warm server's token").into_response();
+    };
+    let polls = {
+        let mut polls = warm.polls.lock().unwrap();
+        *polls += 1;
+        *polls
+    };
+    warm.polled.notify_waiters();
+    if polls == 1 {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        axum::Json(warm.session.clone()).into_response()
     }
 }
 

@@ -52,6 +52,13 @@ servers:
     identity: proxy-v2
     ends: sdk
     health_timeout_seconds: 3
+  warm:
+    command: ["{sdk}"]
+    ports: [{{name: game, protocol: tcp}}]
+    ready: sdk
+    identity: proxy-v2
+    ends: sdk
+    warm_pool: {{min: 1, max: 2}}
   quiet:
     command: ["{sdk}", "--no-report", "--health-for-seconds", "1"]
     ports: [{{name: game, protocol: tcp}}]
@@ -92,6 +99,17 @@ queues:
     );
     assert!(stdout.contains("8 of 8 required parts met"), "{stdout}");
 
+    // Started warm, it polls, takes the session it is handed, and plays it as a cold one.
+    let warm = run(&file, "warm");
+    let stdout = String::from_utf8_lossy(&warm.stdout);
+    assert_eq!(warm.status.code(), Some(0), "{stdout}");
+    assert!(line(&stdout, "warm").starts_with("PASS"), "{stdout}");
+    assert!(
+        line(&stdout, "start").contains("took the session it was handed"),
+        "{stdout}"
+    );
+    assert!(line(&stdout, "result").starts_with("PASS"), "{stdout}");
+
     let quiet = run(&file, "quiet");
     let stdout = String::from_utf8_lossy(&quiet.stdout);
     assert_eq!(quiet.status.code(), Some(1), "{stdout}");
@@ -113,7 +131,7 @@ queues:
     assert_eq!(missing.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(
-        stderr.contains("there is no server profile \"nowhere\" (profiles: deaf, good, quiet)"),
+        stderr.contains("there is no server profile \"nowhere\" (profiles: deaf, good, quiet, warm)"),
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);

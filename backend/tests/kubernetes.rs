@@ -623,6 +623,21 @@ impl SessionBook for MemoryBook {
     ) -> futures_util::future::BoxFuture<'_, matchmaking_core::store::Result<bool>> {
         Box::pin(async { Ok(true) })
     }
+
+    fn warm_server_state<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, matchmaking_core::store::Result<(bool, bool)>> {
+        Box::pin(async { Ok((false, false)) })
+    }
+
+    fn offer_warm<'a>(
+        &'a self,
+        _id: &'a str,
+        _session: &'a protocol::api::WarmSession,
+    ) -> futures_util::future::BoxFuture<'a, matchmaking_core::store::Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
 }
 
 fn allocating(session_id: &str, players: &[&str]) -> matchmaking_core::store::LiveSession {

@@ -904,3 +904,90 @@ queues:
     backend.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `warm_pool`: servers of a profile started ahead of demand, each warm once it polls for a
+/// session through the SDK. A session takes one (its players are matched well within the
+/// server's own 6 s start-up), plays through the proxy and completes with the server's report;
+/// the pool refills; and `/health` shows it. A session finding the pool empty starts cold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profiles_warm_servers_take_their_sessions_through_the_sdk() {
+    let dir = scratch();
+    let server = common::built_binary("sdk-example-server");
+    let queues = format!(
+        r#"
+servers:
+  warm:
+    command: ["{}", "--ready-after-ms", "6000"]
+    ports: [{{name: game, protocol: tcp}}]
+    ready: sdk
+    identity: proxy-v2
+    ends: sdk
+    warm_pool: {{min: 1, max: 1}}
+queues:
+  - {{name: warm, session_size: 1, server: warm}}
+"#,
+        server.display()
+    );
+    let (backend, proxy, db) = stack(&dir, &queues, 20.0).await;
+    let pool = || async {
+        let (_, health) = backend.http.get("/health").await;
+        health["warm_profiles"]["warm"].clone()
+    };
+    eventually(Duration::from_secs(20), || async {
+        (pool().await["idle"] == 1).then_some(())
+    })
+    .await;
+
+    let play = |player: &'static str| {
+        let http = &backend.http;
+        async move {
+            let status = matched(http, "warm", &[player]).await.remove(0);
+            let sid = status["session_id"].as_str().unwrap().to_owned();
+            let (_, view) = http.get(&format!("/sessions/{sid}")).await;
+            let at = |field: &str| {
+                time::OffsetDateTime::parse(
+                    view[field].as_str().unwrap(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap()
+            };
+            let mut stream = TcpStream::connect(proxy).await.unwrap();
+            let ticket = status["ticket"].as_str().unwrap();
+            stream.write_all(format!("JOIN {ticket}\n").as_bytes()).await.unwrap();
+            let mut line = String::new();
+            let mut reader = BufReader::new(stream);
+            tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(line.trim_end(), format!("WELCOME {player}"));
+            drop(reader);
+            (sid, at("ready_at") - at("created_at"))
+        }
+    };
+    let (warm_sid, warm_took) = play("wendy").await;
+    assert!(
+        warm_took < time::Duration::milliseconds(2500),
+        "a warm server: ready in {warm_took}"
+    );
+    assert_eq!(end_reason(&db, &warm_sid).await, "completed");
+    let after = pool().await;
+    assert_eq!(after["handed"], 1, "{after}");
+
+    // The pool refills (its one server starts again, 6 s); a session before that starts cold.
+    let (cold_sid, cold_took) = play("colin").await;
+    assert!(cold_took >= time::Duration::milliseconds(5500), "cold: {cold_took}");
+    assert_eq!(end_reason(&db, &cold_sid).await, "completed");
+    let after = pool().await;
+    assert_eq!(
+        (after["handed"].as_u64(), after["cold_starts"].as_u64()),
+        (Some(1), Some(1)),
+        "{after}"
+    );
+    eventually(Duration::from_secs(20), || async {
+        (pool().await["idle"] == 1).then_some(())
+    })
+    .await;
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,6 +23,7 @@
 //! | `{P}:outbox` | stream | lifecycle events, one JSON `event` field each, for the history |
 //! | `{P}:outbox:dead` | stream | events PostgreSQL kept rejecting, parked for an operator |
 //! | `{P}:instance:<id>` | string | a replica's heartbeat, with a TTL |
+//! | `{P}:warm-server:<id>` | hash | a warm server of a profile: `polled` (ms of its last poll), `session` (JSON, once offered), `taken` (ms); a minute's TTL from the last write |
 //! | `{P}:server:<sid>` | hash | what session `sid`'s server said through the SDK: `ready`, `health` → ms; an hour's TTL from the last |
 //! | `{P}:events` | pub/sub channel | the same lifecycle events, for long polls and supervisors |
 
@@ -122,6 +123,11 @@ impl Keys {
 
     pub fn outbox_dead(&self) -> String {
         self.named("outbox:dead")
+    }
+
+    /// A warm server of a profile, taking its session through the SDK.
+    pub fn warm_server(&self, id: &str) -> String {
+        self.named(&format!("warm-server:{id}"))
     }
 
     /// What session `sid`'s server has said through the SDK.

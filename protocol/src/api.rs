@@ -396,6 +396,21 @@ pub struct SignalReceipt {
     pub status: MatchStatus,
 }
 
+/// `POST /internal/warm/{server_id}/session`: the session handed to a warm server of a
+/// profile, and how to report for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmSession {
+    pub session_id: String,
+    pub players: Vec<String>,
+    /// The teams' players, when the queue has teams.
+    #[serde(default)]
+    pub teams: Vec<Vec<String>>,
+    pub queue: String,
+    /// Where the result report goes (the other SDK calls are its siblings), and its token.
+    pub report_url: String,
+    pub report_token: String,
+}
+
 /// Whether a dependency answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -457,6 +472,9 @@ pub struct BackendHealth {
     /// This replica's warm game servers, when it keeps any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_servers: Option<WarmServers>,
+    /// This replica's warm servers of each profile with a `warm_pool`, by profile name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub warm_profiles: std::collections::BTreeMap<String, WarmServers>,
 }
 
 /// A replica's warm pool in `GET /health`.

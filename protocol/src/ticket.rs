@@ -33,6 +33,8 @@ pub enum Audience {
     Report,
     /// The backend's hand-over of a session to one warm game server.
     Handover,
+    /// A warm server of a profile's token to poll for its session (`sid` is the server's id).
+    Warm,
 }
 
 impl Audience {
@@ -42,6 +44,7 @@ impl Audience {
             Audience::Game => "matchplane-game",
             Audience::Report => "matchplane-report",
             Audience::Handover => "matchplane-handover",
+            Audience::Warm => "matchplane-warm",
         }
     }
 }
@@ -69,6 +72,18 @@ impl Claims {
             sub: Some(player.to_owned()),
             sid: session.to_owned(),
             aud: Audience::Game.as_str().to_owned(),
+            iat: now,
+            exp: now + ttl_seconds,
+        }
+    }
+
+    /// A warm server's token to poll for its session, for server `id`, valid for
+    /// `ttl_seconds` from `now`.
+    pub fn warm(id: &str, now: i64, ttl_seconds: i64) -> Claims {
+        Claims {
+            sub: None,
+            sid: id.to_owned(),
+            aud: Audience::Warm.as_str().to_owned(),
             iat: now,
             exp: now + ttl_seconds,
         }

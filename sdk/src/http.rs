@@ -60,6 +60,15 @@ impl Endpoint {
         })
     }
 
+    /// Calls under `url` itself (`http://host[:port]/path`): a warm server's poll URL.
+    pub fn from_base(url: &str, token: String) -> Result<Self, BadReportUrl> {
+        let endpoint = Endpoint::from_report_url(&format!("{}/result", url.trim_end_matches('/')), token)?;
+        if endpoint.base.is_empty() {
+            return Err(BadReportUrl(url.to_owned()));
+        }
+        Ok(endpoint)
+    }
+
     /// The path of call `name` (`result`, `ready`, `health`).
     pub fn path(&self, name: &str) -> String {
         format!("{}/{name}", self.base)

@@ -4,6 +4,8 @@
 //! profile says when it is ready and how it ends). A server that wants more uses the SDK:
 //!
 //! - [`Session::from_env`]: its session, roster, teams, queue and ports (`MATCHPLANE_*`);
+//! - [`Host::from_env`] and [`Host::session`]: the same for a server that may be started warm
+//!   (a profile with `warm_pool`): its ports at once, its session once matchplane hands it one;
 //! - [`Backend::ready`]: "ready for players" (profiles with `ready: sdk`);
 //! - [`Backend::health`] and [`Backend::keep_healthy`]: "still alive" (profiles with
 //!   `health_timeout_seconds` fail a server that goes quiet);
@@ -91,15 +93,7 @@ impl Session {
             .filter(|t| !t.is_empty())
             .map(|t| t.split(';').map(list).collect())
             .unwrap_or_default();
-        let mut ports = BTreeMap::new();
-        for (name, value) in &vars {
-            if let Some(port) = name.strip_prefix("MATCHPLANE_PORT_") {
-                let number = value
-                    .parse::<u16>()
-                    .map_err(|_| SdkError::Environment(format!("{name} is not a port number: {value:?}")))?;
-                ports.insert(port.to_ascii_lowercase(), number);
-            }
-        }
+        let ports = ports(&vars)?;
         let backend = match (get("REPORT_URL"), get("REPORT_TOKEN")) {
             (Some(url), Some(token)) if !url.is_empty() && !token.is_empty() => Some(Backend::new(url, token)?),
             (None, None) => None,
@@ -129,6 +123,130 @@ impl Session {
     pub fn backend(&self) -> Result<&Backend, SdkError> {
         self.backend.as_ref().ok_or(SdkError::NoBackend)
     }
+}
+
+/// What a server knows as it starts: where to bind, and how it gets its session, from its
+/// environment (started for a session), or from matchplane once it is handed one (started
+/// warm, with `MATCHPLANE_WARM_URL` and `MATCHPLANE_WARM_TOKEN`).
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The address the server's ports are reached at (the Pod's IP, or 127.0.0.1).
+    pub host: Option<String>,
+    /// Each declared port by its name (lower case).
+    pub ports: BTreeMap<String, u16>,
+    /// The environment, for a server started for its session.
+    vars: BTreeMap<String, String>,
+    /// Where a warm server polls for its session.
+    warm: Option<Endpoint>,
+}
+
+/// How long one poll of a warm server waits for its session.
+const POLL_SECONDS: u32 = 25;
+
+impl Host {
+    /// Reads what is known at start from this process's environment.
+    pub fn from_env() -> Result<Host, SdkError> {
+        Host::from_vars(std::env::vars())
+    }
+
+    /// Reads what is known at start from `vars` (name, value).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Host, SdkError> {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        let warm = match (vars.get("MATCHPLANE_WARM_URL"), vars.get("MATCHPLANE_WARM_TOKEN")) {
+            (Some(url), Some(token)) => Some(Endpoint::from_base(url, token.clone()).map_err(|_| {
+                SdkError::Environment(format!(
+                    "MATCHPLANE_WARM_URL must look like http://host[:port]/path, got {url:?}"
+                ))
+            })?),
+            (None, None) => None,
+            _ => {
+                return Err(SdkError::Environment(
+                    "MATCHPLANE_WARM_URL and MATCHPLANE_WARM_TOKEN come together".into(),
+                ));
+            }
+        };
+        if warm.is_none() && !vars.contains_key("MATCHPLANE_SESSION_ID") {
+            return Err(SdkError::Environment(
+                "neither MATCHPLANE_SESSION_ID nor MATCHPLANE_WARM_URL is set: this server was not started by matchplane".into(),
+            ));
+        }
+        Ok(Host {
+            host: vars.get("MATCHPLANE_HOST").filter(|h| !h.is_empty()).cloned(),
+            ports: ports(&vars)?,
+            vars,
+            warm,
+        })
+    }
+
+    /// The number of declared port `name`.
+    pub fn port(&self, name: &str) -> Option<u16> {
+        self.ports.get(&name.to_ascii_lowercase()).copied()
+    }
+
+    /// Whether the server was started warm, without a session yet.
+    pub fn is_warm(&self) -> bool {
+        self.warm.is_some()
+    }
+
+    /// The server's session: at once for a server started for it; for a warm server, once
+    /// matchplane hands it one (polling as long as that takes, and again after any failure
+    /// to reach the backend). `None` once `stop` is cancelled first: a warm server being
+    /// stopped without ever having had a session.
+    pub async fn session(&self, stop: &CancellationToken) -> Result<Option<Session>, SdkError> {
+        let Some(endpoint) = &self.warm else {
+            return Session::from_vars(self.vars.clone()).map(Some);
+        };
+        let call = format!("session?wait={POLL_SECONDS}");
+        let limit = Duration::from_secs(u64::from(POLL_SECONDS) + 5);
+        loop {
+            let answer = tokio::select! {
+                answer = http::post(endpoint, &call, b"", limit) => answer,
+                () = stop.cancelled() => return Ok(None),
+            };
+            match answer {
+                Ok(answer) if answer.status == 200 => {
+                    let handed: protocol::api::WarmSession = receipt("session", &answer)?;
+                    return Ok(Some(Session {
+                        backend: Some(Backend::new(&handed.report_url, &handed.report_token)?),
+                        session_id: handed.session_id,
+                        players: handed.players,
+                        teams: handed.teams,
+                        queue: handed.queue,
+                        host: self.host.clone(),
+                        ports: self.ports.clone(),
+                    }));
+                }
+                Ok(answer) if answer.status == 204 => continue,
+                Ok(answer) if !answer.retryable() => {
+                    return Err(SdkError::Refused {
+                        call: "session",
+                        status: answer.status,
+                        body: String::from_utf8_lossy(&answer.body).into_owned(),
+                    });
+                }
+                Ok(answer) => tracing::warn!(status = answer.status, "polling for a session failed; polling again"),
+                Err(why) => tracing::warn!(%why, "polling for a session failed; polling again"),
+            }
+            tokio::select! {
+                () = sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Each `MATCHPLANE_PORT_<NAME>` of `vars`, by its lower-case name.
+fn ports(vars: &BTreeMap<String, String>) -> Result<BTreeMap<String, u16>, SdkError> {
+    let mut ports = BTreeMap::new();
+    for (name, value) in vars {
+        if let Some(port) = name.strip_prefix("MATCHPLANE_PORT_") {
+            let number = value
+                .parse::<u16>()
+                .map_err(|_| SdkError::Environment(format!("{name} is not a port number: {value:?}")))?;
+            ports.insert(port.to_ascii_lowercase(), number);
+        }
+    }
+    Ok(ports)
 }
 
 /// The backend's calls for one session, authorized by its report token.
@@ -381,6 +499,42 @@ mod tests {
         }
         let bare = Session::from_vars(vars(&[("MATCHPLANE_SESSION_ID", "s")])).unwrap();
         assert!(matches!(bare.backend(), Err(SdkError::NoBackend)));
+    }
+
+    #[test]
+    fn a_warm_server_knows_its_ports_and_where_to_wait_for_its_session() {
+        let host = Host::from_vars(vars(&[
+            ("MATCHPLANE_WARM_URL", "http://b:8081/internal/warm/w-1"),
+            ("MATCHPLANE_WARM_TOKEN", "tok"),
+            ("MATCHPLANE_PORT_GAME", "7777"),
+            ("MATCHPLANE_HOST", "10.0.0.7"),
+        ]))
+        .unwrap();
+        assert!(host.is_warm());
+        assert_eq!(
+            (host.port("game"), host.host.as_deref()),
+            (Some(7777), Some("10.0.0.7"))
+        );
+        let cold = Host::from_vars(vars(&[("MATCHPLANE_SESSION_ID", "s1"), ("MATCHPLANE_PORT_GAME", "1")])).unwrap();
+        assert!(!cold.is_warm());
+        for (pairs, expected) in [
+            (&[][..], "neither MATCHPLANE_SESSION_ID nor MATCHPLANE_WARM_URL"),
+            (&[("MATCHPLANE_WARM_URL", "http://b/w")][..], "come together"),
+            (
+                &[("MATCHPLANE_WARM_URL", "b/w"), ("MATCHPLANE_WARM_TOKEN", "t")][..],
+                "MATCHPLANE_WARM_URL must look like",
+            ),
+        ] {
+            let error = Host::from_vars(vars(pairs)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cold_servers_session_is_its_environment() {
+        let host = Host::from_vars(vars(&[("MATCHPLANE_SESSION_ID", "s1"), ("MATCHPLANE_PLAYERS", "a,b")])).unwrap();
+        let session = host.session(&CancellationToken::new()).await.unwrap().unwrap();
+        assert_eq!((session.session_id.as_str(), session.players.len()), ("s1", 2));
     }
 
     #[tokio::test]

@@ -96,6 +96,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/internal/sessions/{session_id}/result", post(servers::result_report))
         .route("/internal/sessions/{session_id}/ready", post(servers::ready))
         .route("/internal/sessions/{session_id}/health", post(servers::health))
+        .route("/internal/warm/{server_id}/session", post(servers::warm_session))
         .fallback(|| async { ApiError::NotFound(ApiErrorCode::NotFound, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             (

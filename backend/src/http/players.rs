@@ -128,7 +128,7 @@ pub(super) async fn status(
 }
 
 /// A long poll's length, 0 when not asked for: 422 outside 0 to [`MAX_WAIT_SECONDS`].
-fn checked_wait(wait: Option<f64>) -> ApiResult<f64> {
+pub(super) fn checked_wait(wait: Option<f64>) -> ApiResult<f64> {
     let wait = wait.unwrap_or(0.0);
     if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) {
         return Err(ApiError::Invalid(format!(

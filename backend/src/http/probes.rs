@@ -28,6 +28,7 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, J
         history_backlog: backlog,
         sessions_supervised: state.sessions.supervised(),
         warm_servers: state.runtime.as_ref().and_then(|r| r.warm_servers()),
+        warm_profiles: state.runtime.as_ref().map(|r| r.warm_profiles()).unwrap_or_default(),
     };
     let status = if ready {
         StatusCode::OK

@@ -5,7 +5,7 @@
 use futures_util::future::BoxFuture;
 use matchmaking_core::store::{self, CancelOutcome, EndOutcome, LiveSession, PlayerView, QueueDepth, ServerSignal};
 use matchmaking_core::tickets::Joiner;
-use protocol::api::{EndReason, JoinRequest, ResultReport};
+use protocol::api::{EndReason, JoinRequest, ResultReport, WarmSession};
 use protocol::sessions::{SessionRecord, SessionState};
 use uuid::Uuid;
 
@@ -47,6 +47,12 @@ pub(crate) trait SessionDesk: Send + Sync {
         session_id: &'a str,
         signal: ServerSignal,
     ) -> BoxFuture<'a, store::Result<Option<SessionState>>>;
+    /// A warm server's poll for its session, waiting up to `wait`.
+    fn warm_poll<'a>(
+        &'a self,
+        server_id: &'a str,
+        wait: std::time::Duration,
+    ) -> BoxFuture<'a, store::Result<Option<WarmSession>>>;
 }
 
 /// The match history's reads.
@@ -120,6 +126,14 @@ impl SessionDesk for Sessions {
         signal: ServerSignal,
     ) -> BoxFuture<'a, store::Result<Option<SessionState>>> {
         Box::pin(Sessions::server_signal(self, session_id, signal))
+    }
+
+    fn warm_poll<'a>(
+        &'a self,
+        server_id: &'a str,
+        wait: std::time::Duration,
+    ) -> BoxFuture<'a, store::Result<Option<WarmSession>>> {
+        Box::pin(Sessions::warm_poll(self, server_id, wait))
     }
 }
 

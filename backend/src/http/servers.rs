@@ -4,8 +4,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequest, Path, Request, State};
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
 use axum::http::header;
+use axum::response::IntoResponse;
 use matchmaking_core::store::{EndOutcome, ServerSignal};
 use protocol::Audience;
 use protocol::api::{ApiErrorCode, EndReason, MatchStatus, Recorded, ReportReceipt, ResultReport, SignalReceipt};
@@ -25,20 +30,71 @@ fn reportable(reason: EndReason) -> bool {
 /// Checks the request's bearer token is session `session_id`'s report token, before anything
 /// of the body is read.
 fn authorize(state: &AppState, request: &Request, session_id: &str) -> ApiResult<()> {
+    authorize_as(state, request, Audience::Report, session_id)
+}
+
+/// Checks the request's bearer token is a token for `audience` naming `id` (a session's, or a
+/// warm server's).
+fn authorize_as(state: &AppState, request: &Request, audience: Audience, id: &str) -> ApiResult<()> {
+    let what = if audience == Audience::Warm {
+        "warm server token"
+    } else {
+        "report token"
+    };
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| identity::bearer_token(v.as_bytes()))
-        .ok_or_else(|| ApiError::Unauthorized("a report token is required".into()))?;
+        .ok_or_else(|| ApiError::Unauthorized(format!("a {what} is required")))?;
     let claims = state
         .settings
         .secret
-        .verify(token, Audience::Report, protocol::ticket::unix_now())
-        .map_err(|e| ApiError::Unauthorized(format!("report token refused: {e}")))?;
-    if claims.sid != session_id {
-        return Err(ApiError::Forbidden("the report token is for another session".into()));
+        .verify(token, audience, protocol::ticket::unix_now())
+        .map_err(|e| ApiError::Unauthorized(format!("{what} refused: {e}")))?;
+    if claims.sid != id {
+        return Err(ApiError::Forbidden(format!(
+            "the {what} is for another {}",
+            if audience == Audience::Warm {
+                "server"
+            } else {
+                "session"
+            }
+        )));
     }
     Ok(())
+}
+
+/// `?wait=S` of a warm server's poll.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct PollQuery {
+    wait: Option<f64>,
+}
+
+/// How long a warm server's poll waits when it does not say.
+const DEFAULT_POLL_SECONDS: f64 = 25.0;
+
+/// `POST /internal/warm/{server_id}/session[?wait=S]`: a warm server of a profile waits for
+/// the session it is handed (200), or for `wait` seconds (204, and it polls again).
+pub(super) async fn warm_session(
+    State(state): State<Arc<AppState>>,
+    Path(server_id): Path<String>,
+    query: Result<Query<PollQuery>, QueryRejection>,
+    request: Request,
+) -> ApiResult<axum::response::Response> {
+    authorize_as(&state, &request, Audience::Warm, &server_id)?;
+    let Query(query) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let wait = super::players::checked_wait(Some(query.wait.unwrap_or(DEFAULT_POLL_SECONDS)))?;
+    let found = state
+        .sessions
+        .warm_poll(&server_id, Duration::from_secs_f64(wait))
+        .await?;
+    Ok(match found {
+        Some(session) => {
+            tracing::info!(server = %server_id, session = %session.session_id, "a warm server took its session");
+            Json(session).into_response()
+        }
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 /// `POST /internal/sessions/{id}/ready`: the server SDK's "ready for players".

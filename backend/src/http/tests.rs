@@ -132,6 +132,14 @@ impl SessionDesk for Desk {
     ) -> BoxFuture<'a, store::Result<Option<SessionState>>> {
         Box::pin(async move { Ok((session_id == SID).then_some(SessionState::Allocating)) })
     }
+
+    fn warm_poll<'a>(
+        &'a self,
+        _: &'a str,
+        _: Duration,
+    ) -> BoxFuture<'a, store::Result<Option<protocol::api::WarmSession>>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A history that knows nothing (and a PostgreSQL that is down for one player).

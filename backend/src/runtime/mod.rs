@@ -42,6 +42,15 @@ pub trait SessionBook: Send + Sync + 'static {
     /// Takes or keeps, for `ttl`, the lease on keeping the cluster's warm servers (one
     /// replica creates and deletes them at a time): whether this replica holds it now.
     fn warm_pool_lease(&self, ttl: Duration) -> BoxFuture<'_, store::Result<bool>>;
+    /// Whether warm server `id` of a profile is polling for its session, and whether it has
+    /// taken the one offered to it.
+    fn warm_server_state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, store::Result<(bool, bool)>>;
+    /// Offers `session` to warm server `id` of a profile: whether it was offered.
+    fn offer_warm<'a>(
+        &'a self,
+        id: &'a str,
+        session: &'a protocol::api::WarmSession,
+    ) -> BoxFuture<'a, store::Result<bool>>;
 }
 
 /// A named background task a runtime needs while the backend runs; it returns when its token
@@ -231,6 +240,11 @@ pub trait SessionRuntime: Send + Sync + 'static {
         None
     }
 
+    /// Its warm pools of profiles, by profile name.
+    fn warm_profiles(&self) -> std::collections::BTreeMap<String, protocol::api::WarmServers> {
+        std::collections::BTreeMap::new()
+    }
+
     /// The background tasks this runtime needs, stopping when `stop` is cancelled.
     fn tasks(&self, _sessions: Arc<dyn SessionBook>, _stop: CancellationToken) -> Vec<Task> {
         Vec::new()
@@ -242,9 +256,17 @@ pub(crate) async fn build(
     settings: &RuntimeSettings,
     secret: &protocol::TicketSecret,
     warm: Arc<warm::WarmState>,
+    profiles: &profiles::Profiles,
+    internal_url: &str,
 ) -> anyhow::Result<Option<Arc<dyn SessionRuntime>>> {
     Ok(match settings {
-        RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(local.clone(), secret.clone(), warm))),
+        RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(
+            local.clone(),
+            secret.clone(),
+            warm,
+            profiles,
+            internal_url,
+        ))),
         RuntimeSettings::Kubernetes(kubernetes) => {
             let settings::KubernetesSettings {
                 template,

@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use matchmaking_core::queues::{Queues, is_valid_name};
-
 use protocol::sessions::Identity;
 use serde::Deserialize;
+
+use crate::runtime::warm::Bounds;
 
 /// The built-in game server's profile name.
 pub const BUILTIN: &str = "game-server";
@@ -125,6 +126,9 @@ pub struct Profile {
     pub stop_grace: Duration,
     /// Failed once it has made no SDK health call (nor become ready) for this long.
     pub health_timeout: Option<Duration>,
+    /// Warm servers of this profile kept by each replica (`RUNTIME=local`): started without a
+    /// session, each takes one through the SDK.
+    pub warm: Option<Bounds>,
     /// Further environment, `${VAR}` not yet replaced.
     pub env: Vec<(String, String)>,
 }
@@ -149,6 +153,7 @@ impl Profile {
             empty_grace: None,
             stop_grace: BUILTIN_STOP_GRACE,
             health_timeout: None,
+            warm: None,
             env: Vec::new(),
         }
     }
@@ -158,10 +163,11 @@ impl Profile {
         self.ports.iter().find(|p| p.protocol == protocol)
     }
 
-    /// Whether a warm server of this profile could be handed a session: only the built-in
-    /// server takes a hand-over today; every other profile starts cold.
+    /// Whether a warm server of this profile could be handed a session: the built-in server,
+    /// and a profile's with a `warm_pool` (it takes its session through the SDK). Every other
+    /// profile starts cold.
     pub fn can_be_warm(&self) -> bool {
-        self.builtin
+        self.builtin || self.warm.is_some()
     }
 }
 
@@ -318,9 +324,21 @@ struct ProfileSpec {
     empty_grace_seconds: Option<f64>,
     stop_grace_seconds: Option<f64>,
     health_timeout_seconds: Option<f64>,
+    warm_pool: Option<WarmPoolSpec>,
     #[serde(default)]
     env: BTreeMap<String, String>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmPoolSpec {
+    #[serde(default)]
+    min: usize,
+    max: usize,
+}
+
+/// The most warm servers one profile may keep.
+const MAX_WARM_POOL: usize = 256;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -589,6 +607,36 @@ impl ProfileSpec {
         let health_timeout = self
             .health_timeout_seconds
             .map(|s| duration("health_timeout_seconds", s, false, 3_600.0, mistake));
+        let warm = self.warm_pool.as_ref().map(|pool| {
+            if pool.max == 0 || pool.min > pool.max || pool.max > MAX_WARM_POOL {
+                mistake(format!(
+                    "warm_pool: min {} and max {} must be 0 <= min <= max, 1 <= max <= {MAX_WARM_POOL}",
+                    pool.min, pool.max
+                ));
+            }
+            if !matches!(ready, Ready::Sdk) {
+                mistake("warm_pool needs `ready: sdk`: a warm server takes its session through the SDK, and says it is ready for it".into());
+            }
+            let texts = command
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("command[{i}]"), a.as_str()))
+                .chain(self.env.iter().map(|(k, v)| (format!("env.{k}"), v.as_str())));
+            for (what, text) in texts {
+                for name in references(text).unwrap_or_default() {
+                    let full = if name.starts_with("MATCHPLANE_") { name.to_owned() } else { format!("MATCHPLANE_{name}") };
+                    if CONTRACT.contains(&full.as_str()) {
+                        mistake(format!(
+                            "warm_pool: {what} uses ${{{name}}}, which a warm server does not have when it starts (it learns its session through the SDK)"
+                        ));
+                    }
+                }
+            }
+            Bounds { min: pool.min, max: pool.max }
+        });
+        if warm.is_some() && matches!(target, Target::Kubernetes) {
+            mistake("warm_pool: warm servers of a profile are kept by RUNTIME=local only; in a cluster its sessions start cold (leave warm_pool out)".into());
+        }
         Profile {
             name: name.to_owned(),
             builtin: false,
@@ -602,6 +650,7 @@ impl ProfileSpec {
             empty_grace,
             stop_grace,
             health_timeout,
+            warm,
             env: self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         }
     }
@@ -703,6 +752,8 @@ servers:
   caps: {command: [/bin/true], ports: [{name: g, protocol: tcp}], max_session_seconds: 0, empty_grace_seconds: -1, stop_grace_seconds: 99999, health_timeout_seconds: 0}
   unknown: {command: [/bin/true], ports: [{name: g, protocol: tcp}], colour: blue}
   fromvar: {command: ["${PORT_G}"], ports: [{name: g, protocol: tcp}]}
+  warm1: {command: [/bin/true, "${SESSION_ID}"], ports: [{name: g, protocol: tcp}], ready: sdk, warm_pool: {min: 3, max: 2}}
+  warm2: {command: [/bin/true, "${PORT_G}"], ports: [{name: g, protocol: tcp}], warm_pool: {max: 2}}
 queues:
   - {name: q1, session_size: 2, server: nowhere}
   - {name: q2, session_size: 2, server: proto}
@@ -733,6 +784,9 @@ queues:
             "server \"caps\": health_timeout_seconds must be > 0",
             "server \"unknown\": unknown field `colour`",
             "server \"fromvar\": command[0] \"${PORT_G}\": the program itself cannot come from a variable",
+            "server \"warm1\": warm_pool: min 3 and max 2 must be 0 <= min <= max",
+            "server \"warm1\": warm_pool: command[1] uses ${SESSION_ID}, which a warm server does not have",
+            "server \"warm2\": warm_pool needs `ready: sdk`",
             "queue \"q1\": server \"nowhere\" is not a profile",
         ];
         for want in expected {
@@ -769,5 +823,14 @@ queues:
         );
         let profiles = load(&udp("sdk"), Target::Kubernetes).unwrap();
         assert!(matches!(profiles.for_queue("q").ready, Ready::Sdk));
+        let warm = udp("sdk, warm_pool: {max: 2}");
+        let mistakes = load(&warm, Target::Kubernetes).unwrap_err();
+        assert!(
+            mistakes[0].contains("warm_pool: warm servers of a profile are kept by RUNTIME=local only"),
+            "{mistakes:?}"
+        );
+        let profiles = load(&warm, Target::None).unwrap();
+        let profile = profiles.for_queue("q");
+        assert!(profile.can_be_warm() && profile.warm == Some(Bounds { min: 0, max: 2 }));
     }
 }

@@ -54,9 +54,10 @@ struct Inner {
     instance: String,
     /// Sessions this replica supervises, each with the token that stops its server.
     supervised: Mutex<HashMap<String, CancellationToken>>,
-    /// Starts on this replica waiting for their server's SDK ready call, woken at once when
-    /// the call reaches this replica (a call to another replica is seen in Redis).
-    ready_waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Waits on this replica for what a server says through the SDK (a session's ready call,
+    /// a warm server's session), woken at once when it reaches this replica (on another it is
+    /// seen in Redis).
+    waiters: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// This replica's charge of one session: holds the token that stops its server, and gives the
@@ -88,7 +89,7 @@ impl Sessions {
                 metrics,
                 instance: instance.to_owned(),
                 supervised: Mutex::new(HashMap::new()),
-                ready_waiters: Mutex::new(HashMap::new()),
+                waiters: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -213,10 +214,8 @@ impl Sessions {
         };
         if record.state != SessionState::Ended {
             self.inner.store.record_server_signal(sid, signal, now_ms()).await?;
-            if signal == ServerSignal::Ready
-                && let Some(waiter) = self.inner.ready_waiters.lock().unwrap().get(sid)
-            {
-                waiter.notify_one();
+            if signal == ServerSignal::Ready {
+                self.wake(&format!("ready:{sid}"));
             }
         }
         Ok(Some(record.state))
@@ -236,29 +235,99 @@ impl Sessions {
     }
 
     async fn wait_ready(&self, sid: &str) {
-        /// Forgets the waiter however the wait ends (ready, or dropped at the timeout).
+        self.wait_for(&format!("ready:{sid}"), None, || async {
+            matches!(
+                self.inner.store.server_signal(sid, ServerSignal::Ready).await,
+                Ok(Some(_))
+            )
+        })
+        .await;
+    }
+
+    /// Waits until `check` is true: checked at once, whenever `key` is woken on this replica,
+    /// and every [`SDK_READY_POLL`] for what happens on others; until `deadline`, if any.
+    /// Whether `check` came true.
+    async fn wait_for<F, Fut>(&self, key: &str, deadline: Option<Instant>, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        /// Forgets the waiter however the wait ends (done, timed out, or dropped).
         struct Waiting<'a>(&'a Sessions, &'a str);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
-                self.0.inner.ready_waiters.lock().unwrap().remove(self.1);
+                self.0.inner.waiters.lock().unwrap().remove(self.1);
             }
         }
         let notify = Arc::new(Notify::new());
         self.inner
-            .ready_waiters
+            .waiters
             .lock()
             .unwrap()
-            .insert(sid.to_owned(), notify.clone());
-        let _waiting = Waiting(self, sid);
+            .insert(key.to_owned(), notify.clone());
+        let _waiting = Waiting(self, key);
         loop {
-            if let Ok(Some(_)) = self.inner.store.server_signal(sid, ServerSignal::Ready).await {
-                return;
+            if check().await {
+                return true;
             }
+            let nap = tokio::time::sleep(SDK_READY_POLL);
+            let until = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = notify.notified() => {}
-                () = tokio::time::sleep(SDK_READY_POLL) => {}
+                () = nap => {}
+                () = until => return false,
             }
         }
+    }
+
+    /// Wakes a wait for `key` on this replica, if there is one.
+    fn wake(&self, key: &str) {
+        if let Some(waiter) = self.inner.waiters.lock().unwrap().get(key) {
+            waiter.notify_one();
+        }
+    }
+
+    /// Warm server `id`'s poll for its session: the session once one is offered to it (on any
+    /// replica), or `None` after `wait`. Each poll says the server is waiting.
+    pub async fn warm_poll(
+        &self,
+        id: &str,
+        wait: Duration,
+    ) -> matchmaking_core::store::Result<Option<protocol::api::WarmSession>> {
+        let deadline = Instant::now() + wait;
+        let found: Mutex<matchmaking_core::store::Result<Option<String>>> = Mutex::new(Ok(None));
+        self.wait_for(&format!("warm:{id}"), Some(deadline), || async {
+            let polled = self.inner.store.warm_poll(id, now_ms()).await;
+            let done = !matches!(polled, Ok(None));
+            *found.lock().unwrap() = polled;
+            done
+        })
+        .await;
+        let Some(raw) = found.into_inner().unwrap()? else {
+            return Ok(None);
+        };
+        // Written by `offer_warm` from a typed value: it decodes, or the hash was tampered with.
+        Ok(serde_json::from_str(&raw).ok())
+    }
+
+    /// Offers `session` to warm server `id`: whether it was offered (the server was polling
+    /// and had none). A poll of the server's waiting on this replica is woken at once.
+    pub async fn offer_warm(
+        &self,
+        id: &str,
+        session: &protocol::api::WarmSession,
+    ) -> matchmaking_core::store::Result<bool> {
+        let raw = serde_json::to_string(session).expect("a warm session encodes");
+        let offered = self.inner.store.warm_offer(id, &raw).await?;
+        if offered {
+            self.wake(&format!("warm:{id}"));
+        }
+        Ok(offered)
     }
 
     /// One session's record, if Redis still holds it.
@@ -317,5 +386,17 @@ impl crate::runtime::SessionBook for Sessions {
 
     fn warm_pool_lease(&self, ttl: Duration) -> BoxFuture<'_, matchmaking_core::store::Result<bool>> {
         Box::pin(self.inner.store.warm_pool_lease(&self.inner.instance, ttl))
+    }
+
+    fn warm_server_state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, matchmaking_core::store::Result<(bool, bool)>> {
+        Box::pin(self.inner.store.warm_server_state(id))
+    }
+
+    fn offer_warm<'a>(
+        &'a self,
+        id: &'a str,
+        session: &'a protocol::api::WarmSession,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<bool>> {
+        Box::pin(Sessions::offer_warm(self, id, session))
     }
 }

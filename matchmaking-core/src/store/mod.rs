@@ -58,6 +58,8 @@ pub(crate) static END: LazyLock<Script> = script!("end.lua");
 pub(crate) static PLACE: LazyLock<Script> = script!("place.lua");
 pub(crate) static LEASE: LazyLock<Script> = script!("lease.lua");
 pub(crate) static PRESENCE: LazyLock<Script> = script!("presence.lua");
+pub(crate) static WARM_OFFER: LazyLock<Script> = script!("warm_offer.lua");
+pub(crate) static WARM_POLL: LazyLock<Script> = script!("warm_poll.lua");
 
 /// Redis failed; matchmaking cannot go on until it is back.
 pub type Result<T, E = redis::RedisError> = std::result::Result<T, E>;

@@ -9,6 +9,7 @@ use protocol::sessions::{Identity, SessionRecord};
 use redis::AsyncCommands;
 
 use super::{END, ENDED_RETENTION, EndOutcome, Json, LEASE, LiveSession, READY, ReadyOutcome, Result, Store};
+use super::{WARM_OFFER, WARM_POLL};
 use super::{decode_record, default_queue};
 use crate::keys::QueueKeys;
 use crate::queues::DEFAULT_QUEUE;
@@ -40,6 +41,9 @@ impl ServerSignal {
         }
     }
 }
+
+/// How long a warm server's hash is kept after its last write (its polls renew it).
+const WARM_SERVER_TTL_MS: i64 = 60_000;
 
 /// How long a server's signals are kept after its last one.
 const SERVER_SIGNALS_TTL_MS: i64 = 3_600_000;
@@ -199,6 +203,41 @@ impl Store {
     /// When session `sid`'s server last made SDK call `signal`, if it has.
     pub async fn server_signal(&self, sid: &str, signal: ServerSignal) -> Result<Option<i64>> {
         self.conn().hget(self.keys().server_signals(sid), signal.as_str()).await
+    }
+
+    /// A warm server's poll for its session (see `warm_poll.lua`): the session offered to it,
+    /// now taken, if any.
+    pub async fn warm_poll(&self, id: &str, now_ms: i64) -> Result<Option<String>> {
+        WARM_POLL
+            .key(self.keys().warm_server(id))
+            .arg(now_ms)
+            .arg(WARM_SERVER_TTL_MS)
+            .invoke_async(&mut self.conn())
+            .await
+    }
+
+    /// Offers `session` (JSON) to warm server `id`: whether it was offered (the server is
+    /// polling and had no session).
+    pub async fn warm_offer(&self, id: &str, session: &str) -> Result<bool> {
+        let offered: i64 = WARM_OFFER
+            .key(self.keys().warm_server(id))
+            .arg(session)
+            .arg(WARM_SERVER_TTL_MS)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(offered == 1)
+    }
+
+    /// Whether warm server `id` has polled (it is waiting for a session), and whether it has
+    /// taken the session offered to it.
+    pub async fn warm_server_state(&self, id: &str) -> Result<(bool, bool)> {
+        let (polled, taken): (Option<i64>, Option<i64>) = redis::cmd("HMGET")
+            .arg(self.keys().warm_server(id))
+            .arg("polled")
+            .arg("taken")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok((polled.is_some(), taken.is_some()))
     }
 
     /// Says this instance is alive for `ttl`.

@@ -1,12 +1,13 @@
 //! An example game server written with the SDK, for a `proxy-v2`, `ready: sdk`, `ends: sdk`
-//! profile: on its TCP port `game`, each connection starts with the proxy's PROXY v2 header,
+//! profile, started for its session or warm (`warm_pool`: it binds its ports, then waits to
+//! be handed a session): on its TCP port `game`, each connection starts with the proxy's PROXY v2 header,
 //! gets `WELCOME <player>`, then has its lines echoed; on its UDP port `udp`, if the profile
 //! declares one, each datagram comes back prefixed with `echo `. The server says it is ready once it listens, calls health every
 //! second, and once every rostered player has come and gone (or on SIGTERM) reports the
 //! result with each player's attendance and exits 0.
 //!
 //! Flags (for tests and the conformance runner's demonstrations of a broken server):
-//! `--ready-after-ms N` waits before saying ready; `--health-for-seconds N` stops calling
+//! `--ready-after-ms N` takes that long to start (before it waits for a session, when warm); `--health-for-seconds N` stops calling
 //! health after N seconds (a hung server); `--no-report` exits without reporting.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use matchplane_sdk::{EndReason, PlayerResult, Session};
+use matchplane_sdk::{EndReason, Host, PlayerResult};
 use protocol::api::ResultReport;
 use time::OffsetDateTime;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -62,8 +63,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let session = match Session::from_env() {
-        Ok(session) => session,
+    let host = match Host::from_env() {
+        Ok(host) => host,
         Err(e) => {
             eprintln!("sdk-example-server: {e}");
             return ExitCode::from(2);
@@ -76,10 +77,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(session, flags))
+    runtime.block_on(serve(host, flags))
 }
 
-async fn serve(session: Session, flags: Flags) -> ExitCode {
+async fn serve(start: Host, flags: Flags) -> ExitCode {
     let stop = match matchplane_sdk::stop_signal() {
         Ok(stop) => stop,
         Err(e) => {
@@ -87,8 +88,8 @@ async fn serve(session: Session, flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let host = session.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-    let (tcp, udp) = (session.port("game"), session.port("udp"));
+    let host = start.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let (tcp, udp) = (start.port("game"), start.port("udp"));
     if tcp.is_none() && udp.is_none() {
         eprintln!("sdk-example-server: declare a tcp port `game`, a udp port `udp`, or both");
         return ExitCode::from(2);
@@ -114,13 +115,28 @@ async fn serve(session: Session, flags: Flags) -> ExitCode {
             }
         }
     }
+    // Loading what a match needs (here: nothing but time).
+    tokio::time::sleep(flags.ready_after).await;
+    if start.is_warm() {
+        println!("warm: serving tcp {tcp:?} udp {udp:?} on {host}; waiting for a session");
+    }
+    let session = match start.session(&stop).await {
+        Ok(Some(session)) => session,
+        Ok(None) => {
+            println!("stopped while warm, without a session");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("sdk-example-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!(
         "serving tcp {tcp:?} udp {udp:?} on {host} for session {}",
         session.session_id
     );
     let backend = session.backend.clone();
     if let Some(backend) = &backend {
-        tokio::time::sleep(flags.ready_after).await;
         match backend.ready(Duration::from_secs(10)).await {
             Ok(status) => println!("ready; the session is {status:?}"),
             Err(e) => {

@@ -18,7 +18,12 @@
 //! replacing warm servers that died and stopping those no longer needed.
 //!
 //! Sessions of a queue whose profile is not the built-in server run that profile's program
-//! (see [`program`]); they always start cold, as only the built-in server takes a hand-over.
+//! (see [`program`]). A profile with a `warm_pool` has a pool of its own, kept the same way:
+//! its warm servers start with `MATCHPLANE_WARM_URL` and `MATCHPLANE_WARM_TOKEN` instead of a
+//! session, are warm once they poll that URL for a session (the SDK does), and a session is
+//! offered to one through Redis (any replica may answer its poll); one that does not take its
+//! offer within [`HANDOVER_TIMEOUT`], or then does not say it is ready for the session, is
+//! killed and the next one tried. Every other profile starts cold.
 
 mod bound;
 mod process;
@@ -28,11 +33,11 @@ mod settings;
 use process::{Group, LocalServer};
 pub use settings::{LocalArgs, LocalSettings};
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::ffi::OsStrExt as _;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -41,6 +46,7 @@ use tokio::process::Command;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
+use super::profiles::{Profile, Profiles};
 use super::warm::{Plan, WarmState};
 use super::{ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
 
@@ -64,7 +70,18 @@ pub(crate) async fn start_profile(
 pub(crate) struct LocalRuntime {
     spawner: Arc<Spawner>,
     pool: Option<Arc<WarmPool>>,
+    /// The pools of profiles with a `warm_pool`, by profile name.
+    profile_pools: HashMap<String, (Arc<Profile>, Arc<WarmPool>)>,
+    /// Where warm servers of profiles poll for their session.
+    internal_url: String,
+    /// What warm servers of profiles are offered their sessions through; given with the tasks.
+    book: OnceLock<Arc<dyn SessionBook>>,
 }
+
+/// How long a warm server of a profile has to take the session offered to it.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a warm server's token to poll for its session lasts.
+const WARM_TOKEN_TTL_SECONDS: i64 = 2 * 86_400;
 
 /// What spawning a server needs.
 struct Spawner {
@@ -75,21 +92,38 @@ struct Spawner {
 impl LocalRuntime {
     /// A runtime spawning the configured binary, whose servers verify tickets with `secret`.
     /// `warm`: the books of its warm pool (kept when their bounds allow any warm server).
-    pub(crate) fn new(settings: LocalSettings, secret: protocol::TicketSecret, warm: Arc<WarmState>) -> Self {
+    pub(crate) fn new(
+        settings: LocalSettings,
+        secret: protocol::TicketSecret,
+        warm: Arc<WarmState>,
+        profiles: &Profiles,
+        internal_url: &str,
+    ) -> Self {
         if settings.keeper.is_none() {
             tracing::warn!(
                 "setpriv (util-linux) is not in PATH: servers of a profile will outlive this backend if it is killed"
             );
         }
+        let profile_pools = profiles
+            .iter()
+            .filter_map(|profile| {
+                let bounds = profile.warm.filter(|b| b.enabled() && !profile.builtin)?;
+                let pool = Arc::new(WarmPool::new(Arc::new(WarmState::new(bounds))));
+                Some((profile.name.clone(), (profile.clone(), pool)))
+            })
+            .collect();
         LocalRuntime {
             spawner: Arc::new(Spawner { settings, secret }),
             pool: warm.bounds().enabled().then(|| Arc::new(WarmPool::new(warm))),
+            profile_pools,
+            internal_url: internal_url.trim_end_matches('/').to_owned(),
+            book: OnceLock::new(),
         }
     }
 
     async fn start_session(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
         if !spec.profile.builtin {
-            return Ok(Box::new(program::start(&self.spawner.settings, &spec).await?));
+            return self.start_program(spec).await;
         }
         let began = Instant::now();
         if let Some(pool) = &self.pool {
@@ -125,6 +159,151 @@ impl LocalRuntime {
         Ok(Box::new(server))
     }
 }
+
+impl LocalRuntime {
+    /// A session of a profile: handed to a warm server of the profile's pool if one takes it,
+    /// started cold otherwise.
+    async fn start_program(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
+        let began = Instant::now();
+        let pool = self.profile_pools.get(&spec.profile.name).map(|(_, pool)| pool);
+        if let (Some(pool), Some(book)) = (pool, self.book.get()) {
+            pool.books.session_started(began);
+            let session = protocol::api::WarmSession {
+                session_id: spec.session_id.clone(),
+                players: spec.players.clone(),
+                teams: spec.teams.clone(),
+                queue: spec.queue.clone(),
+                report_url: spec.report_url.clone(),
+                report_token: spec.report_token.clone(),
+            };
+            while let Some(mut warm) = pool.take() {
+                match hand_over_program(book.as_ref(), &warm, &session, &spec).await {
+                    Ok(()) => {
+                        pool.books.handed();
+                        tracing::info!(session = %spec.session_id, server = %warm.server.name, "session handed to a warm server of its profile");
+                        return Ok(Box::new(warm.server));
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %warm.server.name, error = %e, "a warm server of the profile failed its hand-over; killed, trying the next");
+                        let _ = warm.server.child.kill().await;
+                    }
+                }
+            }
+        }
+        let server = program::start(&self.spawner.settings, &spec).await?;
+        if let Some(pool) = pool {
+            pool.books.cold_start(began.elapsed());
+        }
+        Ok(Box::new(server))
+    }
+
+    /// Starts a warm server of `profile` with id `id`: warm once it polls for its session.
+    fn warm_program(&self, profile: Arc<Profile>, book: Arc<dyn SessionBook>) -> StartWarm {
+        let settings = self.spawner.settings.clone();
+        let secret = self.spawner.secret.clone();
+        let base = format!("{}/internal/warm", self.internal_url);
+        Arc::new(move |id: String| {
+            let (settings, secret, profile, book) = (settings.clone(), secret.clone(), profile.clone(), book.clone());
+            let url = format!("{base}/{id}");
+            Box::pin(async move {
+                let token = secret.mint(&protocol::Claims::warm(
+                    &id,
+                    protocol::ticket::unix_now(),
+                    WARM_TOKEN_TTL_SECONDS,
+                ));
+                let polling = {
+                    let (book, id) = (book.clone(), id.clone());
+                    super::SdkReady::new(move || {
+                        let (book, id) = (book.clone(), id.clone());
+                        Box::pin(async move {
+                            while !matches!(book.warm_server_state(&id).await, Ok((true, _))) {
+                                tokio::time::sleep(HANDOVER_POLL).await;
+                            }
+                        })
+                    })
+                };
+                launch_warm(&settings, &profile, &id, url, token, &polling, WARM_READY_TIMEOUT).await
+            })
+        })
+    }
+}
+
+/// Starts warm server `id` of `profile`, told to poll `url` with `token` for its session, and
+/// waits until `polling` (it has polled), it exits, or `ready_timeout`.
+async fn launch_warm(
+    settings: &LocalSettings,
+    profile: &Profile,
+    id: &str,
+    url: String,
+    token: String,
+    polling: &super::SdkReady,
+    ready_timeout: Duration,
+) -> Result<LocalServer, StartError> {
+    let launch = program::Launch {
+        profile,
+        vars: vec![
+            ("MATCHPLANE_WARM_URL".to_owned(), url),
+            ("MATCHPLANE_WARM_TOKEN".to_owned(), token),
+        ],
+        home: id,
+        ready_timeout,
+        sdk_ready: polling,
+    };
+    launch.run(settings).await
+}
+
+/// [`launch_warm`], for the conformance runner.
+pub(crate) async fn start_warm_profile(
+    settings: &LocalSettings,
+    profile: &Profile,
+    id: &str,
+    url: String,
+    token: String,
+    polling: &super::SdkReady,
+    ready_timeout: Duration,
+) -> Result<Box<dyn ServerHandle>, StartError> {
+    Ok(Box::new(
+        launch_warm(settings, profile, id, url, token, polling, ready_timeout).await?,
+    ))
+}
+
+/// How often a hand-over to a warm server of a profile looks whether it has landed.
+const HANDOVER_POLL: Duration = Duration::from_millis(50);
+
+/// Offers `session` to `warm` and waits until it takes it, then until it says, through the
+/// SDK, that it is ready for it (within the spec's ready timeout); an exit fails it.
+async fn hand_over_program(
+    book: &dyn SessionBook,
+    warm: &Warm,
+    session: &protocol::api::WarmSession,
+    spec: &ServerSpec,
+) -> anyhow::Result<()> {
+    if !book.offer_warm(&warm.id, session).await? {
+        anyhow::bail!("it was not waiting for a session");
+    }
+    let taken = timeout(HANDOVER_TIMEOUT, async {
+        loop {
+            if let Ok((_, true)) = book.warm_server_state(&warm.id).await {
+                return;
+            }
+            tokio::time::sleep(HANDOVER_POLL).await;
+        }
+    })
+    .await;
+    if taken.is_err() {
+        anyhow::bail!("it did not take the session within {HANDOVER_TIMEOUT:?}");
+    }
+    if timeout(spec.ready_timeout, spec.sdk_ready.wait()).await.is_err() {
+        anyhow::bail!(
+            "it took the session but did not say it was ready within {:?}",
+            spec.ready_timeout
+        );
+    }
+    Ok(())
+}
+
+/// Starts one warm server with the given id.
+type StartWarm = Arc<dyn Fn(String) -> BoxFuture<'static, Result<LocalServer, StartError>> + Send + Sync>;
 
 impl Spawner {
     /// Starts a server with `session` settings (a session's, or a warm server's id) and waits
@@ -214,14 +393,32 @@ impl SessionRuntime for LocalRuntime {
         self.pool.as_ref().map(|pool| pool.books.snapshot())
     }
 
-    fn tasks(&self, _sessions: Arc<dyn SessionBook>, stop: CancellationToken) -> Vec<Task> {
-        match &self.pool {
-            Some(pool) => vec![(
-                "warm pool",
-                Box::pin(keep_warm(pool.clone(), self.spawner.clone(), stop)),
-            )],
-            None => Vec::new(),
+    fn warm_profiles(&self) -> std::collections::BTreeMap<String, protocol::api::WarmServers> {
+        self.profile_pools
+            .iter()
+            .map(|(name, (_, pool))| (name.clone(), pool.books.snapshot()))
+            .collect()
+    }
+
+    fn tasks(&self, sessions: Arc<dyn SessionBook>, stop: CancellationToken) -> Vec<Task> {
+        let _ = self.book.set(sessions.clone());
+        let mut tasks: Vec<Task> = Vec::new();
+        if let Some(pool) = &self.pool {
+            let spawner = self.spawner.clone();
+            let start: StartWarm = Arc::new(move |id: String| {
+                let spawner = spawner.clone();
+                Box::pin(async move { spawner.spawn(&[("WARM_SERVER_ID", id)], WARM_READY_TIMEOUT).await })
+            });
+            tasks.push(("warm pool", Box::pin(keep_warm(pool.clone(), start, stop.clone()))));
         }
+        for (profile, pool) in self.profile_pools.values() {
+            let start = self.warm_program(profile.clone(), sessions.clone());
+            tasks.push((
+                "warm pool of a profile",
+                Box::pin(keep_warm(pool.clone(), start, stop.clone())),
+            ));
+        }
+        tasks
     }
 }
 
@@ -262,7 +459,7 @@ impl WarmPool {
 /// Keeps the pool at the size demand calls for until `stop`: replaces warm servers that died,
 /// starts more when demand rises, stops the surplus when it falls. On `stop` every idle warm
 /// server is stopped.
-async fn keep_warm(pool: Arc<WarmPool>, spawner: Arc<Spawner>, stop: CancellationToken) {
+async fn keep_warm(pool: Arc<WarmPool>, start: StartWarm, stop: CancellationToken) {
     let mut tick = tokio::time::interval(POOL_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut serial: u64 = 0;
@@ -299,12 +496,10 @@ async fn keep_warm(pool: Arc<WarmPool>, spawner: Arc<Spawner>, stop: Cancellatio
                 serial += 1;
                 let id = format!("warm-{tag}-{serial}");
                 pool.warming.fetch_add(1, Ordering::Relaxed);
-                let (pool, spawner) = (pool.clone(), spawner.clone());
+                let (pool, start) = (pool.clone(), start.clone());
                 tokio::spawn(async move {
                     let began = Instant::now();
-                    let started = spawner
-                        .spawn(&[("WARM_SERVER_ID", id.clone())], WARM_READY_TIMEOUT)
-                        .await;
+                    let started = start(id.clone()).await;
                     match started {
                         Ok(server) => {
                             pool.books.started(began.elapsed());

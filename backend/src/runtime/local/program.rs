@@ -24,8 +24,8 @@ use tokio::time::timeout;
 use super::bound;
 use super::process::{Group, Home, LocalServer, Output};
 use super::settings::LocalSettings;
-use crate::runtime::profiles::{PortProtocol, Ready, substitute};
-use crate::runtime::{ServerSpec, StartError};
+use crate::runtime::profiles::{PortProtocol, Profile, Ready, substitute};
+use crate::runtime::{SdkReady, ServerSpec, StartError};
 
 /// Output a server may write per second, sustained ...
 pub(super) const FLOOD_RATE: u64 = 256 * 1024;
@@ -124,16 +124,59 @@ async fn watch_output(
 /// Starts `spec`'s profile program and waits until it is ready, it exits, or the ready
 /// timeout (then it is killed, with everything it started).
 pub(super) async fn start(settings: &LocalSettings, spec: &ServerSpec) -> Result<LocalServer, StartError> {
-    let profile = &spec.profile;
+    let launch = Launch {
+        profile: &spec.profile,
+        vars: spec.contract_env(),
+        home: &spec.session_id,
+        ready_timeout: spec.ready_timeout,
+        sdk_ready: &spec.sdk_ready,
+    };
+    launch.run(settings).await
+}
+
+/// One start of a profile's program: a session's, or a warm server's.
+pub(super) struct Launch<'a> {
+    pub(super) profile: &'a Profile,
+    /// Its `MATCHPLANE_*` environment, but for the ports and `MATCHPLANE_HOST`.
+    pub(super) vars: Vec<(String, String)>,
+    /// Its home directory's name.
+    pub(super) home: &'a str,
+    pub(super) ready_timeout: Duration,
+    /// What `ready: sdk` waits on.
+    pub(super) sdk_ready: &'a SdkReady,
+}
+
+impl Launch<'_> {
+    /// Starts the program and waits until it is ready, it exits, or the ready timeout (then it
+    /// is killed, with everything it started).
+    pub(super) async fn run(self, settings: &LocalSettings) -> Result<LocalServer, StartError> {
+        let Launch {
+            profile,
+            mut vars,
+            home,
+            ready_timeout,
+            sdk_ready,
+        } = self;
+        start_program(settings, profile, &mut vars, home, ready_timeout, sdk_ready).await
+    }
+}
+
+async fn start_program(
+    settings: &LocalSettings,
+    profile: &Profile,
+    vars: &mut Vec<(String, String)>,
+    home: &str,
+    ready_timeout: Duration,
+    sdk_ready: &SdkReady,
+) -> Result<LocalServer, StartError> {
     let protocols: Vec<PortProtocol> = profile.ports.iter().map(|p| p.protocol).collect();
     let ports = free_ports(&protocols).map_err(|e| StartError::Spawn(format!("picking free ports: {e}")))?;
-    let mut vars = spec.contract_env();
     vars.push((crate::runtime::profiles::HOST.to_owned(), "127.0.0.1".to_owned()));
     for (port, number) in profile.ports.iter().zip(&ports) {
         vars.push((port.variable(), number.to_string()));
     }
     let value = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let home = Home::create(&spec.session_id).map_err(|e| StartError::Spawn(format!("its home directory: {e}")))?;
+    let home = Home::create(home).map_err(|e| StartError::Spawn(format!("its home directory: {e}")))?;
     let program = &profile.command[0];
     // A backend that dies, even by SIGKILL, takes the server with it: `setpriv` (util-linux)
     // sets the parent-death signal and then becomes the program.
@@ -199,7 +242,7 @@ pub(super) async fn start(settings: &LocalSettings, spec: &ServerSpec) -> Result
                     std::future::pending::<()>().await;
                 }
             }
-            Ready::Sdk => spec.sdk_ready.wait().await,
+            Ready::Sdk => sdk_ready.wait().await,
             Ready::Port | Ready::Listening => loop {
                 if bound::all_bound(&declared, pgid) {
                     return;
@@ -208,7 +251,7 @@ pub(super) async fn start(settings: &LocalSettings, spec: &ServerSpec) -> Result
             },
         }
     };
-    let outcome = timeout(spec.ready_timeout, async {
+    let outcome = timeout(ready_timeout, async {
         tokio::select! {
             () = became_ready => Ok(()),
             status = child.child.wait() => Err(status),
@@ -230,7 +273,7 @@ pub(super) async fn start(settings: &LocalSettings, spec: &ServerSpec) -> Result
         }
         Err(_) => {
             let _ = child.kill().await;
-            return Err(StartError::Timeout(spec.ready_timeout));
+            return Err(StartError::Timeout(ready_timeout));
         }
     }
     let address = |protocol| {
