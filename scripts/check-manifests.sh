@@ -83,10 +83,14 @@ GAME_SERVER_NODE_SELECTOR='pool=games' GAME_SERVER_TOLERATIONS='[{"key":"games",
 # A session of a server profile (BZFlag's own server, examples/servers.yaml).
 MATCHMAKING_CONFIG=examples/servers.yaml "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod \
   --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e61 --players a,b --queue bzflag >"$out/pod-profile.yaml"
+# A warm Pod of a profile (warm_pool: the SDK's example server, examples/sdk-server.yaml).
+MATCHMAKING_CONFIG=examples/sdk-server.yaml "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod \
+  --warm --queue default >"$out/pod-warm-profile.yaml"
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
-  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml"
-echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's) validate against Kubernetes $K8S_VERSION (strict)"
+  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml" \
+  "$out/pod-warm-profile.yaml"
+echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's, a warm one of a profile) validate against Kubernetes $K8S_VERSION (strict)"
 
 # Security scan of the rendered manifests. deploy/ carries its exceptions, with reasons, as
 # checkov.io/skip annotations next to each resource. The game-server Pod is created by the

@@ -40,8 +40,9 @@ enum Command {
         /// Teams, separated by `;`, each a comma-separated list of players.
         #[arg(long)]
         teams: Option<String>,
-        /// A session of this queue of MATCHMAKING_CONFIG: the Pod of its server profile.
-        #[arg(long, conflicts_with = "warm")]
+        /// A session of this queue of MATCHMAKING_CONFIG: the Pod of its server profile (with
+        /// --warm, a warm Pod of that profile, which needs a `warm_pool`).
+        #[arg(long)]
         queue: Option<String>,
     },
     /// Start one server of a profile of MATCHMAKING_CONFIG as the local runtime would, stand
@@ -173,13 +174,38 @@ fn render_pod(
     print_pod(&backend::runtime::kubernetes::render_pod(&template, &spec))
 }
 
-/// `backend render-pod --warm`.
-fn render_warm_pod(config: &Config) -> ExitCode {
-    match config.runtime.kubernetes.pod_template(&config.runtime.game) {
-        Ok(template) => print_pod(&backend::runtime::kubernetes::render_warm_pod(
-            &template,
-            &backend::runtime::kubernetes::warm_pod_name(),
-        )),
+/// `backend render-pod --warm [--queue Q]`.
+fn render_warm_pod(config: &Config, queue: Option<&str>) -> ExitCode {
+    use backend::runtime::kubernetes::{render_warm_pod, render_warm_profile_pod, warm_pod_name};
+    let rendered = config
+        .runtime
+        .kubernetes
+        .pod_template(&config.runtime.game)
+        .and_then(|template| {
+            let name = warm_pod_name();
+            let Some(queue) = queue else {
+                return Ok(render_warm_pod(&template, &name));
+            };
+            let profile = config.kubernetes_profile(queue)?;
+            if profile.builtin || profile.warm.is_none() {
+                return Err(format!("--warm --queue {queue}: its server profile has no warm_pool"));
+            }
+            let internal = config
+                .core
+                .backend_internal_url
+                .clone()
+                .unwrap_or_else(|| "http://matchplane-backend:8081".to_owned());
+            let url = format!("{}/internal/warm/{name}", internal.trim_end_matches('/'));
+            Ok(render_warm_profile_pod(
+                &template,
+                &profile,
+                &name,
+                &url,
+                "minted-per-pod-with-TICKET_SECRET",
+            ))
+        });
+    match rendered {
+        Ok(pod) => print_pod(&pod),
         Err(e) => {
             eprintln!("backend: {e}");
             ExitCode::from(2)
@@ -225,7 +251,7 @@ fn main() -> ExitCode {
     {
         return match session_id {
             Some(session_id) if !warm => render_pod(&config, &session_id, players, teams.as_deref(), queue.as_deref()),
-            _ => render_warm_pod(&config),
+            _ => render_warm_pod(&config, queue.as_deref()),
         };
     }
     let settings = match config.validate() {

@@ -1174,6 +1174,112 @@ queues:
     let _ = std::fs::remove_file(&file);
 }
 
+/// `warm_pool` on the kubernetes runtime: warm Pods of a profile (labelled with it) poll the
+/// backend for their session through the SDK; a session claims one that has polled, hands it
+/// the session through Redis, and is matched once the server says ready, well within the
+/// server's own 4 s start; it plays through the proxy and completes with the server's report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profiles_warm_pods_take_their_sessions_through_the_sdk() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let sim = sim(0).await;
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
+    std::fs::write(
+        &file,
+        r#"
+servers:
+  warm-sdk:
+    command: ["sdk-example-server", "--ready-after-ms", "4000"]
+    image: matchplane/sdk-example:1
+    ports: [{name: game, protocol: tcp}]
+    ready: sdk
+    identity: proxy-v2
+    ends: sdk
+    warm_pool: {min: 1, max: 1}
+queues:
+  - {name: warm, session_size: 1, server: warm-sdk}
+"#,
+    )
+    .unwrap();
+    let backend = replica(&sim, &prefix, &db, "r1", |s| s.matchmaking_config(&file)).await;
+    let (proxy, _stop) = common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    let pool = || async {
+        let (_, health) = backend.http.get("/health").await;
+        health["warm_profiles"]["warm-sdk"].clone()
+    };
+    eventually(Duration::from_secs(30), || async {
+        (pool().await["idle"] == 1).then_some(())
+    })
+    .await;
+    // Ready is its probe; warm is its first poll, 4 s after its start, as Redis records it.
+    let store = matchmaking_core::store::Store::connect(&common::redis_url(), &prefix)
+        .await
+        .unwrap();
+    let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(sim_client(&sim).await, NS);
+    eventually(Duration::from_secs(30), || async {
+        let warm = pods
+            .list(&kube::api::ListParams::default().labels("matchplane.io/profile=warm-sdk"))
+            .await
+            .ok()?;
+        let name = warm.items.first()?.metadata.name.clone()?;
+        matches!(store.warm_server_state(&name).await, Ok((true, _))).then_some(())
+    })
+    .await;
+
+    let (status, body) = backend
+        .http
+        .post_as(
+            &common::service_auth(),
+            "/match/join",
+            serde_json::json!({"player_id": "wes", "queue": "warm"}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let status = eventually(Duration::from_secs(60), || async {
+        let body = backend.http.status("wes", 5.0).await;
+        (body["status"] == "matched").then_some(body)
+    })
+    .await;
+    let sid = status["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+    let at = |field: &str| {
+        time::OffsetDateTime::parse(
+            session[field].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert!(
+        at("ready_at") - at("created_at") < time::Duration::seconds(3),
+        "a warm Pod: {session}"
+    );
+    let name = session["server"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("mp-gs-warm-"), "{session}");
+    let labels = pods.get(&name).await.unwrap().metadata.labels.unwrap();
+    assert_eq!(
+        labels.get("matchplane.io/profile").map(String::as_str),
+        Some("warm-sdk")
+    );
+    assert_eq!(labels.get("matchplane.io/session"), Some(&sid));
+
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let ticket = status["ticket"].as_str().unwrap();
+    stream.write_all(format!("JOIN {ticket}\n").as_bytes()).await.unwrap();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stream);
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line.trim_end(), "WELCOME wes");
+    drop(reader);
+    assert_eq!(ended(&backend, "wes", Duration::from_secs(30)).await, "completed");
+    assert_eq!(pool().await["handed"], 1);
+    backend.stop().await;
+    let _ = std::fs::remove_file(&file);
+}
+
 /// A client of `sim` with its kubeconfig.
 async fn sim_client(sim: &Sim) -> kube::Client {
     let config = kube::Config::from_custom_kubeconfig(

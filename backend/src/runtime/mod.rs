@@ -300,7 +300,8 @@ pub(crate) async fn build(
             Some(Arc::new(
                 kubernetes::KubernetesRuntime::with_clients(calls, watches, template.clone())
                     .with_reap_grace(*finished_pod_grace)
-                    .with_warm_pool(warm, secret.clone()),
+                    .with_warm_pool(warm, secret.clone())
+                    .with_profile_pools(profiles, secret, internal_url),
             ))
         }
         RuntimeSettings::None => None,

@@ -126,8 +126,8 @@ pub struct Profile {
     pub stop_grace: Duration,
     /// Failed once it has made no SDK health call (nor become ready) for this long.
     pub health_timeout: Option<Duration>,
-    /// Warm servers of this profile kept by each replica (`RUNTIME=local`): started without a
-    /// session, each takes one through the SDK.
+    /// Warm servers of this profile (each replica's with `RUNTIME=local`, the cluster's with
+    /// `RUNTIME=kubernetes`): started without a session, each takes one through the SDK.
     pub warm: Option<Bounds>,
     /// Further environment, `${VAR}` not yet replaced.
     pub env: Vec<(String, String)>,
@@ -418,6 +418,19 @@ pub fn substitute(text: &str, value: &dyn Fn(&str) -> Option<String>) -> String 
     out
 }
 
+/// Whether `text` is a Kubernetes label value: at most 63 characters of `[A-Za-z0-9_.-]`,
+/// starting and ending with a letter or digit.
+fn is_label_value(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// A seconds setting within `(0, max]` (or `[0, max]` when `zero` is allowed).
 fn duration(what: &str, value: f64, zero: bool, max: f64, mistake: &mut dyn FnMut(String)) -> Duration {
     let low_ok = if zero { value >= 0.0 } else { value > 0.0 };
@@ -634,8 +647,8 @@ impl ProfileSpec {
             }
             Bounds { min: pool.min, max: pool.max }
         });
-        if warm.is_some() && matches!(target, Target::Kubernetes) {
-            mistake("warm_pool: warm servers of a profile are kept by RUNTIME=local only; in a cluster its sessions start cold (leave warm_pool out)".into());
+        if matches!(target, Target::Kubernetes) && !is_label_value(name) {
+            mistake("with RUNTIME=kubernetes the name labels its Pods: at most 63 characters, starting and ending with a letter or digit".into());
         }
         Profile {
             name: name.to_owned(),
@@ -804,6 +817,13 @@ queues:
 
     #[test]
     fn the_kubernetes_runtime_needs_an_image_and_refuses_what_it_cannot_run_yet() {
+        let long = format!(
+            "servers:\n  a_{}: {{image: x, ports: [{{name: g, protocol: tcp}}]}}\nqueues:\n  - {{name: q, session_size: 2}}\n",
+            "x".repeat(62)
+        );
+        let mistakes = load(&long, Target::Kubernetes).unwrap_err();
+        assert!(mistakes[0].contains("the name labels its Pods"), "{mistakes:?}");
+        assert!(load(&long, Target::None).is_ok());
         let text =
             "servers:\n  a: {ports: [{name: g, protocol: udp}]}\nqueues:\n  - {name: q, session_size: 2, server: a}\n";
         let mistakes = load(text, Target::Kubernetes).unwrap_err();
@@ -824,12 +844,7 @@ queues:
         let profiles = load(&udp("sdk"), Target::Kubernetes).unwrap();
         assert!(matches!(profiles.for_queue("q").ready, Ready::Sdk));
         let warm = udp("sdk, warm_pool: {max: 2}");
-        let mistakes = load(&warm, Target::Kubernetes).unwrap_err();
-        assert!(
-            mistakes[0].contains("warm_pool: warm servers of a profile are kept by RUNTIME=local only"),
-            "{mistakes:?}"
-        );
-        let profiles = load(&warm, Target::None).unwrap();
+        let profiles = load(&warm, Target::Kubernetes).unwrap();
         let profile = profiles.for_queue("q");
         assert!(profile.can_be_warm() && profile.warm == Some(Bounds { min: 0, max: 2 }));
     }

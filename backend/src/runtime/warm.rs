@@ -313,6 +313,53 @@ pub(crate) async fn hand_over(
     }
 }
 
+/// How often a hand-over to a warm server of a profile looks whether it has landed.
+pub(crate) const HANDOVER_POLL: Duration = Duration::from_millis(50);
+
+/// Hands `spec`'s session to warm server `id` of a profile, which takes its session through
+/// the SDK: offered through the book (Redis) to the server polling for it, taken within
+/// [`HANDOVER_TIMEOUT`], and then said ready for through the SDK within the spec's ready
+/// timeout.
+pub(crate) async fn hand_over_sdk(
+    book: &dyn super::SessionBook,
+    id: &str,
+    spec: &super::ServerSpec,
+) -> anyhow::Result<()> {
+    let session = protocol::api::WarmSession {
+        session_id: spec.session_id.clone(),
+        players: spec.players.clone(),
+        teams: spec.teams.clone(),
+        queue: spec.queue.clone(),
+        report_url: spec.report_url.clone(),
+        report_token: spec.report_token.clone(),
+    };
+    if !book.offer_warm(id, &session).await? {
+        anyhow::bail!("it was not waiting for a session");
+    }
+    let taken = tokio::time::timeout(HANDOVER_TIMEOUT, async {
+        loop {
+            if let Ok((_, true)) = book.warm_server_state(id).await {
+                return;
+            }
+            tokio::time::sleep(HANDOVER_POLL).await;
+        }
+    })
+    .await;
+    if taken.is_err() {
+        anyhow::bail!("it did not take the session within {HANDOVER_TIMEOUT:?}");
+    }
+    if tokio::time::timeout(spec.ready_timeout, spec.sdk_ready.wait())
+        .await
+        .is_err()
+    {
+        anyhow::bail!(
+            "it took the session but did not say it was ready within {:?}",
+            spec.ready_timeout
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,8 @@ mod warm;
 mod watch;
 
 use service::backoff::Policy;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -32,7 +33,7 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use self::pod::{PodState, game_address};
-pub use self::pod::{PodTemplate, pod_name, render_pod, render_warm_pod, warm_pod_name};
+pub use self::pod::{PodTemplate, pod_name, render_pod, render_warm_pod, render_warm_profile_pod, warm_pod_name};
 pub use self::reaper::reconcile;
 use self::watch::{PodWatch, Seen};
 use super::profiles::{PortProtocol, Ready};
@@ -88,6 +89,10 @@ pub struct KubernetesRuntime {
     reap_grace: Duration,
     /// The warm Pod pool, when `WARM_POOL_MAX` > 0.
     warm: Option<Arc<warm::WarmPods>>,
+    /// The warm Pod pools of profiles with a `warm_pool`, by profile name.
+    profile_warm: HashMap<String, Arc<warm::WarmPods>>,
+    /// What warm Pods of profiles are offered their sessions through; given with the tasks.
+    book: OnceLock<Arc<dyn SessionBook>>,
 }
 
 impl KubernetesRuntime {
@@ -108,6 +113,8 @@ impl KubernetesRuntime {
             backoff: Duration::from_millis(200),
             reap_grace: REAP_GRACE,
             warm: None,
+            profile_warm: HashMap::new(),
+            book: OnceLock::new(),
         }
     }
 
@@ -121,8 +128,45 @@ impl KubernetesRuntime {
         self.warm = books
             .bounds()
             .enabled()
-            .then(|| Arc::new(warm::WarmPods::new(books, secret)));
+            .then(|| Arc::new(warm::WarmPods::new(books, secret, warm::Flavor::Builtin)));
         self
+    }
+
+    /// The same runtime keeping warm Pods of each profile of `profiles` with a `warm_pool`
+    /// (for the whole cluster), which poll `internal_url`'s `/internal/warm/<pod>` with tokens
+    /// signed by `secret`.
+    pub(crate) fn with_profile_pools(
+        mut self,
+        profiles: &crate::runtime::profiles::Profiles,
+        secret: &protocol::TicketSecret,
+        internal_url: &str,
+    ) -> Self {
+        let base_url = format!("{}/internal/warm", internal_url.trim_end_matches('/'));
+        self.profile_warm = profiles
+            .iter()
+            .filter_map(|profile| {
+                let bounds = profile.warm.filter(|b| b.enabled() && !profile.builtin)?;
+                let flavor = warm::Flavor::Profile {
+                    profile: profile.clone(),
+                    base_url: base_url.clone(),
+                };
+                let books = Arc::new(crate::runtime::warm::WarmState::new(bounds));
+                Some((
+                    profile.name.clone(),
+                    Arc::new(warm::WarmPods::new(books, secret.clone(), flavor)),
+                ))
+            })
+            .collect();
+        self
+    }
+
+    /// The warm pool `spec`'s sessions take their server from, if it has one.
+    fn pool_of(&self, profile: &crate::runtime::Profile) -> Option<&Arc<warm::WarmPods>> {
+        if profile.builtin {
+            self.warm.as_ref()
+        } else {
+            self.profile_warm.get(&profile.name)
+        }
     }
 
     /// The same runtime with another retry pause (tests use a short one).
@@ -156,15 +200,22 @@ impl KubernetesRuntime {
     }
 
     async fn spawn(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
-        // Only the built-in server takes a hand-over; every other profile starts cold.
-        if let Some(warm) = self.warm.as_ref().filter(|_| spec.profile.can_be_warm())
+        // The built-in server and profiles with a warm pool take a hand-over; every other
+        // profile starts cold.
+        let deadline = if spec.profile.builtin {
+            self.template.active_deadline_seconds
+        } else {
+            pod::profile_deadline(&self.template, &spec.profile)
+        };
+        if let Some(warm) = self.pool_of(&spec.profile)
             && let Some(claimed) = warm
                 .claim(
                     &self.pods,
                     &self.watch,
                     &spec,
-                    self.template.active_deadline_seconds,
+                    deadline,
                     self.backoff,
+                    self.book.get().map(|b| b.as_ref()),
                 )
                 .await
         {
@@ -172,7 +223,7 @@ impl KubernetesRuntime {
                 pods: self.pods.clone(),
                 seen: self.watch.follow(&claimed.name),
                 addr: claimed.addr,
-                udp_addr: None,
+                udp_addr: claimed.udp_addr,
                 name: claimed.name,
                 stopping: false,
                 backoff: self.backoff,
@@ -234,7 +285,7 @@ impl KubernetesRuntime {
         .await;
         let error = match ready {
             Ok(Ok((addr, udp_addr))) => {
-                if let Some(warm) = self.warm.as_ref().filter(|_| profile.can_be_warm()) {
+                if let Some(warm) = self.pool_of(&profile) {
                     warm.cold_start_took(began.elapsed());
                 }
                 return Ok(Box::new(PodServer {
@@ -298,9 +349,17 @@ impl SessionRuntime for KubernetesRuntime {
         self.warm.as_ref().map(|warm| warm.books.snapshot())
     }
 
+    fn warm_profiles(&self) -> std::collections::BTreeMap<String, protocol::api::WarmServers> {
+        self.profile_warm
+            .iter()
+            .map(|(name, warm)| (name.clone(), warm.books.snapshot()))
+            .collect()
+    }
+
     fn tasks(&self, sessions: Arc<dyn SessionBook>, stop: CancellationToken) -> Vec<Task> {
+        let _ = self.book.set(sessions.clone());
         let mut tasks: Vec<Task> = Vec::new();
-        if let Some(warm) = &self.warm {
+        for warm in self.warm.iter().chain(self.profile_warm.values()) {
             let keeper = warm::Keeper {
                 pods: self.pods.clone(),
                 watch: self.watch.clone(),
@@ -316,7 +375,7 @@ impl SessionRuntime for KubernetesRuntime {
             sessions,
             grace: self.reap_grace,
             min_age: RESYNC_MIN_AGE,
-            warm_pool: self.warm.is_some(),
+            warm_pool: self.warm.is_some() || !self.profile_warm.is_empty(),
         };
         tasks.push(("pod reaper", Box::pin(reaper.run(stop))));
         tasks

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::runtime::profiles::PortProtocol;
+use crate::runtime::profiles::{PortProtocol, Profile};
 use crate::runtime::{ServerSpec, StartError};
 
 /// The label every game-server Pod carries, and its value.
@@ -21,6 +21,8 @@ const APP_VALUE: &str = "matchplane-game-server";
 const SESSION_LABEL: &str = "matchplane.io/session";
 /// The label of warm Pods (started without a session; a claim adds the session label).
 const WARM_LABEL: &str = "matchplane.io/warm";
+/// The label naming the server profile a Pod runs (none on the built-in game server's).
+const PROFILE_LABEL: &str = "matchplane.io/profile";
 /// How long a warm Pod may wait unclaimed before the pool replaces it; its
 /// `activeDeadlineSeconds` is this plus the session deadline, and a claim lowers it to the
 /// Pod's age plus the session deadline.
@@ -120,9 +122,52 @@ fn kubernetes_expansion(text: &str) -> String {
 /// writable `/tmp` (its `HOME`) under a read-only root. No ticket secret: the proxy verified
 /// every player. The same restricted security context and caps as the built-in server's.
 fn render_profile_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
-    let profile = &spec.profile;
+    render_profile(
+        template,
+        &spec.profile,
+        pod_name(&spec.session_id),
+        (SESSION_LABEL, spec.session_id.clone()),
+        &spec.contract_env(),
+        profile_deadline(template, &spec.profile),
+    )
+}
+
+/// A session's deadline in a Pod of `profile`: matchplane stops it at its cap, and the
+/// kubelet's deadline is the backstop after that; the template's without a cap.
+pub(crate) fn profile_deadline(template: &PodTemplate, profile: &Profile) -> i64 {
+    profile.max_session.map_or(template.active_deadline_seconds, |cap| {
+        i64::try_from(cap.as_secs()).unwrap_or(i64::MAX / 2) + 120
+    })
+}
+
+/// Exactly the warm Pod of `profile` the backend creates: no session, told to poll `url` with
+/// `token` for the one it will be handed (`MATCHPLANE_WARM_URL`, `MATCHPLANE_WARM_TOKEN`),
+/// labelled warm and with its profile, with room in its deadline for
+/// [`WARM_LIFETIME_SECONDS`] of waiting.
+pub fn render_warm_profile_pod(template: &PodTemplate, profile: &Profile, name: &str, url: &str, token: &str) -> Pod {
+    render_profile(
+        template,
+        profile,
+        name.to_owned(),
+        (WARM_LABEL, "true".to_owned()),
+        &[
+            ("MATCHPLANE_WARM_URL".to_owned(), url.to_owned()),
+            ("MATCHPLANE_WARM_TOKEN".to_owned(), token.to_owned()),
+        ],
+        profile_deadline(template, profile) + WARM_LIFETIME_SECONDS,
+    )
+}
+
+fn render_profile(
+    template: &PodTemplate,
+    profile: &Profile,
+    name: String,
+    role: (&str, String),
+    vars: &[(String, String)],
+    deadline: i64,
+) -> Pod {
     let mut env_vars = vec![pod_ip_env(crate::runtime::profiles::HOST)];
-    env_vars.extend(spec.contract_env().iter().map(|(k, v)| env(k, v)));
+    env_vars.extend(vars.iter().map(|(k, v)| env(k, v)));
     env_vars.extend(
         profile
             .ports
@@ -162,17 +207,10 @@ fn render_profile_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
         mount_path: "/tmp".to_owned(),
         ..VolumeMount::default()
     }]);
-    // matchplane stops it at its cap; the kubelet's deadline is the backstop after that.
-    let deadline = profile.max_session.map_or(template.active_deadline_seconds, |cap| {
-        i64::try_from(cap.as_secs()).unwrap_or(i64::MAX / 2) + 120
-    });
-    let mut pod = pod_around(
-        template,
-        pod_name(&spec.session_id),
-        (SESSION_LABEL, spec.session_id.clone()),
-        container,
-        deadline,
-    );
+    let mut pod = pod_around(template, name, role, container, deadline);
+    if let Some(labels) = pod.metadata.labels.as_mut() {
+        labels.insert(PROFILE_LABEL.to_owned(), profile.name.clone());
+    }
     if let Some(pod_spec) = pod.spec.as_mut() {
         pod_spec.termination_grace_period_seconds =
             Some(i64::try_from(profile.stop_grace.as_secs()).unwrap_or(3600).max(1) + 5);
@@ -404,6 +442,11 @@ pub(crate) fn pod_state(pod: &Pod) -> PodState {
 /// The session a game-server Pod serves, from its label.
 pub(crate) fn session_of(pod: &Pod) -> Option<String> {
     pod.metadata.labels.as_ref()?.get(SESSION_LABEL).cloned()
+}
+
+/// The server profile a Pod runs, from its label; `None` for the built-in game server.
+pub(crate) fn profile_of(pod: &Pod) -> Option<&str> {
+    pod.metadata.labels.as_ref()?.get(PROFILE_LABEL).map(String::as_str)
 }
 
 /// Whether a Pod was started warm (it may since have been claimed by a session).

@@ -1,5 +1,11 @@
 //! Warm Pods: game-server Pods started without a session, labelled `matchplane.io/warm`, one
-//! pool for the whole cluster.
+//! pool for the whole cluster for the built-in game server, and one for each server profile
+//! with a `warm_pool` (its Pods labelled `matchplane.io/profile` too).
+//!
+//! A profile's warm Pod takes its session through the SDK: it polls `MATCHPLANE_WARM_URL`,
+//! and only a Pod that is Ready and has polled is claimed. Its claim is the same label patch;
+//! its hand-over is an offer through Redis that it takes, then its own ready call for the
+//! session (see [`crate::runtime::warm::hand_over_sdk`]).
 //!
 //! **Claim.** A session takes a Ready, unclaimed warm Pod from the replica's Pod watch and
 //! claims it with a merge patch that adds its session label under the precondition of the
@@ -33,12 +39,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pod::{
-    PodState, PodTemplate, WARM_LIFETIME_SECONDS, claim_patch, game_address, is_warm, pod_state, render_warm_pod,
-    session_of, unclaim_patch, unclaimed_warm, warm_pod_name,
+    PodState, PodTemplate, WARM_LIFETIME_SECONDS, claim_patch, game_address, is_warm, pod_state, port_address,
+    profile_of, render_warm_pod, render_warm_profile_pod, session_of, unclaim_patch, unclaimed_warm, warm_pod_name,
 };
 use super::watch::PodWatch;
 use super::{delete_pod, is_code};
 use crate::runtime::SessionBook;
+use crate::runtime::profiles::{PortProtocol, Profile};
 use crate::runtime::warm::WarmState;
 
 /// How often the pool is checked against demand.
@@ -53,9 +60,21 @@ const MAX_HAND_OVERS: usize = 8;
 /// A warm Pod this close to its lifetime is replaced rather than handed a session.
 const RETIRE_MARGIN_SECONDS: i64 = 60;
 
-/// The cluster's warm Pods as this replica sees and keeps them.
+/// Which server a pool's Pods run.
+pub(crate) enum Flavor {
+    /// The built-in game server, handed its session on its game port.
+    Builtin,
+    /// A profile's server, taking its session through the SDK from `base_url`/`<pod name>`.
+    Profile { profile: Arc<Profile>, base_url: String },
+}
+
+/// How long a warm Pod of a profile's token to poll for its session lasts: its whole life.
+const WARM_TOKEN_TTL_SECONDS: i64 = 2 * 86_400;
+
+/// The cluster's warm Pods of one pool as this replica sees and keeps them.
 pub(crate) struct WarmPods {
     pub(crate) secret: protocol::TicketSecret,
+    pub(crate) flavor: Flavor,
     /// The pool's books: demand, counts, and what it has done (shared with the local runtime's
     /// pool, and the pool's metrics).
     pub(crate) books: Arc<WarmState>,
@@ -70,15 +89,56 @@ pub(crate) struct WarmPods {
 pub(crate) struct Claimed {
     pub(crate) name: String,
     pub(crate) addr: String,
+    pub(crate) udp_addr: Option<String>,
 }
 
 impl WarmPods {
-    pub(crate) fn new(books: Arc<WarmState>, secret: protocol::TicketSecret) -> WarmPods {
+    pub(crate) fn new(books: Arc<WarmState>, secret: protocol::TicketSecret, flavor: Flavor) -> WarmPods {
         WarmPods {
             secret,
+            flavor,
             books,
             claiming: Mutex::new(HashSet::new()),
             creating: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `pod` is of this pool's server (a warm Pod, or a session's).
+    fn mine(&self, pod: &Pod) -> bool {
+        match &self.flavor {
+            Flavor::Builtin => profile_of(pod).is_none(),
+            Flavor::Profile { profile, .. } => profile_of(pod) == Some(profile.name.as_str()),
+        }
+    }
+
+    /// A new warm Pod of this pool, named `name`.
+    fn render(&self, template: &PodTemplate, name: &str) -> Pod {
+        match &self.flavor {
+            Flavor::Builtin => render_warm_pod(template, name),
+            Flavor::Profile { profile, base_url } => {
+                let token = self.secret.mint(&protocol::Claims::warm(
+                    name,
+                    protocol::ticket::unix_now(),
+                    WARM_TOKEN_TTL_SECONDS,
+                ));
+                render_warm_profile_pod(template, profile, name, &format!("{base_url}/{name}"), &token)
+            }
+        }
+    }
+
+    /// Where players reach a claimed Pod at `ip`: its TCP and UDP addresses.
+    fn addresses(&self, ip: &str) -> Result<(String, Option<String>), crate::runtime::StartError> {
+        match &self.flavor {
+            Flavor::Builtin => Ok((game_address(ip)?, None)),
+            Flavor::Profile { profile, .. } => {
+                let at = |protocol| {
+                    profile
+                        .first(protocol)
+                        .map(|p| port_address(ip, p.container_port))
+                        .transpose()
+                };
+                Ok((at(PortProtocol::Tcp)?.unwrap_or_default(), at(PortProtocol::Udp)?))
+            }
         }
     }
 
@@ -96,11 +156,14 @@ impl WarmPods {
         spec: &crate::runtime::ServerSpec,
         session_deadline_seconds: i64,
         backoff: Duration,
+        book: Option<&dyn SessionBook>,
     ) -> Option<Claimed> {
         let mut candidates: Vec<Arc<Pod>> = watch
             .pods()
             .into_iter()
-            .filter(|pod| unclaimed_warm(pod) && matches!(pod_state(pod), PodState::Ready(_)) && !retiring(pod))
+            .filter(|pod| {
+                self.mine(pod) && unclaimed_warm(pod) && matches!(pod_state(pod), PodState::Ready(_)) && !retiring(pod)
+            })
             .collect();
         if candidates.is_empty() {
             return None;
@@ -120,6 +183,13 @@ impl WarmPods {
             let Some(name) = pod.metadata.name.clone() else {
                 continue;
             };
+            // A profile's warm Pod is warm once it has polled for its session.
+            if let Flavor::Profile { .. } = self.flavor {
+                let book = book?;
+                if !matches!(book.warm_server_state(&name).await, Ok((true, _))) {
+                    continue;
+                }
+            }
             if !self.claiming.lock().expect("claiming lock").insert(name.clone()) {
                 continue;
             }
@@ -160,21 +230,26 @@ impl WarmPods {
                 },
             };
             let addr = match pod_state(&claimed) {
-                PodState::Ready(ip) => game_address(&ip).ok(),
+                PodState::Ready(ip) => self.addresses(&ip).ok(),
                 _ => None,
             };
-            let handed = match &addr {
-                Some(addr) => crate::runtime::warm::hand_over(&self.secret, &name, addr, spec)
-                    .await
-                    .map(|()| addr.clone()),
-                None => Err(anyhow::anyhow!("the claimed pod is no longer ready")),
+            let handed = match (&addr, &self.flavor, book) {
+                (None, ..) => Err(anyhow::anyhow!("the claimed pod is no longer ready")),
+                (Some((addr, _)), Flavor::Builtin, _) => {
+                    crate::runtime::warm::hand_over(&self.secret, &name, addr, spec).await
+                }
+                (Some(_), Flavor::Profile { .. }, Some(book)) => {
+                    crate::runtime::warm::hand_over_sdk(book, &name, spec).await
+                }
+                (Some(_), Flavor::Profile { .. }, None) => Err(anyhow::anyhow!("no sessions to hand over through")),
             };
-            match handed {
-                Ok(addr) => {
+            match handed.map(|()| addr) {
+                Ok(Some((addr, udp_addr))) => {
                     self.books.handed();
                     tracing::info!(session = %spec.session_id, pod = %name, "session handed to a warm pod");
-                    return Some(Claimed { name, addr });
+                    return Some(Claimed { name, addr, udp_addr });
                 }
+                Ok(None) => unreachable!("handed over only with an address"),
                 Err(e) => {
                     tracing::warn!(pod = %name, error = %e, "a warm pod failed its hand-over; deleting it, trying the next");
                     failed += 1;
@@ -225,13 +300,13 @@ struct Census {
 }
 
 impl Census {
-    fn of(pods: &[Arc<Pod>]) -> Census {
+    fn of(pods: &[Arc<Pod>], mine: impl Fn(&Pod) -> bool) -> Census {
         let mut census = Census::default();
         for pod in pods {
             let Some(name) = pod.metadata.name.clone() else {
                 continue;
             };
-            if !is_warm(pod) || session_of(pod).is_some() {
+            if !is_warm(pod) || session_of(pod).is_some() || !mine(pod) {
                 continue;
             }
             census.warm.insert(name.clone());
@@ -280,7 +355,7 @@ impl Keeper {
             let pods = self.watch.pods();
             let now = Instant::now();
             self.follow_demand(&pods, &mut counted, now);
-            let mut census = Census::of(&pods);
+            let mut census = Census::of(&pods, |pod| self.warm.mine(pod));
             let unseen = self.follow_creations(&pods, &census.warm, now);
             self.warm
                 .claiming
@@ -364,7 +439,7 @@ impl Keeper {
                 break;
             };
             let name = warm_pod_name();
-            let pod = render_warm_pod(&self.template, &name);
+            let pod = self.warm.render(&self.template, &name);
             self.warm
                 .creating
                 .lock()
@@ -392,7 +467,7 @@ impl Keeper {
     fn follow_demand(&self, pods: &[Arc<Pod>], counted: &mut Option<HashSet<String>>, now: Instant) {
         let with_session: HashSet<String> = pods
             .iter()
-            .filter(|pod| session_of(pod).is_some())
+            .filter(|pod| session_of(pod).is_some() && self.warm.mine(pod))
             .filter_map(|pod| pod.metadata.name.clone())
             .collect();
         if let Some(before) = counted.as_ref() {

@@ -22,7 +22,7 @@
 //! its warm servers start with `MATCHPLANE_WARM_URL` and `MATCHPLANE_WARM_TOKEN` instead of a
 //! session, are warm once they poll that URL for a session (the SDK does), and a session is
 //! offered to one through Redis (any replica may answer its poll); one that does not take its
-//! offer within [`HANDOVER_TIMEOUT`], or then does not say it is ready for the session, is
+//! offer within [`super::warm::HANDOVER_TIMEOUT`], or then does not say it is ready for the session, is
 //! killed and the next one tried. Every other profile starts cold.
 
 mod bound;
@@ -78,8 +78,6 @@ pub(crate) struct LocalRuntime {
     book: OnceLock<Arc<dyn SessionBook>>,
 }
 
-/// How long a warm server of a profile has to take the session offered to it.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a warm server's token to poll for its session lasts.
 const WARM_TOKEN_TTL_SECONDS: i64 = 2 * 86_400;
 
@@ -168,16 +166,8 @@ impl LocalRuntime {
         let pool = self.profile_pools.get(&spec.profile.name).map(|(_, pool)| pool);
         if let (Some(pool), Some(book)) = (pool, self.book.get()) {
             pool.books.session_started(began);
-            let session = protocol::api::WarmSession {
-                session_id: spec.session_id.clone(),
-                players: spec.players.clone(),
-                teams: spec.teams.clone(),
-                queue: spec.queue.clone(),
-                report_url: spec.report_url.clone(),
-                report_token: spec.report_token.clone(),
-            };
             while let Some(mut warm) = pool.take() {
-                match hand_over_program(book.as_ref(), &warm, &session, &spec).await {
+                match super::warm::hand_over_sdk(book.as_ref(), &warm.id, &spec).await {
                     Ok(()) => {
                         pool.books.handed();
                         tracing::info!(session = %spec.session_id, server = %warm.server.name, "session handed to a warm server of its profile");
@@ -217,7 +207,7 @@ impl LocalRuntime {
                         let (book, id) = (book.clone(), id.clone());
                         Box::pin(async move {
                             while !matches!(book.warm_server_state(&id).await, Ok((true, _))) {
-                                tokio::time::sleep(HANDOVER_POLL).await;
+                                tokio::time::sleep(super::warm::HANDOVER_POLL).await;
                             }
                         })
                     })
@@ -265,41 +255,6 @@ pub(crate) async fn start_warm_profile(
     Ok(Box::new(
         launch_warm(settings, profile, id, url, token, polling, ready_timeout).await?,
     ))
-}
-
-/// How often a hand-over to a warm server of a profile looks whether it has landed.
-const HANDOVER_POLL: Duration = Duration::from_millis(50);
-
-/// Offers `session` to `warm` and waits until it takes it, then until it says, through the
-/// SDK, that it is ready for it (within the spec's ready timeout); an exit fails it.
-async fn hand_over_program(
-    book: &dyn SessionBook,
-    warm: &Warm,
-    session: &protocol::api::WarmSession,
-    spec: &ServerSpec,
-) -> anyhow::Result<()> {
-    if !book.offer_warm(&warm.id, session).await? {
-        anyhow::bail!("it was not waiting for a session");
-    }
-    let taken = timeout(HANDOVER_TIMEOUT, async {
-        loop {
-            if let Ok((_, true)) = book.warm_server_state(&warm.id).await {
-                return;
-            }
-            tokio::time::sleep(HANDOVER_POLL).await;
-        }
-    })
-    .await;
-    if taken.is_err() {
-        anyhow::bail!("it did not take the session within {HANDOVER_TIMEOUT:?}");
-    }
-    if timeout(spec.ready_timeout, spec.sdk_ready.wait()).await.is_err() {
-        anyhow::bail!(
-            "it took the session but did not say it was ready within {:?}",
-            spec.ready_timeout
-        );
-    }
-    Ok(())
 }
 
 /// Starts one warm server with the given id.
