@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout};
 
-use crate::runtime::local::{LocalSettings, start_profile, start_warm_profile};
+use crate::runtime::local::{LocalSettings, WarmLaunch, start_profile};
 use crate::runtime::profiles::Ready;
 use crate::runtime::{Ends, Profile, SdkReady, ServerExit, ServerSpec};
 
@@ -171,17 +171,15 @@ pub async fn check(
                 })
             });
             let url = format!("{internal}/internal/warm/{}", warm.id);
-            match start_warm_profile(
-                &settings,
-                &profile,
-                &warm.id,
+            let launch = WarmLaunch {
+                profile: &profile,
+                id: &warm.id,
                 url,
-                warm.token.clone(),
-                &polling,
-                options.ready_timeout,
-            )
-            .await
-            {
+                token: warm.token.clone(),
+                polling: &polling,
+                ready_timeout: options.ready_timeout,
+            };
+            match launch.start(&settings).await {
                 Ok(mut server) => {
                     part(
                         "warm",

@@ -984,27 +984,7 @@ queues:
     .unwrap();
     let backend = replica(&sim, &prefix, &db, "r1", |s| s.matchmaking_config(&file)).await;
     let (proxy, _stop) = common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
-    let mut statuses = Vec::new();
-    for p in ["tank-a", "tank-b"] {
-        let (status, body) = backend
-            .http
-            .post_as(
-                &common::service_auth(),
-                "/match/join",
-                serde_json::json!({"player_id": p, "queue": "bzflag"}),
-            )
-            .await;
-        assert!(status.is_success(), "{body}");
-    }
-    for p in ["tank-a", "tank-b"] {
-        statuses.push(
-            eventually(Duration::from_secs(60), || async {
-                let body = backend.http.status(p, 5.0).await;
-                (body["status"] == "matched").then_some(body)
-            })
-            .await,
-        );
-    }
+    let statuses = common::matched_in(&backend.http, "bzflag", &["tank-a", "tank-b"]).await;
     let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
     let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
     assert!(session["addr"].as_str().unwrap().ends_with(":5154"), "{session}");
@@ -1105,31 +1085,11 @@ queues:
     .unwrap();
     let backend = replica(&sim, &prefix, &db, "r1", |s| s.matchmaking_config(&file)).await;
     let (proxy, _stop) = common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
-    let (status, body) = backend
-        .http
-        .post_as(
-            &common::service_auth(),
-            "/match/join",
-            serde_json::json!({"player_id": "ufo", "queue": "udp"}),
-        )
-        .await;
-    assert!(status.is_success(), "{body}");
-    let status = eventually(Duration::from_secs(60), || async {
-        let body = backend.http.status("ufo", 5.0).await;
-        (body["status"] == "matched").then_some(body)
-    })
-    .await;
+    let status = common::matched_in(&backend.http, "udp", &["ufo"]).await.remove(0);
     let sid = status["session_id"].as_str().unwrap().to_owned();
-    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
-    let at = |field: &str| {
-        time::OffsetDateTime::parse(
-            session[field].as_str().unwrap(),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap()
-    };
+    let (session, took) = common::ready_after(&backend.http, &sid).await;
     assert!(
-        at("ready_at") - at("created_at") >= time::Duration::seconds(2),
+        took >= time::Duration::seconds(2),
         "ready only once the server said so: {session}"
     );
     let name = session["server"].as_str().unwrap().to_owned();
@@ -1227,33 +1187,10 @@ queues:
     })
     .await;
 
-    let (status, body) = backend
-        .http
-        .post_as(
-            &common::service_auth(),
-            "/match/join",
-            serde_json::json!({"player_id": "wes", "queue": "warm"}),
-        )
-        .await;
-    assert!(status.is_success(), "{body}");
-    let status = eventually(Duration::from_secs(60), || async {
-        let body = backend.http.status("wes", 5.0).await;
-        (body["status"] == "matched").then_some(body)
-    })
-    .await;
+    let status = common::matched_in(&backend.http, "warm", &["wes"]).await.remove(0);
     let sid = status["session_id"].as_str().unwrap().to_owned();
-    let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
-    let at = |field: &str| {
-        time::OffsetDateTime::parse(
-            session[field].as_str().unwrap(),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap()
-    };
-    assert!(
-        at("ready_at") - at("created_at") < time::Duration::seconds(3),
-        "a warm Pod: {session}"
-    );
+    let (session, took) = common::ready_after(&backend.http, &sid).await;
+    assert!(took < time::Duration::seconds(3), "a warm Pod: {session}");
     let name = session["server"].as_str().unwrap().to_owned();
     assert!(name.starts_with("mp-gs-warm-"), "{session}");
     let labels = pods.get(&name).await.unwrap().metadata.labels.unwrap();

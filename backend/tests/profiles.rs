@@ -87,27 +87,7 @@ async fn stack_with(
 
 /// Joins `players` to `queue` as the studio's service and waits until they are all matched.
 async fn matched(http: &Http, queue: &str, players: &[&str]) -> Vec<Value> {
-    for p in players {
-        let (status, body) = http
-            .post_as(
-                &common::service_auth(),
-                "/match/join",
-                serde_json::json!({"player_id": p, "queue": queue}),
-            )
-            .await;
-        assert!(status.is_success(), "{body}");
-    }
-    let mut statuses = Vec::new();
-    for p in players {
-        statuses.push(
-            eventually(Duration::from_secs(30), || async {
-                let body = http.status(p, 5.0).await;
-                (body["status"] == "matched").then_some(body)
-            })
-            .await,
-        );
-    }
-    statuses
+    common::matched_in(http, queue, players).await
 }
 
 /// Connects through the proxy with `status`'s ticket, sends `hello`, and returns the server's
@@ -842,16 +822,9 @@ queues:
     let (backend, proxy, db) = stack(&dir, &queues, 20.0).await;
     let statuses = matched(&backend.http, "duel", &["sam", "sue"]).await;
     let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
-    let (_, view) = backend.http.get(&format!("/sessions/{sid}")).await;
-    let at = |field: &str| {
-        time::OffsetDateTime::parse(
-            view[field].as_str().unwrap(),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap()
-    };
+    let (view, took) = common::ready_after(&backend.http, &sid).await;
     assert!(
-        at("ready_at") - at("created_at") >= time::Duration::milliseconds(2500),
+        took >= time::Duration::milliseconds(2500),
         "ready only once the server said so: {view}"
     );
     for (status, player) in statuses.iter().zip(["sam", "sue"]) {
@@ -943,14 +916,7 @@ queues:
         async move {
             let status = matched(http, "warm", &[player]).await.remove(0);
             let sid = status["session_id"].as_str().unwrap().to_owned();
-            let (_, view) = http.get(&format!("/sessions/{sid}")).await;
-            let at = |field: &str| {
-                time::OffsetDateTime::parse(
-                    view[field].as_str().unwrap(),
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .unwrap()
-            };
+            let (_, took) = common::ready_after(http, &sid).await;
             let mut stream = TcpStream::connect(proxy).await.unwrap();
             let ticket = status["ticket"].as_str().unwrap();
             stream.write_all(format!("JOIN {ticket}\n").as_bytes()).await.unwrap();
@@ -962,7 +928,7 @@ queues:
                 .unwrap();
             assert_eq!(line.trim_end(), format!("WELCOME {player}"));
             drop(reader);
-            (sid, at("ready_at") - at("created_at"))
+            (sid, took)
         }
     };
     let (warm_sid, warm_took) = play("wendy").await;

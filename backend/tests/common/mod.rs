@@ -7,6 +7,44 @@ use matchmaking_core::store::Store;
 pub use testkit::LineClient as GameClient;
 pub use testkit::{built_binary, eventually, fresh_database, redis_url, unique_prefix};
 
+/// Joins `players` to `queue` as the studio's service and waits until each is matched; returns
+/// each one's status body.
+pub async fn matched_in(http: &Http, queue: &str, players: &[&str]) -> Vec<serde_json::Value> {
+    for p in players {
+        let (status, body) = http
+            .post_as(
+                &service_auth(),
+                "/match/join",
+                serde_json::json!({"player_id": p, "queue": queue}),
+            )
+            .await;
+        assert!(status.is_success(), "{body}");
+    }
+    let mut statuses = Vec::new();
+    for p in players {
+        statuses.push(
+            eventually(Duration::from_secs(60), || async {
+                let body = http.status(p, 5.0).await;
+                (body["status"] == "matched").then_some(body)
+            })
+            .await,
+        );
+    }
+    statuses
+}
+
+/// Session `sid` as `GET /sessions/{id}` shows it, and how long its server took to be ready
+/// (`ready_at` - `created_at`).
+pub async fn ready_after(http: &Http, sid: &str) -> (serde_json::Value, time::Duration) {
+    let (_, view) = http.get(&format!("/sessions/{sid}")).await;
+    let at = |field: &str| {
+        let text = view[field].as_str().unwrap_or_else(|| panic!("no {field} in {view}"));
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let took = at("ready_at") - at("created_at");
+    (view, took)
+}
+
 pub async fn store() -> Store {
     Store::connect(&redis_url(), &unique_prefix()).await.unwrap()
 }

@@ -212,49 +212,50 @@ impl LocalRuntime {
                         })
                     })
                 };
-                launch_warm(&settings, &profile, &id, url, token, &polling, WARM_READY_TIMEOUT).await
+                let launch = WarmLaunch {
+                    profile: &profile,
+                    id: &id,
+                    url,
+                    token,
+                    polling: &polling,
+                    ready_timeout: WARM_READY_TIMEOUT,
+                };
+                launch.run(&settings).await
             })
         })
     }
 }
 
-/// Starts warm server `id` of `profile`, told to poll `url` with `token` for its session, and
-/// waits until `polling` (it has polled), it exits, or `ready_timeout`.
-async fn launch_warm(
-    settings: &LocalSettings,
-    profile: &Profile,
-    id: &str,
-    url: String,
-    token: String,
-    polling: &super::SdkReady,
-    ready_timeout: Duration,
-) -> Result<LocalServer, StartError> {
-    let launch = program::Launch {
-        profile,
-        vars: vec![
-            ("MATCHPLANE_WARM_URL".to_owned(), url),
-            ("MATCHPLANE_WARM_TOKEN".to_owned(), token),
-        ],
-        home: id,
-        ready_timeout,
-        sdk_ready: polling,
-    };
-    launch.run(settings).await
+/// One start of a warm server of a profile: told to poll `url` with `token` for its session;
+/// warm once `polling` resolves (it has polled), failed if it exits or `ready_timeout` passes.
+pub(crate) struct WarmLaunch<'a> {
+    pub(crate) profile: &'a Profile,
+    pub(crate) id: &'a str,
+    pub(crate) url: String,
+    pub(crate) token: String,
+    pub(crate) polling: &'a super::SdkReady,
+    pub(crate) ready_timeout: Duration,
 }
 
-/// [`launch_warm`], for the conformance runner.
-pub(crate) async fn start_warm_profile(
-    settings: &LocalSettings,
-    profile: &Profile,
-    id: &str,
-    url: String,
-    token: String,
-    polling: &super::SdkReady,
-    ready_timeout: Duration,
-) -> Result<Box<dyn ServerHandle>, StartError> {
-    Ok(Box::new(
-        launch_warm(settings, profile, id, url, token, polling, ready_timeout).await?,
-    ))
+impl WarmLaunch<'_> {
+    async fn run(self, settings: &LocalSettings) -> Result<LocalServer, StartError> {
+        let launch = program::Launch {
+            profile: self.profile,
+            vars: vec![
+                ("MATCHPLANE_WARM_URL".to_owned(), self.url),
+                ("MATCHPLANE_WARM_TOKEN".to_owned(), self.token),
+            ],
+            home: self.id,
+            ready_timeout: self.ready_timeout,
+            sdk_ready: self.polling,
+        };
+        launch.run(settings).await
+    }
+
+    /// The same, for the conformance runner.
+    pub(crate) async fn start(self, settings: &LocalSettings) -> Result<Box<dyn ServerHandle>, StartError> {
+        Ok(Box::new(self.run(settings).await?))
+    }
 }
 
 /// Starts one warm server with the given id.
