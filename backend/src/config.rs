@@ -79,6 +79,10 @@ pub struct CoreArgs {
     /// The proxy's public port, returned to matched players as `connect_port`.
     #[arg(long, env = "PUBLIC_PORT", default_value_t = 8080)]
     pub public_port: u16,
+    /// Whether the proxy's public port speaks TLS, returned to matched players as
+    /// `connect_tls`.
+    #[arg(long, env = "PUBLIC_TLS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub public_tls: bool,
     /// This replica's name in session records; defaults to the host name.
     #[arg(long, env = "INSTANCE_ID")]
     pub instance_id: Option<String>,
@@ -116,6 +120,7 @@ pub struct Settings {
     pub(crate) ready_timeout: Duration,
     pub(crate) public_host: String,
     pub(crate) public_port: u16,
+    pub(crate) public_tls: bool,
     pub(crate) instance_id: String,
     /// `None`: derive from the bound listener.
     pub(crate) internal_url: Option<String>,
@@ -183,6 +188,7 @@ impl Config {
             ready_timeout,
             public_host: core.public_host.clone(),
             public_port: core.public_port,
+            public_tls: core.public_tls,
             instance_id,
             internal_url: core
                 .backend_internal_url

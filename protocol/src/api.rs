@@ -73,6 +73,9 @@ pub struct MatchResponse {
     pub connect_port: u16,
     /// The player's game ticket, once matched.
     pub ticket: Option<String>,
+    /// Whether `connect_host:connect_port` speaks TLS, once matched (left out before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_tls: Option<bool>,
     /// Why the session ended, once ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
@@ -539,6 +542,7 @@ mod tests {
             connect_host: String::new(),
             connect_port: 0,
             ticket: None,
+            connect_tls: None,
             end_reason: None,
             wait_ms: None,
             connected: Vec::new(),

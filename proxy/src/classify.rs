@@ -28,6 +28,8 @@ const METHODS: [&[u8]; 9] = [
     b"CONNECT ",
 ];
 const JOIN: &[u8] = b"JOIN ";
+/// A TLS handshake record's first two bytes (content type 22, major version 3).
+const TLS_RECORD: &[u8] = &[0x16, 0x03];
 
 /// What a connection turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub enum Kind {
     Garbage,
     /// A PROXY protocol header: a client pretending to be a proxy.
     ProxyHeader,
+    /// A TLS handshake record: a TLS client on a plain port.
+    TlsHello,
     /// A `JOIN` line over the cap.
     TooLong,
     /// Nothing decisive within the timeout.
@@ -65,6 +69,7 @@ fn undecided(buf: &[u8]) -> bool {
     };
     METHODS.iter().any(|m| prefix_of(m, false))
         || prefix_of(JOIN, true)
+        || prefix_of(TLS_RECORD, false)
         || protocol::proxy_header::looks_like_header(buf)
 }
 
@@ -83,6 +88,9 @@ pub fn decide(buf: &[u8]) -> Option<Kind> {
     }
     if buf.starts_with(&protocol::proxy_header::SIGNATURE) || buf.starts_with(b"PROXY ") {
         return Some(Kind::ProxyHeader);
+    }
+    if buf.starts_with(TLS_RECORD) {
+        return Some(Kind::TlsHello);
     }
     if undecided(buf) { None } else { Some(Kind::Garbage) }
 }
@@ -174,7 +182,9 @@ mod tests {
             Some(Kind::Garbage),
             "methods are case-sensitive"
         );
-        assert_eq!(decide(b"\x16\x03\x01"), Some(Kind::Garbage), "TLS hello");
+        assert_eq!(decide(b"\x16\x03\x01"), Some(Kind::TlsHello), "a TLS hello");
+        assert_eq!(decide(b"\x16"), None);
+        assert_eq!(decide(b"\x16\x04"), Some(Kind::Garbage));
         assert_eq!(decide(b"GET_STATE\n"), Some(Kind::Garbage));
         let mut long = b"JOIN ".to_vec();
         long.extend(std::iter::repeat_n(b'x', protocol::MAX_LINE_BYTES));

@@ -66,10 +66,29 @@ pub struct Config {
     /// dropped.
     #[arg(long, env = "UDP_FLOW_RATE_PER_SECOND", default_value_t = 2000.0)]
     pub udp_flow_rate_per_second: f64,
+    /// A PEM certificate chain: with TLS_KEY_FILE the public TCP port speaks TLS 1.2/1.3
+    /// (the files are read again every 2 s; a replaced pair is used for new connections).
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of TLS_CERT_FILE (RSA, ECDSA or Ed25519).
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// A listener of its own for TLS, when plain connections on BIND are wanted too; without
+    /// it, BIND itself speaks TLS.
+    #[arg(long, env = "TLS_BIND")]
+    pub tls_bind: Option<SocketAddr>,
     #[command(flatten)]
     pub players: PlayerAuthArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// TLS on the public TCP port.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub(crate) certificates: std::sync::Arc<crate::tls::Certificates>,
+    /// A listener of its own (`TLS_BIND`); `None`: `BIND` speaks TLS.
+    pub bind: Option<SocketAddr>,
 }
 
 /// Validated settings.
@@ -91,6 +110,8 @@ pub struct Settings {
     pub udp_flow_rate: f64,
     /// Player-token keys, to rate-limit per verified player.
     pub players: PlayerAuthSettings,
+    /// TLS, when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Config {
@@ -119,6 +140,20 @@ impl Config {
         if !(self.udp_flow_rate_per_second.is_finite() && self.udp_flow_rate_per_second >= 1.0) {
             return Err("UDP_FLOW_RATE_PER_SECOND must be at least 1".into());
         }
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                certificates: std::sync::Arc::new(crate::tls::Certificates::open(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })?),
+                bind: self.tls_bind,
+            }),
+            (None, None) if self.tls_bind.is_some() => {
+                return Err("TLS_BIND needs TLS_CERT_FILE and TLS_KEY_FILE".into());
+            }
+            (None, None) => None,
+            _ => return Err("TLS_CERT_FILE and TLS_KEY_FILE come together".into()),
+        };
         let first_line_timeout = seconds("FIRST_LINE_TIMEOUT_SECONDS", self.first_line_timeout_seconds)?;
         if first_line_timeout.is_zero() {
             return Err("FIRST_LINE_TIMEOUT_SECONDS must be > 0".into());
@@ -139,6 +174,7 @@ impl Config {
             udp_idle,
             udp_flow_rate: self.udp_flow_rate_per_second,
             players,
+            tls,
         })
     }
 }

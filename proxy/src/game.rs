@@ -11,8 +11,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::future::BoxFuture;
 use protocol::{Audience, ClientCommand, ErrorCode, ServerReply};
-use tokio::io::{AsyncWriteExt, BufReader, copy_buf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, copy_buf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -65,24 +66,28 @@ async fn splice(client: &mut TcpStream, server: &mut TcpStream) -> (u64, u64) {
             let down = zero_copy::one_way(server, client, down_pipe);
             both_ways(up, down).await
         }
-        _ => {
-            let (client_read, mut client_write) = client.split();
-            let (server_read, mut server_write) = server.split();
-            let mut client_read = BufReader::with_capacity(SPLICE_BUFFER, client_read);
-            let mut server_read = BufReader::with_capacity(SPLICE_BUFFER, server_read);
-            let up = async {
-                let n = copy_buf(&mut client_read, &mut server_write).await.unwrap_or(0);
-                let _ = server_write.shutdown().await;
-                n
-            };
-            let down = async {
-                let n = copy_buf(&mut server_read, &mut client_write).await.unwrap_or(0);
-                let _ = client_write.shutdown().await;
-                n
-            };
-            both_ways(up, down).await
-        }
+        _ => copy_both(client, server).await,
     }
+}
+
+/// Copies both ways through buffers (a TLS client's bytes are decrypted here, and a system
+/// without pipes splices nothing): bytes client → server, server → client.
+async fn copy_both<C: AsyncRead + AsyncWrite + Unpin>(client: &mut C, server: &mut TcpStream) -> (u64, u64) {
+    let (client_read, mut client_write) = tokio::io::split(client);
+    let (server_read, mut server_write) = server.split();
+    let mut client_read = BufReader::with_capacity(SPLICE_BUFFER, client_read);
+    let mut server_read = BufReader::with_capacity(SPLICE_BUFFER, server_read);
+    let up = async {
+        let n = copy_buf(&mut client_read, &mut server_write).await.unwrap_or(0);
+        let _ = server_write.shutdown().await;
+        n
+    };
+    let down = async {
+        let n = copy_buf(&mut server_read, &mut client_write).await.unwrap_or(0);
+        let _ = client_write.shutdown().await;
+        n
+    };
+    both_ways(up, down).await
 }
 
 /// Runs both directions; once one ends, the other gets [`SPLICE_LINGER`] to finish.
@@ -210,8 +215,38 @@ impl Routes {
     }
 }
 
+/// A player's connection: a plain TCP stream (spliced to its server with zero copies), or a
+/// TLS one (decrypted here, so its bytes are copied).
+pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP connection underneath.
+    fn tcp(&self) -> &TcpStream;
+    /// Moves bytes both ways between the player and `server` until both are done: bytes
+    /// player → server, server → player.
+    fn relay<'a>(&'a mut self, server: &'a mut TcpStream) -> BoxFuture<'a, (u64, u64)>;
+}
+
+impl Client for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn relay<'a>(&'a mut self, server: &'a mut TcpStream) -> BoxFuture<'a, (u64, u64)> {
+        Box::pin(splice(self, server))
+    }
+}
+
+impl Client for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
+    fn relay<'a>(&'a mut self, server: &'a mut TcpStream) -> BoxFuture<'a, (u64, u64)> {
+        Box::pin(copy_both(self, server))
+    }
+}
+
 /// Sends one `ERROR <code>` line and closes.
-pub async fn refuse(mut stream: TcpStream, code: ErrorCode) {
+pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, code: ErrorCode) {
     let _ = timeout(Duration::from_secs(2), async {
         stream.write_all(ServerReply::Error(code).line().as_bytes()).await?;
         stream.shutdown().await
@@ -283,7 +318,7 @@ fn outcome(code: &ErrorCode) -> Route {
 }
 
 /// Routes a connection whose buffered first line (`buf[..newline]`) is a `JOIN`.
-pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &Context, cancel: CancellationToken) {
+pub async fn route<C: Client>(mut client: C, buf: BytesMut, newline: usize, ctx: &Context, cancel: CancellationToken) {
     let ticket = match ClientCommand::parse(&buf[..newline]) {
         ClientCommand::Join(ticket) => ticket,
         _ => {
@@ -331,7 +366,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
     };
     let _ = server.set_nodelay(true);
     notice_silence(&server);
-    notice_silence(&client);
+    notice_silence(client.tcp());
     // The server learns who the player is as its profile says.
     let first: std::borrow::Cow<'_, [u8]> = match identity {
         // The JOIN line (and anything sent after it) goes on as it came.
@@ -341,7 +376,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
         // A header with the player's address and verified ids, then the game's bytes.
         Identity::ProxyV2 => {
             let player = claims.sub.as_deref().unwrap_or_default();
-            let (peer, local) = (client.peer_addr(), client.local_addr());
+            let (peer, local) = (client.tcp().peer_addr(), client.tcp().local_addr());
             let (Ok(peer), Ok(local)) = (peer, local) else {
                 return;
             };
@@ -360,7 +395,7 @@ pub async fn route(mut client: TcpStream, buf: BytesMut, newline: usize, ctx: &C
     let closed = claims.sub.as_ref().map(|player| track(ctx, &claims.sid, player));
     let up_front = first.len() as u64;
     tokio::select! {
-        (up, down) = splice(&mut client, &mut server) => {
+        (up, down) = client.relay(&mut server) => {
             ctx.metrics.spliced(up + up_front, down);
         }
         () = cancel.cancelled() => tracing::debug!(session = %claims.sid, "drain over: closing a spliced connection"),

@@ -14,6 +14,7 @@ mod health;
 mod http;
 mod limits;
 mod metrics;
+mod tls;
 mod udp;
 
 use std::net::SocketAddr;
@@ -31,7 +32,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, Settings};
+pub use config::{Config, Settings, TlsSettings};
 
 use crate::classify::Kind;
 use crate::metrics::Route;
@@ -131,39 +132,81 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let udp_stop = CancellationToken::new();
     let relay = udp::Relay::new(udp_socket, ctx.settings.udp_idle, ctx.settings.udp_flow_rate);
     let udp_task = tokio::spawn(udp::serve(ctx.clone(), relay, udp_stop.clone()));
-    tracing::info!(addr = %listener.local_addr()?, backend = %ctx.settings.backend_url, "proxy ready");
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+    // TLS: on BIND itself, or on a listener of its own beside a plain BIND.
+    let tls_stop = CancellationToken::new();
+    let (plain, secure, acceptor) = match &ctx.settings.tls {
+        None => (Some(listener), None, None),
+        Some(tls) => {
+            tokio::spawn(tls::watch(tls.certificates.clone(), ctx.clone(), tls_stop.clone()));
+            let acceptor = tls::acceptor(tls.certificates.clone());
+            match tls.bind {
+                None => (None, Some(listener), Some(acceptor)),
+                Some(bind) => {
+                    let secure = service::net::listen(bind, service::net::BURST_BACKLOG)
+                        .map_err(|e| anyhow::anyhow!("cannot listen on TLS_BIND {bind}: {e}"))?;
+                    (Some(listener), Some(secure), Some(acceptor))
                 }
-            },
+            }
+        }
+    };
+    tracing::info!(
+        plain = ?plain.as_ref().and_then(|l| l.local_addr().ok()),
+        tls = ?secure.as_ref().and_then(|l| l.local_addr().ok()),
+        backend = %ctx.settings.backend_url,
+        "proxy ready"
+    );
+    loop {
+        let (accepted, on_tls) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = accept(plain.as_ref()) => (accepted, false),
+            accepted = accept(secure.as_ref()) => (accepted, true),
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         if !ctx.limiter.allow(peer.ip()) {
             ctx.metrics.route(Route::RateLimited);
-            let _ = stream.try_write(ServerReply::Error(ErrorCode::RateLimited).line().as_bytes());
+            if !on_tls {
+                let _ = stream.try_write(ServerReply::Error(ErrorCode::RateLimited).line().as_bytes());
+            }
             continue;
         }
         let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
             ctx.metrics.route(Route::ServerFull);
-            let _ = stream.try_write(ServerReply::Error(ErrorCode::ServerFull).line().as_bytes());
+            if !on_tls {
+                let _ = stream.try_write(ServerReply::Error(ErrorCode::ServerFull).line().as_bytes());
+            }
             continue;
         };
-        tracker.spawn(connection(
-            stream,
-            peer,
-            ctx.clone(),
-            permit,
-            soft.clone(),
-            hard.clone(),
-        ));
+        let (ctx, soft, hard) = (ctx.clone(), soft.clone(), hard.clone());
+        let acceptor = acceptor.clone().filter(|_| on_tls);
+        tracker.spawn(async move {
+            match acceptor {
+                None => connection(stream, peer, ctx, permit, soft, hard).await,
+                Some(acceptor) => {
+                    let limit = ctx.settings.first_line_timeout;
+                    let shaken = {
+                        let _pending = ctx.metrics.open(ConnKind::Pending);
+                        tokio::select! {
+                            tls = tls::handshake(&acceptor, stream, limit, &ctx.metrics) => tls,
+                            () = soft.cancelled() => None,
+                        }
+                    };
+                    if let Some(tls) = shaken {
+                        connection(tls, peer, ctx, permit, soft, hard).await;
+                    }
+                }
+            }
+        });
     }
-    drop(listener);
+    drop(plain);
+    drop(secure);
+    tls_stop.cancel();
     tracing::info!(drain = ?ctx.settings.drain, "shutting down: no new connections; draining");
     soft.cancel();
     tracker.close();
@@ -178,15 +221,23 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     Ok(())
 }
 
-async fn connection(
-    mut stream: TcpStream,
+/// The next connection on `listener`; never without one.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connection<C: game::Client>(
+    mut stream: C,
     peer: SocketAddr,
     ctx: Arc<Context>,
     _permit: OwnedSemaphorePermit,
     soft: CancellationToken,
     hard: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = stream.tcp().set_nodelay(true);
     let mut buf = BytesMut::with_capacity(protocol::MAX_LINE_BYTES + 2);
     let kind = {
         let _pending = ctx.metrics.open(ConnKind::Pending);
@@ -212,6 +263,8 @@ async fn connection(
             ctx.metrics.route(Route::ProxyHeader);
             game::refuse(stream, ErrorCode::BadRequest).await;
         }
+        // A TLS client on a plain port: nothing it could read is worth sending.
+        Kind::TlsHello => ctx.metrics.route(Route::TlsOnPlainPort),
         Kind::TooLong => {
             ctx.metrics.route(Route::LineTooLong);
             game::refuse(stream, ErrorCode::LineTooLong).await;

@@ -43,6 +43,59 @@ pub(crate) struct Metrics {
     http: Family<StatusLabel, Histogram, fn() -> Histogram>,
     /// The UDP relay's.
     pub(crate) udp: UdpMetrics,
+    tls_handshakes: Family<OutcomeLabel, Counter>,
+    tls_reloads: Family<OutcomeLabel, Counter>,
+}
+
+/// How a TLS handshake on a TLS port ended, as `mp_proxy_tls_handshakes_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handshake {
+    Ok,
+    /// The client sent something else than a TLS handshake (plain HTTP, a `JOIN` line).
+    NotTls,
+    /// The handshake failed (no shared version or cipher, a bad record, an alert).
+    Failed,
+    /// It did not finish within the first-line timeout.
+    TimedOut,
+    /// The client went away before saying anything.
+    Closed,
+}
+
+impl Handshake {
+    const ALL: [Handshake; 5] = [
+        Handshake::Ok,
+        Handshake::NotTls,
+        Handshake::Failed,
+        Handshake::TimedOut,
+        Handshake::Closed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::NotTls => "not_tls",
+            Handshake::Failed => "failed",
+            Handshake::TimedOut => "timed_out",
+            Handshake::Closed => "closed",
+        }
+    }
+}
+
+/// What became of a replaced certificate, as `mp_proxy_tls_reloads_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reload {
+    Loaded,
+    /// It did not load; the previous one stays in use.
+    Failed,
+}
+
+impl Reload {
+    fn label(self) -> &'static str {
+        match self {
+            Reload::Loaded => "loaded",
+            Reload::Failed => "failed",
+        }
+    }
 }
 
 /// How a connection was routed (or why not), as `mp_proxy_routes_total` counts it.
@@ -62,11 +115,13 @@ pub(crate) enum Route {
     ServerFull,
     /// A client sent a PROXY protocol header of its own.
     ProxyHeader,
+    /// A TLS handshake reached a plain port.
+    TlsOnPlainPort,
 }
 
 impl Route {
     /// Every outcome, each counted from 0.
-    pub(crate) const ALL: [Route; 13] = [
+    pub(crate) const ALL: [Route; 14] = [
         Route::Routed,
         Route::BadRequest,
         Route::BadTicket,
@@ -80,6 +135,7 @@ impl Route {
         Route::RateLimited,
         Route::ServerFull,
         Route::ProxyHeader,
+        Route::TlsOnPlainPort,
     ];
 
     fn label(self) -> &'static str {
@@ -97,6 +153,7 @@ impl Route {
             Route::RateLimited => "rate_limited",
             Route::ServerFull => "server_full",
             Route::ProxyHeader => "proxy_header",
+            Route::TlsOnPlainPort => "tls_on_plain_port",
         }
     }
 }
@@ -226,6 +283,28 @@ impl Metrics {
             "UDP flows whose client moved to a new address",
             rebinds.clone(),
         );
+        let tls_handshakes = Family::<OutcomeLabel, Counter>::default();
+        let tls_reloads = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "mp_proxy_tls_handshakes",
+            "TLS handshakes on a TLS port by outcome",
+            tls_handshakes.clone(),
+        );
+        registry.register(
+            "mp_proxy_tls_reloads",
+            "Replaced TLS certificates: loaded, or failed (the previous one stays in use)",
+            tls_reloads.clone(),
+        );
+        for outcome in Handshake::ALL {
+            drop(tls_handshakes.get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            }));
+        }
+        for outcome in [Reload::Loaded, Reload::Failed] {
+            drop(tls_reloads.get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            }));
+        }
         Metrics {
             registry,
             open,
@@ -233,6 +312,8 @@ impl Metrics {
             routes,
             http,
             udp: UdpMetrics::new(&datagrams, flows, rebinds),
+            tls_handshakes,
+            tls_reloads,
         }
     }
 }
@@ -251,6 +332,24 @@ impl Metrics {
     /// Counts one routing decision.
     pub(crate) fn route(&self, outcome: Route) {
         self.routes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Counts one TLS handshake's outcome.
+    pub(crate) fn tls_handshake(&self, outcome: Handshake) {
+        self.tls_handshakes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.label(),
+            })
+            .inc();
+    }
+
+    /// Counts what became of one replaced certificate.
+    pub(crate) fn tls_reload(&self, outcome: Reload) {
+        self.tls_reloads
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.label(),
             })
@@ -313,6 +412,12 @@ mod tests {
                 .map(|o| format!("mp_proxy_udp_datagrams_total{{outcome=\"{}\"}} 0", o.label())),
         );
         lines.push("mp_proxy_udp_flows 0".to_owned());
+        lines.extend(
+            Handshake::ALL
+                .iter()
+                .map(|o| format!("mp_proxy_tls_handshakes_total{{outcome=\"{}\"}} 0", o.label())),
+        );
+        lines.push("mp_proxy_tls_reloads_total{outcome=\"failed\"} 0".to_owned());
         for line in lines {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }

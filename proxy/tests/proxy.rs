@@ -532,7 +532,7 @@ async fn slowloris_garbage_idle_floods_and_vanishing_clients_leave_it_serving() 
 
     // Garbage first bytes: one error line, closed.
     let mut garbage = LineClient::connect(proxy.addr).await;
-    garbage.send_raw(b"\x16\x03\x01\x02\x00hello\n").await.unwrap();
+    garbage.send_raw(b"\x17\x03\x01\x02\x00hello\n").await.unwrap();
     assert_eq!(garbage.recv().await, Some(ServerReply::Error(ErrorCode::BadRequest)));
     // An over-long JOIN line.
     let mut long = LineClient::connect(proxy.addr).await;
@@ -643,4 +643,307 @@ async fn shutdown_refuses_new_connections_and_drains_spliced_ones() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// A certificate authority for one test, issuing `localhost` certificates.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            der: cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A `localhost` certificate with a key of `algorithm`, written to `dir` as `name.crt` and
+    /// `name.key` (PEM).
+    fn issue(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        algorithm: &'static rcgen::SignatureAlgorithm,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        // ring cannot generate RSA keys: RSA uses the identity crate's test key.
+        let key = if algorithm == &rcgen::PKCS_RSA_SHA256 {
+            let pem = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../identity/tests/keys/rsa.pem"))
+                .unwrap();
+            rcgen::KeyPair::from_pem_and_sign_algo(&pem, algorithm).unwrap()
+        } else {
+            rcgen::KeyPair::generate_for(algorithm).unwrap()
+        };
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+}
+
+/// A TLS client trusting `ca` only, offering `versions`, asking for ALPN `http/1.1`.
+async fn tls_connect(
+    addr: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, stream))
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+/// Writes `request` and reads until the peer closes.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S, request: &[u8]) -> String {
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mp-proxy-tls-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn counter(metrics: &str, name: &str, outcome: &str) -> u64 {
+    let prefix = format!("{name}{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `line` and waits for the echo server behind the proxy to send it back.
+async fn echo_line(stream: &mut tokio_rustls::client::TlsStream<TcpStream>, line: &str) {
+    stream.write_all(line.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(line.as_bytes()) {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the connection was dropped");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// TLS on the public port: the API and game connections over TLS 1.3 and 1.2 with ALPN
+/// `http/1.1`; plain bytes get one line saying the port speaks TLS; a handshake that stalls,
+/// or never starts, is dropped on the first-line timeout; a certificate from another CA is
+/// refused by the client; every outcome is counted.
+#[tokio::test]
+async fn tls_serves_the_api_and_game_connections_and_refuses_what_is_not_tls() {
+    let dir = scratch_dir();
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&dir, "server", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let seen = Arc::new(AtomicUsize::new(0));
+    let upstream = echo_upstream(seen.clone()).await;
+    let (cert, key) = (cert.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned());
+    let proxy = Proxy::start(&upstream, &["--tls-cert-file", &cert, "--tls-key-file", &key]).await;
+    let (game, _) = counting_server().await;
+    let sid = "7a0c9d6e-1b2c-4d3e-8f40-5a6b7c8d9e01";
+    proxy.session(sid, "matched", &game).await;
+
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+        let mut tls = tls_connect(proxy.addr, &ca.der, versions).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let answer = exchange(
+            &mut tls,
+            b"GET /api/queues HTTP/1.1\r\nHost: localhost\r\nx-custom: over-tls\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("over-tls"), "{answer}");
+
+        // A game connection: the JOIN line and the game's bytes reach the server and come back.
+        let mut tls = tls_connect(proxy.addr, &ca.der, versions).await.unwrap();
+        tls.write_all(format!("JOIN {}\nhello\n", ticket("p1", sid)).as_bytes())
+            .await
+            .unwrap();
+        let mut echoed = vec![0u8; 0];
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&echoed).contains("hello\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&echoed));
+            echoed.extend_from_slice(&buf[..n]);
+        }
+        assert!(String::from_utf8_lossy(&echoed).starts_with("JOIN "));
+    }
+
+    // Plain HTTP on the TLS port: told so, in plain text, and closed.
+    let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = exchange(&mut plain, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("This port speaks TLS"),
+        "{answer}"
+    );
+    // A JOIN line in clear: the same, and no server is dialled.
+    let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = exchange(&mut plain, format!("JOIN {}\n", ticket("p1", sid)).as_bytes()).await;
+    assert!(answer.contains("This port speaks TLS"), "{answer}");
+    // Silent, and a handshake that stalls after its first bytes: dropped on the timeout (0.5 s).
+    for opening in [&b""[..], &b"\x16\x03\x01\x02\x00\x01"[..]] {
+        let mut stalled = TcpStream::connect(proxy.addr).await.unwrap();
+        stalled.write_all(opening).await.unwrap();
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut sink)).await;
+        assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "dropped, not held open");
+    }
+    // A client trusting another CA refuses the certificate.
+    let stranger = TestCa::new();
+    assert!(
+        tls_connect(proxy.addr, &stranger.der, &[&rustls::version::TLS13])
+            .await
+            .is_err()
+    );
+
+    let mut tls = tls_connect(proxy.addr, &ca.der, &[&rustls::version::TLS13])
+        .await
+        .unwrap();
+    let metrics = exchange(
+        &mut tls,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let handshakes = |outcome| counter(&metrics, "mp_proxy_tls_handshakes_total", outcome);
+    assert_eq!(handshakes("ok"), 5, "{metrics}");
+    assert_eq!(handshakes("not_tls"), 2, "{metrics}");
+    assert_eq!(handshakes("timed_out"), 2, "{metrics}");
+    assert_eq!(handshakes("failed"), 1, "the stranger's alert: {metrics}");
+    assert_eq!(counter(&metrics, "mp_proxy_routes_total", "routed"), 2, "{metrics}");
+    proxy.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A replaced certificate (here ECDSA from one CA to RSA from another) is used for new
+/// connections within seconds, while a game connection opened before goes on; a broken
+/// replacement keeps the one in use and is counted. With `TLS_BIND`, `BIND` stays plain, and
+/// a TLS hello there is counted and closed.
+#[tokio::test]
+async fn a_replaced_certificate_is_picked_up_without_dropping_a_connection() {
+    let dir = scratch_dir();
+    let (first_ca, second_ca) = (TestCa::new(), TestCa::new());
+    let (cert, key) = first_ca.issue(&dir, "live", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let tls_port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let (cert_arg, key_arg, bind_arg) = (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+        tls_port.to_string(),
+    );
+    let proxy = Proxy::start(
+        "http://127.0.0.1:9",
+        &[
+            "--tls-cert-file",
+            &cert_arg,
+            "--tls-key-file",
+            &key_arg,
+            "--tls-bind",
+            &bind_arg,
+        ],
+    )
+    .await;
+    let (game, _) = counting_server().await;
+    let sid = "7a0c9d6e-1b2c-4d3e-8f40-5a6b7c8d9e02";
+    proxy.session(sid, "matched", &game).await;
+    let mut open = tls_connect(tls_port, &first_ca.der, &[&rustls::version::TLS13])
+        .await
+        .unwrap();
+    open.write_all(format!("JOIN {}\n", ticket("p1", sid)).as_bytes())
+        .await
+        .unwrap();
+    echo_line(&mut open, "before\n").await;
+
+    // BIND is plain: a JOIN works in clear, a TLS hello is counted and closed.
+    let mut plain = LineClient::connect(proxy.addr).await;
+    plain.send(&format!("JOIN {}", ticket("p2", sid))).await;
+    let mut hello = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = exchange(&mut hello, b"\x16\x03\x01\x00\x05hello").await;
+    assert!(answer.is_empty(), "{answer:?}");
+
+    // Replaced by a pair of another kind from another CA, each file swapped whole.
+    let (new_cert, new_key) = second_ca.issue(&dir, "next", &rcgen::PKCS_RSA_SHA256);
+    std::fs::rename(&new_key, &key).unwrap();
+    std::fs::rename(&new_cert, &cert).unwrap();
+    let started = std::time::Instant::now();
+    while tls_connect(tls_port, &second_ca.der, &[&rustls::version::TLS13])
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        tls_connect(tls_port, &first_ca.der, &[&rustls::version::TLS13])
+            .await
+            .is_err()
+    );
+    echo_line(&mut open, "after\n").await;
+
+    // A broken replacement: the pair in use stays, and the failure is counted.
+    std::fs::write(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let metrics = || async {
+        let mut tls = tls_connect(tls_port, &second_ca.der, &[&rustls::version::TLS13])
+            .await
+            .unwrap();
+        exchange(
+            &mut tls,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let text = metrics().await;
+        if counter(&text, "mp_proxy_tls_reloads_total", "failed") == 1 {
+            assert_eq!(counter(&text, "mp_proxy_tls_reloads_total", "loaded"), 1, "{text}");
+            assert_eq!(
+                counter(&text, "mp_proxy_routes_total", "tls_on_plain_port"),
+                1,
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the broken replacement was not reported: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    echo_line(&mut open, "still\n").await;
+    drop(plain);
+    proxy.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

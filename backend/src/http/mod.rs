@@ -187,6 +187,7 @@ impl AppState {
             connect_host: String::new(),
             connect_port: 0,
             ticket: None,
+            connect_tls: None,
             end_reason: None,
             wait_ms: None,
             connected: Vec::new(),
@@ -226,6 +227,7 @@ impl AppState {
                     SessionState::Matched => {
                         response.connect_host = self.settings.public_host.clone();
                         response.connect_port = self.settings.public_port;
+                        response.connect_tls = Some(self.settings.public_tls);
                         let ttl = i64::try_from(self.settings.ticket_ttl.as_secs()).unwrap_or(600);
                         let claims = Claims::game(player, &response.session_id, protocol::ticket::unix_now(), ttl);
                         response.ticket = Some(self.settings.secret.mint(&claims));
