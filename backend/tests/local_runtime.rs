@@ -41,6 +41,7 @@ async fn twenty_four_players_play_two_sessions_to_the_end() {
             .await;
             assert_eq!(matched["connect_port"], 8080);
             assert_eq!(matched["connect_tls"], false);
+            assert_eq!(matched["connect_ws"], "ws://127.0.0.1:8080/play");
             let sid = matched["session_id"].as_str().unwrap().to_owned();
             let (_, session) = http.get(&format!("/sessions/{sid}")).await;
             let addr = session["addr"].as_str().unwrap().to_owned();

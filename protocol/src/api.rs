@@ -76,6 +76,10 @@ pub struct MatchResponse {
     /// Whether `connect_host:connect_port` speaks TLS, once matched (left out before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_tls: Option<bool>,
+    /// The WebSocket URL of the game connection (`ws[s]://<host>:<port>/play`), once matched
+    /// to a server with a TCP port (left out otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ws: Option<String>,
     /// Why the session ended, once ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<EndReason>,
@@ -543,6 +547,7 @@ mod tests {
             connect_port: 0,
             ticket: None,
             connect_tls: None,
+            connect_ws: None,
             end_reason: None,
             wait_ms: None,
             connected: Vec::new(),

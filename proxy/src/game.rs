@@ -317,7 +317,80 @@ fn outcome(code: &ErrorCode) -> Route {
     }
 }
 
-/// Routes a connection whose buffered first line (`buf[..newline]`) is a `JOIN`.
+/// A verified ticket's session and where its server is.
+pub(crate) struct Resolved {
+    pub(crate) claims: protocol::Claims,
+    pub(crate) addr: SocketAddr,
+    pub(crate) identity: Identity,
+}
+
+/// Verifies `ticket` and finds its session's TCP server; counts and answers why not.
+pub(crate) async fn resolve(ctx: &Context, ticket: &str) -> Result<Resolved, ErrorCode> {
+    let verified = ctx
+        .settings
+        .secret
+        .verify(ticket, Audience::Game, protocol::ticket::unix_now())
+        .map_err(|e| ErrorCode::from(&e));
+    let routed = match verified {
+        Ok(claims) => lookup(ctx, &claims.sid).await.and_then(|target| match target.tcp {
+            Some(addr) => Ok(Resolved {
+                claims,
+                addr,
+                identity: target.identity,
+            }),
+            // A session whose server has no TCP port: its players come over UDP.
+            None => Err(ErrorCode::UnknownSession),
+        }),
+        Err(code) => Err(code),
+    };
+    routed.inspect_err(|code| ctx.metrics.route(outcome(code)))
+}
+
+/// Dials the server of `to` and sends what it gets first, as its identity mode says: the
+/// `JOIN` line (`join_line`) and the game's bytes after it, only the game's bytes, or a PROXY
+/// v2 header for `peer` (connected to `local`) and then the game's bytes. Counts and answers
+/// why not; returns the server and how many bytes went ahead.
+pub(crate) async fn dial(
+    ctx: &Context,
+    to: &Resolved,
+    join_line: &[u8],
+    game_bytes: &[u8],
+    (peer, local): (SocketAddr, SocketAddr),
+) -> Result<(TcpStream, u64), ErrorCode> {
+    // A client never speaks for the proxy: a PROXY protocol header of its own is refused
+    // before any byte moves.
+    if to.identity == Identity::ProxyV2 && protocol::proxy_header::looks_like_header(game_bytes) {
+        ctx.metrics.route(Route::ProxyHeader);
+        return Err(ErrorCode::BadRequest);
+    }
+    let Ok(Ok(mut server)) = timeout(CONNECT_TIMEOUT, TcpStream::connect(to.addr)).await else {
+        ctx.metrics.route(Route::ServerUnreachable);
+        return Err(ErrorCode::ServerUnreachable);
+    };
+    let _ = server.set_nodelay(true);
+    notice_silence(&server);
+    // The server learns who the player is as its profile says.
+    let first: Vec<u8> = match to.identity {
+        Identity::JoinLine => [join_line, game_bytes].concat(),
+        Identity::None => game_bytes.to_vec(),
+        Identity::ProxyV2 => {
+            let player = to.claims.sub.as_deref().unwrap_or_default();
+            let mut bytes = protocol::proxy_header::encode(peer, local, player, &to.claims.sid);
+            bytes.extend_from_slice(game_bytes);
+            bytes
+        }
+    };
+    if !first.is_empty() && server.write_all(&first).await.is_err() {
+        ctx.metrics.route(Route::ServerUnreachable);
+        return Err(ErrorCode::ServerUnreachable);
+    }
+    ctx.metrics.route(Route::Routed);
+    Ok((server, first.len() as u64))
+}
+
+/// Verifies a game connection's `JOIN` line (`buf[..newline]`), connects it to its session's
+/// server as the server's profile says, and moves bytes both ways until either side closes
+/// or `cancel` (the end of the drain).
 pub async fn route<C: Client>(mut client: C, buf: BytesMut, newline: usize, ctx: &Context, cancel: CancellationToken) {
     let ticket = match ClientCommand::parse(&buf[..newline]) {
         ClientCommand::Join(ticket) => ticket,
@@ -327,78 +400,32 @@ pub async fn route<C: Client>(mut client: C, buf: BytesMut, newline: usize, ctx:
             return;
         }
     };
-    let verified = ctx
-        .settings
-        .secret
-        .verify(&ticket, Audience::Game, protocol::ticket::unix_now())
-        .map_err(|e| ErrorCode::from(&e));
-    let routed = match verified {
-        Ok(claims) => lookup(ctx, &claims.sid).await.and_then(|target| match target.tcp {
-            Some(addr) => Ok((claims, addr, target.identity)),
-            // A session whose server has no TCP port: its players come over UDP.
-            None => Err(ErrorCode::UnknownSession),
-        }),
-        Err(code) => Err(code),
-    };
-    let (claims, addr, identity) = match routed {
-        Ok(found) => found,
+    let to = match resolve(ctx, &ticket).await {
+        Ok(to) => to,
         Err(code) => {
-            ctx.metrics.route(outcome(&code));
             refuse(client, code).await;
             return;
         }
     };
-    // What the client sent after its JOIN line is the game's own bytes. A client never speaks
-    // for the proxy: a PROXY protocol header of its own is refused before any byte moves.
-    let game_bytes = &buf[newline + 1..];
-    if identity == Identity::ProxyV2 && protocol::proxy_header::looks_like_header(game_bytes) {
-        ctx.metrics.route(Route::ProxyHeader);
-        refuse(client, ErrorCode::BadRequest).await;
+    let (Ok(peer), Ok(local)) = (client.tcp().peer_addr(), client.tcp().local_addr()) else {
         return;
-    }
-    let mut server = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(server)) => server,
-        _ => {
-            ctx.metrics.route(Route::ServerUnreachable);
-            refuse(client, ErrorCode::ServerUnreachable).await;
+    };
+    // What the client sent after its JOIN line is the game's own bytes.
+    let (mut server, up_front) = match dial(ctx, &to, &buf[..=newline], &buf[newline + 1..], (peer, local)).await {
+        Ok(dialled) => dialled,
+        Err(code) => {
+            refuse(client, code).await;
             return;
         }
     };
-    let _ = server.set_nodelay(true);
-    notice_silence(&server);
     notice_silence(client.tcp());
-    // The server learns who the player is as its profile says.
-    let first: std::borrow::Cow<'_, [u8]> = match identity {
-        // The JOIN line (and anything sent after it) goes on as it came.
-        Identity::JoinLine => (&buf[..]).into(),
-        // Only the game's own bytes.
-        Identity::None => game_bytes.into(),
-        // A header with the player's address and verified ids, then the game's bytes.
-        Identity::ProxyV2 => {
-            let player = claims.sub.as_deref().unwrap_or_default();
-            let (peer, local) = (client.tcp().peer_addr(), client.tcp().local_addr());
-            let (Ok(peer), Ok(local)) = (peer, local) else {
-                return;
-            };
-            let mut bytes = protocol::proxy_header::encode(peer, local, player, &claims.sid);
-            bytes.extend_from_slice(game_bytes);
-            bytes.into()
-        }
-    };
-    if !first.is_empty() && server.write_all(&first).await.is_err() {
-        ctx.metrics.route(Route::ServerUnreachable);
-        refuse(client, ErrorCode::ServerUnreachable).await;
-        return;
-    }
-    ctx.metrics.route(Route::Routed);
-    tracing::debug!(session = %claims.sid, player = ?claims.sub, %addr, "spliced");
-    let closed = claims.sub.as_ref().map(|player| track(ctx, &claims.sid, player));
-    let up_front = first.len() as u64;
+    tracing::debug!(session = %to.claims.sid, player = ?to.claims.sub, addr = %to.addr, "spliced");
+    let closed = to.claims.sub.as_ref().map(|player| track(ctx, &to.claims.sid, player));
     tokio::select! {
         (up, down) = client.relay(&mut server) => {
             ctx.metrics.spliced(up + up_front, down);
         }
-        () = cancel.cancelled() => tracing::debug!(session = %claims.sid, "drain over: closing a spliced connection"),
+        () = cancel.cancelled() => tracing::debug!(session = %to.claims.sid, "drain over: closing a spliced connection"),
     }
     drop(closed);
 }

@@ -53,7 +53,8 @@ where
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
@@ -64,10 +65,15 @@ where
     }
 }
 
-async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Response<Full<Bytes>> {
+async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Arc<Context>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let path = request.uri().path().to_owned();
-    let response = if path == "/api" || path.starts_with("/api/") {
+    let response = if path == "/play" {
+        match crate::play::upgrade(request, peer, ctx.clone()) {
+            Ok(switching) => switching,
+            Err((code, message)) => json_error(code, &message),
+        }
+    } else if path == "/api" || path.starts_with("/api/") {
         let rest = &path["/api".len()..];
         if backend_private(rest) {
             json_error(ApiErrorCode::NotFound, "no such endpoint")

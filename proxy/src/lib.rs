@@ -14,6 +14,7 @@ mod health;
 mod http;
 mod limits;
 mod metrics;
+mod play;
 mod tls;
 mod udp;
 

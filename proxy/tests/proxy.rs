@@ -947,3 +947,94 @@ async fn a_replaced_certificate_is_picked_up_without_dropping_a_connection() {
     proxy.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Opens `/play` on `proxy` as a browser would, offering `subprotocol`.
+async fn play_socket(
+    proxy: SocketAddr,
+    subprotocol: Option<&str>,
+) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{proxy}/play").into_client_request().unwrap();
+    if let Some(subprotocol) = subprotocol {
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", subprotocol.parse().unwrap());
+    }
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    tokio_tungstenite::client_async(request, stream).await.map(|(ws, _)| ws)
+}
+
+/// The next message's bytes, or the close frame's code.
+async fn next_message(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> Result<Vec<u8>, u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+        {
+            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map_or(1005, |f| u16::from(f.code))),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// WebSocket game connections on `/play` (subprotocol `matchplane.v1`): the ticket in the
+/// first message, then bytes both ways as binary messages, with the same checks as a TCP
+/// `JOIN`; refusals close with a code that says why, and what is not a WebSocket with the
+/// subprotocol is refused before any upgrade.
+#[tokio::test]
+async fn browsers_play_over_a_websocket_with_their_ticket_first() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (game, count) = counting_server().await;
+    let proxy = Proxy::start("http://127.0.0.1:9", &[]).await;
+    let sid = "7a0c9d6e-1b2c-4d3e-8f40-5a6b7c8d9e03";
+    proxy.session(sid, "matched", &game).await;
+
+    let mut ws = play_socket(proxy.addr, Some("matchplane.v1")).await.unwrap();
+    let mine = ticket("p1", sid);
+    ws.send(Message::text(mine.clone())).await.unwrap();
+    // The built-in server's mode: the JOIN line goes on to the server (here echoed back).
+    assert_eq!(
+        next_message(&mut ws).await.unwrap(),
+        format!("JOIN {mine}\n").into_bytes()
+    );
+    ws.send(Message::binary(b"GET_STATE\n".to_vec())).await.unwrap();
+    assert_eq!(next_message(&mut ws).await.unwrap(), b"GET_STATE\n");
+    ws.send(Message::text("READY\n")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await.unwrap(), b"READY\n");
+    // A message over 64 KiB: closed with 1009.
+    ws.send(Message::binary(vec![b'x'; 70 * 1024])).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Err(1009));
+
+    // Refusals, each before any server is dialled.
+    let dialled = count.load(Ordering::SeqCst);
+    let forged = TicketSecret::new("not-the-secret")
+        .unwrap()
+        .mint(&Claims::game("p1", sid, unix_now(), 60));
+    let unknown = ticket("p1", "7a0c9d6e-1b2c-4d3e-8f40-5a6b7c8d9eff");
+    for (first, code) in [(forged, 4001), (unknown, 4003), ("garbage".to_owned(), 4001)] {
+        let mut ws = play_socket(proxy.addr, Some("matchplane.v1")).await.unwrap();
+        ws.send(Message::text(first)).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, Err(code));
+    }
+    // Nothing sent within the first-line timeout (0.5 s): 1008.
+    let mut late = play_socket(proxy.addr, Some("matchplane.v1")).await.unwrap();
+    assert_eq!(next_message(&mut late).await, Err(1008));
+    assert_eq!(count.load(Ordering::SeqCst), dialled, "no server dialled for a refusal");
+    // No subprotocol, or another: refused with a clear HTTP answer, never upgraded.
+    for offered in [None, Some("chat")] {
+        match play_socket(proxy.addr, offered).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 422);
+            }
+            other => panic!("{offered:?}: {other:?}"),
+        }
+    }
+    let (status, _, body) = http(proxy.addr, "GET", "/play", &[], Vec::new()).await;
+    assert_eq!(status, 422, "{body}");
+    proxy.stop().await;
+}

@@ -188,6 +188,7 @@ impl AppState {
             connect_port: 0,
             ticket: None,
             connect_tls: None,
+            connect_ws: None,
             end_reason: None,
             wait_ms: None,
             connected: Vec::new(),
@@ -228,6 +229,12 @@ impl AppState {
                         response.connect_host = self.settings.public_host.clone();
                         response.connect_port = self.settings.public_port;
                         response.connect_tls = Some(self.settings.public_tls);
+                        if record.addr.as_deref().is_some_and(|a| !a.is_empty()) {
+                            let host = &self.settings.public_host;
+                            let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+                            let scheme = if self.settings.public_tls { "wss" } else { "ws" };
+                            response.connect_ws = Some(format!("{scheme}://{host}:{}/play", self.settings.public_port));
+                        }
                         let ttl = i64::try_from(self.settings.ticket_ttl.as_secs()).unwrap_or(600);
                         let claims = Claims::game(player, &response.session_id, protocol::ticket::unix_now(), ttl);
                         response.ticket = Some(self.settings.secret.mint(&claims));
