@@ -77,10 +77,28 @@ pub struct Config {
     /// it, BIND itself speaks TLS.
     #[arg(long, env = "TLS_BIND")]
     pub tls_bind: Option<SocketAddr>,
+    /// Web origins (`https://game.example`, comma-separated) whose pages may call the API from
+    /// a browser (CORS, preflight included) and open `/play`; unset: none.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     #[command(flatten)]
     pub players: PlayerAuthArgs,
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// Whether `origin` is a web origin as browsers send it: `http` or `https`, a host, maybe a
+/// port, and nothing after.
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.contains(['/', '?', '#', '@', ' ', '*'])
+        && rest.parse::<hyper::http::uri::Authority>().is_ok()
 }
 
 /// TLS on the public TCP port.
@@ -112,6 +130,8 @@ pub struct Settings {
     pub players: PlayerAuthSettings,
     /// TLS, when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set.
     pub tls: Option<TlsSettings>,
+    /// Web origins allowed to call the API from a browser and to open `/play`.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -154,6 +174,17 @@ impl Config {
             (None, None) => None,
             _ => return Err("TLS_CERT_FILE and TLS_KEY_FILE come together".into()),
         };
+        let allowed_origins: Vec<String> = self
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if let Some(bad) = allowed_origins.iter().find(|o| !is_origin(o)) {
+            return Err(format!(
+                "ALLOWED_ORIGINS: {bad:?} is not an origin (http[s]://host[:port], nothing after it)"
+            ));
+        }
         let first_line_timeout = seconds("FIRST_LINE_TIMEOUT_SECONDS", self.first_line_timeout_seconds)?;
         if first_line_timeout.is_zero() {
             return Err("FIRST_LINE_TIMEOUT_SECONDS must be > 0".into());
@@ -175,6 +206,7 @@ impl Config {
             udp_flow_rate: self.udp_flow_rate_per_second,
             players,
             tls,
+            allowed_origins,
         })
     }
 }

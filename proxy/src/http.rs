@@ -75,13 +75,22 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Arc<Context>
         }
     } else if path == "/api" || path.starts_with("/api/") {
         let rest = &path["/api".len()..];
-        if backend_private(rest) {
+        let allowed = allowed_origin(&request, ctx);
+        let mut response = if is_preflight(&request) {
+            preflight(allowed.as_ref())
+        } else if backend_private(rest) {
             json_error(ApiErrorCode::NotFound, "no such endpoint")
         } else if let Some(throttled) = player_limit(&request, rest, ctx).await {
             throttled
         } else {
             forward(request, peer, ctx).await
+        };
+        if let Some(origin) = allowed {
+            let headers = response.headers_mut();
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.append(header::VARY, HeaderValue::from_static("origin"));
         }
+        response
     } else if matches!(path.as_str(), "/health" | "/livez" | "/metrics")
         && !matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD)
     {
@@ -105,6 +114,44 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Arc<Context>
         json_error(ApiErrorCode::NotFound, "no such endpoint; the API is under /api")
     };
     ctx.metrics.http(response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The request's `Origin`, when it is one of `ALLOWED_ORIGINS`.
+fn allowed_origin(request: &Request<Incoming>, ctx: &Context) -> Option<HeaderValue> {
+    let origin = request.headers().get(header::ORIGIN)?;
+    ctx.settings
+        .allowed_origins
+        .iter()
+        .any(|allowed| allowed.as_bytes() == origin.as_bytes())
+        .then(|| origin.clone())
+}
+
+/// Whether `request` is a CORS preflight: `OPTIONS` with an `Origin` and the method to come.
+fn is_preflight(request: &Request<Incoming>) -> bool {
+    request.method() == hyper::Method::OPTIONS
+        && request.headers().contains_key(header::ORIGIN)
+        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The answer to a preflight, from an allowed origin (204 with what it may send; the origin
+/// is added by the caller) or not (403, and the browser sends nothing).
+fn preflight(allowed: Option<&HeaderValue>) -> Response<Full<Bytes>> {
+    if allowed.is_none() {
+        return json_error(ApiErrorCode::Forbidden, "this origin is not in ALLOWED_ORIGINS");
+    }
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, DELETE"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
     response
 }
 

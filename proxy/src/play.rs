@@ -67,6 +67,17 @@ pub(crate) fn upgrade(
         return bad("/play is a WebSocket: send Upgrade: websocket");
     }
     let headers = request.headers();
+    // A browser page of another origin may not open a game connection when origins are listed.
+    if !ctx.settings.allowed_origins.is_empty()
+        && let Some(origin) = headers.get(header::ORIGIN)
+        && !ctx
+            .settings
+            .allowed_origins
+            .iter()
+            .any(|a| a.as_bytes() == origin.as_bytes())
+    {
+        return Err((ApiErrorCode::Forbidden, "this origin is not in ALLOWED_ORIGINS".into()));
+    }
     if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
         return bad("Sec-WebSocket-Version must be 13");
     }

@@ -871,9 +871,20 @@ async fn a_replaced_certificate_is_picked_up_without_dropping_a_connection() {
     let (game, _) = counting_server().await;
     let sid = "7a0c9d6e-1b2c-4d3e-8f40-5a6b7c8d9e02";
     proxy.session(sid, "matched", &game).await;
-    let mut open = tls_connect(tls_port, &first_ca.der, &[&rustls::version::TLS13])
-        .await
-        .unwrap();
+    // TLS_BIND is bound by the proxy as it starts.
+    let started = std::time::Instant::now();
+    let mut open = loop {
+        match tls_connect(tls_port, &first_ca.der, &[&rustls::version::TLS13]).await {
+            Ok(open) => break open,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "TLS_BIND never answered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     open.write_all(format!("JOIN {}\n", ticket("p1", sid)).as_bytes())
         .await
         .unwrap();
@@ -1037,4 +1048,97 @@ async fn browsers_play_over_a_websocket_with_their_ticket_first() {
     let (status, _, body) = http(proxy.addr, "GET", "/play", &[], Vec::new()).await;
     assert_eq!(status, 422, "{body}");
     proxy.stop().await;
+}
+
+/// A CORS preflight for `POST /api/match/join` from `origin`.
+async fn preflight(proxy: SocketAddr, origin: &str) -> (StatusCode, hyper::HeaderMap, serde_json::Value) {
+    let headers = [
+        ("origin", origin),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "authorization, content-type"),
+    ];
+    http(proxy, "OPTIONS", "/api/match/join", &headers, Vec::new()).await
+}
+
+/// CORS for the API from `ALLOWED_ORIGINS` only: a preflight from a listed origin is answered
+/// here (the backend never sees it) with what it may send, one from another origin is refused;
+/// answers to a listed origin carry it back; `/play` refuses a page of another origin.
+#[tokio::test]
+async fn the_api_answers_cors_for_listed_origins_only() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let upstream = echo_upstream(seen.clone()).await;
+    let proxy = Proxy::start(
+        &upstream,
+        &["--allowed-origins", "https://game.example,http://localhost:3000/"],
+    )
+    .await;
+    let (status, headers, _) = preflight(proxy.addr, "https://game.example").await;
+    assert_eq!(status, 204);
+    assert!(!headers.contains_key("x-upstream"), "preflights are the proxy's");
+    assert_eq!(headers["access-control-allow-origin"], "https://game.example");
+    assert_eq!(headers["access-control-allow-methods"], "GET, POST, DELETE");
+    assert_eq!(headers["access-control-allow-headers"], "authorization, content-type");
+    assert_eq!(headers["vary"], "origin");
+    let (status, headers, body) = preflight(proxy.addr, "https://evil.example").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    assert!(!headers.contains_key("x-upstream"), "preflights are the proxy's");
+
+    let (status, headers, _) = http(
+        proxy.addr,
+        "GET",
+        "/api/queues",
+        &[("origin", "http://localhost:3000")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["access-control-allow-origin"], "http://localhost:3000");
+    let (_, headers, _) = http(
+        proxy.addr,
+        "GET",
+        "/api/queues",
+        &[("origin", "https://evil.example")],
+        Vec::new(),
+    )
+    .await;
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    let (_, headers, _) = http(proxy.addr, "GET", "/api/queues", &[], Vec::new()).await;
+    assert!(!headers.contains_key("access-control-allow-origin"));
+
+    // A WebSocket from a page of another origin.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/play", proxy.addr).into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "matchplane.v1".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    match tokio_tungstenite::client_async(request, stream).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("{other:?}"),
+    }
+    proxy.stop().await;
+
+    // A setting that is not an origin is refused with one line.
+    for bad in ["game.example", "https://game.example/path", "*"] {
+        let error = service::cli::parse_without_env::<proxy::Config, _, _>([
+            "proxy",
+            "--ticket-secret",
+            "k",
+            "--player-auth",
+            "none",
+            "--allowed-origins",
+            bad,
+        ])
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(error.starts_with("ALLOWED_ORIGINS"), "{bad}: {error}");
+    }
 }

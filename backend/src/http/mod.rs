@@ -231,7 +231,11 @@ impl AppState {
                         response.connect_tls = Some(self.settings.public_tls);
                         if record.addr.as_deref().is_some_and(|a| !a.is_empty()) {
                             let host = &self.settings.public_host;
-                            let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+                            let host = if host.contains(':') {
+                                format!("[{host}]")
+                            } else {
+                                host.clone()
+                            };
                             let scheme = if self.settings.public_tls { "wss" } else { "ws" };
                             response.connect_ws = Some(format!("{scheme}://{host}:{}/play", self.settings.public_port));
                         }
