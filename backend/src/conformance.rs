@@ -33,7 +33,6 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::runtime::local::{LocalSettings, WarmLaunch, start_profile};
-use crate::runtime::profiles::Ready;
 use crate::runtime::{Ends, Profile, SdkReady, ServerExit, ServerSpec};
 
 /// What the run is told.
@@ -224,7 +223,7 @@ pub async fn check(
                 Verdict::Pass,
                 format!(
                     "ready ({}) in {:.2} s",
-                    ready_name(&profile.ready),
+                    profile.ready.as_str(),
                     began.elapsed().as_secs_f64()
                 ),
             );
@@ -382,10 +381,6 @@ pub async fn check(
     }
     serving.abort();
     Ok(parts)
-}
-
-fn ready_name(ready: &Ready) -> &'static str {
-    ready.as_str()
 }
 
 /// Opens a connection as the proxy would for `mode`, and says whether the server kept it.

@@ -179,7 +179,13 @@ fn every_connection_matchplane_makes_is_allowed_and_nothing_else_reaches_the_gam
             "TCP",
             "the backend hands a session to a warm pod (ASSIGN)",
         ),
-        (GAME, BACKEND, 8081, "TCP", "a game server reports its result"),
+        (
+            GAME,
+            BACKEND,
+            8081,
+            "TCP",
+            "a game server's SDK calls: its result, ready, health, and a warm one's poll for its session",
+        ),
         (GAME, DNS, 53, "UDP", "a game server finds the backend"),
         (GAME, DNS, 53, "TCP", "a game server finds the backend (large answers)"),
         (BACKEND, REDIS, 6379, "TCP", "the backend's state"),
@@ -205,6 +211,12 @@ fn every_connection_matchplane_makes_is_allowed_and_nothing_else_reaches_the_gam
         (GAME, POSTGRES, 5432, "a game server reaching PostgreSQL"),
         (GAME, PROXY, 8080, "a game server reaching the proxy"),
         (BACKEND, GAME, 8081, "anything but the game port on a game server"),
+        (
+            BACKEND,
+            GAME,
+            27015,
+            "a profile's port (its warm pods take their session by polling the backend)",
+        ),
         (
             STRANGER,
             GAME,

@@ -24,7 +24,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -206,8 +206,10 @@ pub(crate) async fn handshake(
     limit: Duration,
     metrics: &Metrics,
 ) -> Option<TlsStream<TcpStream>> {
+    // One deadline for the first byte and the whole handshake.
+    let deadline = tokio::time::Instant::now() + limit;
     let mut first = [0u8; 1];
-    match timeout(limit, stream.peek(&mut first)).await {
+    match timeout_at(deadline, stream.peek(&mut first)).await {
         Err(_) => {
             metrics.tls_handshake(Handshake::TimedOut);
             return None;
@@ -227,7 +229,7 @@ pub(crate) async fn handshake(
         }
         Ok(Ok(_)) => {}
     }
-    match timeout(limit, acceptor.accept(stream)).await {
+    match timeout_at(deadline, acceptor.accept(stream)).await {
         Err(_) => {
             metrics.tls_handshake(Handshake::TimedOut);
             None
