@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check deny fuzz fuzz-build ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes demo-web web-check up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check deny fuzz fuzz-build ci \
 	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -28,6 +28,12 @@ demo: ## The whole stack on this machine with a loadgen swarm, ending in a summa
 
 demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, POD_START_DELAY_MS, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
 	scripts/demo-kubernetes.sh
+
+demo-web: ## The web page playing the built-in game in a browser, on the local stack with TLS (a throwaway CA made for the run): prints the URL, runs until ctrl-c (SESSION_SIZE, WEB_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
+	scripts/web.sh demo
+
+web-check: ## The JavaScript client's tests (Node) and the page in headless Chromium (Playwright) playing whole matches over wss; with WEB_BENCH_PLAYERS, their time to play in the page (WEB_PLAYERS, SESSION_SIZE, WEB_BENCH_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
+	scripts/web.sh check "$(WEB_BENCH_PLAYERS)"
 
 up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
 	scripts/local.sh up

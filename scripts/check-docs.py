@@ -36,6 +36,8 @@ ENTRY_POINTS = {
     "demo": ["scripts/demo.sh", "scripts/stack.sh"],
     "demo-kubernetes": ["scripts/demo-kubernetes.sh"],
     "up-local": ["scripts/local.sh", "scripts/stack.sh"],
+    "demo-web": ["scripts/web.sh", "scripts/stack.sh"],
+    "web-check": ["scripts/web.sh", "scripts/stack.sh"],
     "bench-matchmaker": ["scripts/bench-matchmaker.sh"],
     "bench-proxy": ["scripts/bench-proxy.sh"],
     "fuzz": ["scripts/fuzz.sh"],

@@ -5,6 +5,11 @@
 #   mp_start_stack DIR   # (with MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX when set) exports MP_PROXY_URL, MP_BACKEND_URL, MP_ADMIN_TOKEN, MP_SERVICE_TOKEN,
 #                        # MP_PLAYER_TOKEN_SECRET (the HS256 key player tokens are minted with),
 #                        # MP_TICKET_SECRET (the game tickets' and report tokens' key)
+#                        # With MP_TLS=1 the proxy also speaks TLS on a port of its own, with a
+#                        # certificate of a throwaway CA made for the run, and the backend sends
+#                        # players there (PUBLIC_TLS): exports MP_PROXY_TLS_URL, MP_TLS_CA (the CA's
+#                        # PEM) and MP_TLS_SPKI (the certificate key's SHA-256, base64). The proxy
+#                        # gets MP_ALLOWED_ORIGINS as its ALLOWED_ORIGINS when set.
 #   mp_stop_stack        # SIGTERM backend and proxy (servers drain), then the services
 #   mp_wait_warm URL     # with WARM_POOL_MIN > 0: waits (up to 60 s) until the backend at URL
 #                        # reports WARM_POOL_MIN idle warm servers, and says how long it took
@@ -35,6 +40,28 @@ mp_wait_warm() {
   echo "warm pool: $idle servers ready in $(python3 -c "import time; print(f'{time.time() - $began:.1f}')") s"
 }
 
+# mp_make_tls DIR: a throwaway CA and an ECDSA P-256 certificate it signs for 127.0.0.1 and
+# localhost, valid two days: DIR/ca.pem, DIR/tls.pem, DIR/tls.key, DIR/spki (for browsers told
+# to trust exactly this key).
+mp_make_tls() {
+  local dir=$1
+  command -v openssl >/dev/null 2>&1 || mp_apt_install openssl \
+    || mp_die "matchplane's TLS runs need openssl: install it with 'sudo apt-get install -y openssl' and run this again."
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
+    openssl req -x509 -new -key ca.key -sha256 -days 2 -subj "/CN=matchplane throwaway CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out tls.key 2>/dev/null
+    openssl req -new -key tls.key -subj "/CN=localhost" -out tls.csr
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >tls.ext
+    openssl x509 -req -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -sha256 -extfile tls.ext -out tls.pem 2>/dev/null
+    openssl x509 -in tls.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | openssl base64 -A >spki
+    rm -f tls.csr tls.ext ca.srl
+  ) || mp_die "could not make the run's throwaway CA with openssl"
+}
+
 mp_start_stack() {
   local dir=$1 bin=${MP_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
   mkdir -p "$dir"
@@ -44,8 +71,17 @@ mp_start_stack() {
   MP_OWN_TRAP=1
   trap mp_stop_stack EXIT
   mp_start_services "$MP_STACK_DIR/services"
-  local backend_port proxy_port secret
-  read -r backend_port proxy_port < <(mp_free_ports 2)
+  local backend_port proxy_port tls_port secret public_port
+  read -r backend_port proxy_port tls_port < <(mp_free_ports 3)
+  public_port=$proxy_port
+  local tls_backend=() tls_proxy=()
+  if [ "${MP_TLS:-0}" = 1 ]; then
+    mp_make_tls "$MP_STACK_DIR/tls"
+    public_port=$tls_port
+    tls_backend=(PUBLIC_TLS=true)
+    tls_proxy=(TLS_CERT_FILE="$MP_STACK_DIR/tls/tls.pem" TLS_KEY_FILE="$MP_STACK_DIR/tls/tls.key" TLS_BIND="127.0.0.1:$tls_port")
+  fi
+  [ -z "${MP_ALLOWED_ORIGINS:-}" ] || tls_proxy+=(ALLOWED_ORIGINS="$MP_ALLOWED_ORIGINS")
   secret=$(mp_random)
   MP_TICKET_SECRET=$secret
   MP_ADMIN_TOKEN=$(mp_random)
@@ -58,21 +94,28 @@ mp_start_stack() {
   for name in MATCHMAKING_CONFIG WARM_POOL_MIN WARM_POOL_MAX; do
     [ -z "${!name:-}" ] || extra+=("$name=${!name}")
   done
-  env "${extra[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$backend_port" REDIS_URL="$MP_REDIS_URL" \
+  env "${extra[@]}" "${tls_backend[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$backend_port" REDIS_URL="$MP_REDIS_URL" \
     DATABASE_URL="$MP_DATABASE_URL" TICKET_SECRET="$secret" ADMIN_TOKEN="$MP_ADMIN_TOKEN" RUNTIME=local \
     SERVICE_TOKEN="$MP_SERVICE_TOKEN" PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" \
     GAME_SERVER_BIN="$bin/game-server" SESSION_SIZE="${SESSION_SIZE:-12}" \
-    PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$proxy_port" INSTANCE_ID="local-$$" SHUTDOWN_GRACE_SECONDS=5 \
+    PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$public_port" INSTANCE_ID="local-$$" SHUTDOWN_GRACE_SECONDS=5 \
     "$bin/backend" >"$MP_STACK_DIR/backend.log" 2>&1 &
   MP_BACKEND_PID=$!
   mp_wait_http "http://127.0.0.1:$backend_port/health" backend "$MP_BACKEND_PID"
-  env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="http://127.0.0.1:$backend_port" \
+  env "${tls_proxy[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="http://127.0.0.1:$backend_port" \
     REDIS_URL="$MP_REDIS_URL" TICKET_SECRET="$secret" PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" \
     RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 \
     "$bin/proxy" >"$MP_STACK_DIR/proxy.log" 2>&1 &
   MP_PROXY_PID=$!
   mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$MP_PROXY_PID"
   export MP_PROXY_URL="http://127.0.0.1:$proxy_port" MP_BACKEND_URL="http://127.0.0.1:$backend_port"
+  if [ "${MP_TLS:-0}" = 1 ]; then
+    export MP_PROXY_TLS_URL="https://127.0.0.1:$tls_port" MP_TLS_CA="$MP_STACK_DIR/tls/ca.pem"
+    MP_TLS_SPKI=$(cat "$MP_STACK_DIR/tls/spki")
+    export MP_TLS_SPKI
+    curl -fsS --cacert "$MP_TLS_CA" "$MP_PROXY_TLS_URL/health" >/dev/null \
+      || mp_die "the proxy does not answer over TLS at $MP_PROXY_TLS_URL; see its log under $MP_STACK_DIR"
+  fi
   export MP_ADMIN_TOKEN MP_SERVICE_TOKEN MP_PLAYER_TOKEN_SECRET MP_TICKET_SECRET MP_BACKEND_PID MP_PROXY_PID MP_STACK_DIR
 }
 

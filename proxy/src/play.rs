@@ -38,6 +38,8 @@ use crate::Context;
 pub(crate) const SUBPROTOCOL: &str = "matchplane.v1";
 /// The largest message either way (a game's messages are small; a ticket is under 1 KiB).
 const MAX_MESSAGE: usize = 64 * 1024;
+/// Not a close code: the player closed first, and its close is answered as it was sent.
+const PEER_CLOSED: u16 = 0;
 /// How often an idle connection is pinged.
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// A connection that sends nothing (not even a pong) for this long is closed.
@@ -201,7 +203,8 @@ where
                     Some(Ok(Message::Binary(bytes))) => bytes,
                     Some(Ok(Message::Text(text))) => Bytes::copy_from_slice(text.as_bytes()),
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break (1000, "closed by the player"),
+                    // The reply to the player's close is queued; it is flushed below.
+                    Some(Ok(Message::Close(_))) | None => break (PEER_CLOSED, "closed by the player"),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "a WebSocket game connection failed");
                         break match e {
@@ -237,6 +240,12 @@ where
     };
     ctx.metrics.spliced(up, down);
     let _ = server.shutdown().await;
-    close(&mut ws, code, reason).await;
+    if code == PEER_CLOSED {
+        // The player closed: answer its close frame (the handshake a browser waits for to
+        // report a clean close rather than 1006).
+        let _ = timeout(Duration::from_secs(2), ws.flush()).await;
+    } else {
+        close(&mut ws, code, reason).await;
+    }
     drop(closed);
 }

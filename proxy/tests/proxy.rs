@@ -1017,6 +1017,18 @@ async fn browsers_play_over_a_websocket_with_their_ticket_first() {
     assert_eq!(next_message(&mut ws).await.unwrap(), b"GET_STATE\n");
     ws.send(Message::text("READY\n")).await.unwrap();
     assert_eq!(next_message(&mut ws).await.unwrap(), b"READY\n");
+    // The player closes: the proxy answers the close frame (a clean close, not 1006).
+    let mut leaving = play_socket(proxy.addr, Some("matchplane.v1")).await.unwrap();
+    leaving.send(Message::text(ticket("p2", sid))).await.unwrap();
+    next_message(&mut leaving).await.unwrap();
+    leaving
+        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 1000.into(),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut leaving).await, Err(1000));
     // A message over 64 KiB: closed with 1009.
     ws.send(Message::binary(vec![b'x'; 70 * 1024])).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Err(1009));
