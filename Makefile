@@ -99,10 +99,10 @@ game-build: ## Build the images (backend, proxy, game-server, loadgen) from depl
 game-load-images: ## Load the images into the kind cluster
 	kind/ops.sh game-load-images
 
-game-backend: ## Deploy the backend (RUNTIME=kubernetes) with its RBAC and NetworkPolicy
+game-backend: ## Deploy the backend (RUNTIME=kubernetes) with its RBAC and NetworkPolicy; PROXY_TLS=1: PUBLIC_TLS=true
 	kind/ops.sh game-backend
 
-game-proxy: ## Deploy the proxy (NodePort 30080)
+game-proxy: ## Deploy the proxy (NodePort 30080); PROXY_TLS=1: TLS on its public port from the Secret matchplane-proxy-tls (deploy/tls)
 	kind/ops.sh game-proxy
 
 game-testbed: ## game-build, game-load-images, game-backend and game-proxy

@@ -40,6 +40,11 @@ mp_overlay() {
     echo "kind: Kustomization"
     echo "resources:"
     echo "  - $base"
+    if [ "${PROXY_TLS:-0}" = 1 ]; then
+      # TLS on the public port (the Secret matchplane-proxy-tls; deploy/tls).
+      echo "components:"
+      echo "  - $(realpath --relative-to="$dir" deploy/tls)"
+    fi
     echo "images:"
     echo "  - name: matchplane/$app"
     echo "    newName: \"${IMAGE_REPOSITORY:-matchplane}/$app\""

@@ -132,7 +132,11 @@ case "$TARGET" in
     ;;
   game-proxy)
     need_cluster
-    say "deploying the proxy (NodePort 30080, image $TAG)"
+    if [ "${PROXY_TLS:-0}" = 1 ] && ! kubectl -n matchplane get secret matchplane-proxy-tls >/dev/null 2>&1; then
+      echo "PROXY_TLS=1 needs the TLS Secret matchplane-proxy-tls in namespace matchplane: create it (kubectl -n matchplane create secret tls matchplane-proxy-tls --cert=... --key=...) or let cert-manager keep it, then run this again." >&2
+      exit 1
+    fi
+    say "deploying the proxy (NodePort 30080, image $TAG${PROXY_TLS:+, PROXY_TLS=$PROXY_TLS})"
     deploy_app proxy
     ;;
   game-testbed)

@@ -2,13 +2,17 @@
 # `make bench-proxy`: a TCP echo server reached directly, through matchplane's proxy and
 # through HAProxy in TCP mode (as configured by default, and with splice(2) forced on), measured
 # side by side by `loadgen bench-proxy`, in ROUNDS rounds (default 3) of SECONDS_PER_RUN-second windows.
+# Then the HTTP path (scripts/bench-http.py): wrk's GET /api/match/status through the proxy and
+# through HAProxy in `mode http` to the same backend (RUNTIME=none), kept-alive and a new
+# connection per request, plain and over TLS (one ECDSA P-256 certificate for both): CPU per
+# forwarded request of each, handshakes per CPU-second, requests/s.
 # CPU_SPLIT=1 runs each forwarder (matchplane's proxy, HAProxy) on a CPU of its own and the
 # clients and echo server on the others, as in a deployment, where a proxy does not share its
 # cores with the load it forwards; by default every process may run on every CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/services.sh
-. scripts/services.sh
+# shellcheck source=scripts/stack.sh
+. scripts/stack.sh
 
 # CPU placement, checked before anything is installed or started: taskset prefixes for the
 # forwarders and for the clients and echo server.
@@ -32,11 +36,22 @@ esac
 if ! command -v haproxy >/dev/null 2>&1; then
   mp_apt_install haproxy || mp_die "bench-proxy needs haproxy: install it with 'sudo apt-get install -y haproxy' and run this again."
 fi
-cargo build --release --locked -p proxy -p loadgen
+if ! command -v wrk >/dev/null 2>&1; then
+  mp_apt_install wrk || mp_die "bench-proxy needs wrk: install it with 'sudo apt-get install -y wrk' and run this again."
+fi
+cargo build --release --locked --bins
 run_dir=${MP_RUN_DIR:-.run}/bench-proxy-$$
 mp_start_services "$run_dir"
+mp_make_tls "$run_dir/tls"
+cat "$run_dir/tls/tls.pem" "$run_dir/tls/tls.key" >"$run_dir/tls/haproxy.pem"
 secret="bench-proxy-$RANDOM$RANDOM"
-read -r echo_port proxy_port haproxy_port haproxy_splice_port < <(mp_free_ports 4)
+read -r echo_port proxy_port haproxy_port haproxy_splice_port backend_port proxy_tls_port haproxy_http_port haproxy_https_port \
+  < <(mp_free_ports 8)
+# The backend every HTTP path forwards to; open player endpoints, so that neither forwarder
+# verifies a token.
+RUST_LOG=warn RUNTIME=none PLAYER_AUTH=none BIND=127.0.0.1:$backend_port REDIS_URL=$MP_REDIS_URL \
+  DATABASE_URL=$MP_DATABASE_URL TICKET_SECRET=$secret INSTANCE_ID=bench "${CARGO_TARGET_DIR:-target}/release/backend" &
+backend_pid=$!
 
 cat >"$run_dir/haproxy.cfg" <<CFG
 global
@@ -54,15 +69,24 @@ listen splice
   option splice-request
   option splice-response
   server echo 127.0.0.1:$echo_port
+# The proxy's HTTP path, as HAProxy does it: /api stripped, kept-alive to the backend.
+listen http
+  mode http
+  bind 127.0.0.1:$haproxy_http_port
+  bind 127.0.0.1:$haproxy_https_port ssl crt $run_dir/tls/haproxy.pem alpn http/1.1
+  http-request replace-path /api(/.*) \1
+  server backend 127.0.0.1:$backend_port
 CFG
 "${middle[@]}" haproxy -f "$run_dir/haproxy.cfg" -db >"$run_dir/haproxy.log" 2>&1 &
 haproxy_pid=$!
-RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:9 REDIS_URL=$MP_REDIS_URL \
+RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:$backend_port REDIS_URL=$MP_REDIS_URL \
+  TLS_BIND=127.0.0.1:$proxy_tls_port TLS_CERT_FILE=$run_dir/tls/tls.pem TLS_KEY_FILE=$run_dir/tls/tls.key \
   TICKET_SECRET=$secret PLAYER_TOKEN_SECRET="$secret-player-tokens-$RANDOM$RANDOM$RANDOM" RATE_LIMIT_PER_SECOND=0 \
   "${middle[@]}" "${CARGO_TARGET_DIR:-target}/release/proxy" &
 proxy_pid=$!
-trap 'kill $proxy_pid $haproxy_pid 2>/dev/null; wait $proxy_pid $haproxy_pid 2>/dev/null || true; mp_stop_services' EXIT
+trap 'kill $proxy_pid $haproxy_pid $backend_pid 2>/dev/null; wait $proxy_pid $haproxy_pid $backend_pid 2>/dev/null || true; mp_stop_services' EXIT
 sleep 0.5
+MP_STACK_DIR=$run_dir mp_wait_http "http://127.0.0.1:$backend_port/health" backend "$backend_pid"
 kill -0 "$haproxy_pid" 2>/dev/null || mp_die "haproxy did not start; see $run_dir/haproxy.log"
 kill -0 "$proxy_pid" 2>/dev/null || mp_die "the proxy did not start"
 
@@ -76,3 +100,8 @@ echo "bench-proxy: TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestio
   --haproxy-pid "$haproxy_pid" --redis-url "$MP_REDIS_URL" --ticket-secret "$secret" \
   --seconds "${SECONDS_PER_RUN:-4}" --rounds "${ROUNDS:-3}" ${BENCH_JSON:+--json "$BENCH_JSON"} \
   --placement "$placement"
+echo "== the HTTP path: GET /api/match/status through each to one backend (wrk, 64 connections; medians of ${ROUNDS:-3} rounds) =="
+"${load[@]}" python3 scripts/bench-http.py --proxy "http://127.0.0.1:$proxy_port" --proxy-tls "https://127.0.0.1:$proxy_tls_port" \
+  --proxy-pid "$proxy_pid" --haproxy "http://127.0.0.1:$haproxy_http_port" --haproxy-tls "https://127.0.0.1:$haproxy_https_port" \
+  --haproxy-pid "$haproxy_pid" --seconds "${SECONDS_PER_RUN:-4}" --rounds "${ROUNDS:-3}" \
+  ${BENCH_JSON:+--json "${BENCH_JSON%.json}-http.json"}

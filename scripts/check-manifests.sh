@@ -67,6 +67,17 @@ for app in backend proxy; do
     exit 1
   fi
 done
+# With PROXY_TLS=1 (the component deploy/tls): the proxy mounts the Secret and probes over
+# HTTPS, the backend says PUBLIC_TLS.
+for app in backend proxy; do
+  PROXY_TLS=1 IMAGE_REPOSITORY='' PUBLIC_HOST='' PUBLIC_PORT='' mp_overlay "$out/overlays-tls/$app" "$app" check-tag-0123
+  kubectl kustomize "$out/overlays-tls/$app" >"$out/overlay-tls-$app.yaml"
+done
+if ! grep -q 'secretName: matchplane-proxy-tls' "$out/overlay-tls-proxy.yaml" || ! grep -q 'scheme: HTTPS' "$out/overlay-tls-proxy.yaml" \
+  || ! grep -q 'name: PUBLIC_TLS' "$out/overlay-tls-backend.yaml"; then
+  echo "PROXY_TLS=1 does not give the proxy its TLS Secret and HTTPS probes, or the backend PUBLIC_TLS" >&2
+  exit 1
+fi
 grep -q 'value: matchplane/game-server:check-tag-0123' "$out/overlay-backend.yaml" \
   || { echo "the backend overlay does not set GAME_SERVER_IMAGE to the tree's tag" >&2; exit 1; }
 echo "manifests-check: the deploy overlays set every image (and GAME_SERVER_IMAGE) to the tree's tag"
@@ -88,7 +99,7 @@ MATCHMAKING_CONFIG=examples/sdk-server.yaml "${CARGO_TARGET_DIR:-target}/debug/b
   --warm --queue default >"$out/pod-warm-profile.yaml"
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
-  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml" \
+  "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/overlay-tls-backend.yaml" "$out/overlay-tls-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml" \
   "$out/pod-warm-profile.yaml"
 echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's, a warm one of a profile) validate against Kubernetes $K8S_VERSION (strict)"
 
