@@ -20,19 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Context;
 use crate::metrics::Route;
+use crate::upstream::{ForwardError, LaneSlot, Outgoing};
 
 /// The longest a forwarded request may take (a 30 s long poll fits).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(45);
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// An error answer: `code`'s status and body.
 fn json_error(code: ApiErrorCode, message: &str) -> Response<Full<Bytes>> {
@@ -46,9 +37,16 @@ pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>, cancel: Ca
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // This connection's backend connection, lent to each of its requests in turn.
+    let lane = Arc::new(LaneSlot::new(ctx.upstream.clone()));
+    let service_lane = lane.clone();
+    // The player's address, as X-Forwarded-For says it, formatted once per connection.
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
     let service = service_fn(move |request| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(request, peer, &ctx).await) }
+        let lane = service_lane.clone();
+        let peer_ip = peer_ip.clone();
+        async move { Ok::<_, Infallible>(handle(request, peer, &peer_ip, &ctx, &lane).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -63,11 +61,18 @@ where
             let _ = timeout(Duration::from_secs(5), connection).await;
         }
     }
+    lane.release();
 }
 
-async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Arc<Context>) -> Response<Full<Bytes>> {
+async fn handle(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    peer_ip: &HeaderValue,
+    ctx: &Arc<Context>,
+    lane: &LaneSlot,
+) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let path = request.uri().path().to_owned();
+    let path = request.uri().path();
     let response = if path == "/play" {
         match crate::play::upgrade(request, peer, ctx.clone()) {
             Ok(switching) => switching,
@@ -75,15 +80,20 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Arc<Context>
         }
     } else if path == "/api" || path.starts_with("/api/") {
         let rest = &path["/api".len()..];
+        let private = backend_private(rest);
+        let limited = matches!(
+            (request.method(), rest),
+            (&hyper::Method::POST, "/match/join") | (&hyper::Method::GET, "/match/status")
+        );
         let allowed = allowed_origin(&request, ctx);
         let mut response = if is_preflight(&request) {
             preflight(allowed.as_ref())
-        } else if backend_private(rest) {
+        } else if private {
             json_error(ApiErrorCode::NotFound, "no such endpoint")
-        } else if let Some(throttled) = player_limit(&request, rest, ctx).await {
+        } else if let Some(throttled) = player_limit(&request, limited, ctx).await {
             throttled
         } else {
-            forward(request, peer, ctx).await
+            forward(request, peer_ip, ctx, lane).await
         };
         if let Some(origin) = allowed {
             let headers = response.headers_mut();
@@ -91,7 +101,7 @@ async fn handle(request: Request<Incoming>, peer: SocketAddr, ctx: &Arc<Context>
             headers.append(header::VARY, HeaderValue::from_static("origin"));
         }
         response
-    } else if matches!(path.as_str(), "/health" | "/livez" | "/metrics")
+    } else if matches!(path, "/health" | "/livez" | "/metrics")
         && !matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD)
     {
         let mut response = json_error(ApiErrorCode::MethodNotAllowed, "method not allowed");
@@ -165,11 +175,7 @@ fn backend_private(rest: &str) -> bool {
 /// Joins and status polls of a player whose token verifies count against that player's
 /// bucket: 429 once it is empty. Anything else (no token, a bad one, a service's) passes on
 /// to the backend, which decides.
-async fn player_limit(request: &Request<Incoming>, rest: &str, ctx: &Context) -> Option<Response<Full<Bytes>>> {
-    let limited = matches!(
-        (request.method(), rest),
-        (&hyper::Method::POST, "/match/join") | (&hyper::Method::GET, "/match/status")
-    );
+async fn player_limit(request: &Request<Incoming>, limited: bool, ctx: &Context) -> Option<Response<Full<Bytes>>> {
     if !limited {
         return None;
     }
@@ -223,7 +229,16 @@ pub(crate) fn backend_request(ctx: &Context, path: &str) -> Request<Full<Bytes>>
         .expect("a valid request")
 }
 
-async fn forward(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Response<Full<Bytes>> {
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+async fn forward(
+    request: Request<Incoming>,
+    peer_ip: &HeaderValue,
+    ctx: &Context,
+    lanes: &LaneSlot,
+) -> Response<Full<Bytes>> {
     let limit = ctx.settings.max_body_bytes;
     let too_large = || json_error(ApiErrorCode::TooLarge, &format!("request body over {limit} bytes"));
     let declared = request
@@ -234,71 +249,84 @@ async fn forward(request: Request<Incoming>, peer: SocketAddr, ctx: &Context) ->
     if declared.is_some_and(|n| n > limit) {
         return too_large();
     }
-    let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
-        Err(_) => return json_error(ApiErrorCode::Malformed, "could not read the request body"),
-    };
-    let rest = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let rest = rest.strip_prefix("/api").unwrap_or(rest);
-    let rest = if rest.is_empty() || rest.starts_with('?') {
-        format!("/{rest}")
+    let (mut parts, body) = request.into_parts();
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        Bytes::new()
     } else {
-        rest.to_owned()
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+            Err(_) => return json_error(ApiErrorCode::Malformed, "could not read the request body"),
+        }
     };
-    let mut upstream = Request::builder()
-        .method(parts.method)
-        .uri(format!("{}{rest}", ctx.settings.backend_url));
-    let headers = upstream.headers_mut().expect("a fresh builder");
-    for (name, value) in &parts.headers {
-        if name != header::HOST && !HOP_BY_HOP.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
+    // The backend's own path: `/api` taken off (origin form, as HTTP/1.1 sends it).
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = target.strip_prefix("/api").unwrap_or(target);
+    let owned;
+    let target = if target.is_empty() || target.starts_with('?') {
+        owned = format!("/{target}");
+        owned.as_str()
+    } else {
+        target
+    };
+    let headers = &mut parts.headers;
+    let forwarded_host = headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    // The body is here whole: the backend has nothing to say before it.
+    headers.remove(header::EXPECT);
+    if headers.keys().any(crate::upstream::hop_by_hop) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| crate::upstream::hop_by_hop(n))
+            .cloned()
+            .collect();
+        for name in names {
+            headers.remove(name);
         }
     }
-    let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), value);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    if let Some(host) = parts.headers.get(header::HOST) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
-    }
-    let Ok(upstream) = upstream.body(Full::new(body)) else {
-        return json_error(ApiErrorCode::Malformed, "the request could not be forwarded");
-    };
-    let response = match timeout(FORWARD_TIMEOUT, ctx.backend.request(upstream)).await {
-        Err(_) => {
-            return json_error(ApiErrorCode::BackendTimeout, "the backend did not answer in time");
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => {
+            if let Ok(value) = HeaderValue::from_str(&format!("{earlier}, {}", peer_ip.to_str().unwrap_or(""))) {
+                headers.insert(X_FORWARDED_FOR.clone(), value);
+            }
         }
-        Ok(Err(e)) => {
+        None => {
+            headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = forwarded_host {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    let outgoing = Outgoing {
+        method: &parts.method,
+        target,
+        headers,
+        body: &body,
+    };
+    let mut lane = lanes.take();
+    let answer = match timeout(FORWARD_TIMEOUT, lane.send(&outgoing)).await {
+        Err(_) => return json_error(ApiErrorCode::BackendTimeout, "the backend did not answer in time"),
+        Ok(answer) => answer,
+    };
+    lanes.put(lane);
+    match answer {
+        Ok(answer) => {
+            let mut out = Response::new(Full::new(answer.body));
+            *out.status_mut() = answer.status;
+            *out.headers_mut() = answer.headers;
+            out
+        }
+        Err(ForwardError::Unreachable(e)) => {
             tracing::warn!(error = %e, "backend unreachable");
-            return json_error(
+            json_error(
                 ApiErrorCode::BackendUnavailable,
                 "the matchmaking backend is unavailable",
-            );
+            )
         }
-        Ok(Ok(response)) => response,
-    };
-    let (parts, body) = response.into_parts();
-    let body = match timeout(FORWARD_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        _ => {
-            return json_error(ApiErrorCode::BackendUnavailable, "the backend's answer was cut off");
-        }
-    };
-    let mut out = Response::new(Full::new(body));
-    *out.status_mut() = parts.status;
-    for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) && name != header::CONTENT_LENGTH {
-            out.headers_mut().append(name.clone(), value.clone());
+        Err(ForwardError::CutOff(e)) => {
+            tracing::warn!(error = %e, "the backend's answer was cut off");
+            json_error(ApiErrorCode::BackendUnavailable, "the backend's answer was cut off")
         }
     }
-    out
 }

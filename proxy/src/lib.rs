@@ -17,6 +17,7 @@ mod metrics;
 mod play;
 mod tls;
 mod udp;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,7 +48,10 @@ struct Context {
     sessions_key: String,
     /// Records players' connections to session servers.
     presence: matchmaking_core::store::Presence,
+    /// The backend's health checks.
     backend: Client<HttpConnector, Full<Bytes>>,
+    /// Forwarded API requests' connections to the backend.
+    upstream: Arc<upstream::Backend>,
     metrics: Metrics,
     routes: game::Routes,
     /// Redis and the backend as last checked.
@@ -103,6 +107,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         ),
         None => None,
     };
+    let upstream = Arc::new(upstream::Backend::new(&settings.backend_url));
     let ctx = Arc::new(Context {
         players,
         player_limiter: limits::RateLimiter::new(settings.player_rate_per_second, settings.player_rate_burst),
@@ -113,6 +118,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         settings,
         redis,
         backend,
+        upstream,
         metrics: Metrics::new(&[game::SESSION_LOOKUP, game::PRESENCE]),
         routes: game::Routes::default(),
         health: health::Health::default(),

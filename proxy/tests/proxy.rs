@@ -1154,3 +1154,158 @@ async fn the_api_answers_cors_for_listed_origins_only() {
         assert!(error.starts_with("ALLOWED_ORIGINS"), "{bad}: {error}");
     }
 }
+
+/// A backend scripted byte by byte: each request's answer is chosen by its path. Counts the
+/// connections that carry forwarded requests (the proxy's own health checks aside).
+async fn raw_backend(accepted: Arc<AtomicUsize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut counted = false;
+                loop {
+                    // One request head (the scripted requests have no body).
+                    let head_end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    buf.drain(..head_end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    if !counted && path != "/health" {
+                        counted = true;
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let (answer, close): (String, bool) = match path.as_str() {
+                        "/chunked" => (
+                            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\
+                             keep-alive: timeout=5\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n"
+                                .into(),
+                            false,
+                        ),
+                        "/close" => ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".into(), true),
+                        "/cut" => ("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial".into(), true),
+                        "/garbage" => ("SSH-2.0-OpenSSH_9.2\r\n\r\n".into(), true),
+                        "/until-close" => ("HTTP/1.0 200 OK\r\n\r\nuntil close".into(), true),
+                        "/silent" => (String::new(), true),
+                        other => (
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{other}", other.len()),
+                            false,
+                        ),
+                    };
+                    if stream.write_all(answer.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// One kept-alive connection to the proxy.
+async fn kept_alive(proxy: SocketAddr) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    path: &str,
+) -> (StatusCode, hyper::HeaderMap, String) {
+    sender.ready().await.unwrap();
+    let request = Request::get(path)
+        .header("host", "proxy")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The proxy's HTTP/1.1 with the backend: a player's connection keeps one backend connection
+/// for all its requests, and gives it to the next player's connection when it closes; chunked
+/// answers (with an interim 100 and trailers), answers until close and `Connection: close`
+/// arrive whole, hop-by-hop headers stay behind; a backend that closes, cuts an answer off,
+/// speaks something else or says nothing gets a 502 that says so, and the next request works.
+#[tokio::test]
+async fn the_backend_is_spoken_to_over_kept_alive_http11() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let upstream = raw_backend(accepted.clone()).await;
+    let proxy = Proxy::start(&upstream, &[]).await;
+
+    let mut first = kept_alive(proxy.addr).await;
+    for path in ["/a", "/b", "/c"] {
+        let (status, _, body) = get(&mut first, &format!("/api{path}")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, path));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one backend connection for the player's connection"
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut second = kept_alive(proxy.addr).await;
+    let (status, _, body) = get(&mut second, "/api/d").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "/d"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the idle connection is taken again");
+
+    let (status, headers, body) = get(&mut second, "/api/chunked").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello, world"));
+    assert_eq!(headers["x-kind"], "chunked");
+    assert!(!headers.contains_key("keep-alive") && !headers.contains_key("transfer-encoding"));
+    assert!(!headers.contains_key("x-trailer"));
+    let (status, _, body) = get(&mut second, "/api/e").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/e"),
+        "the chunked answer was read to its end"
+    );
+
+    let (status, headers, body) = get(&mut second, "/api/close").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert!(!headers.contains_key("connection") || headers["connection"] != "close");
+    let (status, _, body) = get(&mut second, "/api/until-close").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "until close"));
+    let before = accepted.load(Ordering::SeqCst);
+    let (status, _, body) = get(&mut second, "/api/f").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "/f"));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before + 1,
+        "a closed backend connection is replaced"
+    );
+
+    for (path, message) in [
+        ("/api/cut", "the backend's answer was cut off"),
+        ("/api/garbage", "the backend's answer was cut off"),
+        ("/api/silent", "the matchmaking backend is unavailable"),
+    ] {
+        let (status, _, body) = get(&mut second, path).await;
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{path}");
+        assert_eq!(body["error"]["code"], "backend_unavailable", "{path}");
+        assert_eq!(body["error"]["message"], message, "{path}");
+        let (status, _, body) = get(&mut second, "/api/g").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "/g"), "after {path}");
+    }
+    proxy.stop().await;
+}
