@@ -50,7 +50,7 @@ bench-forming: ## The cost of forming a rule queue with many tickets waiting, in
 bench-time-to-play: ## Time to play, cold vs warm, local and kube-sim, beside the floor of a burst, side by side: the table (CLIENTS, MATCH_DURATION, WARM_POOL_MIN, POD_START_DELAY_MS)
 	scripts/bench-time-to-play.sh
 
-bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side in rounds (SECONDS_PER_RUN, ROUNDS, BENCH_JSON, CPU_SPLIT)
+bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side in rounds; then the HTTP path (CPU per forwarded request, plain and TLS) against HAProxy mode http (SECONDS_PER_RUN, ROUNDS, BENCH_JSON, CPU_SPLIT)
 	scripts/bench-proxy.sh
 
 bench-udp: ## Game datagrams: direct vs through matchplane's proxy, 1 and 64 flows, side by side in rounds (SECONDS_PER_RUN, ROUNDS)

@@ -49,8 +49,10 @@ read -r echo_port proxy_port haproxy_port haproxy_splice_port backend_port proxy
   < <(mp_free_ports 8)
 # The backend every HTTP path forwards to; open player endpoints, so that neither forwarder
 # verifies a token.
-RUST_LOG=warn RUNTIME=none PLAYER_AUTH=none BIND=127.0.0.1:$backend_port REDIS_URL=$MP_REDIS_URL \
-  DATABASE_URL=$MP_DATABASE_URL TICKET_SECRET=$secret INSTANCE_ID=bench "${CARGO_TARGET_DIR:-target}/release/backend" &
+# Its keys apart from the sessions the echo rows write, its log in the run directory.
+RUST_LOG=warn RUNTIME=none PLAYER_AUTH=none BIND=127.0.0.1:$backend_port REDIS_URL=$MP_REDIS_URL REDIS_KEY_PREFIX=bench-http \
+  DATABASE_URL=$MP_DATABASE_URL TICKET_SECRET=$secret INSTANCE_ID=bench "${CARGO_TARGET_DIR:-target}/release/backend" \
+  >"$run_dir/backend.log" 2>&1 &
 backend_pid=$!
 
 cat >"$run_dir/haproxy.cfg" <<CFG
