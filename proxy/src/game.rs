@@ -218,6 +218,8 @@ impl Routes {
 /// A player's connection: a plain TCP stream (spliced to its server with zero copies), or a
 /// TLS one (decrypted here, so its bytes are copied).
 pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether the player speaks TLS on it.
+    const TLS: bool;
     /// The TCP connection underneath.
     fn tcp(&self) -> &TcpStream;
     /// Moves bytes both ways between the player and `server` until both are done: bytes
@@ -226,6 +228,8 @@ pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 }
 
 impl Client for TcpStream {
+    const TLS: bool = false;
+
     fn tcp(&self) -> &TcpStream {
         self
     }
@@ -236,6 +240,8 @@ impl Client for TcpStream {
 }
 
 impl Client for tokio_rustls::server::TlsStream<TcpStream> {
+    const TLS: bool = true;
+
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
     }

@@ -5,6 +5,7 @@ use protocol::api::ApiErrorCode;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -33,29 +34,36 @@ fn json_error(code: ApiErrorCode, message: &str) -> Response<Full<Bytes>> {
 }
 
 /// Serves HTTP on one connection until it closes or `cancel` asks for a graceful close.
-pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>, cancel: CancellationToken)
+pub async fn serve<S>(stream: S, caller: Caller, ctx: Arc<Context>, cancel: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // This connection's backend connection, lent to each of its requests in turn.
     let lane = Arc::new(LaneSlot::new(ctx.upstream.clone()));
     let service_lane = lane.clone();
-    // The player's address, as X-Forwarded-For says it, formatted once per connection.
-    let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
+    let caller = Arc::new(caller);
+    let activity = Arc::new(Activity::new());
+    let service_activity = activity.clone();
     let service = service_fn(move |request| {
         let ctx = ctx.clone();
         let lane = service_lane.clone();
-        let peer_ip = peer_ip.clone();
-        async move { Ok::<_, Infallible>(handle(request, peer, &peer_ip, &ctx, &lane).await) }
+        let caller = caller.clone();
+        let activity = service_activity.clone();
+        async move {
+            activity.busy.store(true, Ordering::Relaxed);
+            let response = handle(request, &caller, &ctx, &lane).await;
+            activity.done();
+            Ok::<_, Infallible>(response)
+        }
     });
+    // No timer of hyper's: one per request; the head timeout is `watch`'s, one per connection.
     let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}
+        () = watch(&activity) => {}
         () = cancel.cancelled() => {
             connection.as_mut().graceful_shutdown();
             let _ = timeout(Duration::from_secs(5), connection).await;
@@ -64,17 +72,86 @@ where
     lane.release();
 }
 
+/// Who is at the other end of one connection, and how it came in.
+pub(crate) struct Caller {
+    pub(crate) peer: SocketAddr,
+    /// The proxy's own address of the connection (a PROXY header names it).
+    pub(crate) local: SocketAddr,
+    /// Whether the connection speaks TLS (`X-Forwarded-Proto: https`).
+    pub(crate) tls: bool,
+    /// `peer`'s address as X-Forwarded-For says it, formatted once per connection.
+    peer_ip: HeaderValue,
+}
+
+impl Caller {
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Caller {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a header value");
+        Caller {
+            peer,
+            local,
+            tls,
+            peer_ip,
+        }
+    }
+}
+
+/// A player's connection gets this long to send a request's head, from its start or from the
+/// end of its previous request; an idle kept-alive connection is closed after it.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a connection is handling a request, and since when it has not been.
+struct Activity {
+    began: Instant,
+    /// Milliseconds from `began` to the end of the last request.
+    idle_since_ms: AtomicU64,
+    busy: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            began: Instant::now(),
+            idle_since_ms: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+        }
+    }
+
+    fn done(&self) {
+        let ms = u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.idle_since_ms.store(ms, Ordering::Relaxed);
+        self.busy.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Finishes once the connection has gone [`HEAD_TIMEOUT`] without a request being handled:
+/// idle, or sending a head too slowly. (A request being answered, a long poll say, is never
+/// cut.)
+async fn watch(activity: &Activity) {
+    let mut deadline = activity.began + HEAD_TIMEOUT;
+    loop {
+        tokio::time::sleep_until(deadline).await;
+        if activity.busy.load(Ordering::Relaxed) {
+            deadline = Instant::now() + HEAD_TIMEOUT;
+            continue;
+        }
+        let due = activity.began + Duration::from_millis(activity.idle_since_ms.load(Ordering::Relaxed)) + HEAD_TIMEOUT;
+        if Instant::now() >= due {
+            return;
+        }
+        deadline = due;
+    }
+}
+
 async fn handle(
     request: Request<Incoming>,
-    peer: SocketAddr,
-    peer_ip: &HeaderValue,
+    caller: &Caller,
     ctx: &Arc<Context>,
     lane: &LaneSlot,
 ) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let path = request.uri().path();
     let response = if path == "/play" {
-        match crate::play::upgrade(request, peer, ctx.clone()) {
+        match crate::play::upgrade(request, (caller.peer, caller.local), ctx.clone()) {
             Ok(switching) => switching,
             Err((code, message)) => json_error(code, &message),
         }
@@ -93,7 +170,7 @@ async fn handle(
         } else if let Some(throttled) = player_limit(&request, limited, ctx).await {
             throttled
         } else {
-            forward(request, peer_ip, ctx, lane).await
+            forward(request, caller, ctx, lane).await
         };
         if let Some(origin) = allowed {
             let headers = response.headers_mut();
@@ -235,7 +312,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 async fn forward(
     request: Request<Incoming>,
-    peer_ip: &HeaderValue,
+    caller: &Caller,
     ctx: &Context,
     lanes: &LaneSlot,
 ) -> Response<Full<Bytes>> {
@@ -286,15 +363,18 @@ async fn forward(
     }
     match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) => {
-            if let Ok(value) = HeaderValue::from_str(&format!("{earlier}, {}", peer_ip.to_str().unwrap_or(""))) {
+            if let Ok(value) = HeaderValue::from_str(&format!("{earlier}, {}", caller.peer.ip())) {
                 headers.insert(X_FORWARDED_FOR.clone(), value);
             }
         }
         None => {
-            headers.insert(X_FORWARDED_FOR.clone(), peer_ip.clone());
+            headers.insert(X_FORWARDED_FOR.clone(), caller.peer_ip.clone());
         }
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if caller.tls { "https" } else { "http" }),
+    );
     if let Some(host) = forwarded_host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }

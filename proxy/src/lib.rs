@@ -256,7 +256,12 @@ async fn connection<C: game::Client>(
     match kind {
         Kind::Http => {
             let _open = ctx.metrics.open(ConnKind::Http);
-            http::serve(classify::Prefixed::new(buf.freeze(), stream), peer, ctx.clone(), soft).await;
+            let local = stream
+                .tcp()
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let caller = http::Caller::new(peer, local, C::TLS);
+            http::serve(classify::Prefixed::new(buf.freeze(), stream), caller, ctx.clone(), soft).await;
         }
         Kind::Join { newline } => {
             let _open = ctx.metrics.open(ConnKind::Game);

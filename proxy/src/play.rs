@@ -58,7 +58,7 @@ pub(crate) fn is_upgrade(request: &Request<Incoming>) -> bool {
 /// task, or a refusal saying what is missing.
 pub(crate) fn upgrade(
     mut request: Request<Incoming>,
-    peer: std::net::SocketAddr,
+    addresses: (std::net::SocketAddr, std::net::SocketAddr),
     ctx: std::sync::Arc<Context>,
 ) -> Result<Response<Full<Bytes>>, (ApiErrorCode, String)> {
     let bad = |m: &str| Err((ApiErrorCode::Invalid, m.to_owned()));
@@ -105,7 +105,7 @@ pub(crate) fn upgrade(
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        play(ws, peer, &ctx).await;
+        play(ws, addresses, &ctx).await;
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -144,7 +144,7 @@ where
 }
 
 /// One game connection over a WebSocket.
-async fn play<S>(mut ws: WebSocketStream<S>, peer: std::net::SocketAddr, ctx: &Context)
+async fn play<S>(mut ws: WebSocketStream<S>, (peer, local): (std::net::SocketAddr, std::net::SocketAddr), ctx: &Context)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -176,8 +176,7 @@ where
         }
     };
     let join_line = format!("JOIN {ticket}\n");
-    // The PROXY header names the player's address; the proxy's own side is its public port.
-    let local = std::net::SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+    // The PROXY header names the player's address and the proxy's own side of the connection.
     let (mut server, _) = match crate::game::dial(ctx, &to, join_line.as_bytes(), &[], (peer, local)).await {
         Ok(dialled) => dialled,
         Err(code) => {

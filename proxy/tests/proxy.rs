@@ -78,11 +78,17 @@ impl Proxy {
 
     /// Records a session as the backend does.
     async fn session(&self, sid: &str, state: &str, addr: &str) {
+        self.session_with(sid, state, addr, protocol::sessions::Identity::JoinLine)
+            .await;
+    }
+
+    async fn session_with(&self, sid: &str, state: &str, addr: &str, identity: protocol::sessions::Identity) {
         let client = redis::Client::open(redis_url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let record = SessionRecord {
             state: serde_json::from_value(serde_json::json!(state)).unwrap(),
             addr: Some(addr.to_owned()),
+            identity,
             ..SessionRecord::matched("test", vec!["p1".into()], "test-server")
         };
         let _: () = redis::cmd("HSET")
@@ -145,6 +151,7 @@ async fn echo_upstream(seen: Arc<AtomicUsize>) -> String {
                             "path": request.uri().path(),
                             "query": request.uri().query(),
                             "xff": header("x-forwarded-for"),
+                            "proto": header("x-forwarded-proto"),
                             "custom": header("x-custom"),
                             "connection": header("connection"),
                         });
@@ -215,6 +222,7 @@ async fn http_is_forwarded_with_status_body_and_headers() {
     assert_eq!(body["request"]["path"], "/match/join", "prefix stripped");
     assert_eq!(body["request"]["query"], "x=1");
     assert_eq!(body["request"]["xff"], "127.0.0.1");
+    assert_eq!(body["request"]["proto"], "http");
     assert_eq!(body["request"]["custom"], "kept");
     assert_eq!(body["body"], r#"{"player_id":"a"}"#);
     let (status, _, body) = http(
@@ -777,6 +785,10 @@ async fn tls_serves_the_api_and_game_connections_and_refuses_what_is_not_tls() {
         .await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.contains("over-tls"), "{answer}");
+        assert!(
+            answer.contains(r#""proto":"https""#),
+            "X-Forwarded-Proto says TLS: {answer}"
+        );
 
         // A game connection: the JOIN line and the game's bytes reach the server and come back.
         let mut tls = tls_connect(proxy.addr, &ca.der, versions).await.unwrap();
@@ -1029,6 +1041,26 @@ async fn browsers_play_over_a_websocket_with_their_ticket_first() {
         .await
         .unwrap();
     assert_eq!(next_message(&mut leaving).await, Err(1000));
+    // A server that takes a PROXY v2 header: it names the player and the proxy's own side of
+    // the WebSocket's connection.
+    let v2 = "7a0c9d6e-1b2c-4d3e-8f40-5a6b7c8d9e04";
+    proxy
+        .session_with(v2, "matched", &game, protocol::sessions::Identity::ProxyV2)
+        .await;
+    let mut identified = play_socket(proxy.addr, Some("matchplane.v1")).await.unwrap();
+    identified.send(Message::text(ticket("p1", v2))).await.unwrap();
+    let header = next_message(&mut identified).await.unwrap();
+    let read = protocol::proxy_header::decode(&header).unwrap();
+    assert_eq!((read.player_id.as_str(), read.session_id.as_str()), ("p1", v2));
+    assert_eq!(read.player_addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+    // IPv4 addresses: source 16..20, destination 20..24, source port 24..26, destination port 26..28.
+    assert_eq!(&header[20..24], &[127, 0, 0, 1], "the proxy's own address");
+    assert_eq!(
+        u16::from_be_bytes([header[26], header[27]]),
+        proxy.addr.port(),
+        "the proxy's own port"
+    );
+    drop(identified);
     // A message over 64 KiB: closed with 1009.
     ws.send(Message::binary(vec![b'x'; 70 * 1024])).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Err(1009));
@@ -1197,6 +1229,10 @@ async fn raw_backend(accepted: Arc<AtomicUsize>) -> String {
                         "/garbage" => ("SSH-2.0-OpenSSH_9.2\r\n\r\n".into(), true),
                         "/until-close" => ("HTTP/1.0 200 OK\r\n\r\nuntil close".into(), true),
                         "/silent" => (String::new(), true),
+                        "/slow" => {
+                            tokio::time::sleep(Duration::from_secs(11)).await;
+                            ("HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow".into(), false)
+                        }
                         other => (
                             format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{other}", other.len()),
                             false,
@@ -1231,7 +1267,7 @@ async fn get(
         .header("host", "proxy")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+    let response = tokio::time::timeout(Duration::from_secs(20), sender.send_request(request))
         .await
         .unwrap()
         .unwrap();
@@ -1307,5 +1343,64 @@ async fn the_backend_is_spoken_to_over_kept_alive_http11() {
         let (status, _, body) = get(&mut second, "/api/g").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "/g"), "after {path}");
     }
+    proxy.stop().await;
+}
+
+/// A player connection gets 10 s to send each request's head: one that trickles a head, or
+/// sits idle after its answer, is closed; a request that takes longer to answer (a long poll)
+/// is never cut.
+#[tokio::test]
+async fn a_slow_or_idle_head_is_cut_but_a_slow_answer_is_not() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let upstream = raw_backend(accepted).await;
+    let proxy = Proxy::start(&upstream, &[]).await;
+    let answered = async {
+        let mut slow = kept_alive(proxy.addr).await;
+        let (status, _, body) = get(&mut slow, "/api/slow").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "slow"),
+            "an 11 s answer is waited for"
+        );
+    };
+    let trickled = async {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET /api/a HTTP/1.1\r\nhost: p\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let n = stream.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+        // Half a head, then nothing.
+        stream.write_all(b"GET /api/b HTTP/1.1\r\nhost: p\r\n").await.unwrap();
+        let began = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a trickled head is cut");
+        assert!(
+            began.elapsed() >= Duration::from_secs(8),
+            "not before its time: {:?}",
+            began.elapsed()
+        );
+    };
+    let idle = async {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET /api/c HTTP/1.1\r\nhost: p\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 256];
+        let n = stream.read(&mut answer).await.unwrap();
+        assert!(n > 0);
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "an idle kept-alive connection is closed");
+    };
+    tokio::join!(answered, trickled, idle);
     proxy.stop().await;
 }
