@@ -35,7 +35,7 @@ demo-web: ## The web page playing the built-in game in a browser, on the local s
 web-check: ## The JavaScript client's tests (Node) and the page in headless Chromium (Playwright) playing whole matches over wss; with WEB_BENCH_PLAYERS, their time to play in the page (WEB_PLAYERS, SESSION_SIZE, WEB_BENCH_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
 	scripts/web.sh check "$(WEB_BENCH_PLAYERS)"
 
-up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
+up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, PLAYER_AUTH, RUST_LOG)
 	scripts/local.sh up
 
 down-local: ## Stop what up-local started

@@ -88,7 +88,7 @@ RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:$backend_p
 proxy_pid=$!
 trap 'kill $proxy_pid $haproxy_pid $backend_pid 2>/dev/null; wait $proxy_pid $haproxy_pid $backend_pid 2>/dev/null || true; mp_stop_services' EXIT
 sleep 0.5
-MP_STACK_DIR=$run_dir mp_wait_http "http://127.0.0.1:$backend_port/health" backend "$backend_pid"
+mp_wait_http "http://127.0.0.1:$backend_port/health" backend "$backend_pid" "$run_dir/backend.log"
 kill -0 "$haproxy_pid" 2>/dev/null || mp_die "haproxy did not start; see $run_dir/haproxy.log"
 kill -0 "$proxy_pid" 2>/dev/null || mp_die "the proxy did not start"
 

@@ -3,11 +3,12 @@
 # new user would.
 #  1. As root, ephemeral PostgreSQL starts from a run directory its user cannot enter (any
 #     clone under /root).
-#  2. A start-up that fails half way (the proxy never becomes healthy) leaves nothing running.
+#  2. A start-up that fails half way (the proxy never becomes healthy, the backend refuses its
+#     settings) leaves nothing running and prints the component's one-line reason.
 #  3. ctrl-c during `make demo` stops at once, says "interrupted", exits 130, leaves nothing.
 #  4. scripts/measure-game-server.py finds the binary through CARGO_TARGET_DIR from anywhere.
-#  5. A benchmark given a setting it cannot take stops with one sentence before it installs,
-#     builds or starts anything.
+#  5. A benchmark or demo given a setting it cannot take stops with one sentence before it
+#     installs, builds or starts anything.
 #  6. Services started in the run directory another run has just stopped in (`make
 #     down-local` then `make up-local`) keep their files: the first run's watchdog, which
 #     wakes up to a second later, leaves them alone.
@@ -43,10 +44,19 @@ chmod +x "$fake/proxy"
 if ( MP_BIN_DIR=$fake mp_start_stack "$scratch/stack" ) >"$scratch/half.log" 2>&1; then
   fail "a stack whose proxy fails started"
 fi
-grep -q "proxy exited during start-up" "$scratch/half.log" || fail "no word of the failed proxy: $(cat "$scratch/half.log")"
+grep -q "proxy exited during start-up: proxy: broken on purpose" "$scratch/half.log" \
+  || fail "no word of the failed proxy and its reason: $(cat "$scratch/half.log")"
 sleep 0.5
 left "$scratch" && fail "a failed start-up left processes running: $(pgrep -af "$scratch")"
-echo "scripts-check: a failed start-up stops what it started"
+# A configuration mistake: the backend's own one-line reason is printed.
+if ( MATCHMAKING_CONFIG=$scratch/no-such-queues.yaml mp_start_stack "$scratch/stack-config" ) >"$scratch/config.log" 2>&1; then
+  fail "a stack with a missing MATCHMAKING_CONFIG started"
+fi
+grep -q "backend exited during start-up: .*MATCHMAKING_CONFIG" "$scratch/config.log" \
+  || fail "a configuration mistake without its reason: $(cat "$scratch/config.log")"
+sleep 0.5
+left "$scratch" && fail "a failed start-up left processes running: $(pgrep -af "$scratch")"
+echo "scripts-check: a failed start-up stops what it started and says why"
 
 # 3. ctrl-c during the demo.
 set -m
@@ -96,7 +106,10 @@ refused "WARM_POOL_MIN must be above 0 for the warm runs, got '0'." WARM_POOL_MI
 refused "WARM_POOL_MIN must be above 0 for the warm runs, got 'many'." WARM_POOL_MIN=many scripts/bench-time-to-play.sh
 refused "MAX_EXAMPLES must be a whole number above 0, got '0'." MAX_EXAMPLES=0 scripts/api-check.sh
 refused "SEED must be a whole number, got '-1'." SEED=-1 scripts/api-check.sh
-echo "scripts-check: benchmarks and api-check refuse a bad setting with one sentence before starting anything"
+refused "CLIENTS must be a whole number above 0, got 'abc'." CLIENTS=abc scripts/demo.sh
+refused "MATCH_DURATION must be a number of seconds or players per second (0 or more), got '5s'." MATCH_DURATION=5s scripts/demo.sh
+refused "WEB_BENCH_PLAYERS must be a whole number of sessions of 3 players, got '4'." scripts/web.sh check 4
+echo "scripts-check: benchmarks, demos and api-check refuse a bad setting with one sentence before starting anything"
 
 # 6. One run right after another in the same directory.
 again=$scratch/again

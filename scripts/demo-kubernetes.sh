@@ -55,7 +55,7 @@ TICKET_SECRET="$secret" RUST_LOG="${RUST_LOG:-info}" "$bin/kube-sim" --bind "127
   --secret matchplane-ticket/ticket-secret=env:TICKET_SECRET --start-delay-ms "${POD_START_DELAY_MS:-2000}" \
   --rbac deploy/backend/rbac.yaml --log-dir "$run/pods" >"$run/kube-sim.log" 2>&1 &
 pids+=($!)
-mp_wait_http "http://127.0.0.1:$sim_port/healthz" kube-sim "$!"
+mp_wait_http "http://127.0.0.1:$sim_port/healthz" kube-sim "$!" "$run/kube-sim.log"
 sim="http://127.0.0.1:$sim_port"
 backends=()
 for replica in 1 2; do
@@ -67,7 +67,7 @@ for replica in 1 2; do
     FINISHED_POD_GRACE_SECONDS=2 ${WARM_POOL_MIN:+WARM_POOL_MIN=$WARM_POOL_MIN} ${WARM_POOL_MAX:+WARM_POOL_MAX=$WARM_POOL_MAX} \
     "$bin/backend" --kubeconfig "$run/kubeconfig" >"$run/backend-$replica.log" 2>&1 &
   pids+=($!)
-  MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$port/health" "backend replica $replica" "$!"
+  MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$port/health" "backend replica $replica" "$!" "$run/backend-$replica.log"
   backends+=("http://127.0.0.1:$port")
 done
 # The proxy forwards HTTP to replica 1; both replicas match from the one Redis queue and
@@ -76,7 +76,7 @@ env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="${bac
   TICKET_SECRET="$secret" PLAYER_TOKEN_SECRET="$player_secret" RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 \
   "$bin/proxy" >"$run/proxy.log" 2>&1 &
 pids+=($!)
-MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$!"
+MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$!" "$run/proxy.log"
 echo "proxy http://127.0.0.1:$proxy_port, backends ${backends[*]}, kube-sim $sim (kubeconfig $run/kubeconfig)"
 # Warm Pods are kept ahead of demand: let the pool fill before the players come.
 mp_wait_warm "${backends[0]}"

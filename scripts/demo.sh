@@ -12,6 +12,15 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stack.sh
 . scripts/stack.sh
 
+# The demo's numbers, checked before anything is installed, built or started.
+for name in CLIENTS SESSION_SIZE; do
+  value=${!name:-}
+  [ -z "$value" ] || [[ $value =~ ^[1-9][0-9]*$ ]] || mp_die "$name must be a whole number above 0, got '$value'."
+done
+for name in MATCH_DURATION SPAWN_RATE; do
+  value=${!name:-}
+  [ -z "$value" ] || [[ $value =~ ^[0-9]+(\.[0-9]+)?$ ]] || mp_die "$name must be a number of seconds or players per second (0 or more), got '$value'."
+done
 command -v cargo >/dev/null 2>&1 || mp_die "make demo needs the Rust toolchain (cargo): install it from rustup.rs and run this again."
 command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make demo needs curl: install it with 'sudo apt-get install -y curl' and run this again."
 mp_need_redis

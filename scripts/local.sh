@@ -40,6 +40,10 @@ case "${1:-}" in
     echo "matchplane is running: proxy $MP_PROXY_URL (API under /api), backend $MP_BACKEND_URL"
     echo "admin token: $MP_ADMIN_TOKEN   service token: $MP_SERVICE_TOKEN"
     echo "logs: $MP_STACK_DIR/*.log   settings: $state/env   stop with: make down-local"
+    if [ "${PLAYER_AUTH:-jwt}" = none ]; then
+      echo "player endpoints are open (PLAYER_AUTH=none): join and poll without a token"
+      exit 0
+    fi
     # Ready-made player tokens (valid 1 h) for the hand-played session in the README, as the
     # studio's identity service would issue them; more with
     # PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" target/release/loadgen token --player NAME

@@ -19,10 +19,14 @@
 mp_random() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
 
 mp_wait_http() {
-  local url=$1 what=$2 pid=$3
+  local url=$1 what=$2 pid=$3 log=${4:-$MP_STACK_DIR/$2.log} reason
   for _ in $(seq 1 150); do
     curl -fsS "$url" >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || mp_die "$what exited during start-up; see its log under $MP_STACK_DIR"
+    if ! kill -0 "$pid" 2>/dev/null; then
+      # A binary that refuses its settings says why in one line, its last.
+      reason=$(tail -n 1 "$log" 2>/dev/null || true)
+      mp_die "$what exited during start-up${reason:+: $reason} (its log: $log)"
+    fi
     sleep 0.1
   done
   mp_die "$what did not become healthy in 15 s; see its log under $MP_STACK_DIR"

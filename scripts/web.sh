@@ -15,6 +15,14 @@ mode=${1:-}
 # check's second argument: how many players' time to play to measure (make passes WEB_BENCH_PLAYERS).
 bench_players=${2:-}
 case $mode in demo | check) ;; *) echo "usage: scripts/web.sh demo | scripts/web.sh check [BENCH_PLAYERS]" >&2; exit 2 ;; esac
+# Settings checked before anything is installed, built or started.
+size=${SESSION_SIZE:-${WEB_PLAYERS:-3}}
+[[ $size =~ ^[1-9][0-9]*$ ]] || mp_die "SESSION_SIZE (or WEB_PLAYERS) must be a whole number above 0, got '$size'."
+if [ -n "$bench_players" ]; then
+  if ! [[ $bench_players =~ ^[1-9][0-9]*$ ]] || [ $((bench_players % size)) != 0 ]; then
+    mp_die "WEB_BENCH_PLAYERS must be a whole number of sessions of $size players, got '$bench_players'."
+  fi
+fi
 
 command -v cargo >/dev/null 2>&1 || mp_die "make demo-web needs the Rust toolchain (cargo): install it from rustup.rs and run this again."
 command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make demo-web needs curl: install it with 'sudo apt-get install -y curl' and run this again."
@@ -38,12 +46,6 @@ bin=${CARGO_TARGET_DIR:-target}/release
 out=.run/web-$mode
 rm -rf "$out"; mkdir -p "$out"
 read -r web_port < <(mp_free_ports 1)
-if [ -n "$bench_players" ]; then
-  size=${SESSION_SIZE:-${WEB_PLAYERS:-3}}
-  if ! [[ $bench_players =~ ^[1-9][0-9]*$ ]] || [ $((bench_players % size)) != 0 ]; then
-    mp_die "WEB_BENCH_PLAYERS must be a whole number of sessions of $size players, got '$bench_players'."
-  fi
-fi
 page="https://127.0.0.1:$web_port"
 export MP_ALLOWED_ORIGINS=$page MP_TLS=1 SESSION_SIZE=${SESSION_SIZE:-${WEB_PLAYERS:-3}}
 echo "== starting Redis, PostgreSQL, backend and proxy (TLS, session size $SESSION_SIZE) =="
