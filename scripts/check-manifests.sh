@@ -3,7 +3,9 @@
 # exists, and what it copies resolves as the workspace; everything under deploy/ renders
 # with kustomize, and every object,
 # plus the game-server Pod the backend creates (`backend render-pod`), validates in strict mode
-# against the Kubernetes OpenAPI schemas of the pinned version (the k8s-openapi feature).
+# against the Kubernetes OpenAPI schemas of the pinned version (the k8s-openapi feature); the
+# Pods deploy/ and its overlays run (TLS too) meet the restricted Pod Security level and can
+# read their Secret volumes (kube-sim's example pod_check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K8S_VERSION=1.35.0
@@ -101,6 +103,11 @@ MATCHMAKING_CONFIG=examples/sdk-server.yaml "${CARGO_TARGET_DIR:-target}/debug/b
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
   "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/overlay-tls-backend.yaml" "$out/overlay-tls-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml" \
   "$out/pod-warm-profile.yaml"
+# What a real cluster would refuse or break in the Pods deploy/ runs (kube-sim's Pod Security
+# admission; each Secret or ConfigMap volume readable by its container's user).
+cargo build --quiet --locked -p kube-sim --example pod_check
+"${CARGO_TARGET_DIR:-target}/debug/examples/pod_check" restricted "$out/deploy.yaml" "$out/overlay-backend.yaml" \
+  "$out/overlay-proxy.yaml" "$out/overlay-tls-backend.yaml" "$out/overlay-tls-proxy.yaml"
 echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's, a warm one of a profile) validate against Kubernetes $K8S_VERSION (strict)"
 
 # Security scan of the rendered manifests. deploy/ carries its exceptions, with reasons, as

@@ -410,3 +410,31 @@ async fn forward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The head timeout: 10 s from the start, or from the end of the last request; never while
+    /// a request is being answered.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_cut_after_ten_quiet_seconds_and_never_mid_answer() {
+        let activity = Activity::new();
+        let began = Instant::now();
+        watch(&activity).await;
+        assert_eq!(began.elapsed(), HEAD_TIMEOUT, "nothing sent at all");
+
+        let activity = Arc::new(Activity::new());
+        let began = Instant::now();
+        let answering = activity.clone();
+        tokio::spawn(async move {
+            // A request from 3 s to 25 s (a long poll), then quiet.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            answering.busy.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(22)).await;
+            answering.done();
+        });
+        watch(&activity).await;
+        assert_eq!(began.elapsed(), Duration::from_secs(35), "10 s after the answer");
+    }
+}

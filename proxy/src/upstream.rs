@@ -166,13 +166,10 @@ impl LaneSlot {
 
     /// Gives the lane's connection to the idle list; call once the player's connection closed.
     pub(crate) fn release(&self) {
-        if let Some(mut lane) = self.take_existing() {
+        let lane = self.lane.lock().expect("a lane slot is never poisoned").take();
+        if let Some(mut lane) = lane {
             lane.release();
         }
-    }
-
-    fn take_existing(&self) -> Option<Lane> {
-        self.lane.lock().expect("a lane slot is never poisoned").take()
     }
 }
 
