@@ -480,6 +480,20 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
     ];
     want.sort();
     assert_eq!(deleted, want);
+    // A change the watch saw before the deletion (the Pod still running, no deletion mark)
+    // does not delete it again; the next delete is the stray Pod of a session nobody knows.
+    let unknown = "0a0a0a0a-0000-4000-8000-0000000000ff";
+    api.watch(
+        "50",
+        &[
+            ("MODIFIED", pod(&stopped, "Running", true, Some("10.0.0.2"))),
+            ("ADDED", pod(unknown, "Running", true, Some("10.0.0.4"))),
+        ],
+    )
+    .await;
+    let (call, reply) = api.take(is_delete).await;
+    reply.send_response(respond(200, &json!({})));
+    assert_eq!(call.uri, format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(unknown)));
     match store.player("r1").await.unwrap() {
         PlayerView::InSession { record, .. } => {
             assert_eq!(record.state, SessionState::Ended);

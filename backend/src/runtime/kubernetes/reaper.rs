@@ -142,6 +142,7 @@ impl Reaper {
                 name,
                 session: Some(sid),
             } => {
+                deleting.lock().unwrap().remove(name);
                 if self.serves_live(sid, name).await?.1 {
                     self.sessions
                         .server_lost(sid, &format!("pod {name} deleted before its server reported"))
@@ -149,7 +150,10 @@ impl Reaper {
                 }
                 Ok(())
             }
-            Change::Deleted { session: None, .. } => Ok(()),
+            Change::Deleted { name, session: None } => {
+                deleting.lock().unwrap().remove(name);
+                Ok(())
+            }
             Change::Resynced => self.resync(deleting).await,
         }
     }
@@ -214,7 +218,9 @@ impl Reaper {
         if finished { self.grace } else { Duration::ZERO }
     }
 
-    /// Deletes a Pod after `wait`, once: not again while that delete is under way.
+    /// Deletes a Pod after `wait`, once: not again while that delete is under way, nor once
+    /// the API server took it, until the watch shows the Pod gone (its deletion, or a relist
+    /// without it). A change the watch saw before the deletion must not send a second one.
     fn reap(&self, name: String, wait: Duration, deleting: &Arc<Mutex<HashSet<String>>>) {
         if !deleting.lock().unwrap().insert(name.clone()) {
             return;
@@ -222,8 +228,9 @@ impl Reaper {
         let (pods, deleting) = (self.pods.clone(), deleting.clone());
         tokio::spawn(async move {
             sleep(wait).await;
-            delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await;
-            deleting.lock().unwrap().remove(&name);
+            if !delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await {
+                deleting.lock().unwrap().remove(&name);
+            }
         });
     }
 
@@ -255,6 +262,8 @@ impl Reaper {
         // so a Pod seen here whose session is not in the later list has really ended.
         let pods = self.watch.pods();
         let names: HashSet<&str> = pods.iter().filter_map(|pod| pod.metadata.name.as_deref()).collect();
+        // Deletions the watch can no longer show (it missed them while it relisted).
+        deleting.lock().unwrap().retain(|name| names.contains(name.as_str()));
         let with_pod: HashSet<String> = pods.iter().filter_map(|pod| session_of(pod)).collect();
         let old_enough = now_ms() - millis(self.min_age);
         let live = self.sessions.live().await?;
