@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes demo-web web-check up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check deny fuzz fuzz-build ci \
-	up cluster databases game-build game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
+.PHONY: help fmt lint test build release demo demo-kubernetes demo-web web-check up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check ops-check deny fuzz fuzz-build ci \
+	up cluster databases game-build game-push game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-26s %s\n", $$1, $$2}'
@@ -78,58 +78,65 @@ docs-check: ## README configuration tables agree with every binary's --help; mak
 api-check: ## The HTTP API, directly and through the proxy, against docs/openapi.yaml: schemathesis on the local stack (MAX_EXAMPLES, SEED)
 	scripts/api-check.sh
 
+ops-check: ## The cluster targets run as an operator runs them, against stand-ins for docker, kind, kubectl and curl, under dash with macOS-like tools (tag computed once, every kubectl call on its context, Secrets never on a command line, rollouts only for changed images, buildx and pushed digests)
+	scripts/check-ops.sh
+
 scripts-check: ## The scripts keep their promises: root-only clone dirs, no leftovers after a failed start, ctrl-c says "interrupted", bad benchmark and api-check settings refused up front
 	cargo build --workspace --bins --release --locked
 	scripts/check-scripts.sh
 
 
-# Cluster operations (kind/ops.sh); the original system's target names.
-up: ## kind cluster, databases and the game stack: everything, ready for a load test
+# Cluster operations (kind/ops.sh); the original system's target names. Every kubectl call
+# names its context: kind-$KIND_CLUSTER, or KUBE_CONTEXT for another cluster.
+up: ## kind cluster, databases and the game stack: everything, ready for a load test (KIND_CLUSTER, IMAGE_TAG, IMAGE_REPOSITORY, PLATFORM, PROXY_TLS)
 	kind/ops.sh up
 
-cluster: ## Create the kind cluster (localhost:8080 -> proxy NodePort 30080)
+cluster: ## Create the kind cluster, kind v0.24.0 or later (localhost:8080 -> proxy NodePort 30080) (KIND_CLUSTER)
 	kind/ops.sh cluster
 
-databases: ## Secrets (random, never committed), Redis and PostgreSQL in namespace databases
+databases: ## Secrets (random, kept when they exist, never committed or on a command line), Redis (with a password) and PostgreSQL in namespace databases (KUBE_CONTEXT, KIND_CLUSTER)
 	kind/ops.sh databases
 
-game-build: ## Build the images (backend, proxy, game-server, loadgen) from deploy/Dockerfile
+game-build: ## Build the images (backend, proxy, game-server, loadgen) from deploy/Dockerfile into the local engine, for one platform (IMAGE_TAG, IMAGE_REPOSITORY, PLATFORM)
 	kind/ops.sh game-build
 
-game-load-images: ## Load the images into the kind cluster
+game-push: ## Build the images for several platforms with buildx and push them to IMAGE_REPOSITORY; game-backend and game-proxy then deploy their digests (IMAGE_REPOSITORY, IMAGE_TAG, PLATFORM: linux/amd64,linux/arm64)
+	kind/ops.sh game-push
+
+game-load-images: ## Load the images into the kind cluster (KIND_CLUSTER, IMAGE_TAG, IMAGE_REPOSITORY)
 	kind/ops.sh game-load-images
 
-game-backend: ## Deploy the backend (RUNTIME=kubernetes) with its RBAC and NetworkPolicy; PROXY_TLS=1: PUBLIC_TLS=true
+game-backend: ## Deploy the backend (RUNTIME=kubernetes) with its RBAC and NetworkPolicy, rolled out only when its images changed; PROXY_TLS=1: PUBLIC_TLS=true (KUBE_CONTEXT, KIND_CLUSTER, IMAGE_TAG, IMAGE_REPOSITORY, PUBLIC_HOST, PUBLIC_PORT, PROXY_TLS)
 	kind/ops.sh game-backend
 
-game-proxy: ## Deploy the proxy (NodePort 30080); PROXY_TLS=1: TLS on its public port from the Secret matchplane-proxy-tls (deploy/tls)
+game-proxy: ## Deploy the proxy (NodePort 30080), rolled out only when its image changed; PROXY_TLS=1: TLS on its public port from the Secret matchplane-proxy-tls (deploy/tls) (KUBE_CONTEXT, KIND_CLUSTER, IMAGE_TAG, IMAGE_REPOSITORY, PROXY_TLS)
 	kind/ops.sh game-proxy
 
-game-testbed: ## game-build, game-load-images, game-backend and game-proxy
+game-testbed: ## game-build, game-load-images, game-backend and game-proxy (KIND_CLUSTER, IMAGE_TAG, IMAGE_REPOSITORY, PLATFORM, PUBLIC_HOST, PUBLIC_PORT, PROXY_TLS)
 	kind/ops.sh game-testbed
 
-proxy-port-forward-local: ## Port-forward localhost:8080 to the proxy (clusters without kind's mapping)
+proxy-port-forward-local: ## Port-forward localhost:8080 to the proxy (clusters without kind's mapping) (KUBE_CONTEXT, KIND_CLUSTER)
 	kind/ops.sh proxy-port-forward-local
 
-game-load-local: ## The loadgen image's swarm against localhost:8080 (TARGET_URL, CLIENTS, SPAWN_RATE, MATCH_DURATION)
+game-load-local: ## The loadgen image's swarm against localhost:8080 (TARGET_URL, CLIENTS, SPAWN_RATE, MATCH_DURATION, PLAYER_TOKEN_SECRET, KUBE_CONTEXT, KIND_CLUSTER, IMAGE_TAG, IMAGE_REPOSITORY)
 	kind/ops.sh game-load-local
 
-status: ## Pods of databases and matchplane, and health through the proxy
+status: ## Pods of databases and matchplane, and health through the proxy (TARGET_URL, KUBE_CONTEXT, KIND_CLUSTER)
 	kind/ops.sh status
 
-clear-databases: ## Empty Redis and the PostgreSQL history tables in the cluster
+clear-databases: ## Empty Redis and the PostgreSQL history tables in the cluster (KUBE_CONTEXT, KIND_CLUSTER)
 	kind/ops.sh clear-databases
 
-ping-redis: ## redis-cli ping in the cluster's Redis
+ping-redis: ## redis-cli ping in the cluster's Redis (KUBE_CONTEXT, KIND_CLUSTER)
 	kind/ops.sh ping-redis
 
-ping-postgres: ## pg_isready in the cluster's PostgreSQL
+ping-postgres: ## pg_isready in the cluster's PostgreSQL (KUBE_CONTEXT, KIND_CLUSTER)
 	kind/ops.sh ping-postgres
 
 free-local-db-ports: ## Stop kubectl port-forwards holding local ports 6379, 5432, 8080
 	kind/ops.sh free-local-db-ports
 
-down: ## Delete the kind cluster
+down: ## Delete the kind cluster and remove the images make game-build made (KIND_CLUSTER)
 	kind/ops.sh down
 
 ci: ## Run what CI runs

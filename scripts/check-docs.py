@@ -47,6 +47,36 @@ ENTRY_POINTS = {
 NOT_SETTINGS = {"CARGO_TARGET_DIR", "CI", "HOME", "TMPDIR", "PATH"}
 
 
+def settings_read(text):
+    read = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):[-=]", text))
+    return {v for v in read if not v.startswith("MP_") and v not in NOT_SETTINGS}
+
+
+def cluster_targets(lines):
+    """kind/ops.sh serves every cluster target, one `case` branch each: a branch's settings
+    must be on its target's help line, and the settings the whole script and kind/images.sh
+    read on at least one cluster target's line."""
+    problems = []
+    ops = open(os.path.join(ROOT, "kind/ops.sh"), encoding="utf-8").read()
+    head, _, body = ops.partition('case "$TARGET" in')
+    branches = re.findall(r"^  ([a-z-]+)\)\n(.*?)^    ;;$", body, re.S | re.M)
+    if not branches:
+        return ["docs-check: found no targets in kind/ops.sh"]
+    for target, branch in branches:
+        if target not in lines:
+            problems.append(f"make help: kind/ops.sh has a target {target} that make does not offer")
+            continue
+        for var in sorted(settings_read(branch)):
+            if not re.search(rf"\b{var}\b", lines[target]):
+                problems.append(f"make help: {target} reads {var} but its help line does not name it")
+    shared = settings_read(head) | settings_read(open(os.path.join(ROOT, "kind/images.sh"), encoding="utf-8").read())
+    cluster_lines = " ".join(lines.get(t, "") for t, _ in branches)
+    for var in sorted(shared):
+        if not re.search(rf"\b{var}\b", cluster_lines):
+            problems.append(f"make help: the cluster targets read {var} but no cluster target's help line names it")
+    return problems
+
+
 def readme_sections():
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     sections, current = {}, None
@@ -96,6 +126,7 @@ def main():
         for var in sorted(read):
             if not re.search(rf"\b{var}\b", line):
                 problems.append(f"make help: {target} reads {var} but its help line does not name it")
+    problems += cluster_targets(lines)
     for p in problems:
         print(p)
     if problems:

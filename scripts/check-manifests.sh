@@ -88,9 +88,11 @@ export NAMESPACE=matchplane
 TICKET_SECRET=render-check BACKEND_INTERNAL_URL=http://matchplane-backend.matchplane.svc:8081 \
   "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f --players alice,bob >"$out/pod.yaml"
 # With every optional pod setting in use, too.
-GAME_SERVER_NODE_SELECTOR='pool=games' GAME_SERVER_TOLERATIONS='[{"key":"games","operator":"Exists","effect":"NoSchedule"}]' \
+GAME_SERVER_NODE_SELECTOR='pool=games' GAME_SERVER_IMAGE_PULL_SECRETS=registry-credentials GAME_SERVER_TOLERATIONS='[{"key":"games","operator":"Exists","effect":"NoSchedule"}]' \
   START_POLICY=roster MAX_MATCH_SECONDS=3600 \
   "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e60 --players a >"$out/pod-options.yaml"
+grep -A1 '^  imagePullSecrets:' "$out/pod-options.yaml" | grep -q 'name: registry-credentials' \
+  || { echo "GAME_SERVER_IMAGE_PULL_SECRETS does not reach the rendered Pod's imagePullSecrets" >&2; exit 1; }
 # A warm Pod (WARM_POOL_MIN/WARM_POOL_MAX): started without a session.
 "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --warm >"$out/pod-warm.yaml"
 # A session of a server profile (BZFlag's own server, examples/servers.yaml).

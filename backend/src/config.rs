@@ -595,6 +595,18 @@ mod tests {
         broken_pods.0.core.backend_internal_url = Some("http://backend:8081".into());
         let err = broken_pods.runtime(RuntimeKind::Kubernetes).build().unwrap_err();
         assert!(err.contains("GAME_SERVER_NODE_SELECTOR"), "{err}");
+        let mut pull = base.clone().runtime(RuntimeKind::Kubernetes);
+        pull.0.core.backend_internal_url = Some("http://backend:8081".into());
+        pull.0.runtime.kubernetes.game_server_image_pull_secrets = " registry-a , registry.b ".into();
+        let RuntimeSettings::Kubernetes(k) = pull.clone().build().unwrap().runtime else {
+            panic!("the kubernetes runtime")
+        };
+        assert_eq!(k.template.image_pull_secrets, ["registry-a", "registry.b"]);
+        for bad in ["Registry", "-a", "a_b", "a..b"] {
+            pull.0.runtime.kubernetes.game_server_image_pull_secrets = bad.into();
+            let err = pull.clone().build().unwrap_err();
+            assert!(err.contains("GAME_SERVER_IMAGE_PULL_SECRETS"), "{bad}: {err}");
+        }
         assert!(matches!(
             base.runtime(RuntimeKind::None).build().unwrap().runtime,
             RuntimeSettings::None

@@ -381,6 +381,7 @@ pub fn pod_template(ns: &str) -> backend::runtime::kubernetes::PodTemplate {
         memory_limit: "64Mi".into(),
         node_selector: Default::default(),
         tolerations: Vec::new(),
+        image_pull_secrets: Vec::new(),
         secret_name: "matchplane-ticket".into(),
         secret_key: "ticket-secret".into(),
         active_deadline_seconds: 86_580,

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod,
-    PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
-    TCPSocketAction, Toleration, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, LocalObjectReference,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, TCPSocketAction, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -42,6 +42,8 @@ pub struct PodTemplate {
     pub memory_limit: String,
     pub node_selector: BTreeMap<String, String>,
     pub tolerations: Vec<Toleration>,
+    /// Secrets (in the Pod's namespace) the kubelet pulls the image with: a private registry.
+    pub image_pull_secrets: Vec<String>,
     /// The Secret and key holding `TICKET_SECRET`.
     pub secret_name: String,
     pub secret_key: String,
@@ -376,6 +378,13 @@ fn pod_around(
             termination_grace_period_seconds: Some(20),
             node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
             tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
+            image_pull_secrets: (!template.image_pull_secrets.is_empty()).then(|| {
+                template
+                    .image_pull_secrets
+                    .iter()
+                    .map(|name| LocalObjectReference { name: name.clone() })
+                    .collect()
+            }),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65532),

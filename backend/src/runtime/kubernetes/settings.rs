@@ -54,6 +54,10 @@ pub struct KubernetesArgs {
     /// Tolerations for game-server pods, as a JSON array of Kubernetes tolerations.
     #[arg(long, env = "GAME_SERVER_TOLERATIONS", default_value = "")]
     pub game_server_tolerations: String,
+    /// Secrets the kubelet pulls game-server images with (a private registry): `name,name`, in
+    /// the game servers' namespace.
+    #[arg(long, env = "GAME_SERVER_IMAGE_PULL_SECRETS", default_value = "")]
+    pub game_server_image_pull_secrets: String,
     /// The Secret holding the ticket secret, mounted into game-server pods.
     #[arg(long, env = "TICKET_SECRET_NAME", default_value = "matchplane-ticket")]
     pub ticket_secret_name: String,
@@ -97,6 +101,17 @@ impl KubernetesArgs {
             serde_json::from_str(&self.game_server_tolerations)
                 .map_err(|e| format!("GAME_SERVER_TOLERATIONS must be a JSON array of tolerations: {e}"))?
         };
+        let image_pull_secrets = self
+            .game_server_image_pull_secrets
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                dns_subdomain(name).then(|| name.to_owned()).ok_or_else(|| {
+                    format!("GAME_SERVER_IMAGE_PULL_SECRETS must be Secret names separated by commas, got {name:?}")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         // Pods log JSON for the cluster's log pipeline, whatever the backend itself writes.
         let extra_env = game.env(LogFormat::Json);
         Ok(PodTemplate {
@@ -109,6 +124,7 @@ impl KubernetesArgs {
             memory_limit: self.game_server_memory_limit.clone(),
             node_selector,
             tolerations,
+            image_pull_secrets,
             secret_name: self.ticket_secret_name.clone(),
             secret_key: self.ticket_secret_key.clone(),
             // Open timeout + longest match + time to drain and report.
@@ -136,4 +152,18 @@ impl KubernetesArgs {
             warm,
         })
     }
+}
+
+/// Whether `name` is a valid object name (an RFC 1123 subdomain), as the API server requires
+/// of a Secret's.
+fn dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
