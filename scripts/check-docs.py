@@ -40,6 +40,7 @@ ENTRY_POINTS = {
     "web-check": ["scripts/web.sh", "scripts/stack.sh"],
     "bench-matchmaker": ["scripts/bench-matchmaker.sh"],
     "bench-proxy": ["scripts/bench-proxy.sh"],
+    "rollout-check": ["scripts/rollout-check.sh"],
     "fuzz": ["scripts/fuzz.sh"],
 }
 # Variables scripts read that are not for the person running make: CI, the toolchain,

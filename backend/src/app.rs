@@ -62,6 +62,9 @@ const HTTP_CLOSE: Duration = Duration::from_secs(5);
 /// The tokens of the shutdown phases, each a child of the app's root.
 struct Phases {
     root: CancellationToken,
+    /// Cancelled at once: not ready (load balancers stop sending), everything still served
+    /// for `SHUTDOWN_DELAY_SECONDS`.
+    unready: CancellationToken,
     /// Cancelled first: no more joins, no more sessions formed, not ready.
     joins: CancellationToken,
     /// Cancelled after the sessions drained: the HTTP server stops.
@@ -76,6 +79,7 @@ impl Phases {
     fn new() -> Phases {
         let root = CancellationToken::new();
         Phases {
+            unready: root.child_token(),
             joins: root.child_token(),
             http: root.child_token(),
             background: root.child_token(),
@@ -90,6 +94,7 @@ pub struct App {
     phases: Phases,
     supervisor: Supervisor,
     shutdown_grace: Duration,
+    shutdown_delay: Duration,
     http: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -240,6 +245,7 @@ impl App {
             http_metrics: metrics.http,
             waiters,
             runtime: runtime.clone(),
+            unready: phases.unready.clone(),
         });
         let http = {
             let stop = phases.http.clone();
@@ -251,6 +257,7 @@ impl App {
             phases,
             supervisor,
             shutdown_grace: settings.shutdown_grace,
+            shutdown_delay: settings.shutdown_delay,
             http,
             tasks,
         })
@@ -262,9 +269,15 @@ impl App {
             phases,
             supervisor,
             shutdown_grace,
+            shutdown_delay,
             http,
             tasks,
         } = self;
+        phases.unready.cancel();
+        if !shutdown_delay.is_zero() {
+            tracing::info!(delay = ?shutdown_delay, "shutting down: not ready; serving on while load balancers notice");
+            tokio::time::sleep(shutdown_delay).await;
+        }
         tracing::info!("shutting down: no more joins");
         phases.joins.cancel();
         supervisor.drain(shutdown_grace).await;

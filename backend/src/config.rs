@@ -99,6 +99,11 @@ pub struct CoreArgs {
     /// On SIGTERM, how long running matches may go on before their servers are terminated.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30.0)]
     pub shutdown_grace_seconds: f64,
+    /// On SIGTERM, how long to go on serving everything (joins too) while `/health` already
+    /// says not ready, so load balancers and Kubernetes' endpoints stop sending requests here
+    /// before joins are refused. The grace for running matches follows it.
+    #[arg(long, env = "SHUTDOWN_DELAY_SECONDS", default_value_t = 0.0)]
+    pub shutdown_delay_seconds: f64,
 }
 
 /// Validated settings.
@@ -126,6 +131,7 @@ pub struct Settings {
     pub(crate) internal_url: Option<String>,
     pub(crate) ticket_ttl: Duration,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) shutdown_delay: Duration,
     /// How long an open history row's session may be unknown to Redis before it is `lost`.
     pub(crate) lost_grace: Duration,
     pub(crate) runtime: RuntimeSettings,
@@ -196,6 +202,7 @@ impl Config {
                 .map(|u| u.trim_end_matches('/').to_owned()),
             ticket_ttl: Duration::from_secs(u64::from(core.ticket_ttl_seconds.max(1))),
             shutdown_grace: seconds("SHUTDOWN_GRACE_SECONDS", core.shutdown_grace_seconds)?,
+            shutdown_delay: seconds("SHUTDOWN_DELAY_SECONDS", core.shutdown_delay_seconds)?,
             lost_grace: history.lost_grace,
             runtime,
         })
@@ -437,6 +444,11 @@ impl SettingsBuilder {
 
     pub fn shutdown_grace_seconds(mut self, seconds: f64) -> Self {
         self.0.core.shutdown_grace_seconds = seconds;
+        self
+    }
+
+    pub fn shutdown_delay_seconds(mut self, seconds: f64) -> Self {
+        self.0.core.shutdown_delay_seconds = seconds;
         self
     }
 

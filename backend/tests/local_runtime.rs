@@ -319,6 +319,53 @@ async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
     assert_eq!(reason, "terminated");
 }
 
+/// With SHUTDOWN_DELAY_SECONDS, a stopping backend says it is not ready at once and goes on
+/// taking joins for the delay (load balancers stop sending meanwhile); only then are joins
+/// refused, with the answer marking the refusal as a draining replica's (the proxy sends it on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_backend_is_unready_first_and_takes_joins_through_its_delay() {
+    let (backend, _db) = local_backend(|s| {
+        s.session_size(2)
+            .flush_wait_seconds(600.0)
+            .shutdown_delay_seconds(2.0)
+            .shutdown_grace_seconds(0.0)
+    })
+    .await;
+    let http = backend.http.clone();
+    backend.shutdown.cancel();
+    let began = std::time::Instant::now();
+    let status = eventually(Duration::from_secs(10), || async {
+        let (status, health) = http.get("/health").await;
+        (health["draining"].as_bool() == Some(true)).then_some(status)
+    })
+    .await;
+    assert_eq!(status, hyper::StatusCode::SERVICE_UNAVAILABLE, "not ready at once");
+    let (status, body) = http.join("early").await;
+    assert_eq!(
+        status,
+        hyper::StatusCode::OK,
+        "joins are taken through the delay: {body}"
+    );
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let refused = eventually(Duration::from_secs(10), || async {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (status, body) = http.join(&format!("late-{n}")).await;
+        (status == hyper::StatusCode::SERVICE_UNAVAILABLE).then(|| (began.elapsed(), body))
+    })
+    .await;
+    assert!(
+        refused.0 >= Duration::from_millis(1500),
+        "refused after the delay, not {:?}",
+        refused.0
+    );
+    assert_eq!(refused.1["error"]["code"], "unavailable", "{}", refused.1);
+    tokio::time::timeout(Duration::from_secs(60), backend.task)
+        .await
+        .expect("backend stops")
+        .unwrap()
+        .unwrap();
+}
+
 /// A backend binary on `port` under `instance`, with the local runtime running `game_server`.
 fn backend_process(
     port: u16,

@@ -96,6 +96,11 @@ pub struct MatchResponse {
     pub placement: crate::sessions::Placement,
 }
 
+/// The header a backend replica that is shutting down puts on a `503` it answered before
+/// doing anything (a join it no longer takes): the request may go to another replica, which
+/// the proxy does once.
+pub const DRAINING_HEADER: &str = "matchplane-draining";
+
 /// Every `error.code` an HTTP answer of matchplane carries (the backend's API, and the
 /// proxy's own answers), with the status it goes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

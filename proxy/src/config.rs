@@ -51,6 +51,11 @@ pub struct Config {
     /// On SIGTERM, how long spliced game connections may go on.
     #[arg(long, env = "DRAIN_SECONDS", default_value_t = 30.0)]
     pub drain_seconds: f64,
+    /// On SIGTERM, how long to go on accepting and serving while `/health` already says not
+    /// ready, so load balancers and Kubernetes' endpoints stop sending players here before
+    /// the port closes. The drain follows it.
+    #[arg(long, env = "SHUTDOWN_DELAY_SECONDS", default_value_t = 0.0)]
+    pub shutdown_delay_seconds: f64,
     /// Joins and status polls per second allowed for one player (by the verified `sub` of
     /// the player's token; 0 disables the limit).
     #[arg(long, env = "PLAYER_RATE_LIMIT_PER_SECOND", default_value_t = 5.0)]
@@ -122,6 +127,7 @@ pub struct Settings {
     pub first_line_timeout: Duration,
     pub max_body_bytes: usize,
     pub drain: Duration,
+    pub shutdown_delay: Duration,
     pub player_rate_per_second: f64,
     pub player_rate_burst: f64,
     pub udp_idle: Duration,
@@ -200,6 +206,7 @@ impl Config {
             first_line_timeout,
             max_body_bytes: self.max_body_bytes,
             drain: seconds("DRAIN_SECONDS", self.drain_seconds)?,
+            shutdown_delay: seconds("SHUTDOWN_DELAY_SECONDS", self.shutdown_delay_seconds)?,
             player_rate_per_second: self.player_rate_limit_per_second,
             player_rate_burst: self.player_rate_limit_burst,
             udp_idle,

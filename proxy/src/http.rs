@@ -285,7 +285,7 @@ fn health(ctx: &Context) -> Response<Full<Bytes>> {
         open_game_connections: ctx.metrics.open_game(),
     };
     let mut response = json_response(&body);
-    if !redis_ok || ctx.draining.is_cancelled() {
+    if !redis_ok || ctx.unready.is_cancelled() {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
     response

@@ -56,7 +56,9 @@ struct Context {
     routes: game::Routes,
     /// Redis and the backend as last checked.
     health: health::Health,
-    /// Cancelled on shutdown: no new connections, not ready.
+    /// Cancelled when shutdown begins: not ready, still accepting for the shutdown delay.
+    unready: CancellationToken,
+    /// Cancelled after the shutdown delay: no new connections.
     draining: CancellationToken,
     limiter: limits::RateLimiter<std::net::IpAddr>,
     permits: Arc<Semaphore>,
@@ -122,6 +124,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         metrics: Metrics::new(&[game::SESSION_LOOKUP, game::PRESENCE]),
         routes: game::Routes::default(),
         health: health::Health::default(),
+        unready: CancellationToken::new(),
         draining: CancellationToken::new(),
     });
     ctx.health.check(&ctx).await;
@@ -162,9 +165,27 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         backend = %ctx.settings.backend_url,
         "proxy ready"
     );
+    // Shutdown: not ready at once, the port closed after the delay.
+    let stop_accepting = CancellationToken::new();
+    {
+        let (unready, stop_accepting, delay) =
+            (ctx.unready.clone(), stop_accepting.clone(), ctx.settings.shutdown_delay);
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            unready.cancel();
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "shutting down: not ready; accepting on while load balancers notice"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            stop_accepting.cancel();
+        });
+    }
     loop {
         let (accepted, on_tls) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = stop_accepting.cancelled() => break,
             accepted = accept(plain.as_ref()) => (accepted, false),
             accepted = accept(secure.as_ref()) => (accepted, true),
         };

@@ -99,6 +99,14 @@ impl Backend {
 
     /// An idle connection that is still open and quiet (true: reused), or a new one.
     async fn connect(&self) -> std::io::Result<(TcpStream, bool)> {
+        if let Some(stream) = self.idle() {
+            return Ok((stream, true));
+        }
+        Ok((self.connect_new().await?, false))
+    }
+
+    /// The newest idle connection that is still open and quiet.
+    fn idle(&self) -> Option<TcpStream> {
         loop {
             let candidate = {
                 let mut idle = self.idle.lock().expect("the idle list is never poisoned");
@@ -108,16 +116,20 @@ impl Backend {
                 idle.drain(..fresh_from);
                 idle.pop()
             };
-            let Some((stream, _)) = candidate else { break };
+            let (stream, _) = candidate?;
             if quiet(&stream) {
-                return Ok((stream, true));
+                return Some(stream);
             }
         }
+    }
+
+    /// A new connection: through a Service, possibly to another replica.
+    async fn connect_new(&self) -> std::io::Result<TcpStream> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"))??;
         stream.set_nodelay(true)?;
-        Ok((stream, false))
+        Ok(stream)
     }
 
     fn give_back(&self, stream: TcpStream) {
@@ -193,31 +205,47 @@ impl Lane {
         }
     }
 
-    /// Sends `request` and reads the whole answer. A request whose connection turns out
-    /// closed before any answer byte (a reused connection the backend closed just then) is
-    /// sent once more on a new connection.
+    /// Sends `request` and reads the whole answer. A request whose reused connection turns
+    /// out closed before any answer byte (the backend closed it just then) is sent once more.
+    /// And once per request, it goes to another replica (a new connection, which a Service
+    /// balances) when the one it reached did nothing with it: the connection could not be
+    /// made, an idempotent request got no answer at all, or a replica that is shutting down
+    /// refused it (503 with [`protocol::api::DRAINING_HEADER`]). A rollout of the backend
+    /// then costs players nothing.
     pub(crate) async fn send(&mut self, request: &Outgoing<'_>) -> Result<Answer, ForwardError> {
         encode(request, &self.backend.host, &mut self.out);
-        let mut last = None;
-        for _ in 0..2 {
-            let (mut stream, reused) = match self.held.take() {
-                Some(stream) if quiet(&stream) => (stream, true),
-                _ => self.backend.connect().await.map_err(ForwardError::Unreachable)?,
+        let (mut stale_retried, mut elsewhere) = (false, false);
+        loop {
+            let held = self.held.take().filter(quiet);
+            let (mut stream, reused) = match held {
+                Some(stream) => (stream, true),
+                None if elsewhere => match self.backend.connect_new().await {
+                    Ok(stream) => (stream, false),
+                    Err(e) => return Err(ForwardError::Unreachable(e)),
+                },
+                None => match self.backend.connect().await {
+                    Ok(connected) => connected,
+                    Err(_) => {
+                        elsewhere = true;
+                        continue;
+                    }
+                },
             };
             self.buf.clear();
             match exchange(&mut stream, &self.out, &mut self.buf, request.method).await {
+                Ok((answer, _)) if !elsewhere && draining(&answer) => elsewhere = true,
                 Ok((answer, keep)) => {
                     if keep && self.buf.is_empty() {
                         self.held = Some(stream);
                     }
                     return Ok(answer);
                 }
-                Err(Failure::BeforeAnswer(e)) if reused => last = Some(e),
+                Err(Failure::BeforeAnswer(_)) if reused && !stale_retried => stale_retried = true,
+                Err(Failure::BeforeAnswer(_)) if !elsewhere && idempotent(request.method) => elsewhere = true,
                 Err(Failure::BeforeAnswer(e)) => return Err(ForwardError::Unreachable(e)),
                 Err(Failure::CutOff(e)) => return Err(ForwardError::CutOff(e)),
             }
         }
-        Err(ForwardError::Unreachable(last.expect("a failed try says why")))
     }
 
     /// Gives the backend connection back to the idle list. Call once the player's
@@ -227,6 +255,19 @@ impl Lane {
             self.backend.give_back(stream);
         }
     }
+}
+
+/// A replica that is shutting down refused the request without doing anything.
+fn draining(answer: &Answer) -> bool {
+    answer.status == StatusCode::SERVICE_UNAVAILABLE && answer.headers.contains_key(protocol::api::DRAINING_HEADER)
+}
+
+/// Whether sending `method` twice does what sending it once does (RFC 9110, 9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
 }
 
 /// The request's head and body, as one buffer.

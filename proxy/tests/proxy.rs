@@ -1187,6 +1187,11 @@ async fn the_api_answers_cors_for_listed_origins_only() {
     }
 }
 
+/// The connections (by serial) the scripted backend was asked for each path on.
+static HITS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Vec<usize>>>> =
+    std::sync::LazyLock::new(Default::default);
+static SERIAL: AtomicUsize = AtomicUsize::new(0);
+
 /// A backend scripted byte by byte: each request's answer is chosen by its path. Counts the
 /// connections that carry forwarded requests (the proxy's own health checks aside).
 async fn raw_backend(accepted: Arc<AtomicUsize>) -> String {
@@ -1195,6 +1200,7 @@ async fn raw_backend(accepted: Arc<AtomicUsize>) -> String {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let accepted = accepted.clone();
+            let serial = SERIAL.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut counted = false;
@@ -1217,7 +1223,18 @@ async fn raw_backend(accepted: Arc<AtomicUsize>) -> String {
                         counted = true;
                         accepted.fetch_add(1, Ordering::SeqCst);
                     }
+                    // Paths ending in -once fail only the first time they are asked for.
+                    let first = {
+                        let mut hits = HITS.lock().unwrap();
+                        let seen = hits.entry(path.clone()).or_default();
+                        seen.push(serial);
+                        seen.len() == 1
+                    };
+                    let draining = "HTTP/1.1 503 Service Unavailable\r\nmatchplane-draining: 1\r\ncontent-length: 8\r\n\r\ndraining";
                     let (answer, close): (String, bool) = match path.as_str() {
+                        "/draining-once" | "/draining-post-once" if first => (draining.into(), false),
+                        "/draining-always" => (draining.into(), false),
+                        "/silent-once" | "/silent-post-once" if first => (String::new(), true),
                         "/chunked" => (
                             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kind: chunked\r\n\
                              keep-alive: timeout=5\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n"
@@ -1344,6 +1361,114 @@ async fn the_backend_is_spoken_to_over_kept_alive_http11() {
         assert_eq!((status, body.as_str()), (StatusCode::OK, "/g"), "after {path}");
     }
     proxy.stop().await;
+}
+
+/// A request the backend replica it reached did nothing with goes to another one once, on a
+/// new connection (a Service balances it): a 503 from a replica that is shutting down (any
+/// method), and an idempotent request that got no answer at all. A POST that got no answer
+/// is not sent again (it may have been done), nor is a request refused twice.
+#[tokio::test]
+async fn a_request_a_replica_did_nothing_with_goes_to_another_once() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let upstream = raw_backend(accepted.clone()).await;
+    let proxy = Proxy::start(&upstream, &[]).await;
+    let post = |path: &'static str| {
+        let proxy = proxy.addr;
+        async move {
+            let mut sender = kept_alive(proxy).await;
+            sender.ready().await.unwrap();
+            let request = Request::post(path)
+                .header("host", "proxy")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // First, on a new connection (nothing idle yet): a POST without an answer.
+    let (status, body) = post("/api/silent-post-once").await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "a POST without an answer is not sent again: {body}"
+    );
+    assert_eq!(HITS.lock().unwrap()["/silent-post-once"].len(), 1);
+    let mut player = kept_alive(proxy.addr).await;
+    let (status, _, body) = get(&mut player, "/api/draining-once").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "/draining-once"));
+    let tries = HITS.lock().unwrap()["/draining-once"].clone();
+    assert!(
+        tries.len() == 2 && tries[0] != tries[1],
+        "the second try is on another connection: {tries:?}"
+    );
+    let (status, _, body) = get(&mut player, "/api/silent-once").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "/silent-once"));
+
+    let (status, body) = post("/api/draining-post-once").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/draining-post-once"),
+        "a refusal by a draining replica is safe to send on, POST too"
+    );
+
+    let (status, headers, body) = get(&mut player, "/api/draining-always").await;
+    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "draining"));
+    assert!(headers.contains_key(protocol::api::DRAINING_HEADER));
+    assert_eq!(
+        HITS.lock().unwrap()["/draining-always"].len(),
+        2,
+        "one more try, not more"
+    );
+    proxy.stop().await;
+}
+
+/// With SHUTDOWN_DELAY_SECONDS a stopping proxy says it is not ready at once and goes on
+/// accepting and forwarding for the delay, while load balancers stop sending players to it;
+/// only then does its port close.
+#[tokio::test]
+async fn a_stopping_proxy_is_unready_first_and_serves_through_its_delay() {
+    let upstream = raw_backend(Arc::new(AtomicUsize::new(0))).await;
+    let proxy = Proxy::start(&upstream, &["--shutdown-delay-seconds", "2"]).await;
+    let mut before = kept_alive(proxy.addr).await;
+    let (status, _, _) = get(&mut before, "/health").await;
+    assert_eq!(status, StatusCode::OK);
+    proxy.shutdown.cancel();
+    let began = std::time::Instant::now();
+    let status = testkit::eventually(Duration::from_secs(5), || async {
+        let mut probe = kept_alive(proxy.addr).await;
+        let (status, _, _) = get(&mut probe, "/health").await;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some(status)
+    })
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not ready at once");
+    let mut during = kept_alive(proxy.addr).await;
+    let (status, _, body) = get(&mut during, "/api/during").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/during"),
+        "a new player is served through the delay"
+    );
+    let (status, _, body) = get(&mut before, "/api/kept").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "/kept"),
+        "so is a kept-alive one"
+    );
+    let closed_after = testkit::eventually(Duration::from_secs(10), || async {
+        TcpStream::connect(proxy.addr).await.is_err().then(|| began.elapsed())
+    })
+    .await;
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "the port closes after the delay, not {closed_after:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(40), proxy.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 /// A player connection gets 10 s to send each request's head: one that trickles a head, or

@@ -34,6 +34,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 503 from a replica that is shutting down, before it did anything: the answer says so
+    /// ([`DRAINING`]), and the proxy sends the request on to another replica.
+    #[error("{0}")]
+    Draining(String),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("PostgreSQL: {0}")]
@@ -59,7 +63,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (ApiErrorCode::TooLarge, self.to_string()),
             ApiError::Unauthorized(m) => (ApiErrorCode::Unauthorized, m.clone()),
             ApiError::Forbidden(m) => (ApiErrorCode::Forbidden, m.clone()),
-            ApiError::Unavailable(m) => (ApiErrorCode::Unavailable, m.clone()),
+            ApiError::Unavailable(m) | ApiError::Draining(m) => (ApiErrorCode::Unavailable, m.clone()),
             ApiError::Redis(_) => (
                 ApiErrorCode::RedisUnavailable,
                 "the matchmaking store is unavailable".into(),
@@ -74,6 +78,12 @@ impl IntoResponse for ApiError {
         let (code, message) = self.code_and_message();
         let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(ErrorBody::new(code, message))).into_response();
+        if matches!(self, ApiError::Draining(_)) {
+            response.headers_mut().insert(
+                protocol::api::DRAINING_HEADER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if matches!(self, ApiError::Redis(_) | ApiError::Database(_)) {
             response.extensions_mut().insert(Internal(self.to_string()));
         }
@@ -88,10 +98,25 @@ impl From<JoinError> for ApiError {
             JoinError::UnknownQueue { .. } => ApiError::Unprocessable(ApiErrorCode::UnknownQueue, e.to_string()),
             JoinError::Ticket(TicketError::Forbidden(m)) => ApiError::Forbidden(m),
             JoinError::Ticket(TicketError::Invalid(m)) => ApiError::Invalid(m),
-            JoinError::Draining => ApiError::Unavailable(e.to_string()),
+            JoinError::Draining => ApiError::Draining(e.to_string()),
             JoinError::AlreadyQueued { .. } => ApiError::Conflict(ApiErrorCode::AlreadyQueued, e.to_string()),
             JoinError::InSession { .. } => ApiError::Conflict(ApiErrorCode::InSession, e.to_string()),
             JoinError::Store(e) => ApiError::Redis(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_draining_replicas_refusal_says_it_is_one() {
+        let refused = ApiError::from(JoinError::Draining).into_response();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[protocol::api::DRAINING_HEADER], "1");
+        let other = ApiError::Unavailable("the queue is full".into()).into_response();
+        assert_eq!(other.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!other.headers().contains_key(protocol::api::DRAINING_HEADER));
     }
 }

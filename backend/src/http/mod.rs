@@ -66,6 +66,8 @@ pub(crate) struct AppState {
     pub auth: Authenticator,
     /// The runtime, for its warm pool's state.
     pub runtime: Option<Arc<dyn crate::runtime::SessionRuntime>>,
+    /// Cancelled when shutdown begins: `/health` says not ready from then on.
+    pub unready: tokio_util::sync::CancellationToken,
 }
 
 /// The API router. Each class of routes has its caller checked by a layer before anything

@@ -15,7 +15,7 @@ pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, J
     let redis_ok = state.health.redis_ok();
     let postgres_ok = state.health.postgres_ok();
     let backlog = state.health.backlog();
-    let draining = !state.matchmaking.accepting();
+    let draining = state.unready.is_cancelled() || !state.matchmaking.accepting();
     let ready = redis_ok && !draining;
     let body = BackendHealth {
         status: HealthStatus::from_ok(redis_ok && postgres_ok),

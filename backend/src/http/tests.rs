@@ -195,6 +195,7 @@ async fn layer() -> Layer {
         http_metrics: super::metrics::HttpMetrics::default(),
         waiters: Arc::default(),
         runtime: None,
+        unready: CancellationToken::new(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
