@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes demo-web web-check up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check ops-check rollout-check deny fuzz fuzz-build ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes demo-web web-check up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check ops-check rollout-check monitoring-check deny fuzz fuzz-build ci \
 	up cluster databases game-build game-push game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -77,6 +77,9 @@ docs-check: ## README configuration tables agree with every binary's --help; mak
 
 api-check: ## The HTTP API, directly and through the proxy, against docs/openapi.yaml: schemathesis on the local stack (MAX_EXAMPLES, SEED)
 	scripts/api-check.sh
+
+monitoring-check: ## deploy/monitoring against promtool (rule checks, every alert's unit test) and Debian's Prometheus scraping a live stack under a swarm: every recording rule and dashboard query returns data, alerts fire (server starts failing, Redis paused) and clear
+	scripts/check-monitoring.sh
 
 rollout-check: ## Both backend replicas, then both proxies, replaced one at a time (HAProxy as their Services, kube-sim as the cluster) while a swarm plays: every player plays and no call is retried (CLIENTS, SPAWN_RATE, MATCH_DURATION, SESSION_SIZE)
 	scripts/rollout-check.sh

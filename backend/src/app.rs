@@ -168,6 +168,7 @@ impl App {
         };
         recover(&history, &janitor, runtime.as_deref()).await?;
         let health = Arc::new(Health::default());
+        metrics.registry.register(|registry| health.up.register(registry));
         let dependencies = Dependencies {
             store: sessions.store().clone(),
             history: history.clone(),
@@ -465,6 +466,10 @@ mod tests {
             "mp_history_lost_sessions_total 0",
             "mp_warm_servers{state=\"idle\"} 0",
             "mp_warm_cold_starts_total 0",
+            "mp_queue_oldest_wait_seconds{queue=\"ranked\"} 0.0",
+            "mp_join_to_formed_seconds_count{queue=\"default\"} 0",
+            "mp_server_start_failures_total{reason=\"timeout\"} 0",
+            "mp_server_start_failures_total{reason=\"spawn\"} 0",
         ]
         .into_iter()
         .map(str::to_owned)
@@ -502,7 +507,7 @@ mod tests {
             max_latency_ms: Some(55.0),
             ..Default::default()
         });
-        m.matchmaking.set_queue_depth("ranked", 7);
+        m.matchmaking.set_queue_depth("ranked", 7, 1.5);
         m.http.http("GET", "/health", 200, Duration::from_millis(1));
         let text = m.registry.render();
         assert!(
@@ -514,6 +519,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("mp_queue_depth{queue=\"ranked\"} 7"), "{text}");
+        assert!(
+            text.contains("mp_queue_oldest_wait_seconds{queue=\"ranked\"} 1.5"),
+            "{text}"
+        );
         assert!(!text.contains("mp_session_team_skill_gap_count"), "{text}");
         assert!(
             text.contains("mp_http_request_duration_seconds_count{method=\"GET\",route=\"/health\",status=\"200\"} 1"),

@@ -18,8 +18,9 @@ const EVERY: Duration = Duration::from_secs(1);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The last results.
-#[derive(Default)]
 pub(crate) struct Health {
+    /// The same results as `mp_dependency_up`.
+    pub(crate) up: service::metrics::DependencyUp,
     redis: AtomicBool,
     postgres: AtomicBool,
     /// History events waiting for PostgreSQL; -1 when Redis did not say.
@@ -33,6 +34,17 @@ pub(crate) struct Dependencies {
     pub metrics: Arc<HistoryMetrics>,
 }
 
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            up: service::metrics::DependencyUp::new(&["redis", "postgres"]),
+            redis: AtomicBool::default(),
+            postgres: AtomicBool::default(),
+            backlog: AtomicI64::default(),
+        }
+    }
+}
+
 impl Health {
     /// Checks every dependency now, at once, each within [`CHECK_TIMEOUT`].
     pub(crate) async fn check(&self, deps: &Dependencies) {
@@ -41,8 +53,11 @@ impl Health {
             timeout(CHECK_TIMEOUT, deps.history.ping()),
             timeout(CHECK_TIMEOUT, deps.store.outbox_len()),
         );
-        self.redis.store(matches!(redis, Ok(Ok(()))), Ordering::Relaxed);
-        self.postgres.store(matches!(postgres, Ok(true)), Ordering::Relaxed);
+        let (redis, postgres) = (matches!(redis, Ok(Ok(()))), matches!(postgres, Ok(true)));
+        self.redis.store(redis, Ordering::Relaxed);
+        self.postgres.store(postgres, Ordering::Relaxed);
+        self.up.set("redis", redis);
+        self.up.set("postgres", postgres);
         let backlog = match backlog {
             Ok(Ok(n)) => {
                 deps.metrics.set_outbox_backlog(n);

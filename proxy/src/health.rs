@@ -35,11 +35,14 @@ impl Health {
                 ctx.backend.request(crate::http::backend_request(ctx, "/health"))
             ),
         );
-        self.redis.store(matches!(redis, Ok(Ok(_))), Ordering::Relaxed);
-        self.backend.store(
+        let (redis, backend) = (
+            matches!(redis, Ok(Ok(_))),
             matches!(backend, Ok(Ok(r)) if r.status().is_success()),
-            Ordering::Relaxed,
         );
+        self.redis.store(redis, Ordering::Relaxed);
+        self.backend.store(backend, Ordering::Relaxed);
+        ctx.metrics.dependencies.set("redis", redis);
+        ctx.metrics.dependencies.set("backend", backend);
     }
 
     pub(crate) fn redis_ok(&self) -> bool {

@@ -48,6 +48,8 @@ pub(crate) struct Metrics {
     pub(crate) udp: UdpMetrics,
     tls_handshakes: Family<OutcomeLabel, Counter>,
     tls_reloads: Family<OutcomeLabel, Counter>,
+    /// Redis and the backend as last checked: `mp_dependency_up`.
+    pub(crate) dependencies: service::metrics::DependencyUp,
 }
 
 /// How a TLS handshake on a TLS port ended, as `mp_proxy_tls_handshakes_total` counts it.
@@ -308,6 +310,8 @@ impl Metrics {
                 outcome: outcome.label(),
             }));
         }
+        let dependencies = service::metrics::DependencyUp::new(&["redis", "backend"]);
+        dependencies.register(&mut registry);
         Metrics {
             registry,
             open,
@@ -318,6 +322,7 @@ impl Metrics {
             udp: UdpMetrics::new(&datagrams, flows, rebinds),
             tls_handshakes,
             tls_reloads,
+            dependencies,
         }
     }
 }
@@ -426,6 +431,8 @@ mod tests {
                 .map(|o| format!("mp_proxy_tls_handshakes_total{{outcome=\"{}\"}} 0", o.label())),
         );
         lines.push("mp_proxy_tls_reloads_total{outcome=\"failed\"} 0".to_owned());
+        lines.push("mp_dependency_up{dependency=\"redis\"} 0".to_owned());
+        lines.push("mp_dependency_up{dependency=\"backend\"} 0".to_owned());
         for line in lines {
             assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
         }

@@ -1,6 +1,8 @@
 //! Prometheus exposition shared by the servers: a registry rendered in the OpenMetrics text
 //! format, the latency buckets every histogram uses, and a gauge that follows a guard.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -41,6 +43,39 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabel {
+    dependency: &'static str,
+}
+
+/// `mp_dependency_up{dependency}`: 1 while the last check of a dependency (Redis, PostgreSQL,
+/// the backend) passed, 0 while it failed. Every dependency's series exists (at 0) from the
+/// start, before its first check.
+#[derive(Debug, Clone, Default)]
+pub struct DependencyUp(Family<DependencyLabel, Gauge>);
+
+impl DependencyUp {
+    pub fn new(dependencies: &[&'static str]) -> DependencyUp {
+        let up = DependencyUp::default();
+        for dependency in dependencies {
+            drop(up.0.get_or_create(&DependencyLabel { dependency }));
+        }
+        up
+    }
+
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "mp_dependency_up",
+            "Whether the last check of each dependency passed (1) or failed (0)",
+            self.0.clone(),
+        );
+    }
+
+    pub fn set(&self, dependency: &'static str, up: bool) {
+        self.0.get_or_create(&DependencyLabel { dependency }).set(i64::from(up));
     }
 }
 

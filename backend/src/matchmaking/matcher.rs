@@ -86,8 +86,12 @@ pub(crate) async fn run(matcher: Matcher, stop: CancellationToken) {
         if last_depth.elapsed() >= Duration::from_secs(1) {
             last_depth = Instant::now();
             if let Ok(depths) = matchmaking.depths().await {
+                let now = matchmaking_core::store::now_ms();
                 for (name, depth) in depths {
-                    matchmaking.metrics().set_queue_depth(name, depth.tickets);
+                    let oldest = depth
+                        .oldest_joined_ms
+                        .map_or(0.0, |joined| (now - joined) as f64 / 1000.0);
+                    matchmaking.metrics().set_queue_depth(name, depth.tickets, oldest);
                 }
             }
         }

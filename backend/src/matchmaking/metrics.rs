@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -56,6 +57,8 @@ pub(crate) struct MatchmakingMetrics {
     joins: Family<ResultLabel, Counter>,
     sessions_formed: Family<SizeLabel, Counter>,
     queue_depth: Family<QueueLabel, Gauge>,
+    oldest_wait: Family<QueueLabel, Gauge<f64, AtomicU64>>,
+    join_to_formed: Family<QueueLabel, Histogram, fn() -> Histogram>,
     timed_out: Family<QueueLabel, Counter>,
     skill_spread: Family<QueueLabel, Histogram, fn() -> Histogram>,
     team_skill_gap: Family<QueueLabel, Histogram, fn() -> Histogram>,
@@ -85,6 +88,8 @@ impl MatchmakingMetrics {
             joins: Family::default(),
             sessions_formed: Family::default(),
             queue_depth: Family::default(),
+            oldest_wait: Family::default(),
+            join_to_formed: Family::new_with_constructor(service::metrics::latency_histogram),
             timed_out: Family::default(),
             skill_spread: Family::new_with_constructor(skill_histogram),
             team_skill_gap: Family::new_with_constructor(skill_histogram),
@@ -98,6 +103,8 @@ impl MatchmakingMetrics {
                 queue: (*queue).to_owned(),
             };
             drop(metrics.queue_depth.get_or_create(&label));
+            drop(metrics.oldest_wait.get_or_create(&label));
+            drop(metrics.join_to_formed.get_or_create(&label));
             drop(metrics.timed_out.get_or_create(&label));
             for family in [&metrics.skill_spread, &metrics.team_skill_gap, &metrics.max_latency] {
                 drop(family.get_or_create(&label));
@@ -117,6 +124,16 @@ impl MatchmakingMetrics {
             "mp_queue_depth",
             "Tickets waiting in each queue (all replicas)",
             self.queue_depth.clone(),
+        );
+        registry.register(
+            "mp_queue_oldest_wait_seconds",
+            "How long the ticket at the head of each queue has waited (0 when the queue is empty)",
+            self.oldest_wait.clone(),
+        );
+        registry.register(
+            "mp_join_to_formed_seconds",
+            "Time from a player's join to the session formed for them (the matchmaker's part of the time to play), by queue",
+            self.join_to_formed.clone(),
         );
         registry.register(
             "mp_tickets_timed_out",
@@ -150,12 +167,25 @@ impl MatchmakingMetrics {
         self.sessions_formed.get_or_create(&SizeLabel { size }).inc();
     }
 
-    pub(crate) fn set_queue_depth(&self, queue: &str, depth: u64) {
+    /// Sets a queue's depth and how long its oldest ticket has waited.
+    pub(crate) fn set_queue_depth(&self, queue: &str, depth: u64, oldest_wait_seconds: f64) {
+        let label = QueueLabel {
+            queue: queue.to_owned(),
+        };
         self.queue_depth
-            .get_or_create(&QueueLabel {
-                queue: queue.to_owned(),
-            })
+            .get_or_create(&label)
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.oldest_wait.get_or_create(&label).set(oldest_wait_seconds.max(0.0));
+    }
+
+    /// Records how long each player of a session formed in `queue` waited for it.
+    pub(crate) fn formed_after(&self, queue: &str, waited_seconds: impl IntoIterator<Item = f64>) {
+        let histogram = self.join_to_formed.get_or_create(&QueueLabel {
+            queue: queue.to_owned(),
+        });
+        for waited in waited_seconds {
+            histogram.observe(waited.max(0.0));
+        }
     }
 
     /// Counts tickets of `queue` that timed out.

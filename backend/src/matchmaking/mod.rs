@@ -226,8 +226,13 @@ impl Matchmaking {
         for placement in &round.placements {
             metrics.session_quality(placement);
         }
+        let now = now_ms();
         for session in &round.formed {
             metrics.session_formed(session.players.len());
+            metrics.formed_after(
+                &session.queue,
+                session.joined_ms.iter().map(|joined| (now - joined) as f64 / 1000.0),
+            );
             tracing::debug!(session = %session.session_id, queue = %queue.name, players = session.players.len(), "session formed");
         }
         Ok(round.formed)

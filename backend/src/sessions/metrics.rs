@@ -19,6 +19,9 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// Why a server did not start, as `mp_server_start_failures_total` counts it.
+const START_FAILURES: [&str; 3] = ["timeout", "exited", "spawn"];
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
@@ -51,6 +54,7 @@ pub(crate) struct SessionsMetrics {
     supervised: Family<StateLabel, Gauge>,
     join_to_matched: Family<QueueLabel, Histogram, fn() -> Histogram>,
     server_start: Histogram,
+    start_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Default for SessionsMetrics {
@@ -67,7 +71,11 @@ impl SessionsMetrics {
             supervised: Family::default(),
             join_to_matched: Family::new_with_constructor(latency_histogram),
             server_start: latency_histogram(),
+            start_failures: Family::default(),
         };
+        for reason in START_FAILURES {
+            drop(metrics.start_failures.get_or_create(&ReasonLabel { reason }));
+        }
         for reason in EndReason::ALL {
             drop(metrics.ended.get_or_create(&ReasonLabel {
                 reason: reason.as_str(),
@@ -105,6 +113,11 @@ impl SessionsMetrics {
             "Time for a game server to become ready",
             self.server_start.clone(),
         );
+        registry.register(
+            "mp_server_start_failures",
+            "Game servers that did not start (their players went back to the head of the queue), by reason: timeout (not ready in time), exited (before it was ready), spawn (could not be started: the runtime refused)",
+            self.start_failures.clone(),
+        );
     }
 
     /// Counts an ended session by reason.
@@ -128,6 +141,16 @@ impl SessionsMetrics {
                 queue: queue.to_owned(),
             })
             .observe(waited.as_secs_f64());
+    }
+
+    /// Counts a server that did not start.
+    pub(crate) fn server_start_failed(&self, error: &crate::runtime::StartError) {
+        let reason = match error {
+            crate::runtime::StartError::Timeout(_) => START_FAILURES[0],
+            crate::runtime::StartError::Exited(_) => START_FAILURES[1],
+            crate::runtime::StartError::Spawn(_) => START_FAILURES[2],
+        };
+        self.start_failures.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Records how long a server took to become ready.

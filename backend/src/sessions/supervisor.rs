@@ -191,6 +191,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         Some(Err(e)) => {
             tracing::warn!(error = %e, "server failed to start; players go back to the head of the queue");
             inner.backoff.failed(&e);
+            inner.metrics.server_start_failed(&e);
             sessions.end_with_retry(sid, EndReason::Failed).await;
             return;
         }
