@@ -29,7 +29,7 @@ export SERVICE_TOKEN
 sed 's/flush_wait_seconds: 15/flush_wait_seconds: 1/' examples/queues.yaml >"$run_dir/queues.yaml"
 
 RUST_LOG=warn RUNTIME=none BIND=127.0.0.1:$port REDIS_URL=$MP_REDIS_URL DATABASE_URL=$MP_DATABASE_URL \
-  TICKET_SECRET=bench-secret-$RANDOM$RANDOM MATCHMAKING_CONFIG=$run_dir/queues.yaml INSTANCE_ID=bench \
+  TICKET_SECRET=bench-secret-$RANDOM$RANDOM-0123456789abcdef0123 MATCHMAKING_CONFIG=$run_dir/queues.yaml INSTANCE_ID=bench \
   "${CARGO_TARGET_DIR:-target}/release/backend" &
 backend_pid=$!
 trap 'kill $backend_pid 2>/dev/null; wait $backend_pid 2>/dev/null || true; mp_stop_services' EXIT

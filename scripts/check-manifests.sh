@@ -85,7 +85,7 @@ grep -q 'value: matchplane/game-server:check-tag-0123' "$out/overlay-backend.yam
 echo "manifests-check: the deploy overlays set every image (and GAME_SERVER_IMAGE) to the tree's tag"
 cargo build --quiet --locked -p backend
 export NAMESPACE=matchplane
-TICKET_SECRET=render-check BACKEND_INTERNAL_URL=http://matchplane-backend.matchplane.svc:8081 \
+TICKET_SECRET=render-check-0123456789abcdef0123456789 BACKEND_INTERNAL_URL=http://matchplane-backend.matchplane.svc:8081 \
   "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f --players alice,bob >"$out/pod.yaml"
 # With every optional pod setting in use, too.
 GAME_SERVER_NODE_SELECTOR='pool=games' GAME_SERVER_IMAGE_PULL_SECRETS=registry-credentials GAME_SERVER_TOLERATIONS='[{"key":"games","operator":"Exists","effect":"NoSchedule"}]' \

@@ -142,8 +142,7 @@ impl Config {
     /// line naming the setting.
     pub fn validate(&self) -> Result<Settings, String> {
         let core = &self.core;
-        let secret = TicketSecret::new(core.ticket_secret.clone().unwrap_or_default())
-            .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
+        let secret = TicketSecret::from_setting(core.ticket_secret.as_deref())?;
         let history = self.history.validate()?;
         let rules = self.matchmaking.rules()?;
         let prefix = core.redis_key_prefix.trim();
@@ -510,7 +509,7 @@ mod tests {
     fn game_server_bin_must_be_an_executable_file() {
         let base = Settings::builder()
             .database_url("postgres://x/y")
-            .ticket_secret("s")
+            .ticket_secret(&"s".repeat(32))
             .player_auth(identity::PlayerAuthMode::None);
         assert!(
             base.clone()
@@ -548,7 +547,7 @@ mod tests {
     fn warm_pool_bounds_are_checked() {
         let base = Settings::builder()
             .database_url("postgres://x/y")
-            .ticket_secret("s")
+            .ticket_secret(&"s".repeat(32))
             .player_auth(identity::PlayerAuthMode::None)
             .game_server_bin(std::path::Path::new("/bin/sh"));
         let warm = |s: &Settings| match &s.runtime {
@@ -575,7 +574,7 @@ mod tests {
     fn player_tokens_need_a_key_unless_player_auth_is_none() {
         let base = Settings::builder()
             .database_url("postgres://x/y")
-            .ticket_secret("s")
+            .ticket_secret(&"s".repeat(32))
             .game_server_bin(std::path::Path::new("/bin/sh"));
         let err = base.clone().build().unwrap_err();
         assert!(err.starts_with("PLAYER_AUTH=jwt needs PLAYER_TOKEN_SECRET"), "{err}");
@@ -592,7 +591,7 @@ mod tests {
     fn only_the_chosen_runtime_is_validated() {
         let base = Settings::builder()
             .database_url("postgres://x/y")
-            .ticket_secret("s")
+            .ticket_secret(&"s".repeat(32))
             .player_auth(identity::PlayerAuthMode::None);
         let mut broken_pods = base.clone();
         broken_pods.0.runtime.kubernetes.game_server_node_selector = "no-equals-sign".into();

@@ -327,7 +327,7 @@ async fn a_stopping_backend_is_unready_first_and_takes_joins_through_its_delay()
     let (backend, _db) = local_backend(|s| {
         s.session_size(2)
             .flush_wait_seconds(600.0)
-            .shutdown_delay_seconds(2.0)
+            .shutdown_delay_seconds(5.0)
             .shutdown_grace_seconds(0.0)
     })
     .await;
@@ -354,7 +354,7 @@ async fn a_stopping_backend_is_unready_first_and_takes_joins_through_its_delay()
     })
     .await;
     assert!(
-        refused.0 >= Duration::from_millis(1500),
+        refused.0 >= Duration::from_millis(4500),
         "refused after the delay, not {:?}",
         refused.0
     );
@@ -381,7 +381,7 @@ fn backend_process(
             ("REDIS_URL", common::redis_url()),
             ("DATABASE_URL", db.to_owned()),
             ("REDIS_KEY_PREFIX", prefix.to_owned()),
-            ("TICKET_SECRET", "replaced-replica-secret".to_owned()),
+            ("TICKET_SECRET", "replaced-replica-secret-0123456789abcdef".to_owned()),
             ("SERVICE_TOKEN", common::SERVICE.to_owned()),
             ("PLAYER_AUTH", "none".to_owned()),
             ("INSTANCE_ID", instance.to_owned()),

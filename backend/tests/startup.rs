@@ -6,7 +6,7 @@ use std::process::Command;
 
 use testkit::built_binary;
 
-const SECRET: &str = "startup-test-secret";
+const SECRET: &str = "startup-test-secret-0123456789abcd";
 
 /// Runs `binary` with `env` (and nothing else from the environment); returns its exit
 /// status and the lines of stderr that are not log records.
@@ -57,6 +57,36 @@ async fn an_unreachable_redis_is_one_line_and_exit_2() {
     assert_eq!(code, Some(2), "{all}");
     assert_eq!(lines.len(), 1, "{all}");
     assert!(lines[0].starts_with("proxy: cannot reach Redis at"), "{lines:?}");
+}
+
+/// Tickets are HS256 tokens: a TICKET_SECRET under 32 bytes is refused by the backend and the
+/// proxy, with one line that says why, before anything starts.
+#[tokio::test]
+async fn a_short_ticket_secret_is_one_line_and_exit_2() {
+    let mut env = backend_env(&testkit::redis_url()).await;
+    for (k, v) in &mut env {
+        if *k == "TICKET_SECRET" {
+            *v = "abc".to_owned();
+        }
+    }
+    let (code, lines, all) = start("backend", &env);
+    assert_eq!(code, Some(2), "{all}");
+    assert_eq!(
+        lines,
+        [
+            "backend: TICKET_SECRET must be at least 32 bytes (tickets are HS256 tokens signed with it), got 3; generate one with `openssl rand -hex 32`"
+        ],
+        "{all}"
+    );
+    env.retain(|(k, _)| *k != "DATABASE_URL" && *k != "RUNTIME");
+    env.push(("BACKEND_URL", "http://127.0.0.1:1".to_owned()));
+    let (code, lines, all) = start("proxy", &env);
+    assert_eq!(code, Some(2), "{all}");
+    assert_eq!(lines.len(), 1, "{all}");
+    assert!(
+        lines[0].starts_with("proxy: TICKET_SECRET must be at least 32 bytes"),
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]

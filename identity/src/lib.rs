@@ -20,7 +20,7 @@ use clap::{Args, ValueEnum};
 use sha2::{Digest, Sha256};
 
 pub use error::TokenError;
-pub use player::{PlayerClaims, PlayerVerifier, mint_hs256};
+pub use player::{PlayerClaims, PlayerVerifier, mint_hs256, mint_hs256_with};
 
 /// Whether player endpoints need a player token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -401,6 +401,17 @@ mod tests {
         let header = format!("Bearer {token}");
         match auth.caller(Some(header.as_bytes())).await {
             Ok(Caller::Player(claims)) => assert_eq!(claims.sub, "alice"),
+            other => panic!("{other:?}"),
+        }
+        // With a claim more, which a verified token carries to the rules that read it.
+        let extra = serde_json::Map::from_iter([("mmr".to_owned(), serde_json::json!(1650))]);
+        let token = mint_hs256_with(&secret, "bob", 60, None, None, extra);
+        let header = format!("Bearer {token}");
+        match auth.caller(Some(header.as_bytes())).await {
+            Ok(Caller::Player(claims)) => {
+                assert_eq!(claims.sub, "bob");
+                assert_eq!(claims.claims["mmr"], 1650);
+            }
             other => panic!("{other:?}"),
         }
     }

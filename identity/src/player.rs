@@ -136,8 +136,21 @@ pub fn mint_hs256(
     issuer: Option<&str>,
     audience: Option<&str>,
 ) -> String {
+    mint_hs256_with(secret, player, ttl_seconds, issuer, audience, Map::new())
+}
+
+/// [`mint_hs256`] with more claims (`mmr`, say, for a queue that reads skill from the token).
+/// The registered claims (`sub`, `iat`, `exp`, `iss`, `aud`) are the function's own.
+pub fn mint_hs256_with(
+    secret: &[u8],
+    player: &str,
+    ttl_seconds: u64,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+    extra: Map<String, serde_json::Value>,
+) -> String {
     let now = unix_now();
-    let mut claims = Map::new();
+    let mut claims = extra;
     claims.insert("sub".into(), player.into());
     claims.insert("iat".into(), now.into());
     claims.insert("exp".into(), (now + ttl_seconds).into());

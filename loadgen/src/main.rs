@@ -45,8 +45,37 @@ struct TokenArgs {
     /// How long the token is valid.
     #[arg(long, default_value_t = 3600)]
     ttl_seconds: u64,
-    #[command(flatten)]
-    credentials: loadgen::http::CredentialArgs,
+    /// A claim more, `NAME=VALUE` (repeatable): `--claim mmr=1650` for a queue that reads
+    /// skill from the token. A VALUE that is JSON (a number, true, a list) is taken as such.
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    claims: Vec<String>,
+    /// The key to sign with (HS256), as the studio's identity service would.
+    #[arg(long, env = "PLAYER_TOKEN_SECRET", hide_env_values = true)]
+    player_token_secret: Option<String>,
+    /// `iss` of the token.
+    #[arg(long, env = "PLAYER_TOKEN_ISSUER")]
+    player_token_issuer: Option<String>,
+    /// `aud` of the token.
+    #[arg(long, env = "PLAYER_TOKEN_AUDIENCE")]
+    player_token_audience: Option<String>,
+}
+
+/// `--claim NAME=VALUE`s as token claims; a registered claim or a malformed one is refused.
+fn extra_claims(claims: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let mut extra = serde_json::Map::new();
+    for claim in claims {
+        let Some((name, value)) = claim.split_once('=').filter(|(name, _)| !name.is_empty()) else {
+            return Err(format!("--claim must be NAME=VALUE, got {claim:?}"));
+        };
+        if ["sub", "iat", "exp", "iss", "aud", "nbf"].contains(&name) {
+            return Err(format!(
+                "--claim {name}: that claim is set by --player, --ttl-seconds or PLAYER_TOKEN_ISSUER/AUDIENCE"
+            ));
+        }
+        let value = serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        extra.insert(name.to_owned(), value);
+    }
+    Ok(extra)
 }
 
 /// `loadgen token`.
@@ -55,25 +84,29 @@ fn token(args: &TokenArgs) -> ExitCode {
         eprintln!("loadgen: --player must be 1-128 characters of A-Z a-z 0-9 _ . : -");
         return ExitCode::from(2);
     }
-    if args
-        .credentials
-        .player_token_secret
-        .as_deref()
-        .is_none_or(str::is_empty)
-    {
+    let Some(secret) = args.player_token_secret.as_deref().filter(|s| !s.is_empty()) else {
         eprintln!("loadgen: PLAYER_TOKEN_SECRET (--player-token-secret) is required to mint a player token");
         return ExitCode::from(2);
-    }
-    match args
-        .credentials
-        .authorization(&args.player, std::time::Duration::from_secs(args.ttl_seconds))
-    {
-        Some(authorization) => {
-            println!("{}", authorization.trim_start_matches("Bearer "));
-            ExitCode::SUCCESS
+    };
+    let extra = match extra_claims(&args.claims) {
+        Ok(extra) => extra,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
         }
-        None => ExitCode::FAILURE,
-    }
+    };
+    println!(
+        "{}",
+        identity::mint_hs256_with(
+            secret.as_bytes(),
+            &args.player,
+            args.ttl_seconds.max(60),
+            args.player_token_issuer.as_deref().filter(|s| !s.is_empty()),
+            args.player_token_audience.as_deref().filter(|s| !s.is_empty()),
+            extra,
+        )
+    );
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -252,5 +285,19 @@ async fn swarm(args: loadgen::swarm::SwarmArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn claims_are_json_values_or_strings_and_the_registered_ones_are_refused() {
+        let claims = super::extra_claims(&["mmr=1650".into(), "region=eu".into(), "roles=[\"a\"]".into()]).unwrap();
+        assert_eq!(claims["mmr"], 1650);
+        assert_eq!(claims["region"], "eu");
+        assert_eq!(claims["roles"], serde_json::json!(["a"]));
+        for bad in ["sub=bob", "exp=1", "=3", "novalue"] {
+            assert!(super::extra_claims(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 }

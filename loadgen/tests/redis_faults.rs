@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "faults-test-secret-0123456789";
+const SECRET: &str = "faults-test-secret-0123456789abcdef";
 const PLAYER_SECRET: &str = "faults-test-player-secret-0123456789abcdef";
 const SERVICE: &str = "faults-test-service-token-0123456789abcdef";
 const MASTER: &str = "mp-primary";

@@ -8,7 +8,7 @@ use loadgen::swarm::SwarmArgs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "swarm-test-secret-0123456789";
+const SECRET: &str = "swarm-test-secret-0123456789abcdef";
 const PLAYER_SECRET: &str = "swarm-test-player-secret-0123456789abcdef";
 const SERVICE_TOKEN: &str = "swarm-test-service-token-0123456789abcdef";
 

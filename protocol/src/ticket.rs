@@ -136,7 +136,24 @@ pub struct TicketSecret(Vec<u8>);
 #[error("TICKET_SECRET must not be empty")]
 pub struct EmptySecret;
 
+/// The shortest `TICKET_SECRET` the backend and the proxy take: tickets are HS256 tokens, and
+/// a shorter key is guessable offline from one ticket.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 impl TicketSecret {
+    /// The secret a backend or a proxy signs and checks tickets with, from its setting: at
+    /// least [`MIN_SECRET_BYTES`], with the one line that says so otherwise.
+    pub fn from_setting(value: Option<&str>) -> Result<Self, String> {
+        match value.unwrap_or_default() {
+            "" => Err("TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned()),
+            short if short.len() < MIN_SECRET_BYTES => Err(format!(
+                "TICKET_SECRET must be at least {MIN_SECRET_BYTES} bytes (tickets are HS256 tokens signed with it), got {}; generate one with `openssl rand -hex 32`",
+                short.len()
+            )),
+            secret => Ok(TicketSecret(secret.as_bytes().to_vec())),
+        }
+    }
+
     /// Wraps a secret; an empty one is refused, since it would sign for anyone.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, EmptySecret> {
         let bytes = bytes.into();

@@ -143,8 +143,7 @@ pub struct Settings {
 impl Config {
     /// Checks every setting; the error is one line naming the setting.
     pub fn validate(&self) -> Result<Settings, String> {
-        let secret = TicketSecret::new(self.ticket_secret.clone().unwrap_or_default())
-            .map_err(|_| "TICKET_SECRET (--ticket-secret) is required and must not be empty".to_owned())?;
+        let secret = TicketSecret::from_setting(self.ticket_secret.as_deref())?;
         let backend_url = self.backend_url.trim_end_matches('/').to_owned();
         if !backend_url.starts_with("http://") || backend_url.parse::<hyper::Uri>().is_err() {
             return Err(format!("BACKEND_URL must be an http:// URL, got {backend_url:?}"));
@@ -228,7 +227,7 @@ mod tests {
             service::cli::parse_without_env::<Config, _, _>([
                 "proxy",
                 "--ticket-secret",
-                "k",
+                "proxy-config-test-secret-0123456789",
                 "--player-auth",
                 "none",
                 "--backend-url",

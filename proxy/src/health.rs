@@ -37,7 +37,9 @@ impl Health {
         );
         let (redis, backend) = (
             matches!(redis, Ok(Ok(_))),
-            matches!(backend, Ok(Ok(r)) if r.status().is_success()),
+            // Reachable: any answer. A backend that answers 503 (Redis down, or draining) is
+            // up; the proxy's own Redis check says what is down.
+            matches!(backend, Ok(Ok(_))),
         );
         self.redis.store(redis, Ordering::Relaxed);
         self.backend.store(backend, Ordering::Relaxed);

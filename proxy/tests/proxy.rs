@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "proxy-test-secret-0123456789";
+const SECRET: &str = "proxy-test-secret-0123456789abcdef";
 const PLAYER_SECRET: &str = "proxy-test-player-secret-0123456789abcdef";
 
 fn secret() -> TicketSecret {
@@ -335,6 +335,47 @@ async fn a_backend_that_is_down_gets_a_clear_502() {
     );
     let (status, _, live) = http(proxy.addr, "GET", "/livez", &[], Vec::new()).await;
     assert_eq!((status, live), (StatusCode::OK, serde_json::json!({"status": "ok"})));
+    proxy.stop().await;
+}
+
+/// A backend that answers its `/health` with 503 (its Redis is down, or it drains) is
+/// reachable: the proxy's health says `backend: ok`, and its metric says up.
+#[tokio::test]
+async fn a_backend_that_answers_503_is_reachable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let answer = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}";
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(&format!("http://{addr}"), &[]).await;
+    let health = testkit::eventually(Duration::from_secs(5), || async {
+        let (_, _, health) = http(proxy.addr, "GET", "/health", &[], Vec::new()).await;
+        (health["backend"] == "ok").then_some(health)
+    })
+    .await;
+    assert_eq!(health["status"], "ok");
+    let (_, _, metrics) = http(proxy.addr, "GET", "/metrics", &[], Vec::new()).await;
+    let metrics = metrics
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| metrics.to_string());
+    assert!(
+        metrics.contains("mp_dependency_up{dependency=\"backend\"} 1"),
+        "{metrics}"
+    );
     proxy.stop().await;
 }
 
@@ -1174,7 +1215,7 @@ async fn the_api_answers_cors_for_listed_origins_only() {
         let error = service::cli::parse_without_env::<proxy::Config, _, _>([
             "proxy",
             "--ticket-secret",
-            "k",
+            SECRET,
             "--player-auth",
             "none",
             "--allowed-origins",
@@ -1430,7 +1471,7 @@ async fn a_request_a_replica_did_nothing_with_goes_to_another_once() {
 #[tokio::test]
 async fn a_stopping_proxy_is_unready_first_and_serves_through_its_delay() {
     let upstream = raw_backend(Arc::new(AtomicUsize::new(0))).await;
-    let proxy = Proxy::start(&upstream, &["--shutdown-delay-seconds", "2"]).await;
+    let proxy = Proxy::start(&upstream, &["--shutdown-delay-seconds", "4"]).await;
     let mut before = kept_alive(proxy.addr).await;
     let (status, _, _) = get(&mut before, "/health").await;
     assert_eq!(status, StatusCode::OK);
@@ -1461,7 +1502,7 @@ async fn a_stopping_proxy_is_unready_first_and_serves_through_its_delay() {
     })
     .await;
     assert!(
-        closed_after >= Duration::from_millis(1500),
+        closed_after >= Duration::from_millis(3500),
         "the port closes after the delay, not {closed_after:?}"
     );
     tokio::time::timeout(Duration::from_secs(40), proxy.task)

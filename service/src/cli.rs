@@ -14,12 +14,27 @@ pub fn parse<C: clap::Parser>(binary: &str) -> Result<C, ExitCode> {
         Ok(config) => Ok(config),
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{binary}: {}", first.trim_start_matches("error: "));
+            eprintln!("{binary}: {}", one_line(&e));
             Err(ExitCode::from(2))
         }
     }
+}
+
+/// A parse error as one line: clap's first, plus the values a setting takes when there is a
+/// fixed set of them (`RUNTIME=bogus` says which runtimes there are).
+fn one_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = e.render().to_string();
+    let mut line = text
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    if let Some(ContextValue::Strings(values)) = e.get(ContextKind::ValidValue) {
+        line.push_str(&format!(" (one of: {})", values.join(", ")));
+    }
+    line
 }
 
 /// Parses `args` alone, as if no environment variable were set: settings for tests and tools
@@ -199,6 +214,26 @@ pub fn cancel_on_signal(shutdown: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_value_outside_a_fixed_set_is_refused_naming_the_set() {
+        #[derive(clap::Parser, Debug)]
+        struct Settings {
+            #[arg(long, value_enum)]
+            runtime: Runtime,
+        }
+        #[derive(clap::ValueEnum, Clone, Debug)]
+        enum Runtime {
+            Local,
+            Kubernetes,
+            None,
+        }
+        let e = super::parse_without_env::<Settings, _, _>(["test", "--runtime", "bogus"]).unwrap_err();
+        assert_eq!(
+            super::one_line(&e),
+            "invalid value 'bogus' for '--runtime <RUNTIME>' (one of: local, kubernetes, none)"
+        );
+    }
+
     #[test]
     fn the_open_file_limit_is_raised_to_the_hard_limit() {
         use nix::sys::resource::{Resource, getrlimit, setrlimit};

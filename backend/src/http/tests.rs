@@ -20,7 +20,7 @@ use crate::config::{RuntimeKind, Settings};
 use crate::history::{MatchRow, PlayerMatch};
 use crate::matchmaking::JoinError;
 
-const SECRET: &str = "http-layer-test-secret";
+const SECRET: &str = "http-layer-test-secret-0123456789";
 const OPERATOR: &str = "operator-token-for-tests";
 const SID: &str = "0a0a0a0a-0000-4000-8000-0000000000c1";
 

@@ -64,7 +64,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const SECRET: &str = "backend-test-secret-0123456789";
+pub const SECRET: &str = "backend-test-secret-0123456789abcdef";
 pub const ADMIN: &str = "admin-token-for-tests";
 /// The studio's services' token in tests.
 pub const SERVICE: &str = "service-token-for-tests-0123456789abcdef";
