@@ -96,6 +96,31 @@ async fn twenty_four_players_play_two_sessions_to_the_end() {
             .await
             .unwrap();
     assert_eq!(attended, 24);
+    // One truth for an ended session: /sessions/{id} says what history says, the reported
+    // start and requested length included.
+    for sid in sessions.keys() {
+        let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+        assert_eq!(session["status"], "ended", "{session}");
+        assert_eq!(session["requested_seconds"], 1, "{session}");
+        assert!(session["started_at"].is_string(), "{session}");
+        let player = session["players"][0].as_str().unwrap();
+        let (_, history) = http.get(&format!("/players/{player}/matches")).await;
+        let row = history["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["session_id"] == *sid)
+            .unwrap_or_else(|| panic!("{history}"));
+        assert_eq!(
+            (
+                &session["started_at"],
+                &session["ended_at"],
+                &session["requested_seconds"]
+            ),
+            (&row["started_at"], &row["ended_at"], &row["requested_seconds"]),
+            "{session} against {row}"
+        );
+    }
     // Invariant 5: every server is gone.
     for server in sessions.values() {
         let pid = server.strip_prefix("local-").unwrap();

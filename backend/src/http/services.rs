@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use matchmaking_core::store::now_ms;
 use protocol::api::{ActiveSessions, ApiErrorCode, QueueInfo, QueueList, SessionView};
+use protocol::sessions::SessionState;
 
 use super::error::{ApiError, ApiResult};
 use super::{AppState, check_session_id, view_of_record, view_of_row};
@@ -46,6 +47,14 @@ pub(super) async fn session(
 ) -> ApiResult<Json<SessionView>> {
     let id = check_session_id(&session_id)?;
     if let Some(record) = state.sessions.record(&session_id).await? {
+        // An ended session's truth is its history row, which holds what its server reported
+        // (start, requested length); the record stands in until the row is written, or while
+        // PostgreSQL does not answer.
+        if record.state == SessionState::Ended
+            && let Ok(Some(row)) = state.history.session_row(id).await
+        {
+            return Ok(Json(view_of_row(row)));
+        }
         return Ok(Json(view_of_record(session_id, record)));
     }
     match state.history.session_row(id).await? {
