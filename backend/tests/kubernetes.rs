@@ -519,6 +519,75 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
     drop(runtime);
 }
 
+/// A Pod whose server reported its result is exiting by itself: it is kept for the finished
+/// Pods' grace (for `kubectl logs`), not deleted the moment its session ends; a Pod whose
+/// session an operator stopped, without a report, is deleted at once.
+#[tokio::test]
+async fn a_pod_that_reported_is_kept_for_the_grace_and_a_stopped_one_is_not() {
+    let (sessions, store) = sessions().await;
+    let reported = live_session(&store, &["g1", "g2"]).await;
+    store
+        .mark_ready(&reported, &pod_name(&reported), "10.0.1.1:7777", now_ms())
+        .await
+        .unwrap();
+    let report = json!({"session_id": reported, "end_reason": "completed", "requested_seconds": null,
+        "started_at": null, "ended_at": "2026-01-01T00:00:00Z", "players": []})
+    .to_string();
+    store
+        .end_session(&reported, protocol::api::EndReason::Completed, now_ms(), Some(&report))
+        .await
+        .unwrap();
+    let (client, mut api) = mock_script();
+    let stop = CancellationToken::new();
+    let runtime = KubernetesRuntime::new(client, template())
+        .with_backoff(Duration::from_millis(10))
+        .with_reap_grace(Duration::from_secs(2));
+    let mut tasks = runtime.tasks(Arc::new(sessions.clone()), stop.clone());
+    let task = tokio::spawn(tasks.remove(0).1);
+    api.list(&[pod(&reported, "Running", true, Some("10.0.1.1"))], "70")
+        .await;
+    let began = std::time::Instant::now();
+    let (call, reply) = timeout(Duration::from_secs(10), api.take(is_delete)).await.unwrap();
+    reply.send_response(respond(200, &json!({})));
+    assert_eq!(
+        call.uri,
+        format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(&reported))
+    );
+    assert!(
+        began.elapsed() >= Duration::from_millis(1500),
+        "kept for the grace, not {:?}",
+        began.elapsed()
+    );
+    // An operator's stop, no report: its still running Pod goes at once.
+    let stopped = live_session(&store, &["g3", "g4"]).await;
+    store
+        .mark_ready(&stopped, &pod_name(&stopped), "10.0.1.2:7777", now_ms())
+        .await
+        .unwrap();
+    store
+        .end_session(&stopped, protocol::api::EndReason::Stopped, now_ms(), None)
+        .await
+        .unwrap();
+    api.watch("70", &[("ADDED", pod(&stopped, "Running", true, Some("10.0.1.2")))])
+        .await;
+    let began = std::time::Instant::now();
+    let (call, reply) = timeout(Duration::from_secs(10), api.take(is_delete)).await.unwrap();
+    reply.send_response(respond(200, &json!({})));
+    assert_eq!(
+        call.uri,
+        format!("/api/v1/namespaces/{NS}/pods/{}?", pod_name(&stopped))
+    );
+    assert!(
+        began.elapsed() < Duration::from_millis(1500),
+        "at once, not {:?}",
+        began.elapsed()
+    );
+    stop.cancel();
+    drop(api);
+    let _ = timeout(Duration::from_secs(5), task).await;
+    drop(runtime);
+}
+
 #[tokio::test]
 async fn reconcile_deletes_orphan_pods_and_fails_sessions_without_a_pod() {
     let (sessions, store) = sessions().await;

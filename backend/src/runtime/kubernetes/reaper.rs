@@ -65,6 +65,31 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Where a Pod's session stands, as its record says.
+enum Standing {
+    /// Not ended; `serves`: this Pod is its server (or it has none yet).
+    Live { serves: bool },
+    /// Ended; `reported_by`: this Pod was its server and reported its result, so it is
+    /// exiting by itself.
+    Ended { reported_by: bool },
+    /// Redis does not know it.
+    Unknown,
+}
+
+impl Standing {
+    /// Whether the session is live, and whether it is live with this Pod as its server.
+    fn serves_live(&self) -> (bool, bool) {
+        match self {
+            Standing::Live { serves } => (true, *serves),
+            _ => (false, false),
+        }
+    }
+
+    fn reported_by_it(&self) -> bool {
+        matches!(self, Standing::Ended { reported_by: true })
+    }
+}
+
 /// How often matched sessions are checked against the Pods the watch holds (besides after
 /// every relist): a Pod deleted while no replica watched is noticed within this plus
 /// `min_age`.
@@ -164,11 +189,19 @@ impl Reaper {
     /// was applied though the replica could not learn so, while the session started cold.
     /// That Pod going away must not fail the session playing elsewhere.
     async fn serves_live(&self, sid: &str, name: &str) -> matchmaking_core::store::Result<(bool, bool)> {
+        Ok(self.standing(sid, name).await?.serves_live())
+    }
+
+    /// Where session `sid` stands for its Pod `name`.
+    async fn standing(&self, sid: &str, name: &str) -> matchmaking_core::store::Result<Standing> {
         Ok(match self.sessions.record(sid).await? {
-            Some(record) if record.state != SessionState::Ended => {
-                (true, record.server.as_deref().is_none_or(|server| server == name))
-            }
-            _ => (false, false),
+            Some(record) if record.state != SessionState::Ended => Standing::Live {
+                serves: record.server.as_deref().is_none_or(|server| server == name),
+            },
+            Some(record) => Standing::Ended {
+                reported_by: record.reported && record.server.as_deref() == Some(name),
+            },
+            None => Standing::Unknown,
         })
     }
 
@@ -194,7 +227,8 @@ impl Reaper {
         if terminating && finished.is_none() {
             return Ok(());
         }
-        let (_, serves) = self.serves_live(&sid, &name).await?;
+        let standing = self.standing(&sid, &name).await?;
+        let (_, serves) = standing.serves_live();
         if let Some(why) = &finished
             && serves
         {
@@ -207,15 +241,20 @@ impl Reaper {
         // comes.
         let finished = finished.is_some();
         if (finished || !serves) && !terminating {
-            self.reap(name, self.keep(finished), deleting);
+            self.reap(name, self.keep(finished || standing.reported_by_it()), deleting);
         }
         Ok(())
     }
 
     /// How long a session's Pod is kept before it is deleted: a running one (its session
-    /// over) is told to drain now; a finished one is kept a little for `kubectl logs`.
-    fn keep(&self, finished: bool) -> Duration {
-        if finished { self.grace } else { Duration::ZERO }
+    /// over) is told to drain now; a finished one, or one whose server reported its result
+    /// and is exiting by itself, is kept a little for `kubectl logs`.
+    fn keep(&self, finished_or_finishing: bool) -> Duration {
+        if finished_or_finishing {
+            self.grace
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// Deletes a Pod after `wait`, once: not again while that delete is under way, nor once
@@ -278,15 +317,16 @@ impl Reaper {
             if pod.metadata.deletion_timestamp.is_some() || deleting.lock().unwrap().contains(name) {
                 continue;
             }
-            let stray = match servers.get(sid.as_str()) {
-                Some(server) => server.is_some_and(|server| server != name),
-                None => {
-                    matches!(self.sessions.record(&sid).await?, Some(record) if record.state == SessionState::Ended)
-                }
+            let (stray, reported) = match servers.get(sid.as_str()) {
+                Some(server) => (server.is_some_and(|server| server != name), false),
+                None => match self.standing(&sid, name).await? {
+                    ended @ Standing::Ended { .. } => (true, ended.reported_by_it()),
+                    _ => (false, false),
+                },
             };
             if stray {
                 let finished = matches!(pod_state(pod), PodState::Finished(_));
-                self.reap(name.to_owned(), self.keep(finished), deleting);
+                self.reap(name.to_owned(), self.keep(finished || reported), deleting);
             }
         }
         for live in &live {
