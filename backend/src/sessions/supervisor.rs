@@ -255,7 +255,14 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
             (reason, None)
         }
         () = stop.cancelled() => {
-            stop_server(server.as_mut(), profile.stop_grace).await;
+            // Ended. By the server's own report: it is exiting by itself, so it is waited for
+            // (within its stop grace) and not deleted, and a Pod is kept for
+            // FINISHED_POD_GRACE_SECONDS (for `kubectl logs`). Otherwise (an operator's stop,
+            // a failure): stopped.
+            let reported = matches!(sessions.record(sid).await, Ok(Some(record)) if record.reported);
+            if !reported || timeout(profile.stop_grace, server.wait()).await.is_err() {
+                stop_server(server.as_mut(), profile.stop_grace).await;
+            }
             (EndReason::Stopped, None)
         }
         () = cap => {
@@ -277,10 +284,19 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     if let Some(exit) = &exit
         && *exit != ServerExit::Exited(Some(0))
     {
-        tracing::warn!(?exit, "server went away abnormally");
-        if matches!(exit, ServerExit::Lost(_)) {
-            // Lost to us (no longer ready, evicted): make sure nothing of it keeps running.
-            server.kill().await;
+        // A server that reported its result stops listening on its way out (a Pod then goes
+        // unready before it exits): it is finishing, not lost, and is left to exit by itself
+        // (its Pod kept for FINISHED_POD_GRACE_SECONDS, for `kubectl logs`).
+        let finishing = matches!(exit, ServerExit::Lost(_))
+            && matches!(sessions.record(sid).await, Ok(Some(record)) if record.reported);
+        if finishing {
+            tracing::debug!(?exit, "server reported and is exiting");
+        } else {
+            tracing::warn!(?exit, "server went away abnormally");
+            if matches!(exit, ServerExit::Lost(_)) {
+                // Lost to us (no longer ready, evicted): make sure nothing of it keeps running.
+                server.kill().await;
+            }
         }
     }
     // A report, an operator stop or this very end: the first one counted, this is a no-op
