@@ -70,6 +70,7 @@ mp_wait_http "http://127.0.0.1:$sim_port/healthz" kube-sim "${pid[kube-sim]}" "$
 cat >"$run/haproxy.cfg" <<CFG
 global
   maxconn 8192
+  stats socket $run/haproxy.sock
 defaults
   mode tcp
   balance roundrobin
@@ -130,6 +131,24 @@ roll() {
   echo "rolled $name in $(python3 -c "import time; print(f'{time.time() - $began:.1f}')") s"
 }
 for name in backend-1 backend-2 proxy-1 proxy-2; do start "$name"; done
+# Every replica in rotation before the players come (HAProxy's checks saw each up twice), as
+# a Deployment is ready before traffic reaches it.
+in_rotation() {
+  python3 - "$run/haproxy.sock" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"show stat\n")
+out = b""
+while chunk := s.recv(65536):
+    out += chunk
+rows = [line.split(",") for line in out.decode().splitlines() if line and not line.startswith("#")]
+servers = [r for r in rows if r[1] not in ("FRONTEND", "BACKEND")]
+sys.exit(0 if len(servers) == 4 and all(r[17] == "UP" for r in servers) else 1)
+PY
+}
+for _ in $(seq 1 100); do in_rotation && break; sleep 0.1; done
+in_rotation || { echo "rollout-check FAILED: HAProxy never put every replica in rotation (see $run/haproxy.log)" >&2; exit 1; }
 echo "services: backends 127.0.0.1:$service_port (HAProxy over $backend_1, $backend_2), proxies 127.0.0.1:$front_port (over $proxy_1, $proxy_2)"
 
 echo "== swarm: $clients clients at $rate/s, $duration s matches, while both backends and then both proxies are replaced one at a time =="

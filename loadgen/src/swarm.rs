@@ -346,6 +346,7 @@ async fn call(
     loop {
         match shared.api.json(method.clone(), path, body, auth).await {
             Err(e) if transient(&e) => {
+                tracing::debug!(player = %record.player, %method, path, error = %e, "retrying an API call after a transient failure");
                 record.retries += 1;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
@@ -517,6 +518,7 @@ async fn attempt(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>,
     let played = loop {
         match connect_and_play(shared, record, &status, &ticket, (life, matched_at)).await {
             Err(outcome) if tries < 4 && transient_refusal(&outcome) => {
+                tracing::debug!(player = %record.player, ?outcome, "retrying a game connection after a transient refusal");
                 tries += 1;
                 record.retries += 1;
                 tokio::time::sleep(pause).await;

@@ -51,8 +51,16 @@ where
         let activity = service_activity.clone();
         async move {
             activity.busy.store(true, Ordering::Relaxed);
-            let response = handle(request, &caller, &ctx, &lane).await;
+            let mut response = handle(request, &caller, &ctx, &lane).await;
             activity.done();
+            if ctx.unready.is_cancelled() && response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                // Stopping: each kept-alive client is moved off this proxy by its next answer
+                // (it opens a new connection, which the load balancer gives a ready proxy),
+                // so none is cut while sending when the drain closes idle connections.
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(response)
         }
     });

@@ -1485,7 +1485,12 @@ async fn a_stopping_proxy_is_unready_first_and_serves_through_its_delay() {
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not ready at once");
     let mut during = kept_alive(proxy.addr).await;
-    let (status, _, body) = get(&mut during, "/api/during").await;
+    let (status, headers, body) = get(&mut during, "/api/during").await;
+    assert_eq!(
+        headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "each answer moves its client off the stopping proxy"
+    );
     assert_eq!(
         (status, body.as_str()),
         (StatusCode::OK, "/during"),

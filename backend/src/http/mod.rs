@@ -123,10 +123,18 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = match timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    let mut response = match timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Unavailable("request timed out".into()).into_response(),
     };
+    if state.unready.is_cancelled() {
+        // Stopping: each kept-alive caller (a proxy) is moved off this replica by its next
+        // answer, so none is cut while sending when the HTTP server closes idle connections.
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
     let status = response.status().as_u16();
     let took = started.elapsed();
     state.http_metrics.http(method.as_str(), &route, status, took);
