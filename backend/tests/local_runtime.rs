@@ -349,14 +349,17 @@ async fn shutdown_refuses_joins_then_terminates_servers_after_the_grace() {
 /// refused, with the answer marking the refusal as a draining replica's (the proxy sends it on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_backend_is_unready_first_and_takes_joins_through_its_delay() {
+    // A session whose server runs keeps the HTTP server up through the 5 s grace after joins
+    // are refused (with none, it closes at once, and a refused join could not be seen).
     let (backend, _db) = local_backend(|s| {
         s.session_size(2)
             .flush_wait_seconds(600.0)
             .shutdown_delay_seconds(5.0)
-            .shutdown_grace_seconds(0.0)
+            .shutdown_grace_seconds(5.0)
     })
     .await;
     let http = backend.http.clone();
+    let _running = matched_pair(&http, "d1", "d2").await;
     backend.shutdown.cancel();
     let began = std::time::Instant::now();
     let status = eventually(Duration::from_secs(10), || async {
@@ -371,10 +374,9 @@ async fn a_stopping_backend_is_unready_first_and_takes_joins_through_its_delay()
         hyper::StatusCode::OK,
         "joins are taken through the delay: {body}"
     );
-    let tries = std::sync::atomic::AtomicUsize::new(0);
+    // The same player again (a join is idempotent, so no session forms) until it is refused.
     let refused = eventually(Duration::from_secs(10), || async {
-        let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let (status, body) = http.join(&format!("late-{n}")).await;
+        let (status, body) = http.join("early").await;
         (status == hyper::StatusCode::SERVICE_UNAVAILABLE).then(|| (began.elapsed(), body))
     })
     .await;
