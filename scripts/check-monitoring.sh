@@ -60,7 +60,8 @@ if jobs != ["matchplane-backend", "matchplane-proxy"]:
     sys.exit(f"monitoring-check: scrape-config.yaml's jobs are {jobs}")
 print(f"monitoring-check: {len(alerts)} alerts, each unit-tested with a runbook; the PrometheusRule matches; {len(exprs)} dashboard queries")
 PY
-kubectl kustomize "$dir" >/dev/null 2>&1 || { command -v kubectl >/dev/null 2>&1 && { echo "monitoring-check: deploy/monitoring does not render with kustomize" >&2; exit 1; }; }
+command -v kubectl >/dev/null 2>&1 || mp_die "monitoring-check needs kubectl (for kustomize): install it and run this again."
+kubectl kustomize "$dir" >/dev/null || mp_die "monitoring-check: deploy/monitoring does not render with kustomize"
 
 # 2. A live stack and Prometheus.
 mp_need_redis

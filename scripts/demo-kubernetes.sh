@@ -101,7 +101,7 @@ for _ in $(seq 1 50); do
 done
 curl -fsS "$sim/sim/pods" >"$out/pods.json"
 # kube-sim held every call to the backend's shipped Role, as a real API server would.
-curl -fsS "$sim/sim/calls" | python3 -c 'import json,sys; bad = [c for c in json.load(sys.stdin) if c["forbidden"]]; [print("kubernetes call refused by deploy/backend/rbac.yaml: " + c["verb"] + " " + c["resource"] + " (" + str(c["forbidden"]) + " times)") for c in bad]; sys.exit(1 if bad else 0)' || status=1
+mp_sim_refused "$sim" || status=1
 for backend in "${backends[@]}"; do
   curl -fsS "$backend/health" | python3 -c 'import json,sys; w = json.load(sys.stdin).get("warm_servers"); w and print("warm pods (" + sys.argv[1] + "): " + ", ".join(f"{k} {v}" for k, v in w.items()))' "$backend"
 done

@@ -165,6 +165,9 @@ status=0
 wait "${pid[swarm]}" || status=$?
 unset 'pid[swarm]'
 tail -n 25 "$run/swarm.log"
+# Every call the replicas made (their starts' reconciles, the claims, the reapers) is one the
+# shipped Role allows.
+mp_sim_refused "http://127.0.0.1:$sim_port" || status=1
 python3 - "$out/summary.json" "$clients" <<'PY' || status=1
 import json, sys
 report = json.load(open(sys.argv[1]))

@@ -18,6 +18,12 @@
 
 mp_random() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
 
+# mp_sim_refused URL: fails, naming each one, when kube-sim at URL refused any Kubernetes call
+# under the Role it enforces (deploy/backend/rbac.yaml), as a real API server would have.
+mp_sim_refused() {
+  curl -fsS "$1/sim/calls" | python3 -c 'import json,sys; bad = [c for c in json.load(sys.stdin) if c["forbidden"]]; [print("kubernetes call refused by deploy/backend/rbac.yaml: " + c["verb"] + " " + c["resource"] + " (" + str(c["forbidden"]) + " times)") for c in bad]; sys.exit(1 if bad else 0)'
+}
+
 mp_wait_http() {
   local url=$1 what=$2 pid=$3 log=${4:-$MP_STACK_DIR/$2.log} reason
   for _ in $(seq 1 150); do

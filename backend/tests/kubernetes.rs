@@ -421,19 +421,18 @@ async fn live_session(store: &matchmaking_core::store::Store, players: &[&str]) 
         .clone()
 }
 
+/// A session of `players` whose server, its Pod, is ready at `addr`.
+async fn ready_session(store: &matchmaking_core::store::Store, players: &[&str], addr: &str) -> String {
+    let sid = live_session(store, players).await;
+    store.mark_ready(&sid, &pod_name(&sid), addr, now_ms()).await.unwrap();
+    sid
+}
+
 #[tokio::test]
 async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphaned_pods() {
     let (sessions, store) = sessions().await;
-    let finished = live_session(&store, &["r1", "r2"]).await;
-    store
-        .mark_ready(&finished, &pod_name(&finished), "10.0.0.1:7777", now_ms())
-        .await
-        .unwrap();
-    let stopped = live_session(&store, &["r3", "r4"]).await;
-    store
-        .mark_ready(&stopped, &pod_name(&stopped), "10.0.0.2:7777", now_ms())
-        .await
-        .unwrap();
+    let finished = ready_session(&store, &["r1", "r2"], "10.0.0.1:7777").await;
+    let stopped = ready_session(&store, &["r3", "r4"], "10.0.0.2:7777").await;
     store
         .end_session(&stopped, protocol::api::EndReason::Stopped, now_ms(), None)
         .await
@@ -525,11 +524,7 @@ async fn the_reaper_ends_a_finished_pods_session_and_deletes_finished_and_orphan
 #[tokio::test]
 async fn a_pod_that_reported_is_kept_for_the_grace_and_a_stopped_one_is_not() {
     let (sessions, store) = sessions().await;
-    let reported = live_session(&store, &["g1", "g2"]).await;
-    store
-        .mark_ready(&reported, &pod_name(&reported), "10.0.1.1:7777", now_ms())
-        .await
-        .unwrap();
+    let reported = ready_session(&store, &["g1", "g2"], "10.0.1.1:7777").await;
     let report = json!({"session_id": reported, "end_reason": "completed", "requested_seconds": null,
         "started_at": null, "ended_at": "2026-01-01T00:00:00Z", "players": []})
     .to_string();
@@ -559,11 +554,7 @@ async fn a_pod_that_reported_is_kept_for_the_grace_and_a_stopped_one_is_not() {
         began.elapsed()
     );
     // An operator's stop, no report: its still running Pod goes at once.
-    let stopped = live_session(&store, &["g3", "g4"]).await;
-    store
-        .mark_ready(&stopped, &pod_name(&stopped), "10.0.1.2:7777", now_ms())
-        .await
-        .unwrap();
+    let stopped = ready_session(&store, &["g3", "g4"], "10.0.1.2:7777").await;
     store
         .end_session(&stopped, protocol::api::EndReason::Stopped, now_ms(), None)
         .await

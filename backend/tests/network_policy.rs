@@ -45,6 +45,10 @@ const DNS: Pod = Pod {
     namespace: "kube-system",
     name: "kube-dns",
 };
+const PROMETHEUS: Pod = Pod {
+    namespace: "monitoring",
+    name: "prometheus",
+};
 const STRANGER: Pod = Pod {
     namespace: "default",
     name: "someone-else",
@@ -191,6 +195,20 @@ fn every_connection_matchplane_makes_is_allowed_and_nothing_else_reaches_the_gam
         (BACKEND, REDIS, 6379, "TCP", "the backend's state"),
         (BACKEND, POSTGRES, 5432, "TCP", "the match history"),
         (PROXY, REDIS, 6379, "TCP", "the proxy's session lookups"),
+        (
+            PROMETHEUS,
+            BACKEND,
+            8081,
+            "TCP",
+            "deploy/monitoring scrapes every backend's /metrics",
+        ),
+        (
+            PROMETHEUS,
+            PROXY,
+            8080,
+            "TCP",
+            "deploy/monitoring scrapes every proxy's /metrics",
+        ),
     ];
     for (from, to, port, protocol, why) in makes {
         assert!(

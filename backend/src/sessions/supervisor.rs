@@ -259,8 +259,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
             // (within its stop grace) and not deleted, and a Pod is kept for
             // FINISHED_POD_GRACE_SECONDS (for `kubectl logs`). Otherwise (an operator's stop,
             // a failure): stopped.
-            let reported = matches!(sessions.record(sid).await, Ok(Some(record)) if record.reported);
-            if !reported || timeout(profile.stop_grace, server.wait()).await.is_err() {
+            if !reported(sessions, sid).await || timeout(profile.stop_grace, server.wait()).await.is_err() {
                 stop_server(server.as_mut(), profile.stop_grace).await;
             }
             (EndReason::Stopped, None)
@@ -287,8 +286,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         // A server that reported its result stops listening on its way out (a Pod then goes
         // unready before it exits): it is finishing, not lost, and is left to exit by itself
         // (its Pod kept for FINISHED_POD_GRACE_SECONDS, for `kubectl logs`).
-        let finishing = matches!(exit, ServerExit::Lost(_))
-            && matches!(sessions.record(sid).await, Ok(Some(record)) if record.reported);
+        let finishing = matches!(exit, ServerExit::Lost(_)) && reported(sessions, sid).await;
         if finishing {
             tracing::debug!(?exit, "server reported and is exiting");
         } else {
@@ -302,6 +300,12 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     // A report, an operator stop or this very end: the first one counted, this is a no-op
     // then. A server that exits without having reported fails its session.
     sessions.end_with_retry(sid, reason).await;
+}
+
+/// Whether session `sid`'s server reported its result: it is then exiting by itself. A
+/// record Redis cannot give says no (the server is stopped as before).
+async fn reported(sessions: &Sessions, sid: &str) -> bool {
+    matches!(sessions.record(sid).await, Ok(Some(record)) if record.reported)
 }
 
 /// How often a session with an empty grace looks at who is connected (and one with a health
