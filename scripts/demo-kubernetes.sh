@@ -50,10 +50,12 @@ player_secret=$(mp_random)
 # Every port at once, so that none is handed out twice before its server binds it.
 read -r -a ports < <(mp_free_ports 4)
 sim_port=${ports[0]} proxy_port=${ports[1]}
+# The game servers' NetworkPolicy is enforced on every connection to a Pod.
+mapfile -t network < <(mp_sim_network_flags "$bin")
 TICKET_SECRET="$secret" RUST_LOG="${RUST_LOG:-info}" "$bin/kube-sim" --bind "127.0.0.1:$sim_port" \
   --kubeconfig "$run/kubeconfig" --namespace games --game-server-bin "$bin/game-server" \
   --secret matchplane-ticket/ticket-secret=env:TICKET_SECRET --start-delay-ms "${POD_START_DELAY_MS:-2000}" \
-  --rbac deploy/backend/rbac.yaml --log-dir "$run/pods" >"$run/kube-sim.log" 2>&1 &
+  --rbac deploy/backend/rbac.yaml "${network[@]}" --log-dir "$run/pods" >"$run/kube-sim.log" 2>&1 &
 pids+=($!)
 mp_wait_http "http://127.0.0.1:$sim_port/healthz" kube-sim "$!" "$run/kube-sim.log"
 sim="http://127.0.0.1:$sim_port"

@@ -59,10 +59,12 @@ secret=$(mp_random) admin=$(mp_random) player_secret=$(mp_random)
 read -r sim_port backend_1 backend_2 service_port proxy_1 proxy_2 front_port < <(mp_free_ports 7)
 declare -A port=([backend-1]=$backend_1 [backend-2]=$backend_2 [proxy-1]=$proxy_1 [proxy-2]=$proxy_2)
 
+# The game servers' NetworkPolicy is enforced on every connection to a Pod.
+mapfile -t network < <(mp_sim_network_flags "$bin")
 TICKET_SECRET="$secret" RUST_LOG=warn "$bin/kube-sim" --bind "127.0.0.1:$sim_port" \
   --kubeconfig "$run/kubeconfig" --namespace games --game-server-bin "$bin/game-server" \
   --secret matchplane-ticket/ticket-secret=env:TICKET_SECRET --start-delay-ms 300 \
-  --rbac deploy/backend/rbac.yaml --log-dir "$run/pods" >"$run/kube-sim.log" 2>&1 &
+  --rbac deploy/backend/rbac.yaml "${network[@]}" --log-dir "$run/pods" >"$run/kube-sim.log" 2>&1 &
 pid[kube-sim]=$!
 mp_wait_http "http://127.0.0.1:$sim_port/healthz" kube-sim "${pid[kube-sim]}" "$run/kube-sim.log"
 

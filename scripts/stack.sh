@@ -19,9 +19,21 @@
 mp_random() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
 
 # mp_sim_refused URL: fails, naming each one, when kube-sim at URL refused any Kubernetes call
-# under the Role it enforces (deploy/backend/rbac.yaml), as a real API server would have.
+# under the Role it enforces (deploy/backend/rbac.yaml), as a real API server would have, or
+# any connection to a Pod under the NetworkPolicy it enforces, as a cluster's CNI would have.
 mp_sim_refused() {
-  curl -fsS "$1/sim/calls" | python3 -c 'import json,sys; bad = [c for c in json.load(sys.stdin) if c["forbidden"]]; [print("kubernetes call refused by deploy/backend/rbac.yaml: " + c["verb"] + " " + c["resource"] + " (" + str(c["forbidden"]) + " times)") for c in bad]; sys.exit(1 if bad else 0)'
+  local status=0
+  curl -fsS "$1/sim/calls" | python3 -c 'import json,sys; bad = [c for c in json.load(sys.stdin) if c["forbidden"]]; [print("kubernetes call refused by deploy/backend/rbac.yaml: " + c["verb"] + " " + c["resource"] + " (" + str(c["forbidden"]) + " times)") for c in bad]; sys.exit(1 if bad else 0)' || status=1
+  curl -fsS "$1/sim/network" | python3 -c 'import json,sys; bad = [f for f in json.load(sys.stdin) if f["denied"]]; [print("connection refused by NetworkPolicy: " + f["from"] + " -> " + f["to"] + ":" + str(f["port"]) + " (" + str(f["denied"]) + " times)") for f in bad]; sys.exit(1 if bad else 0)' || status=1
+  return "$status"
+}
+
+# mp_sim_network_flags BIN: kube-sim's flags enforcing deploy/'s game-server NetworkPolicy,
+# with the backend and proxy binaries under BIN seen as their Pods, one per line.
+mp_sim_network_flags() {
+  printf '%s\n' --network-policy deploy/backend/game-servers-networkpolicy.yaml \
+    --host-workload "app.kubernetes.io/name=matchplane-backend@$1/backend" \
+    --host-workload "app.kubernetes.io/name=matchplane-proxy@$1/proxy"
 }
 
 mp_wait_http() {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use backend::config::SettingsBuilder;
 use common::{Backend, GameClient, built_binary, eventually};
 use kube_sim::kubelet::Command;
+use kube_sim::node::PodStorage as _;
 use kube_sim::{Behaviour, Fault, NodeConfig};
 use protocol::{GameState, ServerReply};
 use tokio::net::TcpListener;
@@ -37,6 +38,11 @@ fn backend_role() -> kube_sim::Rbac {
 
 /// kube-sim in this process, with the ticket Secret the game-server Pods reference.
 async fn sim(start_delay_ms: u64) -> Sim {
+    sim_with(start_delay_ms, None).await
+}
+
+/// kube-sim enforcing `network` on connections to Pod IPs.
+async fn sim_with(start_delay_ms: u64, network: Option<kube_sim::network::Network>) -> Sim {
     let node = NodeConfig {
         game_server_bin: built_binary("game-server"),
         images: [
@@ -57,6 +63,7 @@ async fn sim(start_delay_ms: u64) -> Sim {
         log_dir: None,
         strict_by_default: true,
         rbac: Some(backend_role()),
+        network: network.map(Arc::new),
     };
     let behaviour = Behaviour {
         start_delay_ms,
@@ -538,6 +545,69 @@ async fn a_warm_pod_that_dies_is_replaced_and_an_empty_pool_falls_back_to_cold()
     let state = warm_state(&backend).await;
     assert_eq!(state["handed"], 2, "{state}");
     assert_eq!(state["cold_starts"], 1, "{state}");
+    backend.stop().await;
+}
+
+/// The game-server NetworkPolicy `deploy/` ships, enforced by kube-sim with this test process
+/// (the backend replica and the players' client) seen as the backend's Pod: the policy in `yaml`.
+fn enforcing(yaml: &str) -> kube_sim::network::Network {
+    let policies = kube_sim::network::policies_from_manifest(yaml, Some(NS)).unwrap();
+    let backend = kube_sim::network::HostWorkload {
+        labels: [("app.kubernetes.io/name".to_owned(), "matchplane-backend".to_owned())].into(),
+        program: std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap(),
+    };
+    kube_sim::network::Network::new(policies, NS, vec![backend])
+}
+
+fn shipped_game_server_policy() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/backend/game-servers-networkpolicy.yaml"
+    );
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// Where the shipped policies are enforced (kindnet, Calico, Cilium, GKE Dataplane V2), the
+/// backend's hand-over to a warm Pod is admitted and its sessions play on it; the policy without
+/// the backend's rule (as it once shipped) refuses every hand-over, which kube-sim counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pods_take_sessions_where_the_shipped_network_policy_is_enforced() {
+    let sim = sim_with(0, Some(enforcing(&shipped_game_server_policy()))).await;
+    let backend = warm_replica(&sim, "policy", 2, |s| s).await;
+    let bodies = matched(&backend, &players("policy", 4)).await;
+    let state = warm_state(&backend).await;
+    assert_eq!(state["handed"], 2, "{state}");
+    assert_eq!(state["cold_starts"], 0, "{state}");
+    play(&backend, &bodies[..2]).await;
+    let flows = sim.cluster.config().network.as_ref().unwrap().flows();
+    assert!(flows.iter().all(|f| f.denied == 0), "{flows:?}");
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.from.starts_with("host ") && f.port == 7777 && f.allowed > 0),
+        "the hand-overs and the game went through the relay: {flows:?}"
+    );
+    backend.stop().await;
+
+    // Without the rule admitting the backend on 7777, nothing it sends reaches a game server.
+    let shipped = shipped_game_server_policy();
+    let rule = "    - from:\n        - podSelector:\n            matchLabels:\n              app.kubernetes.io/name: matchplane-backend\n      ports:\n        - port: 7777\n          protocol: TCP\n";
+    assert!(
+        shipped.contains(rule),
+        "the backend's ingress rule, as the test removes it"
+    );
+    let sim = sim_with(0, Some(enforcing(&shipped.replace(rule, "")))).await;
+    let backend = warm_replica(&sim, "no-policy", 1, |s| s).await;
+    matched(&backend, &players("no-policy", 2)).await;
+    let state = warm_state(&backend).await;
+    assert_eq!(state["handed"], 0, "{state}");
+    let flows = sim.cluster.config().network.as_ref().unwrap().flows();
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.from.starts_with("host ") && f.port == 7777 && f.denied > 0),
+        "kube-sim refused and counted the hand-over: {flows:?}"
+    );
     backend.stop().await;
 }
 
@@ -1244,6 +1314,7 @@ async fn kube_sim_refuses_what_an_api_server_refuses_and_watches_follow_selector
         log_dir: None,
         strict_by_default: true,
         rbac: None,
+        network: None,
     };
     let behaviour = Behaviour {
         start_delay_ms: 60_000,

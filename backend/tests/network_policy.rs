@@ -1,18 +1,16 @@
 //! The NetworkPolicies `deploy/` ships, held to every connection matchplane makes and to some it
-//! must never make. kube-sim enforces no NetworkPolicy, so without this a connection a real
-//! cluster's CNI drops (the backend's hand-over of a session to a warm Pod, once) passes every
-//! other test.
+//! must never make, by kube-sim's evaluation of them (Kubernetes' own rule: a Pod no policy of a
+//! direction selects allows everything in it; a selected one allows a connection only if some
+//! rule of a selecting policy matches its peer and its port).
 //!
-//! The evaluation is Kubernetes' own rule for the policies these manifests use: a Pod selected by
-//! no policy of a direction allows everything in it; a selected one allows a connection only if
-//! some rule of a selecting policy matches its peer (pod selector in the policy's namespace,
-//! namespace selector, or any peer) and its port.
+//! kube-sim enforces ingress to Pods on the connections it sees (`make demo-kubernetes`, and
+//! `kube_sim.rs`'s warm hand-over under the shipped policy); egress, the databases' policy and
+//! the parts that run outside it (Redis, PostgreSQL, DNS, Prometheus) are held here.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube_sim::network::{Endpoint, HOST, policies_from_manifest};
 
 /// A Pod as the policies see it.
 #[derive(Clone, Copy)]
@@ -55,12 +53,9 @@ const STRANGER: Pod = Pod {
 };
 
 impl Pod {
-    fn labels(&self) -> BTreeMap<String, String> {
-        [("app.kubernetes.io/name".to_owned(), self.name.to_owned())].into()
-    }
-
-    fn namespace_labels(&self) -> BTreeMap<String, String> {
-        [("kubernetes.io/metadata.name".to_owned(), self.namespace.to_owned())].into()
+    fn endpoint(&self) -> Endpoint {
+        let labels = BTreeMap::from([("app.kubernetes.io/name".to_owned(), self.name.to_owned())]);
+        Endpoint::pod(self.namespace, labels, HOST)
     }
 }
 
@@ -71,81 +66,15 @@ fn policies() -> Vec<NetworkPolicy> {
         "databases/networkpolicy.yaml",
     ] {
         let path = format!("{}/../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
-        let yaml = std::fs::read_to_string(&path).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&yaml) {
-            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
-            if value["kind"] == "NetworkPolicy" {
-                out.push(serde_yaml::from_value(value).unwrap());
-            }
-        }
+        out.extend(policies_from_manifest(&std::fs::read_to_string(&path).unwrap(), None).unwrap());
     }
     assert_eq!(out.len(), 2, "the policies deploy/ ships");
     out
 }
 
-/// `matchLabels` only: the manifests use nothing else (an expression would be refused here).
-fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    assert!(
-        selector.match_expressions.is_none(),
-        "matchExpressions are not evaluated here"
-    );
-    selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v))
-}
-
-fn peer_matches(peer: &NetworkPolicyPeer, policy_namespace: &str, pod: Pod) -> bool {
-    assert!(peer.ip_block.is_none(), "ipBlock is not evaluated here");
-    let namespace_ok = match &peer.namespace_selector {
-        Some(selector) => selects(selector, &pod.namespace_labels()),
-        None => pod.namespace == policy_namespace,
-    };
-    let pod_ok = peer.pod_selector.as_ref().is_none_or(|s| selects(s, &pod.labels()));
-    namespace_ok && pod_ok
-}
-
-fn port_matches(ports: Option<&Vec<NetworkPolicyPort>>, port: i32, protocol: &str) -> bool {
-    ports.is_none_or(|ports| {
-        ports.iter().any(|p| {
-            p.protocol.as_deref().unwrap_or("TCP") == protocol
-                && p.port.as_ref().is_none_or(|want| *want == IntOrString::Int(port))
-        })
-    })
-}
-
 /// Whether the policies let `from` open a connection to `to` on `port`/`protocol`.
-fn allowed(policies: &[NetworkPolicy], from: Pod, to: Pod, port: i32, protocol: &str) -> bool {
-    let applies = |p: &NetworkPolicy, pod: Pod, direction: &str| {
-        let spec = p.spec.as_ref().unwrap();
-        p.metadata.namespace.as_deref() == Some(pod.namespace)
-            && selects(&spec.pod_selector.clone().unwrap_or_default(), &pod.labels())
-            && spec.policy_types.iter().flatten().any(|t| t == direction)
-    };
-    let egress: Vec<&NetworkPolicy> = policies.iter().filter(|p| applies(p, from, "Egress")).collect();
-    let egress_ok = egress.is_empty()
-        || egress.iter().any(|p| {
-            let namespace = p.metadata.namespace.as_deref().unwrap();
-            p.spec.as_ref().unwrap().egress.iter().flatten().any(|rule| {
-                rule.to
-                    .as_ref()
-                    .is_none_or(|peers| peers.iter().any(|peer| peer_matches(peer, namespace, to)))
-                    && port_matches(rule.ports.as_ref(), port, protocol)
-            })
-        });
-    let ingress: Vec<&NetworkPolicy> = policies.iter().filter(|p| applies(p, to, "Ingress")).collect();
-    let ingress_ok = ingress.is_empty()
-        || ingress.iter().any(|p| {
-            let namespace = p.metadata.namespace.as_deref().unwrap();
-            p.spec.as_ref().unwrap().ingress.iter().flatten().any(|rule| {
-                rule.from
-                    .as_ref()
-                    .is_none_or(|peers| peers.iter().any(|peer| peer_matches(peer, namespace, from)))
-                    && port_matches(rule.ports.as_ref(), port, protocol)
-            })
-        });
-    egress_ok && ingress_ok
+fn allowed(policies: &[NetworkPolicy], from: Pod, to: Pod, port: u16, protocol: &str) -> bool {
+    kube_sim::network::allows(policies, &from.endpoint(), &to.endpoint(), port, protocol)
 }
 
 #[test]

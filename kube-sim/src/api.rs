@@ -48,6 +48,7 @@ pub fn router(cluster: Arc<Cluster>) -> axum::Router {
         .route("/sim/compact", post(compact))
         .route("/sim/pods", get(records))
         .route("/sim/calls", get(calls))
+        .route("/sim/network", get(network))
         .route("/sim/pods/{ns}/{name}/{action}", post(pod_action))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(cluster.clone(), authorize))
@@ -669,6 +670,17 @@ async fn calls(State(cluster): State<Arc<Cluster>>) -> Response {
         })
         .collect();
     Json(calls).into_response()
+}
+
+/// Every caller → Pod port kube-sim relayed, with the connections let through and refused by
+/// the NetworkPolicies it enforces (empty when it enforces none).
+async fn network(State(cluster): State<Arc<Cluster>>) -> Response {
+    let flows = crate::node::PodStorage::config(cluster.as_ref())
+        .network
+        .as_ref()
+        .map(|n| n.flows())
+        .unwrap_or_default();
+    Json(flows).into_response()
 }
 
 async fn pod_action(

@@ -733,6 +733,7 @@ mod tests {
             log_dir: None,
             strict_by_default: true,
             rbac: None,
+            network: None,
         };
         // Containers never start within a test: the Pod stays Pending.
         let behaviour = Behaviour {

@@ -237,7 +237,41 @@ pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut comma
         .next()
         .and_then(|p| u16::try_from(p.container_port).ok())
         .unwrap_or(7777);
-    let ip = cluster.pod_ip(port);
+    // Where NetworkPolicy is enforced, a Pod whose ports are all TCP gets a relay on its Pod IP
+    // (`ip`) and its container listens on an address of its own (`inner`), which its
+    // `status.podIP` reads and the kubelet's probes reach directly.
+    let declared = crate::relay::declared_ports(&pod);
+    let network = cluster.config().network.clone();
+    let relayed = network.as_ref().filter(|_| !declared.is_empty()).and_then(|network| {
+        if let Some(udp) = crate::network::non_tcp(&declared) {
+            tracing::info!(pod = %key.1, port = udp.container_port, "a Pod with a UDP port is not filtered by NetworkPolicy here");
+            return None;
+        }
+        let ports: Vec<u16> = declared.iter().filter_map(|p| u16::try_from(p.container_port).ok()).collect();
+        match crate::relay::bind(cluster, &ports) {
+            Ok(bound) => Some((network.clone(), bound)),
+            Err(e) => {
+                tracing::warn!(pod = %key.1, error = %e, "no Pod IP for the NetworkPolicy relay; the Pod is not filtered");
+                None
+            }
+        }
+    });
+    let (ip, inner, _relay) = match relayed {
+        Some((network, (outer, listeners))) => {
+            let inner = cluster.pod_ip(port);
+            match crate::relay::start(network, storage.clone(), key.clone(), inner, listeners) {
+                Ok(guard) => (outer, inner, Some(guard)),
+                Err(e) => {
+                    tracing::warn!(pod = %key.1, error = %e, "starting the NetworkPolicy relay; the Pod is not filtered");
+                    (inner, inner, None)
+                }
+            }
+        }
+        None => {
+            let ip = cluster.pod_ip(port);
+            (ip, ip, None)
+        }
+    };
     let spec = pod.spec.clone().unwrap_or_default();
     // Scheduled at once onto the one node; the clock of activeDeadlineSeconds starts now.
     let scheduled = Instant::now();
@@ -272,7 +306,7 @@ pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut comma
     let mut create_at = Instant::now() + start.delay;
     let env = loop {
         tokio::select! {
-            () = sleep_until(create_at) => match environment(cluster, &pod, &container, ip) {
+            () = sleep_until(create_at) => match environment(cluster, &pod, &container, inner) {
                 Ok(env) => break env,
                 Err(why) => {
                     cluster.update_pod(&key, &mut |pod, _| {
@@ -349,6 +383,10 @@ pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut comma
         }
     };
     let pid = child.id();
+    let group = pid.and_then(|p| i32::try_from(p).ok());
+    if let (Some(network), Some(group)) = (&network, group) {
+        network.started(group, key.clone());
+    }
     let started = Instant::now();
     cluster.record_pod(&key, &mut |r| r.started_ms = Some(now_ms()));
     cluster.update_pod(&key, &mut |pod, _| {
@@ -393,7 +431,7 @@ pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut comma
             status = child.wait() => break status.ok(),
             () = sleep_until(next_probe) => {
                 if let Some(probe) = readiness.as_mut().filter(|p| p.next <= Instant::now())
-                    && let Some(healthy) = probe.run(ip, forced_unready).await
+                    && let Some(healthy) = probe.run(inner, forced_unready).await
                     && healthy != ready
                 {
                     ready = healthy;
@@ -402,7 +440,7 @@ pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut comma
                     }
                 }
                 if let Some(probe) = liveness.as_mut().filter(|p| p.next <= Instant::now())
-                    && probe.run(ip, false).await == Some(false)
+                    && probe.run(inner, false).await == Some(false)
                 {
                     tracing::info!(pod = %key.1, "liveness probe failed; killing the container");
                     signal(pid, Signal::SIGKILL);
@@ -442,6 +480,9 @@ pub async fn run(storage: Arc<dyn PodStorage>, key: Key, start: Start, mut comma
     });
     // Whatever the container left behind in its group goes too.
     signal(pid, Signal::SIGKILL);
+    if let (Some(network), Some(group)) = (&network, group) {
+        network.ended(group);
+    }
     match ending {
         Some((reason, message)) => fail(cluster, &key, &container, reason, &message, code),
         None => finish(cluster, &key, &container, code),

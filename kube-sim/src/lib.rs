@@ -12,14 +12,17 @@
 //! Pod IP), honours the readiness and liveness probes, `restartPolicy: Never` and
 //! `activeDeadlineSeconds`, and reports phase and conditions. `/sim/*` sets the start delay and
 //! injects faults: evict, delete, kill or un-ready a Pod, cut every watch, compact the history,
-//! answer the next calls with an error status.
+//! answer the next calls with an error status. With policies loaded, [`network`] enforces
+//! NetworkPolicy on connections to Pod IPs through [`relay`].
 
 pub mod api;
 pub mod cluster;
 pub mod kubelet;
+pub mod network;
 pub mod node;
 pub mod pod_security;
 pub mod rbac;
+pub mod relay;
 pub mod selector;
 pub mod validate;
 
@@ -103,6 +106,22 @@ pub struct Config {
     /// answers it); unset, every call is allowed.
     #[arg(long, env = "KUBE_SIM_RBAC", value_name = "FILE")]
     pub rbac: Option<PathBuf>,
+    /// Enforce the NetworkPolicies of this manifest (repeatable), as if created in
+    /// `--namespace`, on connections to Pod IPs: a connection they do not admit is reset and
+    /// counted at `/sim/network`. Unset, every connection is let through. Linux only (the
+    /// caller of each connection is found in `/proc`).
+    #[arg(
+        long = "network-policy",
+        env = "KUBE_SIM_NETWORK_POLICY",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub network_policies: Vec<PathBuf>,
+    /// A program run on this machine that the NetworkPolicies see as a Pod with these labels in
+    /// `--namespace`, as `KEY=VALUE[,KEY=VALUE...]@PROGRAM` (the backend and proxy of a demo).
+    /// Repeatable; any other process outside kube-sim's Pods is outside the cluster.
+    #[arg(long = "host-workload", value_name = "LABELS@PROGRAM")]
+    pub host_workloads: Vec<String>,
     /// Where each container's output goes (`<namespace>_<pod>.log`); discarded when unset.
     #[arg(long, env = "KUBE_SIM_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
@@ -169,7 +188,30 @@ impl Config {
             "--pod-security must be privileged, baseline or restricted, got {:?}",
             self.pod_security
         );
+        anyhow::ensure!(
+            self.host_workloads.is_empty() || !self.network_policies.is_empty(),
+            "--host-workload needs --network-policy (without policies every connection is let through)"
+        );
+        let network = if self.network_policies.is_empty() {
+            None
+        } else {
+            anyhow::ensure!(
+                std::path::Path::new("/proc/net/tcp").exists(),
+                "--network-policy needs Linux's /proc (to find who opened each connection)"
+            );
+            let workloads = self
+                .host_workloads
+                .iter()
+                .map(|w| network::HostWorkload::parse(w))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some(Arc::new(network::Network::load(
+                &self.network_policies,
+                &self.namespace,
+                workloads,
+            )?))
+        };
         Ok(NodeConfig {
+            network,
             game_server_bin,
             images,
             namespaces: NodeConfig::namespaces_with(&self.namespace, Some(&self.pod_security)),

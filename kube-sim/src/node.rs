@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub strict_by_default: bool,
     /// The Roles every API call is held to (`403 Forbidden` otherwise); `None` allows all.
     pub rbac: Option<crate::rbac::Rbac>,
+    /// The NetworkPolicies enforced on connections to Pod IPs; `None` lets everything through.
+    pub network: Option<std::sync::Arc<crate::network::Network>>,
 }
 
 pub fn now_ms() -> i64 {
