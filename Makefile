@@ -26,7 +26,7 @@ release: ## Release build of every binary
 demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, SCENARIO, SERVER, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
 	scripts/demo.sh
 
-demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, POD_START_DELAY_MS, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
+demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, POD_START_DELAY_MS, WARM_POOL_MIN, WARM_POOL_MAX, NETWORK_POLICY, RUST_LOG)
 	scripts/demo-kubernetes.sh
 
 demo-web: ## The web page playing the built-in game in a browser, on the local stack with TLS (a throwaway CA made for the run): prints the URL, runs until ctrl-c (SESSION_SIZE, WEB_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)

@@ -109,6 +109,7 @@ refused "SEED must be a whole number, got '-1'." SEED=-1 scripts/api-check.sh
 refused "CLIENTS must be a whole number above 0, got 'abc'." CLIENTS=abc scripts/demo.sh
 refused "MATCH_DURATION must be a number of seconds or players per second (0 or more), got '5s'." MATCH_DURATION=5s scripts/demo.sh
 refused "WEB_BENCH_PLAYERS must be a whole number of sessions of 3 players, got '4'." scripts/web.sh check 4
+refused "make demo-kubernetes needs NETWORK_POLICY to be enforce or off, not 'yes'." NETWORK_POLICY=yes scripts/demo-kubernetes.sh
 echo "scripts-check: benchmarks, demos and api-check refuse a bad setting with one sentence before starting anything"
 
 # 6. One run right after another in the same directory.

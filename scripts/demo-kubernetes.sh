@@ -5,12 +5,17 @@
 # game-server for it. Ends in the demo's summary plus the Pod figures; exits non-zero on any
 # failure and stops everything it started. CLIENTS (60), MATCH_DURATION (5 s), SPAWN_RATE (0),
 # SESSION_SIZE (12), POD_START_DELAY_MS (2000: simulated scheduling and image pull),
-# WARM_POOL_MIN/WARM_POOL_MAX (warm Pods for the whole cluster, when set).
+# WARM_POOL_MIN/WARM_POOL_MAX (warm Pods for the whole cluster, when set), NETWORK_POLICY
+# (enforce: kube-sim enforces deploy/'s game-server NetworkPolicy; off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stack.sh
 . scripts/stack.sh
 
+case ${NETWORK_POLICY:-enforce} in
+  enforce | off) ;;
+  *) mp_die "make demo-kubernetes needs NETWORK_POLICY to be enforce or off, not '${NETWORK_POLICY}'." ;;
+esac
 command -v cargo >/dev/null 2>&1 || mp_die "make demo-kubernetes needs the Rust toolchain (cargo): install it from rustup.rs and run this again."
 command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make demo-kubernetes needs curl: install it with 'sudo apt-get install -y curl' and run this again."
 mp_need_redis
@@ -50,8 +55,10 @@ player_secret=$(mp_random)
 # Every port at once, so that none is handed out twice before its server binds it.
 read -r -a ports < <(mp_free_ports 4)
 sim_port=${ports[0]} proxy_port=${ports[1]}
-# The game servers' NetworkPolicy is enforced on every connection to a Pod.
-mapfile -t network < <(mp_sim_network_flags "$bin")
+# The game servers' NetworkPolicy is enforced on every connection to a Pod, unless
+# NETWORK_POLICY=off (the time-to-play benchmark: kube-sim's relay is not part of matchplane).
+network=()
+[ "${NETWORK_POLICY:-enforce}" = off ] || mapfile -t network < <(mp_sim_network_flags "$bin")
 TICKET_SECRET="$secret" RUST_LOG="${RUST_LOG:-info}" "$bin/kube-sim" --bind "127.0.0.1:$sim_port" \
   --kubeconfig "$run/kubeconfig" --namespace games --game-server-bin "$bin/game-server" \
   --secret matchplane-ticket/ticket-secret=env:TICKET_SECRET --start-delay-ms "${POD_START_DELAY_MS:-2000}" \
