@@ -165,8 +165,12 @@ pub struct Report {
     /// Clients that failed (not counting `timed_out`).
     pub failed: usize,
     /// Players whose ticket ended `timed_out`: their queue's `max_wait_seconds` passed without
-    /// a session (the few a rule queue cannot place at the end of a run). Not failures.
+    /// a session (the few a rule queue cannot place at the end of a run). Not failures, up to
+    /// `max_timed_out_percent` of the clients.
     pub timed_out: usize,
+    /// The most players, in percent of the clients, that may time out in their queue in a
+    /// run that passes.
+    pub max_timed_out_percent: f64,
     pub outcomes: BTreeMap<&'static str, usize>,
     /// Up to 20 failures, with what went wrong.
     pub failures: Vec<Failure>,
@@ -418,6 +422,8 @@ pub struct Setup {
     pub join_order: Option<QualitySummary>,
     /// This machine's CPUs from the first join to the last match running.
     pub cpu_busy: Option<Busy>,
+    /// The most players, in percent, that may time out in their queue in a run that passes.
+    pub max_timed_out_percent: f64,
 }
 
 impl Report {
@@ -457,6 +463,7 @@ impl Report {
             ok,
             failed,
             timed_out,
+            max_timed_out_percent: setup.max_timed_out_percent,
             queues: per_queue(records, setup.join_order),
             outcomes,
             session_ids: {
@@ -489,10 +496,18 @@ impl Report {
         }
     }
 
-    /// Whether the run passed: every client ok (or, in a rule queue, timed out waiting), some
-    /// session formed if any ticket timed out, and every invariant held.
+    /// Whether the run passed: every client ok (or, in a rule queue, timed out waiting, but
+    /// no more than `max_timed_out_percent` of them), some session formed if any ticket timed
+    /// out, and every invariant held.
     pub fn passed(&self) -> bool {
-        self.failed == 0 && (self.timed_out == 0 || self.sessions > 0) && self.invariants.ok
+        self.failed == 0
+            && !self.too_many_timed_out()
+            && (self.timed_out == 0 || self.sessions > 0)
+            && self.invariants.ok
+    }
+
+    fn too_many_timed_out(&self) -> bool {
+        self.timed_out as f64 * 100.0 > self.clients as f64 * self.max_timed_out_percent
     }
 
     /// The human summary.
@@ -506,12 +521,33 @@ impl Report {
         );
         let outcomes: Vec<String> = self.outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(out, "outcomes: {}", outcomes.join(", "));
+        let _ = writeln!(
+            out,
+            "played: {} of {} players{}",
+            self.ok,
+            self.clients,
+            match (self.timed_out, self.failed) {
+                (0, 0) => String::new(),
+                (t, 0) => format!(" ({t} timed out in their queue)"),
+                (0, f) => format!(" ({f} failed)"),
+                (t, f) => format!(" ({t} timed out in their queue, {f} failed)"),
+            }
+        );
         if self.timed_out > 0 {
-            let _ = writeln!(
-                out,
-                "timed out in their queue: {} players (max_wait_seconds passed without a session: not failures)",
-                self.timed_out
-            );
+            let percent = self.timed_out as f64 * 100.0 / self.clients.max(1) as f64;
+            if self.too_many_timed_out() {
+                let _ = writeln!(
+                    out,
+                    "too many timed out: {} players ({percent:.0}%) waited out max_wait_seconds without a session, above the {}% allowed: the queue's rules could not place them",
+                    self.timed_out, self.max_timed_out_percent
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "timed out in their queue: {} players ({percent:.0}%; max_wait_seconds passed without a session: not failures, up to {}%)",
+                    self.timed_out, self.max_timed_out_percent
+                );
+            }
         }
         if self.retries > 0 || self.rejoins > 0 {
             let _ = writeln!(
@@ -632,9 +668,17 @@ impl Report {
             .iter()
             .flat_map(|(_, s)| s.iter().copied())
             .fold(1.0f64, f64::max);
-        // Log scale from 0.1 ms to the slowest sample.
-        let (lo, hi) = (0.1f64.log10(), max.max(1.0).log10() + 0.05);
-        let x = |ms: f64| LEFT + (ms.max(0.1).log10() - lo) / (hi - lo) * (W - LEFT - RIGHT);
+        // Log scale from the decade of the fastest sample (0.1 ms, or down to 1 µs) to the slowest.
+        let fastest = self
+            .samples_ms
+            .iter()
+            .flat_map(|(_, s)| s.iter().copied())
+            .filter(|ms| *ms > 0.0)
+            .fold(0.1f64, f64::min);
+        let lo = fastest.log10().floor().clamp(-3.0, -1.0);
+        let hi = max.max(1.0).log10() + 0.05;
+        let floor_ms = 10f64.powf(lo);
+        let x = |ms: f64| LEFT + (ms.max(floor_ms).log10() - lo) / (hi - lo) * (W - LEFT - RIGHT);
         let y = |frac: f64| H - BOTTOM - frac * (H - BOTTOM - TOP);
         let mut svg = String::new();
         let _ = writeln!(
@@ -644,10 +688,15 @@ impl Report {
         let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
             svg,
-            r#"<text x="{LEFT}" y="24" font-size="15">matchplane swarm: latency distributions ({} clients, {} ok)</text>"#,
-            self.clients, self.ok
+            r#"<text x="{LEFT}" y="24" font-size="15">matchplane swarm: latency of the {} of {} players who played{}</text>"#,
+            self.ok,
+            self.clients,
+            match (self.timed_out, self.failed) {
+                (0, 0) => String::new(),
+                (t, f) => format!(" ({t} timed out in their queue, {f} failed)"),
+            }
         );
-        let mut decade: f64 = 0.1;
+        let mut decade = floor_ms;
         while decade.log10() <= hi {
             let px = x(decade);
             let _ = writeln!(
@@ -657,8 +706,9 @@ impl Report {
             );
             let _ = writeln!(
                 svg,
-                r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{decade}</text>"#,
-                H - BOTTOM + 16.0
+                r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                H - BOTTOM + 16.0,
+                (decade * 1e6).round() / 1e6
             );
             decade *= 10.0;
         }
@@ -683,8 +733,13 @@ impl Report {
             (LEFT + W - RIGHT) / 2.0,
             H - 12.0
         );
+        // Each curve its own dash and width, the first drawn widest: where curves coincide
+        // (a phase that is all of another), every one still shows.
+        let dashes = ["", "9 4", "3 3", "12 4 3 4", "1 4"];
         for (i, (name, samples)) in self.samples_ms.iter().enumerate() {
             let color = colors[i % colors.len()];
+            let dash = dashes[i % dashes.len()];
+            let width = 4.0 - 0.6 * (i % dashes.len()) as f64;
             let mut sorted = samples.clone();
             sorted.sort_by(f64::total_cmp);
             if !sorted.is_empty() {
@@ -696,7 +751,7 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     svg,
-                    r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="{width:.1}" stroke-dasharray="{dash}" points="{}"/>"#,
                     points.join(" ")
                 );
             }
@@ -704,7 +759,7 @@ impl Report {
             let lx = W - RIGHT + 16.0;
             let _ = writeln!(
                 svg,
-                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/>"#,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3" stroke-dasharray="{dash}"/>"#,
                 lx + 20.0
             );
             let _ = writeln!(
@@ -733,6 +788,7 @@ mod tests {
             scenario: Scenario::Fifo,
             join_order: None,
             cpu_busy: None,
+            max_timed_out_percent: 100.0,
         }
     }
 
@@ -825,7 +881,27 @@ mod tests {
             text.contains("queue ranked: 4 players (2 in parties) in 1 sessions, 1 timed out"),
             "{text}"
         );
-        assert!(text.contains("timed out in their queue: 1 players"), "{text}");
+        assert!(text.contains("timed out in their queue: 1 players (14%"), "{text}");
+        assert!(
+            text.contains("played: 6 of 7 players (1 timed out in their queue)"),
+            "{text}"
+        );
+        // Above the share allowed, the same run fails, and says why.
+        let strict = Report::build(
+            &records,
+            &Setup {
+                max_timed_out_percent: 10.0,
+                ..setup(1.0)
+            },
+        );
+        assert!(!strict.passed());
+        assert!(
+            strict
+                .render()
+                .contains("too many timed out: 1 players (14%) waited out max_wait_seconds without a session, above the 10% allowed"),
+            "{}",
+            strict.render()
+        );
 
         // A party across teams, a server naming another team, teams of unequal size.
         let mut bad = records.clone();
@@ -902,6 +978,24 @@ mod tests {
         assert_eq!(json["session_sizes"]["2"], 1);
         assert_eq!(json["cpu_busy_to_last_running"]["busy"], 0.99);
         assert_eq!(json["cpu_busy_to_last_running"]["cpus"], 2);
-        assert!(report.chart_svg().starts_with("<svg"));
+        let svg = report.chart_svg();
+        assert!(svg.starts_with("<svg"));
+        assert!(
+            svg.contains("latency of the 2 of 3 players who played (0 timed out in their queue, 1 failed)"),
+            "{svg}"
+        );
+        // Every curve has a dash of its own, so one that coincides with another still shows.
+        let dashes: std::collections::BTreeSet<&str> = svg
+            .lines()
+            .filter(|l| l.starts_with("<polyline"))
+            .filter_map(|l| l.split("stroke-dasharray=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(dashes.len(), svg.lines().filter(|l| l.starts_with("<polyline")).count());
+        // A phase faster than 0.1 ms moves the axis down a decade instead of sitting on it.
+        let mut fast = report.clone();
+        fast.samples_ms[2].1 = vec![0.04, 0.2];
+        let svg = fast.chart_svg();
+        assert!(svg.contains(">0.01</text>"), "{svg}");
+        assert!(!report.chart_svg().contains(">0.01</text>"));
     }
 }

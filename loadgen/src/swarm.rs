@@ -72,11 +72,22 @@ pub struct SwarmArgs {
     /// queue's teams × team_size.
     #[arg(long, env = "SCENARIO", value_enum, default_value = "fifo")]
     pub scenario: Scenario,
+    /// Fail the run when more than this share of the players (percent) time out in their
+    /// queue (max_wait_seconds passed without a session); up to it they are not failures.
+    #[arg(long, default_value_t = 100.0, value_parser = percent)]
+    pub max_timed_out_percent: f64,
     /// Seed of the ranked scenario's tickets (default: a new one per run).
     #[arg(long)]
     pub seed: Option<u64>,
     #[command(flatten)]
     pub credentials: CredentialArgs,
+}
+
+fn percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a percentage from 0 to 100, got {text:?}")),
+    }
 }
 
 /// How a ranked ticket is joined: by the service, once its leader's client starts; its other
@@ -211,6 +222,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
             scenario: args.scenario,
             join_order,
             cpu_busy,
+            max_timed_out_percent: args.max_timed_out_percent,
         },
     ))
 }
