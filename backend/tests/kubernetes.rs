@@ -401,6 +401,67 @@ async fn a_watch_too_old_to_resume_relists_and_a_pod_missing_from_the_relist_is_
     api.watch("900", &[]).await;
 }
 
+/// A Pod of a profile whose sessions end when its server exits, seen Succeeded while its
+/// session is live, completed that session: the reaper ends it `completed`, as its supervisor
+/// does (on the replica that supervises it the two race to it; once, a game BZFlag played to
+/// its end was recorded `failed` when the reaper got there first). One that Failed fails it.
+#[tokio::test]
+async fn the_reaper_completes_the_session_of_a_profile_pod_that_exited_with_status_0() {
+    let (sessions, store) = sessions().await;
+    let exited = ready_session(&store, &["e1", "e2"], "10.0.0.1:5154").await;
+    let crashed = ready_session(&store, &["e3", "e4"], "10.0.0.2:5154").await;
+    let profiles = backend::runtime::profiles::Profiles::parse(
+        r"servers: {bzflag: {command: [bzfs], image: 'bzflag/bzfs:2.4.26', ports: [{name: game, protocol: tcp, container_port: 5154}], identity: none}}",
+        None,
+        backend::runtime::profiles::Target::Kubernetes,
+    )
+    .unwrap();
+    let secret = protocol::TicketSecret::new(common::SECRET.as_bytes().to_vec()).unwrap();
+    let (client, mut api) = mock_script();
+    let stop = CancellationToken::new();
+    let runtime = KubernetesRuntime::new(client, template())
+        .with_backoff(Duration::from_millis(10))
+        .with_reap_grace(Duration::ZERO)
+        .with_profile_pools(&profiles, &secret, "http://matchplane-backend:8081");
+    let (_, reaper) = runtime
+        .tasks(Arc::new(sessions.clone()), stop.clone())
+        .into_iter()
+        .find(|(name, _)| *name == "pod reaper")
+        .unwrap();
+    let task = tokio::spawn(reaper);
+    let of_profile = |sid: &str, phase: &str, ip: &str| {
+        let mut pod = pod(sid, phase, false, Some(ip));
+        pod["metadata"]["labels"]["matchplane.io/profile"] = json!("bzflag");
+        pod
+    };
+    api.list(
+        &[
+            of_profile(&exited, "Succeeded", "10.0.0.1"),
+            of_profile(&crashed, "Failed", "10.0.0.2"),
+        ],
+        "50",
+    )
+    .await;
+    // Both finished Pods go (kept for no grace here).
+    for _ in 0..2 {
+        let (_, reply) = api.take(is_delete).await;
+        reply.send_response(respond(200, &json!({})));
+    }
+    for (player, want) in [
+        ("e1", protocol::api::EndReason::Completed),
+        ("e3", protocol::api::EndReason::Failed),
+    ] {
+        match store.player(player).await.unwrap() {
+            PlayerView::InSession { record, .. } => assert_eq!(record.end_reason, Some(want), "{player}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    stop.cancel();
+    drop(api);
+    let _ = timeout(Duration::from_secs(5), task).await;
+    drop(runtime);
+}
+
 /// The sessions service the runtime reports to, over a fresh prefix of the test Redis.
 async fn sessions() -> (Sessions, matchmaking_core::store::Store) {
     let store = common::store().await;
@@ -688,6 +749,18 @@ impl SessionBook for MemoryBook {
         why: &'a str,
     ) -> futures_util::future::BoxFuture<'a, matchmaking_core::store::Result<()>> {
         self.lost.lock().unwrap().push((session_id.to_owned(), why.to_owned()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn server_completed<'a>(
+        &'a self,
+        session_id: &'a str,
+        why: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, matchmaking_core::store::Result<()>> {
+        self.lost
+            .lock()
+            .unwrap()
+            .push((session_id.to_owned(), format!("completed: {why}")));
         Box::pin(async { Ok(()) })
     }
 

@@ -39,6 +39,10 @@ pub trait SessionBook: Send + Sync + 'static {
     /// The session's server went away (a Pod that finished or vanished): the session fails,
     /// its players requeued if it was still allocating. A no-op for a session already over.
     fn server_lost<'a>(&'a self, session_id: &'a str, why: &'a str) -> BoxFuture<'a, store::Result<()>>;
+    /// The session's server exited with status 0 by itself and its profile ends by exit (a
+    /// Pod that Succeeded): the session is `completed`, as its supervisor would have ended it.
+    /// A no-op for a session already over.
+    fn server_completed<'a>(&'a self, session_id: &'a str, why: &'a str) -> BoxFuture<'a, store::Result<()>>;
     /// Takes or keeps, for `ttl`, the lease on keeping the cluster's warm servers (one
     /// replica creates and deletes them at a time): whether this replica holds it now.
     fn warm_pool_lease(&self, ttl: Duration) -> BoxFuture<'_, store::Result<bool>>;

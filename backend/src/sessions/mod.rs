@@ -384,6 +384,17 @@ impl crate::runtime::SessionBook for Sessions {
         Box::pin(async move { Sessions::server_lost(self, session_id, why).await.map(drop) })
     }
 
+    fn server_completed<'a>(
+        &'a self,
+        session_id: &'a str,
+        why: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<()>> {
+        Box::pin(async move {
+            tracing::info!(session = session_id, why, "the session's server exited by itself");
+            self.end(session_id, EndReason::Completed, None).await.map(drop)
+        })
+    }
+
     fn warm_pool_lease(&self, ttl: Duration) -> BoxFuture<'_, matchmaking_core::store::Result<bool>> {
         Box::pin(self.inner.store.warm_pool_lease(&self.inner.instance, ttl))
     }

@@ -93,6 +93,8 @@ pub struct KubernetesRuntime {
     profile_warm: HashMap<String, Arc<warm::WarmPods>>,
     /// What warm Pods of profiles are offered their sessions through; given with the tasks.
     book: OnceLock<Arc<dyn SessionBook>>,
+    /// The profiles whose sessions end when their server exits (0: completed).
+    ends_by_exit: std::collections::HashSet<String>,
 }
 
 impl KubernetesRuntime {
@@ -115,6 +117,7 @@ impl KubernetesRuntime {
             warm: None,
             profile_warm: HashMap::new(),
             book: OnceLock::new(),
+            ends_by_exit: std::collections::HashSet::new(),
         }
     }
 
@@ -135,12 +138,17 @@ impl KubernetesRuntime {
     /// The same runtime keeping warm Pods of each profile of `profiles` with a `warm_pool`
     /// (for the whole cluster), which poll `internal_url`'s `/internal/warm/<pod>` with tokens
     /// signed by `secret`.
-    pub(crate) fn with_profile_pools(
+    pub fn with_profile_pools(
         mut self,
         profiles: &crate::runtime::profiles::Profiles,
         secret: &protocol::TicketSecret,
         internal_url: &str,
     ) -> Self {
+        self.ends_by_exit = profiles
+            .iter()
+            .filter(|p| !p.builtin && p.ends == crate::runtime::profiles::Ends::Exit)
+            .map(|p| p.name.clone())
+            .collect();
         let base_url = format!("{}/internal/warm", internal_url.trim_end_matches('/'));
         self.profile_warm = profiles
             .iter()
@@ -376,6 +384,7 @@ impl SessionRuntime for KubernetesRuntime {
             grace: self.reap_grace,
             min_age: RESYNC_MIN_AGE,
             warm_pool: self.warm.is_some() || !self.profile_warm.is_empty(),
+            ends_by_exit: self.ends_by_exit.clone(),
         };
         tasks.push(("pod reaper", Box::pin(reaper.run(stop))));
         tasks

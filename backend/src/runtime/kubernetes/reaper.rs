@@ -13,7 +13,7 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::delete_pod;
-use super::pod::{PodState, is_warm, label_selector, pod_state, session_of};
+use super::pod::{PodState, is_warm, label_selector, pod_state, profile_of, session_of};
 use super::watch::{Change, PodWatch};
 use crate::runtime::SessionBook;
 use matchmaking_core::store::now_ms;
@@ -109,6 +109,9 @@ pub(crate) struct Reaper {
     pub min_age: Duration,
     /// Whether this replica keeps warm Pods; without a pool, unclaimed warm Pods are deleted.
     pub warm_pool: bool,
+    /// The profiles whose sessions end when their server exits: a Pod of one that Succeeded
+    /// completed its session (its supervisor, when alive, ends it the same way).
+    pub ends_by_exit: HashSet<String>,
 }
 
 /// Retries of acting on a Pod change (reading or ending its session): a change is retried
@@ -232,9 +235,15 @@ impl Reaper {
         if let Some(why) = &finished
             && serves
         {
-            self.sessions
-                .server_lost(&sid, &format!("pod {name} finished without a report: {why}"))
-                .await?;
+            if why == "Succeeded" && profile_of(pod).is_some_and(|p| self.ends_by_exit.contains(p)) {
+                self.sessions
+                    .server_completed(&sid, &format!("pod {name} exited with status 0"))
+                    .await?;
+            } else {
+                self.sessions
+                    .server_lost(&sid, &format!("pod {name} finished without a report: {why}"))
+                    .await?;
+            }
         }
         // Not its session's server: the session is over (or unknown), or it plays on the
         // Pod its record names, and this one (a stray) would wait for a hand-over that never
