@@ -5,7 +5,10 @@
 #     clone under /root).
 #  2. A start-up that fails half way (the proxy never becomes healthy, the backend refuses its
 #     settings) leaves nothing running and prints the component's one-line reason.
-#  3. ctrl-c during `make demo` stops at once, says "interrupted", exits 130, leaves nothing.
+#  3. ctrl-c during `make demo` stops in order within 3 s (the swarm, the proxy, the backend
+#     ending its sessions and stopping their servers while Redis still answers, then Redis
+#     and PostgreSQL), says "interrupted", exits 130, and leaves nothing running.
+#     .run/demo then holds that run's files only.
 #  4. scripts/measure-game-server.py finds the binary through CARGO_TARGET_DIR from anywhere.
 #  5. A benchmark or demo given a setting it cannot take stops with one sentence before it
 #     installs, builds or starts anything.
@@ -69,18 +72,39 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 sleep 2
+# This run's own processes (other runs may share the machine): its backend's game servers, and
+# its Redis.
+backend=$(pgrep -P "$demo" -f "release/backend" || true)
+servers=$(pgrep -d ' ' -P "${backend:-0}" -f "game-server" || true)
+redis=$(pgrep -P "$demo" -f "redis-server" || true)
+{ [ -n "$servers" ] && [ -n "$redis" ]; } || fail "ctrl-c: no game server (${servers:-none}) or Redis (${redis:-none}) of the demo's found running"
+interrupted=$(date +%s%N)
 kill -INT -- "-$demo"
 rc=0
 wait "$demo" || rc=$?
+took_ms=$((($(date +%s%N) - interrupted) / 1000000))
 [ "$rc" = 130 ] || fail "ctrl-c: exit $rc, not 130: $(tail -5 "$scratch/demo.log")"
+# Nothing may outlive the demo's return: not a game server, not Redis.
+for pid in $servers $redis; do
+  kill -0 "$pid" 2>/dev/null && fail "ctrl-c: outlived the demo: $(ps -o pid=,args= -p "$pid")"
+done
+[ "$took_ms" -le 3000 ] || fail "ctrl-c: the demo took ${took_ms} ms to stop, more than 3 s"
+# In order: the backend ended its sessions and stopped their servers with Redis still there.
+for said in "terminating the remaining servers" "reason=terminated recorded=Ended" "backend stopped"; do
+  grep -q "$said" .run/demo/backend.log \
+    || fail "ctrl-c: the backend did not end its sessions in order (no '$said'): $(tail -5 .run/demo/backend.log)"
+done
 grep -q "^interrupted" "$scratch/demo.log" || fail "ctrl-c: no 'interrupted'"
+# .run/demo holds this run's files only (it wrote no summary or chart before ctrl-c).
+{ [ ! -e .run/demo/summary.json ] && [ ! -e .run/demo/latency.svg ]; } \
+  || fail "ctrl-c: .run/demo holds an earlier run's summary beside this run's logs"
 if grep -Eq "Traceback|curl:|FAILED|wrong_length" "$scratch/demo.log"; then
   fail "ctrl-c: noise after the interrupt: $(grep -E "Traceback|curl:|FAILED|wrong_length" "$scratch/demo.log" | head -3)"
 fi
 sleep 0.5
 left "demo-stack-$demo" && fail "ctrl-c: left running: $(pgrep -af "demo-stack-$demo")"
 left "release/(backend|proxy|loadgen)" && fail "ctrl-c: binaries left running: $(pgrep -af "release/(backend|proxy|loadgen)")"
-echo "scripts-check: ctrl-c during make demo stops everything and says 'interrupted'"
+echo "scripts-check: ctrl-c during make demo stops everything in order in ${took_ms} ms and says 'interrupted'"
 
 # 4. The game-server measurement from another directory, through CARGO_TARGET_DIR.
 target=$(cd "$bin/.." && pwd)

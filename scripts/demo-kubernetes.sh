@@ -24,6 +24,8 @@ echo "== building (release) =="
 cargo build --release --locked --bins
 bin=${CARGO_TARGET_DIR:-target}/release
 out=.run/demo-kubernetes
+# One run's files only: an interrupted run's logs never sit beside an earlier run's summary.
+rm -rf "$out"
 mkdir -p "$out"
 run=$(mkdir -p .run && cd .run && pwd)/demo-kubernetes-$$
 mkdir -p "$run"

@@ -31,6 +31,8 @@ echo "== building (release) =="
 cargo build --release --locked --bins
 
 out=.run/demo
+# One run's files only: an interrupted run's logs never sit beside an earlier run's summary.
+rm -rf "$out"
 mkdir -p "$out"
 server=${SERVER:-}
 if [ -n "$server" ]; then

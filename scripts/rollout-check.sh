@@ -31,6 +31,8 @@ mp_need_postgres
 cargo build --release --locked --bins
 bin=${CARGO_TARGET_DIR:-target}/release
 out=.run/rollout-check
+# One run's files only: an interrupted run's logs never sit beside an earlier run's summary.
+rm -rf "$out"
 mkdir -p "$out"
 run=$(mkdir -p .run && cd .run && pwd)/rollout-check-$$
 mkdir -p "$run"

@@ -8,6 +8,13 @@
 
 mp_die() { echo "$*" >&2; exit 1; }
 
+# A terminal's ctrl-c goes to its whole foreground process group. The services and the stack
+# run in sessions of their own (setsid, where there is one), so that ctrl-c reaches only the
+# script and its swarm, and the script stops the rest in order: the swarm, the proxy, the
+# backend (which stops its servers), then Redis and PostgreSQL. Used as a command prefix,
+# "${MP_DETACH[@]}" PROGRAM ... &, so that $! is the program's own pid.
+if command -v setsid >/dev/null 2>&1; then MP_DETACH=(setsid); else MP_DETACH=(); fi
+
 # mp_free_ports N: prints N different loopback ports free now, for servers started next.
 # They are taken below the kernel's ephemeral range (ip_local_port_range) where there is room:
 # a port the kernel handed out for port 0 could be handed out again, to an outgoing connection
@@ -108,7 +115,7 @@ mp_start_services() {
   for _ in 1 2 3 4 5; do
     redis_port=$(mp_free_ports 1)
     mkdir -p "$MP_SERVICES_DIR/redis"
-    redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    "${MP_DETACH[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
       --dir "$MP_SERVICES_DIR/redis" --logfile "$MP_SERVICES_DIR/redis/redis.log" \
       --maxclients 10000 --daemonize no &
     MP_REDIS_PID=$!
@@ -199,6 +206,10 @@ mp_stop_services() {
   fi
   if [ -n "${MP_REDIS_PID:-}" ]; then
     kill "$MP_REDIS_PID" 2>/dev/null || true
+    # Gone (and reaped, when it is this shell's child) before the caller returns.
+    wait "$MP_REDIS_PID" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$MP_REDIS_PID" 2>/dev/null || break; sleep 0.05; done
+    MP_REDIS_PID=
   fi
   # Keep the logs only when asked to (MP_KEEP_RUN_DIR=1), for a post-mortem.
   if [ "${MP_KEEP_RUN_DIR:-0}" != 1 ]; then

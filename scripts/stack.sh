@@ -10,7 +10,7 @@
 #                        # players there (PUBLIC_TLS): exports MP_PROXY_TLS_URL, MP_TLS_CA (the CA's
 #                        # PEM) and MP_TLS_SPKI (the certificate key's SHA-256, base64). The proxy
 #                        # gets MP_ALLOWED_ORIGINS as its ALLOWED_ORIGINS when set.
-#   mp_stop_stack        # SIGTERM backend and proxy (servers drain), then the services
+#   mp_stop_stack        # SIGTERM the proxy, then the backend (servers drain), then the services
 #   mp_wait_warm URL     # with WARM_POOL_MIN > 0: waits (up to 60 s) until the backend at URL
 #                        # reports WARM_POOL_MIN idle warm servers, and says how long it took
 # shellcheck source=scripts/services.sh
@@ -116,17 +116,19 @@ mp_start_stack() {
   for name in MATCHMAKING_CONFIG WARM_POOL_MIN WARM_POOL_MAX; do
     [ -z "${!name:-}" ] || extra+=("$name=${!name}")
   done
-  env "${extra[@]}" "${tls_backend[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$backend_port" REDIS_URL="$MP_REDIS_URL" \
+  # The demo's stop comes after its matches ended, or on ctrl-c: a second's grace for what
+  # still runs (SHUTDOWN_GRACE_SECONDS, DRAIN_SECONDS), so that everything is gone within 3 s.
+  "${MP_DETACH[@]}" env "${extra[@]}" "${tls_backend[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$backend_port" REDIS_URL="$MP_REDIS_URL" \
     DATABASE_URL="$MP_DATABASE_URL" TICKET_SECRET="$secret" ADMIN_TOKEN="$MP_ADMIN_TOKEN" RUNTIME=local \
     SERVICE_TOKEN="$MP_SERVICE_TOKEN" PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" \
     GAME_SERVER_BIN="$bin/game-server" SESSION_SIZE="${SESSION_SIZE:-12}" \
-    PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$public_port" INSTANCE_ID="local-$$" SHUTDOWN_GRACE_SECONDS=5 \
+    PUBLIC_HOST=127.0.0.1 PUBLIC_PORT="$public_port" INSTANCE_ID="local-$$" SHUTDOWN_GRACE_SECONDS=1 \
     "$bin/backend" >"$MP_STACK_DIR/backend.log" 2>&1 &
   MP_BACKEND_PID=$!
   mp_wait_http "http://127.0.0.1:$backend_port/health" backend "$MP_BACKEND_PID"
-  env "${tls_proxy[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="http://127.0.0.1:$backend_port" \
+  "${MP_DETACH[@]}" env "${tls_proxy[@]}" RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$proxy_port" BACKEND_URL="http://127.0.0.1:$backend_port" \
     REDIS_URL="$MP_REDIS_URL" TICKET_SECRET="$secret" PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" \
-    RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=5 \
+    RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=1 \
     "$bin/proxy" >"$MP_STACK_DIR/proxy.log" 2>&1 &
   MP_PROXY_PID=$!
   mp_wait_http "http://127.0.0.1:$proxy_port/health" proxy "$MP_PROXY_PID"
@@ -143,11 +145,12 @@ mp_start_stack() {
 
 mp_stop_stack() {
   local pid
+  # In order: the proxy (no new players; its spliced matches drain), then the backend (which
+  # ends its sessions and stops their servers while Redis and PostgreSQL still answer), then
+  # the services.
   for pid in ${MP_PROXY_PID:-} ${MP_BACKEND_PID:-}; do
     kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in ${MP_PROXY_PID:-} ${MP_BACKEND_PID:-}; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     kill -KILL "$pid" 2>/dev/null || true
   done
   MP_PROXY_PID='' MP_BACKEND_PID=''
