@@ -15,6 +15,8 @@
 #  6. Services started in the run directory another run has just stopped in (`make
 #     down-local` then `make up-local`) keep their files: the first run's watchdog, which
 #     wakes up to a second later, leaves them alone.
+#  7. A failed `make up-local` leaves no pid behind, and `make down-local` never signals a
+#     process that is not its own stack's holder.
 # Needs the release binaries (CI builds them for the demos first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -150,3 +152,24 @@ sleep 0.5
 left "$again" && fail "the second run left processes running: $(pgrep -af "$again")"
 [ ! -e "$again" ] || fail "the second run left its run directory behind"
 echo "scripts-check: a run started where another has just stopped keeps its services"
+
+# 7. make up-local that fails keeps no pid, and make down-local signals only its own holder.
+if [ -e .run/local/holder.pid ]; then
+  echo "scripts-check: skipping the up-local checks: a local stack may be running (.run/local/holder.pid)"
+else
+  if MATCHMAKING_CONFIG=$scratch/no-such-queues.yaml scripts/local.sh up >"$scratch/up.log" 2>&1; then
+    scripts/local.sh down >/dev/null 2>&1 || true
+    fail "make up-local with a missing MATCHMAKING_CONFIG started"
+  fi
+  [ ! -e .run/local/holder.pid ] || fail "a failed make up-local left .run/local/holder.pid behind"
+  # A pid left behind now names some other process: down-local must leave it alone.
+  sleep 60 &
+  stranger=$!
+  echo "$stranger" >.run/local/holder.pid
+  scripts/local.sh down >"$scratch/down.log" 2>&1 || fail "make down-local: $(cat "$scratch/down.log")"
+  kill -0 "$stranger" 2>/dev/null || fail "make down-local signalled a process that was not its stack's"
+  kill "$stranger" 2>/dev/null || true
+  grep -qx "no local stack is running" "$scratch/down.log" || fail "make down-local: $(cat "$scratch/down.log")"
+  [ ! -e .run/local/holder.pid ] || fail "make down-local kept a pid that is not its stack's"
+  echo "scripts-check: a failed make up-local keeps no pid, and make down-local signals only its own stack"
+fi

@@ -7,6 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 state=.run/local
 
+# The holder's pid, when holder.pid names a live process that is this clone's holder: a pid
+# left behind may have been handed to any other process since, which must never be signalled.
+holder() {
+  local pid args
+  pid=$(cat "$state/holder.pid" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  args=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
+  case $args in
+    *"$(pwd)/scripts/local.sh hold"*) echo "$pid" ;;
+    *) return 1 ;;
+  esac
+}
+
 case "${1:-}" in
   hold)
     # shellcheck source=scripts/stack.sh
@@ -21,20 +34,31 @@ case "${1:-}" in
     echo "a component exited; stopping the stack" >&2
     ;;
   up)
-    if [ -f "$state/holder.pid" ] && kill -0 "$(cat "$state/holder.pid")" 2>/dev/null; then
+    if holder >/dev/null; then
       echo "the local stack is already running; its settings are in $state/env"; exit 0
     fi
     command -v curl >/dev/null 2>&1 || { echo "make up-local needs curl: install it with 'sudo apt-get install -y curl' and run this again." >&2; exit 1; }
     cargo build --release --locked --bins
     rm -rf "$state"; mkdir -p "$state"
-    setsid "$0" hold >"$state/holder.log" 2>&1 < /dev/null &
-    echo $! >"$state/holder.pid"
+    # The holder runs by its absolute path, which is how `holder` knows it for this clone's.
+    setsid "$(pwd)/scripts/local.sh" hold >"$state/holder.log" 2>&1 < /dev/null &
+    started=$!
+    echo "$started" >"$state/holder.pid"
     for _ in $(seq 1 300); do
       [ -f "$state/env" ] && break
-      kill -0 "$(cat "$state/holder.pid")" 2>/dev/null || { cat "$state/holder.log" >&2; exit 1; }
+      if ! kill -0 "$started" 2>/dev/null; then
+        rm -f "$state/holder.pid"
+        cat "$state/holder.log" >&2
+        exit 1
+      fi
       sleep 0.1
     done
-    [ -f "$state/env" ] || { echo "the stack did not start; see $state/holder.log" >&2; exit 1; }
+    if [ ! -f "$state/env" ]; then
+      kill -TERM "$started" 2>/dev/null || true
+      rm -f "$state/holder.pid"
+      echo "the stack did not start; see $state/holder.log" >&2
+      exit 1
+    fi
     # shellcheck disable=SC1091
     . "$state/env"
     echo "matchplane is running: proxy $MP_PROXY_URL (API under /api), backend $MP_BACKEND_URL"
@@ -55,13 +79,13 @@ case "${1:-}" in
     done
     ;;
   down)
-    if [ -f "$state/holder.pid" ]; then
-      pid=$(cat "$state/holder.pid")
+    if pid=$(holder); then
       kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       rm -f "$state/holder.pid" "$state/env"
       echo "the local stack is stopped"
     else
+      rm -f "$state/holder.pid" "$state/env"
       echo "no local stack is running"
     fi
     ;;
