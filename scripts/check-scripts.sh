@@ -17,6 +17,9 @@
 #     wakes up to a second later, leaves them alone.
 #  7. A failed `make up-local` leaves no pid behind, and `make down-local` never signals a
 #     process that is not its own stack's holder.
+#  8. The README's hands-on examples that start the local stack run as written, line by line,
+#     and answer what their comments say (scripts/check-readme.py; the `nc` session is played
+#     by that script, typing what the README says to type).
 # Needs the release binaries (CI builds them for the demos first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -172,4 +175,12 @@ else
   grep -qx "no local stack is running" "$scratch/down.log" || fail "make down-local: $(cat "$scratch/down.log")"
   [ ! -e .run/local/holder.pid ] || fail "make down-local kept a pid that is not its stack's"
   echo "scripts-check: a failed make up-local keeps no pid, and make down-local signals only its own stack"
+fi
+
+# 8. The README's hands-on examples, as written.
+if [ -e .run/local/holder.pid ]; then
+  echo "scripts-check: skipping the README's examples: a local stack may be running (.run/local/holder.pid)"
+else
+  scripts/check-readme.py >"$scratch/readme.log" 2>&1 || fail "the README's examples: $(tail -n 20 "$scratch/readme.log")"
+  grep 'ran as written' "$scratch/readme.log" | sed 's/^check-readme/scripts-check/'
 fi
