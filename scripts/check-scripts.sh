@@ -19,7 +19,8 @@
 #     process that is not its own stack's holder.
 #  8. The README's hands-on examples that start the local stack run as written, line by line,
 #     and answer what their comments say (scripts/check-readme.py; the `nc` session is played
-#     by that script, typing what the README says to type).
+#     by that script, typing what the README says to type). Its stack's logs hold no warning
+#     about its own defaults and each start-up fact once.
 # Needs the release binaries (CI builds them for the demos first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -183,4 +184,12 @@ if [ -e .run/local/holder.pid ]; then
 else
   scripts/check-readme.py >"$scratch/readme.log" 2>&1 || fail "the README's examples: $(tail -n 20 "$scratch/readme.log")"
   grep 'ran as written' "$scratch/readme.log" | sed 's/^check-readme/scripts-check/'
+  # The last example's stack, with its defaults on this machine: nothing to warn about, each
+  # start-up fact said once.
+  logs=.run/local/stack
+  warned=$(grep -hE ' (WARN|ERROR) ' "$logs/backend.log" "$logs/proxy.log" | cut -c1-300 || true)
+  [ -z "$warned" ] || fail "the local stack's defaults logged warnings on this machine: $warned"
+  [ "$(grep -c 'migrations applied' "$logs/backend.log")" = 1 ] || fail "the backend said 'migrations applied' other than once"
+  ! grep -q 'sqlx::postgres::notice' "$logs/backend.log" || fail "PostgreSQL's notices reach the backend's log"
+  echo "scripts-check: the local stack's defaults fit this machine (no warning logged; migrations said once, no PostgreSQL notice)"
 fi

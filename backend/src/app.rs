@@ -387,7 +387,7 @@ async fn recover(
     runtime: Option<&dyn runtime::SessionRuntime>,
 ) -> anyhow::Result<()> {
     match tokio::time::timeout(Duration::from_secs(10), history.migrate()).await {
-        Ok(Ok(())) => tracing::info!("history: migrations applied"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "history: PostgreSQL not ready; starting anyway, history waits in the outbox")
         }

@@ -33,9 +33,10 @@ pub struct Config {
     /// Shared HMAC secret: tickets are verified before any server is dialled.
     #[arg(long, env = "TICKET_SECRET", hide_env_values = true)]
     pub ticket_secret: Option<String>,
-    /// Most connections open at once; more are closed at once.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 20_000)]
-    pub max_connections: usize,
+    /// Most connections open at once; more are closed at once. Unset: 20,000, or as many
+    /// spliced game connections as the open-file limit holds when that is fewer.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// New connections per second allowed from one source address (0 disables the limit).
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
     pub rate_limit_per_second: f64,
@@ -121,7 +122,8 @@ pub struct Settings {
     pub redis: RedisTarget,
     pub key_prefix: String,
     pub secret: TicketSecret,
-    pub max_connections: usize,
+    /// `MAX_CONNECTIONS` as set; [`crate::connection_limit`] gives the limit in force.
+    pub max_connections: Option<usize>,
     pub rate_per_second: f64,
     pub rate_burst: f64,
     pub first_line_timeout: Duration,
@@ -148,7 +150,7 @@ impl Config {
         if !backend_url.starts_with("http://") || backend_url.parse::<hyper::Uri>().is_err() {
             return Err(format!("BACKEND_URL must be an http:// URL, got {backend_url:?}"));
         }
-        if self.max_connections == 0 {
+        if self.max_connections == Some(0) {
             return Err("MAX_CONNECTIONS must be at least 1".into());
         }
         if !(self.rate_limit_per_second >= 0.0 && self.rate_limit_burst >= 1.0) {

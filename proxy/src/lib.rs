@@ -70,20 +70,45 @@ struct Context {
 /// Descriptors one spliced game connection holds: two sockets and two pipes.
 const FDS_PER_GAME_CONNECTION: u64 = 6;
 
-/// Warns when the open-file limit runs out before `MAX_CONNECTIONS` spliced connections do:
-/// past it, accepting fails (and is retried) rather than refusing with `server_full`.
-fn warn_if_few_descriptors(max_connections: usize) {
-    if let Ok((limit, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        let needed = (max_connections as u64).saturating_mul(FDS_PER_GAME_CONNECTION);
-        if limit < needed {
-            tracing::warn!(
-                open_files = limit,
-                game_connections = limit / FDS_PER_GAME_CONNECTION,
-                max_connections,
-                "the open-file limit holds fewer spliced game connections than MAX_CONNECTIONS; raise the hard limit (ulimit -Hn) or lower MAX_CONNECTIONS"
-            );
-        }
+/// `MAX_CONNECTIONS` when it is not set.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+
+/// The connection limit in force, from `MAX_CONNECTIONS` as set and the open-file limit, and
+/// whether a limit that was set is more than the open-file limit holds (past which accepting
+/// fails, and is retried, rather than refusing with `server_full`). Unset, it is
+/// [`DEFAULT_MAX_CONNECTIONS`] or what the open-file limit holds, whichever is lower: a
+/// default that fits the machine.
+pub fn connection_limit(asked: Option<usize>, open_files: Option<u64>) -> (usize, bool) {
+    let holds = open_files.map(|n| usize::try_from(n / FDS_PER_GAME_CONNECTION).unwrap_or(usize::MAX));
+    match (asked, holds) {
+        (Some(asked), Some(holds)) => (asked, asked > holds),
+        (Some(asked), None) => (asked, false),
+        (None, Some(holds)) => (DEFAULT_MAX_CONNECTIONS.min(holds).max(1), false),
+        (None, None) => (DEFAULT_MAX_CONNECTIONS, false),
     }
+}
+
+/// [`connection_limit`] on this process's open-file limit, said in one line at start.
+fn resolve_connection_limit(asked: Option<usize>) -> usize {
+    let open_files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    let (limit, short) = connection_limit(asked, open_files);
+    if short {
+        tracing::warn!(
+            open_files,
+            max_connections = limit,
+            "the open-file limit holds fewer spliced game connections than MAX_CONNECTIONS; raise the hard limit (ulimit -Hn) or lower MAX_CONNECTIONS"
+        );
+    } else {
+        tracing::info!(
+            open_files,
+            max_connections = limit,
+            set = asked.is_some(),
+            "connection limit"
+        );
+    }
+    limit
 }
 
 /// Serves `listener` until `shutdown`; then stops accepting, closes HTTP connections
@@ -110,11 +135,12 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         None => None,
     };
     let upstream = Arc::new(upstream::Backend::new(&settings.backend_url));
+    let max_connections = resolve_connection_limit(settings.max_connections);
     let ctx = Arc::new(Context {
         players,
         player_limiter: limits::RateLimiter::new(settings.player_rate_per_second, settings.player_rate_burst),
         limiter: limits::RateLimiter::new(settings.rate_per_second, settings.rate_burst),
-        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        permits: Arc::new(Semaphore::new(max_connections)),
         sessions_key: protocol::sessions::sessions_key(&settings.key_prefix),
         presence: matchmaking_core::store::Presence::new(&settings.key_prefix),
         settings,
@@ -132,7 +158,6 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
     let tracker = TaskTracker::new();
     let soft = ctx.draining.clone();
     let hard = CancellationToken::new();
-    warn_if_few_descriptors(ctx.settings.max_connections);
     // UDP on the public port's number: players of servers with a UDP port. Its flows go on
     // through the drain, as spliced connections do.
     let public = listener.local_addr()?;
@@ -304,5 +329,24 @@ async fn connection<C: game::Client>(
         }
         Kind::TimedOut => ctx.metrics.route(Route::FirstLineTimeout),
         Kind::Closed => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_fits_the_open_file_limit_unless_set() {
+        // A stock machine's hard limit of 20,000 descriptors holds 3,333 spliced connections:
+        // the default takes that, and says nothing is wrong.
+        assert_eq!(connection_limit(None, Some(20_000)), (3_333, false));
+        assert_eq!(connection_limit(None, Some(1 << 20)), (DEFAULT_MAX_CONNECTIONS, false));
+        assert_eq!(connection_limit(None, None), (DEFAULT_MAX_CONNECTIONS, false));
+        assert_eq!(connection_limit(None, Some(3)), (1, false));
+        // A limit that was set is kept, and flagged when the descriptors run out first.
+        assert_eq!(connection_limit(Some(20_000), Some(20_000)), (20_000, true));
+        assert_eq!(connection_limit(Some(3_000), Some(20_000)), (3_000, false));
+        assert_eq!(connection_limit(Some(500), None), (500, false));
     }
 }

@@ -15,13 +15,15 @@ mod rows;
 mod settings;
 mod writer;
 
+use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use matchmaking_core::store::Store;
 use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
 pub(crate) use self::bounds::Bounds;
@@ -39,6 +41,8 @@ pub(crate) struct History {
     consumer: String,
     metrics: Arc<HistoryMetrics>,
     bounds: Bounds,
+    /// Whether this process has applied the migrations once (said at info the first time).
+    migrated: Arc<AtomicBool>,
 }
 
 /// A time in ms since the Unix epoch, as the store keeps them.
@@ -68,16 +72,20 @@ impl History {
         metrics: Arc<HistoryMetrics>,
         bounds: Bounds,
     ) -> Result<History, sqlx::Error> {
+        // PostgreSQL's notices (such as the migrator's "relation already exists, skipping" at
+        // every start) are not news: only warnings and errors are sent.
+        let options = PgConnectOptions::from_str(database_url)?.options([("client_min_messages", "warning")]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(database_url)?;
+            .connect_lazy_with(options);
         Ok(History {
             pool,
             store,
             consumer: consumer.to_owned(),
             metrics,
             bounds,
+            migrated: Arc::default(),
         })
     }
 
@@ -130,7 +138,15 @@ impl History {
             let reset = sqlx::query("RESET ALL").execute(&mut **conn).await.is_ok();
             (migrated, reset)
         })
-        .await
+        .await?;
+        // Start-up and the writer (again after each reconnect) both make sure of the schema;
+        // the log says it once.
+        if !self.migrated.swap(true, Ordering::Relaxed) {
+            tracing::info!("history: migrations applied");
+        } else {
+            tracing::debug!("history: schema up to date");
+        }
+        Ok(())
     }
 
     /// Whether PostgreSQL answers (callers bound the wait).

@@ -185,10 +185,7 @@ impl Writer {
                 Err(e) => self.pause(&format!("history: cannot reach Redis: {e}"), stop).await,
             },
             Phase::Migrate => match history.migrate().await {
-                Ok(()) => {
-                    tracing::info!("history: migrations applied");
-                    self.phase = Phase::OwnPending;
-                }
+                Ok(()) => self.phase = Phase::OwnPending,
                 Err(e) => {
                     let why = format!(
                         "history: PostgreSQL not ready (matchmaking goes on, history waits in the outbox): {e}"
