@@ -117,7 +117,7 @@ for backend in "${backends[@]}"; do
   curl -fsS "$backend/health" | python3 -c 'import json,sys; w = json.load(sys.stdin).get("warm_servers"); w and print("warm pods (" + sys.argv[1] + "): " + ", ".join(f"{k} {v}" for k, v in w.items()))' "$backend"
 done
 "$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT json_agg(json_build_object('session', session_id, 'ended_ms', (extract(epoch from ended_at) * 1000)::bigint, 'reason', end_reason, 'instance', backend_instance)) FROM matches" >"$out/sessions.json"
-python3 - "$out/pods.json" "$out/sessions.json" <<'PY' || status=1
+python3 - "$out/pods.json" "$out/sessions.json" replica-1 replica-2 <<'PY' || status=1
 import json, sys
 records = json.load(open(sys.argv[1]))
 sessions = json.load(open(sys.argv[2])) or []
@@ -127,7 +127,9 @@ pods = [p for p in records if p["session"]]
 idle_warm = [p for p in records if not p["session"]]
 warm_used = sum(1 for p in pods if p["name"].startswith("mp-gs-warm-"))
 ended = {s["session"]: s for s in sessions}
-by_replica = {}
+# Every replica is named, one that formed nothing too (a replica idle while the other forms
+# every session is worth seeing).
+by_replica = {instance: 0 for instance in sys.argv[3:]}
 for s in sessions:
     by_replica[s["instance"]] = by_replica.get(s["instance"], 0) + 1
 print(f"sessions: {len(sessions)} ({', '.join(f'{k}: {v}' for k, v in sorted(by_replica.items()))}); "
