@@ -71,7 +71,7 @@ fuzz-build: ## Build the cargo-fuzz targets (line codec, tickets, player tokens,
 fuzz: ## Run every fuzz target for FUZZ_RUNS executions (10000000)
 	scripts/fuzz.sh run
 
-docs-check: ## README configuration tables agree with every binary's --help; make help names the variables each target reads
+docs-check: ## docs/configuration.md's tables agree with every binary's --help; make help names the variables each target reads; every link of the README and docs/ resolves
 	cargo build --workspace --bins --locked
 	scripts/check-docs.py
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""The README against the binaries and the Makefile (run by CI through `make docs-check`).
+"""The documentation against the binaries and the Makefile (run by CI through `make docs-check`).
 
-1. Every environment variable a binary's `--help` names is in the README's table (or
-   paragraph) for that binary, and every variable that table names is in `--help`.
+1. Every environment variable a binary's `--help` names is in docs/configuration.md's table
+   (or paragraph) for that binary, and every variable that table names is in `--help`.
 2. Every variable a `make` entry point's script reads from the environment is named in that
    target's `make help` line.
+3. Every relative link of the README and docs/ reaches a file that exists, and its `#anchor`
+   a heading of that file.
 Exits 1 with one line per disagreement.
 """
 import os
@@ -16,12 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 BIN = os.path.join(TARGET, "debug")
 
-# README section -> the command whose --help it documents.
+# The configuration reference: its section -> the command whose --help it documents.
+CONFIGURATION = "docs/configuration.md"
 SECTIONS = {
     "## game-server": ["game-server"],
-    "### backend": ["backend"],
-    "### proxy": ["proxy"],
-    "### loadgen": ["loadgen", "swarm"],
+    "## backend": ["backend"],
+    "## proxy": ["proxy"],
+    "## loadgen": ["loadgen", "swarm"],
 }
 # Settings every binary takes, documented once for all in the Configuration section.
 SHARED = {"RUST_LOG", "LOG_FORMAT"}
@@ -78,8 +81,8 @@ def cluster_targets(lines):
     return problems
 
 
-def readme_sections():
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+def configuration_sections():
+    text = open(os.path.join(ROOT, CONFIGURATION), encoding="utf-8").read()
     sections, current = {}, None
     for line in text.splitlines():
         if line.startswith("#"):
@@ -92,6 +95,45 @@ def readme_sections():
     return sections
 
 
+def slug(heading):
+    """The anchor GitHub gives a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    found, seen, fence = set(), {}, False
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("```"):
+            fence = not fence
+        if fence or not re.match(r"#{1,6} ", line):
+            continue
+        base = slug(line.lstrip("#"))
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        found.add(base if n == 0 else f"{base}-{n}")
+    return found
+
+
+def broken_links():
+    problems = []
+    pages = ["README.md"] + sorted(
+        os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")
+    )
+    for page in pages:
+        text = re.sub(r"```.*?```", "", open(os.path.join(ROOT, page), encoding="utf-8").read(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = os.path.normpath(os.path.join(ROOT, os.path.dirname(page), path)) if path else os.path.join(ROOT, page)
+            if not os.path.exists(file):
+                problems.append(f"{page}: a link to {target}, which does not exist")
+            elif anchor and file.endswith(".md") and anchor not in anchors(file):
+                problems.append(f"{page}: a link to {target}, a heading {os.path.relpath(file, ROOT)} does not have")
+    return problems
+
+
 def help_env(command):
     out = subprocess.run([os.path.join(BIN, command[0])] + command[1:] + ["--help"],
                          capture_output=True, text=True, check=True).stdout
@@ -100,21 +142,21 @@ def help_env(command):
 
 def main():
     problems = []
-    sections = readme_sections()
+    sections = configuration_sections()
     for section, command in SECTIONS.items():
         if section not in sections:
-            problems.append(f"README: no section {section!r}")
+            problems.append(f"{CONFIGURATION}: no section {section!r}")
             continue
         documented = set(NAME.findall(sections[section])) - SHARED - PROTOCOL
         offered = help_env(command) - SHARED - PLATFORM
         name = " ".join(command)
         for missing in sorted(offered - documented):
-            problems.append(f"README {section}: {missing} is in `{name} --help` but not documented there")
+            problems.append(f"{CONFIGURATION} {section}: {missing} is in `{name} --help` but not documented there")
         for extra in sorted(documented - offered):
             # Names of other things (end reasons, statuses) are lower case; an upper-case
             # name in a settings section that --help lacks is a setting that does not exist.
             if extra not in PLATFORM:
-                problems.append(f"README {section}: {extra} is documented but `{name} --help` has no such setting")
+                problems.append(f"{CONFIGURATION} {section}: {extra} is documented but `{name} --help` has no such setting")
     helps = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     lines = {l.split()[0]: l for l in helps.splitlines() if l.strip()}
     for target, scripts in ENTRY_POINTS.items():
@@ -128,12 +170,13 @@ def main():
             if not re.search(rf"\b{var}\b", line):
                 problems.append(f"make help: {target} reads {var} but its help line does not name it")
     problems += cluster_targets(lines)
+    problems += broken_links()
     for p in problems:
         print(p)
     if problems:
         print(f"docs-check: {len(problems)} disagreements")
         return 1
-    print("docs-check: README tables match --help; make help names every variable its targets read")
+    print("docs-check: the configuration tables match --help; make help names every variable its targets read; every link of the README and docs/ resolves")
     return 0
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""The README's hands-on examples, run as written (part of `make scripts-check`).
+"""The hands-on examples of the README and docs/, run as written (part of `make scripts-check`).
 
-Every ```sh block of README.md that starts the local stack (`make up-local`) is run line by
-line, from the repository's root, in one shell (what one line sets, the next sees), as a
-newcomer would paste it. Each line must succeed, and a line whose comment says what it answers
+Every ```sh block of README.md and docs/*.md that starts the local stack (`make up-local`) is
+run line by line, from the repository's root, in one shell (what one line sets, the next
+sees), as a newcomer would paste it. Each line must succeed, and a line whose comment says what it answers
 must answer that. The one interactive line, `nc` to the proxy ("then type: ..."), is played by
 a client that connects where that line says and types what its comment says to type, then reads
 until the match stops.
@@ -12,6 +12,7 @@ until the match stops.
   scripts/check-readme.py play H P   (internal) the `nc` line's player
 """
 
+import glob
 import json
 import os
 import re
@@ -24,9 +25,12 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def blocks():
-    """(line number, [commands]) of each ```sh block whose first command starts the stack."""
-    lines = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().splitlines()
+PAGES = ["README.md"] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+def blocks(page):
+    """(where, [commands]) of each ```sh block of `page` whose first command starts the stack."""
+    lines = open(os.path.join(ROOT, page), encoding="utf-8").read().splitlines()
     out, i = [], 0
     while i < len(lines):
         if lines[i].strip() != "```sh":
@@ -44,9 +48,9 @@ def blocks():
                 commands.append(pending)
                 pending = ""
         if pending:
-            sys.exit(f"check-readme: README line {start + 1}: a quote is never closed: {pending}")
+            sys.exit(f"check-readme: {page} line {start + 1}: a quote is never closed: {pending}")
         if commands and "make up-local" in commands[0]:
-            out.append((start + 1, commands))
+            out.append((f"{page} line {start + 1}", commands))
     return out
 
 
@@ -155,12 +159,12 @@ def check_block(start, commands):
             while True:
                 rc, out = shell.run(command)
                 if rc != 0:
-                    raise SystemExit(f"check-readme: README line {start}: exit {rc}: {command}\n{out[-2000:]}")
+                    raise SystemExit(f"check-readme: {start}: exit {rc}: {command}\n{out[-2000:]}")
                 if kept is None or kept(out):
                     break
                 if time.time() > deadline:
                     raise SystemExit(
-                        f"check-readme: README line {start}: not what its comment says ({comment(command)}): "
+                        f"check-readme: {start}: not what its comment says ({comment(command)}): "
                         f"{command}\n{out[-2000:]}"
                     )
                 time.sleep(0.5)
@@ -168,7 +172,7 @@ def check_block(start, commands):
         # Whatever happened, nothing stays running.
         shell.run("make down-local >/dev/null 2>&1 || true")
         shell.close()
-    print(f"check-readme: README line {start}: {len(commands)} commands ran as written")
+    print(f"check-readme: {start}: {len(commands)} commands ran as written")
 
 
 def play(host, port):
@@ -201,8 +205,8 @@ def main():
     if sys.argv[1:2] == ["play"]:
         play(*sys.argv[2:4])
         return
-    found = blocks()
-    if not found:
+    found = [block for page in PAGES for block in blocks(page)]
+    if not any(where.startswith("README.md") for where, _ in found):
         sys.exit("check-readme: no README example starts the local stack")
     for start, commands in found:
         check_block(start, commands)

@@ -17,8 +17,8 @@
 #     wakes up to a second later, leaves them alone.
 #  7. A failed `make up-local` leaves no pid behind, and `make down-local` never signals a
 #     process that is not its own stack's holder.
-#  8. The README's hands-on examples that start the local stack run as written, line by line,
-#     and answer what their comments say (scripts/check-readme.py; the `nc` session is played
+#  8. The hands-on examples of the README and docs/ that start the local stack run as written,
+#     line by line, and answer what their comments say (scripts/check-readme.py; the `nc` session is played
 #     by that script, typing what the README says to type). Its stack's logs hold no warning
 #     about its own defaults and each start-up fact once.
 # Needs the release binaries (CI builds them for the demos first).
@@ -178,11 +178,11 @@ else
   echo "scripts-check: a failed make up-local keeps no pid, and make down-local signals only its own stack"
 fi
 
-# 8. The README's hands-on examples, as written.
+# 8. The hands-on examples of the README and docs/, as written.
 if [ -e .run/local/holder.pid ]; then
-  echo "scripts-check: skipping the README's examples: a local stack may be running (.run/local/holder.pid)"
+  echo "scripts-check: skipping the hands-on examples: a local stack may be running (.run/local/holder.pid)"
 else
-  scripts/check-readme.py >"$scratch/readme.log" 2>&1 || fail "the README's examples: $(tail -n 20 "$scratch/readme.log")"
+  scripts/check-readme.py >"$scratch/readme.log" 2>&1 || fail "the hands-on examples: $(tail -n 20 "$scratch/readme.log")"
   grep 'ran as written' "$scratch/readme.log" | sed 's/^check-readme/scripts-check/'
   # The last example's stack, with its defaults on this machine: nothing to warn about, each
   # start-up fact said once.
