@@ -17,25 +17,25 @@ lint: ## Clippy with warnings denied, exactly as CI does
 test: ## Run every test against ephemeral Redis and PostgreSQL (started and stopped here)
 	scripts/test.sh
 
-build: ## Debug build of every binary
+build: ## The shared build of every binary (the dev profile, dependencies optimised), as make demo and make test build it
 	cargo build --workspace --bins --locked
 
-release: ## Release build of every binary
-	cargo build --workspace --bins --release --locked
+release: ## Release build of every binary (as the benchmarks build it)
+	cargo build --release --locked --workspace --exclude testkit --bins
 
-demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, SCENARIO, SERVER, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
+demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, SCENARIO, SERVER, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG, BUILD_PROFILE)
 	scripts/demo.sh
 
-demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, POD_START_DELAY_MS, WARM_POOL_MIN, WARM_POOL_MAX, NETWORK_POLICY, RUST_LOG)
+demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, POD_START_DELAY_MS, WARM_POOL_MIN, WARM_POOL_MAX, NETWORK_POLICY, RUST_LOG, BUILD_PROFILE)
 	scripts/demo-kubernetes.sh
 
-demo-web: ## The web page playing the built-in game in a browser, on the local stack with TLS (a throwaway CA made for the run): prints the URL, runs until ctrl-c (SESSION_SIZE, WEB_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
+demo-web: ## The web page playing the built-in game in a browser, on the local stack with TLS (a throwaway CA made for the run): prints the URL, runs until ctrl-c (SESSION_SIZE, WEB_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG, BUILD_PROFILE)
 	scripts/web.sh demo
 
 web-check: ## The JavaScript client's tests (Node) and the page in headless Chromium (Playwright) playing whole matches over wss; with WEB_BENCH_PLAYERS, their time to play in the page (WEB_PLAYERS, SESSION_SIZE, WEB_BENCH_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
 	scripts/web.sh check "$(WEB_BENCH_PLAYERS)"
 
-up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, PLAYER_AUTH, RUST_LOG)
+up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, PLAYER_AUTH, RUST_LOG, BUILD_PROFILE)
 	scripts/local.sh up
 
 down-local: ## Stop what up-local started
@@ -88,7 +88,7 @@ ops-check: ## The cluster targets run as an operator runs them, against stand-in
 	scripts/check-ops.sh
 
 scripts-check: ## The scripts keep their promises: root-only clone dirs, no leftovers after a failed start, ctrl-c says "interrupted", bad benchmark and api-check settings refused up front
-	cargo build --workspace --bins --release --locked
+	cargo build --workspace --bins --locked
 	scripts/check-scripts.sh
 
 

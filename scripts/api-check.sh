@@ -24,7 +24,7 @@ if [ ! -x "$venv/bin/st" ]; then
     mp_die "python3 cannot make a virtual environment: install python3-venv (apt-get install python3-venv)"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-cargo build --release --locked -p backend -p proxy -p game-server -p loadgen
+mp_build
 
 run_dir=${MP_RUN_DIR:-.run}/api-check-$$
 # The document itself first: YAML lets a mapping repeat a key (a second "429" under one
@@ -52,7 +52,7 @@ Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
 yaml.load(open(sys.argv[1]), Strict)
 PY
 MATCHMAKING_CONFIG=examples/queues.yaml mp_start_stack "$run_dir"
-bin=${CARGO_TARGET_DIR:-target}/release
+bin=$MP_BIN
 
 # A live session to test against: twelve players joined by the studio's service form it, and
 # its game server waits for them (up to 60 s), so one is seeded before each run below.

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 
 FORMING_TICKETS=${FORMING_TICKETS:-100000}
-cargo build --release --locked -p matchmaking-core --example forming
+cargo build --release --locked --workspace --exclude testkit --example forming
 run_dir=${MP_RUN_DIR:-.run}/bench-forming-$$
 mp_start_services "$run_dir"
 REDIS_URL=$MP_REDIS_URL "${CARGO_TARGET_DIR:-target}/release/examples/forming" "$FORMING_TICKETS"

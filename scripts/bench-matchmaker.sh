@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PLAYERS=${PLAYERS:-60000}
 CONCURRENCY=${CONCURRENCY:-64}
 SCENARIOS=${SCENARIOS:-fifo ranked}
-cargo build --release --locked -p backend -p loadgen
+mp_build_release
 run_dir=${MP_RUN_DIR:-.run}/bench-$$
 mp_start_services "$run_dir"
 port=$(mp_free_ports 1)

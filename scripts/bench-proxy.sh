@@ -39,7 +39,7 @@ fi
 if ! command -v wrk >/dev/null 2>&1; then
   mp_apt_install wrk || mp_die "bench-proxy needs wrk: install it with 'sudo apt-get install -y wrk' and run this again."
 fi
-cargo build --release --locked --bins
+mp_build_release
 run_dir=${MP_RUN_DIR:-.run}/bench-proxy-$$
 mp_start_services "$run_dir"
 mp_make_tls "$run_dir/tls"

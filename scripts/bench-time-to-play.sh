@@ -55,7 +55,7 @@ PY
 # floor: the baseline, on a fresh local stack of its own.
 floor() {
   echo "== floor: $clients players at once, one status request each, 3 bursts =="
-  cargo build --release --locked --bins >"$out/floor-build.log" 2>&1 || { tail -n 30 "$out/floor-build.log" >&2; mp_die "bench-time-to-play: the build failed"; }
+  mp_build_release >"$out/floor-build.log" 2>&1 || { tail -n 30 "$out/floor-build.log" >&2; mp_die "bench-time-to-play: the build failed"; }
   (
     # shellcheck source=scripts/stack.sh
     . scripts/stack.sh
@@ -69,6 +69,8 @@ floor() {
   grep '^floor:' "$out/floor.log"
 }
 
+# The demos below run on the release build, as every benchmark does.
+export BUILD_PROFILE=release
 floor
 run local-cold scripts/demo.sh .run/demo/summary.json
 run local-warm scripts/demo.sh .run/demo/summary.json WARM_POOL_MIN="$warm"

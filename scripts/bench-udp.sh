@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
-cargo build --release --locked -p proxy -p loadgen
+mp_build_release
 run_dir=${MP_RUN_DIR:-.run}/bench-udp-$$
 mp_start_services "$run_dir"
 secret="bench-udp-$RANDOM$RANDOM"

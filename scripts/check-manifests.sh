@@ -83,7 +83,8 @@ fi
 grep -q 'value: matchplane/game-server:check-tag-0123' "$out/overlay-backend.yaml" \
   || { echo "the backend overlay does not set GAME_SERVER_IMAGE to the tree's tag" >&2; exit 1; }
 echo "manifests-check: the deploy overlays set every image (and GAME_SERVER_IMAGE) to the tree's tag"
-cargo build --quiet --locked -p backend
+# The shared build (every entry point builds this one package set, so nothing is built twice).
+cargo build --quiet --locked --workspace --bins
 export NAMESPACE=matchplane
 TICKET_SECRET=render-check-0123456789abcdef0123456789 BACKEND_INTERNAL_URL=http://matchplane-backend.matchplane.svc:8081 \
   "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod --session-id 6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f --players alice,bob >"$out/pod.yaml"
@@ -107,7 +108,7 @@ MATCHMAKING_CONFIG=examples/sdk-server.yaml "${CARGO_TARGET_DIR:-target}/debug/b
   "$out/pod-warm-profile.yaml"
 # What a real cluster would refuse or break in the Pods deploy/ runs (kube-sim's Pod Security
 # admission; each Secret or ConfigMap volume readable by its container's user).
-cargo build --quiet --locked -p kube-sim --example pod_check
+cargo build --quiet --locked --workspace --example pod_check
 "${CARGO_TARGET_DIR:-target}/debug/examples/pod_check" restricted "$out/deploy.yaml" "$out/overlay-backend.yaml" \
   "$out/overlay-proxy.yaml" "$out/overlay-tls-backend.yaml" "$out/overlay-tls-proxy.yaml"
 echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's, a warm one of a profile) validate against Kubernetes $K8S_VERSION (strict)"

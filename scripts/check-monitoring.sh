@@ -66,8 +66,8 @@ kubectl kustomize "$dir" >/dev/null || mp_die "monitoring-check: deploy/monitori
 # 2. A live stack and Prometheus.
 mp_need_redis
 mp_need_postgres
-cargo build --release --locked --bins
-bin=${CARGO_TARGET_DIR:-target}/release
+mp_build
+bin=$MP_BIN
 run=$(mkdir -p .run && cd .run && pwd)/monitoring-check-$$
 mkdir -p "$run"
 cat >"$run/queues.yaml" <<'YAML'

@@ -21,13 +21,13 @@
 #     line by line, and answer what their comments say (scripts/check-readme.py; the `nc` session is played
 #     by that script, typing what the README says to type). Its stack's logs hold no warning
 #     about its own defaults and each start-up fact once.
-# Needs the release binaries (CI builds them for the demos first).
+# Needs the shared build (mp_build; CI builds it for the tests first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stack.sh
 . scripts/stack.sh
-bin=${CARGO_TARGET_DIR:-target}/release
-[ -x "$bin/backend" ] || mp_die "scripts-check needs the release binaries: run 'cargo build --release --bins' first."
+bin=$MP_BIN
+[ -x "$bin/backend" ] || mp_die "scripts-check needs the binaries: run 'make build' first."
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 fail() { echo "scripts-check FAILED: $*" >&2; exit 1; }
@@ -80,7 +80,7 @@ done
 sleep 2
 # This run's own processes (other runs may share the machine): its backend's game servers, and
 # its Redis.
-backend=$(pgrep -P "$demo" -f "release/backend" || true)
+backend=$(pgrep -P "$demo" -f "$bin/backend" || true)
 servers=$(pgrep -d ' ' -P "${backend:-0}" -f "game-server" || true)
 redis=$(pgrep -P "$demo" -f "redis-server" || true)
 { [ -n "$servers" ] && [ -n "$redis" ]; } || fail "ctrl-c: no game server (${servers:-none}) or Redis (${redis:-none}) of the demo's found running"
@@ -109,7 +109,7 @@ if grep -Eq "Traceback|curl:|FAILED|wrong_length" "$scratch/demo.log"; then
 fi
 sleep 0.5
 left "demo-stack-$demo" && fail "ctrl-c: left running: $(pgrep -af "demo-stack-$demo")"
-left "release/(backend|proxy|loadgen)" && fail "ctrl-c: binaries left running: $(pgrep -af "release/(backend|proxy|loadgen)")"
+left "$bin/(backend|proxy|loadgen)" && fail "ctrl-c: binaries left running: $(pgrep -af "$bin/(backend|proxy|loadgen)")"
 echo "scripts-check: ctrl-c during make demo stops everything in order in ${took_ms} ms and says 'interrupted'"
 
 # 4. The game-server measurement from another directory, through CARGO_TARGET_DIR.
@@ -140,6 +140,8 @@ refused "CLIENTS must be a whole number above 0, got 'abc'." CLIENTS=abc scripts
 refused "MATCH_DURATION must be a number of seconds or players per second (0 or more), got '5s'." MATCH_DURATION=5s scripts/demo.sh
 refused "WEB_BENCH_PLAYERS must be a whole number of sessions of 3 players, got '4'." scripts/web.sh check 4
 refused "make demo-kubernetes needs NETWORK_POLICY to be enforce or off, not 'yes'." NETWORK_POLICY=yes scripts/demo-kubernetes.sh
+refused "BUILD_PROFILE must be dev (the shared build) or release, got 'fast'." BUILD_PROFILE=fast scripts/demo.sh
+refused "BUILD_PROFILE must be dev (the shared build) or release, got 'fast'." BUILD_PROFILE=fast scripts/local.sh up
 echo "scripts-check: benchmarks, demos and api-check refuse a bad setting with one sentence before starting anything"
 
 # 6. One run right after another in the same directory.

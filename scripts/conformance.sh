@@ -9,8 +9,10 @@ if [[ -z ${SERVER:-} ]]; then
   echo "conformance: name the profile: make conformance SERVER=<name under servers:> [MATCHMAKING_CONFIG=file]" >&2
   exit 2
 fi
-cargo build --release --locked --bins
-bin_dir=${CARGO_TARGET_DIR:-target}/release
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+mp_build
+bin_dir=$MP_BIN
 # The SDK's example server (examples/sdk-server.yaml) is found by name in the build's directory.
 PATH="$(cd "$bin_dir" && pwd):$PATH" MATCHMAKING_CONFIG=${MATCHMAKING_CONFIG:-examples/servers.yaml} \
   "$bin_dir/backend" conformance --server "$SERVER"

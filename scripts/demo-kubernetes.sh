@@ -20,9 +20,9 @@ command -v cargo >/dev/null 2>&1 || mp_die "make demo-kubernetes needs the Rust 
 command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make demo-kubernetes needs curl: install it with 'sudo apt-get install -y curl' and run this again."
 mp_need_redis
 mp_need_postgres
-echo "== building (release) =="
-cargo build --release --locked --bins
-bin=${CARGO_TARGET_DIR:-target}/release
+echo "== building =="
+mp_build
+bin=$MP_BIN
 out=.run/demo-kubernetes
 # One run's files only: an interrupted run's logs never sit beside an earlier run's summary.
 rm -rf "$out"

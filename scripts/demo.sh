@@ -27,8 +27,8 @@ command -v cargo >/dev/null 2>&1 || mp_die "make demo needs the Rust toolchain (
 command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make demo needs curl: install it with 'sudo apt-get install -y curl' and run this again."
 mp_need_redis
 mp_need_postgres
-echo "== building (release) =="
-cargo build --release --locked --bins
+echo "== building =="
+mp_build
 
 out=.run/demo
 # One run's files only: an interrupted run's logs never sit beside an earlier run's summary.
@@ -75,7 +75,7 @@ mp_wait_warm "$MP_BACKEND_URL"
 if [ -n "$server" ]; then
   echo "== ${CLIENTS:-16} players of $server's own server (profile $server), through the proxy =="
   status=0
-  env SERVICE_TOKEN="$MP_SERVICE_TOKEN" "${CARGO_TARGET_DIR:-target}/release/loadgen" hosted \
+  env SERVICE_TOKEN="$MP_SERVICE_TOKEN" "$MP_BIN/loadgen" hosted \
     --target-url "$MP_PROXY_URL" --queue "$server" --game "$server" --clients "${CLIENTS:-16}" || status=$?
   # Each session ends as its profile says (bzfs exits after its game; Sauerbraten's server is
   # stopped once empty): wait for the history to have them all ended.
@@ -91,7 +91,7 @@ fi
 echo "== swarm: $clients clients, ${MATCH_DURATION:-5} s matches, scenario $scenario =="
 status=0
 mp_run_swarm env PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" SERVICE_TOKEN="$MP_SERVICE_TOKEN" \
-  "${CARGO_TARGET_DIR:-target}/release/loadgen" swarm --scenario "$scenario" \
+  "$MP_BIN/loadgen" swarm --scenario "$scenario" \
   --target-url "$MP_PROXY_URL" --clients "$clients" \
   --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
   "${sizes[@]}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?

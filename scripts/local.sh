@@ -5,6 +5,8 @@
 #   scripts/local.sh hold   (internal) runs the stack until SIGTERM
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
 state=.run/local
 
 # The holder's pid, when holder.pid names a live process that is this clone's holder: a pid
@@ -38,7 +40,7 @@ case "${1:-}" in
       echo "the local stack is already running; its settings are in $state/env"; exit 0
     fi
     command -v curl >/dev/null 2>&1 || { echo "make up-local needs curl: install it with 'sudo apt-get install -y curl' and run this again." >&2; exit 1; }
-    cargo build --release --locked --bins
+    mp_build
     rm -rf "$state"; mkdir -p "$state"
     # The holder runs by its absolute path, which is how `holder` knows it for this clone's.
     setsid "$(pwd)/scripts/local.sh" hold >"$state/holder.log" 2>&1 < /dev/null &
@@ -70,9 +72,9 @@ case "${1:-}" in
     fi
     # Ready-made player tokens (valid 1 h) for the hand-played session in the README, as the
     # studio's identity service would issue them; more with
-    # PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" target/release/loadgen token --player NAME
+    # PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" target/debug/loadgen token --player NAME
     for player in alice bob; do
-      token=$(PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" "${CARGO_TARGET_DIR:-target}/release/loadgen" token --player "$player")
+      token=$(PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" "$MP_BIN/loadgen" token --player "$player")
       name="MP_$(echo "$player" | tr '[:lower:]' '[:upper:]')_TOKEN"
       echo "$name=$token" >>"$state/env"
       echo "player token for $player (\$$name): $token"

@@ -10,7 +10,7 @@ import os, statistics, subprocess, sys, time
 target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target")
 binary = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else os.path.join(target, "release", "game-server")
 if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-    sys.exit(f"measure-game-server: no game-server binary at {binary}: build it with 'cargo build --release --bins' first")
+    sys.exit(f"measure-game-server: no game-server binary at {binary}: build it with 'make release' first")
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 env = dict(os.environ, SESSION_ID="measure", PLAYERS=",".join(f"p{i}" for i in range(12)),
            TICKET_SECRET="measure-secret", RUST_LOG="warn")

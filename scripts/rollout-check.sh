@@ -28,8 +28,8 @@ command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make rollout-c
 command -v haproxy >/dev/null 2>&1 || mp_apt_install haproxy || mp_die "make rollout-check needs haproxy: install it with 'sudo apt-get install -y haproxy' and run this again."
 mp_need_redis
 mp_need_postgres
-cargo build --release --locked --bins
-bin=${CARGO_TARGET_DIR:-target}/release
+mp_build
+bin=$MP_BIN
 out=.run/rollout-check
 # One run's files only: an interrupted run's logs never sit beside an earlier run's summary.
 rm -rf "$out"

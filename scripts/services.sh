@@ -8,6 +8,30 @@
 
 mp_die() { echo "$*" >&2; exit 1; }
 
+# One build for every entry point but the benchmarks: make demo, make test, up-local, the demos
+# and the checks all build every binary of the workspace in the dev profile (testkit, part of
+# that set, names the tests' features in shared dependencies), so whichever runs first builds
+# for all the others, and the tests reuse what the demo built. The benchmarks build the same set in release, and run the
+# demos on it: BUILD_PROFILE=release does that for any entry point.
+# The release build leaves testkit out: it carries the tests' features (tokio's test-util).
+mp_build_release() { cargo build --release --locked --workspace --exclude testkit --bins; }
+case ${BUILD_PROFILE:-dev} in
+  dev | release) ;;
+  *) mp_die "BUILD_PROFILE must be dev (the shared build) or release, got '${BUILD_PROFILE}'." ;;
+esac
+if [ "${BUILD_PROFILE:-dev}" = release ]; then
+  MP_BIN=${CARGO_TARGET_DIR:-target}/release
+  mp_build() { mp_build_release; }
+else
+  MP_BIN=${CARGO_TARGET_DIR:-target}/debug
+  mp_build() {
+    if [ ! -x "$MP_BIN/backend" ]; then
+      echo "the first build takes about 2 minutes on 2 cores, after the crates are downloaded once (later ones take seconds); cargo shows its progress"
+    fi
+    cargo build --locked --workspace --bins
+  }
+fi
+
 # A terminal's ctrl-c goes to its whole foreground process group. The services and the stack
 # run in sessions of their own (setsid, where there is one), so that ctrl-c reaches only the
 # script and its swarm, and the script stops the rest in order: the swarm, the proxy, the

@@ -85,7 +85,7 @@ mp_make_tls() {
 }
 
 mp_start_stack() {
-  local dir=$1 bin=${MP_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
+  local dir=$1 bin=${MP_BIN_DIR:-$MP_BIN}
   mkdir -p "$dir"
   MP_STACK_DIR=$(cd "$dir" && pwd)
   # Everything started so far is stopped however start-up ends (a failed initdb, a backend

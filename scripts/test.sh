@@ -26,7 +26,7 @@ mp_start_services "$run_dir"
 export MP_TEST_REDIS_URL=$MP_REDIS_URL MP_TEST_DATABASE_URL=$MP_DATABASE_URL
 echo "test services: redis $MP_TEST_REDIS_URL, postgres $MP_TEST_DATABASE_URL (under $run_dir)"
 
-cargo build --workspace --bins --locked
+mp_build
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast "$@"
 else

@@ -37,9 +37,9 @@ fi
 mp_need_redis
 mp_need_postgres
 
-echo "== building (release) and the JavaScript client =="
-cargo build --release --locked --bins
-bin=${CARGO_TARGET_DIR:-target}/release
+echo "== building, and the JavaScript client =="
+mp_build
+bin=$MP_BIN
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
 [ "$mode" = demo ] || (cd examples/web && npm ci --no-audit --no-fund --loglevel=error)
 
