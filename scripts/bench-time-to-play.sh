@@ -49,7 +49,7 @@ summary = json.load(open(sys.argv[1]))
 summary["listen_overflows"] = int(sys.argv[3])
 json.dump(summary, open(sys.argv[2], "w"), indent=1)
 PY
-  grep -E '^(warm pool|warm pods)' "$out/$name.log" || true
+  grep -E '^(warm pool|warm pods|API calls)' "$out/$name.log" || true
 }
 
 # floor: the baseline, on a fresh local stack of its own.
@@ -126,6 +126,15 @@ for label, name in rows:
     lines.append("| " + " | ".join(cells) + " |")
 print(f"== time to play: {clients} players joining at once ==")
 print("\n".join(lines))
+def p99(name, key="join_to_matched"):
+    return (table[name].get(key) or {}).get("p99_ms") or 0
+
+
+if p99("local-warm"):
+    table["kube_sim_warm_over_local_warm"] = {
+        key: round(p99("kube-sim-warm", key) / p99("local-warm", key), 2) for key in ("join_to_matched", "join_to_running")}
+    print(f"warm Pods against warm processes, same run: p99 join → matched ×{p99('kube-sim-warm') / p99('local-warm'):.2f}, "
+          f"join → running ×{p99('kube-sim-warm', 'join_to_running') / p99('local-warm', 'join_to_running'):.2f}")
 print(f"floor: the median of three bursts by p99 (p99s {', '.join(f'{b:,.0f}' for b in table['floor']['bursts_p99_ms'])} ms)")
 json.dump(table, open(f"{out}/table.json", "w"), indent=1)
 print(f"bench-time-to-play: table at {out}/table.json, each run's log and summary beside it")

@@ -67,9 +67,12 @@ sleep 0.5
 left "$scratch" && fail "a failed start-up left processes running: $(pgrep -af "$scratch")"
 echo "scripts-check: a failed start-up stops what it started and says why"
 
-# 3. ctrl-c during the demo.
+# 3. ctrl-c during the demo, started as a terminal starts a command: in a process group of its
+# own, with SIGINT at its default (a shell that was itself started in the background, as a CI
+# runner may start this, hands its children SIGINT ignored, which no script can trap again).
 set -m
-CLIENTS=24 MATCH_DURATION=60 scripts/demo.sh >"$scratch/demo.log" 2>&1 &
+CLIENTS=24 MATCH_DURATION=60 python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
+  scripts/demo.sh >"$scratch/demo.log" 2>&1 &
 demo=$!
 set +m
 for _ in $(seq 1 600); do

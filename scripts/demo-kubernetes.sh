@@ -111,16 +111,18 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 curl -fsS "$sim/sim/pods" >"$out/pods.json"
+curl -fsS "$sim/sim/calls" >"$out/calls.json"
 # kube-sim held every call to the backend's shipped Role, as a real API server would.
 mp_sim_refused "$sim" || status=1
 for backend in "${backends[@]}"; do
   curl -fsS "$backend/health" | python3 -c 'import json,sys; w = json.load(sys.stdin).get("warm_servers"); w and print("warm pods (" + sys.argv[1] + "): " + ", ".join(f"{k} {v}" for k, v in w.items()))' "$backend"
 done
 "$MP_PG_BIN/psql" "$MP_DATABASE_URL" -tAc "SELECT json_agg(json_build_object('session', session_id, 'ended_ms', (extract(epoch from ended_at) * 1000)::bigint, 'reason', end_reason, 'instance', backend_instance)) FROM matches" >"$out/sessions.json"
-python3 - "$out/pods.json" "$out/sessions.json" replica-1 replica-2 <<'PY' || status=1
+python3 - "$out/pods.json" "$out/sessions.json" "$out/calls.json" replica-1 replica-2 <<'PY' || status=1
 import json, sys
 records = json.load(open(sys.argv[1]))
 sessions = json.load(open(sys.argv[2])) or []
+calls = json.load(open(sys.argv[3]))
 # Pods that served a session (created for it, or warm and claimed by it); warm ones never
 # claimed are the pool's.
 pods = [p for p in records if p["session"]]
@@ -129,11 +131,19 @@ warm_used = sum(1 for p in pods if p["name"].startswith("mp-gs-warm-"))
 ended = {s["session"]: s for s in sessions}
 # Every replica is named, one that formed nothing too (a replica idle while the other forms
 # every session is worth seeing).
-by_replica = {instance: 0 for instance in sys.argv[3:]}
+by_replica = {instance: 0 for instance in sys.argv[4:]}
 for s in sessions:
     by_replica[s["instance"]] = by_replica.get(s["instance"], 0) + 1
 print(f"sessions: {len(sessions)} ({', '.join(f'{k}: {v}' for k, v in sorted(by_replica.items()))}); "
       f"end reasons: {', '.join(sorted({str(s['reason']) for s in sessions}))}")
+# What the sessions cost the API server: every call the replicas made, per session.
+verbs = {}
+for c in calls:
+    verbs[c["verb"]] = verbs.get(c["verb"], 0) + c["allowed"] + c["forbidden"]
+total = sum(verbs.values())
+if sessions:
+    print(f"API calls: {total} for {len(sessions)} sessions, {total / len(sessions):.1f} per session "
+          f"({', '.join(f'{v} {n / len(sessions):.1f}' for v, n in sorted(verbs.items()))})")
 print(f"pods: {len(pods)} for {len(sessions)} sessions ({warm_used} warm, {len(pods) - warm_used} cold); still present: {sum(1 for p in pods if p['deleted_ms'] is None)}; "
       f"warm pods never claimed: {len(idle_warm)}")
 after = [p["deleted_ms"] - ended[p["session"]]["ended_ms"] for p in pods
