@@ -115,12 +115,13 @@ left "demo-stack-$demo" && fail "ctrl-c: left running: $(pgrep -af "demo-stack-$
 left "$bin/(backend|proxy|loadgen)" && fail "ctrl-c: binaries left running: $(pgrep -af "$bin/(backend|proxy|loadgen)")"
 echo "scripts-check: ctrl-c during make demo stops everything in order in ${took_ms} ms and says 'interrupted'"
 
-# 4. The game-server measurement from another directory, through CARGO_TARGET_DIR.
+# 4. The game-server measurement from another directory, through CARGO_TARGET_DIR (on the
+# shared build, which is what this check has).
 target=$(cd "$bin/.." && pwd)
 script=$(pwd)/scripts/measure-game-server.py
 # The whole output first: `grep -q` in a pipe would close it at the first match, and the
 # script's next line would then fail on the broken pipe.
-measured=$(cd "$scratch" && CARGO_TARGET_DIR=$target python3 "$script" "" 3) \
+measured=$(cd "$scratch" && BUILD_PROFILE=dev CARGO_TARGET_DIR=$target python3 "$script" "" 3) \
   || fail "measure-game-server.py does not find the binary through CARGO_TARGET_DIR"
 grep -q "exec to LISTENING" <<<"$measured" \
   || fail "measure-game-server.py does not find the binary through CARGO_TARGET_DIR"

@@ -4,13 +4,18 @@ and the idle memory of one process: its resident set, and the anonymous part of 
 stacks), which each server has to itself; the rest is the binary's and libraries' file pages,
 which every game server on a host shares.
 Usage: measure-game-server.py [BINARY] [N]; BINARY empty or left out: the release build under
-CARGO_TARGET_DIR (default: target/ of this clone)."""
+CARGO_TARGET_DIR (default: target/ of this clone), or the shared dev build with
+BUILD_PROFILE=dev."""
 import os, statistics, subprocess, sys, time
 
 target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target")
-binary = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else os.path.join(target, "release", "game-server")
+profile = os.environ.get("BUILD_PROFILE") or "release"
+if profile not in ("dev", "release"):
+    sys.exit(f"BUILD_PROFILE must be dev (the shared build) or release, got '{profile}'.")
+build = {"dev": ("debug", "make build"), "release": ("release", "make release")}[profile]
+binary = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else os.path.join(target, build[0], "game-server")
 if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-    sys.exit(f"measure-game-server: no game-server binary at {binary}: build it with 'make release' first")
+    sys.exit(f"measure-game-server: no game-server binary at {binary}: build it with '{build[1]}' first")
 runs = int(sys.argv[2]) if len(sys.argv) > 2 else 20
 env = dict(os.environ, SESSION_ID="measure", PLAYERS=",".join(f"p{i}" for i in range(12)),
            TICKET_SECRET="measure-secret", RUST_LOG="warn")
