@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: build in release, start the whole stack on this machine, run a swarm of
+# `make demo`: build (the shared build, mp_build), start the whole stack on this machine, run a swarm of
 # CLIENTS (60) players with MATCH_DURATION (5 s) matches through the proxy, print the summary,
 # and stop everything it started, also on failure or ctrl-c. SCENARIO=ranked runs the ranked
 # scenario instead: the queues of examples/queues.yaml (max wait 30 s), CLIENTS (360) ranked

@@ -11,9 +11,10 @@ mp_die() { echo "$*" >&2; exit 1; }
 # One build for every entry point but the benchmarks: make demo, make test, up-local, the demos
 # and the checks all build every binary of the workspace in the dev profile (testkit, part of
 # that set, names the tests' features in shared dependencies), so whichever runs first builds
-# for all the others, and the tests reuse what the demo built. The benchmarks build the same set in release, and run the
-# demos on it: BUILD_PROFILE=release does that for any entry point.
-# The release build leaves testkit out: it carries the tests' features (tokio's test-util).
+# for all the others, and the tests reuse what the demo built. The benchmarks build the same
+# set in release, and run the demos on it: BUILD_PROFILE=release does that for any entry
+# point. The release build leaves testkit out: it carries the tests' features (tokio's
+# test-util).
 mp_build_release() { cargo build --release --locked --workspace --exclude testkit --bins; }
 case ${BUILD_PROFILE:-dev} in
   dev | release) ;;

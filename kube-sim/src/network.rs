@@ -206,7 +206,7 @@ fn governs(policy: &NetworkPolicy, endpoint: &Endpoint, direction: &str) -> bool
     types
         && endpoint.namespace.is_some()
         && policy.metadata.namespace == endpoint.namespace
-        && selects(&spec.pod_selector.clone().unwrap_or_default(), &endpoint.labels)
+        && spec.pod_selector.as_ref().is_none_or(|s| selects(s, &endpoint.labels))
 }
 
 /// Whether `policies` let `from` open a connection to `to` on `port`/`protocol`: Kubernetes'
@@ -219,23 +219,26 @@ pub fn allows(policies: &[NetworkPolicy], from: &Endpoint, to: &Endpoint, port: 
             || governing.iter().any(|policy| {
                 let namespace = policy.metadata.namespace.as_deref().unwrap_or_default();
                 let Some(spec) = &policy.spec else { return false };
-                if direction == "Ingress" {
-                    spec.ingress.iter().flatten().any(|rule| {
-                        rule.from
-                            .as_ref()
-                            .filter(|peers| !peers.is_empty())
-                            .is_none_or(|peers| peers.iter().any(|p| peer_matches(p, namespace, other)))
-                            && port_matches(rule.ports.as_ref(), to, port, protocol)
-                    })
+                // Each rule of the direction as (its peers, its ports).
+                let rules: Vec<_> = if direction == "Ingress" {
+                    spec.ingress
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+                        .collect()
                 } else {
-                    spec.egress.iter().flatten().any(|rule| {
-                        rule.to
-                            .as_ref()
-                            .filter(|peers| !peers.is_empty())
-                            .is_none_or(|peers| peers.iter().any(|p| peer_matches(p, namespace, other)))
-                            && port_matches(rule.ports.as_ref(), to, port, protocol)
-                    })
-                }
+                    spec.egress
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+                        .collect()
+                };
+                rules.into_iter().any(|(peers, ports)| {
+                    peers
+                        .filter(|peers| !peers.is_empty())
+                        .is_none_or(|peers| peers.iter().any(|p| peer_matches(p, namespace, other)))
+                        && port_matches(ports, to, port, protocol)
+                })
             })
     };
     admitted("Egress", from, to) && admitted("Ingress", to, from)

@@ -73,7 +73,11 @@ pub fn start(
                     () = stop.cancelled() => return,
                     accepted = listener.accept() => accepted,
                 };
-                let Ok((stream, peer)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else {
+                    // Out of descriptors, say: a moment before the next try, not a busy loop.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                };
                 let (network, storage, key) = (network.clone(), storage.clone(), key.clone());
                 tokio::spawn(async move {
                     let _ = connection(&network, storage, &key, inner, stream, peer).await;
