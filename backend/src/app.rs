@@ -30,6 +30,8 @@ use crate::http::metrics::HttpMetrics;
 use crate::matchmaking::metrics::MatchmakingMetrics;
 use crate::matchmaking::{Matchmaking, matcher};
 use crate::metrics::Metrics;
+use crate::operators::Operators;
+use crate::operators::window::Window;
 use crate::sessions::Sessions;
 use crate::sessions::events;
 use crate::sessions::events::Waiters;
@@ -37,6 +39,7 @@ use crate::sessions::janitor::Janitor;
 use crate::sessions::metrics::SessionsMetrics;
 use crate::sessions::supervisor::{Supervisor, SupervisorConfig};
 use crate::{http, runtime};
+use matchmaking_core::queues::Queues;
 use matchmaking_core::store::Store;
 use service::cli::Unreachable;
 
@@ -113,16 +116,20 @@ struct PartsMetrics {
     sessions: Arc<SessionsMetrics>,
     history: Arc<HistoryMetrics>,
     http: HttpMetrics,
+    /// What the parts count for operators, sent to Redis in the background.
+    window: Arc<Window>,
 }
 
 impl PartsMetrics {
     /// Every part's metrics, each series with labels known now (the queues', the retry
     /// policies') at 0.
     fn new(queues: &[&str]) -> PartsMetrics {
+        let window = Arc::new(Window::default());
         let parts = PartsMetrics {
             registry: Arc::new(Metrics::default()),
-            matchmaking: Arc::new(MatchmakingMetrics::new(queues)),
-            sessions: Arc::new(SessionsMetrics::new(queues)),
+            matchmaking: Arc::new(MatchmakingMetrics::new(queues, window.clone())),
+            sessions: Arc::new(SessionsMetrics::new(queues, window.clone())),
+            window,
             history: Arc::new(HistoryMetrics::default()),
             http: HttpMetrics::default(),
         };
@@ -229,13 +236,25 @@ impl App {
         if let Some(runtime) = &runtime {
             background.extend(runtime.tasks(Arc::new(sessions.clone()), phases.background.clone()));
         }
-        let tasks = background
+        let tasks: Vec<JoinHandle<()>> = background
             .into_iter()
             .map(|(name, task)| essential(name, &shutdown, task))
             .collect();
 
         let auth = authenticator(&settings).await?;
+        let operators = Arc::new(Operators::new(
+            sessions.store().clone(),
+            history.clone(),
+            settings.admin_token.as_deref().unwrap_or_default(),
+            Queues::clone(&settings.queues),
+            &settings.instance_id,
+        ));
+        let counting = metrics
+            .window
+            .clone()
+            .run(sessions.store().clone(), phases.background.clone());
         let state = Arc::new(http::AppState {
+            operators: operators.clone(),
             auth,
             matchmaking: Arc::new(matchmaking),
             sessions: Arc::new(sessions),
@@ -248,6 +267,13 @@ impl App {
             runtime: runtime.clone(),
             unready: phases.unready.clone(),
         });
+        let reporting = {
+            let state = state.clone();
+            operators.run_reports(move || http::probes::backend_health(&state), phases.background.clone())
+        };
+        let mut tasks = tasks;
+        tasks.push(essential("operators' reports", &shutdown, Box::pin(reporting)));
+        tasks.push(essential("operators' counts", &shutdown, Box::pin(counting)));
         let http = {
             let stop = phases.http.clone();
             let app = http::router(state);
@@ -325,9 +351,9 @@ pub(crate) async fn serve_http(listener: TcpListener, app: axum::Router, stop: C
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     // Out of descriptors, say: wait for some to close rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -338,7 +364,11 @@ pub(crate) async fn serve_http(listener: TcpListener, app: axum::Router, stop: C
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let inner = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(http::operators::Peer(peer));
+            hyper::service::Service::call(&inner, request)
+        });
         let connection = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = connection.await {

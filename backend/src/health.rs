@@ -46,6 +46,15 @@ impl Default for Health {
 }
 
 impl Health {
+    /// Every dependency up, as a test's starting point.
+    #[cfg(test)]
+    pub(crate) fn up() -> Health {
+        let health = Health::default();
+        health.redis.store(true, Ordering::Relaxed);
+        health.postgres.store(true, Ordering::Relaxed);
+        health
+    }
+
     /// Checks every dependency now, at once, each within [`CHECK_TIMEOUT`].
     pub(crate) async fn check(&self, deps: &Dependencies) {
         let (redis, postgres, backlog) = tokio::join!(

@@ -19,6 +19,7 @@ mod history;
 mod http;
 pub mod matchmaking;
 mod metrics;
+mod operators;
 pub mod runtime;
 pub mod sessions;
 

@@ -180,6 +180,9 @@ async fn check_matrix(http: &Http, sid: &str, via_proxy: bool) -> String {
         ("service", Method::GET, format!("/sessions/{sid}"), None),
         ("service", Method::GET, "/queues".into(), None),
         ("operator", Method::POST, format!("/match/{sid}/end"), None),
+        ("operator", Method::GET, "/operator/overview".into(), None),
+        ("operator", Method::GET, "/operator/failures".into(), None),
+        ("operator", Method::GET, "/operator/audit".into(), None),
         (
             "report",
             Method::POST,

@@ -26,6 +26,10 @@
 //! | `{P}:warm-server:<id>` | hash | a warm server of a profile: `polled` (ms of its last poll), `session` (JSON, once offered), `taken` (ms); a minute's TTL from the last write |
 //! | `{P}:server:<sid>` | hash | what session `sid`'s server said through the SDK: `ready`, `health` → ms; an hour's TTL from the last |
 //! | `{P}:events` | pub/sub channel | the same lifecycle events, for long polls and supervisors |
+//! | `{P}:stats:<t>` | hash | what every replica counted in the 10 s from Unix second `t` (the console's rates and percentiles); 20 minutes' TTL |
+//! | `{P}:replicas` | hash | replica id → its last report (`GET /health` and when), for operators; pruned 15 minutes after the last |
+//! | `{P}:failures` | list | the latest 200 session failures (JSON), newest first |
+//! | `{P}:console:<h>` | string | a console sign-in, `h` the SHA-256 of its cookie; expires with it |
 
 /// The keys of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +147,26 @@ impl Keys {
     pub fn events(&self) -> String {
         self.named("events")
     }
+
+    /// What every replica counted in the 10 s slot from Unix second `slot_start`.
+    pub fn stats(&self, slot_start: i64) -> String {
+        self.named(&format!("stats:{slot_start}"))
+    }
+
+    /// The replicas' last reports.
+    pub fn replicas(&self) -> String {
+        self.named("replicas")
+    }
+
+    /// The latest session failures.
+    pub fn failures(&self) -> String {
+        self.named("failures")
+    }
+
+    /// A console sign-in, by the SHA-256 (hex) of its cookie.
+    pub fn console(&self, digest: &str) -> String {
+        self.named(&format!("console:{digest}"))
+    }
 }
 
 #[cfg(test)]
@@ -167,6 +191,10 @@ mod tests {
             keys.of_queue("ranked").queue,
             keys.of_queue("ranked").tickets,
             keys.of_queue("ranked").lease,
+            keys.stats(1_700_000_000),
+            keys.replicas(),
+            keys.failures(),
+            keys.console("ab"),
         ] {
             assert!(key.starts_with("{mp}:"), "{key}");
         }

@@ -327,7 +327,11 @@ pub struct SessionView {
 /// `GET /sessions/active`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveSessions {
+    /// Sessions listed here (at most the `limit` asked for).
     pub count: usize,
+    /// Live sessions that match the filters, listed or not.
+    #[serde(default)]
+    pub matching: usize,
     /// Oldest first.
     pub sessions: Vec<SessionView>,
 }

@@ -19,6 +19,7 @@ pub mod api;
 pub mod codec;
 pub mod handover;
 pub mod line;
+pub mod operators;
 pub mod player;
 pub mod proxy_header;
 pub mod server;

@@ -87,6 +87,10 @@ pub struct Config {
     /// a browser (CORS, preflight included) and open `/play`; unset: none.
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Serve the backend's operator console under `/api/console/` too (off: 404 there; the
+    /// console is then reached on the backend's own address).
+    #[arg(long, env = "PROXY_CONSOLE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub proxy_console: bool,
     #[command(flatten)]
     pub players: PlayerAuthArgs,
     #[command(flatten)]
@@ -140,6 +144,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Web origins allowed to call the API from a browser and to open `/play`.
     pub allowed_origins: Vec<String>,
+    /// Whether `/api/console/` reaches the backend's console.
+    pub console: bool,
 }
 
 impl Config {
@@ -215,6 +221,7 @@ impl Config {
             players,
             tls,
             allowed_origins,
+            console: self.proxy_console,
         })
     }
 }

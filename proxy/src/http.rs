@@ -165,7 +165,7 @@ async fn handle(
         }
     } else if path == "/api" || path.starts_with("/api/") {
         let rest = &path["/api".len()..];
-        let private = backend_private(rest);
+        let private = backend_private(rest) || (!ctx.settings.console && is_console(rest));
         let limited = matches!(
             (request.method(), rest),
             (&hyper::Method::POST, "/match/join") | (&hyper::Method::GET, "/match/status")
@@ -255,6 +255,11 @@ fn preflight(allowed: Option<&HeaderValue>) -> Response<Full<Bytes>> {
 /// reaches them.)
 fn backend_private(rest: &str) -> bool {
     rest == "/metrics" || rest == "/internal" || rest.starts_with("/internal/")
+}
+
+/// The backend's console and its sign-in, served under `/api` only with `PROXY_CONSOLE`.
+fn is_console(rest: &str) -> bool {
+    rest == "/console" || rest.starts_with("/console/")
 }
 
 /// Joins and status polls of a player whose token verifies count against that player's

@@ -7,6 +7,7 @@
 //! read are claimed by the others after a while. The upserts commute, so events applied out of
 //! order or twice converge on the same rows.
 
+mod audit;
 mod bounds;
 mod metrics;
 mod reads;
@@ -26,6 +27,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
+pub(crate) use self::audit::NewAction;
 pub(crate) use self::bounds::Bounds;
 use self::bounds::{InUse, bound_migrating_session, unanswered};
 pub(crate) use self::metrics::HistoryMetrics;

@@ -10,6 +10,13 @@
 //!
 //! The result report is the session's report token's alone (see the API). Errors never echo
 //! the token.
+//!
+//! A request without `Authorization` that carries the console's cookie is the operator who
+//! signed in to the console, provided the browser says it is not cross-site
+//! (`Sec-Fetch-Site`), and, for anything but a read, that it carries the sign-in's CSRF token
+//! in `X-CSRF-Token`.
+
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
@@ -17,7 +24,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use identity::{AuthError, Authenticator, Caller, PlayerAuthMode};
 
+use super::AppState;
 use super::error::{ApiError, ApiResult};
+use crate::operators::console::SignIn;
 
 /// What a request may do, as the layer found it; handlers read it from the extensions.
 #[derive(Debug, Clone)]
@@ -26,13 +35,15 @@ pub(crate) enum Access {
     Open,
     /// A caller whose token verified.
     Caller(Caller),
+    /// The operator signed in to the console as `name`.
+    Console { name: String },
 }
 
 impl Access {
     /// Whether this request may act as `player`: 403 for another player's token.
     pub(crate) fn may_act_as(&self, player: &str) -> ApiResult<()> {
         match self {
-            Access::Open | Access::Caller(Caller::Service | Caller::Operator) => Ok(()),
+            Access::Open | Access::Caller(Caller::Service | Caller::Operator) | Access::Console { .. } => Ok(()),
             Access::Caller(Caller::Player(claims)) if claims.sub == player => Ok(()),
             Access::Caller(Caller::Player(_)) => Err(ApiError::Forbidden("this token is for another player".into())),
             Access::Caller(Caller::Anonymous) => Err(ApiError::Unauthorized("a bearer token is required".into())),
@@ -61,10 +72,61 @@ async fn caller(auth: &Authenticator, authorization: Option<HeaderValue>) -> Api
     }
 }
 
+/// The console's cookie, if the request carries one.
+pub(crate) fn console_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == crate::operators::console::COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// The console sign-in the request's cookie stands for, checked as the module says.
+pub(crate) async fn console_access(
+    state: &AppState,
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+    cookie: &str,
+) -> ApiResult<SignIn> {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Err(ApiError::Forbidden(
+            "a cross-site request may not use the console's sign-in".into(),
+        ));
+    }
+    let sign_in =
+        state.operators.signed_in(cookie).await?.ok_or_else(|| {
+            ApiError::Unauthorized("the console sign-in is unknown or has expired: sign in again".into())
+        })?;
+    let reads = matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+    if !reads {
+        let given = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !sign_in.csrf_matches(given) {
+            return Err(ApiError::Forbidden(
+                "this request needs the console's X-CSRF-Token header".into(),
+            ));
+        }
+    }
+    Ok(sign_in)
+}
+
 /// Checks the caller against `class` and records it for the handler.
-async fn check(auth: &Authenticator, class: Class, request: &mut Request) -> ApiResult<()> {
+async fn check(state: &AppState, class: Class, request: &mut Request) -> ApiResult<()> {
+    let auth = &state.auth;
     let access = if class == Class::Player && auth.mode() == PlayerAuthMode::None {
         Access::Open
+    } else if !request.headers().contains_key(header::AUTHORIZATION)
+        && let Some(cookie) = console_cookie(request.headers())
+    {
+        let cookie = cookie.to_owned();
+        let (method, headers) = (request.method().clone(), request.headers().clone());
+        Access::Console {
+            name: console_access(state, &method, &headers, &cookie).await?.name,
+        }
     } else {
         let authorization = request.headers().get(header::AUTHORIZATION).cloned();
         let caller = caller(auth, authorization).await?;
@@ -93,11 +155,11 @@ async fn check(auth: &Authenticator, class: Class, request: &mut Request) -> Api
 
 /// The layer for one class of routes.
 pub(crate) async fn require(
-    State((auth, class)): State<(Authenticator, Class)>,
+    State((state, class)): State<(Arc<AppState>, Class)>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    match check(&auth, class, &mut request).await {
+    match check(&state, class, &mut request).await {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }

@@ -2,11 +2,12 @@
 //! of `protocol::api`; every write goes through the sessions service or the store's scripts.
 
 pub(crate) mod auth;
+mod console;
 pub(crate) mod error;
 pub(crate) mod metrics;
-mod operators;
+pub(crate) mod operators;
 mod players;
-mod probes;
+pub(crate) mod probes;
 pub(crate) mod seams;
 mod servers;
 mod services;
@@ -36,7 +37,7 @@ use tokio::time::{Instant, timeout};
 use self::auth::Class;
 use self::error::{ApiError, ApiResult, Internal};
 use self::metrics::HttpMetrics;
-use self::seams::{MatchHistory, Matchmaker, SessionDesk};
+use self::seams::{MatchHistory, Matchmaker, OperatorDesk, SessionDesk};
 use crate::config::Settings;
 use crate::health::Health;
 use crate::history::{MatchRow, from_ms};
@@ -66,6 +67,8 @@ pub(crate) struct AppState {
     pub auth: Authenticator,
     /// The runtime, for its warm pool's state.
     pub runtime: Option<Arc<dyn crate::runtime::SessionRuntime>>,
+    /// The overview, failures, audit log and console sign-ins.
+    pub operators: Arc<dyn OperatorDesk>,
     /// Cancelled when shutdown begins: `/health` says not ready from then on.
     pub unready: tokio_util::sync::CancellationToken,
 }
@@ -73,7 +76,7 @@ pub(crate) struct AppState {
 /// The API router. Each class of routes has its caller checked by a layer before anything
 /// else of the request is read (see [`crate::http::auth`]).
 pub(crate) fn router(state: Arc<AppState>) -> Router {
-    let class = |class: Class| middleware::from_fn_with_state((state.auth.clone(), class), auth::require);
+    let class = |class: Class| middleware::from_fn_with_state((state.clone(), class), auth::require);
     let player = Router::new()
         .route("/match/join", post(players::join))
         .route("/match/join/{player_id}", delete(players::leave))
@@ -87,11 +90,15 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route_layer(class(Class::Service));
     let operator = Router::new()
         .route("/match/{session_id}/end", post(operators::operator_end))
+        .route("/operator/overview", get(operators::overview))
+        .route("/operator/failures", get(operators::failures))
+        .route("/operator/audit", get(operators::audit_log))
         .route_layer(class(Class::Operator));
     Router::new()
         .merge(player)
         .merge(service)
         .merge(operator)
+        .merge(console::routes())
         .route("/health", get(probes::health))
         .route("/livez", get(probes::live))
         .route("/metrics", get(probes::metrics))

@@ -65,7 +65,7 @@ async fn enqueue(state: &AppState, access: &Access, body: &JoinRequest) -> ApiRe
     let joiner = match access {
         Access::Open => Joiner::Player(None),
         Access::Caller(Caller::Player(claims)) => Joiner::Player(Some(&claims.claims)),
-        Access::Caller(_) => Joiner::Service,
+        Access::Caller(_) | Access::Console { .. } => Joiner::Service,
     };
     Ok(state.matchmaking.join(body, joiner).await?)
 }

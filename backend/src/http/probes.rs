@@ -12,30 +12,33 @@ use super::AppState;
 
 /// Readiness, from the last dependency checks: answers at once, whatever the dependencies do.
 pub(super) async fn health(State(state): State<Arc<AppState>>) -> (StatusCode, Json<BackendHealth>) {
-    let redis_ok = state.health.redis_ok();
-    let postgres_ok = state.health.postgres_ok();
-    let backlog = state.health.backlog();
-    let draining = state.unready.is_cancelled() || !state.matchmaking.accepting();
-    let ready = redis_ok && !draining;
-    let body = BackendHealth {
-        status: HealthStatus::from_ok(redis_ok && postgres_ok),
-        ready,
-        draining,
-        instance: state.settings.instance_id.clone(),
-        runtime: state.settings.runtime.name().to_owned(),
-        redis: DependencyState::from_ok(redis_ok),
-        postgres: DependencyState::from_ok(postgres_ok),
-        history_backlog: backlog,
-        sessions_supervised: state.sessions.supervised(),
-        warm_servers: state.runtime.as_ref().and_then(|r| r.warm_servers()),
-        warm_profiles: state.runtime.as_ref().map(|r| r.warm_profiles()).unwrap_or_default(),
-    };
-    let status = if ready {
+    let body = backend_health(&state);
+    let status = if body.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// This replica's health as `GET /health` answers it (and as it reports itself to operators).
+pub(crate) fn backend_health(state: &AppState) -> BackendHealth {
+    let redis_ok = state.health.redis_ok();
+    let postgres_ok = state.health.postgres_ok();
+    let draining = state.unready.is_cancelled() || !state.matchmaking.accepting();
+    BackendHealth {
+        status: HealthStatus::from_ok(redis_ok && postgres_ok),
+        ready: redis_ok && !draining,
+        draining,
+        instance: state.settings.instance_id.clone(),
+        runtime: state.settings.runtime.name().to_owned(),
+        redis: DependencyState::from_ok(redis_ok),
+        postgres: DependencyState::from_ok(postgres_ok),
+        history_backlog: state.health.backlog(),
+        sessions_supervised: state.sessions.supervised(),
+        warm_servers: state.runtime.as_ref().and_then(|r| r.warm_servers()),
+        warm_profiles: state.runtime.as_ref().map(|r| r.warm_profiles()).unwrap_or_default(),
+    }
 }
 
 /// Liveness: the process serves HTTP. Depends on nothing else, so a dependency's outage never

@@ -9,8 +9,14 @@ use protocol::api::{EndReason, JoinRequest, ResultReport, WarmSession};
 use protocol::sessions::{SessionRecord, SessionState};
 use uuid::Uuid;
 
-use crate::history::{History, MatchRow, PlayerMatch};
+use std::sync::Arc;
+
+use protocol::operators::{AuditEntry, Failure, Overview};
+
+use crate::history::{History, MatchRow, NewAction, PlayerMatch};
 use crate::matchmaking::{JoinError, Matchmaking};
+use crate::operators::Operators;
+use crate::operators::console::{self, SignIn};
 use crate::sessions::Sessions;
 
 /// Joins, cancels, where a player stands, the queues.
@@ -53,6 +59,19 @@ pub(crate) trait SessionDesk: Send + Sync {
         server_id: &'a str,
         wait: std::time::Duration,
     ) -> BoxFuture<'a, store::Result<Option<WarmSession>>>;
+}
+
+/// What operators read and do beyond sessions: the overview, failures, the audit log, and the
+/// console's sign-ins.
+pub(crate) trait OperatorDesk: Send + Sync {
+    fn overview(&self) -> BoxFuture<'_, store::Result<Arc<Overview>>>;
+    fn failures(&self, limit: usize) -> BoxFuture<'_, store::Result<Vec<Failure>>>;
+    fn audit(&self, limit: i64) -> BoxFuture<'_, Result<Vec<AuditEntry>, sqlx::Error>>;
+    fn record<'a>(&'a self, action: &'a NewAction) -> BoxFuture<'a, Result<AuditEntry, sqlx::Error>>;
+    /// Signs `name` in (the operator token already checked): its cookie and sign-in.
+    fn sign_in<'a>(&'a self, name: &'a str) -> BoxFuture<'a, store::Result<(String, SignIn)>>;
+    fn signed_in<'a>(&'a self, cookie: &'a str) -> BoxFuture<'a, store::Result<Option<SignIn>>>;
+    fn sign_out<'a>(&'a self, cookie: &'a str) -> BoxFuture<'a, store::Result<()>>;
 }
 
 /// The match history's reads.
@@ -149,5 +168,35 @@ impl MatchHistory for History {
         offset: i64,
     ) -> BoxFuture<'a, Result<Vec<PlayerMatch>, sqlx::Error>> {
         Box::pin(History::player_matches(self, player, limit, offset))
+    }
+}
+
+impl OperatorDesk for Operators {
+    fn overview(&self) -> BoxFuture<'_, store::Result<Arc<Overview>>> {
+        Box::pin(Operators::overview(self))
+    }
+
+    fn failures(&self, limit: usize) -> BoxFuture<'_, store::Result<Vec<Failure>>> {
+        Box::pin(Operators::failures(self, limit))
+    }
+
+    fn audit(&self, limit: i64) -> BoxFuture<'_, Result<Vec<AuditEntry>, sqlx::Error>> {
+        Box::pin(self.history().actions(limit))
+    }
+
+    fn record<'a>(&'a self, action: &'a NewAction) -> BoxFuture<'a, Result<AuditEntry, sqlx::Error>> {
+        Box::pin(self.history().record_action(action))
+    }
+
+    fn sign_in<'a>(&'a self, name: &'a str) -> BoxFuture<'a, store::Result<(String, SignIn)>> {
+        Box::pin(console::sign_in(self.store(), name, self.operator_token()))
+    }
+
+    fn signed_in<'a>(&'a self, cookie: &'a str) -> BoxFuture<'a, store::Result<Option<SignIn>>> {
+        Box::pin(console::signed_in(self.store(), cookie, self.operator_token()))
+    }
+
+    fn sign_out<'a>(&'a self, cookie: &'a str) -> BoxFuture<'a, store::Result<()>> {
+        Box::pin(console::sign_out(self.store(), cookie))
     }
 }

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use matchmaking_core::store::now_ms;
-use protocol::api::{ActiveSessions, ApiErrorCode, QueueInfo, QueueList, SessionView};
+use protocol::api::{ActiveSessions, ApiErrorCode, MatchStatus, QueueInfo, QueueList, SessionView};
 use protocol::sessions::SessionState;
+use serde::Deserialize;
 
 use super::error::{ApiError, ApiResult};
 use super::{AppState, check_session_id, view_of_record, view_of_row};
@@ -27,16 +29,109 @@ pub(super) async fn queues(State(state): State<Arc<AppState>>) -> ApiResult<Json
     }))
 }
 
-pub(super) async fn active_sessions(State(state): State<Arc<AppState>>) -> ApiResult<Json<ActiveSessions>> {
+/// `GET /sessions/active`'s filters: each optional, each matched exactly (`player`: one of
+/// the session's players).
+#[derive(Debug, Deserialize)]
+pub(super) struct SessionFilter {
+    state: Option<String>,
+    queue: Option<String>,
+    region: Option<String>,
+    profile: Option<String>,
+    player: Option<String>,
+    limit: Option<String>,
+}
+
+/// The longest filter value taken.
+const MAX_FILTER: usize = 128;
+/// Most sessions one answer lists.
+const MAX_SESSIONS: usize = 2000;
+
+impl SessionFilter {
+    fn check(&self) -> ApiResult<usize> {
+        for (name, value) in [
+            ("state", &self.state),
+            ("queue", &self.queue),
+            ("region", &self.region),
+            ("profile", &self.profile),
+            ("player", &self.player),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() > MAX_FILTER) {
+                return Err(ApiError::Invalid(format!(
+                    "{name} is longer than {MAX_FILTER} characters"
+                )));
+            }
+        }
+        if let Some(player) = self.player.as_deref()
+            && !protocol::player::is_valid_player_id(player)
+        {
+            return Err(ApiError::Invalid(
+                "player must be 1-128 characters of A-Z a-z 0-9 _ . : -".into(),
+            ));
+        }
+        if let Some(state) = self.state.as_deref()
+            && !matches!(state, "allocating" | "matched")
+        {
+            return Err(ApiError::Invalid("state must be allocating or matched".into()));
+        }
+        match self.limit.as_deref() {
+            None => Ok(500),
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=MAX_SESSIONS).contains(&n) => Ok(n),
+                _ => Err(ApiError::Invalid(format!(
+                    "limit must be a whole number from 1 to {MAX_SESSIONS}"
+                ))),
+            },
+        }
+    }
+
+    fn keeps(&self, view: &SessionView, profile: Option<&str>) -> bool {
+        let is = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| Some(w) == have);
+        let state = match view.status {
+            MatchStatus::Allocating => "allocating",
+            MatchStatus::Matched => "matched",
+            _ => "",
+        };
+        is(&self.state, Some(state))
+            && is(&self.queue, view.placement.queue.as_deref())
+            && is(&self.region, view.placement.region.as_deref())
+            && is(&self.profile, profile)
+            && self.player.as_ref().is_none_or(|p| view.players.contains(p))
+    }
+}
+
+/// `GET /sessions/active?state=&queue=&region=&profile=&player=&limit=`: live sessions,
+/// oldest first; `matching` counts them all, `count` those listed.
+pub(super) async fn active_sessions(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<SessionFilter>, QueryRejection>,
+) -> ApiResult<Json<ActiveSessions>> {
+    let Query(filter) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
+    let limit = filter.check()?;
+    let queues = &state.settings.queues;
+    let mut matching = 0;
     let sessions: Vec<SessionView> = state
         .sessions
         .live()
         .await?
         .into_iter()
         .map(|live| view_of_record(live.session_id, live.record))
+        .filter(|view| {
+            let profile = view
+                .placement
+                .queue
+                .as_deref()
+                .and_then(|q| queues.get(q))
+                .and_then(|q| q.server.as_deref());
+            filter.keeps(view, profile)
+        })
+        .inspect(|_| matching += 1)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .take(limit)
         .collect();
     Ok(Json(ActiveSessions {
         count: sessions.len(),
+        matching,
         sessions,
     }))
 }

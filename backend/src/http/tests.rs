@@ -14,11 +14,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::seams::{MatchHistory, Matchmaker, SessionDesk};
+use super::seams::{MatchHistory, Matchmaker, OperatorDesk, SessionDesk};
 use super::{AppState, router};
 use crate::config::{RuntimeKind, Settings};
+use crate::history::NewAction;
 use crate::history::{MatchRow, PlayerMatch};
 use crate::matchmaking::JoinError;
+use crate::operators::console::SignIn;
+use protocol::operators::{AuditEntry, Failure, Overview};
 
 const SECRET: &str = "http-layer-test-secret-0123456789";
 const OPERATOR: &str = "operator-token-for-tests";
@@ -166,10 +169,59 @@ impl MatchHistory for Empty {
     }
 }
 
+/// An audit log in memory; no sign-ins, no overview.
+#[derive(Default)]
+struct Audit {
+    actions: Mutex<Vec<NewAction>>,
+}
+
+impl OperatorDesk for Audit {
+    fn overview(&self) -> BoxFuture<'_, store::Result<Arc<Overview>>> {
+        Box::pin(async { Err(redis_down()) })
+    }
+
+    fn failures(&self, _: usize) -> BoxFuture<'_, store::Result<Vec<Failure>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn audit(&self, _: i64) -> BoxFuture<'_, Result<Vec<AuditEntry>, sqlx::Error>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn record<'a>(&'a self, action: &'a NewAction) -> BoxFuture<'a, Result<AuditEntry, sqlx::Error>> {
+        self.actions.lock().unwrap().push(action.clone());
+        Box::pin(async move {
+            Ok(AuditEntry {
+                id: 1,
+                at: time::OffsetDateTime::UNIX_EPOCH,
+                actor: action.actor.clone(),
+                via: action.via.to_owned(),
+                remote: action.remote.clone(),
+                action: action.action.to_owned(),
+                target: action.target.clone(),
+                outcome: action.outcome.clone(),
+            })
+        })
+    }
+
+    fn sign_in<'a>(&'a self, _: &'a str) -> BoxFuture<'a, store::Result<(String, SignIn)>> {
+        Box::pin(async { Err(redis_down()) })
+    }
+
+    fn signed_in<'a>(&'a self, _: &'a str) -> BoxFuture<'a, store::Result<Option<SignIn>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn sign_out<'a>(&'a self, _: &'a str) -> BoxFuture<'a, store::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 struct Layer {
     addr: std::net::SocketAddr,
     players: Arc<Players>,
     desk: Arc<Desk>,
+    audit: Arc<Audit>,
     _stop: tokio_util::sync::DropGuard,
 }
 
@@ -184,10 +236,12 @@ async fn layer() -> Layer {
         .build()
         .unwrap();
     let (players, desk) = (Arc::new(Players::default()), Arc::new(Desk::default()));
+    let audit = Arc::new(Audit::default());
     let state = Arc::new(AppState {
+        operators: audit.clone(),
         matchmaking: players.clone(),
         sessions: desk.clone(),
-        health: Arc::default(),
+        health: Arc::new(crate::health::Health::up()),
         history: Arc::new(Empty),
         auth: identity::Authenticator::new(identity::PlayerAuthMode::None, None, None, Some(OPERATOR)),
         settings,
@@ -205,6 +259,7 @@ async fn layer() -> Layer {
         addr,
         players,
         desk,
+        audit,
         _stop: stop.drop_guard(),
     }
 }
@@ -292,4 +347,19 @@ async fn answers_and_refusals_come_from_the_seams_alone() {
     let (status, body) = call(http.addr, "POST", &path, &auth, "").await;
     assert_eq!((status, body["end_reason"].as_str()), (200, Some("stopped")), "{body}");
     assert_eq!(*http.desk.ended.lock().unwrap(), [(SID.to_owned(), EndReason::Stopped)]);
+    // Written to the audit log: the operator token acts as `api`, from the client's address.
+    let actions = http.audit.actions.lock().unwrap().clone();
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    let action = &actions[0];
+    assert_eq!(
+        (
+            action.actor.as_str(),
+            action.via,
+            action.action,
+            action.target.as_str(),
+            action.outcome.as_str()
+        ),
+        ("api", "api", "end_session", SID, "ended")
+    );
+    assert_eq!(action.remote.as_deref(), Some("127.0.0.1"));
 }

@@ -8,7 +8,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::operators::window::Window;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -63,11 +67,13 @@ pub(crate) struct MatchmakingMetrics {
     skill_spread: Family<QueueLabel, Histogram, fn() -> Histogram>,
     team_skill_gap: Family<QueueLabel, Histogram, fn() -> Histogram>,
     max_latency: Family<QueueLabel, Histogram, fn() -> Histogram>,
+    /// The same events, counted for operators across replicas.
+    window: Arc<Window>,
 }
 
 impl Default for MatchmakingMetrics {
     fn default() -> Self {
-        MatchmakingMetrics::new(&[])
+        MatchmakingMetrics::new(&[], Arc::default())
     }
 }
 
@@ -83,7 +89,7 @@ fn latency_ms_histogram() -> Histogram {
 
 impl MatchmakingMetrics {
     /// The metrics, every join result and each of `queues`' series at 0.
-    pub(crate) fn new(queues: &[&str]) -> MatchmakingMetrics {
+    pub(crate) fn new(queues: &[&str], window: Arc<Window>) -> MatchmakingMetrics {
         let metrics = MatchmakingMetrics {
             joins: Family::default(),
             sessions_formed: Family::default(),
@@ -94,6 +100,7 @@ impl MatchmakingMetrics {
             skill_spread: Family::new_with_constructor(skill_histogram),
             team_skill_gap: Family::new_with_constructor(skill_histogram),
             max_latency: Family::new_with_constructor(latency_ms_histogram),
+            window,
         };
         for result in JoinResult::ALL {
             drop(metrics.joins.get_or_create(&ResultLabel { result: result.label() }));
@@ -162,6 +169,11 @@ impl MatchmakingMetrics {
         self.joins.get_or_create(&ResultLabel { result: result.label() }).inc();
     }
 
+    /// A new ticket of `players` joined `queue`.
+    pub(crate) fn joined(&self, queue: &str, players: usize) {
+        self.window.players_in(queue, players);
+    }
+
     /// Counts a formed session by its size.
     pub(crate) fn session_formed(&self, size: usize) {
         self.sessions_formed.get_or_create(&SizeLabel { size }).inc();
@@ -183,9 +195,14 @@ impl MatchmakingMetrics {
         let histogram = self.join_to_formed.get_or_create(&QueueLabel {
             queue: queue.to_owned(),
         });
+        let mut players = 0;
         for waited in waited_seconds {
-            histogram.observe(waited.max(0.0));
+            let waited = waited.max(0.0);
+            histogram.observe(waited);
+            self.window.time_to_match(queue, Duration::from_secs_f64(waited));
+            players += 1;
         }
+        self.window.players_out(queue, players);
     }
 
     /// Counts tickets of `queue` that timed out.
@@ -195,6 +212,7 @@ impl MatchmakingMetrics {
                 queue: queue.to_owned(),
             })
             .inc_by(tickets as u64);
+        self.window.timed_out(queue, tickets);
     }
 
     /// Records a formed session's quality.

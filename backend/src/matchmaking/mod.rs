@@ -152,6 +152,9 @@ impl Matchmaking {
                 } else {
                     JoinResult::AlreadyQueued
                 });
+                if new {
+                    self.inner.metrics.joined(&queue.name, ticket.players.len());
+                }
                 if depth >= u64::from(queue.shape.full()) {
                     self.inner.wake.notify_one();
                 }

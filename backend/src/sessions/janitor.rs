@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use protocol::api::EndReason;
 use protocol::sessions::SessionState;
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +112,9 @@ impl Janitor {
             let server_lives_on = live.record.state != SessionState::Allocating && self.servers_outlive_backend;
             if orphan && !server_lives_on {
                 tracing::warn!(session = %live.session_id, %owner, "ending a session nobody supervises");
-                sessions.end_with_retry(&live.session_id, EndReason::Failed).await;
+                sessions
+                    .fail(&live.session_id, &format!("its replica {owner} is gone"))
+                    .await;
                 reaped += 1;
             }
         }

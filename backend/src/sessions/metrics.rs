@@ -3,6 +3,7 @@
 //! series at 0 from the start; the per-state gauges move only through
 //! [`service::metrics::GaugeGuard`]s, so they cannot drift.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,6 +14,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use protocol::api::EndReason;
 use service::metrics::{GaugeGuard, latency_histogram};
+
+use crate::operators::window::Window;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
@@ -55,23 +58,26 @@ pub(crate) struct SessionsMetrics {
     join_to_matched: Family<QueueLabel, Histogram, fn() -> Histogram>,
     server_start: Histogram,
     start_failures: Family<ReasonLabel, Counter>,
+    /// The same events, counted for operators across replicas.
+    window: Arc<Window>,
 }
 
 impl Default for SessionsMetrics {
     fn default() -> Self {
-        SessionsMetrics::new(&[])
+        SessionsMetrics::new(&[], Arc::default())
     }
 }
 
 impl SessionsMetrics {
     /// The metrics, every reason, state and each of `queues`' series at 0.
-    pub(crate) fn new(queues: &[&str]) -> SessionsMetrics {
+    pub(crate) fn new(queues: &[&str], window: Arc<Window>) -> SessionsMetrics {
         let metrics = SessionsMetrics {
             ended: Family::default(),
             supervised: Family::default(),
             join_to_matched: Family::new_with_constructor(latency_histogram),
             server_start: latency_histogram(),
             start_failures: Family::default(),
+            window,
         };
         for reason in START_FAILURES {
             drop(metrics.start_failures.get_or_create(&ReasonLabel { reason }));
@@ -127,6 +133,9 @@ impl SessionsMetrics {
                 reason: reason.as_str(),
             })
             .inc();
+        if reason == EndReason::Failed {
+            self.window.failed();
+        }
     }
 
     /// Counts a supervised session as being in `state` while the guard lives.
@@ -141,6 +150,7 @@ impl SessionsMetrics {
                 queue: queue.to_owned(),
             })
             .observe(waited.as_secs_f64());
+        self.window.time_to_play(queue, waited);
     }
 
     /// Counts a server that did not start.

@@ -192,7 +192,38 @@ impl Sessions {
     /// fails, and its players are requeued if it was still allocating.
     pub async fn server_lost(&self, sid: &str, why: &str) -> matchmaking_core::store::Result<EndOutcome> {
         tracing::warn!(session = sid, why, "the session's server is gone");
-        self.end(sid, EndReason::Failed, None).await
+        let outcome = self.end(sid, EndReason::Failed, None).await?;
+        if matches!(outcome, EndOutcome::Ended { .. }) {
+            self.record_failure(sid, why).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Fails a session (its players go back to the head of their queue if it was still
+    /// allocating), retrying Redis for a while, and keeps `detail` (what failed) for operators
+    /// when this call is the one that ended it.
+    pub(crate) async fn fail(&self, sid: &str, detail: &str) -> Option<EndOutcome> {
+        let outcome = self.end_with_retry(sid, EndReason::Failed).await;
+        if matches!(outcome, Some(EndOutcome::Ended { .. })) {
+            self.record_failure(sid, detail).await;
+        }
+        outcome
+    }
+
+    /// Keeps a failure for operators (`GET /operator/failures`); best effort.
+    async fn record_failure(&self, sid: &str, detail: &str) {
+        let failure = protocol::operators::Failure {
+            session_id: sid.to_owned(),
+            at: crate::history::from_ms(now_ms()),
+            reason: EndReason::Failed,
+            detail: detail.to_owned(),
+            instance: self.inner.instance.clone(),
+        };
+        // Strings and a timestamp: encoding cannot fail.
+        let json = serde_json::to_string(&failure).expect("a failure encodes");
+        if let Err(e) = self.inner.store.record_failure(&json).await {
+            tracing::debug!(session = sid, error = %e, "could not keep the failure for operators");
+        }
     }
 
     /// The session ended (here or on another replica): stop its server if it is ours.

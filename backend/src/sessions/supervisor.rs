@@ -181,7 +181,9 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     let mut server = match outcome {
         None if inner.hard_stop.is_cancelled() => {
             // Still allocating: the players go back to the head of the queue.
-            sessions.end_with_retry(sid, EndReason::Failed).await;
+            sessions
+                .fail(sid, "the backend stopped while the server was starting")
+                .await;
             return;
         }
         None => {
@@ -192,7 +194,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
             tracing::warn!(error = %e, "server failed to start; players go back to the head of the queue");
             inner.backoff.failed(&e);
             inner.metrics.server_start_failed(&e);
-            sessions.end_with_retry(sid, EndReason::Failed).await;
+            sessions.fail(sid, &format!("the server did not start: {e}")).await;
             return;
         }
         Some(Ok(server)) => server,
@@ -215,7 +217,9 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         }
         None => {
             stop_server(server.as_mut(), profile.stop_grace).await;
-            sessions.end_with_retry(sid, EndReason::Failed).await;
+            sessions
+                .fail(sid, "Redis did not answer when the server was ready")
+                .await;
             return;
         }
     }
@@ -245,7 +249,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         () = unhealthy => {
             tracing::warn!(limit = ?profile.health_timeout, "the server made no SDK health call within the profile's health_timeout_seconds; failing its session and stopping it");
             // Ended first: a report the server makes while it drains cannot pass for its end.
-            sessions.end_with_retry(sid, EndReason::Failed).await;
+            sessions.fail(sid, "the server made no SDK health call within its profile's health_timeout_seconds").await;
             stop_server(server.as_mut(), profile.stop_grace).await;
             (EndReason::Failed, None)
         }
@@ -299,7 +303,16 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     }
     // A report, an operator stop or this very end: the first one counted, this is a no-op
     // then. A server that exits without having reported fails its session.
-    sessions.end_with_retry(sid, reason).await;
+    match (reason, &exit) {
+        (EndReason::Failed, Some(exit)) => {
+            sessions
+                .fail(sid, &format!("the server went away while running: {exit:?}"))
+                .await;
+        }
+        _ => {
+            sessions.end_with_retry(sid, reason).await;
+        }
+    }
 }
 
 /// Whether session `sid`'s server reported its result: it is then exiting by itself. A

@@ -183,6 +183,18 @@ impl Http {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (StatusCode, serde_json::Value) {
+        let (status, _, json) = self.exchange(method, path, headers, body).await;
+        (status, json)
+    }
+
+    /// [`Http::request`], with the answer's headers.
+    pub async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, hyper::HeaderMap, serde_json::Value) {
         let mut builder = Request::builder().method(method).uri(format!("{}{path}", self.base));
         for (name, value) in headers {
             builder = builder.header(*name, *value);
@@ -193,6 +205,7 @@ impl Http {
             .expect("response within 45 s")
             .expect("HTTP request");
         let status = response.status();
+        let answer_headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json = if bytes.is_empty() {
             serde_json::Value::Null
@@ -200,7 +213,7 @@ impl Http {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        (status, json)
+        (status, answer_headers, json)
     }
 
     /// A GET as the studio's services.

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use service::redis::{LinkConnection, RedisLink, RedisTarget};
 
+mod operators;
 mod presence;
 mod queue;
 mod sessions;
