@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help fmt lint test build release demo demo-kubernetes demo-web web-check up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check ops-check rollout-check monitoring-check deny fuzz fuzz-build ci \
+.PHONY: help fmt lint test build release demo demo-kubernetes demo-web web-check console-check up-local down-local bench-matchmaker bench-forming bench-proxy bench-udp bench-time-to-play conformance manifests-check docs-check api-check scripts-check ops-check rollout-check monitoring-check deny fuzz fuzz-build ci \
 	up cluster databases game-build game-push game-load-images game-backend game-proxy game-testbed proxy-port-forward-local game-load-local status clear-databases ping-redis ping-postgres free-local-db-ports down
 
 help: ## List the targets
@@ -34,6 +34,9 @@ demo-web: ## The web page playing the built-in game in a browser, on the local s
 
 web-check: ## The JavaScript client's tests (Node) and the page in headless Chromium (Playwright) playing whole matches over wss; with WEB_BENCH_PLAYERS, their time to play in the page (WEB_PLAYERS, SESSION_SIZE, WEB_BENCH_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG)
 	scripts/web.sh check "$(WEB_BENCH_PLAYERS)"
+
+console-check: ## The operator console in headless Chromium (Playwright) over https while a swarm plays: sign-in, live queues and sessions, a player, a session ended and audited, phone and desktop widths; with CONSOLE_BENCH_TABS, the backend's CPU per open console (CONSOLE_BENCH_TABS, BENCH_SECONDS, RUST_LOG, BUILD_PROFILE)
+	scripts/console.sh
 
 up-local: ## Keep the demo's stack running on this machine for hands-on play (SESSION_SIZE, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, PLAYER_AUTH, RUST_LOG, BUILD_PROFILE)
 	scripts/local.sh up

@@ -166,7 +166,9 @@ st player "$MP_BACKEND_URL" 1 "${internal[@]}" -H "Authorization: Bearer $player
 st game-server "$MP_BACKEND_URL" 1 --include-operation-id resultReport --include-operation-id serverReady \
   --include-operation-id serverHealth --include-operation-id warmSession --phases examples,coverage,fuzzing
 # The proxy serves the same under /api, but not the backend's /internal/* or /metrics.
-st proxy "$MP_PROXY_URL/api" 1 "${internal[@]}" --exclude-operation-id metrics \
+# (Nor the console, without PROXY_CONSOLE.)
+st proxy "$MP_PROXY_URL/api" 1 "${internal[@]}" --exclude-operation-id metrics --exclude-operation-id consolePage \
+  --exclude-operation-id consoleLogin --exclude-operation-id consoleSession --exclude-operation-id consoleLogout \
   -H "Authorization: Bearer $MP_ADMIN_TOKEN"
 
 for what in backend proxy; do

@@ -65,6 +65,7 @@ case "${1:-}" in
     . "$state/env"
     echo "matchplane is running: proxy $MP_PROXY_URL (API under /api), backend $MP_BACKEND_URL"
     echo "admin token: $MP_ADMIN_TOKEN   service token: $MP_SERVICE_TOKEN"
+    echo "operator console: $MP_BACKEND_URL/console/ (sign in with the admin token)"
     echo "logs: $MP_STACK_DIR/*.log   settings: $state/env   stop with: make down-local"
     if [ "${PLAYER_AUTH:-jwt}" = none ]; then
       echo "player endpoints are open (PLAYER_AUTH=none): join and poll without a token"

@@ -9,7 +9,8 @@
 #                        # certificate of a throwaway CA made for the run, and the backend sends
 #                        # players there (PUBLIC_TLS): exports MP_PROXY_TLS_URL, MP_TLS_CA (the CA's
 #                        # PEM) and MP_TLS_SPKI (the certificate key's SHA-256, base64). The proxy
-#                        # gets MP_ALLOWED_ORIGINS as its ALLOWED_ORIGINS when set.
+#                        # gets MP_ALLOWED_ORIGINS as its ALLOWED_ORIGINS when set, and serves the
+#                        # console under /api/console/ with MP_PROXY_CONSOLE=1.
 #   mp_stop_stack        # SIGTERM the proxy, then the backend (servers drain), then the services
 #   mp_wait_warm URL     # with WARM_POOL_MIN > 0: waits (up to 60 s) until the backend at URL
 #                        # reports WARM_POOL_MIN idle warm servers, and says how long it took
@@ -104,6 +105,7 @@ mp_start_stack() {
     tls_proxy=(TLS_CERT_FILE="$MP_STACK_DIR/tls/tls.pem" TLS_KEY_FILE="$MP_STACK_DIR/tls/tls.key" TLS_BIND="127.0.0.1:$tls_port")
   fi
   [ -z "${MP_ALLOWED_ORIGINS:-}" ] || tls_proxy+=(ALLOWED_ORIGINS="$MP_ALLOWED_ORIGINS")
+  [ "${MP_PROXY_CONSOLE:-0}" != 1 ] || tls_proxy+=(PROXY_CONSOLE=true)
   secret=$(mp_random)
   MP_TICKET_SECRET=$secret
   MP_ADMIN_TOKEN=$(mp_random)

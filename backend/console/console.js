@@ -258,14 +258,19 @@ function confirmEnd(view) {
     }
     polls = 0;
     await poll();
+    await lookUp();
   };
   dialog.showModal();
   $('confirm-end').focus();
 }
 
+let lookedUp = '';
+
 async function lookUp(event) {
-  event.preventDefault();
-  const id = $('player-id').value.trim();
+  if (event) event.preventDefault();
+  const id = event ? $('player-id').value.trim() : lookedUp;
+  if (!id) return;
+  lookedUp = id;
   const out = $('player');
   out.replaceChildren(el('p', 'looking up…', { class: 'muted' }));
   try {

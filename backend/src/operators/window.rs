@@ -24,9 +24,9 @@ const WINDOWS: [i64; 3] = [1, 5, 15];
 /// Slots in the longest window.
 pub(crate) const SLOTS: usize = (15 * 60 / SLOT_SECONDS) as usize;
 /// The latency buckets' upper bounds (ms); a last bucket takes the rest.
-pub(crate) const LATENCY_BOUNDS_MS: [f64; 17] = [
-    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 20_000.0, 30_000.0, 60_000.0,
-    120_000.0, 300_000.0, 600_000.0,
+pub(crate) const LATENCY_BOUNDS_MS: [f64; 26] = [
+    5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 400.0, 500.0, 750.0, 1_000.0, 1_500.0, 2_000.0, 3_000.0,
+    5_000.0, 7_500.0, 10_000.0, 15_000.0, 20_000.0, 30_000.0, 60_000.0, 120_000.0, 300_000.0, 600_000.0,
 ];
 /// How often the counts go to Redis.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -262,12 +262,12 @@ mod tests {
     #[test]
     fn percentiles_interpolate_within_their_bucket() {
         let mut buckets = [0u64; LATENCY_BOUNDS_MS.len() + 1];
-        // 100 observations in (50, 100] ms.
+        // 100 observations in (50, 75] ms.
         buckets[4] = 100;
         let l = latency_of(&buckets);
         assert_eq!(l.count, 100);
-        assert_eq!(l.p50_ms, Some(75.0));
-        assert_eq!(l.p99_ms, Some(99.5));
+        assert_eq!(l.p50_ms, Some(62.5));
+        assert_eq!(l.p99_ms, Some(74.75));
         // One slow outlier beyond every bound answers the last bound.
         buckets[LATENCY_BOUNDS_MS.len()] = 10;
         let l = latency_of(&buckets);
@@ -303,7 +303,7 @@ mod tests {
         assert_eq!(counted.rates("in|casual").m15, 0.0);
         let ranked = counted.latency("ttm", Some("ranked"));
         assert_eq!(ranked.m1.count, 10);
-        assert_eq!(ranked.m1.p50_ms, Some(75.0));
+        assert_eq!(ranked.m1.p50_ms, Some(62.5));
         let all = counted.latency("ttm", None);
         assert_eq!(all.m15.count, 20);
         assert_eq!(all.m1.p50_ms, Some(5.0));

@@ -201,6 +201,16 @@ pub enum ServerExit {
     Lost(String),
 }
 
+impl std::fmt::Display for ServerExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerExit::Exited(Some(code)) => write!(f, "it exited with status {code}"),
+            ServerExit::Exited(None) => f.write_str("it was killed by a signal"),
+            ServerExit::Lost(why) => write!(f, "it was lost: {why}"),
+        }
+    }
+}
+
 /// A ready server. Dropping it must not leave the server running forever; callers still
 /// terminate or kill explicitly.
 pub trait ServerHandle: Send {
