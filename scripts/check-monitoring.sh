@@ -7,8 +7,11 @@
 #     3 s and every rate window to 20 s (30 s for 15 m) while a swarm plays: every recording
 #     rule and every dashboard query returns data, and no alert fires.
 #  3. Server starts fail (players in a queue whose server exits at once): the start-failure
-#     alert fires, and clears once they leave. Redis is paused: the Redis alert fires for the
-#     backend and the proxy, and clears once it runs again.
+#     and sessions-failing alerts fire, and clear once they leave. Redis is paused: the Redis
+#     alert fires for the backend and the proxy. PostgreSQL is paused: its alert fires. The
+#     backend is paused: the proxy's backend alert, the replica-gone and no-replica alerts
+#     fire. Forged tickets arrive: the proxy-refusals alert fires. Each clears once undone,
+#     and nothing fires at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stack.sh
@@ -83,10 +86,14 @@ queues:
 YAML
 MATCHMAKING_CONFIG=$run/queues.yaml mp_start_stack "$run/stack"
 prometheus_pid=
+pg_pids=()
+backend_paused=
 # shellcheck disable=SC2317  # run by the EXIT trap
 finish() {
   [ -z "$prometheus_pid" ] || { kill "$prometheus_pid" 2>/dev/null; wait "$prometheus_pid" 2>/dev/null || true; }
   [ -z "${MP_REDIS_PID:-}" ] || kill -CONT "$MP_REDIS_PID" 2>/dev/null || true
+  [ "${#pg_pids[@]}" = 0 ] || kill -CONT "${pg_pids[@]}" 2>/dev/null || true
+  [ -z "${backend_paused:-}" ] || kill -CONT "$MP_BACKEND_PID" 2>/dev/null || true
   mp_stop_stack
   [ "${MP_KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$run"
 }
@@ -170,13 +177,16 @@ done
 start_failures_fire() { [ "$(firing MatchplaneServerStartFailures)" = 1 ]; }
 wait_for "MatchplaneServerStartFailures firing while every start fails" 60 start_failures_fire
 echo "monitoring-check: MatchplaneServerStartFailures fires while every start fails"
+sessions_failing_fire() { [ "$(firing MatchplaneSessionsFailing)" = 1 ]; }
+wait_for "MatchplaneSessionsFailing firing while every session fails" 60 sessions_failing_fire
+echo "monitoring-check: MatchplaneSessionsFailing fires while every session fails"
 for player in "${players[@]}"; do
   token=$("$bin/loadgen" token --player "$player" --player-token-secret "$MP_PLAYER_TOKEN_SECRET")
   curl -fsS -o /dev/null -X DELETE -H "authorization: Bearer $token" "$MP_PROXY_URL/api/match/join/$player" || true
 done
-start_failures_clear() { [ "$(firing MatchplaneServerStartFailures)" = 0 ]; }
-wait_for "MatchplaneServerStartFailures clearing once the players left" 90 start_failures_clear
-echo "monitoring-check: ... and clears once its players left"
+start_failures_clear() { [ "$(firing MatchplaneServerStartFailures)" = 0 ] && [ "$(firing MatchplaneSessionsFailing)" = 0 ]; }
+wait_for "MatchplaneServerStartFailures and MatchplaneSessionsFailing clearing once the players left" 90 start_failures_clear
+echo "monitoring-check: ... and both clear once its players left"
 
 # Redis paused, then running again.
 kill -STOP "$MP_REDIS_PID"
@@ -187,4 +197,55 @@ kill -CONT "$MP_REDIS_PID"
 redis_clears() { [ "$(firing MatchplaneRedisDown)" = 0 ]; }
 wait_for "MatchplaneRedisDown clearing once Redis runs again" 60 redis_clears
 echo "monitoring-check: ... and clears once it runs again"
+
+# PostgreSQL paused (the postmaster and every backend of its), then running again.
+postmaster=$(head -n 1 "$MP_PG_DIR/data/postmaster.pid")
+mapfile -t pg_pids < <(echo "$postmaster"; pgrep -P "$postmaster")
+kill -STOP "${pg_pids[@]}"
+postgres_fires() { [ "$(firing MatchplanePostgresDown)" = 1 ]; }
+wait_for "MatchplanePostgresDown firing while PostgreSQL is paused" 60 postgres_fires
+echo "monitoring-check: MatchplanePostgresDown fires while PostgreSQL is paused"
+kill -CONT "${pg_pids[@]}"
+pg_pids=()
+postgres_clears() { [ "$(firing MatchplanePostgresDown)" = 0 ]; }
+wait_for "MatchplanePostgresDown clearing once PostgreSQL runs again" 60 postgres_clears
+echo "monitoring-check: ... and clears once it runs again"
+
+# The one backend replica paused: the proxy cannot reach it, Prometheus cannot scrape it.
+kill -STOP "$MP_BACKEND_PID"
+backend_paused=1
+backend_fires() {
+  [ "$(firing MatchplaneProxyBackendDown)" = 1 ] && [ "$(firing MatchplaneReplicaGone)" = 1 ] \
+    && [ "$(firing MatchplaneNoReplica)" = 1 ]
+}
+wait_for "MatchplaneProxyBackendDown, MatchplaneReplicaGone and MatchplaneNoReplica firing while the backend is paused" 60 backend_fires
+echo "monitoring-check: MatchplaneProxyBackendDown, MatchplaneReplicaGone and MatchplaneNoReplica fire while the backend is paused"
+kill -CONT "$MP_BACKEND_PID"
+backend_paused=
+backend_clears() {
+  [ "$(firing MatchplaneProxyBackendDown)" = 0 ] && [ "$(firing MatchplaneReplicaGone)" = 0 ] \
+    && [ "$(firing MatchplaneNoReplica)" = 0 ]
+}
+wait_for "the backend's alerts clearing once it runs again" 60 backend_clears
+echo "monitoring-check: ... and clear once it runs again"
+# Game connections refused: 30 s of forged tickets on the proxy's port, ten a second.
+"$py" - "${MP_PROXY_URL#http://}" >"$run/forged.log" 2>&1 <<'PY' &
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+end = time.monotonic() + 30
+while time.monotonic() < end:
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"JOIN not-a-ticket\n")
+        s.recv(256)
+    time.sleep(0.1)
+PY
+forged_pid=$!
+refusals_fire() { [ "$(firing MatchplaneProxyRefusalsSpiking)" = 1 ]; }
+wait_for "MatchplaneProxyRefusalsSpiking firing while forged tickets arrive" 30 refusals_fire
+echo "monitoring-check: MatchplaneProxyRefusalsSpiking fires while forged tickets arrive"
+wait "$forged_pid" || { cat "$run/forged.log" >&2; mp_die "monitoring-check: the forged tickets' client failed"; }
+refusals_clear() { [ "$(firing MatchplaneProxyRefusalsSpiking)" = 0 ]; }
+wait_for "MatchplaneProxyRefusalsSpiking clearing once they stop" 60 refusals_clear
+echo "monitoring-check: ... and clears once they stop"
+healthy || { curl -fsS "$prom/api/v1/alerts" >&2; mp_die "monitoring-check FAILED: alerts still fire at the end"; }
 echo "monitoring-check passed"
