@@ -15,14 +15,7 @@ seconds=${BENCH_SECONDS:-30}
 [[ $tabs =~ ^[0-9]+$ ]] || mp_die "CONSOLE_BENCH_TABS must be a whole number, got '$tabs'."
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || mp_die "BENCH_SECONDS must be a whole number above 0, got '$seconds'."
 
-command -v cargo >/dev/null 2>&1 || mp_die "make console-check needs the Rust toolchain (cargo): install it from rustup.rs and run this again."
-command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make console-check needs curl: install it with 'sudo apt-get install -y curl' and run this again."
-command -v npm >/dev/null 2>&1 || mp_apt_install nodejs npm \
-  || mp_die "the console's browser test needs Node.js 20 or later and npm: install them with 'sudo apt-get install -y nodejs npm' and run this again."
-node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
-  || mp_die "the console's browser test needs Node.js 20 or later (this is $(node --version)): install a newer one and run this again."
-command -v chromium >/dev/null 2>&1 || mp_apt_install chromium \
-  || mp_die "the console's browser test needs Debian's chromium: install it with 'sudo apt-get install -y chromium' and run this again."
+mp_need_browser_tools "make console-check" "the console's browser test" chromium
 mp_need_redis
 mp_need_postgres
 

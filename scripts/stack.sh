@@ -85,6 +85,24 @@ mp_make_tls() {
   ) || mp_die "could not make the run's throwaway CA with openssl"
 }
 
+# mp_need_browser_tools TARGET WHAT [chromium]: what a browser check or demo needs, installed
+# when missing or named in one sentence: cargo, curl, Node.js 20 or later with npm, and with
+# `chromium` Debian's Chromium. TARGET names the entry point (`make demo-web`), WHAT what needs
+# Node.js ("the web example").
+mp_need_browser_tools() {
+  local target=$1 what=$2 browser=${3:-}
+  command -v cargo >/dev/null 2>&1 || mp_die "$target needs the Rust toolchain (cargo): install it from rustup.rs and run this again."
+  command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "$target needs curl: install it with 'sudo apt-get install -y curl' and run this again."
+  command -v npm >/dev/null 2>&1 || mp_apt_install nodejs npm \
+    || mp_die "$what needs Node.js 20 or later and npm: install them with 'sudo apt-get install -y nodejs npm' and run this again."
+  node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
+    || mp_die "$what needs Node.js 20 or later (this is $(node --version)): install a newer one and run this again."
+  if [ "$browser" = chromium ]; then
+    command -v chromium >/dev/null 2>&1 || mp_apt_install chromium \
+      || mp_die "the browser test needs Debian's chromium: install it with 'sudo apt-get install -y chromium' and run this again."
+  fi
+}
+
 mp_start_stack() {
   local dir=$1 bin=${MP_BIN_DIR:-$MP_BIN}
   mkdir -p "$dir"

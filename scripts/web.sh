@@ -24,15 +24,10 @@ if [ -n "$bench_players" ]; then
   fi
 fi
 
-command -v cargo >/dev/null 2>&1 || mp_die "make demo-web needs the Rust toolchain (cargo): install it from rustup.rs and run this again."
-command -v curl >/dev/null 2>&1 || mp_apt_install curl || mp_die "make demo-web needs curl: install it with 'sudo apt-get install -y curl' and run this again."
-command -v npm >/dev/null 2>&1 || mp_apt_install nodejs npm \
-  || mp_die "the web example needs Node.js 20 or later and npm: install them with 'sudo apt-get install -y nodejs npm' and run this again."
-node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' \
-  || mp_die "the web example needs Node.js 20 or later (this is $(node --version)): install a newer one and run this again."
 if [ "$mode" = check ]; then
-  command -v chromium >/dev/null 2>&1 || mp_apt_install chromium \
-    || mp_die "the browser test needs Debian's chromium: install it with 'sudo apt-get install -y chromium' and run this again."
+  mp_need_browser_tools "make web-check" "the web example" chromium
+else
+  mp_need_browser_tools "make demo-web" "the web example"
 fi
 mp_need_redis
 mp_need_postgres

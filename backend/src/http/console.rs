@@ -186,10 +186,7 @@ async fn logout(
     method: axum::http::Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let Some(value) = console_cookie(&headers).map(str::to_owned) else {
-        return Err(ApiError::Unauthorized("not signed in to the console".into()));
-    };
-    let sign_in = super::auth::console_access(&state, &method, &headers, &value).await?;
+    let (value, sign_in) = signed_in(&state, &method, &headers).await?;
     state.operators.sign_out(&value).await?;
     let (_, _, remote) = actor(None, &headers, peer.as_deref().copied());
     audit(
@@ -217,9 +214,19 @@ async fn session(
     method: axum::http::Method,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let Some(value) = console_cookie(&headers).map(str::to_owned) else {
+    let (_, sign_in) = signed_in(&state, &method, &headers).await?;
+    Ok(Json(sign_in.session()).into_response())
+}
+
+/// The request's cookie and the sign-in it stands for, checked as every cookie request is.
+async fn signed_in(
+    state: &AppState,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+) -> ApiResult<(String, crate::operators::console::SignIn)> {
+    let Some(value) = console_cookie(headers).map(str::to_owned) else {
         return Err(ApiError::Unauthorized("not signed in to the console".into()));
     };
-    let sign_in = super::auth::console_access(&state, &method, &headers, &value).await?;
-    Ok(Json(sign_in.session()).into_response())
+    let sign_in = super::auth::console_access(state, method, headers, &value).await?;
+    Ok((value, sign_in))
 }
