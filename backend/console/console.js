@@ -197,6 +197,7 @@ function renderSessions(s) {
         v.status,
         v.queue || 'default',
         v.region,
+        v.version,
         players,
         v.server ? `${v.server}${v.addr ? ' @ ' + v.addr : ''}` : '–',
         v.instance,

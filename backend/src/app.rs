@@ -395,6 +395,7 @@ async fn connect(settings: &Settings) -> anyhow::Result<Connected> {
         .map_err(|e| Unreachable(format!("cannot reach {}: {e}", settings.redis.describe())))?;
     let queues: Vec<&str> = settings.queues.iter().map(|q| q.name.as_str()).collect();
     let metrics = PartsMetrics::new(&queues);
+    metrics.sessions.known_versions(&settings.profiles);
     let history = History::new(
         &settings.database_url,
         store.clone(),

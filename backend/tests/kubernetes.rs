@@ -899,3 +899,58 @@ async fn a_tls_client_for_a_real_cluster_builds() {
     let config = kube::Config::new("https://10.96.0.1:443".parse().unwrap());
     assert!(kube::Client::try_from(config).is_ok());
 }
+
+/// With Pods, a profile's versions are images: each session's Pod runs its version's image,
+/// carries the version's label and is told its version.
+#[test]
+fn a_versions_pod_runs_its_image_and_carries_its_version() {
+    let profiles = backend::runtime::profiles::Profiles::parse(
+        r#"
+servers:
+  arena:
+    image: "registry.example/arena:1.4"
+    ports: [{name: game, protocol: tcp}]
+    versions:
+      - {name: "1.4", weight: 1}
+      - {name: "1.5", image: "registry.example/arena:1.5", weight: 1}
+queues:
+  - {name: dm, session_size: 2, server: arena}
+"#,
+        Some(
+            &matchmaking_core::queues::Queues::parse("queues:\n  - {name: dm, session_size: 2, server: arena}\n")
+                .unwrap(),
+        ),
+        backend::runtime::profiles::Target::Kubernetes,
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let sid = uuid::Uuid::new_v4().to_string();
+        let spec = spec(&sid, Duration::from_secs(5)).running("dm", profiles.pick("dm"));
+        let pod = serde_json::to_value(render_pod(&template(), &spec)).unwrap();
+        let labels = &pod["metadata"]["labels"];
+        let container = &pod["spec"]["containers"][0];
+        let env = |name: &str| {
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .and_then(|e| e["value"].as_str().map(str::to_owned))
+        };
+        assert_eq!(labels["matchplane.io/profile"], "arena");
+        seen.push((
+            labels["matchplane.io/version"].as_str().unwrap().to_owned(),
+            container["image"].as_str().unwrap().to_owned(),
+            env("MATCHPLANE_VERSION"),
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("1.4".into(), "registry.example/arena:1.4".into(), Some("1.4".into())),
+            ("1.5".into(), "registry.example/arena:1.5".into(), Some("1.5".into())),
+        ]
+    );
+}

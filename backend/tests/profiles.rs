@@ -950,3 +950,94 @@ queues:
     backend.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server that tells each rostered player which version it is: `VERSION <MATCHPLANE_VERSION>
+/// <its first argument>`, then exits 0 once all have been told.
+const VERSION_SERVER: &str = r#"#!/usr/bin/env python3
+import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["MATCHPLANE_PORT_GAME"])))
+s.listen(16)
+for _ in os.environ["MATCHPLANE_PLAYERS"].split(","):
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(("VERSION %s %s\n" % (os.environ["MATCHPLANE_VERSION"], sys.argv[1])).encode())
+    c.close()
+sys.exit(0)
+"#;
+
+#[tokio::test]
+async fn a_profiles_versions_split_new_sessions_by_weight_and_every_record_says_which() {
+    let dir = scratch();
+    script(&dir, "stable.py", VERSION_SERVER);
+    script(&dir, "next.py", VERSION_SERVER);
+    let queues = r#"
+servers:
+  canary:
+    command: ["SCRIPT/stable.py", "stable-build"]
+    ports: [{name: game, protocol: tcp}]
+    ready: port
+    versions:
+      - {name: stable, weight: 3}
+      - {name: next, command: ["SCRIPT/next.py", "next-build"], weight: 1}
+      - {name: parked, weight: 0}
+queues:
+  - {name: duel, session_size: 2, server: canary}
+"#;
+    let (backend, proxy, db) = stack(&dir, queues, 10.0).await;
+    let http = &backend.http;
+    // Four sessions one after another: weights 3, 1 and 0 give exactly 3, 1 and 0 of them.
+    let mut seen = Vec::new();
+    for n in 0..4 {
+        let (a, b) = (format!("v{n}a"), format!("v{n}b"));
+        let statuses = matched(http, "duel", &[&a, &b]).await;
+        let version = statuses[0]["version"]
+            .as_str()
+            .expect("the status says the version")
+            .to_owned();
+        assert_eq!(statuses[1]["version"], statuses[0]["version"]);
+        let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+        let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+        assert_eq!(session["version"], version.as_str(), "{session}");
+        let (_, live) = http.get(&format!("/sessions/active?version={version}")).await;
+        assert_eq!(live["matching"], 1, "{live}");
+        let other = if version == "next" { "stable" } else { "next" };
+        let (_, live) = http.get(&format!("/sessions/active?version={other}")).await;
+        assert_eq!(live["matching"], 0, "{live}");
+        // The server is the version's program, told its version.
+        let build = if version == "next" {
+            "next-build"
+        } else {
+            "stable-build"
+        };
+        for status in &statuses {
+            let (line, _) = say_hello(proxy, status).await;
+            assert_eq!(line, format!("VERSION {version} {build}"));
+        }
+        assert_eq!(end_reason(&db, &sid).await, "completed");
+        seen.push((sid, version));
+    }
+    let count = |v: &str| seen.iter().filter(|(_, version)| version == v).count();
+    assert_eq!((count("stable"), count("next"), count("parked")), (3, 1, 0), "{seen:?}");
+    // The history keeps it, and so does an ended session's view (from its row).
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    for (sid, version) in &seen {
+        let stored: Option<String> = sqlx::query_scalar("SELECT version FROM matches WHERE session_id::text = $1")
+            .bind(sid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(stored.as_deref(), Some(version.as_str()));
+        let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+        assert_eq!(session["version"], version.as_str());
+    }
+    // The split is counted by version, every version there from the start.
+    let (_, metrics) = http.request(hyper::Method::GET, "/metrics", &[], Vec::new()).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    for (version, n) in [("stable", 3), ("next", 1), ("parked", 0)] {
+        let line = format!("mp_version_sessions_total{{profile=\"canary\",version=\"{version}\"}} {n}");
+        assert!(metrics.contains(&line), "no {line:?} in the metrics");
+    }
+    backend.stop().await;
+}

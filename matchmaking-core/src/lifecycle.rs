@@ -29,8 +29,14 @@ pub enum Change {
         #[serde(flatten)]
         placement: Placement,
     },
-    /// Its server is ready (`matched`).
-    Ready { server: String, addr: String },
+    /// Its server is ready (`matched`), running `version` of its profile when the profile
+    /// lists versions.
+    Ready {
+        server: String,
+        addr: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+    },
     /// Over. `requeued`: it failed before its server was ready, and its players went back to
     /// the head of the queue.
     Ended {

@@ -146,6 +146,7 @@ impl PlannedSession {
                 team_skill_gap: formed.quality.team_skill_gap,
                 max_latency_ms: formed.quality.max_latency_ms,
                 max_wait_ms: Some(formed.quality.max_wait_ms),
+                version: None,
             },
         }
     }

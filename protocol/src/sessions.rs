@@ -196,6 +196,10 @@ pub struct Placement {
     /// How long its oldest ticket had waited when it formed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wait_ms: Option<i64>,
+    /// The version of its server profile it runs, when the profile lists versions (set once
+    /// its server is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// A list, also when written as `{}` (Lua's JSON encoder cannot tell an empty list from an

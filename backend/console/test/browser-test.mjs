@@ -176,7 +176,7 @@ async function walkThrough() {
     reached.add(await page.evaluate(() => document.activeElement.id || document.activeElement.name || document.activeElement.textContent));
     await page.keyboard.press("Tab");
   }
-  for (const want of ["sign-out", "state", "queue", "region", "profile", "player", "player-id", "Look up"]) {
+  for (const want of ["sign-out", "state", "queue", "region", "profile", "version", "player", "player-id", "Look up"]) {
     check(reached.has(want), `Tab never reaches ${want}: ${[...reached].join(" | ")}`);
   }
 

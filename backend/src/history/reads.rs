@@ -51,7 +51,7 @@ impl History {
                 sqlx::query(
                     "SELECT m.session_id, m.status, m.players, m.server_name, m.backend_instance, m.requested_seconds,
                             m.created_at, m.ready_at, m.started_at, m.ended_at, m.end_reason, m.queue, m.teams, m.region,
-                            m.skill_spread, m.team_skill_gap, m.max_latency_ms, m.max_wait_ms, mp.joined_at, mp.left_at
+                            m.skill_spread, m.team_skill_gap, m.max_latency_ms, m.max_wait_ms, m.version, mp.joined_at, mp.left_at
                      FROM match_players mp JOIN matches m USING (session_id)
                      WHERE mp.player_id = $1
                      ORDER BY m.created_at DESC, m.session_id DESC
@@ -82,7 +82,7 @@ impl History {
                 sqlx::query(
                     "SELECT session_id, status, players, server_name, backend_instance, requested_seconds, created_at,
                             ready_at, started_at, ended_at, end_reason, queue, teams, region, skill_spread, team_skill_gap,
-                            max_latency_ms, max_wait_ms
+                            max_latency_ms, max_wait_ms, version
                      FROM matches WHERE session_id = $1",
                 )
                 .bind(session_id)
@@ -121,6 +121,7 @@ fn match_row(r: &sqlx::postgres::PgRow) -> Result<MatchRow, sqlx::Error> {
             team_skill_gap: r.try_get("team_skill_gap")?,
             max_latency_ms: r.try_get("max_latency_ms")?,
             max_wait_ms: r.try_get("max_wait_ms")?,
+            version: r.try_get("version")?,
         },
     })
 }

@@ -69,9 +69,10 @@ impl RowChange {
                 row.instance = Some(instance.clone());
                 row.placement = placement.clone();
             }
-            Change::Ready { server, .. } => {
+            Change::Ready { server, version, .. } => {
                 row.status = SessionState::Matched;
                 row.server = Some(server.clone());
+                row.placement.version = version.clone();
                 row.ready_at = Some(at);
             }
             Change::Ended { reason, .. } => {
@@ -121,6 +122,7 @@ impl RowChange {
         p.team_skill_gap = p.team_skill_gap.or(l.team_skill_gap);
         p.max_latency_ms = p.max_latency_ms.or(l.max_latency_ms);
         p.max_wait_ms = p.max_wait_ms.or(l.max_wait_ms);
+        p.version = p.version.take().or(l.version);
     }
 }
 
@@ -194,6 +196,7 @@ struct MatchColumns {
     gap: Vec<Option<f64>>,
     latency: Vec<Option<f64>>,
     wait: Vec<Option<i64>>,
+    version: Vec<Option<String>>,
 }
 
 impl MatchColumns {
@@ -217,6 +220,7 @@ impl MatchColumns {
             gap: Vec::with_capacity(n),
             latency: Vec::with_capacity(n),
             wait: Vec::with_capacity(n),
+            version: Vec::with_capacity(n),
         }
     }
 
@@ -241,6 +245,7 @@ impl MatchColumns {
         self.gap.push(p.team_skill_gap);
         self.latency.push(p.max_latency_ms);
         self.wait.push(p.max_wait_ms);
+        self.version.push(p.version);
     }
 }
 
@@ -260,14 +265,14 @@ pub(super) async fn apply_events(tx: &mut Transaction<'_, Postgres>, entries: &[
     sqlx::query(
         "INSERT INTO matches (session_id, status, players, backend_instance, server_name, created_at, ready_at,
                               started_at, ended_at, end_reason, requested_seconds, queue, teams, region,
-                              skill_spread, team_skill_gap, max_latency_ms, max_wait_ms)
+                              skill_spread, team_skill_gap, max_latency_ms, max_wait_ms, version)
          SELECT id, st, ARRAY(SELECT jsonb_array_elements_text(roster)), inst, srv, cr, rd, sa, ea, er, rq, q, tm, rg,
-                ss, tg, ml, mw
+                ss, tg, ml, mw, vr
          FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::timestamptz[],
                      $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::int4[],
                      $12::text[], $13::jsonb[], $14::text[], $15::float8[], $16::float8[], $17::float8[],
-                     $18::int8[])
-              AS t(id, st, roster, inst, srv, cr, rd, sa, ea, er, rq, q, tm, rg, ss, tg, ml, mw)
+                     $18::int8[], $19::text[])
+              AS t(id, st, roster, inst, srv, cr, rd, sa, ea, er, rq, q, tm, rg, ss, tg, ml, mw, vr)
          ORDER BY id
          ON CONFLICT (session_id) DO UPDATE SET
            status = CASE WHEN mp_status_rank(EXCLUDED.status) > mp_status_rank(matches.status)
@@ -288,7 +293,8 @@ pub(super) async fn apply_events(tx: &mut Transaction<'_, Postgres>, entries: &[
            skill_spread = COALESCE(matches.skill_spread, EXCLUDED.skill_spread),
            team_skill_gap = COALESCE(matches.team_skill_gap, EXCLUDED.team_skill_gap),
            max_latency_ms = COALESCE(matches.max_latency_ms, EXCLUDED.max_latency_ms),
-           max_wait_ms = COALESCE(matches.max_wait_ms, EXCLUDED.max_wait_ms)",
+           max_wait_ms = COALESCE(matches.max_wait_ms, EXCLUDED.max_wait_ms),
+           version = COALESCE(matches.version, EXCLUDED.version)",
     )
     .bind(columns.ids)
     .bind(columns.status)
@@ -308,6 +314,7 @@ pub(super) async fn apply_events(tx: &mut Transaction<'_, Postgres>, entries: &[
     .bind(columns.gap)
     .bind(columns.latency)
     .bind(columns.wait)
+    .bind(columns.version)
     .execute(&mut **tx)
     .await?;
 

@@ -77,6 +77,7 @@ async fn events_without_attendance_leave_the_player_rows_untouched() {
     let ready = Change::Ready {
         server: "s".into(),
         addr: "127.0.0.1:1".into(),
+        version: None,
     };
     apply(&pool, sid, 2_000, ready).await;
     let ended = |report| Change::Ended {
@@ -174,6 +175,7 @@ async fn a_batch_leaves_the_rows_as_its_events_one_at_a_time_do() {
         team_skill_gap: Some(3.0),
         max_latency_ms: Some(40.0),
         max_wait_ms: Some(900),
+        version: None,
     };
     let events = [
         (
@@ -188,6 +190,7 @@ async fn a_batch_leaves_the_rows_as_its_events_one_at_a_time_do() {
             Change::Ready {
                 server: "s1".into(),
                 addr: "127.0.0.1:1".into(),
+                version: Some("v1".into()),
             },
         ),
         (
@@ -195,6 +198,7 @@ async fn a_batch_leaves_the_rows_as_its_events_one_at_a_time_do() {
             Change::Ready {
                 server: "s2".into(),
                 addr: "127.0.0.1:2".into(),
+                version: Some("v1".into()),
             },
         ),
         (
@@ -308,6 +312,12 @@ async fn a_batch_leaves_the_rows_as_its_events_one_at_a_time_do() {
             from_ms(9_000)
         )
     );
+    let version: Option<String> = sqlx::query_scalar("SELECT version FROM matches WHERE session_id = $1")
+        .bind(batched)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(version.as_deref(), Some("v1"), "the ready event's version");
     let players: Vec<(String, Option<OffsetDateTime>, Option<OffsetDateTime>)> =
         sqlx::query_as("SELECT player_id, joined_at, left_at FROM match_players WHERE session_id = $1 ORDER BY 1")
             .bind(batched)

@@ -37,6 +37,7 @@ pub(super) struct SessionFilter {
     queue: Option<String>,
     region: Option<String>,
     profile: Option<String>,
+    version: Option<String>,
     player: Option<String>,
     limit: Option<String>,
 }
@@ -53,6 +54,7 @@ impl SessionFilter {
             ("queue", &self.queue),
             ("region", &self.region),
             ("profile", &self.profile),
+            ("version", &self.version),
             ("player", &self.player),
         ] {
             if value.as_ref().is_some_and(|v| v.len() > MAX_FILTER) {
@@ -95,11 +97,12 @@ impl SessionFilter {
             && is(&self.queue, view.placement.queue.as_deref())
             && is(&self.region, view.placement.region.as_deref())
             && is(&self.profile, profile)
+            && is(&self.version, view.placement.version.as_deref())
             && self.player.as_ref().is_none_or(|p| view.players.contains(p))
     }
 }
 
-/// `GET /sessions/active?state=&queue=&region=&profile=&player=&limit=`: live sessions,
+/// `GET /sessions/active?state=&queue=&region=&profile=&version=&player=&limit=`: live sessions,
 /// oldest first; `matching` counts them all, `count` those listed.
 pub(super) async fn active_sessions(
     State(state): State<Arc<AppState>>,

@@ -163,6 +163,7 @@ impl ServerSpec {
             ("MATCHPLANE_QUEUE", self.queue.clone()),
             ("MATCHPLANE_REPORT_URL", self.report_url.clone()),
             ("MATCHPLANE_REPORT_TOKEN", self.report_token.clone()),
+            ("MATCHPLANE_VERSION", self.profile.version.clone().unwrap_or_default()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

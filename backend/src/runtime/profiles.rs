@@ -131,6 +131,57 @@ pub struct Profile {
     pub warm: Option<Bounds>,
     /// Further environment, `${VAR}` not yet replaced.
     pub env: Vec<(String, String)>,
+    /// The version this is, for one of a profile's `versions` (its command or image in
+    /// place of the profile's).
+    pub version: Option<String>,
+    /// A profile's versions, each a whole profile, with their weights (empty without).
+    pub versions: Vec<Version>,
+}
+
+/// One version of a profile.
+#[derive(Debug, Clone)]
+pub struct Version {
+    pub name: String,
+    /// Its share of new sessions: `weight` out of every version's together.
+    pub weight: u32,
+    pub profile: Arc<Profile>,
+}
+
+/// Most versions of one profile, and the largest weight.
+const MAX_VERSIONS: usize = 16;
+const MAX_WEIGHT: u32 = 1000;
+
+/// Chooses a version for each new session in proportion to the weights, deterministically
+/// (smooth weighted round robin): after any `n` choices each version has been chosen within
+/// one of `n * weight / total` times.
+#[derive(Debug)]
+pub struct Picker {
+    weights: Vec<i64>,
+    current: std::sync::Mutex<Vec<i64>>,
+}
+
+impl Picker {
+    pub fn new(weights: &[u32]) -> Picker {
+        Picker {
+            weights: weights.iter().map(|w| i64::from(*w)).collect(),
+            current: std::sync::Mutex::new(vec![0; weights.len()]),
+        }
+    }
+
+    /// The index of the next version.
+    pub fn pick(&self) -> usize {
+        let total: i64 = self.weights.iter().sum();
+        let mut current = self.current.lock().expect("picker lock");
+        let mut best = 0;
+        for (i, weight) in self.weights.iter().enumerate() {
+            current[i] += weight;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        best
+    }
 }
 
 impl Profile {
@@ -155,6 +206,8 @@ impl Profile {
             health_timeout: None,
             warm: None,
             env: Vec::new(),
+            version: None,
+            versions: Vec::new(),
         }
     }
 
@@ -188,6 +241,8 @@ pub struct Profiles {
     builtin: Arc<Profile>,
     by_name: BTreeMap<String, Arc<Profile>>,
     by_queue: HashMap<String, Arc<Profile>>,
+    /// The version choosers of the profiles with versions, by profile name.
+    pickers: HashMap<String, Arc<Picker>>,
 }
 
 impl Profiles {
@@ -198,12 +253,23 @@ impl Profiles {
             by_name: BTreeMap::from([(BUILTIN.to_owned(), builtin.clone())]),
             builtin,
             by_queue: HashMap::new(),
+            pickers: HashMap::new(),
         }
     }
 
-    /// The profile `queue`'s sessions run.
+    /// The profile `queue`'s sessions run (a profile with versions: as the profile itself).
     pub fn for_queue(&self, queue: &str) -> Arc<Profile> {
         self.by_queue.get(queue).unwrap_or(&self.builtin).clone()
+    }
+
+    /// What `queue`'s next session runs: its profile, or the version of it the weights
+    /// choose.
+    pub fn pick(&self, queue: &str) -> Arc<Profile> {
+        let profile = self.for_queue(queue);
+        match self.pickers.get(&profile.name) {
+            Some(picker) => profile.versions[picker.pick()].profile.clone(),
+            None => profile,
+        }
     }
 
     /// The profile named `name`.
@@ -255,6 +321,12 @@ impl Profiles {
                     };
                     let profile = spec.check(name, target, &mut |m: String| mistakes.push(format!("{label}: {m}")));
                     if mistakes.len() == before {
+                        if !profile.versions.is_empty() {
+                            let weights: Vec<u32> = profile.versions.iter().map(|v| v.weight).collect();
+                            profiles
+                                .pickers
+                                .insert(name.to_owned(), Arc::new(Picker::new(&weights)));
+                        }
                         profiles.by_name.insert(name.to_owned(), Arc::new(profile));
                     }
                 }
@@ -311,7 +383,7 @@ pub(crate) fn find_executable(bin: &std::path::Path, path: Option<&std::ffi::OsS
 }
 
 /// A profile as the file spells it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileSpec {
     command: Option<Vec<String>>,
@@ -327,9 +399,21 @@ struct ProfileSpec {
     warm_pool: Option<WarmPoolSpec>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    versions: Vec<VersionSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A version as the file spells it: the profile with its own command or image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionSpec {
+    name: String,
+    command: Option<Vec<String>>,
+    image: Option<String>,
+    weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WarmPoolSpec {
     #[serde(default)]
@@ -340,7 +424,7 @@ struct WarmPoolSpec {
 /// The most warm servers one profile may keep.
 const MAX_WARM_POOL: usize = 256;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PortSpec {
     name: String,
@@ -366,13 +450,14 @@ fn known_variables(ports: &[Port]) -> BTreeSet<String> {
 pub const HOST: &str = "MATCHPLANE_HOST";
 
 /// The session's variables every server gets (ports and [`HOST`] come on top).
-pub const CONTRACT: [&str; 6] = [
+pub const CONTRACT: [&str; 7] = [
     "MATCHPLANE_SESSION_ID",
     "MATCHPLANE_PLAYERS",
     "MATCHPLANE_TEAMS",
     "MATCHPLANE_QUEUE",
     "MATCHPLANE_REPORT_URL",
     "MATCHPLANE_REPORT_TOKEN",
+    "MATCHPLANE_VERSION",
 ];
 
 /// The names `${...}` refers to in `text`, or what is wrong with it.
@@ -443,7 +528,81 @@ fn duration(what: &str, value: f64, zero: bool, max: f64, mistake: &mut dyn FnMu
 }
 
 impl ProfileSpec {
+    /// The profile, or with `versions` the profile as each version runs it: every version is
+    /// the profile with its own command or image, checked as a profile is. A mistake every
+    /// version shares is said once; one of a version's own names the version.
     fn check(&self, name: &str, target: Target<'_>, mistake: &mut dyn FnMut(String)) -> Profile {
+        if self.versions.is_empty() {
+            return self.check_one(name, target, mistake);
+        }
+        if self.versions.len() > MAX_VERSIONS {
+            mistake(format!("versions: at most {MAX_VERSIONS}, got {}", self.versions.len()));
+        }
+        if self.warm_pool.is_some() {
+            mistake("warm_pool and versions together are not built yet: warm servers are kept for a profile without versions".into());
+        }
+        let mut names = BTreeSet::new();
+        for (i, v) in self.versions.iter().enumerate() {
+            if !is_label_value(&v.name) {
+                mistake(format!(
+                    "versions[{i}]: name {:?} must be at most 63 characters of A-Z a-z 0-9 _ . -, starting and ending with a letter or digit",
+                    v.name
+                ));
+            }
+            if !names.insert(v.name.as_str()) {
+                mistake(format!("versions[{i}]: {:?} is named twice", v.name));
+            }
+            if v.weight > MAX_WEIGHT {
+                mistake(format!(
+                    "versions[{i}] {:?}: weight must be 0 to {MAX_WEIGHT}, got {}",
+                    v.name, v.weight
+                ));
+            }
+        }
+        if self.versions.iter().all(|v| v.weight == 0) {
+            mistake("versions: at least one version needs a weight above 0".into());
+        }
+        let mut said: Vec<Vec<String>> = Vec::new();
+        let mut versions = Vec::new();
+        for v in &self.versions {
+            let mut spec = self.clone();
+            spec.versions = Vec::new();
+            if v.command.is_some() {
+                spec.command.clone_from(&v.command);
+            }
+            if v.image.is_some() {
+                spec.image.clone_from(&v.image);
+            }
+            let mut own = Vec::new();
+            let mut profile = spec.check_one(name, target, &mut |m: String| own.push(m));
+            profile.version = Some(v.name.clone());
+            said.push(own);
+            versions.push(Version {
+                name: v.name.clone(),
+                weight: v.weight,
+                profile: Arc::new(profile),
+            });
+        }
+        let shared: Vec<String> = said[0]
+            .iter()
+            .filter(|m| said.iter().all(|own| own.contains(m)))
+            .cloned()
+            .collect();
+        for m in &shared {
+            mistake(m.clone());
+        }
+        for (v, own) in self.versions.iter().zip(&said) {
+            for m in own.iter().filter(|m| !shared.contains(m)) {
+                mistake(format!("version {:?}: {m}", v.name));
+            }
+        }
+        let mut base = Profile::clone(&versions[0].profile);
+        base.version = None;
+        base.versions = versions;
+        base
+    }
+
+    fn check_one(&self, name: &str, target: Target<'_>, mistake: &mut dyn FnMut(String)) -> Profile {
         // Ports first: the variables `command` and `env` may use depend on them.
         if self.ports.is_empty() || self.ports.len() > MAX_PORTS {
             mistake(format!(
@@ -500,7 +659,7 @@ impl ProfileSpec {
             Ok(names) => {
                 for unknown in names.into_iter().filter(|n| !known.contains(*n)) {
                     mistake(format!(
-                        "{what}: ${{{unknown}}} is not a variable matchplane sets (MATCHPLANE_SESSION_ID, MATCHPLANE_PLAYERS, MATCHPLANE_TEAMS, MATCHPLANE_QUEUE, MATCHPLANE_REPORT_URL, MATCHPLANE_REPORT_TOKEN, MATCHPLANE_PORT_<NAME>, or the same without MATCHPLANE_)"
+                        "{what}: ${{{unknown}}} is not a variable matchplane sets (MATCHPLANE_SESSION_ID, MATCHPLANE_PLAYERS, MATCHPLANE_TEAMS, MATCHPLANE_QUEUE, MATCHPLANE_REPORT_URL, MATCHPLANE_REPORT_TOKEN, MATCHPLANE_VERSION, MATCHPLANE_PORT_<NAME>, or the same without MATCHPLANE_)"
                     ));
                 }
             }
@@ -665,6 +824,8 @@ impl ProfileSpec {
             health_timeout,
             warm,
             env: self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            version: None,
+            versions: Vec::new(),
         }
     }
 }
@@ -722,6 +883,121 @@ queues:
         assert!(casual.builtin && casual.can_be_warm() && casual.identity == Identity::JoinLine);
         assert!(profiles.for_queue("no-such-queue").builtin);
         assert_eq!(profiles.iter().count(), 2);
+    }
+
+    const VERSIONS: &str = r#"
+servers:
+  canary:
+    command: ["/bin/sleep", "100"]
+    image: registry.example/game:1.0
+    ports: [{name: game, protocol: tcp}]
+    versions:
+      - {name: "1.0", weight: 90}
+      - {name: "1.1", command: ["/bin/sh", "-c", "sleep 100"], image: "registry.example/game:1.1", weight: 10}
+queues:
+  - {name: duel, session_size: 2, server: canary}
+"#;
+
+    #[test]
+    fn a_profiles_versions_are_whole_profiles_chosen_by_weight() {
+        for target in [local(), Target::Kubernetes] {
+            let profiles = load(VERSIONS, target).unwrap();
+            let canary = profiles.for_queue("duel");
+            assert_eq!(canary.versions.len(), 2);
+            assert_eq!(canary.version, None);
+            let (old, new) = (&canary.versions[0].profile, &canary.versions[1].profile);
+            assert_eq!(
+                (old.version.as_deref(), new.version.as_deref()),
+                (Some("1.0"), Some("1.1"))
+            );
+            // A version without its own command or image runs the profile's.
+            assert_eq!(old.command, ["/bin/sleep", "100"]);
+            assert_eq!(new.command, ["/bin/sh", "-c", "sleep 100"]);
+            assert_eq!(old.image.as_deref(), Some("registry.example/game:1.0"));
+            assert_eq!(new.image.as_deref(), Some("registry.example/game:1.1"));
+            assert_eq!(new.ports, canary.ports);
+            let picks: Vec<String> = (0..100)
+                .map(|_| profiles.pick("duel").version.clone().unwrap())
+                .collect();
+            assert_eq!(picks.iter().filter(|v| *v == "1.1").count(), 10);
+            assert!(profiles.pick("no-such-queue").builtin);
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_the_choices_is_within_one_of_the_weights() {
+        for weights in [
+            vec![1, 3],
+            vec![10, 0],
+            vec![2, 3, 5],
+            vec![97, 2, 1],
+            vec![1, 1, 1, 1, 1, 7],
+        ] {
+            let picker = Picker::new(&weights);
+            let total: u32 = weights.iter().sum();
+            let mut counts = vec![0u32; weights.len()];
+            for n in 1..=5_000u32 {
+                counts[picker.pick()] += 1;
+                for (count, weight) in counts.iter().zip(&weights) {
+                    let ideal = f64::from(n) * f64::from(*weight) / f64::from(total);
+                    assert!(
+                        (f64::from(*count) - ideal).abs() < 1.0,
+                        "{weights:?} after {n}: {counts:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn versions_are_checked_one_line_per_mistake() {
+        let mistakes = |versions: &str, extra: &str| {
+            let text = format!(
+                "servers:\n  canary:\n    command: [/bin/sleep]\n    ports: [{{name: game, protocol: tcp}}]\n{extra}    versions: {versions}\nqueues:\n  - {{name: q, session_size: 2, server: canary}}\n"
+            );
+            load(&text, local()).unwrap_err()
+        };
+        let got = mistakes("[{name: a, weight: 0}, {name: b, weight: 0}]", "");
+        assert_eq!(
+            got,
+            [r#"server "canary": versions: at least one version needs a weight above 0"#]
+        );
+        let got = mistakes("[{name: a, weight: 1}, {name: a, weight: 1}]", "");
+        assert_eq!(got, [r#"server "canary": versions[1]: "a" is named twice"#]);
+        let got = mistakes("[{name: -a, weight: 1}]", "");
+        assert!(got[0].contains(r#"versions[0]: name "-a" must be"#), "{got:?}");
+        let got = mistakes("[{name: a, weight: 1001}]", "");
+        assert!(got[0].contains("weight must be 0 to 1000"), "{got:?}");
+        let got = mistakes(
+            "[{name: a, weight: 1, command: [/no/such/program]}, {name: b, weight: 1}]",
+            "",
+        );
+        assert_eq!(
+            got,
+            [r#"server "canary": version "a": command[0] "/no/such/program" is not an executable file"#]
+        );
+        let got = mistakes("[{name: a, weight: 1, colour: red}]", "");
+        assert!(got[0].contains("unknown field `colour`"), "{got:?}");
+        let got = mistakes(
+            "[{name: a, weight: 1}]",
+            "    ready: sdk\n    warm_pool: {min: 1, max: 2}\n",
+        );
+        assert!(
+            got.iter().any(|m| m.contains("warm_pool and versions together")),
+            "{got:?}"
+        );
+        // A mistake every version shares is said once, without a version's name.
+        let text = "servers:\n  canary:\n    ports: [{name: game, protocol: tcp}]\n    versions: [{name: a, weight: 1}, {name: b, weight: 1}]\nqueues:\n  - {name: q, session_size: 2, server: canary}\n";
+        assert_eq!(
+            load(text, local()).unwrap_err(),
+            [r#"server "canary": needs `command` to run with RUNTIME=local"#]
+        );
+        // With Pods, each version needs an image, its own or the profile's.
+        let text = "servers:\n  canary:\n    ports: [{name: game, protocol: tcp}]\n    versions: [{name: a, weight: 1, image: \"g:1\"}, {name: b, weight: 1}]\nqueues:\n  - {name: q, session_size: 2, server: canary}\n";
+        assert_eq!(
+            load(text, Target::Kubernetes).unwrap_err(),
+            [r#"server "canary": version "b": needs `image` to run with RUNTIME=kubernetes"#]
+        );
     }
 
     #[test]

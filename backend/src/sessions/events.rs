@@ -214,6 +214,7 @@ mod tests {
             change: Change::Ready {
                 server: "gs".into(),
                 addr: "127.0.0.1:1".into(),
+                version: None,
             },
         })
         .unwrap();

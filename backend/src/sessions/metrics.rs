@@ -35,6 +35,12 @@ struct QueueLabel {
     queue: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    profile: String,
+    version: String,
+}
+
 /// A state of the sessions this replica supervises, as `mp_sessions` counts them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Supervised {
@@ -58,6 +64,7 @@ pub(crate) struct SessionsMetrics {
     join_to_matched: Family<QueueLabel, Histogram, fn() -> Histogram>,
     server_start: Histogram,
     start_failures: Family<ReasonLabel, Counter>,
+    version_sessions: Family<VersionLabel, Counter>,
     /// The same events, counted for operators across replicas.
     window: Arc<Window>,
 }
@@ -77,6 +84,7 @@ impl SessionsMetrics {
             join_to_matched: Family::new_with_constructor(latency_histogram),
             server_start: latency_histogram(),
             start_failures: Family::default(),
+            version_sessions: Family::default(),
             window,
         };
         for reason in START_FAILURES {
@@ -124,6 +132,35 @@ impl SessionsMetrics {
             "Game servers that did not start (their players went back to the head of the queue), by reason: timeout (not ready in time), exited (before it was ready), spawn (could not be started: the runtime refused)",
             self.start_failures.clone(),
         );
+        registry.register(
+            "mp_version_sessions",
+            "Sessions whose server started on each version of a profile with versions (the split of the weights)",
+            self.version_sessions.clone(),
+        );
+    }
+
+    /// Every version of every profile with versions, at 0.
+    pub(crate) fn known_versions(&self, profiles: &crate::runtime::profiles::Profiles) {
+        for profile in profiles.iter() {
+            for version in &profile.versions {
+                drop(self.version_sessions.get_or_create(&VersionLabel {
+                    profile: profile.name.clone(),
+                    version: version.name.clone(),
+                }));
+            }
+        }
+    }
+
+    /// Counts a session whose server started on a version of its profile.
+    pub(crate) fn version_started(&self, profile: &crate::runtime::profiles::Profile) {
+        if let Some(version) = &profile.version {
+            self.version_sessions
+                .get_or_create(&VersionLabel {
+                    profile: profile.name.clone(),
+                    version: version.clone(),
+                })
+                .inc();
+        }
     }
 
     /// Counts an ended session by reason.

@@ -167,7 +167,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         &inner.config.secret,
         inner.config.ready_timeout,
     )
-    .running(&formed.queue, inner.config.profiles.for_queue(&formed.queue))
+    .running(&formed.queue, inner.config.profiles.pick(&formed.queue))
     .with_sdk_ready(sessions.sdk_ready(sid));
     let profile = spec.profile.clone();
     let started = Instant::now();
@@ -201,12 +201,14 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     };
     inner.backoff.succeeded();
     inner.metrics.server_start(started.elapsed());
+    inner.metrics.version_started(&profile);
 
     let route = ServerRoute {
         server: server.name(),
         addr: server.addr(),
         udp_addr: server.udp_addr(),
         identity: profile.identity,
+        version: profile.version.as_deref(),
     };
     match sessions.mark_ready(formed, &route).await {
         Some(ReadyOutcome::Ready) => {}

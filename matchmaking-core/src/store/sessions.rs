@@ -24,6 +24,8 @@ pub struct ServerRoute<'a> {
     /// `ip:port` of its UDP game port, when it has one.
     pub udp_addr: Option<&'a str>,
     pub identity: Identity,
+    /// The version of its profile it runs, when the profile lists versions.
+    pub version: Option<&'a str>,
 }
 
 /// An SDK call of a server's that the backend keeps.
@@ -57,6 +59,7 @@ impl Store {
             addr,
             udp_addr: None,
             identity: Identity::JoinLine,
+            version: None,
         };
         self.mark_ready_at(sid, &route, now_ms).await
     }
@@ -75,6 +78,7 @@ impl Store {
             .arg(k.events())
             .arg(route.udp_addr.unwrap_or_default())
             .arg(route.identity.as_str())
+            .arg(route.version.unwrap_or_default())
             .invoke_async(&mut self.conn())
             .await?;
         Ok(outcome)

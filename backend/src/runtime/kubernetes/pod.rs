@@ -23,6 +23,8 @@ const SESSION_LABEL: &str = "matchplane.io/session";
 const WARM_LABEL: &str = "matchplane.io/warm";
 /// The label naming the server profile a Pod runs (none on the built-in game server's).
 const PROFILE_LABEL: &str = "matchplane.io/profile";
+/// The version of its profile a Pod runs, when the profile lists versions.
+const VERSION_LABEL: &str = "matchplane.io/version";
 /// How long a warm Pod may wait unclaimed before the pool replaces it; its
 /// `activeDeadlineSeconds` is this plus the session deadline, and a claim lowers it to the
 /// Pod's age plus the session deadline.
@@ -212,6 +214,9 @@ fn render_profile(
     let mut pod = pod_around(template, name, role, container, deadline);
     if let Some(labels) = pod.metadata.labels.as_mut() {
         labels.insert(PROFILE_LABEL.to_owned(), profile.name.clone());
+        if let Some(version) = &profile.version {
+            labels.insert(VERSION_LABEL.to_owned(), version.clone());
+        }
     }
     if let Some(pod_spec) = pod.spec.as_mut() {
         pod_spec.termination_grace_period_seconds =
