@@ -27,7 +27,20 @@ bin=$MP_BIN
 out=.run/console-check
 rm -rf "$out"; mkdir -p "$out"
 out=$(cd "$out" && pwd)
-export MP_TLS=1 MP_PROXY_CONSOLE=1 SESSION_SIZE=4
+# The swarm's queue, and a profile with versions for the console to set weights of and drain.
+cat >"$out/queues.yaml" <<'YAML'
+servers:
+  canary:
+    command: ["/bin/sleep", "60"]
+    ports: [{name: game, protocol: tcp}]
+    versions:
+      - {name: stable, weight: 1}
+      - {name: next, weight: 0}
+queues:
+  - {name: default, session_size: 4}
+  - {name: canary, session_size: 2, server: canary}
+YAML
+export MP_TLS=1 MP_PROXY_CONSOLE=1 SESSION_SIZE=4 MATCHMAKING_CONFIG=$out/queues.yaml
 echo "== starting Redis, PostgreSQL, backend and proxy (TLS, the console under /api/console/) =="
 mp_start_stack "$out/stack"
 swarm_pid=''

@@ -225,7 +225,10 @@ async function poll() {
     ]);
     renderOverview(overview);
     renderSessions(sessions);
-    if (polls % AUDIT_EVERY === 0) renderAudit(await api('operator/audit?limit=50'));
+    if (polls % AUDIT_EVERY === 0) {
+      renderAudit(await api('operator/audit?limit=50'));
+      await refreshVersions();
+    }
     polls += 1;
     showProblem('');
     $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -243,13 +246,29 @@ function schedule() {
   }, POLL_MS);
 }
 
-function confirmEnd(view) {
+/// Asks for a confirmation in the page's dialog; resolves to whether it was given.
+function confirmed({ title, text, yes, no }) {
   const dialog = $('confirm');
-  $('confirm-session').textContent = view.session_id;
-  $('confirm-players').textContent = view.players.join(', ');
+  $('confirm-title').textContent = title;
+  $('confirm-text').textContent = text;
+  $('confirm-yes').textContent = yes;
+  $('confirm-cancel').textContent = no;
   dialog.returnValue = '';
-  dialog.onclose = async () => {
-    if (dialog.returnValue !== 'end') return;
+  return new Promise((resolve) => {
+    dialog.onclose = () => resolve(dialog.returnValue === 'yes');
+    dialog.showModal();
+    $('confirm-yes').focus();
+  });
+}
+
+async function confirmEnd(view) {
+  const yes = await confirmed({
+    title: 'End this session?',
+    text: `Session ${view.session_id} ends for its players ${view.players.join(', ')} now; its server is stopped.`,
+    yes: 'End session',
+    no: 'Keep it',
+  });
+  if (yes) {
     try {
       const ended = await api(`match/${encodeURIComponent(view.session_id)}/end`, { method: 'POST' });
       showProblem('');
@@ -260,9 +279,83 @@ function confirmEnd(view) {
     polls = 0;
     await poll();
     await lookUp();
-  };
-  dialog.showModal();
-  $('confirm-end').focus();
+  }
+}
+
+function renderVersions(list) {
+  $('versions-section').hidden = list.profiles.length === 0;
+  const blocks = list.profiles.map((p) => {
+    const block = el('div', null, { class: 'profile-versions' });
+    block.append(el('h3', `${p.profile} (queues: ${p.queues.join(', ') || 'none'})`));
+    const table = el('table');
+    const head = table.createTHead().insertRow();
+    for (const name of ['version', 'weight', 'queue file', 'state', 'live sessions', ''])
+      head.append(el('th', name, { scope: 'col' }));
+    const body = table.createTBody();
+    const inputs = new Map();
+    for (const v of p.versions) {
+      const input = el('input', null, {
+        type: 'number', min: '0', max: '1000', step: '1', value: String(v.weight),
+        'aria-label': `weight of ${p.profile} ${v.name}`, name: `weight-${p.profile}-${v.name}`,
+      });
+      inputs.set(v.name, input);
+      const state = v.draining ? (v.drained_at ? `drained ${when(v.drained_at)}` : 'draining') : 'taking sessions';
+      const drain = el('button', 'Drain', { type: 'button', class: 'danger', 'aria-label': `Drain ${p.profile} ${v.name}` });
+      drain.disabled = v.draining;
+      drain.addEventListener('click', () => drainVersion(p.profile, v.name, v.live_sessions));
+      body.append(row([v.name, input, v.file_weight, state, v.live_sessions, drain]));
+    }
+    const save = el('button', 'Save weights', { type: 'button', 'aria-label': `Save the weights of ${p.profile}` });
+    save.addEventListener('click', () => saveWeights(p.profile, inputs));
+    const wrap = el('div', null, { class: 'scroll' });
+    wrap.append(table);
+    block.append(wrap, save);
+    return block;
+  });
+  // A weight being typed is not replaced under the operator's hands.
+  const editing = document.activeElement;
+  if (!(editing && editing.tagName === 'INPUT' && $('versions').contains(editing)))
+    $('versions').replaceChildren(...blocks);
+}
+
+async function refreshVersions() {
+  renderVersions(await api('operator/versions'));
+}
+
+async function saveWeights(profile, inputs) {
+  const weights = {};
+  for (const [name, input] of inputs) weights[name] = Number(input.value);
+  try {
+    await api(`operator/versions/${encodeURIComponent(profile)}`, { method: 'PUT', body: { weights } });
+    showProblem('');
+    $('updated').textContent = `weights of ${profile} saved`;
+  } catch (e) {
+    showProblem(`The weights were not saved: ${e.message}`);
+  }
+  document.activeElement.blur();
+  polls = 0;
+  await refreshVersions();
+  await poll();
+}
+
+async function drainVersion(profile, version, live) {
+  const yes = await confirmed({
+    title: `Drain ${profile} ${version}?`,
+    text: `No new session will run ${version}; its ${live} running sessions play to their end. Set its weight again to undo.`,
+    yes: 'Drain',
+    no: 'Keep it',
+  });
+  if (!yes) return;
+  try {
+    await api(`operator/versions/${encodeURIComponent(profile)}/${encodeURIComponent(version)}/drain`, { method: 'POST' });
+    showProblem('');
+    $('updated').textContent = `${profile} ${version} draining`;
+  } catch (e) {
+    showProblem(`${version} was not drained: ${e.message}`);
+  }
+  polls = 0;
+  await refreshVersions();
+  await poll();
 }
 
 let lookedUp = '';

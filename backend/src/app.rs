@@ -245,6 +245,7 @@ impl App {
         let operators = Arc::new(Operators::new(
             sessions.store().clone(),
             history.clone(),
+            settings.profiles.clone(),
             settings.admin_token.as_deref().unwrap_or_default(),
             Queues::clone(&settings.queues),
             &settings.instance_id,
@@ -253,6 +254,7 @@ impl App {
             .window
             .clone()
             .run(sessions.store().clone(), phases.background.clone());
+        let store_for_versions = sessions.store().clone();
         let state = Arc::new(http::AppState {
             operators: operators.clone(),
             auth,
@@ -274,6 +276,15 @@ impl App {
         let mut tasks = tasks;
         tasks.push(essential("operators' reports", &shutdown, Box::pin(reporting)));
         tasks.push(essential("operators' counts", &shutdown, Box::pin(counting)));
+        if settings.profiles.iter().any(|p| !p.versions.is_empty()) {
+            let following = runtime::versions::run(
+                store_for_versions,
+                settings.profiles.clone(),
+                settings.queues.clone(),
+                phases.background.clone(),
+            );
+            tasks.push(essential("versions", &shutdown, Box::pin(following)));
+        }
         let http = {
             let stop = phases.http.clone();
             let app = http::router(state);

@@ -183,6 +183,7 @@ async fn check_matrix(http: &Http, sid: &str, via_proxy: bool) -> String {
         ("operator", Method::GET, "/operator/overview".into(), None),
         ("operator", Method::GET, "/operator/failures".into(), None),
         ("operator", Method::GET, "/operator/audit".into(), None),
+        ("operator", Method::GET, "/operator/versions".into(), None),
         (
             "report",
             Method::POST,

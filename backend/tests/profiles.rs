@@ -1041,3 +1041,197 @@ queues:
     }
     backend.stop().await;
 }
+
+/// A backend of `prefix` named `instance`, running `file`'s profiles.
+async fn replica(prefix: &str, db: &str, file: &Path, instance: &str) -> Backend {
+    let settings = local_settings(prefix, db, &common::built_binary("game-server"))
+        .matchmaking_config(file)
+        .instance_id(instance)
+        // Its sessions' servers are stopped a second into its shutdown.
+        .shutdown_grace_seconds(1.0)
+        .build()
+        .unwrap();
+    Backend::start(settings).await
+}
+
+async fn as_admin(http: &Http, method: hyper::Method, path: &str, body: Option<Value>) -> (hyper::StatusCode, Value) {
+    let auth = common::admin_auth();
+    let mut headers = vec![("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    http.request(method, path, &headers, body).await
+}
+
+/// The versions each of `n` sessions of `queue` ran, joined through `http` one after another
+/// (their servers left waiting for their players).
+async fn versions_of_sessions(http: &Http, queue: &str, tag: &str, n: usize) -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let (a, b) = (format!("{tag}{i}a"), format!("{tag}{i}b"));
+        let statuses = matched(http, queue, &[&a, &b]).await;
+        out.push((statuses[0]["version"].as_str().unwrap().to_owned(), statuses));
+    }
+    out
+}
+
+#[tokio::test]
+async fn weights_set_at_run_time_reach_every_replica_survive_restarts_and_a_drain_lets_matches_finish() {
+    let dir = scratch();
+    script(&dir, "stable.py", VERSION_SERVER);
+    script(&dir, "next.py", VERSION_SERVER);
+    let file = dir.join("queues.yaml");
+    let queues = r#"
+servers:
+  canary:
+    command: ["SCRIPT/stable.py", "stable-build"]
+    ports: [{name: game, protocol: tcp}]
+    ready: port
+    versions:
+      - {name: stable, weight: 1}
+      - {name: next, command: ["SCRIPT/next.py", "next-build"], weight: 0}
+queues:
+  - {name: duel, session_size: 2, server: canary}
+"#;
+    std::fs::write(&file, queues.replace("SCRIPT", dir.to_str().unwrap())).unwrap();
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let first = replica(&prefix, &db, &file, "replica-1").await;
+    let second = replica(&prefix, &db, &file, "replica-2").await;
+    let (status, list) = as_admin(&first.http, hyper::Method::GET, "/operator/versions", None).await;
+    assert_eq!(status, 200, "{list}");
+    let canary = &list["profiles"][0];
+    assert_eq!(canary["profile"], "canary");
+    assert_eq!(canary["queues"], serde_json::json!(["duel"]));
+    assert_eq!(
+        (
+            canary["versions"][0]["weight"].as_u64(),
+            canary["versions"][1]["weight"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+
+    // Weights set on one replica: the other follows within a second, with no restart.
+    let body = serde_json::json!({"weights": {"stable": 0, "next": 1}});
+    let (status, now) = as_admin(&first.http, hyper::Method::PUT, "/operator/versions/canary", Some(body)).await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(now["versions"][1]["weight"], 1);
+    first.stop().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let on_second = versions_of_sessions(&second.http, "duel", "w", 2).await;
+    assert!(on_second.iter().all(|(v, _)| v == "next"), "{on_second:?}");
+    // ... and a replica started afterwards reads them from Redis.
+    let third = replica(&prefix, &db, &file, "replica-3").await;
+    second.stop().await;
+    let on_third = versions_of_sessions(&third.http, "duel", "r", 1).await;
+    assert_eq!(on_third[0].0, "next");
+    let running = on_third[0].1.clone();
+    let running_sid = running[0]["session_id"].as_str().unwrap().to_owned();
+
+    // Bad changes are refused and change nothing.
+    for (method, path, body, want) in [
+        (
+            hyper::Method::PUT,
+            "/operator/versions/nope",
+            Some(serde_json::json!({"weights": {}})),
+            404,
+        ),
+        (
+            hyper::Method::PUT,
+            "/operator/versions/canary",
+            Some(serde_json::json!({"weights": {"beta": 1}})),
+            404,
+        ),
+        (
+            hyper::Method::PUT,
+            "/operator/versions/canary",
+            Some(serde_json::json!({"weights": {"next": 1001}})),
+            422,
+        ),
+        (
+            hyper::Method::PUT,
+            "/operator/versions/canary",
+            Some(serde_json::json!({"weights": {"next": 0}})),
+            422,
+        ),
+        (
+            hyper::Method::PUT,
+            "/operator/versions/canary",
+            Some(serde_json::json!({"weights": {"next": -1}})),
+            422,
+        ),
+        (hyper::Method::POST, "/operator/versions/canary/next/drain", None, 422),
+        (hyper::Method::POST, "/operator/versions/canary/beta/drain", None, 404),
+    ] {
+        let (status, reply) = as_admin(&third.http, method.clone(), path, body.clone()).await;
+        assert_eq!(status, want, "{method} {path} {body:?}: {reply}");
+    }
+    let (status, _) = third
+        .http
+        .request(
+            hyper::Method::POST,
+            "/operator/versions/canary/next/drain",
+            &[("authorization", &common::service_auth())],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // A drain: no new session on it, and the running one plays to its end.
+    let body = serde_json::json!({"weights": {"stable": 1}});
+    assert_eq!(
+        as_admin(&third.http, hyper::Method::PUT, "/operator/versions/canary", Some(body))
+            .await
+            .0,
+        200
+    );
+    let (status, now) = as_admin(
+        &third.http,
+        hyper::Method::POST,
+        "/operator/versions/canary/next/drain",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{now}");
+    let next = &now["versions"][1];
+    assert_eq!(
+        (next["draining"].as_bool(), next["weight"].as_u64()),
+        (Some(true), Some(0)),
+        "{now}"
+    );
+    assert_eq!(next["live_sessions"], 1, "{now}");
+    assert_eq!(next["drained_at"], Value::Null);
+    let after = versions_of_sessions(&third.http, "duel", "d", 2).await;
+    assert!(after.iter().all(|(v, _)| v == "stable"), "{after:?}");
+    assert_eq!(
+        third.http.status("r0a", 0.0).await["status"],
+        "matched",
+        "the drain stops no match"
+    );
+    let (proxy, _stop) = start_proxy(third.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    for status in &running {
+        let (line, _) = say_hello(proxy, status).await;
+        assert_eq!(line, "VERSION next next-build");
+    }
+    assert_eq!(end_reason(&db, &running_sid).await, "completed");
+    let drained = eventually(Duration::from_secs(15), || async {
+        let (_, list) = as_admin(&third.http, hyper::Method::GET, "/operator/versions", None).await;
+        let next = list["profiles"][0]["versions"][1].clone();
+        next["drained_at"].is_string().then_some(next)
+    })
+    .await;
+    assert_eq!(drained["live_sessions"], 0, "{drained}");
+    // Every change is in the audit log, refusals included.
+    let (_, log) = as_admin(&third.http, hyper::Method::GET, "/operator/audit?limit=50", None).await;
+    let entries = log["entries"].as_array().unwrap();
+    let has = |action: &str, outcome: &str| {
+        entries
+            .iter()
+            .any(|e| e["action"] == action && e["outcome"].as_str().is_some_and(|o| o.starts_with(outcome)))
+    };
+    assert!(has("set_weights", "stable=0,next=1"), "{log}");
+    assert!(has("drain_version", "stable=1,next=0 (draining next)"), "{log}");
+    assert!(has("drain_version", "refused: "), "{log}");
+    third.stop().await;
+}

@@ -29,6 +29,7 @@
 //! | `{P}:stats:<t>` | hash | what every replica counted in the 10 s from Unix second `t` (the console's rates and percentiles); 20 minutes' TTL |
 //! | `{P}:replicas` | hash | replica id → its last report (`GET /health` and when), for operators; pruned 15 minutes after the last |
 //! | `{P}:failures` | list | the latest 200 session failures (JSON), newest first |
+//! | `{P}:versions` | hash | a server profile's name → its versions' weights and drains as operators last set them (JSON) |
 //! | `{P}:console:<h>` | string | a console sign-in, `h` the SHA-256 of its cookie; expires with it |
 
 /// The keys of one queue.
@@ -163,6 +164,11 @@ impl Keys {
         self.named("failures")
     }
 
+    /// Operators' weights and drains of profiles' versions.
+    pub fn versions(&self) -> String {
+        self.named("versions")
+    }
+
     /// A console sign-in, by the SHA-256 (hex) of its cookie.
     pub fn console(&self, digest: &str) -> String {
         self.named(&format!("console:{digest}"))
@@ -195,6 +201,7 @@ mod tests {
             keys.replicas(),
             keys.failures(),
             keys.console("ab"),
+            keys.versions(),
         ] {
             assert!(key.starts_with("{mp}:"), "{key}");
         }

@@ -189,3 +189,85 @@ pub struct ConsoleSession {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
+
+/// `GET /operator/versions`: every server profile with versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionsList {
+    pub profiles: Vec<ProfileVersions>,
+}
+
+/// One profile's versions as operators see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileVersions {
+    pub profile: String,
+    /// The queues whose sessions run it.
+    pub queues: Vec<String>,
+    pub versions: Vec<VersionView>,
+}
+
+/// One version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionView {
+    pub name: String,
+    /// Its weight in the queue file.
+    pub file_weight: u32,
+    /// Its weight in force: an operator's when set, 0 while draining, else the file's.
+    pub weight: u32,
+    pub draining: bool,
+    /// When its last session ended after it began draining; `null` until then.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub drained_at: Option<OffsetDateTime>,
+    /// Its live sessions (with their server ready).
+    pub live_sessions: u64,
+}
+
+/// `PUT /operator/versions/{profile}`: new weights for some or all of its versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetWeights {
+    /// Whole numbers (`3` or `3.0`, as JSON allows).
+    #[serde(deserialize_with = "whole_numbers")]
+    pub weights: std::collections::BTreeMap<String, u32>,
+}
+
+/// A map of whole numbers, written as integers or as numbers with no fraction.
+fn whole_numbers<'de, D>(deserializer: D) -> Result<std::collections::BTreeMap<String, u32>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    let raw = std::collections::BTreeMap::<String, serde_json::Number>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, number)| {
+            let whole = number.as_u64().or_else(|| {
+                number
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                    .map(|f| f as u64)
+            });
+            match whole.and_then(|w| u32::try_from(w).ok()) {
+                Some(w) => Ok((key, w)),
+                None => Err(D::Error::custom(format!(
+                    "the weight of {key:?} must be a whole number from 0 to 1000, got {number}"
+                ))),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SetWeights;
+
+    #[test]
+    fn weights_are_whole_numbers_however_json_writes_them() {
+        let set: SetWeights = serde_json::from_str(r#"{"weights": {"a": 3, "b": 299.0}}"#).unwrap();
+        assert_eq!(set.weights, [("a".to_owned(), 3), ("b".to_owned(), 299)].into());
+        for bad in [
+            r#"{"weights": {"a": 2.5}}"#,
+            r#"{"weights": {"a": -1}}"#,
+            r#"{"weights": {"a": "1"}}"#,
+        ] {
+            assert!(serde_json::from_str::<SetWeights>(bad).is_err(), "{bad}");
+        }
+    }
+}

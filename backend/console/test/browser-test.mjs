@@ -115,7 +115,7 @@ async function walkThrough() {
   );
   const firstRow = page.locator("#sessions tbody tr").first();
   const sessionId = await firstRow.locator("code").getAttribute("title");
-  const players = (await firstRow.locator("td").nth(4).textContent()).split(", ");
+  const players = (await firstRow.locator("td").nth(5).textContent()).split(", ");
   const player = players[0];
   await page.fill("#player-id", player);
   await page.press("#player-id", "Enter");
@@ -139,7 +139,7 @@ async function walkThrough() {
   await page.keyboard.press("Enter");
   await page.waitForSelector("#confirm[open]");
   check(
-    (await page.evaluate(() => document.activeElement.id)) === "confirm-end",
+    (await page.evaluate(() => document.activeElement.id)) === "confirm-yes",
     "the dialog does not focus its confirm button",
   );
   await page.keyboard.press("Enter");
@@ -154,7 +154,10 @@ async function walkThrough() {
     `the audit log's latest entry is not this end: ${audit}`,
   );
   await page.waitForFunction(
-    (who) => document.querySelector("#player").textContent.includes(`${who} is ended (stopped)`),
+    (who) => {
+      const text = document.querySelector("#player").textContent;
+      return text.includes(`${who} is ended in session`) && text.includes("(stopped)");
+    },
     player,
     { timeout: 10_000 },
   );
@@ -165,6 +168,32 @@ async function walkThrough() {
       `${p} does not see the session ended (stopped): ${JSON.stringify(status.body)}`,
     );
   }
+
+  // Versions: new weights saved, then a version drained (confirmed), each audited.
+  await page.waitForSelector("#versions-section:not([hidden])");
+  await page.fill('input[name="weight-canary-next"]', "3");
+  await page.click('button[aria-label="Save the weights of canary"]');
+  await page.waitForFunction(() => document.querySelector("#updated").textContent.includes("weights of canary saved"));
+  await page.click('button[aria-label="Drain canary stable"]');
+  await page.waitForSelector("#confirm[open]");
+  await page.click("#confirm-yes");
+  await page.waitForFunction(
+    () => /drained|draining/.test(document.querySelector("#versions").textContent),
+    null,
+    { timeout: 10_000 },
+  );
+  const versions = await asOperator(page, "operator/versions");
+  const [stable, next] = versions.body.profiles[0].versions;
+  check(
+    stable.draining && stable.weight === 0 && next.weight === 3,
+    `the versions are not as the console set them: ${JSON.stringify(versions.body)}`,
+  );
+  await page.waitForFunction(
+    () => /drain_version/.test(document.querySelector("#audit tbody").textContent) &&
+      /set_weights/.test(document.querySelector("#audit tbody").textContent),
+    null,
+    { timeout: 15_000 },
+  );
 
   // Keyboard: every control can be reached with Tab.
   await page.selectOption('#filters select[name="state"]', "");

@@ -93,6 +93,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/operator/overview", get(operators::overview))
         .route("/operator/failures", get(operators::failures))
         .route("/operator/audit", get(operators::audit_log))
+        .route("/operator/versions", get(operators::versions))
+        .route(
+            "/operator/versions/{profile}",
+            axum::routing::put(operators::set_weights),
+        )
+        .route("/operator/versions/{profile}/{version}/drain", post(operators::drain))
         .route_layer(class(Class::Operator));
     Router::new()
         .merge(player)

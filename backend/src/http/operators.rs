@@ -12,13 +12,14 @@ use axum::{Extension, Json};
 use identity::Caller;
 use matchmaking_core::store::EndOutcome;
 use protocol::api::{ApiErrorCode, EndReason, MatchStatus, SessionEnded};
-use protocol::operators::{AuditLog, FailureList, Overview};
+use protocol::operators::{AuditLog, FailureList, Overview, ProfileVersions, SetWeights, VersionsList};
 use serde::Deserialize;
 
 use super::auth::Access;
 use super::error::{ApiError, ApiResult};
 use super::{AppState, check_session_id};
 use crate::history::NewAction;
+use crate::runtime::versions::Refused;
 
 /// The TCP peer of a request's connection, as the server saw it.
 #[derive(Debug, Clone, Copy)]
@@ -179,4 +180,89 @@ pub(super) async fn audit_log(
     Ok(Json(AuditLog {
         entries: state.operators.audit(limit).await?,
     }))
+}
+
+/// `GET /operator/versions`.
+pub(super) async fn versions(State(state): State<Arc<AppState>>) -> ApiResult<Json<VersionsList>> {
+    Ok(Json(VersionsList {
+        profiles: state.operators.versions().await?,
+    }))
+}
+
+/// `PUT /operator/versions/{profile}` `{"weights": {...}}`.
+pub(super) async fn set_weights(
+    State(state): State<Arc<AppState>>,
+    Path(profile): Path<String>,
+    access: Option<Extension<Access>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    super::ApiJson(body): super::ApiJson<SetWeights>,
+) -> ApiResult<Json<ProfileVersions>> {
+    audit_writable(&state)?;
+    let outcome = state.operators.set_weights(&profile, &body.weights).await;
+    let action = ("set_weights", profile.clone());
+    version_change(&state, action, access.as_deref(), &headers, peer, outcome, &profile).await
+}
+
+/// `POST /operator/versions/{profile}/{version}/drain`.
+pub(super) async fn drain(
+    State(state): State<Arc<AppState>>,
+    Path((profile, version)): Path<(String, String)>,
+    access: Option<Extension<Access>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<ProfileVersions>> {
+    audit_writable(&state)?;
+    let outcome = state.operators.drain(&profile, &version).await;
+    let action = ("drain_version", format!("{profile}/{version}"));
+    version_change(&state, action, access.as_deref(), &headers, peer, outcome, &profile).await
+}
+
+/// Audits a change of a profile's versions and answers it: the profile's versions now.
+async fn version_change(
+    state: &AppState,
+    (what, target): (&'static str, String),
+    access: Option<&Access>,
+    headers: &HeaderMap,
+    peer: Option<Extension<Peer>>,
+    outcome: matchmaking_core::store::Result<Result<String, Refused>>,
+    profile: &str,
+) -> ApiResult<Json<ProfileVersions>> {
+    let (actor, via, remote) = actor(access, headers, peer.map(|Extension(p)| p));
+    let (text, answer) = match outcome {
+        Ok(Ok(in_force)) => (in_force, Ok(())),
+        Ok(Err(refused)) => (format!("refused: {refused}"), Err(refusal(refused))),
+        Err(e) => (
+            "failed: the matchmaking store is unavailable".to_owned(),
+            Err(ApiError::Redis(e)),
+        ),
+    };
+    audit(
+        state,
+        NewAction {
+            actor,
+            via,
+            remote,
+            action: what,
+            target,
+            outcome: text,
+        },
+    )
+    .await;
+    answer?;
+    let views = state.operators.versions().await?;
+    views
+        .into_iter()
+        .find(|p| p.profile == profile)
+        .map(Json)
+        .ok_or_else(|| refusal(Refused::UnknownProfile(profile.to_owned())))
+}
+
+fn refusal(refused: Refused) -> ApiError {
+    match refused {
+        Refused::UnknownProfile(_) | Refused::UnknownVersion { .. } => {
+            ApiError::NotFound(ApiErrorCode::NotFound, refused.to_string())
+        }
+        Refused::Weight(_) | Refused::NoneLeft(_) => ApiError::Invalid(refused.to_string()),
+    }
 }

@@ -11,7 +11,11 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
-use protocol::operators::{AuditEntry, Failure, Overview};
+use std::collections::BTreeMap;
+
+use protocol::operators::{AuditEntry, Failure, Overview, ProfileVersions};
+
+use crate::runtime::versions::Refused;
 
 use crate::history::{History, MatchRow, NewAction, PlayerMatch};
 use crate::matchmaking::{JoinError, Matchmaking};
@@ -72,6 +76,17 @@ pub(crate) trait OperatorDesk: Send + Sync {
     fn sign_in<'a>(&'a self, name: &'a str) -> BoxFuture<'a, store::Result<(String, SignIn)>>;
     fn signed_in<'a>(&'a self, cookie: &'a str) -> BoxFuture<'a, store::Result<Option<SignIn>>>;
     fn sign_out<'a>(&'a self, cookie: &'a str) -> BoxFuture<'a, store::Result<()>>;
+    /// Every profile with versions.
+    fn versions(&self) -> BoxFuture<'_, store::Result<Vec<ProfileVersions>>>;
+    /// Sets weights of a profile's versions: what is in force now, or why not.
+    fn set_weights<'a>(
+        &'a self,
+        profile: &'a str,
+        weights: &'a BTreeMap<String, u32>,
+    ) -> BoxFuture<'a, store::Result<Result<String, Refused>>>;
+    /// Drains a version: what is in force now, or why not.
+    fn drain<'a>(&'a self, profile: &'a str, version: &'a str)
+    -> BoxFuture<'a, store::Result<Result<String, Refused>>>;
 }
 
 /// The match history's reads.
@@ -198,5 +213,25 @@ impl OperatorDesk for Operators {
 
     fn sign_out<'a>(&'a self, cookie: &'a str) -> BoxFuture<'a, store::Result<()>> {
         Box::pin(console::sign_out(self.store(), cookie))
+    }
+
+    fn versions(&self) -> BoxFuture<'_, store::Result<Vec<ProfileVersions>>> {
+        Box::pin(Operators::versions(self))
+    }
+
+    fn set_weights<'a>(
+        &'a self,
+        profile: &'a str,
+        weights: &'a BTreeMap<String, u32>,
+    ) -> BoxFuture<'a, store::Result<Result<String, Refused>>> {
+        Box::pin(Operators::set_weights(self, profile, weights))
+    }
+
+    fn drain<'a>(
+        &'a self,
+        profile: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, store::Result<Result<String, Refused>>> {
+        Box::pin(Operators::drain(self, profile, version))
     }
 }

@@ -215,6 +215,34 @@ impl OperatorDesk for Audit {
     fn sign_out<'a>(&'a self, _: &'a str) -> BoxFuture<'a, store::Result<()>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn versions(&self) -> BoxFuture<'_, store::Result<Vec<protocol::operators::ProfileVersions>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn set_weights<'a>(
+        &'a self,
+        profile: &'a str,
+        _: &'a std::collections::BTreeMap<String, u32>,
+    ) -> BoxFuture<'a, store::Result<Result<String, crate::runtime::versions::Refused>>> {
+        Box::pin(async move {
+            Ok(Err(crate::runtime::versions::Refused::UnknownProfile(
+                profile.to_owned(),
+            )))
+        })
+    }
+
+    fn drain<'a>(
+        &'a self,
+        profile: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, store::Result<Result<String, crate::runtime::versions::Refused>>> {
+        Box::pin(async move {
+            Ok(Err(crate::runtime::versions::Refused::UnknownProfile(
+                profile.to_owned(),
+            )))
+        })
+    }
 }
 
 struct Layer {

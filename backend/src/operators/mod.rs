@@ -12,7 +12,9 @@ use std::time::Duration;
 use matchmaking_core::queues::{DEFAULT_QUEUE, Queues};
 use matchmaking_core::store::{Store, now_ms};
 use protocol::api::BackendHealth;
-use protocol::operators::{Allows, Failure, Overview, QueueStats, Replica, ReplicaState, SessionCounts};
+use protocol::operators::{
+    Allows, Failure, Overview, ProfileVersions, QueueStats, Replica, ReplicaState, SessionCounts,
+};
 use protocol::sessions::SessionState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -21,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::window::{Counted, recent_slots};
 use crate::history::{History, from_ms};
+use crate::runtime::profiles::{Profile, Profiles};
+use crate::runtime::versions::{self, Refused, VersionSettings};
 
 /// How often a replica reports itself.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
@@ -58,6 +62,8 @@ struct Report {
 pub(crate) struct Operators {
     store: Store,
     history: History,
+    /// The server profiles, for their versions.
+    profiles: Arc<Profiles>,
     /// `ADMIN_TOKEN` (empty when unset: then nobody signs in to the console).
     operator_token: String,
     queues: Queues,
@@ -70,6 +76,7 @@ impl Operators {
     pub(crate) fn new(
         store: Store,
         history: History,
+        profiles: Arc<Profiles>,
         operator_token: &str,
         queues: Queues,
         instance: &str,
@@ -77,6 +84,7 @@ impl Operators {
         Operators {
             store,
             history,
+            profiles,
             operator_token: operator_token.to_owned(),
             queues,
             instance: instance.to_owned(),
@@ -219,6 +227,53 @@ impl Operators {
             tracing::debug!(error = %e, "could not forget old replica reports");
         }
         replicas.into_values().collect()
+    }
+
+    /// Every profile with versions, as operators see it.
+    pub(crate) async fn versions(&self) -> matchmaking_core::store::Result<Vec<ProfileVersions>> {
+        versions::views(&self.store, &self.profiles, &self.queues).await
+    }
+
+    /// Sets weights of `profile`'s versions (in force here at once, on every replica within
+    /// a second): what is in force now, or why not.
+    pub(crate) async fn set_weights(
+        &self,
+        profile: &str,
+        weights: &BTreeMap<String, u32>,
+    ) -> matchmaking_core::store::Result<Result<String, Refused>> {
+        self.change_versions(profile, |p, current| versions::with_weights(p, current, weights))
+            .await
+    }
+
+    /// Drains `version` of `profile`: no new session; its running ones play on.
+    pub(crate) async fn drain(
+        &self,
+        profile: &str,
+        version: &str,
+    ) -> matchmaking_core::store::Result<Result<String, Refused>> {
+        self.change_versions(profile, |p, current| versions::with_drain(p, current, version))
+            .await
+    }
+
+    async fn change_versions(
+        &self,
+        profile: &str,
+        change: impl FnOnce(&Profile, VersionSettings) -> Result<VersionSettings, Refused>,
+    ) -> matchmaking_core::store::Result<Result<String, Refused>> {
+        let profile = match versions::versioned(&self.profiles, profile) {
+            Ok(p) => p.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let current = versions::read(&self.store, &profile.name).await?;
+        let next = match change(&profile, current) {
+            Ok(next) => next,
+            Err(e) => return Ok(Err(e)),
+        };
+        versions::write(&self.store, &profile.name, &next).await?;
+        if let Some(picker) = self.profiles.picker(&profile.name) {
+            picker.set_weights(&next.weights(&profile));
+        }
+        Ok(Ok(versions::describe(&profile, &next)))
     }
 
     /// The latest `limit` failures, newest first.

@@ -14,6 +14,7 @@ pub mod kubernetes;
 pub(crate) mod local;
 pub mod profiles;
 pub mod settings;
+pub(crate) mod versions;
 pub(crate) mod warm;
 
 pub use profiles::{Ends, Profile};

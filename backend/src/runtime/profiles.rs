@@ -156,24 +156,24 @@ const MAX_WEIGHT: u32 = 1000;
 /// one of `n * weight / total` times.
 #[derive(Debug)]
 pub struct Picker {
-    weights: Vec<i64>,
-    current: std::sync::Mutex<Vec<i64>>,
+    /// The weights in force, and each version's running credit.
+    state: std::sync::Mutex<(Vec<i64>, Vec<i64>)>,
 }
 
 impl Picker {
     pub fn new(weights: &[u32]) -> Picker {
         Picker {
-            weights: weights.iter().map(|w| i64::from(*w)).collect(),
-            current: std::sync::Mutex::new(vec![0; weights.len()]),
+            state: std::sync::Mutex::new((weights.iter().map(|w| i64::from(*w)).collect(), vec![0; weights.len()])),
         }
     }
 
     /// The index of the next version.
     pub fn pick(&self) -> usize {
-        let total: i64 = self.weights.iter().sum();
-        let mut current = self.current.lock().expect("picker lock");
+        let mut state = self.state.lock().expect("picker lock");
+        let (weights, current) = &mut *state;
+        let total: i64 = weights.iter().sum();
         let mut best = 0;
-        for (i, weight) in self.weights.iter().enumerate() {
+        for (i, weight) in weights.iter().enumerate() {
             current[i] += weight;
             if current[i] > current[best] {
                 best = i;
@@ -181,6 +181,24 @@ impl Picker {
         }
         current[best] -= total;
         best
+    }
+
+    /// The weights in force.
+    pub fn weights(&self) -> Vec<u32> {
+        let state = self.state.lock().expect("picker lock");
+        state.0.iter().map(|w| u32::try_from(*w).unwrap_or(0)).collect()
+    }
+
+    /// Puts `weights` in force from the next choice (the split starts over), unless they are
+    /// in force already or none is above 0.
+    pub fn set_weights(&self, weights: &[u32]) -> bool {
+        let weights: Vec<i64> = weights.iter().map(|w| i64::from(*w)).collect();
+        let mut state = self.state.lock().expect("picker lock");
+        if state.0 == weights || weights.len() != state.0.len() || weights.iter().all(|w| *w == 0) {
+            return false;
+        }
+        *state = (weights, vec![0; state.1.len()]);
+        true
     }
 }
 
@@ -260,6 +278,11 @@ impl Profiles {
     /// The profile `queue`'s sessions run (a profile with versions: as the profile itself).
     pub fn for_queue(&self, queue: &str) -> Arc<Profile> {
         self.by_queue.get(queue).unwrap_or(&self.builtin).clone()
+    }
+
+    /// The version chooser of profile `name`, when it has versions.
+    pub fn picker(&self, name: &str) -> Option<&Arc<Picker>> {
+        self.pickers.get(name)
     }
 
     /// What `queue`'s next session runs: its profile, or the version of it the weights

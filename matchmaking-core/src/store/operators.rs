@@ -82,6 +82,21 @@ impl Store {
         Ok((holders, warm))
     }
 
+    /// Every profile's version settings as operators last set them (JSON), by profile.
+    pub async fn version_settings(&self) -> Result<HashMap<String, String>> {
+        self.conn().hgetall(self.keys().versions()).await
+    }
+
+    /// One profile's version settings (JSON).
+    pub async fn profile_version_settings(&self, profile: &str) -> Result<Option<String>> {
+        self.conn().hget(self.keys().versions(), profile).await
+    }
+
+    /// Sets one profile's version settings (JSON).
+    pub async fn put_version_settings(&self, profile: &str, settings: &str) -> Result<()> {
+        self.conn().hset(self.keys().versions(), profile, settings).await
+    }
+
     /// Keeps a console sign-in (JSON) under its cookie's digest for `ttl`.
     pub async fn put_console_session(&self, digest: &str, session: &str, ttl: Duration) -> Result<()> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
