@@ -51,6 +51,11 @@ async fn sim_with(start_delay_ms: u64, network: Option<kube_sim::network::Networ
                 "matchplane/sdk-example:1".to_owned(),
                 built_binary("sdk-example-server"),
             ),
+            // A second build of it, for two versions side by side.
+            (
+                "matchplane/sdk-example:2".to_owned(),
+                built_binary("sdk-example-server"),
+            ),
         ]
         .into(),
         // The namespace enforces the restricted Pod Security Standard, as deploy/ labels it.
@@ -1462,4 +1467,64 @@ async fn kube_sim_refuses_what_an_api_server_refuses_and_watches_follow_selector
     pods.delete(&name, &dry_delete).await.unwrap();
     assert!(pods.get(&name).await.is_ok());
     let _ = std::fs::remove_file(&kubeconfig);
+}
+
+/// Versions are images: a profile's two versions run side by side on the cluster, each
+/// session's Pod of its version's image and labelled with it, and each session says which.
+#[tokio::test]
+async fn two_versions_of_a_profile_run_side_by_side_as_pods_of_their_images() {
+    let sim = sim(0).await;
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
+    std::fs::write(
+        &file,
+        r#"
+servers:
+  udp-sdk:
+    command: ["sdk-example-server"]
+    image: matchplane/sdk-example:1
+    ports: [{name: udp, protocol: udp}]
+    ready: sdk
+    ends: sdk
+    versions:
+      - {name: "1", weight: 1}
+      - {name: "2", image: matchplane/sdk-example:2, weight: 1}
+queues:
+  - {name: udp, session_size: 1, server: udp-sdk}
+"#,
+    )
+    .unwrap();
+    let backend = replica(&sim, &prefix, &db, "r1", |s| {
+        s.matchmaking_config(&file).shutdown_grace_seconds(1.0)
+    })
+    .await;
+    let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(sim_client(&sim).await, NS);
+    let mut seen = Vec::new();
+    for player in ["v-a", "v-b"] {
+        let status = common::matched_in(&backend.http, "udp", &[player]).await.remove(0);
+        let sid = status["session_id"].as_str().unwrap().to_owned();
+        let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
+        let pod = pods.get(session["server"].as_str().unwrap()).await.unwrap();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let image = pod.spec.unwrap().containers.remove(0).image.unwrap();
+        seen.push((
+            status["version"].as_str().unwrap().to_owned(),
+            labels.get("matchplane.io/version").cloned().unwrap_or_default(),
+            image,
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("1".into(), "1".into(), "matchplane/sdk-example:1".into()),
+            ("2".into(), "2".into(), "matchplane/sdk-example:2".into()),
+        ]
+    );
+    // Both run at once: two Pods, each Running.
+    let running = sim.cluster.records().iter().filter(|r| r.deleted_ms.is_none()).count();
+    assert!(running >= 2, "{running} Pods running");
+    backend.stop().await;
+    let _ = std::fs::remove_file(&file);
 }

@@ -1130,42 +1130,23 @@ queues:
     let running_sid = running[0]["session_id"].as_str().unwrap().to_owned();
 
     // Bad changes are refused and change nothing.
-    for (method, path, body, want) in [
-        (
-            hyper::Method::PUT,
-            "/operator/versions/nope",
-            Some(serde_json::json!({"weights": {}})),
-            404,
-        ),
-        (
-            hyper::Method::PUT,
-            "/operator/versions/canary",
-            Some(serde_json::json!({"weights": {"beta": 1}})),
-            404,
-        ),
-        (
-            hyper::Method::PUT,
-            "/operator/versions/canary",
-            Some(serde_json::json!({"weights": {"next": 1001}})),
-            422,
-        ),
-        (
-            hyper::Method::PUT,
-            "/operator/versions/canary",
-            Some(serde_json::json!({"weights": {"next": 0}})),
-            422,
-        ),
-        (
-            hyper::Method::PUT,
-            "/operator/versions/canary",
-            Some(serde_json::json!({"weights": {"next": -1}})),
-            422,
-        ),
-        (hyper::Method::POST, "/operator/versions/canary/next/drain", None, 422),
-        (hyper::Method::POST, "/operator/versions/canary/beta/drain", None, 404),
+    for (profile, weights, want) in [
+        ("nope", serde_json::json!({}), 404),
+        ("canary", serde_json::json!({"beta": 1}), 404),
+        ("canary", serde_json::json!({"next": 1001}), 422),
+        ("canary", serde_json::json!({"next": 0}), 422),
+        ("canary", serde_json::json!({"next": -1}), 422),
+        ("canary", serde_json::json!({"next": 0.5}), 422),
     ] {
-        let (status, reply) = as_admin(&third.http, method.clone(), path, body.clone()).await;
-        assert_eq!(status, want, "{method} {path} {body:?}: {reply}");
+        let path = format!("/operator/versions/{profile}");
+        let body = serde_json::json!({ "weights": weights });
+        let (status, reply) = as_admin(&third.http, hyper::Method::PUT, &path, Some(body)).await;
+        assert_eq!(status, want, "{path} {weights}: {reply}");
+    }
+    for (version, want) in [("next", 422), ("beta", 404)] {
+        let path = format!("/operator/versions/canary/{version}/drain");
+        let (status, reply) = as_admin(&third.http, hyper::Method::POST, &path, None).await;
+        assert_eq!(status, want, "{path}: {reply}");
     }
     let (status, _) = third
         .http
@@ -1234,4 +1215,79 @@ queues:
     assert!(has("drain_version", "stable=1,next=0 (draining next)"), "{log}");
     assert!(has("drain_version", "refused: "), "{log}");
     third.stop().await;
+}
+
+/// Joins `player` to `queue` as the studio's service with `client_version`.
+async fn join_as_client(http: &Http, queue: &str, player: &str, client_version: &str) -> (hyper::StatusCode, Value) {
+    let body =
+        serde_json::json!({"player_id": player, "queue": queue, "attributes": {"client_version": client_version}});
+    http.post("/match/join", body).await
+}
+
+async fn matched_status(http: &Http, player: &str) -> Value {
+    eventually(Duration::from_secs(30), || async {
+        let status = http.status(player, 5.0).await;
+        (status["status"] == "matched").then_some(status)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn client_version_keeps_players_with_servers_of_their_version() {
+    let dir = scratch();
+    script(&dir, "stable.py", VERSION_SERVER);
+    script(&dir, "next.py", VERSION_SERVER);
+    let queues = r#"
+servers:
+  canary:
+    command: ["SCRIPT/stable.py", "stable-build"]
+    ports: [{name: game, protocol: tcp}]
+    ready: port
+    versions:
+      - {name: stable, weight: 1}
+      - {name: next, command: ["SCRIPT/next.py", "next-build"], weight: 0}
+queues:
+  - {name: pinned, session_size: 2, match_on: [client_version], server: canary}
+"#;
+    let file = dir.join("queues.yaml");
+    std::fs::write(&file, queues.replace("SCRIPT", dir.to_str().unwrap())).unwrap();
+    let db = common::fresh_database().await;
+    let backend = replica(&common::unique_prefix(), &db, &file, "pinning").await;
+    let http = &backend.http;
+    // Interleaved clients of two versions: never mixed, each on its own version, the one of
+    // weight 0 included (weights split only sessions no client pins).
+    for (player, version) in [("s1", "stable"), ("n1", "next"), ("s2", "stable"), ("n2", "next")] {
+        let (status, body) = join_as_client(http, "pinned", player, version).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for (a, b, version) in [("s1", "s2", "stable"), ("n1", "n2", "next")] {
+        let (first, second) = (matched_status(http, a).await, matched_status(http, b).await);
+        assert_eq!(first["session_id"], second["session_id"], "{a} and {b} play together");
+        assert_eq!(first["version"], version, "{first}");
+    }
+    // A version the profile does not have is refused at the join.
+    let (status, body) = join_as_client(http, "pinned", "b1", "beta").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("serves stable, next"),
+        "{body}"
+    );
+    // So is a version that drains; the other still takes players.
+    let (status, _) = http
+        .request(
+            hyper::Method::POST,
+            "/operator/versions/canary/next/drain",
+            &[("authorization", &common::admin_auth())],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = join_as_client(http, "pinned", "n3", "next").await;
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = join_as_client(http, "pinned", "s3", "stable").await;
+    assert_eq!(status, 200);
+    backend.stop().await;
 }

@@ -79,16 +79,30 @@ pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) 
         stale: placed.stale.len(),
         ..Round::default()
     };
-    for s in sessions {
+    for (s, formed) in sessions.into_iter().zip(&plan.sessions) {
         if !committed.contains(s.session_id.as_str()) {
             continue;
         }
+        // Every ticket of a session shares its match_on values: the first one's say them.
+        let match_on = formed
+            .tickets
+            .first()
+            .map(|&t| {
+                queue
+                    .match_on
+                    .iter()
+                    .cloned()
+                    .zip(pool.tickets()[t].match_key.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
         round.formed.push(FormedSession {
             session_id: s.session_id,
             players: s.players,
             joined_ms: s.joined_ms,
             queue: queue.name.clone(),
             teams: s.placement.teams.clone(),
+            match_on,
         });
         round.placements.push(s.placement);
     }

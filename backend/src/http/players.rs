@@ -20,7 +20,9 @@ use tokio::time::Instant;
 use super::auth::Access;
 use super::error::{ApiError, ApiResult};
 use super::{ApiJson, AppState, check_player, status_of, view_of_row};
+use crate::runtime::profiles::CLIENT_VERSION;
 use crate::sessions::events::Watch;
+use matchmaking_core::queues::DEFAULT_QUEUE;
 
 /// Longest long poll.
 const MAX_WAIT_SECONDS: f64 = 30.0;
@@ -67,7 +69,32 @@ async fn enqueue(state: &AppState, access: &Access, body: &JoinRequest) -> ApiRe
         Access::Caller(Caller::Player(claims)) => Joiner::Player(Some(&claims.claims)),
         Access::Caller(_) | Access::Console { .. } => Joiner::Service,
     };
+    takes_client_version(state, body)?;
     Ok(state.matchmaking.join(body, joiner).await?)
+}
+
+/// A queue that keeps players with servers of their client's version takes a join only for a
+/// version its profile has and does not drain.
+fn takes_client_version(state: &AppState, body: &JoinRequest) -> ApiResult<()> {
+    let queue = body.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
+    let pins = state
+        .settings
+        .queues
+        .get(queue)
+        .is_some_and(|q| q.match_on.iter().any(|m| m == CLIENT_VERSION));
+    let version = body
+        .attributes
+        .as_ref()
+        .and_then(|a| a.get(CLIENT_VERSION))
+        .and_then(serde_json::Value::as_str);
+    match version {
+        Some(version) if pins && !state.settings.profiles.for_queue(queue).versions.is_empty() => state
+            .settings
+            .profiles
+            .takes_client_version(queue, version)
+            .map_err(ApiError::Invalid),
+        _ => Ok(()),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -272,6 +272,12 @@ impl Operators {
         versions::write(&self.store, &profile.name, &next).await?;
         if let Some(picker) = self.profiles.picker(&profile.name) {
             picker.set_weights(&next.weights(&profile));
+            let draining: Vec<bool> = profile
+                .versions
+                .iter()
+                .map(|v| next.draining.contains_key(&v.name))
+                .collect();
+            picker.set_draining(&draining);
         }
         Ok(Ok(versions::describe(&profile, &next)))
     }

@@ -147,6 +147,10 @@ pub struct Version {
     pub profile: Arc<Profile>,
 }
 
+/// The attribute that pins players to a version: a queue with it in `match_on` keeps players
+/// with servers of their own client's version.
+pub const CLIENT_VERSION: &str = "client_version";
+
 /// Most versions of one profile, and the largest weight.
 const MAX_VERSIONS: usize = 16;
 const MAX_WEIGHT: u32 = 1000;
@@ -158,13 +162,34 @@ const MAX_WEIGHT: u32 = 1000;
 pub struct Picker {
     /// The weights in force, and each version's running credit.
     state: std::sync::Mutex<(Vec<i64>, Vec<i64>)>,
+    /// Which versions drain (they take no session, pinned ones included).
+    draining: std::sync::Mutex<Vec<bool>>,
 }
 
 impl Picker {
     pub fn new(weights: &[u32]) -> Picker {
         Picker {
             state: std::sync::Mutex::new((weights.iter().map(|w| i64::from(*w)).collect(), vec![0; weights.len()])),
+            draining: std::sync::Mutex::new(vec![false; weights.len()]),
         }
+    }
+
+    /// Marks which versions drain.
+    pub fn set_draining(&self, draining: &[bool]) {
+        let mut current = self.draining.lock().expect("picker lock");
+        if current.len() == draining.len() {
+            current.copy_from_slice(draining);
+        }
+    }
+
+    /// Whether version `index` drains.
+    pub fn drains(&self, index: usize) -> bool {
+        self.draining
+            .lock()
+            .expect("picker lock")
+            .get(index)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// The index of the next version.
@@ -288,10 +313,45 @@ impl Profiles {
     /// What `queue`'s next session runs: its profile, or the version of it the weights
     /// choose.
     pub fn pick(&self, queue: &str) -> Arc<Profile> {
+        self.pick_for(queue, None)
+    }
+
+    /// What a session of `queue` whose players' `client_version` is `pinned` runs: that
+    /// version of the queue's profile when it has one of the name, else as [`Profiles::pick`].
+    pub fn pick_for(&self, queue: &str, pinned: Option<&str>) -> Arc<Profile> {
         let profile = self.for_queue(queue);
+        if let Some(version) = pinned.and_then(|name| profile.versions.iter().find(|v| v.name == name)) {
+            return version.profile.clone();
+        }
         match self.pickers.get(&profile.name) {
             Some(picker) => profile.versions[picker.pick()].profile.clone(),
             None => profile,
+        }
+    }
+
+    /// Whether `queue` takes players of client version `version` now: its profile must have
+    /// that version, and it must not drain. The error says which versions it takes.
+    pub fn takes_client_version(&self, queue: &str, version: &str) -> Result<(), String> {
+        let profile = self.for_queue(queue);
+        let picker = self.pickers.get(&profile.name);
+        let taking: Vec<&str> = profile
+            .versions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !picker.is_some_and(|p| p.drains(*i)))
+            .map(|(_, v)| v.name.as_str())
+            .collect();
+        if taking.contains(&version) {
+            Ok(())
+        } else {
+            Err(format!(
+                "queue {queue:?} has no server of client_version {version:?} now (it serves {})",
+                if taking.is_empty() {
+                    "none".to_owned()
+                } else {
+                    taking.join(", ")
+                }
+            ))
         }
     }
 

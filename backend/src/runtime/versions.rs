@@ -89,6 +89,12 @@ fn follow(profiles: &Profiles, all: &HashMap<String, VersionSettings>) {
         };
         let settings = all.get(&profile.name).cloned().unwrap_or_default();
         let weights = settings.weights(profile);
+        let draining: Vec<bool> = profile
+            .versions
+            .iter()
+            .map(|v| settings.draining.contains_key(&v.name))
+            .collect();
+        picker.set_draining(&draining);
         if picker.set_weights(&weights) {
             let split: Vec<String> = profile
                 .versions

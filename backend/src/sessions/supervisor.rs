@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::metrics::{SessionsMetrics, Supervised};
-use crate::runtime::profiles::Profiles;
+use crate::runtime::profiles::{CLIENT_VERSION, Profiles};
 use crate::runtime::{Ends, ServerExit, ServerHandle, ServerSpec, SessionRuntime};
 use crate::sessions::Sessions;
 use matchmaking_core::store::{FormedSession, ReadyOutcome, ServerRoute, ServerSignal};
@@ -167,7 +167,13 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         &inner.config.secret,
         inner.config.ready_timeout,
     )
-    .running(&formed.queue, inner.config.profiles.pick(&formed.queue))
+    .running(
+        &formed.queue,
+        inner
+            .config
+            .profiles
+            .pick_for(&formed.queue, formed.match_on.get(CLIENT_VERSION).map(String::as_str)),
+    )
     .with_sdk_ready(sessions.sdk_ready(sid));
     let profile = spec.profile.clone();
     let started = Instant::now();

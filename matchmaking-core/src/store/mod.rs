@@ -149,6 +149,9 @@ pub struct FormedSession {
     /// Its teams' players (empty in a queue without teams).
     #[serde(default)]
     pub teams: Vec<Vec<String>>,
+    /// Its queue's `match_on` values, which all its tickets share (empty for queues without).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub match_on: std::collections::BTreeMap<String, String>,
 }
 
 pub(crate) fn default_queue() -> String {
