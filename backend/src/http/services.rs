@@ -57,7 +57,7 @@ impl SessionFilter {
             ("version", &self.version),
             ("player", &self.player),
         ] {
-            if value.as_ref().is_some_and(|v| v.len() > MAX_FILTER) {
+            if value.as_ref().is_some_and(|v| v.chars().count() > MAX_FILTER) {
                 return Err(ApiError::Invalid(format!(
                     "{name} is longer than {MAX_FILTER} characters"
                 )));
