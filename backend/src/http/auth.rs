@@ -84,6 +84,14 @@ pub(crate) fn console_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// Whether the browser marks the request as coming from another site (`Sec-Fetch-Site` other
+/// than `same-origin` or `none`; a client that sends none is not a browser's page).
+pub(crate) fn cross_site(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"))
+}
+
 /// The console sign-in the request's cookie stands for, checked as the module says.
 pub(crate) async fn console_access(
     state: &AppState,
@@ -91,9 +99,7 @@ pub(crate) async fn console_access(
     headers: &axum::http::HeaderMap,
     cookie: &str,
 ) -> ApiResult<SignIn> {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && !matches!(site.as_bytes(), b"same-origin" | b"none")
-    {
+    if cross_site(headers) {
         return Err(ApiError::Forbidden(
             "a cross-site request may not use the console's sign-in".into(),
         ));

@@ -113,9 +113,7 @@ fn cookie(value: &str, max_age: u64, secure: bool) -> HeaderValue {
 /// cross-site form cannot send without a preflight this server never grants) and not marked
 /// cross-site by the browser.
 fn same_site_json(headers: &HeaderMap) -> ApiResult<()> {
-    if let Some(site) = headers.get("sec-fetch-site")
-        && !matches!(site.as_bytes(), b"same-origin" | b"none")
-    {
+    if super::auth::cross_site(headers) {
         return Err(ApiError::Forbidden(
             "a cross-site request may not sign in to the console".into(),
         ));

@@ -190,6 +190,20 @@ pub(crate) fn unread_body(e: axum::extract::rejection::BytesRejection) -> ApiErr
     }
 }
 
+/// A query parameter that is a whole number from `min` to `max`, `default` when absent: 422
+/// otherwise.
+pub(crate) fn whole_number(name: &str, raw: Option<&str>, default: i64, min: i64, max: i64) -> ApiResult<i64> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::Invalid(format!(
+                "{name} must be a whole number from {min} to {max}"
+            ))),
+        },
+    }
+}
+
 fn check_player(id: &str) -> ApiResult<()> {
     if is_valid_player_id(id) {
         Ok(())

@@ -26,7 +26,7 @@ use crate::runtime::versions::Refused;
 pub(crate) struct Peer(pub(crate) SocketAddr);
 
 /// Most entries or failures one read returns.
-const MAX_LIST: usize = 200;
+const MAX_LIST: i64 = 200;
 
 /// `?limit=` of the list endpoints: 1-200, 50 by default.
 #[derive(Debug, Deserialize)]
@@ -35,16 +35,8 @@ pub(super) struct Limit {
 }
 
 impl Limit {
-    fn get(&self) -> ApiResult<usize> {
-        match self.limit.as_deref() {
-            None => Ok(50),
-            Some(text) => match text.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIST).contains(&n) => Ok(n),
-                _ => Err(ApiError::Invalid(format!(
-                    "limit must be a whole number from 1 to {MAX_LIST}"
-                ))),
-            },
-        }
+    fn get(&self) -> ApiResult<i64> {
+        super::whole_number("limit", self.limit.as_deref(), 50, 1, MAX_LIST)
     }
 }
 
@@ -164,7 +156,7 @@ pub(super) async fn failures(
     query: Result<Query<Limit>, QueryRejection>,
 ) -> ApiResult<Json<FailureList>> {
     let Query(limit) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
-    let limit = limit.get()?;
+    let limit = usize::try_from(limit.get()?).unwrap_or(50);
     Ok(Json(FailureList {
         failures: state.operators.failures(limit).await?,
     }))
@@ -176,7 +168,7 @@ pub(super) async fn audit_log(
     query: Result<Query<Limit>, QueryRejection>,
 ) -> ApiResult<Json<AuditLog>> {
     let Query(limit) = query.map_err(|e| ApiError::Invalid(e.body_text()))?;
-    let limit = i64::try_from(limit.get()?).unwrap_or(50);
+    let limit = limit.get()?;
     Ok(Json(AuditLog {
         entries: state.operators.audit(limit).await?,
     }))

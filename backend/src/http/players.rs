@@ -226,16 +226,8 @@ pub(super) async fn player_matches(
 ) -> ApiResult<Json<PlayerMatches>> {
     check_player(&player)?;
     access.may_act_as(&player)?;
-    let number = |name: &str, default: i64, min: i64, max: i64| -> ApiResult<i64> {
-        match query.get(name) {
-            None => Ok(default),
-            Some(raw) => match raw.parse::<i64>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(ApiError::Invalid(format!(
-                    "{name} must be a whole number from {min} to {max}"
-                ))),
-            },
-        }
+    let number = |name: &str, default: i64, min: i64, max: i64| {
+        super::whole_number(name, query.get(name).map(String::as_str), default, min, max)
     };
     let limit = number("limit", 20, 1, 100)?;
     let offset = number("offset", 0, 0, 1_000_000)?;

@@ -45,7 +45,7 @@ pub(super) struct SessionFilter {
 /// The longest filter value taken.
 const MAX_FILTER: usize = 128;
 /// Most sessions one answer lists.
-const MAX_SESSIONS: usize = 2000;
+const MAX_SESSIONS: i64 = 2000;
 
 impl SessionFilter {
     fn check(&self) -> ApiResult<usize> {
@@ -75,15 +75,8 @@ impl SessionFilter {
         {
             return Err(ApiError::Invalid("state must be allocating or matched".into()));
         }
-        match self.limit.as_deref() {
-            None => Ok(500),
-            Some(text) => match text.parse::<usize>() {
-                Ok(n) if (1..=MAX_SESSIONS).contains(&n) => Ok(n),
-                _ => Err(ApiError::Invalid(format!(
-                    "limit must be a whole number from 1 to {MAX_SESSIONS}"
-                ))),
-            },
-        }
+        let limit = super::whole_number("limit", self.limit.as_deref(), 500, 1, MAX_SESSIONS)?;
+        Ok(usize::try_from(limit).unwrap_or(500))
     }
 
     fn keeps(&self, view: &SessionView, profile: Option<&str>) -> bool {
