@@ -23,7 +23,7 @@ build: ## The shared build of every binary (the dev profile, dependencies optimi
 release: ## Release build of every binary (as the benchmarks build it)
 	cargo build --release --locked --workspace --exclude testkit --bins
 
-demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, SCENARIO, SERVER, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG, BUILD_PROFILE)
+demo: ## The whole stack on this machine with a loadgen swarm, ending in a summary (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, SCENARIO, CHURN_PERCENT_PER_MINUTE, SERVER, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG, BUILD_PROFILE)
 	scripts/demo.sh
 
 demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a Pod per session on kube-sim (CLIENTS, MATCH_DURATION, SPAWN_RATE, SESSION_SIZE, POD_START_DELAY_MS, WARM_POOL_MIN, WARM_POOL_MAX, NETWORK_POLICY, RUST_LOG, BUILD_PROFILE)

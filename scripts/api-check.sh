@@ -121,7 +121,7 @@ $poll
 TOML
   # The game server's calls, each with the session's report token.
   local op
-  for op in resultReport serverReady serverHealth; do
+  for op in resultReport serverReady serverHealth serverBackfill serverRoster; do
     cat <<TOML
 
 [[operations]]
@@ -159,12 +159,13 @@ st() {
   fi
 }
 internal=(--exclude-operation-id resultReport --exclude-operation-id serverReady --exclude-operation-id serverHealth
-  --exclude-operation-id warmSession)
+  --exclude-operation-id serverBackfill --exclude-operation-id serverRoster --exclude-operation-id warmSession)
 st operator "$MP_BACKEND_URL" any "${internal[@]}" -H "Authorization: Bearer $MP_ADMIN_TOKEN"
 st player "$MP_BACKEND_URL" 1 "${internal[@]}" -H "Authorization: Bearer $player_token"
 # (The game server's operations have no links to follow: no stateful phase.)
 st game-server "$MP_BACKEND_URL" 1 --include-operation-id resultReport --include-operation-id serverReady \
-  --include-operation-id serverHealth --include-operation-id warmSession --phases examples,coverage,fuzzing
+  --include-operation-id serverHealth --include-operation-id serverBackfill --include-operation-id serverRoster \
+  --include-operation-id warmSession --phases examples,coverage,fuzzing
 # The proxy serves the same under /api, but not the backend's /internal/* or /metrics.
 # (Nor the console, without PROXY_CONSOLE.)
 st proxy "$MP_PROXY_URL/api" 1 "${internal[@]}" --exclude-operation-id metrics --exclude-operation-id consolePage \

@@ -5,7 +5,10 @@
 # scenario instead: the queues of examples/queues.yaml (max wait 30 s), CLIENTS (360) ranked
 # tickets and parties joined by the studio's service, 2 teams of 3; it fails if more than 10%
 # of them time out in their queue (the few the windows cannot place at the end are not
-# failures). SERVER=bzflag or SERVER=sauerbraten runs
+# failures). SCENARIO=churn runs CLIENTS (200) players in the casual queue, which backfills:
+# during MATCH_DURATION (60 s) matches players leave (CHURN_PERCENT_PER_MINUTE, 10), half come
+# back, and backfill places new players into the running matches; the summary gives the
+# backfill time. SERVER=bzflag or SERVER=sauerbraten runs
 # a game server nobody here wrote instead (the profiles of examples/servers.yaml): CLIENTS (16)
 # players join its queue, reach it through the proxy with their tickets (TCP, or UDP for
 # Sauerbraten) and complete the game's own handshake; then the sessions' ends from the history.
@@ -50,6 +53,7 @@ fi
 scenario=${SCENARIO:-fifo}
 sizes=(--session-size "${SESSION_SIZE:-12}")
 clients=${CLIENTS:-60}
+match_duration=${MATCH_DURATION:-5}
 case $scenario in
   fifo) ;;
   ranked)
@@ -61,7 +65,17 @@ case $scenario in
     # within seconds (with 60, two in five waited out the 30 s).
     clients=${CLIENTS:-360}
     sizes=(--session-size 6 --min-session-size 6 --max-timed-out-percent 10) ;;
-  *) mp_die "SCENARIO must be fifo or ranked, got '$scenario'." ;;
+  churn)
+    # The casual queue of examples/queues.yaml backfills: players leave running matches at
+    # CHURN_PERCENT_PER_MINUTE (10), half come back within its 5 s leave grace, and each who
+    # leaves for good is replaced by a new player, whom backfill places into the running match.
+    MATCHMAKING_CONFIG="$(pwd)/examples/queues.yaml"
+    export MATCHMAKING_CONFIG
+    clients=${CLIENTS:-200}
+    match_duration=${MATCH_DURATION:-60}
+    sizes=(--session-size 8 --min-session-size 2 --leave-grace-seconds 5
+      --churn-percent-per-minute "${CHURN_PERCENT_PER_MINUTE:-10}") ;;
+  *) mp_die "SCENARIO must be fifo, ranked or churn, got '$scenario'." ;;
 esac
 started=$(date +%s.%N)
 echo "== starting Redis, PostgreSQL, backend (RUNTIME=local) and proxy =="
@@ -88,12 +102,12 @@ if [ -n "$server" ]; then
   exit "$status"
 fi
 
-echo "== swarm: $clients clients, ${MATCH_DURATION:-5} s matches, scenario $scenario =="
+echo "== swarm: $clients clients, $match_duration s matches, scenario $scenario =="
 status=0
 mp_run_swarm env PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" SERVICE_TOKEN="$MP_SERVICE_TOKEN" \
   "$MP_BIN/loadgen" swarm --scenario "$scenario" \
   --target-url "$MP_PROXY_URL" --clients "$clients" \
-  --spawn-rate "${SPAWN_RATE:-0}" --match-duration "${MATCH_DURATION:-5}" \
+  --spawn-rate "${SPAWN_RATE:-0}" --match-duration "$match_duration" \
   "${sizes[@]}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
 # History is written asynchronously from the outbox: give it a moment, then read PostgreSQL.
 for _ in $(seq 1 50); do

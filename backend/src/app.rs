@@ -191,6 +191,7 @@ impl App {
                 internal_url: internal,
                 ready_timeout: settings.ready_timeout,
                 profiles: settings.profiles.clone(),
+                backfill: Some(matchmaking.clone()),
             },
             metrics.sessions.clone(),
         );

@@ -28,6 +28,9 @@ pub struct ConnContext {
     pub join_timeout: Duration,
     pub write_timeout: Duration,
     pub outbound_queue: usize,
+    /// The backend, asked for the roster when a player with a valid ticket is not on the
+    /// roster the match knows (backfill may have placed it a moment ago).
+    pub backend: Option<matchplane_sdk::Backend>,
 }
 
 /// Serves one connection until it closes, the match closes it, or `shutdown` is cancelled.
@@ -56,7 +59,21 @@ where
     };
 
     let (outbound, mut replies) = mpsc::channel(ctx.outbound_queue);
-    let client = match ctx.game.join(player.clone(), outbound).await {
+    let mut joined = ctx.game.join(player.clone(), outbound.clone()).await;
+    if joined == Err(ErrorCode::NotInRoster)
+        && let Some(backend) = &ctx.backend
+    {
+        // Placed by backfill an instant ago: the roster says so before the match has heard.
+        match backend.roster(0, Duration::ZERO).await {
+            Ok(roster) if roster.players.contains(&player) => {
+                ctx.game.roster(roster.players, roster.teams).await;
+                joined = ctx.game.join(player.clone(), outbound).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the roster"),
+        }
+    }
+    let client = match joined {
         Ok(client) => client,
         Err(code) => {
             tracing::info!(%player, %code, "join refused");

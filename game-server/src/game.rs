@@ -58,6 +58,10 @@ enum Event {
     Leave {
         client: ClientId,
     },
+    Roster {
+        players: Vec<String>,
+        teams: Vec<Vec<String>>,
+    },
 }
 
 /// The connections' way in to the match. Cheap to clone.
@@ -91,6 +95,13 @@ impl GameHandle {
     /// Tells the match a client's connection is gone. Idempotent.
     pub async fn leave(&self, client: ClientId) {
         let _ = self.events.send(Event::Leave { client }).await;
+    }
+
+    /// The session's roster changed (backfill placed players, or some were released): the
+    /// newcomers may join, even while running, and the others hear of them; a released
+    /// player's connection is closed and it may not join again.
+    pub async fn roster(&self, players: Vec<String>, teams: Vec<Vec<String>>) {
+        let _ = self.events.send(Event::Roster { players, teams }).await;
     }
 }
 
@@ -139,6 +150,8 @@ struct Match {
     empty_since: Option<Instant>,
     ended: Option<(EndReason, Instant)>,
     attendance: HashMap<String, Attendance>,
+    /// Everyone ever on the roster, in order (the report's players).
+    ever: Vec<String>,
     clients: HashMap<ClientId, Client>,
     next_client: ClientId,
 }
@@ -156,6 +169,7 @@ pub fn spawn(
         .iter()
         .map(|p| (p.clone(), Attendance::default()))
         .collect();
+    let ever = settings.roster.clone();
     let game = Match {
         settings,
         clock: WallClock::now(),
@@ -167,6 +181,7 @@ pub fn spawn(
         empty_since: None,
         ended: None,
         attendance,
+        ever,
         clients: HashMap::new(),
         next_client: 1,
     };
@@ -252,6 +267,52 @@ impl Match {
             }
             Event::Command { client, command } => self.command(client, command, now),
             Event::Leave { client } => self.leave(client, now),
+            Event::Roster { players, teams } => self.roster(players, teams, now),
+        }
+    }
+
+    fn roster(&mut self, players: Vec<String>, teams: Vec<Vec<String>>, now: Instant) {
+        if self.state == GameState::Stop {
+            return;
+        }
+        let added: Vec<String> = players
+            .iter()
+            .filter(|p| !self.settings.roster.contains(p))
+            .cloned()
+            .collect();
+        let removed: Vec<String> = self
+            .settings
+            .roster
+            .iter()
+            .filter(|p| !players.contains(p))
+            .cloned()
+            .collect();
+        self.settings.roster = players;
+        self.settings.teams = teams;
+        for player in &removed {
+            let client = self.attendance.get(player).and_then(|seat| seat.client);
+            if let Some(client) = client {
+                tracing::info!(%player, "player released from the roster; closing its connection");
+                self.leave(client, now);
+            }
+            self.broadcast(ServerReply::Released(player.clone()));
+        }
+        for player in added {
+            self.attendance.entry(player.clone()).or_default();
+            if !self.ever.contains(&player) {
+                self.ever.push(player.clone());
+            }
+            let team = self
+                .settings
+                .teams
+                .iter()
+                .position(|team| team.contains(&player))
+                .map(|i| u32::try_from(i + 1).unwrap_or(u32::MAX));
+            tracing::info!(%player, ?team, state = %self.state, "player placed into the match by backfill");
+            self.broadcast(ServerReply::Joined {
+                player_id: player,
+                team,
+            });
         }
     }
 
@@ -264,10 +325,10 @@ impl Match {
         if self.state == GameState::Stop {
             return Err(ErrorCode::SessionOver);
         }
-        let previous = match self.attendance.get(&player) {
-            None => return Err(ErrorCode::NotInRoster),
-            Some(seat) => seat.client,
-        };
+        if !self.settings.roster.contains(&player) {
+            return Err(ErrorCode::NotInRoster);
+        }
+        let previous = self.attendance.entry(player.clone()).or_default().client;
         if let Some(previous) = previous {
             tracing::info!(%player, "player reconnected; closing the older connection");
             self.clients.remove(&previous);
@@ -373,7 +434,11 @@ impl Match {
     }
 
     fn maybe_start_full_roster(&mut self, now: Instant) {
-        let everyone_joined = self.attendance.values().all(|seat| seat.joined_at.is_some());
+        let everyone_joined = self
+            .settings
+            .roster
+            .iter()
+            .all(|p| self.attendance.get(p).is_some_and(|seat| seat.joined_at.is_some()));
         if self.state == GameState::Open
             && self.settings.start_policy == StartPolicy::Roster
             && self.length.is_some()
@@ -437,8 +502,7 @@ impl Match {
     fn report(&self) -> ResultReport {
         let (reason, ended) = self.ended.unwrap_or((EndReason::Terminated, Instant::now()));
         let players: Vec<PlayerResult> = self
-            .settings
-            .roster
+            .ever
             .iter()
             .map(|player| {
                 let seat = &self.attendance[player];

@@ -34,6 +34,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<ResultReport> {
     let (game, mut game_task) = game::spawn(config.game.clone(), shutdown);
+    // Backfill changes the roster while the match runs: the backend says so.
+    let watching = CancellationToken::new();
+    let _stop_watching = watching.clone().drop_guard();
+    if let Some(backend) = &config.report {
+        let mut changes = backend.watch_roster(watching.clone());
+        let game = game.clone();
+        tokio::spawn(async move {
+            while let Some(roster) = changes.recv().await {
+                game.roster(roster.players, roster.teams).await;
+            }
+        });
+    }
     let admission = Admission {
         ctx: Arc::new(conn::ConnContext {
             session_id: config.game.session_id.clone(),
@@ -42,6 +54,7 @@ pub async fn run(
             join_timeout: config.join_timeout,
             write_timeout: config.write_timeout,
             outbound_queue: config.game.outbound_queue,
+            backend: config.report.clone(),
         }),
         permits: Arc::new(Semaphore::new(config.max_connections)),
         tracker: TaskTracker::new(),

@@ -88,6 +88,14 @@ pub struct ClientRecord {
     pub party: Vec<String>,
     /// The queue it joined.
     pub queue: String,
+    /// Placed into a running match by backfill: when the slot it took opened (ms since the
+    /// epoch), and how long from then until its match was running for it.
+    pub backfill_since_ms: Option<i64>,
+    pub backfill_wait: Option<Duration>,
+    /// Churn: it left its match for good.
+    pub left_for_good: bool,
+    /// Churn: times it left and came back within the leave grace.
+    pub came_back: u32,
 }
 
 impl ClientRecord {
@@ -97,6 +105,10 @@ impl ClientRecord {
             outcome: Outcome::Timeout,
             session_id: None,
             session_players: Vec::new(),
+            backfill_since_ms: None,
+            backfill_wait: None,
+            left_for_good: false,
+            came_back: 0,
             running_length: None,
             join_to_matched: None,
             matched_to_connected: None,
@@ -124,6 +136,19 @@ pub struct Latencies {
     /// The time to play: first join to the match running.
     pub join_to_running: Summary,
     pub whole_life: Summary,
+}
+
+/// What backfill did in a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BackfillReport {
+    /// Players placed into a running match's open slot.
+    pub slots_filled: usize,
+    /// From the slot opening to the newcomer's match running.
+    pub slot_to_running: Summary,
+    /// Churn: players who left their match for good (each replaced by a new player).
+    pub left_for_good: usize,
+    /// Churn: times players left and came back within the leave grace.
+    pub came_back: u64,
 }
 
 /// Client-side checks of the session invariants (docs/architecture.md).
@@ -181,6 +206,11 @@ pub struct Report {
     /// Re-joins after the matchmaker forgot a client, over all clients.
     pub rejoins: u64,
     pub latency_ms: Latencies,
+    /// Backfill: players placed into running matches, how long from a slot opening to the
+    /// newcomer's match running, and (churn) who left and who came back.
+    pub backfill: BackfillReport,
+    /// Sessions per server version (profiles with versions), as players' statuses said.
+    pub sessions_per_version: BTreeMap<String, usize>,
     pub sessions: usize,
     /// Session size → how many sessions had it.
     pub session_sizes: BTreeMap<usize, usize>,
@@ -222,7 +252,18 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 /// Checks the rosters (and, in a queue with teams, the teams and parties) the clients were
 /// told.
-pub fn check_invariants(records: &[ClientRecord], min: usize, max: usize) -> (Invariants, BTreeMap<usize, usize>) {
+/// With `rosters_change` (a queue that backfills), a session's roster is what its players saw
+/// at different times: each must be within the sizes, and the session's players are all that
+/// any of them saw; nobody may be in two sessions still.
+pub fn check_invariants(
+    records: &[ClientRecord],
+    min: usize,
+    max: usize,
+    rosters_change: bool,
+) -> (Invariants, BTreeMap<usize, usize>) {
+    if rosters_change {
+        return check_changing_rosters(records, min, max);
+    }
     let mut rosters: HashMap<&str, &Vec<String>> = HashMap::new();
     let mut teams: HashMap<&str, &Vec<Vec<String>>> = HashMap::new();
     let mut inv = Invariants::default();
@@ -317,6 +358,56 @@ pub fn check_invariants(records: &[ClientRecord], min: usize, max: usize) -> (In
         && inv.not_in_own_roster.is_empty()
         && inv.teams_wrong.is_empty()
         && inv.parties_split.is_empty();
+    (inv, sizes)
+}
+
+fn check_changing_rosters(records: &[ClientRecord], min: usize, max: usize) -> (Invariants, BTreeMap<usize, usize>) {
+    let mut inv = Invariants::default();
+    let mut players: HashMap<&str, Vec<&String>> = HashMap::new();
+    let mut out_of_bounds = HashSet::new();
+    let mut largest: HashMap<&str, usize> = HashMap::new();
+    for r in records {
+        let Some(sid) = r.session_id.as_deref() else { continue };
+        if !r.session_players.contains(&r.player) {
+            inv.not_in_own_roster.push(r.player.clone());
+        }
+        let n = r.session_players.len();
+        // A session shrinks by leavers and grows again by backfill: never past its size, and
+        // never below the least one forms with unless someone it formed with left.
+        if n > max || (n < min && r.backfill_since_ms.is_none()) {
+            out_of_bounds.insert(sid.to_owned());
+        }
+        let entry = largest.entry(sid).or_default();
+        *entry = (*entry).max(n);
+        let seen = players.entry(sid).or_default();
+        for p in &r.session_players {
+            if !seen.contains(&p) {
+                seen.push(p);
+            }
+        }
+    }
+    let mut owner: HashMap<&str, &str> = HashMap::new();
+    let mut twice = HashSet::new();
+    for (sid, seen) in &players {
+        for p in seen {
+            if let Some(other) = owner.insert(p.as_str(), sid)
+                && other != *sid
+            {
+                twice.insert((*p).clone());
+            }
+        }
+    }
+    let mut sizes = BTreeMap::new();
+    for n in largest.values() {
+        *sizes.entry(*n).or_default() += 1;
+    }
+    inv.players_in_two_sessions = twice.into_iter().collect();
+    inv.players_in_two_sessions.sort();
+    inv.sizes_out_of_bounds = out_of_bounds.into_iter().collect();
+    inv.sizes_out_of_bounds.sort();
+    inv.ok = inv.players_in_two_sessions.is_empty()
+        && inv.sizes_out_of_bounds.is_empty()
+        && inv.not_in_own_roster.is_empty();
     (inv, sizes)
 }
 
@@ -416,6 +507,8 @@ pub struct Setup {
     pub wall: Duration,
     pub min_session_size: usize,
     pub max_session_size: usize,
+    /// Sessions' rosters change while they run (a queue that backfills).
+    pub rosters_change: bool,
     pub match_duration: f64,
     pub scenario: Scenario,
     /// The scenario's tickets matched in join order (ranked).
@@ -455,7 +548,12 @@ impl Report {
                 collect(records, |r| r.life.filter(|_| r.outcome == Outcome::Ok)),
             ),
         ];
-        let (invariants, session_sizes) = check_invariants(records, setup.min_session_size, setup.max_session_size);
+        let (invariants, session_sizes) = check_invariants(
+            records,
+            setup.min_session_size,
+            setup.max_session_size,
+            setup.rosters_change,
+        );
         let failed = records.len() - ok - timed_out;
         Report {
             scenario: setup.scenario,
@@ -474,6 +572,21 @@ impl Report {
             failures_not_listed: failed.saturating_sub(failures.len()),
             failures,
             retries: records.iter().map(|r| u64::from(r.retries)).sum(),
+            backfill: BackfillReport {
+                slots_filled: records.iter().filter(|r| r.backfill_since_ms.is_some()).count(),
+                slot_to_running: summarize(&collect(records, |r| r.backfill_wait)),
+                left_for_good: records.iter().filter(|r| r.left_for_good).count(),
+                came_back: records.iter().map(|r| u64::from(r.came_back)).sum(),
+            },
+            sessions_per_version: {
+                let mut per: BTreeMap<String, HashSet<&str>> = BTreeMap::new();
+                for r in records {
+                    if let (Some(v), Some(sid)) = (&r.placement.version, &r.session_id) {
+                        per.entry(v.clone()).or_default().insert(sid);
+                    }
+                }
+                per.into_iter().map(|(v, s)| (v, s.len())).collect()
+            },
             rejoins: records.iter().map(|r| u64::from(r.rejoins)).sum(),
             latency_ms: Latencies {
                 join_to_matched: summarize(&phases[0].1),
@@ -574,6 +687,27 @@ impl Report {
                 "  {name:<21} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
                 s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms
             );
+        }
+        let b = &self.backfill;
+        if b.slots_filled > 0 || b.left_for_good > 0 || b.came_back > 0 {
+            let _ = writeln!(
+                out,
+                "backfill: {} slots filled; slot opened → newcomer running p50 {:.0} p99 {:.0} max {:.0} ms; {} left for good, {} came back within the grace",
+                b.slots_filled,
+                b.slot_to_running.p50_ms,
+                b.slot_to_running.p99_ms,
+                b.slot_to_running.max_ms,
+                b.left_for_good,
+                b.came_back
+            );
+        }
+        if !self.sessions_per_version.is_empty() {
+            let per: Vec<String> = self
+                .sessions_per_version
+                .iter()
+                .map(|(v, n)| format!("{v} {n}"))
+                .collect();
+            let _ = writeln!(out, "sessions per server version: {}", per.join(", "));
         }
         let sizes: Vec<String> = self
             .session_sizes
@@ -784,12 +918,32 @@ mod tests {
             wall: Duration::from_secs(2),
             min_session_size: 2,
             max_session_size: 12,
+            rosters_change: false,
             match_duration,
             scenario: Scenario::Fifo,
             join_order: None,
             cpu_busy: None,
             max_timed_out_percent: 100.0,
         }
+    }
+
+    #[test]
+    fn rosters_that_change_by_backfill_keep_sizes_and_one_session_per_player() {
+        // "a" and "b" formed s1 and saw both; "b" left; "c" was placed in its stead.
+        let mut c = rec("c", "s1", &["a", "c"]);
+        c.backfill_since_ms = Some(1);
+        let records = vec![rec("a", "s1", &["a", "b"]), rec("b", "s1", &["a", "b"]), c.clone()];
+        let (inv, sizes) = check_invariants(&records, 2, 2, true);
+        assert!(inv.ok, "{inv:?}");
+        assert_eq!(sizes[&2], 1);
+        // The same rosters would be inconsistent where rosters never change.
+        assert!(!check_invariants(&records, 2, 2, false).0.ok);
+        // A roster over the size, or a player seen in two sessions, is caught still.
+        let over = vec![rec("a", "s1", &["a", "b", "c"])];
+        assert!(!check_invariants(&over, 2, 2, true).0.ok);
+        let twice = vec![rec("a", "s1", &["a", "b"]), rec("x", "s2", &["x", "b"])];
+        let (inv, _) = check_invariants(&twice, 2, 2, true);
+        assert_eq!(inv.players_in_two_sessions, ["b"]);
     }
 
     fn rec(player: &str, sid: &str, roster: &[&str]) -> ClientRecord {
@@ -809,7 +963,7 @@ mod tests {
             rec("b", "s1", &["a", "b"]),
             rec("c", "s2", &["c", "d", "e"]),
         ];
-        let (inv, sizes) = check_invariants(&records, 2, 12);
+        let (inv, sizes) = check_invariants(&records, 2, 12, false);
         assert!(inv.ok);
         assert_eq!(sizes, BTreeMap::from([(2, 1), (3, 1)]));
     }
@@ -823,7 +977,7 @@ mod tests {
             rec("d", "s3", &["d"]),
             rec("e", "s4", &["f", "g"]),
         ];
-        let (inv, _) = check_invariants(&records, 2, 12);
+        let (inv, _) = check_invariants(&records, 2, 12, false);
         assert!(!inv.ok);
         assert_eq!(inv.players_in_two_sessions, vec!["a"]);
         assert_eq!(inv.inconsistent_rosters, vec!["s1"]);
@@ -907,7 +1061,7 @@ mod tests {
         let mut bad = records.clone();
         bad[1] = teamed("b", "s1", &[&["a", "c"], &["b", "d"]], &["a", "b"]);
         bad[2].team_told = Some(vec!["c".into()]);
-        let (inv, _) = check_invariants(&bad, 2, 12);
+        let (inv, _) = check_invariants(&bad, 2, 12, false);
         assert_eq!(inv.parties_split, vec!["a"]);
         assert_eq!(
             inv.inconsistent_rosters,
@@ -920,7 +1074,7 @@ mod tests {
             .iter()
             .map(|p| teamed(p, "s9", uneven, &[]))
             .collect();
-        let (inv, _) = check_invariants(&lopsided, 2, 12);
+        let (inv, _) = check_invariants(&lopsided, 2, 12, false);
         assert_eq!(inv.teams_wrong, vec!["s9"]);
         assert!(!inv.ok);
         // Only timed-out players and no session at all: that is not a pass.

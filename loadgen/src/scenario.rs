@@ -3,6 +3,9 @@
 //! latency spreads, 20% of tickets parties of two, two game modes, joined by the studio's
 //! service to the `ranked` queue (skill and parties come from a service).
 //!
+//! The `churn` scenario: players join the `casual` queue themselves and leave running matches
+//! at a set rate, for backfill to fill the gaps.
+//!
 //! The same tickets can be matched in join order offline ([`join_order_quality`]), the
 //! baseline a rule queue's sessions are compared with.
 
@@ -15,6 +18,9 @@ use serde_json::{Map, Value, json};
 
 /// The rule queue the ranked scenario joins (see `examples/queues.yaml`).
 pub const RANKED_QUEUE: &str = "ranked";
+/// The queue the churn scenario joins: one whose running matches backfill players who left
+/// (see `examples/queues.yaml`).
+pub const CHURN_QUEUE: &str = "casual";
 /// The regions players measure.
 pub const REGIONS: [&str; 3] = ["eu", "us", "asia"];
 /// Round trip between two regions' players and servers, before jitter.
@@ -28,6 +34,11 @@ pub enum Scenario {
     Fifo,
     /// Ranked tickets (skill, latency, parties, modes) to the `ranked` queue.
     Ranked,
+    /// Players join the `casual` queue (which backfills); while matches run, players leave
+    /// (`--churn-percent-per-minute`), some come back within the queue's leave grace, and
+    /// each who leaves for good is replaced by a new player, whom backfill places into the
+    /// running match.
+    Churn,
 }
 
 /// One player of a ticket.

@@ -24,7 +24,7 @@ use tokio_util::codec::Framed;
 
 use crate::http::{CredentialArgs, HttpClient, HttpError};
 use crate::report::{ClientRecord, Outcome, Report, Setup};
-use crate::scenario::{RANKED_QUEUE, Scenario, join_order_quality, ranked};
+use crate::scenario::{CHURN_QUEUE, RANKED_QUEUE, Scenario, join_order_quality, ranked};
 
 /// Settings of a swarm (the contract names).
 #[derive(Debug, Clone, clap::Args)]
@@ -79,6 +79,16 @@ pub struct SwarmArgs {
     /// Seed of the ranked scenario's tickets (default: a new one per run).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Churn: the share of players in a running match who leave it per minute (percent).
+    #[arg(long, env = "CHURN_PERCENT_PER_MINUTE", default_value_t = 10.0, value_parser = percent)]
+    pub churn_percent_per_minute: f64,
+    /// Churn: the share of leavers who come back within the queue's leave grace (percent);
+    /// the others leave for good, and a new player joins in their stead.
+    #[arg(long, default_value_t = 50.0, value_parser = percent)]
+    pub come_back_percent: f64,
+    /// Churn: the queue's `leave_grace_seconds`; a player who comes back does so well within it.
+    #[arg(long, default_value_t = 5.0)]
+    pub leave_grace_seconds: f64,
     #[command(flatten)]
     pub credentials: CredentialArgs,
 }
@@ -116,6 +126,11 @@ struct Shared {
     matched: AtomicUsize,
     running: AtomicUsize,
     failed: AtomicUsize,
+    /// Players started so far (the churn scenario starts one for each who leaves for good).
+    started: AtomicUsize,
+    /// Where a player who left for good asks for its replacement.
+    replacements: tokio::sync::mpsc::UnboundedSender<String>,
+    prefix: String,
 }
 
 /// Runs the swarm to the end and returns its report.
@@ -134,7 +149,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
         .filter(|t| !t.is_empty())
         .map(|t| format!("Bearer {t}"));
     let (players, parties, join_order) = match args.scenario {
-        Scenario::Fifo => (
+        Scenario::Fifo | Scenario::Churn => (
             (0..args.clients).map(|i| format!("{prefix}-{i}")).collect(),
             HashMap::new(),
             None,
@@ -169,6 +184,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
             (players, parties, Some(join_order))
         }
     };
+    let (replacements, mut replace) = tokio::sync::mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         api,
         parties,
@@ -178,29 +194,49 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
         matched: AtomicUsize::new(0),
         running: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
+        started: AtomicUsize::new(args.clients),
+        replacements,
+        prefix: prefix.clone(),
     });
     let started = Instant::now();
     let cpu = crate::host_cpu::Sampler::start(CPU_SAMPLE_EVERY);
     let progress = tokio::spawn(show_progress(shared.clone(), started));
-    let mut tasks = Vec::with_capacity(args.clients);
-    for (i, player) in players.into_iter().enumerate() {
-        if args.spawn_rate > 0.0 {
-            let due = started + Duration::from_secs_f64(i as f64 / args.spawn_rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
+    let mut tasks = tokio::task::JoinSet::new();
+    let spawn = |tasks: &mut tokio::task::JoinSet<ClientRecord>, player: String| {
         let shared = shared.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let record = play(&shared, player).await;
             if record.outcome != Outcome::Ok {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
             }
             shared.done.fetch_add(1, Ordering::Relaxed);
             record
-        }));
-    }
+        });
+    };
     let mut records = Vec::with_capacity(args.clients);
-    for task in tasks {
-        records.push(task.await?);
+    for (i, player) in players.into_iter().enumerate() {
+        if args.spawn_rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / args.spawn_rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        spawn(&mut tasks, player);
+        while let Ok(player) = replace.try_recv() {
+            spawn(&mut tasks, player);
+        }
+    }
+    // Players who left for good are replaced as they go, until everyone is done.
+    loop {
+        tokio::select! {
+            biased;
+            Some(player) = replace.recv() => spawn(&mut tasks, player),
+            done = tasks.join_next() => match done {
+                Some(record) => records.push(record?),
+                None => match replace.try_recv() {
+                    Ok(player) => spawn(&mut tasks, player),
+                    Err(_) => break,
+                },
+            },
+        }
     }
     progress.abort();
     let wall = started.elapsed();
@@ -218,6 +254,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
             wall,
             min_session_size: args.min_session_size,
             max_session_size: args.session_size,
+            rosters_change: args.scenario == Scenario::Churn,
             match_duration: args.match_duration,
             scenario: args.scenario,
             join_order,
@@ -251,9 +288,9 @@ async fn show_progress(shared: Arc<Shared>, started: Instant) {
         Mode::Lines => Duration::from_secs(5),
         Mode::Silent => return,
     };
-    let total = shared.args.clients;
     loop {
         tokio::time::sleep(every).await;
+        let total = shared.started.load(Ordering::Relaxed);
         let done = shared.done.load(Ordering::Relaxed);
         let matched = shared.matched.load(Ordering::Relaxed);
         let running = shared.running.load(Ordering::Relaxed);
@@ -291,6 +328,9 @@ fn connect_addr(args: &SwarmArgs, matched: &MatchResponse) -> String {
 /// One player's life; never panics, always returns a record.
 async fn play(shared: &Shared, player: String) -> ClientRecord {
     let mut record = ClientRecord::new(player);
+    if shared.args.scenario == Scenario::Churn {
+        record.queue = CHURN_QUEUE.to_owned();
+    }
     if let Some(party) = shared.parties.get(&record.player) {
         record.queue = RANKED_QUEUE.to_owned();
         record.party = party.members.clone();
@@ -410,7 +450,9 @@ fn transient_refusal(outcome: &Outcome) -> bool {
     }
 }
 
-/// Connects to the game, sends the ticket and plays the match.
+/// Connects to the game, sends the ticket and plays the match. In the churn scenario a player
+/// may leave mid-match: it comes back with the same ticket within the queue's leave grace, or
+/// leaves for good (and a new player is started in its stead).
 async fn connect_and_play(
     shared: &Shared,
     record: &mut ClientRecord,
@@ -418,6 +460,43 @@ async fn connect_and_play(
     ticket: &str,
     (life, matched_at): (Instant, Instant),
 ) -> Result<(), Outcome> {
+    let mut running_at = None;
+    loop {
+        let mut game = connect(shared, record, status, ticket).await?;
+        if record.matched_to_connected.is_none() {
+            record.matched_to_connected = Some(matched_at.elapsed());
+        }
+        let connected_at = Instant::now();
+        shared.running.fetch_add(1, Ordering::Relaxed);
+        let played = play_match(shared, record, &mut game, (life, connected_at), &mut running_at).await;
+        shared.running.fetch_sub(1, Ordering::Relaxed);
+        match played? {
+            Played::Finished => return Ok(()),
+            Played::Left => {
+                drop(game);
+                if rand::random_bool(shared.args.come_back_percent / 100.0) {
+                    // Back well within the leave grace: the place is still ours.
+                    record.came_back += 1;
+                    let away = (shared.args.leave_grace_seconds / 3.0).clamp(0.1, 2.0);
+                    tokio::time::sleep(Duration::from_secs_f64(away)).await;
+                    continue;
+                }
+                record.left_for_good = true;
+                let n = shared.started.fetch_add(1, Ordering::Relaxed);
+                let _ = shared.replacements.send(format!("{}-{n}", shared.prefix));
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A game connection of `status`'s session with `ticket`, past its `WELCOME`.
+async fn connect(
+    shared: &Shared,
+    record: &ClientRecord,
+    status: &MatchResponse,
+    ticket: &str,
+) -> Result<Framed<TcpStream, LineCodec>, Outcome> {
     let addr = connect_addr(&shared.args, status);
     let stream = TcpStream::connect(&addr)
         .await
@@ -431,20 +510,20 @@ async fn connect_and_play(
     match next(&mut game).await? {
         ServerReply::Welcome {
             session_id, player_id, ..
-        } if session_id == status.session_id && player_id == record.player => {}
-        ServerReply::Error(code) => return Err(Outcome::Refused(code.to_string())),
-        other => {
-            return Err(Outcome::Protocol(format!(
-                "expected WELCOME for its own session, got {other}"
-            )));
-        }
+        } if session_id == status.session_id && player_id == record.player => Ok(game),
+        ServerReply::Error(code) => Err(Outcome::Refused(code.to_string())),
+        other => Err(Outcome::Protocol(format!(
+            "expected WELCOME for its own session, got {other}"
+        ))),
     }
-    record.matched_to_connected = Some(matched_at.elapsed());
-    let connected_at = Instant::now();
-    shared.running.fetch_add(1, Ordering::Relaxed);
-    let result = play_match(shared, record, &mut game, (life, connected_at)).await;
-    shared.running.fetch_sub(1, Ordering::Relaxed);
-    result
+}
+
+/// How a match ended for one player.
+enum Played {
+    /// It saw `STATE stop`.
+    Finished,
+    /// It left mid-match (churn).
+    Left,
 }
 
 /// Joins: the player itself (fifo), waiting in the join until matched as a game client would,
@@ -453,7 +532,10 @@ async fn connect_and_play(
 /// forgot them, any member has the ticket joined again (idempotent).
 async fn join(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>) -> Result<MatchResponse, Outcome> {
     let Some(party) = shared.parties.get(&record.player).cloned() else {
-        let body = JoinRequest::player(&record.player);
+        let mut body = JoinRequest::player(&record.player);
+        if shared.args.scenario == Scenario::Churn {
+            body.queue = Some(CHURN_QUEUE.to_owned());
+        }
         let path = format!("/match/join?wait={LONG_POLL_SECONDS}");
         return call(shared, record, Method::POST, &path, Some(&body), auth)
             .await
@@ -516,6 +598,7 @@ async fn attempt(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>,
     record.session_id = Some(status.session_id.clone());
     record.session_players = status.players.clone();
     record.placement = status.placement.clone();
+    record.backfill_since_ms = status.backfill_since_ms;
     shared.matched.fetch_add(1, Ordering::Relaxed);
     let matched_at = Instant::now();
     let ticket = status
@@ -558,34 +641,58 @@ async fn play_match(
     record: &mut ClientRecord,
     game: &mut Framed<TcpStream, LineCodec>,
     (life, connected_at): (Instant, Instant),
-) -> Result<(), Outcome> {
+    running_at: &mut Option<Instant>,
+) -> Result<Played, Outcome> {
     game.get_mut()
         .write_all(format!("REQUEST_MATCH {}\n", shared.args.match_duration).as_bytes())
         .await
         .map_err(|e| Outcome::Protocol(e.to_string()))?;
-    let mut running_at = None;
+    // Churn: each second in a running match, a player leaves with this chance.
+    let leave_chance = if shared.args.scenario == Scenario::Churn {
+        shared.args.churn_percent_per_minute / 100.0 / 60.0
+    } else {
+        0.0
+    };
+    let mut dice = tokio::time::interval(Duration::from_secs(1));
+    dice.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match next(game).await? {
+        let reply = tokio::select! {
+            reply = next(game) => reply?,
+            _ = dice.tick(), if leave_chance > 0.0 && running_at.is_some() => {
+                if rand::random_bool(leave_chance) {
+                    return Ok(Played::Left);
+                }
+                continue;
+            }
+        };
+        match reply {
             ServerReply::RunningLength(n) => record.running_length = Some(n),
             ServerReply::Team { players, .. } => record.team_told = Some(players),
             ServerReply::State(GameState::Running) if running_at.is_none() => {
-                running_at = Some(Instant::now());
-                record.running_at = running_at;
+                *running_at = Some(Instant::now());
+                record.running_at = *running_at;
                 record.connected_to_running = Some(connected_at.elapsed());
                 record.join_to_running = Some(life.elapsed());
+                if let Some(since) = record.backfill_since_ms {
+                    // Slot opened → this player running, on the same clock as the backend's.
+                    let now = matchmaking_core::store::now_ms();
+                    record.backfill_wait = Some(Duration::from_millis(u64::try_from(now - since).unwrap_or(0)));
+                }
             }
             ServerReply::State(GameState::Stop) => {
-                let Some(running_at) = running_at else {
+                let Some(running_at) = *running_at else {
                     return Err(Outcome::Protocol("STATE stop before STATE running".into()));
                 };
                 let lasted = running_at.elapsed();
                 record.match_lasted = Some(lasted);
                 let length = record.running_length.unwrap_or(0) as f64;
                 let lasted = lasted.as_secs_f64();
-                if length == 0.0 || lasted < length - 0.5 || lasted > length + 3.0 {
+                // A player placed into a running match (or back after leaving) saw only its end.
+                let joined_late = record.backfill_since_ms.is_some() || record.came_back > 0;
+                if length == 0.0 || (lasted < length - 0.5 && !joined_late) || lasted > length + 3.0 {
                     return Err(Outcome::WrongLength(format!("length {length} s, lasted {lasted:.2} s")));
                 }
-                return Ok(());
+                return Ok(Played::Finished);
             }
             ServerReply::Error(code) => return Err(Outcome::Refused(code.to_string())),
             _ => {}

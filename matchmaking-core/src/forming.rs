@@ -18,6 +18,13 @@
 //!   still pack into the teams. Teams are then filled largest party first, each into the team
 //!   with the least total skill when the queue balances teams, and improved by swaps;
 //! - a ticket that anchors no session and has waited `max_wait_seconds` ends `timed_out`.
+//!
+//! Backfill requests (running sessions' open slots, [`Backfill`]) are placed first, oldest
+//! first: each open team looks for the waiting tickets nearest the skill it wants, in its
+//! session's `match_on` bucket, keeping the session's skill spread and every newcomer's latency
+//! to the session's region within the windows the request's own wait allows; a party goes
+//! whole onto one team with room for all of it. What they take is gone before new sessions
+//! form.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -80,6 +87,40 @@ pub struct Plan {
     pub sessions: Vec<Formed>,
     /// Tickets that end `timed_out`.
     pub expired: Vec<usize>,
+    /// Tickets placed into running sessions' open slots.
+    pub backfilled: Vec<Filled>,
+    /// Backfill requests (indices into the requests given) open `max_seconds` and ending
+    /// unfilled.
+    pub expired_backfills: Vec<usize>,
+}
+
+/// A running session's request for players: its open slots and what a newcomer must match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backfill {
+    pub session_id: String,
+    /// When its slots opened; its wait widens its windows as a ticket's wait does.
+    pub since_ms: i64,
+    /// Open slots per team (one entry for a session without teams).
+    pub slots: Vec<u32>,
+    /// The session's `match_on` values, in the queue's order.
+    pub match_key: Vec<String>,
+    /// The lowest and highest skill of the session's tickets, with a skill rule.
+    pub skill_range: Option<(f64, f64)>,
+    /// Per `slots` entry: the skill a newcomer is looked for nearest.
+    pub targets: Vec<f64>,
+    /// The session's region, with a latency rule.
+    pub region: Option<String>,
+}
+
+/// A ticket placed into a running session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filled {
+    /// Index into the requests given.
+    pub request: usize,
+    /// Index into the request's `slots` (its team, in a session with teams).
+    pub team: usize,
+    /// Index into [`Pool::tickets`].
+    pub ticket: usize,
 }
 
 /// What the search allows a ticket that has waited `wait_ms`: (skill spread, latency in ms).
@@ -119,6 +160,7 @@ pub struct Pool<'q> {
     regions: Vec<String>,
     /// Per `match_on` bucket: (skill key, ticket index) of every ticket not yet placed.
     buckets: Vec<BTreeSet<(i64, usize)>>,
+    bucket_ids: HashMap<Vec<String>, usize>,
 }
 
 /// A search's result.
@@ -166,6 +208,7 @@ impl<'q> Pool<'q> {
             entries,
             regions,
             buckets,
+            bucket_ids,
         }
     }
 
@@ -176,8 +219,33 @@ impl<'q> Pool<'q> {
 
     /// Forms up to `max_sessions` sessions as of `now_ms`, and times out what waited too long.
     pub fn form(&mut self, now_ms: i64, max_sessions: usize) -> Plan {
+        self.plan(now_ms, max_sessions, &[])
+    }
+
+    /// Fills `requests` (running sessions' open slots) first, then forms up to `max_sessions`
+    /// sessions of what is left, as of `now_ms`; times out what waited too long.
+    pub fn plan(&mut self, now_ms: i64, max_sessions: usize, requests: &[Backfill]) -> Plan {
         let mut plan = Plan::default();
         let mut placed = vec![false; self.tickets.len()];
+        let max_ms = self.queue.backfill.map_or(i64::MAX, |b| b.max_ms);
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by_key(|&r| (requests[r].since_ms, r));
+        for r in order {
+            if now_ms - requests[r].since_ms >= max_ms {
+                plan.expired_backfills.push(r);
+                continue;
+            }
+            for (team, ticket) in self.fill(&requests[r], now_ms) {
+                placed[ticket] = true;
+                let e = &self.entries[ticket];
+                self.buckets[e.bucket].remove(&(e.key, ticket));
+                plan.backfilled.push(Filled {
+                    request: r,
+                    team,
+                    ticket,
+                });
+            }
+        }
         for anchor in 0..self.tickets.len() {
             if placed[anchor] {
                 continue;
@@ -202,6 +270,89 @@ impl<'q> Pool<'q> {
             }
         }
         plan
+    }
+
+    /// The tickets (with the `slots` entry each goes to) that fill `request` now: per open
+    /// team, the nearest in skill to what it wants first, within the windows the request's
+    /// own wait allows. Does not remove them from the index.
+    fn fill(&self, request: &Backfill, now_ms: i64) -> Vec<(usize, usize)> {
+        let Some(&bucket) = self.bucket_ids.get(&request.match_key) else {
+            return Vec::new();
+        };
+        let (spread, latency) = allowed(self.queue, now_ms - request.since_ms);
+        let spread = spread.unwrap_or(f64::INFINITY);
+        let region = match (&request.region, latency) {
+            (Some(name), Some(_)) => match self.regions.iter().position(|r| r == name) {
+                Some(r) => Some(u16::try_from(r).unwrap_or(u16::MAX)),
+                // No waiting ticket measured the session's region.
+                None => return Vec::new(),
+            },
+            _ => None,
+        };
+        let (mut lo, mut hi) = request.skill_range.unwrap_or((f64::INFINITY, f64::NEG_INFINITY));
+        let mut open: Vec<usize> = request.slots.iter().map(|&n| n as usize).collect();
+        let mut taken: Vec<(usize, usize)> = Vec::new();
+        // The team with the most open slots looks first.
+        let mut teams: Vec<usize> = (0..open.len()).filter(|&t| open[t] > 0).collect();
+        teams.sort_by_key(|&t| std::cmp::Reverse(open[t]));
+        let budget = SCAN_SLACK + SCAN_PER_PLAYER * open.iter().sum::<usize>();
+        for team in teams {
+            let target = request.targets.get(team).copied().unwrap_or(0.0);
+            let key = (target * 1000.0).round() as i64;
+            let set = &self.buckets[bucket];
+            let mut down = set.range(..(key, 0)).rev().peekable();
+            let mut up = set.range((key, 0)..).peekable();
+            let mut looked = 0;
+            while open[team] > 0 && looked < budget {
+                let next = match (down.peek(), up.peek()) {
+                    (Some(&&(dk, _)), Some(&&(uk, _))) => {
+                        if key - dk <= uk - key {
+                            down.next()
+                        } else {
+                            up.next()
+                        }
+                    }
+                    (Some(_), None) => down.next(),
+                    (None, Some(_)) => up.next(),
+                    (None, None) => None,
+                };
+                let Some(&(_, c)) = next else { break };
+                looked += 1;
+                if taken.iter().any(|&(_, t)| t == c) {
+                    continue;
+                }
+                let e = &self.entries[c];
+                if self.queue.skill.is_some() && lo <= hi {
+                    // Every newcomer's skill must lie in [hi - spread, lo + spread]: nearest
+                    // first, nothing after one further out than both ends can.
+                    let (a, b) = (hi - spread, lo + spread);
+                    if (e.skill < a || e.skill > b)
+                        && (e.skill - target).abs() > (a - target).abs().max((b - target).abs())
+                    {
+                        break;
+                    }
+                }
+                let size = self.tickets[c].players.len();
+                if size > open[team] {
+                    continue;
+                }
+                if let Some(r) = region
+                    && !e.latency_to(r).is_some_and(|ms| ms <= latency.unwrap_or(f64::INFINITY))
+                {
+                    continue;
+                }
+                if self.queue.skill.is_some() {
+                    let (new_lo, new_hi) = (lo.min(e.skill), hi.max(e.skill));
+                    if new_hi - new_lo > spread {
+                        continue;
+                    }
+                    (lo, hi) = (new_lo, new_hi);
+                }
+                open[team] -= size;
+                taken.push((team, c));
+            }
+        }
+        taken
     }
 
     /// The best session `anchor` can form now, if any.
@@ -684,6 +835,175 @@ mod tests {
         assert!(Pool::new(&q, tickets.clone()).form(T0 + 50_000, 10).sessions.is_empty());
         tickets[2].match_key = vec!["ctf".to_owned()];
         assert_eq!(Pool::new(&q, tickets).form(T0, 10).sessions.len(), 1);
+    }
+
+    fn backfilled_queue() -> Queue {
+        queue(
+            "{name: r, teams: 2, team_size: 2, max_party_size: 2, match_on: [mode],
+              skill: {attribute: skill, max_spread: 100, widen_by: 50, widen_every_seconds: 5, max_spread_limit: 300, balance_teams: true},
+              latency: {attribute: latency_ms, max_ms: 60, widen_by: 20, widen_every_seconds: 10, max_ms_limit: 100},
+              backfill: {on_leave: true, leave_grace_seconds: 5, max_seconds: 30}}",
+        )
+    }
+
+    /// A request of `sid` for one player on team 2 of a 2v2 in eu whose tickets range 1450-1550.
+    fn one_short(sid: &str, since: i64) -> Backfill {
+        Backfill {
+            session_id: sid.to_owned(),
+            since_ms: since,
+            slots: vec![0, 1],
+            match_key: vec!["ctf".to_owned()],
+            skill_range: Some((1450.0, 1550.0)),
+            targets: vec![1500.0, 1500.0],
+            region: Some("eu".to_owned()),
+        }
+    }
+
+    fn placed(pool: &Pool, plan: &Plan) -> Vec<(usize, usize, String)> {
+        plan.backfilled
+            .iter()
+            .map(|f| (f.request, f.team, pool.tickets()[f.ticket].id.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn backfill_fills_the_short_team_before_new_sessions_form() {
+        let q = backfilled_queue();
+        // Four that would form a session of their own: the one nearest 1500 fills the slot
+        // first, and the other three wait.
+        let tickets = vec![
+            ticket(&["a"], &[1440.0], EU, T0),
+            ticket(&["b"], &[1490.0], EU, T0 + 1),
+            ticket(&["c"], &[1460.0], EU, T0 + 2),
+            ticket(&["d"], &[1470.0], EU, T0 + 3),
+        ];
+        let mut pool = Pool::new(&q, tickets);
+        let plan = pool.plan(T0 + 10, 10, &[one_short("s1", T0)]);
+        assert_eq!(placed(&pool, &plan), vec![(0, 1, "b".to_owned())]);
+        assert!(plan.sessions.is_empty(), "three left: no 2v2");
+        // Without the request the four form a session.
+        let mut pool = Pool::new(&q, pool.tickets().to_vec());
+        assert_eq!(pool.plan(T0 + 10, 10, &[]).sessions.len(), 1);
+    }
+
+    #[test]
+    fn backfill_keeps_the_rules_widened_by_the_requests_own_wait() {
+        let q = backfilled_queue();
+        // 1700 makes the session's spread 250: allowed once the request has waited 15 s
+        // (100 + 3 x 50), not before, whatever the ticket's own wait.
+        let far = vec![ticket(&["far"], &[1700.0], EU, T0 - 60_000)];
+        let request = one_short("s1", T0);
+        for at in [T0, T0 + 14_999] {
+            let mut pool = Pool::new(&q, far.clone());
+            assert!(
+                pool.plan(at, 10, std::slice::from_ref(&request)).backfilled.is_empty(),
+                "at {at}"
+            );
+        }
+        let mut pool = Pool::new(&q, far.clone());
+        assert_eq!(
+            pool.plan(T0 + 15_000, 10, std::slice::from_ref(&request))
+                .backfilled
+                .len(),
+            1
+        );
+        // Latency: 75 ms to eu needs the window at 80 (10 s of wait).
+        let slow = vec![ticket(&["slow"], &[1500.0], &[("eu", 75.0)], T0)];
+        let mut pool = Pool::new(&q, slow.clone());
+        assert!(
+            pool.plan(T0 + 9_999, 10, std::slice::from_ref(&request))
+                .backfilled
+                .is_empty()
+        );
+        let mut pool = Pool::new(&q, slow);
+        assert_eq!(
+            pool.plan(T0 + 10_000, 10, std::slice::from_ref(&request))
+                .backfilled
+                .len(),
+            1
+        );
+        // Another mode's ticket, or one that never measured the region, never fits.
+        let mut other = ticket(&["koth"], &[1500.0], EU, T0);
+        other.match_key = vec!["koth".to_owned()];
+        let asia = ticket(&["asia"], &[1500.0], &[("asia", 5.0)], T0);
+        let mut pool = Pool::new(&q, vec![other, asia]);
+        assert!(pool.plan(T0 + 60_000 - 1, 10, &[request]).backfilled.is_empty());
+    }
+
+    #[test]
+    fn a_party_too_big_for_the_slot_waits_and_a_fitting_one_goes_whole() {
+        let q = backfilled_queue();
+        let tickets = vec![
+            ticket(&["p1", "p2"], &[1500.0, 1500.0], EU, T0),
+            ticket(&["s"], &[1540.0], EU, T0 + 1),
+        ];
+        let mut pool = Pool::new(&q, tickets.clone());
+        let plan = pool.plan(T0 + 10, 10, &[one_short("s1", T0)]);
+        assert_eq!(
+            placed(&pool, &plan),
+            vec![(0, 1, "s".to_owned())],
+            "the pair does not fit one slot"
+        );
+        // Two open on one team: the pair goes there, whole.
+        let mut two = one_short("s1", T0);
+        two.slots = vec![2, 0];
+        let mut pool = Pool::new(&q, tickets.clone());
+        let plan = pool.plan(T0 + 10, 10, &[two]);
+        assert_eq!(placed(&pool, &plan), vec![(0, 0, "p1".to_owned())]);
+        // One open on each team: the pair cannot split.
+        let mut split = one_short("s1", T0);
+        split.slots = vec![1, 1];
+        let mut pool = Pool::new(&q, tickets);
+        let plan = pool.plan(T0 + 10, 10, &[split]);
+        assert_eq!(placed(&pool, &plan), vec![(0, 0, "s".to_owned())]);
+    }
+
+    #[test]
+    fn backfill_requests_end_at_their_max_and_the_oldest_fills_first() {
+        let q = backfilled_queue();
+        let tickets = vec![ticket(&["a"], &[1500.0], EU, T0)];
+        let (older, newer) = (one_short("old", T0 - 20_000), one_short("new", T0));
+        let mut pool = Pool::new(&q, tickets.clone());
+        let plan = pool.plan(T0 + 9_999, 10, &[newer.clone(), older.clone()]);
+        assert_eq!(
+            placed(&pool, &plan),
+            vec![(1, 1, "a".to_owned())],
+            "the older request first"
+        );
+        assert!(plan.expired_backfills.is_empty());
+        // 30 s after it opened, the older one ends unfilled and the newer one takes the player.
+        let mut pool = Pool::new(&q, tickets);
+        let plan = pool.plan(T0 + 10_000, 10, &[newer, older]);
+        assert_eq!(plan.expired_backfills, vec![1]);
+        assert_eq!(placed(&pool, &plan), vec![(0, 1, "a".to_owned())]);
+    }
+
+    #[test]
+    fn a_fifo_session_backfills_several_slots_in_queue_skill_order() {
+        let q = queue("{name: f, session_size: 4, min_session_size: 2, backfill: {}}");
+        let plain = |id: &str, at: i64| Ticket {
+            skills: Vec::new(),
+            latencies: Vec::new(),
+            match_key: Vec::new(),
+            ..ticket(&[id], &[], &[], at)
+        };
+        let tickets = vec![plain("x", T0), plain("y", T0 + 1), plain("z", T0 + 2)];
+        let request = Backfill {
+            session_id: "s".into(),
+            since_ms: T0,
+            slots: vec![2],
+            match_key: Vec::new(),
+            skill_range: None,
+            targets: vec![0.0],
+            region: None,
+        };
+        let mut pool = Pool::new(&q, tickets);
+        let plan = pool.plan(T0 + 5, 10, &[request]);
+        assert_eq!(plan.backfilled.len(), 2);
+        assert!(
+            plan.sessions.is_empty(),
+            "one left of a session of four, before the flush"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! | `{P}:replicas` | hash | replica id → its last report (`GET /health` and when), for operators; pruned 15 minutes after the last |
 //! | `{P}:failures` | list | the latest 200 session failures (JSON), newest first |
 //! | `{P}:versions` | hash | a server profile's name → its versions' weights and drains as operators last set them (JSON) |
+//! | `{P}:backfill` | hash | a running session's id → its open backfill request (JSON: its queue, open slots per team, since when, and what a newcomer must match) |
 //! | `{P}:console:<h>` | string | a console sign-in, `h` the SHA-256 of its cookie; expires with it |
 
 /// The keys of one queue.
@@ -169,6 +170,11 @@ impl Keys {
         self.named("versions")
     }
 
+    /// Running sessions' open backfill requests.
+    pub fn backfill(&self) -> String {
+        self.named("backfill")
+    }
+
     /// A console sign-in, by the SHA-256 (hex) of its cookie.
     pub fn console(&self, digest: &str) -> String {
         self.named(&format!("console:{digest}"))
@@ -202,6 +208,7 @@ mod tests {
             keys.failures(),
             keys.console("ab"),
             keys.versions(),
+            keys.backfill(),
         ] {
             assert!(key.starts_with("{mp}:"), "{key}");
         }

@@ -8,8 +8,10 @@
 //! - [`forming`]: a round's plan for a rule queue, made in memory from the waiting tickets;
 //! - [`round`]: one round of forming on one queue, from the read to the commit;
 //! - [`store`]: the Redis state and its scripts, with the key names of [`keys`];
-//! - [`lifecycle`]: the events of a session's life the scripts write.
+//! - [`lifecycle`]: the events of a session's life the scripts write;
+//! - [`backfill`]: a running session's request for players.
 
+pub mod backfill;
 pub mod forming;
 pub mod keys;
 pub mod lifecycle;

@@ -47,6 +47,13 @@ pub enum Change {
     },
     /// The game server's result report, arriving after the session had already ended.
     Reported { report: ResultReport },
+    /// `players` (a ticket: one player, or a party) were placed into the running session's
+    /// open slots on team `team` (counted from 0; 0 without teams), by a backfill request open
+    /// since `since_ms`.
+    Backfilled { team: usize, since_ms: i64 },
+    /// `players` were released from the running session's roster (gone too long, or released
+    /// by its server): their places are open to backfill.
+    Released,
     /// `players` (one) opened a first connection to the session's server, as the proxy saw it.
     Connected,
     /// `players` (one) closed its last connection to the session's server.
@@ -73,6 +80,8 @@ impl Change {
             Change::Ready { .. } => "ready",
             Change::Ended { .. } => "ended",
             Change::Reported { .. } => "reported",
+            Change::Backfilled { .. } => "backfilled",
+            Change::Released => "released",
             Change::Connected => "connected",
             Change::Left => "left",
             Change::TimedOut { .. } => "timed_out",

@@ -108,7 +108,27 @@ pub struct Queue {
     /// The server profile its sessions run (`None`: the built-in game server). The backend,
     /// which reads the profiles from the same file, checks that it exists.
     pub server: Option<String>,
+    /// Whether running sessions take players into open slots, and how.
+    pub backfill: Option<BackfillRule>,
 }
+
+/// A queue's backfill: running sessions of it may ask for players (through the server SDK),
+/// and with `on_leave` matchplane asks for them itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackfillRule {
+    /// A player gone from a running session for `leave_grace_ms` gives up its place, and the
+    /// session asks for a player in its stead.
+    pub on_leave: bool,
+    pub leave_grace_ms: i64,
+    /// A request still open after this long ends unfilled.
+    pub max_ms: i64,
+}
+
+/// A backfill request's longest life when the queue does not say.
+pub const BACKFILL_MAX_SECONDS: f64 = 60.0;
+/// How long a player may be gone before `on_leave` gives its place away, when the queue does
+/// not say.
+pub const LEAVE_GRACE_SECONDS: f64 = 10.0;
 
 impl Queue {
     /// The default queue: join order, from the session settings.
@@ -127,10 +147,12 @@ impl Queue {
             client_attributes: Vec::new(),
             max_wait_ms: None,
             server: None,
+            backfill: None,
         }
     }
 
-    /// Formed by the join-order script alone (see the module docs).
+    /// Formed by the join-order script alone (see the module docs). A queue that backfills is
+    /// formed by the rule former, which places backfill requests before new sessions.
     pub fn is_plain(&self) -> bool {
         matches!(self.shape, Shape::Fifo { .. })
             && self.max_party == 1
@@ -138,6 +160,7 @@ impl Queue {
             && self.skill.is_none()
             && self.latency.is_none()
             && self.max_wait_ms.is_none()
+            && self.backfill.is_none()
     }
 
     /// A plain queue's rules, as the join-order script takes them.
@@ -284,6 +307,17 @@ struct QueueSpec {
     client_attributes: Vec<String>,
     max_wait_seconds: Option<f64>,
     server: Option<String>,
+    backfill: Option<BackfillSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillSpec {
+    #[serde(default)]
+    on_leave: bool,
+    leave_grace_seconds: Option<f64>,
+    #[serde(alias = "backfill_max_seconds")]
+    max_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,6 +554,25 @@ impl QueueSpec {
                 "server {server:?} is not a profile name (1-64 of A-Z a-z 0-9 _ -)"
             ));
         }
+        let backfill = self.backfill.as_ref().map(|b| {
+            let mut seconds = |name: &str, value: Option<f64>, default: f64| {
+                let v = value.unwrap_or(default);
+                if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                    mistake(format!("backfill.{name} must be > 0 and at most 86400, got {v}"));
+                }
+                millis(v)
+            };
+            let leave_grace_ms = seconds("leave_grace_seconds", b.leave_grace_seconds, LEAVE_GRACE_SECONDS);
+            let max_ms = seconds("max_seconds", b.max_seconds, BACKFILL_MAX_SECONDS);
+            if b.leave_grace_seconds.is_some() && !b.on_leave {
+                mistake("backfill.leave_grace_seconds needs backfill.on_leave: true".into());
+            }
+            BackfillRule {
+                on_leave: b.on_leave,
+                leave_grace_ms,
+                max_ms,
+            }
+        });
         Queue {
             name: self.name.clone(),
             shape,
@@ -530,6 +583,7 @@ impl QueueSpec {
             client_attributes: self.client_attributes.clone(),
             max_wait_ms,
             server: self.server.clone(),
+            backfill,
         }
     }
 }
@@ -657,6 +711,43 @@ queues:
         assert_eq!(
             Queues::parse("queues: [{name: a, teams: 2}]").unwrap_err(),
             vec!["queue \"a\": teams and team_size go together"]
+        );
+    }
+
+    #[test]
+    fn backfill_is_read_with_its_defaults_and_checked() {
+        let q = Queues::parse(
+            "queues: [{name: a, session_size: 4, backfill: {on_leave: true, leave_grace_seconds: 3}},
+                      {name: b, teams: 2, team_size: 2, backfill: {backfill_max_seconds: 30}},
+                      {name: c, session_size: 4, backfill: {}}]",
+        )
+        .unwrap();
+        let a = q.get("a").unwrap();
+        assert!(!a.is_plain(), "a queue that backfills is formed by the rule former");
+        assert_eq!(
+            a.backfill,
+            Some(BackfillRule {
+                on_leave: true,
+                leave_grace_ms: 3_000,
+                max_ms: 60_000
+            })
+        );
+        let b = q.get("b").unwrap().backfill.unwrap();
+        assert!(!b.on_leave);
+        assert_eq!(b.max_ms, 30_000);
+        assert!(q.get("c").unwrap().backfill.is_some());
+        let mistakes = Queues::parse(
+            "queues: [{name: a, session_size: 4, backfill: {leave_grace_seconds: 0, max_seconds: -1, every: 1}},
+                      {name: b, session_size: 4, backfill: {leave_grace_seconds: 5, max_seconds: 100000}}]",
+        )
+        .unwrap_err();
+        assert_eq!(
+            mistakes,
+            vec![
+                "queue \"a\": unknown field `every`, expected one of `on_leave`, `leave_grace_seconds`, `backfill_max_seconds`, `max_seconds`".to_owned(),
+                "queue \"b\": backfill.max_seconds must be > 0 and at most 86400, got 100000".to_owned(),
+                "queue \"b\": backfill.leave_grace_seconds needs backfill.on_leave: true".to_owned(),
+            ]
         );
     }
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use protocol::sessions::Placement;
 
-use crate::forming::{Formed, Pool};
+use crate::forming::{Backfill, Formed, Pool};
 use crate::queues::Queue;
-use crate::store::{ENDED_RETENTION, FormedSession, QueueStore, Result, now_ms};
+use crate::store::{Backfilled, ENDED_RETENTION, FormedSession, QueueStore, Result, now_ms};
 use crate::tickets;
 
 /// How long a replica's lease on forming a rule queue lasts without renewal.
@@ -32,6 +32,10 @@ pub struct Round {
     /// Tickets of the plan that changed since they were read: their sessions wait for the
     /// next round.
     pub stale: usize,
+    /// Players placed into running sessions' open slots.
+    pub backfilled: Vec<Backfilled>,
+    /// Backfill requests that ended unfilled.
+    pub backfills_ended: u64,
 }
 
 /// Forms up to `max` sessions from `queue` (whose state `store` is) as of now, owned by
@@ -48,15 +52,45 @@ pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) 
         return Ok(Round::default());
     }
     let stored = store.waiting_tickets().await?;
-    if stored.is_empty() {
+    let requests: Vec<(String, crate::backfill::BackfillRequest)> = if queue.backfill.is_some() {
+        store.store().backfill_requests(&queue.name).await?
+    } else {
+        Vec::new()
+    };
+    if stored.is_empty() && requests.is_empty() {
         return Ok(Round::default());
     }
     let now = now_ms();
     let mut pool = Pool::new(queue, stored.iter().filter_map(|t| tickets::decode(queue, t)).collect());
-    let plan = pool.form(now, max);
-    if plan.sessions.is_empty() && plan.expired.is_empty() {
+    let backfills: Vec<Backfill> = requests.iter().map(|(sid, r)| r.for_former(sid)).collect();
+    let plan = pool.plan(now, max, &backfills);
+    if plan.sessions.is_empty()
+        && plan.expired.is_empty()
+        && plan.backfilled.is_empty()
+        && plan.expired_backfills.is_empty()
+    {
         return Ok(Round::default());
     }
+    let filled: Vec<PlannedBackfill> = plan
+        .backfilled
+        .iter()
+        .map(|f| {
+            let t = &pool.tickets()[f.ticket];
+            PlannedBackfill {
+                session_id: backfills[f.request].session_id.clone(),
+                since_ms: backfills[f.request].since_ms,
+                team: f.team,
+                ticket: (t.id.clone(), t.version),
+                players: t.players.clone(),
+                joined_ms: vec![t.joined_ms; t.players.len()],
+            }
+        })
+        .collect();
+    let ended: Vec<(&str, i64)> = plan
+        .expired_backfills
+        .iter()
+        .map(|&r| (backfills[r].session_id.as_str(), backfills[r].since_ms))
+        .collect();
     let sessions: Vec<PlannedSession> = plan
         .sessions
         .iter()
@@ -68,6 +102,9 @@ pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) 
         .map(|&t| (pool.tickets()[t].id.as_str(), pool.tickets()[t].version))
         .collect();
     let body = serde_json::json!({
+        "backfills": filled,
+        "backfills_ended": ended,
+        "size": queue.shape.full(),
         "sessions": sessions,
         "expire": expire,
         "retention_ms": u64::try_from(ENDED_RETENTION.as_millis()).unwrap_or(u64::MAX),
@@ -77,6 +114,8 @@ pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) 
     let mut round = Round {
         timed_out: placed.expired.len(),
         stale: placed.stale.len(),
+        backfilled: placed.backfilled,
+        backfills_ended: placed.backfills_ended,
         ..Round::default()
     };
     for (s, formed) in sessions.into_iter().zip(&plan.sessions) {
@@ -107,6 +146,18 @@ pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) 
         round.placements.push(s.placement);
     }
     Ok(round)
+}
+
+/// A ticket of a plan placed into a running session, as the place script takes it.
+#[derive(serde::Serialize)]
+struct PlannedBackfill {
+    session_id: String,
+    since_ms: i64,
+    /// Index into the request's slots.
+    team: usize,
+    ticket: (String, u64),
+    players: Vec<String>,
+    joined_ms: Vec<i64>,
 }
 
 /// A session of a plan, as the place script takes it.

@@ -90,6 +90,10 @@ pub struct MatchResponse {
     /// when none is).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connected: Vec<String>,
+    /// A player placed into a running session by backfill: when the slot it took opened (ms
+    /// since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill_since_ms: Option<i64>,
     /// The queue; while queued, `skill_spread` and `max_latency_ms` say what the search allows
     /// now; in a session, its teams, region and quality.
     #[serde(flatten)]
@@ -122,6 +126,10 @@ pub enum ApiErrorCode {
     AlreadyQueued,
     /// 409: a player of the ticket is already in a session.
     InSession,
+    /// 409: the session is not running (still starting, or over): it takes no backfill.
+    NotRunning,
+    /// 409: the session's queue does not backfill (it has no `backfill` settings).
+    NoBackfill,
     /// 413: the body is over the limit.
     TooLarge,
     /// 401: no token, or one that does not verify.
@@ -146,7 +154,7 @@ pub enum ApiErrorCode {
 
 impl ApiErrorCode {
     /// Every code.
-    pub const ALL: [ApiErrorCode; 18] = [
+    pub const ALL: [ApiErrorCode; 20] = [
         ApiErrorCode::Malformed,
         ApiErrorCode::Invalid,
         ApiErrorCode::UnknownQueue,
@@ -155,6 +163,8 @@ impl ApiErrorCode {
         ApiErrorCode::NotQueued,
         ApiErrorCode::AlreadyQueued,
         ApiErrorCode::InSession,
+        ApiErrorCode::NotRunning,
+        ApiErrorCode::NoBackfill,
         ApiErrorCode::TooLarge,
         ApiErrorCode::Unauthorized,
         ApiErrorCode::Forbidden,
@@ -178,6 +188,8 @@ impl ApiErrorCode {
             ApiErrorCode::NotQueued => "not_queued",
             ApiErrorCode::AlreadyQueued => "already_queued",
             ApiErrorCode::InSession => "in_session",
+            ApiErrorCode::NotRunning => "not_running",
+            ApiErrorCode::NoBackfill => "no_backfill",
             ApiErrorCode::TooLarge => "too_large",
             ApiErrorCode::Unauthorized => "unauthorized",
             ApiErrorCode::Forbidden => "forbidden",
@@ -199,7 +211,10 @@ impl ApiErrorCode {
             ApiErrorCode::Forbidden => 403,
             ApiErrorCode::NotFound | ApiErrorCode::UnknownSession | ApiErrorCode::NotQueued => 404,
             ApiErrorCode::MethodNotAllowed => 405,
-            ApiErrorCode::AlreadyQueued | ApiErrorCode::InSession => 409,
+            ApiErrorCode::AlreadyQueued
+            | ApiErrorCode::InSession
+            | ApiErrorCode::NotRunning
+            | ApiErrorCode::NoBackfill => 409,
             ApiErrorCode::TooLarge => 413,
             ApiErrorCode::Invalid | ApiErrorCode::UnknownQueue => 422,
             ApiErrorCode::Throttled => 429,
@@ -319,6 +334,9 @@ pub struct SessionView {
     /// is, and for ended sessions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connected: Vec<String>,
+    /// Its open backfill request, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillStatus>,
     /// Its queue, teams, region and quality.
     #[serde(flatten)]
     pub placement: crate::sessions::Placement,
@@ -410,6 +428,97 @@ pub struct SignalReceipt {
     pub session_id: String,
     /// `allocating` (not yet ready), `matched` (players have tickets) or `ended`.
     pub status: MatchStatus,
+}
+
+/// Open slots: a number for the whole session, or one number per team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Slots {
+    Total(u32),
+    PerTeam(Vec<u32>),
+}
+
+/// `POST /internal/sessions/{id}/backfill`: a running session's server asks for players.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillAsk {
+    /// The open slots from now on (0: withdraw the request), capped at the room the roster
+    /// leaves: a number (a session without teams), or one number per team.
+    pub slots: Slots,
+    /// Players to take off the roster first (they left for good): their places become room.
+    #[serde(default)]
+    pub release: Vec<String>,
+}
+
+/// A session's backfill request, as its server and operators read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackfillStatus {
+    /// Open slots per team (one entry without teams); all 0 when none is open.
+    pub slots: Vec<u32>,
+    /// When the slots opened (absent when none is).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub since: Option<OffsetDateTime>,
+    /// How long it has been open, in ms.
+    pub wait_ms: i64,
+    /// What its wait allows now: the session's skill spread with the newcomers, and every
+    /// newcomer's latency to the session's region (absent without such a rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill_spread: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms: Option<f64>,
+    /// When it ends unfilled, if still open then.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub expires: Option<OffsetDateTime>,
+}
+
+/// `POST /internal/sessions/{id}/backfill`: the request after the call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackfillReceipt {
+    pub session_id: String,
+    pub backfill: BackfillStatus,
+    /// The players the call took off the roster.
+    pub released: Vec<String>,
+    /// The roster after.
+    pub players: Vec<String>,
+}
+
+/// `POST /internal/sessions/{id}/roster`: the roster as it is now (or once it changed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Roster {
+    pub session_id: String,
+    /// `matched` while running, `ended` once over.
+    pub status: MatchStatus,
+    /// Whether the session's queue backfills at all (when not, the roster never changes and
+    /// there is nothing to follow).
+    pub backfills: bool,
+    /// Changes with every player placed by backfill or released.
+    pub version: u64,
+    pub players: Vec<String>,
+    /// Each team's players (empty without teams).
+    #[serde(default)]
+    pub teams: Vec<Vec<String>>,
+    /// Its open backfill request, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillStatus>,
+}
+
+/// `POST /internal/sessions/{id}/roster`: wait (up to `wait` seconds, default 0) for a roster
+/// newer than version `after` (default 0).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RosterWait {
+    #[serde(default)]
+    pub after: u64,
+    #[serde(default)]
+    pub wait: Option<f64>,
 }
 
 /// `POST /internal/warm/{server_id}/session`: the session handed to a warm server of a
@@ -560,6 +669,7 @@ mod tests {
             end_reason: None,
             wait_ms: None,
             connected: Vec::new(),
+            backfill_since_ms: None,
             placement: crate::sessions::Placement::default(),
         };
         assert_eq!(

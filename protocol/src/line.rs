@@ -209,6 +209,12 @@ pub enum ServerReply {
     /// `TEAM <n> <player,player,...>`: right after `WELCOME` in a session with teams, the
     /// player's team (numbered from 1) and everyone on it.
     Team { team: u32, players: Vec<String> },
+    /// `JOINED <player_id> [team]`: broadcast to the others when backfill places a player into
+    /// the running match (with its team, numbered from 1, in a session with teams).
+    Joined { player_id: String, team: Option<u32> },
+    /// `RELEASED <player_id>`: broadcast when a player leaves the roster for good (its place
+    /// goes to backfill).
+    Released(String),
     /// `STATE <state>`, as an answer or a broadcast.
     State(GameState),
     /// `RUNNING_LENGTH <whole seconds>`, 0 while unset.
@@ -251,6 +257,15 @@ impl ServerReply {
                 team: team.parse().map_err(|_| bad())?,
                 players: players.split(',').map(str::to_owned).collect(),
             },
+            ("JOINED", [player]) => ServerReply::Joined {
+                player_id: (*player).to_owned(),
+                team: None,
+            },
+            ("JOINED", [player, team]) => ServerReply::Joined {
+                player_id: (*player).to_owned(),
+                team: Some(team.parse().map_err(|_| bad())?),
+            },
+            ("RELEASED", [player]) => ServerReply::Released((*player).to_owned()),
             ("STATE", [state]) => ServerReply::State(state.parse()?),
             ("RUNNING_LENGTH", [n]) => ServerReply::RunningLength(n.parse().map_err(|_| bad())?),
             ("PONG", []) => ServerReply::Pong(None),
@@ -273,6 +288,12 @@ impl fmt::Display for ServerReply {
                 state,
             } => write!(f, "WELCOME {session_id} {player_id} {state}"),
             ServerReply::Team { team, players } => write!(f, "TEAM {team} {}", players.join(",")),
+            ServerReply::Joined { player_id, team: None } => write!(f, "JOINED {player_id}"),
+            ServerReply::Joined {
+                player_id,
+                team: Some(team),
+            } => write!(f, "JOINED {player_id} {team}"),
+            ServerReply::Released(player) => write!(f, "RELEASED {player}"),
             ServerReply::State(state) => write!(f, "STATE {state}"),
             ServerReply::RunningLength(n) => write!(f, "RUNNING_LENGTH {n}"),
             ServerReply::Pong(Some(nonce)) => write!(f, "PONG {nonce}"),
@@ -382,6 +403,9 @@ mod tests {
             state().prop_map(ServerReply::State),
             (any::<u32>(), prop::collection::vec(token(), 1..4))
                 .prop_map(|(team, players)| ServerReply::Team { team, players }),
+            (token(), proptest::option::of(any::<u32>()))
+                .prop_map(|(player_id, team)| ServerReply::Joined { player_id, team }),
+            token().prop_map(ServerReply::Released),
             any::<u64>().prop_map(ServerReply::RunningLength),
             proptest::option::of(token()).prop_map(ServerReply::Pong),
             Just(ServerReply::Bye),

@@ -6,6 +6,7 @@
 //! (`{<REDIS_KEY_PREFIX>}`), like every other matchplane key, so the backend's scripts may touch
 //! it together with the queue on a Redis Cluster.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -178,7 +179,7 @@ pub struct Placement {
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "list_or_empty_object"
+        deserialize_with = "lists_or_empty_objects"
     )]
     pub teams: Vec<Vec<String>>,
     /// The region chosen from the players' latency maps.
@@ -220,8 +221,10 @@ where
 pub struct SessionRecord {
     pub state: SessionState,
     /// The roster, in join order.
+    #[serde(deserialize_with = "list_or_empty_object")]
     pub players: Vec<String>,
     /// Each player's join time (ms since the Unix epoch), aligned with `players`.
+    #[serde(deserialize_with = "list_or_empty_object")]
     pub joined_ms: Vec<i64>,
     pub created_ms: i64,
     /// The backend replica that formed the session and supervises it.
@@ -260,8 +263,73 @@ pub struct SessionRecord {
     /// Since when no player has been connected, once one had been (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_since_ms: Option<i64>,
+    /// When each player not connected now closed its last connection (ms since the epoch), for
+    /// giving the place of one gone too long to a backfill.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "map_or_empty_list"
+    )]
+    pub left_ms: BTreeMap<String, i64>,
+    /// Changes with every player placed into the session or released from it after it formed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub roster_version: u64,
+    /// Each player placed by backfill, with when the slot it took opened (ms since the epoch).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "map_or_empty_list"
+    )]
+    pub backfilled: BTreeMap<String, i64>,
+    /// A rule queue's tickets as they were queued (JSON documents), those it formed with and
+    /// those backfill placed since.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "list_or_empty_object"
+    )]
+    pub tickets: Vec<String>,
     #[serde(flatten)]
     pub placement: Placement,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A JSON object, or `[]` (what Lua's cjson writes for an empty table) as an empty map.
+pub fn map_or_empty_list<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: serde::de::DeserializeOwned,
+{
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Array(list) if list.is_empty() => Ok(BTreeMap::new()),
+        other => serde_json::from_value(other).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Lists of lists where Lua's cjson may have written an empty one as `{}`.
+pub fn lists_or_empty_objects<'de, D, T>(deserializer: D) -> Result<Vec<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let empty = |v: &serde_json::Value| matches!(v, serde_json::Value::Object(map) if map.is_empty());
+    match serde_json::Value::deserialize(deserializer)? {
+        v if empty(&v) => Ok(Vec::new()),
+        serde_json::Value::Array(outer) => outer
+            .into_iter()
+            .map(|inner| {
+                if empty(&inner) {
+                    Ok(Vec::new())
+                } else {
+                    serde_json::from_value(inner).map_err(serde::de::Error::custom)
+                }
+            })
+            .collect(),
+        other => serde_json::from_value(other).map_err(serde::de::Error::custom),
+    }
 }
 
 impl SessionRecord {
@@ -285,6 +353,10 @@ impl SessionRecord {
             reported: false,
             connected: Vec::new(),
             empty_since_ms: None,
+            left_ms: BTreeMap::new(),
+            roster_version: 0,
+            backfilled: BTreeMap::new(),
+            tickets: Vec::new(),
             placement: Placement::default(),
         }
     }

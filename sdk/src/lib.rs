@@ -24,16 +24,20 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use protocol::api::{MatchStatus, Recorded, ReportReceipt, ResultReport, SignalReceipt};
+use protocol::api::{
+    BackfillAsk, BackfillReceipt, MatchStatus, Recorded, ReportReceipt, ResultReport, Roster, RosterWait, SignalReceipt,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
 pub use http::{BadReportUrl, Endpoint};
-pub use protocol::api::{EndReason, PlayerResult};
+pub use protocol::api::{BackfillStatus, EndReason, PlayerResult, Slots};
 
 /// How long one call may take before it is tried again.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a roster long poll waits.
+const ROSTER_WAIT: Duration = Duration::from_secs(25);
 
 /// Why a call or a reading failed.
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +318,91 @@ impl Backend {
         let body = serde_json::to_vec(report).expect("reports always serialize");
         let answer = self.call("result", &body, budget).await?;
         Ok(receipt::<ReportReceipt>("result", &answer)?.recorded)
+    }
+
+    /// Asks for players: the session's open slots from now on (a number, or one per team; 0
+    /// withdraws the request), after releasing `release` from the roster (players who left for
+    /// good). Retried for up to `budget`. The slots in force are capped at the room the roster
+    /// leaves; the answer says what they are.
+    pub async fn backfill(
+        &self,
+        slots: Slots,
+        release: Vec<String>,
+        budget: Duration,
+    ) -> Result<BackfillReceipt, SdkError> {
+        let body = serde_json::to_vec(&BackfillAsk { slots, release }).expect("asks serialize");
+        let answer = self.call("backfill", &body, budget).await?;
+        receipt("backfill", &answer)
+    }
+
+    /// The roster once its version is past `after` (players placed by backfill, or released),
+    /// or the session is over, or `wait` has passed (at most 30 s). One try.
+    pub async fn roster(&self, after: u64, wait: Duration) -> Result<Roster, SdkError> {
+        let ask = RosterWait {
+            after,
+            wait: Some(wait.min(ROSTER_WAIT).as_secs_f64()),
+        };
+        let body = serde_json::to_vec(&ask).expect("waits serialize");
+        let limit = wait.min(ROSTER_WAIT) + CALL_TIMEOUT;
+        match http::post(&self.endpoint, "roster", &body, limit).await {
+            Ok(answer) if (200..300).contains(&answer.status) => receipt("roster", &answer),
+            Ok(answer) if answer.retryable() => Err(SdkError::Unreachable {
+                call: "roster",
+                why: format!("status {}", answer.status),
+            }),
+            Ok(answer) => Err(SdkError::Refused {
+                call: "roster",
+                status: answer.status,
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
+            }),
+            Err(why) => Err(SdkError::Unreachable { call: "roster", why }),
+        }
+    }
+
+    /// Follows the roster until `stop` is cancelled or the session is over: every change
+    /// (players placed by backfill, or released) arrives on the returned channel, newest
+    /// version last. Failed calls are logged and tried again a second later.
+    pub fn watch_roster(&self, stop: CancellationToken) -> tokio::sync::mpsc::Receiver<Roster> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let backend = self.clone();
+        tokio::spawn(async move {
+            let mut version = 0;
+            loop {
+                let answer = tokio::select! {
+                    answer = backend.roster(version, ROSTER_WAIT) => answer,
+                    () = stop.cancelled() => return,
+                };
+                match answer {
+                    Ok(roster) => {
+                        // A session over, or of a queue that never backfills: nothing to follow.
+                        let over = roster.status == MatchStatus::Ended || !roster.backfills;
+                        if roster.version > version {
+                            version = roster.version;
+                            if tx.send(roster).await.is_err() {
+                                return;
+                            }
+                        }
+                        if over {
+                            return;
+                        }
+                    }
+                    Err(SdkError::Refused { status, .. }) => {
+                        // Nothing to follow here (a backend without backfill, or the session
+                        // unknown to it): the roster stays as the environment said.
+                        tracing::info!(status, "the backend has no roster to follow");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "roster call failed; trying again");
+                        tokio::select! {
+                            () = sleep(Duration::from_secs(1)) => {}
+                            () = stop.cancelled() => return,
+                        }
+                    }
+                }
+            }
+        });
+        rx
     }
 
     /// Posts `body` to call `name`, trying again with backoff (100 ms doubling to 2 s) while the

@@ -81,6 +81,10 @@ impl RowChange {
                 row.end_reason = Some(*reason);
             }
             Change::Reported { .. } => {}
+            // New players of a running session: added to its roster (and given their rows).
+            Change::Backfilled { .. } => {}
+            // Released players stay in the match's roster: they played part of it.
+            Change::Released => return None,
             // A player's connection: attendance only (see `merge`).
             Change::Connected | Change::Left => return None,
             // Published for long polls only; never in the outbox.
@@ -95,10 +99,16 @@ impl RowChange {
 
     /// `later` applied to this row as the upsert's `ON CONFLICT` applies an event to a stored
     /// row (keep the two the same): the status only moves forward (`mp_status_rank` there, the
-    /// order of [`SessionState`] here), a first value stays (a server's name and an end that
+    /// order of [`SessionState`] here), the roster gains the players it lacked (backfill), a
+    /// first value stays (a server's name and an end that
     /// replaces `lost` excepted), the earliest time is the creation.
     fn then(&mut self, later: RowChange) {
         self.status = self.status.max(later.status);
+        for p in later.players {
+            if !self.players.contains(&p) {
+                self.players.push(p);
+            }
+        }
         self.instance = self.instance.take().or(later.instance);
         self.server = later.server.or(self.server.take());
         self.created_at = self.created_at.min(later.created_at);
@@ -275,6 +285,9 @@ pub(super) async fn apply_events(tx: &mut Transaction<'_, Postgres>, entries: &[
               AS t(id, st, roster, inst, srv, cr, rd, sa, ea, er, rq, q, tm, rg, ss, tg, ml, mw, vr)
          ORDER BY id
          ON CONFLICT (session_id) DO UPDATE SET
+           players = matches.players
+                     || ARRAY(SELECT x FROM unnest(EXCLUDED.players) WITH ORDINALITY AS n(x, i)
+                              WHERE x <> ALL(matches.players) ORDER BY i),
            status = CASE WHEN mp_status_rank(EXCLUDED.status) > mp_status_rank(matches.status)
                          THEN EXCLUDED.status ELSE matches.status END,
            backend_instance = COALESCE(matches.backend_instance, EXCLUDED.backend_instance),

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use matchmaking_core::tickets::TicketError;
 use protocol::api::{ApiErrorCode, ErrorBody};
 
-use crate::matchmaking::JoinError;
+use crate::matchmaking::{BackfillError, JoinError};
 
 /// Everything a handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,19 @@ impl From<JoinError> for ApiError {
             JoinError::AlreadyQueued { .. } => ApiError::Conflict(ApiErrorCode::AlreadyQueued, e.to_string()),
             JoinError::InSession { .. } => ApiError::Conflict(ApiErrorCode::InSession, e.to_string()),
             JoinError::Store(e) => ApiError::Redis(e),
+        }
+    }
+}
+
+/// A refused backfill change, as the API answers it.
+impl From<BackfillError> for ApiError {
+    fn from(e: BackfillError) -> Self {
+        match e {
+            BackfillError::UnknownSession(_) => ApiError::NotFound(ApiErrorCode::UnknownSession, e.to_string()),
+            BackfillError::NotRunning(..) => ApiError::Conflict(ApiErrorCode::NotRunning, e.to_string()),
+            BackfillError::NoBackfill(_) => ApiError::Conflict(ApiErrorCode::NoBackfill, e.to_string()),
+            BackfillError::BadSlots(m) => ApiError::Invalid(m),
+            BackfillError::Store(e) => ApiError::Redis(e),
         }
     }
 }

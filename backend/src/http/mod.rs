@@ -10,6 +10,7 @@ mod players;
 pub(crate) mod probes;
 pub(crate) mod seams;
 mod servers;
+pub(crate) use servers::roster_key;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -111,6 +112,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/internal/sessions/{session_id}/result", post(servers::result_report))
         .route("/internal/sessions/{session_id}/ready", post(servers::ready))
         .route("/internal/sessions/{session_id}/health", post(servers::health))
+        .route("/internal/sessions/{session_id}/backfill", post(servers::backfill))
+        .route("/internal/sessions/{session_id}/roster", post(servers::roster))
         .route("/internal/warm/{server_id}/session", post(servers::warm_session))
         .fallback(|| async { ApiError::NotFound(ApiErrorCode::NotFound, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
@@ -229,6 +232,7 @@ impl AppState {
             end_reason: None,
             wait_ms: None,
             connected: Vec::new(),
+            backfill_since_ms: None,
             placement: Placement::default(),
         };
         match view {
@@ -255,6 +259,7 @@ impl AppState {
             PlayerView::InSession { session_id, record } => {
                 response.status = status_of(record.state);
                 response.session_id = session_id;
+                response.backfill_since_ms = record.backfilled.get(player).copied();
                 response.players = record.players;
                 response.placement = placement_of(record.placement);
                 if record.state != SessionState::Ended {
@@ -329,6 +334,7 @@ fn view_of_record(session_id: String, record: SessionRecord) -> SessionView {
         } else {
             record.connected
         },
+        backfill: None,
         placement: placement_of(record.placement),
     }
 }
@@ -349,6 +355,7 @@ fn view_of_row(row: MatchRow) -> SessionView {
         end_reason: row.end_reason,
         requested_seconds: row.requested_seconds.and_then(|s| u64::try_from(s).ok()),
         connected: Vec::new(),
+        backfill: None,
         placement: placement_of(row.placement),
     }
 }

@@ -5,7 +5,7 @@
 use futures_util::future::BoxFuture;
 use matchmaking_core::store::{self, CancelOutcome, EndOutcome, LiveSession, PlayerView, QueueDepth, ServerSignal};
 use matchmaking_core::tickets::Joiner;
-use protocol::api::{EndReason, JoinRequest, ResultReport, WarmSession};
+use protocol::api::{BackfillAsk, BackfillStatus, EndReason, JoinRequest, ResultReport, WarmSession};
 use protocol::sessions::{SessionRecord, SessionState};
 use uuid::Uuid;
 
@@ -18,7 +18,7 @@ use protocol::operators::{AuditEntry, Failure, Overview, ProfileVersions};
 use crate::runtime::versions::Refused;
 
 use crate::history::{History, MatchRow, NewAction, PlayerMatch};
-use crate::matchmaking::{JoinError, Matchmaking};
+use crate::matchmaking::{BackfillChange, BackfillError, JoinError, Matchmaking};
 use crate::operators::Operators;
 use crate::operators::console::{self, SignIn};
 use crate::sessions::Sessions;
@@ -37,6 +37,16 @@ pub(crate) trait Matchmaker: Send + Sync {
     fn depths(&self) -> BoxFuture<'_, store::Result<Vec<(String, QueueDepth)>>>;
     /// Whether joins are taken (not draining).
     fn accepting(&self) -> bool;
+    /// Releases players of running session `session_id`, then sets its open slots.
+    fn backfill<'a>(
+        &'a self,
+        session_id: &'a str,
+        ask: &'a BackfillAsk,
+    ) -> BoxFuture<'a, Result<BackfillChange, BackfillError>>;
+    /// Session `session_id`'s open backfill request.
+    fn backfill_status<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, store::Result<Option<BackfillStatus>>>;
+    /// Whether queue `queue` backfills.
+    fn backfills(&self, queue: &str) -> bool;
 }
 
 /// Ending sessions and reading the live ones.
@@ -129,6 +139,31 @@ impl Matchmaker for Matchmaking {
 
     fn accepting(&self) -> bool {
         Matchmaking::accepting(self)
+    }
+
+    fn backfill<'a>(
+        &'a self,
+        session_id: &'a str,
+        ask: &'a BackfillAsk,
+    ) -> BoxFuture<'a, Result<BackfillChange, BackfillError>> {
+        Box::pin(Matchmaking::backfill(
+            self,
+            session_id,
+            &ask.slots,
+            store::SlotsMode::Set,
+            store::Release {
+                players: &ask.release,
+                gone_since: None,
+            },
+        ))
+    }
+
+    fn backfill_status<'a>(&'a self, session_id: &'a str) -> BoxFuture<'a, store::Result<Option<BackfillStatus>>> {
+        Box::pin(Matchmaking::backfill_status(self, session_id))
+    }
+
+    fn backfills(&self, queue: &str) -> bool {
+        self.queues().get(queue).is_some_and(|q| q.backfill.is_some())
     }
 }
 

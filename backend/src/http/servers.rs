@@ -11,10 +11,15 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::IntoResponse;
+use matchmaking_core::queues::DEFAULT_QUEUE;
 use matchmaking_core::store::{EndOutcome, ServerSignal};
 use protocol::Audience;
-use protocol::api::{ApiErrorCode, EndReason, MatchStatus, Recorded, ReportReceipt, ResultReport, SignalReceipt};
+use protocol::api::{
+    ApiErrorCode, BackfillAsk, BackfillReceipt, BackfillStatus, EndReason, MatchStatus, Recorded, ReportReceipt,
+    ResultReport, Roster, RosterWait, SignalReceipt,
+};
 use protocol::sessions::SessionState;
+use tokio::time::Instant;
 
 use super::error::{ApiError, ApiResult};
 use super::{ApiJson, AppState};
@@ -179,4 +184,101 @@ pub(super) async fn result_report(
     };
     tracing::info!(session = %session_id, reason = %report.end_reason, ?recorded, "result report");
     Ok(Json(ReportReceipt { session_id, recorded }))
+}
+
+/// `POST /internal/sessions/{id}/backfill`: a running session's server asks for players: its
+/// open slots from now on (0 withdraws), after releasing the players it names.
+pub(super) async fn backfill(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    request: Request,
+) -> ApiResult<Json<BackfillReceipt>> {
+    authorize(&state, &request, &session_id)?;
+    let ApiJson(ask) = ApiJson::<BackfillAsk>::from_request(request, &state).await?;
+    if let Some(bad) = ask.release.iter().find(|p| !protocol::player::is_valid_player_id(p)) {
+        return Err(ApiError::Invalid(format!(
+            "release names {bad:?}, which is no player id"
+        )));
+    }
+    if ask.release.len() > 1000 {
+        return Err(ApiError::Invalid("release names more than 1000 players".into()));
+    }
+    let change = state.matchmaking.backfill(&session_id, &ask).await?;
+    tracing::info!(session = %session_id, slots = ?change.status.slots, released = ?change.released, "a server asked for backfill");
+    Ok(Json(BackfillReceipt {
+        session_id,
+        backfill: change.status,
+        released: change.released,
+        players: change.players,
+    }))
+}
+
+/// The waiters' key of session `sid`'s roster watchers (a player id never starts with `#`).
+pub(crate) fn roster_key(sid: &str) -> String {
+    format!("#{sid}")
+}
+
+/// How often a roster long poll reads the record again, should a notification be lost.
+const ROSTER_RECHECK: Duration = Duration::from_secs(2);
+
+/// `POST /internal/sessions/{id}/roster`: the roster, once its version is past `after` (or the
+/// session is over, or `wait` seconds have passed).
+pub(super) async fn roster(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    request: Request,
+) -> ApiResult<Json<Roster>> {
+    authorize(&state, &request, &session_id)?;
+    let body = axum::body::Bytes::from_request(request, &state)
+        .await
+        .map_err(super::unread_body)?;
+    let ask: RosterWait = if body.is_empty() {
+        RosterWait::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Invalid(format!("the body must be {{\"after\", \"wait\"}}: {e}")))?
+    };
+    let wait = super::players::checked_wait(ask.wait)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(wait);
+    let key = roster_key(&session_id);
+    loop {
+        let watch = state.waiters.watch(&key);
+        let mut notified = std::pin::pin!(watch.notify.notified());
+        notified.as_mut().enable();
+        let Some(record) = state.sessions.record(&session_id).await? else {
+            return Err(ApiError::NotFound(
+                ApiErrorCode::UnknownSession,
+                format!("no session {session_id}"),
+            ));
+        };
+        let over = record.state == SessionState::Ended;
+        let backfills = state
+            .matchmaking
+            .backfills(record.placement.queue.as_deref().unwrap_or(DEFAULT_QUEUE));
+        if record.roster_version > ask.after || over || !backfills || Instant::now() >= deadline {
+            let backfill: Option<BackfillStatus> = if over {
+                None
+            } else {
+                state.matchmaking.backfill_status(&session_id).await?
+            };
+            return Ok(Json(Roster {
+                session_id,
+                status: match record.state {
+                    SessionState::Allocating => MatchStatus::Allocating,
+                    SessionState::Matched => MatchStatus::Matched,
+                    SessionState::Ended => MatchStatus::Ended,
+                },
+                backfills,
+                version: record.roster_version,
+                players: record.players,
+                teams: record.placement.teams,
+                backfill,
+            }));
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = tokio::time::sleep(ROSTER_RECHECK) => {}
+        }
+    }
 }

@@ -146,7 +146,12 @@ pub(super) async fn session(
         {
             return Ok(Json(view_of_row(row)));
         }
-        return Ok(Json(view_of_record(session_id, record)));
+        let live = record.state == SessionState::Matched;
+        let mut view = view_of_record(session_id, record);
+        if live {
+            view.backfill = state.matchmaking.backfill_status(&view.session_id).await?;
+        }
+        return Ok(Json(view));
     }
     match state.history.session_row(id).await? {
         Some(row) => Ok(Json(view_of_row(row))),

@@ -80,6 +80,25 @@ impl Matchmaker for Players {
     fn accepting(&self) -> bool {
         true
     }
+
+    fn backfill<'a>(
+        &'a self,
+        session_id: &'a str,
+        _: &'a protocol::api::BackfillAsk,
+    ) -> BoxFuture<'a, Result<crate::matchmaking::BackfillChange, crate::matchmaking::BackfillError>> {
+        Box::pin(async move { Err(crate::matchmaking::BackfillError::UnknownSession(session_id.to_owned())) })
+    }
+
+    fn backfill_status<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<Option<protocol::api::BackfillStatus>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn backfills(&self, _: &str) -> bool {
+        false
+    }
 }
 
 fn matched(players: &[&str]) -> SessionRecord {

@@ -67,6 +67,9 @@ pub(crate) struct MatchmakingMetrics {
     skill_spread: Family<QueueLabel, Histogram, fn() -> Histogram>,
     team_skill_gap: Family<QueueLabel, Histogram, fn() -> Histogram>,
     max_latency: Family<QueueLabel, Histogram, fn() -> Histogram>,
+    backfilled: Family<QueueLabel, Counter>,
+    backfill_wait: Family<QueueLabel, Histogram, fn() -> Histogram>,
+    backfills_ended: Family<QueueLabel, Counter>,
     /// The same events, counted for operators across replicas.
     window: Arc<Window>,
 }
@@ -100,6 +103,9 @@ impl MatchmakingMetrics {
             skill_spread: Family::new_with_constructor(skill_histogram),
             team_skill_gap: Family::new_with_constructor(skill_histogram),
             max_latency: Family::new_with_constructor(latency_ms_histogram),
+            backfilled: Family::default(),
+            backfill_wait: Family::new_with_constructor(service::metrics::latency_histogram),
+            backfills_ended: Family::default(),
             window,
         };
         for result in JoinResult::ALL {
@@ -158,10 +164,42 @@ impl MatchmakingMetrics {
             self.team_skill_gap.clone(),
         );
         registry.register(
+            "mp_backfilled_players",
+            "Players this replica placed into running sessions' open slots, by queue",
+            self.backfilled.clone(),
+        );
+        registry.register(
+            "mp_backfill_wait_seconds",
+            "Time from a running session's slot opening to a player placed into it, by queue",
+            self.backfill_wait.clone(),
+        );
+        registry.register(
+            "mp_backfill_requests_expired",
+            "Backfill requests that ended unfilled at their queue's max_seconds, by queue",
+            self.backfills_ended.clone(),
+        );
+        registry.register(
             "mp_session_max_latency_ms",
             "Worst player latency to the chosen region of the sessions formed, by queue",
             self.max_latency.clone(),
         );
+    }
+
+    /// Counts `players` placed into a running session by a request open for `waited_seconds`.
+    pub(crate) fn backfilled(&self, queue: &str, players: usize, waited_seconds: f64) {
+        let label = QueueLabel {
+            queue: queue.to_owned(),
+        };
+        self.backfilled.get_or_create(&label).inc_by(players as u64);
+        self.backfill_wait.get_or_create(&label).observe(waited_seconds);
+    }
+
+    /// Counts backfill requests that ended unfilled.
+    pub(crate) fn backfills_expired(&self, queue: &str, n: u64) {
+        let label = QueueLabel {
+            queue: queue.to_owned(),
+        };
+        self.backfills_ended.get_or_create(&label).inc_by(n);
     }
 
     /// Counts a join by what happened to it.

@@ -12,6 +12,9 @@ mod settings;
 
 pub use settings::MatchmakingArgs;
 
+mod backfill;
+pub use backfill::{BackfillChange, BackfillError};
+
 use std::sync::Arc;
 
 use matchmaking_core::queues::{DEFAULT_QUEUE, Queue, Queues};
@@ -230,6 +233,18 @@ impl Matchmaking {
             metrics.session_quality(placement);
         }
         let now = now_ms();
+        for filled in &round.backfilled {
+            metrics.backfilled(
+                &queue.name,
+                filled.players.len(),
+                (now - filled.since_ms).max(0) as f64 / 1000.0,
+            );
+            tracing::info!(session = %filled.session_id, queue = %queue.name, players = ?filled.players, "backfilled a running session");
+        }
+        if round.backfills_ended > 0 {
+            metrics.backfills_expired(&queue.name, round.backfills_ended);
+            tracing::info!(queue = %queue.name, requests = round.backfills_ended, "backfill requests ended unfilled at the queue's max_seconds");
+        }
         for session in &round.formed {
             metrics.session_formed(session.players.len());
             metrics.formed_after(

@@ -166,6 +166,12 @@ pub(crate) async fn listen_checked(
                 }
             };
             waiters.wake(event.players.iter().map(String::as_str));
+            if matches!(
+                event.change,
+                Change::Backfilled { .. } | Change::Released | Change::Ended { .. }
+            ) {
+                waiters.wake([crate::http::roster_key(&event.session_id).as_str()]);
+            }
             if matches!(event.change, Change::Ended { .. }) {
                 sessions.ended_elsewhere(&event.session_id);
             }

@@ -77,6 +77,8 @@ pub(crate) struct SupervisorConfig {
     pub ready_timeout: Duration,
     /// Which server each queue's sessions run.
     pub profiles: Arc<Profiles>,
+    /// Gives the places of players gone too long to backfill, in queues that backfill on leave.
+    pub backfill: Option<crate::matchmaking::Matchmaking>,
 }
 
 struct Inner {
@@ -246,6 +248,18 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
             None => std::future::pending().await,
         }
     };
+    // A queue that backfills on leave: a player gone its leave grace gives its place away.
+    let on_leave = inner.config.backfill.as_ref().filter(|m| {
+        m.queues()
+            .get(&formed.queue)
+            .is_some_and(|q| q.backfill.is_some_and(|b| b.on_leave))
+    });
+    let left_behind = async {
+        match on_leave {
+            Some(matchmaking) => release_gone(matchmaking, sid).await,
+            None => std::future::pending().await,
+        }
+    };
     let unhealthy = async {
         match profile.health_timeout {
             Some(limit) => silent_for(sessions, sid, limit).await,
@@ -254,6 +268,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     };
     let (reason, exit) = tokio::select! {
         exit = server.wait() => (exit_reason(profile.ends, &exit), Some(exit)),
+        () = left_behind => unreachable!("releasing players gone too long goes on until the session ends"),
         () = unhealthy => {
             tracing::warn!(limit = ?profile.health_timeout, "the server made no SDK health call within the profile's health_timeout_seconds; failing its session and stopping it");
             // Ended first: a report the server makes while it drains cannot pass for its end.
@@ -319,6 +334,26 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
         }
         _ => {
             sessions.end_with_retry(sid, reason).await;
+        }
+    }
+}
+
+/// Gives the places of session `sid`'s players gone their queue's leave grace to backfill,
+/// once a second, for as long as the session runs (never resolves). Redis errors only delay it.
+async fn release_gone(matchmaking: &crate::matchmaking::Matchmaking, sid: &str) {
+    let mut tick = tokio::time::interval(EMPTY_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match matchmaking.release_gone(sid).await {
+            Ok(released) if !released.is_empty() => {
+                tracing::info!(
+                    ?released,
+                    "players gone their queue's leave grace: their places go to backfill"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not release players gone too long"),
         }
     }
 }

@@ -137,6 +137,15 @@ pub async fn report_receiver(statuses: Vec<u16>) -> (String, mpsc::UnboundedRece
                     break (head, raw[end + 4..end + 4 + length].to_vec());
                 }
             };
+            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+            // Only results are received here: the roster a server follows is not this
+            // backend's (a backend without backfill answers 404, and the server stops asking).
+            if !path.ends_with("/result") {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                continue;
+            }
             let status = statuses.next().unwrap_or(200);
             let _ = stream
                 .write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
@@ -145,7 +154,6 @@ pub async fn report_receiver(statuses: Vec<u16>) -> (String, mpsc::UnboundedRece
                 .lines()
                 .find_map(|l| l.strip_prefix("Authorization: ").map(str::to_owned))
                 .unwrap_or_default();
-            let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
             let report = serde_json::from_slice(&body).unwrap();
             let _ = tx.send(Received {
                 authorization,

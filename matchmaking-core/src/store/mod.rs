@@ -22,11 +22,13 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use service::redis::{LinkConnection, RedisLink, RedisTarget};
 
+mod backfill;
 mod operators;
 mod presence;
 mod queue;
 mod sessions;
 
+pub use backfill::{BackfillOutcome, Release, SlotsMode};
 pub use presence::{Counted, Presence};
 pub use queue::QueueStore;
 pub use sessions::{ServerRoute, ServerSignal};
@@ -61,6 +63,7 @@ pub(crate) static LEASE: LazyLock<Script> = script!("lease.lua");
 pub(crate) static PRESENCE: LazyLock<Script> = script!("presence.lua");
 pub(crate) static WARM_OFFER: LazyLock<Script> = script!("warm_offer.lua");
 pub(crate) static WARM_POLL: LazyLock<Script> = script!("warm_poll.lua");
+pub(crate) static BACKFILL: LazyLock<Script> = script!("backfill.lua");
 
 /// Redis failed; matchmaking cannot go on until it is back.
 pub type Result<T, E = redis::RedisError> = std::result::Result<T, E>;
@@ -179,9 +182,26 @@ pub struct Placed {
     /// The players of each ticket timed out.
     #[serde(deserialize_with = "list_or_empty_object")]
     pub expired: Vec<Vec<String>>,
-    /// Tickets the plan named that were no longer queued at the version it read.
+    /// Tickets the plan named that were no longer queued at the version it read (or whose
+    /// backfill slot was no longer open).
     #[serde(deserialize_with = "list_or_empty_object")]
     pub stale: Vec<String>,
+    /// The players placed into each running session.
+    #[serde(default, deserialize_with = "list_or_empty_object")]
+    pub backfilled: Vec<Backfilled>,
+    /// Backfill requests that ended unfilled at their queue's `max_seconds`.
+    #[serde(default)]
+    pub backfills_ended: u64,
+}
+
+/// Players placed into a running session's open slots.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Backfilled {
+    pub session_id: String,
+    #[serde(deserialize_with = "list_or_empty_object")]
+    pub players: Vec<String>,
+    /// When the slots they took opened (ms since the epoch).
+    pub since_ms: i64,
 }
 
 /// One queue's depth and oldest ticket.

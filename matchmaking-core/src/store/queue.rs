@@ -54,6 +54,11 @@ impl Store {
 }
 
 impl QueueStore {
+    /// The whole store this queue is part of.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Queues a ticket of `players` (the leader first), idempotently, unless one of them is
     /// busy; `doc` is a rule queue's ticket document (a JSON object), `None` in a plain queue.
     pub async fn join(&self, players: &[String], doc: Option<&str>, now_ms: i64) -> Result<JoinOutcome> {
@@ -172,6 +177,7 @@ impl QueueStore {
             .key(k.player_session())
             .key(k.sessions())
             .key(k.timed_out())
+            .key(k.backfill())
             .arg(&self.name)
             .arg(now_ms)
             .arg(instance)

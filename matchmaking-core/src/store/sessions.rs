@@ -109,6 +109,7 @@ impl Store {
                 .key(k.player_session())
                 .key(k.waiting())
                 .key(&q.tickets)
+                .key(k.backfill())
                 .arg(sid)
                 .arg(reason.as_str())
                 .arg(now_ms)

@@ -5,7 +5,7 @@
 -- Ended records (and the players' pointers to them) are kept for status answers, then pruned
 -- here, a few per call.
 -- KEYS: 1 sessions, 2 live, 3 ended, 4 outbox, 5 queue, 6 joined, 7 player_session, 8 waiting,
---       9 tickets (KEYS 5, 6, 9: the keys of the queue named by ARGV 7)
+--       9 tickets (KEYS 5, 6, 9: the keys of the queue named by ARGV 7), 10 backfill
 -- ARGV: 1 sid, 2 reason, 3 now_ms, 4 events channel, 5 report JSON or '', 6 ms to keep ended records,
 --       7 the queue the caller expects the session to be of
 -- Reply: {kind='unknown'} | {kind='already_ended', reason} | {kind='ended', requeued, reason}
@@ -40,6 +40,8 @@ if report ~= '' then
   record.reported = true
 end
 save_record(KEYS[1], sid, record)
+-- A session that ends withdraws its backfill request.
+redis.call('HDEL', KEYS[10], sid)
 redis.call('ZREM', KEYS[2], sid)
 redis.call('ZADD', KEYS[3], now, sid)
 if requeue then

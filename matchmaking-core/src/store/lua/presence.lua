@@ -41,6 +41,13 @@ else
   record.empty_since_ms = nil
 end
 if next(counts) == nil then record.connections = nil end
+-- When each player not connected now left (a queue that backfills on leave gives its place
+-- away once it stays gone long enough).
+local left = record.left_ms
+if type(left) ~= 'table' then left = {} end
+if after > 0 then left[player] = nil end
+if before > 0 and after == 0 then left[player] = now end
+if next(left) == nil then record.left_ms = nil else record.left_ms = left end
 save_record(KEYS[1], ARGV[1], record)
 local kind = nil
 if before == 0 and after > 0 then kind = 'connected' end
