@@ -5,9 +5,9 @@
 //! a connection reaches a game server only with a valid ticket for that server's session.
 
 use service::backoff::Policy;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -182,13 +182,16 @@ mod zero_copy {
 }
 
 /// Where a session's players' connections go, and how the server learns who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
     /// Its TCP game port, if it has one.
     pub(crate) tcp: Option<SocketAddr>,
     /// Its UDP game port, if it has one.
     pub(crate) udp: Option<SocketAddr>,
     pub(crate) identity: Identity,
+    /// Its roster when looked up: a player released from it (its place given to backfill)
+    /// is refused, whatever its ticket says.
+    pub(crate) roster: Arc<HashSet<String>>,
 }
 
 /// Recently looked-up session servers.
@@ -203,7 +206,7 @@ impl Routes {
         cache
             .get(sid)
             .filter(|(_, at)| at.elapsed() < ROUTE_TTL)
-            .map(|(target, _)| *target)
+            .map(|(target, _)| target.clone())
     }
 
     fn put(&self, sid: &str, target: Target) {
@@ -269,10 +272,26 @@ const LOOKUP_PATIENCE: Duration = Duration::from_secs(3);
 pub const SESSION_LOOKUP: Policy =
     Policy::new("session_lookup", Duration::from_millis(50), Duration::from_millis(500)).quiet();
 
-pub(crate) async fn lookup(ctx: &Context, sid: &str) -> Result<Target, ErrorCode> {
-    if let Some(target) = ctx.routes.get(sid) {
+/// Where session `sid`'s server is, for `player`: refused with `not_in_roster` when the
+/// player is not on the session's roster (read again from Redis before refusing, since
+/// backfill may have placed the player a moment ago).
+pub(crate) async fn lookup(ctx: &Context, sid: &str, player: Option<&str>) -> Result<Target, ErrorCode> {
+    let rostered = |target: &Target| player.is_none_or(|p| target.roster.contains(p));
+    if let Some(target) = ctx.routes.get(sid)
+        && rostered(&target)
+    {
         return Ok(target);
     }
+    let target = fetch(ctx, sid).await?;
+    if rostered(&target) {
+        Ok(target)
+    } else {
+        Err(ErrorCode::NotInRoster)
+    }
+}
+
+/// Reads session `sid`'s route from Redis (and caches it).
+async fn fetch(ctx: &Context, sid: &str) -> Result<Target, ErrorCode> {
     let deadline = Instant::now() + LOOKUP_PATIENCE;
     let mut backoff = SESSION_LOOKUP.start();
     let raw = loop {
@@ -303,8 +322,9 @@ pub(crate) async fn lookup(ctx: &Context, sid: &str) -> Result<Target, ErrorCode
                 tcp: parse(&record.addr)?,
                 udp: parse(&record.udp_addr)?,
                 identity: record.identity,
+                roster: Arc::new(record.players.into_iter().collect()),
             };
-            ctx.routes.put(sid, target);
+            ctx.routes.put(sid, target.clone());
             Ok(target)
         }
         Some(_) => Err(ErrorCode::UnknownSession),
@@ -319,6 +339,7 @@ fn outcome(code: &ErrorCode) -> Route {
         ErrorCode::UnknownSession => Route::UnknownSession,
         ErrorCode::SessionOver => Route::SessionOver,
         ErrorCode::ServerUnreachable => Route::ServerUnreachable,
+        ErrorCode::NotInRoster => Route::NotInRoster,
         _ => Route::BadRequest,
     }
 }
@@ -338,15 +359,17 @@ pub(crate) async fn resolve(ctx: &Context, ticket: &str) -> Result<Resolved, Err
         .verify(ticket, Audience::Game, protocol::ticket::unix_now())
         .map_err(|e| ErrorCode::from(&e));
     let routed = match verified {
-        Ok(claims) => lookup(ctx, &claims.sid).await.and_then(|target| match target.tcp {
-            Some(addr) => Ok(Resolved {
-                claims,
-                addr,
-                identity: target.identity,
+        Ok(claims) => lookup(ctx, &claims.sid, claims.sub.as_deref())
+            .await
+            .and_then(|target| match target.tcp {
+                Some(addr) => Ok(Resolved {
+                    claims,
+                    addr,
+                    identity: target.identity,
+                }),
+                // A session whose server has no TCP port: its players come over UDP.
+                None => Err(ErrorCode::UnknownSession),
             }),
-            // A session whose server has no TCP port: its players come over UDP.
-            None => Err(ErrorCode::UnknownSession),
-        }),
         Err(code) => Err(code),
     };
     routed.inspect_err(|code| ctx.metrics.route(outcome(code)))

@@ -122,11 +122,14 @@ pub(crate) enum Route {
     ProxyHeader,
     /// A TLS handshake reached a plain port.
     TlsOnPlainPort,
+    /// A valid ticket of a player no longer on its session's roster (released, its place
+    /// given to backfill).
+    NotInRoster,
 }
 
 impl Route {
     /// Every outcome, each counted from 0.
-    pub(crate) const ALL: [Route; 14] = [
+    pub(crate) const ALL: [Route; 15] = [
         Route::Routed,
         Route::BadRequest,
         Route::BadTicket,
@@ -141,6 +144,7 @@ impl Route {
         Route::ServerFull,
         Route::ProxyHeader,
         Route::TlsOnPlainPort,
+        Route::NotInRoster,
     ];
 
     fn label(self) -> &'static str {
@@ -159,6 +163,7 @@ impl Route {
             Route::ServerFull => "server_full",
             Route::ProxyHeader => "proxy_header",
             Route::TlsOnPlainPort => "tls_on_plain_port",
+            Route::NotInRoster => "not_in_roster",
         }
     }
 }

@@ -205,7 +205,7 @@ async fn join(
     player: String,
 ) {
     let metrics = &ctx.metrics.udp;
-    let server = match crate::game::lookup(ctx, &sid).await {
+    let server = match crate::game::lookup(ctx, &sid, Some(&player)).await {
         Ok(target) => match target.udp {
             Some(server) => server,
             None => return refuse(relay, metrics, from, nonce, &ErrorCode::UnknownSession).await,

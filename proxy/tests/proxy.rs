@@ -83,13 +83,25 @@ impl Proxy {
     }
 
     async fn session_with(&self, sid: &str, state: &str, addr: &str, identity: protocol::sessions::Identity) {
+        self.session_of(sid, state, addr, identity, &["p1", "p2", "p3", "p"]).await;
+    }
+
+    /// Records a session of `players` as the backend does.
+    async fn session_of(
+        &self,
+        sid: &str,
+        state: &str,
+        addr: &str,
+        identity: protocol::sessions::Identity,
+        players: &[&str],
+    ) {
         let client = redis::Client::open(redis_url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let record = SessionRecord {
             state: serde_json::from_value(serde_json::json!(state)).unwrap(),
             addr: Some(addr.to_owned()),
             identity,
-            ..SessionRecord::matched("test", vec!["p1".into()], "test-server")
+            ..SessionRecord::matched("test", players.iter().map(|p| (*p).to_owned()).collect(), "test-server")
         };
         let _: () = redis::cmd("HSET")
             .arg(protocol::sessions::sessions_key(&self.prefix))
@@ -516,6 +528,52 @@ async fn bad_tickets_never_open_a_connection_to_any_server() {
     assert_eq!(count.load(Ordering::SeqCst), 1);
     drop(c);
     proxy.stop().await;
+}
+
+/// A player released from its session's roster (its place given to backfill) is refused with
+/// `not_in_roster` on its still valid ticket; one placed into the roster after the proxy looked
+/// the route up gets in (a player the cached roster lacks makes the proxy read it again).
+#[tokio::test]
+async fn only_players_on_the_roster_reach_the_server() {
+    let (addr, count) = counting_server().await;
+    let proxy = Proxy::start("http://127.0.0.1:9", &[]).await;
+    let sid = "0f8d4a1c-2b3e-4c5d-8e9f-a0b1c2d3e4f5";
+    let none = protocol::sessions::Identity::None;
+    proxy.session_of(sid, "matched", &addr, none, &["p1"]).await;
+    // The route is looked up (and cached) for "p1".
+    let mut p1 = LineClient::connect(proxy.addr).await;
+    p1.send(&format!("JOIN {}", ticket("p1", sid))).await;
+    eventually_equal(|| count.load(Ordering::SeqCst), 1).await;
+    // "gone" was released before: its ticket verifies, but the roster does not have it.
+    let mut gone = LineClient::connect(proxy.addr).await;
+    gone.send(&format!("JOIN {}", ticket("gone", sid))).await;
+    assert_eq!(gone.recv().await, Some(ServerReply::Error(ErrorCode::NotInRoster)));
+    assert_eq!(gone.recv().await, None);
+    // "new" is placed by backfill while the route is cached: it gets in.
+    proxy.session_of(sid, "matched", &addr, none, &["p1", "new"]).await;
+    let mut new = LineClient::connect(proxy.addr).await;
+    new.send(&format!("JOIN {}", ticket("new", sid))).await;
+    eventually_equal(|| count.load(Ordering::SeqCst), 2).await;
+    let (_, _, metrics) = http(proxy.addr, "GET", "/metrics", &[], Vec::new()).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("mp_proxy_routes_total{outcome=\"not_in_roster\"} 1"),
+        "{metrics}"
+    );
+    drop((p1, new));
+    proxy.stop().await;
+}
+
+async fn eventually_equal(read: impl Fn() -> usize, want: usize) {
+    for _ in 0..200 {
+        if read() == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(read(), want);
 }
 
 /// `addr` as `/proc/net/tcp` writes it.
