@@ -386,3 +386,52 @@ async fn each_player_is_told_its_team_after_welcome() {
     drop((p2, p3));
     let _ = h.report().await;
 }
+
+/// Backfill changes the roster while the match runs: a player placed into it joins late, gets
+/// `STATE running` and the length at once, and the others hear `JOINED`; a released player's
+/// connection is closed, the others hear `RELEASED`, and it may not join again. The report
+/// keeps everyone who played.
+#[tokio::test(start_paused = true)]
+async fn a_roster_changed_by_backfill_admits_the_newcomer_and_shuts_out_the_released() {
+    let h = Harness::start(settings(StartPolicy::Roster));
+    let mut p1 = h.join("p1").await;
+    let mut p2 = h.join("p2").await;
+    let mut p3 = h.join("p3").await;
+    h.say(&p1, "REQUEST_MATCH 30").await;
+    expect(&mut p1, ServerReply::RunningLength(30)).await;
+    for p in [&mut p1, &mut p2, &mut p3] {
+        expect(p, ServerReply::State(GameState::Running)).await;
+    }
+    // Not on the roster yet: refused.
+    let (tx, _rx) = mpsc::channel(8);
+    assert_eq!(h.handle.join("p4".into(), tx).await, Err(ErrorCode::NotInRoster));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // p3 is released and p4 placed in its stead.
+    h.handle
+        .roster(vec!["p1".into(), "p2".into(), "p4".into()], Vec::new())
+        .await;
+    expect(&mut p1, ServerReply::Released("p3".into())).await;
+    expect(
+        &mut p1,
+        ServerReply::Joined {
+            player_id: "p4".into(),
+            team: None,
+        },
+    )
+    .await;
+    expect(&mut p2, ServerReply::Released("p3".into())).await;
+    assert_eq!(next(&mut p3).await, None, "the released player's connection is closed");
+    let (tx, _rx) = mpsc::channel(8);
+    assert_eq!(h.handle.join("p3".into(), tx).await, Err(ErrorCode::NotInRoster));
+    let mut p4 = h.join("p4").await;
+    expect(&mut p4, ServerReply::State(GameState::Running)).await;
+    expect(&mut p4, ServerReply::RunningLength(30)).await;
+    expect(&mut p4, ServerReply::State(GameState::Stop)).await;
+    assert_eq!(h.elapsed(), Duration::from_secs(30), "the match keeps its length");
+    let report = h.report().await;
+    assert_eq!(report.end_reason, EndReason::Completed);
+    let ids: Vec<&str> = report.players.iter().map(|p| p.player_id.as_str()).collect();
+    assert_eq!(ids, ["p1", "p2", "p3", "p4"]);
+    let p4 = &report.players[3];
+    assert!(p4.joined_at.unwrap() > report.started_at.unwrap(), "{p4:?}");
+}

@@ -92,6 +92,8 @@ pub struct ClientRecord {
     /// epoch), and how long from then until its match was running for it.
     pub backfill_since_ms: Option<i64>,
     pub backfill_wait: Option<Duration>,
+    /// When it started (ms since the epoch): whether it was waiting when its slot opened.
+    pub started_ms: i64,
     /// Churn: it left its match for good.
     pub left_for_good: bool,
     /// Churn: times it left and came back within the leave grace.
@@ -107,6 +109,7 @@ impl ClientRecord {
             session_players: Vec::new(),
             backfill_since_ms: None,
             backfill_wait: None,
+            started_ms: 0,
             left_for_good: false,
             came_back: 0,
             running_length: None,
@@ -145,6 +148,10 @@ pub struct BackfillReport {
     pub slots_filled: usize,
     /// From the slot opening to the newcomer's match running.
     pub slot_to_running: Summary,
+    /// The same, for the newcomers already waiting when their slot opened (what matchplane
+    /// takes), and for those who joined after it (the slot waited for a player).
+    pub waiting_slot_to_running: Summary,
+    pub late_slot_to_running: Summary,
     /// Churn: players who left their match for good (each replaced by a new player).
     pub left_for_good: usize,
     /// Churn: times players left and came back within the leave grace.
@@ -575,6 +582,14 @@ impl Report {
             backfill: BackfillReport {
                 slots_filled: records.iter().filter(|r| r.backfill_since_ms.is_some()).count(),
                 slot_to_running: summarize(&collect(records, |r| r.backfill_wait)),
+                waiting_slot_to_running: summarize(&collect(records, |r| {
+                    r.backfill_wait
+                        .filter(|_| r.backfill_since_ms.is_some_and(|s| r.started_ms < s))
+                })),
+                late_slot_to_running: summarize(&collect(records, |r| {
+                    r.backfill_wait
+                        .filter(|_| r.backfill_since_ms.is_some_and(|s| r.started_ms >= s))
+                })),
                 left_for_good: records.iter().filter(|r| r.left_for_good).count(),
                 came_back: records.iter().map(|r| u64::from(r.came_back)).sum(),
             },
@@ -699,6 +714,12 @@ impl Report {
                 b.slot_to_running.max_ms,
                 b.left_for_good,
                 b.came_back
+            );
+            let (w, l) = (&b.waiting_slot_to_running, &b.late_slot_to_running);
+            let _ = writeln!(
+                out,
+                "  {} newcomers were waiting when their slot opened: p50 {:.0} p99 {:.0} ms; {} joined after it (the slot waited for a player): p50 {:.0} p99 {:.0} ms",
+                w.count, w.p50_ms, w.p99_ms, l.count, l.p50_ms, l.p99_ms
             );
         }
         if !self.sessions_per_version.is_empty() {

@@ -130,6 +130,8 @@ struct Shared {
     started: AtomicUsize,
     /// Where a player who left for good asks for its replacement.
     replacements: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Replacements asked for and not yet started.
+    pending_replacements: AtomicUsize,
     prefix: String,
 }
 
@@ -196,6 +198,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
         failed: AtomicUsize::new(0),
         started: AtomicUsize::new(args.clients),
         replacements,
+        pending_replacements: AtomicUsize::new(0),
         prefix: prefix.clone(),
     });
     let started = Instant::now();
@@ -221,6 +224,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
         }
         spawn(&mut tasks, player);
         while let Ok(player) = replace.try_recv() {
+            shared.pending_replacements.fetch_sub(1, Ordering::SeqCst);
             spawn(&mut tasks, player);
         }
     }
@@ -228,14 +232,15 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
     loop {
         tokio::select! {
             biased;
-            Some(player) = replace.recv() => spawn(&mut tasks, player),
-            done = tasks.join_next() => match done {
-                Some(record) => records.push(record?),
-                None => match replace.try_recv() {
-                    Ok(player) => spawn(&mut tasks, player),
-                    Err(_) => break,
-                },
-            },
+            Some(player) = replace.recv() => {
+                shared.pending_replacements.fetch_sub(1, Ordering::SeqCst);
+                spawn(&mut tasks, player);
+            }
+            Some(record) = tasks.join_next() => records.push(record?),
+            else => {}
+        }
+        if tasks.is_empty() && shared.pending_replacements.load(Ordering::SeqCst) == 0 {
+            break;
         }
     }
     progress.abort();
@@ -343,6 +348,7 @@ async fn play(shared: &Shared, player: String) -> ClientRecord {
         .credentials
         .authorization(&record.player, Duration::from_secs(3600));
     let life = Instant::now();
+    record.started_ms = matchmaking_core::store::now_ms();
     let outcome = tokio::time::timeout(
         Duration::from_secs_f64(limit),
         lifecycle(shared, &mut record, auth.as_deref(), life),
@@ -462,7 +468,11 @@ async fn connect_and_play(
 ) -> Result<(), Outcome> {
     let mut running_at = None;
     loop {
-        let mut game = connect(shared, record, status, ticket).await?;
+        let mut game = match connect(shared, record, status, ticket).await {
+            // Back after the match ended while it was away: it played its part.
+            Err(Outcome::Refused(code)) if record.came_back > 0 && code == "session_over" => return Ok(()),
+            other => other?,
+        };
         if record.matched_to_connected.is_none() {
             record.matched_to_connected = Some(matched_at.elapsed());
         }
@@ -482,8 +492,16 @@ async fn connect_and_play(
                     continue;
                 }
                 record.left_for_good = true;
+                // A new player arrives in its stead about when its place opens (the leave
+                // grace later), as players keep arriving in a live game.
                 let n = shared.started.fetch_add(1, Ordering::Relaxed);
-                let _ = shared.replacements.send(format!("{}-{n}", shared.prefix));
+                shared.pending_replacements.fetch_add(1, Ordering::SeqCst);
+                let (tx, player) = (shared.replacements.clone(), format!("{}-{n}", shared.prefix));
+                let grace = Duration::from_secs_f64(shared.args.leave_grace_seconds.max(0.0));
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    let _ = tx.send(player);
+                });
                 return Ok(());
             }
         }

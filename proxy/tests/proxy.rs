@@ -83,7 +83,8 @@ impl Proxy {
     }
 
     async fn session_with(&self, sid: &str, state: &str, addr: &str, identity: protocol::sessions::Identity) {
-        self.session_of(sid, state, addr, identity, &["p1", "p2", "p3", "p"]).await;
+        self.session_of(sid, state, addr, identity, &["p1", "p2", "p3", "p"])
+            .await;
     }
 
     /// Records a session of `players` as the backend does.
