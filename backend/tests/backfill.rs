@@ -82,6 +82,21 @@ async fn running_duo(store: &Store, matchmaking: &Matchmaking, players: &[(&str,
     sid
 }
 
+/// A server's call: release `release`, then set the open slots.
+async fn ask(
+    mm: &Matchmaking,
+    sid: &str,
+    slots: protocol::api::Slots,
+    release: &[String],
+) -> Result<backend::matchmaking::BackfillChange, backend::matchmaking::BackfillError> {
+    let release = matchmaking_core::store::Release {
+        players: release,
+        gone_since: None,
+    };
+    mm.backfill(sid, &slots, matchmaking_core::store::SlotsMode::Set, release)
+        .await
+}
+
 fn in_session(view: &PlayerView) -> Option<&str> {
     match view {
         PlayerView::InSession { session_id, .. } => Some(session_id),
@@ -153,25 +168,12 @@ async fn a_slot_opened_by_a_release_is_filled_on_the_short_team_before_new_sessi
     );
 
     // Asking for more than the roster leaves room for is capped; per-team slots must match.
-    let change = mm
-        .backfill(
-            &sid,
-            &protocol::api::Slots::PerTeam(vec![3, 3]),
-            matchmaking_core::store::SlotsMode::Set,
-            Default::default(),
-        )
+    let change = ask(&mm, &sid, protocol::api::Slots::PerTeam(vec![3, 3]), &[])
         .await
         .unwrap();
     assert_eq!(change.status.slots, [0, 0], "a full session has no room");
     assert!(change.status.since.is_none());
-    let wrong = mm
-        .backfill(
-            &sid,
-            &protocol::api::Slots::Total(1),
-            matchmaking_core::store::SlotsMode::Set,
-            Default::default(),
-        )
-        .await;
+    let wrong = ask(&mm, &sid, protocol::api::Slots::Total(1), &[]).await;
     assert!(
         matches!(wrong, Err(backend::matchmaking::BackfillError::BadSlots(_))),
         "{wrong:?}"
@@ -192,16 +194,7 @@ async fn a_request_ends_with_its_session_and_only_running_sessions_of_backfillin
     .await;
     let teams = store.session(&sid).await.unwrap().unwrap().placement.teams;
     let release = [teams[0][0].clone(), teams[1][0].clone()];
-    let change = mm
-        .backfill(
-            &sid,
-            &protocol::api::Slots::PerTeam(vec![1, 1]),
-            matchmaking_core::store::SlotsMode::Set,
-            matchmaking_core::store::Release {
-                players: &release,
-                gone_since: None,
-            },
-        )
+    let change = ask(&mm, &sid, protocol::api::Slots::PerTeam(vec![1, 1]), &release)
         .await
         .unwrap();
     assert_eq!(change.status.slots.iter().sum::<u32>(), 2);
@@ -224,40 +217,25 @@ async fn a_request_ends_with_its_session_and_only_running_sessions_of_backfillin
     let formed = mm.form(&duo, 10).await.unwrap();
     assert_eq!(formed.len(), 1);
     assert_ne!(formed[0].session_id, sid);
-    let again = mm
-        .backfill(
-            &sid,
-            &protocol::api::Slots::PerTeam(vec![1, 0]),
-            matchmaking_core::store::SlotsMode::Set,
-            Default::default(),
-        )
-        .await;
+    let again = ask(&mm, &sid, protocol::api::Slots::PerTeam(vec![1, 0]), &[]).await;
     assert!(
         matches!(again, Err(backend::matchmaking::BackfillError::NotRunning(..))),
         "{again:?}"
     );
     // Still allocating: not running either.
     let allocating = &formed[0].session_id;
-    let early = mm
-        .backfill(
-            allocating,
-            &protocol::api::Slots::PerTeam(vec![1, 0]),
-            matchmaking_core::store::SlotsMode::Set,
-            Default::default(),
-        )
-        .await;
+    let early = ask(&mm, allocating, protocol::api::Slots::PerTeam(vec![1, 0]), &[]).await;
     assert!(matches!(
         early,
         Err(backend::matchmaking::BackfillError::NotRunning(..))
     ));
-    let unknown = mm
-        .backfill(
-            "00000000-0000-4000-8000-00000000dead",
-            &protocol::api::Slots::Total(1),
-            matchmaking_core::store::SlotsMode::Set,
-            Default::default(),
-        )
-        .await;
+    let unknown = ask(
+        &mm,
+        "00000000-0000-4000-8000-00000000dead",
+        protocol::api::Slots::Total(1),
+        &[],
+    )
+    .await;
     assert!(matches!(
         unknown,
         Err(backend::matchmaking::BackfillError::UnknownSession(_))
@@ -278,17 +256,9 @@ async fn a_party_goes_whole_into_the_room_and_a_request_expires_unfilled() {
     .await;
     let record = store.session(&sid).await.unwrap().unwrap();
     let team0 = record.placement.teams[0].clone();
-    mm.backfill(
-        &sid,
-        &protocol::api::Slots::PerTeam(vec![2, 0]),
-        matchmaking_core::store::SlotsMode::Set,
-        matchmaking_core::store::Release {
-            players: &team0,
-            gone_since: None,
-        },
-    )
-    .await
-    .unwrap();
+    ask(&mm, &sid, protocol::api::Slots::PerTeam(vec![2, 0]), &team0)
+        .await
+        .unwrap();
     join(&store, &[("p1", 1500.0), ("p2", 1520.0)], "ctf").await;
     join(&store, &[("koth", 1500.0)], "koth").await;
     let duo = mm.queues().get("duo").unwrap().clone();
@@ -306,14 +276,11 @@ async fn a_party_goes_whole_into_the_room_and_a_request_expires_unfilled() {
         &[("e", 1500.0), ("f", 1500.0), ("g", 1500.0), ("h", 1500.0)],
     )
     .await;
-    mm.backfill(
+    ask(
+        &mm,
         &other,
-        &protocol::api::Slots::PerTeam(vec![1, 0]),
-        matchmaking_core::store::SlotsMode::Set,
-        matchmaking_core::store::Release {
-            players: &["e".to_owned()],
-            gone_since: None,
-        },
+        protocol::api::Slots::PerTeam(vec![1, 0]),
+        &["e".to_owned()],
     )
     .await
     .unwrap();

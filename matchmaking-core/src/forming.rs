@@ -131,6 +131,31 @@ pub fn allowed(queue: &Queue, wait_ms: i64) -> (Option<f64>, Option<f64>) {
     )
 }
 
+/// The tickets of a skill index, nearest to `key` first: `below` (the entries under `key`) and
+/// `above` (those from it up) merged outward, so a search can stop at the first one too far.
+fn nearest_first<'a>(
+    key: i64,
+    below: impl DoubleEndedIterator<Item = &'a (i64, usize)>,
+    above: impl Iterator<Item = &'a (i64, usize)>,
+) -> impl Iterator<Item = usize> {
+    let (mut down, mut up) = (below.rev().peekable(), above.peekable());
+    std::iter::from_fn(move || {
+        let next = match (down.peek(), up.peek()) {
+            (Some(&&(dk, _)), Some(&&(uk, _))) => {
+                if key - dk <= uk - key {
+                    down.next()
+                } else {
+                    up.next()
+                }
+            }
+            (Some(_), None) => down.next(),
+            (None, Some(_)) => up.next(),
+            (None, None) => None,
+        };
+        next.map(|&(_, t)| t)
+    })
+}
+
 /// Derived per ticket.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -300,23 +325,10 @@ impl<'q> Pool<'q> {
             let target = request.targets.get(team).copied().unwrap_or(0.0);
             let key = (target * 1000.0).round() as i64;
             let set = &self.buckets[bucket];
-            let mut down = set.range(..(key, 0)).rev().peekable();
-            let mut up = set.range((key, 0)..).peekable();
+            let mut nearest = nearest_first(key, set.range(..(key, 0)), set.range((key, 0)..));
             let mut looked = 0;
             while open[team] > 0 && looked < budget {
-                let next = match (down.peek(), up.peek()) {
-                    (Some(&&(dk, _)), Some(&&(uk, _))) => {
-                        if key - dk <= uk - key {
-                            down.next()
-                        } else {
-                            up.next()
-                        }
-                    }
-                    (Some(_), None) => down.next(),
-                    (None, Some(_)) => up.next(),
-                    (None, None) => None,
-                };
-                let Some(&(_, c)) = next else { break };
+                let Some(c) = nearest.next() else { break };
                 looked += 1;
                 if taken.iter().any(|&(_, t)| t == c) {
                     continue;
@@ -413,26 +425,15 @@ impl<'q> Pool<'q> {
         let mut sizes = vec![found.players];
         let (mut lo, mut hi) = (a.skill, a.skill);
         let bucket = &self.buckets[a.bucket];
-        let mut down = bucket.range(..(a.key, anchor)).rev().peekable();
-        let mut up = bucket
-            .range((Bound::Excluded((a.key, anchor)), Bound::Unbounded))
-            .peekable();
+        let mut nearest = nearest_first(
+            a.key,
+            bucket.range(..(a.key, anchor)),
+            bucket.range((Bound::Excluded((a.key, anchor)), Bound::Unbounded)),
+        );
         let budget = SCAN_SLACK + SCAN_PER_PLAYER * target;
         let mut looked = 0;
         while found.players < target && looked < budget {
-            let next = match (down.peek(), up.peek()) {
-                (Some(&&(dk, _)), Some(&&(uk, _))) => {
-                    if a.key - dk <= uk - a.key {
-                        down.next()
-                    } else {
-                        up.next()
-                    }
-                }
-                (Some(_), None) => down.next(),
-                (None, Some(_)) => up.next(),
-                (None, None) => None,
-            };
-            let Some(&(_, c)) = next else { break };
+            let Some(c) = nearest.next() else { break };
             let e = &self.entries[c];
             // Nearest first: everything after this one is at least as far.
             if (e.skill - a.skill).abs() > spread {
