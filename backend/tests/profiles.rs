@@ -951,6 +951,101 @@ queues:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A profile with versions keeps warm servers of each version: a session is handed one of its
+/// own version's (each version's pool counts its own), and a version that drains keeps none: its
+/// idle servers are stopped while the other version's pool stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_version_keeps_its_own_warm_servers_and_a_drained_one_keeps_none() {
+    let dir = scratch();
+    let server = common::built_binary("sdk-example-server");
+    let queues = format!(
+        r#"
+servers:
+  warm:
+    command: ["{}"]
+    ports: [{{name: game, protocol: tcp}}]
+    ready: sdk
+    identity: proxy-v2
+    ends: sdk
+    warm_pool: {{min: 1, max: 1}}
+    versions:
+      - {{name: a, weight: 1}}
+      - {{name: b, weight: 1}}
+queues:
+  - {{name: warm, session_size: 1, server: warm}}
+"#,
+        server.display()
+    );
+    let (backend, proxy, db) = stack(&dir, &queues, 20.0).await;
+    let pool = |key: &'static str| {
+        let http = backend.http.clone();
+        async move {
+            let (_, health) = http.get("/health").await;
+            health["warm_profiles"][key].clone()
+        }
+    };
+    for key in ["warm@a", "warm@b"] {
+        eventually(Duration::from_secs(20), || async {
+            (pool(key).await["idle"] == 1).then_some(())
+        })
+        .await;
+    }
+    // Two sessions, one of each version (weights 1:1), each handed a warm server of its own.
+    let mut versions = Vec::new();
+    for player in ["ann", "bea"] {
+        let statuses = matched(&backend.http, "warm", &[player]).await;
+        let status = &statuses[0];
+        versions.push(status["version"].as_str().unwrap().to_owned());
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let ticket = status["ticket"].as_str().unwrap();
+        stream.write_all(format!("JOIN {ticket}\n").as_bytes()).await.unwrap();
+        let mut line = String::new();
+        let mut reader = BufReader::new(stream);
+        tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(line.trim_end(), format!("WELCOME {player}"));
+        drop(reader);
+        let sid = status["session_id"].as_str().unwrap();
+        assert_eq!(end_reason(&db, sid).await, "completed");
+    }
+    versions.sort();
+    assert_eq!(versions, ["a", "b"]);
+    for key in ["warm@a", "warm@b"] {
+        let books = pool(key).await;
+        assert_eq!(
+            (books["handed"].as_u64(), books["cold_starts"].as_u64()),
+            (Some(1), Some(0)),
+            "{key}: {books}"
+        );
+    }
+    // Drain b: its warm server goes; a's pool refills and stays.
+    let (status, body) = backend
+        .http
+        .post_as(
+            &common::admin_auth(),
+            "/operator/versions/warm/b/drain",
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    eventually(Duration::from_secs(20), || async {
+        let b = pool("warm@b").await;
+        (b["idle"] == 0 && b["starting"] == 0).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        (pool("warm@a").await["idle"] == 1).then_some(())
+    })
+    .await;
+    // And it stays empty.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pool("warm@b").await["idle"], 0);
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A server that tells each rostered player which version it is: `VERSION <MATCHPLANE_VERSION>
 /// <its first argument>`, then exits 0 once all have been told.
 const VERSION_SERVER: &str = r#"#!/usr/bin/env python3

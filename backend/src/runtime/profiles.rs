@@ -621,8 +621,8 @@ impl ProfileSpec {
         if self.versions.len() > MAX_VERSIONS {
             mistake(format!("versions: at most {MAX_VERSIONS}, got {}", self.versions.len()));
         }
-        if self.warm_pool.is_some() {
-            mistake("warm_pool and versions together are not built yet: warm servers are kept for a profile without versions".into());
+        if self.warm_pool.is_some() && matches!(target, Target::Kubernetes) {
+            mistake("warm_pool and versions together are not built yet for RUNTIME=kubernetes: warm Pods are kept for a profile without versions (the local runtime keeps warm servers per version)".into());
         }
         let mut names = BTreeSet::new();
         for (i, v) in self.versions.iter().enumerate() {
@@ -1061,12 +1061,15 @@ queues:
         );
         let got = mistakes("[{name: a, weight: 1, colour: red}]", "");
         assert!(got[0].contains("unknown field `colour`"), "{got:?}");
-        let got = mistakes(
-            "[{name: a, weight: 1}]",
-            "    ready: sdk\n    warm_pool: {min: 1, max: 2}\n",
-        );
+        // Warm servers per version: kept by the local runtime, not yet as Pods.
+        let warm = "servers:\n  canary:\n    command: [/bin/sleep]\n    image: \"g:1\"\n    ready: sdk\n    ports: [{name: game, protocol: tcp}]\n    warm_pool: {min: 1, max: 2}\n    versions: [{name: a, weight: 1}, {name: b, weight: 1}]\nqueues:\n  - {name: q, session_size: 2, server: canary}\n";
+        let profiles = load(warm, local()).unwrap();
+        let canary = profiles.get("canary").unwrap();
+        assert!(canary.versions.iter().all(|v| v.profile.warm.is_some()));
+        let got = load(warm, Target::Kubernetes).unwrap_err();
         assert!(
-            got.iter().any(|m| m.contains("warm_pool and versions together")),
+            got.iter()
+                .any(|m| m.contains("warm_pool and versions together are not built yet for RUNTIME=kubernetes")),
             "{got:?}"
         );
         // A mistake every version shares is said once, without a version's name.

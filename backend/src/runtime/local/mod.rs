@@ -70,12 +70,33 @@ pub(crate) async fn start_profile(
 pub(crate) struct LocalRuntime {
     spawner: Arc<Spawner>,
     pool: Option<Arc<WarmPool>>,
-    /// The pools of profiles with a `warm_pool`, by profile name.
-    profile_pools: HashMap<String, (Arc<Profile>, Arc<WarmPool>)>,
+    /// The pools of profiles with a `warm_pool`, by [`pool_key`]: one per version of a
+    /// profile with versions.
+    profile_pools: HashMap<String, ProfilePool>,
     /// Where warm servers of profiles poll for their session.
     internal_url: String,
     /// What warm servers of profiles are offered their sessions through; given with the tasks.
     book: OnceLock<Arc<dyn SessionBook>>,
+}
+
+/// The warm servers of one profile, or of one version of it.
+struct ProfilePool {
+    /// What they run (a version's own profile, with versions).
+    profile: Arc<Profile>,
+    pool: Arc<WarmPool>,
+    /// The version's chooser and index: a version that drains keeps no warm server.
+    version: Option<VersionOf>,
+}
+
+/// A version of a profile: its profile's chooser, and its index there.
+type VersionOf = (Arc<super::profiles::Picker>, usize);
+
+/// The pool of `profile`'s warm servers: its name, and `@<version>` for a version.
+pub(crate) fn pool_key(profile: &Profile) -> String {
+    match &profile.version {
+        Some(version) => format!("{}@{version}", profile.name),
+        None => profile.name.clone(),
+    }
 }
 
 /// How long a warm server's token to poll for its session lasts.
@@ -102,14 +123,29 @@ impl LocalRuntime {
                 "setpriv (util-linux) is not in PATH: servers of a profile will outlive this backend if it is killed"
             );
         }
-        let profile_pools = profiles
-            .iter()
-            .filter_map(|profile| {
-                let bounds = profile.warm.filter(|b| b.enabled() && !profile.builtin)?;
+        let mut profile_pools = HashMap::new();
+        for profile in profiles.iter().filter(|p| !p.builtin) {
+            let Some(bounds) = profile.warm.filter(|b| b.enabled()) else {
+                continue;
+            };
+            // A profile with versions keeps warm servers of each version (each runs its own
+            // command): a session is handed one of its version's.
+            let each: Vec<(Arc<Profile>, Option<VersionOf>)> = if profile.versions.is_empty() {
+                vec![(profile.clone(), None)]
+            } else {
+                let picker = profiles.picker(&profile.name).cloned();
+                profile
+                    .versions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v.profile.clone(), picker.clone().map(|p| (p, i))))
+                    .collect()
+            };
+            for (profile, version) in each {
                 let pool = Arc::new(WarmPool::new(Arc::new(WarmState::new(bounds))));
-                Some((profile.name.clone(), (profile.clone(), pool)))
-            })
-            .collect();
+                profile_pools.insert(pool_key(&profile), ProfilePool { profile, pool, version });
+            }
+        }
         LocalRuntime {
             spawner: Arc::new(Spawner { settings, secret }),
             pool: warm.bounds().enabled().then(|| Arc::new(WarmPool::new(warm))),
@@ -163,7 +199,7 @@ impl LocalRuntime {
     /// started cold otherwise.
     async fn start_program(&self, spec: ServerSpec) -> Result<Box<dyn ServerHandle>, StartError> {
         let began = Instant::now();
-        let pool = self.profile_pools.get(&spec.profile.name).map(|(_, pool)| pool);
+        let pool = self.profile_pools.get(&pool_key(&spec.profile)).map(|p| &p.pool);
         if let (Some(pool), Some(book)) = (pool, self.book.get()) {
             pool.books.session_started(began);
             while let Some(mut warm) = pool.take() {
@@ -244,6 +280,11 @@ impl WarmLaunch<'_> {
             vars: vec![
                 ("MATCHPLANE_WARM_URL".to_owned(), self.url),
                 ("MATCHPLANE_WARM_TOKEN".to_owned(), self.token),
+                // The version it runs is known before its session is.
+                (
+                    "MATCHPLANE_VERSION".to_owned(),
+                    self.profile.version.clone().unwrap_or_default(),
+                ),
             ],
             home: self.id,
             ready_timeout: self.ready_timeout,
@@ -352,7 +393,7 @@ impl SessionRuntime for LocalRuntime {
     fn warm_profiles(&self) -> std::collections::BTreeMap<String, protocol::api::WarmServers> {
         self.profile_pools
             .iter()
-            .map(|(name, (_, pool))| (name.clone(), pool.books.snapshot()))
+            .map(|(key, p)| (key.clone(), p.pool.books.snapshot()))
             .collect()
     }
 
@@ -365,13 +406,20 @@ impl SessionRuntime for LocalRuntime {
                 let spawner = spawner.clone();
                 Box::pin(async move { spawner.spawn(&[("WARM_SERVER_ID", id)], WARM_READY_TIMEOUT).await })
             });
-            tasks.push(("warm pool", Box::pin(keep_warm(pool.clone(), start, stop.clone()))));
+            tasks.push((
+                "warm pool",
+                Box::pin(keep_warm(pool.clone(), start, Retired::never(), stop.clone())),
+            ));
         }
-        for (profile, pool) in self.profile_pools.values() {
-            let start = self.warm_program(profile.clone(), sessions.clone());
+        for p in self.profile_pools.values() {
+            let start = self.warm_program(p.profile.clone(), sessions.clone());
+            let retired = match &p.version {
+                Some((picker, index)) => Retired::when_draining(picker.clone(), *index),
+                None => Retired::never(),
+            };
             tasks.push((
                 "warm pool of a profile",
-                Box::pin(keep_warm(pool.clone(), start, stop.clone())),
+                Box::pin(keep_warm(p.pool.clone(), start, retired, stop.clone())),
             ));
         }
         tasks
@@ -415,10 +463,29 @@ impl WarmPool {
 /// Keeps the pool at the size demand calls for until `stop`: replaces warm servers that died,
 /// starts more when demand rises, stops the surplus when it falls. On `stop` every idle warm
 /// server is stopped.
-async fn keep_warm(pool: Arc<WarmPool>, start: StartWarm, stop: CancellationToken) {
+/// The number of the last warm server this process started, over all its pools.
+static WARM_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a pool's servers are no longer wanted: its version drains.
+struct Retired(Option<VersionOf>);
+
+impl Retired {
+    fn never() -> Retired {
+        Retired(None)
+    }
+
+    fn when_draining(picker: Arc<super::profiles::Picker>, index: usize) -> Retired {
+        Retired(Some((picker, index)))
+    }
+
+    fn now(&self) -> bool {
+        self.0.as_ref().is_some_and(|(picker, index)| picker.drains(*index))
+    }
+}
+
+async fn keep_warm(pool: Arc<WarmPool>, start: StartWarm, retired: Retired, stop: CancellationToken) {
     let mut tick = tokio::time::interval(POOL_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut serial: u64 = 0;
     let tag = std::process::id();
     loop {
         tokio::select! {
@@ -447,9 +514,12 @@ async fn keep_warm(pool: Arc<WarmPool>, start: StartWarm, stop: CancellationToke
         }
         let (idle, warming) = (pool.idle(), pool.warming.load(Ordering::Relaxed));
         let Plan { target, at_once } = pool.books.plan(idle, warming, Instant::now(), MAX_WARMING);
+        // A version that drains keeps no warm server: its idle ones are stopped.
+        let target = if retired.now() { 0 } else { target };
         if idle + warming < target {
             for _ in 0..(target - idle - warming).min(at_once.saturating_sub(warming)) {
-                serial += 1;
+                // One numbering for every pool of this backend: ids never repeat across them.
+                let serial = WARM_SERIAL.fetch_add(1, Ordering::Relaxed) + 1;
                 let id = format!("warm-{tag}-{serial}");
                 pool.warming.fetch_add(1, Ordering::Relaxed);
                 let (pool, start) = (pool.clone(), start.clone());
