@@ -954,3 +954,53 @@ queues:
         ]
     );
 }
+
+/// A version of the built-in game server runs its own image as the built-in server's Pod,
+/// labelled with its version; the version without an image runs the template's.
+#[test]
+fn a_version_of_the_built_in_server_runs_its_image() {
+    let profiles = backend::runtime::profiles::Profiles::parse(
+        r#"
+servers:
+  game-server:
+    versions:
+      - {name: "1", weight: 1}
+      - {name: "2", image: "registry.example/game-server:2", weight: 1}
+queues:
+  - {name: casual, session_size: 2}
+"#,
+        Some(&matchmaking_core::queues::Queues::parse("queues:\n  - {name: casual, session_size: 2}\n").unwrap()),
+        backend::runtime::profiles::Target::Kubernetes,
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let sid = uuid::Uuid::new_v4().to_string();
+        let spec = spec(&sid, Duration::from_secs(5)).running("casual", profiles.pick("casual"));
+        let pod = serde_json::to_value(render_pod(&template(), &spec)).unwrap();
+        let container = &pod["spec"]["containers"][0];
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "SESSION_ID"),
+            "the built-in server's Pod: {pod}"
+        );
+        seen.push((
+            pod["metadata"]["labels"]["matchplane.io/version"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            container["image"].as_str().unwrap().to_owned(),
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("1".to_owned(), template().image),
+            ("2".to_owned(), "registry.example/game-server:2".to_owned()),
+        ]
+    );
+}

@@ -1046,6 +1046,73 @@ queues:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The built-in game server has versions too: each version is a build of its own (here a
+/// wrapper that notes each session it runs, then runs the server), new sessions are split by
+/// weight, each plays through the proxy as the built-in server does, and its record and
+/// history say which version it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_servers_versions_run_their_own_builds_split_by_weight() {
+    let dir = scratch();
+    let game_server = common::built_binary("game-server");
+    script(
+        &dir,
+        "build-2",
+        &format!(
+            "#!/bin/sh\necho \"$SESSION_ID\" >> {}/build-2.log\nexec {} \"$@\"\n",
+            dir.display(),
+            game_server.display()
+        ),
+    );
+    let queues = r#"
+servers:
+  game-server:
+    versions:
+      - {name: "1", weight: 1}
+      - {name: "2", weight: 1, command: ["SCRIPT/build-2"]}
+queues:
+  - {name: casual, session_size: 2}
+"#;
+    let (backend, proxy, db) = stack(&dir, queues, 10.0).await;
+    let http = &backend.http;
+    let mut by_version: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for n in 0..4 {
+        let (a, b) = (format!("b{n}a"), format!("b{n}b"));
+        let statuses = matched(http, "casual", &[&a, &b]).await;
+        let version = statuses[0]["version"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the status says the version: {}", statuses[0]))
+            .to_owned();
+        let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+        common::play_to_the_end(&proxy.to_string(), &statuses).await;
+        assert_eq!(end_reason(&db, &sid).await, "completed");
+        by_version.entry(version).or_default().push(sid);
+    }
+    assert_eq!(by_version.get("1").map(Vec::len), Some(2), "{by_version:?}");
+    assert_eq!(by_version.get("2").map(Vec::len), Some(2), "{by_version:?}");
+    // Version 2's sessions, and only they, ran its build.
+    let mut ran: Vec<String> = std::fs::read_to_string(dir.join("build-2.log"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    ran.sort();
+    let mut want = by_version["2"].clone();
+    want.sort();
+    assert_eq!(ran, want);
+    // The operators see the built-in server's versions.
+    let (_, versions) = as_admin(http, hyper::Method::GET, "/operator/versions", None).await;
+    assert!(versions.to_string().contains("game-server"), "{versions}");
+    let pool = sqlx::PgPool::connect(&db).await.unwrap();
+    let recorded: i64 = sqlx::query("SELECT count(*) AS n FROM matches WHERE version = '2'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(recorded, 2);
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A server that tells each rostered player which version it is: `VERSION <MATCHPLANE_VERSION>
 /// <its first argument>`, then exits 0 once all have been told.
 const VERSION_SERVER: &str = r#"#!/usr/bin/env python3

@@ -275,6 +275,14 @@ pub(crate) async fn build(
     profiles: &profiles::Profiles,
     internal_url: &str,
 ) -> anyhow::Result<Option<Arc<dyn SessionRuntime>>> {
+    let builtin_versions = profiles
+        .get(profiles::BUILTIN)
+        .is_some_and(|builtin| !builtin.versions.is_empty());
+    if builtin_versions && warm.bounds().enabled() {
+        anyhow::bail!(
+            "versions of the built-in game server and a warm pool (WARM_POOL_MAX above 0) together are not built yet: give one of them up"
+        );
+    }
     Ok(match settings {
         RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(
             local.clone(),

@@ -387,9 +387,23 @@ impl Profiles {
                     let before = mistakes.len();
                     let mut mistake = |m: String| mistakes.push(format!("{label}: {m}"));
                     if name == BUILTIN {
-                        mistake(format!(
-                            "{BUILTIN} is the built-in game server's profile; give yours another name"
-                        ));
+                        // The built-in server takes only versions: its builds side by side.
+                        match serde_yaml::from_value::<BuiltinSpec>(item.clone()) {
+                            Ok(spec) => {
+                                if let Some(builtin) = spec.check(target, &mut mistake) {
+                                    let weights: Vec<u32> = builtin.versions.iter().map(|v| v.weight).collect();
+                                    profiles
+                                        .pickers
+                                        .insert(BUILTIN.to_owned(), Arc::new(Picker::new(&weights)));
+                                    let builtin = Arc::new(builtin);
+                                    profiles.by_name.insert(BUILTIN.to_owned(), builtin.clone());
+                                    profiles.builtin = builtin;
+                                }
+                            }
+                            Err(e) => mistake(format!(
+                                "{e} ({BUILTIN} is the built-in game server's profile: it takes only `versions`; give a profile of yours another name)"
+                            )),
+                        }
                         continue;
                     }
                     if !is_valid_name(name) {
@@ -494,6 +508,89 @@ struct VersionSpec {
     command: Option<Vec<String>>,
     image: Option<String>,
     weight: u32,
+}
+
+/// The built-in server's entry in `servers`: only its versions, each with the program
+/// (`command`, the local runtime) or image (Pods) of its build.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuiltinSpec {
+    versions: Vec<VersionSpec>,
+}
+
+impl BuiltinSpec {
+    /// The built-in profile with these versions, if they are right for `target`.
+    fn check(&self, target: Target<'_>, mistake: &mut dyn FnMut(String)) -> Option<Profile> {
+        let before = std::cell::Cell::new(0usize);
+        let mut count = |m: String| {
+            before.set(before.get() + 1);
+            mistake(m);
+        };
+        check_version_list(&self.versions, &mut count);
+        if self.versions.is_empty() {
+            count("versions: list at least one version".into());
+        }
+        let mut versions = Vec::new();
+        for v in &self.versions {
+            let mut profile = Profile::builtin();
+            profile.version = Some(v.name.clone());
+            if let Some(command) = &v.command {
+                match (command.first(), target) {
+                    (None, _) => count(format!("version {:?}: command must not be empty", v.name)),
+                    (Some(bin), Target::Local { path })
+                        if find_executable(std::path::Path::new(bin), path).is_none() =>
+                    {
+                        count(format!(
+                            "version {:?}: command[0] {bin:?} is not an executable file",
+                            v.name
+                        ));
+                    }
+                    _ => {}
+                }
+                profile.command.clone_from(command);
+            }
+            profile.image.clone_from(&v.image);
+            versions.push(Version {
+                name: v.name.clone(),
+                weight: v.weight,
+                profile: Arc::new(profile),
+            });
+        }
+        if before.get() > 0 {
+            return None;
+        }
+        let mut builtin = Profile::builtin();
+        builtin.versions = versions;
+        Some(builtin)
+    }
+}
+
+/// The checks every list of versions gets: names, uniqueness, weights.
+fn check_version_list(versions: &[VersionSpec], mistake: &mut dyn FnMut(String)) {
+    if versions.len() > MAX_VERSIONS {
+        mistake(format!("versions: at most {MAX_VERSIONS}, got {}", versions.len()));
+    }
+    let mut names = BTreeSet::new();
+    for (i, v) in versions.iter().enumerate() {
+        if !is_label_value(&v.name) {
+            mistake(format!(
+                "versions[{i}]: name {:?} must be at most 63 characters of A-Z a-z 0-9 _ . -, starting and ending with a letter or digit",
+                v.name
+            ));
+        }
+        if !names.insert(v.name.as_str()) {
+            mistake(format!("versions[{i}]: {:?} is named twice", v.name));
+        }
+        if v.weight > MAX_WEIGHT {
+            mistake(format!(
+                "versions[{i}] {:?}: weight must be 0 to {MAX_WEIGHT}, got {}",
+                v.name, v.weight
+            ));
+        }
+    }
+    if !versions.is_empty() && versions.iter().all(|v| v.weight == 0) {
+        mistake("versions: at least one version needs a weight above 0".into());
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -618,32 +715,9 @@ impl ProfileSpec {
         if self.versions.is_empty() {
             return self.check_one(name, target, mistake);
         }
-        if self.versions.len() > MAX_VERSIONS {
-            mistake(format!("versions: at most {MAX_VERSIONS}, got {}", self.versions.len()));
-        }
+        check_version_list(&self.versions, mistake);
         if self.warm_pool.is_some() && matches!(target, Target::Kubernetes) {
             mistake("warm_pool and versions together are not built yet for RUNTIME=kubernetes: warm Pods are kept for a profile without versions (the local runtime keeps warm servers per version)".into());
-        }
-        let mut names = BTreeSet::new();
-        for (i, v) in self.versions.iter().enumerate() {
-            if !is_label_value(&v.name) {
-                mistake(format!(
-                    "versions[{i}]: name {:?} must be at most 63 characters of A-Z a-z 0-9 _ . -, starting and ending with a letter or digit",
-                    v.name
-                ));
-            }
-            if !names.insert(v.name.as_str()) {
-                mistake(format!("versions[{i}]: {:?} is named twice", v.name));
-            }
-            if v.weight > MAX_WEIGHT {
-                mistake(format!(
-                    "versions[{i}] {:?}: weight must be 0 to {MAX_WEIGHT}, got {}",
-                    v.name, v.weight
-                ));
-            }
-        }
-        if self.versions.iter().all(|v| v.weight == 0) {
-            mistake("versions: at least one version needs a weight above 0".into());
         }
         let mut said: Vec<Vec<String>> = Vec::new();
         let mut versions = Vec::new();
@@ -1061,6 +1135,30 @@ queues:
         );
         let got = mistakes("[{name: a, weight: 1, colour: red}]", "");
         assert!(got[0].contains("unknown field `colour`"), "{got:?}");
+        // The built-in server takes only versions, each with its own build.
+        let builtin = |versions: &str| {
+            format!("servers:\n  game-server:\n    {versions}\nqueues:\n  - {{name: q, session_size: 2}}\n")
+        };
+        let got = load(&builtin("command: [/bin/sleep]"), local()).unwrap_err();
+        assert!(got[0].contains("it takes only `versions`"), "{got:?}");
+        let got = load(
+            &builtin("versions: [{name: a, weight: 1, command: [/no/such/build]}]"),
+            local(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            got,
+            [r#"server "game-server": version "a": command[0] "/no/such/build" is not an executable file"#]
+        );
+        let ok = load(
+            &builtin("versions: [{name: a, weight: 1}, {name: b, weight: 2, command: [/bin/sleep]}]"),
+            local(),
+        )
+        .unwrap();
+        let game_server = ok.for_queue("q");
+        assert!(game_server.builtin && game_server.versions.len() == 2);
+        assert_eq!(game_server.versions[1].profile.command, ["/bin/sleep"]);
+        assert!(game_server.versions.iter().all(|v| v.profile.builtin));
         // Warm servers per version: kept by the local runtime, not yet as Pods.
         let warm = "servers:\n  canary:\n    command: [/bin/sleep]\n    image: \"g:1\"\n    ready: sdk\n    ports: [{name: game, protocol: tcp}]\n    warm_pool: {min: 1, max: 2}\n    versions: [{name: a, weight: 1}, {name: b, weight: 1}]\nqueues:\n  - {name: q, session_size: 2, server: canary}\n";
         let profiles = load(warm, local()).unwrap();
@@ -1135,7 +1233,7 @@ queues:
 "#;
         let mistakes = load(text, local()).unwrap_err();
         let expected = [
-            "server \"game-server\": game-server is the built-in game server's profile",
+            "server \"game-server\": unknown field `command`, expected `versions` (game-server is the built-in game server's profile: it takes only `versions`",
             "server \"bad name\": the name must be 1-64 characters",
             "server \"twice\": ports[1]: the port name \"GAME\" is used twice",
             "server \"proto\": ports[0]: protocol must be tcp or udp, got \"sctp\"",

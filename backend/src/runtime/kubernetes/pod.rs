@@ -104,13 +104,25 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
     if let Some(teams) = spec.teams_setting() {
         session_env.push(env("TEAMS", &teams));
     }
-    render(
+    let mut pod = render(
         template,
         pod_name(&spec.session_id),
         (SESSION_LABEL, spec.session_id.clone()),
         session_env,
         template.active_deadline_seconds,
-    )
+    );
+    // A version of the built-in server runs its own image, and says which it is.
+    if let Some(version) = &spec.profile.version {
+        if let Some(labels) = pod.metadata.labels.as_mut() {
+            labels.insert(VERSION_LABEL.to_owned(), version.clone());
+        }
+        if let (Some(image), Some(pod_spec)) = (&spec.profile.image, pod.spec.as_mut()) {
+            for container in &mut pod_spec.containers {
+                container.image = Some(image.clone());
+            }
+        }
+    }
+    pod
 }
 
 /// `text` with each `${NAME}` of a profile written as Kubernetes' own `$(MATCHPLANE_NAME)`,

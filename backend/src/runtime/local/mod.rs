@@ -186,7 +186,11 @@ impl LocalRuntime {
         if let Some(teams) = spec.teams_setting() {
             env.push(("TEAMS", teams));
         }
-        let server = self.spawner.spawn(&env, spec.ready_timeout).await?;
+        // A version of the built-in server may run a build of its own.
+        let server = self
+            .spawner
+            .spawn(&env, spec.ready_timeout, &spec.profile.command)
+            .await?;
         if let Some(pool) = &self.pool {
             pool.books.cold_start(began.elapsed());
         }
@@ -305,9 +309,20 @@ type StartWarm = Arc<dyn Fn(String) -> BoxFuture<'static, Result<LocalServer, St
 impl Spawner {
     /// Starts a server with `session` settings (a session's, or a warm server's id) and waits
     /// for its `LISTENING` line.
-    async fn spawn(&self, session: &[(&str, String)], ready_timeout: Duration) -> Result<LocalServer, StartError> {
-        let binary = &self.settings.binary;
+    /// `program`: the program and its arguments instead of the configured binary (a version of
+    /// the built-in server with a build of its own), when not empty.
+    async fn spawn(
+        &self,
+        session: &[(&str, String)],
+        ready_timeout: Duration,
+        program: &[String],
+    ) -> Result<LocalServer, StartError> {
+        let binary = match program.first() {
+            Some(own) => std::path::Path::new(own),
+            None => self.settings.binary.as_path(),
+        };
         let mut command = Command::new(binary);
+        command.args(program.iter().skip(1));
         // Only what the server needs: never the backend's own secrets and URLs.
         command.env_clear();
         if let Some(path) = &self.settings.path {
@@ -404,7 +419,7 @@ impl SessionRuntime for LocalRuntime {
             let spawner = self.spawner.clone();
             let start: StartWarm = Arc::new(move |id: String| {
                 let spawner = spawner.clone();
-                Box::pin(async move { spawner.spawn(&[("WARM_SERVER_ID", id)], WARM_READY_TIMEOUT).await })
+                Box::pin(async move { spawner.spawn(&[("WARM_SERVER_ID", id)], WARM_READY_TIMEOUT, &[]).await })
             });
             tasks.push((
                 "warm pool",
