@@ -8,7 +8,10 @@
 # failures). SCENARIO=churn runs CLIENTS (200) players in the casual queue, which backfills:
 # during MATCH_DURATION (60 s) matches players leave (CHURN_PERCENT_PER_MINUTE, 10), half come
 # back, and backfill places new players into the running matches; the summary gives the
-# backfill time. SERVER=bzflag or SERVER=sauerbraten runs
+# backfill time. SCENARIO=rollout runs CLIENTS (240) players, SPAWN_RATE (24) a second, on the
+# built-in server's versions old and new: halfway, the weights go to new and old drains; the
+# summary gives the drain's time to the old version's last session and the sessions lost.
+# SERVER=bzflag or SERVER=sauerbraten runs
 # a game server nobody here wrote instead (the profiles of examples/servers.yaml): CLIENTS (16)
 # players join its queue, reach it through the proxy with their tickets (TCP, or UDP for
 # Sauerbraten) and complete the game's own handshake; then the sessions' ends from the history.
@@ -54,6 +57,7 @@ scenario=${SCENARIO:-fifo}
 sizes=(--session-size "${SESSION_SIZE:-12}")
 clients=${CLIENTS:-60}
 match_duration=${MATCH_DURATION:-5}
+spawn_rate=${SPAWN_RATE:-0}
 case $scenario in
   fifo) ;;
   ranked)
@@ -75,7 +79,29 @@ case $scenario in
     match_duration=${MATCH_DURATION:-60}
     sizes=(--session-size 8 --min-session-size 2 --leave-grace-seconds 5
       --churn-percent-per-minute "${CHURN_PERCENT_PER_MINUTE:-10}") ;;
-  *) mp_die "SCENARIO must be fifo, ranked or churn, got '$scenario'." ;;
+  rollout)
+    # The built-in game server in two versions, old and new: once half the players have
+    # started, an operator (the swarm, with the admin token) moves the weights to the new one
+    # and drains the old; its matches play to their end. No warm pool: warm servers of the
+    # built-in server's versions are not built yet.
+    cat >"$out/queues.yaml" <<'YAML'
+servers:
+  game-server:
+    versions:
+      - {name: old, weight: 100}
+      - {name: new, weight: 0}
+queues:
+  - {name: default, session_size: 12, min_session_size: 2, flush_wait_seconds: 15}
+  - {name: casual, session_size: 12, min_session_size: 2, flush_wait_seconds: 15}
+YAML
+    MATCHMAKING_CONFIG="$(pwd)/$out/queues.yaml"
+    WARM_POOL_MIN=0 WARM_POOL_MAX=0
+    export MATCHMAKING_CONFIG WARM_POOL_MIN WARM_POOL_MAX
+    clients=${CLIENTS:-240}
+    match_duration=${MATCH_DURATION:-20}
+    spawn_rate=${SPAWN_RATE:-24}
+    sizes=(--session-size 12) ;;
+  *) mp_die "SCENARIO must be fifo, ranked, churn or rollout, got '$scenario'." ;;
 esac
 started=$(date +%s.%N)
 echo "== starting Redis, PostgreSQL, backend (RUNTIME=local) and proxy =="
@@ -104,10 +130,10 @@ fi
 
 echo "== swarm: $clients clients, $match_duration s matches, scenario $scenario =="
 status=0
-mp_run_swarm env PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" SERVICE_TOKEN="$MP_SERVICE_TOKEN" \
+mp_run_swarm env PLAYER_TOKEN_SECRET="$MP_PLAYER_TOKEN_SECRET" SERVICE_TOKEN="$MP_SERVICE_TOKEN" ADMIN_TOKEN="$MP_ADMIN_TOKEN" \
   "$MP_BIN/loadgen" swarm --scenario "$scenario" \
   --target-url "$MP_PROXY_URL" --clients "$clients" \
-  --spawn-rate "${SPAWN_RATE:-0}" --match-duration "$match_duration" \
+  --spawn-rate "$spawn_rate" --match-duration "$match_duration" \
   "${sizes[@]}" --json "$out/summary.json" --chart "$out/latency.svg" || status=$?
 # History is written asynchronously from the outbox: give it a moment, then read PostgreSQL.
 for _ in $(seq 1 50); do

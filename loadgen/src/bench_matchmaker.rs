@@ -128,19 +128,19 @@ fn players_placed(metrics: &str) -> u64 {
 /// Runs the benchmark.
 pub async fn run(args: BenchMatchmakerArgs) -> anyhow::Result<BenchMatchmakerResult> {
     anyhow::ensure!(
-        args.scenario != Scenario::Churn,
-        "the matchmaker benchmark joins fifo or ranked tickets; churn is a swarm's scenario"
+        !matches!(args.scenario, Scenario::Churn | Scenario::Rollout),
+        "the matchmaker benchmark joins fifo or ranked tickets; churn and rollout are a swarm's scenarios"
     );
     let client = HttpClient::new(&args.target_url, Duration::from_secs(30));
     let placed_before = players_placed(&client.text("/metrics").await?);
     // The joins, with their tokens, are made before the clock starts: a real identity service
     // issues tokens, not the client in the middle of a join.
     let tickets: Vec<Ticket> = match args.scenario {
-        Scenario::Fifo | Scenario::Churn => Vec::new(),
+        Scenario::Fifo | Scenario::Churn | Scenario::Rollout => Vec::new(),
         Scenario::Ranked => ranked(&args.id_prefix, args.players, 42),
     };
     let (bodies, authorizations): (Vec<JoinRequest>, Vec<Option<String>>) = match args.scenario {
-        Scenario::Fifo | Scenario::Churn => (0..args.players)
+        Scenario::Fifo | Scenario::Churn | Scenario::Rollout => (0..args.players)
             .map(|i| {
                 let player = format!("{}-{i}", args.id_prefix);
                 let auth = args.credentials.authorization(&player, Duration::from_secs(3600));

@@ -141,6 +141,17 @@ pub struct Latencies {
     pub whole_life: Summary,
 }
 
+/// A rollout during a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RolloutSummary {
+    pub from: String,
+    pub to: String,
+    /// From the drain to the old version's last session ending (`None`: not within the run).
+    pub drain_to_drained_ms: Option<f64>,
+    /// Sessions of the old version a player saw fail (not played to its end): the target is 0.
+    pub sessions_lost: usize,
+}
+
 /// What backfill did in a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct BackfillReport {
@@ -218,6 +229,9 @@ pub struct Report {
     pub backfill: BackfillReport,
     /// Sessions per server version (profiles with versions), as players' statuses said.
     pub sessions_per_version: BTreeMap<String, usize>,
+    /// The rollout scenario: what the operator did, and what it cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSummary>,
     pub sessions: usize,
     /// Session size → how many sessions had it.
     pub session_sizes: BTreeMap<usize, usize>,
@@ -593,6 +607,7 @@ impl Report {
                 left_for_good: records.iter().filter(|r| r.left_for_good).count(),
                 came_back: records.iter().map(|r| u64::from(r.came_back)).sum(),
             },
+            rollout: None,
             sessions_per_version: {
                 let mut per: BTreeMap<String, HashSet<&str>> = BTreeMap::new();
                 for r in records {
@@ -624,11 +639,31 @@ impl Report {
         }
     }
 
+    /// Adds the rollout the run made: the old version's sessions some player of which did not
+    /// finish are lost (a drain must stop none).
+    pub fn set_rollout(&mut self, records: &[ClientRecord], rollout: crate::swarm::RolloutReport) {
+        let lost: HashSet<&str> = records
+            .iter()
+            .filter(|r| r.placement.version.as_deref() == Some(rollout.from.as_str()) && r.outcome != Outcome::Ok)
+            .filter_map(|r| r.session_id.as_deref())
+            .collect();
+        self.rollout = Some(RolloutSummary {
+            drain_to_drained_ms: rollout.drain_to_drained.map(|d| d.as_secs_f64() * 1000.0),
+            sessions_lost: lost.len(),
+            from: rollout.from,
+            to: rollout.to,
+        });
+    }
+
     /// Whether the run passed: every client ok (or, in a rule queue, timed out waiting, but
     /// no more than `max_timed_out_percent` of them), some session formed if any ticket timed
     /// out, and every invariant held.
     pub fn passed(&self) -> bool {
         self.failed == 0
+            && self
+                .rollout
+                .as_ref()
+                .is_none_or(|r| r.sessions_lost == 0 && r.drain_to_drained_ms.is_some())
             && !self.too_many_timed_out()
             && (self.timed_out == 0 || self.sessions > 0)
             && self.invariants.ok
@@ -720,6 +755,18 @@ impl Report {
                 out,
                 "  {} newcomers were waiting when their slot opened: p50 {:.0} p99 {:.0} ms; {} joined after it (the slot waited for a player): p50 {:.0} p99 {:.0} ms",
                 w.count, w.p50_ms, w.p99_ms, l.count, l.p50_ms, l.p99_ms
+            );
+        }
+        if let Some(r) = &self.rollout {
+            let _ = writeln!(
+                out,
+                "rollout: {} → {}, then {} drained; drain → its last session ended: {}; sessions lost: {}",
+                r.from,
+                r.to,
+                r.from,
+                r.drain_to_drained_ms
+                    .map_or_else(|| "not within the run".to_owned(), |ms| format!("{:.1} s", ms / 1000.0)),
+                r.sessions_lost
             );
         }
         if !self.sessions_per_version.is_empty() {
@@ -946,6 +993,61 @@ mod tests {
             cpu_busy: None,
             max_timed_out_percent: 100.0,
         }
+    }
+
+    #[test]
+    fn a_rollout_that_cut_an_old_session_short_fails_the_run() {
+        let mut records = vec![
+            rec("a", "s1", &["a", "b"]),
+            rec("b", "s1", &["a", "b"]),
+            rec("c", "s2", &["c", "d"]),
+            rec("d", "s2", &["c", "d"]),
+        ];
+        for r in &mut records {
+            r.outcome = Outcome::Ok;
+            r.placement.version = Some(
+                if r.session_id.as_deref() == Some("s1") {
+                    "old"
+                } else {
+                    "new"
+                }
+                .to_owned(),
+            );
+        }
+        let rollout = || crate::swarm::RolloutReport {
+            from: "old".into(),
+            to: "new".into(),
+            drain_to_drained: Some(Duration::from_secs(3)),
+        };
+        let mut report = Report::build(&records, &setup(1.0));
+        report.set_rollout(&records, rollout());
+        assert_eq!(
+            report.sessions_per_version,
+            BTreeMap::from([("new".to_owned(), 1), ("old".to_owned(), 1)])
+        );
+        assert!(report.passed(), "{}", report.render());
+        assert!(
+            report
+                .render()
+                .contains("drain → its last session ended: 3.0 s; sessions lost: 0")
+        );
+        // A player of the old version's session did not finish: that session was lost.
+        records[1].outcome = Outcome::Refused("session_over".into());
+        let mut report = Report::build(&records, &setup(1.0));
+        report.set_rollout(&records, rollout());
+        assert_eq!(report.rollout.as_ref().unwrap().sessions_lost, 1);
+        assert!(!report.passed());
+        // A drain that never finished fails the run too.
+        records[1].outcome = Outcome::Ok;
+        let mut report = Report::build(&records, &setup(1.0));
+        report.set_rollout(
+            &records,
+            crate::swarm::RolloutReport {
+                drain_to_drained: None,
+                ..rollout()
+            },
+        );
+        assert!(!report.passed());
     }
 
     #[test]

@@ -18,8 +18,8 @@ use serde_json::{Map, Value, json};
 
 /// The rule queue the ranked scenario joins (see `examples/queues.yaml`).
 pub const RANKED_QUEUE: &str = "ranked";
-/// The queue the churn scenario joins: one whose running matches backfill players who left
-/// (see `examples/queues.yaml`).
+/// The queue the churn and rollout scenarios join: in `examples/queues.yaml` one whose running
+/// matches backfill players who left; the rollout demo gives it a queue file of its own.
 pub const CHURN_QUEUE: &str = "casual";
 /// The regions players measure.
 pub const REGIONS: [&str; 3] = ["eu", "us", "asia"];
@@ -39,6 +39,11 @@ pub enum Scenario {
     /// each who leaves for good is replaced by a new player, whom backfill places into the
     /// running match.
     Churn,
+    /// Players join the `casual` queue themselves, while an operator rolls a new server
+    /// version out: once half the players have started, the weights go from `--rollout-from`
+    /// to `--rollout-to` and `--rollout-from` is drained (needs ADMIN_TOKEN); the summary says
+    /// how long the drain took to end the old version's last session, and what it cost.
+    Rollout,
 }
 
 /// One player of a ticket.

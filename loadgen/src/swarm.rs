@@ -89,6 +89,18 @@ pub struct SwarmArgs {
     /// Churn: the queue's `leave_grace_seconds`; a player who comes back does so well within it.
     #[arg(long, default_value_t = 5.0)]
     pub leave_grace_seconds: f64,
+    /// Rollout: the server profile whose versions are rolled (`game-server`: the built-in one).
+    #[arg(long, default_value = "game-server")]
+    pub rollout_profile: String,
+    /// Rollout: the version rolled away from (its weight goes to 0, then it drains).
+    #[arg(long, default_value = "old")]
+    pub rollout_from: String,
+    /// Rollout: the version rolled to (its weight goes to 100).
+    #[arg(long, default_value = "new")]
+    pub rollout_to: String,
+    /// Rollout: the operator token the weight change and the drain are made with.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     #[command(flatten)]
     pub credentials: CredentialArgs,
 }
@@ -135,6 +147,82 @@ struct Shared {
     prefix: String,
 }
 
+/// An operator's rollout during the swarm, as it went.
+pub struct RolloutReport {
+    pub from: String,
+    pub to: String,
+    /// From the drain to the old version's last session ending (`drained_at`).
+    pub drain_to_drained: Option<Duration>,
+}
+
+/// Rolls `--rollout-from` out for `--rollout-to`: the weights 0 and 100, then a drain of the
+/// old version; waits (up to the client time limit) for the old version's last session to end.
+async fn roll_out(shared: Arc<Shared>) -> anyhow::Result<RolloutReport> {
+    let args = &shared.args;
+    let auth = format!("Bearer {}", args.admin_token.as_deref().unwrap_or_default());
+    let profile = &args.rollout_profile;
+    let weights = serde_json::json!({"weights": {args.rollout_from.clone(): 0, args.rollout_to.clone(): 100}});
+    let (status, body) = shared
+        .api
+        .send(
+            Method::PUT,
+            &format!("/operator/versions/{profile}"),
+            Some(serde_json::to_vec(&weights)?),
+            Some(&auth),
+        )
+        .await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "setting the weights: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let drain = format!("/operator/versions/{profile}/{}/drain", args.rollout_from);
+    let (status, body) = shared
+        .api
+        .send(Method::POST, &drain, Some(b"{}".to_vec()), Some(&auth))
+        .await?;
+    anyhow::ensure!(
+        status.is_success(),
+        "draining: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let drained = Instant::now();
+    eprintln!(
+        "rollout: {profile} weights {} 0, {} 100; {} draining",
+        args.rollout_from, args.rollout_to, args.rollout_from
+    );
+    let limit = Duration::from_secs_f64(args.client_timeout.unwrap_or(180.0 + args.match_duration));
+    while drained.elapsed() < limit {
+        let (status, body) = shared
+            .api
+            .send(Method::GET, "/operator/versions", None, Some(&auth))
+            .await?;
+        if status.is_success() {
+            let list: serde_json::Value = serde_json::from_slice(&body)?;
+            let done = list["profiles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["profile"] == profile.as_str())
+                .flat_map(|p| p["versions"].as_array().cloned().unwrap_or_default())
+                .any(|v| v["name"] == args.rollout_from.as_str() && v["drained_at"].is_string());
+            if done {
+                return Ok(RolloutReport {
+                    from: args.rollout_from.clone(),
+                    to: args.rollout_to.clone(),
+                    drain_to_drained: Some(drained.elapsed()),
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(RolloutReport {
+        from: args.rollout_from.clone(),
+        to: args.rollout_to.clone(),
+        drain_to_drained: None,
+    })
+}
+
 /// Runs the swarm to the end and returns its report.
 pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.clients > 0, "CLIENTS must be at least 1");
@@ -151,7 +239,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
         .filter(|t| !t.is_empty())
         .map(|t| format!("Bearer {t}"));
     let (players, parties, join_order) = match args.scenario {
-        Scenario::Fifo | Scenario::Churn => (
+        Scenario::Fifo | Scenario::Churn | Scenario::Rollout => (
             (0..args.clients).map(|i| format!("{prefix}-{i}")).collect(),
             HashMap::new(),
             None,
@@ -217,7 +305,18 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
         });
     };
     let mut records = Vec::with_capacity(args.clients);
+    let mut rollout: Option<tokio::task::JoinHandle<anyhow::Result<RolloutReport>>> = None;
+    if args.scenario == Scenario::Rollout {
+        anyhow::ensure!(
+            args.admin_token.as_deref().is_some_and(|t| !t.is_empty()),
+            "the rollout scenario changes weights and drains as an operator: set ADMIN_TOKEN"
+        );
+    }
+    let half = args.clients / 2;
     for (i, player) in players.into_iter().enumerate() {
+        if i == half && args.scenario == Scenario::Rollout {
+            rollout = Some(tokio::spawn(roll_out(shared.clone())));
+        }
         if args.spawn_rate > 0.0 {
             let due = started + Duration::from_secs_f64(i as f64 / args.spawn_rate);
             tokio::time::sleep_until(due.into()).await;
@@ -243,6 +342,10 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
             break;
         }
     }
+    let rollout = match rollout {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
     progress.abort();
     let wall = started.elapsed();
     let last_running = records.iter().filter_map(|r| r.running_at).max();
@@ -253,7 +356,7 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
     if matches!(progress_mode(&args), Mode::Bar) {
         eprintln!();
     }
-    Ok(Report::build(
+    let mut report = Report::build(
         &records,
         &Setup {
             wall,
@@ -266,7 +369,11 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
             cpu_busy,
             max_timed_out_percent: args.max_timed_out_percent,
         },
-    ))
+    );
+    if let Some(rollout) = rollout {
+        report.set_rollout(&records, rollout);
+    }
+    Ok(report)
 }
 
 #[derive(Clone, Copy)]
@@ -333,7 +440,7 @@ fn connect_addr(args: &SwarmArgs, matched: &MatchResponse) -> String {
 /// One player's life; never panics, always returns a record.
 async fn play(shared: &Shared, player: String) -> ClientRecord {
     let mut record = ClientRecord::new(player);
-    if shared.args.scenario == Scenario::Churn {
+    if matches!(shared.args.scenario, Scenario::Churn | Scenario::Rollout) {
         record.queue = CHURN_QUEUE.to_owned();
     }
     if let Some(party) = shared.parties.get(&record.player) {
@@ -551,7 +658,7 @@ enum Played {
 async fn join(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>) -> Result<MatchResponse, Outcome> {
     let Some(party) = shared.parties.get(&record.player).cloned() else {
         let mut body = JoinRequest::player(&record.player);
-        if shared.args.scenario == Scenario::Churn {
+        if matches!(shared.args.scenario, Scenario::Churn | Scenario::Rollout) {
             body.queue = Some(CHURN_QUEUE.to_owned());
         }
         let path = format!("/match/join?wait={LONG_POLL_SECONDS}");
