@@ -59,6 +59,8 @@ where
     };
 
     let (outbound, mut replies) = mpsc::channel(ctx.outbound_queue);
+    // Only the match holds the sender once joined: when it drops the client, the replies
+    // channel closes and this connection hangs up.
     let mut joined = ctx.game.join(player.clone(), outbound.clone()).await;
     if joined == Err(ErrorCode::NotInRoster)
         && let Some(backend) = &ctx.backend
@@ -72,6 +74,8 @@ where
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not read the roster"),
         }
+    } else {
+        drop(outbound);
     }
     let client = match joined {
         Ok(client) => client,

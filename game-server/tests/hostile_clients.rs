@@ -196,3 +196,21 @@ async fn over_the_connection_cap_is_told_server_full() {
     server.shutdown.cancel();
     server.finish().await;
 }
+
+/// `QUIT` answers `BYE` and closes that connection at once, while the match goes on (and the
+/// player may join again).
+#[tokio::test]
+async fn quit_closes_the_connection_at_once() {
+    let server = Server::start(config(&roster(2), FAST_JOIN)).await;
+    let mut p1 = common::joined(server.addr, "p1").await;
+    let mut p2 = common::joined(server.addr, "p2").await;
+    p2.send("QUIT").await;
+    p2.expect(ServerReply::Bye).await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), p2.expect_closed())
+        .await
+        .expect("closed right after BYE, not at the match's end");
+    common::ping(&mut p1, "still-here").await;
+    let mut p2 = common::joined(server.addr, "p2").await;
+    common::ping(&mut p2, "back").await;
+    drop((p1, p2));
+}
