@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEvent {
     pub session_id: String,
-    /// The roster (every player whose standing this event changes).
+    /// The roster (every player whose standing this event changes). A session whose players
+    /// were all released has none (Lua writes that empty list as `{}`).
+    #[serde(deserialize_with = "protocol::sessions::list_or_empty_object")]
     pub players: Vec<String>,
     /// When the change happened, in ms since the Unix epoch.
     pub at_ms: i64,
@@ -125,6 +127,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Every player released before the end: Lua writes the empty roster as an object.
+        let empty =
+            br#"{"at_ms":9,"kind":"ended","players":{},"reason":"abandoned","requeued":false,"session_id":"s"}"#;
+        assert!(SessionEvent::from_json(empty).unwrap().players.is_empty());
         let connected = br#"{"at_ms":8,"kind":"connected","players":["a"],"session_id":"s"}"#;
         assert_eq!(SessionEvent::from_json(connected).unwrap().change, Change::Connected);
         let ended = br#"{"at_ms":7,"kind":"ended","players":["a"],"reason":"failed","requeued":true,"session_id":"s"}"#;
