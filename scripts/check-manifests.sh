@@ -102,16 +102,32 @@ MATCHMAKING_CONFIG=examples/servers.yaml "${CARGO_TARGET_DIR:-target}/debug/back
 # A warm Pod of a profile (warm_pool: the SDK's example server, examples/sdk-server.yaml).
 MATCHMAKING_CONFIG=examples/sdk-server.yaml "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod \
   --warm --queue default >"$out/pod-warm-profile.yaml"
+# A warm Pod of one version of a profile (its own image, labelled with its version).
+cat >"$out/versions.yaml" <<'YAML'
+servers:
+  canary:
+    image: registry.example/canary:1
+    ready: sdk
+    ports: [{name: game, protocol: tcp}]
+    warm_pool: {min: 1, max: 2}
+    versions:
+      - {name: "1", weight: 1}
+      - {name: "2", image: registry.example/canary:2, weight: 0}
+queues:
+  - {name: duel, session_size: 2, server: canary}
+YAML
+MATCHMAKING_CONFIG="$out/versions.yaml" "${CARGO_TARGET_DIR:-target}/debug/backend" render-pod \
+  --warm --queue duel --version 2 >"$out/pod-warm-version.yaml"
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
   "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/overlay-tls-backend.yaml" "$out/overlay-tls-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml" \
-  "$out/pod-warm-profile.yaml"
+  "$out/pod-warm-profile.yaml" "$out/pod-warm-version.yaml"
 # What a real cluster would refuse or break in the Pods deploy/ runs (kube-sim's Pod Security
 # admission; each Secret or ConfigMap volume readable by its container's user).
 cargo build --quiet --locked --workspace --example pod_check
 "${CARGO_TARGET_DIR:-target}/debug/examples/pod_check" restricted "$out/deploy.yaml" "$out/overlay-backend.yaml" \
   "$out/overlay-proxy.yaml" "$out/overlay-tls-backend.yaml" "$out/overlay-tls-proxy.yaml"
-echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's, a warm one of a profile) validate against Kubernetes $K8S_VERSION (strict)"
+echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's, a warm one of a profile, a warm one of a version) validate against Kubernetes $K8S_VERSION (strict)"
 
 # Security scan of the rendered manifests. deploy/ carries its exceptions, with reasons, as
 # checkov.io/skip annotations next to each resource. The game-server Pod is created by the

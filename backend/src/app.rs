@@ -174,6 +174,7 @@ impl App {
             servers_outlive_backend: runtime.as_ref().is_some_and(|r| r.servers_outlive_backend()),
         };
         recover(&history, &janitor, runtime.as_deref()).await?;
+        runtime::versions::load(sessions.store(), &settings.profiles).await;
         let health = Arc::new(Health::default());
         metrics.registry.register(|registry| health.up.register(registry));
         let dependencies = Dependencies {

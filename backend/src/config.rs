@@ -243,9 +243,15 @@ impl Config {
         }
     }
 
-    /// The server profile `queue` runs, for `backend render-pod --queue`: the file checked as a
-    /// whole (every mistake one line), and that profile for the kubernetes runtime (its image).
-    pub fn kubernetes_profile(&self, queue: &str) -> Result<Arc<crate::runtime::Profile>, String> {
+    /// The server profile `queue` runs, for `backend render-pod --queue [--version V]`: the file
+    /// checked as a whole (every mistake one line), and that profile for the kubernetes runtime
+    /// (its image), as its version `version` runs it when it has versions (which must then be
+    /// named).
+    pub fn kubernetes_profile(
+        &self,
+        queue: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<crate::runtime::Profile>, String> {
         let Some(path) = self.matchmaking.file() else {
             return Err(format!("--queue {queue}: MATCHMAKING_CONFIG names no queue file"));
         };
@@ -254,7 +260,41 @@ impl Config {
         if queues.get(queue).is_none() {
             return Err(format!("MATCHMAKING_CONFIG {shown}: there is no queue {queue:?}"));
         }
-        let profile = profiles.for_queue(queue);
+        let mut profile = profiles.for_queue(queue);
+        let names = || {
+            profile
+                .versions
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match version {
+            None if !profile.versions.is_empty() => {
+                return Err(format!(
+                    "--queue {queue}: server {:?} has versions ({}): name one with --version",
+                    profile.name,
+                    names()
+                ));
+            }
+            None => {}
+            Some(version) => match profile.versions.iter().find(|v| v.name == version) {
+                Some(v) => profile = v.profile.clone(),
+                None if profile.versions.is_empty() => {
+                    return Err(format!(
+                        "--version {version}: server {:?} of queue {queue:?} has no versions",
+                        profile.name
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "--version {version}: server {:?} has no such version (it has {})",
+                        profile.name,
+                        names()
+                    ));
+                }
+            },
+        }
         if !profile.builtin && profile.image.is_none() {
             return Err(format!(
                 "MATCHMAKING_CONFIG {shown}: server {:?}: needs `image` to run with RUNTIME=kubernetes",

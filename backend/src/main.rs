@@ -44,6 +44,10 @@ enum Command {
         /// --warm, a warm Pod of that profile, which needs a `warm_pool`).
         #[arg(long)]
         queue: Option<String>,
+        /// With --queue, when its server has versions: the Pod of this version (its image,
+        /// labelled with it).
+        #[arg(long, requires = "queue")]
+        version: Option<String>,
     },
     /// Start one server of a profile of MATCHMAKING_CONFIG as the local runtime would, stand
     /// in for the backend's SDK calls, and say part by part what it meets of the hosting
@@ -117,6 +121,7 @@ fn render_pod(
     players: Vec<String>,
     teams: Option<&str>,
     queue: Option<&str>,
+    version: Option<&str>,
 ) -> ExitCode {
     use protocol::player::is_valid_player_id;
     if !is_valid_player_id(session_id) || players.iter().any(|p| !is_valid_player_id(p)) {
@@ -163,7 +168,7 @@ fn render_pod(
         "minted-per-session-with-TICKET_SECRET".clone_into(&mut spec.report_token);
     }
     if let Some(queue) = queue {
-        match config.kubernetes_profile(queue) {
+        match config.kubernetes_profile(queue, version) {
             Ok(profile) => spec = spec.running(queue, profile),
             Err(e) => {
                 eprintln!("backend: {e}");
@@ -174,8 +179,8 @@ fn render_pod(
     print_pod(&backend::runtime::kubernetes::render_pod(&template, &spec))
 }
 
-/// `backend render-pod --warm [--queue Q]`.
-fn render_warm_pod(config: &Config, queue: Option<&str>) -> ExitCode {
+/// `backend render-pod --warm [--queue Q [--version V]]`.
+fn render_warm_pod(config: &Config, queue: Option<&str>, version: Option<&str>) -> ExitCode {
     use backend::runtime::kubernetes::{render_warm_pod, render_warm_profile_pod, warm_pod_name};
     let rendered = config
         .runtime
@@ -186,7 +191,7 @@ fn render_warm_pod(config: &Config, queue: Option<&str>) -> ExitCode {
             let Some(queue) = queue else {
                 return Ok(render_warm_pod(&template, &name));
             };
-            let profile = config.kubernetes_profile(queue)?;
+            let profile = config.kubernetes_profile(queue, version)?;
             if profile.builtin || profile.warm.is_none() {
                 return Err(format!("--warm --queue {queue}: its server profile has no warm_pool"));
             }
@@ -247,11 +252,13 @@ fn main() -> ExitCode {
         teams,
         warm,
         queue,
+        version,
     }) = cli.command
     {
+        let (queue, version) = (queue.as_deref(), version.as_deref());
         return match session_id {
-            Some(session_id) if !warm => render_pod(&config, &session_id, players, teams.as_deref(), queue.as_deref()),
-            _ => render_warm_pod(&config, queue.as_deref()),
+            Some(session_id) if !warm => render_pod(&config, &session_id, players, teams.as_deref(), queue, version),
+            _ => render_warm_pod(&config, queue, version),
         };
     }
     let settings = match config.validate() {

@@ -1369,7 +1369,7 @@ async fn kube_sim_refuses_what_an_api_server_refuses_and_watches_follow_selector
     .unwrap();
     let mut config = backend::Config::defaults();
     config.matchmaking.matchmaking_config = Some(file.clone());
-    let profile = config.kubernetes_profile("q").unwrap();
+    let profile = config.kubernetes_profile("q", None).unwrap();
     let rendered = [
         pod.clone(),
         backend::runtime::kubernetes::render_warm_pod(&template, "mp-gs-warm-0123456789ab"),
@@ -1526,5 +1526,207 @@ queues:
     let running = sim.cluster.records().iter().filter(|r| r.deleted_ms.is_none()).count();
     assert!(running >= 2, "{running} Pods running");
     backend.stop().await;
+    let _ = std::fs::remove_file(&file);
+}
+
+/// Unclaimed warm Pods of `profile`'s `version`, not being deleted: their images.
+fn idle_warm_pods(sim: &Sim, profile: &str, version: &str) -> Vec<String> {
+    sim.cluster
+        .records()
+        .into_iter()
+        .filter(|r| r.deleted_ms.is_none())
+        .filter_map(|r| sim.cluster.get(&(r.namespace.clone(), r.name.clone())))
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            let is = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
+            is("matchplane.io/warm", "true")
+                && is("matchplane.io/profile", profile)
+                && is("matchplane.io/version", version)
+                && !labels.contains_key("matchplane.io/session")
+        })
+        .filter_map(|pod| pod.spec?.containers.first()?.image.clone())
+        .collect()
+}
+
+/// Warm Pods per version on a cluster: each version of a profile keeps warm Pods of its own
+/// image, labelled with it, and a session claims one of its version's. A drain deletes the
+/// drained version's warm Pods and never the Pod of a session it runs, which plays to its end
+/// through a restart of the only replica mid-drain; the new replica keeps the drain (no warm
+/// Pod of the drained version comes back), and reports the drain done when that last session
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_version_keeps_warm_pods_of_its_image_and_a_drain_survives_a_replica_restart() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let sim = sim(0).await;
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
+    std::fs::write(
+        &file,
+        r#"
+servers:
+  canary:
+    command: ["sdk-example-server"]
+    image: matchplane/sdk-example:1
+    ports: [{name: game, protocol: tcp}]
+    ready: sdk
+    identity: proxy-v2
+    ends: sdk
+    warm_pool: {min: 1, max: 1}
+    versions:
+      - {name: "1", weight: 1}
+      - {name: "2", image: matchplane/sdk-example:2, weight: 0}
+queues:
+  - {name: duel, session_size: 1, server: canary}
+"#,
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = |instance: &str| {
+        common::settings(&prefix, &db)
+            .kubernetes(&sim.kubeconfig, NS, &format!("http://{addr}"))
+            .instance_id(instance)
+            .finished_pod_grace_seconds(1.0)
+            .server_ready_timeout_seconds(20.0)
+            .matchmaking_config(&file)
+            .shutdown_grace_seconds(1.0)
+            .build()
+            .unwrap()
+    };
+    let first = Backend::start_on(listener, settings("r1")).await;
+    let store = matchmaking_core::store::Store::connect(&common::redis_url(), &prefix)
+        .await
+        .unwrap();
+    // Each version's pool: one warm Pod of its own image, warm once it has polled.
+    let polled = |version: &'static str| {
+        let (sim, store) = (&sim, &store);
+        async move {
+            eventually(Duration::from_secs(30), || async {
+                let pods = sim.cluster.records();
+                let warm: Vec<_> = pods
+                    .iter()
+                    .filter(|r| r.deleted_ms.is_none())
+                    .filter_map(|r| sim.cluster.get(&(r.namespace.clone(), r.name.clone())))
+                    .filter(|p| {
+                        let labels = p.metadata.labels.clone().unwrap_or_default();
+                        labels.get("matchplane.io/version").map(String::as_str) == Some(version)
+                            && !labels.contains_key("matchplane.io/session")
+                    })
+                    .collect();
+                let name = warm.first()?.metadata.name.clone()?;
+                matches!(store.warm_server_state(&name).await, Ok((true, _))).then_some(())
+            })
+            .await;
+        }
+    };
+    polled("1").await;
+    polled("2").await;
+    // ... and Ready (its probe), as the pool counts its idle Pods.
+    eventually(Duration::from_secs(30), || async {
+        let (_, health) = first.http.get("/health").await;
+        let pools = &health["warm_profiles"];
+        (pools["canary@1"]["idle"] == 1 && pools["canary@2"]["idle"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(idle_warm_pods(&sim, "canary", "1"), ["matchplane/sdk-example:1"]);
+    assert_eq!(idle_warm_pods(&sim, "canary", "2"), ["matchplane/sdk-example:2"]);
+
+    // A session of version 1 claims version 1's warm Pod; its player stays connected.
+    let status = common::matched_in(&first.http, "duel", &["old"]).await.remove(0);
+    assert_eq!(status["version"], "1");
+    let sid = status["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = first.http.get(&format!("/sessions/{sid}")).await;
+    let running_pod = session["server"].as_str().unwrap().to_owned();
+    assert!(running_pod.starts_with("mp-gs-warm-"), "a warm Pod: {session}");
+    let key = (NS.to_owned(), running_pod.clone());
+    let labels = sim.cluster.get(&key).unwrap().metadata.labels.unwrap();
+    assert_eq!(labels.get("matchplane.io/version").map(String::as_str), Some("1"));
+    let (proxy, _stop) = common::start_proxy(addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let ticket = status["ticket"].as_str().unwrap();
+    stream.write_all(format!("JOIN {ticket}\n").as_bytes()).await.unwrap();
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line.trim_end(), "WELCOME old");
+
+    // The rollout: version 2 takes every new session, and version 1 drains.
+    let put = serde_json::json!({"weights": {"1": 0, "2": 1}});
+    let (code, body) = common::as_admin(&first.http, hyper::Method::PUT, "/operator/versions/canary", Some(put)).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = common::as_admin(
+        &first.http,
+        hyper::Method::POST,
+        "/operator/versions/canary/1/drain",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    // Version 1's warm Pod is deleted; version 2's stays; the session's Pod is untouched.
+    eventually(Duration::from_secs(15), || async {
+        idle_warm_pods(&sim, "canary", "1").is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(idle_warm_pods(&sim, "canary", "2"), ["matchplane/sdk-example:2"]);
+    let pod = sim.cluster.get(&key).expect("the session's Pod");
+    assert!(
+        pod.metadata.deletion_timestamp.is_none(),
+        "a drain deletes no session's Pod"
+    );
+
+    // The only replica restarts mid-drain, on the same address (the Pods' report URL).
+    first.stop().await;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let second = Backend::start_on(listener, settings("r2")).await;
+    let (_, list) = common::as_admin(&second.http, hyper::Method::GET, "/operator/versions", None).await;
+    let one = &list["profiles"][0]["versions"][0];
+    assert_eq!(
+        (
+            one["name"].as_str(),
+            one["draining"].as_bool(),
+            one["live_sessions"].as_u64()
+        ),
+        (Some("1"), Some(true), Some(1)),
+        "{list}"
+    );
+    assert_eq!(one["drained_at"], serde_json::Value::Null);
+    // A new session runs version 2, on its warm Pod; none of version 1 comes back.
+    let fresh = common::matched_in(&second.http, "duel", &["new"]).await.remove(0);
+    assert_eq!(fresh["version"], "2");
+    let (_, session) = second
+        .http
+        .get(&format!("/sessions/{}", fresh["session_id"].as_str().unwrap()))
+        .await;
+    let pod = sim
+        .cluster
+        .get(&(NS.to_owned(), session["server"].as_str().unwrap().to_owned()))
+        .unwrap();
+    assert_eq!(
+        pod.spec.unwrap().containers[0].image.as_deref(),
+        Some("matchplane/sdk-example:2")
+    );
+    eventually(Duration::from_secs(30), || async {
+        (!idle_warm_pods(&sim, "canary", "2").is_empty()).then_some(())
+    })
+    .await;
+    assert!(idle_warm_pods(&sim, "canary", "1").is_empty());
+
+    // The old session plays to its end (its player leaves), and the drain is done.
+    drop(reader);
+    assert_eq!(ended(&second, "old", Duration::from_secs(30)).await, "completed");
+    let drained = eventually(Duration::from_secs(15), || async {
+        let (_, list) = common::as_admin(&second.http, hyper::Method::GET, "/operator/versions", None).await;
+        let one = list["profiles"][0]["versions"][0].clone();
+        one["drained_at"].is_string().then_some(one)
+    })
+    .await;
+    assert_eq!(drained["live_sessions"], 0, "{drained}");
+    assert!(idle_warm_pods(&sim, "canary", "1").is_empty());
+    second.stop().await;
     let _ = std::fs::remove_file(&file);
 }

@@ -1004,3 +1004,95 @@ queues:
         ]
     );
 }
+
+/// `backend render-pod --queue Q --version V` prints the Pod of a version (a session's, or with
+/// `--warm` a warm one): its image and its version label. A profile with versions needs one
+/// named; a version it does not have, or one for a profile without versions, is refused.
+#[test]
+fn render_pod_prints_a_versions_pod_and_refuses_a_version_it_does_not_have() {
+    let file = std::env::temp_dir().join(format!("render-versions-{}.yaml", common::unique_prefix()));
+    std::fs::write(
+        &file,
+        r#"
+servers:
+  arena:
+    image: "registry.example/arena:1.4"
+    ready: sdk
+    ports: [{name: game, protocol: tcp}]
+    warm_pool: {min: 1, max: 2}
+    versions:
+      - {name: "1.4", weight: 1}
+      - {name: "1.5", image: "registry.example/arena:1.5", weight: 1}
+  plain:
+    image: "registry.example/plain:1"
+    ports: [{name: game, protocol: tcp}]
+queues:
+  - {name: dm, session_size: 2, server: arena}
+  - {name: solo, session_size: 1, server: plain}
+"#,
+    )
+    .unwrap();
+    let render = |args: &[&str]| {
+        let out = std::process::Command::new(common::built_binary("backend"))
+            .env_clear()
+            .env("MATCHMAKING_CONFIG", &file)
+            .arg("render-pod")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
+    };
+    for args in [
+        &[
+            "--session-id",
+            "s-1",
+            "--players",
+            "a,b",
+            "--queue",
+            "dm",
+            "--version",
+            "1.5",
+        ][..],
+        &["--warm", "--queue", "dm", "--version", "1.5"][..],
+    ] {
+        let (code, out, err) = render(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        let pod: Pod = serde_yaml::from_str(&out).unwrap();
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels.get("matchplane.io/version").map(String::as_str), Some("1.5"));
+        assert_eq!(
+            pod.spec.unwrap().containers[0].image.as_deref(),
+            Some("registry.example/arena:1.5")
+        );
+    }
+    for (args, want) in [
+        (
+            &["--warm", "--queue", "dm"][..],
+            r#"backend: --queue dm: server "arena" has versions (1.4, 1.5): name one with --version"#,
+        ),
+        (
+            &["--warm", "--queue", "dm", "--version", "2.0"][..],
+            r#"backend: --version 2.0: server "arena" has no such version (it has 1.4, 1.5)"#,
+        ),
+        (
+            &[
+                "--session-id",
+                "s-2",
+                "--players",
+                "a",
+                "--queue",
+                "solo",
+                "--version",
+                "1",
+            ][..],
+            r#"backend: --version 1: server "plain" of queue "solo" has no versions"#,
+        ),
+    ] {
+        assert_eq!(render(args), (Some(2), String::new(), want.to_owned()), "{args:?}");
+    }
+    let _ = std::fs::remove_file(&file);
+}

@@ -1030,18 +1030,17 @@ queues:
         )
         .await;
     assert!(status.is_success(), "{body}");
+    // Its pool's target is 0 (none is started for it) and its idle one is stopped.
     eventually(Duration::from_secs(20), || async {
         let b = pool("warm@b").await;
-        (b["idle"] == 0 && b["starting"] == 0).then_some(())
+        (b["target"] == 0 && b["idle"] == 0 && b["starting"] == 0).then_some(())
     })
     .await;
     eventually(Duration::from_secs(20), || async {
         (pool("warm@a").await["idle"] == 1).then_some(())
     })
     .await;
-    // And it stays empty.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(pool("warm@b").await["idle"], 0);
+    assert_eq!(pool("warm@b").await["target"], 0);
     backend.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1100,7 +1099,7 @@ queues:
     want.sort();
     assert_eq!(ran, want);
     // The operators see the built-in server's versions.
-    let (_, versions) = as_admin(http, hyper::Method::GET, "/operator/versions", None).await;
+    let (_, versions) = common::as_admin(http, hyper::Method::GET, "/operator/versions", None).await;
     assert!(versions.to_string().contains("game-server"), "{versions}");
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
     let recorded: i64 = sqlx::query("SELECT count(*) AS n FROM matches WHERE version = '2'")
@@ -1216,16 +1215,6 @@ async fn replica(prefix: &str, db: &str, file: &Path, instance: &str) -> Backend
     Backend::start(settings).await
 }
 
-async fn as_admin(http: &Http, method: hyper::Method, path: &str, body: Option<Value>) -> (hyper::StatusCode, Value) {
-    let auth = common::admin_auth();
-    let mut headers = vec![("authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-    http.request(method, path, &headers, body).await
-}
-
 /// The versions each of `n` sessions of `queue` ran, joined through `http` one after another
 /// (their servers left waiting for their players).
 async fn versions_of_sessions(http: &Http, queue: &str, tag: &str, n: usize) -> Vec<(String, Vec<Value>)> {
@@ -1261,7 +1250,7 @@ queues:
     let db = common::fresh_database().await;
     let first = replica(&prefix, &db, &file, "replica-1").await;
     let second = replica(&prefix, &db, &file, "replica-2").await;
-    let (status, list) = as_admin(&first.http, hyper::Method::GET, "/operator/versions", None).await;
+    let (status, list) = common::as_admin(&first.http, hyper::Method::GET, "/operator/versions", None).await;
     assert_eq!(status, 200, "{list}");
     let canary = &list["profiles"][0];
     assert_eq!(canary["profile"], "canary");
@@ -1276,7 +1265,8 @@ queues:
 
     // Weights set on one replica: the other follows within a second, with no restart.
     let body = serde_json::json!({"weights": {"stable": 0, "next": 1}});
-    let (status, now) = as_admin(&first.http, hyper::Method::PUT, "/operator/versions/canary", Some(body)).await;
+    let (status, now) =
+        common::as_admin(&first.http, hyper::Method::PUT, "/operator/versions/canary", Some(body)).await;
     assert_eq!(status, 200, "{now}");
     assert_eq!(now["versions"][1]["weight"], 1);
     first.stop().await;
@@ -1302,12 +1292,12 @@ queues:
     ] {
         let path = format!("/operator/versions/{profile}");
         let body = serde_json::json!({ "weights": weights });
-        let (status, reply) = as_admin(&third.http, hyper::Method::PUT, &path, Some(body)).await;
+        let (status, reply) = common::as_admin(&third.http, hyper::Method::PUT, &path, Some(body)).await;
         assert_eq!(status, want, "{path} {weights}: {reply}");
     }
     for (version, want) in [("next", 422), ("beta", 404)] {
         let path = format!("/operator/versions/canary/{version}/drain");
-        let (status, reply) = as_admin(&third.http, hyper::Method::POST, &path, None).await;
+        let (status, reply) = common::as_admin(&third.http, hyper::Method::POST, &path, None).await;
         assert_eq!(status, want, "{path}: {reply}");
     }
     let (status, _) = third
@@ -1324,12 +1314,12 @@ queues:
     // A drain: no new session on it, and the running one plays to its end.
     let body = serde_json::json!({"weights": {"stable": 1}});
     assert_eq!(
-        as_admin(&third.http, hyper::Method::PUT, "/operator/versions/canary", Some(body))
+        common::as_admin(&third.http, hyper::Method::PUT, "/operator/versions/canary", Some(body))
             .await
             .0,
         200
     );
-    let (status, now) = as_admin(
+    let (status, now) = common::as_admin(
         &third.http,
         hyper::Method::POST,
         "/operator/versions/canary/next/drain",
@@ -1359,14 +1349,14 @@ queues:
     }
     assert_eq!(end_reason(&db, &running_sid).await, "completed");
     let drained = eventually(Duration::from_secs(15), || async {
-        let (_, list) = as_admin(&third.http, hyper::Method::GET, "/operator/versions", None).await;
+        let (_, list) = common::as_admin(&third.http, hyper::Method::GET, "/operator/versions", None).await;
         let next = list["profiles"][0]["versions"][1].clone();
         next["drained_at"].is_string().then_some(next)
     })
     .await;
     assert_eq!(drained["live_sessions"], 0, "{drained}");
     // Every change is in the audit log, refusals included.
-    let (_, log) = as_admin(&third.http, hyper::Method::GET, "/operator/audit?limit=50", None).await;
+    let (_, log) = common::as_admin(&third.http, hyper::Method::GET, "/operator/audit?limit=50", None).await;
     let entries = log["entries"].as_array().unwrap();
     let has = |action: &str, outcome: &str| {
         entries

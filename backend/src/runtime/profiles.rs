@@ -716,9 +716,6 @@ impl ProfileSpec {
             return self.check_one(name, target, mistake);
         }
         check_version_list(&self.versions, mistake);
-        if self.warm_pool.is_some() && matches!(target, Target::Kubernetes) {
-            mistake("warm_pool and versions together are not built yet for RUNTIME=kubernetes: warm Pods are kept for a profile without versions (the local runtime keeps warm servers per version)".into());
-        }
         let mut said: Vec<Vec<String>> = Vec::new();
         let mut versions = Vec::new();
         for v in &self.versions {
@@ -1159,17 +1156,13 @@ queues:
         assert!(game_server.builtin && game_server.versions.len() == 2);
         assert_eq!(game_server.versions[1].profile.command, ["/bin/sleep"]);
         assert!(game_server.versions.iter().all(|v| v.profile.builtin));
-        // Warm servers per version: kept by the local runtime, not yet as Pods.
-        let warm = "servers:\n  canary:\n    command: [/bin/sleep]\n    image: \"g:1\"\n    ready: sdk\n    ports: [{name: game, protocol: tcp}]\n    warm_pool: {min: 1, max: 2}\n    versions: [{name: a, weight: 1}, {name: b, weight: 1}]\nqueues:\n  - {name: q, session_size: 2, server: canary}\n";
-        let profiles = load(warm, local()).unwrap();
-        let canary = profiles.get("canary").unwrap();
-        assert!(canary.versions.iter().all(|v| v.profile.warm.is_some()));
-        let got = load(warm, Target::Kubernetes).unwrap_err();
-        assert!(
-            got.iter()
-                .any(|m| m.contains("warm_pool and versions together are not built yet for RUNTIME=kubernetes")),
-            "{got:?}"
-        );
+        // Warm servers per version, on both runtimes: every version has the profile's pool.
+        let warm = "servers:\n  canary:\n    command: [/bin/sleep]\n    image: \"g:1\"\n    ready: sdk\n    ports: [{name: game, protocol: tcp}]\n    warm_pool: {min: 1, max: 2}\n    versions: [{name: a, weight: 1}, {name: b, weight: 1, image: \"g:2\"}]\nqueues:\n  - {name: q, session_size: 2, server: canary}\n";
+        for target in [local(), Target::Kubernetes] {
+            let profiles = load(warm, target).unwrap();
+            let canary = profiles.get("canary").unwrap();
+            assert!(canary.versions.iter().all(|v| v.profile.warm.is_some()));
+        }
         // A mistake every version shares is said once, without a version's name.
         let text = "servers:\n  canary:\n    ports: [{name: game, protocol: tcp}]\n    versions: [{name: a, weight: 1}, {name: b, weight: 1}]\nqueues:\n  - {name: q, session_size: 2, server: canary}\n";
         assert_eq!(

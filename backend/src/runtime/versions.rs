@@ -107,6 +107,21 @@ fn follow(profiles: &Profiles, all: &HashMap<String, VersionSettings>) {
     }
 }
 
+/// Puts the settings Redis holds in force once, before the replica forms sessions or keeps warm
+/// servers (so a restarted replica never starts one of a drained version in its first
+/// moments); unreachable, the file's weights stay until [`run`] reads them.
+pub(crate) async fn load(store: &Store, profiles: &Profiles) {
+    if profiles.iter().all(|p| p.versions.is_empty()) {
+        return;
+    }
+    match read_all(store).await {
+        Ok(all) => follow(profiles, &all),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the version settings at start; the file's weights are in force until Redis answers")
+        }
+    }
+}
+
 /// Live sessions by profile and version, as their records say (a session names its version
 /// once its server is ready).
 async fn live_by_version(

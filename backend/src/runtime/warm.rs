@@ -15,7 +15,7 @@
 //! as allowed.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -24,6 +24,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+
+use super::profiles::{Picker, Profile, Profiles};
 
 /// The short and the long window demand is measured over.
 const SHORT: Duration = Duration::from_secs(5);
@@ -147,6 +149,8 @@ struct StateLabel {
 /// never held across an await.
 pub(crate) struct WarmState {
     bounds: Bounds,
+    /// A version's pool keeps no warm server while its version drains.
+    retired: Retired,
     demand: Mutex<Demand>,
     servers: Family<StateLabel, Gauge>,
     target: Gauge,
@@ -172,6 +176,7 @@ impl WarmState {
         }
         WarmState {
             bounds,
+            retired: Retired::never(),
             demand: Mutex::new(Demand::new(bounds)),
             servers,
             target: Gauge::default(),
@@ -179,6 +184,18 @@ impl WarmState {
             cold_starts: Counter::default(),
             replaced: Counter::default(),
         }
+    }
+
+    /// The books of a version's pool, which keeps no warm server while `retired` says its
+    /// version drains.
+    pub(crate) fn retired_when(mut self, retired: Retired) -> WarmState {
+        self.retired = retired;
+        self
+    }
+
+    /// How many warm servers demand calls for now (none while the pool's version drains).
+    fn target(&self, demand: &mut Demand, now: Instant) -> usize {
+        if self.retired.now() { 0 } else { demand.target(now) }
     }
 
     /// The pool's bounds.
@@ -246,7 +263,7 @@ impl WarmState {
     pub(crate) fn plan(&self, idle: usize, starting: usize, now: Instant, fastest: usize) -> Plan {
         let (target, at_once) = {
             let mut demand = self.demand.lock().expect("demand lock");
-            (demand.target(now), demand.starts_at_once(now, idle, fastest))
+            (self.target(&mut demand, now), demand.starts_at_once(now, idle, fastest))
         };
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.servers
@@ -265,12 +282,52 @@ impl WarmState {
         protocol::api::WarmServers {
             idle: count("idle"),
             starting: count("starting"),
-            target: self.demand.lock().expect("demand lock").target(Instant::now()),
+            target: self.target(&mut self.demand.lock().expect("demand lock"), Instant::now()),
             handed: self.handed.get(),
             cold_starts: self.cold_starts.get(),
             replaced: self.replaced.get(),
         }
     }
+}
+
+/// The warm pool `profile`'s sessions take their server from: the profile's name, and
+/// `@<version>` for a version of it (each version keeps warm servers of its own build).
+pub(crate) fn pool_key(profile: &Profile) -> String {
+    match &profile.version {
+        Some(version) => format!("{}@{version}", profile.name),
+        None => profile.name.clone(),
+    }
+}
+
+/// Whether a pool's servers are still wanted: a version's pool keeps none while its version
+/// drains (its idle servers are stopped, none started).
+#[derive(Clone)]
+pub(crate) struct Retired(Option<(Arc<Picker>, usize)>);
+
+impl Retired {
+    pub(crate) fn never() -> Retired {
+        Retired(None)
+    }
+
+    pub(crate) fn now(&self) -> bool {
+        self.0.as_ref().is_some_and(|(picker, index)| picker.drains(*index))
+    }
+}
+
+/// The warm pools `profile` keeps: one of the profile itself, or with versions one for each
+/// version (as the version runs it: its own command or image, labelled with its name), each
+/// retired while its version drains.
+pub(crate) fn pools_of(profiles: &Profiles, profile: &Arc<Profile>) -> Vec<(Arc<Profile>, Retired)> {
+    if profile.versions.is_empty() {
+        return vec![(profile.clone(), Retired::never())];
+    }
+    let picker = profiles.picker(&profile.name);
+    profile
+        .versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.profile.clone(), Retired(picker.map(|p| (p.clone(), i)))))
+        .collect()
 }
 
 /// How long a warm server may take to answer its hand-over.

@@ -160,6 +160,22 @@ impl Backend {
     }
 }
 
+/// `method path` with `body` as JSON, as the operator (the admin token).
+pub async fn as_admin(
+    http: &Http,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, serde_json::Value) {
+    let auth = admin_auth();
+    let mut headers = vec![("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    http.request(method, path, &headers, body).await
+}
+
 /// A small JSON-over-HTTP client; every request is bounded.
 #[derive(Clone)]
 pub struct Http {

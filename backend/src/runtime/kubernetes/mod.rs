@@ -89,7 +89,8 @@ pub struct KubernetesRuntime {
     reap_grace: Duration,
     /// The warm Pod pool, when `WARM_POOL_MAX` > 0.
     warm: Option<Arc<warm::WarmPods>>,
-    /// The warm Pod pools of profiles with a `warm_pool`, by profile name.
+    /// The warm Pod pools of profiles with a `warm_pool`, by
+    /// [`pool_key`](crate::runtime::warm::pool_key): one per version of a profile with versions.
     profile_warm: HashMap<String, Arc<warm::WarmPods>>,
     /// What warm Pods of profiles are offered their sessions through; given with the tasks.
     book: OnceLock<Arc<dyn SessionBook>>,
@@ -150,21 +151,26 @@ impl KubernetesRuntime {
             .map(|p| p.name.clone())
             .collect();
         let base_url = format!("{}/internal/warm", internal_url.trim_end_matches('/'));
-        self.profile_warm = profiles
-            .iter()
-            .filter_map(|profile| {
-                let bounds = profile.warm.filter(|b| b.enabled() && !profile.builtin)?;
+        // A profile with versions keeps warm Pods of each version (each of its image,
+        // labelled with its version): a session claims one of its version's.
+        let mut pools = HashMap::new();
+        for profile in profiles.iter().filter(|p| !p.builtin) {
+            let Some(bounds) = profile.warm.filter(|b| b.enabled()) else {
+                continue;
+            };
+            for (profile, retired) in crate::runtime::warm::pools_of(profiles, profile) {
                 let flavor = warm::Flavor::Profile {
                     profile: profile.clone(),
                     base_url: base_url.clone(),
                 };
-                let books = Arc::new(crate::runtime::warm::WarmState::new(bounds));
-                Some((
-                    profile.name.clone(),
+                let books = Arc::new(crate::runtime::warm::WarmState::new(bounds).retired_when(retired));
+                pools.insert(
+                    crate::runtime::warm::pool_key(&profile),
                     Arc::new(warm::WarmPods::new(books, secret.clone(), flavor)),
-                ))
-            })
-            .collect();
+                );
+            }
+        }
+        self.profile_warm = pools;
         self
     }
 
@@ -173,7 +179,7 @@ impl KubernetesRuntime {
         if profile.builtin {
             self.warm.as_ref()
         } else {
-            self.profile_warm.get(&profile.name)
+            self.profile_warm.get(&crate::runtime::warm::pool_key(profile))
         }
     }
 

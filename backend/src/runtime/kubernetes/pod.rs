@@ -475,6 +475,11 @@ pub(crate) fn profile_of(pod: &Pod) -> Option<&str> {
     pod.metadata.labels.as_ref()?.get(PROFILE_LABEL).map(String::as_str)
 }
 
+/// The version of its profile a Pod runs, from its label; `None` when its profile has none.
+pub(crate) fn version_of(pod: &Pod) -> Option<&str> {
+    pod.metadata.labels.as_ref()?.get(VERSION_LABEL).map(String::as_str)
+}
+
 /// Whether a Pod was started warm (it may since have been claimed by a session).
 pub(crate) fn is_warm(pod: &Pod) -> bool {
     pod.metadata

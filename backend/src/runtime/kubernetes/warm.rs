@@ -40,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::pod::{
     PodState, PodTemplate, WARM_LIFETIME_SECONDS, claim_patch, game_address, is_warm, pod_state, port_address,
-    profile_of, render_warm_pod, render_warm_profile_pod, session_of, unclaim_patch, unclaimed_warm, warm_pod_name,
+    profile_of, render_warm_pod, render_warm_profile_pod, session_of, unclaim_patch, unclaimed_warm, version_of,
+    warm_pod_name,
 };
 use super::watch::PodWatch;
 use super::{delete_pod, is_code};
@@ -78,6 +79,7 @@ pub(crate) struct WarmPods {
     /// The pool's books: demand, counts, and what it has done (shared with the local runtime's
     /// pool, and the pool's metrics).
     pub(crate) books: Arc<WarmState>,
+
     /// Warm Pods this replica is claiming (or claimed, until its watch shows the claim).
     claiming: Mutex<HashSet<String>>,
     /// Warm Pods this replica created and has not seen Ready yet: when, and whether its watch
@@ -103,11 +105,14 @@ impl WarmPods {
         }
     }
 
-    /// Whether `pod` is of this pool's server (a warm Pod, or a session's).
+    /// Whether `pod` is of this pool's server (a warm Pod, or a session's): of its profile,
+    /// and of its version when the profile has versions.
     fn mine(&self, pod: &Pod) -> bool {
         match &self.flavor {
             Flavor::Builtin => profile_of(pod).is_none(),
-            Flavor::Profile { profile, .. } => profile_of(pod) == Some(profile.name.as_str()),
+            Flavor::Profile { profile, .. } => {
+                profile_of(pod) == Some(profile.name.as_str()) && version_of(pod) == profile.version.as_deref()
+            }
         }
     }
 
@@ -373,6 +378,7 @@ impl Keeper {
             self.warm.books.replaced(newly_finished.len());
             finished_seen.retain(|name| census.warm.contains(name));
             let starting = census.starting + unseen;
+            // (A version that drains keeps none: its idle warm Pods are deleted.)
             let plan = self.warm.books.plan(census.idle.len(), starting, now, MAX_WARMING);
             match self.sessions.warm_pool_lease(LEASE).await {
                 Ok(true) => {}

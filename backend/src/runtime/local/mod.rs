@@ -47,7 +47,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::profiles::{Profile, Profiles};
-use super::warm::{Plan, WarmState};
+use super::warm::{Plan, WarmState, pool_key, pools_of};
 use super::{ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
 
 /// How long a warm server may take to start listening.
@@ -84,19 +84,6 @@ struct ProfilePool {
     /// What they run (a version's own profile, with versions).
     profile: Arc<Profile>,
     pool: Arc<WarmPool>,
-    /// The version's chooser and index: a version that drains keeps no warm server.
-    version: Option<VersionOf>,
-}
-
-/// A version of a profile: its profile's chooser, and its index there.
-type VersionOf = (Arc<super::profiles::Picker>, usize);
-
-/// The pool of `profile`'s warm servers: its name, and `@<version>` for a version.
-pub(crate) fn pool_key(profile: &Profile) -> String {
-    match &profile.version {
-        Some(version) => format!("{}@{version}", profile.name),
-        None => profile.name.clone(),
-    }
 }
 
 /// How long a warm server's token to poll for its session lasts.
@@ -130,20 +117,10 @@ impl LocalRuntime {
             };
             // A profile with versions keeps warm servers of each version (each runs its own
             // command): a session is handed one of its version's.
-            let each: Vec<(Arc<Profile>, Option<VersionOf>)> = if profile.versions.is_empty() {
-                vec![(profile.clone(), None)]
-            } else {
-                let picker = profiles.picker(&profile.name).cloned();
-                profile
-                    .versions
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (v.profile.clone(), picker.clone().map(|p| (p, i))))
-                    .collect()
-            };
-            for (profile, version) in each {
-                let pool = Arc::new(WarmPool::new(Arc::new(WarmState::new(bounds))));
-                profile_pools.insert(pool_key(&profile), ProfilePool { profile, pool, version });
+            for (profile, retired) in pools_of(profiles, profile) {
+                let books = WarmState::new(bounds).retired_when(retired);
+                let pool = Arc::new(WarmPool::new(Arc::new(books)));
+                profile_pools.insert(pool_key(&profile), ProfilePool { profile, pool });
             }
         }
         LocalRuntime {
@@ -421,20 +398,13 @@ impl SessionRuntime for LocalRuntime {
                 let spawner = spawner.clone();
                 Box::pin(async move { spawner.spawn(&[("WARM_SERVER_ID", id)], WARM_READY_TIMEOUT, &[]).await })
             });
-            tasks.push((
-                "warm pool",
-                Box::pin(keep_warm(pool.clone(), start, Retired::never(), stop.clone())),
-            ));
+            tasks.push(("warm pool", Box::pin(keep_warm(pool.clone(), start, stop.clone()))));
         }
         for p in self.profile_pools.values() {
             let start = self.warm_program(p.profile.clone(), sessions.clone());
-            let retired = match &p.version {
-                Some((picker, index)) => Retired::when_draining(picker.clone(), *index),
-                None => Retired::never(),
-            };
             tasks.push((
                 "warm pool of a profile",
-                Box::pin(keep_warm(p.pool.clone(), start, retired, stop.clone())),
+                Box::pin(keep_warm(p.pool.clone(), start, stop.clone())),
             ));
         }
         tasks
@@ -481,24 +451,7 @@ impl WarmPool {
 /// The number of the last warm server this process started, over all its pools.
 static WARM_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Whether a pool's servers are no longer wanted: its version drains.
-struct Retired(Option<VersionOf>);
-
-impl Retired {
-    fn never() -> Retired {
-        Retired(None)
-    }
-
-    fn when_draining(picker: Arc<super::profiles::Picker>, index: usize) -> Retired {
-        Retired(Some((picker, index)))
-    }
-
-    fn now(&self) -> bool {
-        self.0.as_ref().is_some_and(|(picker, index)| picker.drains(*index))
-    }
-}
-
-async fn keep_warm(pool: Arc<WarmPool>, start: StartWarm, retired: Retired, stop: CancellationToken) {
+async fn keep_warm(pool: Arc<WarmPool>, start: StartWarm, stop: CancellationToken) {
     let mut tick = tokio::time::interval(POOL_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let tag = std::process::id();
@@ -528,9 +481,8 @@ async fn keep_warm(pool: Arc<WarmPool>, start: StartWarm, retired: Retired, stop
             let _ = warm.server.child.kill().await;
         }
         let (idle, warming) = (pool.idle(), pool.warming.load(Ordering::Relaxed));
+        // (A version that drains keeps none: its idle ones are stopped.)
         let Plan { target, at_once } = pool.books.plan(idle, warming, Instant::now(), MAX_WARMING);
-        // A version that drains keeps no warm server: its idle ones are stopped.
-        let target = if retired.now() { 0 } else { target };
         if idle + warming < target {
             for _ in 0..(target - idle - warming).min(at_once.saturating_sub(warming)) {
                 // One numbering for every pool of this backend: ids never repeat across them.
