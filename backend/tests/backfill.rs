@@ -14,8 +14,7 @@ use common::{Backend, eventually, local_settings, start_proxy};
 use hyper::StatusCode;
 use matchmaking_core::queues::Queues;
 use matchmaking_core::store::{EndOutcome, PlayerView, ServerRoute, Store, now_ms};
-use matchmaking_core::tickets::{self, Joiner};
-use protocol::api::{EndReason, JoinRequest};
+use protocol::api::EndReason;
 use protocol::sessions::{Identity, SessionState};
 use protocol::{Claims, TicketSecret};
 use serde_json::{Value, json};
@@ -44,22 +43,7 @@ fn queues() -> Queues {
 
 /// Joins a ticket to `duo` as a service: `players` with their skills, `mode`, all near `eu`.
 async fn join(store: &Store, players: &[(&str, f64)], mode: &str) {
-    let qs = queues();
-    let duo = qs.get("duo").unwrap();
-    let member =
-        |(p, skill): &(&str, f64)| json!({"player_id": p, "attributes": {"skill": skill, "latency_ms": {"eu": 20}}});
-    let mut body = json!({"player_id": players[0].0, "queue": "duo",
-        "attributes": {"mode": mode, "skill": players[0].1, "latency_ms": {"eu": 20, "us": 90}}});
-    if players.len() > 1 {
-        body["party"] = players[1..].iter().map(member).collect();
-    }
-    let request: JoinRequest = serde_json::from_value(body).unwrap();
-    let ticket = tickets::check(duo, &request, Joiner::Service).unwrap();
-    store
-        .queue("duo")
-        .join(&ticket.players, ticket.doc.as_deref(), now_ms())
-        .await
-        .unwrap();
+    common::join_rule_ticket(store, queues().get("duo").unwrap(), players, mode, now_ms()).await;
 }
 
 /// Forms `duo` once and marks the session's (dry) server ready: a running 2v2.

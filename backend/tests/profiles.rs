@@ -85,11 +85,6 @@ async fn stack_with(
     (backend, proxy, db)
 }
 
-/// Joins `players` to `queue` as the studio's service and waits until they are all matched.
-async fn matched(http: &Http, queue: &str, players: &[&str]) -> Vec<Value> {
-    common::matched_in(http, queue, players).await
-}
-
 /// Connects through the proxy with `status`'s ticket, sends `hello`, and returns the server's
 /// one reply line and this connection's own address (what the server should see as the player's).
 async fn say_hello(proxy: SocketAddr, status: &Value) -> (String, SocketAddr) {
@@ -148,7 +143,7 @@ queues:
   - {name: echo-duel, session_size: 2, server: echo}
 "#;
     let (backend, proxy, db) = stack(&dir, queues, 20.0).await;
-    let statuses = matched(&backend.http, "echo-duel", &["ann", "ben"]).await;
+    let statuses = common::matched_in(&backend.http, "echo-duel", &["ann", "ben"]).await;
     let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
     let (_, session) = backend.http.get(&format!("/sessions/{sid}")).await;
     let port = session["addr"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
@@ -182,7 +177,7 @@ queues:
   - {name: duel, session_size: 2, server: echo}
 "#;
     let (backend, proxy, db) = stack(&dir, queues, 20.0).await;
-    let statuses = matched(&backend.http, "duel", &["cat", "dan"]).await;
+    let statuses = common::matched_in(&backend.http, "duel", &["cat", "dan"]).await;
     let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
 
     // A client that sends a header of its own after its JOIN line is refused.
@@ -271,7 +266,7 @@ queues:
   - {name: solo, session_size: 1, server: reporter}
 "#;
     let (backend, _proxy, db) = stack(&dir, queues, 20.0).await;
-    let status = matched(&backend.http, "solo", &["r1"]).await;
+    let status = common::matched_in(&backend.http, "solo", &["r1"]).await;
     assert_eq!(
         end_reason(&db, status[0]["session_id"].as_str().unwrap()).await,
         "abandoned"
@@ -346,7 +341,7 @@ queues:
 "#;
     let (backend, proxy, db) = stack(&dir, queues, 20.0).await;
     let http = &backend.http;
-    let statuses = matched(http, "chat", &["amy", "bob"]).await;
+    let statuses = common::matched_in(http, "chat", &["amy", "bob"]).await;
     let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
     connected_becomes(http, &sid, &[]).await;
 
@@ -389,7 +384,7 @@ queues:
         );
     }
 
-    let alone = matched(http, "nobody", &["nia"]).await;
+    let alone = common::matched_in(http, "nobody", &["nia"]).await;
     assert_eq!(
         end_reason(&db, alone[0]["session_id"].as_str().unwrap()).await,
         "no_show"
@@ -451,7 +446,7 @@ queues:
     let flags = ["--udp-idle-seconds", "2", "--udp-flow-rate-per-second", "50"];
     let (backend, proxy, db) = stack_with(&dir, queues, 60.0, &flags).await;
     let http = &backend.http;
-    let status = matched(http, "udp", &["uma"]).await.remove(0);
+    let status = common::matched_in(http, "udp", &["uma"]).await.remove(0);
     let sid = status["session_id"].as_str().unwrap().to_owned();
     let ticket = status["ticket"].as_str().unwrap();
     let (_, session) = http.get(&format!("/sessions/{sid}")).await;
@@ -604,7 +599,7 @@ queues:
   - {name: sauer, session_size: 1, server: sauerbraten}
 "#;
     let (backend, proxy, db) = stack_with(&dir, queues, 60.0, &["--udp-idle-seconds", "2"]).await;
-    let status = matched(&backend.http, "sauer", &["fragger"]).await.remove(0);
+    let status = common::matched_in(&backend.http, "sauer", &["fragger"]).await.remove(0);
     let sid = status["session_id"].as_str().unwrap().to_owned();
     let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let join = udp::join([7, 7, 7, 7], status["ticket"].as_str().unwrap());
@@ -726,8 +721,8 @@ queues:
   - {name: flood, session_size: 1, server: flood}
 "#;
     let (backend, _proxy, db) = stack(&dir, queues, 20.0).await;
-    let stubborn = matched(&backend.http, "stubborn", &["s1"]).await;
-    let flood = matched(&backend.http, "flood", &["f1"]).await;
+    let stubborn = common::matched_in(&backend.http, "stubborn", &["s1"]).await;
+    let flood = common::matched_in(&backend.http, "flood", &["f1"]).await;
     let sid = stubborn[0]["session_id"].as_str().unwrap();
     assert_eq!(end_reason(&db, sid).await, "terminated");
     all_gone(&recorded_pids(&dir)).await;
@@ -765,7 +760,7 @@ queues:
   - {name: bzflag, session_size: 2, server: bzflag}
 "#;
     let (backend, proxy, db) = stack(&dir, queues, 20.0).await;
-    let statuses = matched(&backend.http, "bzflag", &["tank-1", "tank-2"]).await;
+    let statuses = common::matched_in(&backend.http, "bzflag", &["tank-1", "tank-2"]).await;
     let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
     for status in &statuses {
         let mut stream = TcpStream::connect(proxy).await.unwrap();
@@ -820,7 +815,7 @@ queues:
         server.display()
     );
     let (backend, proxy, db) = stack(&dir, &queues, 20.0).await;
-    let statuses = matched(&backend.http, "duel", &["sam", "sue"]).await;
+    let statuses = common::matched_in(&backend.http, "duel", &["sam", "sue"]).await;
     let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
     let (view, took) = common::ready_after(&backend.http, &sid).await;
     assert!(
@@ -871,7 +866,7 @@ queues:
         server.display()
     );
     let (backend, _proxy, db) = stack(&dir, &queues, 20.0).await;
-    let statuses = matched(&backend.http, "solo", &["hal"]).await;
+    let statuses = common::matched_in(&backend.http, "solo", &["hal"]).await;
     let sid = statuses[0]["session_id"].as_str().unwrap();
     assert_eq!(end_reason(&db, sid).await, "failed");
     backend.stop().await;
@@ -914,7 +909,7 @@ queues:
 
     // Two sessions at once with one warm server: one takes it, the other starts cold (the
     // pool's refill takes the server's whole 6 s start).
-    let statuses = matched(&backend.http, "warm", &["wendy", "colin"]).await;
+    let statuses = common::matched_in(&backend.http, "warm", &["wendy", "colin"]).await;
     let mut cold = 0;
     for (status, player) in statuses.iter().zip(["wendy", "colin"]) {
         let sid = status["session_id"].as_str().unwrap().to_owned();
@@ -993,7 +988,7 @@ queues:
     // Two sessions, one of each version (weights 1:1), each handed a warm server of its own.
     let mut versions = Vec::new();
     for player in ["ann", "bea"] {
-        let statuses = matched(&backend.http, "warm", &[player]).await;
+        let statuses = common::matched_in(&backend.http, "warm", &[player]).await;
         let status = &statuses[0];
         versions.push(status["version"].as_str().unwrap().to_owned());
         let mut stream = TcpStream::connect(proxy).await.unwrap();
@@ -1076,7 +1071,7 @@ queues:
     let mut by_version: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for n in 0..4 {
         let (a, b) = (format!("b{n}a"), format!("b{n}b"));
-        let statuses = matched(http, "casual", &[&a, &b]).await;
+        let statuses = common::matched_in(http, "casual", &[&a, &b]).await;
         let version = statuses[0]["version"]
             .as_str()
             .unwrap_or_else(|| panic!("the status says the version: {}", statuses[0]))
@@ -1152,7 +1147,7 @@ queues:
     let mut seen = Vec::new();
     for n in 0..4 {
         let (a, b) = (format!("v{n}a"), format!("v{n}b"));
-        let statuses = matched(http, "duel", &[&a, &b]).await;
+        let statuses = common::matched_in(http, "duel", &[&a, &b]).await;
         let version = statuses[0]["version"]
             .as_str()
             .expect("the status says the version")
@@ -1221,7 +1216,7 @@ async fn versions_of_sessions(http: &Http, queue: &str, tag: &str, n: usize) -> 
     let mut out = Vec::new();
     for i in 0..n {
         let (a, b) = (format!("{tag}{i}a"), format!("{tag}{i}b"));
-        let statuses = matched(http, queue, &[&a, &b]).await;
+        let statuses = common::matched_in(http, queue, &[&a, &b]).await;
         out.push((statuses[0]["version"].as_str().unwrap().to_owned(), statuses));
     }
     out

@@ -8,8 +8,7 @@ use backend::matchmaking::Matchmaking;
 use backend::sessions::Sessions;
 use matchmaking_core::queues::Queues;
 use matchmaking_core::store::{CancelOutcome, EndOutcome, JoinOutcome, PlayerView, Store, now_ms};
-use matchmaking_core::tickets::{self, Joiner};
-use protocol::api::{EndReason, JoinRequest};
+use protocol::api::EndReason;
 use protocol::sessions::SessionState;
 use serde_json::json;
 
@@ -33,21 +32,7 @@ fn queues() -> Queues {
 
 /// Joins a ticket to `duo` as a service: `players` with their skills, all near `eu`.
 async fn join(store: &Store, players: &[(&str, f64)], joined_ms: i64) -> JoinOutcome {
-    let qs = queues();
-    let duo = qs.get("duo").unwrap();
-    let member = |(p, skill): &(&str, f64)| json!({"player_id": p, "attributes": {"skill": skill, "latency_ms": {"eu": 20, "us": 90}}});
-    let mut body = json!({"player_id": players[0].0, "queue": "duo",
-        "attributes": {"mode": "ctf", "skill": players[0].1, "latency_ms": {"eu": 20, "us": 90}}});
-    if players.len() > 1 {
-        body["party"] = players[1..].iter().map(member).collect();
-    }
-    let request: JoinRequest = serde_json::from_value(body).unwrap();
-    let ticket = tickets::check(duo, &request, Joiner::Service).unwrap();
-    store
-        .queue("duo")
-        .join(&ticket.players, ticket.doc.as_deref(), joined_ms)
-        .await
-        .unwrap()
+    common::join_rule_ticket(store, queues().get("duo").unwrap(), players, "ctf", joined_ms).await
 }
 
 fn queued_in(view: &PlayerView, queue: &str, ticket: &str) -> bool {

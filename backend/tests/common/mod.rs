@@ -417,3 +417,29 @@ pub fn pod_template(ns: &str) -> backend::runtime::kubernetes::PodTemplate {
         extra_env: Vec::new(),
     }
 }
+
+/// Joins one ticket to `queue` (a rule queue with `skill` and `latency_ms`) straight into
+/// `store` as the studio's service, at `joined_ms`: its leader `players[0]` and the rest as its
+/// party, each with their skill, `mode`, and latencies `eu` 20 ms and `us` 90 ms.
+pub async fn join_rule_ticket(
+    store: &Store,
+    queue: &matchmaking_core::queues::Queue,
+    players: &[(&str, f64)],
+    mode: &str,
+    joined_ms: i64,
+) -> matchmaking_core::store::JoinOutcome {
+    use serde_json::json;
+    let member = |(p, skill): &(&str, f64)| json!({"player_id": p, "attributes": {"skill": skill, "latency_ms": {"eu": 20, "us": 90}}});
+    let mut body = json!({"player_id": players[0].0, "queue": queue.name,
+        "attributes": {"mode": mode, "skill": players[0].1, "latency_ms": {"eu": 20, "us": 90}}});
+    if players.len() > 1 {
+        body["party"] = players[1..].iter().map(member).collect();
+    }
+    let request: protocol::api::JoinRequest = serde_json::from_value(body).unwrap();
+    let ticket = matchmaking_core::tickets::check(queue, &request, matchmaking_core::tickets::Joiner::Service).unwrap();
+    store
+        .queue(&queue.name)
+        .join(&ticket.players, ticket.doc.as_deref(), joined_ms)
+        .await
+        .unwrap()
+}
