@@ -82,8 +82,8 @@ case $scenario in
   rollout)
     # The built-in game server in two versions, old and new: once half the players have
     # started, an operator (the swarm, with the admin token) moves the weights to the new one
-    # and drains the old; its matches play to their end. No warm pool: warm servers of the
-    # built-in server's versions are not built yet.
+    # and drains the old; its matches play to their end. Each version keeps a warm pool of its
+    # own (WARM_POOL_MIN, default 4): the drained one's stops.
     cat >"$out/queues.yaml" <<'YAML'
 servers:
   game-server:
@@ -95,8 +95,8 @@ queues:
   - {name: casual, session_size: 12, min_session_size: 2, flush_wait_seconds: 15}
 YAML
     MATCHMAKING_CONFIG="$(pwd)/$out/queues.yaml"
-    WARM_POOL_MIN=0 WARM_POOL_MAX=0
-    export MATCHMAKING_CONFIG WARM_POOL_MIN WARM_POOL_MAX
+    WARM_POOL_MIN=${WARM_POOL_MIN:-4}
+    export MATCHMAKING_CONFIG WARM_POOL_MIN
     clients=${CLIENTS:-240}
     match_duration=${MATCH_DURATION:-20}
     spawn_rate=${SPAWN_RATE:-24}

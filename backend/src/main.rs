@@ -181,7 +181,9 @@ fn render_pod(
 
 /// `backend render-pod --warm [--queue Q [--version V]]`.
 fn render_warm_pod(config: &Config, queue: Option<&str>, version: Option<&str>) -> ExitCode {
-    use backend::runtime::kubernetes::{render_warm_pod, render_warm_profile_pod, warm_pod_name};
+    use backend::runtime::kubernetes::{
+        render_warm_builtin_pod, render_warm_pod, render_warm_profile_pod, warm_pod_name,
+    };
     let rendered = config
         .runtime
         .kubernetes
@@ -192,7 +194,10 @@ fn render_warm_pod(config: &Config, queue: Option<&str>, version: Option<&str>) 
                 return Ok(render_warm_pod(&template, &name));
             };
             let profile = config.kubernetes_profile(queue, version)?;
-            if profile.builtin || profile.warm.is_none() {
+            if profile.builtin {
+                return Ok(render_warm_builtin_pod(&template, &profile, &name));
+            }
+            if profile.warm.is_none() {
                 return Err(format!("--warm --queue {queue}: its server profile has no warm_pool"));
             }
             let internal = config

@@ -1529,8 +1529,9 @@ queues:
     let _ = std::fs::remove_file(&file);
 }
 
-/// Unclaimed warm Pods of `profile`'s `version`, not being deleted: their images.
-fn idle_warm_pods(sim: &Sim, profile: &str, version: &str) -> Vec<String> {
+/// Unclaimed warm Pods of `profile`'s `version` (the built-in server's with `None`), not being
+/// deleted: their images.
+fn idle_warm_pods(sim: &Sim, profile: Option<&str>, version: &str) -> Vec<String> {
     sim.cluster
         .records()
         .into_iter()
@@ -1541,7 +1542,7 @@ fn idle_warm_pods(sim: &Sim, profile: &str, version: &str) -> Vec<String> {
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             let is = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
             is("matchplane.io/warm", "true")
-                && is("matchplane.io/profile", profile)
+                && labels.get("matchplane.io/profile").map(String::as_str) == profile
                 && is("matchplane.io/version", version)
                 && !labels.contains_key("matchplane.io/session")
         })
@@ -1630,8 +1631,8 @@ queues:
         (pools["canary@1"]["idle"] == 1 && pools["canary@2"]["idle"] == 1).then_some(())
     })
     .await;
-    assert_eq!(idle_warm_pods(&sim, "canary", "1"), ["matchplane/sdk-example:1"]);
-    assert_eq!(idle_warm_pods(&sim, "canary", "2"), ["matchplane/sdk-example:2"]);
+    assert_eq!(idle_warm_pods(&sim, Some("canary"), "1"), ["matchplane/sdk-example:1"]);
+    assert_eq!(idle_warm_pods(&sim, Some("canary"), "2"), ["matchplane/sdk-example:2"]);
 
     // A session of version 1 claims version 1's warm Pod; its player stays connected.
     let status = common::matched_in(&first.http, "duel", &["old"]).await.remove(0);
@@ -1669,10 +1670,10 @@ queues:
     assert_eq!(code, 200, "{body}");
     // Version 1's warm Pod is deleted; version 2's stays; the session's Pod is untouched.
     eventually(Duration::from_secs(15), || async {
-        idle_warm_pods(&sim, "canary", "1").is_empty().then_some(())
+        idle_warm_pods(&sim, Some("canary"), "1").is_empty().then_some(())
     })
     .await;
-    assert_eq!(idle_warm_pods(&sim, "canary", "2"), ["matchplane/sdk-example:2"]);
+    assert_eq!(idle_warm_pods(&sim, Some("canary"), "2"), ["matchplane/sdk-example:2"]);
     let pod = sim.cluster.get(&key).expect("the session's Pod");
     assert!(
         pod.metadata.deletion_timestamp.is_none(),
@@ -1711,10 +1712,10 @@ queues:
         Some("matchplane/sdk-example:2")
     );
     eventually(Duration::from_secs(30), || async {
-        (!idle_warm_pods(&sim, "canary", "2").is_empty()).then_some(())
+        (!idle_warm_pods(&sim, Some("canary"), "2").is_empty()).then_some(())
     })
     .await;
-    assert!(idle_warm_pods(&sim, "canary", "1").is_empty());
+    assert!(idle_warm_pods(&sim, Some("canary"), "1").is_empty());
 
     // The old session plays to its end (its player leaves), and the drain is done.
     drop(reader);
@@ -1726,7 +1727,89 @@ queues:
     })
     .await;
     assert_eq!(drained["live_sessions"], 0, "{drained}");
-    assert!(idle_warm_pods(&sim, "canary", "1").is_empty());
+    assert!(idle_warm_pods(&sim, Some("canary"), "1").is_empty());
     second.stop().await;
+    let _ = std::fs::remove_file(&file);
+}
+
+/// The built-in server's versions with a warm pool, as Pods: each version keeps warm Pods of its
+/// own image, labelled with it; a session claims one of its version's and plays on it; a
+/// drained version's warm Pods are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_servers_versions_keep_warm_pods_of_their_own_images() {
+    let sim = sim(0).await;
+    let prefix = common::unique_prefix();
+    let file = std::env::temp_dir().join(format!("builtin-versions-{prefix}.yaml"));
+    std::fs::write(
+        &file,
+        r#"
+servers:
+  game-server:
+    versions:
+      - {name: "1", weight: 1}
+      - {name: "2", image: matchplane/game-server:2, weight: 1}
+queues:
+  - {name: casual, session_size: 2}
+"#,
+    )
+    .unwrap();
+    let db = common::fresh_database().await;
+    let backend = replica(&sim, &prefix, &db, "r1", |s| {
+        s.warm_pool(1, 1).shutdown_grace_seconds(1.0).matchmaking_config(&file)
+    })
+    .await;
+    let pools = || async { backend.http.get("/health").await.1["warm_profiles"].clone() };
+    eventually(Duration::from_secs(30), || async {
+        let p = pools().await;
+        (p["game-server@1"]["idle"] == 1 && p["game-server@2"]["idle"] == 1).then_some(())
+    })
+    .await;
+    // The built-in server's pools together, as before versions.
+    assert_eq!(warm_state(&backend).await["idle"], 2);
+    assert_eq!(idle_warm_pods(&sim, None, "2"), ["matchplane/game-server:2"]);
+    let one = idle_warm_pods(&sim, None, "1");
+    assert_eq!(one.len(), 1);
+    assert_ne!(
+        one[0], "matchplane/game-server:2",
+        "version 1 runs the template's image"
+    );
+
+    let mut seen = Vec::new();
+    for n in 0..2 {
+        let roster = players(&format!("bv{n}"), 2);
+        let names: Vec<&str> = roster.iter().map(String::as_str).collect();
+        let bodies = common::matched_in(&backend.http, "casual", &names).await;
+        let sid = bodies[0]["session_id"].as_str().unwrap().to_owned();
+        let (_, name) = pod_of(&backend, &sid).await;
+        assert!(name.starts_with("mp-gs-warm-"), "handed a warm Pod: {name}");
+        let pod = sim.cluster.get(&(NS.to_owned(), name)).unwrap();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        seen.push((
+            bodies[0]["version"].as_str().unwrap().to_owned(),
+            labels.get("matchplane.io/version").cloned().unwrap_or_default(),
+        ));
+        play(&backend, &bodies).await;
+        assert_eq!(ended(&backend, &roster[0], Duration::from_secs(30)).await, "completed");
+    }
+    seen.sort();
+    assert_eq!(seen, [("1".into(), "1".into()), ("2".into(), "2".into())]);
+
+    let (code, body) = common::as_admin(
+        &backend.http,
+        hyper::Method::POST,
+        "/operator/versions/game-server/2/drain",
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    eventually(Duration::from_secs(15), || async {
+        idle_warm_pods(&sim, None, "2").is_empty().then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), || async {
+        (idle_warm_pods(&sim, None, "1").len() == 1).then_some(())
+    })
+    .await;
+    backend.stop().await;
     let _ = std::fs::remove_file(&file);
 }

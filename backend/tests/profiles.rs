@@ -1107,6 +1107,107 @@ queues:
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The built-in server's versions with a warm pool (`WARM_POOL_MIN`/`MAX`): each version keeps
+/// warm servers of its own build, a session is handed one of its version's, `/health` lists
+/// each pool, the metrics add them up, and a drained version keeps none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_servers_versions_keep_warm_servers_of_their_own_builds() {
+    let dir = scratch();
+    let game_server = common::built_binary("game-server");
+    script(
+        &dir,
+        "build-2",
+        &format!(
+            "#!/bin/sh\necho \"${{SESSION_ID:-warm $WARM_SERVER_ID}}\" >> {}/build-2.log\nexec {} \"$@\"\n",
+            dir.display(),
+            game_server.display()
+        ),
+    );
+    let file = dir.join("queues.yaml");
+    let queues = r#"
+servers:
+  game-server:
+    versions:
+      - {name: "1", weight: 1}
+      - {name: "2", weight: 1, command: ["SCRIPT/build-2"]}
+queues:
+  - {name: casual, session_size: 2}
+"#;
+    std::fs::write(&file, queues.replace("SCRIPT", dir.to_str().unwrap())).unwrap();
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let settings = local_settings(&prefix, &db, &game_server)
+        .matchmaking_config(&file)
+        .warm_pool(1, 1)
+        .build()
+        .unwrap();
+    let backend = Backend::start(settings).await;
+    let (proxy, _stop) = start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    let http = &backend.http;
+    let health = || async { http.get("/health").await.1 };
+    eventually(Duration::from_secs(20), || async {
+        let h = health().await;
+        let pools = &h["warm_profiles"];
+        (pools["game-server@1"]["idle"] == 1 && pools["game-server@2"]["idle"] == 1).then_some(())
+    })
+    .await;
+    // Version 2's warm server runs its build (and version 1's does not).
+    let log = || std::fs::read_to_string(dir.join("build-2.log")).unwrap_or_default();
+    assert_eq!(log().lines().filter(|l| l.starts_with("warm ")).count(), 1, "{}", log());
+    let mut versions = Vec::new();
+    for n in 0..2 {
+        let (a, b) = (format!("w{n}a"), format!("w{n}b"));
+        let statuses = common::matched_in(http, "casual", &[&a, &b]).await;
+        versions.push(statuses[0]["version"].as_str().unwrap().to_owned());
+        let sid = statuses[0]["session_id"].as_str().unwrap().to_owned();
+        common::play_to_the_end(&proxy.to_string(), &statuses).await;
+        assert_eq!(end_reason(&db, &sid).await, "completed");
+    }
+    versions.sort();
+    assert_eq!(versions, ["1", "2"]);
+    // Each was handed a warm server of its own version; no session was started cold (so none
+    // ran build-2 but as a warm server).
+    let h = health().await;
+    for key in ["game-server@1", "game-server@2"] {
+        let books = &h["warm_profiles"][key];
+        assert_eq!(
+            (books["handed"].as_u64(), books["cold_starts"].as_u64()),
+            (Some(1), Some(0)),
+            "{key}: {h}"
+        );
+    }
+    assert!(log().lines().all(|l| l.starts_with("warm ")), "{}", log());
+    assert_eq!(
+        h["warm_servers"]["handed"], 2,
+        "the built-in server's pools together: {h}"
+    );
+    let (_, metrics) = http.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.lines().any(|l| l == "mp_warm_handed_total 2"), "{metrics}");
+
+    // Drain version 2: its pool's target is 0 and its idle server stops; version 1's stays.
+    let (status, body) = http
+        .post_as(
+            &common::admin_auth(),
+            "/operator/versions/game-server/2/drain",
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    eventually(Duration::from_secs(20), || async {
+        let h = health().await;
+        let two = &h["warm_profiles"]["game-server@2"];
+        (two["target"] == 0 && two["idle"] == 0 && two["starting"] == 0).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        (health().await["warm_profiles"]["game-server@1"]["idle"] == 1).then_some(())
+    })
+    .await;
+    backend.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A server that tells each rostered player which version it is: `VERSION <MATCHPLANE_VERSION>
 /// <its first argument>`, then exits 0 once all have been told.
 const VERSION_SERVER: &str = r#"#!/usr/bin/env python3

@@ -603,7 +603,7 @@ pub struct BackendHealth {
 }
 
 /// A replica's warm pool in `GET /health`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WarmServers {
     /// Ready to be handed a session.
     pub idle: usize,

@@ -275,14 +275,6 @@ pub(crate) async fn build(
     profiles: &profiles::Profiles,
     internal_url: &str,
 ) -> anyhow::Result<Option<Arc<dyn SessionRuntime>>> {
-    let builtin_versions = profiles
-        .get(profiles::BUILTIN)
-        .is_some_and(|builtin| !builtin.versions.is_empty());
-    if builtin_versions && warm.bounds().enabled() {
-        anyhow::bail!(
-            "versions of the built-in game server and a warm pool (WARM_POOL_MAX above 0) together are not built yet: give one of them up"
-        );
-    }
     Ok(match settings {
         RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(
             local.clone(),
@@ -324,7 +316,7 @@ pub(crate) async fn build(
             Some(Arc::new(
                 kubernetes::KubernetesRuntime::with_clients(calls, watches, template.clone())
                     .with_reap_grace(*finished_pod_grace)
-                    .with_warm_pool(warm, secret.clone())
+                    .with_warm_pool(warm, secret.clone(), profiles)
                     .with_profile_pools(profiles, secret, internal_url),
             ))
         }

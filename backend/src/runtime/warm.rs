@@ -15,6 +15,7 @@
 //! as allowed.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -146,17 +147,21 @@ struct StateLabel {
 /// read by `/health` ([`WarmState::snapshot`]): nothing is copied at scrape time. The counts
 /// are gauges and counters (atomics); the demand is behind one `std` mutex, because a sample
 /// and the target it changes are read together and every use is a few arithmetic steps,
-/// never held across an await.
+/// never held across an await. Pools made with [`WarmState::sharing`] (the built-in server's
+/// versions) add into the same metrics, each keeping its own counts for `/health`.
 pub(crate) struct WarmState {
     bounds: Bounds,
     /// A version's pool keeps no warm server while its version drains.
     retired: Retired,
     demand: Mutex<Demand>,
+    /// The metrics, the sums over every pool sharing them.
     servers: Family<StateLabel, Gauge>,
     target: Gauge,
     handed: Counter,
     cold_starts: Counter,
     replaced: Counter,
+    /// This pool's own counts: idle, starting, target; handed, cold starts, replaced.
+    own: [AtomicU64; 6],
 }
 
 /// What the pool should do now.
@@ -167,6 +172,14 @@ pub(crate) struct Plan {
     /// Warm servers that may be starting at once (see [`Demand::starts_at_once`]).
     pub(crate) at_once: usize,
 }
+
+/// Indexes into [`WarmState::own`].
+const IDLE: usize = 0;
+const STARTING: usize = 1;
+const TARGET: usize = 2;
+const HANDED: usize = 3;
+const COLD_STARTS: usize = 4;
+const REPLACED: usize = 5;
 
 impl WarmState {
     pub(crate) fn new(bounds: Bounds) -> WarmState {
@@ -183,7 +196,42 @@ impl WarmState {
             handed: Counter::default(),
             cold_starts: Counter::default(),
             replaced: Counter::default(),
+            own: Default::default(),
         }
+    }
+
+    /// The books of another pool within the same bounds whose counts add into these books'
+    /// metrics (one version of the built-in server among others).
+    pub(crate) fn sharing(&self) -> WarmState {
+        WarmState {
+            bounds: self.bounds,
+            retired: Retired::never(),
+            demand: Mutex::new(Demand::new(self.bounds)),
+            servers: self.servers.clone(),
+            target: self.target.clone(),
+            handed: self.handed.clone(),
+            cold_starts: self.cold_starts.clone(),
+            replaced: self.replaced.clone(),
+            own: Default::default(),
+        }
+    }
+
+    /// Sets this pool's own `which` count to `n`, moving the shared gauge by the difference.
+    fn set_own(&self, which: usize, gauge: &Gauge, n: usize) {
+        let n = n as u64;
+        let before = self.own[which].swap(n, Ordering::Relaxed);
+        let delta = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if n >= before {
+            gauge.inc_by(delta(n - before));
+        } else {
+            gauge.dec_by(delta(before - n));
+        }
+    }
+
+    /// Adds `n` to this pool's own `which` count and to the shared `counter`.
+    fn count_own(&self, which: usize, counter: &Counter, n: u64) {
+        self.own[which].fetch_add(n, Ordering::Relaxed);
+        counter.inc_by(n);
     }
 
     /// The books of a version's pool, which keeps no warm server while `retired` says its
@@ -239,12 +287,12 @@ impl WarmState {
 
     /// A session was handed to a warm server.
     pub(crate) fn handed(&self) {
-        self.handed.inc();
+        self.count_own(HANDED, &self.handed, 1);
     }
 
     /// A session's server started cold and took `took`.
     pub(crate) fn cold_start(&self, took: Duration) {
-        self.cold_starts.inc();
+        self.count_own(COLD_STARTS, &self.cold_starts, 1);
         self.started(took);
     }
 
@@ -255,7 +303,7 @@ impl WarmState {
 
     /// Warm servers that died while idle, to be replaced.
     pub(crate) fn replaced(&self, n: usize) {
-        self.replaced.inc_by(n as u64);
+        self.count_own(REPLACED, &self.replaced, n as u64);
     }
 
     /// The runtime counted `idle` and `starting` warm servers at `now`: what the pool should
@@ -265,29 +313,42 @@ impl WarmState {
             let mut demand = self.demand.lock().expect("demand lock");
             (self.target(&mut demand, now), demand.starts_at_once(now, idle, fastest))
         };
-        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.servers
-            .get_or_create(&StateLabel { state: "idle" })
-            .set(gauge(idle));
-        self.servers
-            .get_or_create(&StateLabel { state: "starting" })
-            .set(gauge(starting));
-        self.target.set(gauge(target));
+        self.set_own(IDLE, &self.servers.get_or_create(&StateLabel { state: "idle" }), idle);
+        self.set_own(
+            STARTING,
+            &self.servers.get_or_create(&StateLabel { state: "starting" }),
+            starting,
+        );
+        self.set_own(TARGET, &self.target, target);
         Plan { target, at_once }
     }
 
     /// The pool as `/health` shows it.
     pub(crate) fn snapshot(&self) -> protocol::api::WarmServers {
-        let count = |state| usize::try_from(self.servers.get_or_create(&StateLabel { state }).get()).unwrap_or(0);
+        let own = |which: usize| self.own[which].load(Ordering::Relaxed);
         protocol::api::WarmServers {
-            idle: count("idle"),
-            starting: count("starting"),
+            idle: usize::try_from(own(IDLE)).unwrap_or(usize::MAX),
+            starting: usize::try_from(own(STARTING)).unwrap_or(usize::MAX),
             target: self.target(&mut self.demand.lock().expect("demand lock"), Instant::now()),
-            handed: self.handed.get(),
-            cold_starts: self.cold_starts.get(),
-            replaced: self.replaced.get(),
+            handed: own(HANDED),
+            cold_starts: own(COLD_STARTS),
+            replaced: own(REPLACED),
         }
     }
+}
+
+/// Several pools' books as one (the built-in server's versions, for `/health`).
+pub(crate) fn total(pools: impl IntoIterator<Item = protocol::api::WarmServers>) -> protocol::api::WarmServers {
+    pools.into_iter().fold(protocol::api::WarmServers::default(), |sum, p| {
+        protocol::api::WarmServers {
+            idle: sum.idle + p.idle,
+            starting: sum.starting + p.starting,
+            target: sum.target + p.target,
+            handed: sum.handed + p.handed,
+            cold_starts: sum.cold_starts + p.cold_starts,
+            replaced: sum.replaced + p.replaced,
+        }
+    })
 }
 
 /// The warm pool `profile`'s sessions take their server from: the profile's name, and
@@ -327,6 +388,25 @@ pub(crate) fn pools_of(profiles: &Profiles, profile: &Arc<Profile>) -> Vec<(Arc<
         .iter()
         .enumerate()
         .map(|(i, v)| (v.profile.clone(), Retired(picker.map(|p| (p.clone(), i)))))
+        .collect()
+}
+
+/// The built-in game server's warm pools within `books`' bounds: none when they allow no warm
+/// server; one, `books` itself (the registered metrics); or with versions one for each
+/// version, each adding into `books`' metrics and retired while its version drains.
+pub(crate) fn builtin_pools(profiles: &Profiles, books: Arc<WarmState>) -> Vec<(Arc<Profile>, Arc<WarmState>)> {
+    let Some(builtin) = profiles
+        .get(super::profiles::BUILTIN)
+        .filter(|_| books.bounds().enabled())
+    else {
+        return Vec::new();
+    };
+    if builtin.versions.is_empty() {
+        return vec![(builtin.clone(), books)];
+    }
+    pools_of(profiles, builtin)
+        .into_iter()
+        .map(|(version, retired)| (version, Arc::new(books.sharing().retired_when(retired))))
         .collect()
 }
 
@@ -544,5 +624,37 @@ mod books {
             ),
             (3, 1, 1, 1, 2)
         );
+    }
+
+    /// Pools sharing one pool's metrics (the built-in server's versions) add into them, each
+    /// answering `/health` with its own counts; a count that falls moves the sum down.
+    #[tokio::test(start_paused = true)]
+    async fn pools_sharing_metrics_add_up_and_keep_their_own_counts() {
+        let first = WarmState::new(Bounds { min: 1, max: 4 });
+        let mut registry = Registry::default();
+        first.register(&mut registry);
+        let second = first.sharing();
+        let now = Instant::now();
+        first.plan(2, 1, now, 4);
+        second.plan(3, 0, now, 4);
+        first.handed();
+        second.handed();
+        second.cold_start(Duration::from_millis(500));
+        let line = |text: &str, want: &str| assert!(text.lines().any(|l| l == want), "{want} in {text}");
+        let text = service::metrics::render(&registry);
+        line(&text, "mp_warm_servers{state=\"idle\"} 5");
+        line(&text, "mp_warm_servers{state=\"starting\"} 1");
+        line(&text, "mp_warm_handed_total 2");
+        line(&text, "mp_warm_cold_starts_total 1");
+        second.plan(1, 0, now, 4);
+        line(
+            &service::metrics::render(&registry),
+            "mp_warm_servers{state=\"idle\"} 3",
+        );
+        let (a, b) = (first.snapshot(), second.snapshot());
+        assert_eq!((a.idle, a.handed, a.cold_starts), (2, 1, 0));
+        assert_eq!((b.idle, b.handed, b.cold_starts), (1, 1, 1));
+        let both = total([a, b]);
+        assert_eq!((both.idle, both.starting, both.handed), (3, 1, 2));
     }
 }

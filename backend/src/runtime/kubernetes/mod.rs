@@ -33,7 +33,9 @@ use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 
 use self::pod::{PodState, game_address};
-pub use self::pod::{PodTemplate, pod_name, render_pod, render_warm_pod, render_warm_profile_pod, warm_pod_name};
+pub use self::pod::{
+    PodTemplate, pod_name, render_pod, render_warm_builtin_pod, render_warm_pod, render_warm_profile_pod, warm_pod_name,
+};
 pub use self::reaper::reconcile;
 use self::watch::{PodWatch, Seen};
 use super::profiles::{PortProtocol, Ready};
@@ -87,8 +89,9 @@ pub struct KubernetesRuntime {
     backoff: Duration,
     /// How long finished Pods are kept before the reaper deletes them.
     reap_grace: Duration,
-    /// The warm Pod pool, when `WARM_POOL_MAX` > 0.
-    warm: Option<Arc<warm::WarmPods>>,
+    /// The built-in server's warm Pod pools, when `WARM_POOL_MAX` > 0, by
+    /// [`pool_key`](crate::runtime::warm::pool_key): one, or one per version.
+    builtin_warm: HashMap<String, Arc<warm::WarmPods>>,
     /// The warm Pod pools of profiles with a `warm_pool`, by
     /// [`pool_key`](crate::runtime::warm::pool_key): one per version of a profile with versions.
     profile_warm: HashMap<String, Arc<warm::WarmPods>>,
@@ -115,24 +118,30 @@ impl KubernetesRuntime {
             creations: Semaphore::new(PARALLEL_CREATES),
             backoff: Duration::from_millis(200),
             reap_grace: REAP_GRACE,
-            warm: None,
+            builtin_warm: HashMap::new(),
             profile_warm: HashMap::new(),
             book: OnceLock::new(),
             ends_by_exit: std::collections::HashSet::new(),
         }
     }
 
-    /// The same runtime keeping warm Pods within `books`' bounds (for the whole cluster),
-    /// handed their sessions with tokens signed by `secret`.
+    /// The same runtime keeping warm Pods of the built-in server within `books`' bounds (for
+    /// the whole cluster; a pool for each of its versions, if it has any), handed their
+    /// sessions with tokens signed by `secret`.
     pub(crate) fn with_warm_pool(
         mut self,
         books: Arc<crate::runtime::warm::WarmState>,
         secret: protocol::TicketSecret,
+        profiles: &crate::runtime::profiles::Profiles,
     ) -> Self {
-        self.warm = books
-            .bounds()
-            .enabled()
-            .then(|| Arc::new(warm::WarmPods::new(books, secret, warm::Flavor::Builtin)));
+        self.builtin_warm = crate::runtime::warm::builtin_pools(profiles, books)
+            .into_iter()
+            .map(|(profile, books)| {
+                let key = crate::runtime::warm::pool_key(&profile);
+                let flavor = warm::Flavor::Builtin(profile);
+                (key, Arc::new(warm::WarmPods::new(books, secret.clone(), flavor)))
+            })
+            .collect();
         self
     }
 
@@ -176,10 +185,11 @@ impl KubernetesRuntime {
 
     /// The warm pool `spec`'s sessions take their server from, if it has one.
     fn pool_of(&self, profile: &crate::runtime::Profile) -> Option<&Arc<warm::WarmPods>> {
+        let key = crate::runtime::warm::pool_key(profile);
         if profile.builtin {
-            self.warm.as_ref()
+            self.builtin_warm.get(&key)
         } else {
-            self.profile_warm.get(&crate::runtime::warm::pool_key(profile))
+            self.profile_warm.get(&key)
         }
     }
 
@@ -360,12 +370,16 @@ impl SessionRuntime for KubernetesRuntime {
     }
 
     fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
-        self.warm.as_ref().map(|warm| warm.books.snapshot())
+        (!self.builtin_warm.is_empty())
+            .then(|| crate::runtime::warm::total(self.builtin_warm.values().map(|w| w.books.snapshot())))
     }
 
     fn warm_profiles(&self) -> std::collections::BTreeMap<String, protocol::api::WarmServers> {
+        // The built-in server's versions' pools are listed too, as a profile's are.
+        let versions = self.builtin_warm.iter().filter(|(key, _)| key.contains('@'));
         self.profile_warm
             .iter()
+            .chain(versions)
             .map(|(name, warm)| (name.clone(), warm.books.snapshot()))
             .collect()
     }
@@ -373,7 +387,7 @@ impl SessionRuntime for KubernetesRuntime {
     fn tasks(&self, sessions: Arc<dyn SessionBook>, stop: CancellationToken) -> Vec<Task> {
         let _ = self.book.set(sessions.clone());
         let mut tasks: Vec<Task> = Vec::new();
-        for warm in self.warm.iter().chain(self.profile_warm.values()) {
+        for warm in self.builtin_warm.values().chain(self.profile_warm.values()) {
             let keeper = warm::Keeper {
                 pods: self.pods.clone(),
                 watch: self.watch.clone(),
@@ -389,7 +403,7 @@ impl SessionRuntime for KubernetesRuntime {
             sessions,
             grace: self.reap_grace,
             min_age: RESYNC_MIN_AGE,
-            warm_pool: self.warm.is_some() || !self.profile_warm.is_empty(),
+            warm_pool: !self.builtin_warm.is_empty() || !self.profile_warm.is_empty(),
             ends_by_exit: self.ends_by_exit.clone(),
         };
         tasks.push(("pod reaper", Box::pin(reaper.run(stop))));

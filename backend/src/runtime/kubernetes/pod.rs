@@ -111,18 +111,24 @@ pub fn render_pod(template: &PodTemplate, spec: &ServerSpec) -> Pod {
         session_env,
         template.active_deadline_seconds,
     );
-    // A version of the built-in server runs its own image, and says which it is.
-    if let Some(version) = &spec.profile.version {
-        if let Some(labels) = pod.metadata.labels.as_mut() {
-            labels.insert(VERSION_LABEL.to_owned(), version.clone());
-        }
-        if let (Some(image), Some(pod_spec)) = (&spec.profile.image, pod.spec.as_mut()) {
-            for container in &mut pod_spec.containers {
-                container.image = Some(image.clone());
-            }
+    of_version(&mut pod, &spec.profile);
+    pod
+}
+
+/// A Pod of the built-in server as `profile` runs it: a version of it runs its own image, and
+/// says which it is.
+fn of_version(pod: &mut Pod, profile: &Profile) {
+    let Some(version) = &profile.version else {
+        return;
+    };
+    if let Some(labels) = pod.metadata.labels.as_mut() {
+        labels.insert(VERSION_LABEL.to_owned(), version.clone());
+    }
+    if let (Some(image), Some(pod_spec)) = (&profile.image, pod.spec.as_mut()) {
+        for container in &mut pod_spec.containers {
+            container.image = Some(image.clone());
         }
     }
-    pod
 }
 
 /// `text` with each `${NAME}` of a profile written as Kubernetes' own `$(MATCHPLANE_NAME)`,
@@ -261,6 +267,14 @@ pub fn render_warm_pod(template: &PodTemplate, name: &str) -> Pod {
         vec![env("WARM_SERVER_ID", name)],
         template.active_deadline_seconds + WARM_LIFETIME_SECONDS,
     )
+}
+
+/// A warm Pod of the built-in server as `profile` (the built-in profile, or a version of it)
+/// runs it: [`render_warm_pod`]'s, of the version's image and labelled with it.
+pub fn render_warm_builtin_pod(template: &PodTemplate, profile: &Profile, name: &str) -> Pod {
+    let mut pod = render_warm_pod(template, name);
+    of_version(&mut pod, profile);
+    pod
 }
 
 fn render(

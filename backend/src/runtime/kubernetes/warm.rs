@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::pod::{
     PodState, PodTemplate, WARM_LIFETIME_SECONDS, claim_patch, game_address, is_warm, pod_state, port_address,
-    profile_of, render_warm_pod, render_warm_profile_pod, session_of, unclaim_patch, unclaimed_warm, version_of,
-    warm_pod_name,
+    profile_of, render_warm_builtin_pod, render_warm_profile_pod, session_of, unclaim_patch, unclaimed_warm,
+    version_of, warm_pod_name,
 };
 use super::watch::PodWatch;
 use super::{delete_pod, is_code};
@@ -63,8 +63,8 @@ const RETIRE_MARGIN_SECONDS: i64 = 60;
 
 /// Which server a pool's Pods run.
 pub(crate) enum Flavor {
-    /// The built-in game server, handed its session on its game port.
-    Builtin,
+    /// The built-in game server (or a version of it), handed its session on its game port.
+    Builtin(Arc<Profile>),
     /// A profile's server, taking its session through the SDK from `base_url`/`<pod name>`.
     Profile { profile: Arc<Profile>, base_url: String },
 }
@@ -109,7 +109,7 @@ impl WarmPods {
     /// and of its version when the profile has versions.
     fn mine(&self, pod: &Pod) -> bool {
         match &self.flavor {
-            Flavor::Builtin => profile_of(pod).is_none(),
+            Flavor::Builtin(profile) => profile_of(pod).is_none() && version_of(pod) == profile.version.as_deref(),
             Flavor::Profile { profile, .. } => {
                 profile_of(pod) == Some(profile.name.as_str()) && version_of(pod) == profile.version.as_deref()
             }
@@ -119,7 +119,7 @@ impl WarmPods {
     /// A new warm Pod of this pool, named `name`.
     fn render(&self, template: &PodTemplate, name: &str) -> Pod {
         match &self.flavor {
-            Flavor::Builtin => render_warm_pod(template, name),
+            Flavor::Builtin(profile) => render_warm_builtin_pod(template, profile, name),
             Flavor::Profile { profile, base_url } => {
                 let token = self.secret.mint(&protocol::Claims::warm(
                     name,
@@ -134,7 +134,7 @@ impl WarmPods {
     /// Where players reach a claimed Pod at `ip`: its TCP and UDP addresses.
     fn addresses(&self, ip: &str) -> Result<(String, Option<String>), crate::runtime::StartError> {
         match &self.flavor {
-            Flavor::Builtin => Ok((game_address(ip)?, None)),
+            Flavor::Builtin(_) => Ok((game_address(ip)?, None)),
             Flavor::Profile { profile, .. } => {
                 let at = |protocol| {
                     profile
@@ -240,7 +240,7 @@ impl WarmPods {
             };
             let handed = match (&addr, &self.flavor, book) {
                 (None, ..) => Err(anyhow::anyhow!("the claimed pod is no longer ready")),
-                (Some((addr, _)), Flavor::Builtin, _) => {
+                (Some((addr, _)), Flavor::Builtin(_), _) => {
                     crate::runtime::warm::hand_over(&self.secret, &name, addr, spec).await
                 }
                 (Some(_), Flavor::Profile { .. }, Some(book)) => {

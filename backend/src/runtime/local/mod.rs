@@ -69,7 +69,8 @@ pub(crate) async fn start_profile(
 
 pub(crate) struct LocalRuntime {
     spawner: Arc<Spawner>,
-    pool: Option<Arc<WarmPool>>,
+    /// The built-in server's warm pools, by [`pool_key`]: one, or one per version.
+    builtin_pools: HashMap<String, ProfilePool>,
     /// The pools of profiles with a `warm_pool`, by [`pool_key`]: one per version of a
     /// profile with versions.
     profile_pools: HashMap<String, ProfilePool>,
@@ -125,7 +126,13 @@ impl LocalRuntime {
         }
         LocalRuntime {
             spawner: Arc::new(Spawner { settings, secret }),
-            pool: warm.bounds().enabled().then(|| Arc::new(WarmPool::new(warm))),
+            builtin_pools: super::warm::builtin_pools(profiles, warm)
+                .into_iter()
+                .map(|(profile, books)| {
+                    let pool = Arc::new(WarmPool::new(books));
+                    (pool_key(&profile), ProfilePool { profile, pool })
+                })
+                .collect(),
             profile_pools,
             internal_url: internal_url.trim_end_matches('/').to_owned(),
             book: OnceLock::new(),
@@ -137,7 +144,8 @@ impl LocalRuntime {
             return self.start_program(spec).await;
         }
         let began = Instant::now();
-        if let Some(pool) = &self.pool {
+        let pool = self.builtin_pools.get(&pool_key(&spec.profile)).map(|p| &p.pool);
+        if let Some(pool) = pool {
             pool.books.session_started(began);
             while let Some(warm) = pool.take() {
                 match super::warm::hand_over(&self.spawner.secret, &warm.id, &warm.server.addr, &spec).await {
@@ -168,7 +176,7 @@ impl LocalRuntime {
             .spawner
             .spawn(&env, spec.ready_timeout, &spec.profile.command)
             .await?;
-        if let Some(pool) = &self.pool {
+        if let Some(pool) = pool {
             pool.books.cold_start(began.elapsed());
         }
         Ok(Box::new(server))
@@ -379,12 +387,16 @@ impl SessionRuntime for LocalRuntime {
     }
 
     fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
-        self.pool.as_ref().map(|pool| pool.books.snapshot())
+        (!self.builtin_pools.is_empty())
+            .then(|| super::warm::total(self.builtin_pools.values().map(|p| p.pool.books.snapshot())))
     }
 
     fn warm_profiles(&self) -> std::collections::BTreeMap<String, protocol::api::WarmServers> {
+        // The built-in server's versions' pools are listed too, as a profile's are.
+        let versions = self.builtin_pools.iter().filter(|(_, p)| p.profile.version.is_some());
         self.profile_pools
             .iter()
+            .chain(versions)
             .map(|(key, p)| (key.clone(), p.pool.books.snapshot()))
             .collect()
     }
@@ -392,13 +404,18 @@ impl SessionRuntime for LocalRuntime {
     fn tasks(&self, sessions: Arc<dyn SessionBook>, stop: CancellationToken) -> Vec<Task> {
         let _ = self.book.set(sessions.clone());
         let mut tasks: Vec<Task> = Vec::new();
-        if let Some(pool) = &self.pool {
-            let spawner = self.spawner.clone();
+        for p in self.builtin_pools.values() {
+            // A version's warm servers run its own build.
+            let (spawner, program) = (self.spawner.clone(), p.profile.command.clone());
             let start: StartWarm = Arc::new(move |id: String| {
-                let spawner = spawner.clone();
-                Box::pin(async move { spawner.spawn(&[("WARM_SERVER_ID", id)], WARM_READY_TIMEOUT, &[]).await })
+                let (spawner, program) = (spawner.clone(), program.clone());
+                Box::pin(async move {
+                    spawner
+                        .spawn(&[("WARM_SERVER_ID", id)], WARM_READY_TIMEOUT, &program)
+                        .await
+                })
             });
-            tasks.push(("warm pool", Box::pin(keep_warm(pool.clone(), start, stop.clone()))));
+            tasks.push(("warm pool", Box::pin(keep_warm(p.pool.clone(), start, stop.clone()))));
         }
         for p in self.profile_pools.values() {
             let start = self.warm_program(p.profile.clone(), sessions.clone());
