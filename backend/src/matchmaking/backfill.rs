@@ -125,10 +125,11 @@ impl Matchmaking {
 
     /// Gives the places of running session `sid`'s players gone (no connection) its queue's
     /// `leave_grace_seconds` to backfill: releases them and opens a slot on each one's team.
-    /// Returns who was released.
-    pub async fn release_gone(&self, sid: &str) -> Result<Vec<String>, BackfillError> {
+    /// Returns who was released, and when the next player gone now will have been gone its
+    /// grace.
+    pub async fn release_gone(&self, sid: &str) -> Result<Gone, BackfillError> {
         let Some(record) = self.inner.store.session(sid).await? else {
-            return Ok(Vec::new());
+            return Ok(Gone::default());
         };
         let queue = record.placement.queue.as_deref().unwrap_or("default");
         let Some((queue, rule)) = self
@@ -136,20 +137,30 @@ impl Matchmaking {
             .get(queue)
             .and_then(|q| q.backfill.filter(|b| b.on_leave).map(|b| (q, b)))
         else {
-            return Ok(Vec::new());
+            return Ok(Gone::default());
         };
         if record.state != SessionState::Matched {
-            return Ok(Vec::new());
+            return Ok(Gone::default());
         }
         let cutoff = now_ms() - rule.leave_grace_ms;
+        let rostered = |p: &String| record.players.contains(p);
+        let next_due_ms = record
+            .left_ms
+            .iter()
+            .filter(|&(p, &at)| at > cutoff && rostered(p))
+            .map(|(_, &at)| at + rule.leave_grace_ms)
+            .min();
         let gone: Vec<String> = record
             .left_ms
             .iter()
-            .filter(|&(p, &at)| at <= cutoff && record.players.contains(p))
+            .filter(|&(p, &at)| at <= cutoff && rostered(p))
             .map(|(p, _)| p.clone())
             .collect();
         if gone.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Gone {
+                released: Vec::new(),
+                next_due_ms,
+            });
         }
         let entries = backfill::slot_entries(queue);
         let mut slots = vec![0u32; entries];
@@ -174,7 +185,10 @@ impl Matchmaking {
                 },
             )
             .await?;
-        Ok(change.released)
+        Ok(Gone {
+            released: change.released,
+            next_due_ms,
+        })
     }
 
     /// Session `sid`'s open request, as its server and operators read it.
@@ -187,6 +201,15 @@ impl Matchmaking {
             .get(&request.queue)
             .map(|queue| status(queue, &request, now_ms())))
     }
+}
+
+/// What [`Matchmaking::release_gone`] did.
+#[derive(Debug, Default)]
+pub struct Gone {
+    /// The players released now.
+    pub released: Vec<String>,
+    /// When the next player gone now (ms since the Unix epoch) will have been gone its grace.
+    pub next_due_ms: Option<i64>,
 }
 
 /// What `request` of `queue` is and allows at `now`.

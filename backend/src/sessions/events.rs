@@ -165,6 +165,11 @@ pub(crate) async fn listen_checked(
                     continue;
                 }
             };
+            // A player's leave changes no one's standing: it only times a leave grace.
+            if matches!(event.change, Change::Left) {
+                sessions.player_left(&event.session_id);
+                continue;
+            }
             waiters.wake(event.players.iter().map(String::as_str));
             if matches!(
                 event.change,

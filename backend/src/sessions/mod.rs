@@ -52,12 +52,20 @@ struct Inner {
     store: Store,
     metrics: Arc<SessionsMetrics>,
     instance: String,
-    /// Sessions this replica supervises, each with the token that stops its server.
-    supervised: Mutex<HashMap<String, CancellationToken>>,
+    /// Sessions this replica supervises, each with the token that stops its server and what
+    /// wakes it when one of its players leaves.
+    supervised: Mutex<HashMap<String, Watch>>,
     /// Waits on this replica for what a server says through the SDK (a session's ready call,
     /// a warm server's session), woken at once when it reaches this replica (on another it is
     /// seen in Redis).
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// What the supervisor of one session is told from its events.
+#[derive(Clone)]
+struct Watch {
+    stop: CancellationToken,
+    left: Arc<Notify>,
 }
 
 /// This replica's charge of one session: holds the token that stops its server, and gives the
@@ -65,13 +73,19 @@ struct Inner {
 pub(crate) struct Supervision {
     sessions: Sessions,
     session_id: String,
-    stop: CancellationToken,
+    watch: Watch,
 }
 
 impl Supervision {
     /// Cancelled when the session ends anywhere: its server must go.
     pub(crate) fn stopped(&self) -> &CancellationToken {
-        &self.stop
+        &self.watch.stop
+    }
+
+    /// Notified when one of its players closes its last connection (as the proxy saw it); a
+    /// leave while nobody waits is kept for the next wait.
+    pub(crate) fn left(&self) -> &Notify {
+        &self.watch.left
     }
 }
 
@@ -111,16 +125,19 @@ impl Sessions {
     /// Takes charge of a session: until the returned guard is dropped, an end anywhere
     /// cancels its [`Supervision::stopped`] token.
     pub(crate) fn supervise(&self, session_id: &str) -> Supervision {
-        let stop = CancellationToken::new();
+        let watch = Watch {
+            stop: CancellationToken::new(),
+            left: Arc::new(Notify::new()),
+        };
         self.inner
             .supervised
             .lock()
             .unwrap()
-            .insert(session_id.to_owned(), stop.clone());
+            .insert(session_id.to_owned(), watch.clone());
         Supervision {
             sessions: self.clone(),
             session_id: session_id.to_owned(),
-            stop,
+            watch,
         }
     }
 
@@ -228,8 +245,15 @@ impl Sessions {
 
     /// The session ended (here or on another replica): stop its server if it is ours.
     pub(crate) fn ended_elsewhere(&self, sid: &str) {
-        if let Some(stop) = self.inner.supervised.lock().unwrap().get(sid) {
-            stop.cancel();
+        if let Some(watch) = self.inner.supervised.lock().unwrap().get(sid) {
+            watch.stop.cancel();
+        }
+    }
+
+    /// A player of session `sid` left (its `left` event): wakes its supervisor here, if any.
+    pub(crate) fn player_left(&self, sid: &str) {
+        if let Some(watch) = self.inner.supervised.lock().unwrap().get(sid) {
+            watch.left.notify_one();
         }
     }
 

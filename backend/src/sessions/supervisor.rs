@@ -128,7 +128,7 @@ impl Supervisor {
         let span = tracing::info_span!("session", session = %formed.session_id, players = formed.players.len());
         self.inner.tracker.spawn(tracing::Instrument::instrument(
             async move {
-                supervise(&inner, &formed, supervision.stopped()).await;
+                supervise(&inner, &formed, &supervision).await;
                 drop(supervision);
             },
             span,
@@ -154,7 +154,8 @@ impl Supervisor {
     }
 }
 
-async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationToken) {
+async fn supervise(inner: &Inner, formed: &FormedSession, supervision: &super::Supervision) {
+    let stop = supervision.stopped();
     let sid = formed.session_id.as_str();
     let sessions = &inner.sessions;
     let Some(runtime) = inner.config.runtime.clone() else {
@@ -256,7 +257,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     });
     let left_behind = async {
         match on_leave {
-            Some(matchmaking) => release_gone(matchmaking, sid).await,
+            Some(matchmaking) => release_gone(matchmaking, sid, supervision.left()).await,
             None => std::future::pending().await,
         }
     };
@@ -338,25 +339,42 @@ async fn supervise(inner: &Inner, formed: &FormedSession, stop: &CancellationTok
     }
 }
 
-/// Gives the places of session `sid`'s players gone their queue's leave grace to backfill,
-/// once a second, for as long as the session runs (never resolves). Redis errors only delay it.
-async fn release_gone(matchmaking: &crate::matchmaking::Matchmaking, sid: &str) {
-    let mut tick = tokio::time::interval(EMPTY_CHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Gives the places of session `sid`'s players gone their queue's leave grace to backfill, for
+/// as long as the session runs (never resolves): woken by each player's `left` event, it
+/// releases whoever is gone its grace by then and sleeps until the next one will be. A missed
+/// event (the events subscription renewing) delays a release by [`LEAVE_RECHECK`] at most;
+/// Redis errors only delay it.
+async fn release_gone(matchmaking: &crate::matchmaking::Matchmaking, sid: &str, left: &tokio::sync::Notify) {
     loop {
-        tick.tick().await;
-        match matchmaking.release_gone(sid).await {
-            Ok(released) if !released.is_empty() => {
-                tracing::info!(
-                    ?released,
-                    "players gone their queue's leave grace: their places go to backfill"
-                );
+        let wait = match matchmaking.release_gone(sid).await {
+            Ok(gone) => {
+                if !gone.released.is_empty() {
+                    tracing::info!(
+                        released = ?gone.released,
+                        "players gone their queue's leave grace: their places go to backfill"
+                    );
+                }
+                gone.next_due_ms
+                    .map_or(LEAVE_RECHECK, |due| {
+                        Duration::from_millis(u64::try_from(due - matchmaking_core::store::now_ms()).unwrap_or(0))
+                    })
+                    .min(LEAVE_RECHECK)
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "could not release players gone too long"),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not release players gone too long");
+                EMPTY_CHECK
+            }
+        };
+        tokio::select! {
+            () = left.notified() => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
+
+/// How long a session that backfills on leave goes without looking at its players' leaves when
+/// no event wakes it.
+const LEAVE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Whether session `sid`'s server reported its result: it is then exiting by itself. A
 /// record Redis cannot give says no (the server is stopped as before).

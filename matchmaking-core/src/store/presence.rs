@@ -48,6 +48,7 @@ impl Presence {
             .arg(player)
             .arg(if opened { 1 } else { -1 })
             .arg(now_ms)
+            .arg(self.keys.events())
             .invoke_async(conn)
             .await?;
         Ok(counted)

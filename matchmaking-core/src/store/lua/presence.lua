@@ -1,9 +1,10 @@
 -- A player's connection (or UDP flow) to a session's server opened or closed, as the proxy saw
 -- it: keeps the record's `connected` players and `empty_since_ms`, and writes `connected` /
 -- `left` events to the outbox (the history's join and leave times) when a player's first
--- connection opens or last one closes. Not published: nobody waits on these.
+-- connection opens or last one closes. A `left` event is published too (the supervisor of a
+-- session whose queue backfills on leave times the player's leave grace from it).
 -- KEYS: 1 sessions, 2 outbox
--- ARGV: 1 sid, 2 player, 3 delta (1 opened, -1 closed), 4 now_ms
+-- ARGV: 1 sid, 2 player, 3 delta (1 opened, -1 closed), 4 now_ms, 5 events channel
 -- Reply: {kind='unknown'} | {kind='counted', connected=<players connected now>}
 local record = load_record(KEYS[1], ARGV[1])
 if not record then
@@ -52,8 +53,10 @@ save_record(KEYS[1], ARGV[1], record)
 local kind = nil
 if before == 0 and after > 0 then kind = 'connected' end
 if before > 0 and after == 0 then kind = 'left' end
-if kind then
+if kind == 'connected' then
   redis.call('XADD', KEYS[2], '*', 'event', cjson.encode({kind = kind, session_id = ARGV[1], players = {player},
     at_ms = now}))
+elseif kind == 'left' then
+  emit(KEYS[2], ARGV[5], {kind = kind, session_id = ARGV[1], players = {player}, at_ms = now}, nil)
 end
 return reply({kind = 'counted', connected = #connected})
