@@ -1438,6 +1438,17 @@ queues:
         "matched",
         "the drain stops no match"
     );
+    // A replica (re)started mid-drain has the drain from its first session on.
+    let fourth = replica(&prefix, &db, &file, "replica-4").await;
+    let on_fourth = versions_of_sessions(&fourth.http, "duel", "f", 1).await;
+    assert_eq!(on_fourth[0].0, "stable", "{on_fourth:?}");
+    let (_, list) = common::as_admin(&fourth.http, hyper::Method::GET, "/operator/versions", None).await;
+    let next = &list["profiles"][0]["versions"][1];
+    assert_eq!(
+        (next["draining"].as_bool(), next["live_sessions"].as_u64()),
+        (Some(true), Some(1)),
+        "{list}"
+    );
     let (proxy, _stop) = start_proxy(third.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
     for status in &running {
         let (line, _) = say_hello(proxy, status).await;
@@ -1451,6 +1462,9 @@ queues:
     })
     .await;
     assert_eq!(drained["live_sessions"], 0, "{drained}");
+    let (_, list) = common::as_admin(&fourth.http, hyper::Method::GET, "/operator/versions", None).await;
+    assert_eq!(list["profiles"][0]["versions"][1]["drained_at"], drained["drained_at"]);
+    fourth.stop().await;
     // Every change is in the audit log, refusals included.
     let (_, log) = common::as_admin(&third.http, hyper::Method::GET, "/operator/audit?limit=50", None).await;
     let entries = log["entries"].as_array().unwrap();
