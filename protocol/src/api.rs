@@ -411,6 +411,9 @@ pub enum Recorded {
     Ended,
     /// The session had already ended; the report added attendance only.
     AlreadyEnded,
+    /// Redis no longer knew the session (restarted empty, or a failover lost its latest
+    /// writes): the report closed its history row itself.
+    History,
 }
 
 /// `POST /internal/sessions/{id}/result`.

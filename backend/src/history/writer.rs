@@ -139,6 +139,36 @@ impl History {
         }
     }
 
+    /// Ends session `session_id`'s row with its server's signed `report` when Redis no longer
+    /// knows the session (restarted empty, or a failover lost its latest writes), so the row
+    /// never ends `lost` for a match that played to its end: the same `ended` event the session
+    /// would have written, applied here (a row ended `lost` meanwhile takes the reported end; a
+    /// row ended otherwise keeps its end and gains the attendance; a row never written is
+    /// written from the report).
+    pub(crate) async fn end_from_report(
+        &self,
+        session_id: uuid::Uuid,
+        report: &protocol::api::ResultReport,
+    ) -> Result<(), sqlx::Error> {
+        let at_ms = i64::try_from(report.ended_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let event = matchmaking_core::lifecycle::SessionEvent {
+            session_id: session_id.to_string(),
+            players: report.players.iter().map(|p| p.player_id.clone()).collect(),
+            at_ms,
+            change: matchmaking_core::lifecycle::Change::Ended {
+                reason: report.end_reason,
+                requeued: false,
+                report: Some(report.clone()),
+            },
+        };
+        let entry = Entry {
+            id: format!("report-{session_id}"),
+            session_id,
+            event,
+        };
+        self.apply(std::slice::from_ref(&entry)).await
+    }
+
     async fn park(&self, entry: &Entry, error: &str) {
         tracing::error!(error, id = %entry.id, kind = entry.event.change.kind(), "history: parking an event PostgreSQL rejects");
         let event = serde_json::to_string(&entry.event).unwrap_or_default();

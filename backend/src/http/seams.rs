@@ -108,6 +108,12 @@ pub(crate) trait MatchHistory: Send + Sync {
         limit: i64,
         offset: i64,
     ) -> BoxFuture<'a, Result<Vec<PlayerMatch>, sqlx::Error>>;
+    /// Ends a session Redis no longer knows with its server's signed report.
+    fn end_from_report<'a>(
+        &'a self,
+        session_id: Uuid,
+        report: &'a protocol::api::ResultReport,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 }
 
 impl Matchmaker for Matchmaking {
@@ -218,6 +224,14 @@ impl MatchHistory for History {
         offset: i64,
     ) -> BoxFuture<'a, Result<Vec<PlayerMatch>, sqlx::Error>> {
         Box::pin(History::player_matches(self, player, limit, offset))
+    }
+
+    fn end_from_report<'a>(
+        &'a self,
+        session_id: Uuid,
+        report: &'a protocol::api::ResultReport,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(History::end_from_report(self, session_id, report))
     }
 }
 

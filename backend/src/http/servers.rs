@@ -173,11 +173,19 @@ pub(super) async fn result_report(
         .end(&session_id, report.end_reason, Some(&report))
         .await?
     {
+        // Redis no longer knows it (restarted empty, or a failover lost its latest writes).
+        // The token says this server ran this session: its result closes the history row,
+        // which would otherwise end `lost`. PostgreSQL unreachable: 503, and the server retries.
         EndOutcome::Unknown => {
-            return Err(ApiError::NotFound(
-                ApiErrorCode::UnknownSession,
-                format!("no session {session_id}"),
-            ));
+            let Ok(sid) = uuid::Uuid::parse_str(&session_id) else {
+                return Err(ApiError::NotFound(
+                    ApiErrorCode::UnknownSession,
+                    format!("no session {session_id}"),
+                ));
+            };
+            state.history.end_from_report(sid, &report).await?;
+            tracing::warn!(session = %session_id, reason = %report.end_reason, "a result report for a session Redis no longer knows: written to the history from the report");
+            Recorded::History
         }
         EndOutcome::Ended { .. } => Recorded::Ended,
         EndOutcome::AlreadyEnded { .. } => Recorded::AlreadyEnded,

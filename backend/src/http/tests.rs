@@ -186,6 +186,14 @@ impl MatchHistory for Empty {
             }
         })
     }
+
+    fn end_from_report<'a>(
+        &'a self,
+        _: Uuid,
+        _: &'a protocol::api::ResultReport,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async { Err(sqlx::Error::PoolTimedOut) })
+    }
 }
 
 /// An audit log in memory; no sign-ins, no overview.
