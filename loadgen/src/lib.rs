@@ -8,6 +8,7 @@ pub mod floor;
 pub mod host_cpu;
 pub mod hosted;
 pub mod http;
+pub mod probe;
 pub mod relay;
 pub mod report;
 pub mod scenario;

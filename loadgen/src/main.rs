@@ -35,6 +35,9 @@ enum Command {
     /// Players of a hosted third-party server (BZFlag, Sauerbraten): join, get matched, reach
     /// the server through the proxy and complete the game's own handshake; then a summary.
     Hosted(loadgen::hosted::HostedArgs),
+    /// Measure the round trip to each region's proxy with its latency probe, and print the
+    /// latency map (JSON) a join carries.
+    Probe(loadgen::probe::ProbeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,6 +155,16 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("loadgen: {e:#}");
                     ExitCode::FAILURE
+                }
+            },
+            Command::Probe(args) => match loadgen::probe::run(&args).await {
+                Ok(map) => {
+                    println!("{}", serde_json::json!({ "latency_ms": map }));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loadgen: {e:#}");
+                    ExitCode::from(2)
                 }
             },
             Command::Hosted(args) => match loadgen::hosted::run(args).await {

@@ -21,6 +21,7 @@ pub mod handover;
 pub mod line;
 pub mod operators;
 pub mod player;
+pub mod probe;
 pub mod proxy_header;
 pub mod server;
 pub mod sessions;

@@ -10,6 +10,8 @@
 //! | `0x82` REFUSED | proxy | the JOIN's nonce, an error code (ASCII, e.g. `bad_ticket`) | it is not |
 //! | `0x02` DATA | client | 8-byte connection id, payload | a game datagram for the server |
 //! | `0x02` DATA | proxy | payload | a game datagram from the server |
+//! | `0x03` PROBE | client | 0–64 bytes of the client's choice | a latency probe |
+//! | `0x83` ECHO | proxy | the PROBE's bytes | its answer, exactly as long as the PROBE |
 //!
 //! The nonce is the client's choice (it matches a WELCOME to its JOIN when JOINs are resent).
 //! Answers are never larger than the JOIN they answer, and nothing else is answered: a
@@ -21,8 +23,13 @@
 /// The first byte of each kind of datagram.
 pub const JOIN: u8 = 0x01;
 pub const DATA: u8 = 0x02;
+pub const PROBE: u8 = 0x03;
 pub const WELCOME: u8 = 0x81;
 pub const REFUSED: u8 = 0x82;
+pub const ECHO: u8 = 0x83;
+
+/// A PROBE's bytes after its kind, at most (a longer one is malformed).
+pub const MAX_PROBE_PAYLOAD: usize = 64;
 
 /// A connection id's length in bytes.
 pub const ID_LEN: usize = 8;
@@ -36,6 +43,7 @@ pub const DATA_OVERHEAD: usize = 1 + ID_LEN;
 pub enum FromClient<'a> {
     Join { nonce: [u8; NONCE_LEN], ticket: &'a str },
     Data { id: u64, payload: &'a [u8] },
+    Probe { payload: &'a [u8] },
 }
 
 /// Reads a client's datagram; `None` for anything malformed.
@@ -54,8 +62,25 @@ pub fn parse_client(datagram: &[u8]) -> Option<FromClient<'_>> {
                 payload: &rest[ID_LEN..],
             })
         }
+        PROBE => (rest.len() <= MAX_PROBE_PAYLOAD).then_some(FromClient::Probe { payload: rest }),
         _ => None,
     }
+}
+
+/// A PROBE datagram (`payload` at most [`MAX_PROBE_PAYLOAD`] bytes, or it is malformed).
+pub fn probe(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + payload.len());
+    out.push(PROBE);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The ECHO answering a PROBE of `payload`: as long as the PROBE.
+pub fn echo(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + payload.len());
+    out.push(ECHO);
+    out.extend_from_slice(payload);
+    out
 }
 
 /// A JOIN datagram.
@@ -100,6 +125,7 @@ pub enum FromProxy<'a> {
     Welcome { nonce: [u8; NONCE_LEN], id: u64 },
     Refused { nonce: [u8; NONCE_LEN], code: &'a str },
     Data { payload: &'a [u8] },
+    Echo { payload: &'a [u8] },
 }
 
 /// Reads the proxy's datagram (the client side); `None` for anything malformed.
@@ -115,6 +141,7 @@ pub fn parse_proxy(datagram: &[u8]) -> Option<FromProxy<'_>> {
             code: std::str::from_utf8(&rest[NONCE_LEN..]).ok()?,
         }),
         DATA => Some(FromProxy::Data { payload: rest }),
+        ECHO if rest.len() <= MAX_PROBE_PAYLOAD => Some(FromProxy::Echo { payload: rest }),
         _ => None,
     }
 }
@@ -122,6 +149,30 @@ pub fn parse_proxy(datagram: &[u8]) -> Option<FromProxy<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_is_echoed_in_exactly_as_many_bytes() {
+        let p = probe(b"\x00\x00\x01\x8f-rtt");
+        assert_eq!(p, b"\x03\x00\x00\x01\x8f-rtt");
+        let Some(FromClient::Probe { payload }) = parse_client(&p) else {
+            panic!("a probe")
+        };
+        let e = echo(payload);
+        assert_eq!(e.len(), p.len());
+        assert_eq!(
+            parse_proxy(&e),
+            Some(FromProxy::Echo {
+                payload: b"\x00\x00\x01\x8f-rtt"
+            })
+        );
+        assert_eq!(parse_client(&[PROBE]), Some(FromClient::Probe { payload: b"" }));
+        assert_eq!(parse_client(&probe(&[7; MAX_PROBE_PAYLOAD])).map(|_| ()), Some(()));
+        assert_eq!(
+            parse_client(&probe(&[7; MAX_PROBE_PAYLOAD + 1])),
+            None,
+            "too long to answer"
+        );
+    }
 
     #[test]
     fn every_kind_of_datagram_reads_back_byte_for_byte() {

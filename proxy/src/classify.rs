@@ -39,6 +39,8 @@ pub enum Kind {
     /// A game connection whose first line (without terminator) is `buf[..len]`, with its
     /// `\n` at `buf[newline]`.
     Join { newline: usize },
+    /// A latency probe whose first `PING` line ends with the `\n` at `buf[newline]`.
+    Ping { newline: usize },
     /// Neither.
     Garbage,
     /// A PROXY protocol header: a client pretending to be a proxy.
@@ -69,6 +71,7 @@ fn undecided(buf: &[u8]) -> bool {
     };
     METHODS.iter().any(|m| prefix_of(m, false))
         || prefix_of(JOIN, true)
+        || prefix_of(protocol::probe::PING, false)
         || prefix_of(TLS_RECORD, false)
         || protocol::proxy_header::looks_like_header(buf)
 }
@@ -83,6 +86,14 @@ pub fn decide(buf: &[u8]) -> Option<Kind> {
         return match buf[..limit].iter().position(|&b| b == b'\n') {
             Some(newline) => Some(Kind::Join { newline }),
             None if buf.len() > protocol::MAX_LINE_BYTES + 1 => Some(Kind::TooLong),
+            None => None,
+        };
+    }
+    if buf.starts_with(protocol::probe::PING) {
+        let limit = buf.len().min(protocol::probe::MAX_LINE);
+        return match buf[..limit].iter().position(|&b| b == b'\n') {
+            Some(newline) => Some(Kind::Ping { newline }),
+            None if buf.len() >= protocol::probe::MAX_LINE => Some(Kind::Garbage),
             None => None,
         };
     }
@@ -186,6 +197,13 @@ mod tests {
         assert_eq!(decide(b"\x16"), None);
         assert_eq!(decide(b"\x16\x04"), Some(Kind::Garbage));
         assert_eq!(decide(b"GET_STATE\n"), Some(Kind::Garbage));
+        assert_eq!(decide(b"PIN"), None);
+        assert_eq!(decide(b"PING 123"), None);
+        assert_eq!(decide(b"PING 123\nPING 4"), Some(Kind::Ping { newline: 8 }));
+        assert_eq!(
+            decide(&[b"PING ".as_slice(), &[b'1'; 80]].concat()),
+            Some(Kind::Garbage)
+        );
         let mut long = b"JOIN ".to_vec();
         long.extend(std::iter::repeat_n(b'x', protocol::MAX_LINE_BYTES));
         assert_eq!(decide(&long), Some(Kind::TooLong));

@@ -15,6 +15,7 @@ mod http;
 mod limits;
 mod metrics;
 mod play;
+mod probe;
 mod tls;
 mod udp;
 mod upstream;
@@ -312,6 +313,10 @@ async fn connection<C: game::Client>(
         Kind::Join { newline } => {
             let _open = ctx.metrics.open(ConnKind::Game);
             game::route(stream, buf, newline, &ctx, hard).await;
+        }
+        Kind::Ping { newline } => {
+            ctx.metrics.route(Route::Probe);
+            probe::answer(stream, buf, newline, ctx.settings.first_line_timeout).await;
         }
         Kind::Garbage => {
             ctx.metrics.route(Route::BadRequest);

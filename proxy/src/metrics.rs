@@ -125,11 +125,13 @@ pub(crate) enum Route {
     /// A valid ticket of a player no longer on its session's roster (released, its place
     /// given to backfill).
     NotInRoster,
+    /// A latency probe (`PING` lines), answered.
+    Probe,
 }
 
 impl Route {
     /// Every outcome, each counted from 0.
-    pub(crate) const ALL: [Route; 15] = [
+    pub(crate) const ALL: [Route; 16] = [
         Route::Routed,
         Route::BadRequest,
         Route::BadTicket,
@@ -145,6 +147,7 @@ impl Route {
         Route::ProxyHeader,
         Route::TlsOnPlainPort,
         Route::NotInRoster,
+        Route::Probe,
     ];
 
     fn label(self) -> &'static str {
@@ -164,6 +167,7 @@ impl Route {
             Route::ProxyHeader => "proxy_header",
             Route::TlsOnPlainPort => "tls_on_plain_port",
             Route::NotInRoster => "not_in_roster",
+            Route::Probe => "probe",
         }
     }
 }
@@ -181,10 +185,12 @@ pub(crate) enum UdpOutcome {
     RateLimited,
     JoinRateLimited,
     SendFailed,
+    ProbeAnswered,
+    ProbeRateLimited,
 }
 
 impl UdpOutcome {
-    pub(crate) const ALL: [UdpOutcome; 9] = [
+    pub(crate) const ALL: [UdpOutcome; 11] = [
         UdpOutcome::ToServer,
         UdpOutcome::ToClient,
         UdpOutcome::Welcomed,
@@ -194,6 +200,8 @@ impl UdpOutcome {
         UdpOutcome::RateLimited,
         UdpOutcome::JoinRateLimited,
         UdpOutcome::SendFailed,
+        UdpOutcome::ProbeAnswered,
+        UdpOutcome::ProbeRateLimited,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -207,6 +215,8 @@ impl UdpOutcome {
             UdpOutcome::RateLimited => "rate_limited",
             UdpOutcome::JoinRateLimited => "join_rate_limited",
             UdpOutcome::SendFailed => "send_failed",
+            UdpOutcome::ProbeAnswered => "probe_answered",
+            UdpOutcome::ProbeRateLimited => "probe_rate_limited",
         }
     }
 }

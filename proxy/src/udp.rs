@@ -59,7 +59,13 @@ pub(crate) struct Relay {
     started: Instant,
     idle: Duration,
     rate: f64,
+    /// Latency probes answered, at most [`PROBES_PER_SECOND`] over every source together.
+    probes: Mutex<TokenBucket>,
 }
+
+/// Latency probes answered a second, at most, from all sources together: a probe's answer is
+/// no larger than the probe, and this bounds what a spoofed source can have sent anywhere.
+const PROBES_PER_SECOND: f64 = 1000.0;
 
 /// The public socket's buffers each way (the kernel caps them at `net.core.rmem_max` and
 /// `wmem_max`): a burst from many clients waits here rather than being dropped.
@@ -80,6 +86,7 @@ impl Relay {
             started: Instant::now(),
             idle,
             rate,
+            probes: Mutex::new(TokenBucket::full(PROBES_PER_SECOND)),
         })
     }
 
@@ -131,6 +138,20 @@ pub(crate) async fn serve(ctx: Arc<Context>, relay: Arc<Relay>, stop: Cancellati
         let metrics = &ctx.metrics.udp;
         match udp::parse_client(&buf[..n]) {
             None => metrics.count(Outcome::Malformed),
+            // A latency probe: its bytes back, no more than it sent.
+            Some(FromClient::Probe { payload }) => {
+                if !relay
+                    .probes
+                    .lock()
+                    .unwrap()
+                    .take(1.0, PROBES_PER_SECOND, PROBES_PER_SECOND)
+                {
+                    metrics.count(Outcome::ProbeRateLimited);
+                    continue;
+                }
+                let _ = relay.socket.try_send_to(&udp::echo(payload), from);
+                metrics.count(Outcome::ProbeAnswered);
+            }
             Some(FromClient::Data { id, payload }) => {
                 let Some(flow) = relay.flow(id) else {
                     metrics.count(Outcome::UnknownFlow);

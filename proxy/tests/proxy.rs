@@ -1634,3 +1634,104 @@ async fn a_slow_or_idle_head_is_cut_but_a_slow_answer_is_not() {
     tokio::join!(answered, trickled, idle);
     proxy.stop().await;
 }
+
+/// The latency probe on the public port: `PING` lines over TCP answered `PONG` in as many
+/// bytes, several on one connection, and anything else closes it; a UDP PROBE answered by an
+/// ECHO exactly as long, and an oversized or malformed one by nothing at all. Both are counted.
+#[tokio::test]
+async fn the_latency_probe_answers_tcp_and_udp_in_no_more_bytes_than_asked() {
+    let proxy = Proxy::start("http://127.0.0.1:9", &[]).await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    for token in ["1733580000123", "second", "third:with-dashes"] {
+        let ping = protocol::probe::ping(token);
+        tcp.write_all(ping.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; ping.len()];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, format!("PONG {token}\n").as_bytes());
+    }
+    // Anything else ends the probe: the connection closes with no answer.
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    // A bad probe line gets no answer: the connection closes.
+    let mut bad = TcpStream::connect(proxy.addr).await.unwrap();
+    bad.write_all(b"PING a b\n").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), bad.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, "");
+
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.connect(proxy.addr).await.unwrap();
+    let probe = protocol::udp::probe(b"\x00\x01rtt-0");
+    udp.send(&probe).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), udp.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, probe.len(), "the echo is exactly as long as the probe");
+    assert_eq!(
+        protocol::udp::parse_proxy(&buf[..n]),
+        Some(protocol::udp::FromProxy::Echo {
+            payload: b"\x00\x01rtt-0"
+        })
+    );
+    // Too long to be a probe: dropped, nothing answered (the next probe's echo comes first).
+    udp.send(&protocol::udp::probe(&[b'x'; protocol::udp::MAX_PROBE_PAYLOAD + 1]))
+        .await
+        .unwrap();
+    udp.send(&protocol::udp::probe(b"after")).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), udp.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"\x83after");
+
+    let (_, _, metrics) = http(proxy.addr, "GET", "/metrics", &[], Vec::new()).await;
+    let metrics = metrics.as_str().unwrap();
+    assert_eq!(counter(metrics, "mp_proxy_routes_total", "probe"), 2, "{metrics}");
+    assert_eq!(counter(metrics, "mp_proxy_udp_datagrams_total", "probe_answered"), 2);
+    assert_eq!(counter(metrics, "mp_proxy_udp_datagrams_total", "malformed"), 1);
+    proxy.stop().await;
+}
+
+/// A flood of UDP probes (from a spoofed source, say) is answered at most at the proxy's
+/// probe rate over every source together; the rest are dropped and counted.
+#[tokio::test]
+async fn a_flood_of_udp_probes_is_answered_only_up_to_the_probe_rate() {
+    let proxy = Proxy::start("http://127.0.0.1:9", &[]).await;
+    // Serving (its UDP socket bound with its TCP one) once it answers.
+    let (status, _, _) = http(proxy.addr, "GET", "/livez", &[], Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    udp.connect(proxy.addr).await.unwrap();
+    let probe = protocol::udp::probe(b"flood");
+    let sent = 3000u64;
+    for _ in 0..sent {
+        udp.send(&probe).await.unwrap();
+    }
+    let (mut answered, mut limited) = (0, 0);
+    for _ in 0..100 {
+        let (_, _, metrics) = http(proxy.addr, "GET", "/metrics", &[], Vec::new()).await;
+        let metrics = metrics.as_str().unwrap().to_owned();
+        answered = counter(&metrics, "mp_proxy_udp_datagrams_total", "probe_answered");
+        limited = counter(&metrics, "mp_proxy_udp_datagrams_total", "probe_rate_limited");
+        if answered + limited == sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered + limited, sent, "every probe was read");
+    assert!(limited > 0 && answered < sent, "answered {answered}, dropped {limited}");
+    proxy.stop().await;
+}
