@@ -708,3 +708,65 @@ export class GameConnection {
     this.resolveClosed(info);
   }
 }
+
+export interface LatencyOptions {
+  /** Round trips timed per proxy; the median counts (1 to 20; default 5). */
+  count?: number;
+  /** How long one request may take, in milliseconds (default 2000). */
+  timeoutMs?: number;
+  /** The `fetch` to use (default: the platform's). */
+  fetch?: typeof fetch;
+  /** The clock, in milliseconds (default `performance.now`). */
+  now?: () => number;
+}
+
+/**
+ * The latency map a join carries (`attributes.latency_ms`): for each region, the median round
+ * trip in milliseconds to its proxy (`proxies`: region name → the proxy's base URL, such as
+ * `https://eu.play.example`). A browser cannot send the proxies' TCP or UDP probe, so this
+ * times `GET /livez` (answered by the proxy itself) on a connection a first request opened:
+ * one round trip each. A region none of whose requests is answered in time is left out, as a
+ * region the player cannot reach.
+ */
+export async function measureLatency(
+  proxies: Record<string, string>,
+  options: LatencyOptions = {},
+): Promise<Record<string, number>> {
+  const f = (options.fetch ?? globalThis.fetch)?.bind(globalThis);
+  if (!f) throw new TypeError("no fetch: pass one in the options");
+  const now = options.now ?? (() => performance.now());
+  const count = Math.min(20, Math.max(1, Math.floor(options.count ?? 5)));
+  const timeoutMs = Math.max(1, options.timeoutMs ?? 2000);
+  const once = async (url: string): Promise<number | undefined> => {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    const began = now();
+    try {
+      // Cross-origin proxies answer opaquely (`no-cors`): only the time counts.
+      const response = await f(url, { cache: "no-store", mode: "no-cors", signal: controller.signal });
+      await response.arrayBuffer().catch(() => undefined);
+      return now() - began;
+    } catch {
+      return undefined;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  // One region at a time: requests to one proxy never wait behind another's on the player's
+  // own link.
+  const map: Record<string, number> = {};
+  for (const [region, base] of Object.entries(proxies)) {
+    const url = `${base.replace(/\/+$/, "")}/livez`;
+    // The first request opens the connection (and TLS): not a round trip of its own.
+    if ((await once(url)) === undefined) continue;
+    const trips: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const trip = await once(url);
+      if (trip !== undefined) trips.push(trip);
+    }
+    if (trips.length === 0) continue;
+    trips.sort((a, b) => a - b);
+    map[region] = Math.round(trips[Math.floor(trips.length / 2)]! * 1000) / 1000;
+  }
+  return map;
+}

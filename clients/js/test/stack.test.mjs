@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { Client, MatchplaneError } from "../dist/index.js";
+import { Client, MatchplaneError, measureLatency } from "../dist/index.js";
 
 const api = process.env.MP_API_URL;
 const size = Number(process.env.MP_SESSION_SIZE ?? 3);
@@ -157,4 +157,11 @@ test("a forged or another session's ticket is refused with the proxy's close cod
     const info = await c.quit();
     assert.equal(info.error, undefined);
   }
+});
+
+test("the latency map holds the real proxy and leaves out one that is not there", { skip }, async () => {
+  const proxy = api.replace(/\/api\/?$/, "");
+  const map = await measureLatency({ here: proxy, gone: "https://127.0.0.1:1" }, { count: 3, timeoutMs: 2000 });
+  assert.deepEqual(Object.keys(map), ["here"]);
+  assert.ok(map.here > 0 && map.here < 2000, `${map.here} ms`);
 });

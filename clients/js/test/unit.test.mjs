@@ -138,3 +138,23 @@ test("a connection lost mid-match fails what waits and says so", async () => {
   assert.equal(info.code, 1006);
   assert.equal(info.error.code, "connection_lost");
 });
+
+test("measureLatency gives each region its median round trip and leaves out one that never answers", async () => {
+  const { measureLatency } = await import("../dist/index.js");
+  let clock = 0;
+  const trips = { "https://eu.example/livez": [50, 10, 30, 20, 40, 15], "https://us.example/livez": [90, 80, 70, 85, 75, 95] };
+  const seen = [];
+  const fakeFetch = async (url, init) => {
+    seen.push([url, init.mode, init.cache]);
+    if (url.startsWith("https://gone")) throw new TypeError("fetch failed");
+    clock += trips[url].shift();
+    return { arrayBuffer: async () => new ArrayBuffer(0) };
+  };
+  const map = await measureLatency(
+    { eu: "https://eu.example/", us: "https://us.example", gone: "https://gone.example" },
+    { fetch: fakeFetch, now: () => clock, count: 5 },
+  );
+  // The first request of each (50 and 90) opens the connection and does not count.
+  assert.deepEqual(map, { eu: 20, us: 80 });
+  assert.ok(seen.every(([, mode, cache]) => mode === "no-cors" && cache === "no-store"));
+});
