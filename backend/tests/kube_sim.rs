@@ -1045,9 +1045,8 @@ async fn a_server_profile_runs_in_a_pod_and_its_players_reach_it_through_the_pro
     let sim = sim(0).await;
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
-    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
-    std::fs::write(
-        &file,
+    let file = queue_file(
+        &prefix,
         r#"
 servers:
   bzflag:
@@ -1059,8 +1058,7 @@ servers:
 queues:
   - {name: bzflag, session_size: 2, server: bzflag}
 "#,
-    )
-    .unwrap();
+    );
     let backend = replica(&sim, &prefix, &db, "r1", |s| s.matchmaking_config(&file)).await;
     let (proxy, _stop) = common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
     let statuses = common::matched_in(&backend.http, "bzflag", &["tank-a", "tank-b"]).await;
@@ -1146,9 +1144,8 @@ async fn a_udp_only_server_in_a_pod_is_ready_when_the_sdk_says_so() {
     let sim = sim(0).await;
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
-    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
-    std::fs::write(
-        &file,
+    let file = queue_file(
+        &prefix,
         r#"
 servers:
   udp-sdk:
@@ -1160,8 +1157,7 @@ servers:
 queues:
   - {name: udp, session_size: 1, server: udp-sdk}
 "#,
-    )
-    .unwrap();
+    );
     let backend = replica(&sim, &prefix, &db, "r1", |s| s.matchmaking_config(&file)).await;
     let (proxy, _stop) = common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
     let status = common::matched_in(&backend.http, "udp", &["ufo"]).await.remove(0);
@@ -1219,13 +1215,11 @@ queues:
 /// proxy and completes with the server's report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profiles_warm_pods_take_their_sessions_through_the_sdk() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let sim = sim(0).await;
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
-    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
-    std::fs::write(
-        &file,
+    let file = queue_file(
+        &prefix,
         r#"
 servers:
   warm-sdk:
@@ -1239,8 +1233,7 @@ servers:
 queues:
   - {name: warm, session_size: 1, server: warm-sdk}
 "#,
-    )
-    .unwrap();
+    );
     let backend = replica(&sim, &prefix, &db, "r1", |s| s.matchmaking_config(&file)).await;
     let (proxy, _stop) = common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
     let pool = || async {
@@ -1278,17 +1271,7 @@ queues:
     );
     assert_eq!(labels.get("matchplane.io/session"), Some(&sid));
 
-    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let ticket = status["ticket"].as_str().unwrap();
-    stream.write_all(format!("JOIN {ticket}\n").as_bytes()).await.unwrap();
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(stream);
-    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(line.trim_end(), "WELCOME wes");
-    drop(reader);
+    drop(welcomed(proxy, &status, "wes").await);
     assert_eq!(ended(&backend, "wes", Duration::from_secs(30)).await, "completed");
     assert_eq!(pool().await["handed"], 1);
     backend.stop().await;
@@ -1476,9 +1459,8 @@ async fn two_versions_of_a_profile_run_side_by_side_as_pods_of_their_images() {
     let sim = sim(0).await;
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
-    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
-    std::fs::write(
-        &file,
+    let file = queue_file(
+        &prefix,
         r#"
 servers:
   udp-sdk:
@@ -1493,8 +1475,7 @@ servers:
 queues:
   - {name: udp, session_size: 1, server: udp-sdk}
 "#,
-    )
-    .unwrap();
+    );
     let backend = replica(&sim, &prefix, &db, "r1", |s| {
         s.matchmaking_config(&file).shutdown_grace_seconds(1.0)
     })
@@ -1558,13 +1539,11 @@ fn idle_warm_pods(sim: &Sim, profile: Option<&str>, version: &str) -> Vec<String
 /// ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_version_keeps_warm_pods_of_its_image_and_a_drain_survives_a_replica_restart() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let sim = sim(0).await;
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
-    let file = std::env::temp_dir().join(format!("profiles-{prefix}.yaml"));
-    std::fs::write(
-        &file,
+    let file = queue_file(
+        &prefix,
         r#"
 servers:
   canary:
@@ -1581,8 +1560,7 @@ servers:
 queues:
   - {name: duel, session_size: 1, server: canary}
 "#,
-    )
-    .unwrap();
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let settings = |instance: &str| {
@@ -1645,16 +1623,7 @@ queues:
     let labels = sim.cluster.get(&key).unwrap().metadata.labels.unwrap();
     assert_eq!(labels.get("matchplane.io/version").map(String::as_str), Some("1"));
     let (proxy, _stop) = common::start_proxy(addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
-    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let ticket = status["ticket"].as_str().unwrap();
-    stream.write_all(format!("JOIN {ticket}\n").as_bytes()).await.unwrap();
-    let mut reader = tokio::io::BufReader::new(stream);
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(line.trim_end(), "WELCOME old");
+    let reader = welcomed(proxy, &status, "old").await;
 
     // The rollout: version 2 takes every new session, and version 1 drains.
     let put = serde_json::json!({"weights": {"1": 0, "2": 1}});
@@ -1739,9 +1708,8 @@ queues:
 async fn the_built_in_servers_versions_keep_warm_pods_of_their_own_images() {
     let sim = sim(0).await;
     let prefix = common::unique_prefix();
-    let file = std::env::temp_dir().join(format!("builtin-versions-{prefix}.yaml"));
-    std::fs::write(
-        &file,
+    let file = queue_file(
+        &prefix,
         r#"
 servers:
   game-server:
@@ -1751,8 +1719,7 @@ servers:
 queues:
   - {name: casual, session_size: 2}
 "#,
-    )
-    .unwrap();
+    );
     let db = common::fresh_database().await;
     let backend = replica(&sim, &prefix, &db, "r1", |s| {
         s.warm_pool(1, 1).shutdown_grace_seconds(1.0).matchmaking_config(&file)
@@ -1812,4 +1779,32 @@ queues:
     .await;
     backend.stop().await;
     let _ = std::fs::remove_file(&file);
+}
+
+/// A queue file of `yaml` for the test with `prefix`.
+fn queue_file(prefix: &str, yaml: &str) -> PathBuf {
+    let file = std::env::temp_dir().join(format!("queues-{prefix}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+/// A game connection through `proxy` with the ticket of `status` (the matched status of
+/// `player`), once the server has said `WELCOME <player>` on it; it stays open while kept.
+async fn welcomed(
+    proxy: SocketAddr,
+    status: &serde_json::Value,
+    player: &str,
+) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let ticket = status["ticket"].as_str().unwrap();
+    stream.write_all(format!("JOIN {ticket}\n").as_bytes()).await.unwrap();
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line.trim_end(), format!("WELCOME {player}"));
+    reader
 }
