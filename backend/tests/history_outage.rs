@@ -184,6 +184,11 @@ queues:
     let (_, view) = http.get(&format!("/sessions/{sid}")).await;
     assert_eq!(view["end_reason"], "completed", "{view}");
 
+    // Its players must be player ids (the row gets one for each).
+    let mut bad = report.clone();
+    bad["players"][0]["player_id"] = "not a player!".into();
+    let (status, body) = http.post_as(&bearer, &path, bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     // A token whose session is no session id: unknown, as before.
     let odd = secret.mint(&Claims::report("not-a-uuid", protocol::ticket::unix_now(), 600));
     let mut body = report.clone();

@@ -24,6 +24,9 @@ use tokio::time::Instant;
 use super::error::{ApiError, ApiResult};
 use super::{ApiJson, AppState};
 
+/// Players a report for a session Redis no longer knows may name, at most.
+const MAX_REPORTED_PLAYERS: usize = 1000;
+
 /// Reasons a game server may report; the others are the backend's to give.
 fn reportable(reason: EndReason) -> bool {
     matches!(
@@ -183,6 +186,20 @@ pub(super) async fn result_report(
                     format!("no session {session_id}"),
                 ));
             };
+            // With no roster left to hold them to, the report's players become the row's: each
+            // must be a player id, and a session holds no more than the largest queue allows.
+            if let Some(bad) = report
+                .players
+                .iter()
+                .find(|p| !protocol::player::is_valid_player_id(&p.player_id))
+            {
+                return Err(ApiError::Invalid(format!("{:?} is no player id", bad.player_id)));
+            }
+            if report.players.len() > MAX_REPORTED_PLAYERS {
+                return Err(ApiError::Invalid(format!(
+                    "a report names at most {MAX_REPORTED_PLAYERS} players"
+                )));
+            }
             state.history.end_from_report(sid, &report).await?;
             tracing::warn!(session = %session_id, reason = %report.end_reason, "a result report for a session Redis no longer knows: written to the history from the report");
             Recorded::History
