@@ -158,7 +158,15 @@ impl App {
         let warm = Arc::new(runtime::warm::WarmState::new(settings.runtime.warm_bounds()));
         metrics.registry.register(|registry| warm.register(registry));
         let internal = internal_url(&settings, bound);
-        let runtime = runtime::build(&settings.runtime, &settings.secret, warm, &settings.profiles, &internal).await?;
+        let runtime = runtime::build(
+            &settings.runtime,
+            &settings.secret,
+            warm,
+            &settings.profiles,
+            &internal,
+            settings.regions.as_deref().map(Vec::as_slice),
+        )
+        .await?;
 
         let phases = Phases::new();
         let matchmaking = Matchmaking::new(

@@ -135,6 +135,25 @@ pub struct Settings {
     /// How long an open history row's session may be unknown to Redis before it is `lost`.
     pub(crate) lost_grace: Duration,
     pub(crate) runtime: RuntimeSettings,
+    /// The regions (`REGIONS`); `None`: one region, the public address above.
+    pub(crate) regions: Option<Arc<Vec<crate::runtime::regions::Region>>>,
+}
+
+impl Settings {
+    /// Where the players of a session in `region` reach its server: that region's proxy with
+    /// `REGIONS` (the first region's for a session without one, or of a region no longer
+    /// listed), the public address otherwise. Host, port, TLS.
+    pub(crate) fn proxy_of(&self, region: Option<&str>) -> (&str, u16, bool) {
+        match self.regions.as_deref() {
+            Some(regions) if !regions.is_empty() => {
+                let r = region
+                    .and_then(|name| regions.iter().find(|r| r.name == name))
+                    .unwrap_or(&regions[0]);
+                (&r.proxy_host, r.proxy_port, r.tls)
+            }
+            _ => (&self.public_host, self.public_port, self.public_tls),
+        }
+    }
 }
 
 impl Config {
@@ -180,6 +199,7 @@ impl Config {
             .runtime
             .validate(self.log.log_format, core.backend_internal_url.as_deref())?;
         let (queues, profiles) = self.queues_and_profiles(rules, &runtime)?;
+        let regions = self.regions(&runtime, &profiles)?;
         Ok(Settings {
             redis: core.redis.validate()?,
             database_url: history.database_url,
@@ -204,7 +224,58 @@ impl Config {
             shutdown_delay: seconds("SHUTDOWN_DELAY_SECONDS", core.shutdown_delay_seconds)?,
             lost_grace: history.lost_grace,
             runtime,
+            regions,
         })
+    }
+
+    /// The `REGIONS` file, checked as a whole (every mistake one line, each naming the file),
+    /// each region's target of the runtime's kind.
+    fn regions(
+        &self,
+        runtime: &RuntimeSettings,
+        profiles: &crate::runtime::profiles::Profiles,
+    ) -> Result<Option<Arc<Vec<crate::runtime::regions::Region>>>, String> {
+        use crate::runtime::regions::{RegionTarget, parse};
+        let Some(path) = &self.runtime.regions else {
+            return Ok(None);
+        };
+        let shown = path.display();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("REGIONS {shown}: cannot read it: {e}"))?;
+        let mut mistakes = Vec::new();
+        let regions = parse(&text).unwrap_or_else(|m| {
+            mistakes = m;
+            Vec::new()
+        });
+        for region in &regions {
+            let fits = matches!(
+                (&region.target, runtime),
+                (RegionTarget::Local, RuntimeSettings::Local(_))
+                    | (RegionTarget::Kubernetes { .. }, RuntimeSettings::Kubernetes(_))
+            );
+            for profile in region.profile_warm.keys() {
+                if !profiles.get(profile).is_some_and(|p| !p.builtin && p.warm.is_some()) {
+                    mistakes.push(format!(
+                        "region {:?}: warm_pools names {profile:?}, which is no server profile with a warm_pool",
+                        region.name
+                    ));
+                }
+            }
+            if !fits {
+                mistakes.push(format!(
+                    "region {:?}: its target must be of RUNTIME's kind (local with RUNTIME=local, a kubeconfig context with RUNTIME=kubernetes; none with RUNTIME=none)",
+                    region.name
+                ));
+            }
+        }
+        if mistakes.is_empty() {
+            Ok(Some(Arc::new(regions)))
+        } else {
+            Err(mistakes
+                .iter()
+                .map(|m| format!("REGIONS {shown}: {m}"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
     }
 
     /// The queues and the server profiles: from the queue file, checked as a whole (every
@@ -450,6 +521,12 @@ impl SettingsBuilder {
     /// Queues from this YAML file (`MATCHMAKING_CONFIG`).
     pub fn matchmaking_config(mut self, path: impl Into<PathBuf>) -> Self {
         self.0.matchmaking.matchmaking_config = Some(path.into());
+        self
+    }
+
+    /// `REGIONS`: the regions file at `path`.
+    pub fn regions(mut self, path: impl Into<PathBuf>) -> Self {
+        self.0.runtime.regions = Some(path.into());
         self
     }
 

@@ -43,6 +43,7 @@ fn spec(sid: &str, ready_timeout: Duration) -> ServerSpec {
         ready_timeout,
         queue: "default".into(),
         profile: std::sync::Arc::new(backend::runtime::Profile::builtin()),
+        region: None,
         sdk_ready: backend::runtime::SdkReady::never(),
     }
 }

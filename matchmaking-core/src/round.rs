@@ -142,6 +142,7 @@ pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) 
             queue: queue.name.clone(),
             teams: s.placement.teams.clone(),
             match_on,
+            region: s.placement.region.clone(),
         });
         round.placements.push(s.placement);
     }

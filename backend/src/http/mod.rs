@@ -268,18 +268,19 @@ impl AppState {
                 match record.state {
                     SessionState::Allocating => {}
                     SessionState::Matched => {
-                        response.connect_host = self.settings.public_host.clone();
-                        response.connect_port = self.settings.public_port;
-                        response.connect_tls = Some(self.settings.public_tls);
+                        // Its region's proxy (`REGIONS`), or the one public address.
+                        let (host, port, tls) = self.settings.proxy_of(response.placement.region.as_deref());
+                        response.connect_host = host.to_owned();
+                        response.connect_port = port;
+                        response.connect_tls = Some(tls);
                         if record.addr.as_deref().is_some_and(|a| !a.is_empty()) {
-                            let host = &self.settings.public_host;
                             let host = if host.contains(':') {
                                 format!("[{host}]")
                             } else {
-                                host.clone()
+                                host.to_owned()
                             };
-                            let scheme = if self.settings.public_tls { "wss" } else { "ws" };
-                            response.connect_ws = Some(format!("{scheme}://{host}:{}/play", self.settings.public_port));
+                            let scheme = if tls { "wss" } else { "ws" };
+                            response.connect_ws = Some(format!("{scheme}://{host}:{port}/play"));
                         }
                         let ttl = i64::try_from(self.settings.ticket_ttl.as_secs()).unwrap_or(600);
                         let claims = Claims::game(player, &response.session_id, protocol::ticket::unix_now(), ttl);

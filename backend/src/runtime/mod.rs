@@ -13,6 +13,7 @@ mod game_server;
 pub mod kubernetes;
 pub(crate) mod local;
 pub mod profiles;
+pub mod regions;
 pub mod settings;
 pub(crate) mod versions;
 pub(crate) mod warm;
@@ -79,6 +80,8 @@ pub struct ServerSpec {
     pub queue: String,
     /// The server to run.
     pub profile: Arc<Profile>,
+    /// The region its server runs in (`REGIONS`); `None`: the first region, or the only one.
+    pub region: Option<String>,
     /// Resolves once the server has called the SDK's ready (waited on for `ready: sdk`).
     pub sdk_ready: SdkReady,
 }
@@ -138,8 +141,15 @@ impl ServerSpec {
             ready_timeout,
             queue: matchmaking_core::queues::DEFAULT_QUEUE.to_owned(),
             profile: Arc::new(Profile::builtin()),
+            region: None,
             sdk_ready: SdkReady::never(),
         }
+    }
+
+    /// The same spec, its server in `region`.
+    pub fn in_region(mut self, region: Option<String>) -> ServerSpec {
+        self.region = region;
+        self
     }
 
     /// The same spec, waiting on `ready` for a `ready: sdk` server.
@@ -274,7 +284,33 @@ pub(crate) async fn build(
     warm: Arc<warm::WarmState>,
     profiles: &profiles::Profiles,
     internal_url: &str,
+    regions: Option<&[regions::Region]>,
 ) -> anyhow::Result<Option<Arc<dyn SessionRuntime>>> {
+    if let Some(regions) = regions {
+        let RuntimeSettings::Local(local) = settings else {
+            anyhow::bail!(
+                "REGIONS with RUNTIME={}: not built yet (local regions only)",
+                settings.name()
+            );
+        };
+        // Each region's pools add into the registered metrics.
+        let each = regions
+            .iter()
+            .map(|region| {
+                let books = Arc::new(warm.sharing_within(region.warm));
+                let runtime: Arc<dyn SessionRuntime> = Arc::new(local::LocalRuntime::new(
+                    local.clone(),
+                    secret.clone(),
+                    books,
+                    profiles,
+                    internal_url,
+                    &region.profile_warm,
+                ));
+                (region.name.clone(), runtime)
+            })
+            .collect();
+        return Ok(Some(Arc::new(regions::Regional::new(each))));
+    }
     Ok(match settings {
         RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(
             local.clone(),
@@ -282,6 +318,7 @@ pub(crate) async fn build(
             warm,
             profiles,
             internal_url,
+            &std::collections::BTreeMap::new(),
         ))),
         RuntimeSettings::Kubernetes(kubernetes) => {
             let settings::KubernetesSettings {

@@ -35,6 +35,10 @@ pub struct RuntimeArgs {
     /// follows the recent rate of sessions times the measured cold-start time.
     #[arg(long, env = "WARM_POOL_MAX")]
     pub warm_pool_max: Option<u32>,
+    /// A YAML file of regions: each a target of RUNTIME's kind, its proxy's public address and
+    /// its warm pool; sessions start in the region forming chose. Without it: one region.
+    #[arg(long, env = "REGIONS")]
+    pub regions: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub local: LocalArgs,
     #[command(flatten)]

@@ -203,10 +203,15 @@ impl WarmState {
     /// The books of another pool within the same bounds whose counts add into these books'
     /// metrics (one version of the built-in server among others).
     pub(crate) fn sharing(&self) -> WarmState {
+        self.sharing_within(self.bounds)
+    }
+
+    /// [`WarmState::sharing`] within other bounds (a region's pool).
+    pub(crate) fn sharing_within(&self, bounds: Bounds) -> WarmState {
         WarmState {
-            bounds: self.bounds,
+            bounds,
             retired: Retired::never(),
-            demand: Mutex::new(Demand::new(self.bounds)),
+            demand: Mutex::new(Demand::new(bounds)),
             servers: self.servers.clone(),
             target: self.target.clone(),
             handed: self.handed.clone(),

@@ -177,6 +177,7 @@ async fn supervise(inner: &Inner, formed: &FormedSession, supervision: &super::S
             .profiles
             .pick_for(&formed.queue, formed.match_on.get(CLIENT_VERSION).map(String::as_str)),
     )
+    .in_region(formed.region.clone())
     .with_sdk_ready(sessions.sdk_ready(sid));
     let profile = spec.profile.clone();
     let started = Instant::now();

@@ -155,6 +155,9 @@ pub struct FormedSession {
     /// Its queue's `match_on` values, which all its tickets share (empty for queues without).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub match_on: std::collections::BTreeMap<String, String>,
+    /// The region chosen from its players' latency maps (a queue with `latency` rules).
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 pub(crate) fn default_queue() -> String {

@@ -105,6 +105,7 @@ impl LocalRuntime {
         warm: Arc<WarmState>,
         profiles: &Profiles,
         internal_url: &str,
+        profile_warm: &std::collections::BTreeMap<String, super::warm::Bounds>,
     ) -> Self {
         if settings.keeper.is_none() {
             tracing::warn!(
@@ -113,7 +114,9 @@ impl LocalRuntime {
         }
         let mut profile_pools = HashMap::new();
         for profile in profiles.iter().filter(|p| !p.builtin) {
-            let Some(bounds) = profile.warm.filter(|b| b.enabled()) else {
+            // A region's own bounds for the profile's pool (`REGIONS`), else the profile's.
+            let bounds = profile_warm.get(&profile.name).copied().or(profile.warm);
+            let Some(bounds) = bounds.filter(|b| b.enabled() && profile.warm.is_some()) else {
                 continue;
             };
             // A profile with versions keeps warm servers of each version (each runs its own
