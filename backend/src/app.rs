@@ -157,6 +157,9 @@ impl App {
         // The warm pool's books (and metrics) exist with or without a pool.
         let warm = Arc::new(runtime::warm::WarmState::new(settings.runtime.warm_bounds()));
         metrics.registry.register(|registry| warm.register(registry));
+        if let Some(regions) = &settings.regions {
+            metrics.registry.register(|registry| regions.board.register(registry));
+        }
         let internal = internal_url(&settings, bound);
         let runtime = runtime::build(
             &settings.runtime,
@@ -164,7 +167,7 @@ impl App {
             warm,
             &settings.profiles,
             &internal,
-            settings.regions.as_deref().map(Vec::as_slice),
+            settings.regions.clone(),
         )
         .await?;
 
@@ -175,6 +178,7 @@ impl App {
             metrics.matchmaking.clone(),
             &settings.instance_id,
             phases.joins.clone(),
+            settings.regions.clone(),
         );
         let sessions = Sessions::new(store, metrics.sessions.clone(), &settings.instance_id);
         let janitor = Janitor {

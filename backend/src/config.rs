@@ -136,22 +136,18 @@ pub struct Settings {
     pub(crate) lost_grace: Duration,
     pub(crate) runtime: RuntimeSettings,
     /// The regions (`REGIONS`); `None`: one region, the public address above.
-    pub(crate) regions: Option<Arc<Vec<crate::runtime::regions::Region>>>,
+    pub(crate) regions: Option<Arc<crate::runtime::regions::Regions>>,
 }
 
 impl Settings {
     /// Where the players of a session in `region` reach its server: that region's proxy with
-    /// `REGIONS` (the first region's for a session without one, or of a region no longer
-    /// listed), the public address otherwise. Host, port, TLS.
+    /// `REGIONS` (for a session without one, or of a region no longer listed, the proxy of the
+    /// first region up, where its server started), the public address otherwise. Host, port,
+    /// TLS.
     pub(crate) fn proxy_of(&self, region: Option<&str>) -> (&str, u16, bool) {
-        match self.regions.as_deref() {
-            Some(regions) if !regions.is_empty() => {
-                let r = region
-                    .and_then(|name| regions.iter().find(|r| r.name == name))
-                    .unwrap_or(&regions[0]);
-                (&r.proxy_host, r.proxy_port, r.tls)
-            }
-            _ => (&self.public_host, self.public_port, self.public_tls),
+        match self.regions.as_deref().and_then(|regions| regions.of(region)) {
+            Some(r) => (&r.proxy_host, r.proxy_port, r.tls),
+            None => (&self.public_host, self.public_port, self.public_tls),
         }
     }
 }
@@ -234,8 +230,8 @@ impl Config {
         &self,
         runtime: &RuntimeSettings,
         profiles: &crate::runtime::profiles::Profiles,
-    ) -> Result<Option<Arc<Vec<crate::runtime::regions::Region>>>, String> {
-        use crate::runtime::regions::{RegionTarget, parse};
+    ) -> Result<Option<Arc<crate::runtime::regions::Regions>>, String> {
+        use crate::runtime::regions::{RegionTarget, Regions, parse};
         let Some(path) = &self.runtime.regions else {
             return Ok(None);
         };
@@ -267,8 +263,12 @@ impl Config {
                 ));
             }
         }
+        let thresholds = crate::runtime::region_health::Thresholds {
+            down_after: Duration::from_secs(u64::from(self.runtime.region_down_after_seconds.max(1))),
+            up_after: Duration::from_secs(u64::from(self.runtime.region_up_after_seconds.max(1))),
+        };
         if mistakes.is_empty() {
-            Ok(Some(Arc::new(regions)))
+            Ok(Some(Arc::new(Regions::new(regions, thresholds))))
         } else {
             Err(mistakes
                 .iter()
@@ -527,6 +527,14 @@ impl SettingsBuilder {
     /// `REGIONS`: the regions file at `path`.
     pub fn regions(mut self, path: impl Into<PathBuf>) -> Self {
         self.0.runtime.regions = Some(path.into());
+        self
+    }
+
+    /// How long a region's target may not answer before it is down, and how long it must
+    /// answer to come back (`REGION_DOWN_AFTER_SECONDS`, `REGION_UP_AFTER_SECONDS`).
+    pub fn region_thresholds(mut self, down_after_seconds: u32, up_after_seconds: u32) -> Self {
+        self.0.runtime.region_down_after_seconds = down_after_seconds;
+        self.0.runtime.region_up_after_seconds = up_after_seconds;
         self
     }
 

@@ -1808,3 +1808,160 @@ async fn welcomed(
     assert_eq!(line.trim_end(), format!("WELCOME {player}"));
     reader
 }
+
+/// Three kube-sim clusters as three regions (`REGIONS`), each its own kubeconfig context. The
+/// first region's API server goes silent (its cluster lost): within the region's down threshold
+/// it is down (`/health`, `mp_region_up`), the session running there ends `failed` and its
+/// players, requeued at the head, play their match in the next region every latency allows
+/// (never in the one beyond their window). Once its API answers again for the up threshold it
+/// takes sessions again, and the Pod of the session it lost is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_lost_fails_over_to_the_next_and_comes_back_by_itself() {
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let sims = [sim(0).await, sim(0).await, sim(0).await];
+    // The first cluster's API is reached through a relay that can go silent.
+    let relay = testkit::Relay::start(sims[0].addr).await;
+    let dir = std::env::temp_dir().join(format!("regions-{prefix}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut regions = String::from("regions:\n");
+    for (i, name) in ["near", "next", "far"].iter().enumerate() {
+        let api = if i == 0 { relay.addr() } else { sims[i].addr };
+        let kubeconfig = dir.join(format!("{name}.yaml"));
+        std::fs::write(&kubeconfig, kube_sim::kubeconfig(api, NS)).unwrap();
+        regions += &format!(
+            "  - {{name: {name}, proxy: '{name}.play.example:7777', target: {{context: kube-sim, kubeconfig: '{}'}}}}\n",
+            kubeconfig.display()
+        );
+    }
+    let regions_file = dir.join("regions.yaml");
+    std::fs::write(&regions_file, regions).unwrap();
+    let queues = queue_file(
+        &prefix,
+        "queues:
+  - name: ranked
+    session_size: 2
+    latency: {attribute: latency_ms, max_ms: 60}
+",
+    );
+    let backend = replica(&sims[0], &prefix, &db, "regions", |s| {
+        s.matchmaking_config(&queues)
+            .regions(&regions_file)
+            .region_thresholds(2, 3)
+            .kube_api_timeout_seconds(1.0)
+            .server_ready_timeout_seconds(10.0)
+    })
+    .await;
+    let http = &backend.http;
+    let join = |player: String| async move {
+        let body = serde_json::json!({"player_id": player, "queue": "ranked",
+            "attributes": {"latency_ms": {"near": 10, "next": 40, "far": 90}}});
+        let (status, answer) = http.post("/match/join", body).await;
+        assert!(status.is_success(), "{answer}");
+    };
+    let matched_in = |player: String, not: Option<String>| async move {
+        eventually(Duration::from_secs(60), || async {
+            let status = http.status(&player, 2.0).await;
+            (status["status"] == "matched" && status["session_id"].as_str() != not.as_deref()).then_some(status)
+        })
+        .await
+    };
+    let region_up = |name: &'static str| async move { http.get("/health").await.1["regions"][name]["up"].clone() };
+
+    let first = players("near", 2);
+    for p in &first {
+        join(p.clone()).await;
+    }
+    let before = [
+        matched_in(first[0].clone(), None).await,
+        matched_in(first[1].clone(), None).await,
+    ];
+    assert_eq!(before[0]["region"], "near", "{}", before[0]);
+    let lost = before[0]["session_id"].as_str().unwrap().to_owned();
+    let lost_pod = pod_of(&backend, &lost).await.1;
+    assert!(sims[0].cluster.records().iter().any(|r| r.name == lost_pod));
+    // Both play through a proxy (its Pod runs on: only its cluster's API is cut off).
+    let (proxy, _proxy_stop) =
+        common::start_proxy(backend.addr, &prefix, &["--player-rate-limit-per-second", "0"]).await;
+    let mut games = Vec::new();
+    for status in &before {
+        let mut game = GameClient::connect(&proxy.to_string()).await;
+        game.send(&format!("JOIN {}", status["ticket"].as_str().unwrap())).await;
+        assert!(matches!(game.recv().await, Some(ServerReply::Welcome { .. })));
+        games.push(game);
+    }
+
+    // The near cluster is lost.
+    relay.cut();
+    eventually(Duration::from_secs(30), || async {
+        (region_up("near").await == false).then_some(())
+    })
+    .await;
+    let (_, health) = http.get("/health").await;
+    assert!(
+        health["regions"]["near"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("has not answered"),
+        "{health}"
+    );
+    let (_, metrics) = http.request(hyper::Method::GET, "/metrics", &[], Vec::new()).await;
+    assert!(metrics.as_str().unwrap().contains("mp_region_up{region=\"near\"} 0"));
+    // Its session failed; its players were requeued and matched again, in next (far is beyond
+    // their 60 ms window).
+    let after = [
+        matched_in(first[0].clone(), Some(lost.clone())).await,
+        matched_in(first[1].clone(), Some(lost.clone())).await,
+    ];
+    assert_eq!(after[0]["session_id"], after[1]["session_id"]);
+    assert_eq!(after[0]["region"], "next", "{}", after[0]);
+    let (_, old) = http.get(&format!("/sessions/{lost}")).await;
+    assert_eq!(old["status"], "ended", "{old}");
+    assert_eq!(old["end_reason"], "failed", "{old}");
+    // The proxy closed their connections to the lost session's server, which still runs.
+    for game in &mut games {
+        let closed =
+            tokio::time::timeout(Duration::from_secs(10), async { while game.recv().await.is_some() {} }).await;
+        assert!(closed.is_ok(), "the connection stayed open");
+    }
+    let sid = after[0]["session_id"].as_str().unwrap().to_owned();
+    let (_, session) = http.get(&format!("/sessions/{sid}")).await;
+    common::play_to_the_end(session["addr"].as_str().unwrap(), &after).await;
+    let sid_pod = pod_of(&backend, &sid).await.1;
+    assert!(sims[1].cluster.records().iter().any(|r| r.name == sid_pod));
+    assert!(sims[2].cluster.records().is_empty(), "far is beyond every window");
+
+    // The near cluster answers again: after 3 s of answers, near takes sessions again, and the
+    // Pod of the session it lost is deleted.
+    relay.heal();
+    eventually(Duration::from_secs(30), || async {
+        (region_up("near").await == true).then_some(())
+    })
+    .await;
+    let again = players("near-again", 2);
+    for p in &again {
+        join(p.clone()).await;
+    }
+    let back = matched_in(again[0].clone(), None).await;
+    assert_eq!(back["region"], "near", "{back}");
+    eventually(Duration::from_secs(60), || async {
+        sims[0]
+            .cluster
+            .records()
+            .iter()
+            .any(|r| r.name == lost_pod && r.deleted_ms.is_some())
+            .then_some(())
+    })
+    .await;
+    let (_, metrics) = http.request(hyper::Method::GET, "/metrics", &[], Vec::new()).await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(
+        metrics.contains("mp_region_changes_total{region=\"near\",to=\"down\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mp_region_changes_total{region=\"near\",to=\"up\"} 1"),
+        "{metrics}"
+    );
+    backend.stop().await;
+}

@@ -423,7 +423,12 @@ async fn the_reaper_completes_the_session_of_a_profile_pod_that_exited_with_stat
     let runtime = KubernetesRuntime::new(client, template())
         .with_backoff(Duration::from_millis(10))
         .with_reap_grace(Duration::ZERO)
-        .with_profile_pools(&profiles, &secret, "http://matchplane-backend:8081");
+        .with_profile_pools(
+            &profiles,
+            &secret,
+            "http://matchplane-backend:8081",
+            &Default::default(),
+        );
     let (_, reaper) = runtime
         .tasks(Arc::new(sessions.clone()), stop.clone())
         .into_iter()

@@ -91,6 +91,26 @@ async fn each_session_runs_in_its_region_and_its_players_reach_that_regions_prox
     }
     common::play_to_the_end(&near.to_string(), &statuses).await;
     assert_eq!(pools().await["near/game-server"]["handed"], 1);
+
+    // A latency map naming no region of this deployment is refused, and changes nothing; one
+    // naming another region beside a listed one is taken (that region is never chosen).
+    let body = serde_json::json!({"player_id": "m1", "queue": "near-or-far",
+        "attributes": {"latency_ms": {"mars": 5, "venus": 9}}});
+    let (status, answer) = http.post("/match/join", body).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("names no region of this deployment (near, far)"),
+        "{answer}"
+    );
+    assert_eq!(http.status("m1", 0.0).await["status"], "unknown");
+    let body = serde_json::json!({"player_id": "m1", "queue": "near-or-far",
+        "attributes": {"latency_ms": {"mars": 1, "far": 30}}});
+    assert!(http.post("/match/join", body).await.0.is_success());
+    join(http, "m2", 50, 20).await;
+    assert_eq!(matched(http, "m1").await["region"], "far");
     backend.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

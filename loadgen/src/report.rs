@@ -80,6 +80,9 @@ pub struct ClientRecord {
     pub retries: u32,
     /// Times the client joined again because the matchmaker no longer knew it.
     pub rejoins: u32,
+    /// Times its match broke off and the matchmaker queued its ticket again (its server's
+    /// region lost): it then played its next session.
+    pub requeues: u32,
     /// Its session's queue, teams, region and quality, as its status told it.
     pub placement: Placement,
     /// The team the game server said it is on (`TEAM`).
@@ -122,6 +125,7 @@ impl ClientRecord {
             life: None,
             retries: 0,
             rejoins: 0,
+            requeues: 0,
             placement: Placement::default(),
             team_told: None,
             party: Vec::new(),
@@ -223,12 +227,19 @@ pub struct Report {
     pub retries: u64,
     /// Re-joins after the matchmaker forgot a client, over all clients.
     pub rejoins: u64,
+    /// Matches that failed under players who were requeued and played their next session
+    /// (a region lost), over all clients.
+    pub requeues: u64,
     pub latency_ms: Latencies,
     /// Backfill: players placed into running matches, how long from a slot opening to the
     /// newcomer's match running, and (churn) who left and who came back.
     pub backfill: BackfillReport,
     /// Sessions per server version (profiles with versions), as players' statuses said.
     pub sessions_per_version: BTreeMap<String, usize>,
+    /// Per region sessions were placed in (as players' statuses said): its sessions, its
+    /// players, and their time to play.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub regions: BTreeMap<String, RegionReport>,
     /// The rollout scenario: what the operator did, and what it cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSummary>,
@@ -463,6 +474,42 @@ pub struct QueueReport {
     pub join_order: Option<QualitySummary>,
 }
 
+/// What one region's players saw.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegionReport {
+    pub sessions: usize,
+    /// Players whose match ran there.
+    pub players: usize,
+    /// Their time to play (first join to the match running, a failover's wait included).
+    pub join_to_running: Summary,
+}
+
+/// Per region, the sessions, players and time to play of the players whose match ran there.
+fn per_region(records: &[ClientRecord]) -> BTreeMap<String, RegionReport> {
+    let mut regions: BTreeMap<String, (HashSet<&str>, Vec<Duration>)> = BTreeMap::new();
+    for r in records {
+        let (Some(region), Some(sid), Some(to_running)) =
+            (r.placement.region.as_ref(), r.session_id.as_deref(), r.join_to_running)
+        else {
+            continue;
+        };
+        let (sessions, times) = regions.entry(region.clone()).or_default();
+        sessions.insert(sid);
+        times.push(to_running);
+    }
+    regions
+        .into_iter()
+        .map(|(region, (sessions, times))| {
+            let report = RegionReport {
+                sessions: sessions.len(),
+                players: times.len(),
+                join_to_running: summarize(&times),
+            };
+            (region, report)
+        })
+        .collect()
+}
+
 /// What each queue's players saw, by queue name (`default` when a session names none).
 fn per_queue(records: &[ClientRecord], join_order: Option<QualitySummary>) -> BTreeMap<String, QueueReport> {
     /// One queue's matched records, its sessions' placements, its timed-out players.
@@ -618,6 +665,8 @@ impl Report {
                 per.into_iter().map(|(v, s)| (v, s.len())).collect()
             },
             rejoins: records.iter().map(|r| u64::from(r.rejoins)).sum(),
+            requeues: records.iter().map(|r| u64::from(r.requeues)).sum(),
+            regions: per_region(records),
             latency_ms: Latencies {
                 join_to_matched: summarize(&phases[0].1),
                 matched_to_connected: summarize(&phases[1].1),
@@ -712,11 +761,11 @@ impl Report {
                 );
             }
         }
-        if self.retries > 0 || self.rejoins > 0 {
+        if self.retries > 0 || self.rejoins > 0 || self.requeues > 0 {
             let _ = writeln!(
                 out,
-                "recovered: {} API calls retried after transient failures, {} re-joins after the matchmaker forgot a player",
-                self.retries, self.rejoins
+                "recovered: {} API calls retried after transient failures, {} re-joins after the matchmaker forgot a player, {} waits for a next session after a failed one",
+                self.retries, self.rejoins, self.requeues
             );
         }
         let _ = writeln!(
@@ -776,6 +825,14 @@ impl Report {
                 .map(|(v, n)| format!("{v} {n}"))
                 .collect();
             let _ = writeln!(out, "sessions per server version: {}", per.join(", "));
+        }
+        for (region, r) in &self.regions {
+            let t = &r.join_to_running;
+            let _ = writeln!(
+                out,
+                "region {region}: {} sessions, {} players; time to play (join → running) p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+                r.sessions, r.players, t.p50_ms, t.p99_ms, t.max_ms
+            );
         }
         let sizes: Vec<String> = self
             .session_sizes
@@ -1077,6 +1134,39 @@ mod tests {
         r.join_to_matched = Some(Duration::from_millis(10));
         r.life = Some(Duration::from_millis(100));
         r
+    }
+
+    #[test]
+    fn the_summary_shows_sessions_players_and_time_to_play_per_region() {
+        let mut records = vec![
+            rec("a", "s1", &["a", "b"]),
+            rec("b", "s1", &["a", "b"]),
+            rec("c", "s2", &["c", "d"]),
+            rec("d", "s2", &["c", "d"]),
+            rec("e", "s3", &["e", "f"]),
+        ];
+        for (r, (region, ms)) in
+            records
+                .iter_mut()
+                .zip([("eu", 100), ("eu", 300), ("us", 200), ("us", 220), ("asia", 900)])
+        {
+            r.placement.region = Some(region.into());
+            r.join_to_running = Some(Duration::from_millis(ms));
+        }
+        // One whose match never ran counts nowhere.
+        records[4].join_to_running = None;
+        let report = Report::build(&records, &setup(1.0));
+        assert_eq!(report.regions.keys().collect::<Vec<_>>(), ["eu", "us"]);
+        let eu = &report.regions["eu"];
+        assert_eq!((eu.sessions, eu.players), (1, 2));
+        assert_eq!((eu.join_to_running.p50_ms, eu.join_to_running.max_ms), (100.0, 300.0));
+        assert!(
+            report.render().contains(
+                "region us: 1 sessions, 2 players; time to play (join → running) p50 200 ms, p99 220 ms, max 220 ms"
+            ),
+            "{}",
+            report.render()
+        );
     }
 
     #[test]

@@ -527,12 +527,22 @@ async fn lifecycle(
     auth: Option<&str>,
     life: Instant,
 ) -> Result<(), Outcome> {
+    let mut requeued = false;
     loop {
-        match attempt(shared, record, auth, life).await {
+        match attempt(shared, record, auth, life, requeued).await {
             Err(Attempt::StartOver) if record.rejoins < MAX_REJOINS => {
                 record.rejoins += 1;
                 record.session_id = None;
+                requeued = false;
             }
+            // Its session failed and the matchmaker put its ticket back at the head of the
+            // queue (its server's region was lost): it waits for its next session.
+            Err(Attempt::Requeued) if record.requeues < MAX_REJOINS => {
+                record.requeues += 1;
+                record.session_id = None;
+                requeued = true;
+            }
+            Err(Attempt::Requeued) => return Err(Outcome::NotMatched("requeued too often".into())),
             Err(Attempt::StartOver) => return Err(Outcome::NotMatched("unknown".into())),
             Err(Attempt::Failed(outcome)) => return Err(outcome),
             Ok(()) => return Ok(()),
@@ -544,6 +554,8 @@ async fn lifecycle(
 enum Attempt {
     /// The matchmaker no longer knows the player: join again.
     StartOver,
+    /// Its match broke off and the matchmaker queued its ticket again: wait for the next one.
+    Requeued,
     Failed(Outcome),
 }
 
@@ -704,10 +716,22 @@ const CPU_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 /// How long one long poll (a join's or a status's) may wait for a match.
 const LONG_POLL_SECONDS: u32 = 25;
 
-/// One join, wait, connect and match.
-async fn attempt(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>, life: Instant) -> Result<(), Attempt> {
+/// One join (or, `requeued`, the wait of a ticket queued again), wait, connect and match.
+async fn attempt(
+    shared: &Shared,
+    record: &mut ClientRecord,
+    auth: Option<&str>,
+    life: Instant,
+    requeued: bool,
+) -> Result<(), Attempt> {
     let status_path = format!("/match/status?player_id={}&wait={LONG_POLL_SECONDS}", record.player);
-    let mut status = join(shared, record, auth).await?;
+    let mut status = if requeued {
+        call(shared, record, Method::GET, &status_path, None, auth)
+            .await
+            .map_err(|e| Outcome::StatusFailed(e.to_string()))?
+    } else {
+        join(shared, record, auth).await?
+    };
     while status.status != MatchStatus::Matched {
         match status.status {
             MatchStatus::Queued | MatchStatus::Allocating => {}
@@ -751,10 +775,18 @@ async fn attempt(shared: &Shared, record: &mut ClientRecord, auth: Option<&str>,
         Ok(()) => Ok(()),
         Err(outcome) => {
             // Ask the matchmaker, as a game client whose match broke off would: if it no longer
-            // knows the player (its state was lost), start over; otherwise that is the outcome.
+            // knows the player (its state was lost), start over; if it queued the ticket again
+            // (or already matched it into another session), wait for that; otherwise that is
+            // the outcome.
             let path = format!("/match/status?player_id={}", record.player);
             match call(shared, record, Method::GET, &path, None, auth).await {
                 Ok(now) if now.status == MatchStatus::Unknown => Err(Attempt::StartOver),
+                Ok(now)
+                    if matches!(now.status, MatchStatus::Queued | MatchStatus::Allocating)
+                        || (now.status == MatchStatus::Matched && now.session_id != status.session_id) =>
+                {
+                    Err(Attempt::Requeued)
+                }
                 _ => Err(outcome.into()),
             }
         }

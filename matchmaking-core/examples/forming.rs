@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..5 {
         let waiting = ranked.depth().await?;
         let started = Instant::now();
-        let formed = round::run(queue, &ranked, "bench", 512).await?.formed;
+        let formed = round::run(queue, &ranked, "bench", 512, None).await?.formed;
         println!(
             "Redis round {round} with {waiting} tickets waiting: {} sessions in {:.1} ms",
             formed.len(),

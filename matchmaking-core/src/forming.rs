@@ -26,7 +26,7 @@
 //! whole onto one team with room for all of it. What they take is gone before new sessions
 //! form.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
 use crate::queues::{Queue, Shape};
@@ -196,7 +196,13 @@ struct Found {
 
 impl<'q> Pool<'q> {
     /// Indexes `tickets` (in any order) for `queue`.
-    pub fn new(queue: &'q Queue, mut tickets: Vec<Ticket>) -> Pool<'q> {
+    pub fn new(queue: &'q Queue, tickets: Vec<Ticket>) -> Pool<'q> {
+        Pool::within(queue, tickets, None)
+    }
+
+    /// Indexes `tickets` for `queue`, placing sessions only in the regions of `usable` (the
+    /// regions up now); `None`: any region a latency map names.
+    pub fn within(queue: &'q Queue, mut tickets: Vec<Ticket>, usable: Option<&HashSet<String>>) -> Pool<'q> {
         tickets.sort_by(|a, b| a.order.total_cmp(&b.order).then_with(|| a.joined_ms.cmp(&b.joined_ms)));
         let mut regions: Vec<String> = Vec::new();
         let mut region_ids: HashMap<String, u16> = HashMap::new();
@@ -216,7 +222,7 @@ impl<'q> Pool<'q> {
             });
             buckets[bucket].insert((key, i));
             let latency = if queue.latency.is_some() {
-                worst_latencies(&t.latencies, &mut regions, &mut region_ids)
+                worst_latencies(&t.latencies, usable, &mut regions, &mut region_ids)
             } else {
                 Vec::new()
             };
@@ -613,9 +619,11 @@ fn pack(sizes: &[usize], teams: usize, team_size: usize) -> Option<Vec<usize>> {
     Some(bins)
 }
 
-/// Per region every player measured: the worst of their latencies, sorted by region id.
+/// Per region every player measured (of `usable`, if given): the worst of their latencies,
+/// sorted by region id.
 fn worst_latencies(
     players: &[Vec<(String, f64)>],
+    usable: Option<&HashSet<String>>,
     regions: &mut Vec<String>,
     ids: &mut HashMap<String, u16>,
 ) -> Vec<(u16, f64)> {
@@ -624,6 +632,9 @@ fn worst_latencies(
     };
     let mut out: Vec<(u16, f64)> = Vec::with_capacity(first.len());
     for (region, ms) in first {
+        if usable.is_some_and(|usable| !usable.contains(region)) {
+            continue;
+        }
         let mut worst = *ms;
         let everyone = rest.iter().all(|other| {
             other.iter().find(|(r, _)| r == region).is_some_and(|&(_, m)| {
@@ -809,6 +820,52 @@ mod tests {
         let mut tickets = pool.tickets().to_vec();
         tickets[3].latencies = vec![vec![("asia".to_owned(), 5.0)]];
         assert!(Pool::new(&q, tickets).form(T0, 10).sessions.is_empty());
+    }
+
+    #[test]
+    fn a_region_down_is_never_chosen_and_the_next_one_every_latency_allows_is() {
+        let q = ranked();
+        let maps: [&[(&str, f64)]; 4] = [
+            &[("eu", 10.0), ("us", 50.0), ("asia", 200.0)],
+            &[("eu", 20.0), ("us", 55.0), ("asia", 190.0)],
+            &[("eu", 15.0), ("us", 40.0), ("asia", 180.0)],
+            &[("eu", 12.0), ("us", 58.0), ("asia", 170.0)],
+        ];
+        let tickets: Vec<Ticket> = (0..4)
+            .map(|i| ticket(&[["a", "b", "c", "d"][i]], &[1500.0], maps[i], T0 + i as i64))
+            .collect();
+        let all: HashSet<String> = ["eu", "us", "asia"].map(String::from).into();
+        let s = Pool::within(&q, tickets.clone(), Some(&all))
+            .form(T0, 10)
+            .sessions
+            .remove(0);
+        assert_eq!(s.region.as_deref(), Some("eu"));
+        // eu down: us, where everyone is within 60 ms.
+        let without_eu: HashSet<String> = ["us", "asia"].map(String::from).into();
+        let s = Pool::within(&q, tickets.clone(), Some(&without_eu))
+            .form(T0, 10)
+            .sessions
+            .remove(0);
+        assert_eq!(
+            (s.region.as_deref(), s.quality.max_latency_ms),
+            (Some("us"), Some(58.0))
+        );
+        // us down too: asia is beyond every window until the wait widens it past 200 ms, which
+        // this queue never does (its limit is 100): the tickets wait, and time out by the rules.
+        let asia: HashSet<String> = ["asia".to_owned()].into();
+        assert!(
+            Pool::within(&q, tickets.clone(), Some(&asia))
+                .form(T0 + 59_999, 10)
+                .sessions
+                .is_empty()
+        );
+        assert_eq!(
+            Pool::within(&q, tickets, Some(&asia))
+                .form(T0 + 60_003, 10)
+                .expired
+                .len(),
+            4
+        );
     }
 
     #[test]

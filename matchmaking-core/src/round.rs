@@ -38,13 +38,35 @@ pub struct Round {
     pub backfills_ended: u64,
 }
 
+/// The regions sessions may be placed in now (with regions configured).
+#[derive(Debug, Clone, Default)]
+pub struct RegionsUp {
+    /// The regions up: a latency rule places sessions only in these.
+    pub up: HashSet<String>,
+    /// Where a session not placed by latency goes (a queue without a latency rule): the first
+    /// region up; `None` when every region is down.
+    pub first: Option<String>,
+}
+
 /// Forms up to `max` sessions from `queue` (whose state `store` is) as of now, owned by
-/// `instance`. A rule queue forms only while `instance` holds its lease; without it the round
-/// is empty.
-pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) -> Result<Round> {
+/// `instance`, in the regions up of `regions` (`None`: no regions configured, any region a
+/// latency map names). With every region down nothing forms: the tickets wait. A rule queue
+/// forms only while `instance` holds its lease; without it the round is empty.
+pub async fn run(
+    queue: &Queue,
+    store: &QueueStore,
+    instance: &str,
+    max: usize,
+    regions: Option<&RegionsUp>,
+) -> Result<Round> {
+    let first = match regions {
+        Some(RegionsUp { first: None, .. }) => return Ok(Round::default()),
+        Some(RegionsUp { first, .. }) => first.as_deref(),
+        None => None,
+    };
     if let Some(rules) = queue.fifo_rules() {
         return Ok(Round {
-            formed: store.form(&rules, now_ms(), instance, max).await?,
+            formed: store.form(&rules, now_ms(), instance, max, first).await?,
             ..Round::default()
         });
     }
@@ -61,7 +83,11 @@ pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) 
         return Ok(Round::default());
     }
     let now = now_ms();
-    let mut pool = Pool::new(queue, stored.iter().filter_map(|t| tickets::decode(queue, t)).collect());
+    let mut pool = Pool::within(
+        queue,
+        stored.iter().filter_map(|t| tickets::decode(queue, t)).collect(),
+        regions.map(|r| &r.up),
+    );
     let backfills: Vec<Backfill> = requests.iter().map(|(sid, r)| r.for_former(sid)).collect();
     let plan = pool.plan(now, max, &backfills);
     if plan.sessions.is_empty()
@@ -94,7 +120,7 @@ pub async fn run(queue: &Queue, store: &QueueStore, instance: &str, max: usize) 
     let sessions: Vec<PlannedSession> = plan
         .sessions
         .iter()
-        .map(|formed| PlannedSession::new(&pool, queue, formed))
+        .map(|formed| PlannedSession::new(&pool, queue, formed, first))
         .collect();
     let expire: Vec<(&str, u64)> = plan
         .expired
@@ -175,7 +201,8 @@ struct PlannedSession {
 }
 
 impl PlannedSession {
-    fn new(pool: &Pool<'_>, queue: &Queue, formed: &Formed) -> PlannedSession {
+    /// The session `formed`, in its region or else `first`.
+    fn new(pool: &Pool<'_>, queue: &Queue, formed: &Formed, first: Option<&str>) -> PlannedSession {
         let tickets = pool.tickets();
         let order: Vec<usize> = if formed.teams.is_empty() {
             formed.tickets.clone()
@@ -207,7 +234,7 @@ impl PlannedSession {
             placement: Placement {
                 queue: Some(queue.name.clone()),
                 teams,
-                region: formed.region.clone(),
+                region: formed.region.clone().or_else(|| first.map(str::to_owned)),
                 skill_spread: formed.quality.skill_spread,
                 team_skill_gap: formed.quality.team_skill_gap,
                 max_latency_ms: formed.quality.max_latency_ms,

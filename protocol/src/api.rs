@@ -603,6 +603,21 @@ pub struct BackendHealth {
     /// This replica's warm servers of each profile with a `warm_pool`, by profile name.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub warm_profiles: std::collections::BTreeMap<String, WarmServers>,
+    /// Each region's state as this replica sees it, with `REGIONS`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub regions: std::collections::BTreeMap<String, RegionState>,
+}
+
+/// A region in `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionState {
+    /// Taking new sessions.
+    pub up: bool,
+    /// Down: for how long, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A replica's warm pool in `GET /health`.

@@ -450,11 +450,13 @@ pub async fn route<C: Client>(mut client: C, buf: BytesMut, newline: usize, ctx:
     notice_silence(client.tcp());
     tracing::debug!(session = %to.claims.sid, player = ?to.claims.sub, addr = %to.addr, "spliced");
     let closed = to.claims.sub.as_ref().map(|player| track(ctx, &to.claims.sid, player));
+    let session = ctx.ends.watch(&to.claims.sid);
     tokio::select! {
         (up, down) = client.relay(&mut server) => {
             ctx.metrics.spliced(up + up_front, down);
         }
         () = cancel.cancelled() => tracing::debug!(session = %to.claims.sid, "drain over: closing a spliced connection"),
+        () = session.failed() => tracing::debug!(session = %to.claims.sid, "session failed: closing a spliced connection"),
     }
     drop(closed);
 }

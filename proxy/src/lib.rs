@@ -9,6 +9,7 @@
 
 mod classify;
 pub mod config;
+mod ends;
 mod game;
 mod health;
 mod http;
@@ -55,6 +56,8 @@ struct Context {
     upstream: Arc<upstream::Backend>,
     metrics: Metrics,
     routes: game::Routes,
+    /// Closes the game connections of sessions that fail.
+    ends: Arc<ends::Ends>,
     /// Redis and the backend as last checked.
     health: health::Health,
     /// Cancelled when shutdown begins: not ready, still accepting for the shutdown delay.
@@ -148,14 +151,22 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         redis,
         backend,
         upstream,
-        metrics: Metrics::new(&[game::SESSION_LOOKUP, game::PRESENCE]),
+        metrics: Metrics::new(&[game::SESSION_LOOKUP, game::PRESENCE, ends::SUBSCRIBE]),
         routes: game::Routes::default(),
+        ends: Arc::new(ends::Ends::default()),
         health: health::Health::default(),
         unready: CancellationToken::new(),
         draining: CancellationToken::new(),
     });
     ctx.health.check(&ctx).await;
     let checks = tokio::spawn(health::run(ctx.clone(), ctx.draining.clone()));
+    let ends_stop = CancellationToken::new();
+    let ends_task = tokio::spawn(ends::listen(
+        ctx.redis.clone(),
+        ctx.settings.key_prefix.clone(),
+        ctx.ends.clone(),
+        ends_stop.clone(),
+    ));
     let tracker = TaskTracker::new();
     let soft = ctx.draining.clone();
     let hard = CancellationToken::new();
@@ -270,7 +281,9 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: Cancellati
         let _ = timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
     }
     udp_stop.cancel();
+    ends_stop.cancel();
     let _ = udp_task.await;
+    let _ = ends_task.await;
     let _ = checks.await;
     Ok(())
 }

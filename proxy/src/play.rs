@@ -189,6 +189,7 @@ where
         .sub
         .as_ref()
         .map(|player| crate::game::track(ctx, &to.claims.sid, player));
+    let session = ctx.ends.watch(&to.claims.sid);
     let (mut up, mut down) = (0u64, 0u64);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -227,6 +228,7 @@ where
                     }
                 }
             },
+            () = session.failed() => break (1011, "the session failed: ask for its status"),
             _ = ping.tick() => {
                 if heard.elapsed() >= SILENCE {
                     break (1001, "silent for too long");

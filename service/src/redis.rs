@@ -356,6 +356,93 @@ impl ConnectionLike for LinkConnection {
     }
 }
 
+/// How often a quiet subscription is checked, and how long its `PING`, or subscribing, may
+/// take.
+///
+/// A subscriber only reads, so a connection whose Redis went silent (its host lost power or
+/// dropped off the network, a failover that moved its address: no FIN, no RST) would look
+/// like a quiet channel for ever. A `PING` on it every few seconds finds out, and the
+/// subscription is made anew (on whatever Redis the link resolves to now).
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    pub every: Duration,
+    pub patience: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Liveness {
+        Liveness {
+            every: Duration::from_secs(5),
+            patience: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Listens on `channel` through `link` until `stop`, handing each message's payload to
+/// `on_message`; subscribes anew (with `retries`' backoff) whenever the subscription fails or
+/// goes silent, calling `on_subscribed` each time it is made (messages may have been missed).
+pub async fn subscribe(
+    link: &RedisLink,
+    channel: &str,
+    retries: crate::backoff::Policy,
+    liveness: Liveness,
+    stop: &tokio_util::sync::CancellationToken,
+    mut on_subscribed: impl FnMut(),
+    mut on_message: impl FnMut(&[u8]),
+) {
+    use futures_util::StreamExt as _;
+    let mut backoff = retries.start();
+    while !stop.is_cancelled() {
+        // Bounded too: subscribing while Redis is still silent would otherwise wait for ever.
+        let subscribed = tokio::time::timeout(liveness.patience, async {
+            let mut pubsub = link.client().await?.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, RedisError>(pubsub)
+        });
+        let (mut sink, mut messages) = match subscribed.await {
+            Ok(Ok(pubsub)) => pubsub.split(),
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", liveness.patience),
+                };
+                if !backoff.pause(&why, stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        on_subscribed();
+        let mut check = tokio::time::interval(liveness.every);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.reset();
+        loop {
+            let message = tokio::select! {
+                () = stop.cancelled() => return,
+                message = messages.next() => message,
+                _ = check.tick() => {
+                    match tokio::time::timeout(liveness.patience, sink.ping::<redis::Value>()).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => tracing::warn!(channel, error = %e, "the subscription failed its check; subscribing anew"),
+                        Err(_) => tracing::warn!(
+                            channel,
+                            patience = ?liveness.patience,
+                            "Redis did not answer the subscription's check; subscribing anew"
+                        ),
+                    }
+                    break;
+                }
+            };
+            let Some(message) = message else {
+                tracing::warn!(channel, "subscription lost; subscribing anew");
+                break;
+            };
+            on_message(message.get_payload_bytes());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,12 @@ pub(crate) fn backend_health(state: &AppState) -> BackendHealth {
         sessions_supervised: state.sessions.supervised(),
         warm_servers: state.runtime.as_ref().and_then(|r| r.warm_servers()),
         warm_profiles: state.runtime.as_ref().map(|r| r.warm_profiles()).unwrap_or_default(),
+        regions: state
+            .settings
+            .regions
+            .as_ref()
+            .map(|r| r.board.snapshot(tokio::time::Instant::now()))
+            .unwrap_or_default(),
     }
 }
 

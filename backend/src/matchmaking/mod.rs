@@ -68,6 +68,8 @@ struct Inner {
     wake: Arc<Notify>,
     /// Cancelled when this replica stops taking joins (shutdown's first phase).
     accepting: CancellationToken,
+    /// The regions (`REGIONS`): sessions form only in those up.
+    regions: Option<Arc<crate::runtime::regions::Regions>>,
 }
 
 impl Matchmaking {
@@ -77,6 +79,7 @@ impl Matchmaking {
         metrics: Arc<MatchmakingMetrics>,
         instance: &str,
         accepting: CancellationToken,
+        regions: Option<Arc<crate::runtime::regions::Regions>>,
     ) -> Matchmaking {
         let scoped = queues.iter().map(|q| (q.clone(), store.queue(&q.name))).collect();
         Matchmaking {
@@ -88,6 +91,7 @@ impl Matchmaking {
                 instance: instance.to_owned(),
                 wake: Arc::new(Notify::new()),
                 accepting,
+                regions,
             }),
         }
     }
@@ -100,6 +104,7 @@ impl Matchmaking {
             Arc::new(MatchmakingMetrics::default()),
             instance,
             CancellationToken::new(),
+            None,
         )
     }
 
@@ -143,6 +148,7 @@ impl Matchmaking {
                 .join(", "),
         })?;
         let ticket = tickets::check(queue, body, joiner)?;
+        self.check_regions(queue, body)?;
         if !self.accepting() {
             return Err(JoinError::Draining);
         }
@@ -184,6 +190,33 @@ impl Matchmaking {
         Ok((view, now))
     }
 
+    /// With `REGIONS`, each player's latency map must name a region listed there (others it
+    /// names are never chosen: a client's list may be older than the deployment's).
+    fn check_regions(&self, queue: &Queue, body: &JoinRequest) -> Result<(), TicketError> {
+        let (Some(regions), Some(latency)) = (&self.inner.regions, &queue.latency) else {
+            return Ok(());
+        };
+        let members = body.party.iter().flatten().map(|m| (&m.player_id, &m.attributes));
+        for (player, attributes) in std::iter::once((&body.player_id, &body.attributes)).chain(members) {
+            let Some(map) = attributes
+                .as_ref()
+                .and_then(|a| a.get(&latency.attribute))
+                .and_then(serde_json::Value::as_object)
+            else {
+                continue;
+            };
+            if !regions.list.iter().any(|r| map.contains_key(&r.name)) {
+                let known: Vec<&str> = regions.list.iter().map(|r| r.name.as_str()).collect();
+                return Err(TicketError::Invalid(format!(
+                    "{player}: {:?} names no region of this deployment ({})",
+                    latency.attribute,
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Takes `player`'s ticket (its whole party) out of its queue, unless already in a session.
     pub async fn cancel(&self, player: &str) -> store::Result<CancelOutcome> {
         let outcome = self.inner.store.cancel(player).await?;
@@ -221,7 +254,8 @@ impl Matchmaking {
             return Ok(Vec::new());
         };
         let metrics = &self.inner.metrics;
-        let round = round::run(queue, store, &self.inner.instance, max).await?;
+        let regions = self.inner.regions.as_ref().map(|r| r.board.up_now());
+        let round = round::run(queue, store, &self.inner.instance, max, regions.as_ref()).await?;
         if round.stale > 0 {
             tracing::debug!(queue = %queue.name, stale = round.stale, "tickets changed since read; their sessions wait for the next round");
         }

@@ -341,6 +341,7 @@ mod tests {
             sessions_supervised: 0,
             warm_servers: None,
             warm_profiles: BTreeMap::new(),
+            regions: BTreeMap::new(),
         };
         assert_eq!(replica_state(2_000, &health), ReplicaState::Ready);
         assert_eq!(replica_state(GONE_AFTER_MS + 1, &health), ReplicaState::Gone);

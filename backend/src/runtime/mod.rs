@@ -13,6 +13,7 @@ mod game_server;
 pub mod kubernetes;
 pub(crate) mod local;
 pub mod profiles;
+pub mod region_health;
 pub mod regions;
 pub mod settings;
 pub(crate) mod versions;
@@ -33,7 +34,7 @@ use protocol::sessions::SessionRecord;
 
 /// What a runtime may read of the sessions and report to them. The sessions service is the
 /// book in the backend; tests hand a runtime a book of their own.
-pub trait SessionBook: Send + Sync + 'static {
+pub trait SessionBook: Send + Sync {
     /// Every session not yet ended.
     fn live(&self) -> BoxFuture<'_, store::Result<Vec<LiveSession>>>;
     /// One session's record, if it is still known.
@@ -41,6 +42,11 @@ pub trait SessionBook: Send + Sync + 'static {
     /// The session's server went away (a Pod that finished or vanished): the session fails,
     /// its players requeued if it was still allocating. A no-op for a session already over.
     fn server_lost<'a>(&'a self, session_id: &'a str, why: &'a str) -> BoxFuture<'a, store::Result<()>>;
+    /// The region the session's server runs in is down (`REGIONS`): the session fails and its
+    /// players are requeued at the head, even if it was running. A no-op for one already over.
+    fn region_lost<'a>(&'a self, session_id: &'a str, why: &'a str) -> BoxFuture<'a, store::Result<()>> {
+        self.server_lost(session_id, why)
+    }
     /// The session's server exited with status 0 by itself and its profile ends by exit (a
     /// Pod that Succeeded): the session is `completed`, as its supervisor would have ended it.
     /// A no-op for a session already over.
@@ -261,6 +267,12 @@ pub trait SessionRuntime: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Whether its target answers now (a cluster's API); a region whose probe keeps failing
+    /// goes down. Local servers always answer.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Its warm pool, when it keeps one.
     fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
         None
@@ -277,86 +289,132 @@ pub trait SessionRuntime: Send + Sync + 'static {
     }
 }
 
-/// The runtime `settings` choose; `None` for `RUNTIME=none` (dry runs, no servers).
+/// The runtime `settings` choose; `None` for `RUNTIME=none` (dry runs, no servers). With
+/// `regions`, one runtime per region, each with its own warm pools.
 pub(crate) async fn build(
     settings: &RuntimeSettings,
     secret: &protocol::TicketSecret,
     warm: Arc<warm::WarmState>,
     profiles: &profiles::Profiles,
     internal_url: &str,
-    regions: Option<&[regions::Region]>,
+    regions: Option<Arc<regions::Regions>>,
 ) -> anyhow::Result<Option<Arc<dyn SessionRuntime>>> {
-    if let Some(regions) = regions {
-        let RuntimeSettings::Local(local) = settings else {
-            anyhow::bail!(
-                "REGIONS with RUNTIME={}: not built yet (local regions only)",
-                settings.name()
-            );
-        };
+    let no_overrides = std::collections::BTreeMap::new();
+    let Some(regions) = regions else {
+        return Ok(match settings {
+            RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(
+                local.clone(),
+                secret.clone(),
+                warm,
+                profiles,
+                internal_url,
+                &no_overrides,
+            ))),
+            RuntimeSettings::Kubernetes(kubernetes) => Some(Arc::new(
+                kubernetes_runtime(kubernetes, None, secret, warm, profiles, internal_url, &no_overrides).await?,
+            )),
+            RuntimeSettings::None => None,
+        });
+    };
+    let mut each = Vec::new();
+    for region in &regions.list {
         // Each region's pools add into the registered metrics.
-        let each = regions
-            .iter()
-            .map(|region| {
-                let books = Arc::new(warm.sharing_within(region.warm));
-                let runtime: Arc<dyn SessionRuntime> = Arc::new(local::LocalRuntime::new(
-                    local.clone(),
-                    secret.clone(),
-                    books,
-                    profiles,
-                    internal_url,
-                    &region.profile_warm,
-                ));
-                (region.name.clone(), runtime)
-            })
-            .collect();
-        return Ok(Some(Arc::new(regions::Regional::new(each))));
-    }
-    Ok(match settings {
-        RuntimeSettings::Local(local) => Some(Arc::new(local::LocalRuntime::new(
-            local.clone(),
-            secret.clone(),
-            warm,
-            profiles,
-            internal_url,
-            &std::collections::BTreeMap::new(),
-        ))),
-        RuntimeSettings::Kubernetes(kubernetes) => {
-            let settings::KubernetesSettings {
-                template,
-                kubeconfig,
-                finished_pod_grace,
-                api_timeout,
-                warm: _,
-            } = kubernetes.as_ref();
-            let config = match kubeconfig {
-                Some(path) => {
-                    let file = kube::config::Kubeconfig::read_from(path)
-                        .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
-                    kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                        .await
-                        .with_context(|| format!("using the kubeconfig {}", path.display()))?
-                }
-                None => kube::Config::infer()
+        let books = Arc::new(warm.sharing_within(region.warm));
+        let runtime: Arc<dyn SessionRuntime> = match (settings, &region.target) {
+            (RuntimeSettings::Local(local), _) => Arc::new(local::LocalRuntime::new(
+                local.clone(),
+                secret.clone(),
+                books,
+                profiles,
+                internal_url,
+                &region.profile_warm,
+            )),
+            (RuntimeSettings::Kubernetes(kubernetes), regions::RegionTarget::Kubernetes { context, kubeconfig }) => {
+                let cluster = kubernetes::settings::Cluster {
+                    context: context.clone(),
+                    kubeconfig: kubeconfig.clone(),
+                };
+                Arc::new(
+                    kubernetes_runtime(
+                        kubernetes,
+                        Some(&cluster),
+                        secret,
+                        books,
+                        profiles,
+                        internal_url,
+                        &region.profile_warm,
+                    )
                     .await
-                    .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG outside)")?,
+                    .with_context(|| format!("region {}", region.name))?,
+                )
+            }
+            (other, _) => anyhow::bail!("REGIONS with RUNTIME={}: no servers to place", other.name()),
+        };
+        each.push((region.name.clone(), runtime));
+    }
+    Ok(Some(Arc::new(regions::Regional::new(each, regions))))
+}
+
+/// The Kubernetes runtime of `settings` in the cluster of `cluster` (a region's), or of the
+/// settings' kubeconfig (in-cluster, or `KUBECONFIG`'s current context, outside).
+async fn kubernetes_runtime(
+    settings: &settings::KubernetesSettings,
+    cluster: Option<&kubernetes::settings::Cluster>,
+    secret: &protocol::TicketSecret,
+    warm: Arc<warm::WarmState>,
+    profiles: &profiles::Profiles,
+    internal_url: &str,
+    profile_warm: &std::collections::BTreeMap<String, warm::Bounds>,
+) -> anyhow::Result<kubernetes::KubernetesRuntime> {
+    let settings::KubernetesSettings {
+        template,
+        kubeconfig,
+        finished_pod_grace,
+        api_timeout,
+        warm: _,
+    } = settings;
+    let config = match (cluster, kubeconfig) {
+        (Some(cluster), _) => {
+            let path = cluster.kubeconfig.as_ref().or(kubeconfig.as_ref());
+            let file = match path {
+                Some(path) => kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading the kubeconfig {}", path.display()))?,
+                None => kube::config::Kubeconfig::read()
+                    .context("reading the kubeconfig (KUBECONFIG, or ~/.kube/config)")?,
             };
-            // The Pod watch is quiet for long stretches (kube-runtime bounds its idleness), so
-            // only the other calls get a bound on their answer: without one, a call on a
-            // connection to an API server that went silent (its node gone, a load balancer
-            // dropping the flow) would wait for ever.
-            let mut bounded = config.clone();
-            bounded.read_timeout = Some(*api_timeout);
-            bounded.write_timeout = Some(*api_timeout);
-            bounded.reset_reader_on_write = true;
-            let calls = kube::Client::try_from(bounded).context("building the Kubernetes client")?;
-            let watches = kube::Client::try_from(config).context("building the Kubernetes client")?;
-            Some(Arc::new(
-                kubernetes::KubernetesRuntime::with_clients(calls, watches, template.clone())
-                    .with_reap_grace(*finished_pod_grace)
-                    .with_warm_pool(warm, secret.clone(), profiles)
-                    .with_profile_pools(profiles, secret, internal_url),
-            ))
+            let options = kube::config::KubeConfigOptions {
+                context: Some(cluster.context.clone()),
+                ..Default::default()
+            };
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .with_context(|| format!("using the kubeconfig context {}", cluster.context))?
         }
-        RuntimeSettings::None => None,
-    })
+        (None, Some(path)) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        (None, None) => kube::Config::infer()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster config, or KUBECONFIG outside)")?,
+    };
+    // The Pod watch is quiet for long stretches (kube-runtime bounds its idleness), so only the
+    // other calls get a bound on their answer: without one, a call on a connection to an API
+    // server that went silent (its node gone, a load balancer dropping the flow) would wait for
+    // ever.
+    let mut bounded = config.clone();
+    bounded.read_timeout = Some(*api_timeout);
+    bounded.write_timeout = Some(*api_timeout);
+    bounded.reset_reader_on_write = true;
+    let calls = kube::Client::try_from(bounded).context("building the Kubernetes client")?;
+    let watches = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    Ok(
+        kubernetes::KubernetesRuntime::with_clients(calls, watches, template.clone())
+            .with_reap_grace(*finished_pod_grace)
+            .with_warm_pool(warm, secret.clone(), profiles)
+            .with_profile_pools(profiles, secret, internal_url, profile_warm),
+    )
 }

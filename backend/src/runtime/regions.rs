@@ -21,11 +21,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use super::region_health::{RegionBoard, Thresholds};
 use super::warm::Bounds;
 use super::{ServerHandle, ServerSpec, SessionBook, SessionRuntime, StartError, Task};
 
@@ -125,6 +127,7 @@ pub fn parse(text: &str) -> Result<Vec<Region>, Vec<String>> {
         mistakes.push(format!("regions: at most {MAX_REGIONS}, got {}", file.regions.len()));
     }
     let mut names = HashSet::new();
+    let mut clusters: Vec<(&str, &KubernetesSpec)> = Vec::new();
     let mut regions = Vec::new();
     for spec in &file.regions {
         let name = &spec.name;
@@ -153,6 +156,17 @@ pub fn parse(text: &str) -> Result<Vec<Region>, Vec<String>> {
                 if k.context.trim().is_empty() {
                     mistake("target's context is empty".into());
                 }
+                // Each region's runtime owns every game-server Pod of its cluster's namespace.
+                if let Some((other, _)) = clusters
+                    .iter()
+                    .find(|(_, c)| c.context == k.context && c.kubeconfig == k.kubeconfig)
+                {
+                    mistake(format!(
+                        "its cluster (context {:?}) is region {other:?}'s too; a cluster serves one region",
+                        k.context
+                    ));
+                }
+                clusters.push((name, k));
                 RegionTarget::Kubernetes {
                     context: k.context.clone(),
                     kubeconfig: k.kubeconfig.clone(),
@@ -213,45 +227,110 @@ fn proxy_address(text: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
+/// The regions of `REGIONS` and their health as this replica sees it.
+#[derive(Debug)]
+pub struct Regions {
+    /// In the file's order.
+    pub list: Vec<Region>,
+    pub board: RegionBoard,
+}
+
+impl Regions {
+    /// `list`, every region up, going down and back by `thresholds`.
+    pub fn new(list: Vec<Region>, thresholds: Thresholds) -> Regions {
+        let board = RegionBoard::new(list.iter().map(|r| r.name.as_str()), thresholds);
+        Regions { list, board }
+    }
+
+    /// The region whose servers a session of `region` runs in (see [`RegionBoard::resolve`]).
+    pub fn of(&self, region: Option<&str>) -> Option<&Region> {
+        let name = self.board.resolve(region);
+        self.list.iter().find(|r| r.name == name)
+    }
+}
+
+/// How often each region's target is probed.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe may take before it counts as unanswered.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The runtimes of every region: a session's server starts in its region's (the first
-/// region's when forming chose none, or one no longer listed).
+/// region's for a session without one, or of a region no longer listed), unless that region
+/// is down. Each region's runtime sees only its own sessions, and a watch per region probes
+/// its target, and fails its sessions while it is down.
 pub(crate) struct Regional {
-    regions: Vec<(String, Arc<dyn SessionRuntime>)>,
+    runtimes: Vec<(String, Arc<dyn SessionRuntime>)>,
+    regions: Arc<Regions>,
 }
 
 impl Regional {
-    pub(crate) fn new(regions: Vec<(String, Arc<dyn SessionRuntime>)>) -> Regional {
-        assert!(!regions.is_empty(), "at least one region");
-        Regional { regions }
+    pub(crate) fn new(runtimes: Vec<(String, Arc<dyn SessionRuntime>)>, regions: Arc<Regions>) -> Regional {
+        assert!(!runtimes.is_empty(), "at least one region");
+        Regional { runtimes, regions }
     }
 
-    fn of(&self, region: Option<&str>) -> &Arc<dyn SessionRuntime> {
-        let found = region.and_then(|name| self.regions.iter().find(|(n, _)| n == name));
-        &found.unwrap_or(&self.regions[0]).1
+    /// The region a session of `region` runs in, and its runtime.
+    fn of(&self, region: Option<&str>) -> (&str, &Arc<dyn SessionRuntime>) {
+        let name = self.regions.board.resolve(region);
+        let (name, runtime) = self
+            .runtimes
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or(&self.runtimes[0]);
+        (name, runtime)
+    }
+
+    /// `sessions` as region `name`'s runtime sees them: only its own live sessions.
+    fn book_of(&self, name: &str, sessions: &Arc<dyn SessionBook>) -> Arc<dyn SessionBook> {
+        Arc::new(RegionBook {
+            region: name.to_owned(),
+            regions: self.regions.clone(),
+            inner: sessions.clone(),
+        })
     }
 }
 
 impl SessionRuntime for Regional {
     fn start(&self, spec: ServerSpec) -> BoxFuture<'_, Result<Box<dyn ServerHandle>, StartError>> {
-        let runtime = self.of(spec.region.as_deref()).clone();
-        Box::pin(async move { runtime.start(spec).await })
+        let (name, runtime) = self.of(spec.region.as_deref());
+        let (name, runtime) = (name.to_owned(), runtime.clone());
+        Box::pin(async move {
+            let board = &self.regions.board;
+            if !board.is_up(&name) {
+                // Failing at once requeues its players, for a session in a region up.
+                return Err(StartError::Spawn(format!("region {name} is down")));
+            }
+            let started = runtime.start(spec).await;
+            board.started(&name, started.is_ok(), tokio::time::Instant::now());
+            started
+        })
     }
 
     fn servers_outlive_backend(&self) -> bool {
-        self.regions.iter().any(|(_, r)| r.servers_outlive_backend())
+        self.runtimes.iter().any(|(_, r)| r.servers_outlive_backend())
     }
 
+    /// Each region's, with its own sessions; a region whose target does not answer is down
+    /// from the start (the others recover, and the backend starts).
     fn recover<'a>(&'a self, sessions: &'a dyn SessionBook) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            for (_, runtime) in &self.regions {
-                runtime.recover(sessions).await?;
+            for (name, runtime) in &self.runtimes {
+                let book = RegionBook {
+                    region: name.clone(),
+                    regions: self.regions.clone(),
+                    inner: Borrowed(sessions),
+                };
+                if let Err(e) = runtime.recover(&book).await {
+                    let why = format!("its target did not answer at start: {e:#}");
+                    self.regions.board.down_now(name, why, tokio::time::Instant::now());
+                }
             }
             Ok(())
         })
     }
 
     fn warm_servers(&self) -> Option<protocol::api::WarmServers> {
-        let each: Vec<_> = self.regions.iter().filter_map(|(_, r)| r.warm_servers()).collect();
+        let each: Vec<_> = self.runtimes.iter().filter_map(|(_, r)| r.warm_servers()).collect();
         (!each.is_empty()).then(|| super::warm::total(each))
     }
 
@@ -259,7 +338,7 @@ impl SessionRuntime for Regional {
     /// `<region>/game-server`.
     fn warm_profiles(&self) -> BTreeMap<String, protocol::api::WarmServers> {
         let mut all = BTreeMap::new();
-        for (name, runtime) in &self.regions {
+        for (name, runtime) in &self.runtimes {
             if let Some(builtin) = runtime.warm_servers() {
                 all.insert(format!("{name}/{}", super::profiles::BUILTIN), builtin);
             }
@@ -271,10 +350,156 @@ impl SessionRuntime for Regional {
     }
 
     fn tasks(&self, sessions: Arc<dyn SessionBook>, stop: CancellationToken) -> Vec<Task> {
-        self.regions
-            .iter()
-            .flat_map(|(_, r)| r.tasks(sessions.clone(), stop.clone()))
-            .collect()
+        let mut tasks = Vec::new();
+        for (name, runtime) in &self.runtimes {
+            let book = self.book_of(name, &sessions);
+            tasks.extend(runtime.tasks(book.clone(), stop.clone()));
+            let watch = RegionWatch {
+                name: name.clone(),
+                runtime: runtime.clone(),
+                regions: self.regions.clone(),
+                book,
+            };
+            tasks.push(("region watch", Box::pin(watch.run(stop.clone()))));
+        }
+        tasks
+    }
+}
+
+/// Probes one region's target and fails its sessions while it is down.
+struct RegionWatch {
+    name: String,
+    runtime: Arc<dyn SessionRuntime>,
+    regions: Arc<Regions>,
+    /// The region's own sessions.
+    book: Arc<dyn SessionBook>,
+}
+
+impl RegionWatch {
+    async fn run(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(PROBE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let answer = match tokio::time::timeout(PROBE_TIMEOUT, self.runtime.probe()).await {
+                Ok(answer) => answer,
+                Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+            };
+            if let Err(e) = &answer {
+                tracing::debug!(region = %self.name, error = %e, "the region's target did not answer its probe");
+            }
+            let board = &self.regions.board;
+            board.probed(&self.name, answer.is_ok(), tokio::time::Instant::now());
+            if !board.is_up(&self.name) {
+                self.fail_sessions().await;
+            }
+        }
+    }
+
+    /// Fails every live session of the region (its players requeued at the head).
+    async fn fail_sessions(&self) {
+        let live = match self.book.live().await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(region = %self.name, error = %e, "could not read the region's sessions; trying again");
+                return;
+            }
+        };
+        let why = format!("region {} is down", self.name);
+        for session in live {
+            if let Err(e) = self.book.region_lost(&session.session_id, &why).await {
+                tracing::warn!(session = %session.session_id, error = %e, "could not fail the session of a region down; trying again");
+            }
+        }
+    }
+}
+
+/// What one region's runtime sees of the sessions: only the live sessions whose servers run
+/// there, so a cluster's reaper never fails the sessions of another.
+struct RegionBook<B> {
+    region: String,
+    regions: Arc<Regions>,
+    inner: B,
+}
+
+/// A borrowed book, for [`SessionRuntime::recover`].
+struct Borrowed<'a>(&'a dyn SessionBook);
+
+/// What a [`RegionBook`] reads through: an owned book, or a borrowed one.
+trait Inner: Send + Sync {
+    fn book(&self) -> &dyn SessionBook;
+}
+
+impl Inner for Arc<dyn SessionBook> {
+    fn book(&self) -> &dyn SessionBook {
+        self.as_ref()
+    }
+}
+
+impl Inner for Borrowed<'_> {
+    fn book(&self) -> &dyn SessionBook {
+        self.0
+    }
+}
+
+impl<B: Inner> SessionBook for RegionBook<B> {
+    fn live(&self) -> BoxFuture<'_, matchmaking_core::store::Result<Vec<matchmaking_core::store::LiveSession>>> {
+        Box::pin(async move {
+            let mut live = self.inner.book().live().await?;
+            let board = &self.regions.board;
+            live.retain(|s| board.resolve(s.record.placement.region.as_deref()) == self.region);
+            Ok(live)
+        })
+    }
+
+    fn record<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<Option<protocol::sessions::SessionRecord>>> {
+        self.inner.book().record(session_id)
+    }
+
+    fn server_lost<'a>(
+        &'a self,
+        session_id: &'a str,
+        why: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<()>> {
+        self.inner.book().server_lost(session_id, why)
+    }
+
+    fn region_lost<'a>(
+        &'a self,
+        session_id: &'a str,
+        why: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<()>> {
+        self.inner.book().region_lost(session_id, why)
+    }
+
+    fn server_completed<'a>(
+        &'a self,
+        session_id: &'a str,
+        why: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<()>> {
+        self.inner.book().server_completed(session_id, why)
+    }
+
+    fn warm_pool_lease(&self, ttl: Duration) -> BoxFuture<'_, matchmaking_core::store::Result<bool>> {
+        self.inner.book().warm_pool_lease(ttl)
+    }
+
+    fn warm_server_state<'a>(&'a self, id: &'a str) -> BoxFuture<'a, matchmaking_core::store::Result<(bool, bool)>> {
+        self.inner.book().warm_server_state(id)
+    }
+
+    fn offer_warm<'a>(
+        &'a self,
+        id: &'a str,
+        session: &'a protocol::api::WarmSession,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<bool>> {
+        self.inner.book().offer_warm(id, session)
     }
 }
 
@@ -329,6 +554,8 @@ mod tests {
   - {name: eu, proxy: 'nowhere', target: local}
   - {name: Bad_Name, proxy: 'x:0', target: mars}
   - {name: ok, proxy: 'x:1', target: {context: ''}, warm_pool: {min: 5, max: 2}}
+  - {name: a, proxy: 'a:1', target: {context: kind-a}}
+  - {name: b, proxy: 'b:1', target: {context: kind-a}}
 ",
         )
         .unwrap_err();
@@ -342,6 +569,7 @@ mod tests {
                 r#"region "Bad_Name": target must be local or {context: <kubeconfig context>}, got "mars""#,
                 r#"region "ok": target's context is empty"#,
                 r#"region "ok": warm_pool must have 0 <= min <= max <= 10000, got min 5 max 2"#,
+                r#"region "b": its cluster (context "kind-a") is region "a"'s too; a cluster serves one region"#,
             ]
         );
         assert_eq!(parse("regions: []").unwrap_err(), ["regions: lists no region"]);

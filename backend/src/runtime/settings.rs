@@ -39,6 +39,14 @@ pub struct RuntimeArgs {
     /// its warm pool; sessions start in the region forming chose. Without it: one region.
     #[arg(long, env = "REGIONS")]
     pub regions: Option<std::path::PathBuf>,
+    /// With REGIONS: a region whose target's API has not answered for this long is down (new
+    /// sessions go elsewhere, its sessions fail and their players are requeued).
+    #[arg(long, env = "REGION_DOWN_AFTER_SECONDS", default_value_t = 10)]
+    pub region_down_after_seconds: u32,
+    /// With REGIONS: a region down comes back once its API has answered this long without a
+    /// miss (twice as long, up to 8 times, for a region that went down again soon after).
+    #[arg(long, env = "REGION_UP_AFTER_SECONDS", default_value_t = 30)]
+    pub region_up_after_seconds: u32,
     #[command(flatten)]
     pub local: LocalArgs,
     #[command(flatten)]

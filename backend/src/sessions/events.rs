@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -70,28 +69,7 @@ impl Drop for Watch<'_> {
     }
 }
 
-/// How often a quiet subscription is checked, and how long its `PING`, or subscribing, may
-/// take.
-///
-/// A subscriber only reads, so a connection whose Redis went silent (its host lost power or
-/// dropped off the network, a failover that moved its address: no FIN, no RST) would look
-/// like a quiet channel for ever: no long poll woken by an event again, no end made elsewhere
-/// seen. A `PING` on it every few seconds finds out, and the subscription is made anew (on
-/// whatever Redis the link resolves to now).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Liveness {
-    pub every: Duration,
-    pub patience: Duration,
-}
-
-impl Default for Liveness {
-    fn default() -> Liveness {
-        Liveness {
-            every: Duration::from_secs(5),
-            patience: Duration::from_secs(3),
-        }
-    }
-}
+pub(crate) use service::redis::Liveness;
 
 /// Listens on the events channel until `stop`, reconnecting with backoff.
 pub(crate) async fn listen(sessions: Sessions, waiters: Arc<Waiters>, stop: CancellationToken) {
@@ -111,64 +89,26 @@ pub(crate) async fn listen_checked(
 ) {
     let store = sessions.store();
     let channel = store.keys().events();
-    let mut backoff = SUBSCRIBE.start();
-    while !stop.is_cancelled() {
-        // Bounded too: subscribing while Redis is still silent would otherwise wait for ever.
-        let subscribed = tokio::time::timeout(liveness.patience, async {
-            let mut pubsub = store.link().client().await?.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        });
-        let (mut sink, mut messages) = match subscribed.await {
-            Ok(Ok(pubsub)) => pubsub.split(),
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {:?}", liveness.patience),
-                };
-                if !backoff.pause(&why, &stop).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
+    service::redis::subscribe(
+        store.link(),
+        &channel,
+        SUBSCRIBE,
+        liveness,
+        &stop,
         // Anything may have changed while we were not listening.
-        waiters.wake_all();
-        let mut check = tokio::time::interval(liveness.every);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        check.reset();
-        loop {
-            let message = tokio::select! {
-                () = stop.cancelled() => return,
-                message = messages.next() => message,
-                _ = check.tick() => {
-                    match tokio::time::timeout(liveness.patience, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => continue,
-                        Ok(Err(e)) => tracing::warn!(error = %e, "events: the subscription failed its check; reconnecting"),
-                        Err(_) => tracing::warn!(
-                            patience = ?liveness.patience,
-                            "events: Redis did not answer the subscription's check; reconnecting"
-                        ),
-                    }
-                    break;
-                }
-            };
-            let Some(message) = message else {
-                tracing::warn!("events: subscription lost; reconnecting");
-                break;
-            };
-            let event = match SessionEvent::from_json(message.get_payload_bytes()) {
+        || waiters.wake_all(),
+        |payload| {
+            let event = match SessionEvent::from_json(payload) {
                 Ok(event) => event,
                 Err(e) => {
                     tracing::warn!(error = %e, "events: a message that is no session event");
-                    continue;
+                    return;
                 }
             };
             // A player's leave changes no one's standing: it only times a leave grace.
             if matches!(event.change, Change::Left) {
                 sessions.player_left(&event.session_id);
-                continue;
+                return;
             }
             waiters.wake(event.players.iter().map(String::as_str));
             if matches!(
@@ -180,8 +120,9 @@ pub(crate) async fn listen_checked(
             if matches!(event.change, Change::Ended { .. }) {
                 sessions.ended_elsewhere(&event.session_id);
             }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -216,6 +216,21 @@ impl Sessions {
         Ok(outcome)
     }
 
+    /// The region a session's server runs in is down: the session fails and its players go
+    /// back to the head of their queue, even if it was running.
+    pub async fn region_lost(&self, sid: &str, why: &str) -> matchmaking_core::store::Result<EndOutcome> {
+        let outcome = self.inner.store.fail_requeueing(sid, now_ms()).await?;
+        if let EndOutcome::Ended { requeued, reason } = outcome {
+            self.inner.metrics.session_ended(reason);
+            tracing::warn!(session = sid, why, requeued, "session failed: its region is down");
+            self.record_failure(sid, why).await;
+        }
+        if !matches!(outcome, EndOutcome::Unknown) {
+            self.ended_elsewhere(sid);
+        }
+        Ok(outcome)
+    }
+
     /// Fails a session (its players go back to the head of their queue if it was still
     /// allocating), retrying Redis for a while, and keeps `detail` (what failed) for operators
     /// when this call is the one that ended it.
@@ -437,6 +452,14 @@ impl crate::runtime::SessionBook for Sessions {
         why: &'a str,
     ) -> BoxFuture<'a, matchmaking_core::store::Result<()>> {
         Box::pin(async move { Sessions::server_lost(self, session_id, why).await.map(drop) })
+    }
+
+    fn region_lost<'a>(
+        &'a self,
+        session_id: &'a str,
+        why: &'a str,
+    ) -> BoxFuture<'a, matchmaking_core::store::Result<()>> {
+        Box::pin(async move { Sessions::region_lost(self, session_id, why).await.map(drop) })
     }
 
     fn server_completed<'a>(

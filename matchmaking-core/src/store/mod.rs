@@ -296,7 +296,7 @@ impl Store {
 
     /// Forms up to `max` sessions from the default queue as of `now_ms`, owned by `instance`.
     pub async fn form(&self, rules: &FormRules, now_ms: i64, instance: &str, max: usize) -> Result<Vec<FormedSession>> {
-        self.queue(DEFAULT_QUEUE).form(rules, now_ms, instance, max).await
+        self.queue(DEFAULT_QUEUE).form(rules, now_ms, instance, max, None).await
     }
 
     /// The queue `player` waits in, if any (the default queue when unsure).

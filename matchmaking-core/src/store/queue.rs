@@ -84,8 +84,15 @@ impl QueueStore {
     }
 
     /// Forms up to `max` sessions from this plain queue as of `now_ms`, in join order, owned by
-    /// `instance`.
-    pub async fn form(&self, rules: &FormRules, now_ms: i64, instance: &str, max: usize) -> Result<Vec<FormedSession>> {
+    /// `instance`, in `region` (if regions are configured).
+    pub async fn form(
+        &self,
+        rules: &FormRules,
+        now_ms: i64,
+        instance: &str,
+        max: usize,
+        region: Option<&str>,
+    ) -> Result<Vec<FormedSession>> {
         let k = self.store.keys();
         let q = &self.keys;
         let mut script = FORM.prepare_invoke();
@@ -103,13 +110,15 @@ impl QueueStore {
             .arg(now_ms)
             .arg(instance)
             .arg(k.events())
-            .arg(&self.name);
+            .arg(&self.name)
+            .arg(region.unwrap_or(""));
         for _ in 0..max {
             script.arg(uuid::Uuid::new_v4().to_string());
         }
         let Json(mut formed): Json<Vec<FormedSession>> = script.invoke_async(&mut self.store.conn()).await?;
         for session in &mut formed {
             self.name.clone_into(&mut session.queue);
+            session.region = region.map(str::to_owned);
         }
         Ok(formed)
     }

@@ -94,6 +94,23 @@ impl Store {
         now_ms: i64,
         report: Option<&str>,
     ) -> Result<EndOutcome> {
+        self.end_with(sid, reason, now_ms, report, false).await
+    }
+
+    /// Fails a session whose server's region was lost, requeueing its players at the head of
+    /// its queue even if it was running (they keep their join times; a party goes back whole).
+    pub async fn fail_requeueing(&self, sid: &str, now_ms: i64) -> Result<EndOutcome> {
+        self.end_with(sid, EndReason::Failed, now_ms, None, true).await
+    }
+
+    async fn end_with(
+        &self,
+        sid: &str,
+        reason: EndReason,
+        now_ms: i64,
+        report: Option<&str>,
+        requeue_running: bool,
+    ) -> Result<EndOutcome> {
         let k = self.keys();
         // Most sessions are of the default queue; the script names the right one otherwise.
         let mut queue = default_queue();
@@ -117,6 +134,7 @@ impl Store {
                 .arg(report.unwrap_or(""))
                 .arg(u64::try_from(ENDED_RETENTION.as_millis()).unwrap_or(u64::MAX))
                 .arg(&queue)
+                .arg(if requeue_running { "1" } else { "" })
                 .invoke_async(&mut self.conn())
                 .await?;
             // `wrong_queue`: nothing done; the session is of that queue, whose keys it needs.

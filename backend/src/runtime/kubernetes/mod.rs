@@ -146,13 +146,14 @@ impl KubernetesRuntime {
     }
 
     /// The same runtime keeping warm Pods of each profile of `profiles` with a `warm_pool`
-    /// (for the whole cluster), which poll `internal_url`'s `/internal/warm/<pod>` with tokens
-    /// signed by `secret`.
+    /// (for the whole cluster, within `overrides`' bounds for the profiles it names: a region's),
+    /// which poll `internal_url`'s `/internal/warm/<pod>` with tokens signed by `secret`.
     pub fn with_profile_pools(
         mut self,
         profiles: &crate::runtime::profiles::Profiles,
         secret: &protocol::TicketSecret,
         internal_url: &str,
+        overrides: &std::collections::BTreeMap<String, crate::runtime::warm::Bounds>,
     ) -> Self {
         self.ends_by_exit = profiles
             .iter()
@@ -164,7 +165,8 @@ impl KubernetesRuntime {
         // labelled with its version): a session claims one of its version's.
         let mut pools = HashMap::new();
         for profile in profiles.iter().filter(|p| !p.builtin) {
-            let Some(bounds) = profile.warm.filter(|b| b.enabled()) else {
+            let bounds = overrides.get(&profile.name).copied().or(profile.warm);
+            let Some(bounds) = bounds.filter(|b| b.enabled() && profile.warm.is_some()) else {
                 continue;
             };
             for (profile, retired) in crate::runtime::warm::pools_of(profiles, profile) {
@@ -366,6 +368,14 @@ impl SessionRuntime for KubernetesRuntime {
                 tracing::warn!(deleted, failed, "reconciled pods against sessions");
             }
             Ok(())
+        })
+    }
+
+    /// One short list of the game-server Pods: the API answering, and letting us read them.
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let list = kube::api::ListParams::default().labels(&pod::label_selector()).limit(1);
+            self.pods.list(&list).await.map(drop).map_err(|e| e.to_string())
         })
     }
 

@@ -66,6 +66,14 @@ pub struct KubernetesArgs {
     pub ticket_secret_key: String,
 }
 
+/// A region's cluster (`REGIONS`): a context of a kubeconfig file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub context: String,
+    /// `None`: the runtime's kubeconfig, else `KUBECONFIG`'s files, else `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+}
+
 /// What the `kubernetes` runtime needs.
 #[derive(Debug, Clone)]
 pub struct KubernetesSettings {

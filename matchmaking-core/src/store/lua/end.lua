@@ -1,13 +1,15 @@
 -- End a session once (the first end wins); later calls only add a first result report.
 -- A session that fails while still allocating (its server never became ready, or reported
 -- before it was marked ready) puts its tickets back at the head of its queue, in their order,
--- keeping their original join times; a party goes back whole.
+-- keeping their original join times; a party goes back whole. So does one whose region was lost,
+-- whatever its state.
 -- Ended records (and the players' pointers to them) are kept for status answers, then pruned
 -- here, a few per call.
 -- KEYS: 1 sessions, 2 live, 3 ended, 4 outbox, 5 queue, 6 joined, 7 player_session, 8 waiting,
 --       9 tickets (KEYS 5, 6, 9: the keys of the queue named by ARGV 7), 10 backfill
 -- ARGV: 1 sid, 2 reason, 3 now_ms, 4 events channel, 5 report JSON or '', 6 ms to keep ended records,
---       7 the queue the caller expects the session to be of
+--       7 the queue the caller expects the session to be of, 8 '1': a failure requeues its
+--       players even if it was running (its region was lost)
 -- Reply: {kind='unknown'} | {kind='already_ended', reason} | {kind='ended', requeued, reason}
 --      | {kind='wrong_queue', queue}: nothing done; call again with that queue's keys
 local sid, reason, now, report = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
@@ -28,7 +30,7 @@ end
 if report ~= '' and record.state == 'allocating' then
   reason = 'failed'
 end
-local requeue = record.state == 'allocating' and reason == 'failed'
+local requeue = reason == 'failed' and (record.state == 'allocating' or ARGV[8] == '1')
 local qname = record.queue or 'default'
 if requeue and qname ~= ARGV[7] then
   return reply({kind = 'wrong_queue', queue = qname})

@@ -4,14 +4,18 @@
 -- FLUSH_WAIT.
 -- KEYS: 1 queue, 2 joined, 3 live, 4 outbox, 5 player_session, 6 sessions, 7 waiting
 -- ARGV: 1 size, 2 min_partial, 3 flush_wait_ms, 4 now_ms, 5 instance, 6 events channel,
---       7 queue name, 8.. pre-generated session ids
+--       7 queue name, 8 the region its sessions go to ('' without regions), 9.. pre-generated session ids
 -- Reply: [{session_id, players, joined_ms}, ...]
 local size = tonumber(ARGV[1])
 local min_partial = tonumber(ARGV[2])
 local flush_wait = tonumber(ARGV[3])
 local now = tonumber(ARGV[4])
 local formed = {}
-for i = 8, #ARGV do
+local region = ARGV[8]
+if region == '' then
+  region = nil
+end
+for i = 9, #ARGV do
   local depth = redis.call('ZCARD', KEYS[1])
   local take = 0
   if depth >= size then
@@ -39,13 +43,13 @@ for i = 8, #ARGV do
   end
   local sid = ARGV[i]
   save_record(KEYS[6], sid, {state = 'allocating', players = players, joined_ms = joined, created_ms = now,
-    instance = ARGV[5], queue = ARGV[7], max_wait_ms = now - oldest})
+    instance = ARGV[5], queue = ARGV[7], max_wait_ms = now - oldest, region = region})
   redis.call('ZADD', KEYS[3], now, sid)
   for _, p in ipairs(players) do
     redis.call('HSET', KEYS[5], p, sid)
   end
   emit(KEYS[4], ARGV[6], {kind = 'formed', session_id = sid, players = players, at_ms = now, instance = ARGV[5],
-    queue = ARGV[7], max_wait_ms = now - oldest})
+    queue = ARGV[7], max_wait_ms = now - oldest, region = region})
   formed[#formed + 1] = {session_id = sid, players = players, joined_ms = joined}
 end
 if #formed == 0 then
