@@ -83,6 +83,8 @@ pub struct ClientRecord {
     /// Times its match broke off and the matchmaker queued its ticket again (its server's
     /// region lost): it then played its next session.
     pub requeues: u32,
+    /// Times its match broke off while its session still ran, and it connected again.
+    pub reconnects: u32,
     /// Its session's queue, teams, region and quality, as its status told it.
     pub placement: Placement,
     /// The team the game server said it is on (`TEAM`).
@@ -126,6 +128,7 @@ impl ClientRecord {
             retries: 0,
             rejoins: 0,
             requeues: 0,
+            reconnects: 0,
             placement: Placement::default(),
             team_told: None,
             party: Vec::new(),
@@ -230,6 +233,8 @@ pub struct Report {
     /// Matches that failed under players who were requeued and played their next session
     /// (a region lost), over all clients.
     pub requeues: u64,
+    /// Game connections made again to a session that still ran, over all clients.
+    pub reconnects: u64,
     pub latency_ms: Latencies,
     /// Backfill: players placed into running matches, how long from a slot opening to the
     /// newcomer's match running, and (churn) who left and who came back.
@@ -240,6 +245,10 @@ pub struct Report {
     /// players, and their time to play.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub regions: BTreeMap<String, RegionReport>,
+    /// With regions: each player whose match ran, when it started (ms since the epoch), its
+    /// match's region and its time to play in ms, for phases a run marks (a region killed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub time_to_play: Vec<(i64, String, f64)>,
     /// The rollout scenario: what the operator did, and what it cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSummary>,
@@ -666,7 +675,15 @@ impl Report {
             },
             rejoins: records.iter().map(|r| u64::from(r.rejoins)).sum(),
             requeues: records.iter().map(|r| u64::from(r.requeues)).sum(),
+            reconnects: records.iter().map(|r| u64::from(r.reconnects)).sum(),
             regions: per_region(records),
+            time_to_play: records
+                .iter()
+                .filter_map(|r| {
+                    let (region, to_running) = (r.placement.region.as_ref()?, r.join_to_running?);
+                    Some((r.started_ms, region.clone(), to_running.as_secs_f64() * 1000.0))
+                })
+                .collect(),
             latency_ms: Latencies {
                 join_to_matched: summarize(&phases[0].1),
                 matched_to_connected: summarize(&phases[1].1),
@@ -761,11 +778,11 @@ impl Report {
                 );
             }
         }
-        if self.retries > 0 || self.rejoins > 0 || self.requeues > 0 {
+        if self.retries > 0 || self.rejoins > 0 || self.requeues > 0 || self.reconnects > 0 {
             let _ = writeln!(
                 out,
-                "recovered: {} API calls retried after transient failures, {} re-joins after the matchmaker forgot a player, {} waits for a next session after a failed one",
-                self.retries, self.rejoins, self.requeues
+                "recovered: {} API calls retried after transient failures, {} re-joins after the matchmaker forgot a player, {} waits for a next session after a failed one, {} game connections made again to a session still running",
+                self.retries, self.rejoins, self.requeues, self.reconnects
             );
         }
         let _ = writeln!(

@@ -759,39 +759,54 @@ async fn attempt(
     // stack is restarting or failing over) is retried a few times, as a game client would.
     let mut pause = Duration::from_millis(250);
     let mut tries = 0;
-    let played = loop {
-        match connect_and_play(shared, record, &status, &ticket, (life, matched_at)).await {
+    let mut reconnects = 0;
+    loop {
+        let played = connect_and_play(shared, record, &status, &ticket, (life, matched_at)).await;
+        let outcome = match played {
+            Ok(()) => return Ok(()),
             Err(outcome) if tries < 4 && transient_refusal(&outcome) => {
                 tracing::debug!(player = %record.player, ?outcome, "retrying a game connection after a transient refusal");
                 tries += 1;
                 record.retries += 1;
                 tokio::time::sleep(pause).await;
                 pause *= 2;
+                continue;
             }
-            other => break other,
-        }
-    };
-    match played {
-        Ok(()) => Ok(()),
-        Err(outcome) => {
-            // Ask the matchmaker, as a game client whose match broke off would: if it no longer
-            // knows the player (its state was lost), start over; if it queued the ticket again
-            // (or already matched it into another session), wait for that; otherwise that is
-            // the outcome.
-            let path = format!("/match/status?player_id={}", record.player);
-            match call(shared, record, Method::GET, &path, None, auth).await {
-                Ok(now) if now.status == MatchStatus::Unknown => Err(Attempt::StartOver),
-                Ok(now)
-                    if matches!(now.status, MatchStatus::Queued | MatchStatus::Allocating)
-                        || (now.status == MatchStatus::Matched && now.session_id != status.session_id) =>
-                {
-                    Err(Attempt::Requeued)
-                }
-                _ => Err(outcome.into()),
+            Err(outcome) => outcome,
+        };
+        // Ask the matchmaker, as a game client whose match broke off would: if it no longer
+        // knows the player (its state was lost), start over; if it queued the ticket again (or
+        // already matched it into another session), wait for that; if the session still runs
+        // (a proxy restarted under the connection, or the matchmaker has not yet seen the
+        // session's region go down), connect again, for a while; otherwise that is the outcome.
+        let path = format!("/match/status?player_id={}", record.player);
+        match call(shared, record, Method::GET, &path, None, auth).await {
+            Ok(now) if now.status == MatchStatus::Unknown => return Err(Attempt::StartOver),
+            Ok(now)
+                if matches!(now.status, MatchStatus::Queued | MatchStatus::Allocating)
+                    || (now.status == MatchStatus::Matched && now.session_id != status.session_id) =>
+            {
+                return Err(Attempt::Requeued);
             }
+            Ok(now)
+                if now.status == MatchStatus::Matched
+                    && reconnects < MAX_RECONNECTS
+                    && !matches!(&outcome, Outcome::Refused(code) if code == "session_over") =>
+            {
+                tracing::debug!(player = %record.player, ?outcome, "its session still runs: connecting again");
+                reconnects += 1;
+                record.reconnects += 1;
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
+            _ => return Err(outcome.into()),
         }
     }
 }
+
+/// How often a player whose match broke off while its session still runs connects again.
+const MAX_RECONNECTS: u32 = 20;
+/// The pause before each of those.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 async fn play_match(
     shared: &Shared,
