@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/stack.sh
 . scripts/stack.sh
 
-regions=(eu us asia)
 kill_region=${KILL_REGION:-us}
 case $kill_region in
   eu) mp_die "KILL_REGION=eu: the swarm joins through eu's proxy; kill us or asia (or none)." ;;
@@ -32,25 +31,16 @@ mp_need_redis
 mp_need_postgres
 echo "== building =="
 mp_build
-bin=$MP_BIN
 out=.run/demo-regions
 rm -rf "$out"
 mkdir -p "$out"
 run=$(mkdir -p .run && cd .run && pwd)/demo-regions-$$
 mkdir -p "$run"
-declare -A sim_pid proxy_pid sim_port proxy_port
-backend_pids=()
+# shellcheck source=scripts/regions-stack.sh
+. scripts/regions-stack.sh
 # shellcheck disable=SC2317  # run by the EXIT trap
 stop_all() {
-  local pid
-  # The proxies, the replicas, then the clusters (which kill their Pods).
-  for pid in "${proxy_pid[@]}" "${backend_pids[@]}" "${sim_pid[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${proxy_pid[@]}" "${backend_pids[@]}" "${sim_pid[@]}"; do
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
+  mp_regions_stop
   mp_stop_services
   cp "$run"/*.log "$out"/ 2>/dev/null || true
   [ "${MP_KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$run"
@@ -59,84 +49,22 @@ echo "== starting Redis, PostgreSQL, three kube-sim clusters, two backend replic
 mp_start_services "$run/services"
 trap stop_all EXIT
 trap 'exit 130' INT TERM
-secret=$(mp_random)
-admin=$(mp_random)
-service=$(mp_random)
-player_secret=$(mp_random)
-read -r -a ports < <(mp_free_ports 8)
-for i in 0 1 2; do
-  sim_port[${regions[i]}]=${ports[i]}
-  proxy_port[${regions[i]}]=${ports[i + 3]}
-done
-backend_ports=("${ports[6]}" "${ports[7]}")
-mapfile -t network < <(mp_sim_network_flags "$bin")
-
-# start_cluster REGION: its kube-sim (an empty cluster: the namespace, Role and Secret deploy/
-# makes, no Pods), writing the region's kubeconfig.
-start_cluster() {
-  local region=$1
-  TICKET_SECRET="$secret" RUST_LOG="${RUST_LOG:-info}" "$bin/kube-sim" --bind "127.0.0.1:${sim_port[$region]}" \
-    --kubeconfig "$run/kubeconfig-$region" --namespace games --game-server-bin "$bin/game-server" \
-    --secret matchplane-ticket/ticket-secret=env:TICKET_SECRET --start-delay-ms "${POD_START_DELAY_MS:-500}" \
-    --rbac deploy/backend/rbac.yaml "${network[@]}" >>"$run/kube-sim-$region.log" 2>&1 &
-  sim_pid[$region]=$!
-  MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:${sim_port[$region]}/healthz" "kube-sim $region" "$!" "$run/kube-sim-$region.log"
-}
-
-# start_proxy REGION: the region's proxy, forwarding the API to the first replica.
-start_proxy() {
-  local region=$1
-  env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:${proxy_port[$region]}" BACKEND_URL="http://127.0.0.1:${backend_ports[0]}" \
-    REDIS_URL="$MP_REDIS_URL" TICKET_SECRET="$secret" PLAYER_TOKEN_SECRET="$player_secret" RATE_LIMIT_PER_SECOND=0 \
-    PLAYER_RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=1 "$bin/proxy" >>"$run/proxy-$region.log" 2>&1 &
-  proxy_pid[$region]=$!
-  MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:${proxy_port[$region]}/health" "proxy $region" "$!" "$run/proxy-$region.log"
-}
-
-for region in "${regions[@]}"; do start_cluster "$region"; done
-{
-  echo "regions:"
-  for region in "${regions[@]}"; do
-    echo "  - name: $region"
-    echo "    proxy: 127.0.0.1:${proxy_port[$region]}"
-    echo "    target: {context: kube-sim, kubeconfig: '$run/kubeconfig-$region'}"
-    echo "    warm_pool: {min: ${WARM_POOL_MIN:-4}, max: $((${WARM_POOL_MIN:-4} * 3))}"
-  done
-} >"$run/regions.yaml"
 # The ranked queue of examples/queues.yaml; the few tickets a run leaves that cannot make a
 # session end timed_out after 60 s.
 sed 's/max_wait_seconds: 120/max_wait_seconds: 60/' examples/queues.yaml >"$run/queues.yaml"
-for replica in 1 2; do
-  port=${backend_ports[replica - 1]}
-  env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$port" REDIS_URL="$MP_REDIS_URL" DATABASE_URL="$MP_DATABASE_URL" \
-    TICKET_SECRET="$secret" ADMIN_TOKEN="$admin" SERVICE_TOKEN="$service" PLAYER_TOKEN_SECRET="$player_secret" \
-    RUNTIME=kubernetes NAMESPACE=games BACKEND_INTERNAL_URL="http://127.0.0.1:$port" MATCHMAKING_CONFIG="$run/queues.yaml" \
-    REGIONS="$run/regions.yaml" REGION_DOWN_AFTER_SECONDS=3 REGION_UP_AFTER_SECONDS=5 KUBE_API_TIMEOUT_SECONDS=3 \
-    INSTANCE_ID="replica-$replica" SHUTDOWN_GRACE_SECONDS=5 FINISHED_POD_GRACE_SECONDS=2 \
-    "$bin/backend" >"$run/backend-$replica.log" 2>&1 &
-  backend_pids+=($!)
-  MP_STACK_DIR=$run mp_wait_http "http://127.0.0.1:$port/health" "backend replica $replica" "$!" "$run/backend-$replica.log"
+mp_regions_start "$run" "$run/queues.yaml" 2
+backend="http://127.0.0.1:${MP_BACKEND_PORTS[0]}"
+for region in "${MP_REGIONS[@]}"; do
+  echo "region $region: proxy http://127.0.0.1:${MP_REGION_PROXY_PORT[$region]}, kube-sim http://127.0.0.1:${MP_SIM_PORT[$region]}"
 done
-for region in "${regions[@]}"; do start_proxy "$region"; done
-backend="http://127.0.0.1:${backend_ports[0]}"
-for region in "${regions[@]}"; do
-  echo "region $region: proxy http://127.0.0.1:${proxy_port[$region]}, kube-sim http://127.0.0.1:${sim_port[$region]}"
-done
-# Each region's warm Pods are kept ahead of demand: let them fill before the players come.
-for _ in $(seq 1 300); do
-  idle=$(curl -fsS "$backend/health" | python3 -c 'import json,sys; print((json.load(sys.stdin).get("warm_servers") or {}).get("idle", 0))')
-  [ "$idle" -ge $((${WARM_POOL_MIN:-4} * 3)) ] && break
-  sleep 0.1
-done
-echo "warm Pods idle across the regions: $idle"
 
 clients=${CLIENTS:-480}
 spawn_rate=${SPAWN_RATE:-12}
 echo "== swarm: $clients ranked players at $spawn_rate/s, ${MATCH_DURATION:-8} s matches; killing $kill_region at ${KILL_AT_SECONDS:-12} s for ${KILL_FOR_SECONDS:-12} s =="
 status=0
 started_ms=$(date +%s%3N)
-env PLAYER_TOKEN_SECRET="$player_secret" SERVICE_TOKEN="$service" "$bin/loadgen" swarm --scenario ranked \
-  --target-url "http://127.0.0.1:${proxy_port[eu]}" --clients "$clients" --spawn-rate "$spawn_rate" \
+env PLAYER_TOKEN_SECRET="$MP_RS_PLAYER" SERVICE_TOKEN="$MP_RS_SERVICE" "$MP_BIN/loadgen" swarm --scenario ranked \
+  --target-url "http://127.0.0.1:${MP_REGION_PROXY_PORT[eu]}" --clients "$clients" --spawn-rate "$spawn_rate" \
   --match-duration "${MATCH_DURATION:-8}" --session-size 6 --min-session-size 6 --max-timed-out-percent 10 \
   --json "$out/summary.json" --chart "$out/latency.svg" >"$run/swarm.out" 2>&1 &
 swarm=$!
@@ -145,9 +73,9 @@ if [ "$kill_region" != none ]; then
   sleep "${KILL_AT_SECONDS:-12}"
   # The region's cluster and proxy go at once: its Pods die with its kubelet.
   killed_ms=$(date +%s%3N)
-  kill -KILL "${proxy_pid[$kill_region]}" 2>/dev/null || true
-  kill -TERM "${sim_pid[$kill_region]}" 2>/dev/null || true
-  wait "${sim_pid[$kill_region]}" "${proxy_pid[$kill_region]}" 2>/dev/null || true
+  kill -KILL "${MP_REGION_PROXY_PID[$kill_region]}" 2>/dev/null || true
+  kill -TERM "${MP_SIM_PID[$kill_region]}" 2>/dev/null || true
+  wait "${MP_SIM_PID[$kill_region]}" "${MP_REGION_PROXY_PID[$kill_region]}" 2>/dev/null || true
   echo "$(date +%T) killed $kill_region (its cluster and its proxy)"
   for _ in $(seq 1 200); do
     [ "$(curl -fsS "$backend/health" | python3 -c "import json,sys; print(json.load(sys.stdin)['regions']['$kill_region']['up'])")" = False ] && break
@@ -155,8 +83,8 @@ if [ "$kill_region" != none ]; then
   done
   echo "$(date +%T) the backend has $kill_region down: $(curl -fsS "$backend/health" | python3 -c "import json,sys; r = json.load(sys.stdin)['regions']['$kill_region']; print(r.get('reason'))")"
   sleep "${KILL_FOR_SECONDS:-12}"
-  start_cluster "$kill_region"
-  start_proxy "$kill_region"
+  mp_cluster_start "$kill_region"
+  mp_proxy_start "$kill_region"
   restored_ms=$(date +%s%3N)
   echo "$(date +%T) $kill_region's cluster (empty) and proxy are back"
   for _ in $(seq 1 600); do
@@ -212,10 +140,10 @@ if open_rows or bad or failed_elsewhere:
     print(f"FAILED: {open_rows} sessions not ended, {len(bad)} ended otherwise than completed or failed, {len(failed_elsewhere)} failed outside {region_killed}")
     sys.exit(1)
 PY
-for region in "${regions[@]}"; do
-  left=$(curl -fsS "http://127.0.0.1:${sim_port[$region]}/sim/pods" | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["deleted_ms"] is None and p["session"]))')
+for region in "${MP_REGIONS[@]}"; do
+  left=$(curl -fsS "http://127.0.0.1:${MP_SIM_PORT[$region]}/sim/pods" | python3 -c 'import json,sys; print(sum(1 for p in json.load(sys.stdin) if p["deleted_ms"] is None and p["session"]))')
   [ "$left" = 0 ] || { echo "region $region: $left session Pods still present"; status=1; }
-  mp_sim_refused "http://127.0.0.1:${sim_port[$region]}" || status=1
+  mp_sim_refused "http://127.0.0.1:${MP_SIM_PORT[$region]}" || status=1
 done
 if [ "$status" -eq 0 ]; then echo "demo-regions passed: report at $out/summary.json"; else echo "demo-regions FAILED"; fi
 exit "$status"

@@ -123,6 +123,44 @@ mp_pg() {
   fi
 }
 
+# mp_redis_server: redis-server on MP_REDIS_PORT under MP_SERVICES_DIR/redis, in the background;
+# with MP_REDIS_AOF=1 every write is in its append-only file before it is answered, so a
+# SIGKILL and a restart (mp_restart_redis) lose nothing.
+mp_redis_server() {
+  local persistence=(--appendonly no)
+  [ "${MP_REDIS_AOF:-0}" != 1 ] || persistence=(--appendonly yes --appendfsync always)
+  "${MP_DETACH[@]}" redis-server --bind 127.0.0.1 --port "$MP_REDIS_PORT" --save '' "${persistence[@]}" \
+    --dir "$MP_SERVICES_DIR/redis" --logfile "$MP_SERVICES_DIR/redis/redis.log" \
+    --maxclients 10000 --daemonize no &
+}
+
+# mp_restart_redis: SIGKILLs Redis and starts it again on its port (its AOF, with
+# MP_REDIS_AOF=1, brings its data back); waits until it answers.
+mp_restart_redis() {
+  kill -KILL "$MP_REDIS_PID" 2>/dev/null || true
+  wait "$MP_REDIS_PID" 2>/dev/null || true
+  for _ in 1 2 3 4 5; do
+    mp_redis_server
+    MP_REDIS_PID=$!
+    for _ in $(seq 1 100); do
+      redis-cli -p "$MP_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+      kill -0 "$MP_REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    sleep 0.5
+  done
+  mp_die "redis-server did not start again; see $MP_SERVICES_DIR/redis/redis.log"
+}
+
+# mp_pg_stop / mp_pg_start: PostgreSQL stopped (fast shutdown: its connections are cut) and
+# started again on its port.
+mp_pg_stop() { mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_PG_DIR/data" -m fast -w stop >/dev/null 2>&1 || true; }
+mp_pg_start() {
+  mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_PG_DIR/data" -l "$MP_PG_DIR/postgres.log" -w -t 30 \
+    -o "-p $MP_PG_PORT -c listen_addresses=127.0.0.1 -k $MP_PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+    start >/dev/null 2>&1
+}
+
 mp_start_services() {
   local dir=$1 redis_port pg_port
   mp_need_redis
@@ -140,9 +178,8 @@ mp_start_services() {
   for _ in 1 2 3 4 5; do
     redis_port=$(mp_free_ports 1)
     mkdir -p "$MP_SERVICES_DIR/redis"
-    "${MP_DETACH[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
-      --dir "$MP_SERVICES_DIR/redis" --logfile "$MP_SERVICES_DIR/redis/redis.log" \
-      --maxclients 10000 --daemonize no &
+    MP_REDIS_PORT=$redis_port
+    mp_redis_server
     MP_REDIS_PID=$!
     for _ in $(seq 1 50); do
       if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then break 2; fi
@@ -169,18 +206,17 @@ mp_start_services() {
     >"$MP_PG_DIR/initdb.log" 2>&1 || mp_die "initdb failed; see $MP_PG_DIR/initdb.log"
   for _ in 1 2 3 4 5; do
     pg_port=$(mp_free_ports 1)
-    if mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_PG_DIR/data" -l "$MP_PG_DIR/postgres.log" -w -t 30 \
-      -o "-p $pg_port -c listen_addresses=127.0.0.1 -k $MP_PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
-      start >/dev/null 2>&1; then
-      MP_PG_PORT=$pg_port
+    MP_PG_PORT=$pg_port
+    if mp_pg_start; then
       break
     fi
+    MP_PG_PORT=
   done
   [ -n "${MP_PG_PORT:-}" ] || mp_die "PostgreSQL did not start; see $MP_PG_DIR/postgres.log"
 
   export MP_REDIS_URL="redis://127.0.0.1:$redis_port"
   export MP_DATABASE_URL="postgres://mp@127.0.0.1:$MP_PG_PORT/postgres"
-  export MP_PG_BIN MP_PG_USER MP_SERVICES_DIR MP_PG_PORT
+  export MP_PG_BIN MP_PG_USER MP_SERVICES_DIR MP_PG_PORT MP_REDIS_PORT
 
   # Stop by ourselves: on exit of the calling shell (the trap above), and from a watchdog if
   # it is killed.

@@ -249,6 +249,9 @@ pub struct Report {
     /// match's region and its time to play in ms, for phases a run marks (a region killed).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub time_to_play: Vec<(i64, String, f64)>,
+    /// Each session's roster, as its players' statuses last said it (for checks against the
+    /// history).
+    pub rosters: BTreeMap<String, Vec<String>>,
     /// The rollout scenario: what the operator did, and what it cost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSummary>,
@@ -677,6 +680,10 @@ impl Report {
             requeues: records.iter().map(|r| u64::from(r.requeues)).sum(),
             reconnects: records.iter().map(|r| u64::from(r.reconnects)).sum(),
             regions: per_region(records),
+            rosters: records
+                .iter()
+                .filter_map(|r| Some((r.session_id.clone()?, r.session_players.clone())))
+                .collect(),
             time_to_play: records
                 .iter()
                 .filter_map(|r| {

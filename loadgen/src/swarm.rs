@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hyper::Method;
 use protocol::api::{JoinRequest, MatchResponse, MatchStatus};
+use protocol::sessions::EndReason;
 use protocol::{GameState, LineCodec, ServerReply};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -79,6 +80,11 @@ pub struct SwarmArgs {
     /// Seed of the ranked scenario's tickets (default: a new one per run).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// A player whose session ends under it otherwise than completed (its server killed, its
+    /// Pod evicted) joins again and plays its next match, as a game client whose player chose
+    /// to play on would; without it that player's run fails.
+    #[arg(long)]
+    pub rejoin_after_failure: bool,
     /// Churn: the share of players in a running match who leave it per minute (percent).
     #[arg(long, env = "CHURN_PERCENT_PER_MINUTE", default_value_t = 10.0, value_parser = percent)]
     pub churn_percent_per_minute: f64,
@@ -788,6 +794,25 @@ async fn attempt(
             {
                 return Err(Attempt::Requeued);
             }
+            // Its match played to its end while it was cut off from it (a proxy restarting
+            // in its last seconds): the match it was in completed.
+            Ok(now)
+                if now.status == MatchStatus::Ended
+                    && now.session_id == status.session_id
+                    && now.end_reason == Some(EndReason::Completed) =>
+            {
+                record.reconnects += 1;
+                return Ok(());
+            }
+            Ok(now)
+                if now.status == MatchStatus::Ended
+                    && now.session_id == status.session_id
+                    && shared.args.rejoin_after_failure
+                    && now.end_reason != Some(EndReason::Completed) =>
+            {
+                tracing::debug!(player = %record.player, ?outcome, reason = ?now.end_reason, "its session ended under it: joining again");
+                return Err(Attempt::StartOver);
+            }
             Ok(now)
                 if now.status == MatchStatus::Matched
                     && reconnects < MAX_RECONNECTS
@@ -860,7 +885,7 @@ async fn play_match(
                 let length = record.running_length.unwrap_or(0) as f64;
                 let lasted = lasted.as_secs_f64();
                 // A player placed into a running match (or back after leaving) saw only its end.
-                let joined_late = record.backfill_since_ms.is_some() || record.came_back > 0;
+                let joined_late = record.backfill_since_ms.is_some() || record.came_back > 0 || record.reconnects > 0;
                 if length == 0.0 || (lasted < length - 0.5 && !joined_late) || lasted > length + 3.0 {
                     return Err(Outcome::WrongLength(format!("length {length} s, lasted {lasted:.2} s")));
                 }
