@@ -64,7 +64,7 @@ echo "== swarm: $clients ranked players at $spawn_rate/s, ${MATCH_DURATION:-8} s
 status=0
 started_ms=$(date +%s%3N)
 env PLAYER_TOKEN_SECRET="$MP_RS_PLAYER" SERVICE_TOKEN="$MP_RS_SERVICE" "$MP_BIN/loadgen" swarm --scenario ranked \
-  --target-url "http://127.0.0.1:${MP_REGION_PROXY_PORT[eu]}" --clients "$clients" --spawn-rate "$spawn_rate" \
+  --target-url "http://127.0.0.1:${MP_REGION_PROXY_PORT[eu]}" --probe-regions "$(mp_probe_regions)" --clients "$clients" --spawn-rate "$spawn_rate" \
   --match-duration "${MATCH_DURATION:-8}" --session-size 6 --min-session-size 6 --max-timed-out-percent 10 \
   --json "$out/summary.json" --chart "$out/latency.svg" >"$run/swarm.out" 2>&1 &
 swarm=$!

@@ -6,6 +6,7 @@
 #   mp_regions_start RUN_DIR QUEUE_FILE REPLICAS   # starts everything; the arrays below say where
 #   mp_cluster_start REGION / mp_proxy_start REGION  # (again) one region's cluster or proxy
 #   mp_backend_start INDEX INSTANCE_ID               # (again) replica INDEX (0-based)
+#   mp_probe_regions                                 # name=host:port,... of every region's proxy
 #   mp_regions_stop                                  # proxies, replicas, then clusters
 # Sets MP_REGIONS (eu us asia), MP_SIM_PID/MP_SIM_PORT/MP_REGION_PROXY_PID/MP_REGION_PROXY_PORT
 # (by region), MP_BACKEND_PIDS/MP_BACKEND_PORTS (by replica), MP_REGION_SECRETS (ticket, admin,
@@ -82,6 +83,13 @@ mp_regions_start() {
     sleep 0.1
   done
   echo "warm Pods idle across the regions: $idle"
+}
+
+# mp_probe_regions: every region's proxy as `name=host:port,...`, for loadgen's --probe-regions.
+mp_probe_regions() {
+  local region proxies=()
+  for region in "${MP_REGIONS[@]}"; do proxies+=("$region=127.0.0.1:${MP_REGION_PROXY_PORT[$region]}"); done
+  (IFS=,; echo "${proxies[*]}")
 }
 
 mp_regions_stop() {

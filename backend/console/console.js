@@ -154,6 +154,22 @@ function renderOverview(o) {
     }),
     'no replica has reported',
   );
+  const regions = [];
+  for (const r of o.replicas) {
+    for (const [name, g] of Object.entries(r.health.regions || {})) {
+      regions.push(
+        row([
+          name,
+          r.health.instance,
+          el('span', g.up ? 'up' : 'down', { class: `state state-${g.up ? 'ready' : 'gone'}` }),
+          g.up ? '–' : `${g.down_seconds} s`,
+          g.reason || '–',
+        ]),
+      );
+    }
+  }
+  $('regions-section').hidden = regions.length === 0;
+  fill('regions', regions, '');
   const warm = [];
   for (const r of o.replicas) {
     const pools = [];

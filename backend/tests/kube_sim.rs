@@ -1965,3 +1965,73 @@ async fn a_region_lost_fails_over_to_the_next_and_comes_back_by_itself() {
     );
     backend.stop().await;
 }
+
+/// A region whose kubeconfig points nowhere at start: the backend starts all the same, with the
+/// region down from the start and saying why, and sessions its players' latency allows
+/// elsewhere play there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_whose_cluster_does_not_answer_at_start_is_down_and_the_backend_starts() {
+    let prefix = common::unique_prefix();
+    let db = common::fresh_database().await;
+    let live = sim(0).await;
+    let dir = std::env::temp_dir().join(format!("regions-{prefix}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Nothing listens there.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dead = dir.join("dead.yaml");
+    std::fs::write(&dead, kube_sim::kubeconfig(nowhere, NS)).unwrap();
+    let regions = dir.join("regions.yaml");
+    std::fs::write(
+        &regions,
+        format!(
+            "regions:
+  - {{name: gone, proxy: 'gone.play.example:7777', target: {{context: kube-sim, kubeconfig: '{}'}}}}
+  - {{name: here, proxy: 'here.play.example:7777', target: {{context: kube-sim, kubeconfig: '{}'}}}}
+",
+            dead.display(),
+            live.kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let queues = queue_file(
+        &prefix,
+        "queues:
+  - name: ranked
+    session_size: 2
+    latency: {attribute: latency_ms, max_ms: 60}
+",
+    );
+    let backend = replica(&live, &prefix, &db, "gone-at-start", |s| {
+        s.matchmaking_config(&queues)
+            .regions(&regions)
+            .kube_api_timeout_seconds(1.0)
+    })
+    .await;
+    let http = &backend.http;
+    let (_, health) = http.get("/health").await;
+    assert_eq!(health["regions"]["gone"]["up"], false, "{health}");
+    assert!(
+        health["regions"]["gone"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer at start"),
+        "{health}"
+    );
+    assert_eq!(health["regions"]["here"]["up"], true, "{health}");
+    // Closer to the region that is gone, but here is within the window: they play here.
+    for p in players("gone-at-start", 2) {
+        let body = serde_json::json!({"player_id": p, "queue": "ranked",
+            "attributes": {"latency_ms": {"gone": 5, "here": 30}}});
+        assert!(http.post("/match/join", body).await.0.is_success());
+    }
+    let status = eventually(Duration::from_secs(60), || async {
+        let status = http.status("gone-at-start-0", 2.0).await;
+        (status["status"] == "matched").then_some(status)
+    })
+    .await;
+    assert_eq!(status["region"], "here", "{status}");
+    backend.stop().await;
+}

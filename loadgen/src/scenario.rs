@@ -95,6 +95,29 @@ impl Ticket {
     }
 }
 
+/// Adds each region's `measured` round trip (ms) to every player's drawn latency there; a
+/// region measured as not answering is left out of every map. Regions not measured stay as
+/// drawn.
+pub fn add_measured(tickets: &mut [Ticket], measured: &[(String, Option<f64>)]) {
+    for member in tickets.iter_mut().flat_map(|t| t.members.iter_mut()) {
+        for (region, trip) in measured {
+            let Some(key) = REGIONS.iter().find(|r| *r == region) else {
+                continue;
+            };
+            match trip {
+                Some(ms) => {
+                    if let Some(drawn) = member.latency_ms.get_mut(key) {
+                        *drawn = ((*drawn + ms) * 10.0).round() / 10.0;
+                    }
+                }
+                None => {
+                    member.latency_ms.remove(key);
+                }
+            }
+        }
+    }
+}
+
 /// A standard normal draw (Box-Muller).
 fn normal(rng: &mut StdRng) -> f64 {
     let u1: f64 = rng.random_range(f64::EPSILON..1.0);
@@ -210,6 +233,32 @@ pub fn join_order_quality(tickets: &[Ticket], size: usize) -> QualitySummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn measured_round_trips_add_to_the_drawn_latencies_and_a_silent_region_is_left_out() {
+        let mut tickets = ranked("m", 4, 9);
+        let drawn = tickets.clone();
+        add_measured(
+            &mut tickets,
+            &[
+                ("eu".into(), Some(0.25)),
+                ("asia".into(), None),
+                ("mars".into(), Some(1.0)),
+            ],
+        );
+        for (after, before) in tickets
+            .iter()
+            .flat_map(|t| &t.members)
+            .zip(drawn.iter().flat_map(|t| &t.members))
+        {
+            assert_eq!(
+                after.latency_ms["eu"],
+                ((before.latency_ms["eu"] + 0.25) * 10.0).round() / 10.0
+            );
+            assert_eq!(after.latency_ms["us"], before.latency_ms["us"]);
+            assert!(!after.latency_ms.contains_key("asia"));
+        }
+    }
 
     #[test]
     fn ranked_tickets_look_like_the_scenario_says() {

@@ -80,6 +80,12 @@ pub struct SwarmArgs {
     /// Seed of the ranked scenario's tickets (default: a new one per run).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Ranked: each region's proxy, `name=host:port`, comma-separated. At its start the swarm
+    /// measures each with the latency probe (UDP, the median of 5) and adds the round trip to
+    /// every player's drawn latency to that region; a region that does not answer is left out
+    /// of the latency maps, as a client leaves out a region it cannot reach.
+    #[arg(long, value_delimiter = ',')]
+    pub probe_regions: Vec<String>,
     /// A player whose session ends under it otherwise than completed (its server killed, its
     /// Pod evicted) joins again and plays its next match, as a game client whose player chose
     /// to play on would; without it that player's run fails.
@@ -261,7 +267,19 @@ pub async fn run(args: SwarmArgs) -> anyhow::Result<Report> {
                     .map(|d| d.as_nanos() as u64)
                     .unwrap_or(7)
             });
-            let tickets = ranked(&prefix, args.clients, seed);
+            let mut tickets = ranked(&prefix, args.clients, seed);
+            if !args.probe_regions.is_empty() {
+                let measured = measure_regions(&args.probe_regions).await?;
+                eprintln!(
+                    "latency probe: {}",
+                    measured
+                        .iter()
+                        .map(|(r, ms)| ms.map_or_else(|| format!("{r} no answer"), |ms| format!("{r} {ms:.2} ms")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                crate::scenario::add_measured(&mut tickets, &measured);
+            }
             let join_order = join_order_quality(&tickets, args.session_size);
             let mut players = Vec::with_capacity(args.clients);
             let mut parties = HashMap::new();
@@ -484,6 +502,18 @@ async fn play(shared: &Shared, player: String) -> ClientRecord {
     };
     record.life = Some(life.elapsed());
     record
+}
+
+/// Each region of `regions` (`name=host:port`) with its proxy's median probe round trip in ms,
+/// `None` when it did not answer.
+async fn measure_regions(regions: &[String]) -> anyhow::Result<Vec<(String, Option<f64>)>> {
+    let mut out = Vec::new();
+    for region in regions {
+        let (name, addr) = crate::probe::parse_region(region)?;
+        let trip = crate::probe::measure(addr, crate::probe::Transport::Udp, 5, Duration::from_secs(1)).await;
+        out.push((name, trip.map(|d| d.as_secs_f64() * 1000.0)));
+    }
+    Ok(out)
 }
 
 /// How long a player that gives up waits for its leave to be answered.
