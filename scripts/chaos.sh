@@ -55,7 +55,9 @@ stop_all() {
   [ "${MP_KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$run"
 }
 echo "== starting Redis (append-only file), PostgreSQL, three regions and two backend replicas =="
-MP_REDIS_AOF=1 mp_start_services "$run/services"
+# Every Redis start, the restarts too, on the append-only file.
+export MP_REDIS_AOF=1
+mp_start_services "$run/services"
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 sed 's/max_wait_seconds: 120/max_wait_seconds: 60/' examples/queues.yaml >"$run/queues.yaml"

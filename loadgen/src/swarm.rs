@@ -915,7 +915,9 @@ async fn play_match(
                 let length = record.running_length.unwrap_or(0) as f64;
                 let lasted = lasted.as_secs_f64();
                 // A player placed into a running match (or back after leaving) saw only its end.
-                let joined_late = record.backfill_since_ms.is_some() || record.came_back > 0 || record.reconnects > 0;
+                // One that connected again mid-match is not exempt: a short match then is its
+                // session ending early (its server stopped), which its status tells.
+                let joined_late = record.backfill_since_ms.is_some() || record.came_back > 0;
                 if length == 0.0 || (lasted < length - 0.5 && !joined_late) || lasted > length + 3.0 {
                     return Err(Outcome::WrongLength(format!("length {length} s, lasted {lasted:.2} s")));
                 }
