@@ -96,7 +96,9 @@ checker=$!
 
 duration=$((minutes * 60))
 echo "== ${minutes} min of two swarms (ranked and first-come) under a fault every ~${every} s =="
-common=(--match-duration 10 --spawn-rate 3 --clients $((duration * 3)) --rejoin-after-failure --progress none)
+# Players keep arriving for 60 s after the last fault may strike, so that its recovery (a
+# session formed after its repair) can be seen.
+common=(--match-duration 10 --spawn-rate 3 --clients $(((duration + 60) * 3)) --rejoin-after-failure --progress none)
 env PLAYER_TOKEN_SECRET="$MP_RS_PLAYER" SERVICE_TOKEN="$MP_RS_SERVICE" "$MP_BIN/loadgen" swarm --scenario ranked \
   --target-url "$api" --probe-regions "$(mp_probe_regions)" --id-prefix chaos-ranked "${common[@]}" --session-size 6 --min-session-size 6 \
   --max-timed-out-percent 10 --json "$out/ranked.json" >"$run/swarm-ranked.log" 2>&1 &
