@@ -522,6 +522,10 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often one client may start over: re-join after the matchmaker forgot it, or after its
 /// match was cut short by a server that the matchmaker then says is gone.
 const MAX_REJOINS: u32 = 5;
+/// How often one client waits again after the matchmaker requeued it (its session's region
+/// lost): regions lost back to back may requeue a player many times within its time limit,
+/// which bounds it anyway.
+const MAX_REQUEUES: u32 = 50;
 
 /// Whether an API failure is worth retrying (the stack is restarting or failing over, or
 /// throttling): a game client backs off and tries again.
@@ -573,7 +577,7 @@ async fn lifecycle(
             }
             // Its session failed and the matchmaker put its ticket back at the head of the
             // queue (its server's region was lost): it waits for its next session.
-            Err(Attempt::Requeued) if record.requeues < MAX_REJOINS => {
+            Err(Attempt::Requeued) if record.requeues < MAX_REQUEUES => {
                 record.requeues += 1;
                 record.session_id = None;
                 requeued = true;
