@@ -32,7 +32,7 @@ demo-kubernetes: ## The demo with RUNTIME=kubernetes, two backend replicas and a
 demo-regions: ## Three kube-sim clusters as three regions (eu, us, asia), each with its proxy and warm Pods, two replicas with REGIONS and a ranked swarm; one region killed mid-run and brought back; sessions and time to play per region before, during and after (CLIENTS, SPAWN_RATE, MATCH_DURATION, KILL_REGION, KILL_AT_SECONDS, KILL_FOR_SECONDS, POD_START_DELAY_MS, WARM_POOL_MIN, RUST_LOG, BUILD_PROFILE)
 	scripts/demo-regions.sh
 
-chaos: ## Three regions, two replicas, Redis with an append-only file and two swarms (ranked with parties, first-come) under random faults for CHAOS_MINUTES; every invariant checked all along and at the end; per fault kind how often it struck and the p50/p99 time to recover (CHAOS_MINUTES, CHAOS_EVERY_SECONDS, POD_START_DELAY_MS, WARM_POOL_MIN, RUST_LOG, BUILD_PROFILE)
+chaos: ## Three regions, two replicas, Redis (primary, replica, Sentinels; append-only files) and two swarms (ranked with parties, first-come) under random faults for CHAOS_MINUTES; every invariant checked all along and at the end; per fault kind how often it struck and the p50/p99 time to recover (CHAOS_MINUTES, CHAOS_EVERY_SECONDS, POD_START_DELAY_MS, WARM_POOL_MIN, RUST_LOG, BUILD_PROFILE)
 	scripts/chaos.sh
 
 demo-web: ## The web page playing the built-in game in a browser, on the local stack with TLS (a throwaway CA made for the run): prints the URL, runs until ctrl-c (SESSION_SIZE, WEB_PLAYERS, MATCHMAKING_CONFIG, WARM_POOL_MIN, WARM_POOL_MAX, RUST_LOG, BUILD_PROFILE)

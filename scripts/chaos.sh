@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # `make chaos`: the whole system under random faults for CHAOS_MINUTES (10; CI runs 2), every
 # invariant checked while it runs and at the end. Three regions (kube-sim clusters, each with
-# its proxy and warm Pods), two backend replicas, Redis with an append-only file, PostgreSQL;
+# its proxy and warm Pods), two backend replicas, Redis (a primary and a replica on append-only
+# files, three Sentinels that every part follows), PostgreSQL;
 # two swarms play all along: ranked tickets (skills, latency maps, parties of two) and
 # first-come players. Every CHAOS_EVERY_SECONDS (8, at random 0.5 to 1.5 times it) a fault
 # injector strikes one of:
-#   redis_kill      Redis SIGKILLed and restarted on its append-only file
+#   redis_kill      the Redis primary SIGKILLed and restarted at once on its append-only file
+#   sentinel_failover  the Redis primary SIGKILLed and left down until the Sentinels promote
+#                   the replica, then started again (they make it the new primary's replica)
 #   postgres_stop   PostgreSQL stopped for 10 to 30 s
 #   replica_kill    a backend replica SIGKILLed and replaced under a new INSTANCE_ID
 #   proxy_restart   a region's proxy stopped and started again
@@ -54,9 +57,9 @@ stop_all() {
   cp "$run"/*.log "$run"/*.tsv "$out"/ 2>/dev/null || true
   [ "${MP_KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$run"
 }
-echo "== starting Redis (append-only file), PostgreSQL, three regions and two backend replicas =="
+echo "== starting Redis (primary, replica, three Sentinels), PostgreSQL, three regions and two backend replicas =="
 # Every Redis start, the restarts too, on the append-only file.
-export MP_REDIS_AOF=1
+export MP_REDIS_AOF=1 MP_REDIS_SENTINELS=1
 mp_start_services "$run/services"
 trap stop_all EXIT
 trap 'exit 130' INT TERM
@@ -125,6 +128,18 @@ inject() {
   injected=$(now_ms)
   case $kind in
     redis_kill) mp_restart_redis ;;
+    sentinel_failover)
+      local old new
+      old=$(mp_redis_primary_port)
+      mp_redis_kill "$old"
+      new=$old
+      for _ in $(seq 1 300); do
+        new=$(mp_redis_primary_port)
+        [ "$new" = "$old" ] || break
+        sleep 0.1
+      done
+      if [ "$new" = "$old" ]; then detail="primary :$old, no failover within 30 s"; else detail="primary :$old to :$new"; fi
+      mp_redis_start "$old" ;;
     postgres_stop)
       mp_pg_stop
       sleep $((10 + RANDOM % 21))
@@ -183,14 +198,15 @@ inject() {
   echo "$(date +%T) $kind${detail:+ ($detail)}: repaired after $(((repaired - injected) / 1000)) s, players matching again after $([ -n "$recovered" ] && echo "$(((recovered - injected) / 1000)) s" || echo "never (90 s)")"
 }
 
-kinds=(redis_kill postgres_stop replica_kill proxy_restart pod_delete pod_evict server_kill api_errors watch_cut region_kill)
+kinds=(redis_kill sentinel_failover region_kill postgres_stop replica_kill proxy_restart pod_delete pod_evict server_kill api_errors watch_cut)
 started=$(date +%s)
-# The first fault of each kind in turn, so that even a short run sees every kind once; then
-# at random.
+# The first fault of each kind in turn, so that even a short run sees every kind once (past
+# its minutes if it must: the longest outages come first, and players keep arriving for 60 s
+# more); then at random.
 n=0
-while [ $(($(date +%s) - started)) -lt "$duration" ]; do
+while [ $(($(date +%s) - started)) -lt "$duration" ] || [ "$n" -lt "${#kinds[@]}" ]; do
   sleep "$(python3 -c "import random; print(round(random.uniform(0.5, 1.5) * $every, 1))")"
-  [ $(($(date +%s) - started)) -lt "$duration" ] || break
+  [ $(($(date +%s) - started)) -lt "$duration" ] || [ "$n" -lt "${#kinds[@]}" ] || break
   if [ "$n" -lt "${#kinds[@]}" ]; then kind=${kinds[n]}; else kind=$(pick "${kinds[@]}"); fi
   n=$((n + 1))
   inject "$kind"

@@ -121,13 +121,13 @@ MATCHMAKING_CONFIG="$out/versions.yaml" "${CARGO_TARGET_DIR:-target}/debug/backe
 
 "$venv/bin/kubernetes-validate" --strict --kubernetes-version "$K8S_VERSION" \
   "$out/deploy.yaml" "$out/overlay-backend.yaml" "$out/overlay-proxy.yaml" "$out/overlay-tls-backend.yaml" "$out/overlay-tls-proxy.yaml" "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml" \
-  "$out/pod-warm-profile.yaml" "$out/pod-warm-version.yaml"
+  "$out/pod-warm-profile.yaml" "$out/pod-warm-version.yaml" deploy/regions/*.yaml
 # What a real cluster would refuse or break in the Pods deploy/ runs (kube-sim's Pod Security
 # admission; each Secret or ConfigMap volume readable by its container's user).
 cargo build --quiet --locked --workspace --example pod_check
 "${CARGO_TARGET_DIR:-target}/debug/examples/pod_check" restricted "$out/deploy.yaml" "$out/overlay-backend.yaml" \
   "$out/overlay-proxy.yaml" "$out/overlay-tls-backend.yaml" "$out/overlay-tls-proxy.yaml"
-echo "manifests-check: deploy/ and the rendered game-server pods (a session's, a warm one, a server profile's, a warm one of a profile, a warm one of a version) validate against Kubernetes $K8S_VERSION (strict)"
+echo "manifests-check: deploy/, deploy/regions/ and the rendered game-server pods (a session's, a warm one, a server profile's, a warm one of a profile, a warm one of a version) validate against Kubernetes $K8S_VERSION (strict)"
 
 # Security scan of the rendered manifests. deploy/ carries its exceptions, with reasons, as
 # checkov.io/skip annotations next to each resource. The game-server Pod is created by the
@@ -145,6 +145,7 @@ mkdir -p "$out/deploy" "$out/pods"
 cp "$out/deploy.yaml" "$out/deploy/"
 # The game-server NetworkPolicy travels with the pods it selects.
 cp "$out/pod.yaml" "$out/pod-options.yaml" "$out/pod-warm.yaml" "$out/pod-profile.yaml" deploy/backend/game-servers-networkpolicy.yaml "$out/pods/"
+cp deploy/regions/databases-networkpolicy.yaml "$out/deploy/"
 "$venv/bin/checkov" --skip-download --quiet --compact --framework kubernetes -d "$out/deploy"
 "$venv/bin/checkov" --skip-download --quiet --compact --framework kubernetes -d "$out/pods" --skip-check CKV_K8S_43,CKV_K8S_15,CKV_K8S_35
 echo "manifests-check: the security scan (checkov) passes"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Three regions on this machine: each a kube-sim cluster (the namespace, Role and ticket Secret
 # deploy/ makes, and its NetworkPolicy enforced) with its own proxy, behind backend replicas
-# with REGIONS (RUNTIME=kubernetes), sharing one Redis and PostgreSQL (mp_start_services first).
+# with REGIONS (RUNTIME=kubernetes), sharing one Redis and PostgreSQL (mp_start_services first;
+# with its Sentinels, MP_REDIS_SENTINELS=1, every backend and proxy follows them).
 # Source it, then:
 #   mp_regions_start RUN_DIR QUEUE_FILE REPLICAS   # starts everything; the arrays below say where
 #   mp_cluster_start REGION / mp_proxy_start REGION  # (again) one region's cluster or proxy
@@ -32,7 +33,8 @@ mp_cluster_start() {
 mp_proxy_start() {
   local region=$1
   env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:${MP_REGION_PROXY_PORT[$region]}" BACKEND_URL="http://127.0.0.1:${MP_BACKEND_PORTS[0]}" \
-    REDIS_URL="$MP_REDIS_URL" TICKET_SECRET="$MP_RS_TICKET" PLAYER_TOKEN_SECRET="$MP_RS_PLAYER" RATE_LIMIT_PER_SECOND=0 \
+    REDIS_URL="$MP_REDIS_URL" REDIS_SENTINELS="${MP_REDIS_SENTINEL_ADDRS:-}" REDIS_SENTINEL_MASTER="$MP_REDIS_SENTINEL_MASTER" \
+    TICKET_SECRET="$MP_RS_TICKET" PLAYER_TOKEN_SECRET="$MP_RS_PLAYER" RATE_LIMIT_PER_SECOND=0 \
     PLAYER_RATE_LIMIT_PER_SECOND=0 DRAIN_SECONDS=1 "$MP_BIN/proxy" >>"$MP_RS_DIR/proxy-$region.log" 2>&1 &
   MP_REGION_PROXY_PID[$region]=$!
   MP_STACK_DIR=$MP_RS_DIR mp_wait_http "http://127.0.0.1:${MP_REGION_PROXY_PORT[$region]}/health" "proxy $region" "$!" "$MP_RS_DIR/proxy-$region.log"
@@ -41,6 +43,7 @@ mp_proxy_start() {
 mp_backend_start() {
   local index=$1 instance=$2 port=${MP_BACKEND_PORTS[$1]}
   env RUST_LOG="${RUST_LOG:-info}" BIND="127.0.0.1:$port" REDIS_URL="$MP_REDIS_URL" DATABASE_URL="$MP_DATABASE_URL" \
+    REDIS_SENTINELS="${MP_REDIS_SENTINEL_ADDRS:-}" REDIS_SENTINEL_MASTER="$MP_REDIS_SENTINEL_MASTER" \
     TICKET_SECRET="$MP_RS_TICKET" ADMIN_TOKEN="$MP_RS_ADMIN" SERVICE_TOKEN="$MP_RS_SERVICE" PLAYER_TOKEN_SECRET="$MP_RS_PLAYER" \
     RUNTIME=kubernetes NAMESPACE=games BACKEND_INTERNAL_URL="http://127.0.0.1:$port" MATCHMAKING_CONFIG="$MP_RS_QUEUES" \
     REGIONS="$MP_RS_DIR/regions.yaml" REGION_DOWN_AFTER_SECONDS="${REGION_DOWN_AFTER_SECONDS:-3}" \

@@ -123,33 +123,120 @@ mp_pg() {
   fi
 }
 
-# mp_redis_server: redis-server on MP_REDIS_PORT under MP_SERVICES_DIR/redis, in the background;
-# with MP_REDIS_AOF=1 every write is in its append-only file before it is answered, so a
-# SIGKILL and a restart (mp_restart_redis) lose nothing.
+# mp_redis_server [PORT DIR]: redis-server on PORT (MP_REDIS_PORT) under DIR
+# (MP_SERVICES_DIR/redis), in the background, its pid in DIR/redis.pid; with MP_REDIS_AOF=1
+# every write is in its append-only file before it is answered, so a SIGKILL and a restart
+# (mp_restart_redis) lose nothing.
 mp_redis_server() {
+  local port=${1:-$MP_REDIS_PORT} dir=${2:-$MP_SERVICES_DIR/redis}
   local persistence=(--appendonly no)
   [ "${MP_REDIS_AOF:-0}" != 1 ] || persistence=(--appendonly yes --appendfsync always)
-  "${MP_DETACH[@]}" redis-server --bind 127.0.0.1 --port "$MP_REDIS_PORT" --save '' "${persistence[@]}" \
-    --dir "$MP_SERVICES_DIR/redis" --logfile "$MP_SERVICES_DIR/redis/redis.log" \
+  mkdir -p "$dir"
+  "${MP_DETACH[@]}" redis-server --bind 127.0.0.1 --port "$port" --save '' "${persistence[@]}" \
+    --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid" \
     --maxclients 10000 --daemonize no &
 }
 
-# mp_restart_redis: SIGKILLs Redis and starts it again on its port (its AOF, with
-# MP_REDIS_AOF=1, brings its data back); waits until it answers.
-mp_restart_redis() {
-  kill -KILL "$MP_REDIS_PID" 2>/dev/null || true
-  wait "$MP_REDIS_PID" 2>/dev/null || true
-  for _ in 1 2 3 4 5; do
-    mp_redis_server
-    MP_REDIS_PID=$!
-    for _ in $(seq 1 100); do
-      redis-cli -p "$MP_REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
-      kill -0 "$MP_REDIS_PID" 2>/dev/null || break
+# With MP_REDIS_SENTINELS=1 before mp_start_services, Redis is a primary (MP_REDIS_PORT), one
+# replica and three Sentinels watching them as MP_REDIS_SENTINEL_MASTER (mymaster), quick to
+# fail over (the primary is down after 2 s without an answer); MP_REDIS_SENTINEL_ADDRS is
+# exported (host:port,... for REDIS_SENTINELS). Each Redis node is known by its port: the
+# primary can move, and mp_redis_primary_port says where it is now.
+MP_REDIS_SENTINEL_MASTER=${MP_REDIS_SENTINEL_MASTER:-mymaster}
+declare -gA MP_REDIS_NODE_PID=()
+MP_REDIS_SENTINEL_PIDS=()
+MP_REDIS_SENTINEL_PORTS=()
+
+# mp_redis_wait PORT PID: waits until the Redis on PORT answers; fails when PID exits first.
+mp_redis_wait() {
+  for _ in $(seq 1 100); do
+    redis-cli -p "$1" ping 2>/dev/null | grep -q PONG && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+mp_start_sentinels() {
+  local ports i dir
+  read -r -a ports < <(mp_free_ports 4)
+  MP_REDIS_REPLICA_PORT=${ports[0]}
+  mp_redis_server "$MP_REDIS_REPLICA_PORT" "$MP_SERVICES_DIR/redis-$MP_REDIS_REPLICA_PORT"
+  MP_REDIS_NODE_PID[$MP_REDIS_REPLICA_PORT]=$!
+  mp_redis_wait "$MP_REDIS_REPLICA_PORT" "$!" || mp_die "the Redis replica did not start; see $MP_SERVICES_DIR/redis-$MP_REDIS_REPLICA_PORT/redis.log"
+  # Made a replica after it starts, not on its command line: a node restarted later comes
+  # back as it was, and the Sentinels tell it what to be.
+  redis-cli -p "$MP_REDIS_REPLICA_PORT" replicaof 127.0.0.1 "$MP_REDIS_PORT" >/dev/null
+  MP_REDIS_SENTINEL_PORTS=()
+  local addrs=()
+  for i in 1 2 3; do
+    dir=$MP_SERVICES_DIR/sentinel-$i
+    mkdir -p "$dir"
+    printf '%s\n' "port ${ports[i]}" "bind 127.0.0.1" "dir $dir" "logfile $dir/sentinel.log" \
+      "pidfile $dir/redis.pid" \
+      "sentinel monitor $MP_REDIS_SENTINEL_MASTER 127.0.0.1 $MP_REDIS_PORT 2" \
+      "sentinel down-after-milliseconds $MP_REDIS_SENTINEL_MASTER 2000" \
+      "sentinel failover-timeout $MP_REDIS_SENTINEL_MASTER 10000" \
+      "sentinel parallel-syncs $MP_REDIS_SENTINEL_MASTER 1" >"$dir/sentinel.conf"
+    "${MP_DETACH[@]}" redis-server "$dir/sentinel.conf" --sentinel --daemonize no &
+    MP_REDIS_SENTINEL_PIDS+=($!)
+    MP_REDIS_SENTINEL_PORTS+=("${ports[i]}")
+    addrs+=("127.0.0.1:${ports[i]}")
+  done
+  # Every Sentinel knows the replica, in sync, before anyone relies on a failover.
+  local port
+  for port in "${MP_REDIS_SENTINEL_PORTS[@]}"; do
+    for _ in $(seq 1 300); do
+      redis-cli -p "$port" sentinel replicas "$MP_REDIS_SENTINEL_MASTER" 2>/dev/null | grep -A1 -x 'master-link-status' | grep -qx ok && break
       sleep 0.1
     done
+  done
+  MP_REDIS_SENTINEL_ADDRS=$(IFS=,; echo "${addrs[*]}")
+  export MP_REDIS_SENTINEL_ADDRS MP_REDIS_SENTINEL_MASTER
+}
+
+# mp_redis_primary_port: the port of the Redis that clients write to: MP_REDIS_PORT, or with
+# Sentinels the primary they name now.
+mp_redis_primary_port() {
+  local port answer
+  if [ "${#MP_REDIS_SENTINEL_PORTS[@]}" = 0 ]; then echo "$MP_REDIS_PORT"; return 0; fi
+  for port in "${MP_REDIS_SENTINEL_PORTS[@]}"; do
+    answer=$(redis-cli -p "$port" sentinel get-master-addr-by-name "$MP_REDIS_SENTINEL_MASTER" 2>/dev/null | sed -n 2p)
+    [ -z "$answer" ] || { echo "$answer"; return 0; }
+  done
+  echo "$MP_REDIS_PORT"
+}
+
+# mp_redis_kill PORT: SIGKILLs the Redis node on PORT.
+mp_redis_kill() {
+  local pid=${MP_REDIS_NODE_PID[$1]:-}
+  [ "$1" != "$MP_REDIS_PORT" ] || pid=$MP_REDIS_PID
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# mp_redis_start PORT: starts the Redis node on PORT again (on its append-only file with
+# MP_REDIS_AOF=1); waits until it answers.
+mp_redis_start() {
+  local port=$1 dir=$MP_SERVICES_DIR/redis-$1 pid
+  [ "$port" != "$MP_REDIS_PORT" ] || dir=$MP_SERVICES_DIR/redis
+  for _ in 1 2 3 4 5; do
+    mp_redis_server "$port" "$dir"
+    pid=$!
+    if [ "$port" = "$MP_REDIS_PORT" ]; then MP_REDIS_PID=$pid; else MP_REDIS_NODE_PID[$port]=$pid; fi
+    mp_redis_wait "$port" "$pid" && return 0
     sleep 0.5
   done
-  mp_die "redis-server did not start again; see $MP_SERVICES_DIR/redis/redis.log"
+  mp_die "redis-server did not start again; see $dir/redis.log"
+}
+
+# mp_restart_redis: SIGKILLs the primary and starts it again on its port (its AOF, with
+# MP_REDIS_AOF=1, brings its data back); waits until it answers.
+mp_restart_redis() {
+  local port
+  port=$(mp_redis_primary_port)
+  mp_redis_kill "$port"
+  mp_redis_start "$port"
 }
 
 # mp_pg_stop / mp_pg_start: PostgreSQL stopped (fast shutdown: its connections are cut) and
@@ -177,7 +264,6 @@ mp_start_services() {
 
   for _ in 1 2 3 4 5; do
     redis_port=$(mp_free_ports 1)
-    mkdir -p "$MP_SERVICES_DIR/redis"
     MP_REDIS_PORT=$redis_port
     mp_redis_server
     MP_REDIS_PID=$!
@@ -189,6 +275,7 @@ mp_start_services() {
     kill "$MP_REDIS_PID" 2>/dev/null; wait "$MP_REDIS_PID" 2>/dev/null; MP_REDIS_PID=
   done
   [ -n "${MP_REDIS_PID:-}" ] || mp_die "redis-server did not start; see $MP_SERVICES_DIR/redis/redis.log"
+  [ "${MP_REDIS_SENTINELS:-0}" != 1 ] || mp_start_sentinels
 
   MP_PG_USER=$(id -un)
   MP_PG_DIR=$MP_SERVICES_DIR/pg
@@ -265,13 +352,24 @@ mp_stop_services() {
   if [ -n "${MP_PG_DIR:-}" ] && [ -d "$MP_PG_DIR/data" ] && { [ "$ours" = 1 ] || [ "$pg_inside" = 0 ]; }; then
     mp_pg "$MP_PG_BIN/pg_ctl" -D "$MP_PG_DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
   fi
-  if [ -n "${MP_REDIS_PID:-}" ]; then
-    kill "$MP_REDIS_PID" 2>/dev/null || true
-    # Gone (and reaped, when it is this shell's child) before the caller returns.
-    wait "$MP_REDIS_PID" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$MP_REDIS_PID" 2>/dev/null || break; sleep 0.05; done
-    MP_REDIS_PID=
+  # Every Redis node and Sentinel; those restarted since the watchdog started are known by
+  # their pid files.
+  local pids=("${MP_REDIS_PID:-}" "${MP_REDIS_NODE_PID[@]}" "${MP_REDIS_SENTINEL_PIDS[@]}") pid file
+  if [ "$ours" = 1 ]; then
+    for file in "$MP_SERVICES_DIR"/redis*/redis.pid "$MP_SERVICES_DIR"/sentinel-*/redis.pid; do
+      [ -f "$file" ] && pids+=("$(cat "$file")")
+    done
   fi
+  for pid in "${pids[@]}"; do
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null || true
+    # Gone (and reaped, when it is this shell's child) before the caller returns.
+    wait "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  done
+  MP_REDIS_PID=
+  MP_REDIS_NODE_PID=()
+  MP_REDIS_SENTINEL_PIDS=()
   # Keep the logs only when asked to (MP_KEEP_RUN_DIR=1), for a post-mortem.
   if [ "${MP_KEEP_RUN_DIR:-0}" != 1 ]; then
     if [ -n "${MP_PG_DIR:-}" ] && [ "$pg_inside" = 0 ]; then

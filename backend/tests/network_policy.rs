@@ -59,17 +59,23 @@ impl Pod {
     }
 }
 
-fn policies() -> Vec<NetworkPolicy> {
+/// The policies of `files` under deploy/, one each.
+fn load(files: &[&str]) -> Vec<NetworkPolicy> {
     let mut out = Vec::new();
-    for file in [
-        "backend/game-servers-networkpolicy.yaml",
-        "databases/networkpolicy.yaml",
-    ] {
+    for file in files {
         let path = format!("{}/../deploy/{file}", env!("CARGO_MANIFEST_DIR"));
         out.extend(policies_from_manifest(&std::fs::read_to_string(&path).unwrap(), None).unwrap());
     }
-    assert_eq!(out.len(), 2, "the policies deploy/ ships");
+    assert_eq!(out.len(), files.len(), "one policy per file of {files:?}");
     out
+}
+
+/// The policies `deploy/` applies in one cluster.
+fn policies() -> Vec<NetworkPolicy> {
+    load(&[
+        "backend/game-servers-networkpolicy.yaml",
+        "databases/networkpolicy.yaml",
+    ])
 }
 
 /// Whether the policies let `from` open a connection to `to` on `port`/`protocol`.
@@ -175,4 +181,138 @@ fn every_connection_matchplane_makes_is_allowed_and_nothing_else_reaches_the_gam
     for (from, to, port, what) in never {
         assert!(!allowed(&policies, from, to, port, "TCP"), "allowed: {what}");
     }
+}
+
+/// One end of a connection between two clusters: a Pod, and the address the other cluster
+/// sees it at.
+struct Remote<'a> {
+    policies: &'a [NetworkPolicy],
+    pod: Pod,
+    seen_as: &'static str,
+}
+
+/// Whether a connection from one cluster's Pod to another's is let out by the first cluster's
+/// policies and let in by the second's.
+fn crosses(from: &Remote, to: &Remote, port: u16, protocol: &str) -> bool {
+    let outside = |ip: &str| Endpoint::outside(ip.parse().unwrap());
+    kube_sim::network::allows(
+        from.policies,
+        &from.pod.endpoint(),
+        &outside(to.seen_as),
+        port,
+        protocol,
+    ) && kube_sim::network::allows(to.policies, &outside(from.seen_as), &to.pod.endpoint(), port, protocol)
+}
+
+#[test]
+fn a_region_without_the_control_plane_reaches_it_and_nothing_else_does() {
+    // The control plane's cluster: deploy/ and the policy admitting the other regions'
+    // proxies to Redis. A region's cluster: its game servers' policy. The addresses are the
+    // documentation ranges the files name (192.0.2.0/24 the backend, 198.51.100.0/24 the
+    // other regions' proxies).
+    let mut control = policies();
+    control.extend(load(&["regions/databases-networkpolicy.yaml"]));
+    let region = load(&["regions/game-servers-networkpolicy.yaml"]);
+    let backend = Remote {
+        policies: &control,
+        pod: BACKEND,
+        seen_as: "192.0.2.10",
+    };
+    let redis = Remote {
+        policies: &control,
+        pod: REDIS,
+        seen_as: "192.0.2.20",
+    };
+    let postgres = Remote {
+        policies: &control,
+        pod: POSTGRES,
+        seen_as: "192.0.2.21",
+    };
+    let game = Remote {
+        policies: &region,
+        pod: GAME,
+        seen_as: "10.8.0.5",
+    };
+    let proxy = Remote {
+        policies: &region,
+        pod: PROXY,
+        seen_as: "198.51.100.7",
+    };
+    let stranger = Remote {
+        policies: &region,
+        pod: STRANGER,
+        seen_as: "203.0.113.9",
+    };
+    let makes = [
+        (
+            &game,
+            &backend,
+            8081,
+            "a game server's SDK calls: its result, ready, health, a warm one's poll",
+        ),
+        (
+            &backend,
+            &game,
+            7777,
+            "the backend hands a session to a warm pod (ASSIGN)",
+        ),
+        (
+            &proxy,
+            &redis,
+            6379,
+            "the region's proxy looks up the sessions it routes",
+        ),
+        (&proxy, &backend, 8081, "the region's proxy forwards the API"),
+    ];
+    for (from, to, port, why) in makes {
+        assert!(
+            crosses(from, to, port, "TCP"),
+            "{} -> {}:{port} across clusters is dropped, but {why}",
+            from.pod.name,
+            to.pod.name
+        );
+    }
+    // Within the region: the proxy splices players to their server on any of its ports.
+    for (port, protocol) in [(7777, "TCP"), (27015, "TCP"), (28785, "UDP")] {
+        assert!(
+            allowed(&region, PROXY, GAME, port, protocol),
+            "proxy -> game server {port}/{protocol}"
+        );
+    }
+    assert!(
+        allowed(&region, GAME, DNS, 53, "UDP"),
+        "a game server finds the backend"
+    );
+    let never = [
+        (
+            &stranger,
+            &redis,
+            6379,
+            "an address outside the regions' proxies reaching Redis",
+        ),
+        (&proxy, &postgres, 5432, "a region's proxy reaching PostgreSQL"),
+        (
+            &proxy,
+            &redis,
+            26379,
+            "a region's proxy reaching anything but Redis's port",
+        ),
+        (&game, &redis, 6379, "a game server reaching Redis"),
+        (&game, &postgres, 5432, "a game server reaching PostgreSQL"),
+        (&game, &proxy, 8080, "a game server reaching another region's proxy"),
+        (
+            &stranger,
+            &game,
+            7777,
+            "an address outside the control plane reaching a game server",
+        ),
+        (&backend, &game, 27015, "the backend reaching a profile's port"),
+    ];
+    for (from, to, port, what) in never {
+        assert!(!crosses(from, to, port, "TCP"), "allowed: {what}");
+    }
+    assert!(
+        !allowed(&region, STRANGER, GAME, 7777, "TCP"),
+        "allowed: a pod of another namespace in the region reaching a game server"
+    );
 }
