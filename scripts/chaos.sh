@@ -125,6 +125,12 @@ formed_since() {
 }
 inject() {
   local kind=$1 injected repaired detail='' region pod i
+  # A Redis fault strikes a healthy pair: its replica online and caught up. (Failing over to
+  # a replica still resyncing after the last fault loses the writes since: two faults at
+  # once, which Redis's replication does not survive; see docs/chaos.md.)
+  case $kind in
+    redis_kill | sentinel_failover) mp_redis_in_sync 60 || echo "$(date +%T) the Redis replica was not in sync after 60 s; $kind strikes anyway" ;;
+  esac
   injected=$(now_ms)
   case $kind in
     redis_kill) mp_restart_redis ;;

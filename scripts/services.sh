@@ -207,6 +207,25 @@ mp_redis_primary_port() {
   echo "$MP_REDIS_PORT"
 }
 
+# mp_redis_in_sync [SECONDS]: waits (30 s by default) until the Sentinels' primary has its
+# replica online and acknowledging within the last second, and the replica says its link is
+# up with no sync in progress; fails if that does not happen in time. A failover before that
+# promotes a replica still loading or far behind: Redis then loses what it acknowledged (a
+# rollback).
+mp_redis_in_sync() {
+  local replica
+  for _ in $(seq 1 $((${1:-30} * 10))); do
+    replica=$(redis-cli -p "$(mp_redis_primary_port)" info replication 2>/dev/null | tr -d '\r' |
+      sed -n 's/^slave0:.*port=\([0-9]*\),state=online,.*lag=[01]$/\1/p')
+    if [ -n "$replica" ] && redis-cli -p "$replica" info replication 2>/dev/null | tr -d '\r' |
+      grep -c -x -e 'master_link_status:up' -e 'master_sync_in_progress:0' | grep -qx 2; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+
 # mp_redis_kill PORT: SIGKILLs the Redis node on PORT.
 mp_redis_kill() {
   local pid=${MP_REDIS_NODE_PID[$1]:-}

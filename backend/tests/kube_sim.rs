@@ -1809,6 +1809,25 @@ async fn welcomed(
     reader
 }
 
+/// A `REGIONS` file naming each `(region, API address)` as a kube-sim cluster, with a
+/// kubeconfig of its own.
+fn regions_file(prefix: &str, clusters: &[(&str, std::net::SocketAddr)]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("regions-{prefix}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut regions = String::from("regions:\n");
+    for (name, api) in clusters {
+        let kubeconfig = dir.join(format!("{name}.yaml"));
+        std::fs::write(&kubeconfig, kube_sim::kubeconfig(*api, NS)).unwrap();
+        regions += &format!(
+            "  - {{name: {name}, proxy: '{name}.play.example:7777', target: {{context: kube-sim, kubeconfig: '{}'}}}}\n",
+            kubeconfig.display()
+        );
+    }
+    let file = dir.join("regions.yaml");
+    std::fs::write(&file, regions).unwrap();
+    file
+}
+
 /// Three kube-sim clusters as three regions (`REGIONS`), each its own kubeconfig context. The
 /// first region's API server goes silent (its cluster lost): within the region's down threshold
 /// it is down (`/health`, `mp_region_up`), the session running there ends `failed` and its
@@ -1822,20 +1841,10 @@ async fn a_region_lost_fails_over_to_the_next_and_comes_back_by_itself() {
     let sims = [sim(0).await, sim(0).await, sim(0).await];
     // The first cluster's API is reached through a relay that can go silent.
     let relay = testkit::Relay::start(sims[0].addr).await;
-    let dir = std::env::temp_dir().join(format!("regions-{prefix}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut regions = String::from("regions:\n");
-    for (i, name) in ["near", "next", "far"].iter().enumerate() {
-        let api = if i == 0 { relay.addr() } else { sims[i].addr };
-        let kubeconfig = dir.join(format!("{name}.yaml"));
-        std::fs::write(&kubeconfig, kube_sim::kubeconfig(api, NS)).unwrap();
-        regions += &format!(
-            "  - {{name: {name}, proxy: '{name}.play.example:7777', target: {{context: kube-sim, kubeconfig: '{}'}}}}\n",
-            kubeconfig.display()
-        );
-    }
-    let regions_file = dir.join("regions.yaml");
-    std::fs::write(&regions_file, regions).unwrap();
+    let regions_file = regions_file(
+        &prefix,
+        &[("near", relay.addr()), ("next", sims[1].addr), ("far", sims[2].addr)],
+    );
     let queues = queue_file(
         &prefix,
         "queues:
@@ -1974,28 +1983,12 @@ async fn a_region_whose_cluster_does_not_answer_at_start_is_down_and_the_backend
     let prefix = common::unique_prefix();
     let db = common::fresh_database().await;
     let live = sim(0).await;
-    let dir = std::env::temp_dir().join(format!("regions-{prefix}"));
-    std::fs::create_dir_all(&dir).unwrap();
     // Nothing listens there.
     let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let dead = dir.join("dead.yaml");
-    std::fs::write(&dead, kube_sim::kubeconfig(nowhere, NS)).unwrap();
-    let regions = dir.join("regions.yaml");
-    std::fs::write(
-        &regions,
-        format!(
-            "regions:
-  - {{name: gone, proxy: 'gone.play.example:7777', target: {{context: kube-sim, kubeconfig: '{}'}}}}
-  - {{name: here, proxy: 'here.play.example:7777', target: {{context: kube-sim, kubeconfig: '{}'}}}}
-",
-            dead.display(),
-            live.kubeconfig.display()
-        ),
-    )
-    .unwrap();
+    let regions = regions_file(&prefix, &[("gone", nowhere), ("here", live.addr)]);
     let queues = queue_file(
         &prefix,
         "queues:
