@@ -163,9 +163,16 @@ inject() {
       wait "${MP_REGION_PROXY_PID[$region]}" 2>/dev/null || true
       mp_proxy_start "$region" ;;
     pod_delete | pod_evict | server_kill)
-      region=$(pick "${MP_REGIONS[@]}")
-      pod=$(session_pod "$region")
-      [ -n "$pod" ] || return 0
+      # A running session's Pod in some region (waiting up to 10 s for one).
+      pod=''
+      for _ in $(seq 1 10); do
+        for region in $(printf '%s\n' "${MP_REGIONS[@]}" | shuf); do
+          pod=$(session_pod "$region")
+          [ -z "$pod" ] || break 2
+        done
+        sleep 1
+      done
+      [ -n "$pod" ] || { echo "$(date +%T) $kind: no running session's Pod in 10 s; skipped"; return 0; }
       detail="$region $pod"
       local action=delete
       [ "$kind" != server_kill ] || action="kill"
@@ -264,10 +271,10 @@ for kind, injected, repaired, recovered, _ in rows:
     table[kind].setdefault("outage_ms", []).append(int(repaired) - int(injected))
 fmt = lambda v: f"{v / 1000:.1f} s" if v is not None else "-"
 print("time to recover: from the fault striking until a session formed after it was repaired (the outage itself included)")
-print(f"{'fault':<15} {'struck':>6} {'outage p50':>11} {'recover p50':>12} {'p99':>8}  never")
+print(f"{'fault':<18} {'struck':>6} {'outage p50':>11} {'recover p50':>12} {'p99':>8}  never")
 for kind, e in sorted(table.items()):
     p50, p99 = q(e["recover_ms"], 0.5), q(e["recover_ms"], 0.99)
-    print(f"{kind:<15} {e['struck']:>6} {fmt(q(e['outage_ms'], 0.5)):>11} {fmt(p50):>12} {fmt(p99):>8}  {e['never']}")
+    print(f"{kind:<18} {e['struck']:>6} {fmt(q(e['outage_ms'], 0.5)):>11} {fmt(p50):>12} {fmt(p99):>8}  {e['never']}")
     if e["never"]:
         problems.append(f"{kind}: players were not matching again within 90 s after {e['never']} of its strikes")
 # Invariants.
