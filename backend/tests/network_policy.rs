@@ -213,36 +213,15 @@ fn a_region_without_the_control_plane_reaches_it_and_nothing_else_does() {
     let mut control = policies();
     control.extend(load(&["regions/databases-networkpolicy.yaml"]));
     let region = load(&["regions/game-servers-networkpolicy.yaml"]);
-    let backend = Remote {
-        policies: &control,
-        pod: BACKEND,
-        seen_as: "192.0.2.10",
-    };
-    let redis = Remote {
-        policies: &control,
-        pod: REDIS,
-        seen_as: "192.0.2.20",
-    };
-    let postgres = Remote {
-        policies: &control,
-        pod: POSTGRES,
-        seen_as: "192.0.2.21",
-    };
-    let game = Remote {
-        policies: &region,
-        pod: GAME,
-        seen_as: "10.8.0.5",
-    };
-    let proxy = Remote {
-        policies: &region,
-        pod: PROXY,
-        seen_as: "198.51.100.7",
-    };
-    let stranger = Remote {
-        policies: &region,
-        pod: STRANGER,
-        seen_as: "203.0.113.9",
-    };
+    fn at<'a>(policies: &'a [NetworkPolicy], pod: Pod, seen_as: &'static str) -> Remote<'a> {
+        Remote { policies, pod, seen_as }
+    }
+    let backend = at(&control, BACKEND, "192.0.2.10");
+    let redis = at(&control, REDIS, "192.0.2.20");
+    let postgres = at(&control, POSTGRES, "192.0.2.21");
+    let game = at(&region, GAME, "10.8.0.5");
+    let proxy = at(&region, PROXY, "198.51.100.7");
+    let stranger = at(&region, STRANGER, "203.0.113.9");
     let makes = [
         (
             &game,
