@@ -286,11 +286,7 @@ mp_start_services() {
     MP_REDIS_PORT=$redis_port
     mp_redis_server
     MP_REDIS_PID=$!
-    for _ in $(seq 1 50); do
-      if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then break 2; fi
-      kill -0 "$MP_REDIS_PID" 2>/dev/null || break
-      sleep 0.1
-    done
+    mp_redis_wait "$redis_port" "$MP_REDIS_PID" && break
     kill "$MP_REDIS_PID" 2>/dev/null; wait "$MP_REDIS_PID" 2>/dev/null; MP_REDIS_PID=
   done
   [ -n "${MP_REDIS_PID:-}" ] || mp_die "redis-server did not start; see $MP_SERVICES_DIR/redis/redis.log"
