@@ -11,8 +11,12 @@
 # each asking once for its status through the proxy (nothing queued; `loadgen floor`), three
 # bursts 6 s apart (the proxy's idle backend connections gone in between, as on a fresh
 # stack); the median burst's p99 is the baseline each run's p99 join → matched is divided by.
+# The two warm runs (processes and Pods) are run WARM_ROUNDS times, alternated, since one run
+# of either moves by a third between runs of the same build: their rows are the median round's
+# (by p99 join → matched), and warm Pods are compared with warm processes round by round, the
+# median of the rounds' ratios kept.
 # CLIENTS (1200), MATCH_DURATION (10 s), WARM_POOL_MIN (100 for the warm runs),
-# POD_START_DELAY_MS (2000).
+# POD_START_DELAY_MS (2000), WARM_ROUNDS (3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/services.sh
@@ -22,7 +26,9 @@ clients=${CLIENTS:-1200}
 duration=${MATCH_DURATION:-10}
 warm=${WARM_POOL_MIN:-100}
 delay=${POD_START_DELAY_MS:-2000}
+rounds=${WARM_ROUNDS:-3}
 [[ "$warm" =~ ^0*[1-9][0-9]*$ ]] || mp_die "WARM_POOL_MIN must be above 0 for the warm runs, got '$warm'."
+[[ "$rounds" =~ ^0*[1-9][0-9]*$ ]] || mp_die "WARM_ROUNDS must be a whole number above 0, got '$rounds'."
 out=.run/bench-time-to-play
 rm -rf "$out"
 mkdir -p "$out"
@@ -49,7 +55,7 @@ summary = json.load(open(sys.argv[1]))
 summary["listen_overflows"] = int(sys.argv[3])
 json.dump(summary, open(sys.argv[2], "w"), indent=1)
 PY
-  grep -E '^(warm pool|warm pods|API calls)' "$out/$name.log" || true
+  grep -E '^(warm pool|warm pods|API calls|sessions:)' "$out/$name.log" || true
 }
 
 # floor: the baseline, on a fresh local stack of its own.
@@ -73,15 +79,28 @@ floor() {
 export BUILD_PROFILE=release
 floor
 run local-cold scripts/demo.sh .run/demo/summary.json
-run local-warm scripts/demo.sh .run/demo/summary.json WARM_POOL_MIN="$warm"
 # kube-sim's NetworkPolicy relay (a /proc lookup per connection) is a test bed's stand-in for a
 # network plugin's filter in the kernel: timed without it.
 run kube-sim-cold scripts/demo-kubernetes.sh .run/demo-kubernetes/summary.json POD_START_DELAY_MS="$delay" NETWORK_POLICY=off
-run kube-sim-warm scripts/demo-kubernetes.sh .run/demo-kubernetes/summary.json POD_START_DELAY_MS="$delay" WARM_POOL_MIN="$warm" NETWORK_POLICY=off
+for round in $(seq 1 "$rounds"); do
+  run "local-warm-$round" scripts/demo.sh .run/demo/summary.json WARM_POOL_MIN="$warm"
+  run "kube-sim-warm-$round" scripts/demo-kubernetes.sh .run/demo-kubernetes/summary.json POD_START_DELAY_MS="$delay" WARM_POOL_MIN="$warm" NETWORK_POLICY=off
+done
 
-python3 - "$out" "$clients" "$warm" "$delay" <<'PY'
+python3 - "$out" "$clients" "$warm" "$delay" "$rounds" <<'PY'
 import json, sys
-out, clients, warm, delay = sys.argv[1:]
+out, clients, warm, delay, rounds = sys.argv[1:]
+rounds = int(rounds)
+
+
+def p99_of(summary, key="join_to_matched"):
+    return ((summary["latency_ms"].get(key) or {}).get("p99_ms")) or 0
+
+
+# The warm runs: each kind's median round (by p99 join → matched) is its row.
+for kind in ("local-warm", "kube-sim-warm"):
+    runs = sorted(range(1, rounds + 1), key=lambda r: p99_of(json.load(open(f"{out}/{kind}-{r}.json"))))
+    json.dump(json.load(open(f"{out}/{kind}-{runs[(rounds - 1) // 2]}.json")), open(f"{out}/{kind}.json", "w"), indent=1)
 bursts = sorted((json.load(open(f"{out}/floor-{i}.json")) for i in (1, 2, 3)), key=lambda b: b["latency_ms"]["p99_ms"])
 floor = bursts[1]
 floor_p99 = floor["latency_ms"]["p99_ms"]
@@ -130,11 +149,27 @@ def p99(name, key="join_to_matched"):
     return (table[name].get(key) or {}).get("p99_ms") or 0
 
 
-if p99("local-warm"):
-    table["kube_sim_warm_over_local_warm"] = {
-        key: round(p99("kube-sim-warm", key) / p99("local-warm", key), 2) for key in ("join_to_matched", "join_to_running")}
-    print(f"warm Pods against warm processes, same run: p99 join → matched ×{p99('kube-sim-warm') / p99('local-warm'):.2f}, "
-          f"join → running ×{p99('kube-sim-warm', 'join_to_running') / p99('local-warm', 'join_to_running'):.2f}")
+# Warm Pods against warm processes, round by round (each pair run one after the other).
+ratios = {}
+for key in ("join_to_matched", "join_to_running"):
+    pairs = [(p99_of(json.load(open(f"{out}/kube-sim-warm-{r}.json")), key), p99_of(json.load(open(f"{out}/local-warm-{r}.json")), key))
+             for r in range(1, rounds + 1)]
+    ratios[key] = {"rounds": [{"kube_sim_warm_p99_ms": k, "local_warm_p99_ms": l, "ratio": round(k / l, 2) if l else None} for k, l in pairs]}
+    each = sorted(k / l for k, l in pairs if l)
+    ratios[key]["median"] = round(each[(len(each) - 1) // 2], 2) if each else None
+table["kube_sim_warm_over_local_warm"] = ratios
+
+
+def rounds_line(key, label):
+    r = ratios[key]
+    each = ", ".join(f"{x['kube_sim_warm_p99_ms']:,.0f}/{x['local_warm_p99_ms']:,.0f} ms ×{x['ratio']:.2f}" for x in r["rounds"] if x["ratio"])
+    return f"  p99 {label}: median ×{r['median']:.2f} ({each})"
+
+
+if ratios["join_to_matched"]["median"]:
+    print(f"warm Pods against warm processes, {rounds} alternated round(s), Pods/processes:")
+    print(rounds_line("join_to_matched", "join → matched"))
+    print(rounds_line("join_to_running", "join → running"))
 print(f"floor: the median of three bursts by p99 (p99s {', '.join(f'{b:,.0f}' for b in table['floor']['bursts_p99_ms'])} ms)")
 json.dump(table, open(f"{out}/table.json", "w"), indent=1)
 print(f"bench-time-to-play: table at {out}/table.json, each run's log and summary beside it")

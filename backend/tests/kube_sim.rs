@@ -392,8 +392,37 @@ async fn two_replicas_reap_at_once_and_every_finished_pod_goes_once() {
     .await;
     assert_eq!(records.len(), 2);
     assert!(records.iter().all(|r| r.phase.as_deref() == Some("Failed")));
+    // The replica that formed a session deletes its Pod; the other, waiting 3 s more before it
+    // would, finds it gone: one delete per Pod, not one per replica.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(pod_deletes(&sim), 2, "deletes sent for two finished pods");
+
+    // A replica gone for good: the Pod of the session it formed is deleted by the other, a
+    // few seconds later.
+    let three = replica(&sim, &prefix, &db, "reap-3", |s| s).await;
+    let roster = players("reap-gone", 2);
+    let sid = matched(&three, &roster).await[0]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, pod) = pod_of(&three, &sid).await;
+    three.stop().await;
+    assert!(sim.cluster.tell_kubelet(&(NS.to_owned(), pod.clone()), Command::Kill));
+    assert_eq!(ended(&two, &roster[0], Duration::from_secs(15)).await, "failed");
+    deleted(&sim, &pod, Duration::from_secs(15)).await;
+    assert_eq!(pod_deletes(&sim), 3, "deletes sent for three finished pods");
     one.stop().await;
     two.stop().await;
+}
+
+/// The Pod deletes `sim` was sent.
+fn pod_deletes(sim: &Sim) -> u64 {
+    sim.cluster
+        .calls()
+        .into_iter()
+        .filter(|(call, _)| call.verb == "delete")
+        .map(|(_, count)| count.allowed + count.forbidden)
+        .sum()
 }
 
 /// The warm-pool figures a replica reports in `GET /health`.

@@ -728,6 +728,10 @@ struct MemoryBook {
 }
 
 impl SessionBook for MemoryBook {
+    fn instance(&self) -> &str {
+        "memory"
+    }
+
     fn live(
         &self,
     ) -> futures_util::future::BoxFuture<'_, matchmaking_core::store::Result<Vec<matchmaking_core::store::LiveSession>>>

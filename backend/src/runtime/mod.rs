@@ -35,6 +35,8 @@ use protocol::sessions::SessionRecord;
 /// What a runtime may read of the sessions and report to them. The sessions service is the
 /// book in the backend; tests hand a runtime a book of their own.
 pub trait SessionBook: Send + Sync {
+    /// This replica's instance id (the `instance` of the sessions it forms).
+    fn instance(&self) -> &str;
     /// Every session not yet ended.
     fn live(&self) -> BoxFuture<'_, store::Result<Vec<LiveSession>>>;
     /// One session's record, if it is still known.

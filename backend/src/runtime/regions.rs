@@ -446,6 +446,10 @@ impl Inner for Borrowed<'_> {
 }
 
 impl<B: Inner> SessionBook for RegionBook<B> {
+    fn instance(&self) -> &str {
+        self.inner.book().instance()
+    }
+
     fn live(&self) -> BoxFuture<'_, matchmaking_core::store::Result<Vec<matchmaking_core::store::LiveSession>>> {
         Box::pin(async move {
             let mut live = self.inner.book().live().await?;

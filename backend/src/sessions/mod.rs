@@ -435,6 +435,10 @@ where
 /// The sessions service is what runtimes read and report to: the seam keeps the runtimes from
 /// the store and from the rest of the service.
 impl crate::runtime::SessionBook for Sessions {
+    fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
     fn live(&self) -> BoxFuture<'_, matchmaking_core::store::Result<Vec<LiveSession>>> {
         Box::pin(Sessions::live(self))
     }

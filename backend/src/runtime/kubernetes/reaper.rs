@@ -100,7 +100,9 @@ const RESYNC_EVERY: Duration = Duration::from_secs(5);
 /// a report or another end); finished Pods are deleted after `grace`, running Pods whose
 /// session is over or unknown, or plays on another Pod, at once. After each (re)list and every
 /// few seconds, matched sessions with no Pod left are reported too, and Pods that are not
-/// their session's server are found. Idempotent, so every replica runs it.
+/// their session's server are found. Idempotent, so every replica runs it; a Pod kept before
+/// its deletion is deleted by the replica that formed its session, the others standing by (see
+/// [`Reaper::reap`]).
 pub(crate) struct Reaper {
     pub pods: Api<Pod>,
     pub watch: PodWatch,
@@ -113,6 +115,11 @@ pub(crate) struct Reaper {
     /// completed its session (its supervisor, when alive, ends it the same way).
     pub ends_by_exit: HashSet<String>,
 }
+
+/// How much longer than its keep a replica that did not form a Pod's session waits before
+/// deleting it, and the most it adds at random to that (see [`Reaper::reap`]).
+const BACKUP_WAIT: Duration = Duration::from_secs(3);
+const REAP_SPREAD: Duration = Duration::from_millis(500);
 
 /// Retries of acting on a Pod change (reading or ending its session): a change is retried
 /// until Redis answers, so it is never missed.
@@ -192,19 +199,27 @@ impl Reaper {
     /// was applied though the replica could not learn so, while the session started cold.
     /// That Pod going away must not fail the session playing elsewhere.
     async fn serves_live(&self, sid: &str, name: &str) -> matchmaking_core::store::Result<(bool, bool)> {
-        Ok(self.standing(sid, name).await?.serves_live())
+        Ok(self.standing(sid, name).await?.0.serves_live())
     }
 
-    /// Where session `sid` stands for its Pod `name`.
-    async fn standing(&self, sid: &str, name: &str) -> matchmaking_core::store::Result<Standing> {
+    /// Where session `sid` stands for its Pod `name`, and whether this replica formed it (and
+    /// so deletes its Pods first, see [`Reaper::reap`]).
+    async fn standing(&self, sid: &str, name: &str) -> matchmaking_core::store::Result<(Standing, bool)> {
         Ok(match self.sessions.record(sid).await? {
-            Some(record) if record.state != SessionState::Ended => Standing::Live {
-                serves: record.server.as_deref().is_none_or(|server| server == name),
-            },
-            Some(record) => Standing::Ended {
-                reported_by: record.reported && record.server.as_deref() == Some(name),
-            },
-            None => Standing::Unknown,
+            Some(record) => {
+                let ours = record.instance == self.sessions.instance();
+                let standing = if record.state == SessionState::Ended {
+                    Standing::Ended {
+                        reported_by: record.reported && record.server.as_deref() == Some(name),
+                    }
+                } else {
+                    Standing::Live {
+                        serves: record.server.as_deref().is_none_or(|server| server == name),
+                    }
+                };
+                (standing, ours)
+            }
+            None => (Standing::Unknown, false),
         })
     }
 
@@ -230,7 +245,7 @@ impl Reaper {
         if terminating && finished.is_none() {
             return Ok(());
         }
-        let standing = self.standing(&sid, &name).await?;
+        let (standing, ours) = self.standing(&sid, &name).await?;
         let (_, serves) = standing.serves_live();
         if let Some(why) = &finished
             && serves
@@ -250,7 +265,7 @@ impl Reaper {
         // comes.
         let finished = finished.is_some();
         if (finished || !serves) && !terminating {
-            self.reap(name, self.keep(finished || standing.reported_by_it()), deleting);
+            self.reap(name, self.keep(finished || standing.reported_by_it()), ours, deleting);
         }
         Ok(())
     }
@@ -269,13 +284,37 @@ impl Reaper {
     /// Deletes a Pod after `wait`, once: not again while that delete is under way, nor once
     /// the API server took it, until the watch shows the Pod gone (its deletion, or a relist
     /// without it). A change the watch saw before the deletion must not send a second one.
-    fn reap(&self, name: String, wait: Duration, deleting: &Arc<Mutex<HashSet<String>>>) {
+    ///
+    /// Every replica reaps, so a Pod kept for `wait` would be deleted by each of them at the
+    /// same moment. The replica that formed its session (`first`) deletes it after `wait`; the
+    /// others wait [`BACKUP_WAIT`] more (and a random share of [`REAP_SPREAD`], so that among
+    /// themselves one goes first), and leave it alone if the watch by then shows it deleted or
+    /// being deleted. One delete per Pod instead of one per replica, and a Pod whose session's
+    /// replica is gone is still deleted, a little later.
+    fn reap(&self, name: String, wait: Duration, first: bool, deleting: &Arc<Mutex<HashSet<String>>>) {
         if !deleting.lock().unwrap().insert(name.clone()) {
             return;
         }
-        let (pods, deleting) = (self.pods.clone(), deleting.clone());
+        let (pods, watch, deleting) = (self.pods.clone(), self.watch.clone(), deleting.clone());
         tokio::spawn(async move {
-            sleep(wait).await;
+            if !wait.is_zero() {
+                let after = if first {
+                    wait
+                } else {
+                    wait + BACKUP_WAIT + REAP_SPREAD.mul_f64(fastrand::f64())
+                };
+                sleep(after).await;
+                match watch.get(&name) {
+                    // Gone (or the watch relists: a Pod still there shows up as a change again).
+                    None => {
+                        deleting.lock().unwrap().remove(&name);
+                        return;
+                    }
+                    // Being deleted: its deletion shows up as its end.
+                    Some(pod) if pod.metadata.deletion_timestamp.is_some() => return,
+                    Some(_) => {}
+                }
+            }
             if !delete_pod(&pods, &name, &DeleteParams::default(), Duration::from_millis(200)).await {
                 deleting.lock().unwrap().remove(&name);
             }
@@ -296,7 +335,8 @@ impl Reaper {
             (true, false) if self.warm_pool => return,
             _ => Duration::ZERO,
         };
-        self.reap(name, wait, deleting);
+        // A warm Pod is nobody's session's: every replica waits its share.
+        self.reap(name, wait, false, deleting);
     }
 
     /// After a (re)list: a matched session whose Pod is not there lost its server while the
@@ -315,9 +355,12 @@ impl Reaper {
         let with_pod: HashSet<String> = pods.iter().filter_map(|pod| session_of(pod)).collect();
         let old_enough = now_ms() - millis(self.min_age);
         let live = self.sessions.live().await?;
-        let servers: HashMap<&str, Option<&str>> = live
+        let servers: HashMap<&str, (Option<&str>, bool)> = live
             .iter()
-            .map(|s| (s.session_id.as_str(), s.record.server.as_deref()))
+            .map(|s| {
+                let ours = s.record.instance == self.sessions.instance();
+                (s.session_id.as_str(), (s.record.server.as_deref(), ours))
+            })
             .collect();
         for pod in &pods {
             let (Some(name), Some(sid)) = (pod.metadata.name.as_deref(), session_of(pod)) else {
@@ -326,16 +369,16 @@ impl Reaper {
             if pod.metadata.deletion_timestamp.is_some() || deleting.lock().unwrap().contains(name) {
                 continue;
             }
-            let (stray, reported) = match servers.get(sid.as_str()) {
-                Some(server) => (server.is_some_and(|server| server != name), false),
+            let (stray, reported, ours) = match servers.get(sid.as_str()) {
+                Some((server, ours)) => (server.is_some_and(|server| server != name), false, *ours),
                 None => match self.standing(&sid, name).await? {
-                    ended @ Standing::Ended { .. } => (true, ended.reported_by_it()),
-                    _ => (false, false),
+                    (ended @ Standing::Ended { .. }, ours) => (true, ended.reported_by_it(), ours),
+                    _ => (false, false, false),
                 },
             };
             if stray {
                 let finished = matches!(pod_state(pod), PodState::Finished(_));
-                self.reap(name.to_owned(), self.keep(finished || reported), deleting);
+                self.reap(name.to_owned(), self.keep(finished || reported), ours, deleting);
             }
         }
         for live in &live {

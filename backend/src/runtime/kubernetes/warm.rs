@@ -173,13 +173,16 @@ impl WarmPods {
         if candidates.is_empty() {
             return None;
         }
-        // Sessions formed at once (on any replica) start at different Pods, so concurrent
-        // claims rarely meet on one.
-        candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        spec.session_id.hash(&mut hasher);
-        let len = candidates.len();
-        candidates.rotate_left((hasher.finish() % len as u64) as usize);
+        // Each session tries the Pods in an order of its own (by a hash of its id and the Pod's
+        // name), so sessions formed at once on any replica rarely meet on one Pod, and one that
+        // loses a claim does not go on to the Pods next to it, which sessions started near it
+        // have likely taken too (as walking one shared order from different places would).
+        candidates.sort_by_cached_key(|pod| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            spec.session_id.hash(&mut hasher);
+            pod.metadata.name.hash(&mut hasher);
+            hasher.finish()
+        });
         let mut failed = 0;
         for pod in candidates {
             if failed == MAX_HAND_OVERS {
