@@ -56,7 +56,7 @@ bench-matchmaker: ## fifo and ranked joins side by side: tickets/s, placed/s, ti
 bench-forming: ## The cost of forming a rule queue with many tickets waiting, in memory and against Redis (FORMING_TICKETS)
 	scripts/bench-forming.sh
 
-bench-time-to-play: ## Time to play, cold vs warm, local and kube-sim, beside the floor of a burst, side by side: the table (CLIENTS, MATCH_DURATION, WARM_POOL_MIN, POD_START_DELAY_MS)
+bench-time-to-play: ## Time to play, cold vs warm, local and kube-sim, beside the floor of a burst, side by side: the table; the warm runs alternated WARM_ROUNDS times (CLIENTS, MATCH_DURATION, WARM_POOL_MIN, POD_START_DELAY_MS, WARM_ROUNDS)
 	scripts/bench-time-to-play.sh
 
 bench-proxy: ## Echo throughput and latency: direct vs matchplane proxy vs HAProxy, side by side in rounds; then the HTTP path (CPU per forwarded request, plain and TLS) against HAProxy mode http (SECONDS_PER_RUN, ROUNDS, BENCH_JSON, CPU_SPLIT)

@@ -202,6 +202,7 @@ impl WarmPods {
                 continue;
             }
             let patch = claim_patch(&pod, &spec.session_id, session_deadline_seconds);
+            let claim_started = Instant::now();
             let claimed = match pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(claimed) => claimed,
                 // Gone: the next.
@@ -241,6 +242,7 @@ impl WarmPods {
                 PodState::Ready(ip) => self.addresses(&ip).ok(),
                 _ => None,
             };
+            let claim_took = claim_started.elapsed();
             let handed = match (&addr, &self.flavor, book) {
                 (None, ..) => Err(anyhow::anyhow!("the claimed pod is no longer ready")),
                 (Some((addr, _)), Flavor::Builtin(_), _) => {
@@ -254,7 +256,13 @@ impl WarmPods {
             match handed.map(|()| addr) {
                 Ok(Some((addr, udp_addr))) => {
                     self.books.handed();
-                    tracing::info!(session = %spec.session_id, pod = %name, "session handed to a warm pod");
+                    tracing::info!(
+                        session = %spec.session_id,
+                        pod = %name,
+                        claim_ms = claim_took.as_millis(),
+                        hand_over_ms = (claim_started.elapsed() - claim_took).as_millis(),
+                        "session handed to a warm pod"
+                    );
                     return Some(Claimed { name, addr, udp_addr });
                 }
                 Ok(None) => unreachable!("handed over only with an address"),
