@@ -44,7 +44,7 @@ run_dir=${MP_RUN_DIR:-.run}/bench-proxy-$$
 mp_start_services "$run_dir"
 mp_make_tls "$run_dir/tls"
 cat "$run_dir/tls/tls.pem" "$run_dir/tls/tls.key" >"$run_dir/tls/haproxy.pem"
-secret="bench-proxy-$RANDOM$RANDOM"
+secret=$(mp_random)
 read -r echo_port proxy_port haproxy_port haproxy_splice_port backend_port proxy_tls_port haproxy_http_port haproxy_https_port \
   < <(mp_free_ports 8)
 # The backend every HTTP path forwards to; open player endpoints, so that neither forwarder

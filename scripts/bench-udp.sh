@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 mp_build_release
 run_dir=${MP_RUN_DIR:-.run}/bench-udp-$$
 mp_start_services "$run_dir"
-secret="bench-udp-$RANDOM$RANDOM"
+secret=$(mp_random)
 read -r proxy_port < <(mp_free_ports 1)
 # No per-flow or per-address limit: the bench measures the relay, not its limits.
 RUST_LOG=warn BIND=127.0.0.1:$proxy_port BACKEND_URL=http://127.0.0.1:9 REDIS_URL=$MP_REDIS_URL \

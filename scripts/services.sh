@@ -7,6 +7,8 @@
 # what to install, and the caller stops.
 
 mp_die() { echo "$*" >&2; exit 1; }
+# mp_random: a random secret (48 hex digits), long enough for every secret matchplane checks.
+mp_random() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
 
 # One build for every entry point but the benchmarks: make demo, make test, up-local, the demos
 # and the checks all build every binary of the workspace in the dev profile (testkit, part of

@@ -17,8 +17,6 @@
 # shellcheck source=scripts/services.sh
 . "$(dirname "${BASH_SOURCE[0]}")/services.sh"
 
-mp_random() { python3 -c 'import secrets; print(secrets.token_hex(24))'; }
-
 # mp_sim_refused URL: fails, naming each one, when kube-sim at URL refused any Kubernetes call
 # under the Role it enforces (deploy/backend/rbac.yaml), as a real API server would have, or
 # any connection to a Pod under the NetworkPolicy it enforces, as a cluster's CNI would have.
